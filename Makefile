@@ -1,0 +1,48 @@
+# `make serve` and `make test` set up everything they need on a fresh Debian or macOS machine.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PYTHON ?= python3
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+OPENBLAS := /usr/lib/$(shell uname -m)-linux-gnu/libopenblas.so.0
+
+.PHONY: serve test test-slow lint format os-deps venv clean
+
+os-deps:
+	@if [ "$$(uname)" = Linux ] && command -v apt-get >/dev/null; then \
+	  need=""; \
+	  [ -e "$(OPENBLAS)" ] || need="$$need libopenblas0-pthread"; \
+	  if [ -n "$$need" ]; then \
+	    echo "installing OS packages:$$need"; \
+	    $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$need >/dev/null; \
+	  fi; \
+	fi
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: os-deps $(STAMP)
+
+serve: venv
+	$(PY) -m cluster serve $(ARGS)
+
+test: venv
+	$(PY) -m ruff check cluster tests
+	$(PY) -m ruff format --check cluster tests
+	$(PY) -m pytest -q
+
+test-slow: venv
+	$(PY) -m pytest -q -m slow
+
+lint: venv
+	$(PY) -m ruff check cluster tests
+
+format: venv
+	$(PY) -m ruff format cluster tests
+	$(PY) -m ruff check --fix cluster tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

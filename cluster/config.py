@@ -1,0 +1,39 @@
+"""Typed, validated configuration; every field has a default and a one-line help."""
+
+from dataclasses import dataclass, field, fields
+
+MiB = 1 << 20
+
+
+def _help(text: str, default):
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    max_num_seqs: int = _help("most sequences decoded together (continuous batching)", 16)
+    prefill_step_size: int = _help("most prompt tokens computed in one prefill chunk", 2048)
+    block_size: int = _help("tokens per prefix-cache block (and per routing hash)", 16)
+    prefix_cache_bytes: int = _help("memory bound of the prefix cache in bytes", 512 * MiB)
+    kv_bits: int | None = _help("quantize stored prefix-cache KV to this many bits (4 or 8)", None)
+    max_model_len: int | None = _help("context length; default the model's, at most 32768", None)
+    max_queue: int = _help("requests waiting beyond max_num_seqs before 429", 64)
+    seed: int = _help("seed for requests that bring none", 0)
+
+    def __post_init__(self):
+        checks = {
+            "max_num_seqs": self.max_num_seqs >= 1,
+            "prefill_step_size": self.prefill_step_size >= 1,
+            "block_size": self.block_size >= 1,
+            "prefix_cache_bytes": self.prefix_cache_bytes >= 0,
+            "kv_bits": self.kv_bits in (None, 4, 8),
+            "max_model_len": self.max_model_len is None or self.max_model_len >= 2,
+            "max_queue": self.max_queue >= 0,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"invalid {name}={getattr(self, name)!r}")
+
+
+def config_help(cls) -> dict[str, str]:
+    return {f.name: f.metadata.get("help", "") for f in fields(cls)}

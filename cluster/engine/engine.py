@@ -1,0 +1,73 @@
+"""The engine: step() is schedule, run, postprocess."""
+
+from ..config import EngineConfig
+from ..hashing import hash_seed
+from .prefix_cache import PrefixCache
+from .runner import ModelRunner
+from .scheduler import Scheduler
+from .sequence import Sequence
+from .types import EngineRequest, RequestId, TokenEvent
+
+
+class Engine:
+    def __init__(self, model, eos_ids: set[int], config: EngineConfig, max_model_len: int, model_id):
+        self.config = config
+        self.max_model_len = max_model_len
+        self.cache = PrefixCache(
+            config.block_size, config.prefix_cache_bytes, hash_seed(model_id), config.kv_bits
+        )
+        self.scheduler = Scheduler(config, self.cache, eos_ids, max_model_len)
+        self.runner = ModelRunner(model, config.seed)
+
+    def add_request(self, request: EngineRequest) -> None:
+        self.scheduler.add(Sequence.from_request(request))
+
+    def abort(self, request_id: RequestId) -> TokenEvent | None:
+        seq = self.scheduler.abort(request_id)
+        if seq is None:
+            return None
+        self.runner.release([seq])
+        return self.scheduler.event(seq)
+
+    def has_work(self) -> bool:
+        return self.scheduler.has_work()
+
+    def step(self) -> list[TokenEvent]:
+        schedule = self.scheduler.schedule()
+        sampled = self.runner.run(schedule)
+        events, done = self.scheduler.postprocess(schedule, sampled)
+        self._remember(schedule, done)
+        return events
+
+    def _remember(self, schedule, done: list[Sequence]) -> None:
+        """Offer new prompt caches and finished sequences' caches to the prefix cache."""
+        for seq, _ in schedule.prefill:
+            if seq.is_prefilled and seq.cache is not None:
+                self.cache.insert(tuple(seq.tokens[: seq.num_computed]), seq.cache)
+        for seq, cache in self.runner.release(done).items():
+            self.cache.insert(tuple(seq.tokens[: seq.num_computed]), cache)
+
+    def fail_all(self, message: str) -> list[TokenEvent]:
+        """End every request with an error, after a fault in a step."""
+        seqs = self.scheduler.drain()
+        self.runner.reset()
+        events = []
+        for seq in seqs:
+            seq.finish_reason = "error"
+            events.append(self.scheduler.event(seq, error=message))
+        return events
+
+    def stats(self) -> dict:
+        s = self.cache.stats
+        return {
+            "num_running": len(self.scheduler.running),
+            "num_waiting": len(self.scheduler.waiting),
+            "prefix_cache": {
+                "entries": len(self.cache.entries),
+                "blocks": self.cache.num_blocks,
+                "bytes": self.cache.nbytes,
+                "capacity_bytes": self.cache.capacity_bytes,
+                "query_tokens": s.queries,
+                "hit_tokens": s.hits,
+            },
+        }

@@ -1,0 +1,129 @@
+"""Prefix cache: KV snapshots keyed by chained block hashes, bounded by bytes, LRU.
+
+It keeps books only; the runner hands it caches and gets caches back.
+"""
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from itertools import count
+from typing import Any
+
+from ..hashing import BlockHash, block_hashes
+from .kv import cache_nbytes, snapshot
+
+
+@dataclass
+class Entry:
+    tokens: tuple[int, ...]
+    hashes: list[BlockHash]
+    cache: list[Any]
+    nbytes: int
+
+
+@dataclass
+class CacheStats:
+    queries: int = 0
+    hits: int = 0
+    stored_blocks: int = 0
+    evicted_blocks: int = 0
+
+
+@dataclass
+class CacheEvents:
+    """Blocks that appeared in or left the cache since the last drain."""
+
+    stored: list[BlockHash] = field(default_factory=list)
+    evicted: list[BlockHash] = field(default_factory=list)
+
+
+class PrefixCache:
+    def __init__(self, block_size: int, capacity_bytes: int, seed: bytes = b"", kv_bits=None):
+        self.block_size = block_size
+        self.capacity_bytes = capacity_bytes
+        self.seed = seed
+        self.kv_bits = kv_bits
+        self.entries: OrderedDict[int, Entry] = OrderedDict()
+        self.index: dict[BlockHash, set[int]] = {}
+        self.nbytes = 0
+        self.stats = CacheStats()
+        self.events = CacheEvents()
+        self._ids = count()
+
+    def hashes(self, tokens) -> list[BlockHash]:
+        return block_hashes(tokens, self.block_size, self.seed)
+
+    def lookup(self, tokens: tuple[int, ...]) -> tuple[int, list[Any] | None]:
+        """Longest cached block-aligned prefix, leaving at least one token to compute."""
+        self.stats.queries += len(tokens)
+        usable = (len(tokens) - 1) // self.block_size
+        best: Entry | None = None
+        best_id, matched = -1, 0
+        for i, h in enumerate(self.hashes(tokens[: usable * self.block_size])):
+            ids = self.index.get(h)
+            if not ids:
+                break
+            entry_id = next(iter(ids))
+            entry = self.entries[entry_id]
+            end = (i + 1) * self.block_size
+            if entry.tokens[:end] != tokens[:end]:  # a hash collision
+                break
+            best, best_id, matched = entry, entry_id, end
+        if best is None:
+            return 0, None
+        self.entries.move_to_end(best_id)
+        self.stats.hits += matched
+        return matched, snapshot(best.cache, matched, kv_bits=None, restore=True)
+
+    def insert(self, tokens: tuple[int, ...], cache: list[Any]) -> None:
+        """Store the cache of tokens' full blocks unless a stored entry already covers them."""
+        n = len(tokens) // self.block_size * self.block_size
+        if n == 0 or self.capacity_bytes == 0:
+            return
+        tokens = tuple(tokens[:n])
+        hashes = self.hashes(tokens)
+        if ids := self.index.get(hashes[-1]):
+            self.entries.move_to_end(next(iter(ids)))
+            return
+        stored = snapshot(cache, n, kv_bits=self.kv_bits)
+        entry = Entry(tokens, hashes, stored, cache_nbytes(stored))
+        if entry.nbytes > self.capacity_bytes:
+            return
+        # An entry that ends inside the new one's chain is a prefix of it: superseded.
+        for h in hashes[:-1]:
+            for old_id in list(self.index.get(h, ())):
+                if self.entries[old_id].hashes[-1] == h:
+                    self._remove(old_id)
+        entry_id = next(self._ids)
+        self.entries[entry_id] = entry
+        self.nbytes += entry.nbytes
+        for h in hashes:
+            ids = self.index.setdefault(h, set())
+            if not ids:
+                self.events.stored.append(h)
+                self.stats.stored_blocks += 1
+            ids.add(entry_id)
+        while self.nbytes > self.capacity_bytes:
+            self._remove(next(iter(self.entries)))
+
+    def _remove(self, entry_id: int) -> None:
+        entry = self.entries.pop(entry_id)
+        self.nbytes -= entry.nbytes
+        for h in entry.hashes:
+            ids = self.index[h]
+            ids.discard(entry_id)
+            if not ids:
+                del self.index[h]
+                self.events.evicted.append(h)
+                self.stats.evicted_blocks += 1
+
+    def drain_events(self) -> CacheEvents:
+        events, self.events = self.events, CacheEvents()
+        return events
+
+    def clear(self) -> None:
+        for entry_id in list(self.entries):
+            self._remove(entry_id)
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.index)

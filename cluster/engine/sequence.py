@@ -1,0 +1,52 @@
+"""One request's state inside the engine."""
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from .types import EngineRequest, FinishReason
+
+
+class Status(Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass(eq=False)
+class Sequence:
+    request: EngineRequest
+    tokens: list[int]
+    num_prompt: int
+    num_computed: int = 0
+    """Tokens whose KV is in the cache."""
+    num_cached: int = 0
+    """Prompt tokens that came from the prefix cache."""
+    cache: Any = None
+    """This sequence's own per-layer cache while it prefills; the runner batches it after."""
+    status: Status = Status.WAITING
+    finish_reason: FinishReason | None = None
+    rng_key: Any = None
+    num_emitted: int = field(default=0)
+    """Output tokens already sent out in events."""
+
+    @classmethod
+    def from_request(cls, request: EngineRequest) -> "Sequence":
+        prompt = list(request.prompt_token_ids)
+        return cls(request=request, tokens=prompt, num_prompt=len(prompt))
+
+    @property
+    def request_id(self):
+        return self.request.request_id
+
+    @property
+    def num_output(self) -> int:
+        return len(self.tokens) - self.num_prompt
+
+    @property
+    def is_prefilled(self) -> bool:
+        return self.num_computed >= self.num_prompt
+
+    @property
+    def output_tokens(self) -> list[int]:
+        return self.tokens[self.num_prompt :]

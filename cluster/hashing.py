@@ -1,0 +1,24 @@
+"""Chained block hashes of token prefixes: one definition for engines and the coordinator."""
+
+import hashlib
+import struct
+from collections.abc import Sequence
+
+BlockHash = int
+
+
+def hash_seed(model_id: str) -> bytes:
+    """A per-model key, so two models never share an index entry."""
+    return hashlib.blake2b(model_id.encode(), digest_size=16).digest()
+
+
+def block_hashes(tokens: Sequence[int], block_size: int, seed: bytes = b"") -> list[BlockHash]:
+    """Hash of every full block, each chained onto the hash of the block before it."""
+    hashes: list[BlockHash] = []
+    prev = 0
+    for start in range(0, len(tokens) - block_size + 1, block_size):
+        block = tokens[start : start + block_size]
+        data = struct.pack(f"<Q{block_size}I", prev, *block)
+        prev = int.from_bytes(hashlib.blake2b(data, digest_size=8, key=seed).digest(), "little")
+        hashes.append(prev)
+    return hashes
