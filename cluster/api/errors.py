@@ -1,0 +1,69 @@
+"""OpenAI's error envelope for every failure the API can return."""
+
+import json
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from ..coordinator.errors import APIError
+
+log = logging.getLogger(__name__)
+
+
+def envelope(message: str, type_: str, param=None, code=None) -> dict:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def error_response(e: APIError) -> JSONResponse:
+    body = envelope(e.message, e.type, e.param, e.code)
+    return JSONResponse(body, status_code=e.status, headers=e.headers)
+
+
+def sse_error(e: Exception) -> str:
+    if isinstance(e, APIError):
+        body = envelope(e.message, e.type, e.param, e.code)
+    else:
+        body = envelope(f"internal error: {type(e).__name__}: {e}", "server_error")
+    return f"data: {json.dumps(body)}\n\n"
+
+
+def _validation_message(err: dict) -> tuple[str, str | None]:
+    loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+    if err.get("type") == "json_invalid":
+        return "The request body is not valid JSON: " + str(err.get("ctx", {}).get("error")), None
+    msg = err.get("msg", "invalid value").removeprefix("Value error, ")
+    if not loc:
+        return f"Invalid request body: {msg}.", None
+    # Unions report each branch; the field name is what the client needs.
+    param = next((p for p in loc if not p.isdigit() and not p[:1].isupper()), loc[0])
+    return f"Invalid '{'.'.join(loc)}': {msg}.", param
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, e: APIError):
+        return error_response(e)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, e: RequestValidationError):
+        errors = e.errors()
+        message, param = _validation_message(errors[0]) if errors else ("Invalid request.", None)
+        return JSONResponse(
+            envelope(message, "invalid_request_error", param, "invalid_value"), status_code=400
+        )
+
+    @app.exception_handler(HTTPException)
+    async def _http(_: Request, e: HTTPException):
+        type_ = "not_found_error" if e.status_code == 404 else "invalid_request_error"
+        return JSONResponse(
+            envelope(str(e.detail), type_), status_code=e.status_code, headers=e.headers
+        )
+
+    @app.exception_handler(Exception)
+    async def _crash(_: Request, e: Exception):
+        log.exception("unhandled error")
+        body = envelope(f"internal error: {type(e).__name__}: {e}", "server_error")
+        return JSONResponse(body, status_code=500)

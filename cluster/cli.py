@@ -1,0 +1,78 @@
+"""Command line: `python -m cluster SUBCOMMAND`."""
+
+import argparse
+import logging
+import sys
+from dataclasses import fields
+
+from .config import EngineConfig
+
+
+def _add_engine_flags(p: argparse.ArgumentParser) -> None:
+    for f in fields(EngineConfig):
+        flag = "--" + f.name.replace("_", "-")
+        kind = int if "int" in str(f.type) else str
+        p.add_argument(flag, type=kind, default=f.default, help=f.metadata["help"])
+
+
+def _engine_config(args) -> EngineConfig:
+    return EngineConfig(**{f.name: getattr(args, f.name) for f in fields(EngineConfig)})
+
+
+def _serve(args) -> int:
+    from .launch.blas import reexec_with_openblas
+
+    reexec_with_openblas()
+    from .serve import ServeOptions, serve
+
+    options = ServeOptions(
+        inventory=args.inventory,
+        host=args.host,
+        port=args.port,
+        model=args.model,
+        served_model_name=args.served_model_name,
+    )
+    serve(options, _engine_config(args))
+    return 0
+
+
+def _fixture_model(args) -> int:
+    from .fixture.model import write_fixture
+
+    out = write_fixture(args.out_dir, seed=args.seed)
+    print(f"wrote {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cluster", description="Serve GLM-5 across Apple-silicon Macs, one OpenAI endpoint."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("serve", help="start the replicas of an inventory and the OpenAI endpoint")
+    p.add_argument("--inventory", help="inventory YAML (default: the embedded local.yaml)")
+    p.add_argument("--host", help="address to bind (default: the inventory's, 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port to bind (default: the inventory's, 8000)")
+    p.add_argument("--model", help="model directory (default: the inventory's model)")
+    p.add_argument("--served-model-name", help="model name clients use (default: dir name)")
+    _add_engine_flags(p)
+    p.set_defaults(func=_serve)
+
+    p = sub.add_parser("fixture-model", help="write the small GLM-5-architecture model")
+    p.add_argument("out_dir", help="directory to write")
+    p.add_argument("--seed", type=int, default=0, help="weights seed (default 0)")
+    p.set_defaults(func=_fixture_model)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

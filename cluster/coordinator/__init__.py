@@ -1,0 +1,1 @@
+"""The coordinator: one OpenAI endpoint in front of every replica of the cluster."""

@@ -1,0 +1,193 @@
+"""Replica registry, admission and routing; turns prompts into streams of text deltas."""
+
+import itertools
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from ..engine.client import EngineClient
+from ..engine.types import EngineRequest, RequestId, SamplingParams
+from .errors import BadRequest, EngineFailure, ModelNotFound, Overloaded, Unavailable
+from .output import OutputProcessor
+from .tokenizer import PromptTokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Replica:
+    name: str
+    client: EngineClient
+    max_num_seqs: int
+    ranks: list[dict] = field(default_factory=list)
+    state: str = "ready"
+    in_flight: int = 0
+    served: int = 0
+
+
+@dataclass
+class Output:
+    """One streamed piece of a completion."""
+
+    text: str
+    num_tokens: int
+    finish_reason: str | None
+    prompt_tokens: int
+    cached_tokens: int
+
+
+class Completion:
+    """A routed request's output stream; holds its replica slot until closed or finished."""
+
+    def __init__(self, replica: Replica, stream: AsyncIterator[Output]):
+        self.replica = replica
+        self._stream = stream
+        self._open = True
+        replica.in_flight += 1
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self) -> Output:
+        try:
+            return await self._stream.__anext__()
+        except BaseException:
+            self._release()
+            raise
+
+    async def aclose(self) -> None:
+        self._release()
+        await self._stream.aclose()
+
+    def _release(self) -> None:
+        if self._open:
+            self._open = False
+            self.replica.in_flight -= 1
+            self.replica.served += 1
+
+
+class Coordinator:
+    def __init__(
+        self,
+        model_name: str,
+        tokenizer: PromptTokenizer,
+        replicas: list[Replica],
+        max_queue: int,
+        settings: dict | None = None,
+    ):
+        self.model_name = model_name
+        self.tokenizer = tokenizer
+        self.replicas = replicas
+        self.max_queue = max_queue
+        self.settings = settings or {}
+        self.started = time.time()
+        self._next = itertools.count()
+        self._request_ids = itertools.count()
+
+    @property
+    def max_model_len(self) -> int:
+        return min(r.client.info.max_model_len for r in self.replicas)
+
+    def check_model(self, model: str | None) -> None:
+        if model not in (None, "", self.model_name):
+            raise ModelNotFound(model, self.model_name)
+
+    def check_length(self, prompt_len: int, max_tokens: int | None, param: str) -> int:
+        """The max_tokens to use; refuses prompts that leave no room to generate."""
+        limit = self.max_model_len
+        if prompt_len >= limit:
+            raise BadRequest(
+                f"This model's maximum context length is {limit} tokens, but the prompt has "
+                f"{prompt_len} tokens. Shorten the prompt.",
+                param="messages" if param == "max_completion_tokens" else "prompt",
+                code="context_length_exceeded",
+            )
+        room = limit - prompt_len
+        if max_tokens is None:
+            return room
+        if max_tokens > room:
+            raise BadRequest(
+                f"This model's maximum context length is {limit} tokens; you requested "
+                f"{prompt_len + max_tokens} ({prompt_len} in the prompt, {max_tokens} to "
+                f"generate). Lower {param} to at most {room} or shorten the prompt.",
+                param=param,
+                code="context_length_exceeded",
+            )
+        return max_tokens
+
+    def _pick(self) -> Replica:
+        ready = [r for r in self.replicas if r.state == "ready"]
+        if not ready:
+            raise Unavailable("No replica is ready to serve; check /v1/status.")
+        capacity = sum(r.max_num_seqs for r in ready) + self.max_queue
+        if sum(r.in_flight for r in ready) >= capacity:
+            raise Overloaded(
+                f"The cluster is at capacity ({capacity} requests running or queued); "
+                "retry after the Retry-After interval."
+            )
+        return ready[next(self._next) % len(ready)]
+
+    def new_request_id(self, prefix: str) -> RequestId:
+        return RequestId(f"{prefix}-{int(self.started)}-{next(self._request_ids)}")
+
+    def start(
+        self,
+        request_id: RequestId,
+        prompt: list[int],
+        sampling: SamplingParams,
+        stops: list[str],
+    ) -> Completion:
+        """Admit and route now (so errors come before any byte is sent), stream later."""
+        replica = self._pick()
+        request = EngineRequest(request_id, tuple(prompt), sampling)
+        return Completion(replica, self._stream(replica, request, stops))
+
+    async def _stream(
+        self, replica: Replica, request: EngineRequest, stops: list[str]
+    ) -> AsyncIterator[Output]:
+        out = OutputProcessor(self.tokenizer.decode, stops)
+        async for event in replica.client.generate(request):
+            if event.error:
+                raise EngineFailure(f"replica {replica.name} failed: {event.error}")
+            delta = out.process(event.token_ids, event.finish_reason)
+            yield Output(
+                delta.text, out.num_tokens, delta.finish_reason, event.prompt_tokens,
+                event.cached_tokens,
+            )  # fmt: skip
+            if delta.finish_reason is not None:
+                return
+
+    async def status(self) -> dict:
+        replicas = []
+        for r in self.replicas:
+            try:
+                engine = await r.client.status()
+            except Exception as e:  # a replica that cannot answer is shown as such
+                engine = {"error": str(e)}
+            replicas.append(
+                {
+                    "name": r.name,
+                    "state": r.state,
+                    "ranks": r.ranks,
+                    "in_flight": r.in_flight,
+                    "served": r.served,
+                    "max_num_seqs": r.max_num_seqs,
+                    "engine": engine,
+                }
+            )
+        return {
+            "model": self.model_name,
+            "max_model_len": self.max_model_len,
+            "uptime_s": round(time.time() - self.started, 1),
+            "settings": self.settings,
+            "queue": {
+                "in_flight": sum(r.in_flight for r in self.replicas),
+                "max_queue": self.max_queue,
+            },
+            "replicas": replicas,
+        }
+
+    async def close(self) -> None:
+        for r in self.replicas:
+            await r.client.close()

@@ -1,0 +1,86 @@
+"""Token ids to text: incremental detokenization and stop strings."""
+
+from dataclasses import dataclass
+
+
+class IncrementalDetokenizer:
+    """Decodes a growing token list, holding back text until its bytes form whole characters."""
+
+    def __init__(self, decode):
+        self.decode = decode
+        self.ids: list[int] = []
+        self.prefix_offset = 0
+        self.read_offset = 0
+
+    def add(self, token_ids) -> str:
+        self.ids.extend(token_ids)
+        prefix = self.decode(self.ids[self.prefix_offset : self.read_offset])
+        text = self.decode(self.ids[self.prefix_offset :])
+        if len(text) <= len(prefix) or text.endswith("\ufffd"):
+            return ""
+        self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
+        return text[len(prefix) :]
+
+    def flush(self) -> str:
+        prefix = self.decode(self.ids[self.prefix_offset : self.read_offset])
+        text = self.decode(self.ids[self.prefix_offset :])
+        self.prefix_offset = self.read_offset = len(self.ids)
+        return text[len(prefix) :]
+
+
+class StopMatcher:
+    """Finds stop strings in streamed text; holds back a tail that may begin one."""
+
+    def __init__(self, stops: list[str]):
+        self.stops = [s for s in stops or () if s]
+        self.held = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        buf = self.held + text
+        hits = [i for i in (buf.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            self.held = ""
+            return buf[: min(hits)], True
+        keep = self._partial_tail(buf)
+        self.held = buf[len(buf) - keep :] if keep else ""
+        return buf[: len(buf) - keep], False
+
+    def _partial_tail(self, buf: str) -> int:
+        longest = 0
+        for stop in self.stops:
+            for n in range(min(len(stop) - 1, len(buf)), longest, -1):
+                if buf.endswith(stop[:n]):
+                    longest = n
+                    break
+        return longest
+
+    def flush(self) -> str:
+        held, self.held = self.held, ""
+        return held
+
+
+@dataclass
+class Delta:
+    text: str
+    token_ids: tuple[int, ...]
+    finish_reason: str | None = None
+
+
+class OutputProcessor:
+    """Turns one request's token events into text deltas, ending early on a stop string."""
+
+    def __init__(self, decode, stops: list[str]):
+        self.detok = IncrementalDetokenizer(decode)
+        self.stop = StopMatcher(stops)
+        self.num_tokens = 0
+
+    def process(self, token_ids, finish_reason: str | None) -> Delta:
+        self.num_tokens += len(token_ids)
+        text, stopped = self.stop.feed(self.detok.add(token_ids))
+        if stopped:
+            return Delta(text, tuple(token_ids), "stop")
+        if finish_reason is not None:
+            tail, stopped = self.stop.feed(self.detok.flush())
+            text += tail if stopped else tail + self.stop.flush()
+            finish_reason = "stop" if stopped else finish_reason
+        return Delta(text, tuple(token_ids), finish_reason)

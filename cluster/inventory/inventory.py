@@ -1,0 +1,110 @@
+"""Read and validate an inventory: hosts with their facts, and cluster-wide vars."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+BACKENDS = ("ring", "jaccl", "mpi")
+REQUIRED_HOST_FIELDS = ("interconnect", "memory_gb", "chip", "memory_bandwidth_gbs")
+
+
+class InventoryError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    interconnect: tuple[str, ...]
+    memory_gb: float
+    chip: str
+    memory_bandwidth_gbs: float
+    rdma_devices: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Inventory:
+    hosts: tuple[Host, ...]
+    model: str = "default"
+    quantization_bits: int = 16
+    replicas: int = 1
+    mlx_backend: str = "ring"
+    coordinator_host: str = "127.0.0.1"
+    coordinator_port: int = 8000
+    source: str = "<memory>"
+
+
+def default_inventory_path() -> Path:
+    return Path(__file__).with_name("local.yaml")
+
+
+def _walk(group: dict, vars_: dict, hosts: dict, seen: dict, path: str) -> None:
+    """Collect hosts and vars from a group and its children (Ansible's nesting)."""
+    vars_ = vars_ | (group.get("vars") or {})
+    for name, facts in (group.get("hosts") or {}).items():
+        if name in seen:
+            raise InventoryError(f"{path}: host '{name}' appears twice (in {seen[name]} too)")
+        seen[name] = path
+        hosts[name] = vars_ | (facts or {})
+    for child_name, child in (group.get("children") or {}).items():
+        _walk(child or {}, vars_, hosts, seen, f"{path}.children.{child_name}")
+
+
+def _host(name: str, facts: dict, source: str) -> Host:
+    for field_name in REQUIRED_HOST_FIELDS:
+        if field_name not in facts:
+            raise InventoryError(f"{source}: host '{name}' is missing field '{field_name}'")
+    addresses = facts["interconnect"]
+    addresses = [addresses] if isinstance(addresses, str) else list(addresses)
+    if not addresses:
+        raise InventoryError(f"{source}: host '{name}' has an empty 'interconnect' list")
+    try:
+        memory, bandwidth = float(facts["memory_gb"]), float(facts["memory_bandwidth_gbs"])
+    except (TypeError, ValueError):
+        raise InventoryError(
+            f"{source}: host '{name}' needs numbers for memory_gb and memory_bandwidth_gbs"
+        ) from None
+    if memory <= 0 or bandwidth <= 0:
+        raise InventoryError(f"{source}: host '{name}' has a non-positive memory or bandwidth")
+    rdma = facts.get("rdma_devices") or ()
+    return Host(name, tuple(addresses), memory, str(facts["chip"]), bandwidth, tuple(rdma))
+
+
+def parse_inventory(data: dict, source: str = "<memory>") -> Inventory:
+    if not isinstance(data, dict) or "all" not in data:
+        raise InventoryError(f"{source}: an inventory needs a top-level 'all' group")
+    hosts: dict[str, dict] = {}
+    _walk(data["all"] or {}, {}, hosts, {}, "all")
+    if not hosts:
+        raise InventoryError(f"{source}: the inventory has no hosts")
+    top = (data["all"] or {}).get("vars") or {}
+    backend = top.get("mlx_backend", "ring")
+    if backend not in BACKENDS:
+        raise InventoryError(
+            f"{source}: vars.mlx_backend '{backend}' is unknown; use one of {', '.join(BACKENDS)}"
+        )
+    replicas = int(top.get("replicas", 1))
+    if replicas < 1:
+        raise InventoryError(f"{source}: vars.replicas must be at least 1")
+    return Inventory(
+        hosts=tuple(_host(n, f, source) for n, f in hosts.items()),
+        model=str(top.get("model", "default")),
+        quantization_bits=int(top.get("quantization_bits", 16)),
+        replicas=replicas,
+        mlx_backend=backend,
+        coordinator_host=str(top.get("coordinator_host", "127.0.0.1")),
+        coordinator_port=int(top.get("coordinator_port", 8000)),
+        source=source,
+    )
+
+
+def load_inventory(path: str | Path | None = None) -> Inventory:
+    path = Path(path) if path else default_inventory_path()
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise InventoryError(f"inventory {path} does not exist") from None
+    except yaml.YAMLError as e:
+        raise InventoryError(f"{path}: not valid YAML: {e}") from None
+    return parse_inventory(data, str(path))

@@ -1,0 +1,1 @@
+"""Starting rank processes: environment, local subprocesses, remote hosts."""

@@ -1,0 +1,46 @@
+"""Where models live: a directory given by the operator, or the built-in fixture model."""
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from . import __version__
+
+DEFAULT_MODEL = "default"
+DEFAULT_MODEL_NAME = "glm-5-fixture"
+
+
+def cache_home() -> Path:
+    root = os.environ.get("CLUSTER_HOME") or Path.home() / ".cache" / "cluster"
+    return Path(root)
+
+
+def default_model_dir(seed: int = 0) -> Path:
+    """The fixture model, built on first use (about a second) and reused after."""
+    target = cache_home() / "models" / f"glm5-fixture-v{__version__}-seed{seed}"
+    if (target / "model.safetensors").exists():
+        return target
+    from .fixture.model import write_fixture
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".build-"))
+    try:
+        write_fixture(tmp, seed=seed)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process finished first
+            pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_model(model: str) -> tuple[Path, str]:
+    """(directory, served name) for a model spec."""
+    if model in (DEFAULT_MODEL, ""):
+        return default_model_dir(), DEFAULT_MODEL_NAME
+    path = Path(model).expanduser()
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"model directory {path} has no config.json")
+    return path, path.name
