@@ -5,6 +5,8 @@ STAMP  := $(VENV)/.installed
 PYTHON ?= python3
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 OPENBLAS := /usr/lib/$(shell uname -m)-linux-gnu/libopenblas.so.0
+# Tests that run MLX in-process get OpenBLAS too (served processes preload it themselves).
+PRELOAD   = $(if $(wildcard $(OPENBLAS)),LD_PRELOAD=$(OPENBLAS),)
 
 .PHONY: serve test test-slow lint format os-deps venv clean
 
@@ -32,10 +34,10 @@ serve: venv
 test: venv
 	$(PY) -m ruff check cluster tests
 	$(PY) -m ruff format --check cluster tests
-	$(PY) -m pytest -q
+	$(PRELOAD) $(PY) -m pytest -q
 
 test-slow: venv
-	$(PY) -m pytest -q -m slow
+	$(PRELOAD) $(PY) -m pytest -q -m slow
 
 lint: venv
 	$(PY) -m ruff check cluster tests

@@ -1,5 +1,6 @@
 """Where models live: a directory given by the operator, or the built-in fixture model."""
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -27,10 +28,8 @@ def default_model_dir(seed: int = 0) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".build-"))
     try:
         write_fixture(tmp, seed=seed)
-        try:
+        with contextlib.suppress(OSError):  # another process may have finished first
             tmp.rename(target)
-        except OSError:  # another process finished first
-            pass
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target

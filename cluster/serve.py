@@ -39,7 +39,11 @@ def build_coordinator(inventory: Inventory, options: ServeOptions, engine: Engin
         service.start()
         ranks = [{"rank": 0, "node": host.name, "address": host.interconnect[0]}]
         replicas.append(Replica(f"r{i}", LocalEngineClient(service), engine.max_num_seqs, ranks))
-    settings = {"engine": engine.__dict__, "inventory": inventory.source, "model_dir": str(model_dir)}
+    settings = {
+        "engine": engine.__dict__,
+        "inventory": inventory.source,
+        "model_dir": str(model_dir),
+    }
     return Coordinator(name, PromptTokenizer(model_dir), replicas, engine.max_queue, settings)
 
 

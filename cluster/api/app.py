@@ -55,7 +55,9 @@ def create_app(coordinator: Coordinator) -> FastAPI:
         prompt = coordinator.tokenizer.encode(p) if isinstance(p, str) else list(p)
         vocab = coordinator.tokenizer.vocab_size
         if any(not 0 <= t < vocab for t in prompt):
-            raise APIError(f"prompt token ids must be in [0, {vocab})", param="prompt")
+            raise APIError(
+                f"prompt token ids must be in [0, {vocab})", param="prompt", code="invalid_value"
+            )
         return await _complete(request, body, prompt, chat=False)
 
     async def _complete(request: Request, body, prompt: list[int], chat: bool):

@@ -10,7 +10,9 @@ from .types import EngineRequest, RequestId, TokenEvent
 
 
 class Engine:
-    def __init__(self, model, eos_ids: set[int], config: EngineConfig, max_model_len: int, model_id):
+    def __init__(
+        self, model, eos_ids: set[int], config: EngineConfig, max_model_len: int, model_id
+    ):
         self.config = config
         self.max_model_len = max_model_len
         self.cache = PrefixCache(

@@ -75,7 +75,8 @@ class ModelRunner:
         new = [s for s in seqs if s not in members]
         if not new:
             return
-        merged = [type(layer[0]).merge(list(layer)) for layer in zip(*(s.cache for s in new))]
+        layers = zip(*(s.cache for s in new), strict=True)
+        merged = [type(layer[0]).merge(list(layer)) for layer in layers]
         if self.batch_cache is None:
             self.batch_cache = merged
         else:

@@ -124,6 +124,7 @@ class EngineService:
             if kind == "add":
                 self._add(arg, sink)
             elif kind == "abort" and (event := self._engine.abort(arg)):
+                log.info("aborted %s after %d tokens", arg, len(event.token_ids))
                 self._dispatch(event)
             try:
                 item = self._inbox.get_nowait()

@@ -1,0 +1,137 @@
+"""Engine tests on the tiny GLM-5-architecture model: batching, prefix cache, abort, sampling."""
+
+import pytest
+
+from cluster.config import EngineConfig
+from cluster.engine.engine import Engine
+from cluster.engine.types import EngineRequest, RequestId, SamplingParams
+
+TEXTS = [
+    "What is the capital of France?",
+    "Explain the difference between TCP and UDP. " * 6,
+    "def is_prime(n):",
+    "한국의 수도는 어디이며 인구는 얼마인가요?",
+    "import os\nimport sys\n" * 30,  # past index_topk: the DSA sparse path runs
+    "Write a haiku about AI",
+    "Translate to English: 안녕하세요",
+    "x",
+]
+
+
+def greedy(max_tokens=24, **kw):
+    return SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True, **kw)
+
+
+def make_engine(loaded, **config):
+    model, tokenizer, _ = loaded
+    return Engine(model, set(tokenizer.eos_token_ids), EngineConfig(**config), 4096, "fixture")
+
+
+def run(engine, prompts, params=None):
+    outputs = {}
+    for i, prompt in enumerate(prompts):
+        sampling = params[i] if isinstance(params, list) else params or greedy()
+        engine.add_request(EngineRequest(RequestId(str(i)), tuple(prompt), sampling))
+    while engine.has_work():
+        for event in engine.step():
+            outputs.setdefault(event.request_id, []).extend(event.token_ids)
+    return [outputs[str(i)] for i in range(len(prompts))]
+
+
+@pytest.fixture(scope="module")
+def prompts(loaded):
+    tokenizer = loaded[1]
+    return [tokenizer.encode(t) for t in TEXTS]
+
+
+def test_greedy_output_does_not_depend_on_the_batch(loaded, prompts):
+    alone = [run(make_engine(loaded), [p])[0] for p in prompts]
+    together = run(make_engine(loaded), prompts)
+    assert together == alone
+    assert all(len(o) == 24 for o in alone)
+
+
+def test_chunked_prefill_matches_one_shot(loaded, prompts):
+    long = prompts[4]
+    assert len(long) > 100
+    one = run(make_engine(loaded), [long])
+    chunked = run(make_engine(loaded, prefill_step_size=7), [long])
+    assert one == chunked
+
+
+def test_prefix_cache_hit_gives_identical_output(loaded, prompts):
+    engine = make_engine(loaded, block_size=16)
+    shared = prompts[4]
+    first = run(engine, [shared])
+    hits_before = engine.cache.stats.hits
+    second = run(engine, [shared])
+    assert second == first
+    assert engine.cache.stats.hits - hits_before >= len(shared) // 16 * 16 - 16
+    # A prompt that extends a cached one reuses its blocks and matches a cold run.
+    extended = shared + prompts[0]
+    warm = run(engine, [extended])
+    cold = run(make_engine(loaded, prefix_cache_bytes=0), [extended])
+    assert warm == cold
+
+
+def test_prefix_cache_is_bounded_and_evicts_lru(loaded, prompts):
+    engine = make_engine(loaded, block_size=4)
+    run(engine, [prompts[4]])
+    one_entry = engine.cache.nbytes
+    assert one_entry > 0
+    engine.cache.capacity_bytes = int(one_entry * 2.5)
+    run(engine, [prompts[1], prompts[3], prompts[6]])
+    assert engine.cache.nbytes <= engine.cache.capacity_bytes
+    events = engine.cache.drain_events()
+    assert events.stored and events.evicted
+
+
+def test_quantized_prefix_cache_stores_less(loaded, prompts):
+    plain = make_engine(loaded)
+    quant = make_engine(loaded, kv_bits=8)
+    run(plain, [prompts[4]])
+    run(quant, [prompts[4]])
+    assert 0 < quant.cache.nbytes < plain.cache.nbytes
+    assert len(run(quant, [prompts[4]])[0]) == 24  # restored entries still decode
+
+
+def test_abort_frees_the_sequence(loaded, prompts):
+    engine = make_engine(loaded)
+    engine.add_request(EngineRequest(RequestId("a"), tuple(prompts[0]), greedy(1000)))
+    engine.add_request(EngineRequest(RequestId("b"), tuple(prompts[2]), greedy(5)))
+    for _ in range(3):
+        engine.step()
+    event = engine.abort(RequestId("a"))
+    assert event.finish_reason == "abort"
+    assert [s.request_id for s in engine.scheduler.running] == ["b"]
+    while engine.has_work():
+        engine.step()
+    assert engine.runner.batch == [] and engine.runner.batch_cache is None
+
+
+def test_stop_conditions(loaded, prompts):
+    engine = make_engine(loaded)
+    (free,) = run(engine, [prompts[0]], greedy(12))
+    stop_at = free[5]
+    (stopped,) = run(engine, [prompts[0]], greedy(12, stop_token_ids=(stop_at,)))
+    assert stopped == free[: free.index(stop_at) + 1]
+    (one,) = run(engine, [prompts[0]], greedy(1))
+    assert one == free[:1]
+
+
+def test_seeded_sampling_is_reproducible_and_batch_independent(loaded, prompts):
+    def params(seed):
+        return SamplingParams(max_tokens=16, temperature=1.0, top_p=0.9, seed=seed, ignore_eos=True)
+
+    a = run(make_engine(loaded), [prompts[0]], params(7))[0]
+    trio = [prompts[2], prompts[0], prompts[3]]
+    batch = run(make_engine(loaded), trio, [params(1), params(7), params(3)])
+    assert batch[1] == a
+    assert run(make_engine(loaded), [prompts[0]], params(8))[0] != a
+
+
+def test_context_limit_ends_with_length(loaded, prompts):
+    model, tokenizer, _ = loaded
+    engine = Engine(model, set(tokenizer.eos_token_ids), EngineConfig(), 40, "fixture")
+    (out,) = run(engine, [prompts[0]], greedy(1000))
+    assert len(prompts[0]) + len(out) == 40

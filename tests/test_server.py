@@ -1,0 +1,268 @@
+"""The official openai client against a real `cluster serve` subprocess."""
+
+import concurrent.futures as cf
+import json
+import time
+
+import httpx
+import openai
+import pytest
+from transformers import AutoTokenizer
+
+GREEDY = {"temperature": 0.0}
+NO_EOS = {"ignore_eos": True}
+
+
+@pytest.fixture(scope="module")
+def hf_tokenizer(model_dir):
+    return AutoTokenizer.from_pretrained(str(model_dir))
+
+
+def chat_prompt_len(tokenizer, messages):
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return len(tokenizer.encode(text, add_special_tokens=False))
+
+
+def test_models_and_health(server):
+    models = server.client().models.list()
+    assert [m.id for m in models.data] == [server.model]
+    health = httpx.get(f"{server.url}/health")
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+
+
+def test_chat_completion_with_usage_matching_the_tokenizer(server, hf_tokenizer):
+    messages = [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "What is the capital of France?"},
+    ]
+    r = server.client().chat.completions.create(
+        model=server.model, messages=messages, max_tokens=12, **GREEDY, extra_body=NO_EOS
+    )
+    assert r.object == "chat.completion" and r.model == server.model
+    assert r.choices[0].message.role == "assistant"
+    assert r.choices[0].finish_reason == "length"
+    assert r.usage.prompt_tokens == chat_prompt_len(hf_tokenizer, messages)
+    assert r.usage.completion_tokens == 12
+    assert r.usage.total_tokens == r.usage.prompt_tokens + 12
+    assert r.choices[0].message.content
+
+
+def test_chat_streaming_matches_non_streaming(server):
+    client = server.client()
+    messages = [{"role": "user", "content": "Explain TCP vs UDP."}]
+    kw = dict(model=server.model, messages=messages, max_tokens=20, **GREEDY, extra_body=NO_EOS)
+    full = client.chat.completions.create(**kw)
+    chunks = list(
+        client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kw)
+    )
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == full.choices[0].message.content
+    finish = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
+    assert finish == ["length"]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 20
+    assert chunks[-1].usage.prompt_tokens == full.usage.prompt_tokens
+
+
+def test_completions_streaming_and_not(server, hf_tokenizer):
+    client = server.client()
+    prompt = "def fibonacci(n):"
+    full = client.completions.create(
+        model=server.model, prompt=prompt, max_tokens=10, **GREEDY, extra_body=NO_EOS
+    )
+    assert full.object == "text_completion"
+    assert full.usage.prompt_tokens == len(hf_tokenizer.encode(prompt, add_special_tokens=False))
+    assert full.usage.completion_tokens == 10
+    stream = client.completions.create(
+        model=server.model, prompt=prompt, max_tokens=10, stream=True, **GREEDY, extra_body=NO_EOS
+    )
+    assert "".join(c.choices[0].text for c in stream) == full.choices[0].text
+    # Token ids are a prompt too.
+    ids = hf_tokenizer.encode(prompt, add_special_tokens=False)
+    by_ids = client.completions.create(
+        model=server.model, prompt=ids, max_tokens=10, **GREEDY, extra_body=NO_EOS
+    )
+    assert by_ids.choices[0].text == full.choices[0].text
+
+
+def test_stop_string_ends_the_completion(server):
+    client = server.client()
+    kw = dict(model=server.model, prompt="import os\n", max_tokens=24, **GREEDY, extra_body=NO_EOS)
+    free = client.completions.create(**kw).choices[0].text
+    stop = free[5:8]
+    assert stop.strip(), free
+    stopped = client.completions.create(stop=[stop], **kw)
+    assert stopped.choices[0].finish_reason == "stop"
+    assert stopped.choices[0].text == free[: free.index(stop)]
+
+
+def _solo_and_concurrent(server, prompts, max_tokens=32):
+    client = server.client()
+
+    def ask(p):
+        r = client.chat.completions.create(
+            model=server.model,
+            messages=[{"role": "user", "content": p}],
+            max_tokens=max_tokens,
+            **GREEDY,
+            extra_body=NO_EOS,
+        )
+        return r.choices[0].message.content, r.usage
+
+    solo = [ask(p) for p in prompts]
+    with cf.ThreadPoolExecutor(len(prompts)) as pool:
+        together = list(pool.map(ask, prompts))
+    return solo, together
+
+
+def test_greedy_alone_equals_among_eight_concurrent(server):
+    prompts = [f"Question {i}: tell me about topic number {i * 7}." for i in range(8)]
+    solo, together = _solo_and_concurrent(server, prompts)
+    assert [t for t, _ in together] == [t for t, _ in solo]
+
+
+def test_long_shared_prefix_hits_the_prefix_cache(server):
+    client = server.client()
+    prefix = "You are a careful assistant. Context: " + "the quick brown fox jumps. " * 40
+    messages = [{"role": "user", "content": prefix + "Summarize."}]
+    kw = dict(model=server.model, messages=messages, max_tokens=16, **GREEDY, extra_body=NO_EOS)
+    first = client.chat.completions.create(**kw)
+    second = client.chat.completions.create(**kw)
+    assert second.choices[0].message.content == first.choices[0].message.content
+    cached = second.usage.prompt_tokens_details.cached_tokens
+    assert cached >= first.usage.prompt_tokens - 16 and cached > 0
+    other = [{"role": "user", "content": prefix + "Now list three facts."}]
+    third = client.chat.completions.create(
+        model=server.model, messages=other, max_tokens=4, **GREEDY
+    )
+    assert third.usage.prompt_tokens_details.cached_tokens >= 256
+    status = httpx.get(f"{server.url}/v1/status").json()
+    cache = status["replicas"][0]["engine"]["prefix_cache"]
+    assert cache["hit_tokens"] >= cached and cache["blocks"] > 0
+
+
+def _error(call):
+    with pytest.raises(openai.APIStatusError) as info:
+        call()
+    return info.value
+
+
+@pytest.mark.parametrize(
+    "kw,param",
+    [
+        ({"max_tokens": -5}, "max_tokens"),
+        ({"max_tokens": 10**9}, "max_tokens"),
+        ({"temperature": 9}, "temperature"),
+        ({"n": 3}, "n"),
+        ({"messages": []}, "messages"),
+        ({"messages": [{"role": "wizard", "content": "x"}]}, "messages"),
+        ({"top_p": 0}, "top_p"),
+    ],
+)
+def test_bad_parameters_get_400_in_openai_envelope(server, kw, param):
+    args = {"model": server.model, "messages": [{"role": "user", "content": "hi"}]} | kw
+    err = _error(lambda: server.client().chat.completions.create(**args))
+    assert err.status_code == 400
+    assert err.body["type"] == "invalid_request_error" and err.body["param"] == param
+    assert err.body["message"]
+
+
+def test_prompt_longer_than_the_context(server):
+    status = httpx.get(f"{server.url}/v1/status").json()
+    too_long = [20 + i % 3000 for i in range(status["max_model_len"] + 5)]
+    err = _error(lambda: server.client().completions.create(model=server.model, prompt=too_long))
+    assert err.status_code == 400 and err.body["code"] == "context_length_exceeded"
+    assert "maximum context length" in err.body["message"]
+
+
+def test_unknown_model_is_404(server):
+    err = _error(
+        lambda: server.client().chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "hi"}]
+        )
+    )
+    assert err.status_code == 404 and err.body["code"] == "model_not_found"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"{not json", b'{"messages": "hello"}', b'{"messages": [{"role": "user"}], "stop": 5}'],
+)
+def test_malformed_bodies_get_400_envelopes(server, body):
+    r = httpx.post(
+        f"{server.url}/v1/chat/completions",
+        content=body,
+        headers={"content-type": "application/json"},
+    )
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"]
+
+
+def _status(server):
+    return httpx.get(f"{server.url}/v1/status").json()
+
+
+def _running(server):
+    s = _status(server)
+    r = s["replicas"][0]
+    return r["engine"]["num_running"] + r["engine"]["num_waiting"], r["in_flight"]
+
+
+def test_client_disconnect_mid_stream_frees_the_sequence(server):
+    body = {
+        "model": server.model,
+        "messages": [{"role": "user", "content": "Talk for a long time."}],
+        "max_tokens": 4000,
+        "stream": True,
+        "ignore_eos": True,
+    }
+    url = f"{server.url}/v1/chat/completions"
+    with httpx.Client(timeout=30) as http, http.stream("POST", url, json=body) as r:
+        got, lines = [], r.iter_lines()  # held: a dropped iterator closes the stream
+        for line in lines:
+            if line.startswith("data: {"):
+                got.append(json.loads(line[6:]))
+            if len(got) >= 5:
+                break
+        assert _running(server)[0] == 1
+    deadline = time.time() + 10
+    while time.time() < deadline and _running(server) != (0, 0):
+        time.sleep(0.1)
+    assert _running(server) == (0, 0)
+
+
+def test_full_admission_queue_gets_429_with_retry_after(model_dir, tmp_path):
+    from conftest import Server
+
+    srv = Server(
+        ["--model", str(model_dir), "--max-num-seqs", "1", "--max-queue", "1"],
+        env={"CLUSTER_HOME": str(tmp_path)},
+    )
+    body = {
+        "messages": [{"role": "user", "content": "Go on."}],
+        "max_tokens": 3000,
+        "stream": True,
+        "ignore_eos": True,
+    }
+    try:
+        with httpx.Client(timeout=30) as http:
+            url = f"{srv.url}/v1/chat/completions"
+            with http.stream("POST", url, json=body) as a, http.stream("POST", url, json=body) as b:
+                assert a.status_code == 200 and b.status_code == 200
+                third = http.post(url, json=body | {"stream": False})
+                assert third.status_code == 429
+                assert int(third.headers["retry-after"]) >= 1
+                assert third.json()["error"]["type"] == "rate_limit_error"
+        # Both streams were dropped: the slots come back and requests are admitted again.
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            r = httpx.post(url, json=body | {"stream": False, "max_tokens": 2})
+            if r.status_code == 200:
+                break
+            time.sleep(0.2)
+        assert r.status_code == 200
+    finally:
+        srv.stop()

@@ -1,0 +1,87 @@
+"""Pure unit tests: hashing, detokenization, stop strings, config, request validation."""
+
+import pytest
+
+from cluster.config import EngineConfig
+from cluster.coordinator.output import IncrementalDetokenizer, OutputProcessor, StopMatcher
+from cluster.hashing import block_hashes, hash_seed
+
+
+def test_block_hashes_are_chained_and_seeded():
+    a = block_hashes(list(range(40)), 16)
+    assert len(a) == 2  # the partial third block is not hashed
+    b = block_hashes(list(range(16)) + [99] * 24, 16)
+    assert a[0] == b[0] and a[1] != b[1]
+    # Same second block after a different first block: a different hash (chained).
+    c = block_hashes([7] * 16 + list(range(16, 32)), 16)
+    assert c[1] != a[1]
+    assert block_hashes(list(range(32)), 16, hash_seed("m1")) != block_hashes(
+        list(range(32)), 16, hash_seed("m2")
+    )
+
+
+def test_stop_matcher_holds_back_partial_stop():
+    m = StopMatcher(["STOP"])
+    assert m.feed("abc ST") == ("abc ", False)
+    assert m.feed("OP and more") == ("", True)
+    m = StopMatcher(["xyz"])
+    assert m.feed("abcx") == ("abc", False)
+    assert m.feed("a") == ("xa", False)
+
+
+def test_detokenizer_waits_for_whole_characters():
+    text = "한국 ok"
+    data = text.encode()
+
+    # One "token" per byte: a decoder over bytes shows replacement characters mid-character.
+    def decode(ids):
+        return bytes(ids).decode("utf-8", errors="replace")
+
+    d = IncrementalDetokenizer(decode)
+    out = "".join(d.add([b]) for b in data) + d.flush()
+    assert out == text
+
+
+def test_output_processor_stops_and_counts_tokens():
+    def decode(ids):
+        return "".join(chr(i) for i in ids)
+
+    p = OutputProcessor(decode, ["cd"])
+    first = p.process([ord("a"), ord("b"), ord("c")], None)
+    assert first.text == "ab" and first.finish_reason is None
+    second = p.process([ord("d"), ord("e")], None)
+    assert second.text == "" and second.finish_reason == "stop"
+    assert p.num_tokens == 5
+
+
+def test_output_processor_flushes_held_text_at_the_end():
+    p = OutputProcessor(lambda ids: "".join(chr(i) for i in ids), ["xyz"])
+    assert p.process([ord("a"), ord("x")], None).text == "a"
+    last = p.process([ord("y")], "length")
+    assert last.text == "xy" and last.finish_reason == "length"
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [("max_num_seqs", 0), ("block_size", 0), ("kv_bits", 3), ("max_model_len", 1)],
+)
+def test_engine_config_rejects_bad_values(field, value):
+    with pytest.raises(ValueError, match=field):
+        EngineConfig(**{field: value})
+
+
+def test_request_schema_refuses_what_it_cannot_honour():
+    from pydantic import ValidationError
+
+    from cluster.api.schemas import ChatCompletionRequest, CompletionRequest
+
+    msg = [{"role": "user", "content": "hi"}]
+    ok = ChatCompletionRequest(messages=msg, stop="x", max_completion_tokens=5)
+    assert ok.stop == ["x"] and ok.token_limit == (5, "max_completion_tokens")
+    assert ChatCompletionRequest(messages=msg).stop == []
+    for bad in ({"n": 2}, {"presence_penalty": 1.0}, {"logprobs": True}, {"temperature": 3}):
+        with pytest.raises(ValidationError):
+            ChatCompletionRequest(messages=msg, **bad)
+    with pytest.raises(ValidationError, match="one prompt per request"):
+        CompletionRequest(prompt=["a", "b"])
+    assert CompletionRequest(prompt=["a"]).prompt == "a"
