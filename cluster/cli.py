@@ -36,6 +36,26 @@ def _serve(args) -> int:
     return 0
 
 
+def _rank(args) -> int:
+    from .launch.blas import reexec_with_openblas
+
+    reexec_with_openblas()
+    from .launch.rank import RankOptions, run_rank
+
+    options = RankOptions(
+        model=args.model,
+        model_id=args.model_id,
+        rank=args.rank,
+        world_size=args.world_size,
+        backend=args.backend,
+        hostfile=args.hostfile,
+        grpc_host=args.grpc_host,
+        grpc_port=args.grpc_port,
+        replica=args.replica,
+    )
+    return run_rank(options, _engine_config(args))
+
+
 def _fixture_model(args) -> int:
     from .fixture.model import write_fixture
 
@@ -58,6 +78,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--served-model-name", help="model name clients use (default: dir name)")
     _add_engine_flags(p)
     p.set_defaults(func=_serve)
+
+    p = sub.add_parser("rank", help="run one rank of a replica (launchers start this)")
+    p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--model-id", required=True, help="served model name (seeds block hashes)")
+    p.add_argument("--replica", default="r0", help="replica name")
+    p.add_argument("--rank", type=int, default=0, help="this rank; 0 is the leader")
+    p.add_argument("--world-size", type=int, default=1, help="ranks in the replica")
+    p.add_argument("--backend", default="ring", help="MLX distributed backend: ring|jaccl|mpi")
+    p.add_argument("--hostfile", help="MLX hostfile (JSON) for world sizes above 1")
+    p.add_argument("--grpc-host", default="127.0.0.1", help="leader: address for gRPC")
+    p.add_argument("--grpc-port", type=int, default=0, help="leader: port for gRPC")
+    _add_engine_flags(p)
+    p.set_defaults(func=_rank)
 
     p = sub.add_parser("fixture-model", help="write the small GLM-5-architecture model")
     p.add_argument("out_dir", help="directory to write")

@@ -2,6 +2,8 @@
 
 import asyncio
 import logging
+import os
+import secrets
 import signal
 from dataclasses import dataclass
 
@@ -9,12 +11,13 @@ import uvicorn
 
 from .api.app import create_app
 from .config import EngineConfig
-from .coordinator.coordinator import Coordinator, Replica
+from .coordinator.coordinator import Coordinator
 from .coordinator.tokenizer import PromptTokenizer
-from .engine.client import LocalEngineClient
-from .engine.service import EngineService
-from .inventory import Inventory, load_inventory
-from .models import resolve_model
+from .inventory import load_inventory
+from .launch.local import LocalLauncher
+from .launch.supervisor import Supervisor
+from .models import cache_home, resolve_model
+from .plan.place import place_replicas
 
 log = logging.getLogger("cluster.serve")
 
@@ -28,44 +31,58 @@ class ServeOptions:
     served_model_name: str | None = None
 
 
-def build_coordinator(inventory: Inventory, options: ServeOptions, engine: EngineConfig):
+def serve(options: ServeOptions, engine: EngineConfig) -> None:
+    inventory = load_inventory(options.inventory)
+    plans = place_replicas(inventory)
     model_dir, name = resolve_model(options.model or inventory.model)
     name = options.served_model_name or name
-    replicas = []
-    for i in range(inventory.replicas):
-        host = inventory.hosts[i % len(inventory.hosts)]
-        service = EngineService(model_dir, engine, model_id=name)
-        log.info("loading %s for replica r%d on %s", model_dir, i, host.name)
-        service.start()
-        ranks = [{"rank": 0, "node": host.name, "address": host.interconnect[0]}]
-        replicas.append(Replica(f"r{i}", LocalEngineClient(service), engine.max_num_seqs, ranks))
+    host = options.host or inventory.coordinator_host
+    port = options.port if options.port is not None else inventory.coordinator_port
+    run_dir = cache_home() / "run" / str(os.getpid())
+    token = secrets.token_hex(16)
+    launcher = LocalLauncher(run_dir, str(model_dir), name, engine, token)
+    supervisor = Supervisor(launcher, token, engine.max_num_seqs)
     settings = {
         "engine": engine.__dict__,
         "inventory": inventory.source,
         "model_dir": str(model_dir),
     }
-    return Coordinator(name, PromptTokenizer(model_dir), replicas, engine.max_queue, settings)
-
-
-def serve(options: ServeOptions, engine: EngineConfig) -> None:
-    inventory = load_inventory(options.inventory)
-    host = options.host or inventory.coordinator_host
-    port = options.port if options.port is not None else inventory.coordinator_port
-    coordinator = build_coordinator(inventory, options, engine)
-    app = create_app(coordinator)
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
 
     async def run():
-        task = asyncio.create_task(server.serve())
-        while not server.started and not task.done():
-            await asyncio.sleep(0.05)
-        if server.started:
-            bound = server.servers[0].sockets[0].getsockname()[1] if server.servers else port
-            print(f"serving {coordinator.model_name} at http://{host}:{bound}/v1", flush=True)
-        await task
-        await coordinator.close()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            starting = asyncio.create_task(supervisor.start(plans))
+            await asyncio.wait(
+                {starting, asyncio.create_task(stop.wait())}, return_when="FIRST_COMPLETED"
+            )
+            if stop.is_set():
+                return
+            replicas = starting.result()
+            tokenizer = PromptTokenizer(model_dir)
+            coordinator = Coordinator(name, tokenizer, replicas, engine.max_queue, settings)
+            server = uvicorn.Server(
+                uvicorn.Config(create_app(coordinator), host=host, port=port, log_level="warning")
+            )
+            server.install_signal_handlers = lambda: None
+            task = asyncio.create_task(server.serve())
+            while not server.started and not task.done():
+                await asyncio.sleep(0.05)
+            if task.done():
+                task.result()
+                return
+            bound = server.servers[0].sockets[0].getsockname()[1]
+            print(f"serving {name} at http://{host}:{bound}/v1", flush=True)
+            supervisor.watch()
+            await asyncio.wait(
+                {task, asyncio.create_task(stop.wait())}, return_when="FIRST_COMPLETED"
+            )
+            server.should_exit = True
+            await task
+        finally:
+            await supervisor.stop()
+            log.info("stopped")
 
-    signal.signal(signal.SIGTERM, lambda *_: setattr(server, "should_exit", True))
     asyncio.run(run())
-    log.info("stopped")

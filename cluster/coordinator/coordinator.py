@@ -21,9 +21,13 @@ class Replica:
     client: EngineClient
     max_num_seqs: int
     ranks: list[dict] = field(default_factory=list)
-    state: str = "ready"
+    state: str = "starting"
+    reason: str | None = None
+    """Why the replica is not ready, when it is not."""
+    plan: dict = field(default_factory=dict)
     in_flight: int = 0
     served: int = 0
+    restarts: int = 0
 
 
 @dataclass
@@ -87,7 +91,7 @@ class Coordinator:
 
     @property
     def max_model_len(self) -> int:
-        return min(r.client.info.max_model_len for r in self.replicas)
+        return min(r.client.info.max_model_len for r in self.replicas if r.client.info)
 
     def check_model(self, model: str | None) -> None:
         if model not in (None, "", self.model_name):
@@ -169,6 +173,9 @@ class Coordinator:
                 {
                     "name": r.name,
                     "state": r.state,
+                    "reason": r.reason,
+                    "plan": r.plan,
+                    "restarts": r.restarts,
                     "ranks": r.ranks,
                     "in_flight": r.in_flight,
                     "served": r.served,
@@ -187,7 +194,3 @@ class Coordinator:
             },
             "replicas": replicas,
         }
-
-    async def close(self) -> None:
-        for r in self.replicas:
-            await r.client.close()

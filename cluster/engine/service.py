@@ -1,14 +1,18 @@
-"""Runs an Engine in its own thread; other threads talk to it through a queue only."""
+"""Runs an Engine in its own thread; other threads talk to it through a queue only.
+
+In a tensor-parallel replica the leader's loop also sends each step's work to the followers,
+which run `run_follower` and take exactly the same steps.
+"""
 
 import logging
 import queue
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import EngineConfig
+from .lockstep import Channel, StepMessage, decode_request, encode_request, tokens_digest
 from .types import EngineRequest, RequestId, TokenEvent
 
 log = logging.getLogger(__name__)
@@ -23,11 +27,18 @@ class ModelInfo:
     model_type: str
 
 
-def load_model(path: str | Path):
-    """Load a model with mlx-lm and its config."""
+def load_model(path: str | Path, group=None):
+    """Load a model with mlx-lm; in a group of several ranks, keep only this rank's shard."""
+    import mlx.core as mx
     import mlx_lm
 
-    model, tokenizer, config = mlx_lm.load(str(path), return_config=True)
+    sharded = group is not None and group.size() > 1
+    model, tokenizer, config = mlx_lm.load(str(path), lazy=sharded, return_config=True)
+    if sharded:
+        if not hasattr(model, "shard"):
+            raise ValueError(f"{config.get('model_type')} models cannot be tensor-parallel")
+        model.shard(group)
+        mx.eval(model.parameters())
     return model, tokenizer, config
 
 
@@ -36,22 +47,38 @@ def context_length(config: dict, engine: EngineConfig) -> int:
     return engine.max_model_len or min(native, 32768)
 
 
+def build_engine(path, config: EngineConfig, model_id: str, group=None):
+    from .engine import Engine
+
+    model, tokenizer, model_config = load_model(path, group)
+    max_len = context_length(model_config, config)
+    eos = tuple(sorted(tokenizer.eos_token_ids))
+    info = ModelInfo(model_id, max_len, eos, model_config.get("model_type", "?"))
+    return Engine(model, set(eos), config, max_len, model_id), info
+
+
 class EngineService:
     """The engine loop: take commands between steps, step while there is work, hand out events."""
 
-    def __init__(self, model_path: str | Path, config: EngineConfig, model_id: str):
+    def __init__(self, model_path: str | Path, config: EngineConfig, model_id: str, group=None):
         self.model_path = str(model_path)
         self.config = config
         self.model_id = model_id
+        self.group = group
         self.info: ModelInfo | None = None
+        self.broken: str | None = None
+        """Why this replica can no longer serve (a rank was lost); None while healthy."""
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._sinks: dict[RequestId, Sink] = {}
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._engine = None
         self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
-        self.started_at = time.time()
         self.steps = 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.group is not None and self.group.size() > 1
 
     def start(self, timeout: float = 600) -> ModelInfo:
         self._thread.start()
@@ -75,68 +102,98 @@ class EngineService:
     def stats(self) -> dict:
         engine = self._engine
         stats = engine.stats() if engine else {"num_running": 0, "num_waiting": 0}
-        return stats | {"steps": self.steps, "alive": self._thread.is_alive()}
-
-    def _load(self):
-        from .engine import Engine
-
-        model, tokenizer, config = load_model(self.model_path)
-        max_len = context_length(config, self.config)
-        eos = tuple(sorted(tokenizer.eos_token_ids))
-        self.info = ModelInfo(self.model_id, max_len, eos, config.get("model_type", "?"))
-        return Engine(model, set(eos), self.config, max_len, self.model_id)
+        extra = {"steps": self.steps, "alive": self._thread.is_alive(), "broken": self.broken}
+        return stats | extra
 
     def _run(self) -> None:
         try:
-            self._engine = self._load()
+            self._engine, self.info = build_engine(
+                self.model_path, self.config, self.model_id, self.group
+            )
         except BaseException as e:  # reported by start()
             self._error = e
             self._ready.set()
             return
         self._ready.set()
-        engine = self._engine
+        channel = Channel(self.group) if self.distributed else None
+        digest = ""
         while True:
-            if not self._take_commands(block=not engine.has_work()):
-                break
-            if not engine.has_work():
-                continue
+            message = self._take_commands(block=not self._engine.has_work())
+            message.step, message.digest = self._engine.has_work(), digest
             try:
-                events = engine.step()
-                self.steps += 1
+                if channel is not None:
+                    channel.exchange(message)
+                if message.stop:
+                    break
+                if message.step:
+                    events = self._engine.step()
+                    digest = tokens_digest(events)
+                    self.steps += 1
+                    self._dispatch_all(events)
             except Exception as e:
-                log.exception("engine step failed; failing in-flight requests")
-                events = engine.fail_all(f"engine error: {type(e).__name__}: {e}")
-            for event in events:
-                self._dispatch(event)
-        for event in engine.fail_all("engine stopped"):
-            self._dispatch(event)
+                self._fail(e)
+                if self.distributed:
+                    break
+        self._dispatch_all(self._engine.fail_all(self.broken or "engine stopped"))
+        self._drain_after_stop()
 
-    def _take_commands(self, block: bool) -> bool:
-        """Apply queued commands; False once asked to stop."""
+    def _fail(self, e: Exception) -> None:
+        log.exception("engine step failed; failing in-flight requests")
+        reason = f"engine error: {type(e).__name__}: {e}"
+        if self.distributed:
+            self.broken = f"tensor-parallel group lost ({e})"
+            reason = self.broken
+        self._dispatch_all(self._engine.fail_all(reason))
+
+    def _take_commands(self, block: bool) -> StepMessage:
+        """Apply queued commands and describe them for the followers."""
+        message = StepMessage()
         try:
             item = self._inbox.get(block=block)
         except queue.Empty:
-            return True
+            return message
         while True:
             kind, arg, sink = item
             if kind == "stop":
-                return False
-            if kind == "add":
-                self._add(arg, sink)
+                message.stop = True
+                return message
+            if kind == "add" and self._add(arg, sink):
+                message.adds.append(encode_request(arg))
             elif kind == "abort" and (event := self._engine.abort(arg)):
-                log.info("aborted %s after %d tokens", arg, len(event.token_ids))
+                log.info("aborted %s", arg)
+                message.aborts.append(arg)
                 self._dispatch(event)
             try:
                 item = self._inbox.get_nowait()
             except queue.Empty:
-                return True
+                return message
 
-    def _add(self, request: EngineRequest, sink: Sink) -> None:
+    def _add(self, request: EngineRequest, sink: Sink) -> bool:
         if request.request_id in self._sinks:
             sink(TokenEvent(request.request_id, (), "error", error="duplicate request id"))
-            return
+            return False
         self._sinks[request.request_id] = sink
         self._engine.add_request(request)
+        return True
+
+    def _drain_after_stop(self) -> None:
+        """Requests that arrive after the loop ended are refused, never left waiting."""
+        reason = self.broken or "engine stopped"
+        while True:
+            try:
+                kind, arg, sink = self._inbox.get(timeout=0.5)
+            except queue.Empty:
+                if not self.broken:
+                    return
+                continue
+            if kind == "add":
+                sink(TokenEvent(arg.request_id, (), "error", error=reason))
+            elif kind == "stop":
+                return
+
+    def _dispatch_all(self, events: list[TokenEvent]) -> None:
+        for event in events:
+            self._dispatch(event)
 
     def _dispatch(self, event: TokenEvent) -> None:
         sink = self._sinks.get(event.request_id)
@@ -144,3 +201,24 @@ class EngineService:
             self._sinks.pop(event.request_id, None)
         if sink is not None:
             sink(event)
+
+
+def run_follower(model_path, config: EngineConfig, model_id: str, group) -> None:
+    """A follower rank: receive each step's work from the leader and take the same step."""
+    engine, _ = build_engine(model_path, config, model_id, group)
+    channel = Channel(group)
+    digest = ""
+    while True:
+        message = channel.exchange(None)
+        if message.digest != digest:
+            raise RuntimeError(
+                f"rank {group.rank()} diverged from the leader: sampled tokens differ"
+            )
+        for data in message.adds:
+            engine.add_request(decode_request(data))
+        for request_id in message.aborts:
+            engine.abort(RequestId(request_id))
+        if message.stop:
+            return
+        if message.step:
+            digest = tokens_digest(engine.step())

@@ -1,0 +1,77 @@
+"""Leader → follower step messages over MLX distributed, so every rank runs the same steps.
+
+A message is JSON (never pickle) in a fixed 4 KiB frame; longer ones take a second collective.
+Followers contribute zeros to an all_sum, so the sum is the leader's bytes.
+"""
+
+import hashlib
+import json
+import struct
+from dataclasses import asdict, dataclass, field
+
+import mlx.core as mx
+import numpy as np
+
+from .types import EngineRequest, RequestId, SamplingParams
+
+FRAME = 4096
+
+
+@dataclass
+class StepMessage:
+    adds: list[dict] = field(default_factory=list)
+    aborts: list[str] = field(default_factory=list)
+    step: bool = False
+    stop: bool = False
+    digest: str = ""
+    """Digest of the tokens the leader sampled in its previous step; followers compare."""
+
+
+def encode_request(request: EngineRequest) -> dict:
+    return {
+        "id": request.request_id,
+        "prompt": list(request.prompt_token_ids),
+        "sampling": asdict(request.sampling),
+    }
+
+
+def decode_request(data: dict) -> EngineRequest:
+    sampling = data["sampling"] | {"stop_token_ids": tuple(data["sampling"]["stop_token_ids"])}
+    return EngineRequest(RequestId(data["id"]), tuple(data["prompt"]), SamplingParams(**sampling))
+
+
+def tokens_digest(events) -> str:
+    h = hashlib.blake2b(digest_size=8)
+    for e in events:
+        h.update(e.request_id.encode())
+        h.update(struct.pack(f"<{len(e.token_ids)}I", *e.token_ids))
+    return h.hexdigest()
+
+
+class Channel:
+    def __init__(self, group):
+        self.group = group
+        self.is_leader = group.rank() == 0
+
+    def _all_sum(self, data: np.ndarray) -> np.ndarray:
+        out = mx.distributed.all_sum(mx.array(data), group=self.group)
+        mx.eval(out)
+        return np.array(out, dtype=np.uint8)
+
+    def exchange(self, message: StepMessage | None) -> StepMessage:
+        """The leader sends a message; every rank (leader included) gets it back."""
+        frame = np.zeros(FRAME, np.uint8)
+        payload = b""
+        if self.is_leader:
+            payload = json.dumps(asdict(message), separators=(",", ":")).encode()
+            head = struct.pack("<I", len(payload)) + payload[: FRAME - 4]
+            frame[: len(head)] = np.frombuffer(head, np.uint8)
+        frame = self._all_sum(frame)
+        (size,) = struct.unpack("<I", frame[:4].tobytes())
+        body = frame[4 : 4 + min(size, FRAME - 4)].tobytes()
+        if size > FRAME - 4:
+            rest = np.zeros(size - (FRAME - 4), np.uint8)
+            if self.is_leader:
+                rest[:] = np.frombuffer(payload[FRAME - 4 :], np.uint8)
+            body += self._all_sum(rest).tobytes()
+        return StepMessage(**json.loads(body))

@@ -1,0 +1,94 @@
+"""`cluster rank`: the one command every node runs for its rank of a replica.
+
+Rank 0 (the leader) owns the scheduler and the gRPC server; the other ranks follow its steps
+over MLX distributed and never see HTTP or gRPC.
+"""
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from dataclasses import dataclass
+
+from ..config import EngineConfig
+
+log = logging.getLogger("cluster.rank")
+TOKEN_ENV = "CLUSTER_TOKEN"
+
+
+@dataclass(frozen=True)
+class RankOptions:
+    model: str
+    model_id: str
+    rank: int = 0
+    world_size: int = 1
+    backend: str = "ring"
+    hostfile: str | None = None
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = 0
+    replica: str = "r0"
+
+
+def init_group(opts: RankOptions):
+    if opts.world_size == 1:
+        return None
+    import mlx.core as mx
+
+    if opts.hostfile:
+        os.environ["MLX_HOSTFILE"] = opts.hostfile
+    os.environ["MLX_RANK"] = str(opts.rank)
+    group = mx.distributed.init(backend=opts.backend, strict=True)
+    if group.size() != opts.world_size or group.rank() != opts.rank:
+        raise RuntimeError(
+            f"MLX {opts.backend} formed rank {group.rank()} of {group.size()}, "
+            f"expected rank {opts.rank} of {opts.world_size}"
+        )
+    return group
+
+
+def run_rank(opts: RankOptions, engine: EngineConfig) -> int:
+    group = init_group(opts)
+    log.info("replica %s rank %d/%d starting", opts.replica, opts.rank, opts.world_size)
+    if opts.rank != 0:
+        from ..engine.service import run_follower
+
+        signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+        run_follower(opts.model, engine, opts.model_id, group)
+        return 0
+    from ..engine.service import EngineService
+
+    service = EngineService(opts.model, engine, opts.model_id, group)
+    service.start()
+    return asyncio.run(_lead(service, opts))
+
+
+async def _lead(service, opts: RankOptions) -> int:
+    from grpc_health.v1 import health_pb2
+
+    from ..rpc.server import SERVICE_NAME, serve_grpc
+
+    describe = {"replica": opts.replica, "world_size": opts.world_size, "backend": opts.backend}
+    token = os.environ.get(TOKEN_ENV) or None
+    server, port, health = await serve_grpc(
+        service, opts.grpc_host, opts.grpc_port, describe, token
+    )
+    print(f"rank 0 of {opts.replica} serving gRPC on {opts.grpc_host}:{port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    code = 0
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=0.2)
+        if service.broken:
+            log.error("replica %s cannot serve: %s", opts.replica, service.broken)
+            await health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
+            await asyncio.sleep(1.0)  # let error events reach the coordinator
+            code = 3
+            break
+    await server.stop(grace=1.0)
+    if not service.broken:
+        await asyncio.to_thread(service.stop)
+    return code

@@ -1,0 +1,113 @@
+"""Starts every replica, watches its ranks and its leader, restarts a replica that broke."""
+
+import asyncio
+import logging
+import time
+
+from ..coordinator.coordinator import Replica
+from ..rpc.client import GrpcEngineClient
+from .local import LocalLauncher, RunningReplica
+
+log = logging.getLogger(__name__)
+
+
+class ReplicaFailed(RuntimeError):
+    pass
+
+
+class Supervisor:
+    def __init__(self, launcher: LocalLauncher, token: str, max_num_seqs: int):
+        self.launcher = launcher
+        self.token = token
+        self.max_num_seqs = max_num_seqs
+        self.running: dict[str, RunningReplica] = {}
+        self.replicas: dict[str, Replica] = {}
+        self._task: asyncio.Task | None = None
+
+    async def start(self, plans, timeout: float = 600) -> list[Replica]:
+        started = await asyncio.gather(*(self._launch(p, timeout) for p in plans))
+        return list(started)
+
+    async def _launch(self, plan, timeout: float) -> Replica:
+        proc = await asyncio.to_thread(self.launcher.start, plan)
+        self.running[plan.name] = proc
+        try:
+            client = await self._wait_ready(proc, timeout)
+        except ReplicaFailed:
+            self.running.pop(plan.name, None)
+            raise
+        ranks = [{"rank": r.rank, "node": r.host, "address": r.address} for r in plan.ranks]
+        replica = self.replicas.get(plan.name)
+        if replica is None:
+            replica = Replica(plan.name, client, self.max_num_seqs, ranks)
+            replica.plan = {"tensor_parallel": plan.tensor_parallel, "backend": plan.backend}
+            self.replicas[plan.name] = replica
+        else:
+            old, replica.client = replica.client, client
+            await old.close()
+        replica.state, replica.reason = "ready", None
+        log.info("replica %s ready at %s (TP %d)", plan.name, proc.address, plan.tensor_parallel)
+        return replica
+
+    async def _wait_ready(self, proc: RunningReplica, timeout: float) -> GrpcEngineClient:
+        client = GrpcEngineClient(proc.address, self.token)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if dead := proc.dead_ranks():
+                await client.close()
+                proc.stop()
+                raise ReplicaFailed(
+                    f"replica {proc.plan.name}: rank {dead[0]} exited while starting\n"
+                    + proc.log_tail()
+                )
+            try:
+                await client.connect(timeout=1)
+                return client
+            except Exception:
+                await asyncio.sleep(0.2)
+        await client.close()
+        proc.stop()
+        raise ReplicaFailed(f"replica {proc.plan.name} not ready after {timeout:.0f}s")
+
+    def watch(self, interval: float = 0.5) -> None:
+        self._task = asyncio.create_task(self._watch(interval))
+
+    async def _watch(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            for name, proc in list(self.running.items()):
+                replica = self.replicas.get(name)
+                if replica is None or replica.state != "ready":
+                    continue
+                reason = await self._check(proc, replica)
+                if reason:
+                    await self._restart(name, reason)
+
+    async def _check(self, proc: RunningReplica, replica: Replica) -> str | None:
+        if dead := proc.dead_ranks():
+            codes = ", ".join(f"rank {i} exit {proc.procs[i].returncode}" for i in dead)
+            return f"rank process died ({codes})"
+        try:
+            stats = await replica.client.status(timeout=2)
+        except Exception as e:
+            return f"leader not answering ({type(e).__name__})"
+        return stats.get("broken")
+
+    async def _restart(self, name: str, reason: str) -> None:
+        replica, proc = self.replicas[name], self.running.pop(name)
+        replica.state, replica.reason = "down", reason
+        replica.restarts += 1
+        log.warning("replica %s is down: %s; restarting it", name, reason)
+        await asyncio.to_thread(proc.stop)
+        try:
+            await self._launch(proc.plan, timeout=600)
+        except ReplicaFailed as e:
+            replica.state, replica.reason = "failed", str(e).splitlines()[0]
+            log.error("replica %s failed to restart: %s", name, e)
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+        for replica in self.replicas.values():
+            await replica.client.close()
+        await asyncio.gather(*(asyncio.to_thread(p.stop) for p in self.running.values()))

@@ -1,0 +1,1 @@
+"""Placement: a pure function from model config, quantization and inventory to a plan."""

@@ -1,0 +1,75 @@
+"""The coordinator's side of the gRPC protocol: an EngineClient for a remote leader rank."""
+
+import json
+from collections.abc import AsyncIterator
+
+import grpc
+
+from ..engine.service import ModelInfo
+from ..engine.types import EngineRequest, RequestId, TokenEvent
+from .auth import HEADER
+from .gen import engine_pb2 as pb
+from .gen import engine_pb2_grpc as pb_grpc
+
+
+def request_to_pb(request: EngineRequest) -> pb.GenerateRequest:
+    s = request.sampling
+    sampling = pb.SamplingParams(
+        max_tokens=s.max_tokens,
+        temperature=s.temperature,
+        top_p=s.top_p,
+        top_k=s.top_k,
+        stop_token_ids=s.stop_token_ids,
+        ignore_eos=s.ignore_eos,
+    )
+    if s.seed is not None:
+        sampling.seed = s.seed
+    return pb.GenerateRequest(
+        request_id=request.request_id,
+        prompt_token_ids=request.prompt_token_ids,
+        sampling=sampling,
+    )
+
+
+class GrpcEngineClient:
+    def __init__(self, address: str, token: str | None = None):
+        self.address = address
+        self.metadata = ((HEADER, token),) if token else ()
+        self.channel = grpc.aio.insecure_channel(address)
+        self.stub = pb_grpc.EngineStub(self.channel)
+        self.info: ModelInfo | None = None
+
+    async def connect(self, timeout: float = 10) -> ModelInfo:
+        reply = await self.stub.Status(pb.StatusRequest(), metadata=self.metadata, timeout=timeout)
+        self.info = ModelInfo(
+            reply.model_id, reply.max_model_len, tuple(reply.eos_token_ids), reply.model_type
+        )
+        return self.info
+
+    async def generate(self, request: EngineRequest) -> AsyncIterator[TokenEvent]:
+        call = self.stub.Generate(request_to_pb(request), metadata=self.metadata)
+        try:
+            async for chunk in call:
+                yield TokenEvent(
+                    request_id=RequestId(chunk.request_id),
+                    token_ids=tuple(chunk.token_ids),
+                    finish_reason=chunk.finish_reason or None,
+                    prompt_tokens=chunk.prompt_tokens,
+                    cached_tokens=chunk.cached_tokens,
+                    error=chunk.error or None,
+                )
+        except grpc.aio.AioRpcError as e:
+            message = f"lost the replica's leader at {self.address}: {e.code().name}"
+            yield TokenEvent(request.request_id, (), "error", error=message)
+        finally:
+            call.cancel()
+
+    async def abort(self, request_id: RequestId) -> None:
+        await self.stub.Abort(pb.AbortRequest(request_id=request_id), metadata=self.metadata)
+
+    async def status(self, timeout: float = 2) -> dict:
+        reply = await self.stub.Status(pb.StatusRequest(), metadata=self.metadata, timeout=timeout)
+        return json.loads(reply.stats_json)
+
+    async def close(self) -> None:
+        await self.channel.close()
