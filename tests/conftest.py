@@ -33,13 +33,14 @@ class Server:
 
     def __init__(self, args: list[str], env: dict | None = None, timeout: float = 180):
         cmd = [sys.executable, "-m", "cluster", "serve", "--port", "0", *args]
+        self.env = {**os.environ, **(env or {})}
         self.proc = subprocess.Popen(
             cmd,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
             cwd=ROOT,
-            env={**os.environ, **(env or {})},
+            env=self.env,
             start_new_session=True,
         )
         self.lines: list[str] = []

@@ -23,7 +23,7 @@ class Replica:
     ranks: list[dict] = field(default_factory=list)
     state: str = "starting"
     reason: str | None = None
-    """Why the replica is not ready, when it is not."""
+    """Why the replica is not ready, or why it last went down."""
     plan: dict = field(default_factory=dict)
     in_flight: int = 0
     served: int = 0

@@ -45,7 +45,7 @@ class Supervisor:
         else:
             old, replica.client = replica.client, client
             await old.close()
-        replica.state, replica.reason = "ready", None
+        replica.state = "ready"
         log.info("replica %s ready at %s (TP %d)", plan.name, proc.address, plan.tensor_parallel)
         return replica
 

@@ -1,0 +1,181 @@
+"""Multi-process cluster tests: tensor parallelism over MLX ring, several replicas, rank death."""
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from conftest import ROOT, Server
+
+PROMPTS = [
+    "What is the capital of France?",
+    "Explain TCP vs UDP.",
+    "def is_prime(n):",
+    "한국의 수도는?",
+    "import os\nimport sys\n" * 30,
+    "Write a haiku about AI",
+]
+
+
+def inventory(tmp_path: Path, hosts: int, replicas: int) -> Path:
+    host = {"interconnect": ["127.0.0.1"], "memory_gb": 8, "chip": "cpu"}
+    host |= {"memory_bandwidth_gbs": 20, "ansible_connection": "local"}
+    data = {
+        "all": {
+            "vars": {"replicas": replicas, "mlx_backend": "ring"},
+            "hosts": {f"node{i}": dict(host) for i in range(hosts)},
+        }
+    }
+    path = tmp_path / f"inv-{hosts}-{replicas}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def start(model_dir, tmp_path, inv: Path | str) -> Server:
+    return Server(
+        ["--model", str(model_dir), "--inventory", str(inv)],
+        env={"CLUSTER_HOME": str(tmp_path / "home")},
+    )
+
+
+def greedy_outputs(srv: Server) -> list[list[str]]:
+    client = srv.client()
+    outs = []
+    for p in PROMPTS:
+        r = client.completions.create(
+            model=srv.model, prompt=p, max_tokens=24, temperature=0, extra_body={"ignore_eos": True}
+        )
+        outs.append(r.choices[0].text)
+    return outs
+
+
+def status(srv: Server) -> dict:
+    return httpx.get(f"{srv.url}/v1/status", timeout=5).json()
+
+
+def rank_pids(srv: Server) -> dict[tuple[str, int], int]:
+    """(replica, rank) → pid of this server's rank processes (read from /proc)."""
+    home = f"CLUSTER_HOME={srv.env['CLUSTER_HOME']}".encode()
+    pids = {}
+    for proc in Path("/proc").iterdir():
+        try:
+            args = (proc / "cmdline").read_bytes().decode().split("\0")
+            if "rank" not in args or "cluster" not in args:
+                continue
+            if home not in (proc / "environ").read_bytes().split(b"\0"):
+                continue
+        except (OSError, ValueError):
+            continue
+        replica = args[args.index("--replica") + 1]
+        pids[(replica, int(args[args.index("--rank") + 1]))] = int(proc.name)
+    return pids
+
+
+@pytest.fixture(scope="module")
+def tp1_outputs(model_dir, tmp_path_factory):
+    srv = start(model_dir, tmp_path_factory.mktemp("tp1"), ROOT / "inventory/local.yaml")
+    try:
+        return greedy_outputs(srv)
+    finally:
+        srv.stop()
+
+
+def test_tp2_over_ring_matches_tp1_token_for_token(model_dir, tmp_path, tp1_outputs):
+    srv = start(model_dir, tmp_path, ROOT / "inventory/local-tp2.yaml")
+    try:
+        replica = status(srv)["replicas"][0]
+        assert replica["plan"]["tensor_parallel"] == 2 and len(replica["ranks"]) == 2
+        assert replica["engine"]["world_size"] == 2 and replica["engine"]["backend"] == "ring"
+        assert len(rank_pids(srv)) == 2
+        assert greedy_outputs(srv) == tp1_outputs
+    finally:
+        assert srv.stop() == 0
+    assert rank_pids(srv) == {}  # no orphans
+
+
+@pytest.mark.slow
+def test_tp4_over_ring_matches_tp1(model_dir, tmp_path, tp1_outputs):
+    srv = start(model_dir, tmp_path, inventory(tmp_path, hosts=4, replicas=1))
+    try:
+        assert greedy_outputs(srv) == tp1_outputs
+    finally:
+        srv.stop()
+
+
+def _stream(srv: Server, max_tokens: int = 3000):
+    body = {
+        "model": srv.model,
+        "prompt": "Keep going",
+        "max_tokens": max_tokens,
+        "stream": True,
+        "ignore_eos": True,
+    }
+    return httpx.stream("POST", f"{srv.url}/v1/completions", json=body, timeout=30)
+
+
+def test_follower_death_ends_stream_with_error_and_other_replica_serves(model_dir, tmp_path):
+    srv = start(model_dir, tmp_path, inventory(tmp_path, hosts=4, replicas=2))
+    try:
+        st = status(srv)
+        assert [r["state"] for r in st["replicas"]] == ["ready", "ready"]
+        pids = rank_pids(srv)
+        assert len(pids) == 4
+        # Round-robin: the first request goes to r0.
+        with _stream(srv) as r:
+            lines = r.iter_lines()
+            got = 0
+            for line in lines:
+                got += line.startswith("data: {")
+                if got == 3:
+                    break
+            os.kill(pids[("r0", 1)], signal.SIGKILL)
+            killed = time.time()
+            rest = list(lines)
+        elapsed = time.time() - killed
+        assert elapsed < 5
+        errors = [json.loads(x[6:]) for x in rest if x.startswith("data: {") and '"error"' in x]
+        assert errors and "r0" in errors[0]["error"]["message"]
+        assert [x for x in rest if x][-1] == "data: [DONE]"
+        # r0 is reported down (or already restarting); r1 keeps serving.
+        deadline = time.time() + 3
+        while time.time() < deadline:
+            states = {r["name"]: r for r in status(srv)["replicas"]}
+            if states["r0"]["restarts"] == 1:
+                break
+            time.sleep(0.1)
+        assert states["r0"]["restarts"] == 1 and "rank 1" in states["r0"]["reason"]
+        assert states["r1"]["state"] == "ready"
+        client = srv.client()
+        for _ in range(3):
+            r = client.completions.create(model=srv.model, prompt="hi", max_tokens=4)
+            assert r.choices[0].finish_reason in ("length", "stop")
+        # The supervisor restarts r0 and it serves again.
+        deadline = time.time() + 60
+        while time.time() < deadline and status(srv)["replicas"][0]["state"] != "ready":
+            time.sleep(0.5)
+        r0 = status(srv)["replicas"][0]
+        assert r0["state"] == "ready" and r0["restarts"] == 1
+    finally:
+        srv.stop()
+
+
+def test_no_ready_replica_is_503(model_dir, tmp_path):
+    srv = start(model_dir, tmp_path, ROOT / "inventory/local.yaml")
+    try:
+        (pid,) = rank_pids(srv).values()
+        os.kill(pid, signal.SIGSTOP)  # a hung leader: alive, not answering
+        deadline = time.time() + 10
+        while time.time() < deadline and status(srv)["replicas"][0]["state"] == "ready":
+            time.sleep(0.2)
+        r = httpx.post(
+            f"{srv.url}/v1/completions", json={"prompt": "hi", "max_tokens": 2}, timeout=10
+        )
+        assert r.status_code == 503 and r.json()["error"]["code"] == "no_replica_ready"
+        assert httpx.get(f"{srv.url}/health").status_code == 503
+        os.kill(pid, signal.SIGCONT)
+    finally:
+        srv.stop()
