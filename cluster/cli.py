@@ -56,6 +56,26 @@ def _rank(args) -> int:
     return run_rank(options, _engine_config(args))
 
 
+def _plan(args) -> int:
+    import json
+
+    from .inventory import load_inventory
+    from .models import resolve_model
+    from .plan.model_config import read_config, stored_bits
+    from .plan.planner import make_plan
+    from .plan.render import render_plan
+
+    inventory = load_inventory(args.inventory)
+    if args.model_config:
+        config = read_config(config_file=args.model_config)
+    else:
+        config = read_config(resolve_model(args.model or inventory.model)[0])
+    bits = args.bits or stored_bits(config) or inventory.quantization_bits
+    plan = make_plan(config, bits, inventory)
+    print(json.dumps(plan.to_json(), indent=2) if args.json else render_plan(plan))
+    return 0 if plan.ok else 1
+
+
 def _fixture_model(args) -> int:
     from .fixture.model import write_fixture
 
@@ -78,6 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--served-model-name", help="model name clients use (default: dir name)")
     _add_engine_flags(p)
     p.set_defaults(func=_serve)
+
+    p = sub.add_parser("plan", help="show how an inventory would place the model, or why not")
+    p.add_argument("--inventory", help="inventory YAML (default: the embedded local.yaml)")
+    p.add_argument("--model", help="model directory (default: the inventory's model)")
+    p.add_argument("--model-config", help="a config.json instead of a model directory")
+    p.add_argument("--bits", type=int, help="bits per weight (default: checkpoint or inventory)")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.set_defaults(func=_plan)
 
     p = sub.add_parser("rank", help="run one rank of a replica (launchers start this)")
     p.add_argument("--model", required=True, help="model directory")

@@ -17,9 +17,15 @@ from .inventory import load_inventory
 from .launch.local import LocalLauncher
 from .launch.supervisor import Supervisor
 from .models import cache_home, resolve_model
-from .plan.place import place_replicas
+from .plan.model_config import read_config, stored_bits
+from .plan.planner import make_plan
+from .plan.render import render_plan
 
 log = logging.getLogger("cluster.serve")
+
+
+class PlanRefused(ValueError):
+    pass
 
 
 @dataclass(frozen=True)
@@ -33,8 +39,18 @@ class ServeOptions:
 
 def serve(options: ServeOptions, engine: EngineConfig) -> None:
     inventory = load_inventory(options.inventory)
-    plans = place_replicas(inventory)
     model_dir, name = resolve_model(options.model or inventory.model)
+    config = read_config(model_dir)
+    plan = make_plan(config, stored_bits(config) or inventory.quantization_bits, inventory)
+    log.info("plan:\n%s", render_plan(plan))
+    if not plan.ok:
+        raise PlanRefused(" ".join(plan.refusals))
+    if any(r.pipeline_stages > 1 for r in plan.replicas):
+        raise PlanRefused(
+            "this layout needs pipeline parallelism, which the planner reports but serve does "
+            "not run yet; use a node count per replica that divides the model's heads and experts"
+        )
+    plans = list(plan.replicas)
     name = options.served_model_name or name
     host = options.host or inventory.coordinator_host
     port = options.port if options.port is not None else inventory.coordinator_port

@@ -21,6 +21,8 @@ class Host:
     chip: str
     memory_bandwidth_gbs: float
     rdma_devices: tuple[str, ...] = ()
+    wired_limit_gb: float | None = None
+    """GPU-wired memory limit if raised (sysctl iogpu.wired_limit_mb); default per chip."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,12 @@ class Inventory:
     mlx_backend: str = "ring"
     coordinator_host: str = "127.0.0.1"
     coordinator_port: int = 8000
+    allreduce_latency_us: float | None = None
+    """Measured latency of a small all_sum between this cluster's nodes, if known."""
+    min_context_tokens: int = 32768
+    """KV cache every node must have room for, beyond the weights."""
+    speculation: str = "none"
+    num_speculative_tokens: int = 1
     source: str = "<memory>"
 
 
@@ -68,7 +76,16 @@ def _host(name: str, facts: dict, source: str) -> Host:
     if memory <= 0 or bandwidth <= 0:
         raise InventoryError(f"{source}: host '{name}' has a non-positive memory or bandwidth")
     rdma = facts.get("rdma_devices") or ()
-    return Host(name, tuple(addresses), memory, str(facts["chip"]), bandwidth, tuple(rdma))
+    wired = facts.get("wired_limit_gb")
+    return Host(
+        name,
+        tuple(addresses),
+        memory,
+        str(facts["chip"]),
+        bandwidth,
+        tuple(rdma),
+        float(wired) if wired is not None else None,
+    )
 
 
 def parse_inventory(data: dict, source: str = "<memory>") -> Inventory:
@@ -95,6 +112,10 @@ def parse_inventory(data: dict, source: str = "<memory>") -> Inventory:
         mlx_backend=backend,
         coordinator_host=str(top.get("coordinator_host", "127.0.0.1")),
         coordinator_port=int(top.get("coordinator_port", 8000)),
+        allreduce_latency_us=top.get("allreduce_latency_us"),
+        min_context_tokens=int(top.get("min_context_tokens", 32768)),
+        speculation=str(top.get("speculation", "none")),
+        num_speculative_tokens=int(top.get("num_speculative_tokens", 1)),
         source=source,
     )
 

@@ -1,6 +1,6 @@
-"""Frozen plan types: what runs where."""
+"""Frozen plan types: what runs where, with how much memory, at what predicted speed."""
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 
 @dataclass(frozen=True)
@@ -11,13 +11,49 @@ class RankPlacement:
 
 
 @dataclass(frozen=True)
+class NodeMemory:
+    host: str
+    usable_gb: float
+    weights_gb: float
+    mtp_gb: float
+    kv_budget_gb: float
+    headroom_gb: float
+
+
+@dataclass(frozen=True)
 class ReplicaPlan:
     name: str
     ranks: tuple[RankPlacement, ...]
     backend: str
     tensor_parallel: int
-    details: dict = field(default_factory=dict, compare=False)
+    pipeline_stages: int = 1
+    layer_ranges: tuple[tuple[int, int], ...] = ()
+    """Per pipeline stage: [first, last) main-model layers; empty when not pipelined."""
+    memory: tuple[NodeMemory, ...] = ()
+    decode_tok_s_roofline: float = 0.0
+    decode_tok_s_expected: float = 0.0
+    speculation: dict = field(default_factory=dict, compare=False)
+    """Per method ('mtp', 'draft'): 'supported' or the reason it is not."""
+    hostfile: tuple[dict, ...] = ()
 
     @property
     def leader(self) -> RankPlacement:
         return self.ranks[0]
+
+
+@dataclass(frozen=True)
+class Plan:
+    model_type: str
+    quantization_bits: int
+    params_total: int
+    params_active: int
+    replicas: tuple[ReplicaPlan, ...]
+    refusals: tuple[str, ...] = ()
+    assumptions: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def ok(self) -> bool:
+        return not self.refusals
+
+    def to_json(self) -> dict:
+        return asdict(self) | {"ok": self.ok}

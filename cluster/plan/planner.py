@@ -1,0 +1,169 @@
+"""The planner: a pure function from (model config, quantization bits, inventory) to a plan."""
+
+from ..inventory import Host, Inventory
+from .model_size import ModelSize, UnknownModel, bytes_per_param, model_size
+from .types import NodeMemory, Plan, RankPlacement, ReplicaPlan
+
+GB = 1e9
+# Latency of one small all_sum between nodes: JACCL over Thunderbolt 5 measures 25-31 us;
+# ring is TCP (about 300 us reported over Thunderbolt IP); MPI over TCP sits between.
+ALLREDUCE_LATENCY_US = {"jaccl": 30.0, "ring": 300.0, "mpi": 150.0}
+# Measured decode reaches about this share of the roofline (exo, GLM-5-8bit TP: 18.3 tok/s on
+# two M3 Ultras, 23.7 on four, against rooflines of about 30 and 49).
+EFFICIENCY = 0.55
+APPLE_WIRED_FRACTION = 0.75  # macOS's default GPU-wired limit on large-memory Macs
+OTHER_USABLE_FRACTION = 0.9
+
+
+def usable_gb(host: Host) -> float:
+    if host.wired_limit_gb is not None:
+        return host.wired_limit_gb
+    apple = host.chip.upper().startswith(("M", "APPLE"))
+    return host.memory_gb * (APPLE_WIRED_FRACTION if apple else OTHER_USABLE_FRACTION)
+
+
+def _usable_note(host: Host) -> str:
+    if host.wired_limit_gb is not None:
+        return f"its wired_limit_gb {host.wired_limit_gb:.0f}"
+    if host.chip.upper().startswith(("M", "APPLE")):
+        return (
+            f"75% of {host.memory_gb:.0f} GB, macOS's default GPU-wired limit; raise "
+            "iogpu.wired_limit_mb and set wired_limit_gb to use more"
+        )
+    return f"90% of {host.memory_gb:.0f} GB"
+
+
+def indivisible(config: dict, tp: int) -> str | None:
+    """Why the model cannot be split tp ways, or None."""
+    dims = {
+        "num_attention_heads": config.get("num_attention_heads"),
+        "hidden_size": config.get("hidden_size"),
+        "intermediate_size": config.get("intermediate_size"),
+        "moe_intermediate_size": config.get("moe_intermediate_size"),
+        "n_routed_experts": config.get("n_routed_experts"),
+    }
+    for name, value in dims.items():
+        if value and value % tp:
+            return f"{name} {value} is not divisible by {tp}"
+    return None
+
+
+def _tp_and_stages(config: dict, nodes: int) -> tuple[int, int]:
+    """Widest tensor parallelism that divides the model; the rest of the nodes pipeline."""
+    for tp in range(nodes, 0, -1):
+        if nodes % tp == 0 and indivisible(config, tp) is None:
+            return tp, nodes // tp
+    return 1, nodes
+
+
+def _layer_ranges(layers: int, stages: int) -> tuple[tuple[int, int], ...]:
+    bounds = [round(i * layers / stages) for i in range(stages + 1)]
+    return tuple((bounds[i], bounds[i + 1]) for i in range(stages))
+
+
+def _speculation(config: dict, stages: int) -> dict:
+    has_mtp = (config.get("num_nextn_predict_layers") or 0) > 0
+    if stages > 1:
+        return {"mtp": "pipeline_parallel", "draft": "pipeline_parallel"}
+    return {"mtp": "supported" if has_mtp else "no_mtp_weights", "draft": "supported"}
+
+
+def _hostfile(hosts: list[Host], backend: str) -> tuple[dict, ...]:
+    entries = []
+    for h in hosts:
+        entry = {"ssh": h.name, "ips": list(h.interconnect)}
+        if backend == "jaccl":
+            entry["rdma"] = list(h.rdma_devices)
+        entries.append(entry)
+    return tuple(entries)
+
+
+def _replica(
+    name: str, hosts: list[Host], config: dict, size: ModelSize | None, bits: int, inv: Inventory
+) -> tuple[ReplicaPlan, list[str]]:
+    tp, stages = _tp_and_stages(config, len(hosts))
+    ranks = tuple(RankPlacement(i, h.name, h.interconnect[0]) for i, h in enumerate(hosts))
+    base = dict(
+        name=name,
+        ranks=ranks,
+        backend=inv.mlx_backend,
+        tensor_parallel=tp,
+        pipeline_stages=stages,
+        layer_ranges=_layer_ranges(size.num_layers, stages) if size and stages > 1 else (),
+        speculation=_speculation(config, stages),
+        hostfile=_hostfile(hosts, inv.mlx_backend),
+    )
+    if size is None:
+        return ReplicaPlan(**base), []
+    bpp = bytes_per_param(bits)
+    weights = (size.replicated + size.sharded / tp) / stages * bpp / GB
+    mtp = size.mtp / tp * bpp / GB
+    kv_min = size.kv_bytes_per_token * inv.min_context_tokens / stages / GB
+    refusals, memory = [], []
+    for h in hosts:
+        usable = usable_gb(h)
+        headroom = max(1.0, 0.02 * h.memory_gb)
+        need = weights + mtp + kv_min + headroom
+        if need > usable:
+            refusals.append(
+                f"replica {name} needs {need:.1f} GB on each of its {len(hosts)} nodes "
+                f"({weights:.1f} weights + {mtp:.1f} MTP + {kv_min:.1f} KV for "
+                f"{inv.min_context_tokens} tokens + {headroom:.1f} headroom at {bits}-bit), "
+                f"but {h.name} has {usable:.1f} GB usable ({_usable_note(h)})."
+            )
+        kv_budget = max(0.0, usable - weights - mtp - headroom)
+        memory.append(
+            NodeMemory(h.name, round(usable, 2), round(weights, 2), round(mtp, 2),
+                       round(kv_budget, 2), round(headroom, 2))
+        )  # fmt: skip
+    active_node = (size.replicated_active + size.sharded_active / tp) / stages * bpp
+    bandwidth = min(h.memory_bandwidth_gbs for h in hosts) * GB
+    latency = (inv.allreduce_latency_us or ALLREDUCE_LATENCY_US[inv.mlx_backend]) * 1e-6
+    collectives = 2 * size.num_layers if tp > 1 else 0
+    seconds = stages * active_node / bandwidth + (collectives + stages - 1) * latency
+    plan = ReplicaPlan(
+        **base,
+        memory=tuple(memory),
+        decode_tok_s_roofline=round(1 / seconds, 2),
+        decode_tok_s_expected=round(EFFICIENCY / seconds, 2),
+    )
+    return plan, refusals
+
+
+def make_plan(config: dict, bits: int, inventory: Inventory) -> Plan:
+    try:
+        size = model_size(config)
+    except UnknownModel:
+        size = None
+    hosts, n = list(inventory.hosts), inventory.replicas
+    refusals: list[str] = []
+    replicas: list[ReplicaPlan] = []
+    if len(hosts) < n or len(hosts) % n:
+        refusals.append(
+            f"{len(hosts)} hosts cannot form {n} replicas of equal size; "
+            f"list a multiple of {n} hosts or change vars.replicas."
+        )
+    else:
+        per = len(hosts) // n
+        for i in range(n):
+            plan, why = _replica(
+                f"r{i}", hosts[i * per : (i + 1) * per], config, size, bits, inventory
+            )
+            replicas.append(plan)
+            refusals += why
+    assumptions = {
+        "allreduce_latency_us": inventory.allreduce_latency_us
+        or ALLREDUCE_LATENCY_US[inventory.mlx_backend],
+        "efficiency": EFFICIENCY,
+        "bytes_per_param": bytes_per_param(bits),
+        "memory_checked": size is not None,
+    }
+    return Plan(
+        model_type=str(config.get("model_type")),
+        quantization_bits=bits,
+        params_total=size.total if size else 0,
+        params_active=size.active if size else 0,
+        replicas=tuple(replicas),
+        refusals=tuple(refusals),
+        assumptions=assumptions,
+    )

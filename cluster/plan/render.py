@@ -1,0 +1,64 @@
+"""A plan as a terminal table."""
+
+from .types import Plan
+
+
+def _row(cells, widths) -> str:
+    return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
+    return [_row(header, widths), _row(["-" * w for w in widths], widths)] + [
+        _row(r, widths) for r in rows
+    ]
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.2f}M"
+
+
+def render_plan(plan: Plan) -> str:
+    lines = [
+        f"model {plan.model_type}: {_count(plan.params_total)} parameters, "
+        f"{_count(plan.params_active)} active per token, {plan.quantization_bits}-bit",
+        "",
+    ]
+    rows = []
+    for r in plan.replicas:
+        layout = f"TP {r.tensor_parallel}" + (
+            f" x PP {r.pipeline_stages}" if r.pipeline_stages > 1 else ""
+        )
+        spec = ", ".join(f"{k}: {v}" for k, v in r.speculation.items())
+        nodes = ",".join(p.host for p in r.ranks)
+        speed = f"{r.decode_tok_s_expected:g} ({r.decode_tok_s_roofline:g})"
+        rows.append([r.name, layout, r.backend, nodes, speed, spec])
+    header = ["replica", "layout", "backend", "nodes", "decode tok/s (roofline)", "speculation"]
+    lines += _table(header, rows)
+    mem_rows = [
+        [r.name, m.host, m.usable_gb, m.weights_gb, m.mtp_gb, m.kv_budget_gb, m.headroom_gb]
+        for r in plan.replicas
+        for m in r.memory
+    ]
+    if mem_rows:
+        lines += [""] + _table(
+            ["replica", "node", "usable GB", "weights GB", "MTP GB", "KV budget GB", "headroom"],
+            mem_rows,
+        )
+    for r in plan.replicas:
+        if r.layer_ranges:
+            ranges = ", ".join(
+                f"stage {i}: layers {a}-{b - 1}" for i, (a, b) in enumerate(r.layer_ranges)
+            )
+            lines.append(f"{r.name} pipelines: {ranges}")
+    a = plan.assumptions
+    lines += [
+        "",
+        f"assumes {a['allreduce_latency_us']:g} us per all_sum, {a['bytes_per_param']:g} bytes "
+        f"per parameter, decode at {a['efficiency']:g} of the roofline",
+    ]
+    if plan.refusals:
+        lines += ["", "REFUSED:"] + [f"  {r}" for r in plan.refusals]
+    else:
+        lines += ["", "plan OK"]
+    return "\n".join(lines)

@@ -1,0 +1,141 @@
+"""Planner unit tests with fake nodes: GLM-5's real config on Mac Studio inventories."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+from data_glm5_config import GLM5
+
+from cluster.inventory import load_inventory
+from cluster.inventory.inventory import parse_inventory
+from cluster.plan.model_size import model_size
+from cluster.plan.planner import make_plan
+
+
+def studios(*memory_gb, replicas=1, backend="jaccl", chip="M3 Ultra"):
+    hosts = {
+        f"s{i}": {
+            "interconnect": [f"10.0.0.{i}"],
+            "memory_gb": m,
+            "chip": chip,
+            "memory_bandwidth_gbs": 819,
+        }
+        for i, m in enumerate(memory_gb)
+    }
+    return parse_inventory(
+        {"all": {"vars": {"replicas": replicas, "mlx_backend": backend}, "hosts": hosts}}
+    )
+
+
+def test_glm5_size_matches_the_published_744b_total_40b_active():
+    size = model_size(GLM5)
+    assert 740e9 < size.total < 748e9
+    assert 39e9 < size.active < 42e9
+    assert size.mtp > 5e9  # one MoE layer plus eh_proj
+
+
+@pytest.mark.parametrize("inv,tp", [("mac-studio-2x", 2), ("mac-studio-4x", 4)])
+def test_glm5_4bit_plans_on_2_and_4_m3_ultras(inv, tp):
+    plan = make_plan(GLM5, 4, load_inventory(ROOT / f"inventory/{inv}.yaml"))
+    assert plan.ok, plan.refusals
+    (replica,) = plan.replicas
+    assert replica.tensor_parallel == tp and replica.pipeline_stages == 1
+    assert replica.backend == "jaccl" and len(replica.hostfile) == tp
+    for node in replica.memory:
+        assert node.weights_gb + node.mtp_gb + node.kv_budget_gb <= node.usable_gb
+        assert node.kv_budget_gb > 50
+    assert replica.speculation["mtp"] == "supported"
+    assert replica.decode_tok_s_expected < replica.decode_tok_s_roofline
+
+
+def test_more_nodes_predict_faster_decode():
+    two = make_plan(GLM5, 4, studios(512, 512)).replicas[0]
+    four = make_plan(GLM5, 4, studios(512, 512, 512, 512)).replicas[0]
+    assert four.decode_tok_s_roofline > two.decode_tok_s_roofline
+    # Ring's millisecond-scale collectives eat most of that gain.
+    ring = make_plan(GLM5, 4, studios(512, 512, 512, 512, backend="ring")).replicas[0]
+    assert ring.decode_tok_s_roofline < four.decode_tok_s_roofline
+
+
+def test_glm5_4bit_refuses_two_256gb_nodes_with_the_numbers():
+    plan = make_plan(GLM5, 4, studios(256, 256))
+    assert not plan.ok
+    message = plan.refusals[0]
+    assert "needs" in message and "GB" in message and "192.0 GB usable" in message
+    assert "wired" in message  # and says how to get more
+
+
+def test_uneven_memory_refuses_the_small_node_only():
+    plan = make_plan(GLM5, 4, studios(512, 256))
+    assert [r for r in plan.refusals if "s1 has" in r] and not [
+        r for r in plan.refusals if "s0 has" in r
+    ]
+
+
+def test_raised_wired_limit_lets_one_512gb_node_fit_4bit():
+    inv = studios(512)
+    assert not make_plan(GLM5, 4, inv).ok
+    raised = parse_inventory(
+        {
+            "all": {
+                "hosts": {
+                    "s0": {
+                        "interconnect": ["10.0.0.1"],
+                        "memory_gb": 512,
+                        "chip": "M3 Ultra",
+                        "memory_bandwidth_gbs": 819,
+                        "wired_limit_gb": 480,
+                    }
+                }
+            }
+        }
+    )
+    assert make_plan(GLM5, 4, raised).ok
+
+
+def test_non_divisible_tp_falls_back_to_pipeline_and_says_so():
+    plan = make_plan(GLM5, 4, studios(512, 512, 512))  # 64 heads are not divisible by 3
+    (replica,) = plan.replicas
+    assert replica.tensor_parallel == 1 and replica.pipeline_stages == 3
+    assert replica.layer_ranges == ((0, 26), (26, 52), (52, 78))
+    assert replica.speculation["mtp"] == "pipeline_parallel"
+
+
+def test_six_nodes_pipeline_two_stages_of_tp_two():
+    plan = make_plan(GLM5, 8, studios(*[512] * 6))
+    (replica,) = plan.replicas
+    assert (replica.tensor_parallel, replica.pipeline_stages) == (2, 3)
+
+
+def test_hosts_that_do_not_split_into_replicas_are_refused():
+    plan = make_plan(GLM5, 4, studios(512, 512, 512, replicas=2))
+    assert "3 hosts cannot form 2 replicas" in plan.refusals[0]
+
+
+def test_two_replicas_of_tp2():
+    plan = make_plan(GLM5, 4, studios(512, 512, 512, 512, replicas=2))
+    assert plan.ok and [r.tensor_parallel for r in plan.replicas] == [2, 2]
+    assert [p.host for p in plan.replicas[1].ranks] == ["s2", "s3"]
+
+
+def test_plan_command_prints_table_and_json(tmp_path):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(GLM5))
+    base = [sys.executable, "-m", "cluster", "plan", "--model-config", str(config)]
+    inv = ["--inventory", str(ROOT / "inventory/mac-studio-2x.yaml")]
+    table = subprocess.run(base + inv, capture_output=True, text=True, cwd=ROOT)
+    assert table.returncode == 0 and "TP 2" in table.stdout and "plan OK" in table.stdout
+    out = subprocess.run(base + inv + ["--json"], capture_output=True, text=True, cwd=ROOT)
+    assert json.loads(out.stdout)["replicas"][0]["tensor_parallel"] == 2
+    small = tmp_path / "small.yaml"
+    small.write_text(
+        (ROOT / "inventory/mac-studio-2x.yaml")
+        .read_text()
+        .replace("memory_gb: 512", "memory_gb: 256")
+    )
+    refused = subprocess.run(
+        base + ["--inventory", str(small)], capture_output=True, text=True, cwd=ROOT
+    )
+    assert refused.returncode == 1 and "REFUSED" in refused.stdout
