@@ -106,6 +106,21 @@ def test_tp4_over_ring_matches_tp1(model_dir, tmp_path, tp1_outputs):
         srv.stop()
 
 
+def test_two_replicas_behind_one_coordinator_share_the_load(model_dir, tmp_path, tp1_outputs):
+    srv = start(model_dir, tmp_path, ROOT / "inventory/local-2replicas.yaml")
+    try:
+        replicas = status(srv)["replicas"]
+        assert [(r["name"], r["state"], r["plan"]["tensor_parallel"]) for r in replicas] == [
+            ("r0", "ready", 1),
+            ("r1", "ready", 1),
+        ]
+        assert greedy_outputs(srv) == tp1_outputs
+        served = [r["served"] for r in status(srv)["replicas"]]
+        assert sum(served) == len(PROMPTS) and min(served) >= 2
+    finally:
+        srv.stop()
+
+
 def _stream(srv: Server, max_tokens: int = 3000):
     body = {
         "model": srv.model,

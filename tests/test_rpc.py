@@ -45,6 +45,16 @@ def test_grpc_round_trip_and_token(service):
             assert sum(len(e.token_ids) for e in events) == 5
             assert events[-1].finish_reason == "length" and events[-1].prompt_tokens == 5
             assert (await good.status())["replica"] == "t"
+            # Cache events: a snapshot of the blocks the request above stored, then changes.
+            events = good.cache_events(snapshot=True)
+            first = await anext(events)
+            assert first.snapshot_done
+            long_prompt = tuple(range(10, 80))  # 70 tokens: four full blocks of 16
+            request = EngineRequest(RequestId("x2"), long_prompt, sampling)
+            _ = [e async for e in good.generate(request)]
+            change = await asyncio.wait_for(anext(events), 10)
+            assert len(change.stored) >= 4 and not change.snapshot_done
+            await events.aclose()
             for token in (None, "wrong"):
                 bad = GrpcEngineClient(f"127.0.0.1:{port}", token)
                 with pytest.raises(grpc.aio.AioRpcError) as info:

@@ -7,6 +7,7 @@ which run `run_follower` and take exactly the same steps.
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,8 @@ from .types import EngineRequest, RequestId, TokenEvent
 
 log = logging.getLogger(__name__)
 Sink = Callable[[TokenEvent], None]
+CacheSink = Callable[[list[int], list[int], bool], None]
+"""Receives (stored block hashes, evicted block hashes, snapshot_done)."""
 
 
 @dataclass(frozen=True)
@@ -70,11 +73,14 @@ class EngineService:
         """Why this replica can no longer serve (a rank was lost); None while healthy."""
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._sinks: dict[RequestId, Sink] = {}
+        self._cache_sinks: list[CacheSink] = []
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._engine = None
         self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
         self.steps = 0
+        self.step_seconds = 0.0
+        self.exchange_seconds = 0.0
 
     @property
     def distributed(self) -> bool:
@@ -94,6 +100,13 @@ class EngineService:
     def abort(self, request_id: RequestId) -> None:
         self._inbox.put(("abort", request_id, None))
 
+    def subscribe_cache(self, sink: CacheSink, snapshot: bool = True) -> None:
+        """Send every stored block first (if snapshot), then each step's changes."""
+        self._inbox.put(("cache_sub", snapshot, sink))
+
+    def unsubscribe_cache(self, sink: CacheSink) -> None:
+        self._inbox.put(("cache_unsub", None, sink))
+
     def stop(self) -> None:
         self._inbox.put(("stop", None, None))
         if self._thread.is_alive():
@@ -102,7 +115,14 @@ class EngineService:
     def stats(self) -> dict:
         engine = self._engine
         stats = engine.stats() if engine else {"num_running": 0, "num_waiting": 0}
-        extra = {"steps": self.steps, "alive": self._thread.is_alive(), "broken": self.broken}
+        steps = max(self.steps, 1)
+        extra = {
+            "steps": self.steps,
+            "step_ms_avg": round(1000 * self.step_seconds / steps, 3),
+            "exchange_ms_avg": round(1000 * self.exchange_seconds / steps, 3),
+            "alive": self._thread.is_alive(),
+            "broken": self.broken,
+        }
         return stats | extra
 
     def _run(self) -> None:
@@ -122,14 +142,19 @@ class EngineService:
             message.step, message.digest = self._engine.has_work(), digest
             try:
                 if channel is not None:
+                    started = time.perf_counter()
                     channel.exchange(message)
+                    self.exchange_seconds += time.perf_counter() - started
                 if message.stop:
                     break
                 if message.step:
+                    started = time.perf_counter()
                     events = self._engine.step()
+                    self.step_seconds += time.perf_counter() - started
                     digest = tokens_digest(events)
                     self.steps += 1
                     self._dispatch_all(events)
+                    self._publish_cache_events()
             except Exception as e:
                 self._fail(e)
                 if self.distributed:
@@ -159,6 +184,12 @@ class EngineService:
                 return message
             if kind == "add" and self._add(arg, sink):
                 message.adds.append(encode_request(arg))
+            elif kind == "cache_sub":
+                if arg:
+                    sink(list(self._engine.cache.index), [], True)
+                self._cache_sinks.append(sink)
+            elif kind == "cache_unsub" and sink in self._cache_sinks:
+                self._cache_sinks.remove(sink)
             elif kind == "abort" and (event := self._engine.abort(arg)):
                 log.info("aborted %s", arg)
                 message.aborts.append(arg)
@@ -190,6 +221,12 @@ class EngineService:
                 sink(TokenEvent(arg.request_id, (), "error", error=reason))
             elif kind == "stop":
                 return
+
+    def _publish_cache_events(self) -> None:
+        events = self._engine.cache.drain_events()
+        if events.stored or events.evicted:
+            for sink in self._cache_sinks:
+                sink(events.stored, events.evicted, False)
 
     def _dispatch_all(self, events: list[TokenEvent]) -> None:
         for event in events:

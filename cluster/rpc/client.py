@@ -64,6 +64,17 @@ class GrpcEngineClient:
         finally:
             call.cancel()
 
+    async def cache_events(self, snapshot: bool = True) -> AsyncIterator[pb.CacheEvent]:
+        """Blocks stored and evicted by the replica's prefix cache (snapshot first)."""
+        call = self.stub.CacheEvents(
+            pb.CacheEventsRequest(snapshot=snapshot), metadata=self.metadata
+        )
+        try:
+            async for event in call:
+                yield event
+        finally:
+            call.cancel()
+
     async def abort(self, request_id: RequestId) -> None:
         await self.stub.Abort(pb.AbortRequest(request_id=request_id), metadata=self.metadata)
 

@@ -77,7 +77,19 @@ class EngineServicer(pb_grpc.EngineServicer):
         )
 
     async def CacheEvents(self, request, context):
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "cache events arrive with routing")
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+
+        def sink(stored, evicted, done):
+            loop.call_soon_threadsafe(events.put_nowait, (stored, evicted, done))
+
+        self.service.subscribe_cache(sink, snapshot=request.snapshot)
+        try:
+            while True:
+                stored, evicted, done = await events.get()
+                yield pb.CacheEvent(stored=stored, evicted=evicted, snapshot_done=done)
+        finally:
+            self.service.unsubscribe_cache(sink)
 
 
 async def serve_grpc(
