@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rank", type=int, default=0, help="this rank; 0 is the leader")
     p.add_argument("--world-size", type=int, default=1, help="ranks in the replica")
     p.add_argument("--backend", default="ring", help="MLX distributed backend: ring|jaccl|mpi")
-    p.add_argument("--hostfile", help="MLX hostfile (JSON) for world sizes above 1")
+    p.add_argument("--hostfile", help="MLX hostfile: a path, or its JSON inline")
     p.add_argument("--grpc-host", default="127.0.0.1", help="leader: address for gRPC")
     p.add_argument("--grpc-port", type=int, default=0, help="leader: port for gRPC")
     _add_engine_flags(p)

@@ -14,7 +14,7 @@ from .config import EngineConfig
 from .coordinator.coordinator import Coordinator
 from .coordinator.tokenizer import PromptTokenizer
 from .inventory import load_inventory
-from .launch.local import LocalLauncher
+from .launch.local import LocalLauncher, SshLauncher
 from .launch.supervisor import Supervisor
 from .models import cache_home, resolve_model
 from .plan.model_config import read_config, stored_bits
@@ -37,6 +37,18 @@ class ServeOptions:
     served_model_name: str | None = None
 
 
+def make_launcher(inventory, run_dir, model: str, name: str, engine: EngineConfig, token: str):
+    args = (run_dir, model, name, engine, token)
+    if inventory.launcher == "ssh":
+        hosts = {h.name: h for h in inventory.hosts}
+        return SshLauncher(*args, hosts=hosts, base_port=inventory.ring_base_port)
+    if inventory.launcher == "ray":
+        from .launch.ray import RayLauncher
+
+        return RayLauncher(*args)
+    return LocalLauncher(*args)
+
+
 def serve(options: ServeOptions, engine: EngineConfig) -> None:
     inventory = load_inventory(options.inventory)
     model_dir, name = resolve_model(options.model or inventory.model)
@@ -56,7 +68,7 @@ def serve(options: ServeOptions, engine: EngineConfig) -> None:
     port = options.port if options.port is not None else inventory.coordinator_port
     run_dir = cache_home() / "run" / str(os.getpid())
     token = secrets.token_hex(16)
-    launcher = LocalLauncher(run_dir, str(model_dir), name, engine, token)
+    launcher = make_launcher(inventory, run_dir, str(model_dir), name, engine, token)
     supervisor = Supervisor(launcher, token, engine.max_num_seqs)
     settings = {
         "engine": engine.__dict__,

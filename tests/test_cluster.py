@@ -194,3 +194,34 @@ def test_no_ready_replica_is_503(model_dir, tmp_path):
         os.kill(pid, signal.SIGCONT)
     finally:
         srv.stop()
+
+
+def test_ssh_launcher_runs_the_same_rank_command_on_each_host(model_dir, tmp_path, tp1_outputs):
+    import sys
+
+    from cluster.launch.local import free_port
+
+    base = free_port()
+    host = {"interconnect": ["127.0.0.1"], "memory_gb": 8, "chip": "cpu"}
+    host |= {"memory_bandwidth_gbs": 20, "ansible_host": "127.0.0.1", "ansible_user": "ops"}
+    host |= {"cluster_python": sys.executable}
+    data = {
+        "all": {
+            "vars": {"replicas": 1, "launcher": "ssh", "ring_base_port": base},
+            "hosts": {"mac1": dict(host), "mac2": dict(host)},
+        }
+    }
+    inv = tmp_path / "ssh.yaml"
+    inv.write_text(yaml.safe_dump(data))
+    shims = str(ROOT / "tests/shims")
+    srv = Server(
+        ["--model", str(model_dir), "--inventory", str(inv)],
+        env={"CLUSTER_HOME": str(tmp_path / "home"), "PATH": f"{shims}:{os.environ['PATH']}"},
+    )
+    try:
+        replica = status(srv)["replicas"][0]
+        assert replica["plan"]["tensor_parallel"] == 2
+        assert replica["engine"]["world_size"] == 2
+        assert greedy_outputs(srv)[:2] == tp1_outputs[:2]
+    finally:
+        srv.stop()

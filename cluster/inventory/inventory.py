@@ -6,6 +6,7 @@ from pathlib import Path
 import yaml
 
 BACKENDS = ("ring", "jaccl", "mpi")
+LAUNCHERS = ("local", "ssh", "ray")
 REQUIRED_HOST_FIELDS = ("interconnect", "memory_gb", "chip", "memory_bandwidth_gbs")
 
 
@@ -23,6 +24,10 @@ class Host:
     rdma_devices: tuple[str, ...] = ()
     wired_limit_gb: float | None = None
     """GPU-wired memory limit if raised (sysctl iogpu.wired_limit_mb); default per chip."""
+    ssh_target: str | None = None
+    """user@host the ssh launcher reaches (from ansible_user and ansible_host)."""
+    python: str = "python3"
+    """Interpreter with this package installed on the host (cluster_python)."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,10 @@ class Inventory:
     mlx_backend: str = "ring"
     coordinator_host: str = "127.0.0.1"
     coordinator_port: int = 8000
+    launcher: str = "local"
+    """How rank processes start: local | ssh | ray."""
+    ring_base_port: int = 52100
+    """First port of the ring hostfile on remote hosts (local runs pick free ports)."""
     allreduce_latency_us: float | None = None
     """Measured latency of a small all_sum between this cluster's nodes, if known."""
     min_context_tokens: int = 32768
@@ -77,6 +86,9 @@ def _host(name: str, facts: dict, source: str) -> Host:
         raise InventoryError(f"{source}: host '{name}' has a non-positive memory or bandwidth")
     rdma = facts.get("rdma_devices") or ()
     wired = facts.get("wired_limit_gb")
+    target = facts.get("ansible_host", name)
+    if user := facts.get("ansible_user"):
+        target = f"{user}@{target}"
     return Host(
         name,
         tuple(addresses),
@@ -85,6 +97,8 @@ def _host(name: str, facts: dict, source: str) -> Host:
         bandwidth,
         tuple(rdma),
         float(wired) if wired is not None else None,
+        ssh_target=target,
+        python=str(facts.get("cluster_python", "python3")),
     )
 
 
@@ -101,6 +115,11 @@ def parse_inventory(data: dict, source: str = "<memory>") -> Inventory:
         raise InventoryError(
             f"{source}: vars.mlx_backend '{backend}' is unknown; use one of {', '.join(BACKENDS)}"
         )
+    launcher = top.get("launcher", "local")
+    if launcher not in LAUNCHERS:
+        raise InventoryError(
+            f"{source}: vars.launcher '{launcher}' is unknown; use one of {', '.join(LAUNCHERS)}"
+        )
     replicas = int(top.get("replicas", 1))
     if replicas < 1:
         raise InventoryError(f"{source}: vars.replicas must be at least 1")
@@ -112,6 +131,8 @@ def parse_inventory(data: dict, source: str = "<memory>") -> Inventory:
         mlx_backend=backend,
         coordinator_host=str(top.get("coordinator_host", "127.0.0.1")),
         coordinator_port=int(top.get("coordinator_port", 8000)),
+        launcher=launcher,
+        ring_base_port=int(top.get("ring_base_port", 52100)),
         allreduce_latency_us=top.get("allreduce_latency_us"),
         min_context_tokens=int(top.get("min_context_tokens", 32768)),
         speculation=str(top.get("speculation", "none")),

@@ -1,7 +1,6 @@
 """The rank command line, built in one place for every launcher and service file."""
 
 from dataclasses import fields
-from pathlib import Path
 
 from ..config import EngineConfig
 from ..plan.types import ReplicaPlan
@@ -22,7 +21,7 @@ def rank_command(
     model: str,
     model_id: str,
     engine: EngineConfig,
-    hostfile: Path | None,
+    hostfile: str | None,
     grpc_port: int,
 ) -> list[str]:
     """Arguments after the Python interpreter: `-m cluster rank ...`."""
@@ -30,6 +29,6 @@ def rank_command(
     cmd += ["--replica", plan.name, "--rank", str(rank), "--world-size", str(len(plan.ranks))]
     cmd += ["--backend", plan.backend]
     if hostfile is not None:
-        cmd += ["--hostfile", str(hostfile)]
+        cmd += ["--hostfile", hostfile]
     cmd += ["--grpc-host", plan.leader.address, "--grpc-port", str(grpc_port)]
     return cmd + engine_flags(engine)

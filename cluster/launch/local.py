@@ -1,9 +1,14 @@
-"""The local launcher: every rank of a replica as a subprocess of this machine."""
+"""Launchers start the same rank command on every node of a replica.
+
+`local` runs each rank as a subprocess of this machine; `ssh` runs it on the rank's host over
+ssh, the way `mlx.launch` does. Both hand back the processes to watch.
+"""
 
 import contextlib
 import json
 import logging
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -13,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import EngineConfig
-from ..plan.types import ReplicaPlan
+from ..inventory import Host
+from ..plan.types import RankPlacement, ReplicaPlan
 from .blas import openblas_env
 from .command import rank_command
 from .rank import TOKEN_ENV
@@ -27,20 +33,12 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def write_hostfile(plan: ReplicaPlan, path: Path) -> Path:
-    """MLX's ring hostfile: one list of "address:port" per rank."""
-    hosts = [[f"{r.address}:{free_port(r.address)}"] for r in plan.ranks]
-    path.write_text(json.dumps(hosts) + "\n")
-    return path
-
-
 @dataclass
 class RunningReplica:
     plan: ReplicaPlan
     address: str
     procs: list[subprocess.Popen]
     logs: list[Path]
-    restarts: int = 0
     started: float = field(default_factory=time.time)
 
     def dead_ranks(self) -> list[int]:
@@ -49,13 +47,13 @@ class RunningReplica:
     def stop(self, timeout: float = 10) -> None:
         for p in self.procs:
             if p.poll() is None:
-                with_group(p, signal.SIGTERM)
+                signal_group(p, signal.SIGTERM)
         deadline = time.time() + timeout
         for p in self.procs:
             try:
                 p.wait(timeout=max(0.1, deadline - time.time()))
             except subprocess.TimeoutExpired:
-                with_group(p, signal.SIGKILL)
+                signal_group(p, signal.SIGKILL)
                 p.wait()
 
     def log_tail(self, lines: int = 20) -> str:
@@ -66,39 +64,81 @@ class RunningReplica:
         return "\n".join(out)
 
 
-def with_group(p: subprocess.Popen, sig: int) -> None:
+def signal_group(p: subprocess.Popen, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(p.pid, sig)
 
 
-class LocalLauncher:
+class Launcher:
+    """What every launcher shares: ports, hostfile, one rank command per placement, logs."""
+
     def __init__(self, run_dir: Path, model: str, model_id: str, engine: EngineConfig, token: str):
         self.run_dir = run_dir
         self.model, self.model_id = model, model_id
         self.engine = engine
         self.token = token
 
+    def port(self, placement: RankPlacement, offset: int) -> int:
+        return free_port(placement.address)
+
+    def spawn(self, placement: RankPlacement, argv: list[str], log_file) -> subprocess.Popen:
+        raise NotImplementedError
+
     def start(self, plan: ReplicaPlan) -> RunningReplica:
         folder = self.run_dir / plan.name
         folder.mkdir(parents=True, exist_ok=True)
-        hostfile = write_hostfile(plan, folder / "hostfile.json") if len(plan.ranks) > 1 else None
-        port = free_port(plan.leader.address)
-        env = openblas_env() | {TOKEN_ENV: self.token}
+        hostfile = None
+        if len(plan.ranks) > 1:  # MLX's ring hostfile: one ["address:port"] per rank
+            hostfile = json.dumps([[f"{r.address}:{self.port(r, r.rank)}"] for r in plan.ranks])
+        grpc_port = self.port(plan.leader, len(plan.ranks))
         procs, logs = [], []
         for placement in plan.ranks:
-            cmd = rank_command(
-                plan, placement.rank, self.model, self.model_id, self.engine, hostfile, port
+            argv = rank_command(
+                plan, placement.rank, self.model, self.model_id, self.engine, hostfile, grpc_port
             )
             log_path = folder / f"rank{placement.rank}.log"
             with open(log_path, "w") as log_file:
-                procs.append(
-                    subprocess.Popen(
-                        [sys.executable, *cmd],
-                        stdout=log_file,
-                        stderr=subprocess.STDOUT,
-                        env=env,
-                        start_new_session=True,
-                    )
-                )
+                procs.append(self.spawn(placement, argv, log_file))
             logs.append(log_path)
-        return RunningReplica(plan, f"{plan.leader.address}:{port}", procs, logs)
+        return RunningReplica(plan, f"{plan.leader.address}:{grpc_port}", procs, logs)
+
+
+class LocalLauncher(Launcher):
+    def spawn(self, placement, argv, log_file) -> subprocess.Popen:
+        env = openblas_env() | {TOKEN_ENV: self.token}
+        return subprocess.Popen(
+            [sys.executable, *argv],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+
+
+class SshLauncher(Launcher):
+    """Each rank on its host over ssh; the remote side runs the same rank command."""
+
+    def __init__(self, *args, hosts: dict[str, Host], base_port: int, **kw):
+        super().__init__(*args, **kw)
+        self.hosts = hosts
+        self.base_port = base_port
+
+    def port(self, placement: RankPlacement, offset: int) -> int:
+        return self.base_port + offset
+
+    def remote_command(self, placement: RankPlacement, argv: list[str]) -> str:
+        host = self.hosts[placement.host]
+        env = f"{TOKEN_ENV}={shlex.quote(self.token)}"
+        return f"exec env {env} {shlex.quote(host.python)} {shlex.join(argv)}"
+
+    def spawn(self, placement, argv, log_file) -> subprocess.Popen:
+        host = self.hosts[placement.host]
+        # -tt gives the remote rank a terminal, so it ends when this ssh session ends.
+        ssh = ["ssh", "-tt", "-o", "BatchMode=yes", host.ssh_target]
+        return subprocess.Popen(
+            [*ssh, self.remote_command(placement, argv)],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )

@@ -9,6 +9,7 @@ import contextlib
 import logging
 import os
 import signal
+import tempfile
 from dataclasses import dataclass
 
 from ..config import EngineConfig
@@ -30,13 +31,23 @@ class RankOptions:
     replica: str = "r0"
 
 
+def _hostfile_path(hostfile: str) -> str:
+    """A hostfile path, or inline JSON (what remote launchers pass) written to a file."""
+    if not hostfile.lstrip().startswith(("[", "{")):
+        return hostfile
+    fd, path = tempfile.mkstemp(prefix="cluster-hostfile-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        f.write(hostfile)
+    return path
+
+
 def init_group(opts: RankOptions):
     if opts.world_size == 1:
         return None
     import mlx.core as mx
 
     if opts.hostfile:
-        os.environ["MLX_HOSTFILE"] = opts.hostfile
+        os.environ["MLX_HOSTFILE"] = _hostfile_path(opts.hostfile)
     os.environ["MLX_RANK"] = str(opts.rank)
     group = mx.distributed.init(backend=opts.backend, strict=True)
     if group.size() != opts.world_size or group.rank() != opts.rank:

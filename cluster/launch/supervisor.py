@@ -6,7 +6,7 @@ import time
 
 from ..coordinator.coordinator import Replica
 from ..rpc.client import GrpcEngineClient
-from .local import LocalLauncher, RunningReplica
+from .local import Launcher, RunningReplica
 
 log = logging.getLogger(__name__)
 
@@ -16,7 +16,7 @@ class ReplicaFailed(RuntimeError):
 
 
 class Supervisor:
-    def __init__(self, launcher: LocalLauncher, token: str, max_num_seqs: int):
+    def __init__(self, launcher: Launcher, token: str, max_num_seqs: int):
         self.launcher = launcher
         self.token = token
         self.max_num_seqs = max_num_seqs
