@@ -32,15 +32,15 @@ serve: venv
 	$(PY) -m cluster serve $(ARGS)
 
 test: venv
-	$(PY) -m ruff check cluster tests
-	$(PY) -m ruff format --check cluster tests
+	$(PY) -m ruff check cluster tests scripts
+	$(PY) -m ruff format --check cluster tests scripts
 	$(PRELOAD) $(PY) -m pytest -q
 
 test-slow: venv
 	$(PRELOAD) $(PY) -m pytest -q -m slow
 
 lint: venv
-	$(PY) -m ruff check cluster tests
+	$(PY) -m ruff check cluster tests scripts
 
 format: venv
 	$(PY) -m ruff format cluster tests
