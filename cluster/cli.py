@@ -77,6 +77,17 @@ def _plan(args) -> int:
 
 
 def _fixture_model(args) -> int:
+    if args.train:
+        from .launch.blas import reexec_with_openblas
+
+        reexec_with_openblas()
+        from .fixture.train import train
+
+        out, metrics = train(args.out_dir, steps=args.steps, seed=args.seed)
+        print(
+            f"wrote {out}: held-out loss {metrics['main_loss']:.3f}, MTP {metrics['mtp_loss']:.3f}"
+        )
+        return 0
     from .fixture.model import write_fixture
 
     out = write_fixture(args.out_dir, seed=args.seed)
@@ -123,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fixture-model", help="write the small GLM-5-architecture model")
     p.add_argument("out_dir", help="directory to write")
     p.add_argument("--seed", type=int, default=0, help="weights seed (default 0)")
+    p.add_argument("--train", action="store_true", help="train it on the standard library")
+    p.add_argument("--steps", type=int, default=800, help="training steps (default 800)")
     p.set_defaults(func=_fixture_model)
     return parser
 

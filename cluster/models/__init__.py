@@ -1,0 +1,1 @@
+"""Model additions on top of mlx-lm, one file per architecture."""
