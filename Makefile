@@ -14,9 +14,10 @@ os-deps:
 	@if [ "$$(uname)" = Linux ] && command -v apt-get >/dev/null; then \
 	  need=""; \
 	  [ -e "$(OPENBLAS)" ] || need="$$need libopenblas0-pthread"; \
+	  command -v prometheus >/dev/null || need="$$need prometheus"; \
 	  if [ -n "$$need" ]; then \
 	    echo "installing OS packages:$$need"; \
-	    $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$need >/dev/null; \
+	    $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$need >/dev/null; \
 	  fi; \
 	fi
 

@@ -1,6 +1,7 @@
 """Command line: `python -m cluster SUBCOMMAND`."""
 
 import argparse
+import json
 import logging
 import sys
 from dataclasses import fields
@@ -57,10 +58,8 @@ def _rank(args) -> int:
 
 
 def _plan(args) -> int:
-    import json
-
     from .inventory import load_inventory
-    from .models import resolve_model
+    from .model_store import resolve_model
     from .plan.model_config import read_config, stored_bits
     from .plan.planner import make_plan
     from .plan.render import render_plan
@@ -74,6 +73,18 @@ def _plan(args) -> int:
     plan = make_plan(config, bits, inventory)
     print(json.dumps(plan.to_json(), indent=2) if args.json else render_plan(plan))
     return 0 if plan.ok else 1
+
+
+def _status(args) -> int:
+    from .status_view import fetch_status, render_status
+
+    try:
+        status = fetch_status(args.url)
+    except OSError as e:
+        print(f"error: cannot read {args.url}/v1/status: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(status, indent=2) if args.json else render_status(status))
+    return 0
 
 
 def _fixture_model(args) -> int:
@@ -117,6 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bits", type=int, help="bits per weight (default: checkpoint or inventory)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=_plan)
+
+    p = sub.add_parser("status", help="nodes, replicas, ranks and state of a running cluster")
+    p.add_argument("--url", default="http://127.0.0.1:8000", help="the coordinator's URL")
+    p.add_argument("--json", action="store_true", help="print /v1/status as JSON")
+    p.set_defaults(func=_status)
 
     p = sub.add_parser("rank", help="run one rank of a replica (launchers start this)")
     p.add_argument("--model", required=True, help="model directory")

@@ -16,7 +16,7 @@ from .coordinator.tokenizer import PromptTokenizer
 from .inventory import load_inventory
 from .launch.local import LocalLauncher, SshLauncher
 from .launch.supervisor import Supervisor
-from .models import cache_home, resolve_model
+from .model_store import cache_home, resolve_model
 from .plan.model_config import read_config, stored_bits
 from .plan.planner import make_plan
 from .plan.render import render_plan

@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from cluster.launch.blas import openblas_env  # noqa: E402
 from cluster.launch.local import free_port  # noqa: E402
-from cluster.models import resolve_model  # noqa: E402
+from cluster.model_store import resolve_model  # noqa: E402
 
 
 def start(inventory: str, home: str) -> tuple[subprocess.Popen, str]:

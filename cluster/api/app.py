@@ -6,11 +6,13 @@ import time
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.background import BackgroundTask
 
 from ..coordinator.coordinator import Coordinator, Output
 from ..coordinator.errors import APIError
+from ..coordinator.metrics import ClusterCollector
 from .errors import install, sse_error
 from .schemas import ChatCompletionRequest, CompletionRequest
 
@@ -36,6 +38,14 @@ def create_app(coordinator: Coordinator) -> FastAPI:
             "max_model_len": coordinator.max_model_len,
         }
         return {"object": "list", "data": [card]}
+
+    coordinator.metrics.registry.register(ClusterCollector(coordinator))
+
+    @app.get("/metrics")
+    async def metrics():
+        return Response(
+            generate_latest(coordinator.metrics.registry), media_type=CONTENT_TYPE_LATEST
+        )
 
     @app.get("/v1/status")
     async def status():

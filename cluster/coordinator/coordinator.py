@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from ..engine.client import EngineClient
 from ..engine.types import EngineRequest, RequestId, SamplingParams
 from .errors import BadRequest, EngineFailure, ModelNotFound, Overloaded, Unavailable
+from .metrics import Metrics
 from .output import OutputProcessor
 from .tokenizer import PromptTokenizer
 
@@ -28,6 +29,8 @@ class Replica:
     in_flight: int = 0
     served: int = 0
     restarts: int = 0
+    stats: dict = field(default_factory=dict)
+    """The leader's last reported status (polled by the supervisor)."""
 
 
 @dataclass
@@ -79,12 +82,16 @@ class Coordinator:
         replicas: list[Replica],
         max_queue: int,
         settings: dict | None = None,
+        metrics: Metrics | None = None,
     ):
         self.model_name = model_name
         self.tokenizer = tokenizer
         self.replicas = replicas
         self.max_queue = max_queue
         self.settings = settings or {}
+        self.metrics = metrics or Metrics(model_name)
+        for replica in replicas:
+            self.metrics.start_replica(replica.name)
         self.started = time.time()
         self._next = itertools.count()
         self._request_ids = itertools.count()
@@ -123,9 +130,11 @@ class Coordinator:
     def _pick(self) -> Replica:
         ready = [r for r in self.replicas if r.state == "ready"]
         if not ready:
+            self.metrics.rejected.labels(self.model_name, "503").inc()
             raise Unavailable("No replica is ready to serve; check /v1/status.")
         capacity = sum(r.max_num_seqs for r in ready) + self.max_queue
         if sum(r.in_flight for r in ready) >= capacity:
+            self.metrics.rejected.labels(self.model_name, "429").inc()
             raise Overloaded(
                 f"The cluster is at capacity ({capacity} requests running or queued); "
                 "retry after the Retry-After interval."
@@ -144,6 +153,7 @@ class Coordinator:
     ) -> Completion:
         """Admit and route now (so errors come before any byte is sent), stream later."""
         replica = self._pick()
+        self.metrics.routing.labels(**self.metrics.labels(replica.name), reason="round_robin").inc()
         request = EngineRequest(request_id, tuple(prompt), sampling)
         return Completion(replica, self._stream(replica, request, stops))
 
@@ -151,16 +161,28 @@ class Coordinator:
         self, replica: Replica, request: EngineRequest, stops: list[str]
     ) -> AsyncIterator[Output]:
         out = OutputProcessor(self.tokenizer.decode, stops)
-        async for event in replica.client.generate(request):
-            if event.error:
-                raise EngineFailure(f"replica {replica.name} failed: {event.error}")
-            delta = out.process(event.token_ids, event.finish_reason)
-            yield Output(
-                delta.text, out.num_tokens, delta.finish_reason, event.prompt_tokens,
-                event.cached_tokens,
-            )  # fmt: skip
-            if delta.finish_reason is not None:
-                return
+        tracker = self.metrics.track(replica.name)
+        prompt_tokens, unfinished = len(request.prompt_token_ids), "abort"
+        try:
+            async for event in replica.client.generate(request):
+                if event.error:
+                    unfinished = "error"
+                    raise EngineFailure(f"replica {replica.name} failed: {event.error}")
+                delta = out.process(event.token_ids, event.finish_reason)
+                tracker.on_output(out.num_tokens)
+                if delta.finish_reason is not None:
+                    unfinished = None
+                    last = event if event.finish_reason else None
+                    tracker.on_finish(delta.finish_reason, prompt_tokens, event.cached_tokens, last)
+                yield Output(
+                    delta.text, out.num_tokens, delta.finish_reason, event.prompt_tokens,
+                    event.cached_tokens,
+                )  # fmt: skip
+                if delta.finish_reason is not None:
+                    return
+        finally:
+            if unfinished:  # ended without a finish: the client left, or the replica failed
+                tracker.on_finish(unfinished, prompt_tokens, 0, None)
 
     async def status(self) -> dict:
         replicas = []

@@ -4,6 +4,7 @@ from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx.utils import tree_flatten
 
 from .kv import _arrays
 from .sampler import sample
@@ -109,6 +110,13 @@ class ModelRunner:
                 caches[seq], seq.cache = seq.cache, None
         self._keep([i for i, s in enumerate(self.batch) if s not in gone])
         return caches
+
+    def model_bytes(self) -> int:
+        return sum(v.nbytes for _, v in tree_flatten(self.model.parameters()))
+
+    def batch_kv_bytes(self) -> int:
+        cache = self.batch_cache
+        return sum(layer.nbytes for layer in cache) if cache else 0
 
     def reset(self) -> None:
         self.batch, self.batch_cache = [], None

@@ -1,7 +1,8 @@
 """The scheduler decides which sequences run in a step and with how many tokens."""
 
+import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..config import EngineConfig
 from .prefix_cache import PrefixCache
@@ -18,6 +19,16 @@ class Schedule:
 
     def __bool__(self) -> bool:
         return bool(self.prefill or self.decode)
+
+
+def timings(seq: Sequence, now: float) -> dict[str, float]:
+    scheduled = seq.scheduled_at or now
+    first = seq.first_token_at or now
+    return {
+        "queue_seconds": scheduled - seq.arrived_at,
+        "prefill_seconds": max(0.0, first - scheduled),
+        "decode_seconds": max(0.0, now - first),
+    }
 
 
 class Scheduler:
@@ -54,7 +65,8 @@ class Scheduler:
         for seq in list(self.waiting)[:slots]:
             if budget <= 0:
                 break
-            if seq.num_computed == 0 and seq.cache is None:
+            if seq.scheduled_at is None:
+                seq.scheduled_at = time.monotonic()
                 self._reuse_prefix(seq)
             n = min(seq.num_prompt - seq.num_computed, budget)
             schedule.prefill.append((seq, n))
@@ -79,8 +91,10 @@ class Scheduler:
         for seq in schedule.decode:
             seq.num_computed += 1
         events, done = [], []
+        now = time.monotonic()
         for seq, token in sampled.items():
             seq.tokens.append(token)
+            seq.first_token_at = seq.first_token_at or now
             reason = self._stop_reason(seq, token)
             if reason:
                 self.running.remove(seq)
@@ -103,7 +117,7 @@ class Scheduler:
     def event(self, seq: Sequence, error: str | None = None) -> TokenEvent:
         new = tuple(seq.tokens[seq.num_prompt + seq.num_emitted :])
         seq.num_emitted += len(new)
-        return TokenEvent(
+        event = TokenEvent(
             request_id=seq.request_id,
             token_ids=new,
             finish_reason=seq.finish_reason,
@@ -111,6 +125,9 @@ class Scheduler:
             cached_tokens=seq.num_cached,
             error=error,
         )
+        if seq.finish_reason is None:
+            return event
+        return replace(event, **timings(seq, time.monotonic()))
 
     def drain(self) -> list[Sequence]:
         """Take every sequence out (after an engine fault)."""

@@ -1,5 +1,6 @@
 """One request's state inside the engine."""
 
+import time
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -29,6 +30,9 @@ class Sequence:
     rng_key: Any = None
     num_emitted: int = field(default=0)
     """Output tokens already sent out in events."""
+    arrived_at: float = field(default_factory=time.monotonic)
+    scheduled_at: float | None = None
+    first_token_at: float | None = None
 
     @classmethod
     def from_request(cls, request: EngineRequest) -> "Sequence":

@@ -78,6 +78,7 @@ class EngineService:
         self._error: BaseException | None = None
         self._engine = None
         self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
+        self._model_bytes = 0
         self.steps = 0
         self.step_seconds = 0.0
         self.exchange_seconds = 0.0
@@ -117,6 +118,8 @@ class EngineService:
         stats = engine.stats() if engine else {"num_running": 0, "num_waiting": 0}
         steps = max(self.steps, 1)
         extra = {
+            "model_bytes": self._model_bytes,
+            "batch_kv_bytes": engine.runner.batch_kv_bytes() if engine else 0,
             "steps": self.steps,
             "step_ms_avg": round(1000 * self.step_seconds / steps, 3),
             "exchange_ms_avg": round(1000 * self.exchange_seconds / steps, 3),
@@ -130,6 +133,7 @@ class EngineService:
             self._engine, self.info = build_engine(
                 self.model_path, self.config, self.model_id, self.group
             )
+            self._model_bytes = self._engine.runner.model_bytes()
         except BaseException as e:  # reported by start()
             self._error = e
             self._ready.set()

@@ -41,3 +41,9 @@ class TokenEvent:
     prompt_tokens: int = 0
     cached_tokens: int = 0
     error: str | None = None
+    queue_seconds: float = 0.0
+    """On the last event: waiting before the first prefill chunk."""
+    prefill_seconds: float = 0.0
+    """On the last event: first prefill chunk to first token."""
+    decode_seconds: float = 0.0
+    """On the last event: first token to finish."""

@@ -3,12 +3,24 @@
 import asyncio
 import logging
 import time
+from pathlib import Path
 
 from ..coordinator.coordinator import Replica
 from ..rpc.client import GrpcEngineClient
 from .local import Launcher, RunningReplica
 
 log = logging.getLogger(__name__)
+
+
+def resident_bytes(pid: int) -> int | None:
+    """Resident memory of a local process (Linux /proc); None where it cannot be read."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
 
 
 class ReplicaFailed(RuntimeError):
@@ -91,6 +103,11 @@ class Supervisor:
             stats = await replica.client.status(timeout=2)
         except Exception as e:
             return f"leader not answering ({type(e).__name__})"
+        replica.stats = stats
+        for rank, p in zip(replica.ranks, proc.procs, strict=False):
+            rank["alive"] = p.poll() is None
+            if (rss := resident_bytes(p.pid)) is not None:
+                rank["memory_bytes"] = rss
         return stats.get("broken")
 
     async def _restart(self, name: str, reason: str) -> None:

@@ -7,7 +7,7 @@ def _row(cells, widths) -> str:
     return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
 
 
-def _table(header: list[str], rows: list[list]) -> list[str]:
+def table(header: list[str], rows: list[list]) -> list[str]:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
     return [_row(header, widths), _row(["-" * w for w in widths], widths)] + [
         _row(r, widths) for r in rows
@@ -34,14 +34,14 @@ def render_plan(plan: Plan) -> str:
         speed = f"{r.decode_tok_s_expected:g} ({r.decode_tok_s_roofline:g})"
         rows.append([r.name, layout, r.backend, nodes, speed, spec])
     header = ["replica", "layout", "backend", "nodes", "decode tok/s (roofline)", "speculation"]
-    lines += _table(header, rows)
+    lines += table(header, rows)
     mem_rows = [
         [r.name, m.host, m.usable_gb, m.weights_gb, m.mtp_gb, m.kv_budget_gb, m.headroom_gb]
         for r in plan.replicas
         for m in r.memory
     ]
     if mem_rows:
-        lines += [""] + _table(
+        lines += [""] + table(
             ["replica", "node", "usable GB", "weights GB", "MTP GB", "KV budget GB", "headroom"],
             mem_rows,
         )

@@ -57,6 +57,9 @@ class GrpcEngineClient:
                     prompt_tokens=chunk.prompt_tokens,
                     cached_tokens=chunk.cached_tokens,
                     error=chunk.error or None,
+                    queue_seconds=chunk.queue_seconds,
+                    prefill_seconds=chunk.prefill_seconds,
+                    decode_seconds=chunk.decode_seconds,
                 )
         except grpc.aio.AioRpcError as e:
             message = f"lost the replica's leader at {self.address}: {e.code().name}"

@@ -56,6 +56,9 @@ class EngineServicer(pb_grpc.EngineServicer):
                     prompt_tokens=event.prompt_tokens,
                     cached_tokens=event.cached_tokens,
                     error=event.error or "",
+                    queue_seconds=event.queue_seconds,
+                    prefill_seconds=event.prefill_seconds,
+                    decode_seconds=event.decode_seconds,
                 )
         finally:
             if not finished:  # the coordinator went away or cancelled
