@@ -87,6 +87,12 @@ def _status(args) -> int:
     return 0
 
 
+def _bench(args) -> int:
+    from .bench.main import run
+
+    return run(args)
+
+
 def _fixture_model(args) -> int:
     if args.train:
         from .launch.blas import reexec_with_openblas
@@ -133,6 +139,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", default="http://127.0.0.1:8000", help="the coordinator's URL")
     p.add_argument("--json", action="store_true", help="print /v1/status as JSON")
     p.set_defaults(func=_status)
+
+    p = sub.add_parser("bench", help="benchmark OpenAI endpoints; reports like the seeds'")
+    p.add_argument(
+        "--base-url", required=True, help="endpoint to measure (comma-separated: several)"
+    )
+    p.add_argument("--compare", help="more endpoints to run interleaved with the first")
+    p.add_argument("--names", help="comma-separated names for the endpoints in reports")
+    p.add_argument("--phases", default="sequential,concurrent,prefix-cache", help="phases to run")
+    p.add_argument("--concurrency", type=int, default=4, help="parallel requests, concurrent phase")
+    p.add_argument("--prompts", help="JSON list of prompts (default: the built-in set)")
+    p.add_argument("--max-tokens", type=int, default=256, help="max tokens per request")
+    p.add_argument("--model", help="model name to send (default: none, the server's own)")
+    p.add_argument("--out", default="bench-out", help="directory for reports, JSON and plots")
+    p.set_defaults(func=_bench)
 
     p = sub.add_parser("rank", help="run one rank of a replica (launchers start this)")
     p.add_argument("--model", required=True, help="model directory")

@@ -1,0 +1,1 @@
+"""`cluster bench`: benchmark reports like the field reports, against any OpenAI endpoint."""

@@ -1,0 +1,95 @@
+"""Runs the phases against one or several targets (interleaved) and writes the reports."""
+
+import asyncio
+import json
+import re
+import secrets
+from pathlib import Path
+
+from .plots import write_plots
+from .prompts import load_prompts
+from .report import comparison, report
+from .runner import metric_delta, run_phase, run_prefix_phase, server_metrics
+from .stats import PhaseResult
+
+PHASES = ("sequential", "concurrent", "prefix-cache")
+
+
+def _slug(url: str) -> str:
+    return re.sub(r"[^a-zA-Z0-9]+", "-", url.split("://")[-1]).strip("-")
+
+
+async def _phase(name, target, model, prompts, concurrency, max_tokens, nonce) -> PhaseResult:
+    before = await server_metrics(target)
+    if name == "prefix-cache":
+        phase = await run_prefix_phase(target, model, nonce, max_tokens)
+    else:
+        phase = await run_phase(
+            name, target, model, prompts, concurrency if name == "concurrent" else 1, max_tokens
+        )
+    phase.server = metric_delta(before, await server_metrics(target))
+    return phase
+
+
+async def bench(
+    targets: list[str],
+    phases: list[str],
+    concurrency: int,
+    prompts_file: str | None,
+    max_tokens: int,
+    out: Path,
+    model: str | None = None,
+    names: list[str] | None = None,
+) -> dict[str, list[PhaseResult]]:
+    for p in phases:
+        if p not in PHASES:
+            raise ValueError(f"unknown phase '{p}'; choose from {', '.join(PHASES)}")
+    prompts = load_prompts(prompts_file)
+    names = names or [_slug(t) for t in targets]
+    runs: dict[str, list[PhaseResult]] = {n: [] for n in names}
+    nonce = secrets.token_hex(4)
+    # Interleaved: each phase runs on every target before the next phase starts.
+    for phase in phases:
+        for name, target in zip(names, targets, strict=True):
+            print(f"[bench] {name}: {phase} phase", flush=True)
+            runs[name].append(
+                await _phase(phase, target, model, prompts, concurrency, max_tokens, nonce)
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    for name, target in zip(names, targets, strict=True):
+        (out / f"{name}.md").write_text(report(target, runs[name], max_tokens, name))
+        raw = {
+            "target": target,
+            "max_tokens": max_tokens,
+            "phases": [p.to_json() for p in runs[name]],
+        }
+        (out / f"{name}.json").write_text(json.dumps(raw, indent=2))
+        write_plots(runs[name], out, name)
+    if len(targets) > 1:
+        (out / "comparison.md").write_text(comparison(names, runs) + "\n")
+    return runs
+
+
+def run(args) -> int:
+    targets = [u.strip().rstrip("/") for u in args.base_url.split(",") if u.strip()]
+    targets = [t.removesuffix("/v1") for t in targets]
+    targets += [
+        t.strip().rstrip("/").removesuffix("/v1")
+        for t in (args.compare or "").split(",")
+        if t.strip()
+    ]
+    names = [n.strip() for n in args.names.split(",")] if args.names else None
+    phases = [p.strip() for p in args.phases.split(",") if p.strip()]
+    out = Path(args.out)
+    runs = asyncio.run(
+        bench(
+            targets, phases, args.concurrency, args.prompts, args.max_tokens, out, args.model, names
+        )
+    )
+    first = next(iter(runs))
+    print((out / f"{first}.md").read_text())
+    if len(targets) > 1:
+        print((out / "comparison.md").read_text())
+    failed = sum(len(p.results) - len(p.ok) for phases_ in runs.values() for p in phases_)
+    print(f"reports in {out}/ ({failed} failed requests)")
+    return 0

@@ -1,0 +1,144 @@
+"""Sends the benchmark's requests: streamed chat completions, timed from the client's side."""
+
+import asyncio
+import json
+import time
+
+import httpx
+
+from .prompts import PREFIX_CONTEXT, PREFIX_QUESTIONS, Prompt
+from .stats import PhaseResult, Result
+
+
+async def one_request(
+    http: httpx.AsyncClient, target: str, model: str | None, prompt: Prompt, max_tokens: int
+) -> Result:
+    """Stream one chat completion; a failure is recorded with its error, never dropped."""
+    result = Result(prompt.label, target)
+    body = {
+        "messages": [{"role": "user", "content": prompt.text}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    if model:
+        body["model"] = model
+    start = time.perf_counter()
+    first = last = None
+    chunks = 0
+    try:
+        async with http.stream("POST", f"{target}/v1/chat/completions", json=body) as r:
+            if r.status_code != 200:
+                text = (await r.aread()).decode(errors="replace")[:200]
+                raise RuntimeError(f"HTTP {r.status_code}: {text}")
+            async for line in r.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                data = json.loads(line[6:])
+                if "error" in data:
+                    raise RuntimeError(data["error"].get("message", "error event"))
+                if data.get("usage"):
+                    result.prompt_tokens = data["usage"].get("prompt_tokens", 0)
+                    result.completion_tokens = data["usage"].get("completion_tokens", 0)
+                for choice in data.get("choices") or []:
+                    if (choice.get("delta") or {}).get("content"):
+                        now = time.perf_counter()
+                        first = first or now
+                        last = now
+                        chunks += 1
+        result.ok = first is not None
+        result.error = "" if result.ok else "no tokens streamed"
+    except Exception as e:  # every failure becomes a FAIL row in the report
+        result.error = f"{type(e).__name__}: {e}"
+    end = time.perf_counter()
+    result.total_s = end - start
+    if first is not None:
+        result.ttft_s = first - start
+        result.decode_s = (last or first) - first
+        result.completion_tokens = result.completion_tokens or chunks
+    return result
+
+
+async def run_phase(
+    name: str,
+    target: str,
+    model: str | None,
+    prompts: list[Prompt],
+    concurrency: int,
+    max_tokens: int,
+    timeout: float = 600,
+) -> PhaseResult:
+    queue: asyncio.Queue = asyncio.Queue()
+    for i, p in enumerate(prompts):
+        queue.put_nowait((i, p))
+    results: list[Result | None] = [None] * len(prompts)
+    limits = httpx.Limits(max_connections=concurrency + 2)
+    async with httpx.AsyncClient(timeout=timeout, limits=limits) as http:
+
+        async def worker():
+            while not queue.empty():
+                i, p = queue.get_nowait()
+                results[i] = await one_request(http, target, model, p, max_tokens)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - start
+    return PhaseResult(name, target, concurrency, wall, results)
+
+
+def prefix_prompts(nonce: str) -> list[Prompt]:
+    """Each question after a long shared context, made cold by a per-run nonce."""
+    return [
+        Prompt(q.label, f"[{nonce}-{i}] {PREFIX_CONTEXT}\n\n{q.text}")
+        for i, q in enumerate(PREFIX_QUESTIONS)
+    ]
+
+
+async def run_prefix_phase(
+    target: str, model: str | None, nonce: str, max_tokens: int
+) -> PhaseResult:
+    """Every prompt twice in a row: the second should find its prefix cached."""
+    pairs = []
+    for p in prefix_prompts(nonce):
+        pairs += [Prompt(p.label + " #1", p.text), Prompt(p.label + " #2", p.text)]
+    return await run_phase("prefix-cache", target, model, pairs, 1, max_tokens)
+
+
+async def server_metrics(target: str) -> dict[str, float] | None:
+    """Our coordinator's counters (None for other servers)."""
+    try:
+        async with httpx.AsyncClient(timeout=5) as http:
+            r = await http.get(f"{target}/metrics")
+            if r.status_code != 200 or "cluster:" not in r.text:
+                return None
+    except httpx.HTTPError:
+        return None
+    totals: dict[str, float] = {}
+    for line in r.text.splitlines():
+        if line.startswith("cluster:") and "_bucket" not in line:
+            name = line.split("{")[0].split(" ")[0]
+            key = name + (line[line.index("{") : line.index("}") + 1] if "{" in line else "")
+            totals[name] = totals.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+            if "position=" in key:
+                totals[key] = float(line.rsplit(" ", 1)[1])
+    return totals
+
+
+def metric_delta(before: dict | None, after: dict | None) -> dict | None:
+    if before is None or after is None:
+        return None
+    delta = {k: after[k] - before.get(k, 0.0) for k in after}
+    queried = delta.get("cluster:prefix_cache_queries_total", 0.0)
+    hits = delta.get("cluster:prefix_cache_hits_total", 0.0)
+    out = {"prefix_cache_hit_rate": hits / queried if queried else 0.0}
+    drafts = delta.get("cluster:spec_decode_num_drafts_total")
+    if drafts:
+        accepted = delta.get("cluster:spec_decode_num_accepted_tokens_total", 0.0)
+        out["mean_acceptance_length"] = 1 + accepted / drafts
+        out["acceptance_per_position"] = {
+            k.split('position="')[1].split('"')[0]: v / drafts
+            for k, v in delta.items()
+            if "accepted_tokens_per_pos" in k and "position=" in k
+        }
+    return out

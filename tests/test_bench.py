@@ -1,0 +1,86 @@
+"""The benchmark: percentile math, report layout, a run against a real server, failures shown."""
+
+import asyncio
+import json
+
+import pytest
+
+from cluster.bench.main import bench
+from cluster.bench.prompts import Prompt
+from cluster.bench.report import report
+from cluster.bench.stats import PhaseResult, Result, percentile, summarize
+from cluster.launch.local import free_port
+
+
+def test_percentiles_interpolate_like_numpy():
+    xs = [1.0, 2.0, 3.0, 4.0, 10.0]
+    assert percentile(xs, 50) == 3.0
+    assert percentile(xs, 95) == pytest.approx(8.8)
+    assert percentile(xs, 99) == pytest.approx(9.76)
+    assert percentile([], 50) == 0.0
+    assert summarize([2.0, 4.0])["avg"] == 3.0
+
+
+def test_derived_rates():
+    r = Result("x", "t", ok=True, prompt_tokens=20, completion_tokens=11, ttft_s=0.5)
+    r.total_s, r.decode_s = 1.5, 1.0
+    assert r.prefill_tok_s == 40.0 and r.decode_tok_s == 10.0
+    assert r.overall_tok_s == pytest.approx(11 / 1.5)
+    failed = Result("y", "t", error="boom")
+    assert failed.decode_tok_s == 0.0 and failed.prefill_tok_s == 0.0
+
+
+def test_report_layout_matches_the_seeds_and_shows_failures():
+    ok = Result("France capital", "t", ok=True, prompt_tokens=10, completion_tokens=8)
+    ok.ttft_s, ok.total_s, ok.decode_s = 0.75, 1.09, 0.3
+    bad = Result("TCP vs UDP", "t", error="ConnectError: [Errno 111] Connection refused")
+    text = report("http://h", [PhaseResult("sequential", "http://h", 1, 2.0, [ok, bad])], 256)
+    assert "## Phase 1: Sequential (concurrency=1)" in text
+    assert "| Metric | avg | p50 | p95 | p99 |" in text
+    assert "| TTFT (ms) | 750.0 |" in text
+    assert "**Aggregate**: 2 requests (1 failed)" in text
+    assert "| 1 | FAIL `ConnectError: [Errno 111] Connection refused` |" in text
+
+
+def test_unreachable_target_is_reported_as_failures(tmp_path):
+    dead = f"http://127.0.0.1:{free_port()}"
+    runs = asyncio.run(bench([dead], ["sequential"], 1, None, 8, tmp_path))
+    (phase,) = next(iter(runs.values()))
+    assert len(phase.results) == 10 and not phase.ok
+    assert all("ConnectError" in r.error for r in phase.results)
+    assert "FAIL" in next(tmp_path.glob("*.md")).read_text()
+
+
+def test_bench_against_a_real_server(server, tmp_path):
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps(["What is 2+2?", {"label": "code", "text": "def f(x):"}]))
+    runs = asyncio.run(
+        bench(
+            [server.url, server.url],
+            ["sequential", "concurrent", "prefix-cache"],
+            2,
+            str(prompts),
+            8,
+            tmp_path,
+            names=["a", "b"],
+        )
+    )
+    seq, conc, prefix = runs["a"]
+    assert [r.label for r in seq.results] == ["What is 2+2?", "code"] and len(seq.ok) == 2
+    assert all(r.prompt_tokens > 0 and r.completion_tokens > 0 for r in seq.ok)
+    assert conc.concurrency == 2 and len(conc.ok) == 2
+    assert len(prefix.results) == 6 and prefix.server["prefix_cache_hit_rate"] > 0.3
+    data = json.loads((tmp_path / "a.json").read_text())
+    assert data["phases"][0]["requests"][0]["ttft_s"] > 0
+    assert "| sequential | TTFT (ms) p50 |" in (tmp_path / "comparison.md").read_text()
+    assert (tmp_path / "a-ttft.png").exists()
+
+
+def test_prompt_file_must_not_be_empty(tmp_path):
+    from cluster.bench.prompts import load_prompts
+
+    empty = tmp_path / "p.json"
+    empty.write_text("[]")
+    with pytest.raises(ValueError, match="no prompts"):
+        load_prompts(empty)
+    assert load_prompts(None)[0] == Prompt("France capital", "What is the capital of France?")
