@@ -1,0 +1,104 @@
+"""Our cluster against mlx-lm's server on the same model, on this machine, in one run.
+
+    .venv/bin/python scripts/compare_mlx_lm.py [--max-tokens 64] [--concurrency 16] [--out bench-out/compare]
+
+Starts `cluster serve` (TP 1, the default inventory) and `mlx_lm.server` on the built-in model,
+runs `cluster bench --compare` with the phases interleaved, and prints the comparison table.
+"""
+
+import argparse
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from cluster.bench.main import bench  # noqa: E402
+from cluster.launch.blas import openblas_env  # noqa: E402
+from cluster.launch.local import free_port  # noqa: E402
+from cluster.model_store import resolve_model  # noqa: E402
+
+
+def start_cluster(home: str) -> tuple[subprocess.Popen, str]:
+    cmd = [sys.executable, "-m", "cluster", "serve", "--port", "0"]
+    env = openblas_env() | {"CLUSTER_HOME": home}
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    for line in proc.stdout:
+        if m := re.search(r"at (http://\S+)/v1", line):
+            return proc, m.group(1)
+    raise RuntimeError("cluster did not start")
+
+
+def start_mlx_lm(model_dir: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "mlx_lm", "server", "--model", str(model_dir), "--port", str(port)]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=openblas_env(),
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{url}/v1/models", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    raise RuntimeError("mlx_lm.server did not start")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--out", default="bench-out/compare")
+    args = parser.parse_args()
+    home = tempfile.mkdtemp(prefix="compare-")
+    model_dir, _ = resolve_model("default")
+    procs = []
+    try:
+        ours, ours_url = start_cluster(home)
+        procs.append(ours)
+        theirs, theirs_url = start_mlx_lm(model_dir)
+        procs.append(theirs)
+        phases = ["sequential", "concurrent", "prefix-cache"]
+        asyncio.run(
+            bench(
+                [ours_url, theirs_url],
+                phases,
+                args.concurrency,
+                None,
+                args.max_tokens,
+                Path(args.out),
+                names=["cluster", "mlx_lm.server"],
+            )
+        )
+    finally:
+        for p in procs:
+            os.killpg(p.pid, signal.SIGTERM)
+            p.wait(timeout=30)
+    print((Path(args.out) / "comparison.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
