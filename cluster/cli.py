@@ -3,6 +3,7 @@
 import argparse
 import json
 import logging
+import os
 import sys
 from dataclasses import fields
 
@@ -32,6 +33,7 @@ def _serve(args) -> int:
         port=args.port,
         model=args.model,
         served_model_name=args.served_model_name,
+        api_keys=tuple(k for k in [*(args.api_key or []), os.environ.get("CLUSTER_API_KEY")] if k),
     )
     serve(options, _engine_config(args))
     return 0
@@ -124,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="port to bind (default: the inventory's, 8000)")
     p.add_argument("--model", help="model directory (default: the inventory's model)")
     p.add_argument("--served-model-name", help="model name clients use (default: dir name)")
+    p.add_argument(
+        "--api-key",
+        action="append",
+        help="require this bearer key (repeatable; or CLUSTER_API_KEY)",
+    )
     _add_engine_flags(p)
     p.set_defaults(func=_serve)
 

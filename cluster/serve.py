@@ -35,6 +35,7 @@ class ServeOptions:
     port: int | None = None
     model: str | None = None
     served_model_name: str | None = None
+    api_keys: tuple[str, ...] = ()
 
 
 def make_launcher(inventory, run_dir, model: str, name: str, engine: EngineConfig, token: str):
@@ -90,7 +91,12 @@ def serve(options: ServeOptions, engine: EngineConfig) -> None:
             tokenizer = PromptTokenizer(model_dir)
             coordinator = Coordinator(name, tokenizer, replicas, engine.max_queue, settings)
             server = uvicorn.Server(
-                uvicorn.Config(create_app(coordinator), host=host, port=port, log_level="warning")
+                uvicorn.Config(
+                    create_app(coordinator, frozenset(options.api_keys)),
+                    host=host,
+                    port=port,
+                    log_level="warning",
+                )
             )
             server.install_signal_handlers = lambda: None
             task = asyncio.create_task(server.serve())

@@ -266,3 +266,26 @@ def test_full_admission_queue_gets_429_with_retry_after(model_dir, tmp_path):
         assert r.status_code == 200
     finally:
         srv.stop()
+
+
+def test_api_keys_are_required_when_configured(model_dir, tmp_path):
+    from conftest import Server
+
+    srv = Server(
+        ["--model", str(model_dir), "--api-key", "k1"],
+        env={"CLUSTER_HOME": str(tmp_path), "CLUSTER_API_KEY": "k2"},
+    )
+    try:
+        missing = httpx.get(f"{srv.base_url}/models")
+        assert missing.status_code == 401
+        assert missing.json()["error"]["type"] == "authentication_error"
+        wrong = openai.OpenAI(base_url=srv.base_url, api_key="wrong", max_retries=0)
+        err = _error(wrong.models.list)
+        assert err.status_code == 401 and err.body["code"] == "invalid_api_key"
+        for key in ("k1", "k2"):
+            client = openai.OpenAI(base_url=srv.base_url, api_key=key, max_retries=0)
+            assert client.models.list().data[0].id == srv.model
+        assert httpx.get(f"{srv.url}/health").status_code == 200  # probes need no key
+        assert "127.0.0.1" in srv.base_url  # binds loopback unless told otherwise
+    finally:
+        srv.stop()

@@ -13,14 +13,26 @@ from starlette.background import BackgroundTask
 from ..coordinator.coordinator import Coordinator, Output
 from ..coordinator.errors import APIError
 from ..coordinator.metrics import ClusterCollector
-from .errors import install, sse_error
+from .errors import envelope, install, sse_error
 from .schemas import ChatCompletionRequest, CompletionRequest
 
+OPEN_PATHS = ("/health", "/metrics")
 
-def create_app(coordinator: Coordinator) -> FastAPI:
+
+def create_app(coordinator: Coordinator, api_keys: frozenset[str] = frozenset()) -> FastAPI:
     app = FastAPI(title="cluster", version="0.1.0")
     app.state.coordinator = coordinator
     install(app)
+
+    @app.middleware("http")
+    async def require_api_key(request: Request, call_next):
+        if api_keys and request.url.path not in OPEN_PATHS:
+            auth = request.headers.get("authorization", "")
+            if not auth.startswith("Bearer ") or auth[7:] not in api_keys:
+                message = "Missing or invalid API key: send 'Authorization: Bearer <key>'."
+                body = envelope(message, "authentication_error", None, "invalid_api_key")
+                return JSONResponse(body, status_code=401)
+        return await call_next(request)
 
     @app.get("/health")
     async def health():
