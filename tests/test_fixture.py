@@ -1,0 +1,68 @@
+"""The built-in model: GLM-5's config fields, the MTP layer's tensors, determinism, loading."""
+
+import hashlib
+import json
+
+from safetensors import safe_open
+
+from cluster.fixture.model import write_fixture
+from cluster.models.glm_moe_dsa_mtp import MTPLayer, mtp_weights_from_checkpoint
+
+GLM5_FIELDS = {
+    "vocab_size", "hidden_size", "intermediate_size", "moe_intermediate_size", "num_hidden_layers",
+    "num_attention_heads", "num_key_value_heads", "n_shared_experts", "n_routed_experts",
+    "routed_scaling_factor", "kv_lora_rank", "q_lora_rank", "qk_rope_head_dim", "v_head_dim",
+    "qk_nope_head_dim", "n_group", "topk_group", "num_experts_per_tok", "norm_topk_prob",
+    "hidden_act", "max_position_embeddings", "initializer_range", "rms_norm_eps", "use_cache",
+    "pad_token_id", "bos_token_id", "eos_token_id", "tie_word_embeddings", "rope_parameters",
+    "attention_bias", "attention_dropout", "index_topk", "index_head_dim", "index_n_heads",
+    "mlp_bias", "head_dim", "first_k_dense_replace", "num_nextn_predict_layers", "model_type",
+}  # fmt: skip
+
+
+def test_config_has_every_glm5_field(model_dir):
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config.keys() >= GLM5_FIELDS
+    assert config["model_type"] == "glm_moe_dsa" and config["num_nextn_predict_layers"] == 1
+    assert config["first_k_dense_replace"] >= 1 and config["n_shared_experts"] >= 1
+
+
+def test_checkpoint_carries_the_mtp_layer_in_hf_names(model_dir):
+    config = json.loads((model_dir / "config.json").read_text())
+    mtp = f"model.layers.{config['num_hidden_layers']}."
+    with safe_open(str(model_dir / "model.safetensors"), "np") as f:
+        keys = set(f.keys())
+    for name in ("enorm.weight", "hnorm.weight", "eh_proj.weight", "shared_head.norm.weight",
+                 "self_attn.kv_b_proj.weight", "self_attn.indexer.wq_b.weight",
+                 "mlp.experts.0.gate_proj.weight", "mlp.shared_experts.up_proj.weight"):  # fmt: skip
+        assert mtp + name in keys
+    assert "model.layers.0.mlp.gate_proj.weight" in keys  # a dense first layer
+
+
+def test_same_seed_same_bytes(tmp_path):
+    def digest(d):
+        return hashlib.sha256((d / "model.safetensors").read_bytes()).hexdigest()
+
+    a = write_fixture(tmp_path / "a", seed=3)
+    b = write_fixture(tmp_path / "b", seed=3)
+    c = write_fixture(tmp_path / "c", seed=4)
+    assert digest(a) == digest(b) != digest(c)
+    assert (a / "tokenizer.json").read_text() == (b / "tokenizer.json").read_text()
+
+
+def test_mlx_lm_loads_it_and_the_mtp_layer_loads_from_it(loaded, model_dir):
+    import mlx.core as mx
+
+    model, tokenizer, config = loaded
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False
+    )
+    assert text.startswith("[gMASK]<sop><|user|>") and text.endswith("<|assistant|>\n")
+    weights = mx.load(str(model_dir / "model.safetensors"))
+    mtp = MTPLayer(model.args)
+    mtp.load_weights(
+        list(mtp_weights_from_checkpoint(weights, model, config["num_hidden_layers"]).items())
+    )
+    h = mx.zeros((1, 3, config["hidden_size"]))
+    out = mtp(h, model.model.embed_tokens(mx.array([[5, 6, 7]])), cache=mtp.make_cache())
+    assert out.shape == (1, 3, config["hidden_size"])
