@@ -17,8 +17,13 @@ def cache_home() -> Path:
     return Path(root)
 
 
+TRAINED = Path(__file__).with_name("fixture") / "trained"
+
+
 def default_model_dir(seed: int = 0) -> Path:
-    """The fixture model, built on first use (about a second) and reused after."""
+    """The trained fixture shipped in the package; else a random one built on first use."""
+    if seed == 0 and (TRAINED / "model.safetensors").exists():
+        return TRAINED
     target = cache_home() / "models" / f"glm5-fixture-v{__version__}-seed{seed}"
     if (target / "model.safetensors").exists():
         return target
