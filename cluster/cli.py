@@ -34,6 +34,7 @@ def _serve(args) -> int:
         model=args.model,
         served_model_name=args.served_model_name,
         api_keys=tuple(k for k in [*(args.api_key or []), os.environ.get("CLUSTER_API_KEY")] if k),
+        routing=args.routing,
     )
     serve(options, _engine_config(args))
     return 0
@@ -126,6 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="port to bind (default: the inventory's, 8000)")
     p.add_argument("--model", help="model directory (default: the inventory's model)")
     p.add_argument("--served-model-name", help="model name clients use (default: dir name)")
+    p.add_argument(
+        "--routing",
+        default="prefix_affinity",
+        choices=["prefix_affinity", "round_robin", "least_loaded"],
+        help="how requests pick a replica (default prefix_affinity; x-session-id sticks)",
+    )
     p.add_argument(
         "--api-key",
         action="append",

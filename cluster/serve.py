@@ -36,6 +36,7 @@ class ServeOptions:
     model: str | None = None
     served_model_name: str | None = None
     api_keys: tuple[str, ...] = ()
+    routing: str = "prefix_affinity"
 
 
 def make_launcher(inventory, run_dir, model: str, name: str, engine: EngineConfig, token: str):
@@ -89,7 +90,16 @@ def serve(options: ServeOptions, engine: EngineConfig) -> None:
                 return
             replicas = starting.result()
             tokenizer = PromptTokenizer(model_dir)
-            coordinator = Coordinator(name, tokenizer, replicas, engine.max_queue, settings)
+            coordinator = Coordinator(
+                name,
+                tokenizer,
+                replicas,
+                engine.max_queue,
+                settings,
+                policy=options.routing,
+                block_size=engine.block_size,
+            )
+            coordinator.watch_caches()
             server = uvicorn.Server(
                 uvicorn.Config(
                     create_app(coordinator, frozenset(options.api_keys)),

@@ -86,7 +86,8 @@ def create_app(coordinator: Coordinator, api_keys: frozenset[str] = frozenset())
         limit, param = body.token_limit
         max_tokens = coordinator.check_length(len(prompt), limit, param)
         rid = coordinator.new_request_id("chatcmpl" if chat else "cmpl")
-        stream = coordinator.start(rid, prompt, body.sampling(max_tokens), body.stop)
+        session = request.headers.get("x-session-id")
+        stream = coordinator.start(rid, prompt, body.sampling(max_tokens), body.stop, session)
         shape = _Shape(rid, coordinator.model_name, chat)
         headers = {"x-request-id": rid}
         if body.stream:

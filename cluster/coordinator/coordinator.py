@@ -8,6 +8,11 @@ from dataclasses import dataclass, field
 
 from ..engine.client import EngineClient
 from ..engine.types import EngineRequest, RequestId, SamplingParams
+from ..hashing import block_hashes, hash_seed
+from ..router.events import follow_all
+from ..router.index import PrefixIndex
+from ..router.policies import make_policy
+from ..router.policy import SelectInfo
 from .errors import BadRequest, EngineFailure, ModelNotFound, Overloaded, Unavailable
 from .metrics import Metrics
 from .output import OutputProcessor
@@ -31,6 +36,8 @@ class Replica:
     restarts: int = 0
     stats: dict = field(default_factory=dict)
     """The leader's last reported status (polled by the supervisor)."""
+    slot: int = 0
+    """This replica's bit in the prefix index."""
 
 
 @dataclass
@@ -83,6 +90,8 @@ class Coordinator:
         max_queue: int,
         settings: dict | None = None,
         metrics: Metrics | None = None,
+        policy: str = "prefix_affinity",
+        block_size: int = 16,
     ):
         self.model_name = model_name
         self.tokenizer = tokenizer
@@ -90,10 +99,15 @@ class Coordinator:
         self.max_queue = max_queue
         self.settings = settings or {}
         self.metrics = metrics or Metrics(model_name)
-        for replica in replicas:
+        self.index = PrefixIndex()
+        self.policy = make_policy(policy, self.index)
+        self.block_size = block_size
+        self.hash_seed = hash_seed(model_name)
+        self._followers: list = []
+        for slot, replica in enumerate(replicas):
+            replica.slot = slot
             self.metrics.start_replica(replica.name)
         self.started = time.time()
-        self._next = itertools.count()
         self._request_ids = itertools.count()
 
     @property
@@ -127,7 +141,8 @@ class Coordinator:
             )
         return max_tokens
 
-    def _pick(self) -> Replica:
+    def _admit(self) -> list[Replica]:
+        """The ready replicas, if the cluster can take one more request."""
         ready = [r for r in self.replicas if r.state == "ready"]
         if not ready:
             self.metrics.rejected.labels(self.model_name, "503").inc()
@@ -139,7 +154,20 @@ class Coordinator:
                 f"The cluster is at capacity ({capacity} requests running or queued); "
                 "retry after the Retry-After interval."
             )
-        return ready[next(self._next) % len(ready)]
+        return ready
+
+    def route(self, prompt: list[int], session_id: str | None = None) -> tuple[Replica, str]:
+        ready = self._admit()
+        hashes = block_hashes(prompt, self.block_size, self.hash_seed)
+        info = SelectInfo(len(prompt), hashes, self.block_size, session_id)
+        replica, reason = self.policy.select(ready, info)
+        self.metrics.routing.labels(**self.metrics.labels(replica.name), reason=reason).inc()
+        return replica, reason
+
+    def watch_caches(self) -> None:
+        """Follow every replica's cache events into the prefix index."""
+        if self.policy.name == "prefix_affinity" and not self._followers:
+            self._followers = follow_all(self.replicas, self.index)
 
     def new_request_id(self, prefix: str) -> RequestId:
         return RequestId(f"{prefix}-{int(self.started)}-{next(self._request_ids)}")
@@ -150,10 +178,10 @@ class Coordinator:
         prompt: list[int],
         sampling: SamplingParams,
         stops: list[str],
+        session_id: str | None = None,
     ) -> Completion:
         """Admit and route now (so errors come before any byte is sent), stream later."""
-        replica = self._pick()
-        self.metrics.routing.labels(**self.metrics.labels(replica.name), reason="round_robin").inc()
+        replica, _ = self.route(prompt, session_id)
         request = EngineRequest(request_id, tuple(prompt), sampling)
         return Completion(replica, self._stream(replica, request, stops))
 
@@ -202,6 +230,7 @@ class Coordinator:
                     "in_flight": r.in_flight,
                     "served": r.served,
                     "max_num_seqs": r.max_num_seqs,
+                    "routing": {"indexed_blocks": self.index.counts.get(r.slot, 0)},
                     "engine": engine,
                 }
             )
@@ -210,6 +239,7 @@ class Coordinator:
             "max_model_len": self.max_model_len,
             "uptime_s": round(time.time() - self.started, 1),
             "settings": self.settings,
+            "routing": {"policy": self.policy.name, "indexed_blocks": len(self.index.blocks)},
             "queue": {
                 "in_flight": sum(r.in_flight for r in self.replicas),
                 "max_queue": self.max_queue,

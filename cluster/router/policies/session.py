@@ -1,0 +1,28 @@
+"""Requests with the same session header go where the session went first, while it is ready."""
+
+from collections import OrderedDict
+
+from ..policy import SelectInfo
+
+MAX_SESSIONS = 100_000
+
+
+class SessionAffinity:
+    def __init__(self, inner):
+        self.inner = inner
+        self.name = inner.name
+        self.sessions: OrderedDict[str, str] = OrderedDict()
+
+    def select(self, replicas: list, info: SelectInfo):
+        if info.session_id:
+            name = self.sessions.get(info.session_id)
+            for r in replicas:
+                if r.name == name:
+                    self.sessions.move_to_end(info.session_id)
+                    return r, "session"
+        replica, reason = self.inner.select(replicas, info)
+        if info.session_id:
+            self.sessions[info.session_id] = replica.name
+            if len(self.sessions) > MAX_SESSIONS:
+                self.sessions.popitem(last=False)
+        return replica, reason
