@@ -124,12 +124,21 @@ def test_two_replicas_behind_one_coordinator_share_the_load(model_dir, tmp_path,
 def _stream(srv: Server, max_tokens: int = 3000):
     body = {
         "model": srv.model,
-        "prompt": "Keep going",
+        "prompt": "Keep going, and do not stop. " * 12,
         "max_tokens": max_tokens,
         "stream": True,
         "ignore_eos": True,
     }
     return httpx.stream("POST", f"{srv.url}/v1/completions", json=body, timeout=30)
+
+
+def _wait(predicate, timeout: float, step: float = 0.1):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(step)
+    return predicate()
 
 
 def test_follower_death_ends_stream_with_error_and_other_replica_serves(model_dir, tmp_path):
@@ -139,7 +148,6 @@ def test_follower_death_ends_stream_with_error_and_other_replica_serves(model_di
         assert [r["state"] for r in st["replicas"]] == ["ready", "ready"]
         pids = rank_pids(srv)
         assert len(pids) == 4
-        # Round-robin: the first request goes to r0.
         with _stream(srv) as r:
             lines = r.iter_lines()
             got = 0
@@ -147,33 +155,42 @@ def test_follower_death_ends_stream_with_error_and_other_replica_serves(model_di
                 got += line.startswith("data: {")
                 if got == 3:
                     break
-            os.kill(pids[("r0", 1)], signal.SIGKILL)
+            replicas = {x["name"]: x for x in status(srv)["replicas"]}
+            victim = next(n for n, x in replicas.items() if x["in_flight"] == 1)
+            other = next(n for n in replicas if n != victim)
+            # The prompt's blocks reached the coordinator's index through CacheEvents.
+            indexed = _wait(
+                lambda: status(srv)["replicas"][int(victim[1])]["routing"]["indexed_blocks"], 5
+            )
+            assert indexed >= 3
+            os.kill(pids[(victim, 1)], signal.SIGKILL)
             killed = time.time()
             rest = list(lines)
         elapsed = time.time() - killed
         assert elapsed < 5
         errors = [json.loads(x[6:]) for x in rest if x.startswith("data: {") and '"error"' in x]
-        assert errors and "r0" in errors[0]["error"]["message"]
+        assert errors and victim in errors[0]["error"]["message"]
         assert [x for x in rest if x][-1] == "data: [DONE]"
-        # r0 is reported down (or already restarting); r1 keeps serving.
-        deadline = time.time() + 3
-        while time.time() < deadline:
+
+        def victim_state():
             states = {r["name"]: r for r in status(srv)["replicas"]}
-            if states["r0"]["restarts"] == 1:
-                break
-            time.sleep(0.1)
-        assert states["r0"]["restarts"] == 1 and "rank 1" in states["r0"]["reason"]
-        assert states["r1"]["state"] == "ready"
+            return states if states[victim]["restarts"] == 1 else None
+
+        states = _wait(victim_state, 3)
+        assert states and "rank 1" in states[victim]["reason"]
+        assert states[other]["state"] == "ready"
         client = srv.client()
         for _ in range(3):
             r = client.completions.create(model=srv.model, prompt="hi", max_tokens=4)
             assert r.choices[0].finish_reason in ("length", "stop")
-        # The supervisor restarts r0 and it serves again.
-        deadline = time.time() + 60
-        while time.time() < deadline and status(srv)["replicas"][0]["state"] != "ready":
-            time.sleep(0.5)
-        r0 = status(srv)["replicas"][0]
-        assert r0["state"] == "ready" and r0["restarts"] == 1
+        # The supervisor restarts the replica; it serves again, its index entries start over.
+        back = _wait(lambda: status(srv)["replicas"][int(victim[1])]["state"] == "ready", 60, 0.5)
+        assert back
+        after = status(srv)["replicas"][int(victim[1])]
+        assert after["restarts"] == 1
+        assert _wait(
+            lambda: status(srv)["replicas"][int(victim[1])]["routing"]["indexed_blocks"] == 0, 5
+        )
     finally:
         srv.stop()
 
