@@ -13,6 +13,9 @@ from .config import EngineConfig
 def _add_engine_flags(p: argparse.ArgumentParser) -> None:
     for f in fields(EngineConfig):
         flag = "--" + f.name.replace("_", "-")
+        if f.type is bool or f.type == "bool":
+            p.add_argument(flag, action="store_true", help=f.metadata["help"])
+            continue
         kind = int if "int" in str(f.type) else str
         p.add_argument(flag, type=kind, default=f.default, help=f.metadata["help"])
 
@@ -197,6 +200,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

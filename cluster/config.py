@@ -19,6 +19,15 @@ class EngineConfig:
     max_model_len: int | None = _help("context length; default the model's, at most 32768", None)
     max_queue: int = _help("requests waiting beyond max_num_seqs before 429", 64)
     seed: int = _help("seed for requests that bring none", 0)
+    speculation: str = _help(
+        "speculative decoding: none, mtp (the model's MTP layer) or draft", "none"
+    )
+    num_speculative_tokens: int = _help("draft tokens proposed per step", 1)
+    speculation_required: bool = _help("refuse to serve rather than run without speculation", False)
+    mtp_weights: str | None = _help(
+        "safetensors with the MTP layer, if the checkpoint lacks it", None
+    )
+    draft_model: str | None = _help("draft model directory for --speculation draft", None)
 
     def __post_init__(self):
         checks = {
@@ -29,6 +38,8 @@ class EngineConfig:
             "kv_bits": self.kv_bits in (None, 4, 8),
             "max_model_len": self.max_model_len is None or self.max_model_len >= 2,
             "max_queue": self.max_queue >= 0,
+            "speculation": self.speculation in ("none", "mtp", "draft"),
+            "num_speculative_tokens": 1 <= self.num_speculative_tokens <= 8,
         }
         for name, ok in checks.items():
             if not ok:

@@ -161,10 +161,30 @@ CACHE = [
         ],
     ),
 ]
+SPECULATION = [
+    (
+        "Speculation active (label reason says why not)",
+        "short",
+        [
+            (f"cluster:spec_decode_active{{{SEL}}}", "{{replica}} {{method}} {{reason}}"),
+        ],
+    ),
+    (
+        "Speculation fallbacks by reason",
+        "short",
+        [
+            (
+                f"sum by (replica, reason) (cluster:spec_decode_fallbacks_total{{{SEL}}}) or on() vector(0)",
+                "{{replica}} {{reason}}",
+            ),
+        ],
+    ),
+]
 DASHBOARDS = {
     "cluster-overview": ("Cluster: overview", OVERVIEW),
     "cluster-replicas": ("Cluster: replicas and nodes", REPLICAS),
     "cluster-prefix-cache": ("Cluster: prefix cache and routing", CACHE),
+    "cluster-speculation": ("Cluster: speculative decoding", SPECULATION),
 }
 
 

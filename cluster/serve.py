@@ -5,7 +5,7 @@ import logging
 import os
 import secrets
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import uvicorn
 
@@ -51,6 +51,12 @@ def make_launcher(inventory, run_dir, model: str, name: str, engine: EngineConfi
 
 def serve(options: ServeOptions, engine: EngineConfig) -> None:
     inventory = load_inventory(options.inventory)
+    if engine.speculation == "none" and inventory.speculation != "none":
+        engine = replace(
+            engine,
+            speculation=inventory.speculation,
+            num_speculative_tokens=inventory.num_speculative_tokens,
+        )
     model_dir, name = resolve_model(options.model or inventory.model)
     config = read_config(model_dir)
     plan = make_plan(config, stored_bits(config) or inventory.quantization_bits, inventory)

@@ -89,7 +89,8 @@ def create_app(coordinator: Coordinator, api_keys: frozenset[str] = frozenset())
         session = request.headers.get("x-session-id")
         stream = coordinator.start(rid, prompt, body.sampling(max_tokens), body.stop, session)
         shape = _Shape(rid, coordinator.model_name, chat)
-        headers = {"x-request-id": rid}
+        spec = (stream.replica.stats or {}).get("speculation") or {}
+        headers = {"x-request-id": rid, "x-speculation": spec.get("summary", "unknown")}
         if body.stream:
             sse = _sse(stream, shape, body.include_usage)
             return StreamingResponse(

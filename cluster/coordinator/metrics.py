@@ -7,7 +7,7 @@ gauges are read at scrape time from the status the supervisor polls.
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 disable_created_metrics()  # no *_created series beside every counter and histogram
 FINISH_REASONS = ("stop", "length", "abort", "error")
@@ -159,6 +159,16 @@ class ClusterCollector:
         model_bytes = gauge(
             "model_bytes", "Bytes of this rank's weights.", ["replica", "node", "rank"]
         )
+        spec_active = gauge(
+            "spec_decode_active",
+            "1 while speculative decoding runs.",
+            ["replica", "method", "reason"],
+        )
+        spec_fallbacks = CounterMetricFamily(
+            PREFIX + "spec_decode_fallbacks",
+            "Times speculation turned off, by reason.",
+            labels=["model_name", "replica", "method", "reason"],
+        )
         for r in c.replicas:
             up.add_metric([name, r.name, r.state], 1.0 if r.state == "ready" else 0.0)
             plan = r.plan or {}
@@ -182,11 +192,16 @@ class ClusterCollector:
                 rank_up.add_metric(labels, 1.0 if rank.get("alive", r.state == "ready") else 0.0)
                 if "memory_bytes" in rank:
                     rank_mem.add_metric(labels, rank["memory_bytes"])
+            if spec := s.get("speculation"):
+                labels = [name, r.name, spec["requested"]]
+                spec_active.add_metric([*labels, spec["reason"] or ""], float(spec["active"]))
+                for reason, count in spec["fallbacks"].items():
+                    spec_fallbacks.add_metric([*labels, reason], count)
             if s.get("model_bytes") and r.ranks:
                 leader = r.ranks[0]
                 model_bytes.add_metric([name, r.name, leader["node"], "0"], s["model_bytes"])
-        yield from (up, info, restarts, running, waiting, in_flight, kv, cache_perc, step,
-                    exchange, rank_up, rank_mem, model_bytes)  # fmt: skip
+        yield from (up, info, restarts, running, waiting, in_flight, kv, cache_perc, step, exchange,
+                    rank_up, rank_mem, model_bytes, spec_active, spec_fallbacks)  # fmt: skip
 
     def describe(self):
         return []

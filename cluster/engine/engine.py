@@ -6,6 +6,7 @@ from .prefix_cache import PrefixCache
 from .runner import ModelRunner
 from .scheduler import Scheduler
 from .sequence import Sequence
+from .speculation import SpeculationState
 from .types import EngineRequest, RequestId, TokenEvent
 
 
@@ -20,6 +21,7 @@ class Engine:
         )
         self.scheduler = Scheduler(config, self.cache, eos_ids, max_model_len)
         self.runner = ModelRunner(model, config.seed)
+        self.speculation = SpeculationState(config.speculation, config.num_speculative_tokens)
 
     def add_request(self, request: EngineRequest) -> None:
         self.scheduler.add(Sequence.from_request(request))

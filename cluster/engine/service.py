@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import EngineConfig
+from . import speculation
 from .lockstep import Channel, StepMessage, decode_request, encode_request, tokens_digest
 from .types import EngineRequest, RequestId, TokenEvent
 
@@ -54,10 +55,13 @@ def build_engine(path, config: EngineConfig, model_id: str, group=None):
     from .engine import Engine
 
     model, tokenizer, model_config = load_model(path, group)
+    state = speculation.resolve(config, path, model_config)
     max_len = context_length(model_config, config)
     eos = tuple(sorted(tokenizer.eos_token_ids))
     info = ModelInfo(model_id, max_len, eos, model_config.get("model_type", "?"))
-    return Engine(model, set(eos), config, max_len, model_id), info
+    engine = Engine(model, set(eos), config, max_len, model_id)
+    engine.speculation = state
+    return engine, info
 
 
 class EngineService:
@@ -119,6 +123,7 @@ class EngineService:
         steps = max(self.steps, 1)
         extra = {
             "model_bytes": self._model_bytes,
+            "speculation": engine.speculation.to_json() if engine else None,
             "batch_kv_bytes": engine.runner.batch_kv_bytes() if engine else 0,
             "steps": self.steps,
             "step_ms_avg": round(1000 * self.step_seconds / steps, 3),

@@ -10,8 +10,10 @@ def engine_flags(engine: EngineConfig) -> list[str]:
     flags = []
     for f in fields(EngineConfig):
         value = getattr(engine, f.name)
-        if value is not None and value != f.default:
-            flags += ["--" + f.name.replace("_", "-"), str(value)]
+        if value is None or value == f.default:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        flags += [flag] if value is True else [flag, str(value)]
     return flags
 
 

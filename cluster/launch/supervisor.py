@@ -45,6 +45,7 @@ class Supervisor:
         self.running[plan.name] = proc
         try:
             client = await self._wait_ready(proc, timeout)
+            stats = await client.status()
         except ReplicaFailed:
             self.running.pop(plan.name, None)
             raise
@@ -57,6 +58,7 @@ class Supervisor:
         else:
             old, replica.client = replica.client, client
             await old.close()
+        replica.stats = stats
         replica.state = "ready"
         log.info("replica %s ready at %s (TP %d)", plan.name, proc.address, plan.tensor_parallel)
         return replica

@@ -2,8 +2,9 @@
 
 A replica may take the request unless its load (requests in flight) exceeds the lightest
 replica's by more than `abs_threshold` and by more than `rel_threshold` times; among those, the
-longest cached prefix wins (then the lighter load), so a hot prefix spreads once it overloads. A prompt nobody holds `min_match` of is cold: it goes to
-the least loaded replica, which spreads new prefixes.
+longest cached prefix wins (then the lighter load), so a hot prefix spreads once it
+overloads. A prompt nobody holds `min_match` of is cold: it goes to the least loaded replica,
+which spreads new prefixes.
 """
 
 import itertools

@@ -1,0 +1,136 @@
+"""Speculative decoding's state: requested, active or not, and why. Never silent.
+
+The state is decided when a replica loads and changes at runtime; every change is one warning
+log line, and the state shows in /v1/status, in Prometheus and in each response's
+`x-speculation` header.
+"""
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger("cluster.speculation")
+MTP_MODEL_TYPES = ("glm_moe_dsa", "deepseek_v32", "deepseek_v3")
+EXPLAIN = {
+    "not_requested": "speculation was not requested (--speculation none)",
+    "no_mtp_weights": "the checkpoint has no MTP layer (model.layers.{L}.*) and no --mtp-weights",
+    "unsupported_model": "this model type has no MTP layer the engine can run",
+    "draft_vocab_mismatch": "the draft model's vocabulary differs from the target's",
+    "no_draft_model": "--speculation draft needs --draft-model DIR",
+    "pipeline_parallel": "the layout pipelines layers across nodes; speculation needs one stage",
+    "not_implemented": "this engine build has no decoding loop for the requested method yet",
+    "batch_size_above_limit": "more sequences are running than speculation serves",
+    "auto_disabled_low_acceptance": "acceptance fell below the configured threshold",
+    "auto_disabled_no_speedup": "decoding with speculation measured slower than without",
+    "engine_error": "the speculative step failed; decoding continues without it",
+}
+
+
+class SpeculationRequired(RuntimeError):
+    """--speculation-required and speculation cannot run."""
+
+
+@dataclass
+class SpeculationState:
+    requested: str
+    k: int
+    active: bool = False
+    reason: str | None = "not_requested"
+    since: float = field(default_factory=time.time)
+    fallbacks: dict[str, int] = field(default_factory=dict)
+    """State changes to inactive, by reason."""
+
+    def set(self, active: bool, reason: str | None, detail: str = "") -> None:
+        if active == self.active and reason == self.reason:
+            return
+        self.active, self.reason, self.since = active, reason, time.time()
+        if active:
+            log.warning("speculation %s k=%d is ON", self.requested, self.k)
+            return
+        if self.requested != "none":
+            self.fallbacks[reason] = self.fallbacks.get(reason, 0) + 1
+        suffix = f": {detail}" if detail else ""
+        why = EXPLAIN.get(reason, reason)
+        log.warning(
+            "speculation %s k=%d is OFF: %s (%s)%s", self.requested, self.k, reason, why, suffix
+        )
+
+    def header(self) -> str:
+        if self.active:
+            return f"{self.requested};k={self.k}"
+        return f"off;reason={self.reason}"
+
+    def to_json(self) -> dict:
+        return {
+            "requested": self.requested,
+            "k": self.k,
+            "active": self.active,
+            "reason": self.reason,
+            "explanation": None if self.active else EXPLAIN.get(self.reason, self.reason),
+            "since": self.since,
+            "fallbacks": dict(self.fallbacks),
+            "summary": self.header(),
+        }
+
+
+def has_mtp_weights(model_dir: str | Path, config: dict) -> bool:
+    """Whether the checkpoint's safetensors hold the MTP layer `model.layers.{L}.*`."""
+    prefix = f"model.layers.{config['num_hidden_layers']}."
+    model_dir = Path(model_dir)
+    index = model_dir / "model.safetensors.index.json"
+    if index.exists():
+        return any(k.startswith(prefix) for k in json.loads(index.read_text())["weight_map"])
+    from safetensors import safe_open
+
+    for path in sorted(model_dir.glob("*.safetensors")):
+        with safe_open(str(path), "np") as f:
+            if any(k.startswith(prefix) for k in f.keys()):  # noqa: SIM118
+                return True
+    return False
+
+
+def vocab_of(model_dir: str | Path) -> dict[str, int]:
+    data = json.loads((Path(model_dir) / "tokenizer.json").read_text())
+    vocab = dict(data["model"]["vocab"])
+    vocab |= {t["content"]: t["id"] for t in data.get("added_tokens", [])}
+    return vocab
+
+
+def unavailable(config, model_dir, model_config: dict) -> tuple[str, str] | None:
+    """(reason, detail) when the requested speculation cannot run on this replica, else None."""
+    method = config.speculation
+    if method == "mtp":
+        if model_config.get("model_type") not in MTP_MODEL_TYPES:
+            return "unsupported_model", str(model_config.get("model_type"))
+        if not config.mtp_weights and not has_mtp_weights(model_dir, model_config):
+            return "no_mtp_weights", str(model_dir)
+        return "not_implemented", "MTP decoding lands with the speculation work"
+    if method == "draft":
+        if not config.draft_model:
+            return "no_draft_model", ""
+        target, draft = vocab_of(model_dir), vocab_of(config.draft_model)
+        if target != draft:
+            differ = len(set(target.items()) ^ set(draft.items()))
+            return "draft_vocab_mismatch", (
+                f"target has {len(target)} tokens, draft {len(draft)}; {differ} entries differ"
+            )
+        return "not_implemented", "draft-model decoding lands with the speculation work"
+    return None
+
+
+def resolve(config, model_dir, model_config: dict) -> SpeculationState:
+    """The state speculation starts in for this replica (logged when it is off)."""
+    state = SpeculationState(config.speculation, config.num_speculative_tokens)
+    if config.speculation == "none":
+        return state
+    if why := unavailable(config, model_dir, model_config):
+        reason, detail = why
+        if config.speculation_required:
+            raise SpeculationRequired(
+                f"--speculation-required: speculation {config.speculation} cannot run: "
+                f"{reason} ({EXPLAIN.get(reason, reason)}){': ' + detail if detail else ''}"
+            )
+        state.set(False, reason, detail)
+    return state

@@ -1,0 +1,126 @@
+"""Speculation is never silent: seed 003's situation (MTP requested, no MTP weights) is
+reported in status, metrics, the response header and the log, and --speculation-required
+refuses to serve."""
+
+import logging
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import mlx.core as mx
+import pytest
+
+from cluster.config import EngineConfig
+from cluster.engine import speculation
+from cluster.fixture.model import FixtureSize, write_fixture
+
+
+@pytest.fixture(scope="module")
+def no_mtp_dir(model_dir, tmp_path_factory) -> Path:
+    """The fixture as mlx-community ships GLM-5: the MTP layer dropped from the checkpoint."""
+    out = tmp_path_factory.mktemp("no-mtp") / "glm5-no-mtp"
+    shutil.copytree(model_dir, out)
+    weights = mx.load(str(out / "model.safetensors"))
+    layer = f"model.layers.{config_of(out)['num_hidden_layers']}."
+    mx.save_safetensors(
+        str(out / "model.safetensors"),
+        {k: v for k, v in weights.items() if not k.startswith(layer)},
+    )
+    return out
+
+
+def config_of(path: Path) -> dict:
+    import json
+
+    return json.loads((path / "config.json").read_text())
+
+
+def test_none_is_not_requested_and_quiet(model_dir, caplog):
+    with caplog.at_level(logging.WARNING, "cluster.speculation"):
+        state = speculation.resolve(EngineConfig(), model_dir, config_of(model_dir))
+    assert (state.active, state.reason, state.fallbacks) == (False, "not_requested", {})
+    assert state.header() == "off;reason=not_requested" and not caplog.records
+
+
+def test_missing_mtp_weights_is_reported_once_with_its_reason(no_mtp_dir, caplog):
+    cfg = EngineConfig(speculation="mtp", num_speculative_tokens=2)
+    with caplog.at_level(logging.WARNING, "cluster.speculation"):
+        state = speculation.resolve(cfg, no_mtp_dir, config_of(no_mtp_dir))
+    assert not state.active and state.reason == "no_mtp_weights"
+    assert state.fallbacks == {"no_mtp_weights": 1}
+    assert state.header() == "off;reason=no_mtp_weights"
+    (record,) = caplog.records
+    assert "speculation mtp k=2 is OFF: no_mtp_weights" in record.getMessage()
+
+
+def test_a_checkpoint_with_mtp_weights_is_not_reported_missing(model_dir):
+    state = speculation.resolve(EngineConfig(speculation="mtp"), model_dir, config_of(model_dir))
+    assert speculation.has_mtp_weights(model_dir, config_of(model_dir))
+    assert state.reason != "no_mtp_weights"  # what remains is said as it is
+
+
+def test_required_speculation_refuses(no_mtp_dir):
+    cfg = EngineConfig(speculation="mtp", speculation_required=True)
+    with pytest.raises(speculation.SpeculationRequired, match="no_mtp_weights"):
+        speculation.resolve(cfg, no_mtp_dir, config_of(no_mtp_dir))
+
+
+def test_draft_with_another_vocabulary_is_refused_with_the_numbers(model_dir, tmp_path):
+    draft = write_fixture(tmp_path / "draft", seed=1, size=FixtureSize(vocab_size=2048))
+    cfg = EngineConfig(speculation="draft", draft_model=str(draft))
+    state = speculation.resolve(cfg, model_dir, config_of(model_dir))
+    assert state.reason == "draft_vocab_mismatch"
+    why = speculation.unavailable(cfg, model_dir, config_of(model_dir))
+    assert "target has 4096 tokens, draft 2048" in why[1]
+    no_draft = EngineConfig(speculation="draft")
+    assert speculation.resolve(no_draft, model_dir, config_of(model_dir)).reason == "no_draft_model"
+
+
+def test_seed_003_mtp_requested_without_weights_shows_everywhere(no_mtp_dir, tmp_path):
+    from conftest import ROOT, Server
+
+    home = tmp_path / "home"
+    srv = Server(
+        ["--model", str(no_mtp_dir), "--speculation", "mtp", "--num-speculative-tokens", "2"],
+        env={"CLUSTER_HOME": str(home)},
+    )
+    try:
+        status = httpx.get(f"{srv.url}/v1/status").json()
+        spec = status["replicas"][0]["engine"]["speculation"]
+        assert spec["requested"] == "mtp" and spec["k"] == 2
+        assert spec["active"] is False and spec["reason"] == "no_mtp_weights"
+        assert "MTP layer" in spec["explanation"]
+        r = httpx.post(
+            f"{srv.url}/v1/completions", json={"prompt": "def f():", "max_tokens": 4}, timeout=30
+        )
+        assert r.status_code == 200
+        assert r.headers["x-speculation"] == "off;reason=no_mtp_weights"
+        with httpx.stream(
+            "POST", f"{srv.url}/v1/chat/completions",
+            json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "stream": True},
+        ) as s:  # fmt: skip
+            assert s.headers["x-speculation"] == "off;reason=no_mtp_weights"
+        metrics = httpx.get(f"{srv.url}/metrics").text
+        assert (
+            'cluster:spec_decode_active{method="mtp",model_name="glm5-no-mtp",reason="no_mtp_weights",replica="r0"} 0.0'
+            in metrics
+        )
+        assert (
+            'cluster:spec_decode_fallbacks_total{method="mtp",model_name="glm5-no-mtp",reason="no_mtp_weights",replica="r0"} 1.0'
+            in metrics
+        )
+        logs = "".join(p.read_text() for p in home.glob("run/*/r0/rank0.log"))
+        assert "speculation mtp k=2 is OFF: no_mtp_weights" in logs
+    finally:
+        srv.stop()
+    refused = subprocess.run(
+        [sys.executable, "-m", "cluster", "serve", "--port", "0", "--model", str(no_mtp_dir),
+         "--speculation", "mtp", "--speculation-required"],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+        env={**srv.env, "CLUSTER_HOME": str(tmp_path / "home2")},
+    )  # fmt: skip
+    assert refused.returncode != 0
+    assert "--speculation-required" in refused.stderr + refused.stdout
+    assert "no_mtp_weights" in refused.stderr + refused.stdout
