@@ -2,6 +2,7 @@
 
 from ..config import EngineConfig
 from ..hashing import hash_seed
+from .mtp import MTPDrafter
 from .prefix_cache import PrefixCache
 from .runner import ModelRunner
 from .scheduler import Scheduler
@@ -12,7 +13,13 @@ from .types import EngineRequest, RequestId, TokenEvent
 
 class Engine:
     def __init__(
-        self, model, eos_ids: set[int], config: EngineConfig, max_model_len: int, model_id
+        self,
+        model,
+        eos_ids: set[int],
+        config: EngineConfig,
+        max_model_len: int,
+        model_id,
+        drafter: MTPDrafter | None = None,
     ):
         self.config = config
         self.max_model_len = max_model_len
@@ -20,7 +27,8 @@ class Engine:
             config.block_size, config.prefix_cache_bytes, hash_seed(model_id), config.kv_bits
         )
         self.scheduler = Scheduler(config, self.cache, eos_ids, max_model_len)
-        self.runner = ModelRunner(model, config.seed)
+        self.runner = ModelRunner(model, config.seed, drafter)
+        self.cache.lag = 1 if drafter is not None else 0
         self.speculation = SpeculationState(config.speculation, config.num_speculative_tokens)
 
     def add_request(self, request: EngineRequest) -> None:
@@ -38,10 +46,19 @@ class Engine:
 
     def step(self) -> list[TokenEvent]:
         schedule = self.scheduler.schedule()
+        self._gate_speculation(len(schedule.decode))
         sampled = self.runner.run(schedule)
         events, done = self.scheduler.postprocess(schedule, sampled)
         self._remember(schedule, done)
         return events
+
+    def _gate_speculation(self, decoding: int) -> None:
+        """Speculation serves a lone decoding sequence; more than one is a reported state."""
+        if self.runner.drafter is None or decoding == 0:
+            return
+        alone = decoding == 1
+        self.runner.speculate = alone
+        self.speculation.set(alone, None if alone else "batch_size_above_limit")
 
     def _remember(self, schedule, done: list[Sequence]) -> None:
         """Offer new prompt caches and finished sequences' caches to the prefix cache."""

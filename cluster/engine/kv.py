@@ -54,6 +54,7 @@ def _snapshot_one(cache: Any, n: int, kv_bits: int | None, restore: bool):
         restored = cache.restore()
         return _kv(restored.keys[..., :n, :], restored.values[..., :n, :], n)
     if isinstance(cache, KVCache):
+        n = min(n, cache.offset)  # the MTP layer holds one position fewer than the model
         if cache.keys is None or n == 0:
             return KVCache()
         if kv_bits and not restore:

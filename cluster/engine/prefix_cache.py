@@ -48,6 +48,8 @@ class PrefixCache:
         self.stats = CacheStats()
         self.events = CacheEvents()
         self._ids = count()
+        self.lag = 0
+        """Positions to give back on a hit (1 with an MTP layer: it needs the carry recomputed)."""
 
     def hashes(self, tokens) -> list[BlockHash]:
         return block_hashes(tokens, self.block_size, self.seed)
@@ -68,7 +70,8 @@ class PrefixCache:
             if entry.tokens[:end] != tokens[:end]:  # a hash collision
                 break
             best, best_id, matched = entry, entry_id, end
-        if best is None:
+        matched -= self.lag
+        if best is None or matched <= 0:
             return 0, None
         self.entries.move_to_end(best_id)
         self.stats.hits += matched

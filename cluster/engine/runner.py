@@ -7,23 +7,35 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from .kv import _arrays
+from .mtp import MTPDrafter
 from .sampler import sample
 from .scheduler import Schedule
 from .sequence import Sequence
 
 
 class ModelRunner:
-    def __init__(self, model: nn.Module, seed: int = 0):
+    def __init__(self, model: nn.Module, seed: int = 0, drafter: MTPDrafter | None = None):
         self.model = model
         self.seed = seed
+        self.drafter = drafter
+        self.speculate = drafter is not None
+        """Whether a lone running sequence decodes speculatively (the engine switches it)."""
         self.batch: list[Sequence] = []
         self.batch_cache: list[Any] | None = None
         self._num_keys = 0
 
-    def run(self, schedule: Schedule) -> dict[Sequence, int]:
-        """Compute a schedule; returns the sampled token of every sequence that got logits."""
+    def make_cache(self) -> list[Any]:
+        """Per-layer caches; with MTP, the MTP layer's cache comes last."""
+        cache = self.model.make_cache()
+        if self.drafter is not None:
+            cache.append(self.drafter.mtp.make_cache())
+        return cache
+
+    def run(self, schedule: Schedule) -> dict[Sequence, list[int]]:
+        """Compute a schedule; returns the new tokens of every sequence that got logits."""
         rows: list[mx.array] = []
         seqs: list[Sequence] = []
+        out: dict[Sequence, list[int]] = {}
         for seq, n in schedule.prefill:
             logits = self._prefill(seq, n)
             if logits is not None:
@@ -31,26 +43,66 @@ class ModelRunner:
                 seqs.append(seq)
         if schedule.decode:
             self._sync_batch(schedule.decode)
-            rows.append(self._decode())
-            seqs.extend(self.batch)
-        if not seqs:
-            return {}
-        return self._sample(seqs, mx.concatenate(rows, axis=0))
+            if self.speculate and len(self.batch) == 1:
+                out[self.batch[0]] = self._speculative_step(self.batch[0])
+            else:
+                rows.append(self._decode())
+                seqs.extend(self.batch)
+        if seqs:
+            sampled = self._sample(seqs, mx.concatenate(rows, axis=0))
+            out |= {seq: [token] for seq, token in sampled.items()}
+        return out
+
+    def _forward(self, tokens: mx.array, cache: list[Any], carry) -> mx.array:
+        """Main model hidden states for `tokens`; the MTP layer follows one position behind."""
+        hidden = self.model.model(tokens, cache=cache)
+        if self.drafter is not None:
+            self.drafter.follow(hidden, tokens, cache[-1], carry)
+        return hidden
 
     def _prefill(self, seq: Sequence, n: int) -> mx.array | None:
         if seq.cache is None:
-            seq.cache = self.model.make_cache()
+            seq.cache = self.make_cache()
         start = seq.num_computed
         tokens = mx.array(seq.tokens[start : start + n])[None]
-        logits = self.model(tokens, cache=seq.cache)
+        hidden = self._forward(tokens, seq.cache, seq.carry)
+        seq.carry = hidden[:, -1, :]
         if start + n < seq.num_prompt:
-            mx.eval(_arrays(seq.cache))
+            mx.eval(_arrays(seq.cache), seq.carry)
             return None
-        return logits[:, -1, :]
+        return self.model.lm_head(hidden[:, -1, :])
 
     def _decode(self) -> mx.array:
         tokens = mx.array([seq.tokens[-1] for seq in self.batch])[:, None]
-        return self.model(tokens, cache=self.batch_cache)[:, -1, :]
+        carry = None
+        if self.drafter is not None:
+            carry = mx.concatenate([seq.carry for seq in self.batch], axis=0)
+        hidden = self._forward(tokens, self.batch_cache, carry)
+        for i, seq in enumerate(self.batch):
+            seq.carry = hidden[i : i + 1, -1, :]
+        return self.model.lm_head(hidden[:, -1, :])
+
+    def _speculative_step(self, seq: Sequence) -> list[int]:
+        """Draft k tokens with the MTP layer, verify them in one forward, keep what matches."""
+        drafter = self.drafter
+        k = drafter.k
+        self._key(seq)
+        mtp_cache = self.batch_cache[-1]
+        drafts, dists = drafter.propose(seq, mtp_cache)
+        tokens = mx.array([[seq.tokens[-1], *drafts]])
+        hidden = self.model.model(tokens, cache=self.batch_cache)
+        accepted, token = drafter.verify(seq, drafts, dists, self.model.lm_head(hidden)[0])
+        # Roll back: the main model keeps the input and the accepted drafts; the MTP layer
+        # keeps its one true new entry, then catches up on the accepted positions.
+        for layer in self.batch_cache[:-1]:
+            layer.trim(k - accepted)
+        mtp_cache.trim(k - 1)
+        if accepted:
+            embeds = drafter.embed(mx.array([drafts[:accepted]]))
+            drafter.mtp(hidden[:, :accepted, :], embeds, cache=mtp_cache)
+        seq.carry = hidden[:, accepted, :]
+        drafter.stats.record(accepted)
+        return drafts[:accepted] + [token]
 
     def _sample(self, seqs: list[Sequence], logits: mx.array) -> dict[Sequence, int]:
         params = [s.request.sampling for s in seqs]

@@ -79,7 +79,7 @@ class Scheduler:
             seq.cache, seq.num_computed, seq.num_cached = cache, matched, matched
 
     def postprocess(
-        self, schedule: Schedule, sampled: dict[Sequence, int]
+        self, schedule: Schedule, sampled: dict[Sequence, list[int]]
     ) -> tuple[list[TokenEvent], list[Sequence]]:
         """Apply a step's results: new tokens, finished sequences, events to send."""
         for seq, n in schedule.prefill:
@@ -88,18 +88,19 @@ class Scheduler:
                 self.waiting.remove(seq)
                 self.running.append(seq)
                 seq.status = Status.RUNNING
-        for seq in schedule.decode:
-            seq.num_computed += 1
+        for seq in schedule.decode:  # KV now holds the input token and the accepted drafts
+            seq.num_computed += len(sampled.get(seq, ()))
         events, done = [], []
         now = time.monotonic()
-        for seq, token in sampled.items():
-            seq.tokens.append(token)
+        for seq, tokens in sampled.items():
             seq.first_token_at = seq.first_token_at or now
-            reason = self._stop_reason(seq, token)
-            if reason:
-                self.running.remove(seq)
-                self._finish(seq, reason)
-                done.append(seq)
+            for token in tokens:
+                seq.tokens.append(token)
+                if reason := self._stop_reason(seq, token):
+                    self.running.remove(seq)
+                    self._finish(seq, reason)
+                    done.append(seq)
+                    break
             events.append(self.event(seq))
         return events, done
 

@@ -28,6 +28,8 @@ class Sequence:
     status: Status = Status.WAITING
     finish_reason: FinishReason | None = None
     rng_key: Any = None
+    carry: Any = None
+    """Main-model hidden state at the last computed position, for the MTP layer."""
     num_emitted: int = field(default=0)
     """Output tokens already sent out in events."""
     arrived_at: float = field(default_factory=time.monotonic)

@@ -56,10 +56,17 @@ def build_engine(path, config: EngineConfig, model_id: str, group=None):
 
     model, tokenizer, model_config = load_model(path, group)
     state = speculation.resolve(config, path, model_config)
+    drafter = None
+    if state.active and config.speculation == "mtp":
+        from ..models.glm_moe_dsa_mtp import load_mtp_layer
+        from .mtp import MTPDrafter
+
+        mtp = load_mtp_layer(model, path, model_config, config.mtp_weights, group)
+        drafter = MTPDrafter(model, mtp, config.num_speculative_tokens)
     max_len = context_length(model_config, config)
     eos = tuple(sorted(tokenizer.eos_token_ids))
     info = ModelInfo(model_id, max_len, eos, model_config.get("model_type", "?"))
-    engine = Engine(model, set(eos), config, max_len, model_id)
+    engine = Engine(model, set(eos), config, max_len, model_id, drafter)
     engine.speculation = state
     return engine, info
 
@@ -123,7 +130,7 @@ class EngineService:
         steps = max(self.steps, 1)
         extra = {
             "model_bytes": self._model_bytes,
-            "speculation": engine.speculation.to_json() if engine else None,
+            "speculation": self._speculation_json(engine),
             "batch_kv_bytes": engine.runner.batch_kv_bytes() if engine else 0,
             "steps": self.steps,
             "step_ms_avg": round(1000 * self.step_seconds / steps, 3),
@@ -132,6 +139,15 @@ class EngineService:
             "broken": self.broken,
         }
         return stats | extra
+
+    @staticmethod
+    def _speculation_json(engine) -> dict | None:
+        if engine is None:
+            return None
+        out = engine.speculation.to_json()
+        if engine.runner.drafter is not None:
+            out |= engine.runner.drafter.stats.to_json()
+        return out
 
     def _run(self) -> None:
         try:

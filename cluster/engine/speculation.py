@@ -106,7 +106,7 @@ def unavailable(config, model_dir, model_config: dict) -> tuple[str, str] | None
             return "unsupported_model", str(model_config.get("model_type"))
         if not config.mtp_weights and not has_mtp_weights(model_dir, model_config):
             return "no_mtp_weights", str(model_dir)
-        return "not_implemented", "MTP decoding lands with the speculation work"
+        return None
     if method == "draft":
         if not config.draft_model:
             return "no_draft_model", ""
@@ -133,4 +133,6 @@ def resolve(config, model_dir, model_config: dict) -> SpeculationState:
                 f"{reason} ({EXPLAIN.get(reason, reason)}){': ' + detail if detail else ''}"
             )
         state.set(False, reason, detail)
+        return state
+    state.set(True, None)
     return state

@@ -4,6 +4,8 @@ x = eh_proj([enorm(embed(t+1)), hnorm(h_t)]) -> decoder layer -> shared_head.nor
 The embedding and the LM head are the main model's (GLM-5's MTP layer ships neither).
 """
 
+import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import mlx.core as mx
@@ -56,3 +58,29 @@ def shard_mtp(mtp: MTPLayer, group) -> None:
     """Shard the MTP decoder layer exactly like a main layer (never the LM head)."""
     holder = SimpleNamespace(model=SimpleNamespace(layers=[mtp.block]))
     Model.shard(holder, group)
+
+
+def load_mtp_layer(model, model_dir, config: dict, mtp_weights: str | None = None, group=None):
+    """The MTP layer from the checkpoint (or a separate safetensors file), sharded like a main
+    layer in a tensor-parallel group; the embedding and LM head stay the main model's."""
+    layer = config["num_hidden_layers"]
+    prefix = MTP_PREFIX.format(layer)
+    model_dir = Path(model_dir)
+    if mtp_weights:
+        files = [Path(mtp_weights)]
+    elif (index := model_dir / "model.safetensors.index.json").exists():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        files = sorted({model_dir / f for k, f in weight_map.items() if k.startswith(prefix)})
+    else:
+        files = sorted(model_dir.glob("*.safetensors"))
+    weights = {}
+    for path in files:
+        weights |= {k: v for k, v in mx.load(str(path)).items() if k.startswith(prefix)}
+    if not weights:
+        raise ValueError(f"no tensors named {prefix}* in {', '.join(map(str, files))}")
+    mtp = MTPLayer(model.args)
+    mtp.load_weights(list(mtp_weights_from_checkpoint(weights, model, layer).items()))
+    if group is not None and group.size() > 1:
+        shard_mtp(mtp, group)
+    mx.eval(mtp.parameters())
+    return mtp

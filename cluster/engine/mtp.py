@@ -1,0 +1,122 @@
+"""MTP drafting and verification for the model runner (GLM-5 / DeepSeek MTP layer).
+
+The MTP layer's KV cache rides as the last entry of a sequence's cache list, so the prefix
+cache, batching and filtering treat it like any layer. It lags the main model by one position:
+its entry for position i needs token i+1. A sequence's `carry` is the main model's hidden state
+at its last computed position, waiting for that token.
+"""
+
+from dataclasses import dataclass, field
+
+import mlx.core as mx
+
+from .sampler import processed_logits
+
+
+@dataclass
+class SpecStats:
+    """vLLM's definitions: a draft is one proposal of k tokens; per-position counts are
+    unconditional (position i counts only if 0..i-1 were accepted too)."""
+
+    k: int
+    drafts: int = 0
+    draft_tokens: int = 0
+    accepted: int = 0
+    accepted_per_pos: list[int] = field(default_factory=list)
+    speculative_steps: int = 0
+    plain_steps: int = 0
+
+    def __post_init__(self):
+        self.accepted_per_pos = [0] * self.k
+
+    def record(self, accepted: int) -> None:
+        self.drafts += 1
+        self.draft_tokens += self.k
+        self.accepted += accepted
+        for i in range(accepted):
+            self.accepted_per_pos[i] += 1
+
+    def to_json(self) -> dict:
+        mean = 1 + self.accepted / self.drafts if self.drafts else 0.0
+        return {
+            "drafts": self.drafts,
+            "draft_tokens": self.draft_tokens,
+            "accepted_tokens": self.accepted,
+            "accepted_per_position": list(self.accepted_per_pos),
+            "mean_acceptance_length": mean,
+            "speculative_steps": self.speculative_steps,
+            "plain_steps": self.plain_steps,
+        }
+
+
+class MTPDrafter:
+    def __init__(self, model, mtp, k: int):
+        self.model = model
+        self.mtp = mtp
+        self.k = k
+        self.stats = SpecStats(k)
+
+    def embed(self, tokens: mx.array) -> mx.array:
+        return self.model.model.embed_tokens(tokens)
+
+    def logits(self, hidden: mx.array) -> mx.array:
+        return self.model.lm_head(self.mtp.head_norm(hidden))
+
+    def follow(self, hidden: mx.array, tokens: mx.array, cache, carry: mx.array | None):
+        """After a main forward over `tokens` [B, L] giving `hidden` [B, L, H]: write the MTP
+        entries whose next token is now known; returns the MTP output at the last of them."""
+        if carry is not None:
+            h = mx.concatenate([carry[:, None, :], hidden[:, :-1, :]], axis=1)
+            e = self.embed(tokens)
+        else:
+            h, e = hidden[:, :-1, :], self.embed(tokens[:, 1:])
+        if h.shape[1] == 0:
+            return None
+        return self.mtp(h, e, cache=cache)
+
+    def propose(self, seq, cache) -> tuple[list[int], list[mx.array]]:
+        """k draft tokens after seq's last token, and the draft distributions they came from."""
+        params = seq.request.sampling
+        out = self.mtp(seq.carry[:, None, :], self.embed(mx.array([[seq.tokens[-1]]])), cache=cache)
+        drafts, dists = [], []
+        for i in range(self.k):
+            logits = self.logits(out)[0, -1]
+            if params.greedy:
+                token = mx.argmax(logits)
+                dists.append(None)
+            else:
+                probs = mx.softmax(processed_logits(logits, params))
+                seq.rng_key, sub = mx.random.split(seq.rng_key)
+                token = mx.random.categorical(mx.log(probs), key=sub)
+                dists.append(probs)
+            drafts.append(token)
+            if i + 1 < self.k:  # a speculative entry; trimmed after verification
+                out = self.mtp(out[:, -1:, :], self.embed(token.reshape(1, 1)), cache=cache)
+        return [int(t) for t in mx.stack(drafts).tolist()], dists
+
+    def verify(self, seq, drafts: list[int], dists, target_logits: mx.array) -> tuple[int, int]:
+        """(accepted count, next token): exact match for greedy, rejection sampling otherwise."""
+        params = seq.request.sampling
+        if params.greedy:
+            best = mx.argmax(target_logits, axis=-1).tolist()
+            accepted = 0
+            while accepted < len(drafts) and drafts[accepted] == best[accepted]:
+                accepted += 1
+            return accepted, best[accepted]
+        probs = [
+            mx.softmax(processed_logits(target_logits[i], params)) for i in range(len(drafts) + 1)
+        ]
+        seq.rng_key, sub = mx.random.split(seq.rng_key)
+        uniforms = mx.random.uniform(shape=(len(drafts) + 1,), key=sub).tolist()
+        for i, (token, q) in enumerate(zip(drafts, dists, strict=True)):
+            p = probs[i]
+            ratio = (p[token] / q[token]).item()
+            if uniforms[i] < min(1.0, ratio):
+                continue
+            residual = mx.maximum(p - q, 0)
+            residual = residual / residual.sum()
+            seq.rng_key, sub = mx.random.split(seq.rng_key)
+            return i, int(mx.random.categorical(mx.log(residual), key=sub).item())
+        seq.rng_key, sub = mx.random.split(seq.rng_key)
+        bonus = mx.random.categorical(mx.log(probs[-1]), key=sub)
+        return len(drafts), int(bonus.item())
