@@ -242,3 +242,45 @@ def test_ssh_launcher_runs_the_same_rank_command_on_each_host(model_dir, tmp_pat
         assert greedy_outputs(srv)[:2] == tp1_outputs[:2]
     finally:
         srv.stop()
+
+
+def test_mtp_under_tp2_is_token_identical_and_counted(tmp_path):
+    """Seed 003 asked for this: MTP at TP 2, really speculating, lossless, and visible."""
+    env = {"CLUSTER_HOME": str(tmp_path / "home")}
+    plain = Server(["--inventory", str(ROOT / "inventory/local.yaml")], env=env)
+    try:
+        expected = greedy_outputs(plain)[:3]
+    finally:
+        plain.stop()
+    spec = Server(
+        ["--inventory", str(ROOT / "inventory/local-tp2.yaml"), "--speculation", "mtp",
+         "--num-speculative-tokens", "2"],
+        env=env,
+    )  # fmt: skip
+    try:
+        engine = status(spec)["replicas"][0]["engine"]
+        assert engine["world_size"] == 2
+        assert engine["speculation"]["active"] and engine["speculation"]["summary"] == "mtp;k=2"
+        client = spec.client()
+        outs = []
+        for p in PROMPTS[:3]:
+            raw = client.completions.with_raw_response.create(
+                model=spec.model,
+                prompt=p,
+                max_tokens=24,
+                temperature=0,
+                extra_body={"ignore_eos": True},
+            )
+            assert raw.headers["x-speculation"] == "mtp;k=2"
+            outs.append(raw.parse().choices[0].text)
+        assert outs == expected
+        spec_stats = status(spec)["replicas"][0]["engine"]["speculation"]
+        assert spec_stats["drafts"] > 0 and spec_stats["accepted_tokens"] > 0
+        metrics = httpx.get(f"{spec.url}/metrics").text
+        assert "cluster:spec_decode_num_drafts_total" in metrics
+        assert (
+            'cluster:spec_decode_num_accepted_tokens_per_pos_total{model_name="glm-5-fixture",position="1"'
+            in metrics
+        )
+    finally:
+        spec.stop()

@@ -164,6 +164,19 @@ class ClusterCollector:
             "1 while speculative decoding runs.",
             ["replica", "method", "reason"],
         )
+        spec_counters = {
+            key: CounterMetricFamily(PREFIX + name, doc, labels=["model_name", "replica"])
+            for key, name, doc in (
+                ("drafts", "spec_decode_num_drafts", "Draft proposals (k tokens each)."),
+                ("draft_tokens", "spec_decode_num_draft_tokens", "Draft tokens proposed."),
+                ("accepted_tokens", "spec_decode_num_accepted_tokens", "Draft tokens accepted."),
+            )
+        }
+        per_pos = CounterMetricFamily(
+            PREFIX + "spec_decode_num_accepted_tokens_per_pos",
+            "Accepted draft tokens by position (unconditional, vLLM's definition).",
+            labels=["model_name", "replica", "position"],
+        )
         spec_fallbacks = CounterMetricFamily(
             PREFIX + "spec_decode_fallbacks",
             "Times speculation turned off, by reason.",
@@ -197,11 +210,17 @@ class ClusterCollector:
                 spec_active.add_metric([*labels, spec["reason"] or ""], float(spec["active"]))
                 for reason, count in spec["fallbacks"].items():
                     spec_fallbacks.add_metric([*labels, reason], count)
+                if "drafts" in spec:
+                    for key, family in spec_counters.items():
+                        family.add_metric([name, r.name], spec[key])
+                    for pos, count in enumerate(spec["accepted_per_position"]):
+                        per_pos.add_metric([name, r.name, str(pos)], count)
             if s.get("model_bytes") and r.ranks:
                 leader = r.ranks[0]
                 model_bytes.add_metric([name, r.name, leader["node"], "0"], s["model_bytes"])
         yield from (up, info, restarts, running, waiting, in_flight, kv, cache_perc, step, exchange,
-                    rank_up, rank_mem, model_bytes, spec_active, spec_fallbacks)  # fmt: skip
+                    rank_up, rank_mem, model_bytes, spec_active, spec_fallbacks, per_pos,
+                    *spec_counters.values())  # fmt: skip
 
     def describe(self):
         return []
