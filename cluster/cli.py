@@ -16,7 +16,7 @@ def _add_engine_flags(p: argparse.ArgumentParser) -> None:
         if f.type is bool or f.type == "bool":
             p.add_argument(flag, action="store_true", help=f.metadata["help"])
             continue
-        kind = int if "int" in str(f.type) else str
+        kind = float if "float" in str(f.type) else int if "int" in str(f.type) else str
         p.add_argument(flag, type=kind, default=f.default, help=f.metadata["help"])
 
 

@@ -23,6 +23,9 @@ class EngineConfig:
         "speculative decoding: none, mtp (the model's MTP layer) or draft", "none"
     )
     num_speculative_tokens: int = _help("draft tokens proposed per step", 1)
+    speculation_min_acceptance: float = _help(
+        "turn speculation off below this share of accepted drafts (0: never)", 0.0
+    )
     speculation_required: bool = _help("refuse to serve rather than run without speculation", False)
     mtp_weights: str | None = _help(
         "safetensors with the MTP layer, if the checkpoint lacks it", None

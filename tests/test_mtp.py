@@ -116,3 +116,44 @@ def test_sampling_with_mtp_keeps_the_distribution(prompts):
     support = set(plain) | set(spec)
     tv = 0.5 * sum(abs(plain[x] - spec[x]) for x in support) / n
     assert len(support) <= 12 and tv < 0.2, (tv, plain.most_common(6), spec.most_common(6))
+
+
+def _governor(min_acceptance=0.0):
+    from cluster.engine.mtp import SpecStats, SpeedGovernor
+    from cluster.engine.speculation import SpeculationState
+
+    state = SpeculationState("mtp", 2)
+    state.set(True, None)
+    stats = SpecStats(2)
+    return (
+        SpeedGovernor(state, stats, min_acceptance, probe_every=4, probe_len=2, cooldown=3),
+        state,
+        stats,
+    )
+
+
+def _cycle(gov, stats, spec_rate, plain_rate, accepted=1):
+    """Drive one speculate-then-probe cycle with the given tokens per second."""
+    while gov.allow():
+        stats.record(accepted)
+        gov.observe(True, 1.0, spec_rate)
+    while not gov.allow() and gov.mode == "probe":
+        gov.observe(False, 1.0, plain_rate)
+
+
+def test_governor_turns_speculation_off_when_it_is_slower_and_retries():
+    gov, state, stats = _governor()
+    _cycle(gov, stats, spec_rate=3, plain_rate=2)
+    assert state.active and gov.mode == "spec"
+    _cycle(gov, stats, spec_rate=1, plain_rate=2)
+    assert not state.active and state.reason == "auto_disabled_no_speedup"
+    assert state.fallbacks["auto_disabled_no_speedup"] == 1
+    for _ in range(3):  # cooldown: plain steps
+        gov.observe(False, 1.0, 2)
+    assert gov.allow() and state.active  # tries again
+
+
+def test_governor_turns_speculation_off_on_low_acceptance():
+    gov, state, stats = _governor(min_acceptance=0.6)
+    _cycle(gov, stats, spec_rate=5, plain_rate=2, accepted=1)  # 1 of 2 drafts: 50%
+    assert not state.active and state.reason == "auto_disabled_low_acceptance"

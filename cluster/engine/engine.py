@@ -1,8 +1,10 @@
 """The engine: step() is schedule, run, postprocess."""
 
+import time
+
 from ..config import EngineConfig
 from ..hashing import hash_seed
-from .mtp import MTPDrafter
+from .mtp import MTPDrafter, SpeedGovernor
 from .prefix_cache import PrefixCache
 from .runner import ModelRunner
 from .scheduler import Scheduler
@@ -30,6 +32,11 @@ class Engine:
         self.runner = ModelRunner(model, config.seed, drafter)
         self.cache.lag = 1 if drafter is not None else 0
         self.speculation = SpeculationState(config.speculation, config.num_speculative_tokens)
+        self.governor = None
+        if drafter is not None:
+            self.governor = SpeedGovernor(
+                self.speculation, drafter.stats, config.speculation_min_acceptance
+            )
 
     def add_request(self, request: EngineRequest) -> None:
         self.scheduler.add(Sequence.from_request(request))
@@ -44,21 +51,40 @@ class Engine:
     def has_work(self) -> bool:
         return self.scheduler.has_work()
 
-    def step(self) -> list[TokenEvent]:
+    def step(self, speculate: bool | None = None) -> list[TokenEvent]:
+        """One step; `speculate` comes from the leader in a tensor-parallel group."""
         schedule = self.scheduler.schedule()
-        self._gate_speculation(len(schedule.decode))
+        self.runner.speculate = self.want_speculation() if speculate is None else speculate
+        drafts = self.runner.drafter.stats.drafts if self.runner.drafter else 0
+        started = time.perf_counter()
         sampled = self.runner.run(schedule)
+        self._observe(schedule, sampled, time.perf_counter() - started, drafts)
         events, done = self.scheduler.postprocess(schedule, sampled)
         self._remember(schedule, done)
         return events
 
-    def _gate_speculation(self, decoding: int) -> None:
-        """Speculation serves a lone decoding sequence; more than one is a reported state."""
-        if self.runner.drafter is None or decoding == 0:
+    def want_speculation(self) -> bool:
+        """Speculation serves a lone decoding sequence while it pays; the rest is reported."""
+        decoding = len(self.scheduler.running)
+        if self.governor is None or decoding == 0:
+            return False
+        if decoding > 1:
+            if self.governor.mode != "off":
+                self.speculation.set(False, "batch_size_above_limit")
+            return False
+        if self.governor.mode != "off":
+            self.speculation.set(True, None)
+        return self.governor.allow()
+
+    def _observe(self, schedule, sampled, seconds: float, drafts_before: int) -> None:
+        if self.governor is None or len(schedule.decode) != 1 or schedule.prefill:
             return
-        alone = decoding == 1
-        self.runner.speculate = alone
-        self.speculation.set(alone, None if alone else "batch_size_above_limit")
+        (seq,) = schedule.decode
+        self.governor.observe(self.runner.speculate, seconds, len(sampled.get(seq, ())))
+        # The seed-003 watchdog: reported on, a lone sequence decoded, no draft proposed.
+        if self.runner.speculate and self.runner.drafter.stats.drafts == drafts_before:
+            self.governor.mode, self.governor.count = "off", 0
+            self.speculation.set(False, "engine_error", "speculation was on but proposed no draft")
 
     def _remember(self, schedule, done: list[Sequence]) -> None:
         """Offer new prompt caches and finished sequences' caches to the prefix cache."""

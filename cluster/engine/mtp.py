@@ -120,3 +120,61 @@ class MTPDrafter:
         seq.rng_key, sub = mx.random.split(seq.rng_key)
         bonus = mx.random.categorical(mx.log(probs[-1]), key=sub)
         return len(drafts), int(bonus.item())
+
+
+class SpeedGovernor:
+    """Keeps speculation on only while it pays (seed 002: a draft can make decoding slower).
+
+    While speculating, every `probe_every` lone steps it decodes `probe_len` steps without
+    drafts and compares tokens per second; slower with drafts, or accepting less than
+    `min_acceptance` of them, turns speculation off for `cooldown` steps, then it tries again.
+    """
+
+    def __init__(self, state, stats: SpecStats, min_acceptance: float = 0.0,
+                 probe_every: int = 64, probe_len: int = 8, cooldown: int = 512):  # fmt: skip
+        self.state, self.stats = state, stats
+        self.min_acceptance = min_acceptance
+        self.probe_every, self.probe_len, self.cooldown = probe_every, probe_len, cooldown
+        self.mode, self.count = "spec", 0
+        self._reset()
+
+    def _reset(self) -> None:
+        self.seconds = {True: 0.0, False: 0.0}
+        self.tokens = {True: 0, False: 0}
+        self.drafts_at = (self.stats.draft_tokens, self.stats.accepted)
+
+    def allow(self) -> bool:
+        """Whether the next lone decoding step speculates."""
+        if self.mode == "off" and self.count >= self.cooldown:
+            self.mode, self.count = "spec", 0
+            self._reset()
+            self.state.set(True, None)
+        elif self.mode == "spec" and self.count >= self.probe_every:
+            self.mode, self.count = "probe", 0
+        elif self.mode == "probe" and self.count >= self.probe_len:
+            self._judge()
+        return self.mode == "spec"
+
+    def observe(self, speculated: bool, seconds: float, tokens: int) -> None:
+        self.count += 1
+        self.seconds[speculated] += seconds
+        self.tokens[speculated] += tokens
+
+    def _judge(self) -> None:
+        spec = self.tokens[True] / max(self.seconds[True], 1e-9)
+        plain = self.tokens[False] / max(self.seconds[False], 1e-9)
+        drafted = self.stats.draft_tokens - self.drafts_at[0]
+        accepted = self.stats.accepted - self.drafts_at[1]
+        rate = accepted / drafted if drafted else 0.0
+        self.mode, self.count = "spec", 0
+        if drafted and rate < self.min_acceptance:
+            self.mode = "off"
+            self.state.set(False, "auto_disabled_low_acceptance", f"{rate:.0%} accepted")
+        elif spec < plain:
+            self.mode = "off"
+            self.state.set(
+                False,
+                "auto_disabled_no_speedup",
+                f"{spec:.1f} tok/s with drafts, {plain:.1f} without",
+            )
+        self._reset()

@@ -165,6 +165,7 @@ class EngineService:
         while True:
             message = self._take_commands(block=not self._engine.has_work())
             message.step, message.digest = self._engine.has_work(), digest
+            message.speculate = message.step and self._engine.want_speculation()
             try:
                 if channel is not None:
                     started = time.perf_counter()
@@ -174,7 +175,7 @@ class EngineService:
                     break
                 if message.step:
                     started = time.perf_counter()
-                    events = self._engine.step()
+                    events = self._engine.step(message.speculate)
                     self.step_seconds += time.perf_counter() - started
                     digest = tokens_digest(events)
                     self.steps += 1
@@ -283,4 +284,4 @@ def run_follower(model_path, config: EngineConfig, model_id: str, group) -> None
         if message.stop:
             return
         if message.step:
-            digest = tokens_digest(engine.step())
+            digest = tokens_digest(engine.step(message.speculate))
