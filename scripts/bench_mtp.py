@@ -9,11 +9,7 @@ with acceptance per position, like the speculator reports.
 
 import argparse
 import asyncio
-import os
-import re
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -23,7 +19,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cluster.launch.blas import openblas_env  # noqa: E402
+from cluster.bench.cluster_process import start_cluster, stop  # noqa: E402
 
 PROMPTS = [
     "import os\nimport sys\n\ndef main(",
@@ -35,33 +31,6 @@ PROMPTS = [
     "def __repr__(self):\n        return ",
     "if __name__ == '__main__':\n",
 ]
-
-
-def start(inventory: str, home: str, extra: list[str]) -> tuple[subprocess.Popen, str]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "cluster",
-        "serve",
-        "--port",
-        "0",
-        "--inventory",
-        inventory,
-        *extra,
-    ]
-    proc = subprocess.Popen(
-        cmd,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=openblas_env() | {"CLUSTER_HOME": home},
-        start_new_session=True,
-    )
-    for line in proc.stdout:
-        if m := re.search(r"at (http://\S+)/v1", line):
-            return proc, m.group(1)
-    raise RuntimeError(f"{inventory} {extra} did not start")
 
 
 async def completions(
@@ -104,9 +73,15 @@ def main() -> None:
     rows = []
     for layout, inv in (("TP 1", "local.yaml"), ("TP 2", "local-tp2.yaml")):
         inventory = str(ROOT / "inventory" / inv)
-        plain = start(inventory, home, [])
-        spec = start(
-            inventory, home, ["--speculation", "mtp", "--num-speculative-tokens", str(args.k)]
+        plain = start_cluster(home, "--inventory", inventory)
+        spec = start_cluster(
+            home,
+            "--inventory",
+            inventory,
+            "--speculation",
+            "mtp",
+            "--num-speculative-tokens",
+            str(args.k),
         )
         try:
             for batch in (1, 8):
@@ -138,8 +113,7 @@ def main() -> None:
                 )
         finally:
             for proc, _ in (plain, spec):
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=30)
+                stop(proc)
     print(
         f"| layout | batch | decode tok/s, no speculation | with MTP k={args.k} | ratio | mean acceptance length | acceptance per position | state |"
     )

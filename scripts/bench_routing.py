@@ -10,12 +10,9 @@ prefix index grows to a million blocks.
 
 import argparse
 import asyncio
-import os
 import random
 import re
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,37 +23,9 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from cluster.bench.cluster_process import start_cluster, stop  # noqa: E402
 from cluster.bench.prompts import Prompt  # noqa: E402
 from cluster.bench.runner import run_phase  # noqa: E402
-from cluster.launch.blas import openblas_env  # noqa: E402
-
-
-def start(policy: str, home: str) -> tuple[subprocess.Popen, str]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "cluster",
-        "serve",
-        "--port",
-        "0",
-        "--inventory",
-        str(ROOT / "inventory/local-2replicas.yaml"),
-        "--routing",
-        policy,
-    ]
-    proc = subprocess.Popen(
-        cmd,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=openblas_env() | {"CLUSTER_HOME": home},
-        start_new_session=True,
-    )
-    for line in proc.stdout:
-        if m := re.search(r"at (http://\S+)/v1", line):
-            return proc, m.group(1)
-    raise RuntimeError(f"{policy} cluster did not start")
 
 
 def counters(url: str) -> dict:
@@ -129,7 +98,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     home = tempfile.mkdtemp(prefix="bench-routing-")
-    servers = {p: start(p, home) for p in ("prefix_affinity", "round_robin")}
+    inventory = str(ROOT / "inventory/local-2replicas.yaml")
+    servers = {
+        p: start_cluster(home, "--inventory", inventory, "--routing", p)
+        for p in ("prefix_affinity", "round_robin")
+    }
     ttfts = {p: [] for p in servers}
     before = {p: counters(u) for p, (_, u) in servers.items()}
     try:
@@ -144,8 +117,7 @@ def main() -> None:
         after = {p: counters(u) for p, (_, u) in servers.items()}
     finally:
         for proc, _ in servers.values():
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=30)
+            stop(proc)
     print(
         "| policy | prefix-cache hit rate | TTFT p50 ms | TTFT p95 ms | requests per replica | max / mean load |"
     )

@@ -9,8 +9,6 @@ Both replicas run at once and requests alternate between them, so machine noise 
 import argparse
 import json
 import os
-import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -23,22 +21,10 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from cluster.bench.cluster_process import start_cluster, stop  # noqa: E402
 from cluster.launch.blas import openblas_env  # noqa: E402
 from cluster.launch.local import free_port  # noqa: E402
 from cluster.model_store import resolve_model  # noqa: E402
-
-
-def start(inventory: str, home: str) -> tuple[subprocess.Popen, str]:
-    cmd = [sys.executable, "-m", "cluster", "serve", "--port", "0", "--inventory", inventory]
-    env = openblas_env() | {"CLUSTER_HOME": home}
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-        start_new_session=True,
-    )  # fmt: skip
-    for line in proc.stdout:
-        if m := re.search(r"at (http://\S+)/v1", line):
-            return proc, m.group(1)
-    raise RuntimeError(f"{inventory} did not start")
 
 
 def decode_rate(url: str, max_tokens: int) -> float:
@@ -81,8 +67,8 @@ def main() -> None:
     config = json.loads((model_dir / "config.json").read_text())
     home = tempfile.mkdtemp(prefix="bench-tp-")
     servers = {
-        "TP 1": start(str(ROOT / "inventory/local.yaml"), home),
-        "TP 2": start(str(ROOT / "inventory/local-tp2.yaml"), home),
+        "TP 1": start_cluster(home, "--inventory", str(ROOT / "inventory/local.yaml")),
+        "TP 2": start_cluster(home, "--inventory", str(ROOT / "inventory/local-tp2.yaml")),
     }
     try:
         rates = {name: [] for name in servers}
@@ -94,8 +80,7 @@ def main() -> None:
         status = {n: httpx.get(f"{u}/v1/status").json() for n, (_, u) in servers.items()}
     finally:
         for proc, _ in servers.values():
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=30)
+            stop(proc)
     latency = {
         int(k): v
         for k, v in allreduce_latency(2, config["hidden_size"])["allsum_us_median"].items()

@@ -8,9 +8,6 @@ runs `cluster bench --compare` with the phases interleaved, and prints the compa
 
 import argparse
 import asyncio
-import os
-import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -22,28 +19,11 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from cluster.bench.cluster_process import start_cluster, stop  # noqa: E402
 from cluster.bench.main import bench  # noqa: E402
 from cluster.launch.blas import openblas_env  # noqa: E402
 from cluster.launch.local import free_port  # noqa: E402
 from cluster.model_store import resolve_model  # noqa: E402
-
-
-def start_cluster(home: str) -> tuple[subprocess.Popen, str]:
-    cmd = [sys.executable, "-m", "cluster", "serve", "--port", "0"]
-    env = openblas_env() | {"CLUSTER_HOME": home}
-    proc = subprocess.Popen(
-        cmd,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-        start_new_session=True,
-    )
-    for line in proc.stdout:
-        if m := re.search(r"at (http://\S+)/v1", line):
-            return proc, m.group(1)
-    raise RuntimeError("cluster did not start")
 
 
 def start_mlx_lm(model_dir: Path) -> tuple[subprocess.Popen, str]:
@@ -95,8 +75,7 @@ def main() -> None:
         )
     finally:
         for p in procs:
-            os.killpg(p.pid, signal.SIGTERM)
-            p.wait(timeout=30)
+            stop(p)
     print((Path(args.out) / "comparison.md").read_text())
 
 
