@@ -85,3 +85,26 @@ def test_request_schema_refuses_what_it_cannot_honour():
     with pytest.raises(ValidationError, match="one prompt per request"):
         CompletionRequest(prompt=["a", "b"])
     assert CompletionRequest(prompt=["a"]).prompt == "a"
+
+
+def test_progress_draws_a_bar_on_a_terminal_and_logs_lines_otherwise(caplog):
+    import io
+    import logging
+
+    from cluster.progress import Progress
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    tty = Tty()
+    bar = Progress(4, "loading", stream=tty, width=8)
+    for _ in range(4):
+        bar.advance()
+    assert "loading [########] 4/4" in tty.getvalue() and tty.getvalue().endswith("\n")
+    with caplog.at_level(logging.INFO, "cluster.progress"):
+        plain = Progress(100, "bench", stream=io.StringIO())
+        for _ in range(100):
+            plain.advance()
+    assert len(caplog.records) == 5  # 0, 25, 50, 75 and 100 percent
+    assert caplog.records[-1].getMessage().startswith("bench: 100/100")

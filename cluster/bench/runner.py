@@ -6,6 +6,7 @@ import time
 
 import httpx
 
+from ..progress import Progress
 from .prompts import PREFIX_CONTEXT, PREFIX_QUESTIONS, Prompt
 from .stats import PhaseResult, Result
 
@@ -73,6 +74,7 @@ async def run_phase(
     for i, p in enumerate(prompts):
         queue.put_nowait((i, p))
     results: list[Result | None] = [None] * len(prompts)
+    progress = Progress(len(prompts), f"{name} {target}")
     limits = httpx.Limits(max_connections=concurrency + 2)
     async with httpx.AsyncClient(timeout=timeout, limits=limits) as http:
 
@@ -80,6 +82,7 @@ async def run_phase(
             while not queue.empty():
                 i, p = queue.get_nowait()
                 results[i] = await one_request(http, target, model, p, max_tokens)
+                progress.advance()
 
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))

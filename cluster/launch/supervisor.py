@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from ..coordinator.coordinator import Replica
+from ..progress import Progress
 from ..rpc.client import GrpcEngineClient
 from .local import Launcher, RunningReplica
 
@@ -37,8 +38,14 @@ class Supervisor:
         self._task: asyncio.Task | None = None
 
     async def start(self, plans, timeout: float = 600) -> list[Replica]:
-        started = await asyncio.gather(*(self._launch(p, timeout) for p in plans))
-        return list(started)
+        progress = Progress(len(plans), "loading replicas")
+
+        async def launch(plan):
+            replica = await self._launch(plan, timeout)
+            progress.advance()
+            return replica
+
+        return list(await asyncio.gather(*(launch(p) for p in plans)))
 
     async def _launch(self, plan, timeout: float) -> Replica:
         proc = await asyncio.to_thread(self.launcher.start, plan)

@@ -1,0 +1,38 @@
+"""Progress for long work: a bar on a terminal, a few plain lines in logs."""
+
+import logging
+import sys
+import time
+
+log = logging.getLogger("cluster.progress")
+
+
+class Progress:
+    def __init__(self, total: int, label: str, stream=None, width: int = 30):
+        self.total, self.label, self.width = max(total, 1), label, width
+        self.stream = stream or sys.stderr
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.done = 0
+        self.started = time.monotonic()
+        self._logged = -1
+        self._draw()
+
+    def advance(self, n: int = 1) -> None:
+        self.done = min(self.total, self.done + n)
+        self._draw()
+
+    def _draw(self) -> None:
+        elapsed = time.monotonic() - self.started
+        if self.tty:
+            filled = self.width * self.done // self.total
+            bar = "#" * filled + "-" * (self.width - filled)
+            end = "\n" if self.done == self.total else ""
+            self.stream.write(
+                f"\r{self.label} [{bar}] {self.done}/{self.total} {elapsed:.1f}s{end}"
+            )
+            self.stream.flush()
+            return
+        quarter = 4 * self.done // self.total  # plain lines at 0, 25, 50, 75 and 100 percent
+        if quarter != self._logged:
+            self._logged = quarter
+            log.info("%s: %d/%d (%.1fs)", self.label, self.done, self.total, elapsed)
