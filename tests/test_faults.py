@@ -1,0 +1,77 @@
+"""Faults: kill -9 a leader rank under 16 streaming requests on two replicas."""
+
+import concurrent.futures as cf
+import json
+import os
+import signal
+import time
+
+import httpx
+from conftest import ROOT, Server
+from test_cluster import _wait, rank_pids, status
+
+
+def _stream(url: str, model: str, i: int) -> dict:
+    """One streaming request; returns how it ended and when."""
+    body = {
+        "model": model,
+        "prompt": f"Request {i}: keep writing.",
+        "max_tokens": 400,
+        "stream": True,
+        "ignore_eos": True,
+        "stream_options": {"include_usage": True},
+    }
+    out = {"tokens": 0, "error": None, "done": False, "finish": None}
+    try:
+        with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=60) as r:
+            for line in r.iter_lines():
+                if line == "data: [DONE]":
+                    out["done"] = True
+                elif line.startswith("data: {"):
+                    data = json.loads(line[6:])
+                    if "error" in data:
+                        out["error"] = data["error"]["message"]
+                    elif data.get("usage"):
+                        out["tokens"] = data["usage"]["completion_tokens"]
+                    elif data["choices"]:
+                        out["finish"] = data["choices"][0]["finish_reason"] or out["finish"]
+    except httpx.HTTPError as e:
+        out["error"] = f"transport: {e}"
+    out["ended"] = time.time()
+    return out
+
+
+def test_leader_kill_under_16_streams(model_dir, tmp_path):
+    srv = Server(
+        ["--model", str(model_dir), "--inventory", str(ROOT / "inventory/local-2replicas.yaml")],
+        env={"CLUSTER_HOME": str(tmp_path / "home")},
+    )
+    try:
+        pids = rank_pids(srv)
+        with cf.ThreadPoolExecutor(16) as pool:
+            futures = [pool.submit(_stream, srv.url, srv.model, i) for i in range(16)]
+            _wait(lambda: sum(r["in_flight"] for r in status(srv)["replicas"]) == 16, 20)
+            on_r0 = status(srv)["replicas"][0]["in_flight"]
+            assert on_r0 > 0
+            os.kill(pids[("r0", 0)], signal.SIGKILL)
+            killed = time.time()
+            results = [f.result(timeout=120) for f in futures]
+        failed = [r for r in results if r["error"]]
+        finished = [r for r in results if r["finish"] == "length" and not r["error"]]
+        assert len(failed) == on_r0 and len(finished) == 16 - on_r0
+        for r in failed:  # an OpenAI error event, then [DONE], within 5 s: no hang, no silent cut
+            assert "r0" in r["error"] and r["done"] and r["ended"] - killed < 5
+        assert all(r["tokens"] == 400 for r in finished)
+        # The coordinator lived through it; the launcher brings r0 back.
+        back = _wait(lambda: status(srv)["replicas"][0]["state"] == "ready", 60, 0.5)
+        assert back and time.time() - killed < 60
+        r0 = status(srv)["replicas"][0]
+        assert r0["restarts"] == 1 and "rank process died" in r0["reason"]
+        metrics = httpx.get(f"{srv.url}/metrics").text
+        assert 'cluster:replica_restarts{model_name="glm5-fixture",replica="r0"} 1.0' in metrics
+        assert 'finished_reason="error"' in metrics
+        client = srv.client()
+        r = client.completions.create(model=srv.model, prompt="again", max_tokens=4)
+        assert r.choices[0].finish_reason in ("length", "stop")
+    finally:
+        srv.stop()
