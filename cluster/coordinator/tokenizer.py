@@ -1,10 +1,13 @@
 """The model's own tokenizer and chat template, as the coordinator uses them."""
 
+import os
 from pathlib import Path
 
 
 class PromptTokenizer:
     def __init__(self, model_path: str | Path):
+        # Only the tokenizer is used: transformers' note that PyTorch is absent is noise here.
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         from transformers import AutoTokenizer
 
         self.hf = AutoTokenizer.from_pretrained(str(model_path))
