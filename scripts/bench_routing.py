@@ -15,7 +15,6 @@ import re
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
@@ -26,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 from cluster.bench.cluster_process import start_cluster, stop  # noqa: E402
 from cluster.bench.prompts import Prompt  # noqa: E402
 from cluster.bench.runner import run_phase  # noqa: E402
+from cluster.router.latency import decision_latency  # noqa: E402
 
 
 def counters(url: str) -> dict:
@@ -55,39 +55,6 @@ def workload(seed: int, groups: int, per_group: int) -> list[Prompt]:
             )
     rng.shuffle(prompts)
     return prompts
-
-
-def decision_latency() -> dict[int, float]:
-    from cluster.hashing import block_hashes
-    from cluster.router.policies import PrefixAffinity
-    from cluster.router.policy import SelectInfo
-
-    class R:
-        def __init__(self, i):
-            self.name, self.slot, self.in_flight, self.state = f"r{i}", i, 0, "ready"
-
-    rng = random.Random(0)
-    policy, reps = PrefixAffinity(), [R(i) for i in range(4)]
-    infos = []
-    for _ in range(20):
-        tokens = [rng.randrange(4096) for _ in range(2048)]
-        infos.append(SelectInfo(2048, block_hashes(tokens, 16, b"s"), 16))
-    out, filled = {}, 0
-    for size in (10_000, 100_000, 1_000_000):
-        while filled < size:
-            policy.index.add(filled // 10_000 % 4, [rng.getrandbits(64) for _ in range(10_000)])
-            filled += 10_000
-        for i, inf in enumerate(infos[:4]):
-            policy.index.add(i, inf.block_hashes)
-        times = []
-        for _ in range(50):
-            for inf in infos:
-                t = time.perf_counter()
-                policy.select(reps, inf)
-                times.append(time.perf_counter() - t)
-        times.sort()
-        out[size] = (statistics.median(times) * 1e6, times[int(len(times) * 0.99)] * 1e6)
-    return out
 
 
 def main() -> None:

@@ -147,34 +147,13 @@ def test_unknown_policy_is_refused():
 
 
 def test_decision_latency_stays_flat_up_to_a_million_blocks():
-    """Report p99 of a routing decision (match + pick) as the index grows."""
-    import random
+    """p99 of a routing decision (match + pick) as the index grows; the figure is in the README."""
+    from cluster.router.latency import decision_latency
 
-    rng = random.Random(0)
-    policy = PrefixAffinity()
-    rs = replicas(4)
-    prompts = [[rng.randrange(4096) for _ in range(2048)] for _ in range(20)]
-    infos = [info(p) for p in prompts]
-    p99 = {}
-    filled = 0
-    for size in (10_000, 100_000, 1_000_000):
-        while filled < size:
-            batch = [rng.getrandbits(64) for _ in range(10_000)]
-            policy.index.add(filled // 10_000 % 4, batch)
-            filled += len(batch)
-        for i, inf in enumerate(infos[:4]):  # some prompts are cached, most are not
-            policy.index.add(i, inf.block_hashes)
-        times = []
-        for _ in range(10):
-            for inf in infos:
-                start = time.perf_counter()
-                policy.select(rs, inf)
-                times.append(time.perf_counter() - start)
-        times.sort()
-        p99[size] = times[int(len(times) * 0.99)]
-    print({k: f"{v * 1e6:.1f} us" for k, v in p99.items()})
-    assert p99[1_000_000] < 100e-6 * 5  # loose bound here; see the benchmark for the figure
-    assert p99[1_000_000] < 3 * p99[10_000] + 20e-6
+    p99 = {size: p for size, (_, p) in decision_latency(repeats=10).items()}
+    print({k: f"{v:.1f} us" for k, v in p99.items()})
+    assert p99[1_000_000] < 500  # loose here: this machine is shared; see the benchmark
+    assert p99[1_000_000] < 3 * p99[10_000] + 20
 
 
 def test_coordinator_hashes_equal_the_engines(model_dir):
