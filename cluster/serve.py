@@ -15,6 +15,7 @@ from .coordinator.coordinator import Coordinator
 from .coordinator.tokenizer import PromptTokenizer
 from .inventory import load_inventory
 from .launch.local import LocalLauncher, SshLauncher
+from .launch.rank import TOKEN_ENV
 from .launch.supervisor import Supervisor
 from .model_store import cache_home, resolve_model
 from .plan.model_config import read_config, stored_bits
@@ -37,6 +38,22 @@ class ServeOptions:
     served_model_name: str | None = None
     api_keys: tuple[str, ...] = ()
     routing: str = "prefix_affinity"
+
+
+def cluster_token(persistent: bool) -> str:
+    """The gRPC token: CLUSTER_TOKEN if set; kept in CLUSTER_HOME when replicas may outlive this
+    coordinator (fixed ports), so the next one can re-attach; else new for each run."""
+    if token := os.environ.get(TOKEN_ENV):
+        return token
+    if not persistent:
+        return secrets.token_hex(16)
+    path = cache_home() / "cluster-token"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(16))
+    return path.read_text().strip()
 
 
 def make_launcher(inventory, run_dir, model: str, name: str, engine: EngineConfig, token: str):
@@ -73,9 +90,12 @@ def serve(options: ServeOptions, engine: EngineConfig) -> None:
     host = options.host or inventory.coordinator_host
     port = options.port if options.port is not None else inventory.coordinator_port
     run_dir = cache_home() / "run" / str(os.getpid())
-    token = secrets.token_hex(16)
+    ports = {}
+    if inventory.grpc_base_port:
+        ports = {p.name: inventory.grpc_base_port + i for i, p in enumerate(plans)}
+    token = cluster_token(bool(ports))
     launcher = make_launcher(inventory, run_dir, str(model_dir), name, engine, token)
-    supervisor = Supervisor(launcher, token, engine.max_num_seqs)
+    supervisor = Supervisor(launcher, token, engine.max_num_seqs, ports)
     settings = {
         "engine": engine.__dict__,
         "inventory": inventory.source,

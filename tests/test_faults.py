@@ -1,6 +1,7 @@
 """Faults: kill -9 a leader rank under 16 streaming requests on two replicas."""
 
 import concurrent.futures as cf
+import contextlib
 import json
 import os
 import signal
@@ -75,3 +76,41 @@ def test_leader_kill_under_16_streams(model_dir, tmp_path):
         assert r.choices[0].finish_reason in ("length", "stop")
     finally:
         srv.stop()
+
+
+def test_a_restarted_coordinator_reattaches_to_running_replicas(model_dir, tmp_path):
+    import yaml
+
+    from cluster.launch.local import free_port
+
+    inventory = yaml.safe_load((ROOT / "inventory/local.yaml").read_text())
+    inventory["all"]["vars"]["grpc_base_port"] = free_port()
+    inv = tmp_path / "pinned.yaml"
+    inv.write_text(yaml.safe_dump(inventory))
+    args = ["--model", str(model_dir), "--inventory", str(inv)]
+    env = {"CLUSTER_HOME": str(tmp_path / "home")}
+    first = Server(args, env=env)
+    pids = {}
+    try:
+        pids = rank_pids(first)
+        prompt = {"model": first.model, "prompt": "def f(x):", "max_tokens": 12, "temperature": 0}
+        before = httpx.post(f"{first.url}/v1/completions", json=prompt, timeout=30).json()
+        os.kill(first.proc.pid, signal.SIGKILL)  # the coordinator crashes; its ranks keep running
+        first.proc.wait()
+        assert rank_pids(first) == pids
+        second = Server(args, env=env, timeout=60)
+        try:
+            replica = status(second)["replicas"][0]
+            assert replica["attached"] and replica["state"] == "ready"
+            assert rank_pids(second) == pids  # nothing reloaded
+            after = httpx.post(
+                f"{second.url}/v1/completions", json=prompt | {"model": second.model}, timeout=30
+            ).json()
+            assert after["choices"][0]["text"] == before["choices"][0]["text"]
+        finally:
+            second.stop()
+        assert rank_pids(second) == pids  # re-attached replicas are left running
+    finally:
+        for pid in pids.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)

@@ -38,6 +38,8 @@ class Replica:
     """The leader's last reported status (polled by the supervisor)."""
     slot: int = 0
     """This replica's bit in the prefix index."""
+    attached: bool = False
+    """Re-attached to ranks an earlier coordinator started."""
 
 
 @dataclass
@@ -226,6 +228,7 @@ class Coordinator:
                     "reason": r.reason,
                     "plan": r.plan,
                     "restarts": r.restarts,
+                    "attached": r.attached,
                     "ranks": r.ranks,
                     "in_flight": r.in_flight,
                     "served": r.served,

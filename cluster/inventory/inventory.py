@@ -43,6 +43,8 @@ class Inventory:
     """How rank processes start: local | ssh | ray."""
     ring_base_port: int = 52100
     """First port of the ring hostfile on remote hosts (local runs pick free ports)."""
+    grpc_base_port: int | None = None
+    """Replica i's leader serves gRPC on this + i; set, a restarted coordinator re-attaches."""
     allreduce_latency_us: float | None = None
     """Measured latency of a small all_sum between this cluster's nodes, if known."""
     min_context_tokens: int = 32768
@@ -133,6 +135,7 @@ def parse_inventory(data: dict, source: str = "<memory>") -> Inventory:
         coordinator_port=int(top.get("coordinator_port", 8000)),
         launcher=launcher,
         ring_base_port=int(top.get("ring_base_port", 52100)),
+        grpc_base_port=int(top["grpc_base_port"]) if top.get("grpc_base_port") else None,
         allreduce_latency_us=top.get("allreduce_latency_us"),
         min_context_tokens=int(top.get("min_context_tokens", 32768)),
         speculation=str(top.get("speculation", "none")),

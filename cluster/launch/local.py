@@ -39,6 +39,8 @@ class RunningReplica:
     address: str
     procs: list[subprocess.Popen]
     logs: list[Path]
+    attached: bool = False
+    """Found running (started by an earlier coordinator): watched over gRPC, left running."""
     started: float = field(default_factory=time.time)
 
     def dead_ranks(self) -> list[int]:
@@ -84,13 +86,13 @@ class Launcher:
     def spawn(self, placement: RankPlacement, argv: list[str], log_file) -> subprocess.Popen:
         raise NotImplementedError
 
-    def start(self, plan: ReplicaPlan) -> RunningReplica:
+    def start(self, plan: ReplicaPlan, grpc_port: int | None = None) -> RunningReplica:
         folder = self.run_dir / plan.name
         folder.mkdir(parents=True, exist_ok=True)
         hostfile = None
         if len(plan.ranks) > 1:  # MLX's ring hostfile: one ["address:port"] per rank
             hostfile = json.dumps([[f"{r.address}:{self.port(r, r.rank)}"] for r in plan.ranks])
-        grpc_port = self.port(plan.leader, len(plan.ranks))
+        grpc_port = grpc_port or self.port(plan.leader, len(plan.ranks))
         procs, logs = [], []
         for placement in plan.ranks:
             argv = rank_command(

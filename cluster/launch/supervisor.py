@@ -29,8 +29,12 @@ class ReplicaFailed(RuntimeError):
 
 
 class Supervisor:
-    def __init__(self, launcher: Launcher, token: str, max_num_seqs: int):
+    def __init__(
+        self, launcher: Launcher, token: str, max_num_seqs: int, ports: dict[str, int] | None = None
+    ):
         self.launcher = launcher
+        self.ports = ports or {}
+        """Fixed leader gRPC ports by replica; replicas found running there are re-attached."""
         self.token = token
         self.max_num_seqs = max_num_seqs
         self.running: dict[str, RunningReplica] = {}
@@ -47,15 +51,40 @@ class Supervisor:
 
         return list(await asyncio.gather(*(launch(p) for p in plans)))
 
-    async def _launch(self, plan, timeout: float) -> Replica:
-        proc = await asyncio.to_thread(self.launcher.start, plan)
-        self.running[plan.name] = proc
+    async def _attach(self, plan) -> tuple[RunningReplica, GrpcEngineClient] | None:
+        """A leader of this model already serving at the replica's fixed port, if any."""
+        port = self.ports.get(plan.name)
+        if port is None:
+            return None
+        address = f"{plan.leader.address}:{port}"
+        client = GrpcEngineClient(address, self.token)
         try:
-            client = await self._wait_ready(proc, timeout)
+            info = await client.connect(timeout=2)
+        except Exception:
+            await client.close()
+            return None
+        if info.model_id != self.launcher.model_id:
+            await client.close()
+            raise ReplicaFailed(f"{address} serves {info.model_id}, not {self.launcher.model_id}")
+        log.info("replica %s: re-attached to its running leader at %s", plan.name, address)
+        return RunningReplica(plan, address, [], [], attached=True), client
+
+    async def _launch(self, plan, timeout: float) -> Replica:
+        found = await self._attach(plan)
+        if found:
+            proc, client = found
+            self.running[plan.name] = proc
             stats = await client.status()
-        except ReplicaFailed:
-            self.running.pop(plan.name, None)
-            raise
+        else:
+            port = self.ports.get(plan.name)
+            proc = await asyncio.to_thread(self.launcher.start, plan, port)
+            self.running[plan.name] = proc
+            try:
+                client = await self._wait_ready(proc, timeout)
+                stats = await client.status()
+            except ReplicaFailed:
+                self.running.pop(plan.name, None)
+                raise
         ranks = [{"rank": r.rank, "node": r.host, "address": r.address} for r in plan.ranks]
         replica = self.replicas.get(plan.name)
         if replica is None:
@@ -66,6 +95,7 @@ class Supervisor:
             old, replica.client = replica.client, client
             await old.close()
         replica.stats = stats
+        replica.attached = proc.attached
         replica.state = "ready"
         log.info("replica %s ready at %s (TP %d)", plan.name, proc.address, plan.tensor_parallel)
         return replica
@@ -136,4 +166,7 @@ class Supervisor:
             self._task.cancel()
         for replica in self.replicas.values():
             await replica.client.close()
+        for name, proc in self.running.items():
+            if proc.attached:
+                log.info("replica %s was re-attached, not started here: left running", name)
         await asyncio.gather(*(asyncio.to_thread(p.stop) for p in self.running.values()))
