@@ -1,0 +1,94 @@
+"""Soak: a cluster under steady load for a while; errors and resident-memory growth.
+
+    .venv/bin/python scripts/soak.py [--minutes 10] [--concurrency 8]
+
+Memory is sampled after a one-minute warm-up (caches fill) and at the end, for the coordinator
+and every rank process.
+"""
+
+import argparse
+import asyncio
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from cluster.bench.cluster_process import start_cluster, stop  # noqa: E402
+from cluster.launch.supervisor import resident_bytes  # noqa: E402
+
+WORDS = ["alpha", "beta", "gamma", "delta", "the", "a", "of", "to", "in", "is", "for", "on", "with", "as", "by", "and", "or", "not"]
+
+
+def memory(url: str, coordinator_pid: int) -> dict[str, int]:
+    status = httpx.get(f"{url}/v1/status").json()
+    out = {"coordinator": resident_bytes(coordinator_pid) or 0}
+    for r in status["replicas"]:
+        for rank in r["ranks"]:
+            out[f"{r['name']}/rank{rank['rank']}"] = rank.get("memory_bytes", 0)
+    return out
+
+
+async def load(url: str, seconds: float, concurrency: int, counts: dict) -> None:
+    rng = random.Random(0)
+    deadline = time.monotonic() + seconds
+    async with httpx.AsyncClient(timeout=120) as http:
+
+        async def worker():
+            while time.monotonic() < deadline:
+                prompt = " ".join(rng.choice(WORDS) for _ in range(rng.randrange(5, 300)))
+                body = {
+                    "messages": [{"role": "user", "content": prompt}],
+                    "max_tokens": rng.randrange(8, 96),
+                }
+                try:
+                    r = await http.post(f"{url}/v1/chat/completions", json=body)
+                    ok = r.status_code == 200 and r.json()["choices"][0]["finish_reason"] in (
+                        "stop",
+                        "length",
+                    )
+                except httpx.HTTPError as e:
+                    ok, r = False, e
+                counts["ok" if ok else "errors"] += 1
+                if not ok:
+                    counts.setdefault("examples", []).append(str(getattr(r, "text", r))[:200])
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--minutes", type=float, default=10)
+    parser.add_argument("--concurrency", type=int, default=8)
+    args = parser.parse_args()
+    proc, url = start_cluster(tempfile.mkdtemp(prefix="soak-"))
+    counts = {"ok": 0, "errors": 0}
+    try:
+        warmup = min(60.0, args.minutes * 60 / 5)
+        asyncio.run(load(url, warmup, args.concurrency, counts))
+        time.sleep(1.5)  # the supervisor refreshes rank memory every 0.5 s
+        start = memory(url, proc.pid)
+        asyncio.run(load(url, args.minutes * 60 - warmup, args.concurrency, counts))
+        time.sleep(1.5)
+        end = memory(url, proc.pid)
+    finally:
+        stop(proc)
+    print(
+        f"{counts['ok']} requests completed, {counts['errors']} errors over {args.minutes:g} min at concurrency {args.concurrency}"
+    )
+    for example in counts.get("examples", [])[:3]:
+        print("  error:", example)
+    print("| process | RSS after warm-up MiB | RSS at end MiB | growth |")
+    print("|---|---|---|---|")
+    for name in start:
+        a, b = start[name] / 2**20, end[name] / 2**20
+        print(f"| {name} | {a:.1f} | {b:.1f} | {100 * (b - a) / a:+.1f}% |")
+
+
+if __name__ == "__main__":
+    main()
