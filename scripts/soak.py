@@ -2,8 +2,8 @@
 
     .venv/bin/python scripts/soak.py [--minutes 10] [--concurrency 8]
 
-Memory is sampled after a one-minute warm-up (caches fill) and at the end, for the coordinator
-and every rank process.
+Memory is sampled after a one-minute warm-up (the prefix cache, bounded here at 64 MiB, fills)
+and at the end, for the coordinator and every rank process.
 """
 
 import argparse
@@ -22,7 +22,26 @@ sys.path.insert(0, str(ROOT))
 from cluster.bench.cluster_process import start_cluster, stop  # noqa: E402
 from cluster.launch.supervisor import resident_bytes  # noqa: E402
 
-WORDS = ["alpha", "beta", "gamma", "delta", "the", "a", "of", "to", "in", "is", "for", "on", "with", "as", "by", "and", "or", "not"]
+WORDS = [
+    "alpha",
+    "beta",
+    "gamma",
+    "delta",
+    "the",
+    "a",
+    "of",
+    "to",
+    "in",
+    "is",
+    "for",
+    "on",
+    "with",
+    "as",
+    "by",
+    "and",
+    "or",
+    "not",
+]
 
 
 def memory(url: str, coordinator_pid: int) -> dict[str, int]:
@@ -65,8 +84,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--minutes", type=float, default=10)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument(
+        "--prefix-cache-bytes",
+        default=str(64 << 20),
+        help="bound of the prefix cache, so it fills during warm-up",
+    )
     args = parser.parse_args()
-    proc, url = start_cluster(tempfile.mkdtemp(prefix="soak-"))
+    proc, url = start_cluster(
+        tempfile.mkdtemp(prefix="soak-"), "--prefix-cache-bytes", args.prefix_cache_bytes
+    )
     counts = {"ok": 0, "errors": 0}
     try:
         warmup = min(60.0, args.minutes * 60 / 5)
