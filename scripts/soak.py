@@ -50,6 +50,9 @@ def memory(url: str, coordinator_pid: int) -> dict[str, int]:
     for r in status["replicas"]:
         for rank in r["ranks"]:
             out[f"{r['name']}/rank{rank['rank']}"] = rank.get("memory_bytes", 0)
+        engine = r["engine"]
+        out[f"{r['name']} MLX arrays"] = engine.get("mlx_active_bytes", 0)
+        out[f"{r['name']} MLX buffer cache"] = engine.get("mlx_cache_bytes", 0)
     return out
 
 
@@ -113,7 +116,8 @@ def main() -> None:
     print("|---|---|---|---|")
     for name in start:
         a, b = start[name] / 2**20, end[name] / 2**20
-        print(f"| {name} | {a:.1f} | {b:.1f} | {100 * (b - a) / a:+.1f}% |")
+        growth = f"{100 * (b - a) / a:+.1f}%" if a else "-"
+        print(f"| {name} | {a:.1f} | {b:.1f} | {growth} |")
 
 
 if __name__ == "__main__":

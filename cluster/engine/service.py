@@ -31,6 +31,13 @@ class ModelInfo:
     model_type: str
 
 
+def _mlx_memory(name: str) -> int:
+    """MLX's own allocator counters (arrays alive, freed buffers kept for reuse)."""
+    import mlx.core as mx
+
+    return int(getattr(mx, name, lambda: 0)())
+
+
 def load_model(path: str | Path, group=None):
     """Load a model with mlx-lm; in a group of several ranks, keep only this rank's shard."""
     import mlx.core as mx
@@ -130,6 +137,8 @@ class EngineService:
         steps = max(self.steps, 1)
         extra = {
             "model_bytes": self._model_bytes,
+            "mlx_active_bytes": _mlx_memory("get_active_memory"),
+            "mlx_cache_bytes": _mlx_memory("get_cache_memory"),
             "speculation": self._speculation_json(engine),
             "batch_kv_bytes": engine.runner.batch_kv_bytes() if engine else 0,
             "steps": self.steps,
