@@ -1,6 +1,6 @@
 """Typed, validated configuration; every field has a default and a one-line help."""
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 MiB = 1 << 20
 
@@ -47,7 +47,3 @@ class EngineConfig:
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"invalid {name}={getattr(self, name)!r}")
-
-
-def config_help(cls) -> dict[str, str]:
-    return {f.name: f.metadata.get("help", "") for f in fields(cls)}

@@ -49,6 +49,7 @@ def test_greedy_with_mtp_is_token_identical(prompts, k):
     stats = engine.runner.drafter.stats
     assert stats.drafts > 0 and stats.draft_tokens == k * stats.drafts
     assert stats.accepted > 0  # the trained MTP layer predicts something
+    assert stats.speculative_steps == stats.drafts
     per_pos = stats.accepted_per_pos
     assert all(per_pos[i] >= per_pos[i + 1] for i in range(k - 1))  # unconditional counts
     assert engine.speculation.active and engine.speculation.header() == f"mtp;k={k}"
@@ -63,6 +64,7 @@ def test_a_batch_runs_without_speculation_and_says_so(prompts):
     state = engine.speculation
     # Three decoding at once: off with its reason, counted; back on when one is left.
     assert state.fallbacks.get("batch_size_above_limit", 0) >= 1
+    assert engine.runner.drafter.stats.plain_steps > 0
 
 
 def test_prefix_cache_hit_with_mtp_stays_identical(prompts):

@@ -123,10 +123,6 @@ class PrefixCache:
         events, self.events = self.events, CacheEvents()
         return events
 
-    def clear(self) -> None:
-        for entry_id in list(self.entries):
-            self._remove(entry_id)
-
     @property
     def num_blocks(self) -> int:
         return len(self.index)

@@ -48,6 +48,8 @@ class ModelRunner:
             else:
                 rows.append(self._decode())
                 seqs.extend(self.batch)
+                if self.drafter is not None:
+                    self.drafter.stats.plain_steps += 1
         if seqs:
             sampled = self._sample(seqs, mx.concatenate(rows, axis=0))
             out |= {seq: [token] for seq, token in sampled.items()}
@@ -102,6 +104,7 @@ class ModelRunner:
             drafter.mtp(hidden[:, :accepted, :], embeds, cache=mtp_cache)
         seq.carry = hidden[:, accepted, :]
         drafter.stats.record(accepted)
+        drafter.stats.speculative_steps += 1
         return drafts[:accepted] + [token]
 
     def _sample(self, seqs: list[Sequence], logits: mx.array) -> dict[Sequence, int]:

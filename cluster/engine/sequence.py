@@ -52,7 +52,3 @@ class Sequence:
     @property
     def is_prefilled(self) -> bool:
         return self.num_computed >= self.num_prompt
-
-    @property
-    def output_tokens(self) -> list[int]:
-        return self.tokens[self.num_prompt :]
