@@ -134,14 +134,22 @@ class Supervisor:
                 if reason:
                     await self._restart(name, reason)
 
-    async def _check(self, proc: RunningReplica, replica: Replica) -> str | None:
+    @staticmethod
+    def _dead(proc: RunningReplica) -> str | None:
         if dead := proc.dead_ranks():
             codes = ", ".join(f"rank {i} exit {proc.procs[i].returncode}" for i in dead)
             return f"rank process died ({codes})"
+        return None
+
+    async def _check(self, proc: RunningReplica, replica: Replica) -> str | None:
+        if dead := self._dead(proc):
+            return dead
         try:
             stats = await replica.client.status(timeout=2)
         except Exception as e:
-            return f"leader not answering ({type(e).__name__})"
+            # A rank that died while we asked explains the silence better than the silence.
+            await asyncio.sleep(0.2)
+            return self._dead(proc) or f"leader not answering ({type(e).__name__})"
         replica.stats = stats
         for rank, p in zip(replica.ranks, proc.procs, strict=False):
             rank["alive"] = p.poll() is None
