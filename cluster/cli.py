@@ -38,6 +38,7 @@ def _serve(args) -> int:
         served_model_name=args.served_model_name,
         api_keys=tuple(k for k in [*(args.api_key or []), os.environ.get("CLUSTER_API_KEY")] if k),
         routing=args.routing,
+        launcher=args.launcher,
     )
     serve(options, _engine_config(args))
     return 0
@@ -48,9 +49,10 @@ def _rank(args) -> int:
 
     reexec_with_openblas()
     from .launch.rank import RankOptions, run_rank
+    from .model_store import resolve_model
 
     options = RankOptions(
-        model=args.model,
+        model=str(resolve_model(args.model)[0]),
         model_id=args.model_id,
         rank=args.rank,
         world_size=args.world_size,
@@ -118,6 +120,18 @@ def _fixture_model(args) -> int:
     return 0
 
 
+def _deploy(args) -> int:
+    from .deploy.main import deploy_command
+
+    return deploy_command(args)
+
+
+def _deploy_render(args) -> int:
+    from .deploy.main import render_command
+
+    return render_command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cluster", description="Serve GLM-5 across Apple-silicon Macs, one OpenAI endpoint."
@@ -135,6 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="prefix_affinity",
         choices=["prefix_affinity", "round_robin", "least_loaded"],
         help="how requests pick a replica (default prefix_affinity; x-session-id sticks)",
+    )
+    p.add_argument(
+        "--launcher",
+        choices=["local", "ssh", "ray", "service"],
+        help="how ranks start (default: the inventory's; service: attach to launchd/systemd ranks)",
     )
     p.add_argument(
         "--api-key",
@@ -172,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_bench)
 
     p = sub.add_parser("rank", help="run one rank of a replica (launchers start this)")
-    p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--model", required=True, help='model directory, or "default"')
     p.add_argument("--model-id", required=True, help="served model name (seeds block hashes)")
     p.add_argument("--replica", default="r0", help="replica name")
     p.add_argument("--rank", type=int, default=0, help="this rank; 0 is the leader")
@@ -183,6 +202,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grpc-port", type=int, default=0, help="leader: port for gRPC")
     _add_engine_flags(p)
     p.set_defaults(func=_rank)
+
+    p = sub.add_parser("deploy", help="install the cluster on an inventory's hosts (Ansible)")
+    p.add_argument("--inventory", required=True, help="inventory YAML of the hosts to deploy to")
+    p.add_argument("--check", action="store_true", help="dry run: show what would change")
+    p.add_argument("--limit", help="only these hosts (Ansible's --limit pattern)")
+    p.add_argument("--prefix", help="where on each host (default /opt/cluster)")
+    p.add_argument("--model-config", help="the model's config.json, if not on this machine")
+    p.add_argument(
+        "--no-services", action="store_true", help="write service files but do not start them"
+    )
+    p.add_argument("ansible_args", nargs="*", help="more ansible-playbook arguments, after --")
+    p.set_defaults(func=_deploy)
+
+    p = sub.add_parser("deploy-render", help="the files a deploy writes, as JSON (playbook)")
+    p.add_argument("--inventory", required=True, help="inventory YAML")
+    p.add_argument("--prefix", default="/opt/cluster", help="where on each host")
+    p.add_argument("--model-config", help="the model's config.json, if not on this machine")
+    p.add_argument("--wheel-dir", help="build this package's wheel into this directory")
+    p.add_argument("--pretty", action="store_true", help="indent the JSON")
+    p.set_defaults(func=_deploy_render)
 
     p = sub.add_parser("fixture-model", help="write the small GLM-5-architecture model")
     p.add_argument("out_dir", help="directory to write")

@@ -6,6 +6,7 @@ import os
 import secrets
 import signal
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import uvicorn
 
@@ -14,8 +15,8 @@ from .config import EngineConfig
 from .coordinator.coordinator import Coordinator
 from .coordinator.tokenizer import PromptTokenizer
 from .inventory import load_inventory
-from .launch.local import LocalLauncher, SshLauncher
-from .launch.rank import TOKEN_ENV
+from .launch.local import LocalLauncher, ServiceLauncher, SshLauncher
+from .launch.rank import shared_token
 from .launch.supervisor import Supervisor
 from .model_store import cache_home, resolve_model
 from .plan.model_config import read_config, stored_bits
@@ -38,16 +39,23 @@ class ServeOptions:
     served_model_name: str | None = None
     api_keys: tuple[str, ...] = ()
     routing: str = "prefix_affinity"
+    launcher: str | None = None
+    """Overrides the inventory's launcher (deployed services use `service`)."""
 
 
 def cluster_token(persistent: bool) -> str:
-    """The gRPC token: CLUSTER_TOKEN if set; kept in CLUSTER_HOME when replicas may outlive this
-    coordinator (fixed ports), so the next one can re-attach; else new for each run."""
-    if token := os.environ.get(TOKEN_ENV):
+    """The gRPC token: CLUSTER_TOKEN (or CLUSTER_TOKEN_FILE) if set; kept in CLUSTER_HOME when
+    replicas may outlive this coordinator (fixed ports), so the next one can re-attach; else new
+    for each run."""
+    if token := shared_token():
         return token
     if not persistent:
         return secrets.token_hex(16)
-    path = cache_home() / "cluster-token"
+    return stored_token(cache_home() / "cluster-token")
+
+
+def stored_token(path: Path) -> str:
+    """A token kept in a file readable by its owner only, made on first use."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -58,6 +66,8 @@ def cluster_token(persistent: bool) -> str:
 
 def make_launcher(inventory, run_dir, model: str, name: str, engine: EngineConfig, token: str):
     args = (run_dir, model, name, engine, token)
+    if inventory.launcher == "service":
+        return ServiceLauncher(*args)
     if inventory.launcher == "ssh":
         hosts = {h.name: h for h in inventory.hosts}
         return SshLauncher(*args, hosts=hosts, base_port=inventory.ring_base_port)
@@ -68,6 +78,8 @@ def make_launcher(inventory, run_dir, model: str, name: str, engine: EngineConfi
 
 def serve(options: ServeOptions, engine: EngineConfig) -> None:
     inventory = load_inventory(options.inventory)
+    if options.launcher:
+        inventory = replace(inventory, launcher=options.launcher)
     if engine.speculation == "none" and inventory.speculation != "none":
         engine = replace(
             engine,
@@ -91,7 +103,9 @@ def serve(options: ServeOptions, engine: EngineConfig) -> None:
     port = options.port if options.port is not None else inventory.coordinator_port
     run_dir = cache_home() / "run" / str(os.getpid())
     ports = {}
-    if inventory.grpc_base_port:
+    if inventory.launcher == "service":
+        ports = inventory.service_grpc_ports([p.name for p in plans])
+    elif inventory.grpc_base_port:
         ports = {p.name: inventory.grpc_base_port + i for i, p in enumerate(plans)}
     token = cluster_token(bool(ports))
     launcher = make_launcher(inventory, run_dir, str(model_dir), name, engine, token)

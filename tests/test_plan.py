@@ -21,6 +21,7 @@ def studios(*memory_gb, replicas=1, backend="jaccl", chip="M3 Ultra"):
             "memory_gb": m,
             "chip": chip,
             "memory_bandwidth_gbs": 819,
+            "rdma_devices": [f"rdma_en{j}" for j in range(len(memory_gb) // replicas - 1)],
         }
         for i, m in enumerate(memory_gb)
     }
@@ -139,3 +140,12 @@ def test_plan_command_prints_table_and_json(tmp_path):
         base + ["--inventory", str(small)], capture_output=True, text=True, cwd=ROOT
     )
     assert refused.returncode == 1 and "REFUSED" in refused.stdout
+
+
+def test_jaccl_without_one_rdma_device_per_peer_is_refused():
+    inv = studios(512, 512)
+    bare = type(inv)(**{**inv.__dict__, "hosts": tuple(
+        type(h)(**{**h.__dict__, "rdma_devices": ()}) for h in inv.hosts)})  # fmt: skip
+    plan = make_plan(GLM5, 4, bare)
+    assert not plan.ok
+    assert "s0 needs 1 rdma_devices" in plan.refusals[0]

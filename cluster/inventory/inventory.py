@@ -1,12 +1,14 @@
 """Read and validate an inventory: hosts with their facts, and cluster-wide vars."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 BACKENDS = ("ring", "jaccl", "mpi")
-LAUNCHERS = ("local", "ssh", "ray")
+LAUNCHERS = ("local", "ssh", "ray", "service")
+SERVICE_GRPC_BASE_PORT = 50100
+"""Leaders' gRPC ports under launchd/systemd when the inventory sets no grpc_base_port."""
 REQUIRED_HOST_FIELDS = ("interconnect", "memory_gb", "chip", "memory_bandwidth_gbs")
 
 
@@ -28,6 +30,8 @@ class Host:
     """user@host the ssh launcher reaches (from ansible_user and ansible_host)."""
     python: str = "python3"
     """Interpreter with this package installed on the host (cluster_python)."""
+    deploy: dict = field(default_factory=dict, compare=False, hash=False)
+    """The host's deploy_* and ansible_* vars (user, connection, ...), read by `cluster deploy`."""
 
 
 @dataclass(frozen=True)
@@ -40,7 +44,7 @@ class Inventory:
     coordinator_host: str = "127.0.0.1"
     coordinator_port: int = 8000
     launcher: str = "local"
-    """How rank processes start: local | ssh | ray."""
+    """How rank processes start: local | ssh | ray | service (launchd/systemd, see deploy)."""
     ring_base_port: int = 52100
     """First port of the ring hostfile on remote hosts (local runs pick free ports)."""
     grpc_base_port: int | None = None
@@ -51,7 +55,13 @@ class Inventory:
     """KV cache every node must have room for, beyond the weights."""
     speculation: str = "none"
     num_speculative_tokens: int = 1
+    coordinator_node: str | None = None
+    """The inventory host that runs the coordinator service (default: the first host)."""
     source: str = "<memory>"
+
+    def service_grpc_ports(self, names: list[str]) -> dict[str, int]:
+        base = self.grpc_base_port or SERVICE_GRPC_BASE_PORT
+        return {name: base + i for i, name in enumerate(names)}
 
 
 def default_inventory_path() -> Path:
@@ -101,6 +111,7 @@ def _host(name: str, facts: dict, source: str) -> Host:
         float(wired) if wired is not None else None,
         ssh_target=target,
         python=str(facts.get("cluster_python", "python3")),
+        deploy={k: v for k, v in facts.items() if k.startswith(("deploy_", "ansible_"))},
     )
 
 
@@ -122,6 +133,9 @@ def parse_inventory(data: dict, source: str = "<memory>") -> Inventory:
         raise InventoryError(
             f"{source}: vars.launcher '{launcher}' is unknown; use one of {', '.join(LAUNCHERS)}"
         )
+    node = top.get("coordinator_node")
+    if node is not None and node not in hosts:
+        raise InventoryError(f"{source}: vars.coordinator_node '{node}' is not a host of it")
     replicas = int(top.get("replicas", 1))
     if replicas < 1:
         raise InventoryError(f"{source}: vars.replicas must be at least 1")
@@ -140,6 +154,7 @@ def parse_inventory(data: dict, source: str = "<memory>") -> Inventory:
         min_context_tokens=int(top.get("min_context_tokens", 32768)),
         speculation=str(top.get("speculation", "none")),
         num_speculative_tokens=int(top.get("num_speculative_tokens", 1)),
+        coordinator_node=node,
         source=source,
     )
 

@@ -1,9 +1,35 @@
-"""The rank command line, built in one place for every launcher and service file."""
+"""The rank command line and MLX hostfile, built in one place for every launcher and service."""
 
+import json
+from collections.abc import Callable
 from dataclasses import fields
 
 from ..config import EngineConfig
-from ..plan.types import ReplicaPlan
+from ..plan.types import RankPlacement, ReplicaPlan
+
+PORTS_PER_REPLICA = 16
+"""Fixed ports: replica i's ranks listen on base + 16 * i + rank."""
+
+
+def fixed_port(base: int, plan: ReplicaPlan, rank: int) -> int:
+    return base + PORTS_PER_REPLICA * plan.index + rank
+
+
+def mlx_hostfile(plan: ReplicaPlan, port_of: Callable[[RankPlacement], int]) -> str | None:
+    """What `cluster rank --hostfile` takes: MLX's ring hostfile (one ["address:port"] per
+    rank), or for JACCL the coordinator address and the RDMA device matrix."""
+    n = len(plan.ranks)
+    if n == 1:
+        return None
+    if plan.backend != "jaccl":
+        return json.dumps([[f"{r.address}:{port_of(r)}"] for r in plan.ranks])
+    devices: list[list[str | None]] = [[None] * n for _ in range(n)]
+    for i, entry in enumerate(plan.hostfile):
+        peers = [j for j in range(n) if j != i]
+        for j, device in zip(peers, entry.get("rdma", []), strict=True):
+            devices[i][j] = device
+    leader = plan.leader
+    return json.dumps({"coordinator": f"{leader.address}:{port_of(leader)}", "devices": devices})
 
 
 def engine_flags(engine: EngineConfig) -> list[str]:

@@ -1,11 +1,11 @@
 """Launchers start the same rank command on every node of a replica.
 
 `local` runs each rank as a subprocess of this machine; `ssh` runs it on the rank's host over
-ssh, the way `mlx.launch` does. Both hand back the processes to watch.
+ssh, the way `mlx.launch` does. Both hand back the processes to watch. `service` starts nothing:
+launchd or systemd run the ranks (see `cluster deploy`), and the coordinator only attaches.
 """
 
 import contextlib
-import json
 import logging
 import os
 import shlex
@@ -21,7 +21,7 @@ from ..config import EngineConfig
 from ..inventory import Host
 from ..plan.types import RankPlacement, ReplicaPlan
 from .blas import openblas_env
-from .command import rank_command
+from .command import fixed_port, mlx_hostfile, rank_command
 from .rank import TOKEN_ENV
 
 log = logging.getLogger(__name__)
@@ -80,8 +80,9 @@ class Launcher:
         self.engine = engine
         self.token = token
 
-    def port(self, placement: RankPlacement, offset: int) -> int:
-        return free_port(placement.address)
+    def port(self, plan: ReplicaPlan, offset: int) -> int:
+        """A port on the host of rank `offset` (the leader's for offsets past the last rank)."""
+        return free_port(plan.ranks[min(offset, len(plan.ranks) - 1)].address)
 
     def spawn(self, placement: RankPlacement, argv: list[str], log_file) -> subprocess.Popen:
         raise NotImplementedError
@@ -89,10 +90,8 @@ class Launcher:
     def start(self, plan: ReplicaPlan, grpc_port: int | None = None) -> RunningReplica:
         folder = self.run_dir / plan.name
         folder.mkdir(parents=True, exist_ok=True)
-        hostfile = None
-        if len(plan.ranks) > 1:  # MLX's ring hostfile: one ["address:port"] per rank
-            hostfile = json.dumps([[f"{r.address}:{self.port(r, r.rank)}"] for r in plan.ranks])
-        grpc_port = grpc_port or self.port(plan.leader, len(plan.ranks))
+        hostfile = mlx_hostfile(plan, lambda r: self.port(plan, r.rank))
+        grpc_port = grpc_port or self.port(plan, len(plan.ranks))
         procs, logs = [], []
         for placement in plan.ranks:
             argv = rank_command(
@@ -125,8 +124,8 @@ class SshLauncher(Launcher):
         self.hosts = hosts
         self.base_port = base_port
 
-    def port(self, placement: RankPlacement, offset: int) -> int:
-        return self.base_port + offset
+    def port(self, plan: ReplicaPlan, offset: int) -> int:
+        return fixed_port(self.base_port, plan, offset)
 
     def remote_command(self, placement: RankPlacement, argv: list[str]) -> str:
         host = self.hosts[placement.host]
@@ -144,3 +143,12 @@ class SshLauncher(Launcher):
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+
+
+class ServiceLauncher(Launcher):
+    """Ranks run as OS services that restart themselves; a replica is its leader's address."""
+
+    def start(self, plan: ReplicaPlan, grpc_port: int | None = None) -> RunningReplica:
+        if grpc_port is None:
+            raise ValueError("the service launcher needs a fixed gRPC port for every replica")
+        return RunningReplica(plan, f"{plan.leader.address}:{grpc_port}", [], [], attached=True)

@@ -6,6 +6,7 @@ over MLX distributed and never see HTTP or gRPC.
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -16,6 +17,18 @@ from ..config import EngineConfig
 
 log = logging.getLogger("cluster.rank")
 TOKEN_ENV = "CLUSTER_TOKEN"
+TOKEN_FILE_ENV = "CLUSTER_TOKEN_FILE"
+
+
+def shared_token() -> str | None:
+    """The cluster's gRPC token: CLUSTER_TOKEN, or the file CLUSTER_TOKEN_FILE names (services
+    use the file, so the secret stays out of unit files and plists)."""
+    if token := os.environ.get(TOKEN_ENV):
+        return token
+    if path := os.environ.get(TOKEN_FILE_ENV):
+        with open(path) as f:
+            return f.read().strip() or None
+    return None
 
 
 @dataclass(frozen=True)
@@ -41,12 +54,26 @@ def _hostfile_path(hostfile: str) -> str:
     return path
 
 
+def _jaccl_env(hostfile: str) -> None:
+    """JACCL reads the RDMA device matrix from a file and rank 0's address from the env."""
+    path = _hostfile_path(hostfile)
+    with open(path) as f:
+        spec = json.load(f)
+    fd, devices = tempfile.mkstemp(prefix="cluster-ibv-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(spec["devices"], f)
+    os.environ["MLX_IBV_DEVICES"] = devices
+    os.environ["MLX_JACCL_COORDINATOR"] = spec["coordinator"]
+
+
 def init_group(opts: RankOptions):
     if opts.world_size == 1:
         return None
     import mlx.core as mx
 
-    if opts.hostfile:
+    if opts.hostfile and opts.backend == "jaccl":
+        _jaccl_env(opts.hostfile)
+    elif opts.hostfile:
         os.environ["MLX_HOSTFILE"] = _hostfile_path(opts.hostfile)
     os.environ["MLX_RANK"] = str(opts.rank)
     group = mx.distributed.init(backend=opts.backend, strict=True)
@@ -80,7 +107,7 @@ async def _lead(service, opts: RankOptions) -> int:
     from ..rpc.server import SERVICE_NAME, serve_grpc
 
     describe = {"replica": opts.replica, "world_size": opts.world_size, "backend": opts.backend}
-    token = os.environ.get(TOKEN_ENV) or None
+    token = shared_token()
     server, port, health = await serve_grpc(
         service, opts.grpc_host, opts.grpc_port, describe, token
     )

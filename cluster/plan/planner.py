@@ -78,9 +78,21 @@ def _hostfile(hosts: list[Host], backend: str) -> tuple[dict, ...]:
     return tuple(entries)
 
 
+def _rdma_refusals(name: str, hosts: list[Host]) -> list[str]:
+    """JACCL needs, on every node, one RDMA device towards each other node of its replica."""
+    need = len(hosts) - 1
+    return [
+        f"replica {name} runs JACCL over {len(hosts)} nodes, so {h.name} needs {need} "
+        f"rdma_devices (one per other node, in inventory order) but lists {len(h.rdma_devices)}."
+        for h in hosts
+        if need and len(h.rdma_devices) != need
+    ]
+
+
 def _replica(
-    name: str, hosts: list[Host], config: dict, size: ModelSize | None, bits: int, inv: Inventory
+    index: int, hosts: list[Host], config: dict, size: ModelSize | None, bits: int, inv: Inventory
 ) -> tuple[ReplicaPlan, list[str]]:
+    name = f"r{index}"
     tp, stages = _tp_and_stages(config, len(hosts))
     ranks = tuple(RankPlacement(i, h.name, h.interconnect[0]) for i, h in enumerate(hosts))
     base = dict(
@@ -92,14 +104,16 @@ def _replica(
         layer_ranges=_layer_ranges(size.num_layers, stages) if size and stages > 1 else (),
         speculation=_speculation(config, stages),
         hostfile=_hostfile(hosts, inv.mlx_backend),
+        index=index,
     )
+    rdma = _rdma_refusals(name, hosts) if inv.mlx_backend == "jaccl" else []
     if size is None:
-        return ReplicaPlan(**base), []
+        return ReplicaPlan(**base), rdma
     bpp = bytes_per_param(bits)
     weights = (size.replicated + size.sharded / tp) / stages * bpp / GB
     mtp = size.mtp / tp * bpp / GB
     kv_min = size.kv_bytes_per_token * inv.min_context_tokens / stages / GB
-    refusals, memory = [], []
+    refusals, memory = rdma, []
     for h in hosts:
         usable = usable_gb(h)
         headroom = max(1.0, 0.02 * h.memory_gb)
@@ -146,9 +160,7 @@ def make_plan(config: dict, bits: int, inventory: Inventory) -> Plan:
     else:
         per = len(hosts) // n
         for i in range(n):
-            plan, why = _replica(
-                f"r{i}", hosts[i * per : (i + 1) * per], config, size, bits, inventory
-            )
+            plan, why = _replica(i, hosts[i * per : (i + 1) * per], config, size, bits, inventory)
             replicas.append(plan)
             refusals += why
     assumptions = {

@@ -35,6 +35,8 @@ class ReplicaPlan:
     speculation: dict = field(default_factory=dict, compare=False)
     """Per method ('mtp', 'draft'): 'supported' or the reason it is not."""
     hostfile: tuple[dict, ...] = ()
+    index: int = 0
+    """Position among the plan's replicas; fixed ports are offset by it."""
 
     @property
     def leader(self) -> RankPlacement:

@@ -1,0 +1,1 @@
+"""`cluster deploy`: services for every node of an inventory, installed by Ansible."""

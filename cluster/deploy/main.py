@@ -1,0 +1,157 @@
+"""`cluster deploy` (runs the playbook) and `cluster deploy-render` (what the playbook writes)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from .. import __version__
+from ..inventory import Inventory, load_inventory
+from ..model_store import cache_home
+from ..plan.model_config import read_config, stored_bits
+from ..plan.planner import make_plan
+from ..plan.render import render_plan
+from ..plan.types import Plan
+from .render import launchd_plist, systemd_unit
+from .services import Layout, node_deploys
+
+PLAYBOOK = Path(__file__).with_name("ansible") / "site.yaml"
+SOURCE_ROOT = Path(__file__).resolve().parents[2]
+REPRODUCIBLE_EPOCH = "315532800"  # 1980-01-01, the oldest time a zip entry can carry
+
+
+def model_config(inventory: Inventory, config_file: str | None) -> tuple[dict, str | None]:
+    """The model's config.json for planning, and a note when it is not on this machine."""
+    if config_file:
+        return read_config(config_file=config_file), None
+    from ..model_store import DEFAULT_MODEL, resolve_model
+
+    local = inventory.model == DEFAULT_MODEL or (Path(inventory.model) / "config.json").exists()
+    if local:
+        return read_config(resolve_model(inventory.model)[0]), None
+    return {}, (
+        f"note: {inventory.model} is not on this machine, so memory fit was not checked; "
+        "pass --model-config with its config.json to check it"
+    )
+
+
+def deploy_plan(inventory: Inventory, config_file: str | None) -> tuple[Plan, str | None]:
+    config, note = model_config(inventory, config_file)
+    bits = stored_bits(config) or inventory.quantization_bits
+    return make_plan(config, bits, inventory), note
+
+
+def build_wheel(out_dir: Path) -> Path | None:
+    """A wheel of this package from its source tree (byte-identical for the same sources, so a
+    second deploy copies nothing); None when installed without sources."""
+    if not (SOURCE_ROOT / "pyproject.toml").exists():
+        return None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "src"
+        ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+        shutil.copytree(SOURCE_ROOT / "cluster", src / "cluster", ignore=ignore)
+        for name in ("pyproject.toml", "README.md"):
+            shutil.copy2(SOURCE_ROOT / name, src / name)
+        env = os.environ | {"SOURCE_DATE_EPOCH": REPRODUCIBLE_EPOCH}
+        subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", tmp, str(src)],
+            check=True,
+            env=env,
+            stdout=subprocess.DEVNULL,
+        )
+        built = next(Path(tmp).glob("cluster-*.whl"))
+        target = out_dir / built.name
+        if not target.exists() or target.read_bytes() != built.read_bytes():
+            shutil.copyfile(built, target)
+    return target
+
+
+def render(inventory_path: str, prefix: str, config_file: str | None, wheel_dir: str | None):
+    """Everything the playbook writes, per host, as JSON-ready data."""
+    inventory = load_inventory(inventory_path)
+    plan, _ = deploy_plan(inventory, config_file)
+    if not plan.ok:
+        raise ValueError(" ".join(plan.refusals))
+    if any(r.pipeline_stages > 1 for r in plan.replicas):
+        raise ValueError("this layout needs pipeline parallelism, which serve does not run yet")
+    layout = Layout(prefix)
+    nodes = node_deploys(inventory, plan, layout, Path(inventory_path).read_text())
+    wheel = build_wheel(Path(wheel_dir)) if wheel_dir else None
+    host = inventory.coordinator_host
+    health_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    hosts = {}
+    for name, node in nodes.items():
+        services = [
+            {
+                "name": s.name,
+                "label": s.label,
+                "unit": s.unit_name,
+                "systemd": systemd_unit(s),
+                "launchd": launchd_plist(s).decode(),
+            }
+            for s in node.services
+        ]
+        files = [{"path": p, "content": c} for p, c in sorted(node.files.items())]
+        user = next((s.user for s in node.services if s.user), None)
+        hosts[name] = {"services": services, "files": files, "user": user}
+    from ..serve import stored_token
+
+    token_file = cache_home() / "cluster-token"
+    stored_token(token_file)  # made once on this machine, copied to every node
+    return {
+        "version": __version__,
+        "token_file": str(token_file),
+        "wheel": str(wheel) if wheel else None,
+        "coordinator_node": inventory.coordinator_node or inventory.hosts[0].name,
+        "health_url": f"http://{health_host}:{inventory.coordinator_port}/health",
+        "hosts": hosts,
+    }
+
+
+def render_command(args) -> int:
+    data = render(args.inventory, args.prefix, args.model_config, args.wheel_dir)
+    print(json.dumps(data, indent=1 if args.pretty else None))
+    return 0
+
+
+def ansible_playbook_argv(args, inventory: Inventory) -> list[str]:
+    sibling = Path(sys.executable).with_name("ansible-playbook")
+    exe = shutil.which("ansible-playbook") or str(sibling)
+    if not Path(exe).exists():
+        raise FileNotFoundError(
+            "ansible-playbook is not installed; install it with: pip install 'cluster[deploy]'"
+        )
+    argv = [exe, "-i", str(Path(inventory.source).resolve()), str(PLAYBOOK)]
+    argv += ["-e", f"deploy_controller_python={sys.executable}"]
+    if args.prefix:
+        argv += ["-e", f"deploy_prefix={args.prefix}"]
+    if args.model_config:
+        argv += ["-e", f"deploy_model_config={Path(args.model_config).resolve()}"]
+    if args.no_services:
+        argv += ["-e", "deploy_manage_services=false"]
+    if args.check:
+        argv += ["--check", "--diff"]
+    if args.limit:
+        argv += ["--limit", args.limit]
+    # Hosts that are all this machine share one prefix: write it one host at a time.
+    if all(h.deploy.get("ansible_connection") == "local" for h in inventory.hosts):
+        argv += ["--forks", "1"]
+    return argv + list(args.ansible_args or [])
+
+
+def deploy_command(args) -> int:
+    inventory = load_inventory(args.inventory)
+    plan, note = deploy_plan(inventory, args.model_config)
+    print(render_plan(plan))
+    if note:
+        print(note)
+    if not plan.ok:
+        print("error: the plan is refused; nothing deployed", file=sys.stderr)
+        return 1
+    argv = ansible_playbook_argv(args, inventory)
+    print("running:", " ".join(argv), flush=True)
+    return subprocess.run(argv).returncode
