@@ -22,6 +22,7 @@ from .model_store import cache_home, resolve_model
 from .plan.model_config import read_config, stored_bits
 from .plan.planner import make_plan
 from .plan.render import render_plan
+from .rpc.tls import TlsFiles
 
 log = logging.getLogger("cluster.serve")
 
@@ -110,7 +111,10 @@ def serve(options: ServeOptions, engine: EngineConfig) -> None:
     token = cluster_token(bool(ports))
     launcher = make_launcher(inventory, run_dir, str(model_dir), name, engine, token)
     supervisor = Supervisor(launcher, token, engine.max_num_seqs, ports)
+    tls = TlsFiles.from_env()  # a partial TLS setup fails here, before any replica starts
+    log.info("gRPC to replicas: %s", "mutual TLS" if tls else "plaintext, cluster token")
     settings = {
+        "grpc_tls": tls is not None,
         "engine": engine.__dict__,
         "inventory": inventory.source,
         "model_dir": str(model_dir),

@@ -66,3 +66,103 @@ def test_grpc_round_trip_and_token(service):
             await server.stop(0)
 
     asyncio.run(scenario())
+
+
+def make_ca_and_leaf(folder: Path, name: str) -> dict[str, Path]:
+    """A CA and a certificate it signed for 127.0.0.1, as PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def cert(subject, issuer, key, signer, ca: bool, san=None):
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if san:
+            builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key, leaf_key = (
+        ec.generate_private_key(ec.SECP256R1()),
+        ec.generate_private_key(ec.SECP256R1()),
+    )
+    ca = cert(f"{name} CA", f"{name} CA", ca_key, ca_key, ca=True)
+    san = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+    leaf = cert(f"{name} node", f"{name} CA", leaf_key, ca_key, ca=False, san=san)
+    pem = serialization.Encoding.PEM
+    paths = {
+        "ca": folder / f"{name}-ca.pem",
+        "cert": folder / f"{name}.pem",
+        "key": folder / f"{name}.key",
+    }
+    paths["ca"].write_bytes(ca.public_bytes(pem))
+    paths["cert"].write_bytes(leaf.public_bytes(pem))
+    paths["key"].write_bytes(
+        leaf_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return paths
+
+
+def use_tls(monkeypatch, paths: dict[str, Path] | None) -> None:
+    for var, key in (
+        ("CLUSTER_TLS_CA", "ca"),
+        ("CLUSTER_TLS_CERT", "cert"),
+        ("CLUSTER_TLS_KEY", "key"),
+    ):
+        if paths:
+            monkeypatch.setenv(var, str(paths[key]))
+        else:
+            monkeypatch.delenv(var, raising=False)
+
+
+def test_grpc_mutual_tls_refuses_plaintext_and_foreign_certificates(service, tmp_path, monkeypatch):
+    cluster_pki = make_ca_and_leaf(tmp_path, "cluster")
+    rogue_pki = make_ca_and_leaf(tmp_path, "rogue")
+
+    async def status_with(port: int, paths) -> dict:
+        use_tls(monkeypatch, paths)
+        client = GrpcEngineClient(f"127.0.0.1:{port}", "s3cret")
+        try:
+            await client.connect(timeout=3)
+            return await client.status()
+        finally:
+            await client.close()
+
+    async def scenario():
+        use_tls(monkeypatch, cluster_pki)
+        server, port, _ = await serve_grpc(service, "127.0.0.1", 0, {"replica": "tls"}, "s3cret")
+        try:
+            assert (await status_with(port, cluster_pki))["replica"] == "tls"
+            # Plaintext; a client that trusts no cluster CA; a client whose own certificate
+            # another CA signed (it verifies the leader, the leader refuses it).
+            impostor = rogue_pki | {"ca": cluster_pki["ca"]}
+            for paths in (None, rogue_pki, impostor):
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await status_with(port, paths)
+                assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        finally:
+            await server.stop(None)
+
+    asyncio.run(scenario())
+
+
+def test_partial_tls_configuration_names_what_is_missing(tmp_path, monkeypatch):
+    from cluster.rpc.tls import TlsFiles
+
+    use_tls(monkeypatch, None)
+    monkeypatch.setenv("CLUSTER_TLS_CERT", str(tmp_path / "x.pem"))
+    with pytest.raises(ValueError, match="CLUSTER_TLS_CA, CLUSTER_TLS_KEY not set"):
+        TlsFiles.from_env()

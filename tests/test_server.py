@@ -268,12 +268,15 @@ def test_full_admission_queue_gets_429_with_retry_after(model_dir, tmp_path):
         srv.stop()
 
 
-def test_api_keys_are_required_when_configured(model_dir, tmp_path):
+def test_api_keys_are_required_and_grpc_runs_mutual_tls_when_configured(model_dir, tmp_path):
     from conftest import Server
+    from test_rpc import make_ca_and_leaf
 
+    pki = make_ca_and_leaf(tmp_path, "cluster")
+    tls = {f"CLUSTER_TLS_{k.upper()}": str(v) for k, v in pki.items()}
     srv = Server(
         ["--model", str(model_dir), "--api-key", "k1"],
-        env={"CLUSTER_HOME": str(tmp_path), "CLUSTER_API_KEY": "k2"},
+        env={"CLUSTER_HOME": str(tmp_path), "CLUSTER_API_KEY": "k2", **tls},
     )
     try:
         missing = httpx.get(f"{srv.base_url}/models")
@@ -286,6 +289,11 @@ def test_api_keys_are_required_when_configured(model_dir, tmp_path):
             client = openai.OpenAI(base_url=srv.base_url, api_key=key, max_retries=0)
             assert client.models.list().data[0].id == srv.model
         assert httpx.get(f"{srv.url}/health").status_code == 200  # probes need no key
+        # The coordinator reached its replica's leader over mutual TLS, and says so.
+        status = httpx.get(f"{srv.base_url}/status", headers={"authorization": "Bearer k1"})
+        assert status.json()["settings"]["grpc_tls"] is True
+        reply = client.completions.create(model=srv.model, prompt="x", max_tokens=3)
+        assert reply.usage.completion_tokens > 0
         assert "127.0.0.1" in srv.base_url  # binds loopback unless told otherwise
     finally:
         srv.stop()

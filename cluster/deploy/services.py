@@ -15,6 +15,7 @@ from ..launch.command import fixed_port, mlx_hostfile, rank_command
 from ..launch.rank import TOKEN_FILE_ENV
 from ..model_store import DEFAULT_MODEL, DEFAULT_MODEL_NAME
 from ..plan.types import Plan, RankPlacement, ReplicaPlan
+from ..rpc.tls import CA_ENV, CERT_ENV, KEY_ENV
 
 LABEL_PREFIX = "org.glm-cluster"
 SYSTEM_PATH = "/usr/bin:/bin:/usr/sbin:/sbin"
@@ -87,7 +88,11 @@ def model_name(model: str) -> str:
     return DEFAULT_MODEL_NAME if model in (DEFAULT_MODEL, "") else PurePosixPath(model).name
 
 
-def service_env(layout: Layout, backend: str) -> dict[str, str]:
+TLS_VARS = {"deploy_tls_ca": CA_ENV, "deploy_tls_cert": CERT_ENV, "deploy_tls_key": KEY_ENV}
+
+
+def service_env(layout: Layout, backend: str, host_vars: dict) -> dict[str, str]:
+    """The environment of every service on a host; TLS file paths from its deploy_tls_* vars."""
     env = {
         "CLUSTER_HOME": str(layout.root / "home"),
         TOKEN_FILE_ENV: layout.token,
@@ -96,6 +101,7 @@ def service_env(layout: Layout, backend: str) -> dict[str, str]:
     }
     if backend == "jaccl":  # MLX's docs: faster GPU/CPU sync, critical for RDMA latency
         env["MLX_METAL_FAST_SYNCH"] = "1"
+    env |= {name: str(host_vars[var]) for var, name in TLS_VARS.items() if var in host_vars}
     return env
 
 
@@ -114,6 +120,7 @@ def node_deploys(
     engine = engine or EngineConfig(
         speculation=inventory.speculation, num_speculative_tokens=inventory.num_speculative_tokens
     )
+    hosts = {h.name: h for h in inventory.hosts}
     users = {h.name: h.deploy.get("deploy_user") or h.deploy.get("ansible_user") for h in
              inventory.hosts}  # fmt: skip
     services: dict[str, list[ServiceSpec]] = {h.name: [] for h in inventory.hosts}
@@ -122,8 +129,8 @@ def node_deploys(
     model_id = model_name(inventory.model)
     for replica in plan.replicas:
         hostfile = mlx_hostfile(replica, _ring_ports(inventory.ring_base_port, replica))
-        env = service_env(layout, replica.backend)
         for placement in replica.ranks:
+            env = service_env(layout, replica.backend, hosts[placement.host].deploy)
             if hostfile:
                 files[placement.host][layout.hostfile(replica.name)] = hostfile + "\n"
             argv = rank_command(
@@ -156,7 +163,7 @@ def node_deploys(
             description=f"GLM cluster: OpenAI endpoint for {model_id}",
             argv=(layout.python, "-m", "cluster", "serve", "--inventory", layout.inventory,
                   "--launcher", "service"),
-            env=service_env(layout, inventory.mlx_backend),
+            env=service_env(layout, inventory.mlx_backend, hosts[node].deploy),
             user=users[node],
             working_dir=layout.prefix,
             log_path=layout.log("coordinator"),

@@ -20,6 +20,7 @@ from pathlib import Path
 from ..config import EngineConfig
 from ..inventory import Host
 from ..plan.types import RankPlacement, ReplicaPlan
+from ..rpc.tls import TLS_ENVS
 from .blas import openblas_env
 from .command import fixed_port, mlx_hostfile, rank_command
 from .rank import TOKEN_ENV
@@ -129,7 +130,8 @@ class SshLauncher(Launcher):
 
     def remote_command(self, placement: RankPlacement, argv: list[str]) -> str:
         host = self.hosts[placement.host]
-        env = f"{TOKEN_ENV}={shlex.quote(self.token)}"
+        pairs = {TOKEN_ENV: self.token} | {k: os.environ[k] for k in TLS_ENVS if k in os.environ}
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in pairs.items())
         return f"exec env {env} {shlex.quote(host.python)} {shlex.join(argv)}"
 
     def spawn(self, placement, argv, log_file) -> subprocess.Popen:

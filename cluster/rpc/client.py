@@ -10,6 +10,7 @@ from ..engine.types import EngineRequest, RequestId, TokenEvent
 from .auth import HEADER
 from .gen import engine_pb2 as pb
 from .gen import engine_pb2_grpc as pb_grpc
+from .tls import open_channel
 
 
 def request_to_pb(request: EngineRequest) -> pb.GenerateRequest:
@@ -35,7 +36,7 @@ class GrpcEngineClient:
     def __init__(self, address: str, token: str | None = None):
         self.address = address
         self.metadata = ((HEADER, token),) if token else ()
-        self.channel = grpc.aio.insecure_channel(address)
+        self.channel = open_channel(address)
         self.stub = pb_grpc.EngineStub(self.channel)
         self.info: ModelInfo | None = None
 

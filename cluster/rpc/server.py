@@ -13,6 +13,7 @@ from ..engine.types import EngineRequest, RequestId, SamplingParams
 from .auth import TokenInterceptor
 from .gen import engine_pb2 as pb
 from .gen import engine_pb2_grpc as pb_grpc
+from .tls import bind
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Engine"].full_name
@@ -106,7 +107,7 @@ async def serve_grpc(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
     reflection.enable_server_reflection(names, server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    bound = bind(server, f"{host}:{port}")
     await server.start()
     serving = health_pb2.HealthCheckResponse.SERVING
     await health_servicer.set(SERVICE_NAME, serving)

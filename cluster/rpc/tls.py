@@ -1,0 +1,66 @@
+"""Optional mutual TLS on the gRPC link between the coordinator and the leader ranks.
+
+Every node gets the cluster's CA and a certificate it signed; leaders require a client
+certificate from that CA, and the coordinator verifies the leader's. The cluster token is
+checked on top. Configured by environment (launchers and deployed services pass it on).
+"""
+
+import os
+from dataclasses import dataclass
+
+import grpc
+
+CA_ENV, CERT_ENV, KEY_ENV = "CLUSTER_TLS_CA", "CLUSTER_TLS_CERT", "CLUSTER_TLS_KEY"
+SERVER_NAME_ENV = "CLUSTER_TLS_SERVER_NAME"
+TLS_ENVS = (CA_ENV, CERT_ENV, KEY_ENV, SERVER_NAME_ENV)
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    ca: bytes
+    cert: bytes
+    key: bytes
+    server_name: str | None = None
+    """Name to check the leader's certificate against, when not its address."""
+
+    @classmethod
+    def from_env(cls) -> "TlsFiles | None":
+        paths = {name: os.environ.get(name) for name in (CA_ENV, CERT_ENV, KEY_ENV)}
+        if not any(paths.values()):
+            return None
+        if missing := [name for name, path in paths.items() if not path]:
+            raise ValueError(
+                f"gRPC TLS needs {CA_ENV}, {CERT_ENV} and {KEY_ENV} together; "
+                f"{', '.join(missing)} not set"
+            )
+        data = {}
+        for name, path in paths.items():
+            try:
+                with open(path, "rb") as f:
+                    data[name] = f.read()
+            except OSError as e:
+                raise ValueError(f"{name}={path}: cannot read it ({e.strerror})") from None
+        return cls(data[CA_ENV], data[CERT_ENV], data[KEY_ENV], os.environ.get(SERVER_NAME_ENV))
+
+    def server_credentials(self) -> grpc.ServerCredentials:
+        return grpc.ssl_server_credentials(
+            [(self.key, self.cert)], root_certificates=self.ca, require_client_auth=True
+        )
+
+    def channel(self, address: str) -> grpc.aio.Channel:
+        credentials = grpc.ssl_channel_credentials(self.ca, self.key, self.cert)
+        options = [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
+        return grpc.aio.secure_channel(address, credentials, options=options)
+
+
+def open_channel(address: str) -> grpc.aio.Channel:
+    """A channel to a leader: TLS when configured, plaintext on a trusted link otherwise."""
+    tls = TlsFiles.from_env()
+    return tls.channel(address) if tls else grpc.aio.insecure_channel(address)
+
+
+def bind(server: grpc.aio.Server, address: str) -> int:
+    tls = TlsFiles.from_env()
+    if tls:
+        return server.add_secure_port(address, tls.server_credentials())
+    return server.add_insecure_port(address)
