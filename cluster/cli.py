@@ -178,7 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmark OpenAI endpoints; reports like the seeds'")
     p.add_argument(
-        "--base-url", required=True, help="endpoint to measure (comma-separated: several)"
+        "--base-url",
+        required=True,
+        help="endpoint to measure (comma-separated: several; grpc://HOST:PORT: a leader directly)",
     )
     p.add_argument("--compare", help="more endpoints to run interleaved with the first")
     p.add_argument("--names", help="comma-separated names for the endpoints in reports")

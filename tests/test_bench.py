@@ -84,3 +84,14 @@ def test_prompt_file_must_not_be_empty(tmp_path):
     with pytest.raises(ValueError, match="no prompts"):
         load_prompts(empty)
     assert load_prompts(None)[0] == Prompt("France capital", "What is the capital of France?")
+
+
+def test_phase_specs_take_a_concurrency_and_refuse_unknown_ones():
+    from cluster.bench.main import parse_phase
+
+    assert parse_phase("concurrent", 16) == ("concurrent", 16)
+    assert parse_phase("concurrent:8", 16) == ("concurrent", 8)
+    assert parse_phase("sequential", 16) == ("sequential", 1)
+    for bad in ("concurrent:0", "sequential:4", "burst", "concurrent:x"):
+        with pytest.raises(ValueError, match="unknown phase"):
+            parse_phase(bad, 16)

@@ -166,3 +166,24 @@ def test_partial_tls_configuration_names_what_is_missing(tmp_path, monkeypatch):
     monkeypatch.setenv("CLUSTER_TLS_CERT", str(tmp_path / "x.pem"))
     with pytest.raises(ValueError, match="CLUSTER_TLS_CA, CLUSTER_TLS_KEY not set"):
         TlsFiles.from_env()
+
+
+def test_bench_calls_a_leader_directly_over_grpc(service, model_dir, monkeypatch):
+    from cluster.bench.grpc_target import close_clients, one_grpc_request
+    from cluster.bench.prompts import Prompt
+
+    monkeypatch.setenv("CLUSTER_TOKEN", "s3cret")
+    monkeypatch.setenv("CLUSTER_BENCH_TOKENIZER", str(model_dir))
+    use_tls(monkeypatch, None)
+
+    async def scenario():
+        server, port, _ = await serve_grpc(service, "127.0.0.1", 0, {}, "s3cret")
+        try:
+            result = await one_grpc_request(f"grpc://127.0.0.1:{port}", Prompt("p", "hi"), 6)
+            await close_clients()
+            assert result.ok and result.completion_tokens == 6, result.error
+            assert 0 < result.ttft_s <= result.total_s and result.prompt_tokens > 1
+        finally:
+            await server.stop(None)
+
+    asyncio.run(scenario())

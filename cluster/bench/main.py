@@ -19,14 +19,25 @@ def _slug(url: str) -> str:
     return re.sub(r"[^a-zA-Z0-9]+", "-", url.split("://")[-1]).strip("-")
 
 
-async def _phase(name, target, model, prompts, concurrency, max_tokens, nonce) -> PhaseResult:
+def parse_phase(spec: str, concurrency: int) -> tuple[str, int]:
+    """`sequential`, `concurrent` (at --concurrency), `concurrent:8`, `prefix-cache`."""
+    kind, _, n = spec.partition(":")
+    if kind not in PHASES or (n and (kind != "concurrent" or not n.isdigit() or int(n) < 1)):
+        raise ValueError(
+            f"unknown phase '{spec}'; choose from {', '.join(PHASES)} (or concurrent:N)"
+        )
+    return kind, int(n) if n else (concurrency if kind == "concurrent" else 1)
+
+
+async def _phase(spec, target, model, prompts, concurrency, max_tokens, nonce) -> PhaseResult:
+    kind, width = parse_phase(spec, concurrency)
     before = await server_metrics(target)
-    if name == "prefix-cache":
+    if kind == "prefix-cache":
         phase = await run_prefix_phase(target, model, nonce, max_tokens)
     else:
-        phase = await run_phase(
-            name, target, model, prompts, concurrency if name == "concurrent" else 1, max_tokens
-        )
+        if kind == "concurrent":  # enough requests that every worker has one at the start
+            prompts = [prompts[i % len(prompts)] for i in range(max(len(prompts), width))]
+        phase = await run_phase(spec, target, model, prompts, width, max_tokens)
     phase.server = metric_delta(before, await server_metrics(target))
     return phase
 
@@ -42,8 +53,7 @@ async def bench(
     names: list[str] | None = None,
 ) -> dict[str, list[PhaseResult]]:
     for p in phases:
-        if p not in PHASES:
-            raise ValueError(f"unknown phase '{p}'; choose from {', '.join(PHASES)}")
+        parse_phase(p, concurrency)
     prompts = load_prompts(prompts_file)
     names = names or [_slug(t) for t in targets]
     runs: dict[str, list[PhaseResult]] = {n: [] for n in names}

@@ -7,6 +7,7 @@ import time
 import httpx
 
 from ..progress import Progress
+from .grpc_target import close_clients, one_grpc_request
 from .prompts import PREFIX_CONTEXT, PREFIX_QUESTIONS, Prompt
 from .stats import PhaseResult, Result
 
@@ -15,6 +16,8 @@ async def one_request(
     http: httpx.AsyncClient, target: str, model: str | None, prompt: Prompt, max_tokens: int
 ) -> Result:
     """Stream one chat completion; a failure is recorded with its error, never dropped."""
+    if target.startswith("grpc://"):
+        return await one_grpc_request(target, prompt, max_tokens)
     result = Result(prompt.label, target)
     body = {
         "messages": [{"role": "user", "content": prompt.text}],
@@ -85,7 +88,10 @@ async def run_phase(
                 progress.advance()
 
         start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        try:
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+        finally:
+            await close_clients()  # gRPC channels belong to this phase's event loop
         wall = time.perf_counter() - start
     return PhaseResult(name, target, concurrency, wall, results)
 

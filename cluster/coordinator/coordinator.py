@@ -229,6 +229,7 @@ class Coordinator:
                     "plan": r.plan,
                     "restarts": r.restarts,
                     "attached": r.attached,
+                    "address": getattr(r.client, "address", None),
                     "ranks": r.ranks,
                     "in_flight": r.in_flight,
                     "served": r.served,

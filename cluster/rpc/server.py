@@ -13,6 +13,7 @@ from ..engine.types import EngineRequest, RequestId, SamplingParams
 from .auth import TokenInterceptor
 from .gen import engine_pb2 as pb
 from .gen import engine_pb2_grpc as pb_grpc
+from .mailbox import Mailbox
 from .tls import bind
 
 log = logging.getLogger(__name__)
@@ -33,34 +34,48 @@ def request_from_pb(msg: pb.GenerateRequest) -> EngineRequest:
     return EngineRequest(RequestId(msg.request_id), tuple(msg.prompt_token_ids), sampling)
 
 
+def chunk_of(events: list) -> pb.GenerateChunk:
+    """One message for consecutive events of a request: their tokens, the last one's ending."""
+    last = events[-1]
+    return pb.GenerateChunk(
+        request_id=last.request_id,
+        token_ids=[t for e in events for t in e.token_ids],
+        finish_reason=last.finish_reason or "",
+        prompt_tokens=max(e.prompt_tokens for e in events),
+        cached_tokens=max(e.cached_tokens for e in events),
+        error=last.error or "",
+        queue_seconds=max(e.queue_seconds for e in events),
+        prefill_seconds=max(e.prefill_seconds for e in events),
+        decode_seconds=max(e.decode_seconds for e in events),
+    )
+
+
 class EngineServicer(pb_grpc.EngineServicer):
     def __init__(self, service: EngineService, describe: dict):
         self.service = service
         self.describe = describe
+        self._mailbox: Mailbox | None = None
+
+    @property
+    def mailbox(self) -> Mailbox:
+        if self._mailbox is None:  # made on first use, inside the server's event loop
+            self._mailbox = Mailbox(asyncio.get_running_loop())
+        return self._mailbox
 
     async def Generate(self, request, context):
-        loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
         engine_request = request_from_pb(request)
-        self.service.submit(
-            engine_request, lambda e: loop.call_soon_threadsafe(events.put_nowait, e)
-        )
+        mailbox = self.mailbox
+        self.service.submit(engine_request, lambda e: mailbox.post(events, e))
         finished = False
         try:
             while not finished:
-                event = await events.get()
-                finished = event.finish_reason is not None
-                yield pb.GenerateChunk(
-                    request_id=event.request_id,
-                    token_ids=event.token_ids,
-                    finish_reason=event.finish_reason or "",
-                    prompt_tokens=event.prompt_tokens,
-                    cached_tokens=event.cached_tokens,
-                    error=event.error or "",
-                    queue_seconds=event.queue_seconds,
-                    prefill_seconds=event.prefill_seconds,
-                    decode_seconds=event.decode_seconds,
-                )
+                batch = [await events.get()]
+                # Tokens that queued up while the stream was busy go out as one message.
+                while batch[-1].finish_reason is None and not events.empty():
+                    batch.append(events.get_nowait())
+                finished = batch[-1].finish_reason is not None
+                yield chunk_of(batch)
         finally:
             if not finished:  # the coordinator went away or cancelled
                 self.service.abort(engine_request.request_id)
@@ -81,11 +96,11 @@ class EngineServicer(pb_grpc.EngineServicer):
         )
 
     async def CacheEvents(self, request, context):
-        loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
+        mailbox = self.mailbox
 
         def sink(stored, evicted, done):
-            loop.call_soon_threadsafe(events.put_nowait, (stored, evicted, done))
+            mailbox.post(events, (stored, evicted, done))
 
         self.service.subscribe_cache(sink, snapshot=request.snapshot)
         try:

@@ -1,0 +1,195 @@
+"""The performance table: every target row measured in one interleaved `bench --compare` run.
+
+    .venv/bin/python scripts/perf_table.py [--max-tokens 64] [--out bench-out/perf]
+
+Starts, all on the built-in trained model: our cluster at TP 1 (and the same cluster's leader
+rank called directly over gRPC), at TP 1 with MTP (k=2), at TP 2, at TP 2 with MTP, and
+`mlx_lm.server` alone and as TP 2 over `ring` via `mlx.launch`. One bench run then takes the
+phases sequential, concurrent (16) and concurrent:8 on every target in turn, and the table is
+computed from its JSON. Ratios, not absolute speeds: this machine is shared and noisy.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from cluster.bench.cluster_process import start_cluster, stop  # noqa: E402
+from cluster.bench.main import bench  # noqa: E402
+from cluster.launch.blas import openblas_env  # noqa: E402
+from cluster.launch.local import free_port  # noqa: E402
+from cluster.model_store import resolve_model  # noqa: E402
+
+GiB = 1024**3
+TOKEN = "perf-table"
+
+
+def start_mlx_lm(model_dir: Path, ranks: int) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    server = [sys.executable, "-m", "mlx_lm", "server", "--model", str(model_dir)]
+    server += ["--port", str(port)]
+    if ranks > 1:
+        launch = str(Path(sys.executable).with_name("mlx.launch"))
+        server = [launch, "--backend", "ring", "-n", str(ranks), "--", *server]
+    proc = subprocess.Popen(
+        server,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=openblas_env(),
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{url}/v1/models", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    raise RuntimeError(f"mlx_lm.server ({ranks} ranks) did not start")
+
+
+def phase(runs: dict, target: str, name: str) -> dict:
+    return next(p for p in runs[target] if p["name"] == name)
+
+
+def p50(ph: dict, metric: str) -> float:
+    return ph["summary"][metric]["p50"]
+
+
+def rows(runs: dict, status: dict) -> list[tuple[str, str, str, str]]:
+    """(measure, measured, target, met?) for every row of the performance issue."""
+    out = []
+
+    def ratio(label, value, target):
+        out.append((label, f"{value:.2f}", f">= {target}", "yes" if value >= target else "missed"))
+
+    seq = lambda t: phase(runs, t, "sequential")  # noqa: E731
+    c16 = lambda t: phase(runs, t, "concurrent")  # noqa: E731
+    c8 = lambda t: phase(runs, t, "concurrent:8")  # noqa: E731
+    ratio(
+        "output tok/s at concurrency 1, ours (TP 1) / mlx_lm.server",
+        seq("tp1")["throughput_tok_s"] / seq("mlx_lm")["throughput_tok_s"],
+        1.0,
+    )
+    ratio(
+        "output tok/s at concurrency 16, ours / mlx_lm.server",
+        c16("tp1")["throughput_tok_s"] / c16("mlx_lm")["throughput_tok_s"],
+        1.5,
+    )
+    ratio(
+        "TTFT p50 at concurrency 16, mlx_lm.server / ours",
+        p50(c16("mlx_lm"), "TTFT (ms)") / p50(c16("tp1"), "TTFT (ms)"),
+        1.5,
+    )
+    added = p50(seq("tp1"), "TTFT (ms)") - p50(seq("leader"), "TTFT (ms)")
+    out.append(
+        (
+            "TTFT added by coordinator + gRPC over calling the leader directly, p50",
+            f"{added:.1f} ms ({p50(seq('tp1'), 'TTFT (ms)'):.1f} vs {p50(seq('leader'), 'TTFT (ms)'):.1f})",
+            "<= 3 ms",
+            "yes" if added <= 3 else "missed",
+        )
+    )
+    for tp in ("tp1", "tp2"):
+        ratio(
+            f"decode tok/s with MTP / without, batch 1, {tp.upper()}",
+            p50(seq(f"{tp}_mtp"), "Decode (tok/s)") / p50(seq(tp), "Decode (tok/s)"),
+            1.6,
+        )
+    spec = status["tp1_mtp"]["replicas"][0]["engine"]["speculation"]
+    batch8 = c8("tp1_mtp")["throughput_tok_s"] / c8("tp1")["throughput_tok_s"]
+    state = "active" if spec.get("active") else f"off: {spec.get('reason')}"
+    out.append(
+        (
+            "decode tok/s with MTP / without, batch 8 (TP 1)",
+            f"{batch8:.2f} (speculation {state})",
+            ">= 1.2, or auto-disables and says so",
+            "yes" if batch8 >= 1.2 or not spec.get("active") else "missed",
+        )
+    )
+    ratio(
+        "TP 2 on this machine / mlx_lm.server TP 2 over ring (concurrency 1)",
+        seq("tp2")["throughput_tok_s"] / seq("mlx_lm_tp2")["throughput_tok_s"],
+        2.0,
+    )
+    worst = None
+    for name in ("tp1", "tp2"):
+        for replica in status[name]["replicas"]:
+            engine = replica["engine"]
+            bound = engine["model_bytes"] + status[name]["settings"]["engine"]["prefix_cache_bytes"]
+            bound += GiB
+            for rank in replica["ranks"]:
+                rss = rank.get("memory_bytes")
+                if rss and (worst is None or rss / bound > worst[0] / worst[1]):
+                    worst = (rss, bound, f"{name} rank {rank['rank']}")
+    if worst:
+        rss, bound, who = worst
+        out.append(
+            (
+                "resident memory per rank <= weights + KV budget + 1 GB",
+                f"{rss / GiB:.2f} GiB ({who}), bound {bound / GiB:.2f} GiB",
+                "<= bound",
+                "yes" if rss <= bound else "missed",
+            )
+        )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--out", default="bench-out/perf")
+    args = parser.parse_args()
+    os.environ["CLUSTER_TOKEN"] = TOKEN  # the clusters and the direct gRPC target share it
+    model_dir, _ = resolve_model("default")
+    mtp = ("--speculation", "mtp", "--num-speculative-tokens", "2")
+    tp2 = ("--inventory", str(ROOT / "inventory" / "local-tp2.yaml"))
+    clusters = {"tp1": (), "tp1_mtp": mtp, "tp2": tp2, "tp2_mtp": (*tp2, *mtp)}
+    procs, urls = [], {}
+    try:
+        for name, extra in clusters.items():
+            proc, urls[name] = start_cluster(tempfile.mkdtemp(prefix=f"perf-{name}-"), *extra)
+            procs.append(proc)
+        for name, ranks in (("mlx_lm", 1), ("mlx_lm_tp2", 2)):
+            proc, urls[name] = start_mlx_lm(model_dir, ranks)
+            procs.append(proc)
+        leader = httpx.get(f"{urls['tp1']}/v1/status").json()["replicas"][0]["address"]
+        urls["leader"] = f"grpc://{leader}"
+        order = ["tp1", "leader", "mlx_lm", "tp1_mtp", "tp2", "tp2_mtp", "mlx_lm_tp2"]
+        out = Path(args.out)
+        asyncio.run(
+            bench(
+                [urls[n] for n in order],
+                ["sequential", "concurrent", "concurrent:8"],
+                16,
+                None,
+                args.max_tokens,
+                out,
+                names=order,
+            )
+        )
+        status = {n: httpx.get(f"{urls[n]}/v1/status").json() for n in clusters}
+    finally:
+        for p in procs:
+            stop(p)
+    runs = {n: json.loads((out / f"{n}.json").read_text())["phases"] for n in order}
+    table = ["| measure | measured | target | met |", "|---|---|---|---|"]
+    table += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows(runs, status)]
+    (out / "table.md").write_text("\n".join(table) + "\n")
+    (out / "status.json").write_text(json.dumps(status, indent=1))
+    print("\n".join(table))
+
+
+if __name__ == "__main__":
+    main()
