@@ -73,7 +73,9 @@ def make_launcher(inventory, run_dir, model: str, name: str, engine: EngineConfi
         hosts = {h.name: h for h in inventory.hosts}
         return SshLauncher(*args, hosts=hosts, base_port=inventory.ring_base_port)
     if inventory.launcher == "ray":
-        raise PlanRefused("the ray launcher is not available yet; use launcher: local or ssh")
+        from .launch.ray_launcher import RayLauncher
+
+        return RayLauncher(*args, address=inventory.ray_address, base_port=inventory.ring_base_port)
     return LocalLauncher(*args)
 
 

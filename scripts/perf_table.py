@@ -5,14 +5,17 @@
 Starts, all on the built-in trained model: our cluster at TP 1 (and the same cluster's leader
 rank called directly over gRPC), at TP 1 with MTP (k=2), at TP 2, at TP 2 with MTP, and
 `mlx_lm.server` alone and as TP 2 over `ring` via `mlx.launch`. One bench run then takes the
-phases sequential, concurrent (16) and concurrent:8 on every target in turn, and the table is
-computed from its JSON. Ratios, not absolute speeds: this machine is shared and noisy.
+phases sequential:24, concurrent (16) and concurrent:8 on every target in turn, every request
+with a prompt no server has cached, and the table is computed from its JSON. mlx_lm's servers
+are paused (SIGSTOP) while other targets run: idle, `mlx.launch` and its ranks keep two cores
+busy. Ratios, not absolute speeds: this machine is shared and noisy.
 """
 
 import argparse
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -74,7 +77,7 @@ def rows(runs: dict, status: dict) -> list[tuple[str, str, str, str]]:
     def ratio(label, value, target):
         out.append((label, f"{value:.2f}", f">= {target}", "yes" if value >= target else "missed"))
 
-    seq = lambda t: phase(runs, t, "sequential")  # noqa: E731
+    seq = lambda t: phase(runs, t, "sequential:24")  # noqa: E731
     c16 = lambda t: phase(runs, t, "concurrent")  # noqa: E731
     c8 = lambda t: phase(runs, t, "concurrent:8")  # noqa: E731
     ratio(
@@ -101,10 +104,10 @@ def rows(runs: dict, status: dict) -> list[tuple[str, str, str, str]]:
             "yes" if added <= 3 else "missed",
         )
     )
-    for tp in ("tp1", "tp2"):
+    for tp in ("tp1", "tp2"):  # end-to-end tok/s: MTP streams several tokens per chunk
         ratio(
             f"decode tok/s with MTP / without, batch 1, {tp.upper()}",
-            p50(seq(f"{tp}_mtp"), "Decode (tok/s)") / p50(seq(tp), "Decode (tok/s)"),
+            seq(f"{tp}_mtp")["throughput_tok_s"] / seq(tp)["throughput_tok_s"],
             1.6,
         )
     spec = status["tp1_mtp"]["replicas"][0]["engine"]["speculation"]
@@ -168,17 +171,29 @@ def main() -> None:
         urls["leader"] = f"grpc://{leader}"
         order = ["tp1", "leader", "mlx_lm", "tp1_mtp", "tp2", "tp2_mtp", "mlx_lm_tp2"]
         out = Path(args.out)
-        asyncio.run(
-            bench(
-                [urls[n] for n in order],
-                ["sequential", "concurrent", "concurrent:8"],
-                16,
-                None,
-                args.max_tokens,
-                out,
-                names=order,
+        paused = {n: p for n, p in zip(list(clusters) + ["mlx_lm", "mlx_lm_tp2"], procs, strict=True)
+                  if n.startswith("mlx_lm")}  # fmt: skip
+
+        def only(name: str) -> None:
+            for other, proc in paused.items():
+                os.killpg(proc.pid, signal.SIGCONT if other == name else signal.SIGSTOP)
+
+        try:
+            asyncio.run(
+                bench(
+                    [urls[n] for n in order],
+                    ["sequential:24", "concurrent", "concurrent:8"],
+                    16,
+                    None,
+                    args.max_tokens,
+                    out,
+                    names=order,
+                    on_target=only,
+                )
             )
-        )
+        finally:
+            for proc in paused.values():
+                os.killpg(proc.pid, signal.SIGCONT)
         status = {n: httpx.get(f"{urls[n]}/v1/status").json() for n in clusters}
     finally:
         for p in procs:

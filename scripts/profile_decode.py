@@ -33,10 +33,12 @@ from cluster.launch.blas import openblas_env  # noqa: E402
 from cluster.launch.local import free_port  # noqa: E402
 
 # First matching frame pattern (innermost first) names the part a sample belongs to.
+# MLX is lazy: a step's forward pass runs when sample() reads the tokens (.tolist()), so time
+# there is the model's compute; "model forward" is Python building the graph in mlx_lm.
 PARTS = [
-    ("sampling", r"sample|categorical|top_p|top_k|_logprobs"),
+    ("model compute (MLX, waited on in sample())", r"sample|categorical|top_p|top_k|_logprobs"),
     ("speculation", r"mtp\.py|speculat"),
-    ("model forward (MLX)", r"mlx_lm/models|runner\.py:.*_forward|\(mlx"),
+    ("model forward (graph building in mlx_lm)", r"mlx_lm/models|runner\.py:.*_forward|\(mlx"),
     ("host/device sync (.tolist/eval)", r"tolist|\beval\b|async_eval"),
     ("prefix cache", r"prefix_cache\.py|kv\.py"),
     ("scheduler", r"scheduler\.py|sequence\.py"),
@@ -49,10 +51,11 @@ PARTS = [
 
 
 def parse_raw(path: Path) -> list[tuple[list[str], int]]:
+    """py-spy's collapsed stacks, without imports (start-up, not serving)."""
     stacks = []
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
-        if stack and count.isdigit():
+        if stack and count.isdigit() and "_find_and_load" not in stack:
             stacks.append((stack.split(";"), int(count)))
     return stacks
 
@@ -110,8 +113,12 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,16")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--out", default="bench-out/profile")
+    parser.add_argument("--summarize", action="store_true", help="only summarize --out's files")
     args = parser.parse_args()
     out = Path(args.out)
+    if args.summarize:
+        print(report(out))
+        return
     out.mkdir(parents=True, exist_ok=True)
     home = Path(tempfile.mkdtemp(prefix="profile-"))
     grpc_port, http_port = free_port(), free_port()
@@ -158,9 +165,13 @@ def main() -> None:
             time.sleep(1)
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=60)
-    report = [summarize(n, parse_raw(out / f"{n}.raw")) for n in ("leader", "coordinator")]
-    (out / "profile.md").write_text("\n\n".join(report) + "\n")
-    print("\n\n".join(report))
+    print(report(out))
+
+
+def report(out: Path) -> str:
+    text = "\n\n".join(summarize(n, parse_raw(out / f"{n}.raw")) for n in ("leader", "coordinator"))
+    (out / "profile.md").write_text(text + "\n")
+    return text
 
 
 if __name__ == "__main__":

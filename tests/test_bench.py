@@ -86,12 +86,22 @@ def test_prompt_file_must_not_be_empty(tmp_path):
     assert load_prompts(None)[0] == Prompt("France capital", "What is the capital of France?")
 
 
-def test_phase_specs_take_a_concurrency_and_refuse_unknown_ones():
+def test_phase_specs_take_a_concurrency_or_a_count_and_refuse_unknown_ones():
     from cluster.bench.main import parse_phase
 
-    assert parse_phase("concurrent", 16) == ("concurrent", 16)
-    assert parse_phase("concurrent:8", 16) == ("concurrent", 8)
-    assert parse_phase("sequential", 16) == ("sequential", 1)
-    for bad in ("concurrent:0", "sequential:4", "burst", "concurrent:x"):
+    assert parse_phase("concurrent", 16) == ("concurrent", 16, None)
+    assert parse_phase("concurrent:8", 16) == ("concurrent", 8, None)
+    assert parse_phase("sequential", 16) == ("sequential", 1, None)
+    assert parse_phase("sequential:30", 16) == ("sequential", 1, 30)
+    for bad in ("concurrent:0", "prefix-cache:4", "burst", "concurrent:x"):
         with pytest.raises(ValueError, match="unknown phase"):
             parse_phase(bad, 16)
+
+
+def test_fresh_prompts_are_unique_per_request_and_cycle_the_set():
+    from cluster.bench.main import fresh
+    from cluster.bench.prompts import Prompt
+
+    batch = fresh([Prompt("a", "x"), Prompt("b", "y")], 5, "tag")
+    assert [p.label for p in batch] == ["a", "b", "a", "b", "a"]
+    assert len({p.text for p in batch}) == 5 and batch[2].text.endswith(" x")

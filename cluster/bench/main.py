@@ -4,10 +4,11 @@ import asyncio
 import json
 import re
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 from .plots import write_plots
-from .prompts import load_prompts
+from .prompts import Prompt, load_prompts
 from .report import comparison, report
 from .runner import metric_delta, run_phase, run_prefix_phase, server_metrics
 from .stats import PhaseResult
@@ -19,25 +20,41 @@ def _slug(url: str) -> str:
     return re.sub(r"[^a-zA-Z0-9]+", "-", url.split("://")[-1]).strip("-")
 
 
-def parse_phase(spec: str, concurrency: int) -> tuple[str, int]:
-    """`sequential`, `concurrent` (at --concurrency), `concurrent:8`, `prefix-cache`."""
+def parse_phase(spec: str, concurrency: int) -> tuple[str, int, int | None]:
+    """(kind, concurrency, requests) of `sequential[:REQUESTS]`, `concurrent[:CONCURRENCY]`
+    (default --concurrency) or `prefix-cache`; requests None means one per prompt."""
     kind, _, n = spec.partition(":")
-    if kind not in PHASES or (n and (kind != "concurrent" or not n.isdigit() or int(n) < 1)):
+    if kind not in PHASES or (n and (kind == "prefix-cache" or not n.isdigit() or int(n) < 1)):
         raise ValueError(
-            f"unknown phase '{spec}'; choose from {', '.join(PHASES)} (or concurrent:N)"
+            f"unknown phase '{spec}'; choose from {', '.join(PHASES)} "
+            "(or sequential:REQUESTS, concurrent:CONCURRENCY)"
         )
-    return kind, int(n) if n else (concurrency if kind == "concurrent" else 1)
+    if kind == "sequential":
+        return kind, 1, int(n) if n else None
+    if kind == "concurrent":
+        return kind, int(n) if n else concurrency, None
+    return kind, 1, None
 
 
-async def _phase(spec, target, model, prompts, concurrency, max_tokens, nonce) -> PhaseResult:
-    kind, width = parse_phase(spec, concurrency)
+def fresh(prompts: list[Prompt], count: int, tag: str) -> list[Prompt]:
+    """`count` prompts cycling through the set, each behind a tag no server has seen, so every
+    target's prompt and prefix caches start cold for every request."""
+    return [
+        Prompt(prompts[i % len(prompts)].label, f"[{tag}-{i}] {prompts[i % len(prompts)].text}")
+        for i in range(count)
+    ]
+
+
+async def _phase(spec, target, model, prompts, concurrency, max_tokens, tag) -> PhaseResult:
+    kind, width, requests = parse_phase(spec, concurrency)
     before = await server_metrics(target)
     if kind == "prefix-cache":
-        phase = await run_prefix_phase(target, model, nonce, max_tokens)
+        phase = await run_prefix_phase(target, model, tag, max_tokens)
     else:
-        if kind == "concurrent":  # enough requests that every worker has one at the start
-            prompts = [prompts[i % len(prompts)] for i in range(max(len(prompts), width))]
-        phase = await run_phase(spec, target, model, prompts, width, max_tokens)
+        # Concurrent: enough requests that every worker has one at the start.
+        count = requests or max(len(prompts), width if kind == "concurrent" else 0)
+        batch = fresh(prompts, count, tag)
+        phase = await run_phase(spec, target, model, batch, width, max_tokens)
     phase.server = metric_delta(before, await server_metrics(target))
     return phase
 
@@ -51,7 +68,9 @@ async def bench(
     out: Path,
     model: str | None = None,
     names: list[str] | None = None,
+    on_target: Callable[[str], None] | None = None,
 ) -> dict[str, list[PhaseResult]]:
+    """`on_target(name)` runs before each target's turn (scripts pause the idle servers)."""
     for p in phases:
         parse_phase(p, concurrency)
     prompts = load_prompts(prompts_file)
@@ -59,11 +78,14 @@ async def bench(
     runs: dict[str, list[PhaseResult]] = {n: [] for n in names}
     nonce = secrets.token_hex(4)
     # Interleaved: each phase runs on every target before the next phase starts.
-    for phase in phases:
-        for name, target in zip(names, targets, strict=True):
+    for p, phase in enumerate(phases):
+        for t, (name, target) in enumerate(zip(names, targets, strict=True)):
+            if on_target:
+                on_target(name)
             print(f"[bench] {name}: {phase} phase", flush=True)
+            tag = f"{nonce}-{p}-{t}"
             runs[name].append(
-                await _phase(phase, target, model, prompts, concurrency, max_tokens, nonce)
+                await _phase(phase, target, model, prompts, concurrency, max_tokens, tag)
             )
     out.mkdir(parents=True, exist_ok=True)
     for name, target in zip(names, targets, strict=True):

@@ -4,7 +4,7 @@ import time
 
 from ..config import EngineConfig
 from ..hashing import hash_seed
-from .mtp import MTPDrafter, SpeedGovernor
+from .mtp import SpeedGovernor
 from .prefix_cache import PrefixCache
 from .runner import ModelRunner
 from .scheduler import Scheduler
@@ -21,7 +21,7 @@ class Engine:
         config: EngineConfig,
         max_model_len: int,
         model_id,
-        drafter: MTPDrafter | None = None,
+        drafter=None,
     ):
         self.config = config
         self.max_model_len = max_model_len
@@ -30,7 +30,7 @@ class Engine:
         )
         self.scheduler = Scheduler(config, self.cache, eos_ids, max_model_len)
         self.runner = ModelRunner(model, config.seed, drafter)
-        self.cache.lag = 1 if drafter is not None else 0
+        self.cache.lag = 1 if self.runner.mtp is not None else 0  # the MTP layer lags by one
         self.speculation = SpeculationState(config.speculation, config.num_speculative_tokens)
         self.governor = None
         if drafter is not None:

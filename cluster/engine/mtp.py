@@ -49,7 +49,46 @@ class SpecStats:
         }
 
 
+def pick_draft(seq, logits: mx.array) -> tuple[mx.array, mx.array | None]:
+    """A draft token from draft logits [V], and the distribution it was drawn from (greedy:
+    the argmax, no distribution)."""
+    params = seq.request.sampling
+    if params.greedy:
+        return mx.argmax(logits), None
+    probs = mx.softmax(processed_logits(logits, params))
+    seq.rng_key, sub = mx.random.split(seq.rng_key)
+    return mx.random.categorical(mx.log(probs), key=sub), probs
+
+
+def verify_drafts(seq, drafts: list[int], dists, target_logits: mx.array) -> tuple[int, int]:
+    """(accepted count, next token): exact match for greedy, rejection sampling otherwise."""
+    params = seq.request.sampling
+    if params.greedy:
+        best = mx.argmax(target_logits, axis=-1).tolist()
+        accepted = 0
+        while accepted < len(drafts) and drafts[accepted] == best[accepted]:
+            accepted += 1
+        return accepted, best[accepted]
+    probs = [mx.softmax(processed_logits(target_logits[i], params)) for i in range(len(drafts) + 1)]
+    seq.rng_key, sub = mx.random.split(seq.rng_key)
+    uniforms = mx.random.uniform(shape=(len(drafts) + 1,), key=sub).tolist()
+    for i, (token, q) in enumerate(zip(drafts, dists, strict=True)):
+        p = probs[i]
+        ratio = (p[token] / q[token]).item()
+        if uniforms[i] < min(1.0, ratio):
+            continue
+        residual = mx.maximum(p - q, 0)
+        residual = residual / residual.sum()
+        seq.rng_key, sub = mx.random.split(seq.rng_key)
+        return i, int(mx.random.categorical(mx.log(residual), key=sub).item())
+    seq.rng_key, sub = mx.random.split(seq.rng_key)
+    bonus = mx.random.categorical(mx.log(probs[-1]), key=sub)
+    return len(drafts), int(bonus.item())
+
+
 class MTPDrafter:
+    uses_mtp_layer = True
+
     def __init__(self, model, mtp, k: int):
         self.model = model
         self.mtp = mtp
@@ -76,50 +115,18 @@ class MTPDrafter:
 
     def propose(self, seq, cache) -> tuple[list[int], list[mx.array]]:
         """k draft tokens after seq's last token, and the draft distributions they came from."""
-        params = seq.request.sampling
         out = self.mtp(seq.carry[:, None, :], self.embed(mx.array([[seq.tokens[-1]]])), cache=cache)
         drafts, dists = [], []
         for i in range(self.k):
-            logits = self.logits(out)[0, -1]
-            if params.greedy:
-                token = mx.argmax(logits)
-                dists.append(None)
-            else:
-                probs = mx.softmax(processed_logits(logits, params))
-                seq.rng_key, sub = mx.random.split(seq.rng_key)
-                token = mx.random.categorical(mx.log(probs), key=sub)
-                dists.append(probs)
+            token, probs = pick_draft(seq, self.logits(out)[0, -1])
             drafts.append(token)
+            dists.append(probs)
             if i + 1 < self.k:  # a speculative entry; trimmed after verification
                 out = self.mtp(out[:, -1:, :], self.embed(token.reshape(1, 1)), cache=cache)
         return [int(t) for t in mx.stack(drafts).tolist()], dists
 
     def verify(self, seq, drafts: list[int], dists, target_logits: mx.array) -> tuple[int, int]:
-        """(accepted count, next token): exact match for greedy, rejection sampling otherwise."""
-        params = seq.request.sampling
-        if params.greedy:
-            best = mx.argmax(target_logits, axis=-1).tolist()
-            accepted = 0
-            while accepted < len(drafts) and drafts[accepted] == best[accepted]:
-                accepted += 1
-            return accepted, best[accepted]
-        probs = [
-            mx.softmax(processed_logits(target_logits[i], params)) for i in range(len(drafts) + 1)
-        ]
-        seq.rng_key, sub = mx.random.split(seq.rng_key)
-        uniforms = mx.random.uniform(shape=(len(drafts) + 1,), key=sub).tolist()
-        for i, (token, q) in enumerate(zip(drafts, dists, strict=True)):
-            p = probs[i]
-            ratio = (p[token] / q[token]).item()
-            if uniforms[i] < min(1.0, ratio):
-                continue
-            residual = mx.maximum(p - q, 0)
-            residual = residual / residual.sum()
-            seq.rng_key, sub = mx.random.split(seq.rng_key)
-            return i, int(mx.random.categorical(mx.log(residual), key=sub).item())
-        seq.rng_key, sub = mx.random.split(seq.rng_key)
-        bonus = mx.random.categorical(mx.log(probs[-1]), key=sub)
-        return len(drafts), int(bonus.item())
+        return verify_drafts(seq, drafts, dists, target_logits)
 
 
 class SpeedGovernor:

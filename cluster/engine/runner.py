@@ -7,17 +7,18 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from .kv import _arrays
-from .mtp import MTPDrafter
 from .sampler import sample
 from .scheduler import Schedule
 from .sequence import Sequence
 
 
 class ModelRunner:
-    def __init__(self, model: nn.Module, seed: int = 0, drafter: MTPDrafter | None = None):
+    def __init__(self, model: nn.Module, seed: int = 0, drafter=None):
         self.model = model
         self.seed = seed
         self.drafter = drafter
+        """An MTPDrafter (its layer rides in the main cache) or a DraftModelDrafter."""
+        self.mtp = drafter if drafter is not None and drafter.uses_mtp_layer else None
         self.speculate = drafter is not None
         """Whether a lone running sequence decodes speculatively (the engine switches it)."""
         self.batch: list[Sequence] = []
@@ -27,8 +28,8 @@ class ModelRunner:
     def make_cache(self) -> list[Any]:
         """Per-layer caches; with MTP, the MTP layer's cache comes last."""
         cache = self.model.make_cache()
-        if self.drafter is not None:
-            cache.append(self.drafter.mtp.make_cache())
+        if self.mtp is not None:
+            cache.append(self.mtp.mtp.make_cache())
         return cache
 
     def run(self, schedule: Schedule) -> dict[Sequence, list[int]]:
@@ -58,8 +59,8 @@ class ModelRunner:
     def _forward(self, tokens: mx.array, cache: list[Any], carry) -> mx.array:
         """Main model hidden states for `tokens`; the MTP layer follows one position behind."""
         hidden = self.model.model(tokens, cache=cache)
-        if self.drafter is not None:
-            self.drafter.follow(hidden, tokens, cache[-1], carry)
+        if self.mtp is not None:
+            self.mtp.follow(hidden, tokens, cache[-1], carry)
         return hidden
 
     def _prefill(self, seq: Sequence, n: int) -> mx.array | None:
@@ -77,7 +78,7 @@ class ModelRunner:
     def _decode(self) -> mx.array:
         tokens = mx.array([seq.tokens[-1] for seq in self.batch])[:, None]
         carry = None
-        if self.drafter is not None:
+        if self.mtp is not None:
             carry = mx.concatenate([seq.carry for seq in self.batch], axis=0)
         hidden = self._forward(tokens, self.batch_cache, carry)
         for i, seq in enumerate(self.batch):
@@ -85,6 +86,25 @@ class ModelRunner:
         return self.model.lm_head(hidden[:, -1, :])
 
     def _speculative_step(self, seq: Sequence) -> list[int]:
+        if self.mtp is None:
+            return self._draft_model_step(seq)
+        return self._mtp_step(seq)
+
+    def _draft_model_step(self, seq: Sequence) -> list[int]:
+        """Draft k tokens with the draft model, verify them in one forward, keep what matches."""
+        drafter = self.drafter
+        self._key(seq)
+        drafts, dists = drafter.propose(seq)
+        hidden = self.model.model(mx.array([[seq.tokens[-1], *drafts]]), cache=self.batch_cache)
+        accepted, token = drafter.verify(seq, drafts, dists, self.model.lm_head(hidden)[0])
+        for layer in self.batch_cache:
+            layer.trim(drafter.k - accepted)
+        drafter.rollback(seq, accepted)
+        drafter.stats.record(accepted)
+        drafter.stats.speculative_steps += 1
+        return drafts[:accepted] + [token]
+
+    def _mtp_step(self, seq: Sequence) -> list[int]:
         """Draft k tokens with the MTP layer, verify them in one forward, keep what matches."""
         drafter = self.drafter
         k = drafter.k
@@ -163,6 +183,7 @@ class ModelRunner:
         for seq in seqs:
             if seq.cache is not None:
                 caches[seq], seq.cache = seq.cache, None
+            seq.draft_cache = None
         self._keep([i for i, s in enumerate(self.batch) if s not in gone])
         return caches
 

@@ -30,6 +30,9 @@ class Sequence:
     rng_key: Any = None
     carry: Any = None
     """Main-model hidden state at the last computed position, for the MTP layer."""
+    draft_cache: Any = None
+    """The draft model's KV cache (draft-model speculation), holding `draft_len` tokens."""
+    draft_len: int = 0
     num_emitted: int = field(default=0)
     """Output tokens already sent out in events."""
     arrived_at: float = field(default_factory=time.monotonic)

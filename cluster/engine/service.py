@@ -70,6 +70,13 @@ def build_engine(path, config: EngineConfig, model_id: str, group=None):
 
         mtp = load_mtp_layer(model, path, model_config, config.mtp_weights, group)
         drafter = MTPDrafter(model, mtp, config.num_speculative_tokens)
+    elif state.active and config.speculation == "draft":
+        from mlx_lm import load
+
+        from .draft import DraftModelDrafter
+
+        draft_model, _ = load(str(config.draft_model))  # small: every rank runs all of it
+        drafter = DraftModelDrafter(draft_model, config.num_speculative_tokens)
     max_len = context_length(model_config, config)
     eos = tuple(sorted(tokenizer.eos_token_ids))
     info = ModelInfo(model_id, max_len, eos, model_config.get("model_type", "?"))

@@ -55,6 +55,8 @@ class Inventory:
     """KV cache every node must have room for, beyond the weights."""
     speculation: str = "none"
     num_speculative_tokens: int = 1
+    ray_address: str = "auto"
+    """The Ray cluster the ray launcher joins (`ray start --head` on one node)."""
     coordinator_node: str | None = None
     """The inventory host that runs the coordinator service (default: the first host)."""
     source: str = "<memory>"
@@ -155,6 +157,7 @@ def parse_inventory(data: dict, source: str = "<memory>") -> Inventory:
         speculation=str(top.get("speculation", "none")),
         num_speculative_tokens=int(top.get("num_speculative_tokens", 1)),
         coordinator_node=node,
+        ray_address=str(top.get("ray_address", "auto")),
         source=source,
     )
 

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +44,8 @@ class RunningReplica:
     attached: bool = False
     """Found running (started by an earlier coordinator): watched over gRPC, left running."""
     started: float = field(default_factory=time.time)
+    cleanup: Callable[[], None] | None = None
+    """Called after the ranks stopped (the ray launcher releases its actors and placement)."""
 
     def dead_ranks(self) -> list[int]:
         return [i for i, p in enumerate(self.procs) if p.poll() is not None]
@@ -58,6 +61,8 @@ class RunningReplica:
             except subprocess.TimeoutExpired:
                 signal_group(p, signal.SIGKILL)
                 p.wait()
+        if self.cleanup:
+            self.cleanup()
 
     def log_tail(self, lines: int = 20) -> str:
         out = []
@@ -68,12 +73,17 @@ class RunningReplica:
 
 
 def signal_group(p: subprocess.Popen, sig: int) -> None:
+    if hasattr(p, "signal_group"):  # a rank on another node, run by a Ray actor
+        p.signal_group(sig)
+        return
     with contextlib.suppress(ProcessLookupError):
         os.killpg(p.pid, sig)
 
 
 class Launcher:
     """What every launcher shares: ports, hostfile, one rank command per placement, logs."""
+
+    name = "local"
 
     def __init__(self, run_dir: Path, model: str, model_id: str, engine: EngineConfig, token: str):
         self.run_dir = run_dir
@@ -120,6 +130,8 @@ class LocalLauncher(Launcher):
 class SshLauncher(Launcher):
     """Each rank on its host over ssh; the remote side runs the same rank command."""
 
+    name = "ssh"
+
     def __init__(self, *args, hosts: dict[str, Host], base_port: int, **kw):
         super().__init__(*args, **kw)
         self.hosts = hosts
@@ -149,6 +161,8 @@ class SshLauncher(Launcher):
 
 class ServiceLauncher(Launcher):
     """Ranks run as OS services that restart themselves; a replica is its leader's address."""
+
+    name = "service"
 
     def start(self, plan: ReplicaPlan, grpc_port: int | None = None) -> RunningReplica:
         if grpc_port is None:

@@ -89,7 +89,11 @@ class Supervisor:
         replica = self.replicas.get(plan.name)
         if replica is None:
             replica = Replica(plan.name, client, self.max_num_seqs, ranks)
-            replica.plan = {"tensor_parallel": plan.tensor_parallel, "backend": plan.backend}
+            replica.plan = {
+                "tensor_parallel": plan.tensor_parallel,
+                "backend": plan.backend,
+                "launcher": self.launcher.name,
+            }
             self.replicas[plan.name] = replica
         else:
             old, replica.client = replica.client, client

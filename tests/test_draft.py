@@ -1,0 +1,105 @@
+"""Draft-model speculative decoding: lossless for greedy and sampling, catches up after
+batches, and is counted like MTP."""
+
+import collections
+
+import pytest
+from test_mtp import greedy, run
+
+from cluster.config import EngineConfig
+from cluster.engine.service import build_engine
+from cluster.engine.types import EngineRequest, RequestId, SamplingParams
+from cluster.fixture.model import FixtureSize, write_fixture
+from cluster.model_store import TRAINED
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    from test_mtp import PROMPTS
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(TRAINED))
+    return [tok.encode(t, add_special_tokens=False) for t in PROMPTS]
+
+
+@pytest.fixture(scope="module")
+def weak_draft(tmp_path_factory):
+    """One random layer with the target's tokenizer: a draft that is usually wrong."""
+    size = FixtureSize(num_hidden_layers=1, first_k_dense_replace=1)
+    return write_fixture(tmp_path_factory.mktemp("draft") / "weak", seed=1, size=size)
+
+
+def draft_config(path, k=2) -> EngineConfig:
+    return EngineConfig(speculation="draft", draft_model=str(path), num_speculative_tokens=k)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_greedy_with_the_target_as_its_own_draft_is_identical_and_accepts_nearly_all(prompts, k):
+    (base,), _ = run(EngineConfig(), prompts[:1], greedy())
+    (spec,), engine = run(draft_config(TRAINED, k), prompts[:1], greedy())
+    assert spec == base
+    stats = engine.runner.drafter.stats
+    assert stats.drafts > 0 and stats.draft_tokens == k * stats.drafts
+    assert stats.accepted >= 0.9 * stats.draft_tokens
+    assert engine.speculation.header() == f"draft;k={k}"
+
+
+def run_lengths(config, prompts, lengths):
+    """Each prompt with its own max_tokens, so the longest ends up decoding alone."""
+    engine, _ = build_engine(TRAINED, config, "glm-5-fixture")
+    for i, (p, n) in enumerate(zip(prompts, lengths, strict=True)):
+        engine.add_request(EngineRequest(RequestId(str(i)), tuple(p), greedy(n)))
+    out = collections.defaultdict(list)
+    while engine.has_work():
+        for event in engine.step():
+            out[event.request_id].extend(event.token_ids)
+    return [out[str(i)] for i in range(len(prompts))], engine
+
+
+def test_greedy_with_a_weak_draft_and_a_batch_stays_identical(prompts, weak_draft):
+    lengths = [8, 16, 40]
+    base, _ = run_lengths(EngineConfig(), prompts, lengths)
+    spec, engine = run_lengths(draft_config(weak_draft), prompts, lengths)
+    assert spec == base
+    stats = engine.runner.drafter.stats
+    # A batch decodes plainly (and says so); the lone survivor speculates, its draft model
+    # first catching up on the tokens it missed.
+    assert engine.speculation.fallbacks.get("batch_size_above_limit", 0) >= 1
+    assert stats.plain_steps > 0 and stats.drafts > 0
+    assert stats.accepted < stats.draft_tokens
+
+
+@pytest.mark.parametrize("which", ["weak", "target"])
+def test_sampling_with_a_draft_keeps_the_distribution(prompts, weak_draft, which):
+    """Rejection sampling is lossless whether the draft is always wrong (weak: every draft
+    rejected, the residual decides) or always right (the target itself: p == q)."""
+    n = 300
+
+    def dist(config):
+        counts = collections.Counter()
+        engine, _ = build_engine(TRAINED, config, "m")
+        if engine.governor is not None:  # keep drafting: this test is about the distribution
+            engine.governor.probe_every = 10**9
+        for seed in range(n):
+            params = SamplingParams(
+                max_tokens=2, temperature=1.0, top_k=3, seed=seed, ignore_eos=True
+            )
+            engine.add_request(EngineRequest(RequestId(str(seed)), tuple(prompts[2]), params))
+            toks = []
+            while engine.has_work():
+                for e in engine.step():
+                    toks.extend(e.token_ids)
+            counts[tuple(toks[:2])] += 1
+        return counts, engine
+
+    plain, _ = dist(EngineConfig())
+    spec, engine = dist(draft_config(weak_draft if which == "weak" else TRAINED, k=2))
+    stats = engine.runner.drafter.stats
+    assert stats.drafts >= n
+    if which == "weak":
+        assert stats.accepted < 0.2 * stats.draft_tokens
+    else:
+        assert stats.accepted > 0.5 * stats.draft_tokens
+    support = set(plain) | set(spec)
+    tv = 0.5 * sum(abs(plain[x] - spec[x]) for x in support) / n
+    assert len(support) <= 12 and tv < 0.2, (tv, plain.most_common(6), spec.most_common(6))
