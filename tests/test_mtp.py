@@ -159,3 +159,26 @@ def test_governor_turns_speculation_off_on_low_acceptance():
     gov, state, stats = _governor(min_acceptance=0.6)
     _cycle(gov, stats, spec_rate=5, plain_rate=2, accepted=1)  # 1 of 2 drafts: 50%
     assert not state.active and state.reason == "auto_disabled_low_acceptance"
+
+
+def test_mtp_layer_catches_up_after_batched_steps_it_skipped(prompts):
+    """Batched steps leave the MTP layer behind; it catches up in one forward when a row
+    leaves or the lone survivor speculates, and the output stays identical."""
+
+    def run_lengths(config):
+        engine, _ = build_engine(TRAINED, config, "glm-5-fixture")
+        for i, (p, n) in enumerate(zip(prompts, [8, 16, 40], strict=True)):
+            engine.add_request(EngineRequest(RequestId(str(i)), tuple(p), greedy(n)))
+        out = collections.defaultdict(list)
+        while engine.has_work():
+            for event in engine.step():
+                out[event.request_id].extend(event.token_ids)
+        return [out[str(i)] for i in range(3)], engine
+
+    base, _ = run_lengths(EngineConfig())
+    spec, engine = run_lengths(EngineConfig(speculation="mtp", num_speculative_tokens=2))
+    assert spec == base
+    stats = engine.runner.drafter.stats
+    assert stats.plain_steps > 0 and stats.drafts > 0
+    assert stats.accepted > 0  # the caught-up MTP layer still predicts
+    assert engine.runner._mtp_pending == []

@@ -19,20 +19,31 @@ from .schemas import ChatCompletionRequest, CompletionRequest
 OPEN_PATHS = ("/health", "/metrics")
 
 
+class ApiKeyMiddleware:
+    """Bearer keys on every path but probes. Plain ASGI: Starlette's BaseHTTPMiddleware would
+    relay every streamed chunk through an extra task and queue."""
+
+    def __init__(self, app, keys: frozenset[str]):
+        self.app, self.keys = app, keys
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
+            auth = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+            if not auth.startswith("Bearer ") or auth[7:] not in self.keys:
+                message = "Missing or invalid API key: send 'Authorization: Bearer <key>'."
+                body = envelope(message, "authentication_error", None, "invalid_api_key")
+                await JSONResponse(body, status_code=401)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def create_app(coordinator: Coordinator, api_keys: frozenset[str] = frozenset()) -> FastAPI:
     app = FastAPI(title="cluster", version="0.1.0")
     app.state.coordinator = coordinator
     install(app)
 
-    @app.middleware("http")
-    async def require_api_key(request: Request, call_next):
-        if api_keys and request.url.path not in OPEN_PATHS:
-            auth = request.headers.get("authorization", "")
-            if not auth.startswith("Bearer ") or auth[7:] not in api_keys:
-                message = "Missing or invalid API key: send 'Authorization: Bearer <key>'."
-                body = envelope(message, "authentication_error", None, "invalid_api_key")
-                return JSONResponse(body, status_code=401)
-        return await call_next(request)
+    if api_keys:
+        app.add_middleware(ApiKeyMiddleware, keys=api_keys)
 
     @app.get("/health")
     async def health():

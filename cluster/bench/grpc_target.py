@@ -9,6 +9,7 @@ import os
 import time
 from functools import cache
 
+from ..coordinator.output import IncrementalDetokenizer
 from ..engine.types import EngineRequest, RequestId, SamplingParams
 from ..launch.rank import shared_token
 from .prompts import Prompt
@@ -52,14 +53,17 @@ async def one_grpc_request(target: str, prompt: Prompt, max_tokens: int) -> Resu
         request = EngineRequest(
             RequestId(f"bench-{os.getpid()}-{next(_ids)}"), tuple(ids), sampling
         )
+        # Timed like an HTTP stream: from the first token that makes text (the coordinator
+        # holds back tokens that decode to nothing or to part of a character).
+        detok = IncrementalDetokenizer(tokenizer(model).decode)
         async for event in client(target).generate(request):
             if event.error:
                 raise RuntimeError(event.error)
-            if event.token_ids:
+            result.completion_tokens += len(event.token_ids)
+            if detok.add(event.token_ids) or (first and event.token_ids):
                 now = time.perf_counter()
                 first = first or now
                 last = now
-                result.completion_tokens += len(event.token_ids)
         result.prompt_tokens = len(ids)
         result.ok = first is not None
         result.error = "" if result.ok else "no tokens streamed"

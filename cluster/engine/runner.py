@@ -11,6 +11,8 @@ from .sampler import sample
 from .scheduler import Schedule
 from .sequence import Sequence
 
+MAX_MTP_PENDING = 64  # a long-lived batch still catches its MTP layer up now and then
+
 
 class ModelRunner:
     def __init__(self, model: nn.Module, seed: int = 0, drafter=None):
@@ -23,6 +25,9 @@ class ModelRunner:
         """Whether a lone running sequence decodes speculatively (the engine switches it)."""
         self.batch: list[Sequence] = []
         self.batch_cache: list[Any] | None = None
+        self._mtp_pending: list[tuple[mx.array, mx.array]] = []
+        """Batched steps' (carry, token) the MTP layer has not seen yet: it catches up in one
+        forward when it is needed (a speculative step, a batch change), not every step."""
         self._num_keys = 0
 
     def make_cache(self) -> list[Any]:
@@ -77,10 +82,12 @@ class ModelRunner:
 
     def _decode(self) -> mx.array:
         tokens = mx.array([seq.tokens[-1] for seq in self.batch])[:, None]
-        carry = None
-        if self.mtp is not None:
+        hidden = self.model.model(tokens, cache=self.batch_cache)
+        if self.mtp is not None:  # the MTP layer follows later, all pending steps at once
             carry = mx.concatenate([seq.carry for seq in self.batch], axis=0)
-        hidden = self._forward(tokens, self.batch_cache, carry)
+            self._mtp_pending.append((carry, tokens))
+            if len(self._mtp_pending) >= MAX_MTP_PENDING:
+                self._mtp_catch_up()
         for i, seq in enumerate(self.batch):
             seq.carry = hidden[i : i + 1, -1, :]
         return self.model.lm_head(hidden[:, -1, :])
@@ -104,8 +111,19 @@ class ModelRunner:
         drafter.stats.speculative_steps += 1
         return drafts[:accepted] + [token]
 
+    def _mtp_catch_up(self) -> None:
+        """Write the MTP entries of the batched steps it skipped, every row at once (rows
+        share their pending steps: new rows join only after a catch-up)."""
+        if not self._mtp_pending:
+            return
+        carry = mx.stack([c for c, _ in self._mtp_pending], axis=1)
+        tokens = mx.concatenate([t for _, t in self._mtp_pending], axis=1)
+        self.mtp.mtp(carry, self.mtp.embed(tokens), cache=self.batch_cache[-1])
+        self._mtp_pending = []
+
     def _mtp_step(self, seq: Sequence) -> list[int]:
         """Draft k tokens with the MTP layer, verify them in one forward, keep what matches."""
+        self._mtp_catch_up()
         drafter = self.drafter
         k = drafter.k
         self._key(seq)
@@ -151,6 +169,7 @@ class ModelRunner:
         new = [s for s in seqs if s not in members]
         if not new:
             return
+        self._mtp_catch_up()
         layers = zip(*(s.cache for s in new), strict=True)
         merged = [type(layer[0]).merge(list(layer)) for layer in layers]
         if self.batch_cache is None:
@@ -166,17 +185,20 @@ class ModelRunner:
         if len(indices) == len(self.batch):
             return
         if not indices:
-            self.batch, self.batch_cache = [], None
+            self.batch, self.batch_cache, self._mtp_pending = [], None, []
             return
         index = mx.array(indices)
         for layer in self.batch_cache:
             layer.filter(index)
+        self._mtp_pending = [(c[index], t[index]) for c, t in self._mtp_pending]
         self.batch = [self.batch[i] for i in indices]
 
     def release(self, seqs: list[Sequence]) -> dict[Sequence, list[Any]]:
         """Take finished sequences out; returns the cache each of them held."""
         caches = {}
         gone = set(seqs)
+        if any(seq in gone for seq in self.batch):
+            self._mtp_catch_up()  # a stored cache's MTP layer lags by exactly one
         for i, seq in enumerate(self.batch):
             if seq in gone:
                 caches[seq] = [layer.extract(i) for layer in self.batch_cache]
@@ -195,4 +217,4 @@ class ModelRunner:
         return sum(layer.nbytes for layer in cache) if cache else 0
 
     def reset(self) -> None:
-        self.batch, self.batch_cache = [], None
+        self.batch, self.batch_cache, self._mtp_pending = [], None, []

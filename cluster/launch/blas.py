@@ -16,11 +16,15 @@ def openblas_path() -> str | None:
 
 
 def openblas_env(env: dict[str, str] | None = None) -> dict[str, str]:
-    """An environment whose processes load OpenBLAS before MLX (unchanged elsewhere)."""
+    """An environment for processes that run MLX on Linux: OpenBLAS loaded before MLX, and
+    glibc's malloc arenas capped (each thread's arena otherwise holds on to freed memory, and
+    a rank's resident size creeps up under load). Unchanged elsewhere."""
     env = dict(os.environ if env is None else env)
     lib = openblas_path()
     if lib and lib not in env.get("LD_PRELOAD", ""):
         env["LD_PRELOAD"] = ":".join(p for p in (lib, env.get("LD_PRELOAD")) if p)
+    if platform.system() == "Linux":
+        env.setdefault("MALLOC_ARENA_MAX", "2")
     env[ENV_FLAG] = "1"
     return env
 
