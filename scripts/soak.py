@@ -3,7 +3,7 @@
     .venv/bin/python scripts/soak.py [--minutes 10] [--concurrency 8]
 
 Memory is sampled after a one-minute warm-up (the prefix cache, bounded here at 64 MiB, fills)
-and at the end, for the coordinator and every rank process.
+and then every minute, for the coordinator and every rank process.
 """
 
 import argparse
@@ -101,12 +101,17 @@ def main() -> None:
         warmup = min(60.0, args.minutes * 60 / 5)
         asyncio.run(load(url, warmup, args.concurrency, counts))
         time.sleep(1.5)  # the supervisor refreshes rank memory every 0.5 s
-        start = memory(url, proc.pid)
-        asyncio.run(load(url, args.minutes * 60 - warmup, args.concurrency, counts))
-        time.sleep(1.5)
-        end = memory(url, proc.pid)
+        samples = [memory(url, proc.pid)]
+        remaining = args.minutes * 60 - warmup
+        while remaining > 0:  # a sample every minute: a leak climbs, a warm-up levels off
+            chunk = min(60.0, remaining)
+            asyncio.run(load(url, chunk, args.concurrency, counts))
+            remaining -= chunk
+            time.sleep(1.5)
+            samples.append(memory(url, proc.pid))
     finally:
         stop(proc)
+    start, end = samples[0], samples[-1]
     print(
         f"{counts['ok']} requests completed, {counts['errors']} errors over {args.minutes:g} min at concurrency {args.concurrency}"
     )
@@ -118,6 +123,9 @@ def main() -> None:
         a, b = start[name] / 2**20, end[name] / 2**20
         growth = f"{100 * (b - a) / a:+.1f}%" if a else "-"
         print(f"| {name} | {a:.1f} | {b:.1f} | {growth} |")
+    print("\nper minute after warm-up, MiB:")
+    for name in start:
+        print(f"  {name}: " + " ".join(f"{m[name] / 2**20:.1f}" for m in samples))
 
 
 if __name__ == "__main__":
