@@ -86,6 +86,9 @@ def init_group(opts: RankOptions):
 
 
 def run_rank(opts: RankOptions, engine: EngineConfig) -> int:
+    from .memtrace import install
+
+    install()
     group = init_group(opts)
     log.info("replica %s rank %d/%d starting", opts.replica, opts.rank, opts.world_size)
     if opts.rank != 0:
