@@ -107,7 +107,8 @@ def main() -> None:
                 p, s = statistics.median(got["plain"]), statistics.median(got["mtp"])
                 acc = " / ".join(f"{x / drafts:.0%}" for x in per_pos) if drafts else "no drafts"
                 mean = f"{1 + accepted / drafts:.2f}" if drafts else "-"
-                state = after["summary"] if drafts else f"off ({after['fallbacks']})"
+                falls = ", ".join(f"{k} x{v}" for k, v in after["fallbacks"].items())
+                state = after["summary"] if drafts else f"no drafts ({falls or 'no fallback'})"
                 rows.append(
                     f"| {layout} | {batch} | {p:.1f} | {s:.1f} | {s / p:.2f}x | {mean} | {acc} | {state} |"
                 )
