@@ -8,43 +8,16 @@ runs `cluster bench --compare` with the phases interleaved, and prints the compa
 
 import argparse
 import asyncio
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
-
-import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cluster.bench.cluster_process import start_cluster, stop  # noqa: E402
+from cluster.bench.cluster_process import start_cluster, start_mlx_lm, stop  # noqa: E402
 from cluster.bench.main import bench  # noqa: E402
-from cluster.launch.blas import openblas_env  # noqa: E402
-from cluster.launch.local import free_port  # noqa: E402
 from cluster.model_store import resolve_model  # noqa: E402
-
-
-def start_mlx_lm(model_dir: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    cmd = [sys.executable, "-m", "mlx_lm", "server", "--model", str(model_dir), "--port", str(port)]
-    proc = subprocess.Popen(
-        cmd,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=openblas_env(),
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{url}/v1/models", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    raise RuntimeError("mlx_lm.server did not start")
 
 
 def main() -> None:
@@ -59,7 +32,7 @@ def main() -> None:
     try:
         ours, ours_url = start_cluster(home)
         procs.append(ours)
-        theirs, theirs_url = start_mlx_lm(model_dir)
+        theirs, theirs_url = start_mlx_lm(model_dir, 1)
         procs.append(theirs)
         phases = ["sequential", "concurrent", "prefix-cache"]
         asyncio.run(

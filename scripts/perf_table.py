@@ -16,10 +16,8 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
@@ -27,39 +25,12 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cluster.bench.cluster_process import start_cluster, stop  # noqa: E402
+from cluster.bench.cluster_process import start_cluster, start_mlx_lm, stop  # noqa: E402
 from cluster.bench.main import bench  # noqa: E402
-from cluster.launch.blas import openblas_env  # noqa: E402
-from cluster.launch.local import free_port  # noqa: E402
 from cluster.model_store import resolve_model  # noqa: E402
 
 GiB = 1024**3
 TOKEN = "perf-table"
-
-
-def start_mlx_lm(model_dir: Path, ranks: int) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    server = [sys.executable, "-m", "mlx_lm", "server", "--model", str(model_dir)]
-    server += ["--port", str(port)]
-    if ranks > 1:
-        launch = str(Path(sys.executable).with_name("mlx.launch"))
-        server = [launch, "--backend", "ring", "-n", str(ranks), "--", *server]
-    proc = subprocess.Popen(
-        server,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=openblas_env(),
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{url}/v1/models", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    raise RuntimeError(f"mlx_lm.server ({ranks} ranks) did not start")
 
 
 def phase(runs: dict, target: str, name: str) -> dict:

@@ -4,11 +4,11 @@ batches, and is counted like MTP."""
 import collections
 
 import pytest
-from test_mtp import greedy, run
+from test_mtp import first_two_tokens, greedy, run
 
 from cluster.config import EngineConfig
 from cluster.engine.service import build_engine
-from cluster.engine.types import EngineRequest, RequestId, SamplingParams
+from cluster.engine.types import EngineRequest, RequestId
 from cluster.fixture.model import FixtureSize, write_fixture
 from cluster.model_store import TRAINED
 
@@ -76,21 +76,10 @@ def test_sampling_with_a_draft_keeps_the_distribution(prompts, weak_draft, which
     n = 300
 
     def dist(config):
-        counts = collections.Counter()
         engine, _ = build_engine(TRAINED, config, "m")
         if engine.governor is not None:  # keep drafting: this test is about the distribution
             engine.governor.probe_every = 10**9
-        for seed in range(n):
-            params = SamplingParams(
-                max_tokens=2, temperature=1.0, top_k=3, seed=seed, ignore_eos=True
-            )
-            engine.add_request(EngineRequest(RequestId(str(seed)), tuple(prompts[2]), params))
-            toks = []
-            while engine.has_work():
-                for e in engine.step():
-                    toks.extend(e.token_ids)
-            counts[tuple(toks[:2])] += 1
-        return counts, engine
+        return first_two_tokens(engine, prompts[2], n), engine
 
     plain, _ = dist(EngineConfig())
     spec, engine = dist(draft_config(weak_draft if which == "weak" else TRAINED, k=2))

@@ -35,6 +35,20 @@ def run(config, prompts, params):
     return [out[str(i)] for i in range(len(prompts))], engine
 
 
+def first_two_tokens(engine, prompt, n: int) -> collections.Counter:
+    """How often each pair of first two tokens comes out of n seeded samples (T=1, top-k 3)."""
+    counts = collections.Counter()
+    for seed in range(n):
+        params = SamplingParams(max_tokens=2, temperature=1.0, top_k=3, seed=seed, ignore_eos=True)
+        engine.add_request(EngineRequest(RequestId(str(seed)), tuple(prompt), params))
+        toks = []
+        while engine.has_work():
+            for e in engine.step():
+                toks.extend(e.token_ids)
+        counts[tuple(toks[:2])] += 1
+    return counts
+
+
 def greedy(n=48):
     return SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True)
 
@@ -95,23 +109,12 @@ def test_sampling_with_mtp_keeps_the_distribution(prompts):
     bad = mx.zeros((4096,)).at[mx.array([5, 6, 7])].add(20.0)
 
     def dist(config):
-        counts = collections.Counter()
         engine, _ = build_engine(TRAINED, config, "m")
         if engine.runner.drafter is not None:
             engine.runner.drafter.logits = lambda hidden: mx.broadcast_to(
                 bad, hidden.shape[:-1] + (4096,)
             )
-        for seed in range(n):
-            params = SamplingParams(
-                max_tokens=2, temperature=1.0, top_k=3, seed=seed, ignore_eos=True
-            )
-            engine.add_request(EngineRequest(RequestId(str(seed)), tuple(prompts[2]), params))
-            toks = []
-            while engine.has_work():
-                for e in engine.step():
-                    toks.extend(e.token_ids)
-            counts[tuple(toks[:2])] += 1
-        return counts
+        return first_two_tokens(engine, prompts[2], n)
 
     plain = dist(EngineConfig())
     spec = dist(EngineConfig(speculation="mtp", num_speculative_tokens=2))

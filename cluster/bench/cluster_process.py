@@ -34,3 +34,37 @@ def start_cluster(home: str, *args: str) -> tuple[subprocess.Popen, str]:
 def stop(proc: subprocess.Popen) -> None:
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=30)
+
+
+def start_mlx_lm(model_dir: Path, ranks: int = 1) -> tuple[subprocess.Popen, str]:
+    """`mlx_lm.server` on a free port; with ranks > 1, as tensor parallel via `mlx.launch`
+    over `ring`. Returns (process, base URL without /v1)."""
+    import time
+
+    import httpx
+
+    from ..launch.local import free_port
+
+    port = free_port()
+    server = [sys.executable, "-m", "mlx_lm", "server", "--model", str(model_dir)]
+    server += ["--port", str(port)]
+    if ranks > 1:
+        launch = str(Path(sys.executable).with_name("mlx.launch"))
+        server = [launch, "--backend", "ring", "-n", str(ranks), "--", *server]
+    proc = subprocess.Popen(
+        server,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=openblas_env(),
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{url}/v1/models", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    stop(proc)
+    raise RuntimeError(f"mlx_lm.server ({ranks} ranks) did not start")
