@@ -8,7 +8,7 @@ in one forward. Under tensor parallelism every rank runs the whole (small) draft
 import mlx.core as mx
 from mlx_lm.models.cache import make_prompt_cache, trim_prompt_cache
 
-from .mtp import SpecStats, pick_draft, verify_drafts
+from .mtp import SpecStats, pick_draft
 
 
 class DraftModelDrafter:
@@ -19,8 +19,9 @@ class DraftModelDrafter:
         self.k = k
         self.stats = SpecStats(k)
 
-    def propose(self, seq) -> tuple[list[int], list[mx.array | None]]:
-        """k draft tokens after seq's last token, and the distributions they came from."""
+    def propose(self, seq, caches=None) -> tuple[list[int], list[mx.array | None]]:
+        """k draft tokens after seq's last token, and the distributions they came from (the
+        target's caches are not needed: the draft model keeps its own on the sequence)."""
         if seq.draft_cache is None:
             seq.draft_cache, seq.draft_len = make_prompt_cache(self.model), 0
         missed = mx.array([seq.tokens[seq.draft_len :]])  # at least the last token
@@ -35,10 +36,7 @@ class DraftModelDrafter:
         seq.draft_len = len(seq.tokens) + self.k - 1
         return [int(t) for t in mx.stack(drafts).tolist()], dists
 
-    def verify(self, seq, drafts: list[int], dists, target_logits: mx.array) -> tuple[int, int]:
-        return verify_drafts(seq, drafts, dists, target_logits)
-
-    def rollback(self, seq, accepted: int) -> None:
+    def rollback(self, seq, drafts: list[int], accepted: int, hidden=None, caches=None) -> None:
         """Keep the draft cache's entries for the accepted drafts, drop the rest."""
         extra = self.k - 1 - min(accepted, self.k - 1)
         if extra:

@@ -23,11 +23,14 @@ class SpecStats:
     draft_tokens: int = 0
     accepted: int = 0
     accepted_per_pos: list[int] = field(default_factory=list)
-    speculative_steps: int = 0
     plain_steps: int = 0
 
     def __post_init__(self):
         self.accepted_per_pos = [0] * self.k
+
+    @property
+    def speculative_steps(self) -> int:
+        return self.drafts  # a speculative step proposes exactly one draft
 
     def record(self, accepted: int) -> None:
         self.drafts += 1
@@ -113,8 +116,9 @@ class MTPDrafter:
             return None
         return self.mtp(h, e, cache=cache)
 
-    def propose(self, seq, cache) -> tuple[list[int], list[mx.array]]:
+    def propose(self, seq, caches) -> tuple[list[int], list[mx.array]]:
         """k draft tokens after seq's last token, and the draft distributions they came from."""
+        cache = caches[-1]  # the MTP layer's, last of the sequence's caches
         out = self.mtp(seq.carry[:, None, :], self.embed(mx.array([[seq.tokens[-1]]])), cache=cache)
         drafts, dists = [], []
         for i in range(self.k):
@@ -125,8 +129,15 @@ class MTPDrafter:
                 out = self.mtp(out[:, -1:, :], self.embed(token.reshape(1, 1)), cache=cache)
         return [int(t) for t in mx.stack(drafts).tolist()], dists
 
-    def verify(self, seq, drafts: list[int], dists, target_logits: mx.array) -> tuple[int, int]:
-        return verify_drafts(seq, drafts, dists, target_logits)
+    def rollback(self, seq, drafts: list[int], accepted: int, hidden, caches) -> None:
+        """The MTP layer keeps its one true new entry, then catches up on the accepted
+        positions from the verify forward's hidden states."""
+        cache = caches[-1]
+        cache.trim(self.k - 1)
+        if accepted:
+            embeds = self.embed(mx.array([drafts[:accepted]]))
+            self.mtp(hidden[:, :accepted, :], embeds, cache=cache)
+        seq.carry = hidden[:, accepted, :]
 
 
 class SpeedGovernor:

@@ -7,6 +7,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from .kv import _arrays
+from .mtp import verify_drafts
 from .sampler import sample
 from .scheduler import Schedule
 from .sequence import Sequence
@@ -93,22 +94,19 @@ class ModelRunner:
         return self.model.lm_head(hidden[:, -1, :])
 
     def _speculative_step(self, seq: Sequence) -> list[int]:
-        if self.mtp is None:
-            return self._draft_model_step(seq)
-        return self._mtp_step(seq)
-
-    def _draft_model_step(self, seq: Sequence) -> list[int]:
-        """Draft k tokens with the draft model, verify them in one forward, keep what matches."""
+        """Draft k tokens, verify them in one forward of the main model, keep what matches."""
         drafter = self.drafter
+        self._mtp_catch_up()
         self._key(seq)
-        drafts, dists = drafter.propose(seq)
+        drafts, dists = drafter.propose(seq, self.batch_cache)
         hidden = self.model.model(mx.array([[seq.tokens[-1], *drafts]]), cache=self.batch_cache)
-        accepted, token = drafter.verify(seq, drafts, dists, self.model.lm_head(hidden)[0])
-        for layer in self.batch_cache:
+        accepted, token = verify_drafts(seq, drafts, dists, self.model.lm_head(hidden)[0])
+        # The main model keeps the input token and the accepted drafts.
+        main = self.batch_cache[:-1] if self.mtp is not None else self.batch_cache
+        for layer in main:
             layer.trim(drafter.k - accepted)
-        drafter.rollback(seq, accepted)
+        drafter.rollback(seq, drafts, accepted, hidden, self.batch_cache)
         drafter.stats.record(accepted)
-        drafter.stats.speculative_steps += 1
         return drafts[:accepted] + [token]
 
     def _mtp_catch_up(self) -> None:
@@ -120,30 +118,6 @@ class ModelRunner:
         tokens = mx.concatenate([t for _, t in self._mtp_pending], axis=1)
         self.mtp.mtp(carry, self.mtp.embed(tokens), cache=self.batch_cache[-1])
         self._mtp_pending = []
-
-    def _mtp_step(self, seq: Sequence) -> list[int]:
-        """Draft k tokens with the MTP layer, verify them in one forward, keep what matches."""
-        self._mtp_catch_up()
-        drafter = self.drafter
-        k = drafter.k
-        self._key(seq)
-        mtp_cache = self.batch_cache[-1]
-        drafts, dists = drafter.propose(seq, mtp_cache)
-        tokens = mx.array([[seq.tokens[-1], *drafts]])
-        hidden = self.model.model(tokens, cache=self.batch_cache)
-        accepted, token = drafter.verify(seq, drafts, dists, self.model.lm_head(hidden)[0])
-        # Roll back: the main model keeps the input and the accepted drafts; the MTP layer
-        # keeps its one true new entry, then catches up on the accepted positions.
-        for layer in self.batch_cache[:-1]:
-            layer.trim(k - accepted)
-        mtp_cache.trim(k - 1)
-        if accepted:
-            embeds = drafter.embed(mx.array([drafts[:accepted]]))
-            drafter.mtp(hidden[:, :accepted, :], embeds, cache=mtp_cache)
-        seq.carry = hidden[:, accepted, :]
-        drafter.stats.record(accepted)
-        drafter.stats.speculative_steps += 1
-        return drafts[:accepted] + [token]
 
     def _sample(self, seqs: list[Sequence], logits: mx.array) -> dict[Sequence, int]:
         params = [s.request.sampling for s in seqs]
