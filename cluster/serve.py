@@ -105,11 +105,7 @@ def serve(options: ServeOptions, engine: EngineConfig) -> None:
     host = options.host or inventory.coordinator_host
     port = options.port if options.port is not None else inventory.coordinator_port
     run_dir = cache_home() / "run" / str(os.getpid())
-    ports = {}
-    if inventory.launcher == "service":
-        ports = inventory.service_grpc_ports([p.name for p in plans])
-    elif inventory.grpc_base_port:
-        ports = {p.name: inventory.grpc_base_port + i for i, p in enumerate(plans)}
+    ports = inventory.fixed_grpc_ports([p.name for p in plans])
     token = cluster_token(bool(ports))
     launcher = make_launcher(inventory, run_dir, str(model_dir), name, engine, token)
     supervisor = Supervisor(launcher, token, engine.max_num_seqs, ports)

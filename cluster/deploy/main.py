@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..inventory import Inventory, load_inventory
-from ..model_store import cache_home
+from ..model_store import DEFAULT_MODEL, cache_home, resolve_model
 from ..plan.model_config import read_config, stored_bits
 from ..plan.planner import make_plan
 from ..plan.render import render_plan
@@ -27,8 +27,6 @@ def model_config(inventory: Inventory, config_file: str | None) -> tuple[dict, s
     """The model's config.json for planning, and a note when it is not on this machine."""
     if config_file:
         return read_config(config_file=config_file), None
-    from ..model_store import DEFAULT_MODEL, resolve_model
-
     local = inventory.model == DEFAULT_MODEL or (Path(inventory.model) / "config.json").exists()
     if local:
         return read_config(resolve_model(inventory.model)[0]), None
@@ -96,8 +94,7 @@ def render(inventory_path: str, prefix: str, config_file: str | None, wheel_dir:
             for s in node.services
         ]
         files = [{"path": p, "content": c} for p, c in sorted(node.files.items())]
-        user = next((s.user for s in node.services if s.user), None)
-        hosts[name] = {"services": services, "files": files, "user": user}
+        hosts[name] = {"services": services, "files": files, "user": node.user}
     from ..serve import stored_token
 
     token_file = cache_home() / "cluster-token"

@@ -6,7 +6,7 @@ attaches to the ranks instead of starting them.
 """
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 
 from ..config import EngineConfig
@@ -81,6 +81,8 @@ class NodeDeploy:
     services: tuple[ServiceSpec, ...]
     files: dict[str, str]
     """Paths on the node -> contents (hostfiles; the inventory on the coordinator's node)."""
+    user: str | None = None
+    """The account the node's services run as (deploy_user, else ansible_user)."""
 
 
 def model_name(model: str) -> str:
@@ -125,7 +127,8 @@ def node_deploys(
              inventory.hosts}  # fmt: skip
     services: dict[str, list[ServiceSpec]] = {h.name: [] for h in inventory.hosts}
     files: dict[str, dict[str, str]] = {h.name: {} for h in inventory.hosts}
-    grpc_ports = inventory.service_grpc_ports([r.name for r in plan.replicas])
+    as_services = replace(inventory, launcher="service")
+    grpc_ports = as_services.fixed_grpc_ports([r.name for r in plan.replicas])
     model_id = model_name(inventory.model)
     for replica in plan.replicas:
         hostfile = mlx_hostfile(replica, _ring_ports(inventory.ring_base_port, replica))
@@ -171,5 +174,6 @@ def node_deploys(
         )
     )  # fmt: skip
     return {
-        h.name: NodeDeploy(h.name, tuple(services[h.name]), files[h.name]) for h in inventory.hosts
+        h.name: NodeDeploy(h.name, tuple(services[h.name]), files[h.name], users[h.name])
+        for h in inventory.hosts
     }

@@ -61,9 +61,13 @@ class Inventory:
     """The inventory host that runs the coordinator service (default: the first host)."""
     source: str = "<memory>"
 
-    def service_grpc_ports(self, names: list[str]) -> dict[str, int]:
-        base = self.grpc_base_port or SERVICE_GRPC_BASE_PORT
-        return {name: base + i for i, name in enumerate(names)}
+    def fixed_grpc_ports(self, names: list[str]) -> dict[str, int]:
+        """Replica name -> its leader's fixed gRPC port; empty when leaders pick free ports
+        (no grpc_base_port, and ranks not run as services)."""
+        base = self.grpc_base_port
+        if base is None and self.launcher == "service":
+            base = SERVICE_GRPC_BASE_PORT
+        return {name: base + i for i, name in enumerate(names)} if base else {}
 
 
 def default_inventory_path() -> Path:
