@@ -16,6 +16,7 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -130,20 +131,20 @@ def main() -> None:
     mtp = ("--speculation", "mtp", "--num-speculative-tokens", "2")
     tp2 = ("--inventory", str(ROOT / "inventory" / "local-tp2.yaml"))
     clusters = {"tp1": (), "tp1_mtp": mtp, "tp2": tp2, "tp2_mtp": (*tp2, *mtp)}
-    procs, urls = [], {}
+    procs: dict[str, subprocess.Popen] = {}
+    urls: dict[str, str] = {}
     try:
         for name, extra in clusters.items():
-            proc, urls[name] = start_cluster(tempfile.mkdtemp(prefix=f"perf-{name}-"), *extra)
-            procs.append(proc)
+            procs[name], urls[name] = start_cluster(
+                tempfile.mkdtemp(prefix=f"perf-{name}-"), *extra
+            )
         for name, ranks in (("mlx_lm", 1), ("mlx_lm_tp2", 2)):
-            proc, urls[name] = start_mlx_lm(model_dir, ranks)
-            procs.append(proc)
+            procs[name], urls[name] = start_mlx_lm(model_dir, ranks)
         leader = httpx.get(f"{urls['tp1']}/v1/status").json()["replicas"][0]["address"]
         urls["leader"] = f"grpc://{leader}"
         order = ["tp1", "leader", "mlx_lm", "tp1_mtp", "tp2", "tp2_mtp", "mlx_lm_tp2"]
         out = Path(args.out)
-        paused = {n: p for n, p in zip(list(clusters) + ["mlx_lm", "mlx_lm_tp2"], procs, strict=True)
-                  if n.startswith("mlx_lm")}  # fmt: skip
+        paused = {n: p for n, p in procs.items() if n.startswith("mlx_lm")}
 
         def only(name: str) -> None:
             for other, proc in paused.items():
@@ -167,7 +168,7 @@ def main() -> None:
                 os.killpg(proc.pid, signal.SIGCONT)
         status = {n: httpx.get(f"{urls[n]}/v1/status").json() for n in clusters}
     finally:
-        for p in procs:
+        for p in procs.values():
             stop(p)
     runs = {n: json.loads((out / f"{n}.json").read_text())["phases"] for n in order}
     table = ["| measure | measured | target | met |", "|---|---|---|---|"]

@@ -25,26 +25,23 @@ def write_plots(phases: list[PhaseResult], out: Path, name: str) -> list[Path]:
                 marker="o",
                 label=phase.name,
             )
-    ax.set_xlabel("TTFT (ms)")
-    ax.set_ylabel("fraction of requests")
-    ax.set_title(f"{name}: time to first token")
-    ax.legend()
-    paths.append(out / f"{name}-ttft.png")
-    fig.tight_layout()
-    fig.savefig(paths[-1], dpi=100)
-    plt.close(fig)
+    ax.set(xlabel="TTFT (ms)", ylabel="fraction of requests", title=f"{name}: time to first token")
+    paths.append(_save(plt, fig, ax, out / f"{name}-ttft.png"))
 
     fig, ax = plt.subplots(figsize=(8, 4))
     width = 0.8 / max(len(phases), 1)
     for k, phase in enumerate(phases):
         rates = [r.decode_tok_s for r in phase.results]
         ax.bar([i + k * width for i in range(len(rates))], rates, width, label=phase.name)
-    ax.set_xlabel("request #")
-    ax.set_ylabel("decode tok/s")
-    ax.set_title(f"{name}: decode tokens/s per request")
-    ax.legend()
-    paths.append(out / f"{name}-decode.png")
-    fig.tight_layout()
-    fig.savefig(paths[-1], dpi=100)
-    plt.close(fig)
+    ax.set(xlabel="request #", ylabel="decode tok/s", title=f"{name}: decode tokens/s per request")
+    paths.append(_save(plt, fig, ax, out / f"{name}-decode.png"))
     return paths
+
+
+def _save(plt, fig, ax, path: Path) -> Path:
+    """Legend, save and close one figure."""
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

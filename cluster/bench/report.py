@@ -117,21 +117,14 @@ def comparison(names: list[str], runs: dict[str, list[PhaseResult]]) -> str:
         summaries = {n: runs[n][pi].metric_summary() for n in names}
         for metric in summaries[base]:
             values = [summaries[n][metric]["p50"] for n in names]
-            ratios = [f"{v / values[0]:.2f}x" if values[0] else "-" for v in values[1:]]
-            lines.append(
-                f"| {phase.name} | {metric} p50 | "
-                + " | ".join(_num(v) for v in values)
-                + " | "
-                + " | ".join(ratios)
-                + " |"
-            )
+            lines.append(_ratio_row(phase.name, f"{metric} p50", values))
         tps = [runs[n][pi].throughput for n in names]
-        ratios = [f"{v / tps[0]:.2f}x" if tps[0] else "-" for v in tps[1:]]
-        lines.append(
-            f"| {phase.name} | throughput tok/s | "
-            + " | ".join(_num(v) for v in tps)
-            + " | "
-            + " | ".join(ratios)
-            + " |"
-        )
+        lines.append(_ratio_row(phase.name, "throughput tok/s", tps))
     return "\n".join(lines)
+
+
+def _ratio_row(phase: str, metric: str, values: list[float]) -> str:
+    """One comparison row: every target's value, then each one's ratio to the first."""
+    ratios = [f"{v / values[0]:.2f}x" if values[0] else "-" for v in values[1:]]
+    cells = [phase, metric, *(_num(v) for v in values), *ratios]
+    return "| " + " | ".join(cells) + " |"
