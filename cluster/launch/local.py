@@ -91,6 +91,10 @@ class Launcher:
         self.engine = engine
         self.token = token
 
+    def passed_env(self) -> dict[str, str]:
+        """What a rank started elsewhere must inherit: the cluster token, TLS settings."""
+        return {TOKEN_ENV: self.token} | {k: os.environ[k] for k in TLS_ENVS if k in os.environ}
+
     def port(self, plan: ReplicaPlan, offset: int) -> int:
         """A port on the host of rank `offset` (the leader's for offsets past the last rank)."""
         return free_port(plan.ranks[min(offset, len(plan.ranks) - 1)].address)
@@ -142,8 +146,7 @@ class SshLauncher(Launcher):
 
     def remote_command(self, placement: RankPlacement, argv: list[str]) -> str:
         host = self.hosts[placement.host]
-        pairs = {TOKEN_ENV: self.token} | {k: os.environ[k] for k in TLS_ENVS if k in os.environ}
-        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in pairs.items())
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.passed_env().items())
         return f"exec env {env} {shlex.quote(host.python)} {shlex.join(argv)}"
 
     def spawn(self, placement, argv, log_file) -> subprocess.Popen:

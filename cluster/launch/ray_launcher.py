@@ -13,11 +13,9 @@ import sys
 import time
 
 from ..plan.types import RankPlacement, ReplicaPlan
-from ..rpc.tls import TLS_ENVS
 from .blas import openblas_env
 from .command import fixed_port
 from .local import Launcher, RunningReplica
-from .rank import TOKEN_ENV
 
 HOST_RESOURCE = "cluster_host:{}"
 PLACEMENT_TIMEOUT_S = 60
@@ -122,12 +120,13 @@ class RayLauncher(Launcher):
         import ray
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        env = {TOKEN_ENV: self.token} | {k: os.environ[k] for k in TLS_ENVS if k in os.environ}
         strategy = PlacementGroupSchedulingStrategy(
             placement_group=self._group, placement_group_bundle_index=placement.rank
         )
         actor_class = ray.remote(num_cpus=0)(RankActor)
-        actor = actor_class.options(scheduling_strategy=strategy).remote(argv, env, log_file.name)
+        actor = actor_class.options(scheduling_strategy=strategy).remote(
+            argv, self.passed_env(), log_file.name
+        )
         return RayRank(actor)
 
 
