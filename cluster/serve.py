@@ -93,13 +93,8 @@ def serve(options: ServeOptions, engine: EngineConfig) -> None:
     config = read_config(model_dir)
     plan = make_plan(config, stored_bits(config) or inventory.quantization_bits, inventory)
     log.info("plan:\n%s", render_plan(plan))
-    if not plan.ok:
-        raise PlanRefused(" ".join(plan.refusals))
-    if any(r.pipeline_stages > 1 for r in plan.replicas):
-        raise PlanRefused(
-            "this layout needs pipeline parallelism, which the planner reports but serve does "
-            "not run yet; use a node count per replica that divides the model's heads and experts"
-        )
+    if why := plan.unservable():
+        raise PlanRefused(why)
     plans = list(plan.replicas)
     name = options.served_model_name or name
     host = options.host or inventory.coordinator_host

@@ -102,6 +102,9 @@ def test_non_divisible_tp_falls_back_to_pipeline_and_says_so():
     assert replica.tensor_parallel == 1 and replica.pipeline_stages == 3
     assert replica.layer_ranges == ((0, 26), (26, 52), (52, 78))
     assert replica.speculation["mtp"] == "pipeline_parallel"
+    # Planned, but serve and deploy refuse it with one reason.
+    assert plan.ok and "pipeline parallelism" in plan.unservable()
+    assert make_plan(GLM5, 4, studios(512, 512)).unservable() is None
 
 
 def test_six_nodes_pipeline_two_stages_of_tp_two():

@@ -48,14 +48,15 @@ async def one_grpc_request(target: str, prompt: Prompt, max_tokens: int) -> Resu
     start = time.perf_counter()
     first = last = None
     try:
-        ids = tokenizer(model).chat([{"role": "user", "content": prompt.text}])
+        tok = tokenizer(model)
+        ids = tok.chat([{"role": "user", "content": prompt.text}])
         sampling = SamplingParams(max_tokens=max_tokens, temperature=0.0)
         request = EngineRequest(
             RequestId(f"bench-{os.getpid()}-{next(_ids)}"), tuple(ids), sampling
         )
         # Timed like an HTTP stream: from the first token that makes text (the coordinator
         # holds back tokens that decode to nothing or to part of a character).
-        detok = IncrementalDetokenizer(tokenizer(model).decode)
+        detok = IncrementalDetokenizer(tok.decode)
         async for event in client(target).generate(request):
             if event.error:
                 raise RuntimeError(event.error)

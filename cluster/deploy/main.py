@@ -72,10 +72,8 @@ def render(inventory_path: str, prefix: str, config_file: str | None, wheel_dir:
     """Everything the playbook writes, per host, as JSON-ready data."""
     inventory = load_inventory(inventory_path)
     plan, _ = deploy_plan(inventory, config_file)
-    if not plan.ok:
-        raise ValueError(" ".join(plan.refusals))
-    if any(r.pipeline_stages > 1 for r in plan.replicas):
-        raise ValueError("this layout needs pipeline parallelism, which serve does not run yet")
+    if why := plan.unservable():
+        raise ValueError(why)
     layout = Layout(prefix)
     nodes = node_deploys(inventory, plan, layout, Path(inventory_path).read_text())
     wheel = build_wheel(Path(wheel_dir)) if wheel_dir else None
@@ -146,8 +144,8 @@ def deploy_command(args) -> int:
     print(render_plan(plan))
     if note:
         print(note)
-    if not plan.ok:
-        print("error: the plan is refused; nothing deployed", file=sys.stderr)
+    if why := plan.unservable():
+        print(f"error: nothing deployed: {why}", file=sys.stderr)
         return 1
     argv = ansible_playbook_argv(args, inventory)
     print("running:", " ".join(argv), flush=True)

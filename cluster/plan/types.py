@@ -57,5 +57,17 @@ class Plan:
     def ok(self) -> bool:
         return not self.refusals
 
+    def unservable(self) -> str | None:
+        """Why `serve` cannot run this plan (refused, or pipelined), or None."""
+        if self.refusals:
+            return " ".join(self.refusals)
+        if any(r.pipeline_stages > 1 for r in self.replicas):
+            return (
+                "this layout needs pipeline parallelism, which the planner reports but serve does "
+                "not run yet; use a node count per replica that divides the model's heads and "
+                "experts"
+            )
+        return None
+
     def to_json(self) -> dict:
         return asdict(self) | {"ok": self.ok}
