@@ -40,11 +40,16 @@ def default_model_dir(seed: int = 0) -> Path:
     return target
 
 
+def model_name(model: str) -> str:
+    """The name a model spec is served under; needs no files (deploys name remote models)."""
+    return DEFAULT_MODEL_NAME if model in (DEFAULT_MODEL, "") else Path(model).expanduser().name
+
+
 def resolve_model(model: str) -> tuple[Path, str]:
     """(directory, served name) for a model spec."""
     if model in (DEFAULT_MODEL, ""):
-        return default_model_dir(), DEFAULT_MODEL_NAME
+        return default_model_dir(), model_name(model)
     path = Path(model).expanduser()
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"model directory {path} has no config.json")
-    return path, path.name
+    return path, model_name(model)

@@ -13,7 +13,7 @@ from ..config import EngineConfig
 from ..inventory import Inventory
 from ..launch.command import fixed_port, mlx_hostfile, rank_command
 from ..launch.rank import TOKEN_FILE_ENV
-from ..model_store import DEFAULT_MODEL, DEFAULT_MODEL_NAME
+from ..model_store import model_name
 from ..plan.types import Plan, RankPlacement, ReplicaPlan
 from ..rpc.tls import CA_ENV, CERT_ENV, KEY_ENV
 
@@ -83,11 +83,6 @@ class NodeDeploy:
     """Paths on the node -> contents (hostfiles; the inventory on the coordinator's node)."""
     user: str | None = None
     """The account the node's services run as (deploy_user, else ansible_user)."""
-
-
-def model_name(model: str) -> str:
-    """The served model name, as `serve` derives it, without needing the files here."""
-    return DEFAULT_MODEL_NAME if model in (DEFAULT_MODEL, "") else PurePosixPath(model).name
 
 
 TLS_VARS = {"deploy_tls_ca": CA_ENV, "deploy_tls_cert": CERT_ENV, "deploy_tls_key": KEY_ENV}
