@@ -14,7 +14,9 @@ class EngineConfig:
     max_num_seqs: int = _help("most sequences decoded together (continuous batching)", 16)
     prefill_step_size: int = _help("most prompt tokens computed in one prefill chunk", 2048)
     block_size: int = _help("tokens per prefix-cache block (and per routing hash)", 16)
-    prefix_cache_bytes: int = _help("memory bound of the prefix cache in bytes", 512 * MiB)
+    prefix_cache_bytes: int = _help(
+        "memory bound of the prefix cache in bytes (KV arrays and bookkeeping)", 512 * MiB
+    )
     kv_bits: int | None = _help("quantize stored prefix-cache KV to this many bits (4 or 8)", None)
     max_model_len: int | None = _help("context length; default the model's, at most 32768", None)
     max_queue: int = _help("requests waiting beyond max_num_seqs before 429", 64)

@@ -44,16 +44,21 @@ WORDS = [
 ]
 
 
-def memory(url: str, coordinator_pid: int) -> dict[str, int]:
+def memory(url: str, coordinator_pid: int) -> tuple[dict[str, int], dict[str, int]]:
+    """Resident bytes per process and MLX pool; the prefix cache's entry and block counts."""
     status = httpx.get(f"{url}/v1/status").json()
     out = {"coordinator": resident_bytes(coordinator_pid) or 0}
+    counts = {}
     for r in status["replicas"]:
         for rank in r["ranks"]:
             out[f"{r['name']}/rank{rank['rank']}"] = rank.get("memory_bytes", 0)
         engine = r["engine"]
         out[f"{r['name']} MLX arrays"] = engine.get("mlx_active_bytes", 0)
         out[f"{r['name']} MLX buffer cache"] = engine.get("mlx_cache_bytes", 0)
-    return out
+        cache = engine.get("prefix_cache", {})
+        counts[f"{r['name']} prefix-cache entries"] = cache.get("entries", 0)
+        counts[f"{r['name']} prefix-cache blocks"] = cache.get("blocks", 0)
+    return out, counts
 
 
 async def load(url: str, seconds: float, concurrency: int, counts: dict) -> None:
@@ -101,14 +106,17 @@ def main() -> None:
         warmup = min(60.0, args.minutes * 60 / 5)
         asyncio.run(load(url, warmup, args.concurrency, counts))
         time.sleep(1.5)  # the supervisor refreshes rank memory every 0.5 s
-        samples = [memory(url, proc.pid)]
+        sample, book = memory(url, proc.pid)
+        samples, books = [sample], [book]
         remaining = args.minutes * 60 - warmup
         while remaining > 0:  # a sample every minute: a leak climbs, a warm-up levels off
             chunk = min(60.0, remaining)
             asyncio.run(load(url, chunk, args.concurrency, counts))
             remaining -= chunk
             time.sleep(1.5)
-            samples.append(memory(url, proc.pid))
+            sample, book = memory(url, proc.pid)
+            samples.append(sample)
+            books.append(book)
     finally:
         stop(proc)
     start, end = samples[0], samples[-1]
@@ -126,6 +134,8 @@ def main() -> None:
     print("\nper minute after warm-up, MiB:")
     for name in start:
         print(f"  {name}: " + " ".join(f"{m[name] / 2**20:.1f}" for m in samples))
+    for name in books[0]:
+        print(f"  {name}: " + " ".join(str(b[name]) for b in books))
 
 
 if __name__ == "__main__":

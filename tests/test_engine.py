@@ -1,9 +1,15 @@
 """Engine tests on the tiny GLM-5-architecture model: batching, prefix cache, abort, sampling."""
 
+import gc
+import random
+import tracemalloc
+
 import pytest
 
 from cluster.config import EngineConfig
 from cluster.engine.engine import Engine
+from cluster.engine.kv import cache_nbytes
+from cluster.engine.prefix_cache import PrefixCache
 from cluster.engine.types import EngineRequest, RequestId, SamplingParams
 
 TEXTS = [
@@ -84,6 +90,32 @@ def test_prefix_cache_is_bounded_and_evicts_lru(loaded, prompts):
     assert engine.cache.nbytes <= engine.cache.capacity_bytes
     events = engine.cache.drain_events()
     assert events.stored and events.evicted
+
+
+def test_prefix_cache_bound_counts_its_python_books(loaded, prompts):
+    # The Python heap the entries hold (token and hash arrays, index, cache objects) is inside
+    # the byte bound: the estimate covers what tracemalloc sees, without doubling it.
+    engine = make_engine(loaded)
+    run(engine, [prompts[4]])
+    cache = next(iter(engine.cache.entries.values())).cache
+    books = PrefixCache(16, 1 << 40)
+    rng = random.Random(0)
+    seqs = [
+        tuple(rng.randrange(100, 50000) for _ in range(rng.randrange(16, 200))) for _ in range(200)
+    ]
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        for seq in seqs:
+            books.insert(seq, cache)
+        gc.collect()
+        traced = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    estimated = books.nbytes - sum(cache_nbytes(e.cache) for e in books.entries.values())
+    assert len(books.entries) == 200
+    assert traced <= estimated <= 1.5 * traced, (traced, estimated)
 
 
 def test_quantized_prefix_cache_stores_less(loaded, prompts):

@@ -1,8 +1,10 @@
 """Prefix cache: KV snapshots keyed by chained block hashes, bounded by bytes, LRU.
 
-It keeps books only; the runner hands it caches and gets caches back.
+It keeps books only; the runner hands it caches and gets caches back. The bound counts the
+books too: an entry's tokens and hashes live in flat arrays, not in per-token Python objects.
 """
 
+from array import array
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from itertools import count
@@ -11,13 +13,26 @@ from typing import Any
 from ..hashing import BlockHash, block_hashes
 from .kv import cache_nbytes, snapshot
 
+ENTRY_BOOK_BYTES = 512
+"""Python objects per entry beyond its arrays and layers: the entry, its LRU slot, its lists."""
+LAYER_BOOK_BYTES = 640
+"""Per layer of an entry: the cache objects and array handles of its snapshot."""
+BLOCK_BOOK_BYTES = 160
+"""Per block in the hash index: the dict slot, the key int, the list of entry ids."""
 
-@dataclass
+
+@dataclass(slots=True)
 class Entry:
-    tokens: tuple[int, ...]
-    hashes: list[BlockHash]
+    tokens: array  # token ids, 'I'
+    hashes: array  # block hashes, 'Q'
     cache: list[Any]
     nbytes: int
+
+
+def book_bytes(tokens: array, hashes: array, layers: int) -> int:
+    """Bytes of Python heap an entry holds besides its KV arrays (checked in the tests)."""
+    arrays = tokens.itemsize * len(tokens) + hashes.itemsize * len(hashes) + 2 * 64
+    return ENTRY_BOOK_BYTES + LAYER_BOOK_BYTES * layers + arrays + BLOCK_BOOK_BYTES * len(hashes)
 
 
 @dataclass
@@ -43,7 +58,7 @@ class PrefixCache:
         self.seed = seed
         self.kv_bits = kv_bits
         self.entries: OrderedDict[int, Entry] = OrderedDict()
-        self.index: dict[BlockHash, set[int]] = {}
+        self.index: dict[BlockHash, list[int]] = {}
         self.nbytes = 0
         self.stats = CacheStats()
         self.events = CacheEvents()
@@ -58,16 +73,17 @@ class PrefixCache:
         """Longest cached block-aligned prefix, leaving at least one token to compute."""
         self.stats.queries += len(tokens)
         usable = (len(tokens) - 1) // self.block_size
+        query = array("I", tokens[: usable * self.block_size])
         best: Entry | None = None
         best_id, matched = -1, 0
-        for i, h in enumerate(self.hashes(tokens[: usable * self.block_size])):
+        for i, h in enumerate(self.hashes(query)):
             ids = self.index.get(h)
             if not ids:
                 break
-            entry_id = next(iter(ids))
+            entry_id = ids[0]
             entry = self.entries[entry_id]
             end = (i + 1) * self.block_size
-            if entry.tokens[:end] != tokens[:end]:  # a hash collision
+            if entry.tokens[:end] != query[:end]:  # a hash collision
                 break
             best, best_id, matched = entry, entry_id, end
         matched -= self.lag
@@ -82,13 +98,15 @@ class PrefixCache:
         n = len(tokens) // self.block_size * self.block_size
         if n == 0 or self.capacity_bytes == 0:
             return
-        tokens = tuple(tokens[:n])
-        hashes = self.hashes(tokens)
+        tokens = array("I", tokens[:n])
+        hashes = array("Q", self.hashes(tokens))
         if ids := self.index.get(hashes[-1]):
-            self.entries.move_to_end(next(iter(ids)))
+            self.entries.move_to_end(ids[0])
             return
         stored = snapshot(cache, n, kv_bits=self.kv_bits)
-        entry = Entry(tokens, hashes, stored, cache_nbytes(stored))
+        entry = Entry(
+            tokens, hashes, stored, cache_nbytes(stored) + book_bytes(tokens, hashes, len(stored))
+        )
         if entry.nbytes > self.capacity_bytes:
             return
         # An entry that ends inside the new one's chain is a prefix of it: superseded.
@@ -100,11 +118,11 @@ class PrefixCache:
         self.entries[entry_id] = entry
         self.nbytes += entry.nbytes
         for h in hashes:
-            ids = self.index.setdefault(h, set())
+            ids = self.index.setdefault(h, [])
             if not ids:
                 self.events.stored.append(h)
                 self.stats.stored_blocks += 1
-            ids.add(entry_id)
+            ids.append(entry_id)
         while self.nbytes > self.capacity_bytes:
             self._remove(next(iter(self.entries)))
 
@@ -113,7 +131,7 @@ class PrefixCache:
         self.nbytes -= entry.nbytes
         for h in entry.hashes:
             ids = self.index[h]
-            ids.discard(entry_id)
+            ids.remove(entry_id)
             if not ids:
                 del self.index[h]
                 self.events.evicted.append(h)
