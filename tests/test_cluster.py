@@ -275,7 +275,14 @@ def test_mtp_under_tp2_is_token_identical_and_counted(tmp_path, k):
                 extra_body={"ignore_eos": True},
             )
             assert raw.headers["x-speculation"] == f"mtp;k={k}"
-            outs.append(raw.parse().choices[0].text)
+            completion = raw.parse()
+            outs.append(completion.choices[0].text)
+            # What happened to this request: its accepted and proposed draft tokens.
+            accepted, drafted = map(int, raw.headers["x-speculation-accepted"].split("/"))
+            details = completion.usage.completion_tokens_details
+            assert drafted > 0 and drafted % k == 0 and 0 <= accepted <= drafted
+            assert details.accepted_prediction_tokens == accepted
+            assert details.rejected_prediction_tokens == drafted - accepted
         assert outs == expected
         spec_stats = status(spec)["replicas"][0]["engine"]["speculation"]
         assert spec_stats["drafts"] > 0 and spec_stats["accepted_tokens"] > 0

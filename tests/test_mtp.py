@@ -69,6 +69,27 @@ def test_greedy_with_mtp_is_token_identical(prompts, k):
     assert engine.speculation.active and engine.speculation.header() == f"mtp;k={k}"
 
 
+def test_each_request_counts_its_own_drafts(prompts):
+    config = EngineConfig(speculation="mtp", num_speculative_tokens=2)
+    engine, _ = build_engine(TRAINED, config, "glm-5-fixture")
+    # One alone (speculates), then two together (a batch: no drafts until one is left).
+    last = {}
+    for batch in ([prompts[0]], prompts[1:]):
+        for i, p in enumerate(batch):
+            rid = RequestId(f"{len(last)}-{i}")
+            engine.add_request(EngineRequest(rid, tuple(p), greedy(24 + 12 * i)))
+        while engine.has_work():
+            for event in engine.step():
+                last[event.request_id] = event
+    stats = engine.runner.drafter.stats
+    assert sum(e.draft_tokens for e in last.values()) == stats.draft_tokens > 0
+    assert sum(e.accepted_tokens for e in last.values()) == stats.accepted > 0
+    alone, shorter, longer = (last[r] for r in ("0-0", "1-0", "1-1"))
+    assert alone.draft_tokens > 0
+    assert shorter.draft_tokens == 0  # it decoded only inside the batch
+    assert longer.draft_tokens > 0  # speculated after the other finished
+
+
 def test_a_batch_runs_without_speculation_and_says_so(prompts):
     base, _ = run(EngineConfig(), prompts, greedy(24))
     spec, engine = run(

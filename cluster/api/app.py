@@ -110,8 +110,9 @@ def create_app(coordinator: Coordinator, api_keys: frozenset[str] = frozenset())
                 headers=headers,
                 background=BackgroundTask(stream.aclose),
             )
-        result = await _collect_unless_disconnected(request, stream)
-        return JSONResponse(shape.full(*result), headers=headers)
+        text, last = await _collect_unless_disconnected(request, stream)
+        headers["x-speculation-accepted"] = f"{last.accepted_tokens}/{last.draft_tokens}"
+        return JSONResponse(shape.full(text, last), headers=headers)
 
     return app
 
@@ -133,6 +134,11 @@ class _Shape:
             "completion_tokens": last.num_tokens,
             "total_tokens": last.prompt_tokens + last.num_tokens,
             "prompt_tokens_details": {"cached_tokens": last.cached_tokens},
+            # Speculative decoding's draft tokens, in the fields OpenAI has for predictions.
+            "completion_tokens_details": {
+                "accepted_prediction_tokens": last.accepted_tokens,
+                "rejected_prediction_tokens": last.draft_tokens - last.accepted_tokens,
+            },
         }
 
     def full(self, text: str, last: Output) -> dict:

@@ -51,6 +51,9 @@ class Output:
     finish_reason: str | None
     prompt_tokens: int
     cached_tokens: int
+    draft_tokens: int = 0
+    """Speculative decoding so far: draft tokens proposed for this request, and kept."""
+    accepted_tokens: int = 0
 
 
 class Completion:
@@ -206,7 +209,7 @@ class Coordinator:
                     tracker.on_finish(delta.finish_reason, prompt_tokens, event.cached_tokens, last)
                 yield Output(
                     delta.text, out.num_tokens, delta.finish_reason, event.prompt_tokens,
-                    event.cached_tokens,
+                    event.cached_tokens, event.draft_tokens, event.accepted_tokens,
                 )  # fmt: skip
                 if delta.finish_reason is not None:
                     return

@@ -107,6 +107,8 @@ class ModelRunner:
             layer.trim(drafter.k - accepted)
         drafter.rollback(seq, drafts, accepted, hidden, self.batch_cache)
         drafter.stats.record(accepted)
+        seq.draft_tokens += len(drafts)
+        seq.accepted_tokens += accepted
         return drafts[:accepted] + [token]
 
     def _mtp_catch_up(self) -> None:

@@ -125,6 +125,8 @@ class Scheduler:
             prompt_tokens=seq.num_prompt,
             cached_tokens=seq.num_cached,
             error=error,
+            draft_tokens=seq.draft_tokens,
+            accepted_tokens=seq.accepted_tokens,
         )
         if seq.finish_reason is None:
             return event

@@ -33,6 +33,10 @@ class Sequence:
     draft_cache: Any = None
     """The draft model's KV cache (draft-model speculation), holding `draft_len` tokens."""
     draft_len: int = 0
+    draft_tokens: int = 0
+    """Draft tokens proposed for this sequence (speculative decoding)."""
+    accepted_tokens: int = 0
+    """Of those, the ones the main model kept."""
     num_emitted: int = field(default=0)
     """Output tokens already sent out in events."""
     arrived_at: float = field(default_factory=time.monotonic)

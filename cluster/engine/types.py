@@ -47,3 +47,7 @@ class TokenEvent:
     """On the last event: first prefill chunk to first token."""
     decode_seconds: float = 0.0
     """On the last event: first token to finish."""
+    draft_tokens: int = 0
+    """Draft tokens proposed for this request so far (speculative decoding)."""
+    accepted_tokens: int = 0
+    """Of those, the ones the main model kept so far."""

@@ -61,6 +61,8 @@ class GrpcEngineClient:
                     queue_seconds=chunk.queue_seconds,
                     prefill_seconds=chunk.prefill_seconds,
                     decode_seconds=chunk.decode_seconds,
+                    draft_tokens=chunk.draft_tokens,
+                    accepted_tokens=chunk.accepted_tokens,
                 )
         except grpc.aio.AioRpcError as e:
             message = f"lost the replica's leader at {self.address}: {e.code().name}"

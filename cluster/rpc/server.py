@@ -47,6 +47,8 @@ def chunk_of(events: list) -> pb.GenerateChunk:
         queue_seconds=max(e.queue_seconds for e in events),
         prefill_seconds=max(e.prefill_seconds for e in events),
         decode_seconds=max(e.decode_seconds for e in events),
+        draft_tokens=last.draft_tokens,
+        accepted_tokens=last.accepted_tokens,
     )
 
 
