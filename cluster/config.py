@@ -33,6 +33,9 @@ class EngineConfig:
         "safetensors with the MTP layer, if the checkpoint lacks it", None
     )
     draft_model: str | None = _help("draft model directory for --speculation draft", None)
+    heap_trim_seconds: float = _help(
+        "give freed heap pages back to the OS at most this often (glibc only; 0: never)", 10.0
+    )
 
     def __post_init__(self):
         checks = {
@@ -45,6 +48,7 @@ class EngineConfig:
             "max_queue": self.max_queue >= 0,
             "speculation": self.speculation in ("none", "mtp", "draft"),
             "num_speculative_tokens": 1 <= self.num_speculative_tokens <= 8,
+            "heap_trim_seconds": self.heap_trim_seconds >= 0,
         }
         for name, ok in checks.items():
             if not ok:

@@ -58,6 +58,9 @@ def memory(url: str, coordinator_pid: int) -> tuple[dict[str, int], dict[str, in
         cache = engine.get("prefix_cache", {})
         counts[f"{r['name']} prefix-cache entries"] = cache.get("entries", 0)
         counts[f"{r['name']} prefix-cache blocks"] = cache.get("blocks", 0)
+        trim = engine.get("heap_trim", {})
+        counts[f"{r['name']} heap trims"] = trim.get("trims", 0)
+        counts[f"{r['name']} heap trim ms (mean)"] = trim.get("trim_ms_avg", 0)
     return out, counts
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..config import EngineConfig
 from . import speculation
+from .heap import HeapTrimmer
 from .lockstep import Channel, StepMessage, decode_request, encode_request, tokens_digest
 from .types import EngineRequest, RequestId, TokenEvent
 
@@ -104,6 +105,7 @@ class EngineService:
         self._engine = None
         self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
         self._model_bytes = 0
+        self.heap = HeapTrimmer(config.heap_trim_seconds)
         self.steps = 0
         self.step_seconds = 0.0
         self.exchange_seconds = 0.0
@@ -148,6 +150,7 @@ class EngineService:
             "mlx_cache_bytes": _mlx_memory("get_cache_memory"),
             "speculation": self._speculation_json(engine),
             "batch_kv_bytes": engine.runner.batch_kv_bytes() if engine else 0,
+            "heap_trim": self.heap.to_json(),
             "steps": self.steps,
             "step_ms_avg": round(1000 * self.step_seconds / steps, 3),
             "exchange_ms_avg": round(1000 * self.exchange_seconds / steps, 3),
@@ -179,7 +182,9 @@ class EngineService:
         channel = Channel(self.group) if self.distributed else None
         digest = ""
         while True:
-            message = self._take_commands(block=not self._engine.has_work())
+            idle = not self._engine.has_work()
+            self.heap.maybe_trim(idle)
+            message = self._take_commands(block=idle)
             message.step, message.digest = self._engine.has_work(), digest
             message.speculate = message.step and self._engine.want_speculation()
             try:
@@ -286,9 +291,11 @@ def run_follower(model_path, config: EngineConfig, model_id: str, group) -> None
     """A follower rank: receive each step's work from the leader and take the same step."""
     engine, _ = build_engine(model_path, config, model_id, group)
     channel = Channel(group)
+    heap = HeapTrimmer(config.heap_trim_seconds)
     digest = ""
     while True:
         message = channel.exchange(None)
+        heap.maybe_trim(idle=not message.step)
         if message.digest != digest:
             raise RuntimeError(
                 f"rank {group.rank()} diverged from the leader: sampled tokens differ"
