@@ -214,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-services", action="store_true", help="write service files but do not start them"
     )
+    p.add_argument(
+        "--remove", action="store_true", help="stop and remove this cluster's services instead"
+    )
     p.add_argument("ansible_args", nargs="*", help="more ansible-playbook arguments, after --")
     p.set_defaults(func=_deploy)
 

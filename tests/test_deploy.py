@@ -78,6 +78,9 @@ def test_mac_plists_round_trip_and_carry_the_daemon_keys(
             assert env["MLX_METAL_FAST_SYNCH"] == "1"
             assert "CLUSTER_TOKEN" not in env  # the secret stays in a 0600 file
             labels.append(job["Label"])
+        # Separate machines: a host keeps only its own services (the rest would be stale).
+        own = sorted(f"{s['label']}.plist" for s in node["services"])
+        assert node["keep"]["launchd"] == own
         (hostfile,) = [f for f in node["files"] if f["path"].endswith("r0.json")]
         spec = json.loads(hostfile["content"])
         assert spec["coordinator"] == "10.10.0.1:52100"
@@ -178,6 +181,7 @@ def tp2_inventory(tmp_path) -> Path:
     return path
 
 
+@pytest.mark.timeout(600)
 def test_playbook_installs_renders_is_idempotent_and_its_units_serve(tmp_path, tp2_inventory):
     prefix = tmp_path / "prefix"
     env = os.environ | {"CLUSTER_HOME": str(tmp_path / "controller")}
@@ -251,6 +255,19 @@ def test_playbook_installs_renders_is_idempotent_and_its_units_serve(tmp_path, t
                 p.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
+
+    # A service of a replica the inventory no longer has is removed; ours and others' stay.
+    (prefix / "units" / "glm-cluster-rank-r9-0.service").write_text(
+        (prefix / "units" / units[1]).read_text()
+    )
+    (prefix / "units" / "someone-else.service").write_text("[Unit]\n")
+    third = run_deploy(tp2_inventory, prefix, env, "--limit", "local-rank0")
+    assert "glm-cluster-rank-r9-0.service" in third
+    assert sorted(p.name for p in (prefix / "units").iterdir()) == [*units, "someone-else.service"]
+    # `--remove` takes every service of the cluster away, and nothing else.
+    run_deploy(tp2_inventory, prefix, env, "--remove")
+    assert [p.name for p in (prefix / "units").iterdir()] == ["someone-else.service"]
+    assert (prefix / "venv" / "bin" / "python").exists()
 
 
 def wait_status(url: str, procs, logs: Path, timeout: float = 240) -> dict:

@@ -68,6 +68,24 @@ def build_wheel(out_dir: Path) -> Path | None:
     return target
 
 
+def kept_services(inventory: Inventory, nodes: dict, host: str) -> dict[str, list[str]]:
+    """Service files a deploy keeps on a host's machine: its own and those of hosts that are the
+    same machine (they share one service directory). Other files of this cluster are stale."""
+    hosts = {h.name: h for h in inventory.hosts}
+    same = [n for n in nodes if machine_of(hosts[n]) == machine_of(hosts[host])]
+    services = [s for n in same for s in nodes[n].services]
+    return {
+        "systemd": sorted(s.unit_name for s in services),
+        "launchd": sorted(f"{s.label}.plist" for s in services),
+    }
+
+
+def machine_of(host) -> str:
+    if host.deploy.get("ansible_connection") == "local":
+        return "localhost"
+    return str(host.deploy.get("ansible_host", host.name))
+
+
 def render(inventory_path: str, prefix: str, config_file: str | None, wheel_dir: str | None):
     """Everything the playbook writes, per host, as JSON-ready data."""
     inventory = load_inventory(inventory_path)
@@ -92,7 +110,8 @@ def render(inventory_path: str, prefix: str, config_file: str | None, wheel_dir:
             for s in node.services
         ]
         files = [{"path": p, "content": c} for p, c in sorted(node.files.items())]
-        hosts[name] = {"services": services, "files": files, "user": node.user}
+        keep = kept_services(inventory, nodes, name)
+        hosts[name] = {"services": services, "files": files, "user": node.user, "keep": keep}
     from ..serve import stored_token
 
     token_file = cache_home() / "cluster-token"
@@ -128,6 +147,8 @@ def ansible_playbook_argv(args, inventory: Inventory) -> list[str]:
         argv += ["-e", f"deploy_model_config={Path(args.model_config).resolve()}"]
     if args.no_services:
         argv += ["-e", "deploy_manage_services=false"]
+    if args.remove:
+        argv += ["-e", "deploy_state=absent"]
     if args.check:
         argv += ["--check", "--diff"]
     if args.limit:
@@ -140,6 +161,10 @@ def ansible_playbook_argv(args, inventory: Inventory) -> list[str]:
 
 def deploy_command(args) -> int:
     inventory = load_inventory(args.inventory)
+    if args.remove:  # nothing is planned or installed: services stop and their files go
+        argv = ansible_playbook_argv(args, inventory)
+        print("running:", " ".join(argv), flush=True)
+        return subprocess.run(argv).returncode
     plan, note = deploy_plan(inventory, args.model_config)
     print(render_plan(plan))
     if note:
