@@ -10,6 +10,7 @@ from pathlib import Path
 
 import uvicorn
 
+from . import aio
 from .api.app import create_app
 from .config import EngineConfig
 from .coordinator.coordinator import Coordinator
@@ -105,9 +106,11 @@ def serve(options: ServeOptions, engine: EngineConfig) -> None:
     launcher = make_launcher(inventory, run_dir, str(model_dir), name, engine, token)
     supervisor = Supervisor(launcher, token, engine.max_num_seqs, ports)
     tls = TlsFiles.from_env()  # a partial TLS setup fails here, before any replica starts
+    event_loop = aio.loop_name()  # so does a bad CLUSTER_EVENT_LOOP
     log.info("gRPC to replicas: %s", "mutual TLS" if tls else "plaintext, cluster token")
     settings = {
         "grpc_tls": tls is not None,
+        "event_loop": event_loop,
         "engine": engine.__dict__,
         "inventory": inventory.source,
         "model_dir": str(model_dir),
@@ -164,4 +167,4 @@ def serve(options: ServeOptions, engine: EngineConfig) -> None:
             await supervisor.stop()
             log.info("stopped")
 
-    asyncio.run(run())
+    aio.run(run())

@@ -143,6 +143,7 @@ def test_long_shared_prefix_hits_the_prefix_cache(server):
     status = httpx.get(f"{server.url}/v1/status").json()
     cache = status["replicas"][0]["engine"]["prefix_cache"]
     assert cache["hit_tokens"] >= cached and cache["blocks"] > 0
+    assert status["settings"]["event_loop"] == "uvloop"
 
 
 def _error(call):

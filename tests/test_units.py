@@ -108,3 +108,21 @@ def test_progress_draws_a_bar_on_a_terminal_and_logs_lines_otherwise(caplog):
             plain.advance()
     assert len(caplog.records) == 5  # 0, 25, 50, 75 and 100 percent
     assert caplog.records[-1].getMessage().startswith("bench: 100/100")
+
+
+def test_event_loop_choice(monkeypatch):
+    import asyncio
+
+    from cluster import aio
+
+    async def loop_type() -> str:
+        return type(asyncio.get_running_loop()).__module__
+
+    monkeypatch.delenv("CLUSTER_EVENT_LOOP", raising=False)
+    assert aio.loop_name() == "uvloop"  # a dependency on Linux and macOS
+    assert aio.run(loop_type()).startswith("uvloop")
+    monkeypatch.setenv("CLUSTER_EVENT_LOOP", "asyncio")
+    assert aio.run(loop_type()).startswith("asyncio")
+    monkeypatch.setenv("CLUSTER_EVENT_LOOP", "tokio")
+    with pytest.raises(ValueError, match="use one of auto, uvloop, asyncio"):
+        aio.loop_name()

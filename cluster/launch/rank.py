@@ -13,6 +13,7 @@ import signal
 import tempfile
 from dataclasses import dataclass
 
+from .. import aio
 from ..config import EngineConfig
 
 log = logging.getLogger("cluster.rank")
@@ -101,7 +102,7 @@ def run_rank(opts: RankOptions, engine: EngineConfig) -> int:
 
     service = EngineService(opts.model, engine, opts.model_id, group)
     service.start()
-    return asyncio.run(_lead(service, opts))
+    return aio.run(_lead(service, opts))
 
 
 async def _lead(service, opts: RankOptions) -> int:
