@@ -1,6 +1,8 @@
 """Soak: a cluster under steady load for a while; errors and resident-memory growth.
 
-    .venv/bin/python scripts/soak.py [--minutes 10] [--concurrency 8]
+    .venv/bin/python scripts/soak.py [--minutes 10] [--concurrency 8] [-- SERVE ARGS]
+
+(`-- --inventory inventory/local-tp2.yaml` soaks a tensor-parallel replica: leader and follower.)
 
 Memory is sampled after a one-minute warm-up (the prefix cache, bounded here at 64 MiB, fills)
 and then every minute, for the coordinator and every rank process.
@@ -100,9 +102,13 @@ def main() -> None:
         default=str(64 << 20),
         help="bound of the prefix cache, so it fills during warm-up",
     )
+    parser.add_argument("serve_args", nargs="*", help="more `cluster serve` arguments, after --")
     args = parser.parse_args()
     proc, url = start_cluster(
-        tempfile.mkdtemp(prefix="soak-"), "--prefix-cache-bytes", args.prefix_cache_bytes
+        tempfile.mkdtemp(prefix="soak-"),
+        "--prefix-cache-bytes",
+        args.prefix_cache_bytes,
+        *args.serve_args,
     )
     counts = {"ok": 0, "errors": 0}
     try:
