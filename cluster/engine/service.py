@@ -180,13 +180,17 @@ class EngineService:
             return
         self._ready.set()
         channel = Channel(self.group) if self.distributed else None
-        digest = ""
+        digest, stepped = "", False
         while True:
             idle = not self._engine.has_work()
             self.heap.maybe_trim(idle)
-            message = self._take_commands(block=idle)
-            message.step, message.digest = self._engine.has_work(), digest
-            message.speculate = message.step and self._engine.want_speculation()
+            if idle and stepped and channel is not None:
+                stepped = False  # tell the followers the replica went idle: they trim too
+                message = StepMessage(digest=digest)
+            else:
+                message = self._take_commands(block=idle)
+                message.step, message.digest = self._engine.has_work(), digest
+                message.speculate = message.step and self._engine.want_speculation()
             try:
                 if channel is not None:
                     started = time.perf_counter()
@@ -200,6 +204,7 @@ class EngineService:
                     self.step_seconds += time.perf_counter() - started
                     digest = tokens_digest(events)
                     self.steps += 1
+                    stepped = True
                     self._dispatch_all(events)
                     self._publish_cache_events()
             except Exception as e:
