@@ -1,6 +1,8 @@
 """Metrics and dashboards: a real Prometheus scrapes a running cluster; every panel has data."""
 
 import json
+import platform
+import re
 import shutil
 import subprocess
 import time
@@ -144,3 +146,16 @@ def test_metrics_count_requests_by_finish_reason(server):
         model=server.model, prompt="x", max_tokens=3, extra_body={"ignore_eos": True}
     )
     assert successes("length") == before + 1
+    # Going idle after work, the leader trims its heap (Linux), and the metric says so.
+    deadline = time.time() + 10
+    while time.time() < deadline and not re.search(
+        r"^cluster:heap_trims_total\{[^}]*replica=\"r0\"\} [1-9]", metrics(server), re.M
+    ):
+        time.sleep(0.5)
+    assert re.search(r"^cluster:heap_trim_seconds_total\{", metrics(server), re.M)
+    if platform.system() == "Linux":
+        assert re.search(r"^cluster:heap_trims_total\{[^}]*\} [1-9]", metrics(server), re.M)
+
+
+def metrics(server) -> str:
+    return httpx.get(f"{server.url}/metrics").text

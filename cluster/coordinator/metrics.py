@@ -172,6 +172,16 @@ class ClusterCollector:
                 ("accepted_tokens", "spec_decode_num_accepted_tokens", "Draft tokens accepted."),
             )
         }
+        trims = CounterMetricFamily(
+            PREFIX + "heap_trims",
+            "Times the leader rank gave freed heap pages back to the OS (glibc malloc_trim).",
+            labels=["model_name", "replica"],
+        )
+        trim_seconds = CounterMetricFamily(
+            PREFIX + "heap_trim_seconds",
+            "Time the leader rank spent trimming.",
+            labels=["model_name", "replica"],
+        )
         per_pos = CounterMetricFamily(
             PREFIX + "spec_decode_num_accepted_tokens_per_pos",
             "Accepted draft tokens by position (unconditional, vLLM's definition).",
@@ -199,6 +209,9 @@ class ClusterCollector:
             cap = cache.get("capacity_bytes") or 0
             cache_perc.add_metric([name, r.name], cache.get("bytes", 0) / cap if cap else 0.0)
             step.add_metric([name, r.name], s.get("step_ms_avg", 0.0) / 1000)
+            if trim := s.get("heap_trim"):
+                trims.add_metric([name, r.name], trim["trims"])
+                trim_seconds.add_metric([name, r.name], trim["trims"] * trim["trim_ms_avg"] / 1000)
             exchange.add_metric([name, r.name], s.get("exchange_ms_avg", 0.0) / 1000)
             for rank in r.ranks:
                 labels = [name, r.name, rank["node"], str(rank["rank"])]
@@ -219,7 +232,8 @@ class ClusterCollector:
                 leader = r.ranks[0]
                 model_bytes.add_metric([name, r.name, leader["node"], "0"], s["model_bytes"])
         yield from (up, info, restarts, running, waiting, in_flight, kv, cache_perc, step, exchange,
-                    rank_up, rank_mem, model_bytes, spec_active, spec_fallbacks, per_pos,
+                    rank_up, rank_mem, model_bytes, trims, trim_seconds, spec_active,
+                    spec_fallbacks, per_pos,
                     *spec_counters.values())  # fmt: skip
 
     def describe(self):

@@ -33,7 +33,7 @@ class HeapTrimmer:
     def __init__(self, every: float):
         self.every = every
         self._trim = _malloc_trim() if every > 0 else None
-        self._last = time.monotonic()
+        self._last = float("-inf")  # the first trim is due at once
         self._worked = False
         self.trims = 0
         self.seconds = 0.0
