@@ -30,9 +30,10 @@ def loop_name() -> str:
 
 
 def run(main: Coroutine[Any, Any, Any]) -> Any:
+    factory = None  # asyncio's own, as asyncio.run
     if loop_name() == "uvloop":
         import uvloop
 
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            return runner.run(main)
-    return asyncio.run(main)
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)

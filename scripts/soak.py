@@ -111,21 +111,24 @@ def main() -> None:
         *args.serve_args,
     )
     counts = {"ok": 0, "errors": 0}
+    samples, books = [], []
+
+    def take_sample() -> None:
+        time.sleep(1.5)  # the supervisor refreshes rank memory every 0.5 s
+        sample, book = memory(url, proc.pid)
+        samples.append(sample)
+        books.append(book)
+
     try:
         warmup = min(60.0, args.minutes * 60 / 5)
         asyncio.run(load(url, warmup, args.concurrency, counts))
-        time.sleep(1.5)  # the supervisor refreshes rank memory every 0.5 s
-        sample, book = memory(url, proc.pid)
-        samples, books = [sample], [book]
+        take_sample()
         remaining = args.minutes * 60 - warmup
         while remaining > 0:  # a sample every minute: a leak climbs, a warm-up levels off
             chunk = min(60.0, remaining)
             asyncio.run(load(url, chunk, args.concurrency, counts))
             remaining -= chunk
-            time.sleep(1.5)
-            sample, book = memory(url, proc.pid)
-            samples.append(sample)
-            books.append(book)
+            take_sample()
     finally:
         stop(proc)
     start, end = samples[0], samples[-1]

@@ -211,7 +211,7 @@ class ClusterCollector:
             step.add_metric([name, r.name], s.get("step_ms_avg", 0.0) / 1000)
             if trim := s.get("heap_trim"):
                 trims.add_metric([name, r.name], trim["trims"])
-                trim_seconds.add_metric([name, r.name], trim["trims"] * trim["trim_ms_avg"] / 1000)
+                trim_seconds.add_metric([name, r.name], trim["seconds"])
             exchange.add_metric([name, r.name], s.get("exchange_ms_avg", 0.0) / 1000)
             for rank in r.ranks:
                 labels = [name, r.name, rank["node"], str(rank["rank"])]

@@ -57,4 +57,9 @@ class HeapTrimmer:
 
     def to_json(self) -> dict:
         ms = 1000 * self.seconds / max(self.trims, 1)
-        return {"active": self.active, "trims": self.trims, "trim_ms_avg": round(ms, 3)}
+        return {
+            "active": self.active,
+            "trims": self.trims,
+            "seconds": round(self.seconds, 6),
+            "trim_ms_avg": round(ms, 3),
+        }
