@@ -232,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir", help="directory to write")
     p.add_argument("--seed", type=int, default=0, help="weights seed (default 0)")
     p.add_argument("--train", action="store_true", help="train it on the standard library")
-    p.add_argument("--steps", type=int, default=800, help="training steps (default 800)")
+    p.add_argument("--steps", type=int, default=1100, help="training steps (default 1100)")
     p.set_defaults(func=_fixture_model)
     return parser
 

@@ -1,0 +1,206 @@
+"""GLM-5's output format, parsed from token ids: reasoning, content and tool calls.
+
+GLM-5 writes `<think>reasoning</think>answer` and calls tools as
+`<tool_call>NAME<arg_key>K</arg_key><arg_value>V</arg_value>...</tool_call>`; every tag is one
+special token, so the parser switches state on token ids and decodes only the text between them.
+Markup never reaches `content`. GLM-4.5's newlines after the name and between pairs are allowed.
+"""
+
+import ast
+import json
+from dataclasses import dataclass, field
+from enum import Enum
+
+from .output import IncrementalDetokenizer
+
+TAGS = (
+    "<think>", "</think>", "<tool_call>", "</tool_call>",
+    "<arg_key>", "</arg_key>", "<arg_value>", "</arg_value>",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Markers:
+    """Token ids of GLM-5's tags in one tokenizer."""
+
+    ids: dict[int, str]
+
+    @classmethod
+    def from_vocab(cls, vocab: dict[str, int]) -> "Markers | None":
+        """The tags' ids, or None when the tokenizer lacks GLM's tags as single tokens."""
+        if not all(t in vocab for t in TAGS):
+            return None
+        return cls({vocab[t]: t for t in TAGS})
+
+    def id_of(self, tag: str) -> int:
+        return next(i for i, t in self.ids.items() if t == tag)
+
+
+@dataclass(frozen=True)
+class ToolCallDelta:
+    """OpenAI's streamed tool-call piece: the first carries id and name, later ones arguments."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+@dataclass
+class ToolCall:
+    index: int
+    id: str
+    name: str
+    arguments: dict = field(default_factory=dict)
+    arguments_json: str = ""
+    complete: bool = False
+
+
+class _State(Enum):
+    CONTENT = "content"
+    REASONING = "reasoning"
+    NAME = "name"
+    BODY = "body"
+    KEY = "key"
+    VALUE = "value"
+
+
+def _param_types(tools: list[dict] | None) -> dict[str, dict[str, object]]:
+    """tool name -> parameter name -> its JSON-schema type (None when the schema says none)."""
+    out: dict[str, dict[str, object]] = {}
+    for tool in tools or []:
+        f = tool.get("function", tool)
+        props = (f.get("parameters") or f.get("input_schema") or {}).get("properties") or {}
+        out[f.get("name", "")] = {k: (v or {}).get("type") for k, v in props.items()}
+    return out
+
+
+def typed_value(raw: str, schema_type) -> object:
+    """A value as its schema types it: strings stay raw; others JSON, then a Python literal."""
+    if schema_type == "string" or (isinstance(schema_type, list) and "string" in schema_type):
+        return raw
+    text = raw.strip()
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return raw
+    return value if isinstance(value, int | float | bool | list | dict | str) else raw
+
+
+@dataclass
+class ParsedDelta:
+    content: str = ""
+    reasoning: str = ""
+    tool_calls: list[ToolCallDelta] = field(default_factory=list)
+
+
+class GlmParser:
+    """Feeds on generated token ids; returns what each feed adds, in OpenAI's delta terms."""
+
+    def __init__(self, markers: Markers, decode, tools: list[dict] | None = None,
+                 reasoning: bool = False, call_ids=None):  # fmt: skip
+        self.markers = markers
+        self.decode = decode
+        self.types = _param_types(tools)
+        self.state = _State.REASONING if reasoning else _State.CONTENT
+        self.calls: list[ToolCall] = []
+        self._new_id = call_ids or (lambda i: f"call_{i}")
+        self._detok = IncrementalDetokenizer(decode)
+        self._buf = ""  # text of the current name, key or value
+        self._key = ""
+        self._seen_content = False
+
+    @property
+    def in_call(self) -> bool:
+        return self.state in (_State.NAME, _State.BODY, _State.KEY, _State.VALUE)
+
+    def feed(self, token_ids) -> ParsedDelta:
+        out = ParsedDelta()
+        for t in token_ids:
+            tag = self.markers.ids.get(t)
+            if tag is None:
+                self._text(self._detok.add([t]), out)
+            else:
+                self._text(self._detok.flush(), out)
+                self._detok = IncrementalDetokenizer(self.decode)
+                self._tag(tag, out)
+        return out
+
+    def finish(self) -> ParsedDelta:
+        """Flush held-back text; a call cut off mid-way keeps the arguments it completed."""
+        out = ParsedDelta()
+        self._text(self._detok.flush(), out)
+        if self.state == _State.NAME and self._buf.strip():
+            self._start_call(out)
+        return out
+
+    def _text(self, text: str, out: ParsedDelta) -> None:
+        if not text:
+            return
+        if self.state == _State.CONTENT:
+            if not self._seen_content:  # no leading newlines before the answer
+                text = text.lstrip("\n")
+                self._seen_content = bool(text)
+            out.content += text
+        elif self.state == _State.REASONING:
+            out.reasoning += text
+        elif self.state in (_State.NAME, _State.KEY, _State.VALUE):
+            self._buf += text
+        # BODY: whitespace between pairs (GLM-4.5 puts newlines there); nothing to keep.
+
+    def _tag(self, tag: str, out: ParsedDelta) -> None:
+        s = self.state
+        if tag == "<think>" and s == _State.CONTENT and not self._seen_content:
+            self.state = _State.REASONING
+        elif tag == "</think>" and s == _State.REASONING:
+            self.state = _State.CONTENT
+        elif tag == "<tool_call>" and s in (_State.CONTENT, _State.REASONING):
+            self.state, self._buf = _State.NAME, ""
+        elif tag == "<arg_key>" and s in (_State.NAME, _State.BODY):
+            if s == _State.NAME:
+                self._start_call(out)
+            self.state, self._buf = _State.KEY, ""
+        elif tag == "</arg_key>" and s == _State.KEY:
+            self._key, self.state = self._buf.strip(), _State.BODY
+        elif tag == "<arg_value>" and s == _State.BODY:
+            self.state, self._buf = _State.VALUE, ""
+        elif tag == "</arg_value>" and s == _State.VALUE:
+            self._add_argument(out)
+            self.state = _State.BODY
+        elif tag == "</tool_call>" and s in (_State.NAME, _State.BODY):
+            if s == _State.NAME:
+                self._start_call(out)
+            self._end_call(out)
+            self.state = _State.CONTENT
+        # Any other tag out of place (a stray </think>, say) is dropped, never shown as text.
+
+    def _start_call(self, out: ParsedDelta) -> None:
+        index = len(self.calls)
+        call = ToolCall(index, self._new_id(index), self._buf.strip())
+        self.calls.append(call)
+        self._buf = ""
+        out.tool_calls.append(ToolCallDelta(index, call.id, call.name))
+
+    def _add_argument(self, out: ParsedDelta) -> None:
+        call = self.calls[-1]
+        raw = self._buf.removeprefix("\n").removesuffix("\n")
+        value = typed_value(raw, self.types.get(call.name, {}).get(self._key))
+        call.arguments[self._key] = value
+        sep = ", " if call.arguments_json else "{"
+        piece = sep + json.dumps(self._key, ensure_ascii=False) + ": "
+        piece += json.dumps(value, ensure_ascii=False)
+        self._emit_args(call, piece, out)
+
+    def _end_call(self, out: ParsedDelta) -> None:
+        call = self.calls[-1]
+        call.complete = True
+        self._emit_args(call, "}" if call.arguments_json else "{}", out)
+
+    @staticmethod
+    def _emit_args(call: ToolCall, piece: str, out: ParsedDelta) -> None:
+        call.arguments_json += piece
+        out.tool_calls.append(ToolCallDelta(call.index, arguments=piece))
