@@ -24,6 +24,20 @@ def _engine_config(args) -> EngineConfig:
     return EngineConfig(**{f.name: getattr(args, f.name) for f in fields(EngineConfig)})
 
 
+def _template_args(text: str | None) -> dict:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise SystemExit(f"--chat-template-args is not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise SystemExit(
+            "--chat-template-args must be a JSON object, e.g. '{\"enable_thinking\": false}'"
+        )
+    return value
+
+
 def _serve(args) -> int:
     from .launch.blas import reexec_with_openblas
 
@@ -39,6 +53,7 @@ def _serve(args) -> int:
         api_keys=tuple(k for k in [*(args.api_key or []), os.environ.get("CLUSTER_API_KEY")] if k),
         routing=args.routing,
         launcher=args.launcher,
+        chat_template_args=tuple(_template_args(args.chat_template_args).items()),
     )
     serve(options, _engine_config(args))
     return 0
@@ -144,6 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="port to bind (default: the inventory's, 8000)")
     p.add_argument("--model", help="model directory (default: the inventory's model)")
     p.add_argument("--served-model-name", help="model name clients use (default: dir name)")
+    p.add_argument(
+        "--chat-template-args",
+        help="JSON defaults for the chat template, e.g. '{\"enable_thinking\": false}'; "
+        "a request's chat_template_kwargs override them",
+    )
     p.add_argument(
         "--routing",
         default="prefix_affinity",

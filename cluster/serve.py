@@ -43,6 +43,8 @@ class ServeOptions:
     routing: str = "prefix_affinity"
     launcher: str | None = None
     """Overrides the inventory's launcher (deployed services use `service`)."""
+    chat_template_args: tuple[tuple[str, object], ...] = ()
+    """The chat template's defaults, e.g. (("enable_thinking", False),); requests override."""
 
 
 def cluster_token(persistent: bool) -> str:
@@ -114,6 +116,7 @@ def serve(options: ServeOptions, engine: EngineConfig) -> None:
         "engine": engine.__dict__,
         "inventory": inventory.source,
         "model_dir": str(model_dir),
+        "chat_template_args": dict(options.chat_template_args),
     }
 
     async def run():
@@ -142,7 +145,11 @@ def serve(options: ServeOptions, engine: EngineConfig) -> None:
             coordinator.watch_caches()
             server = uvicorn.Server(
                 uvicorn.Config(
-                    create_app(coordinator, frozenset(options.api_keys)),
+                    create_app(
+                        coordinator,
+                        frozenset(options.api_keys),
+                        dict(options.chat_template_args),
+                    ),
                     host=host,
                     port=port,
                     log_level="warning",

@@ -1,20 +1,19 @@
 """FastAPI routes: OpenAI's chat and text completions, models, health, status."""
 
-import asyncio
-import json
-import time
-from collections.abc import AsyncIterator
-
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.background import BackgroundTask
 
-from ..coordinator.coordinator import Coordinator, Output
+from ..coordinator.coordinator import Coordinator
 from ..coordinator.errors import APIError
 from ..coordinator.metrics import ClusterCollector
-from .errors import envelope, install, sse_error
-from .schemas import ChatCompletionRequest, CompletionRequest
+from ..coordinator.output import OutputProcessor
+from .anthropic import router as anthropic_router
+from .chat import build_prompt, chat_processor, openai_messages
+from .errors import error_json, install
+from .openai_out import Shape, collect_unless_disconnected, sse
+from .schemas import ChatCompletionRequest, CompletionRequest, NamedToolChoice
 
 OPEN_PATHS = ("/health", "/metrics")
 
@@ -28,18 +27,33 @@ class ApiKeyMiddleware:
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
-            auth = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
-            if not auth.startswith("Bearer ") or auth[7:] not in self.keys:
-                message = "Missing or invalid API key: send 'Authorization: Bearer <key>'."
-                body = envelope(message, "authentication_error", None, "invalid_api_key")
-                await JSONResponse(body, status_code=401)(scope, receive, send)
+            headers = dict(scope["headers"])
+            auth = headers.get(b"authorization", b"").decode("latin-1")
+            key = auth[7:] if auth.startswith("Bearer ") else None
+            key = key or headers.get(b"x-api-key", b"").decode("latin-1")  # Anthropic's header
+            if key not in self.keys:
+                message = (
+                    "Missing or invalid API key: send 'Authorization: Bearer <key>' "
+                    "(or 'x-api-key: <key>')."
+                )
+                response = error_json(
+                    scope["path"], 401, message, "authentication_error", None, "invalid_api_key"
+                )
+                await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
 
-def create_app(coordinator: Coordinator, api_keys: frozenset[str] = frozenset()) -> FastAPI:
+def create_app(
+    coordinator: Coordinator,
+    api_keys: frozenset[str] = frozenset(),
+    template_args: dict | None = None,
+) -> FastAPI:
+    """template_args: the chat template's defaults (--chat-template-args); requests'
+    chat_template_kwargs override them."""
     app = FastAPI(title="cluster", version="0.1.0")
     app.state.coordinator = coordinator
+    defaults = dict(template_args or {})
     install(app)
 
     if api_keys:
@@ -74,12 +88,21 @@ def create_app(coordinator: Coordinator, api_keys: frozenset[str] = frozenset())
     async def status():
         return await coordinator.status()
 
+    app.include_router(anthropic_router(coordinator, defaults))
+
     @app.post("/v1/chat/completions")
     async def chat(body: ChatCompletionRequest, request: Request):
         coordinator.check_model(body.model)
-        messages = [m.as_template_input() for m in body.messages]
-        prompt = coordinator.tokenizer.chat(messages, tools=body.tools)
-        return await _complete(request, body, prompt, chat=True)
+        tools = [t.model_dump(exclude_none=True) for t in body.tools or []]
+        choice = body.tool_choice
+        if isinstance(choice, NamedToolChoice):
+            choice = choice.function.name
+        args = defaults | (body.chat_template_kwargs or {})
+        tok = coordinator.tokenizer
+        prompt = build_prompt(tok, openai_messages(body.messages), tools, choice, args)
+        max_calls = None if body.parallel_tool_calls else 1
+        processor = chat_processor(tok, prompt, tools, body.stop, max_calls)
+        return await _complete(request, body, prompt.tokens, processor, prompt.banned)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
@@ -91,121 +114,30 @@ def create_app(coordinator: Coordinator, api_keys: frozenset[str] = frozenset())
             raise APIError(
                 f"prompt token ids must be in [0, {vocab})", param="prompt", code="invalid_value"
             )
-        return await _complete(request, body, prompt, chat=False)
+        processor = OutputProcessor(coordinator.tokenizer.decode, body.stop)
+        return await _complete(request, body, prompt, processor)
 
-    async def _complete(request: Request, body, prompt: list[int], chat: bool):
+    async def _complete(request: Request, body, prompt: list[int], processor, banned=()):
+        chat = isinstance(body, ChatCompletionRequest)
         limit, param = body.token_limit
         max_tokens = coordinator.check_length(len(prompt), limit, param)
         rid = coordinator.new_request_id("chatcmpl" if chat else "cmpl")
         session = request.headers.get("x-session-id")
-        stream = coordinator.start(rid, prompt, body.sampling(max_tokens), body.stop, session)
-        shape = _Shape(rid, coordinator.model_name, chat)
+        sampling = body.sampling(max_tokens, banned)
+        stream = coordinator.start(rid, prompt, sampling, processor, session)
+        shape = Shape(rid, coordinator.model_name, chat)
         spec = (stream.replica.stats or {}).get("speculation") or {}
         headers = {"x-request-id": rid, "x-speculation": spec.get("summary", "unknown")}
         if body.stream:
-            sse = _sse(stream, shape, body.include_usage)
             return StreamingResponse(
-                sse,
+                sse(stream, shape, body.include_usage),
                 media_type="text/event-stream",
                 headers=headers,
                 background=BackgroundTask(stream.aclose),
             )
-        text, last = await _collect_unless_disconnected(request, stream)
+        got = await collect_unless_disconnected(request, stream)
+        last = got.last
         headers["x-speculation-accepted"] = f"{last.accepted_tokens}/{last.draft_tokens}"
-        return JSONResponse(shape.full(text, last), headers=headers)
+        return JSONResponse(shape.full(got), headers=headers)
 
     return app
-
-
-class _Shape:
-    """OpenAI's response objects for one request."""
-
-    def __init__(self, rid: str, model: str, chat: bool):
-        self.rid, self.model, self.chat = rid, model, chat
-        self.created = int(time.time())
-        self.object = "chat.completion" if chat else "text_completion"
-
-    def _base(self, obj: str) -> dict:
-        return {"id": self.rid, "object": obj, "created": self.created, "model": self.model}
-
-    def usage(self, last: Output) -> dict:
-        return {
-            "prompt_tokens": last.prompt_tokens,
-            "completion_tokens": last.num_tokens,
-            "total_tokens": last.prompt_tokens + last.num_tokens,
-            "prompt_tokens_details": {"cached_tokens": last.cached_tokens},
-            # Speculative decoding's draft tokens, in the fields OpenAI has for predictions.
-            "completion_tokens_details": {
-                "accepted_prediction_tokens": last.accepted_tokens,
-                "rejected_prediction_tokens": last.draft_tokens - last.accepted_tokens,
-            },
-        }
-
-    def full(self, text: str, last: Output) -> dict:
-        if self.chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}}
-        else:
-            choice = {"index": 0, "text": text}
-        choice |= {"finish_reason": last.finish_reason, "logprobs": None}
-        return self._base(self.object) | {"choices": [choice], "usage": self.usage(last)}
-
-    def chunk(self, text: str | None, finish: str | None, first: bool = False) -> dict:
-        if self.chat:
-            delta = {"role": "assistant", "content": ""} if first else {}
-            if text:
-                delta["content"] = text
-            choice = {"index": 0, "delta": delta}
-            obj = "chat.completion.chunk"
-        else:
-            choice, obj = {"index": 0, "text": text or ""}, "text_completion"
-        choice |= {"finish_reason": finish, "logprobs": None}
-        return self._base(obj) | {"choices": [choice]}
-
-    def usage_chunk(self, last: Output) -> dict:
-        obj = "chat.completion.chunk" if self.chat else "text_completion"
-        return self._base(obj) | {"choices": [], "usage": self.usage(last)}
-
-
-def _data(obj: dict) -> str:
-    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
-
-
-async def _sse(stream: AsyncIterator[Output], shape: _Shape, usage: bool):
-    last = None
-    try:
-        if shape.chat:
-            yield _data(shape.chunk(None, None, first=True))
-        async for out in stream:
-            last = out
-            if out.text or out.finish_reason:
-                yield _data(shape.chunk(out.text, out.finish_reason))
-        if usage and last is not None:
-            yield _data(shape.usage_chunk(last))
-    except Exception as e:
-        yield sse_error(e)
-    finally:
-        await stream.aclose()
-    yield "data: [DONE]\n\n"
-
-
-async def _collect(stream: AsyncIterator[Output]) -> tuple[str, Output]:
-    parts, last = [], None
-    async for out in stream:
-        parts.append(out.text)
-        last = out
-    return "".join(parts), last
-
-
-async def _collect_unless_disconnected(request: Request, stream) -> tuple[str, Output]:
-    """Collect the whole completion; a client that leaves aborts it."""
-    task = asyncio.ensure_future(_collect(stream))
-    try:
-        while not task.done():
-            done, _ = await asyncio.wait({task}, timeout=0.5)
-            if not done and await request.is_disconnected():
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-                raise asyncio.CancelledError
-        return task.result()
-    finally:
-        await stream.aclose()

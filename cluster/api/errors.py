@@ -13,13 +13,27 @@ from ..coordinator.errors import APIError
 log = logging.getLogger(__name__)
 
 
+ANTHROPIC_PATHS = "/v1/messages"
+
+
 def envelope(message: str, type_: str, param=None, code=None) -> dict:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
-def error_response(e: APIError) -> JSONResponse:
-    body = envelope(e.message, e.type, e.param, e.code)
-    return JSONResponse(body, status_code=e.status, headers=e.headers)
+def error_json(path: str, status: int, message: str, type_: str, param=None, code=None,
+               headers=None) -> JSONResponse:  # fmt: skip
+    """An error in the shape of the API the path belongs to: Anthropic's or OpenAI's."""
+    if path.startswith(ANTHROPIC_PATHS):
+        from .anthropic import error_body
+
+        body = error_body(status, message)
+    else:
+        body = envelope(message, type_, param, code)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def error_response(e: APIError, path: str = "") -> JSONResponse:
+    return error_json(path, e.status, e.message, e.type, e.param, e.code, e.headers)
 
 
 def sse_error(e: Exception) -> str:
@@ -44,26 +58,24 @@ def _validation_message(err: dict) -> tuple[str, str | None]:
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(APIError)
-    async def _api_error(_: Request, e: APIError):
-        return error_response(e)
+    async def _api_error(request: Request, e: APIError):
+        return error_response(e, request.url.path)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, e: RequestValidationError):
+    async def _invalid(request: Request, e: RequestValidationError):
         errors = e.errors()
         message, param = _validation_message(errors[0]) if errors else ("Invalid request.", None)
-        return JSONResponse(
-            envelope(message, "invalid_request_error", param, "invalid_value"), status_code=400
-        )
+        path = request.url.path
+        return error_json(path, 400, message, "invalid_request_error", param, "invalid_value")
 
     @app.exception_handler(HTTPException)
-    async def _http(_: Request, e: HTTPException):
+    async def _http(request: Request, e: HTTPException):
         type_ = "not_found_error" if e.status_code == 404 else "invalid_request_error"
-        return JSONResponse(
-            envelope(str(e.detail), type_), status_code=e.status_code, headers=e.headers
-        )
+        path = request.url.path
+        return error_json(path, e.status_code, str(e.detail), type_, headers=e.headers)
 
     @app.exception_handler(Exception)
-    async def _crash(_: Request, e: Exception):
+    async def _crash(request: Request, e: Exception):
         log.exception("unhandled error")
-        body = envelope(f"internal error: {type(e).__name__}: {e}", "server_error")
-        return JSONResponse(body, status_code=500)
+        message = f"internal error: {type(e).__name__}: {e}"
+        return error_json(request.url.path, 500, message, "server_error")

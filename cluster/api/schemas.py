@@ -10,21 +10,61 @@ MAX_STOPS = 16
 
 
 class TextPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
     type: Literal["text"]
     text: str
+
+
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str | dict = "{}"
+    """A JSON object, as a string (OpenAI's shape) or already parsed."""
+
+
+class ToolCallIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
 
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
+    tool_calls: list[ToolCallIn] | None = None
+    tool_call_id: str | None = None
+    reasoning_content: str | None = None
+    reasoning: str | None = None
+    """mlx-lm's name for reasoning_content; accepted on input too."""
+    name: str | None = None
 
-    def as_template_input(self) -> dict[str, Any]:
+    def text(self) -> str:
         content = self.content
         if isinstance(content, list):
             content = "".join(part.text for part in content)
-        role = "system" if self.role == "developer" else self.role
-        return {"role": role, "content": content or ""}
+        return content or ""
+
+
+class FunctionDef(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: Annotated[str, Field(min_length=1)]
+    description: str | None = None
+    parameters: dict | None = None
+
+
+class Tool(BaseModel):
+    type: Literal["function"] = "function"
+    function: FunctionDef
+
+
+class NamedFunction(BaseModel):
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    type: Literal["function"] = "function"
+    function: NamedFunction
 
 
 class StreamOptions(BaseModel):
@@ -78,7 +118,7 @@ class _Common(BaseModel):
             raise ValueError("logprobs are not supported yet; leave logprobs unset")
         return v
 
-    def sampling(self, max_tokens: int) -> SamplingParams:
+    def sampling(self, max_tokens: int, banned: tuple[int, ...] = ()) -> SamplingParams:
         return SamplingParams(
             max_tokens=max_tokens,
             temperature=self.temperature,
@@ -87,6 +127,7 @@ class _Common(BaseModel):
             seed=self.seed,
             stop_token_ids=tuple(self.stop_token_ids or ()),
             ignore_eos=self.ignore_eos,
+            banned_token_ids=banned,
         )
 
     @property
@@ -101,7 +142,25 @@ class ChatCompletionRequest(_Common):
     messages: Annotated[list[Message], Field(min_length=1)]
     max_tokens: PositiveTokens | None = None
     max_completion_tokens: PositiveTokens | None = None
-    tools: list[dict] | None = None
+    tools: list[Tool] | None = None
+    tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True
+    chat_template_kwargs: dict[str, Any] | None = None
+    """Passed to the chat template, e.g. {"enable_thinking": false}; over the server's
+    --chat-template-args."""
+
+    @model_validator(mode="after")
+    def _tool_choice(self):
+        choice = self.tool_choice
+        names = [t.function.name for t in self.tools or []]
+        if choice == "required" and not names:
+            raise ValueError("tool_choice 'required' needs at least one tool in 'tools'")
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+            raise ValueError(
+                f"tool_choice names '{choice.function.name}', which is not in 'tools' "
+                f"({', '.join(names) or 'none given'})"
+            )
+        return self
 
     @property
     def token_limit(self) -> tuple[int | None, str]:

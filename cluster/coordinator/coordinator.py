@@ -54,6 +54,10 @@ class Output:
     draft_tokens: int = 0
     """Speculative decoding so far: draft tokens proposed for this request, and kept."""
     accepted_tokens: int = 0
+    reasoning: str = ""
+    """Chat: reasoning text of this piece, apart from `text`."""
+    tool_calls: list = field(default_factory=list)
+    """Chat: tool-call pieces of this piece (glm_output.ToolCallDelta)."""
 
 
 class Completion:
@@ -182,18 +186,21 @@ class Coordinator:
         request_id: RequestId,
         prompt: list[int],
         sampling: SamplingParams,
-        stops: list[str],
+        processor: "OutputProcessor | None" = None,
         session_id: str | None = None,
     ) -> Completion:
-        """Admit and route now (so errors come before any byte is sent), stream later."""
+        """Admit and route now (so errors come before any byte is sent), stream later.
+
+        processor turns token ids into text (and for chat, reasoning and tool calls); the
+        default decodes plain text with no stop strings."""
         replica, _ = self.route(prompt, session_id)
         request = EngineRequest(request_id, tuple(prompt), sampling)
-        return Completion(replica, self._stream(replica, request, stops))
+        out = processor or OutputProcessor(self.tokenizer.decode, [])
+        return Completion(replica, self._stream(replica, request, out))
 
     async def _stream(
-        self, replica: Replica, request: EngineRequest, stops: list[str]
+        self, replica: Replica, request: EngineRequest, out: OutputProcessor
     ) -> AsyncIterator[Output]:
-        out = OutputProcessor(self.tokenizer.decode, stops)
         tracker = self.metrics.track(replica.name)
         prompt_tokens, unfinished = len(request.prompt_token_ids), "abort"
         try:
@@ -210,6 +217,7 @@ class Coordinator:
                 yield Output(
                     delta.text, out.num_tokens, delta.finish_reason, event.prompt_tokens,
                     event.cached_tokens, event.draft_tokens, event.accepted_tokens,
+                    delta.reasoning, delta.tool_calls,
                 )  # fmt: skip
                 if delta.finish_reason is not None:
                     return

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from enum import Enum
 
-from .output import IncrementalDetokenizer
+from .output import Delta, IncrementalDetokenizer, StopMatcher
 
 TAGS = (
     "<think>", "</think>", "<tool_call>", "</tool_call>",
@@ -204,3 +204,35 @@ class GlmParser:
     def _emit_args(call: ToolCall, piece: str, out: ParsedDelta) -> None:
         call.arguments_json += piece
         out.tool_calls.append(ToolCallDelta(call.index, arguments=piece))
+
+
+class ChatOutputProcessor:
+    """One chat request's tokens as reasoning, content and tool calls; stop strings apply to
+    content. The same interface as output.OutputProcessor."""
+
+    def __init__(self, parser: GlmParser, stops: list[str], max_calls: int | None = None):
+        self.parser = parser
+        self.stop = StopMatcher(stops)
+        self.max_calls = max_calls
+        """Finish once this many calls are complete (parallel_tool_calls false: 1)."""
+        self.num_tokens = 0
+
+    def process(self, token_ids, finish_reason: str | None) -> Delta:
+        self.num_tokens += len(token_ids)
+        parsed = self.parser.feed(token_ids)
+        if finish_reason is not None:
+            tail = self.parser.finish()
+            parsed.content += tail.content
+            parsed.reasoning += tail.reasoning
+            parsed.tool_calls += tail.tool_calls
+        complete = sum(c.complete for c in self.parser.calls)
+        if self.max_calls and complete >= self.max_calls and finish_reason is None:
+            finish_reason = "stop"  # ends the request here; reported as tool_calls below
+        text, stopped = self.stop.feed(parsed.content)
+        if stopped:
+            finish_reason = "stop"
+        elif finish_reason is not None:
+            text += self.stop.flush()
+            if finish_reason == "stop" and any(c.complete for c in self.parser.calls):
+                finish_reason = "tool_calls"
+        return Delta(text, tuple(token_ids), finish_reason, parsed.reasoning, parsed.tool_calls)

@@ -1,6 +1,6 @@
 """Token ids to text: incremental detokenization and stop strings."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 class IncrementalDetokenizer:
@@ -34,13 +34,16 @@ class StopMatcher:
     def __init__(self, stops: list[str]):
         self.stops = [s for s in stops or () if s]
         self.held = ""
+        self.matched: str | None = None
+        """The stop string that ended the text, once one has."""
 
     def feed(self, text: str) -> tuple[str, bool]:
         buf = self.held + text
-        hits = [i for i in (buf.find(s) for s in self.stops) if i >= 0]
+        hits = [(i, s) for s in self.stops if (i := buf.find(s)) >= 0]
         if hits:
             self.held = ""
-            return buf[: min(hits)], True
+            at, self.matched = min(hits)
+            return buf[:at], True
         keep = self._partial_tail(buf)
         self.held = buf[len(buf) - keep :] if keep else ""
         return buf[: len(buf) - keep], False
@@ -64,6 +67,10 @@ class Delta:
     text: str
     token_ids: tuple[int, ...]
     finish_reason: str | None = None
+    reasoning: str = ""
+    """Chat only: reasoning text, kept out of `text`."""
+    tool_calls: list = field(default_factory=list)
+    """Chat only: tool-call pieces (glm_output.ToolCallDelta) in OpenAI's streaming order."""
 
 
 class OutputProcessor:

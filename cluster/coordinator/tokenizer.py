@@ -1,7 +1,10 @@
 """The model's own tokenizer and chat template, as the coordinator uses them."""
 
 import os
+from functools import cached_property
 from pathlib import Path
+
+from .glm_output import Markers
 
 
 class PromptTokenizer:
@@ -13,12 +16,18 @@ class PromptTokenizer:
         self.hf = AutoTokenizer.from_pretrained(str(model_path))
         self._backend = self.hf.backend_tokenizer
 
-    def chat(self, messages: list[dict], tools: list | None = None) -> list[int]:
-        """Apply the chat template with a generation prompt; no tokens added twice."""
+    def chat(self, messages: list[dict], tools: list | None = None, **template_args) -> list[int]:
+        """Apply the chat template with a generation prompt; no tokens added twice.
+        template_args reach the template (enable_thinking, clear_thinking, ...)."""
         text = self.hf.apply_chat_template(
-            messages, tools=tools, add_generation_prompt=True, tokenize=False
+            messages, tools=tools, add_generation_prompt=True, tokenize=False, **template_args
         )
         return self.encode(text)
+
+    @cached_property
+    def markers(self) -> Markers | None:
+        """GLM-5's tag tokens, when this tokenizer has them."""
+        return Markers.from_vocab(self._backend.get_vocab())
 
     def encode(self, text: str) -> list[int]:
         return self._backend.encode(text, add_special_tokens=False).ids

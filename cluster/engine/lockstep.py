@@ -38,7 +38,8 @@ def encode_request(request: EngineRequest) -> dict:
 
 
 def decode_request(data: dict) -> EngineRequest:
-    sampling = data["sampling"] | {"stop_token_ids": tuple(data["sampling"]["stop_token_ids"])}
+    s = data["sampling"]
+    sampling = s | {k: tuple(s[k]) for k in ("stop_token_ids", "banned_token_ids")}
     return EngineRequest(RequestId(data["id"]), tuple(data["prompt"]), SamplingParams(**sampling))
 
 

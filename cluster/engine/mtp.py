@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import mlx.core as mx
 
-from .sampler import processed_logits
+from .sampler import ban, processed_logits
 
 
 @dataclass
@@ -66,6 +66,7 @@ def pick_draft(seq, logits: mx.array) -> tuple[mx.array, mx.array | None]:
 def verify_drafts(seq, drafts: list[int], dists, target_logits: mx.array) -> tuple[int, int]:
     """(accepted count, next token): exact match for greedy, rejection sampling otherwise."""
     params = seq.request.sampling
+    target_logits = ban(target_logits, [params] * target_logits.shape[0])
     if params.greedy:
         best = mx.argmax(target_logits, axis=-1).tolist()
         accepted = 0

@@ -1,6 +1,7 @@
 """Token sampling: greedy rows by argmax, the rest with temperature, top-k, top-p and a key."""
 
 import mlx.core as mx
+import numpy as np
 
 from .types import SamplingParams
 
@@ -30,8 +31,19 @@ def processed_logits(logits: mx.array, params: SamplingParams) -> mx.array:
     return _filter_top_p(_filter_top_k(logits, params.top_k), params.top_p)
 
 
+def ban(logits: mx.array, params: list[SamplingParams]) -> mx.array:
+    """Rows of logits [B, V] (one request's params per row) with banned tokens at -inf."""
+    if not any(p.banned_token_ids for p in params):
+        return logits
+    mask = np.zeros(logits.shape, dtype=bool)
+    for i, p in enumerate(params):
+        mask[i, list(p.banned_token_ids)] = True
+    return mx.where(mx.array(mask), -mx.inf, logits)
+
+
 def sample(logits: mx.array, params: list[SamplingParams], keys: list) -> tuple[list[int], list]:
     """One token per row of logits [B, V]; returns the tokens and each row's next key."""
+    logits = ban(logits, params)
     greedy = mx.argmax(logits, axis=-1)
     if all(p.greedy for p in params):
         return greedy.tolist(), keys

@@ -18,6 +18,8 @@ class SamplingParams:
     seed: int | None = None
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
+    banned_token_ids: tuple[int, ...] = ()
+    """Tokens this request may never produce (e.g. <tool_call> under tool_choice none)."""
 
     @property
     def greedy(self) -> bool:

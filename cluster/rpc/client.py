@@ -22,6 +22,7 @@ def request_to_pb(request: EngineRequest) -> pb.GenerateRequest:
         top_k=s.top_k,
         stop_token_ids=s.stop_token_ids,
         ignore_eos=s.ignore_eos,
+        banned_token_ids=s.banned_token_ids,
     )
     if s.seed is not None:
         sampling.seed = s.seed

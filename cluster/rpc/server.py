@@ -30,6 +30,7 @@ def request_from_pb(msg: pb.GenerateRequest) -> EngineRequest:
         seed=s.seed if s.HasField("seed") else None,
         stop_token_ids=tuple(s.stop_token_ids),
         ignore_eos=s.ignore_eos,
+        banned_token_ids=tuple(s.banned_token_ids),
     )
     return EngineRequest(RequestId(msg.request_id), tuple(msg.prompt_token_ids), sampling)
 

@@ -1,0 +1,251 @@
+"""Anthropic's Messages API (`POST /v1/messages`, `/v1/messages/count_tokens`) on the same
+coordinator, router and engine as OpenAI's routes."""
+
+import json
+import secrets
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.background import BackgroundTask
+
+from ..coordinator.coordinator import Coordinator, Output
+from ..coordinator.errors import APIError, BadRequest
+from .anthropic_schemas import CountTokensRequest, MessagesRequest
+from .chat import ChatPrompt, build_prompt, chat_processor
+from .openai_out import collect_unless_disconnected
+
+PREFIX = "/v1/messages"
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+}
+
+
+def error_body(status: int, message: str) -> dict:
+    return {
+        "type": "error",
+        "error": {"type": ERROR_TYPES.get(status, "api_error"), "message": message},
+    }
+
+
+def stop_reason(finish: str | None, stop_sequence: str | None) -> str:
+    if finish == "tool_calls":
+        return "tool_use"
+    if finish == "length":
+        return "max_tokens"
+    return "stop_sequence" if stop_sequence else "end_turn"
+
+
+def _usage(last: Output | None, output_tokens: int | None = None) -> dict:
+    prompt = last.prompt_tokens if last else 0
+    cached = last.cached_tokens if last else 0
+    return {
+        "input_tokens": prompt - cached,
+        "cache_read_input_tokens": cached,
+        "cache_creation_input_tokens": 0,
+        "output_tokens": output_tokens
+        if output_tokens is not None
+        else (last.num_tokens if last else 0),
+    }
+
+
+class _Blocks:
+    """Turns the reply's pieces into Anthropic's content blocks, opening and closing them in
+    order: thinking, text and tool_use, each a block of its own."""
+
+    def __init__(self):
+        self.blocks: list[dict] = []
+        self.kind: str | None = None
+        self._json: dict[int, str] = {}
+
+    def events(self, out: Output) -> list[tuple[str, dict]]:
+        ev: list[tuple[str, dict]] = []
+        if out.reasoning:
+            ev += self._open("thinking", {"type": "thinking", "thinking": "", "signature": ""})
+            self.blocks[-1]["thinking"] += out.reasoning
+            ev.append(self._delta({"type": "thinking_delta", "thinking": out.reasoning}))
+        if out.text:
+            ev += self._open("text", {"type": "text", "text": ""})
+            self.blocks[-1]["text"] += out.text
+            ev.append(self._delta({"type": "text_delta", "text": out.text}))
+        for d in out.tool_calls:
+            if d.id is not None:
+                ev += self._open(
+                    "tool_use",
+                    {"type": "tool_use", "id": d.id, "name": d.name, "input": {}},
+                    new=True,
+                )
+                self._json[len(self.blocks) - 1] = ""
+            elif d.arguments:
+                self._json[len(self.blocks) - 1] += d.arguments
+                ev.append(self._delta({"type": "input_json_delta", "partial_json": d.arguments}))
+        return ev
+
+    def close(self) -> list[tuple[str, dict]]:
+        if self.kind is None:
+            return []
+        self.kind = None
+        index = len(self.blocks) - 1
+        block = self.blocks[index]
+        if block["type"] == "tool_use":
+            block["input"] = _loads_partial(self._json.get(index, ""))
+        return [("content_block_stop", {"type": "content_block_stop", "index": index})]
+
+    def _open(self, kind: str, block: dict, new: bool = False) -> list[tuple[str, dict]]:
+        if self.kind == kind and not new:
+            return []
+        ev = self.close()
+        self.blocks.append(block)
+        self.kind = kind
+        start = {
+            "type": "content_block_start",
+            "index": len(self.blocks) - 1,
+            "content_block": dict(block),
+        }
+        return ev + [("content_block_start", start)]
+
+    def _delta(self, delta: dict) -> tuple[str, dict]:
+        return "content_block_delta", {
+            "type": "content_block_delta",
+            "index": len(self.blocks) - 1,
+            "delta": delta,
+        }
+
+
+def _loads_partial(text: str) -> dict:
+    """A tool_use block's input: its JSON, or what a cut-off call completed."""
+    if not text:
+        return {}
+    for candidate in (text, text + "}"):
+        try:
+            return json.loads(candidate)
+        except ValueError:
+            continue
+    return {}
+
+
+def _sse(event: str, data: dict) -> str:
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+def router(coordinator: Coordinator, defaults: dict) -> APIRouter:
+    api = APIRouter()
+
+    def prompt_of(body) -> tuple[ChatPrompt, list[dict]]:
+        coordinator.check_model(body.model)
+        try:
+            choice = body.choice()
+        except ValueError as e:
+            raise BadRequest(str(e), param="tool_choice") from None
+        tools = body.openai_tools()
+        args = defaults | body.template_args()
+        return build_prompt(
+            coordinator.tokenizer, body.template_messages(), tools, choice, args
+        ), tools
+
+    @api.post(PREFIX + "/count_tokens")
+    async def count_tokens(body: CountTokensRequest):
+        prompt, _ = prompt_of(body)
+        return {"input_tokens": len(prompt.tokens)}
+
+    @api.post(PREFIX)
+    async def messages(body: MessagesRequest, request: Request):
+        prompt, tools = prompt_of(body)
+        max_calls = 1 if body.tool_choice and body.tool_choice.disable_parallel_tool_use else None
+        processor = chat_processor(
+            coordinator.tokenizer, prompt, tools, body.stop_sequences or [], max_calls, "toolu_"
+        )
+        max_tokens = coordinator.check_length(len(prompt.tokens), body.max_tokens, "max_tokens")
+        rid = coordinator.new_request_id("msg")
+        mid = "msg_" + secrets.token_hex(12)
+        sampling = body.sampling(max_tokens, prompt.banned)
+        stream = coordinator.start(
+            rid, prompt.tokens, sampling, processor, request.headers.get("x-session-id")
+        )
+        spec = (stream.replica.stats or {}).get("speculation") or {}
+        headers = {"x-request-id": rid, "x-speculation": spec.get("summary", "unknown")}
+        model = coordinator.model_name
+        if body.stream:
+            events = _stream_events(stream, processor, mid, model, len(prompt.tokens))
+            return StreamingResponse(
+                events,
+                media_type="text/event-stream",
+                headers=headers,
+                background=BackgroundTask(stream.aclose),
+            )
+        got = await collect_unless_disconnected(request, stream)
+        blocks = _Blocks()
+        blocks.events(_whole(got))
+        blocks.close()
+        matched = getattr(processor.stop, "matched", None)
+        reply = {
+            "id": mid,
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": blocks.blocks,
+            "stop_reason": stop_reason(got.last.finish_reason, matched),
+            "stop_sequence": matched,
+            "usage": _usage(got.last),
+        }
+        headers["x-speculation-accepted"] = f"{got.last.accepted_tokens}/{got.last.draft_tokens}"
+        return JSONResponse(reply, headers=headers)
+
+    return api
+
+
+def _whole(got) -> Output:
+    """A collected reply as one piece, for the block builder."""
+    from ..coordinator.glm_output import ToolCallDelta
+
+    calls = []
+    for index, c in sorted(got.calls.items()):
+        calls += [
+            ToolCallDelta(index, c["id"], c["name"]),
+            ToolCallDelta(index, arguments=c["arguments"]),
+        ]
+    last = got.last
+    return Output(
+        got.text, last.num_tokens, last.finish_reason, last.prompt_tokens, last.cached_tokens,
+        reasoning=got.reasoning, tool_calls=calls,
+    )  # fmt: skip
+
+
+async def _stream_events(stream, processor, mid: str, model: str, prompt_tokens: int):
+    """Anthropic's event stream: message_start, ping, the blocks, message_delta, message_stop;
+    a failure after the start is an `error` event."""
+    start = {"id": mid, "type": "message", "role": "assistant", "model": model, "content": [],
+             "stop_reason": None, "stop_sequence": None,
+             "usage": {"input_tokens": prompt_tokens, "output_tokens": 0}}  # fmt: skip
+    yield _sse("message_start", {"type": "message_start", "message": start})
+    yield _sse("ping", {"type": "ping"})
+    blocks, last = _Blocks(), None
+    try:
+        async for out in stream:
+            last = out
+            for event, data in blocks.events(out):
+                yield _sse(event, data)
+        for event, data in blocks.close():
+            yield _sse(event, data)
+        matched = getattr(processor.stop, "matched", None)
+        delta = {
+            "stop_reason": stop_reason(last.finish_reason if last else None, matched),
+            "stop_sequence": matched,
+        }
+        yield _sse(
+            "message_delta", {"type": "message_delta", "delta": delta, "usage": _usage(last)}
+        )
+        yield _sse("message_stop", {"type": "message_stop"})
+    except Exception as e:
+        status = e.status if isinstance(e, APIError) else 500
+        message = (
+            e.message if isinstance(e, APIError) else f"internal error: {type(e).__name__}: {e}"
+        )
+        yield _sse("error", error_body(status, message))
+    finally:
+        await stream.aclose()

@@ -1,0 +1,121 @@
+"""A chat turn for GLM-5: the prompt (history, tools, thinking switch, forced tool calls) and
+the processor that parses the reply. Shared by OpenAI's and Anthropic's routes."""
+
+import json
+import secrets
+from dataclasses import dataclass
+
+from ..coordinator.errors import BadRequest
+from ..coordinator.glm_output import ChatOutputProcessor, GlmParser
+from ..coordinator.output import OutputProcessor
+from ..coordinator.tokenizer import PromptTokenizer
+
+
+@dataclass(frozen=True)
+class ChatPrompt:
+    tokens: list[int]
+    """The whole prompt, a forced opening of the reply included."""
+    forced: list[int]
+    """The prompt's last tokens that open the reply (a forced tool call), parsed as output."""
+    reasoning: bool
+    """The reply starts inside <think> (thinking on)."""
+    banned: tuple[int, ...] = ()
+    """Token ids the reply may not contain (tool_choice none bans <tool_call>)."""
+
+
+def tool_arguments(arguments, param: str) -> dict:
+    """A call's arguments as a mapping, from OpenAI's JSON string or a mapping."""
+    if isinstance(arguments, dict):
+        return arguments
+    try:
+        value = json.loads(arguments or "{}")
+    except ValueError as e:
+        raise BadRequest(f"'{param}' is not valid JSON: {e}", param=param) from None
+    if not isinstance(value, dict):
+        raise BadRequest(f"'{param}' must be a JSON object", param=param)
+    return value
+
+
+def openai_messages(messages) -> list[dict]:
+    """OpenAI chat messages as the template reads them: tool calls, their results and past
+    reasoning kept."""
+    out = []
+    for i, m in enumerate(messages):
+        role = "system" if m.role == "developer" else m.role
+        entry: dict = {"role": role, "content": m.text()}
+        if m.role == "assistant":
+            reasoning = m.reasoning_content or m.reasoning
+            if reasoning:
+                entry["reasoning_content"] = reasoning
+            calls = []
+            for j, call in enumerate(m.tool_calls or []):
+                param = f"messages.{i}.tool_calls.{j}.function.arguments"
+                calls.append(
+                    {
+                        "id": call.id,
+                        "type": "function",
+                        "function": {
+                            "name": call.function.name,
+                            "arguments": tool_arguments(call.function.arguments, param),
+                        },
+                    }
+                )
+            if calls:
+                entry["tool_calls"] = calls
+        if m.role == "tool" and m.tool_call_id:
+            entry["tool_call_id"] = m.tool_call_id
+        out.append(entry)
+    return out
+
+
+def build_prompt(
+    tokenizer: PromptTokenizer,
+    messages: list[dict],
+    tools: list[dict] | None,
+    tool_choice: str | None,
+    template_args: dict,
+) -> ChatPrompt:
+    """tool_choice: None/'auto', 'none', 'required', or a tool's name. A forced call opens the
+    reply with `<tool_call>` (and the name) and skips thinking for that turn."""
+    markers = tokenizer.markers
+    if tools and markers is None:
+        raise BadRequest(
+            "this model's tokenizer has no GLM tool-call tokens, so tool calls cannot be "
+            "parsed; send the request without 'tools'",
+            param="tools",
+        )
+    forced_text = ""
+    if tool_choice not in (None, "auto", "none"):
+        template_args = template_args | {"enable_thinking": False}
+        forced_text = "<tool_call>" + ("" if tool_choice == "required" else tool_choice)
+    prompt = tokenizer.chat(messages, tools=tools or None, **template_args)
+    forced = tokenizer.encode(forced_text) if forced_text else []
+    reasoning = bool(markers) and not forced and prompt[-1:] == [markers.id_of("<think>")]
+    banned = (markers.id_of("<tool_call>"),) if tool_choice == "none" and markers else ()
+    return ChatPrompt(prompt + forced, forced, reasoning, banned)
+
+
+def new_call_id(prefix: str = "call_") -> str:
+    return prefix + secrets.token_hex(12)
+
+
+def chat_processor(
+    tokenizer: PromptTokenizer,
+    prompt: ChatPrompt,
+    tools: list[dict] | None,
+    stops: list[str],
+    max_calls: int | None = None,
+    call_prefix: str = "call_",
+):
+    """The reply's processor: GLM's parser when the tokenizer has its tags, else plain text."""
+    if tokenizer.markers is None:
+        return OutputProcessor(tokenizer.decode, stops)
+    parser = GlmParser(
+        tokenizer.markers,
+        tokenizer.decode,
+        tools,
+        reasoning=prompt.reasoning,
+        call_ids=lambda _: new_call_id(call_prefix),
+    )
+    parser.feed(prompt.forced)
+    return ChatOutputProcessor(parser, stops, max_calls)

@@ -1,0 +1,151 @@
+"""OpenAI's response objects: whole completions, streamed chunks, usage, tool calls."""
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from fastapi import Request
+
+from ..coordinator.coordinator import Output
+from .errors import sse_error
+
+
+@dataclass
+class Collected:
+    """A whole reply gathered from its stream."""
+
+    text: str = ""
+    reasoning: str = ""
+    calls: dict[int, dict] = field(default_factory=dict)
+    last: Output | None = None
+
+    def add(self, out: Output) -> None:
+        self.text += out.text
+        self.reasoning += out.reasoning
+        for d in out.tool_calls:
+            call = self.calls.setdefault(d.index, {"id": d.id, "name": d.name, "arguments": ""})
+            call["arguments"] += d.arguments
+        self.last = out
+
+
+def usage(last: Output) -> dict:
+    return {
+        "prompt_tokens": last.prompt_tokens,
+        "completion_tokens": last.num_tokens,
+        "total_tokens": last.prompt_tokens + last.num_tokens,
+        "prompt_tokens_details": {"cached_tokens": last.cached_tokens},
+        # Speculative decoding's draft tokens, in the fields OpenAI has for predictions.
+        "completion_tokens_details": {
+            "accepted_prediction_tokens": last.accepted_tokens,
+            "rejected_prediction_tokens": last.draft_tokens - last.accepted_tokens,
+        },
+    }
+
+
+def tool_call_delta(d) -> dict:
+    """OpenAI's streamed tool-call piece: index, then id, type and name first, then arguments."""
+    piece: dict = {"index": d.index}
+    if d.id is not None:
+        piece |= {"id": d.id, "type": "function", "function": {"name": d.name, "arguments": ""}}
+    else:
+        piece["function"] = {"arguments": d.arguments}
+    return piece
+
+
+class Shape:
+    """OpenAI's response objects for one request."""
+
+    def __init__(self, rid: str, model: str, chat: bool):
+        self.rid, self.model, self.chat = rid, model, chat
+        self.created = int(time.time())
+        self.object = "chat.completion" if chat else "text_completion"
+
+    def _base(self, obj: str) -> dict:
+        return {"id": self.rid, "object": obj, "created": self.created, "model": self.model}
+
+    def full(self, got: Collected) -> dict:
+        last = got.last
+        if self.chat:
+            message: dict = {"role": "assistant", "content": got.text}
+            if got.reasoning:
+                message["reasoning_content"] = got.reasoning
+            if got.calls:
+                message["content"] = got.text or None
+                message["tool_calls"] = [
+                    {"id": c["id"], "type": "function",
+                     "function": {"name": c["name"], "arguments": c["arguments"]}}
+                    for _, c in sorted(got.calls.items())
+                ]  # fmt: skip
+            choice = {"index": 0, "message": message}
+        else:
+            choice = {"index": 0, "text": got.text}
+        choice |= {"finish_reason": last.finish_reason, "logprobs": None}
+        return self._base(self.object) | {"choices": [choice], "usage": usage(last)}
+
+    def chunk(self, out: Output | None, first: bool = False) -> dict:
+        if self.chat:
+            delta: dict = {"role": "assistant", "content": ""} if first else {}
+            if out is not None:
+                if out.reasoning:
+                    delta["reasoning_content"] = out.reasoning
+                if out.text:
+                    delta["content"] = out.text
+                if out.tool_calls:
+                    delta["tool_calls"] = [tool_call_delta(d) for d in out.tool_calls]
+            choice = {"index": 0, "delta": delta}
+            obj = "chat.completion.chunk"
+        else:
+            choice, obj = {"index": 0, "text": out.text if out else ""}, "text_completion"
+        finish = out.finish_reason if out is not None else None
+        choice |= {"finish_reason": finish, "logprobs": None}
+        return self._base(obj) | {"choices": [choice]}
+
+    def usage_chunk(self, last: Output) -> dict:
+        obj = "chat.completion.chunk" if self.chat else "text_completion"
+        return self._base(obj) | {"choices": [], "usage": usage(last)}
+
+
+def data(obj: dict) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+async def sse(stream: AsyncIterator[Output], shape: Shape, include_usage: bool):
+    last = None
+    try:
+        if shape.chat:
+            yield data(shape.chunk(None, first=True))
+        async for out in stream:
+            last = out
+            if out.text or out.reasoning or out.tool_calls or out.finish_reason:
+                yield data(shape.chunk(out))
+        if include_usage and last is not None:
+            yield data(shape.usage_chunk(last))
+    except Exception as e:
+        yield sse_error(e)
+    finally:
+        await stream.aclose()
+    yield "data: [DONE]\n\n"
+
+
+async def _collect(stream: AsyncIterator[Output]) -> Collected:
+    got = Collected()
+    async for out in stream:
+        got.add(out)
+    return got
+
+
+async def collect_unless_disconnected(request: Request, stream) -> Collected:
+    """Collect the whole completion; a client that leaves aborts it."""
+    task = asyncio.ensure_future(_collect(stream))
+    try:
+        while not task.done():
+            done, _ = await asyncio.wait({task}, timeout=0.5)
+            if not done and await request.is_disconnected():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                raise asyncio.CancelledError
+        return task.result()
+    finally:
+        await stream.aclose()

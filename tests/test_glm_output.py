@@ -1,0 +1,195 @@
+"""GLM-5's output format parsed from tokens: reasoning, content, tool calls, their variants."""
+
+import json
+
+import pytest
+
+from cluster.coordinator.glm_output import (
+    TAGS,
+    ChatOutputProcessor,
+    GlmParser,
+    Markers,
+    typed_value,
+)
+
+# A toy tokenizer: tags are single ids, every other character is its own token.
+TAG_IDS = {tag: 1000 + i for i, tag in enumerate(TAGS)}
+MARKERS = Markers.from_vocab(TAG_IDS)
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "city": {"type": "string"},
+                    "days": {"type": "integer"},
+                    "detailed": {"type": "boolean"},
+                    "zip": {"type": "string"},
+                    "filters": {"type": "object"},
+                },
+            },
+        },
+    }
+]
+
+
+def encode(text: str) -> list[int]:
+    ids, i = [], 0
+    while i < len(text):
+        tag = next((t for t in TAGS if text.startswith(t, i)), None)
+        if tag:
+            ids.append(TAG_IDS[tag])
+            i += len(tag)
+        else:
+            ids.append(ord(text[i]))
+            i += 1
+    return ids
+
+
+def decode(ids) -> str:
+    return "".join(chr(i) for i in ids if i < 1000)
+
+
+def parse(text: str, reasoning=False, chunk=1, tools=TOOLS):
+    """Feed the text's tokens `chunk` at a time; returns (content, reasoning, calls, deltas)."""
+    parser = GlmParser(MARKERS, decode, tools, reasoning=reasoning)
+    ids = encode(text)
+    content, thought, deltas = "", "", []
+    for i in range(0, len(ids), chunk):
+        d = parser.feed(ids[i : i + chunk])
+        content, thought, deltas = content + d.content, thought + d.reasoning, deltas + d.tool_calls
+    d = parser.finish()
+    content, thought, deltas = content + d.content, thought + d.reasoning, deltas + d.tool_calls
+    return content, thought, parser.calls, deltas
+
+
+def reassemble(deltas) -> list[tuple[str, str]]:
+    calls: dict[int, list] = {}
+    for d in deltas:
+        if d.id is not None:
+            calls[d.index] = [d.name, ""]
+        else:
+            calls[d.index][1] += d.arguments
+    return [tuple(calls[i]) for i in sorted(calls)]
+
+
+def test_no_markup_is_plain_content():
+    content, thought, calls, _ = parse("Hello, world.")
+    assert (content, thought, calls) == ("Hello, world.", "", [])
+
+
+def test_reasoning_then_answer_when_the_prompt_opened_think():
+    content, thought, calls, _ = parse("I should greet.</think>Hi!", reasoning=True)
+    assert (thought, content, calls) == ("I should greet.", "Hi!", [])
+
+
+def test_think_opened_by_the_model_and_a_stray_close_dropped():
+    content, thought, _, _ = parse("<think>hmm</think>\nok</think>")
+    assert (thought, content) == ("hmm", "ok")
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 1000])
+def test_one_call_typed_by_the_schema_and_streamed(chunk):
+    text = (
+        "<tool_call>get_weather<arg_key>city</arg_key><arg_value>Paris</arg_value>"
+        "<arg_key>days</arg_key><arg_value>3</arg_value>"
+        "<arg_key>detailed</arg_key><arg_value>true</arg_value>"
+        "<arg_key>zip</arg_key><arg_value>00123</arg_value></tool_call>"
+    )
+    content, _, calls, deltas = parse(text, chunk=chunk)
+    assert content == ""
+    [call] = calls
+    assert call.name == "get_weather" and call.complete
+    assert call.arguments == {"city": "Paris", "days": 3, "detailed": True, "zip": "00123"}
+    [(name, arguments)] = reassemble(deltas)
+    assert name == "get_weather" and json.loads(arguments) == call.arguments
+    assert arguments == call.arguments_json
+    assert deltas[0].id and deltas[0].name == "get_weather" and not deltas[0].arguments
+
+
+def test_no_arguments():
+    _, _, [call], deltas = parse("<tool_call>get_weather</tool_call>")
+    assert call.arguments == {} and call.complete
+    assert reassemble(deltas) == [("get_weather", "{}")]
+
+
+def test_several_calls_after_reasoning_and_text():
+    text = (
+        "Two cities.</think>Checking both."
+        "<tool_call>get_weather<arg_key>city</arg_key><arg_value>Oslo</arg_value></tool_call>"
+        "<tool_call>get_weather<arg_key>city</arg_key><arg_value>Lima</arg_value></tool_call>"
+    )
+    content, thought, calls, deltas = parse(text, reasoning=True)
+    assert thought == "Two cities." and content == "Checking both."
+    assert [c.arguments["city"] for c in calls] == ["Oslo", "Lima"]
+    assert [c.index for c in calls] == [0, 1] and calls[0].id != calls[1].id
+    assert [json.loads(a) for _, a in reassemble(deltas)] == [{"city": "Oslo"}, {"city": "Lima"}]
+
+
+def test_json_values_and_values_with_markup():
+    text = (
+        "<tool_call>get_weather<arg_key>filters</arg_key>"
+        '<arg_value>{"min": 2, "tags": ["a", "b"]}</arg_value>'
+        "<arg_key>city</arg_key><arg_value><b>New</b> York & </tool> 'x'</arg_value></tool_call>"
+    )
+    _, _, [call], _ = parse(text)
+    assert call.arguments["filters"] == {"min": 2, "tags": ["a", "b"]}
+    assert call.arguments["city"] == "<b>New</b> York & </tool> 'x'"
+
+
+def test_glm45_newlines_after_the_name_and_between_pairs():
+    text = (
+        "<tool_call>get_weather\n<arg_key>city</arg_key>\n<arg_value>Rome</arg_value>\n"
+        "<arg_key>days</arg_key>\n<arg_value>2</arg_value>\n</tool_call>"
+    )
+    _, _, [call], _ = parse(text)
+    assert call.name == "get_weather" and call.arguments == {"city": "Rome", "days": 2}
+
+
+def test_unknown_tool_values_try_json_then_python_then_raw():
+    assert typed_value("7", None) == 7
+    assert typed_value("True", None) is True
+    assert typed_value("[1, 'a']", None) == [1, "a"]
+    assert typed_value("not json", None) == "not json"
+    assert typed_value("7", "string") == "7"
+    _, _, [call], _ = parse(
+        "<tool_call>other<arg_key>n</arg_key><arg_value>5</arg_value></tool_call>"
+    )
+    assert call.arguments == {"n": 5}
+
+
+def test_a_call_cut_off_keeps_what_completed_and_is_not_complete():
+    text = (
+        "<tool_call>get_weather<arg_key>city</arg_key><arg_value>Paris</arg_value>"
+        "<arg_key>days</arg_key><arg_value>3"
+    )
+    content, _, [call], deltas = parse(text)
+    assert content == "" and not call.complete
+    assert call.arguments == {"city": "Paris"}
+    assert reassemble(deltas) == [("get_weather", '{"city": "Paris"')]
+
+
+def test_processor_reports_tool_calls_and_keeps_stop_strings_to_content():
+    parser = GlmParser(MARKERS, decode, TOOLS)
+    proc = ChatOutputProcessor(parser, stops=["York"])
+    call = "<tool_call>get_weather<arg_key>city</arg_key><arg_value>York</arg_value></tool_call>"
+    d = proc.process(encode(call), None)
+    assert d.finish_reason is None and d.text == ""
+    d = proc.process([], "stop")
+    assert d.finish_reason == "tool_calls"
+
+
+def test_processor_with_one_call_allowed_finishes_after_it():
+    proc = ChatOutputProcessor(GlmParser(MARKERS, decode, TOOLS), stops=[], max_calls=1)
+    one = "<tool_call>get_weather<arg_key>city</arg_key><arg_value>A</arg_value></tool_call>"
+    d = proc.process(encode(one + "<tool_call>get_weather"), None)
+    assert d.finish_reason == "tool_calls"
+
+
+def test_processor_length_finish_stays_length_for_a_cut_call():
+    proc = ChatOutputProcessor(GlmParser(MARKERS, decode, TOOLS), stops=[])
+    d = proc.process(encode("<tool_call>get_weather<arg_key>ci"), "length")
+    assert d.finish_reason == "length" and d.text == ""
+    assert d.tool_calls[0].name == "get_weather"
