@@ -124,3 +124,40 @@ def test_seed_003_mtp_requested_without_weights_shows_everywhere(no_mtp_dir, tmp
     assert refused.returncode != 0
     assert "--speculation-required" in refused.stderr + refused.stdout
     assert "no_mtp_weights" in refused.stderr + refused.stdout
+
+
+def test_governor_turning_speculation_off_shows_everywhere(model_dir, tmp_path):
+    """The governor's decision reaches what the operator reads: with an acceptance threshold
+    random MTP weights cannot meet, the first probe turns MTP off, and status, the next
+    response's header, the gauge and the rank's log all say so (they once kept saying on)."""
+    import time
+
+    from conftest import Server
+
+    home = tmp_path / "home"
+    srv = Server(
+        ["--model", str(model_dir), "--speculation", "mtp", "--num-speculative-tokens", "2",
+         "--speculation-min-acceptance", "0.99"],
+        env={"CLUSTER_HOME": str(home)},
+    )  # fmt: skip
+    try:
+        body = {"prompt": "def f():", "max_tokens": 120, "temperature": 0, "ignore_eos": True}
+        first = httpx.post(f"{srv.url}/v1/completions", json=body, timeout=120)
+        assert first.headers["x-speculation"] == "mtp;k=2"  # on when this request was admitted
+        spec = httpx.get(f"{srv.url}/v1/status").json()["replicas"][0]["engine"]["speculation"]
+        assert spec["active"] is False and spec["reason"] == "auto_disabled_low_acceptance"
+        assert spec["fallbacks"] == {"auto_disabled_low_acceptance": 1}
+        second = httpx.post(f"{srv.url}/v1/completions", json=body | {"max_tokens": 2}, timeout=60)
+        assert second.headers["x-speculation"] == "off;reason=auto_disabled_low_acceptance"
+        line = (
+            'cluster:spec_decode_active{method="mtp",model_name="glm5-fixture",'
+            'reason="auto_disabled_low_acceptance",replica="r0"} 0.0'
+        )
+        deadline = time.time() + 30  # gauges follow the supervisor's status poll
+        while line not in (metrics := httpx.get(f"{srv.url}/metrics").text):
+            assert time.time() < deadline, metrics
+            time.sleep(0.5)
+        logs = "".join(p.read_text() for p in home.glob("run/*/r0/rank0.log"))
+        assert "speculation mtp k=2 is OFF: auto_disabled_low_acceptance" in logs
+    finally:
+        srv.stop()

@@ -22,7 +22,10 @@ class Engine:
         max_model_len: int,
         model_id,
         drafter=None,
+        speculation: SpeculationState | None = None,
     ):
+        """speculation: the replica's state as loading resolved it; the governor and the
+        watchdog change this very object, which status, metrics and headers read."""
         self.config = config
         self.max_model_len = max_model_len
         self.cache = PrefixCache(
@@ -31,7 +34,9 @@ class Engine:
         self.scheduler = Scheduler(config, self.cache, eos_ids, max_model_len)
         self.runner = ModelRunner(model, config.seed, drafter)
         self.cache.lag = 1 if self.runner.mtp is not None else 0  # the MTP layer lags by one
-        self.speculation = SpeculationState(config.speculation, config.num_speculative_tokens)
+        self.speculation = speculation or SpeculationState(
+            config.speculation, config.num_speculative_tokens
+        )
         self.governor = None
         if drafter is not None:
             self.governor = SpeedGovernor(

@@ -81,8 +81,7 @@ def build_engine(path, config: EngineConfig, model_id: str, group=None):
     max_len = context_length(model_config, config)
     eos = tuple(sorted(tokenizer.eos_token_ids))
     info = ModelInfo(model_id, max_len, eos, model_config.get("model_type", "?"))
-    engine = Engine(model, set(eos), config, max_len, model_id, drafter)
-    engine.speculation = state
+    engine = Engine(model, set(eos), config, max_len, model_id, drafter, state)
     return engine, info
 
 
