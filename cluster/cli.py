@@ -121,17 +121,37 @@ def _fixture_model(args) -> int:
         from .launch.blas import reexec_with_openblas
 
         reexec_with_openblas()
+        from .fixture.agent_eval import write_eval
         from .fixture.train import train
 
         out, metrics = train(args.out_dir, steps=args.steps, seed=args.seed)
         print(
             f"wrote {out}: held-out loss {metrics['main_loss']:.3f}, MTP {metrics['mtp_loss']:.3f}"
         )
+        _print_eval(write_eval(out))
         return 0
     from .fixture.model import write_fixture
 
     out = write_fixture(args.out_dir, seed=args.seed)
     print(f"wrote {out}")
+    return 0
+
+
+def _print_eval(result: dict) -> None:
+    print(
+        f"held-out tool calls: {result['tool_call_accuracy_thinking_off']:.1%} (thinking off), "
+        f"{result['tool_call_accuracy_thinking_on']:.1%} (thinking on); "
+        f"thinking closed: {result['thinking_closed']:.1%} of {result['held_out_requests']}"
+    )
+
+
+def _fixture_eval(args) -> int:
+    from .launch.blas import reexec_with_openblas
+
+    reexec_with_openblas()
+    from .fixture.agent_eval import write_eval
+
+    _print_eval(write_eval(args.model_dir, args.n))
     return 0
 
 
@@ -251,9 +271,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fixture-model", help="write the small GLM-5-architecture model")
     p.add_argument("out_dir", help="directory to write")
     p.add_argument("--seed", type=int, default=0, help="weights seed (default 0)")
-    p.add_argument("--train", action="store_true", help="train it on the standard library")
+    p.add_argument(
+        "--train",
+        action="store_true",
+        help="train it on the standard library and agent conversations",
+    )
     p.add_argument("--steps", type=int, default=1100, help="training steps (default 1100)")
     p.set_defaults(func=_fixture_model)
+
+    p = sub.add_parser("fixture-eval", help="held-out tool-call and thinking figures of a model")
+    p.add_argument("model_dir", help="a model in the built-in model's format")
+    p.add_argument("--n", type=int, default=200, help="held-out requests (default 200)")
+    p.set_defaults(func=_fixture_eval)
     return parser
 
 

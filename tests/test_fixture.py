@@ -57,7 +57,7 @@ def test_mlx_lm_loads_it_and_the_mtp_layer_loads_from_it(loaded, model_dir):
     text = tokenizer.apply_chat_template(
         [{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False
     )
-    assert text.startswith("[gMASK]<sop><|user|>") and text.endswith("<|assistant|>\n")
+    assert text == "[gMASK]<sop><|user|>hi<|assistant|><think>"
     weights = mx.load(str(model_dir / "model.safetensors"))
     mtp = MTPLayer(model.args)
     mtp.load_weights(

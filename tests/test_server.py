@@ -44,7 +44,8 @@ def test_chat_completion_with_usage_matching_the_tokenizer(server, hf_tokenizer)
     assert r.usage.prompt_tokens == chat_prompt_len(hf_tokenizer, messages)
     assert r.usage.completion_tokens == 12
     assert r.usage.total_tokens == r.usage.prompt_tokens + 12
-    assert r.choices[0].message.content
+    # Thinking is on by default: the reply opens inside <think>, so the text is reasoning.
+    assert r.choices[0].message.reasoning_content and r.choices[0].message.content == ""
     details = r.usage.completion_tokens_details  # no speculation here: no draft tokens
     assert (details.accepted_prediction_tokens, details.rejected_prediction_tokens) == (0, 0)
 

@@ -1,0 +1,294 @@
+"""Agents through the official openai and anthropic SDKs, against a real server on the trained
+built-in model: held-out tool calls, tool loops with reasoning on and off, tool_choice, the
+Anthropic Messages API, a cut-off call, and no markup in any content."""
+
+import json
+import random
+
+import anthropic
+import httpx
+import pytest
+from transformers import AutoTokenizer
+
+from cluster.fixture.agent_data import AgentData
+from cluster.model_store import TRAINED
+
+from conftest import Server
+
+MARKUP = ("<tool_call>", "</tool_call>", "<arg_key>", "<arg_value>", "<think>", "</think>")
+GREEDY = {"temperature": 0.0}
+seen_content: list[str] = []
+"""Every content string any test read; the last test checks none holds markup."""
+
+
+@pytest.fixture(scope="module")
+def agent_server(tmp_path_factory):
+    home = tmp_path_factory.mktemp("agent-home")
+    srv = Server(["--model", str(TRAINED)], env={"CLUSTER_HOME": str(home)})
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def held_out():
+    """Seeded held-out requests: tools and phrasings the model never trained on."""
+    data, rng = AgentData(seed=0), random.Random(2026)
+    return [data.conversation(held_out=True, rng=rng) for _ in range(4)]
+
+
+def _openai_calls(message) -> list[tuple[str, dict]]:
+    return [(c.function.name, json.loads(c.function.arguments)) for c in message.tool_calls or []]
+
+
+def _stream_calls(stream) -> tuple[list[tuple[str, dict]], str | None, str, str]:
+    """Reassemble streamed tool-call deltas as an OpenAI client does."""
+    calls: dict[int, dict] = {}
+    finish, content, reasoning = None, "", ""
+    for chunk in stream:
+        if not chunk.choices:
+            continue
+        choice = chunk.choices[0]
+        delta = choice.delta
+        content += delta.content or ""
+        reasoning += getattr(delta, "reasoning_content", None) or ""
+        for d in delta.tool_calls or []:
+            if d.id:
+                assert d.index not in calls and d.function.name and d.type == "function"
+                calls[d.index] = {"name": d.function.name, "arguments": d.function.arguments or ""}
+            else:
+                calls[d.index]["arguments"] += d.function.arguments or ""
+        finish = choice.finish_reason or finish
+    seen_content.append(content)
+    got = [(c["name"], json.loads(c["arguments"])) for _, c in sorted(calls.items())]
+    return got, finish, content, reasoning
+
+
+@pytest.mark.parametrize("thinking", [False, True])
+def test_held_out_tool_requests_come_back_as_parsed_calls(agent_server, held_out, thinking):
+    client = agent_server.client()
+    right = 0
+    for ex in held_out:
+        kw = dict(
+            model=agent_server.model, messages=ex.messages[:-1], tools=ex.tools, max_tokens=160,
+            extra_body={"chat_template_kwargs": {"enable_thinking": thinking}}, **GREEDY,
+        )  # fmt: skip
+        r = client.chat.completions.create(**kw)
+        message = r.choices[0].message
+        seen_content.append(message.content or "")
+        streamed, finish, content, reasoning = _stream_calls(
+            client.chat.completions.create(stream=True, **kw)
+        )
+        assert streamed == _openai_calls(message)  # the deltas reassemble to the same call
+        assert finish == r.choices[0].finish_reason and content == (message.content or "")
+        if thinking:
+            assert reasoning == message.reasoning_content and reasoning
+        if _openai_calls(message) == ex.expected:
+            assert r.choices[0].finish_reason == "tool_calls"
+            right += 1
+    assert right >= len(held_out) - 1, f"{right} of {len(held_out)} held-out calls right"
+
+
+@pytest.mark.parametrize("thinking", [False, True])
+def test_a_tool_loop_call_result_answer(agent_server, held_out, thinking):
+    client = agent_server.client()
+    ex = held_out[0]
+    kw = dict(
+        model=agent_server.model, tools=ex.tools, max_tokens=160,
+        extra_body={"chat_template_kwargs": {"enable_thinking": thinking}}, **GREEDY,
+    )  # fmt: skip
+    messages = list(ex.messages[:-1])
+    first = client.chat.completions.create(messages=messages, **kw).choices[0]
+    assert first.finish_reason == "tool_calls"
+    call = first.message.tool_calls[0]
+    result = json.dumps({"ok": True, "id": "loop-417", **json.loads(call.function.arguments)})
+    turn = {
+        "role": "assistant",
+        "content": first.message.content,
+        "tool_calls": [call.model_dump()],
+    }
+    if thinking:
+        turn["reasoning_content"] = first.message.reasoning_content
+    messages += [turn, {"role": "tool", "tool_call_id": call.id, "content": result}]
+    answer = client.chat.completions.create(messages=messages, **kw).choices[0]
+    assert answer.finish_reason == "stop" and not answer.message.tool_calls
+    assert "loop-417" in answer.message.content  # the answer reports the tool's result
+    seen_content.append(answer.message.content)
+
+
+def test_history_reaches_the_template(agent_server):
+    """Assistant tool_calls, reasoning and tool results are rendered, not dropped: the prompt
+    the server counts equals the template's rendering of the whole history."""
+    messages = [
+        {"role": "user", "content": "Weather in Oslo?"},
+        {"role": "assistant", "content": "", "reasoning": "Call it.",
+         "tool_calls": [{"id": "c1", "type": "function",
+                         "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": '{"temp": 3}'},
+    ]  # fmt: skip
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}}}}]  # fmt: skip
+    r = agent_server.client().chat.completions.create(
+        model=agent_server.model, messages=messages, tools=tools, max_tokens=4, **GREEDY
+    )
+    tok = AutoTokenizer.from_pretrained(str(TRAINED))
+    template = [
+        messages[0],
+        {"role": "assistant", "content": "", "reasoning_content": "Call it.",
+         "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}]},
+        messages[2],
+    ]  # fmt: skip
+    text = tok.apply_chat_template(
+        template, tools=tools, add_generation_prompt=True, tokenize=False
+    )
+    assert "<tool_call>get_weather<arg_key>city</arg_key><arg_value>Oslo</arg_value>" in text
+    assert "<think>Call it.</think>" in text  # after the last user turn: reasoning kept
+    assert "<|observation|><tool_response>" in text
+    assert r.usage.prompt_tokens == len(tok.encode(text, add_special_tokens=False))
+
+
+def test_tool_choice_required_named_and_none(agent_server, held_out):
+    client = agent_server.client()
+    ex = held_out[1]
+    kw = dict(model=agent_server.model, messages=ex.messages[:-1], tools=ex.tools,
+              max_tokens=160, **GREEDY)  # fmt: skip
+    required = client.chat.completions.create(tool_choice="required", **kw).choices[0]
+    assert required.finish_reason == "tool_calls" and required.message.tool_calls
+    other = next(
+        t["function"]["name"] for t in ex.tools if t["function"]["name"] != ex.expected[0][0]
+    )
+    named = client.chat.completions.create(
+        tool_choice={"type": "function", "function": {"name": other}}, **kw
+    ).choices[0]
+    assert [c.function.name for c in named.message.tool_calls][:1] == [other]
+    none = client.chat.completions.create(tool_choice="none", **kw).choices[0]
+    assert not none.message.tool_calls and none.finish_reason in ("stop", "length")
+    seen_content.extend(c.message.content or "" for c in (required, named, none))
+    with pytest.raises(Exception) as e:  # naming a tool that is not offered is a 400
+        client.chat.completions.create(
+            tool_choice={"type": "function", "function": {"name": "nope"}}, **kw
+        )
+    assert getattr(e.value, "status_code", None) == 400 and "nope" in str(e.value)
+
+
+def test_parallel_tool_calls_false_stops_after_one(agent_server, held_out):
+    ex = held_out[2]
+    r = agent_server.client().chat.completions.create(
+        model=agent_server.model, messages=ex.messages[:-1], tools=ex.tools, max_tokens=160,
+        parallel_tool_calls=False, tool_choice="required", **GREEDY,
+    )  # fmt: skip
+    assert len(r.choices[0].message.tool_calls) == 1
+
+
+def test_a_tool_call_cut_off_by_max_tokens_ends_cleanly(agent_server, held_out):
+    ex = held_out[0]
+    name = ex.expected[0][0]
+    kw = dict(
+        model=agent_server.model, messages=ex.messages[:-1], tools=ex.tools, max_tokens=3,
+        tool_choice={"type": "function", "function": {"name": name}}, **GREEDY,
+    )  # fmt: skip
+    client = agent_server.client(timeout=60)
+    r = client.chat.completions.create(**kw).choices[0]
+    assert r.finish_reason == "length"
+    [call] = r.message.tool_calls  # the partial call, where the client can see it
+    assert call.function.name == name
+    chunks = list(client.chat.completions.create(stream=True, **kw))
+    assert chunks[-1].choices[0].finish_reason == "length"
+    seen_content.append(r.message.content or "")
+
+
+def _anthropic(srv) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=srv.url, api_key="none", max_retries=0)
+
+
+def _anthropic_tools(ex) -> list[dict]:
+    return [{"name": t["function"]["name"], "description": t["function"]["description"],
+             "input_schema": t["function"]["parameters"]} for t in ex.tools]  # fmt: skip
+
+
+def test_anthropic_text_thinking_and_streaming(agent_server):
+    client = _anthropic(agent_server)
+    kw = dict(model=agent_server.model, max_tokens=48, temperature=0.0,
+              system=[{"type": "text", "text": "You are terse.", "cache_control": {"type": "ephemeral"}}],
+              messages=[{"role": "user", "content": "def add(a, b):"}])  # fmt: skip
+    m = client.messages.create(thinking={"type": "disabled"}, metadata={"user_id": "u1"}, **kw)
+    assert m.type == "message" and m.role == "assistant" and m.model == agent_server.model
+    assert m.stop_reason in ("end_turn", "max_tokens") and m.usage.output_tokens > 0
+    assert [b.type for b in m.content] == ["text"]
+    seen_content.append(m.content[0].text)
+    on = client.messages.create(thinking={"type": "enabled", "budget_tokens": 1024}, **kw)
+    assert on.content[0].type == "thinking"
+    seen_content.extend(b.text for b in on.content if b.type == "text")
+    with client.messages.stream(thinking={"type": "disabled"}, **kw) as stream:
+        events = [e.type for e in stream]
+        final = stream.get_final_message()
+    assert events[0] == "message_start" and events[-1] == "message_stop"
+    assert "content_block_start" in events and "message_delta" in events
+    assert final.content[0].text == m.content[0].text and final.stop_reason == m.stop_reason
+
+
+def test_anthropic_stop_sequences(agent_server):
+    client = _anthropic(agent_server)
+    base = client.messages.create(
+        model=agent_server.model, max_tokens=24, temperature=0.0, thinking={"type": "disabled"},
+        messages=[{"role": "user", "content": "import os"}],
+    )  # fmt: skip
+    text = base.content[0].text
+    stop = text.strip()[:2]
+    cut = client.messages.create(
+        model=agent_server.model, max_tokens=24, temperature=0.0, thinking={"type": "disabled"},
+        messages=[{"role": "user", "content": "import os"}], stop_sequences=[stop],
+    )  # fmt: skip
+    assert cut.stop_reason == "stop_sequence" and cut.stop_sequence == stop
+    assert stop not in (cut.content[0].text if cut.content else "")
+
+
+def test_anthropic_tool_use_loop_and_count_tokens(agent_server, held_out):
+    client = _anthropic(agent_server)
+    ex = held_out[0]
+    kw = dict(model=agent_server.model, max_tokens=160, temperature=0.0,
+              tools=_anthropic_tools(ex), thinking={"type": "disabled"})  # fmt: skip
+    user = ex.messages[-2]["content"]
+    m = client.messages.create(messages=[{"role": "user", "content": user}], **kw)
+    assert m.stop_reason == "tool_use"
+    use = next(b for b in m.content if b.type == "tool_use")
+    assert (use.name, use.input) == ex.expected[0] and use.id.startswith("toolu_")
+    with client.messages.stream(messages=[{"role": "user", "content": user}], **kw) as stream:
+        final = stream.get_final_message()
+    streamed = next(b for b in final.content if b.type == "tool_use")
+    assert (streamed.name, streamed.input) == (use.name, use.input)
+    history = [
+        {"role": "user", "content": user},
+        {"role": "assistant", "content": [b.model_dump() for b in m.content]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id,
+                                      "content": json.dumps({"ok": True, "id": "loop-55"})}]},
+    ]  # fmt: skip
+    answer = client.messages.create(messages=history, **kw)
+    assert answer.stop_reason == "end_turn"
+    text = "".join(b.text for b in answer.content if b.type == "text")
+    assert "loop-55" in text
+    seen_content.append(text)
+    counted = client.messages.count_tokens(
+        model=agent_server.model, messages=history, tools=_anthropic_tools(ex)
+    )
+    assert counted.input_tokens > len(user.split())
+
+
+def test_anthropic_errors_in_anthropic_shape(agent_server):
+    url = f"{agent_server.url}/v1/messages"
+    r = httpx.post(url, json={"model": agent_server.model, "messages": []})
+    assert r.status_code == 400
+    body = r.json()
+    assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
+    r = httpx.post(url, json={"model": "nope", "max_tokens": 5,
+                              "messages": [{"role": "user", "content": "hi"}]})  # fmt: skip
+    assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": ""}}
+    r = httpx.post(url, json={"model": agent_server.model, "max_tokens": 5,
+                              "messages": [{"role": "user", "content": [image]}]})  # fmt: skip
+    assert r.status_code == 400 and "text only" in r.json()["error"]["message"]
+
+
+def test_no_markup_in_any_content():
+    assert seen_content, "the tests above read no content"
+    for text in seen_content:
+        assert not any(tag in text for tag in MARKUP), text
