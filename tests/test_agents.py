@@ -8,12 +8,11 @@ import random
 import anthropic
 import httpx
 import pytest
+from conftest import Server
 from transformers import AutoTokenizer
 
 from cluster.fixture.agent_data import AgentData
 from cluster.model_store import TRAINED
-
-from conftest import Server
 
 MARKUP = ("<tool_call>", "</tool_call>", "<arg_key>", "<arg_value>", "<think>", "</think>")
 GREEDY = {"temperature": 0.0}
@@ -207,8 +206,8 @@ def _anthropic_tools(ex) -> list[dict]:
 
 def test_anthropic_text_thinking_and_streaming(agent_server):
     client = _anthropic(agent_server)
-    kw = dict(model=agent_server.model, max_tokens=48, temperature=0.0,
-              system=[{"type": "text", "text": "You are terse.", "cache_control": {"type": "ephemeral"}}],
+    system = [{"type": "text", "text": "You are terse.", "cache_control": {"type": "ephemeral"}}]
+    kw = dict(model=agent_server.model, max_tokens=48, temperature=0.0, system=system,
               messages=[{"role": "user", "content": "def add(a, b):"}])  # fmt: skip
     m = client.messages.create(thinking={"type": "disabled"}, metadata={"user_id": "u1"}, **kw)
     assert m.type == "message" and m.role == "assistant" and m.model == agent_server.model

@@ -79,7 +79,9 @@ def test_request_schema_refuses_what_it_cannot_honour():
     ok = ChatCompletionRequest(messages=msg, stop="x", max_completion_tokens=5)
     assert ok.stop == ["x"] and ok.token_limit == (5, "max_completion_tokens")
     assert ChatCompletionRequest(messages=msg).stop == []
-    for bad in ({"n": 2}, {"presence_penalty": 1.0}, {"logprobs": True}, {"temperature": 3}):
+    bad_ones = ({"n": 2}, {"presence_penalty": 3.0}, {"top_logprobs": 2}, {"temperature": 3},
+                {"repetition_penalty": 0}, {"logprobs": True, "top_logprobs": 21})  # fmt: skip
+    for bad in bad_ones:
         with pytest.raises(ValidationError):
             ChatCompletionRequest(messages=msg, **bad)
     with pytest.raises(ValidationError, match="one prompt per request"):

@@ -125,7 +125,7 @@ def create_app(
         session = request.headers.get("x-session-id")
         sampling = body.sampling(max_tokens, banned)
         stream = coordinator.start(rid, prompt, sampling, processor, session)
-        shape = Shape(rid, coordinator.model_name, chat)
+        shape = Shape(rid, coordinator.model_name, chat, coordinator.tokenizer.token_bytes)
         spec = (stream.replica.stats or {}).get("speculation") or {}
         headers = {"x-request-id": rid, "x-speculation": spec.get("summary", "unknown")}
         if body.stream:

@@ -19,10 +19,12 @@ class Collected:
     text: str = ""
     reasoning: str = ""
     calls: dict[int, dict] = field(default_factory=dict)
+    logprobs: list = field(default_factory=list)
     last: Output | None = None
 
     def add(self, out: Output) -> None:
         self.text += out.text
+        self.logprobs += out.logprobs
         self.reasoning += out.reasoning
         for d in out.tool_calls:
             call = self.calls.setdefault(d.index, {"id": d.id, "name": d.name, "arguments": ""})
@@ -57,10 +59,41 @@ def tool_call_delta(d) -> dict:
 class Shape:
     """OpenAI's response objects for one request."""
 
-    def __init__(self, rid: str, model: str, chat: bool):
+    def __init__(self, rid: str, model: str, chat: bool, token_bytes=None):
+        """token_bytes: token id -> its bytes, for logprobs."""
         self.rid, self.model, self.chat = rid, model, chat
         self.created = int(time.time())
         self.object = "chat.completion" if chat else "text_completion"
+        self.token_bytes = token_bytes
+        self.text_offset = 0
+
+    def _token(self, token_id: int, logprob: float) -> dict:
+        raw = self.token_bytes(token_id)
+        return {"token": raw.decode("utf-8", "replace"), "logprob": logprob, "bytes": list(raw)}
+
+    def logprobs(self, logprobs):
+        """Chat: OpenAI's logprobs.content; completions: the legacy columns (text offsets
+        count on across a stream's chunks)."""
+        if not logprobs:
+            return None
+        if self.chat:
+            content = [
+                self._token(lp.token_id, lp.logprob)
+                | {"top_logprobs": [self._token(t, v) for t, v in lp.top]}
+                for lp in logprobs
+            ]
+            return {"content": content, "refusal": None}
+        tokens = [self._token(lp.token_id, lp.logprob)["token"] for lp in logprobs]
+        offsets = []
+        for token in tokens:
+            offsets.append(self.text_offset)
+            self.text_offset += len(token)
+        return {
+            "tokens": tokens,
+            "token_logprobs": [lp.logprob for lp in logprobs],
+            "top_logprobs": [{self._token(t, v)["token"]: v for t, v in lp.top} for lp in logprobs],
+            "text_offset": offsets,
+        }
 
     def _base(self, obj: str) -> dict:
         return {"id": self.rid, "object": obj, "created": self.created, "model": self.model}
@@ -81,7 +114,7 @@ class Shape:
             choice = {"index": 0, "message": message}
         else:
             choice = {"index": 0, "text": got.text}
-        choice |= {"finish_reason": last.finish_reason, "logprobs": None}
+        choice |= {"finish_reason": last.finish_reason, "logprobs": self.logprobs(got.logprobs)}
         return self._base(self.object) | {"choices": [choice], "usage": usage(last)}
 
     def chunk(self, out: Output | None, first: bool = False) -> dict:
@@ -99,7 +132,8 @@ class Shape:
         else:
             choice, obj = {"index": 0, "text": out.text if out else ""}, "text_completion"
         finish = out.finish_reason if out is not None else None
-        choice |= {"finish_reason": finish, "logprobs": None}
+        logprobs = self.logprobs(out.logprobs) if out is not None else None
+        choice |= {"finish_reason": finish, "logprobs": logprobs}
         return self._base(obj) | {"choices": [choice]}
 
     def usage_chunk(self, last: Output) -> dict:
@@ -118,7 +152,7 @@ async def sse(stream: AsyncIterator[Output], shape: Shape, include_usage: bool):
             yield data(shape.chunk(None, first=True))
         async for out in stream:
             last = out
-            if out.text or out.reasoning or out.tool_calls or out.finish_reason:
+            if out.text or out.reasoning or out.tool_calls or out.finish_reason or out.logprobs:
                 yield data(shape.chunk(out))
         if include_usage and last is not None:
             yield data(shape.usage_chunk(last))

@@ -7,6 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from ..engine.types import SamplingParams
 
 MAX_STOPS = 16
+MAX_LOGPROBS = 20
 
 
 class TextPart(BaseModel):
@@ -84,9 +85,10 @@ class _Common(BaseModel):
     stop_token_ids: list[Annotated[int, Field(ge=0)]] | None = None
     ignore_eos: bool = False
     n: int = 1
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    logprobs: bool | int | None = None
+    presence_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] = 0.0
+    frequency_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] = 0.0
+    repetition_penalty: Annotated[float, Field(gt=0.0, le=10.0)] = 1.0
+    """vLLM's and mlx-lm's: > 1 discourages tokens already in the prompt or output."""
     user: str | None = None
 
     @field_validator("stop")
@@ -104,19 +106,10 @@ class _Common(BaseModel):
             raise ValueError("only n=1 is supported; send parallel requests for more choices")
         return v
 
-    @field_validator("presence_penalty", "frequency_penalty")
-    @classmethod
-    def _penalty(cls, v):
-        if v != 0.0:
-            raise ValueError("penalties are not supported; leave them at 0")
-        return v
-
-    @field_validator("logprobs")
-    @classmethod
-    def _logprobs(cls, v):
-        if v:
-            raise ValueError("logprobs are not supported yet; leave logprobs unset")
-        return v
+    @property
+    def num_logprobs(self) -> int | None:
+        """Top alternatives per token to report; None when logprobs are off."""
+        return None
 
     def sampling(self, max_tokens: int, banned: tuple[int, ...] = ()) -> SamplingParams:
         return SamplingParams(
@@ -128,6 +121,10 @@ class _Common(BaseModel):
             stop_token_ids=tuple(self.stop_token_ids or ()),
             ignore_eos=self.ignore_eos,
             banned_token_ids=banned,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            repetition_penalty=self.repetition_penalty,
+            logprobs=self.num_logprobs,
         )
 
     @property
@@ -148,6 +145,14 @@ class ChatCompletionRequest(_Common):
     chat_template_kwargs: dict[str, Any] | None = None
     """Passed to the chat template, e.g. {"enable_thinking": false}; over the server's
     --chat-template-args."""
+    logprobs: bool = False
+    top_logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS)] | None = None
+
+    @property
+    def num_logprobs(self) -> int | None:
+        if self.top_logprobs and not self.logprobs:
+            return None  # refused by the validator below
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     @model_validator(mode="after")
     def _tool_choice(self):
@@ -155,6 +160,8 @@ class ChatCompletionRequest(_Common):
         names = [t.function.name for t in self.tools or []]
         if choice == "required" and not names:
             raise ValueError("tool_choice 'required' needs at least one tool in 'tools'")
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
         if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
             raise ValueError(
                 f"tool_choice names '{choice.function.name}', which is not in 'tools' "
@@ -172,6 +179,7 @@ class ChatCompletionRequest(_Common):
 class CompletionRequest(_Common):
     prompt: str | list[int] | list[str] | list[list[int]]
     max_tokens: PositiveTokens | None = 16
+    logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS)] | None = None
     echo: bool = False
     suffix: str | None = None
     best_of: int | None = None
@@ -188,6 +196,10 @@ class CompletionRequest(_Common):
         if self.echo or self.suffix or (self.best_of or 1) != 1:
             raise ValueError("echo, suffix and best_of are not supported")
         return self
+
+    @property
+    def num_logprobs(self) -> int | None:
+        return self.logprobs
 
     @property
     def token_limit(self) -> tuple[int | None, str]:

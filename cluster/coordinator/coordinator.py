@@ -58,6 +58,8 @@ class Output:
     """Chat: reasoning text of this piece, apart from `text`."""
     tool_calls: list = field(default_factory=list)
     """Chat: tool-call pieces of this piece (glm_output.ToolCallDelta)."""
+    logprobs: tuple = ()
+    """TokenLogprob of this piece's tokens, when the request asked for them."""
 
 
 class Completion:
@@ -217,7 +219,7 @@ class Coordinator:
                 yield Output(
                     delta.text, out.num_tokens, delta.finish_reason, event.prompt_tokens,
                     event.cached_tokens, event.draft_tokens, event.accepted_tokens,
-                    delta.reasoning, delta.tool_calls,
+                    delta.reasoning, delta.tool_calls, event.logprobs,
                 )  # fmt: skip
                 if delta.finish_reason is not None:
                     return

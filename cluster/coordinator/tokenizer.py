@@ -25,6 +25,36 @@ class PromptTokenizer:
         return self.encode(text)
 
     @cached_property
+    def _byte_of_char(self) -> dict[str, int] | None:
+        """Byte-level BPE's printable stand-ins for bytes (GPT-2's table), when it is one."""
+        if "ByteLevel" not in str(self._backend.pre_tokenizer):
+            return None
+        printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
+        chars, extra = list(printable), 0
+        for b in range(256):
+            if b not in printable:
+                printable.append(b)
+                chars.append(256 + extra)
+                extra += 1
+        return {chr(c): b for b, c in zip(printable, chars, strict=True)}
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """One token's own bytes (a piece of a character's UTF-8 bytes, possibly)."""
+        piece = self._backend.id_to_token(token_id) or ""
+        table = self._byte_of_char
+        if piece in self.special_tokens:
+            return piece.encode()
+        if table is None:
+            return self.decode([token_id]).encode()
+        return bytes(table.get(ch, 63) for ch in piece)
+
+    @cached_property
+    def special_tokens(self) -> set[str]:
+        return set(self.hf.all_special_tokens) | {
+            t.content for t in self._backend.get_added_tokens_decoder().values()
+        }
+
+    @cached_property
     def markers(self) -> Markers | None:
         """GLM-5's tag tokens, when this tokenizer has them."""
         return Markers.from_vocab(self._backend.get_vocab())

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import mlx.core as mx
 
-from .sampler import ban, processed_logits
+from .sampler import ban, penalize, processed_logits
 
 
 @dataclass
@@ -66,7 +66,12 @@ def pick_draft(seq, logits: mx.array) -> tuple[mx.array, mx.array | None]:
 def verify_drafts(seq, drafts: list[int], dists, target_logits: mx.array) -> tuple[int, int]:
     """(accepted count, next token): exact match for greedy, rejection sampling otherwise."""
     params = seq.request.sampling
-    target_logits = ban(target_logits, [params] * target_logits.shape[0])
+    rows = [params] * target_logits.shape[0]
+    if params.penalized:  # row i follows the output plus drafts[:i]
+        prompt, output = seq.tokens[: seq.num_prompt], seq.output
+        history = [(prompt, output + drafts[:i]) for i in range(len(rows))]
+        target_logits = penalize(target_logits, rows, history)
+    target_logits = ban(target_logits, rows)
     if params.greedy:
         best = mx.argmax(target_logits, axis=-1).tolist()
         accepted = 0

@@ -8,7 +8,7 @@ from mlx.utils import tree_flatten
 
 from .kv import _arrays
 from .mtp import verify_drafts
-from .sampler import sample
+from .sampler import sample, token_logprobs
 from .scheduler import Schedule
 from .sequence import Sequence
 
@@ -100,7 +100,11 @@ class ModelRunner:
         self._key(seq)
         drafts, dists = drafter.propose(seq, self.batch_cache)
         hidden = self.model.model(mx.array([[seq.tokens[-1], *drafts]]), cache=self.batch_cache)
-        accepted, token = verify_drafts(seq, drafts, dists, self.model.lm_head(hidden)[0])
+        logits = self.model.lm_head(hidden)[0]
+        accepted, token = verify_drafts(seq, drafts, dists, logits)
+        if (top := seq.request.sampling.logprobs) is not None:
+            kept = drafts[:accepted] + [token]
+            seq.logprobs += token_logprobs(logits[: accepted + 1], kept, top)
         # The main model keeps the input token and the accepted drafts.
         main = self.batch_cache[:-1] if self.mtp is not None else self.batch_cache
         for layer in main:
@@ -124,9 +128,14 @@ class ModelRunner:
     def _sample(self, seqs: list[Sequence], logits: mx.array) -> dict[Sequence, int]:
         params = [s.request.sampling for s in seqs]
         keys = [self._key(s) for s in seqs]
-        tokens, keys = sample(logits, params, keys)
+        histories = [(s.tokens[: s.num_prompt], s.output) if s.request.sampling.penalized else None
+                     for s in seqs]  # fmt: skip
+        tokens, keys = sample(logits, params, keys, histories)
         for seq, key in zip(seqs, keys, strict=True):
             seq.rng_key = key
+        for i, seq in enumerate(seqs):
+            if (top := seq.request.sampling.logprobs) is not None:
+                seq.logprobs += token_logprobs(logits[i : i + 1], [tokens[i]], top)
         return dict(zip(seqs, tokens, strict=True))
 
     def _key(self, seq: Sequence):

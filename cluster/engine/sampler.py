@@ -3,7 +3,7 @@
 import mlx.core as mx
 import numpy as np
 
-from .types import SamplingParams
+from .types import SamplingParams, TokenLogprob
 
 
 def _filter_top_k(logits: mx.array, k: int) -> mx.array:
@@ -41,9 +41,51 @@ def ban(logits: mx.array, params: list[SamplingParams]) -> mx.array:
     return mx.where(mx.array(mask), -mx.inf, logits)
 
 
-def sample(logits: mx.array, params: list[SamplingParams], keys: list) -> tuple[list[int], list]:
+def penalize(logits: mx.array, params: list[SamplingParams], histories: list) -> mx.array:
+    """Rows of logits [B, V] with each row's penalties applied; histories[i] is row i's
+    (prompt tokens, generated tokens), read only for penalized rows."""
+    if not any(p.penalized for p in params):
+        return logits
+    vocab = logits.shape[-1]
+    shift = np.zeros(logits.shape, np.float32)
+    seen = np.zeros(logits.shape, bool)
+    scale = np.ones((len(params), 1), np.float32)
+    for i, p in enumerate(params):
+        if not p.penalized:
+            continue
+        prompt, output = histories[i]
+        counts = np.bincount(np.asarray(output, np.int64), minlength=vocab)[:vocab]
+        shift[i] = -p.frequency_penalty * counts - p.presence_penalty * (counts > 0)
+        if p.repetition_penalty != 1.0:
+            seen[i, np.asarray(prompt, np.int64)] = True
+            seen[i] |= counts > 0
+            scale[i] = p.repetition_penalty
+    logits = logits.astype(mx.float32)
+    r = mx.array(scale)
+    repeated = mx.where(logits > 0, logits / r, logits * r)
+    return mx.where(mx.array(seen), repeated, logits) + mx.array(shift)
+
+
+def token_logprobs(logits: mx.array, tokens: list[int], top: int) -> list[TokenLogprob]:
+    """Each row's chosen token's log-probability and its `top` likeliest alternatives."""
+    lp = logits.astype(mx.float32) - mx.logsumexp(logits.astype(mx.float32), axis=-1, keepdims=True)
+    chosen = mx.take_along_axis(lp, mx.array(tokens)[:, None], axis=-1)[:, 0].tolist()
+    best = []
+    if top > 0:
+        ids = mx.argsort(-lp, axis=-1)[:, :top]
+        best = list(zip(ids.tolist(), mx.take_along_axis(lp, ids, axis=-1).tolist(), strict=True))
+    out = []
+    for i, token in enumerate(tokens):
+        alts = tuple(zip(*best[i], strict=True)) if best else ()
+        out.append(TokenLogprob(token, chosen[i], alts))
+    return out
+
+
+def sample(
+    logits: mx.array, params: list[SamplingParams], keys: list, histories: list | None = None
+) -> tuple[list[int], list]:
     """One token per row of logits [B, V]; returns the tokens and each row's next key."""
-    logits = ban(logits, params)
+    logits = ban(penalize(logits, params, histories or []), params)
     greedy = mx.argmax(logits, axis=-1)
     if all(p.greedy for p in params):
         return greedy.tolist(), keys

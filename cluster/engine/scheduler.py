@@ -116,8 +116,10 @@ class Scheduler:
         seq.status, seq.finish_reason = Status.FINISHED, reason
 
     def event(self, seq: Sequence, error: str | None = None) -> TokenEvent:
-        new = tuple(seq.tokens[seq.num_prompt + seq.num_emitted :])
+        start = seq.num_emitted
+        new = tuple(seq.tokens[seq.num_prompt + start :])
         seq.num_emitted += len(new)
+        logprobs = tuple(seq.logprobs[start : start + len(new)])
         event = TokenEvent(
             request_id=seq.request_id,
             token_ids=new,
@@ -127,6 +129,7 @@ class Scheduler:
             error=error,
             draft_tokens=seq.draft_tokens,
             accepted_tokens=seq.accepted_tokens,
+            logprobs=logprobs,
         )
         if seq.finish_reason is None:
             return event

@@ -37,6 +37,8 @@ class Sequence:
     """Draft tokens proposed for this sequence (speculative decoding)."""
     accepted_tokens: int = 0
     """Of those, the ones the main model kept."""
+    logprobs: list = field(default_factory=list)
+    """TokenLogprob of each output token, when the request asked for them."""
     num_emitted: int = field(default=0)
     """Output tokens already sent out in events."""
     arrived_at: float = field(default_factory=time.monotonic)
@@ -55,6 +57,10 @@ class Sequence:
     @property
     def num_output(self) -> int:
         return len(self.tokens) - self.num_prompt
+
+    @property
+    def output(self) -> list[int]:
+        return self.tokens[self.num_prompt :]
 
     @property
     def is_prefilled(self) -> bool:

@@ -20,10 +20,34 @@ class SamplingParams:
     ignore_eos: bool = False
     banned_token_ids: tuple[int, ...] = ()
     """Tokens this request may never produce (e.g. <tool_call> under tool_choice none)."""
+    presence_penalty: float = 0.0
+    """Subtracted from the logit of every token already generated (OpenAI's definition)."""
+    frequency_penalty: float = 0.0
+    """Subtracted once per earlier occurrence in the generated tokens."""
+    repetition_penalty: float = 1.0
+    """Divides positive and multiplies negative logits of tokens in prompt or output (vLLM's)."""
+    logprobs: int | None = None
+    """Report each token's log-probability and this many top alternatives (None: off)."""
+
+    @property
+    def penalized(self) -> bool:
+        return bool(self.presence_penalty or self.frequency_penalty) or (
+            self.repetition_penalty != 1.0
+        )
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0 or self.top_k == 1
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log-probability under the model (before temperature and
+    penalties) and the most likely alternatives at its position."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -53,3 +77,5 @@ class TokenEvent:
     """Draft tokens proposed for this request so far (speculative decoding)."""
     accepted_tokens: int = 0
     """Of those, the ones the main model kept so far."""
+    logprobs: tuple[TokenLogprob, ...] = ()
+    """One per token in token_ids when the request asked for logprobs."""

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from ..engine.service import ModelInfo
-from ..engine.types import EngineRequest, RequestId, TokenEvent
+from ..engine.types import EngineRequest, RequestId, TokenEvent, TokenLogprob
 from .auth import HEADER
 from .gen import engine_pb2 as pb
 from .gen import engine_pb2_grpc as pb_grpc
@@ -23,9 +23,14 @@ def request_to_pb(request: EngineRequest) -> pb.GenerateRequest:
         stop_token_ids=s.stop_token_ids,
         ignore_eos=s.ignore_eos,
         banned_token_ids=s.banned_token_ids,
+        presence_penalty=s.presence_penalty,
+        frequency_penalty=s.frequency_penalty,
+        repetition_penalty=s.repetition_penalty,
     )
     if s.seed is not None:
         sampling.seed = s.seed
+    if s.logprobs is not None:
+        sampling.logprobs = s.logprobs
     return pb.GenerateRequest(
         request_id=request.request_id,
         prompt_token_ids=request.prompt_token_ids,
@@ -64,6 +69,14 @@ class GrpcEngineClient:
                     decode_seconds=chunk.decode_seconds,
                     draft_tokens=chunk.draft_tokens,
                     accepted_tokens=chunk.accepted_tokens,
+                    logprobs=tuple(
+                        TokenLogprob(
+                            lp.token_id,
+                            lp.logprob,
+                            tuple(zip(lp.top_ids, lp.top_logprobs, strict=True)),
+                        )
+                        for lp in chunk.logprobs
+                    ),
                 )
         except grpc.aio.AioRpcError as e:
             message = f"lost the replica's leader at {self.address}: {e.code().name}"

@@ -31,6 +31,10 @@ def request_from_pb(msg: pb.GenerateRequest) -> EngineRequest:
         stop_token_ids=tuple(s.stop_token_ids),
         ignore_eos=s.ignore_eos,
         banned_token_ids=tuple(s.banned_token_ids),
+        presence_penalty=s.presence_penalty,
+        frequency_penalty=s.frequency_penalty,
+        repetition_penalty=s.repetition_penalty or 1.0,
+        logprobs=s.logprobs if s.HasField("logprobs") else None,
     )
     return EngineRequest(RequestId(msg.request_id), tuple(msg.prompt_token_ids), sampling)
 
@@ -50,6 +54,16 @@ def chunk_of(events: list) -> pb.GenerateChunk:
         decode_seconds=max(e.decode_seconds for e in events),
         draft_tokens=last.draft_tokens,
         accepted_tokens=last.accepted_tokens,
+        logprobs=[
+            pb.TokenLogprob(
+                token_id=lp.token_id,
+                logprob=lp.logprob,
+                top_ids=[t for t, _ in lp.top],
+                top_logprobs=[v for _, v in lp.top],
+            )
+            for e in events
+            for lp in e.logprobs
+        ],
     )
 
 
