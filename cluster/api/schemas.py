@@ -154,6 +154,18 @@ class ChatCompletionRequest(_Common):
             return None  # refused by the validator below
         return (self.top_logprobs or 0) if self.logprobs else None
 
+    response_format: dict | None = None
+
+    @field_validator("response_format")
+    @classmethod
+    def _plain_text_only(cls, v):
+        if v and v.get("type", "text") != "text":
+            raise ValueError(
+                f"response_format '{v.get('type')}' is not supported (no constrained decoding); "
+                "ask for JSON in the prompt or use tools"
+            )
+        return v
+
     @model_validator(mode="after")
     def _tool_choice(self):
         choice = self.tool_choice

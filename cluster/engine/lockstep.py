@@ -12,8 +12,6 @@ from dataclasses import asdict, dataclass, field
 import mlx.core as mx
 import numpy as np
 
-from .types import EngineRequest, RequestId, SamplingParams
-
 FRAME = 4096
 
 
@@ -27,20 +25,6 @@ class StepMessage:
     stop: bool = False
     digest: str = ""
     """Digest of the tokens the leader sampled in its previous step; followers compare."""
-
-
-def encode_request(request: EngineRequest) -> dict:
-    return {
-        "id": request.request_id,
-        "prompt": list(request.prompt_token_ids),
-        "sampling": asdict(request.sampling),
-    }
-
-
-def decode_request(data: dict) -> EngineRequest:
-    s = data["sampling"]
-    sampling = s | {k: tuple(s[k]) for k in ("stop_token_ids", "banned_token_ids")}
-    return EngineRequest(RequestId(data["id"]), tuple(data["prompt"]), SamplingParams(**sampling))
 
 
 def tokens_digest(events) -> str:

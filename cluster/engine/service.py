@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import EngineConfig
+from ..wire import request_from_json, request_to_json
 from . import speculation
 from .heap import HeapTrimmer
-from .lockstep import Channel, StepMessage, decode_request, encode_request, tokens_digest
+from .lockstep import Channel, StepMessage, tokens_digest
 from .types import EngineRequest, RequestId, TokenEvent
 
 log = logging.getLogger(__name__)
@@ -234,7 +235,7 @@ class EngineService:
                 message.stop = True
                 return message
             if kind == "add" and self._add(arg, sink):
-                message.adds.append(encode_request(arg))
+                message.adds.append(request_to_json(arg))
             elif kind == "cache_sub":
                 if arg:
                     sink(list(self._engine.cache.index), [], True)
@@ -305,7 +306,7 @@ def run_follower(model_path, config: EngineConfig, model_id: str, group) -> None
                 f"rank {group.rank()} diverged from the leader: sampled tokens differ"
             )
         for data in message.adds:
-            engine.add_request(decode_request(data))
+            engine.add_request(request_from_json(data))
         for request_id in message.aborts:
             engine.abort(RequestId(request_id))
         if message.stop:

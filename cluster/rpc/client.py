@@ -6,36 +6,12 @@ from collections.abc import AsyncIterator
 import grpc
 
 from ..engine.service import ModelInfo
-from ..engine.types import EngineRequest, RequestId, TokenEvent, TokenLogprob
+from ..engine.types import EngineRequest, RequestId, TokenEvent
+from ..wire import event_from_pb, request_to_pb
 from .auth import HEADER
 from .gen import engine_pb2 as pb
 from .gen import engine_pb2_grpc as pb_grpc
 from .tls import open_channel
-
-
-def request_to_pb(request: EngineRequest) -> pb.GenerateRequest:
-    s = request.sampling
-    sampling = pb.SamplingParams(
-        max_tokens=s.max_tokens,
-        temperature=s.temperature,
-        top_p=s.top_p,
-        top_k=s.top_k,
-        stop_token_ids=s.stop_token_ids,
-        ignore_eos=s.ignore_eos,
-        banned_token_ids=s.banned_token_ids,
-        presence_penalty=s.presence_penalty,
-        frequency_penalty=s.frequency_penalty,
-        repetition_penalty=s.repetition_penalty,
-    )
-    if s.seed is not None:
-        sampling.seed = s.seed
-    if s.logprobs is not None:
-        sampling.logprobs = s.logprobs
-    return pb.GenerateRequest(
-        request_id=request.request_id,
-        prompt_token_ids=request.prompt_token_ids,
-        sampling=sampling,
-    )
 
 
 class GrpcEngineClient:
@@ -57,27 +33,7 @@ class GrpcEngineClient:
         call = self.stub.Generate(request_to_pb(request), metadata=self.metadata)
         try:
             async for chunk in call:
-                yield TokenEvent(
-                    request_id=RequestId(chunk.request_id),
-                    token_ids=tuple(chunk.token_ids),
-                    finish_reason=chunk.finish_reason or None,
-                    prompt_tokens=chunk.prompt_tokens,
-                    cached_tokens=chunk.cached_tokens,
-                    error=chunk.error or None,
-                    queue_seconds=chunk.queue_seconds,
-                    prefill_seconds=chunk.prefill_seconds,
-                    decode_seconds=chunk.decode_seconds,
-                    draft_tokens=chunk.draft_tokens,
-                    accepted_tokens=chunk.accepted_tokens,
-                    logprobs=tuple(
-                        TokenLogprob(
-                            lp.token_id,
-                            lp.logprob,
-                            tuple(zip(lp.top_ids, lp.top_logprobs, strict=True)),
-                        )
-                        for lp in chunk.logprobs
-                    ),
-                )
+                yield event_from_pb(chunk)
         except grpc.aio.AioRpcError as e:
             message = f"lost the replica's leader at {self.address}: {e.code().name}"
             yield TokenEvent(request.request_id, (), "error", error=message)

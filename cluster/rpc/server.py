@@ -9,7 +9,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ..engine.service import EngineService
-from ..engine.types import EngineRequest, RequestId, SamplingParams
+from ..engine.types import RequestId
+from ..wire import events_to_pb, request_from_pb
 from .auth import TokenInterceptor
 from .gen import engine_pb2 as pb
 from .gen import engine_pb2_grpc as pb_grpc
@@ -18,53 +19,6 @@ from .tls import bind
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Engine"].full_name
-
-
-def request_from_pb(msg: pb.GenerateRequest) -> EngineRequest:
-    s = msg.sampling
-    sampling = SamplingParams(
-        max_tokens=s.max_tokens,
-        temperature=s.temperature,
-        top_p=s.top_p,
-        top_k=s.top_k,
-        seed=s.seed if s.HasField("seed") else None,
-        stop_token_ids=tuple(s.stop_token_ids),
-        ignore_eos=s.ignore_eos,
-        banned_token_ids=tuple(s.banned_token_ids),
-        presence_penalty=s.presence_penalty,
-        frequency_penalty=s.frequency_penalty,
-        repetition_penalty=s.repetition_penalty or 1.0,
-        logprobs=s.logprobs if s.HasField("logprobs") else None,
-    )
-    return EngineRequest(RequestId(msg.request_id), tuple(msg.prompt_token_ids), sampling)
-
-
-def chunk_of(events: list) -> pb.GenerateChunk:
-    """One message for consecutive events of a request: their tokens, the last one's ending."""
-    last = events[-1]
-    return pb.GenerateChunk(
-        request_id=last.request_id,
-        token_ids=[t for e in events for t in e.token_ids],
-        finish_reason=last.finish_reason or "",
-        prompt_tokens=max(e.prompt_tokens for e in events),
-        cached_tokens=max(e.cached_tokens for e in events),
-        error=last.error or "",
-        queue_seconds=max(e.queue_seconds for e in events),
-        prefill_seconds=max(e.prefill_seconds for e in events),
-        decode_seconds=max(e.decode_seconds for e in events),
-        draft_tokens=last.draft_tokens,
-        accepted_tokens=last.accepted_tokens,
-        logprobs=[
-            pb.TokenLogprob(
-                token_id=lp.token_id,
-                logprob=lp.logprob,
-                top_ids=[t for t, _ in lp.top],
-                top_logprobs=[v for _, v in lp.top],
-            )
-            for e in events
-            for lp in e.logprobs
-        ],
-    )
 
 
 class EngineServicer(pb_grpc.EngineServicer):
@@ -92,7 +46,7 @@ class EngineServicer(pb_grpc.EngineServicer):
                 while batch[-1].finish_reason is None and not events.empty():
                     batch.append(events.get_nowait())
                 finished = batch[-1].finish_reason is not None
-                yield chunk_of(batch)
+                yield events_to_pb(batch)
         finally:
             if not finished:  # the coordinator went away or cancelled
                 self.service.abort(engine_request.request_id)
