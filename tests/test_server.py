@@ -299,5 +299,14 @@ def test_api_keys_are_required_and_grpc_runs_mutual_tls_when_configured(model_di
         reply = client.completions.create(model=srv.model, prompt="x", max_tokens=3)
         assert reply.usage.completion_tokens > 0
         assert "127.0.0.1" in srv.base_url  # binds loopback unless told otherwise
+        import anthropic  # Anthropic's clients send x-api-key; errors come in their shape
+
+        hi = {"model": srv.model, "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]}
+        ok = anthropic.Anthropic(base_url=srv.url, api_key="k2", max_retries=0)
+        assert ok.messages.create(**hi).usage.output_tokens > 0
+        bad = anthropic.Anthropic(base_url=srv.url, api_key="nope", max_retries=0)
+        with pytest.raises(anthropic.AuthenticationError) as e:
+            bad.messages.create(**hi)
+        assert e.value.body["error"]["type"] == "authentication_error"
     finally:
         srv.stop()
