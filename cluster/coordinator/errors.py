@@ -39,8 +39,9 @@ class Unavailable(APIError):
     status = 503
     type = "service_unavailable"
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, retry_after: int = 5):
         super().__init__(message, code="no_replica_ready")
+        self.headers = {"Retry-After": str(retry_after)}
 
 
 class EngineFailure(APIError):

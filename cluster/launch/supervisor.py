@@ -28,18 +28,33 @@ class ReplicaFailed(RuntimeError):
     pass
 
 
+RESTART_BACKOFF = (1.0, 60.0)
+"""First wait after a failed restart, and the cap it doubles up to."""
+
+
 class Supervisor:
     def __init__(
-        self, launcher: Launcher, token: str, max_num_seqs: int, ports: dict[str, int] | None = None
+        self,
+        launcher: Launcher,
+        token: str,
+        max_num_seqs: int,
+        ports: dict[str, int] | None = None,
+        client_factory=GrpcEngineClient,
+        load_timeout: float = 600,
+        backoff: tuple[float, float] = RESTART_BACKOFF,
     ):
         self.launcher = launcher
         self.ports = ports or {}
         """Fixed leader gRPC ports by replica; replicas found running there are re-attached."""
         self.token = token
         self.max_num_seqs = max_num_seqs
+        self.client_factory = client_factory
+        self.load_timeout = load_timeout
+        self.backoff = backoff
         self.running: dict[str, RunningReplica] = {}
         self.replicas: dict[str, Replica] = {}
-        self._task: asyncio.Task | None = None
+        self.plans: dict[str, object] = {}
+        self._tasks: dict[str, asyncio.Task] = {}
 
     async def start(self, plans, timeout: float = 600) -> list[Replica]:
         progress = Progress(len(plans), "loading replicas")
@@ -57,7 +72,7 @@ class Supervisor:
         if port is None:
             return None
         address = f"{plan.leader.address}:{port}"
-        client = GrpcEngineClient(address, self.token)
+        client = self.client_factory(address, self.token)
         try:
             info = await client.connect(timeout=2)
         except Exception:
@@ -70,6 +85,7 @@ class Supervisor:
         return RunningReplica(plan, address, [], [], attached=True), client
 
     async def _launch(self, plan, timeout: float) -> Replica:
+        self.plans[plan.name] = plan
         found = await self._attach(plan)
         if found:
             proc, client = found
@@ -105,7 +121,7 @@ class Supervisor:
         return replica
 
     async def _wait_ready(self, proc: RunningReplica, timeout: float) -> GrpcEngineClient:
-        client = GrpcEngineClient(proc.address, self.token)
+        client = self.client_factory(proc.address, self.token)
         deadline = time.time() + timeout
         while time.time() < deadline:
             if dead := proc.dead_ranks():
@@ -125,18 +141,23 @@ class Supervisor:
         raise ReplicaFailed(f"replica {proc.plan.name} not ready after {timeout:.0f}s")
 
     def watch(self, interval: float = 0.5) -> None:
-        self._task = asyncio.create_task(self._watch(interval))
+        """Watch every replica in a task of its own: one restarting never delays the others."""
+        for name in self.plans:
+            self._tasks[name] = asyncio.create_task(self._watch(name, interval), name=name)
 
-    async def _watch(self, interval: float) -> None:
+    async def _watch(self, name: str, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
-            for name, proc in list(self.running.items()):
-                replica = self.replicas.get(name)
-                if replica is None or replica.state != "ready":
+            try:
+                replica, proc = self.replicas.get(name), self.running.get(name)
+                if replica is None or proc is None or replica.state != "ready":
                     continue
-                reason = await self._check(proc, replica)
-                if reason:
+                if reason := await self._check(proc, replica):
                     await self._restart(name, reason)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # supervision goes on whatever one check ran into
+                log.exception("replica %s: unexpected error while supervising it", name)
 
     @staticmethod
     def _dead(proc: RunningReplica) -> str | None:
@@ -162,20 +183,31 @@ class Supervisor:
         return stats.get("broken")
 
     async def _restart(self, name: str, reason: str) -> None:
-        replica, proc = self.replicas[name], self.running.pop(name)
+        """Stop what is left of the replica and start it again, retrying with back-off (doubling
+        up to a cap) until it serves; each attempt counts as a restart."""
+        replica, proc = self.replicas[name], self.running.pop(name, None)
         replica.state, replica.reason = "down", reason
-        replica.restarts += 1
         log.warning("replica %s is down: %s; restarting it", name, reason)
-        await asyncio.to_thread(proc.stop)
-        try:
-            await self._launch(proc.plan, timeout=600)
-        except ReplicaFailed as e:
-            replica.state, replica.reason = "failed", str(e).splitlines()[0]
-            log.error("replica %s failed to restart: %s", name, e)
+        if proc is not None:
+            await asyncio.to_thread(proc.stop)
+        delay, cap = self.backoff
+        while True:
+            replica.restarts += 1
+            if (left := self.running.pop(name, None)) is not None:  # a half-started attempt
+                await asyncio.to_thread(left.stop)
+            try:
+                await self._launch(self.plans[name], timeout=self.load_timeout)
+                return
+            except Exception as e:
+                replica.state, replica.reason = "failed", str(e).splitlines()[0]
+                log.error("replica %s failed to restart: %s; next try in %.0fs", name, e, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, cap)
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
+        for task in self._tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
         for replica in self.replicas.values():
             await replica.client.close()
         for name, proc in self.running.items():

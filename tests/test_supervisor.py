@@ -1,0 +1,145 @@
+"""The supervisor with a fake launcher and fake leaders: each replica watched on its own, a
+second failure during a restart seen, errors logged without ending supervision, back-off."""
+
+import asyncio
+import time
+from types import SimpleNamespace
+
+from cluster.launch.local import RunningReplica
+from cluster.launch.supervisor import Supervisor
+
+
+class FakeProc:
+    pid = -1  # no /proc entry: memory unread
+
+    def __init__(self):
+        self.returncode = None
+
+    def poll(self):
+        return self.returncode
+
+    def signal_group(self, sig):  # how stop() signals a rank it does not own as a process
+        self.returncode = -sig
+
+    def wait(self, timeout=None):
+        return self.returncode
+
+
+class FakeLauncher:
+    name, model_id = "fake", "m"
+
+    def __init__(self):
+        self.started: list[str] = []
+        self.slow: dict[str, float] = {}
+        """Seconds a start of this replica takes."""
+        self.fail: dict[str, int] = {}
+        """Starts of this replica still to fail."""
+
+    def start(self, plan, port=None) -> RunningReplica:
+        time.sleep(self.slow.get(plan.name, 0))
+        self.started.append(plan.name)
+        if self.fail.get(plan.name, 0) > 0:
+            self.fail[plan.name] -= 1
+            raise OSError(f"cannot start {plan.name}")
+        return RunningReplica(plan, f"{plan.name}-{len(self.started)}", [FakeProc()], [])
+
+
+class FakeClient:
+    broken: set[str] = set()
+
+    def __init__(self, address, token):
+        self.address = address
+        self.info = None
+
+    async def connect(self, timeout=1):
+        self.info = SimpleNamespace(model_id="m", max_model_len=64)
+        return self.info
+
+    async def status(self, timeout=2):
+        return {}
+
+    async def close(self):
+        pass
+
+
+def plan(name):
+    rank = SimpleNamespace(rank=0, host="h", address="127.0.0.1")
+    return SimpleNamespace(name=name, leader=rank, ranks=[rank], tensor_parallel=1, backend="ring")
+
+
+async def until(cond, timeout=10.0):
+    deadline = time.time() + timeout
+    while not cond():
+        assert time.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+def supervised(launcher, names=("r0", "r1")):
+    sup = Supervisor(launcher, "t", 4, client_factory=FakeClient, load_timeout=2,
+                     backoff=(0.05, 0.2))  # fmt: skip
+    return sup, [plan(n) for n in names]
+
+
+def test_a_second_failure_during_a_restart_is_seen_and_restarted_too():
+    async def main():
+        launcher = FakeLauncher()
+        sup, plans = supervised(launcher)
+        await sup.start(plans)
+        sup.watch(interval=0.02)
+        launcher.slow["r0"] = 1.0  # r0's restart takes a while...
+        sup.running["r0"].procs[0].returncode = 9
+        await until(lambda: sup.replicas["r0"].state == "down")
+        sup.running["r1"].procs[0].returncode = 9  # ...and r1 dies meanwhile
+        await until(lambda: sup.replicas["r1"].state == "ready" and sup.replicas["r1"].restarts)
+        assert sup.replicas["r0"].state == "down"  # r1 came back while r0 still restarted
+        await until(lambda: sup.replicas["r0"].state == "ready")
+        assert [sup.replicas[n].restarts for n in ("r0", "r1")] == [1, 1]
+        assert "rank 0 exit 9" in sup.replicas["r0"].reason
+        await sup.stop()
+
+    asyncio.run(main())
+
+
+def test_failed_restarts_back_off_until_one_works():
+    async def main():
+        launcher = FakeLauncher()
+        sup, plans = supervised(launcher, ["r0"])
+        await sup.start(plans)
+        sup.watch(interval=0.02)
+        launcher.fail["r0"] = 2
+        sup.running["r0"].procs[0].returncode = 1
+        await until(lambda: sup.replicas["r0"].state == "failed")
+        assert "cannot start r0" in sup.replicas["r0"].reason
+        await until(lambda: sup.replicas["r0"].state == "ready")
+        assert sup.replicas["r0"].restarts == 3 and launcher.started.count("r0") == 4
+        await sup.stop()
+
+    asyncio.run(main())
+
+
+def test_an_unexpected_error_is_logged_and_supervision_goes_on(caplog):
+    async def main():
+        launcher = FakeLauncher()
+        sup, plans = supervised(launcher, ["r0"])
+        await sup.start(plans)
+        proc = sup.running["r0"]
+        calls = {"n": 0}
+        real = proc.dead_ranks
+
+        def flaky():
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise RuntimeError("boom")
+            return real()
+
+        proc.dead_ranks = flaky
+        sup.watch(interval=0.02)
+        await until(lambda: calls["n"] >= 2)
+        proc.procs[0].returncode = 9
+        await until(
+            lambda: sup.replicas["r0"].restarts == 1 and sup.replicas["r0"].state == "ready"
+        )
+        await sup.stop()
+
+    asyncio.run(main())
+    assert any("replica r0: unexpected error" in r.getMessage() for r in caplog.records)
