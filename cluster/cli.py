@@ -149,6 +149,15 @@ def _fixture_eval(args) -> int:
     from .launch.blas import reexec_with_openblas
 
     reexec_with_openblas()
+    if args.long:
+        from pathlib import Path
+
+        from .fixture.long_eval import position_losses
+
+        result = position_losses(args.model_dir)
+        (Path(args.model_dir) / "long_eval.json").write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result))
+        return 0
     from .fixture.agent_eval import write_eval
 
     _print_eval(write_eval(args.model_dir, args.n))
@@ -282,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fixture-eval", help="held-out tool-call and thinking figures of a model")
     p.add_argument("model_dir", help="a model in the built-in model's format")
     p.add_argument("--n", type=int, default=200, help="held-out requests (default 200)")
+    p.add_argument(
+        "--long", action="store_true", help="held-out code loss by position, sparse and dense"
+    )
     p.set_defaults(func=_fixture_eval)
     return parser
 
