@@ -46,7 +46,9 @@ async def one_request(
                     result.prompt_tokens = data["usage"].get("prompt_tokens", 0)
                     result.completion_tokens = data["usage"].get("completion_tokens", 0)
                 for choice in data.get("choices") or []:
-                    if (choice.get("delta") or {}).get("content"):
+                    delta = choice.get("delta") or {}
+                    # Text is text, answer or reasoning (ours: reasoning_content, mlx-lm: reasoning).
+                    if any(delta.get(k) for k in ("content", "reasoning_content", "reasoning")):
                         now = time.perf_counter()
                         first = first or now
                         last = now
