@@ -77,7 +77,9 @@ class ModelRunner:
         hidden = self._forward(tokens, seq.cache, seq.carry)
         seq.carry = hidden[:, -1, :]
         if start + n < seq.num_prompt:
-            mx.eval(_arrays(seq.cache), seq.carry)
+            # A chunk before the last computes only the KV cache (the last layer's output
+            # too only when the MTP layer follows it).
+            mx.eval(_arrays(seq.cache), *([seq.carry] if self.mtp is not None else []))
             return None
         return self.model.lm_head(hidden[:, -1, :])
 
