@@ -11,6 +11,9 @@ import httpx
 from conftest import ROOT, Server
 from test_cluster import _wait, rank_pids, status
 
+streaming: set[int] = set()
+"""Requests of the running test that have streamed output."""
+
 
 def _stream(url: str, model: str, i: int) -> dict:
     """One streaming request; returns how it ended and when."""
@@ -22,7 +25,7 @@ def _stream(url: str, model: str, i: int) -> dict:
         "ignore_eos": True,
         "stream_options": {"include_usage": True},
     }
-    out = {"tokens": 0, "error": None, "done": False, "finish": None}
+    out = {"tokens": 0, "error": None, "done": False, "finish": None, "streamed": False}
     try:
         with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=60) as r:
             for line in r.iter_lines():
@@ -36,6 +39,8 @@ def _stream(url: str, model: str, i: int) -> dict:
                         out["tokens"] = data["usage"]["completion_tokens"]
                     elif data["choices"]:
                         out["finish"] = data["choices"][0]["finish_reason"] or out["finish"]
+                        out["streamed"] = out["streamed"] or bool(data["choices"][0]["text"])
+                        streaming.add(i)
     except httpx.HTTPError as e:
         out["error"] = f"transport: {e}"
     out["ended"] = time.time()
@@ -47,11 +52,12 @@ def test_leader_kill_under_16_streams(model_dir, tmp_path):
         ["--model", str(model_dir), "--inventory", str(ROOT / "inventory/local-2replicas.yaml")],
         env={"CLUSTER_HOME": str(tmp_path / "home")},
     )
+    streaming.clear()
     try:
         pids = rank_pids(srv)
         with cf.ThreadPoolExecutor(16) as pool:
             futures = [pool.submit(_stream, srv.url, srv.model, i) for i in range(16)]
-            _wait(lambda: sum(r["in_flight"] for r in status(srv)["replicas"]) == 16, 20)
+            _wait(lambda: len(streaming) == 16, 30)  # every stream has begun
             on_r0 = status(srv)["replicas"][0]["in_flight"]
             assert on_r0 > 0
             os.kill(pids[("r0", 0)], signal.SIGKILL)
@@ -62,6 +68,7 @@ def test_leader_kill_under_16_streams(model_dir, tmp_path):
         assert len(failed) == on_r0 and len(finished) == 16 - on_r0
         for r in failed:  # an OpenAI error event, then [DONE], within 5 s: no hang, no silent cut
             assert "r0" in r["error"] and r["done"] and r["ended"] - killed < 5
+            assert r["streamed"]  # only requests that had streamed may fail
         assert all(r["tokens"] == 400 for r in finished)
         # The coordinator lived through it; the launcher brings r0 back.
         back = _wait(lambda: status(srv)["replicas"][0]["state"] == "ready", 60, 0.5)
@@ -74,6 +81,39 @@ def test_leader_kill_under_16_streams(model_dir, tmp_path):
         client = srv.client()
         r = client.completions.create(model=srv.model, prompt="again", max_tokens=4)
         assert r.choices[0].finish_reason in ("length", "stop")
+    finally:
+        srv.stop()
+
+
+def test_requests_waiting_for_their_first_token_move_to_the_other_replica(model_dir, tmp_path):
+    """kill -9 of one replica's leader while 16 requests wait for their first token (long
+    prompts still prefilling): every one completes, on the other replica, zero errors."""
+    import random
+
+    srv = Server(
+        ["--model", str(model_dir), "--inventory", str(ROOT / "inventory/local-2replicas.yaml")],
+        env={"CLUSTER_HOME": str(tmp_path / "home")},
+    )
+    rng = random.Random(5)
+
+    def ask(i):
+        prompt = [rng.randrange(30, 4000) for _ in range(2500)]
+        body = {"model": srv.model, "prompt": prompt, "max_tokens": 4, "ignore_eos": True}
+        return httpx.post(f"{srv.url}/v1/completions", json=body, timeout=180)
+
+    try:
+        pids = rank_pids(srv)
+        with cf.ThreadPoolExecutor(16) as pool:
+            futures = [pool.submit(ask, i) for i in range(16)]
+            _wait(lambda: status(srv)["replicas"][0]["in_flight"] > 0, 20, 0.05)
+            os.kill(pids[("r0", 0)], signal.SIGKILL)
+            replies = [f.result(timeout=180) for f in futures]
+        assert [r.status_code for r in replies] == [200] * 16, [r.text[:200] for r in replies]
+        assert all(r.json()["choices"][0]["finish_reason"] == "length" for r in replies)
+        metrics = httpx.get(f"{srv.url}/metrics").text
+        moved = [line for line in metrics.splitlines()
+                 if 'reason="failover"' in line and line.startswith("cluster:routing_decisions_total")]  # fmt: skip
+        assert moved and float(moved[0].split()[-1]) > 0
     finally:
         srv.stop()
 

@@ -1,5 +1,6 @@
 """Replica registry, admission and routing; turns prompts into streams of text deltas."""
 
+import asyncio
 import itertools
 import logging
 import time
@@ -62,13 +63,24 @@ class Output:
     """TokenLogprob of this piece's tokens, when the request asked for them."""
 
 
+FAILOVER_WAIT = 30.0
+"""Seconds a request whose replica failed before its first token waits for one to be ready."""
+
+
 class Completion:
     """A routed request's output stream; holds its replica slot until closed or finished."""
 
-    def __init__(self, replica: Replica, stream: AsyncIterator[Output]):
+    def __init__(self, replica: Replica, stream_of):
+        """stream_of(completion) makes the stream; it may move() the request elsewhere."""
         self.replica = replica
-        self._stream = stream
         self._open = True
+        replica.in_flight += 1
+        self._stream = stream_of(self)
+
+    def move(self, replica: Replica) -> None:
+        """Re-route (before any output): the slot moves to the new replica."""
+        self.replica.in_flight -= 1
+        self.replica = replica
         replica.in_flight += 1
 
     def __aiter__(self):
@@ -198,18 +210,50 @@ class Coordinator:
         replica, _ = self.route(prompt, session_id)
         request = EngineRequest(request_id, tuple(prompt), sampling)
         out = processor or OutputProcessor(self.tokenizer.decode, [])
-        return Completion(replica, self._stream(replica, request, out))
+        return Completion(replica, lambda c: self._stream(c, request, out, session_id))
+
+    async def _failover(self, completion: Completion, request: EngineRequest, session, error):
+        """A request whose replica failed before its first token: mark that replica suspect
+        (no new requests until the supervisor has looked) and move the request to a ready
+        replica, waiting up to FAILOVER_WAIT for one. Raises when none becomes ready."""
+        failed = completion.replica
+        if failed.state == "ready":
+            failed.state, failed.reason = "suspect", f"a request failed: {error}"
+        log.warning("replica %s failed request %s before its first token (%s); re-routing",
+                    failed.name, request.request_id, error)  # fmt: skip
+        deadline = time.monotonic() + FAILOVER_WAIT
+        while True:
+            ready = [r for r in self.replicas if r.state == "ready"]
+            if ready:
+                prompt = request.prompt_token_ids
+                info = SelectInfo(len(prompt), self._hashes(prompt), self.block_size, session)
+                target, _ = self.policy.select(ready, info)
+                self.metrics.routing.labels(
+                    **self.metrics.labels(target.name), reason="failover"
+                ).inc()
+                completion.move(target)
+                return
+            if time.monotonic() > deadline:
+                raise EngineFailure(
+                    f"replica {failed.name} failed: {error}; no replica became ready within "
+                    f"{FAILOVER_WAIT:.0f}s"
+                )
+            await asyncio.sleep(0.2)
+
+    def _hashes(self, prompt) -> list[int]:
+        return block_hashes(list(prompt), self.block_size, self.hash_seed)
 
     async def _stream(
-        self, replica: Replica, request: EngineRequest, out: OutputProcessor
+        self, completion: Completion, request: EngineRequest, out: OutputProcessor, session=None
     ) -> AsyncIterator[Output]:
+        replica = completion.replica
         tracker = self.metrics.track(replica.name)
         prompt_tokens, unfinished = len(request.prompt_token_ids), "abort"
         try:
-            async for event in replica.client.generate(request):
+            async for event in self._events(completion, request, session, tracker):
                 if event.error:
                     unfinished = "error"
-                    raise EngineFailure(f"replica {replica.name} failed: {event.error}")
+                    raise EngineFailure(f"replica {completion.replica.name} failed: {event.error}")
                 delta = out.process(event.token_ids, event.finish_reason)
                 tracker.on_output(out.num_tokens)
                 if delta.finish_reason is not None:
@@ -226,6 +270,22 @@ class Coordinator:
         finally:
             if unfinished:  # ended without a finish: the client left, or the replica failed
                 tracker.on_finish(unfinished, prompt_tokens, 0, None)
+
+    async def _events(self, completion: Completion, request: EngineRequest, session, tracker):
+        """The request's engine events; a failure before its first token re-routes it."""
+        started = False
+        while True:
+            async for event in completion.replica.client.generate(request):
+                if event.error and not started:
+                    await self._failover(completion, request, session, event.error)
+                    tracker.labels = self.metrics.labels(completion.replica.name)
+                    break
+                started = started or bool(event.token_ids)
+                yield event
+                if event.finish_reason or event.error:
+                    return
+            else:
+                return
 
     async def status(self) -> dict:
         replicas = []

@@ -150,10 +150,13 @@ class Supervisor:
             await asyncio.sleep(interval)
             try:
                 replica, proc = self.replicas.get(name), self.running.get(name)
-                if replica is None or proc is None or replica.state != "ready":
+                if replica is None or proc is None or replica.state not in ("ready", "suspect"):
                     continue
                 if reason := await self._check(proc, replica):
                     await self._restart(name, reason)
+                elif replica.state == "suspect":  # a request failed there, yet it answers well
+                    log.info("replica %s: healthy again after %s", name, replica.reason)
+                    replica.state, replica.reason = "ready", None
             except asyncio.CancelledError:
                 raise
             except Exception:  # supervision goes on whatever one check ran into
