@@ -36,6 +36,11 @@ class EngineConfig:
     heap_trim_seconds: float = _help(
         "give freed heap pages back to the OS at most this often (glibc only; 0: never)", 10.0
     )
+    step_timeout: float = _help(
+        "seconds an engine step or collective may take before the replica counts as hung, "
+        "or 8x its slowest recent step if longer (0: no watchdog)",
+        20.0,
+    )
 
     def __post_init__(self):
         checks = {
@@ -49,6 +54,7 @@ class EngineConfig:
             "speculation": self.speculation in ("none", "mtp", "draft"),
             "num_speculative_tokens": 1 <= self.num_speculative_tokens <= 8,
             "heap_trim_seconds": self.heap_trim_seconds >= 0,
+            "step_timeout": self.step_timeout >= 0,
         }
         for name, ok in checks.items():
             if not ok:

@@ -154,3 +154,49 @@ def test_a_restarted_coordinator_reattaches_to_running_replicas(model_dir, tmp_p
         for pid in pids.values():
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
+
+
+def _hang_test(model_dir, tmp_path, rank: int) -> dict:
+    """SIGSTOP one rank of a TP 2 replica mid-stream: a hang, not a death. Returns timings."""
+    srv = Server(
+        ["--model", str(model_dir), "--inventory", str(ROOT / "inventory/local-tp2.yaml"),
+         "--step-timeout", "5"],
+        env={"CLUSTER_HOME": str(tmp_path / "home")},
+    )  # fmt: skip
+    streaming.clear()
+    try:
+        pids = rank_pids(srv)
+        with cf.ThreadPoolExecutor(1) as pool:
+            future = pool.submit(_stream, srv.url, srv.model, 0)
+            assert _wait(lambda: 0 in streaming, 30)
+            os.kill(pids[("r0", rank)], signal.SIGSTOP)
+            stopped = time.time()
+            result = future.result(timeout=120)
+        ended = result["ended"] - stopped
+        assert result["error"] and result["done"], result  # an error event, then [DONE]
+        back = _wait(lambda: (r := status(srv)["replicas"][0])["restarts"] and r["state"] == "ready",
+                     90, 0.5)  # fmt: skip
+        ready = time.time() - stopped
+        replica = status(srv)["replicas"][0]
+        assert back and replica["restarts"] >= 1
+        reply = srv.client().completions.create(model=srv.model, prompt="again", max_tokens=4)
+        assert reply.choices[0].finish_reason in ("length", "stop")
+        new = rank_pids(srv)
+        os.kill(new[("r0", 1)], signal.SIGSTOP)  # shutdown leaves no rank behind, stopped or not
+    finally:
+        srv.stop()
+    assert _wait(lambda: not rank_pids(srv), 15), rank_pids(srv)
+    print(f"rank {rank} stopped: stream ended after {ended:.1f}s, ready after {ready:.1f}s")
+    return {"ended": ended, "ready": ready, "reason": replica["reason"], "error": result["error"]}
+
+
+def test_a_stopped_follower_ends_its_stream_and_the_replica_comes_back(model_dir, tmp_path):
+    got = _hang_test(model_dir, tmp_path, rank=1)
+    assert got["ended"] < 30 and got["ready"] < 60
+    assert "hung" in got["error"] and "rank 1 is stopped" in got["reason"]
+
+
+def test_a_stopped_leader_ends_its_stream_and_the_replica_comes_back(model_dir, tmp_path):
+    got = _hang_test(model_dir, tmp_path, rank=0)
+    assert got["ended"] < 30 and got["ready"] < 60
+    assert "rank 0 is stopped" in got["reason"]

@@ -143,3 +143,31 @@ def test_an_unexpected_error_is_logged_and_supervision_goes_on(caplog):
 
     asyncio.run(main())
     assert any("replica r0: unexpected error" in r.getMessage() for r in caplog.records)
+
+
+def test_step_watchdog_bound_follows_recent_steps_with_a_floor():
+    from cluster.engine.watchdog import StepWatchdog
+
+    now = [0.0]
+    fired = []
+    dog = StepWatchdog(floor=5.0, on_hang=fired.append, clock=lambda: now[0])
+    for took in (0.1, 0.2, 0.1):
+        dog.begin("engine step")
+        now[0] += took
+        dog.end()
+    assert dog.bound == 5.0  # 8 x 0.2 s is under the floor
+    dog.begin("lockstep exchange")
+    now[0] += 4.9
+    assert dog.check() is None
+    now[0] += 0.2
+    assert "hung: lockstep exchange running for 5.1s" in dog.check()
+    assert len(fired) == 1 and dog.check() == fired[0]  # fires once
+    slow = StepWatchdog(floor=5.0, on_hang=fired.append, clock=lambda: now[0])
+    slow.begin("engine step")
+    now[0] += 2.0
+    slow.end()
+    assert slow.bound == 16.0  # long steps raise the bound past the floor
+    off = StepWatchdog(floor=0, on_hang=fired.append, clock=lambda: now[0])
+    off.begin("engine step")
+    now[0] += 1e6
+    assert off.check() is None

@@ -18,6 +18,7 @@ from . import speculation
 from .heap import HeapTrimmer
 from .lockstep import Channel, StepMessage, tokens_digest
 from .types import EngineRequest, RequestId, TokenEvent
+from .watchdog import StepWatchdog
 
 log = logging.getLogger(__name__)
 Sink = Callable[[TokenEvent], None]
@@ -106,6 +107,7 @@ class EngineService:
         self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
         self._model_bytes = 0
         self.heap = HeapTrimmer(config.heap_trim_seconds)
+        self.watchdog = StepWatchdog(config.step_timeout, self._hung)
         self.steps = 0
         self.step_seconds = 0.0
         self.exchange_seconds = 0.0
@@ -123,6 +125,9 @@ class EngineService:
         return self.info
 
     def submit(self, request: EngineRequest, sink: Sink) -> None:
+        if self.broken:
+            sink(TokenEvent(request.request_id, (), "error", error=self.broken))
+            return
         self._inbox.put(("add", request, sink))
 
     def abort(self, request_id: RequestId) -> None:
@@ -179,6 +184,7 @@ class EngineService:
             self._ready.set()
             return
         self._ready.set()
+        self.watchdog.start()
         channel = Channel(self.group) if self.distributed else None
         digest, stepped = "", False
         while True:
@@ -194,13 +200,17 @@ class EngineService:
             try:
                 if channel is not None:
                     started = time.perf_counter()
+                    self.watchdog.begin("lockstep exchange with the followers")
                     channel.exchange(message)
+                    self.watchdog.end()
                     self.exchange_seconds += time.perf_counter() - started
                 if message.stop:
                     break
                 if message.step:
                     started = time.perf_counter()
+                    self.watchdog.begin("engine step")
                     events = self._engine.step(message.speculate)
+                    self.watchdog.end()
                     self.step_seconds += time.perf_counter() - started
                     digest = tokens_digest(events)
                     self.steps += 1
@@ -213,6 +223,15 @@ class EngineService:
                     break
         self._dispatch_all(self._engine.fail_all(self.broken or "engine stopped"))
         self._drain_after_stop()
+
+    def _hung(self, reason: str) -> None:
+        """From the watchdog's thread, while the loop is stuck: refuse new work and end every
+        request with an error now; the supervisor sees `broken` and restarts the replica."""
+        log.error("replica hung: %s; failing in-flight requests", reason)
+        self.broken = reason
+        for rid, sink in list(self._sinks.items()):
+            self._sinks.pop(rid, None)
+            sink(TokenEvent(rid, (), "error", error=reason))
 
     def _fail(self, e: Exception) -> None:
         log.exception("engine step failed; failing in-flight requests")

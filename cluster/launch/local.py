@@ -53,7 +53,9 @@ class RunningReplica:
     def stop(self, timeout: float = 10) -> None:
         for p in self.procs:
             if p.poll() is None:
-                signal_group(p, signal.SIGTERM)
+                # A stopped rank never handles SIGTERM: it gets SIGKILL at once.
+                stopped = process_state(p.pid) == "T"
+                signal_group(p, signal.SIGKILL if stopped else signal.SIGTERM)
         deadline = time.time() + timeout
         for p in self.procs:
             try:
@@ -70,6 +72,15 @@ class RunningReplica:
             text = path.read_text(errors="replace").splitlines()[-lines:]
             out.append(f"--- {path.name}\n" + "\n".join(text))
         return "\n".join(out)
+
+
+def process_state(pid: int) -> str | None:
+    """A local process's state letter from /proc (R, S, D, T for stopped, Z); None if unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[-1].split()[0]
 
 
 def signal_group(p: subprocess.Popen, sig: int) -> None:

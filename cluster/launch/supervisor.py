@@ -8,7 +8,7 @@ from pathlib import Path
 from ..coordinator.coordinator import Replica
 from ..progress import Progress
 from ..rpc.client import GrpcEngineClient
-from .local import Launcher, RunningReplica
+from .local import Launcher, RunningReplica, process_state
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +22,12 @@ def resident_bytes(pid: int) -> int | None:
     except OSError:
         return None
     return None
+
+
+def _stopped(proc: RunningReplica) -> str:
+    """Which ranks the OS shows stopped (the ones a hang points at), as a reason's suffix."""
+    stopped = [i for i, p in enumerate(proc.procs) if process_state(p.pid) == "T"]
+    return "".join(f"; rank {i} is stopped (SIGSTOP)" for i in stopped)
 
 
 class ReplicaFailed(RuntimeError):
@@ -177,13 +183,14 @@ class Supervisor:
         except Exception as e:
             # A rank that died while we asked explains the silence better than the silence.
             await asyncio.sleep(0.2)
-            return self._dead(proc) or f"leader not answering ({type(e).__name__})"
+            return self._dead(proc) or f"leader not answering ({type(e).__name__})" + _stopped(proc)
         replica.stats = stats
         for rank, p in zip(replica.ranks, proc.procs, strict=False):
             rank["alive"] = p.poll() is None
             if (rss := resident_bytes(p.pid)) is not None:
                 rank["memory_bytes"] = rss
-        return stats.get("broken")
+        broken = stats.get("broken")
+        return broken + _stopped(proc) if broken else None
 
     async def _restart(self, name: str, reason: str) -> None:
         """Stop what is left of the replica and start it again, retrying with back-off (doubling

@@ -1,0 +1,55 @@
+"""The step watchdog: a leader rank times every engine step and every collective, and a step
+that runs far past its recent peers marks the replica hung (a rank stopped, a collective or a
+device fence that never returns). The loop itself is stuck then, so this runs in a thread."""
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+RECENT = 64  # steps remembered
+FACTOR = 8.0  # a step may take this many times the slowest recent one
+
+
+class StepWatchdog:
+    def __init__(self, floor: float, on_hang: Callable[[str], None], clock=time.monotonic,
+                 poll: float = 0.5):  # fmt: skip
+        """floor: seconds any step may take (0: no watchdog); on_hang(reason) runs once."""
+        self.floor, self.on_hang, self.clock, self.poll = floor, on_hang, clock, poll
+        self.recent: deque[float] = deque(maxlen=RECENT)
+        self.phase: str | None = None
+        self.started = 0.0
+        self.fired: str | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def bound(self) -> float:
+        return max(self.floor, FACTOR * max(self.recent, default=0.0))
+
+    def begin(self, phase: str) -> None:
+        self.started, self.phase = self.clock(), phase
+
+    def end(self) -> None:
+        self.recent.append(self.clock() - self.started)
+        self.phase = None
+
+    def check(self) -> str | None:
+        """The hang, if the phase in progress has run past the bound; fires on_hang once."""
+        phase = self.phase
+        if self.floor <= 0 or phase is None or self.fired:
+            return self.fired
+        took = self.clock() - self.started
+        if took > (bound := self.bound):
+            self.fired = f"hung: {phase} running for {took:.1f}s (bound {bound:.1f}s)"
+            self.on_hang(self.fired)
+        return self.fired
+
+    def start(self) -> None:
+        if self.floor > 0:
+            self._thread = threading.Thread(target=self._watch, name="watchdog", daemon=True)
+            self._thread.start()
+
+    def _watch(self) -> None:
+        while not self.fired:
+            time.sleep(self.poll)
+            self.check()
