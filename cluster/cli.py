@@ -117,6 +117,13 @@ def _bench(args) -> int:
 
 
 def _fixture_model(args) -> int:
+    if args.layers is not None:
+        from .fixture.deepen import deepen
+        from .model_store import TRAINED
+
+        out = deepen(TRAINED, args.out_dir, args.layers, seed=args.seed)
+        print(f"wrote {out}: the trained built-in model with {args.layers} decoder layers")
+        return 0
     if args.train:
         from .launch.blas import reexec_with_openblas
 
@@ -286,6 +293,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="train it on the standard library and agent conversations",
     )
     p.add_argument("--steps", type=int, default=1100, help="training steps (default 1100)")
+    p.add_argument(
+        "--layers",
+        type=int,
+        help="write the trained model with this many decoder layers, the added ones adding "
+        "cost but not output (a benchmark model in GLM-5's cost ratios)",
+    )
     p.set_defaults(func=_fixture_model)
 
     p = sub.add_parser("fixture-eval", help="held-out tool-call and thinking figures of a model")

@@ -24,8 +24,8 @@ def prompts():
     return [tok.encode(t, add_special_tokens=False) for t in PROMPTS]
 
 
-def run(config, prompts, params):
-    engine, _ = build_engine(TRAINED, config, "glm-5-fixture")
+def run(config, prompts, params, model=TRAINED):
+    engine, _ = build_engine(model, config, "glm-5-fixture")
     for i, p in enumerate(prompts):
         engine.add_request(EngineRequest(RequestId(str(i)), tuple(p), params))
     out = collections.defaultdict(list)
