@@ -275,17 +275,21 @@ class Coordinator:
         """The request's engine events; a failure before its first token re-routes it."""
         started = False
         while True:
-            async for event in completion.replica.client.generate(request):
-                if event.error and not started:
-                    await self._failover(completion, request, session, event.error)
-                    tracker.labels = self.metrics.labels(completion.replica.name)
-                    break
-                started = started or bool(event.token_ids)
-                yield event
-                if event.finish_reason or event.error:
+            events = completion.replica.client.generate(request)
+            try:
+                async for event in events:
+                    if event.error and not started:
+                        break
+                    started = started or bool(event.token_ids)
+                    yield event
+                    if event.finish_reason or event.error:
+                        return
+                else:
                     return
-            else:
-                return
+            finally:
+                await events.aclose()
+            await self._failover(completion, request, session, event.error)
+            tracker.labels = self.metrics.labels(completion.replica.name)
 
     async def status(self) -> dict:
         replicas = []
