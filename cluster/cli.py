@@ -54,6 +54,7 @@ def _serve(args) -> int:
         routing=args.routing,
         launcher=args.launcher,
         chat_template_args=tuple(_template_args(args.chat_template_args).items()),
+        probe_seconds=args.probe_seconds,
     )
     serve(options, _engine_config(args))
     return 0
@@ -195,6 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="port to bind (default: the inventory's, 8000)")
     p.add_argument("--model", help="model directory (default: the inventory's model)")
     p.add_argument("--served-model-name", help="model name clients use (default: dir name)")
+    p.add_argument(
+        "--probe-seconds",
+        type=float,
+        default=30.0,
+        help="an idle replica generates one token this often, or leaves ready (0: never)",
+    )
     p.add_argument(
         "--chat-template-args",
         help="JSON defaults for the chat template, e.g. '{\"enable_thinking\": false}'; "

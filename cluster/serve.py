@@ -45,6 +45,8 @@ class ServeOptions:
     """Overrides the inventory's launcher (deployed services use `service`)."""
     chat_template_args: tuple[tuple[str, object], ...] = ()
     """The chat template's defaults, e.g. (("enable_thinking", False),); requests override."""
+    probe_seconds: float = 30.0
+    """An idle replica generates one token this often, or leaves ready (0: never)."""
 
 
 def cluster_token(persistent: bool) -> str:
@@ -106,7 +108,14 @@ def serve(options: ServeOptions, engine: EngineConfig) -> None:
     ports = inventory.fixed_grpc_ports([p.name for p in plans])
     token = cluster_token(bool(ports))
     launcher = make_launcher(inventory, run_dir, str(model_dir), name, engine, token)
-    supervisor = Supervisor(launcher, token, engine.max_num_seqs, ports)
+    supervisor = Supervisor(
+        launcher,
+        token,
+        engine.max_num_seqs,
+        ports,
+        probe_every=options.probe_seconds,
+        probe_timeout=max(engine.step_timeout, 10.0) + 10.0,
+    )
     tls = TlsFiles.from_env()  # a partial TLS setup fails here, before any replica starts
     event_loop = aio.loop_name()  # so does a bad CLUSTER_EVENT_LOOP
     log.info("gRPC to replicas: %s", "mutual TLS" if tls else "plaintext, cluster token")

@@ -200,3 +200,25 @@ def test_a_stopped_leader_ends_its_stream_and_the_replica_comes_back(model_dir, 
     got = _hang_test(model_dir, tmp_path, rank=0)
     assert got["ended"] < 30 and got["ready"] < 60
     assert "rank 0 is stopped" in got["reason"]
+
+
+def test_an_idle_replica_that_cannot_generate_leaves_ready(model_dir, tmp_path):
+    """A TP 2 replica whose follower is stopped while idle still answers Status; the idle
+    probe (a one-token generation) finds it out before any user request does."""
+    srv = Server(
+        ["--model", str(model_dir), "--inventory", str(ROOT / "inventory/local-tp2.yaml"),
+         "--step-timeout", "5", "--probe-seconds", "2"],
+        env={"CLUSTER_HOME": str(tmp_path / "home")},
+    )  # fmt: skip
+    try:
+        os.kill(rank_pids(srv)[("r0", 1)], signal.SIGSTOP)
+        stopped = time.time()
+        assert _wait(lambda: status(srv)["replicas"][0]["state"] != "ready", 30, 0.2)
+        left = time.time() - stopped
+        back = _wait(lambda: (r := status(srv)["replicas"][0])["restarts"] and r["state"] == "ready",
+                     60, 0.5)  # fmt: skip
+        reason = status(srv)["replicas"][0]["reason"]
+        assert back and "probe" in reason and "rank 1 is stopped" in reason, reason
+        print(f"idle replica with a stopped follower left ready after {left:.1f}s")
+    finally:
+        srv.stop()

@@ -45,7 +45,8 @@ class FakeLauncher:
 
 
 class FakeClient:
-    broken: set[str] = set()
+    hung: set[str] = set()
+    """Addresses whose leader answers Status but never generates."""
 
     def __init__(self, address, token):
         self.address = address
@@ -61,6 +62,11 @@ class FakeClient:
     async def close(self):
         pass
 
+    async def generate(self, request):
+        if self.address in FakeClient.hung:
+            await asyncio.sleep(3600)
+        yield SimpleNamespace(error=None, finish_reason="length", token_ids=(1,))
+
 
 def plan(name):
     rank = SimpleNamespace(rank=0, host="h", address="127.0.0.1")
@@ -74,9 +80,9 @@ async def until(cond, timeout=10.0):
         await asyncio.sleep(0.02)
 
 
-def supervised(launcher, names=("r0", "r1")):
+def supervised(launcher, names=("r0", "r1"), probe_every=0.0):
     sup = Supervisor(launcher, "t", 4, client_factory=FakeClient, load_timeout=2,
-                     backoff=(0.05, 0.2))  # fmt: skip
+                     backoff=(0.05, 0.2), probe_every=probe_every, probe_timeout=0.3)  # fmt: skip
     return sup, [plan(n) for n in names]
 
 
@@ -171,3 +177,20 @@ def test_step_watchdog_bound_follows_recent_steps_with_a_floor():
     off.begin("engine step")
     now[0] += 1e6
     assert off.check() is None
+
+
+def test_an_idle_replica_that_answers_status_but_cannot_generate_leaves_ready():
+    async def main():
+        launcher = FakeLauncher()
+        sup, plans = supervised(launcher, ["r0"], probe_every=0.2)
+        await sup.start(plans)
+        FakeClient.hung.add(sup.running["r0"].address)
+        sup.watch(interval=0.02)
+        await until(lambda: sup.replicas["r0"].restarts == 1)
+        assert "probe generation did not finish" in sup.replicas["r0"].reason
+        await until(lambda: sup.replicas["r0"].state == "ready")  # a new leader, generating
+        await asyncio.sleep(0.6)  # probed again, and passing
+        assert sup.replicas["r0"].restarts == 1
+        await sup.stop()
+
+    asyncio.run(main())

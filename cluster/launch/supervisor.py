@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from ..coordinator.coordinator import Replica
+from ..engine.types import EngineRequest, RequestId, SamplingParams
 from ..progress import Progress
 from ..rpc.client import GrpcEngineClient
 from .local import Launcher, RunningReplica, process_state
@@ -48,7 +49,11 @@ class Supervisor:
         client_factory=GrpcEngineClient,
         load_timeout: float = 600,
         backoff: tuple[float, float] = RESTART_BACKOFF,
+        probe_every: float = 30.0,
+        probe_timeout: float = 30.0,
     ):
+        """probe_every: seconds an idle replica may go without an end-to-end generation before
+        it gets a one-token probe (0: never); probe_timeout: how long the probe may take."""
         self.launcher = launcher
         self.ports = ports or {}
         """Fixed leader gRPC ports by replica; replicas found running there are re-attached."""
@@ -61,6 +66,9 @@ class Supervisor:
         self.replicas: dict[str, Replica] = {}
         self.plans: dict[str, object] = {}
         self._tasks: dict[str, asyncio.Task] = {}
+        self.probe_every, self.probe_timeout = probe_every, probe_timeout
+        self._last_seen: dict[str, tuple[int, float]] = {}
+        """Per replica: (requests served, when that count last changed or a probe passed)."""
 
     async def start(self, plans, timeout: float = 600) -> list[Replica]:
         progress = Progress(len(plans), "loading replicas")
@@ -189,8 +197,33 @@ class Supervisor:
             rank["alive"] = p.poll() is None
             if (rss := resident_bytes(p.pid)) is not None:
                 rank["memory_bytes"] = rss
-        broken = stats.get("broken")
-        return broken + _stopped(proc) if broken else None
+        if broken := stats.get("broken"):
+            return broken + _stopped(proc)
+        return await self._probe_if_idle(proc, replica)
+
+    async def _probe_if_idle(self, proc: RunningReplica, replica: Replica) -> str | None:
+        """A replica can answer Status and still not generate (mlx-lm #1493): one that has
+        served nothing for probe_every seconds generates one token, or is reported."""
+        now = time.monotonic()
+        served, since = self._last_seen.get(replica.name, (-1, now))
+        if replica.served != served or replica.in_flight:
+            self._last_seen[replica.name] = (replica.served, now)
+            return None
+        if not self.probe_every or now - since < self.probe_every:
+            return None
+        one = SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True)
+        request = EngineRequest(RequestId(f"probe-{replica.name}-{int(now)}"), (0,), one)
+        try:
+            async with asyncio.timeout(self.probe_timeout):
+                async for event in replica.client.generate(request):
+                    if event.error:
+                        return f"probe generation failed: {event.error}" + _stopped(proc)
+                    if event.finish_reason:
+                        break
+        except TimeoutError:
+            return f"probe generation did not finish in {self.probe_timeout:.0f}s" + _stopped(proc)
+        self._last_seen[replica.name] = (replica.served, time.monotonic())
+        return None
 
     async def _restart(self, name: str, reason: str) -> None:
         """Stop what is left of the replica and start it again, retrying with back-off (doubling
