@@ -161,6 +161,7 @@ class EngineService:
             "exchange_ms_avg": round(1000 * self.exchange_seconds / steps, 3),
             "alive": self._thread.is_alive(),
             "broken": self.broken,
+            "open_streams": len(self._sinks),
         }
         return stats | extra
 
