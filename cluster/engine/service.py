@@ -5,6 +5,7 @@ which run `run_follower` and take exactly the same steps.
 """
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -21,6 +22,7 @@ from .types import EngineRequest, RequestId, TokenEvent
 from .watchdog import StepWatchdog
 
 log = logging.getLogger(__name__)
+HEARTBEAT_SECONDS = 5.0
 Sink = Callable[[TokenEvent], None]
 CacheSink = Callable[[list[int], list[int], bool], None]
 """Receives (stored block hashes, evicted block hashes, snapshot_done)."""
@@ -245,8 +247,8 @@ class EngineService:
     def _take_commands(self, block: bool) -> StepMessage:
         """Apply queued commands and describe them for the followers."""
         message = StepMessage()
-        try:
-            item = self._inbox.get(block=block)
+        try:  # an idle leader still sends an empty message now and then: its heartbeat
+            item = self._inbox.get(block=block, timeout=HEARTBEAT_SECONDS if block else None)
         except queue.Empty:
             return message
         while True:
@@ -312,14 +314,27 @@ class EngineService:
             sink(event)
 
 
+def _leader_lost(reason: str) -> None:
+    log.error("follower: the leader stopped sending (%s); exiting", reason)
+    logging.shutdown()
+    os._exit(3)
+
+
 def run_follower(model_path, config: EngineConfig, model_id: str, group) -> None:
     """A follower rank: receive each step's work from the leader and take the same step."""
     engine, _ = build_engine(model_path, config, model_id, group)
     channel = Channel(group)
     heap = HeapTrimmer(config.heap_trim_seconds)
+    # The leader sends at least a heartbeat every HEARTBEAT_SECONDS: a follower left waiting
+    # far longer has lost its leader (stopped, or its node gone) and exits, so nothing hangs.
+    floor = max(30.0, 2 * config.step_timeout) if config.step_timeout else 0.0
+    watchdog = StepWatchdog(floor, _leader_lost)
+    watchdog.start()
     digest = ""
     while True:
+        watchdog.begin("waiting for the leader's next step")
         message = channel.exchange(None)
+        watchdog.end()
         heap.maybe_trim(idle=not message.step)
         if message.digest != digest:
             raise RuntimeError(
