@@ -268,3 +268,26 @@ def test_tp2_under_32_staggered_streams_aborts_and_disconnects_leaks_nothing(mod
         assert status(srv)["replicas"][0]["state"] == "ready"  # no rank diverged or hung
     finally:
         srv.stop()
+
+
+def test_a_second_replica_failing_while_the_first_restarts_is_restarted_too(model_dir, tmp_path):
+    srv = Server(
+        ["--model", str(model_dir), "--inventory", str(ROOT / "inventory/local-2replicas.yaml")],
+        env={"CLUSTER_HOME": str(tmp_path / "home")},
+    )
+    try:
+        pids = rank_pids(srv)
+        os.kill(pids[("r0", 0)], signal.SIGKILL)
+        assert _wait(lambda: status(srv)["replicas"][0]["state"] != "ready", 10, 0.05)
+        os.kill(pids[("r1", 0)], signal.SIGKILL)  # while r0 is still coming back
+        assert status(srv)["replicas"][0]["state"] != "ready"
+
+        def both_back():
+            replicas = status(srv)["replicas"]
+            return all(r["state"] == "ready" and r["restarts"] == 1 for r in replicas)
+
+        assert _wait(both_back, 90, 0.5), status(srv)["replicas"]
+        r = srv.client().completions.create(model=srv.model, prompt="again", max_tokens=4)
+        assert r.choices[0].finish_reason in ("length", "stop")
+    finally:
+        srv.stop()
