@@ -1,0 +1,92 @@
+"""Pure unit tests: the scheduler's token budget, slots and abort, and the mailbox's order and
+wakeups. No model: the prefix cache is real but empty, sequences are made by hand."""
+
+import asyncio
+
+from cluster.config import EngineConfig
+from cluster.engine.prefix_cache import PrefixCache
+from cluster.engine.scheduler import Scheduler
+from cluster.engine.sequence import Sequence
+from cluster.engine.types import EngineRequest, RequestId, SamplingParams
+from cluster.rpc.mailbox import Mailbox
+
+
+def scheduler(**config) -> Scheduler:
+    cfg = EngineConfig(**config)
+    return Scheduler(cfg, PrefixCache(cfg.block_size, 0, 0), eos_ids={0}, max_model_len=64)
+
+
+def seq(name: str, prompt_len: int, max_tokens: int = 4) -> Sequence:
+    sampling = SamplingParams(max_tokens=max_tokens, temperature=0.0)
+    return Sequence.from_request(
+        EngineRequest(RequestId(name), tuple(range(1, prompt_len + 1)), sampling)
+    )
+
+
+def test_prefill_chunks_fit_the_token_budget_and_the_slots():
+    s = scheduler(prefill_step_size=10, max_num_seqs=2)
+    a, b, c = seq("a", 7), seq("b", 7), seq("c", 3)
+    for x in (a, b, c):
+        s.add(x)
+    first = s.schedule()
+    assert [(x.request_id, n) for x, n in first.prefill] == [("a", 7), ("b", 3)]  # budget 10
+    assert not first.decode
+    s.postprocess(first, {a: [5]})
+    second = s.schedule()
+    # a runs now (decodes); b finishes its prompt; c waits: only one slot is left, b's.
+    assert [x.request_id for x in second.decode] == ["a"]
+    assert [(x.request_id, n) for x, n in second.prefill] == [("b", 4)]
+
+
+def test_finish_by_eos_by_length_and_abort_free_the_slot():
+    s = scheduler(prefill_step_size=100, max_num_seqs=1)
+    a, b = seq("a", 2, max_tokens=2), seq("b", 2)
+    s.add(a)
+    s.add(b)
+    step = s.schedule()
+    assert [x for x, _ in step.prefill] == [a]  # one slot
+    events, done = s.postprocess(step, {a: [7]})
+    assert not done and events[0].token_ids == (7,)
+    events, done = s.postprocess(s.schedule(), {a: [8]})  # max_tokens reached
+    assert done == [a] and events[0].finish_reason == "length"
+    step = s.schedule()
+    assert [x for x, _ in step.prefill] == [b]
+    events, done = s.postprocess(step, {b: [0]})  # eos
+    assert done == [b] and events[0].finish_reason == "stop"
+    c = seq("c", 2)
+    s.add(c)
+    assert s.abort(RequestId("c")) is c and c.finish_reason == "abort"
+    assert s.abort(RequestId("nope")) is None and not s.has_work()
+
+
+def test_speculative_tokens_after_a_stop_are_dropped():
+    s = scheduler(prefill_step_size=100)
+    a = seq("a", 2, max_tokens=10)
+    s.add(a)
+    s.postprocess(s.schedule(), {a: [3]})
+    events, done = s.postprocess(s.schedule(), {a: [4, 0, 9]})  # drafts past the eos
+    assert done == [a] and events[0].token_ids == (4, 0) and events[0].finish_reason == "stop"
+
+
+def test_mailbox_keeps_order_and_wakes_the_loop_once_per_burst():
+    async def main():
+        loop = asyncio.get_running_loop()
+        box = Mailbox(loop)
+        queue: asyncio.Queue = asyncio.Queue()
+        wakeups = 0
+        real = box._drain
+
+        def counted():
+            nonlocal wakeups
+            wakeups += 1
+            real()
+
+        box._drain = counted
+        for i in range(100):  # one burst: the loop does not run in between
+            box.post(queue, i)
+        got = [await queue.get() for _ in range(100)]
+        assert got == list(range(100)) and wakeups == 1
+        box.post(queue, "later")  # the next burst wakes it again
+        assert await queue.get() == "later" and wakeups == 2
+
+    asyncio.run(main())
