@@ -46,11 +46,14 @@ def test_index_match_counts_leading_blocks_per_replica():
 
 
 def test_predicted_blocks_expire():
-    index = PrefixIndex(predicted_ttl=0.05)
+    now = [100.0]
+    index = PrefixIndex(predicted_ttl=5.0, clock=lambda: now[0])
     hashes = block_hashes(PROMPT, 16, b"m")
     index.predict(2, hashes)
     assert index.match(hashes, 3) == [0, 0, 10]
-    time.sleep(0.06)
+    now[0] += 4.9
+    assert index.match(hashes, 3) == [0, 0, 10]
+    now[0] += 0.2
     assert index.match(hashes, 3) == [0, 0, 0]
 
 

@@ -9,7 +9,7 @@ from collections import deque
 
 
 class PrefixIndex:
-    def __init__(self, predicted_ttl: float = 5.0):
+    def __init__(self, predicted_ttl: float = 5.0, clock=time.monotonic):
         self.blocks: dict[int, int] = {}
         """Confirmed: block hash -> bitmask of replica slots."""
         self.counts: dict[int, int] = {}
@@ -17,6 +17,7 @@ class PrefixIndex:
         self.predicted: dict[int, int] = {}
         self._expiry: deque[tuple[float, int, int]] = deque()
         self.predicted_ttl = predicted_ttl
+        self.clock = clock
 
     def add(self, slot: int, hashes) -> None:
         bit = 1 << slot
@@ -51,14 +52,14 @@ class PrefixIndex:
         self.counts[slot] = 0
 
     def predict(self, slot: int, hashes) -> None:
-        expires = time.monotonic() + self.predicted_ttl
+        expires = self.clock() + self.predicted_ttl
         bit = 1 << slot
         for h in hashes:
             self.predicted[h] = self.predicted.get(h, 0) | bit
             self._expiry.append((expires, h, bit))
 
     def _expire(self) -> None:
-        now = time.monotonic()
+        now = self.clock()
         while self._expiry and self._expiry[0][0] <= now:
             _, h, bit = self._expiry.popleft()
             mask = self.predicted.get(h, 0) & ~bit
