@@ -233,10 +233,10 @@ class Coordinator:
                 ).inc()
                 completion.move(target)
                 return
-            if time.monotonic() > deadline:
-                raise EngineFailure(
+            if time.monotonic() > deadline:  # no replica can take it now: 503, Retry-After
+                raise Unavailable(
                     f"replica {failed.name} failed: {error}; no replica became ready within "
-                    f"{FAILOVER_WAIT:.0f}s"
+                    f"{FAILOVER_WAIT:.0f}s; retry later"
                 )
             await asyncio.sleep(0.2)
 
