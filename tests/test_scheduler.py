@@ -90,3 +90,39 @@ def test_mailbox_keeps_order_and_wakes_the_loop_once_per_burst():
         assert await queue.get() == "later" and wakeups == 2
 
     asyncio.run(main())
+
+
+def test_cache_events_resync_replaces_what_a_replica_held():
+    """A broken stream or the periodic resync re-subscribes; its snapshot replaces the
+    replica's blocks in the index, so lost events cannot leave stale blocks behind."""
+    from types import SimpleNamespace
+
+    from cluster.router.events import follow_replica
+    from cluster.router.index import PrefixIndex
+
+    snapshots = [[1, 2, 3], [3, 4], [5]]
+    opened = []
+
+    class Client:
+        async def cache_events(self, snapshot=True):
+            n = len(opened)
+            opened.append(n)
+            blocks = snapshots[min(n, len(snapshots) - 1)]
+            yield SimpleNamespace(snapshot_done=True, stored=blocks, evicted=[])
+            if n == 0:
+                yield SimpleNamespace(snapshot_done=False, stored=[9], evicted=[1])
+                raise ConnectionError("stream lost")  # a reconnect follows
+            await asyncio.sleep(3600)  # quiet: only the periodic resync re-opens it
+
+    async def main():
+        index = PrefixIndex()
+        replica = SimpleNamespace(name="r0", slot=0, client=Client())
+        task = asyncio.create_task(follow_replica(replica, index, resync_seconds=0.3))
+        while len(opened) < 3:
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.05)
+        task.cancel()
+        return index
+
+    index = asyncio.run(main())
+    assert set(index.blocks) == {5} and index.counts[0] == 1
