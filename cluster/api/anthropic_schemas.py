@@ -59,10 +59,10 @@ class AnthropicTool(BaseModel):
     input_schema: dict = Field(default_factory=lambda: {"type": "object", "properties": {}})
 
     def as_openai(self) -> dict:
-        f = {"name": self.name, "parameters": self.input_schema}
+        f = {"name": self.name}
         if self.description:
             f["description"] = self.description
-        return {"type": "function", "function": f}
+        return {"type": "function", "function": f | {"parameters": self.input_schema}}
 
 
 class ToolChoice(BaseModel):

@@ -85,14 +85,27 @@ def build_prompt(
             param="tools",
         )
     forced_text = ""
-    if tool_choice not in (None, "auto", "none"):
+    if tool_choice == "required":
         template_args = template_args | {"enable_thinking": False}
-        forced_text = "<tool_call>" + ("" if tool_choice == "required" else tool_choice)
+        forced_text = "<tool_call>"
+    elif tool_choice not in (None, "auto", "none"):  # a named call: its name, then its first key
+        template_args = template_args | {"enable_thinking": False}
+        forced_text = f"<tool_call>{tool_choice}" + (
+            "<arg_key>" if _parameters(tools, tool_choice) else "</tool_call>"
+        )
     prompt = tokenizer.chat(messages, tools=tools or None, **template_args)
     forced = tokenizer.encode(forced_text) if forced_text else []
     reasoning = bool(markers) and not forced and prompt[-1:] == [markers.id_of("<think>")]
     banned = (markers.id_of("<tool_call>"),) if tool_choice == "none" and markers else ()
     return ChatPrompt(prompt + forced, forced, reasoning, banned)
+
+
+def _parameters(tools: list[dict] | None, name: str) -> dict:
+    for tool in tools or []:
+        f = tool.get("function", tool)
+        if f.get("name") == name:
+            return (f.get("parameters") or {}).get("properties") or {}
+    return {}
 
 
 def new_call_id(prefix: str = "call_") -> str:
@@ -117,5 +130,5 @@ def chat_processor(
         reasoning=prompt.reasoning,
         call_ids=lambda _: new_call_id(call_prefix),
     )
-    parser.feed(prompt.forced)
-    return ChatOutputProcessor(parser, stops, max_calls)
+    opening = parser.feed(prompt.forced)
+    return ChatOutputProcessor(parser, stops, max_calls, opening)

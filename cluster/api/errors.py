@@ -64,6 +64,8 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, e: RequestValidationError):
         errors = e.errors()
+        # A union reports each branch; a check of ours (value_error) says what to fix.
+        errors.sort(key=lambda err: err.get("type") != "value_error")
         message, param = _validation_message(errors[0]) if errors else ("Invalid request.", None)
         path = request.url.path
         return error_json(path, 400, message, "invalid_request_error", param, "invalid_value")

@@ -210,8 +210,12 @@ class ChatOutputProcessor:
     """One chat request's tokens as reasoning, content and tool calls; stop strings apply to
     content. The same interface as output.OutputProcessor."""
 
-    def __init__(self, parser: GlmParser, stops: list[str], max_calls: int | None = None):
+    def __init__(self, parser: GlmParser, stops: list[str], max_calls: int | None = None,
+                 opening: ParsedDelta | None = None):  # fmt: skip
+        """opening: what the parser made of the reply's forced opening (a named call's start),
+        sent with the first output."""
         self.parser = parser
+        self._opening = opening
         self.stop = StopMatcher(stops)
         self.max_calls = max_calls
         """Finish once this many calls are complete (parallel_tool_calls false: 1)."""
@@ -220,6 +224,11 @@ class ChatOutputProcessor:
     def process(self, token_ids, finish_reason: str | None) -> Delta:
         self.num_tokens += len(token_ids)
         parsed = self.parser.feed(token_ids)
+        if self._opening is not None:
+            opening, self._opening = self._opening, None
+            parsed.content = opening.content + parsed.content
+            parsed.reasoning = opening.reasoning + parsed.reasoning
+            parsed.tool_calls = opening.tool_calls + parsed.tool_calls
         if finish_reason is not None:
             tail = self.parser.finish()
             parsed.content += tail.content
