@@ -6,7 +6,7 @@ import secrets
 from dataclasses import dataclass
 
 from ..coordinator.errors import BadRequest
-from ..coordinator.glm_output import ChatOutputProcessor, GlmParser
+from ..coordinator.glm_output import ChatOutputProcessor, GlmParser, param_types
 from ..coordinator.output import OutputProcessor
 from ..coordinator.tokenizer import PromptTokenizer
 
@@ -91,21 +91,13 @@ def build_prompt(
     elif tool_choice not in (None, "auto", "none"):  # a named call: its name, then its first key
         template_args = template_args | {"enable_thinking": False}
         forced_text = f"<tool_call>{tool_choice}" + (
-            "<arg_key>" if _parameters(tools, tool_choice) else "</tool_call>"
+            "<arg_key>" if param_types(tools).get(tool_choice) else "</tool_call>"
         )
     prompt = tokenizer.chat(messages, tools=tools or None, **template_args)
     forced = tokenizer.encode(forced_text) if forced_text else []
     reasoning = bool(markers) and not forced and prompt[-1:] == [markers.id_of("<think>")]
     banned = (markers.id_of("<tool_call>"),) if tool_choice == "none" and markers else ()
     return ChatPrompt(prompt + forced, forced, reasoning, banned)
-
-
-def _parameters(tools: list[dict] | None, name: str) -> dict:
-    for tool in tools or []:
-        f = tool.get("function", tool)
-        if f.get("name") == name:
-            return (f.get("parameters") or {}).get("properties") or {}
-    return {}
 
 
 def new_call_id(prefix: str = "call_") -> str:

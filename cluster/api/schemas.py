@@ -150,8 +150,6 @@ class ChatCompletionRequest(_Common):
 
     @property
     def num_logprobs(self) -> int | None:
-        if self.top_logprobs and not self.logprobs:
-            return None  # refused by the validator below
         return (self.top_logprobs or 0) if self.logprobs else None
 
     response_format: dict | None = None

@@ -180,10 +180,14 @@ class Coordinator:
         return ready
 
     def route(self, prompt: list[int], session_id: str | None = None) -> tuple[Replica, str]:
-        ready = self._admit()
-        hashes = block_hashes(prompt, self.block_size, self.hash_seed)
+        return self._select(self._admit(), prompt, session_id)
+
+    def _select(self, ready: list[Replica], prompt, session_id, reason: str | None = None):
+        """The policy's pick among ready replicas, counted under its reason (or `reason`)."""
+        hashes = block_hashes(list(prompt), self.block_size, self.hash_seed)
         info = SelectInfo(len(prompt), hashes, self.block_size, session_id)
-        replica, reason = self.policy.select(ready, info)
+        replica, picked = self.policy.select(ready, info)
+        reason = reason or picked
         self.metrics.routing.labels(**self.metrics.labels(replica.name), reason=reason).inc()
         return replica, reason
 
@@ -225,12 +229,7 @@ class Coordinator:
         while True:
             ready = [r for r in self.replicas if r.state == "ready"]
             if ready:
-                prompt = request.prompt_token_ids
-                info = SelectInfo(len(prompt), self._hashes(prompt), self.block_size, session)
-                target, _ = self.policy.select(ready, info)
-                self.metrics.routing.labels(
-                    **self.metrics.labels(target.name), reason="failover"
-                ).inc()
+                target, _ = self._select(ready, request.prompt_token_ids, session, "failover")
                 completion.move(target)
                 return
             if time.monotonic() > deadline:  # no replica can take it now: 503, Retry-After
@@ -239,9 +238,6 @@ class Coordinator:
                     f"{FAILOVER_WAIT:.0f}s; retry later"
                 )
             await asyncio.sleep(0.2)
-
-    def _hashes(self, prompt) -> list[int]:
-        return block_hashes(list(prompt), self.block_size, self.hash_seed)
 
     async def _stream(
         self, completion: Completion, request: EngineRequest, out: OutputProcessor, session=None

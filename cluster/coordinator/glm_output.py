@@ -65,7 +65,7 @@ class _State(Enum):
     VALUE = "value"
 
 
-def _param_types(tools: list[dict] | None) -> dict[str, dict[str, object]]:
+def param_types(tools: list[dict] | None) -> dict[str, dict[str, object]]:
     """tool name -> parameter name -> its JSON-schema type (None when the schema says none)."""
     out: dict[str, dict[str, object]] = {}
     for tool in tools or []:
@@ -105,7 +105,7 @@ class GlmParser:
                  reasoning: bool = False, call_ids=None):  # fmt: skip
         self.markers = markers
         self.decode = decode
-        self.types = _param_types(tools)
+        self.types = param_types(tools)
         self.state = _State.REASONING if reasoning else _State.CONTENT
         self.calls: list[ToolCall] = []
         self._new_id = call_ids or (lambda i: f"call_{i}")
