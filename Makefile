@@ -8,7 +8,7 @@ OPENBLAS := /usr/lib/$(shell uname -m)-linux-gnu/libopenblas.so.0
 # Tests that run MLX in-process get OpenBLAS too (served processes preload it themselves).
 PRELOAD   = $(if $(wildcard $(OPENBLAS)),LD_PRELOAD=$(OPENBLAS),)
 
-.PHONY: serve test test-slow lint format os-deps venv clean
+.PHONY: serve test test-unit test-slow lint format os-deps venv clean
 
 os-deps:
 	@if [ "$$(uname)" = Linux ] && command -v apt-get >/dev/null; then \
@@ -36,6 +36,9 @@ test: venv
 	$(PY) -m ruff check cluster tests scripts
 	$(PY) -m ruff format --check cluster tests scripts
 	$(PRELOAD) $(PY) -m pytest -q
+
+test-unit: venv
+	$(PY) -m pytest -q tests/unit
 
 test-slow: venv
 	$(PRELOAD) $(PY) -m pytest -q -m slow

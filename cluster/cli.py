@@ -13,8 +13,9 @@ from .config import EngineConfig
 def _add_engine_flags(p: argparse.ArgumentParser) -> None:
     for f in fields(EngineConfig):
         flag = "--" + f.name.replace("_", "-")
-        if f.type is bool or f.type == "bool":
-            p.add_argument(flag, action="store_true", help=f.metadata["help"])
+        if f.type is bool or f.type == "bool":  # --flag / --no-flag
+            action = argparse.BooleanOptionalAction
+            p.add_argument(flag, action=action, default=f.default, help=f.metadata["help"])
             continue
         kind = float if "float" in str(f.type) else int if "int" in str(f.type) else str
         p.add_argument(flag, type=kind, default=f.default, help=f.metadata["help"])

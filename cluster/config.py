@@ -36,6 +36,11 @@ class EngineConfig:
     heap_trim_seconds: float = _help(
         "give freed heap pages back to the OS at most this often (glibc only; 0: never)", 10.0
     )
+    pipeline_decode: bool = _help(
+        "queue each decode step before reading the previous one's tokens (host work overlaps "
+        "the device)",
+        True,
+    )
     step_timeout: float = _help(
         "seconds an engine step or collective may take before the replica counts as hung, "
         "or 8x its slowest recent step if longer (0: no watchdog)",

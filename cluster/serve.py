@@ -108,14 +108,6 @@ def serve(options: ServeOptions, engine: EngineConfig) -> None:
     ports = inventory.fixed_grpc_ports([p.name for p in plans])
     token = cluster_token(bool(ports))
     launcher = make_launcher(inventory, run_dir, str(model_dir), name, engine, token)
-    supervisor = Supervisor(
-        launcher,
-        token,
-        engine.max_num_seqs,
-        ports,
-        probe_every=options.probe_seconds,
-        probe_timeout=max(engine.step_timeout, 10.0) + 10.0,
-    )
     tls = TlsFiles.from_env()  # a partial TLS setup fails here, before any replica starts
     event_loop = aio.loop_name()  # so does a bad CLUSTER_EVENT_LOOP
     log.info("gRPC to replicas: %s", "mutual TLS" if tls else "plaintext, cluster token")
@@ -127,6 +119,24 @@ def serve(options: ServeOptions, engine: EngineConfig) -> None:
         "model_dir": str(model_dir),
         "chat_template_args": dict(options.chat_template_args),
     }
+
+    coordinator = Coordinator(
+        name,
+        PromptTokenizer(model_dir),
+        engine.max_queue,
+        settings,
+        policy=options.routing,
+        block_size=engine.block_size,
+    )
+    supervisor = Supervisor(
+        launcher,
+        coordinator.replicas,
+        token,
+        engine.max_num_seqs,
+        ports,
+        probe_every=options.probe_seconds,
+        probe_timeout=max(engine.step_timeout, 10.0) + 10.0,
+    )
 
     async def run():
         stop = asyncio.Event()
@@ -140,17 +150,7 @@ def serve(options: ServeOptions, engine: EngineConfig) -> None:
             )
             if stop.is_set():
                 return
-            replicas = starting.result()
-            tokenizer = PromptTokenizer(model_dir)
-            coordinator = Coordinator(
-                name,
-                tokenizer,
-                replicas,
-                engine.max_queue,
-                settings,
-                policy=options.routing,
-                block_size=engine.block_size,
-            )
+            starting.result()
             coordinator.watch_caches()
             server = uvicorn.Server(
                 uvicorn.Config(

@@ -7,8 +7,8 @@ fails when one is missing), so a new sampling field is added to the dataclass an
 
 from dataclasses import MISSING, asdict, fields
 
-from .engine.types import EngineRequest, RequestId, SamplingParams, TokenEvent, TokenLogprob
 from .rpc.gen import engine_pb2 as pb
+from .types import EngineRequest, RequestId, SamplingParams, TokenEvent, TokenLogprob
 
 
 def _to_pb(obj, msg, skip: tuple[str, ...] = ()):

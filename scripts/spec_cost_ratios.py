@@ -15,7 +15,7 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from cluster.engine.service import load_model
+from cluster.engine.build import load_model
 from cluster.model_store import TRAINED
 from cluster.models.glm_moe_dsa_mtp import load_mtp_layer
 

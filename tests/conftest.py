@@ -22,7 +22,7 @@ def model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def loaded(model_dir):
-    from cluster.engine.service import load_model
+    from cluster.engine.build import load_model
 
     model, tokenizer, config = load_model(model_dir)
     return model, tokenizer, config

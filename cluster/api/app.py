@@ -114,7 +114,8 @@ def create_app(
             raise APIError(
                 f"prompt token ids must be in [0, {vocab})", param="prompt", code="invalid_value"
             )
-        processor = OutputProcessor(coordinator.tokenizer.decode, body.stop)
+        tok = coordinator.tokenizer
+        processor = OutputProcessor(tok.decode, body.stop, tok.stream_bytes)
         return await _complete(request, body, prompt, processor)
 
     async def _complete(request: Request, body, prompt: list[int], processor, banned=()):

@@ -114,13 +114,14 @@ def chat_processor(
 ):
     """The reply's processor: GLM's parser when the tokenizer has its tags, else plain text."""
     if tokenizer.markers is None:
-        return OutputProcessor(tokenizer.decode, stops)
+        return OutputProcessor(tokenizer.decode, stops, tokenizer.stream_bytes)
     parser = GlmParser(
         tokenizer.markers,
         tokenizer.decode,
         tools,
         reasoning=prompt.reasoning,
         call_ids=lambda _: new_call_id(call_prefix),
+        token_bytes=tokenizer.stream_bytes,
     )
     opening = parser.feed(prompt.forced)
     return ChatOutputProcessor(parser, stops, max_calls, opening)

@@ -4,7 +4,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..engine.types import SamplingParams
+from ..types import SamplingParams
 
 MAX_STOPS = 16
 MAX_LOGPROBS = 20

@@ -10,8 +10,8 @@ import time
 from functools import cache
 
 from ..coordinator.output import IncrementalDetokenizer
-from ..engine.types import EngineRequest, RequestId, SamplingParams
 from ..launch.rank import shared_token
+from ..types import EngineRequest, RequestId, SamplingParams
 from .prompts import Prompt
 from .stats import Result
 

@@ -7,40 +7,20 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from ..engine.client import EngineClient
-from ..engine.types import EngineRequest, RequestId, SamplingParams
 from ..hashing import block_hashes, hash_seed
 from ..router.events import follow_all
 from ..router.index import PrefixIndex
 from ..router.policies import make_policy
 from ..router.policy import SelectInfo
+from ..router.policy import ready as routable
+from ..types import EngineRequest, RequestId, SamplingParams
 from .errors import BadRequest, EngineFailure, ModelNotFound, Overloaded, Unavailable
 from .metrics import Metrics
 from .output import OutputProcessor
+from .replicas import Replica, Replicas
 from .tokenizer import PromptTokenizer
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Replica:
-    name: str
-    client: EngineClient
-    max_num_seqs: int
-    ranks: list[dict] = field(default_factory=list)
-    state: str = "starting"
-    reason: str | None = None
-    """Why the replica is not ready, or why it last went down."""
-    plan: dict = field(default_factory=dict)
-    in_flight: int = 0
-    served: int = 0
-    restarts: int = 0
-    stats: dict = field(default_factory=dict)
-    """The leader's last reported status (polled by the supervisor)."""
-    slot: int = 0
-    """This replica's bit in the prefix index."""
-    attached: bool = False
-    """Re-attached to ranks an earlier coordinator started."""
 
 
 @dataclass
@@ -109,7 +89,6 @@ class Coordinator:
         self,
         model_name: str,
         tokenizer: PromptTokenizer,
-        replicas: list[Replica],
         max_queue: int,
         settings: dict | None = None,
         metrics: Metrics | None = None,
@@ -118,24 +97,23 @@ class Coordinator:
     ):
         self.model_name = model_name
         self.tokenizer = tokenizer
-        self.replicas = replicas
         self.max_queue = max_queue
         self.settings = settings or {}
         self.metrics = metrics or Metrics(model_name)
+        self.replicas = Replicas(on_new=self.metrics.start_replica)
+        """Filled by the supervisor as replicas come up (its registry)."""
         self.index = PrefixIndex()
         self.policy = make_policy(policy, self.index)
         self.block_size = block_size
         self.hash_seed = hash_seed(model_name)
         self._followers: list = []
-        for slot, replica in enumerate(replicas):
-            replica.slot = slot
-            self.metrics.start_replica(replica.name)
         self.started = time.time()
         self._request_ids = itertools.count()
 
     @property
     def max_model_len(self) -> int:
-        return min(r.client.info.max_model_len for r in self.replicas if r.client.info)
+        lens = [r.client.info.max_model_len for r in self.replicas if r.client and r.client.info]
+        return min(lens, default=0)
 
     def check_model(self, model: str | None) -> None:
         if model not in (None, "", self.model_name):
@@ -166,7 +144,7 @@ class Coordinator:
 
     def _admit(self) -> list[Replica]:
         """The ready replicas, if the cluster can take one more request."""
-        ready = [r for r in self.replicas if r.state == "ready"]
+        ready = routable(list(self.replicas))
         if not ready:
             self.metrics.rejected.labels(self.model_name, "503").inc()
             raise Unavailable("No replica is ready to serve; check /v1/status.")
@@ -194,7 +172,7 @@ class Coordinator:
     def watch_caches(self) -> None:
         """Follow every replica's cache events into the prefix index."""
         if self.policy.name == "prefix_affinity" and not self._followers:
-            self._followers = follow_all(self.replicas, self.index)
+            self._followers = follow_all(list(self.replicas), self.index)
 
     def new_request_id(self, prefix: str) -> RequestId:
         return RequestId(f"{prefix}-{int(self.started)}-{next(self._request_ids)}")
@@ -213,7 +191,7 @@ class Coordinator:
         default decodes plain text with no stop strings."""
         replica, _ = self.route(prompt, session_id)
         request = EngineRequest(request_id, tuple(prompt), sampling)
-        out = processor or OutputProcessor(self.tokenizer.decode, [])
+        out = processor or OutputProcessor(self.tokenizer.decode, [], self.tokenizer.stream_bytes)
         return Completion(replica, lambda c: self._stream(c, request, out, session_id))
 
     async def _failover(self, completion: Completion, request: EngineRequest, session, error):
@@ -221,13 +199,12 @@ class Coordinator:
         (no new requests until the supervisor has looked) and move the request to a ready
         replica, waiting up to FAILOVER_WAIT for one. Raises when none becomes ready."""
         failed = completion.replica
-        if failed.state == "ready":
-            failed.state, failed.reason = "suspect", f"a request failed: {error}"
+        self.replicas.suspect(failed, f"a request failed: {error}")
         log.warning("replica %s failed request %s before its first token (%s); re-routing",
                     failed.name, request.request_id, error)  # fmt: skip
         deadline = time.monotonic() + FAILOVER_WAIT
         while True:
-            ready = [r for r in self.replicas if r.state == "ready"]
+            ready = routable(list(self.replicas))
             if ready:
                 target, _ = self._select(ready, request.prompt_token_ids, session, "failover")
                 completion.move(target)
@@ -291,7 +268,7 @@ class Coordinator:
         replicas = []
         for r in self.replicas:
             try:
-                engine = await r.client.status()
+                engine = await r.client.status() if r.client else {"error": "not started yet"}
             except Exception as e:  # a replica that cannot answer is shown as such
                 engine = {"error": str(e)}
             replicas.append(

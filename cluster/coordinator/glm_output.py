@@ -102,14 +102,16 @@ class GlmParser:
     """Feeds on generated token ids; returns what each feed adds, in OpenAI's delta terms."""
 
     def __init__(self, markers: Markers, decode, tools: list[dict] | None = None,
-                 reasoning: bool = False, call_ids=None):  # fmt: skip
+                 reasoning: bool = False, call_ids=None, token_bytes=None):  # fmt: skip
+        """token_bytes: each token's bytes, for constant work per token (output.py)."""
         self.markers = markers
         self.decode = decode
+        self.token_bytes = token_bytes
         self.types = param_types(tools)
         self.state = _State.REASONING if reasoning else _State.CONTENT
         self.calls: list[ToolCall] = []
         self._new_id = call_ids or (lambda i: f"call_{i}")
-        self._detok = IncrementalDetokenizer(decode)
+        self._detok = IncrementalDetokenizer(decode, token_bytes)
         self._buf = ""  # text of the current name, key or value
         self._key = ""
         self._seen_content = False
@@ -126,7 +128,7 @@ class GlmParser:
                 self._text(self._detok.add([t]), out)
             else:
                 self._text(self._detok.flush(), out)
-                self._detok = IncrementalDetokenizer(self.decode)
+                self._detok = IncrementalDetokenizer(self.decode, self.token_bytes)
                 self._tag(tag, out)
         return out
 

@@ -49,6 +49,23 @@ class PromptTokenizer:
         return bytes(table.get(ch, 63) for ch in piece)
 
     @cached_property
+    def stream_bytes(self):
+        """For streaming detokenizers: each token's bytes as decode() renders them (special
+        tokens skipped), or None when the tokenizer is not byte-level."""
+        if self._byte_of_char is None:
+            return None
+        table: dict[int, bytes] = {}
+
+        def of(token_id: int) -> bytes:
+            if (b := table.get(token_id)) is None:
+                piece = self._backend.id_to_token(token_id) or ""
+                b = b"" if piece in self.special_tokens else self.token_bytes(token_id)
+                table[token_id] = b
+            return b
+
+        return of
+
+    @cached_property
     def special_tokens(self) -> set[str]:
         return set(self.hf.all_special_tokens) | {
             t.content for t in self._backend.get_added_tokens_decoder().values()

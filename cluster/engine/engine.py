@@ -4,13 +4,13 @@ import time
 
 from ..config import EngineConfig
 from ..hashing import hash_seed
+from ..types import EngineRequest, RequestId, TokenEvent
 from .mtp import SpeedGovernor
 from .prefix_cache import PrefixCache
 from .runner import ModelRunner
 from .scheduler import Scheduler
 from .sequence import Sequence
 from .speculation import SpeculationState
-from .types import EngineRequest, RequestId, TokenEvent
 
 
 class Engine:
@@ -32,7 +32,7 @@ class Engine:
             config.block_size, config.prefix_cache_bytes, hash_seed(model_id), config.kv_bits
         )
         self.scheduler = Scheduler(config, self.cache, eos_ids, max_model_len)
-        self.runner = ModelRunner(model, config.seed, drafter)
+        self.runner = ModelRunner(model, config.seed, drafter, config.pipeline_decode)
         self.cache.lag = 1 if self.runner.mtp is not None else 0  # the MTP layer lags by one
         self.speculation = speculation or SpeculationState(
             config.speculation, config.num_speculative_tokens

@@ -1,5 +1,6 @@
 """The model runner only computes: prompt chunks, one batched decode step, sampling."""
 
+from dataclasses import dataclass
 from typing import Any
 
 import mlx.core as mx
@@ -8,16 +9,31 @@ from mlx.utils import tree_flatten
 
 from .kv import _arrays
 from .mtp import verify_drafts
-from .sampler import sample, token_logprobs
+from .sampler import sample, sample_lazy, token_logprobs
 from .scheduler import Schedule
 from .sequence import Sequence
 
 MAX_MTP_PENDING = 64  # a long-lived batch still catches its MTP layer up now and then
 
 
+@dataclass
+class Ahead:
+    """A decode step of the whole batch, queued before the previous step's tokens were read."""
+
+    tokens: mx.array
+    """Its tokens, one per batch row, not read yet."""
+    undo: list[tuple[Any, Any]]
+    """Per row, (carry, rng key) from before it: what cancelling it restores."""
+    mtp_pending: bool = True
+    """Its MTP entry is still the last pending one (not yet written into the MTP cache)."""
+
+
 class ModelRunner:
-    def __init__(self, model: nn.Module, seed: int = 0, drafter=None):
+    def __init__(self, model: nn.Module, seed: int = 0, drafter=None, pipeline: bool = True):
         self.model = model
+        self.pipeline = pipeline
+        """Queue each plain decode step before reading the previous one's tokens."""
+        self.ahead: Ahead | None = None
         self.seed = seed
         self.drafter = drafter
         """An MTPDrafter (its layer rides in the main cache) or a DraftModelDrafter."""
@@ -49,18 +65,72 @@ class ModelRunner:
                 rows.append(logits)
                 seqs.append(seq)
         if schedule.decode:
+            piped = self._pipelined(schedule.decode)
+            if self.ahead is not None and not piped:
+                self._cancel_ahead()
             self._sync_batch(schedule.decode)
-            if self.speculate and len(self.batch) == 1:
+            if piped:
+                out |= self._pipelined_decode()
+            elif self.speculate and len(self.batch) == 1:
                 out[self.batch[0]] = self._speculative_step(self.batch[0])
             else:
                 rows.append(self._decode())
                 seqs.extend(self.batch)
-                if self.drafter is not None:
-                    self.drafter.stats.plain_steps += 1
+            if self.drafter is not None and not (self.speculate and len(self.batch) == 1):
+                self.drafter.stats.plain_steps += 1
         if seqs:
             sampled = self._sample(seqs, mx.concatenate(rows, axis=0))
             out |= {seq: [token] for seq, token in sampled.items()}
         return out
+
+    def _pipelined(self, seqs: list[Sequence]) -> bool:
+        """Plain decode steps pipeline, unless a row needs its tokens on the host before the
+        next step (penalties count them, logprobs read each step's logits)."""
+        if not self.pipeline or (self.speculate and len(seqs) == 1):
+            return False
+        return all(not s.request.sampling.penalized and s.request.sampling.logprobs is None
+                   for s in seqs)  # fmt: skip
+
+    def _pipelined_decode(self) -> dict[Sequence, list[int]]:
+        """This step's tokens (queued by the step before; computed now if there was none),
+        with the next step queued behind them before they are read. Rows that joined the
+        batch since get their next token from the step queued now."""
+        if self.ahead is None:
+            current, old = self._sample_lazy(self.batch, self._decode()), list(self.batch)
+            mx.async_eval(current)
+            inputs = current
+        else:
+            current = self.ahead.tokens
+            old, new = self.batch[: current.shape[0]], self.batch[current.shape[0] :]
+            inputs = (
+                mx.concatenate([current, mx.array([s.tokens[-1] for s in new])]) if new else current
+            )
+        undo = [(s.carry, s.rng_key) for s in self.batch]
+        queued = self._sample_lazy(self.batch, self._decode(inputs[:, None], catch_up=False))
+        mx.async_eval(queued)
+        self.ahead = Ahead(queued, undo)
+        return {seq: [token] for seq, token in zip(old, current.tolist(), strict=True)}
+
+    def _cancel_ahead(self) -> None:
+        """Undo the queued step: every row's KV loses its last entry, carry and key go back."""
+        ahead, self.ahead = self.ahead, None
+        main = self.batch_cache[:-1] if self.mtp is not None else self.batch_cache
+        for layer in main:
+            layer.trim(1)
+        if self.mtp is not None:
+            if ahead.mtp_pending:
+                self._mtp_pending.pop()
+            else:
+                self.batch_cache[-1].trim(1)
+        for seq, (carry, key) in zip(self.batch, ahead.undo, strict=True):
+            seq.carry, seq.rng_key = carry, key
+
+    def _sample_lazy(self, seqs: list[Sequence], logits: mx.array) -> mx.array:
+        params = [s.request.sampling for s in seqs]
+        tokens, keys = sample_lazy(logits, params, [self._key(s) for s in seqs])
+        for seq, key in zip(seqs, keys, strict=True):
+            seq.rng_key = key
+        return tokens
 
     def _forward(self, tokens: mx.array, cache: list[Any], carry) -> mx.array:
         """Main model hidden states for `tokens`; the MTP layer follows one position behind."""
@@ -83,13 +153,15 @@ class ModelRunner:
             return None
         return self.model.lm_head(hidden[:, -1, :])
 
-    def _decode(self) -> mx.array:
-        tokens = mx.array([seq.tokens[-1] for seq in self.batch])[:, None]
+    def _decode(self, tokens: mx.array | None = None, catch_up: bool = True) -> mx.array:
+        """Logits of one step of the batch; tokens [B, 1] default to each row's last token."""
+        if tokens is None:
+            tokens = mx.array([seq.tokens[-1] for seq in self.batch])[:, None]
         hidden = self.model.model(tokens, cache=self.batch_cache)
         if self.mtp is not None:  # the MTP layer follows later, all pending steps at once
             carry = mx.concatenate([seq.carry for seq in self.batch], axis=0)
             self._mtp_pending.append((carry, tokens))
-            if len(self._mtp_pending) >= MAX_MTP_PENDING:
+            if catch_up and len(self._mtp_pending) >= MAX_MTP_PENDING:
                 self._mtp_catch_up()
         for i, seq in enumerate(self.batch):
             seq.carry = hidden[i : i + 1, -1, :]
@@ -122,6 +194,8 @@ class ModelRunner:
         share their pending steps: new rows join only after a catch-up)."""
         if not self._mtp_pending:
             return
+        if self.ahead is not None:
+            self.ahead.mtp_pending = False
         carry = mx.stack([c for c, _ in self._mtp_pending], axis=1)
         tokens = mx.concatenate([t for _, t in self._mtp_pending], axis=1)
         self.mtp.mtp(carry, self.mtp.embed(tokens), cache=self.batch_cache[-1])
@@ -172,11 +246,14 @@ class ModelRunner:
         if len(indices) == len(self.batch):
             return
         if not indices:
-            self.batch, self.batch_cache, self._mtp_pending = [], None, []
+            self.batch, self.batch_cache, self._mtp_pending, self.ahead = [], None, [], None
             return
         index = mx.array(indices)
         for layer in self.batch_cache:
             layer.filter(index)
+        if self.ahead is not None:
+            self.ahead.tokens = self.ahead.tokens[index]
+            self.ahead.undo = [self.ahead.undo[i] for i in indices]
         self._mtp_pending = [(c[index], t[index]) for c, t in self._mtp_pending]
         self.batch = [self.batch[i] for i in indices]
 
@@ -189,6 +266,9 @@ class ModelRunner:
         for i, seq in enumerate(self.batch):
             if seq in gone:
                 caches[seq] = [layer.extract(i) for layer in self.batch_cache]
+                if self.ahead is not None:  # its queued step's entry is not part of its KV
+                    for layer in caches[seq]:
+                        layer.trim(1)
         for seq in seqs:
             if seq.cache is not None:
                 caches[seq], seq.cache = seq.cache, None
@@ -204,4 +284,4 @@ class ModelRunner:
         return sum(layer.nbytes for layer in cache) if cache else 0
 
     def reset(self) -> None:
-        self.batch, self.batch_cache, self._mtp_pending = [], None, []
+        self.batch, self.batch_cache, self._mtp_pending, self.ahead = [], None, [], None

@@ -3,32 +3,37 @@
 import mlx.core as mx
 import numpy as np
 
-from .types import SamplingParams, TokenLogprob
+from ..types import SamplingParams, TokenLogprob
 
 
-def _filter_top_k(logits: mx.array, k: int) -> mx.array:
-    if k <= 0 or k >= logits.shape[-1]:
-        return logits
-    kth = mx.sort(logits)[-k]
-    return mx.where(logits < kth, -mx.inf, logits)
-
-
-def _filter_top_p(logits: mx.array, p: float) -> mx.array:
-    if p >= 1.0:
-        return logits
-    order = mx.argsort(-logits)
-    probs = mx.softmax(logits[order])
-    # Keep the smallest head of the distribution whose mass reaches p.
-    keep_sorted = (mx.cumsum(probs) - probs) < p
-    keep = mx.zeros(logits.shape, dtype=mx.bool_)
-    keep[order] = keep_sorted
-    return mx.where(keep, logits, -mx.inf)
+def processed_rows(logits: mx.array, params: list[SamplingParams]) -> mx.array:
+    """Rows [B, V] after each row's temperature, top-k and top-p, in one pass over the batch:
+    the distributions tokens are drawn from. Top-k partitions (no full sort); top-p sorts the
+    rows that ask for it."""
+    vocab = logits.shape[-1]
+    logits = logits.astype(mx.float32) / mx.array([[p.temperature or 1.0] for p in params])
+    ks = [p.top_k if 0 < p.top_k < vocab else 0 for p in params]
+    if any(ks):
+        k_max = max(ks)
+        best = -mx.sort(mx.partition(-logits, k_max - 1, axis=-1)[:, :k_max], axis=-1)
+        kth = mx.take_along_axis(best, mx.array([[max(k, 1) - 1] for k in ks]), axis=-1)
+        kth = mx.where(mx.array([[k > 0] for k in ks]), kth, -mx.inf)
+        logits = mx.where(logits < kth, -mx.inf, logits)
+    ps = [p.top_p for p in params]
+    if any(p < 1.0 for p in ps):
+        order = mx.argsort(-logits, axis=-1)
+        probs = mx.softmax(mx.take_along_axis(logits, order, axis=-1), axis=-1)
+        # Keep the smallest head of each distribution whose mass reaches its p.
+        head = (mx.cumsum(probs, axis=-1) - probs) < mx.array([[p] for p in ps])
+        head = head | mx.array([[p >= 1.0] for p in ps])
+        keep = mx.put_along_axis(mx.zeros(logits.shape, mx.bool_), order, head, axis=-1)
+        logits = mx.where(keep, logits, -mx.inf)
+    return logits
 
 
 def processed_logits(logits: mx.array, params: SamplingParams) -> mx.array:
-    """Logits after temperature, top-k and top-p: the distribution a token is drawn from."""
-    logits = logits.astype(mx.float32) / params.temperature
-    return _filter_top_p(_filter_top_k(logits, params.top_k), params.top_p)
+    """One row's logits after temperature, top-k and top-p (as processed_rows)."""
+    return processed_rows(logits[None], [params])[0]
 
 
 def ban(logits: mx.array, params: list[SamplingParams]) -> mx.array:
@@ -81,21 +86,31 @@ def token_logprobs(logits: mx.array, tokens: list[int], top: int) -> list[TokenL
     return out
 
 
+def sample_lazy(
+    logits: mx.array, params: list[SamplingParams], keys: list, histories: list | None = None
+) -> tuple[mx.array, list]:
+    """One token per row of logits [B, V], not yet evaluated; and each row's next key.
+
+    Greedy rows take the argmax; the others are processed together and drawn with Gumbel
+    noise from their own keys (argmax of logits + noise is a categorical draw)."""
+    logits = ban(penalize(logits, params, histories or []), params)
+    tokens = mx.argmax(logits, axis=-1)
+    drawn = [i for i, p in enumerate(params) if not p.greedy]
+    if not drawn:
+        return tokens, keys
+    rows = mx.array(drawn)
+    processed = processed_rows(logits[rows], [params[i] for i in drawn])
+    new_keys, noise = list(keys), []
+    for i in drawn:
+        new_keys[i], sub = mx.random.split(keys[i])
+        noise.append(mx.random.gumbel(shape=processed.shape[-1:], key=sub))
+    tokens[rows] = mx.argmax(processed + mx.stack(noise), axis=-1).astype(tokens.dtype)
+    return tokens, new_keys
+
+
 def sample(
     logits: mx.array, params: list[SamplingParams], keys: list, histories: list | None = None
 ) -> tuple[list[int], list]:
     """One token per row of logits [B, V]; returns the tokens and each row's next key."""
-    logits = ban(penalize(logits, params, histories or []), params)
-    greedy = mx.argmax(logits, axis=-1)
-    if all(p.greedy for p in params):
-        return greedy.tolist(), keys
-    tokens, new_keys = [], []
-    for i, (p, key) in enumerate(zip(params, keys, strict=True)):
-        if p.greedy:
-            tokens.append(greedy[i])
-            new_keys.append(key)
-            continue
-        key, sub = mx.random.split(key)
-        tokens.append(mx.random.categorical(processed_logits(logits[i], p), key=sub))
-        new_keys.append(key)
-    return mx.stack(tokens).tolist(), new_keys
+    tokens, keys = sample_lazy(logits, params, keys, histories)
+    return tokens.tolist(), keys

@@ -5,9 +5,9 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 
 from ..config import EngineConfig
+from ..types import RequestId, TokenEvent
 from .prefix_cache import PrefixCache
 from .sequence import Sequence, Status
-from .types import RequestId, TokenEvent
 
 
 @dataclass

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from .types import EngineRequest, FinishReason
+from ..types import EngineRequest, FinishReason
 
 
 class Status(Enum):

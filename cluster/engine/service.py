@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import EngineConfig
+from ..types import EngineRequest, ModelInfo, RequestId, TokenEvent
 from ..wire import request_from_json, request_to_json
-from . import speculation
+from .build import build_engine
 from .heap import HeapTrimmer
 from .lockstep import Channel, StepMessage, tokens_digest
-from .types import EngineRequest, RequestId, TokenEvent
 from .watchdog import StepWatchdog
 
 log = logging.getLogger(__name__)
@@ -28,12 +28,35 @@ CacheSink = Callable[[list[int], list[int], bool], None]
 """Receives (stored block hashes, evicted block hashes, snapshot_done)."""
 
 
+# Commands other threads queue for the engine loop, applied between steps.
 @dataclass(frozen=True)
-class ModelInfo:
-    model_id: str
-    max_model_len: int
-    eos_token_ids: tuple[int, ...]
-    model_type: str
+class Add:
+    request: EngineRequest
+    sink: Sink
+
+
+@dataclass(frozen=True)
+class Abort:
+    request_id: RequestId
+
+
+@dataclass(frozen=True)
+class Subscribe:
+    sink: CacheSink
+    snapshot: bool
+
+
+@dataclass(frozen=True)
+class Unsubscribe:
+    sink: CacheSink
+
+
+@dataclass(frozen=True)
+class Stop:
+    pass
+
+
+Command = Add | Abort | Subscribe | Unsubscribe | Stop
 
 
 def _mlx_memory(name: str) -> int:
@@ -41,52 +64,6 @@ def _mlx_memory(name: str) -> int:
     import mlx.core as mx
 
     return int(getattr(mx, name, lambda: 0)())
-
-
-def load_model(path: str | Path, group=None):
-    """Load a model with mlx-lm; in a group of several ranks, keep only this rank's shard."""
-    import mlx.core as mx
-    import mlx_lm
-
-    sharded = group is not None and group.size() > 1
-    model, tokenizer, config = mlx_lm.load(str(path), lazy=sharded, return_config=True)
-    if sharded:
-        if not hasattr(model, "shard"):
-            raise ValueError(f"{config.get('model_type')} models cannot be tensor-parallel")
-        model.shard(group)
-        mx.eval(model.parameters())
-    return model, tokenizer, config
-
-
-def context_length(config: dict, engine: EngineConfig) -> int:
-    native = int(config.get("max_position_embeddings", 4096))
-    return engine.max_model_len or min(native, 32768)
-
-
-def build_engine(path, config: EngineConfig, model_id: str, group=None):
-    from .engine import Engine
-
-    model, tokenizer, model_config = load_model(path, group)
-    state = speculation.resolve(config, path, model_config)
-    drafter = None
-    if state.active and config.speculation == "mtp":
-        from ..models.glm_moe_dsa_mtp import load_mtp_layer
-        from .mtp import MTPDrafter
-
-        mtp = load_mtp_layer(model, path, model_config, config.mtp_weights, group)
-        drafter = MTPDrafter(model, mtp, config.num_speculative_tokens)
-    elif state.active and config.speculation == "draft":
-        from mlx_lm import load
-
-        from .draft import DraftModelDrafter
-
-        draft_model, _ = load(str(config.draft_model))  # small: every rank runs all of it
-        drafter = DraftModelDrafter(draft_model, config.num_speculative_tokens)
-    max_len = context_length(model_config, config)
-    eos = tuple(sorted(tokenizer.eos_token_ids))
-    info = ModelInfo(model_id, max_len, eos, model_config.get("model_type", "?"))
-    engine = Engine(model, set(eos), config, max_len, model_id, drafter, state)
-    return engine, info
 
 
 class EngineService:
@@ -130,20 +107,20 @@ class EngineService:
         if self.broken:
             sink(TokenEvent(request.request_id, (), "error", error=self.broken))
             return
-        self._inbox.put(("add", request, sink))
+        self._inbox.put(Add(request, sink))
 
     def abort(self, request_id: RequestId) -> None:
-        self._inbox.put(("abort", request_id, None))
+        self._inbox.put(Abort(request_id))
 
     def subscribe_cache(self, sink: CacheSink, snapshot: bool = True) -> None:
         """Send every stored block first (if snapshot), then each step's changes."""
-        self._inbox.put(("cache_sub", snapshot, sink))
+        self._inbox.put(Subscribe(sink, snapshot))
 
     def unsubscribe_cache(self, sink: CacheSink) -> None:
-        self._inbox.put(("cache_unsub", None, sink))
+        self._inbox.put(Unsubscribe(sink))
 
     def stop(self) -> None:
-        self._inbox.put(("stop", None, None))
+        self._inbox.put(Stop())
         if self._thread.is_alive():
             self._thread.join(timeout=10)
 
@@ -177,16 +154,8 @@ class EngineService:
         return out
 
     def _run(self) -> None:
-        try:
-            self._engine, self.info = build_engine(
-                self.model_path, self.config, self.model_id, self.group
-            )
-            self._model_bytes = self._engine.runner.model_bytes()
-        except BaseException as e:  # reported by start()
-            self._error = e
-            self._ready.set()
+        if not self._load():
             return
-        self._ready.set()
         self.watchdog.start()
         channel = Channel(self.group) if self.distributed else None
         digest, stepped = "", False
@@ -197,35 +166,61 @@ class EngineService:
                 stepped = False  # tell the followers the replica went idle: they trim too
                 message = StepMessage(digest=digest)
             else:
-                message = self._take_commands(block=idle)
-                message.step, message.digest = self._engine.has_work(), digest
-                message.speculate = message.step and self._engine.want_speculation()
+                message = self._intake(digest, block=idle)
             try:
                 if channel is not None:
-                    started = time.perf_counter()
-                    self.watchdog.begin("lockstep exchange with the followers")
-                    channel.exchange(message)
-                    self.watchdog.end()
-                    self.exchange_seconds += time.perf_counter() - started
+                    self._exchange(channel, message)
                 if message.stop:
                     break
                 if message.step:
-                    started = time.perf_counter()
-                    self.watchdog.begin("engine step")
-                    events = self._engine.step(message.speculate)
-                    self.watchdog.end()
-                    self.step_seconds += time.perf_counter() - started
-                    digest = tokens_digest(events)
-                    self.steps += 1
-                    stepped = True
-                    self._dispatch_all(events)
-                    self._publish_cache_events()
+                    events = self._step(message.speculate)
+                    digest, stepped = tokens_digest(events), True
+                    self._publish(events)
             except Exception as e:
                 self._fail(e)
                 if self.distributed:
                     break
         self._dispatch_all(self._engine.fail_all(self.broken or "engine stopped"))
         self._drain_after_stop()
+
+    def _load(self) -> bool:
+        try:
+            self._engine, self.info = build_engine(
+                self.model_path, self.config, self.model_id, self.group
+            )
+            self._model_bytes = self._engine.runner.model_bytes()
+        except BaseException as e:  # reported by start()
+            self._error = e
+        self._ready.set()
+        return self._error is None
+
+    def _intake(self, digest: str, block: bool) -> StepMessage:
+        """This step's message: the commands queued since the last step (waiting for one
+        while idle) and what the step will do, for the followers to do the same."""
+        message = self._take_commands(block)
+        message.step, message.digest = self._engine.has_work(), digest
+        message.speculate = message.step and self._engine.want_speculation()
+        return message
+
+    def _exchange(self, channel: Channel, message: StepMessage) -> None:
+        started = time.perf_counter()
+        self.watchdog.begin("lockstep exchange with the followers")
+        channel.exchange(message)
+        self.watchdog.end()
+        self.exchange_seconds += time.perf_counter() - started
+
+    def _step(self, speculate: bool) -> list[TokenEvent]:
+        started = time.perf_counter()
+        self.watchdog.begin("engine step")
+        events = self._engine.step(speculate)
+        self.watchdog.end()
+        self.step_seconds += time.perf_counter() - started
+        self.steps += 1
+        return events
+
+    def _publish(self, events: list[TokenEvent]) -> None:
+        self._dispatch_all(events)
+        self._publish_cache_events()
 
     def _hung(self, reason: str) -> None:
         """From the watchdog's thread, while the loop is stuck: refuse new work and end every
@@ -252,26 +247,29 @@ class EngineService:
         except queue.Empty:
             return message
         while True:
-            kind, arg, sink = item
-            if kind == "stop":
+            if isinstance(item, Stop):
                 message.stop = True
                 return message
-            if kind == "add" and self._add(arg, sink):
-                message.adds.append(request_to_json(arg))
-            elif kind == "cache_sub":
-                if arg:
-                    sink(list(self._engine.cache.index), [], True)
-                self._cache_sinks.append(sink)
-            elif kind == "cache_unsub" and sink in self._cache_sinks:
-                self._cache_sinks.remove(sink)
-            elif kind == "abort" and (event := self._engine.abort(arg)):
-                log.info("aborted %s", arg)
-                message.aborts.append(arg)
-                self._dispatch(event)
+            self._apply(item, message)
             try:
                 item = self._inbox.get_nowait()
             except queue.Empty:
                 return message
+
+    def _apply(self, command: Command, message: StepMessage) -> None:
+        match command:
+            case Add(request, sink) if self._add(request, sink):
+                message.adds.append(request_to_json(request))
+            case Subscribe(sink, snapshot):
+                if snapshot:
+                    sink(list(self._engine.cache.index), [], True)
+                self._cache_sinks.append(sink)
+            case Unsubscribe(sink) if sink in self._cache_sinks:
+                self._cache_sinks.remove(sink)
+            case Abort(request_id) if event := self._engine.abort(request_id):
+                log.info("aborted %s", request_id)
+                message.aborts.append(request_id)
+                self._dispatch(event)
 
     def _add(self, request: EngineRequest, sink: Sink) -> bool:
         if request.request_id in self._sinks:
@@ -286,14 +284,14 @@ class EngineService:
         reason = self.broken or "engine stopped"
         while True:
             try:
-                kind, arg, sink = self._inbox.get(timeout=0.5)
+                command = self._inbox.get(timeout=0.5)
             except queue.Empty:
                 if not self.broken:
                     return
                 continue
-            if kind == "add":
-                sink(TokenEvent(arg.request_id, (), "error", error=reason))
-            elif kind == "stop":
+            if isinstance(command, Add):
+                command.sink(TokenEvent(command.request.request_id, (), "error", error=reason))
+            elif isinstance(command, Stop):
                 return
 
     def _publish_cache_events(self) -> None:

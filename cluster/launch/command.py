@@ -39,7 +39,10 @@ def engine_flags(engine: EngineConfig) -> list[str]:
         if value is None or value == f.default:
             continue
         flag = "--" + f.name.replace("_", "-")
-        flags += [flag] if value is True else [flag, str(value)]
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + flag[2:])
+        else:
+            flags += [flag, str(value)]
     return flags
 
 

@@ -5,10 +5,9 @@ import logging
 import time
 from pathlib import Path
 
-from ..coordinator.coordinator import Replica
-from ..engine.types import EngineRequest, RequestId, SamplingParams
 from ..progress import Progress
 from ..rpc.client import GrpcEngineClient
+from ..types import EngineRequest, ReplicaRegistry, RequestId, SamplingParams
 from .local import Launcher, RunningReplica, process_state
 
 log = logging.getLogger(__name__)
@@ -43,6 +42,7 @@ class Supervisor:
     def __init__(
         self,
         launcher: Launcher,
+        registry: ReplicaRegistry,
         token: str,
         max_num_seqs: int,
         ports: dict[str, int] | None = None,
@@ -55,6 +55,8 @@ class Supervisor:
         """probe_every: seconds an idle replica may go without an end-to-end generation before
         it gets a one-token probe (0: never); probe_timeout: how long the probe may take."""
         self.launcher = launcher
+        self.registry = registry
+        """Where what the supervisor sees is reported: the coordinator's replicas."""
         self.ports = ports or {}
         """Fixed leader gRPC ports by replica; replicas found running there are re-attached."""
         self.token = token
@@ -63,22 +65,33 @@ class Supervisor:
         self.load_timeout = load_timeout
         self.backoff = backoff
         self.running: dict[str, RunningReplica] = {}
-        self.replicas: dict[str, Replica] = {}
+        self.clients: dict[str, GrpcEngineClient] = {}
         self.plans: dict[str, object] = {}
         self._tasks: dict[str, asyncio.Task] = {}
         self.probe_every, self.probe_timeout = probe_every, probe_timeout
         self._last_seen: dict[str, tuple[int, float]] = {}
         """Per replica: (requests served, when that count last changed or a probe passed)."""
 
-    async def start(self, plans, timeout: float = 600) -> list[Replica]:
+    async def start(self, plans, timeout: float = 600) -> None:
+        """Start (or re-attach to) every replica; each is reported up as soon as it serves."""
         progress = Progress(len(plans), "loading replicas")
+        for plan in plans:
+            self.registry.declare(
+                plan.name,
+                max_num_seqs=self.max_num_seqs,
+                plan={
+                    "tensor_parallel": plan.tensor_parallel,
+                    "backend": plan.backend,
+                    "launcher": self.launcher.name,
+                },
+                ranks=[{"rank": r.rank, "node": r.host, "address": r.address} for r in plan.ranks],
+            )
 
         async def launch(plan):
-            replica = await self._launch(plan, timeout)
+            await self._launch(plan, timeout)
             progress.advance()
-            return replica
 
-        return list(await asyncio.gather(*(launch(p) for p in plans)))
+        await asyncio.gather(*(launch(p) for p in plans))
 
     async def _attach(self, plan) -> tuple[RunningReplica, GrpcEngineClient] | None:
         """A leader of this model already serving at the replica's fixed port, if any."""
@@ -98,7 +111,7 @@ class Supervisor:
         log.info("replica %s: re-attached to its running leader at %s", plan.name, address)
         return RunningReplica(plan, address, [], [], attached=True), client
 
-    async def _launch(self, plan, timeout: float) -> Replica:
+    async def _launch(self, plan, timeout: float) -> None:
         self.plans[plan.name] = plan
         found = await self._attach(plan)
         if found:
@@ -115,24 +128,11 @@ class Supervisor:
             except ReplicaFailed:
                 self.running.pop(plan.name, None)
                 raise
-        ranks = [{"rank": r.rank, "node": r.host, "address": r.address} for r in plan.ranks]
-        replica = self.replicas.get(plan.name)
-        if replica is None:
-            replica = Replica(plan.name, client, self.max_num_seqs, ranks)
-            replica.plan = {
-                "tensor_parallel": plan.tensor_parallel,
-                "backend": plan.backend,
-                "launcher": self.launcher.name,
-            }
-            self.replicas[plan.name] = replica
-        else:
-            old, replica.client = replica.client, client
+        if (old := self.clients.get(plan.name)) is not None:
             await old.close()
-        replica.stats = stats
-        replica.attached = proc.attached
-        replica.state = "ready"
+        self.clients[plan.name] = client
+        self.registry.up(plan.name, client, stats=stats, attached=proc.attached)
         log.info("replica %s ready at %s (TP %d)", plan.name, proc.address, plan.tensor_parallel)
-        return replica
 
     async def _wait_ready(self, proc: RunningReplica, timeout: float) -> GrpcEngineClient:
         client = self.client_factory(proc.address, self.token)
@@ -163,14 +163,13 @@ class Supervisor:
         while True:
             await asyncio.sleep(interval)
             try:
-                replica, proc = self.replicas.get(name), self.running.get(name)
-                if replica is None or proc is None or replica.state not in ("ready", "suspect"):
+                proc = self.running.get(name)
+                if proc is None or self.registry.state(name) not in ("ready", "suspect"):
                     continue
-                if reason := await self._check(proc, replica):
+                if reason := await self._check(name, proc):
                     await self._restart(name, reason)
-                elif replica.state == "suspect":  # a request failed there, yet it answers well
-                    log.info("replica %s: healthy again after %s", name, replica.reason)
-                    replica.state, replica.reason = "ready", None
+                else:  # a suspect replica (a request failed there) that answers well
+                    self.registry.healthy(name)
             except asyncio.CancelledError:
                 raise
             except Exception:  # supervision goes on whatever one check ran into
@@ -183,66 +182,69 @@ class Supervisor:
             return f"rank process died ({codes})"
         return None
 
-    async def _check(self, proc: RunningReplica, replica: Replica) -> str | None:
+    async def _check(self, name: str, proc: RunningReplica) -> str | None:
         if dead := self._dead(proc):
             return dead
         try:
-            stats = await replica.client.status(timeout=2)
+            stats = await self.clients[name].status(timeout=2)
         except Exception as e:
             # A rank that died while we asked explains the silence better than the silence.
             await asyncio.sleep(0.2)
             return self._dead(proc) or f"leader not answering ({type(e).__name__})" + _stopped(proc)
-        replica.stats = stats
-        for rank, p in zip(replica.ranks, proc.procs, strict=False):
-            rank["alive"] = p.poll() is None
+        ranks = []
+        for p in proc.procs:
+            seen = {"alive": p.poll() is None}
             if (rss := resident_bytes(p.pid)) is not None:
-                rank["memory_bytes"] = rss
+                seen["memory_bytes"] = rss
+            ranks.append(seen)
+        self.registry.observed(name, stats, ranks)
         if broken := stats.get("broken"):
             return broken + _stopped(proc)
-        return await self._probe_if_idle(proc, replica)
+        return await self._probe_if_idle(name, proc)
 
-    async def _probe_if_idle(self, proc: RunningReplica, replica: Replica) -> str | None:
+    async def _probe_if_idle(self, name: str, proc: RunningReplica) -> str | None:
         """A replica can answer Status and still not generate (mlx-lm #1493): one that has
         served nothing for probe_every seconds generates one token, or is reported."""
         now = time.monotonic()
-        served, since = self._last_seen.get(replica.name, (-1, now))
-        if replica.served != served or replica.in_flight:
-            self._last_seen[replica.name] = (replica.served, now)
+        served, in_flight = self.registry.activity(name)
+        last, since = self._last_seen.get(name, (-1, now))
+        if served != last or in_flight:
+            self._last_seen[name] = (served, now)
             return None
         if not self.probe_every or now - since < self.probe_every:
             return None
         one = SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True)
-        request = EngineRequest(RequestId(f"probe-{replica.name}-{int(now)}"), (0,), one)
+        request = EngineRequest(RequestId(f"probe-{name}-{int(now)}"), (0,), one)
         try:
             async with asyncio.timeout(self.probe_timeout):
-                async for event in replica.client.generate(request):
+                async for event in self.clients[name].generate(request):
                     if event.error:
                         return f"probe generation failed: {event.error}" + _stopped(proc)
                     if event.finish_reason:
                         break
         except TimeoutError:
             return f"probe generation did not finish in {self.probe_timeout:.0f}s" + _stopped(proc)
-        self._last_seen[replica.name] = (replica.served, time.monotonic())
+        self._last_seen[name] = (self.registry.activity(name)[0], time.monotonic())
         return None
 
     async def _restart(self, name: str, reason: str) -> None:
         """Stop what is left of the replica and start it again, retrying with back-off (doubling
         up to a cap) until it serves; each attempt counts as a restart."""
-        replica, proc = self.replicas[name], self.running.pop(name, None)
-        replica.state, replica.reason = "down", reason
+        proc = self.running.pop(name, None)
+        self.registry.down(name, reason)
         log.warning("replica %s is down: %s; restarting it", name, reason)
         if proc is not None:
             await asyncio.to_thread(proc.stop)
         delay, cap = self.backoff
         while True:
-            replica.restarts += 1
+            self.registry.restarting(name)
             if (left := self.running.pop(name, None)) is not None:  # a half-started attempt
                 await asyncio.to_thread(left.stop)
             try:
                 await self._launch(self.plans[name], timeout=self.load_timeout)
                 return
             except Exception as e:
-                replica.state, replica.reason = "failed", str(e).splitlines()[0]
+                self.registry.down(name, str(e).splitlines()[0], failed=True)
                 log.error("replica %s failed to restart: %s; next try in %.0fs", name, e, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, cap)
@@ -251,8 +253,8 @@ class Supervisor:
         for task in self._tasks.values():
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
-        for replica in self.replicas.values():
-            await replica.client.close()
+        for client in self.clients.values():
+            await client.close()
         for name, proc in self.running.items():
             if proc.attached:
                 log.info("replica %s was re-attached, not started here: left running", name)

@@ -16,6 +16,9 @@ log = logging.getLogger(__name__)
 async def follow_replica(replica, index: PrefixIndex, resync_seconds: float = 60.0) -> None:
     while True:
         client = replica.client
+        if client is None:  # not up yet
+            await asyncio.sleep(0.5)
+            continue
         try:
             async with asyncio.timeout(resync_seconds):
                 async for event in client.cache_events(snapshot=True):

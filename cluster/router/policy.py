@@ -3,8 +3,6 @@
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ..coordinator.errors import Unavailable
-
 
 @dataclass
 class SelectInfo:
@@ -25,10 +23,8 @@ class Policy(Protocol):
 
 
 def ready(replicas: list) -> list:
-    healthy = [r for r in replicas if r.state == "ready"]
-    if not healthy:
-        raise Unavailable("No replica is ready to serve; check /v1/status.")
-    return healthy
+    """The replicas a policy may pick from (maybe none: the caller says what that means)."""
+    return [r for r in replicas if r.state == "ready"]
 
 
 def least_loaded(replicas: list, start: int = 0):

@@ -5,8 +5,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from ..engine.service import ModelInfo
-from ..engine.types import EngineRequest, RequestId, TokenEvent
+from ..types import EngineRequest, ModelInfo, RequestId, TokenEvent
 from ..wire import event_from_pb, request_to_pb
 from .auth import HEADER
 from .gen import engine_pb2 as pb

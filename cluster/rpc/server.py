@@ -9,7 +9,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ..engine.service import EngineService
-from ..engine.types import RequestId
+from ..types import RequestId
 from ..wire import events_to_pb, request_from_pb
 from .auth import TokenInterceptor
 from .gen import engine_pb2 as pb

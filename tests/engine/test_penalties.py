@@ -1,14 +1,14 @@
-"""Penalties and logprobs in the engine: batched, lossless under MTP, and through the API."""
+"""Penalties and logprobs in the engine: batched and lossless under MTP (through the API:
+tests/cluster/test_sampling_api.py)."""
 
 import math
 
-import httpx
 from test_engine import make_engine, run
 
 from cluster.config import EngineConfig
-from cluster.engine.service import build_engine
-from cluster.engine.types import SamplingParams
+from cluster.engine.build import build_engine
 from cluster.model_store import TRAINED
+from cluster.types import SamplingParams
 
 PROMPTS = ["import os\nimport sys\n\n", "def f(x):\n    return"]
 
@@ -43,7 +43,7 @@ def test_presence_and_repetition_penalties_change_greedy_output(loaded):
 def test_logprobs_of_greedy_tokens_are_the_top_alternative(loaded):
     tok = loaded[1]
     engine = make_engine(loaded)
-    from cluster.engine.types import EngineRequest, RequestId
+    from cluster.types import EngineRequest, RequestId
 
     engine.add_request(EngineRequest(RequestId("a"), tuple(tok.encode("x")), greedy(8, logprobs=3)))
     tokens, logprobs = [], []
@@ -70,7 +70,7 @@ def test_penalties_and_logprobs_stay_lossless_with_mtp():
 
     def outputs(config):
         engine, _ = build_engine(TRAINED, config, "glm-5-fixture")
-        from cluster.engine.types import EngineRequest, RequestId
+        from cluster.types import EngineRequest, RequestId
 
         engine.add_request(EngineRequest(RequestId("a"), tuple(prompt), params))
         tokens, logprobs = [], []
@@ -86,33 +86,3 @@ def test_penalties_and_logprobs_stay_lossless_with_mtp():
     assert spec == base and len(spec_lp) == len(base_lp) == len(base)
     for a, b in zip(base_lp, spec_lp, strict=True):
         assert a.token_id == b.token_id and math.isclose(a.logprob, b.logprob, abs_tol=1e-3)
-
-
-def test_api_logprobs_and_penalties(server):
-    client = server.client()
-    r = client.chat.completions.create(
-        model=server.model, messages=[{"role": "user", "content": "hi"}], max_tokens=6,
-        temperature=0, logprobs=True, top_logprobs=2, presence_penalty=0.5,
-        frequency_penalty=0.5, extra_body={"ignore_eos": True, "repetition_penalty": 1.1},
-    )  # fmt: skip
-    content = r.choices[0].logprobs.content
-    assert len(content) == r.usage.completion_tokens == 6
-    assert all(len(c.top_logprobs) == 2 and c.logprob <= 0 for c in content)
-    assert all(bytes(c.bytes).decode("utf-8", "replace") == c.token for c in content)
-    stream = client.chat.completions.create(
-        model=server.model, messages=[{"role": "user", "content": "hi"}], max_tokens=6,
-        temperature=0, logprobs=True, stream=True, extra_body={"ignore_eos": True},
-    )  # fmt: skip
-    streamed = [c for ch in stream if ch.choices and ch.choices[0].logprobs
-                for c in ch.choices[0].logprobs.content]  # fmt: skip
-    assert [c.logprob for c in streamed] == [c.logprob for c in content]
-    done = httpx.post(
-        f"{server.url}/v1/completions",
-        json={"prompt": "def f(", "max_tokens": 5, "temperature": 0, "logprobs": 3,
-              "ignore_eos": True},
-        timeout=60,
-    ).json()  # fmt: skip
-    lp = done["choices"][0]["logprobs"]
-    assert len(lp["tokens"]) == len(lp["token_logprobs"]) == len(lp["top_logprobs"]) == 5
-    assert lp["text_offset"][0] == 0 and all(len(t) == 3 for t in lp["top_logprobs"])
-    assert "".join(lp["tokens"]) == done["choices"][0]["text"]

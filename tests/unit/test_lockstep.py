@@ -3,7 +3,7 @@
 import mlx.core as mx
 
 from cluster.engine.lockstep import FRAME, Channel, StepMessage
-from cluster.engine.types import EngineRequest, RequestId, SamplingParams
+from cluster.types import EngineRequest, RequestId, SamplingParams
 from cluster.wire import request_from_json, request_to_json
 
 

@@ -1,12 +1,10 @@
-"""Routing policies with fake replicas, the prefix index, and hash parity with a real engine."""
+"""Routing policies with fake replicas and the prefix index."""
 
-import time
 from dataclasses import dataclass
 
 import pytest
 
-from cluster.coordinator.errors import Unavailable
-from cluster.hashing import block_hashes, hash_seed
+from cluster.hashing import block_hashes
 from cluster.router.index import PrefixIndex
 from cluster.router.policies import LeastLoaded, PrefixAffinity, RoundRobin, make_policy
 from cluster.router.policy import SelectInfo, ready
@@ -72,12 +70,12 @@ def test_least_loaded_takes_the_lightest_and_rotates_ties():
     assert {policy.select(rs, info(PROMPT))[0].name for _ in range(4)} == {"r1", "r2"}
 
 
-def test_no_ready_replica_is_unavailable():
+def test_no_ready_replica_leaves_nothing_to_pick():
     rs = replicas()
     for r in rs:
         r.state = "down"
-    with pytest.raises(Unavailable):
-        ready(rs)
+    rs[0].state = "suspect"
+    assert ready(rs) == []
 
 
 def test_affinity_follows_the_cached_prefix():
@@ -178,36 +176,3 @@ def test_decision_work_does_not_grow_with_the_index():
         work[size] = Counting.lookups
         assert (replica.name, reason) == ("r1", "affinity")
     assert work[10_000] == work[1_000_000] <= len(info.block_hashes)
-
-
-def test_coordinator_hashes_equal_the_engines(model_dir):
-    """The same prompt through the chat template: the engine stores exactly our hashes."""
-    from cluster.config import EngineConfig
-    from cluster.coordinator.tokenizer import PromptTokenizer
-    from cluster.engine.service import EngineService
-    from cluster.engine.types import EngineRequest, RequestId, SamplingParams
-
-    service = EngineService(model_dir, EngineConfig(block_size=16), "glm-5-fixture")
-    service.start()
-    try:
-        stored = []
-        service.subscribe_cache(lambda s, e, done: stored.extend(s), snapshot=False)
-        tokenizer = PromptTokenizer(model_dir)
-        messages = [
-            {"role": "system", "content": "Be brief."},
-            {"role": "user", "content": "x " * 100},
-        ]
-        prompt = tokenizer.chat(messages)
-        done = []
-        request = EngineRequest(
-            RequestId("h"), tuple(prompt), SamplingParams(max_tokens=1, temperature=0)
-        )
-        service.submit(request, lambda e: done.append(e) if e.finish_reason else None)
-        deadline = time.time() + 30
-        while not done and time.time() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.2)
-        ours = block_hashes(prompt, 16, hash_seed("glm-5-fixture"))
-        assert ours and set(ours) <= set(stored)
-    finally:
-        service.stop()

@@ -1,10 +1,13 @@
-"""Frozen request and output types shared by the engine, its service and the wire."""
+"""Types shared along the data path (coordinator, router, rpc, engine): frozen request,
+event and model types and the interface a replica offers. No side owns them; no MLX here."""
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Literal, NewType
+from typing import Literal, NewType, Protocol
 
 RequestId = NewType("RequestId", str)
 FinishReason = Literal["stop", "length", "abort", "error"]
+ReplicaState = Literal["starting", "ready", "suspect", "down", "failed"]
 
 
 @dataclass(frozen=True)
@@ -79,3 +82,50 @@ class TokenEvent:
     """Of those, the ones the main model kept so far."""
     logprobs: tuple[TokenLogprob, ...] = ()
     """One per token in token_ids when the request asked for logprobs."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a replica serves, as it reports on connect."""
+
+    model_id: str
+    max_model_len: int
+    eos_token_ids: tuple[int, ...]
+    model_type: str
+
+
+class EngineClient(Protocol):
+    """What a replica offers: generate a stream of token events, abort, report status."""
+
+    info: ModelInfo | None
+
+    def generate(self, request: EngineRequest) -> AsyncIterator[TokenEvent]: ...
+
+    async def abort(self, request_id: RequestId) -> None: ...
+
+    async def status(self, timeout: float = 10) -> dict: ...
+
+    async def close(self) -> None: ...
+
+
+class ReplicaRegistry(Protocol):
+    """Where the supervisor reports what it sees of each replica (the coordinator's
+    `Replicas`); the supervisor reads back only state and activity."""
+
+    def declare(self, name: str, *, max_num_seqs: int, plan: dict, ranks: list[dict]) -> None: ...
+
+    def up(
+        self, name: str, client: EngineClient, *, stats: dict, attached: bool = False
+    ) -> None: ...
+
+    def down(self, name: str, reason: str, *, failed: bool = False) -> None: ...
+
+    def restarting(self, name: str) -> None: ...
+
+    def observed(self, name: str, stats: dict, ranks: list[dict] | None = None) -> None: ...
+
+    def healthy(self, name: str) -> None: ...
+
+    def state(self, name: str) -> ReplicaState | None: ...
+
+    def activity(self, name: str) -> tuple[int, int]: ...

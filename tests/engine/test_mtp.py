@@ -5,9 +5,9 @@ import collections
 import pytest
 
 from cluster.config import EngineConfig
-from cluster.engine.service import build_engine
-from cluster.engine.types import EngineRequest, RequestId, SamplingParams
+from cluster.engine.build import build_engine
 from cluster.model_store import TRAINED
+from cluster.types import EngineRequest, RequestId, SamplingParams
 
 PROMPTS = [
     "import os\nimport sys\n\ndef main(",

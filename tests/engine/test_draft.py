@@ -7,10 +7,10 @@ import pytest
 from test_mtp import first_two_tokens, greedy, run
 
 from cluster.config import EngineConfig
-from cluster.engine.service import build_engine
-from cluster.engine.types import EngineRequest, RequestId
+from cluster.engine.build import build_engine
 from cluster.fixture.model import FixtureSize, write_fixture
 from cluster.model_store import TRAINED
+from cluster.types import EngineRequest, RequestId
 
 
 @pytest.fixture(scope="module")

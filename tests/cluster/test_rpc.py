@@ -8,10 +8,10 @@ import pytest
 
 from cluster.config import EngineConfig
 from cluster.engine.service import EngineService
-from cluster.engine.types import EngineRequest, RequestId, SamplingParams
 from cluster.rpc import codegen
 from cluster.rpc.client import GrpcEngineClient
 from cluster.rpc.server import serve_grpc
+from cluster.types import EngineRequest, RequestId, SamplingParams
 
 
 def test_generated_stubs_are_current():

@@ -128,3 +128,24 @@ def test_event_loop_choice(monkeypatch):
     monkeypatch.setenv("CLUSTER_EVENT_LOOP", "tokio")
     with pytest.raises(ValueError, match="use one of auto, uvloop, asyncio"):
         aio.loop_name()
+
+
+def test_byte_stream_detokenizer_equals_window_decoding():
+    """Constant work per token (each token's bytes through an incremental UTF-8 decoder) gives
+    the text window decoding gives, streamed one token at a time, special tokens skipped."""
+    import random
+
+    from cluster.coordinator.tokenizer import PromptTokenizer
+    from cluster.model_store import TRAINED
+
+    tok = PromptTokenizer(TRAINED)
+    assert tok.stream_bytes is not None
+    text = "한국의 수도는 서울 <think>def f(x):\n    return x</think> 日本 ok"
+    ids = tok.encode(text)
+    rng = random.Random(0)
+    ids += [rng.randrange(tok.vocab_size) for _ in range(300)]  # any token order, split bytes
+    fast = IncrementalDetokenizer(tok.decode, tok.stream_bytes)
+    slow = IncrementalDetokenizer(tok.decode)
+    a = "".join(fast.add([t]) for t in ids) + fast.flush()
+    b = "".join(slow.add([t]) for t in ids) + slow.flush()
+    assert a == b == tok.decode(ids)

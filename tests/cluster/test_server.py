@@ -3,6 +3,7 @@
 import concurrent.futures as cf
 import json
 import time
+from pathlib import Path
 
 import httpx
 import openai
@@ -310,3 +311,11 @@ def test_api_keys_are_required_and_grpc_runs_mutual_tls_when_configured(model_di
         assert e.value.body["error"]["type"] == "authentication_error"
     finally:
         srv.stop()
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc/PID/maps")
+def test_the_coordinator_process_never_loads_mlx(server):
+    """The running coordinator (its ranks are other processes) has no MLX library mapped."""
+    server.client().models.list()  # it has served a request
+    maps = Path(f"/proc/{server.proc.pid}/maps").read_text()
+    assert "mlx" not in maps

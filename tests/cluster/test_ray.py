@@ -28,8 +28,9 @@ def loopback_only_netns():
 
 
 def test_ray_launcher_runs_tp2_with_one_actor_per_rank(loopback_only_netns, tmp_path):
-    script = ROOT / "tests" / "ray_cluster.py"
-    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)])}
+    script = ROOT / "tests" / "cluster" / "ray_cluster.py"
+    paths = [ROOT / "tests" / "cluster", ROOT / "tests", ROOT]
+    env = os.environ | {"PYTHONPATH": os.pathsep.join(map(str, paths))}
     run = subprocess.run(
         ["ip", "netns", "exec", loopback_only_netns, sys.executable, script, tmp_path],
         capture_output=True,

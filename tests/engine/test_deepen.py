@@ -26,7 +26,7 @@ def test_a_deeper_model_keeps_the_trained_models_greedy_output(tmp_path):
     tok = AutoTokenizer.from_pretrained(str(TRAINED))
     prompts = [tok.encode(t, add_special_tokens=False) for t in PROMPTS]
     params = {"max_tokens": 32, "temperature": 0.0, "ignore_eos": True}
-    from cluster.engine.types import SamplingParams
+    from cluster.types import SamplingParams
 
     base, _ = run(EngineConfig(), prompts, SamplingParams(**params), TRAINED)
     deep, _ = run(EngineConfig(), prompts, SamplingParams(**params), out)

@@ -22,7 +22,7 @@ from cluster.deploy.render import _quote, systemd_unit
 from cluster.deploy.services import ServiceSpec
 from cluster.launch.local import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 INVENTORIES = sorted((ROOT / "inventory").glob("*.yaml"))
 PLAYBOOK = ROOT / "deploy" / "site.yaml"

@@ -7,8 +7,8 @@ from cluster.config import EngineConfig
 from cluster.engine.prefix_cache import PrefixCache
 from cluster.engine.scheduler import Scheduler
 from cluster.engine.sequence import Sequence
-from cluster.engine.types import EngineRequest, RequestId, SamplingParams
 from cluster.rpc.mailbox import Mailbox
+from cluster.types import EngineRequest, RequestId, SamplingParams
 
 
 def scheduler(**config) -> Scheduler:

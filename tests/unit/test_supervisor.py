@@ -5,6 +5,7 @@ import asyncio
 import time
 from types import SimpleNamespace
 
+from cluster.coordinator.replicas import Replicas
 from cluster.launch.local import RunningReplica
 from cluster.launch.supervisor import Supervisor
 
@@ -81,7 +82,7 @@ async def until(cond, timeout=10.0):
 
 
 def supervised(launcher, names=("r0", "r1"), probe_every=0.0):
-    sup = Supervisor(launcher, "t", 4, client_factory=FakeClient, load_timeout=2,
+    sup = Supervisor(launcher, Replicas(), "t", 4, client_factory=FakeClient, load_timeout=2,
                      backoff=(0.05, 0.2), probe_every=probe_every, probe_timeout=0.3)  # fmt: skip
     return sup, [plan(n) for n in names]
 
@@ -94,13 +95,13 @@ def test_a_second_failure_during_a_restart_is_seen_and_restarted_too():
         sup.watch(interval=0.02)
         launcher.slow["r0"] = 1.0  # r0's restart takes a while...
         sup.running["r0"].procs[0].returncode = 9
-        await until(lambda: sup.replicas["r0"].state == "down")
+        await until(lambda: sup.registry["r0"].state == "down")
         sup.running["r1"].procs[0].returncode = 9  # ...and r1 dies meanwhile
-        await until(lambda: sup.replicas["r1"].state == "ready" and sup.replicas["r1"].restarts)
-        assert sup.replicas["r0"].state == "down"  # r1 came back while r0 still restarted
-        await until(lambda: sup.replicas["r0"].state == "ready")
-        assert [sup.replicas[n].restarts for n in ("r0", "r1")] == [1, 1]
-        assert "rank 0 exit 9" in sup.replicas["r0"].reason
+        await until(lambda: sup.registry["r1"].state == "ready" and sup.registry["r1"].restarts)
+        assert sup.registry["r0"].state == "down"  # r1 came back while r0 still restarted
+        await until(lambda: sup.registry["r0"].state == "ready")
+        assert [sup.registry[n].restarts for n in ("r0", "r1")] == [1, 1]
+        assert "rank 0 exit 9" in sup.registry["r0"].reason
         await sup.stop()
 
     asyncio.run(main())
@@ -114,10 +115,10 @@ def test_failed_restarts_back_off_until_one_works():
         sup.watch(interval=0.02)
         launcher.fail["r0"] = 2
         sup.running["r0"].procs[0].returncode = 1
-        await until(lambda: sup.replicas["r0"].state == "failed")
-        assert "cannot start r0" in sup.replicas["r0"].reason
-        await until(lambda: sup.replicas["r0"].state == "ready")
-        assert sup.replicas["r0"].restarts == 3 and launcher.started.count("r0") == 4
+        await until(lambda: sup.registry["r0"].state == "failed")
+        assert "cannot start r0" in sup.registry["r0"].reason
+        await until(lambda: sup.registry["r0"].state == "ready")
+        assert sup.registry["r0"].restarts == 3 and launcher.started.count("r0") == 4
         await sup.stop()
 
     asyncio.run(main())
@@ -143,7 +144,7 @@ def test_an_unexpected_error_is_logged_and_supervision_goes_on(caplog):
         await until(lambda: calls["n"] >= 2)
         proc.procs[0].returncode = 9
         await until(
-            lambda: sup.replicas["r0"].restarts == 1 and sup.replicas["r0"].state == "ready"
+            lambda: sup.registry["r0"].restarts == 1 and sup.registry["r0"].state == "ready"
         )
         await sup.stop()
 
@@ -186,11 +187,11 @@ def test_an_idle_replica_that_answers_status_but_cannot_generate_leaves_ready():
         await sup.start(plans)
         FakeClient.hung.add(sup.running["r0"].address)
         sup.watch(interval=0.02)
-        await until(lambda: sup.replicas["r0"].restarts == 1)
-        assert "probe generation did not finish" in sup.replicas["r0"].reason
-        await until(lambda: sup.replicas["r0"].state == "ready")  # a new leader, generating
+        await until(lambda: sup.registry["r0"].restarts == 1)
+        assert "probe generation did not finish" in sup.registry["r0"].reason
+        await until(lambda: sup.registry["r0"].state == "ready")  # a new leader, generating
         await asyncio.sleep(0.6)  # probed again, and passing
-        assert sup.replicas["r0"].restarts == 1
+        assert sup.registry["r0"].restarts == 1
         await sup.stop()
 
     asyncio.run(main())

@@ -9,8 +9,8 @@ from dataclasses import fields
 import pytest
 
 from cluster import wire
-from cluster.engine.types import EngineRequest, RequestId, SamplingParams, TokenEvent, TokenLogprob
 from cluster.rpc.gen import engine_pb2 as pb
+from cluster.types import EngineRequest, RequestId, SamplingParams, TokenEvent, TokenLogprob
 
 PAIRS = [(SamplingParams, pb.SamplingParams), (TokenEvent, pb.GenerateChunk)]
 

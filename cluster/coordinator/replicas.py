@@ -1,0 +1,105 @@
+"""The coordinator's replicas: one record each, changed only through the registry's methods.
+
+The supervisor reports what it sees (up, down, checked, restarting) by calling these methods;
+routing and admission read the records. Nothing outside this module assigns their fields.
+"""
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from ..types import EngineClient, ReplicaState
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Replica:
+    name: str
+    client: EngineClient | None
+    """None until it first comes up."""
+    max_num_seqs: int
+    ranks: list[dict] = field(default_factory=list)
+    state: ReplicaState = "starting"
+    reason: str | None = None
+    """Why the replica is not ready, or why it last went down."""
+    plan: dict = field(default_factory=dict)
+    in_flight: int = 0
+    served: int = 0
+    restarts: int = 0
+    stats: dict = field(default_factory=dict)
+    """The leader's last reported status (polled by the supervisor)."""
+    slot: int = 0
+    """This replica's bit in the prefix index."""
+    attached: bool = False
+    """Re-attached to ranks an earlier coordinator started."""
+
+
+class Replicas:
+    """Every replica the coordinator routes to, by name, in the order they first came up."""
+
+    def __init__(self, on_new: Callable[[str], None] = lambda name: None):
+        self._by_name: dict[str, Replica] = {}
+        self._on_new = on_new
+
+    def __iter__(self) -> Iterator[Replica]:
+        return iter(list(self._by_name.values()))
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+    def __getitem__(self, name: str) -> Replica:
+        return self._by_name[name]
+
+    # What the supervisor reports.
+    def declare(self, name: str, *, max_num_seqs: int, plan: dict, ranks: list[dict]) -> None:
+        """A replica of the plan, starting: listed (in plan order) before it can serve."""
+        if name not in self._by_name:
+            replica = Replica(name, None, max_num_seqs, list(ranks), plan=plan)
+            replica.slot = len(self._by_name)
+            self._by_name[name] = replica
+            self._on_new(name)
+
+    def up(self, name: str, client: EngineClient, *, stats: dict, attached: bool = False) -> None:
+        """The replica serves through client (its first, or a restart's new one)."""
+        replica = self._by_name[name]
+        replica.client, replica.stats, replica.attached = client, stats, attached
+        replica.state = "ready"  # reason still says why it last went down
+
+    def down(self, name: str, reason: str, *, failed: bool = False) -> None:
+        """Not serving: `down` while it restarts, `failed` when a restart attempt failed."""
+        replica = self._by_name[name]
+        replica.state, replica.reason = ("failed" if failed else "down"), reason
+
+    def restarting(self, name: str) -> None:
+        self._by_name[name].restarts += 1
+
+    def observed(self, name: str, stats: dict, ranks: list[dict] | None = None) -> None:
+        """The leader's status as last polled, and per rank (in plan order) what the
+        supervisor saw of its process (alive, memory)."""
+        replica = self._by_name[name]
+        replica.stats = stats
+        for rank, seen in zip(replica.ranks, ranks or [], strict=False):
+            rank.update(seen)
+
+    def healthy(self, name: str) -> None:
+        """A health check passed: a suspect replica (a request failed there) is ready again."""
+        replica = self._by_name[name]
+        if replica.state == "suspect":
+            log.info("replica %s: healthy again after %s", name, replica.reason)
+            replica.state, replica.reason = "ready", None
+
+    def state(self, name: str) -> ReplicaState | None:
+        replica = self._by_name.get(name)
+        return replica.state if replica else None
+
+    def activity(self, name: str) -> tuple[int, int]:
+        """(requests served, requests in flight) on the replica."""
+        replica = self._by_name[name]
+        return replica.served, replica.in_flight
+
+    # What the coordinator itself decides.
+    def suspect(self, replica: Replica, why: str) -> None:
+        """A request failed there: no new requests until the supervisor has looked."""
+        if replica.state == "ready":
+            replica.state, replica.reason = "suspect", why
