@@ -1,5 +1,5 @@
-"""Run inside a network namespace that has only loopback (tests/cluster/test_ray.py makes it): a local
-Ray cluster of two nodes, `cluster serve` with the ray launcher (TP 2, one actor per rank),
+"""Run inside a network namespace that has only loopback (tests/cluster/test_ray.py makes it):
+a local Ray cluster of two nodes, `cluster serve` with the ray launcher (TP 2, one actor per rank),
 and the same prompts on a TP 1 replica; the results go to OUT/result.json."""
 
 import json
