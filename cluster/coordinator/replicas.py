@@ -1,7 +1,8 @@
 """The coordinator's replicas: one record each, changed only through the registry's methods.
 
-The supervisor reports what it sees (up, down, checked, restarting) by calling these methods;
-routing and admission read the records. Nothing outside this module assigns their fields.
+The supervisor reports what it sees (declared, up, down, restarting, observed, healthy) by
+calling these methods; routing and admission read the records. Nothing outside this module
+assigns their fields.
 """
 
 import logging
@@ -36,7 +37,7 @@ class Replica:
 
 
 class Replicas:
-    """Every replica the coordinator routes to, by name, in the order they first came up."""
+    """Every replica the coordinator routes to, by name, in the plan's order."""
 
     def __init__(self, on_new: Callable[[str], None] = lambda name: None):
         self._by_name: dict[str, Replica] = {}

@@ -9,7 +9,7 @@ from mlx.utils import tree_flatten
 
 from .kv import _arrays
 from .mtp import verify_drafts
-from .sampler import sample, sample_lazy, token_logprobs
+from .sampler import sample_lazy, token_logprobs
 from .scheduler import Schedule
 from .sequence import Sequence
 
@@ -69,15 +69,16 @@ class ModelRunner:
             if self.ahead is not None and not piped:
                 self._cancel_ahead()
             self._sync_batch(schedule.decode)
-            if piped:
-                out |= self._pipelined_decode()
-            elif self.speculate and len(self.batch) == 1:
+            if not piped and self.speculate and len(self.batch) == 1:
                 out[self.batch[0]] = self._speculative_step(self.batch[0])
             else:
-                rows.append(self._decode())
-                seqs.extend(self.batch)
-            if self.drafter is not None and not (self.speculate and len(self.batch) == 1):
-                self.drafter.stats.plain_steps += 1
+                if piped:
+                    out |= self._pipelined_decode()
+                else:
+                    rows.append(self._decode())
+                    seqs.extend(self.batch)
+                if self.drafter is not None:
+                    self.drafter.stats.plain_steps += 1
         if seqs:
             sampled = self._sample(seqs, mx.concatenate(rows, axis=0))
             out |= {seq: [token] for seq, token in sampled.items()}
@@ -125,9 +126,10 @@ class ModelRunner:
         for seq, (carry, key) in zip(self.batch, ahead.undo, strict=True):
             seq.carry, seq.rng_key = carry, key
 
-    def _sample_lazy(self, seqs: list[Sequence], logits: mx.array) -> mx.array:
+    def _sample_lazy(self, seqs: list[Sequence], logits: mx.array, histories=None) -> mx.array:
+        """Each row's token, not read yet; each sequence's key moves on."""
         params = [s.request.sampling for s in seqs]
-        tokens, keys = sample_lazy(logits, params, [self._key(s) for s in seqs])
+        tokens, keys = sample_lazy(logits, params, [self._key(s) for s in seqs], histories)
         for seq, key in zip(seqs, keys, strict=True):
             seq.rng_key = key
         return tokens
@@ -202,13 +204,9 @@ class ModelRunner:
         self._mtp_pending = []
 
     def _sample(self, seqs: list[Sequence], logits: mx.array) -> dict[Sequence, int]:
-        params = [s.request.sampling for s in seqs]
-        keys = [self._key(s) for s in seqs]
         histories = [(s.tokens[: s.num_prompt], s.output) if s.request.sampling.penalized else None
                      for s in seqs]  # fmt: skip
-        tokens, keys = sample(logits, params, keys, histories)
-        for seq, key in zip(seqs, keys, strict=True):
-            seq.rng_key = key
+        tokens = self._sample_lazy(seqs, logits, histories).tolist()
         for i, seq in enumerate(seqs):
             if (top := seq.request.sampling.logprobs) is not None:
                 seq.logprobs += token_logprobs(logits[i : i + 1], [tokens[i]], top)

@@ -106,11 +106,3 @@ def sample_lazy(
         noise.append(mx.random.gumbel(shape=processed.shape[-1:], key=sub))
     tokens[rows] = mx.argmax(processed + mx.stack(noise), axis=-1).astype(tokens.dtype)
     return tokens, new_keys
-
-
-def sample(
-    logits: mx.array, params: list[SamplingParams], keys: list, histories: list | None = None
-) -> tuple[list[int], list]:
-    """One token per row of logits [B, V]; returns the tokens and each row's next key."""
-    tokens, keys = sample_lazy(logits, params, keys, histories)
-    return tokens.tolist(), keys

@@ -128,10 +128,11 @@ class Supervisor:
             except ReplicaFailed:
                 self.running.pop(plan.name, None)
                 raise
-        if (old := self.clients.get(plan.name)) is not None:
-            await old.close()
+        old = self.clients.get(plan.name)
         self.clients[plan.name] = client
         self.registry.up(plan.name, client, stats=stats, attached=proc.attached)
+        if old is not None:  # closed only once the coordinator holds the new one
+            await old.close()
         log.info("replica %s ready at %s (TP %d)", plan.name, proc.address, plan.tensor_parallel)
 
     async def _wait_ready(self, proc: RunningReplica, timeout: float) -> GrpcEngineClient:
