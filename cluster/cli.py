@@ -252,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=4, help="parallel requests, concurrent phase")
     p.add_argument("--prompts", help="JSON list of prompts (default: the built-in set)")
     p.add_argument("--max-tokens", type=int, default=256, help="max tokens per request")
+    p.add_argument(
+        "--warmup", type=int, default=2, help="unmeasured requests per target before the phases"
+    )
     p.add_argument("--model", help="model name to send (default: none, the server's own)")
     p.add_argument("--out", default="bench-out", help="directory for reports, JSON and plots")
     p.set_defaults(func=_bench)

@@ -82,6 +82,8 @@ class TokenEvent:
     """Of those, the ones the main model kept so far."""
     logprobs: tuple[TokenLogprob, ...] = ()
     """One per token in token_ids when the request asked for logprobs."""
+    speculation: str = ""
+    """The replica's speculation state when the event was made, as `x-speculation` says it."""
 
 
 @dataclass(frozen=True)

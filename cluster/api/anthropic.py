@@ -167,8 +167,7 @@ def router(coordinator: Coordinator, defaults: dict) -> APIRouter:
         stream = coordinator.start(
             rid, prompt.tokens, sampling, processor, request.headers.get("x-session-id")
         )
-        spec = (stream.replica.stats or {}).get("speculation") or {}
-        headers = {"x-request-id": rid, "x-speculation": spec.get("summary", "unknown")}
+        headers = {"x-request-id": rid, "x-speculation": stream.replica.speculation_summary}
         model = coordinator.model_name
         if body.stream:
             events = _stream_events(stream, processor, mid, model, len(prompt.tokens))

@@ -127,8 +127,7 @@ def create_app(
         sampling = body.sampling(max_tokens, banned)
         stream = coordinator.start(rid, prompt, sampling, processor, session)
         shape = Shape(rid, coordinator.model_name, chat, coordinator.tokenizer.token_bytes)
-        spec = (stream.replica.stats or {}).get("speculation") or {}
-        headers = {"x-request-id": rid, "x-speculation": spec.get("summary", "unknown")}
+        headers = {"x-request-id": rid, "x-speculation": stream.replica.speculation_summary}
         if body.stream:
             return StreamingResponse(
                 sse(stream, shape, body.include_usage),

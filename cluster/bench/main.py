@@ -69,14 +69,24 @@ async def bench(
     model: str | None = None,
     names: list[str] | None = None,
     on_target: Callable[[str], None] | None = None,
+    warmup: int = 2,
 ) -> dict[str, list[PhaseResult]]:
-    """`on_target(name)` runs before each target's turn (scripts pause the idle servers)."""
+    """`on_target(name)` runs before each target's turn (scripts pause the idle servers);
+    each target first serves `warmup` unmeasured requests (first-call compilation and
+    allocation are not what a phase measures)."""
     for p in phases:
         parse_phase(p, concurrency)
     prompts = load_prompts(prompts_file)
     names = names or [_slug(t) for t in targets]
     runs: dict[str, list[PhaseResult]] = {n: [] for n in names}
     nonce = secrets.token_hex(4)
+    for t, (name, target) in enumerate(zip(names, targets, strict=True)):
+        if warmup:
+            if on_target:
+                on_target(name)
+            print(f"[bench] {name}: {warmup} warm-up requests", flush=True)
+            batch = fresh(prompts, warmup, f"{nonce}-warm-{t}")
+            await run_phase("warmup", target, model, batch, 1, max_tokens)
     # Interleaved: each phase runs on every target before the next phase starts.
     for p, phase in enumerate(phases):
         for t, (name, target) in enumerate(zip(names, targets, strict=True)):
@@ -115,7 +125,15 @@ def run(args) -> int:
     out = Path(args.out)
     runs = asyncio.run(
         bench(
-            targets, phases, args.concurrency, args.prompts, args.max_tokens, out, args.model, names
+            targets,
+            phases,
+            args.concurrency,
+            args.prompts,
+            args.max_tokens,
+            out,
+            args.model,
+            names,
+            warmup=args.warmup,
         )
     )
     first = next(iter(runs))

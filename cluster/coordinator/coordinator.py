@@ -227,6 +227,8 @@ class Coordinator:
                 if event.error:
                     unfinished = "error"
                     raise EngineFailure(f"replica {completion.replica.name} failed: {event.error}")
+                if event.speculation:  # the state changes within steps, which make events
+                    completion.replica.speculation = event.speculation
                 delta = out.process(event.token_ids, event.finish_reason)
                 tracker.on_output(out.num_tokens)
                 if delta.finish_reason is not None:

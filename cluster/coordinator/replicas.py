@@ -34,6 +34,15 @@ class Replica:
     """This replica's bit in the prefix index."""
     attached: bool = False
     """Re-attached to ranks an earlier coordinator started."""
+    speculation: str | None = None
+    """Its speculation state as its latest event said (fresher than `stats`); None until an
+    event since it came up."""
+
+    @property
+    def speculation_summary(self) -> str:
+        """What `x-speculation` says of this replica now."""
+        polled = (self.stats or {}).get("speculation") or {}
+        return self.speculation or polled.get("summary", "unknown")
 
 
 class Replicas:
@@ -65,6 +74,7 @@ class Replicas:
         """The replica serves through client (its first, or a restart's new one)."""
         replica = self._by_name[name]
         replica.client, replica.stats, replica.attached = client, stats, attached
+        replica.speculation = None
         replica.state = "ready"  # reason still says why it last went down
 
     def down(self, name: str, reason: str, *, failed: bool = False) -> None:

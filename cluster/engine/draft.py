@@ -8,12 +8,11 @@ in one forward. Under tensor parallelism every rank runs the whole (small) draft
 import mlx.core as mx
 from mlx_lm.models.cache import make_prompt_cache, trim_prompt_cache
 
+from .drafter import Drafter
 from .mtp import SpecStats, pick_draft
 
 
-class DraftModelDrafter:
-    uses_mtp_layer = False
-
+class DraftModelDrafter(Drafter):
     def __init__(self, model, k: int):
         self.model = model
         self.k = k

@@ -31,9 +31,11 @@ class Engine:
         self.cache = PrefixCache(
             config.block_size, config.prefix_cache_bytes, hash_seed(model_id), config.kv_bits
         )
-        self.scheduler = Scheduler(config, self.cache, eos_ids, max_model_len)
+        self.scheduler = Scheduler(
+            config, self.cache, eos_ids, max_model_len, lambda: self.speculation.header()
+        )
         self.runner = ModelRunner(model, config.seed, drafter, config.pipeline_decode)
-        self.cache.lag = 1 if self.runner.mtp is not None else 0  # the MTP layer lags by one
+        self.cache.lag = self.runner.hooks.lag
         self.speculation = speculation or SpeculationState(
             config.speculation, config.num_speculative_tokens
         )

@@ -10,7 +10,10 @@ from dataclasses import dataclass, field
 
 import mlx.core as mx
 
+from .drafter import Drafter
 from .sampler import ban, penalize, processed_logits
+
+MAX_PENDING = 64  # a long-lived batch still catches its MTP layer up now and then
 
 
 @dataclass
@@ -95,20 +98,59 @@ def verify_drafts(seq, drafts: list[int], dists, target_logits: mx.array) -> tup
     return len(drafts), int(bonus.item())
 
 
-class MTPDrafter:
-    uses_mtp_layer = True
+class MTPDrafter(Drafter):
+    """Its layer's cache is the one after the main model's. Batched plain steps do not run
+    the layer: it catches up on them in one forward when it is needed (a speculative step,
+    a batch change), every row at once (new rows join only after a catch-up)."""
+
+    lag = 1
+    needs_hidden = True
 
     def __init__(self, model, mtp, k: int):
         self.model = model
         self.mtp = mtp
         self.k = k
         self.stats = SpecStats(k)
+        self.pending: list[tuple[mx.array, mx.array]] = []
+        """Batched steps' (carry, token) [B, H], [B, 1] the layer has not seen yet."""
 
     def embed(self, tokens: mx.array) -> mx.array:
         return self.model.model.embed_tokens(tokens)
 
     def logits(self, hidden: mx.array) -> mx.array:
         return self.model.lm_head(self.mtp.head_norm(hidden))
+
+    def make_cache(self) -> list:
+        return [self.mtp.make_cache()]
+
+    def after_prefill(self, hidden, tokens, caches, carry) -> None:
+        self.follow(hidden, tokens, caches[0], carry)
+
+    def after_decode(self, seqs, tokens, caches) -> None:
+        self.pending.append((mx.concatenate([s.carry for s in seqs], axis=0), tokens))
+        if len(self.pending) >= MAX_PENDING:
+            self.sync(caches)
+
+    def sync(self, caches) -> None:
+        if not self.pending:
+            return
+        carry = mx.stack([c for c, _ in self.pending], axis=1)
+        tokens = mx.concatenate([t for _, t in self.pending], axis=1)
+        self.mtp(carry, self.embed(tokens), cache=caches[0])
+        self.pending = []
+
+    def cancel_last(self, caches) -> None:
+        # Pending steps are always the latest ones: the last step is pending or written.
+        if self.pending:
+            self.pending.pop()
+        else:
+            caches[0].trim(1)
+
+    def filter(self, index: mx.array) -> None:
+        self.pending = [(c[index], t[index]) for c, t in self.pending]
+
+    def reset(self) -> None:
+        self.pending = []
 
     def follow(self, hidden: mx.array, tokens: mx.array, cache, carry: mx.array | None):
         """After a main forward over `tokens` [B, L] giving `hidden` [B, L, H]: write the MTP
@@ -124,7 +166,8 @@ class MTPDrafter:
 
     def propose(self, seq, caches) -> tuple[list[int], list[mx.array]]:
         """k draft tokens after seq's last token, and the draft distributions they came from."""
-        cache = caches[-1]  # the MTP layer's, last of the sequence's caches
+        self.sync(caches)
+        cache = caches[0]
         out = self.mtp(seq.carry[:, None, :], self.embed(mx.array([[seq.tokens[-1]]])), cache=cache)
         drafts, dists = [], []
         for i in range(self.k):
@@ -138,7 +181,7 @@ class MTPDrafter:
     def rollback(self, seq, drafts: list[int], accepted: int, hidden, caches) -> None:
         """The MTP layer keeps its one true new entry, then catches up on the accepted
         positions from the verify forward's hidden states."""
-        cache = caches[-1]
+        cache = caches[0]
         cache.trim(self.k - 1)
         if accepted:
             embeds = self.embed(mx.array([drafts[:accepted]]))

@@ -7,13 +7,12 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
+from .drafter import NO_DRAFTER, Drafter
 from .kv import _arrays
 from .mtp import verify_drafts
 from .sampler import sample_lazy, token_logprobs
 from .scheduler import Schedule
 from .sequence import Sequence
-
-MAX_MTP_PENDING = 64  # a long-lived batch still catches its MTP layer up now and then
 
 
 @dataclass
@@ -24,8 +23,6 @@ class Ahead:
     """Its tokens, one per batch row, not read yet."""
     undo: list[tuple[Any, Any]]
     """Per row, (carry, rng key) from before it: what cancelling it restores."""
-    mtp_pending: bool = True
-    """Its MTP entry is still the last pending one (not yet written into the MTP cache)."""
 
 
 class ModelRunner:
@@ -36,23 +33,27 @@ class ModelRunner:
         self.ahead: Ahead | None = None
         self.seed = seed
         self.drafter = drafter
-        """An MTPDrafter (its layer rides in the main cache) or a DraftModelDrafter."""
-        self.mtp = drafter if drafter is not None and drafter.uses_mtp_layer else None
+        """An MTPDrafter or a DraftModelDrafter, or None."""
+        self.hooks: Drafter = drafter if drafter is not None else NO_DRAFTER
+        """The drafter's cache hooks (no-ops without one)."""
         self.speculate = drafter is not None
         """Whether a lone running sequence decodes speculatively (the engine switches it)."""
+        self.num_layers = len(model.make_cache())
+        """A cache list holds this many main-model caches, then the drafter's."""
         self.batch: list[Sequence] = []
         self.batch_cache: list[Any] | None = None
-        self._mtp_pending: list[tuple[mx.array, mx.array]] = []
-        """Batched steps' (carry, token) the MTP layer has not seen yet: it catches up in one
-        forward when it is needed (a speculative step, a batch change), not every step."""
         self._num_keys = 0
 
     def make_cache(self) -> list[Any]:
-        """Per-layer caches; with MTP, the MTP layer's cache comes last."""
-        cache = self.model.make_cache()
-        if self.mtp is not None:
-            cache.append(self.mtp.mtp.make_cache())
-        return cache
+        """Per-layer caches, the drafter's after the main model's."""
+        return self.model.make_cache() + self.hooks.make_cache()
+
+    def _main(self, cache: list[Any]) -> list[Any]:
+        return cache[: self.num_layers]
+
+    def _own(self, cache: list[Any]) -> list[Any]:
+        """The drafter's part of a cache list."""
+        return cache[self.num_layers :]
 
     def run(self, schedule: Schedule) -> dict[Sequence, list[int]]:
         """Compute a schedule; returns the new tokens of every sequence that got logits."""
@@ -107,7 +108,7 @@ class ModelRunner:
                 mx.concatenate([current, mx.array([s.tokens[-1] for s in new])]) if new else current
             )
         undo = [(s.carry, s.rng_key) for s in self.batch]
-        queued = self._sample_lazy(self.batch, self._decode(inputs[:, None], catch_up=False))
+        queued = self._sample_lazy(self.batch, self._decode(inputs[:, None]))
         mx.async_eval(queued)
         self.ahead = Ahead(queued, undo)
         return {seq: [token] for seq, token in zip(old, current.tolist(), strict=True)}
@@ -115,14 +116,9 @@ class ModelRunner:
     def _cancel_ahead(self) -> None:
         """Undo the queued step: every row's KV loses its last entry, carry and key go back."""
         ahead, self.ahead = self.ahead, None
-        main = self.batch_cache[:-1] if self.mtp is not None else self.batch_cache
-        for layer in main:
+        for layer in self._main(self.batch_cache):
             layer.trim(1)
-        if self.mtp is not None:
-            if ahead.mtp_pending:
-                self._mtp_pending.pop()
-            else:
-                self.batch_cache[-1].trim(1)
+        self.hooks.cancel_last(self._own(self.batch_cache))
         for seq, (carry, key) in zip(self.batch, ahead.undo, strict=True):
             seq.carry, seq.rng_key = carry, key
 
@@ -134,74 +130,50 @@ class ModelRunner:
             seq.rng_key = key
         return tokens
 
-    def _forward(self, tokens: mx.array, cache: list[Any], carry) -> mx.array:
-        """Main model hidden states for `tokens`; the MTP layer follows one position behind."""
-        hidden = self.model.model(tokens, cache=cache)
-        if self.mtp is not None:
-            self.mtp.follow(hidden, tokens, cache[-1], carry)
-        return hidden
-
     def _prefill(self, seq: Sequence, n: int) -> mx.array | None:
         if seq.cache is None:
             seq.cache = self.make_cache()
         start = seq.num_computed
         tokens = mx.array(seq.tokens[start : start + n])[None]
-        hidden = self._forward(tokens, seq.cache, seq.carry)
+        hidden = self.model.model(tokens, cache=self._main(seq.cache))
+        self.hooks.after_prefill(hidden, tokens, self._own(seq.cache), seq.carry)
         seq.carry = hidden[:, -1, :]
         if start + n < seq.num_prompt:
             # A chunk before the last computes only the KV cache (the last layer's output
-            # too only when the MTP layer follows it).
-            mx.eval(_arrays(seq.cache), *([seq.carry] if self.mtp is not None else []))
+            # too only when the drafter follows it).
+            mx.eval(_arrays(seq.cache), *([seq.carry] if self.hooks.needs_hidden else []))
             return None
         return self.model.lm_head(hidden[:, -1, :])
 
-    def _decode(self, tokens: mx.array | None = None, catch_up: bool = True) -> mx.array:
+    def _decode(self, tokens: mx.array | None = None) -> mx.array:
         """Logits of one step of the batch; tokens [B, 1] default to each row's last token."""
         if tokens is None:
             tokens = mx.array([seq.tokens[-1] for seq in self.batch])[:, None]
-        hidden = self.model.model(tokens, cache=self.batch_cache)
-        if self.mtp is not None:  # the MTP layer follows later, all pending steps at once
-            carry = mx.concatenate([seq.carry for seq in self.batch], axis=0)
-            self._mtp_pending.append((carry, tokens))
-            if catch_up and len(self._mtp_pending) >= MAX_MTP_PENDING:
-                self._mtp_catch_up()
+        hidden = self.model.model(tokens, cache=self._main(self.batch_cache))
+        self.hooks.after_decode(self.batch, tokens, self._own(self.batch_cache))
         for i, seq in enumerate(self.batch):
             seq.carry = hidden[i : i + 1, -1, :]
         return self.model.lm_head(hidden[:, -1, :])
 
     def _speculative_step(self, seq: Sequence) -> list[int]:
         """Draft k tokens, verify them in one forward of the main model, keep what matches."""
-        drafter = self.drafter
-        self._mtp_catch_up()
+        drafter, main, own = self.drafter, self._main(self.batch_cache), self._own(self.batch_cache)
         self._key(seq)
-        drafts, dists = drafter.propose(seq, self.batch_cache)
-        hidden = self.model.model(mx.array([[seq.tokens[-1], *drafts]]), cache=self.batch_cache)
+        drafts, dists = drafter.propose(seq, own)
+        hidden = self.model.model(mx.array([[seq.tokens[-1], *drafts]]), cache=main)
         logits = self.model.lm_head(hidden)[0]
         accepted, token = verify_drafts(seq, drafts, dists, logits)
         if (top := seq.request.sampling.logprobs) is not None:
             kept = drafts[:accepted] + [token]
             seq.logprobs += token_logprobs(logits[: accepted + 1], kept, top)
         # The main model keeps the input token and the accepted drafts.
-        main = self.batch_cache[:-1] if self.mtp is not None else self.batch_cache
         for layer in main:
             layer.trim(drafter.k - accepted)
-        drafter.rollback(seq, drafts, accepted, hidden, self.batch_cache)
+        drafter.rollback(seq, drafts, accepted, hidden, own)
         drafter.stats.record(accepted)
         seq.draft_tokens += len(drafts)
         seq.accepted_tokens += accepted
         return drafts[:accepted] + [token]
-
-    def _mtp_catch_up(self) -> None:
-        """Write the MTP entries of the batched steps it skipped, every row at once (rows
-        share their pending steps: new rows join only after a catch-up)."""
-        if not self._mtp_pending:
-            return
-        if self.ahead is not None:
-            self.ahead.mtp_pending = False
-        carry = mx.stack([c for c, _ in self._mtp_pending], axis=1)
-        tokens = mx.concatenate([t for _, t in self._mtp_pending], axis=1)
-        self.mtp.mtp(carry, self.mtp.embed(tokens), cache=self.batch_cache[-1])
-        self._mtp_pending = []
 
     def _sample(self, seqs: list[Sequence], logits: mx.array) -> dict[Sequence, int]:
         histories = [(s.tokens[: s.num_prompt], s.output) if s.request.sampling.penalized else None
@@ -228,7 +200,8 @@ class ModelRunner:
         new = [s for s in seqs if s not in members]
         if not new:
             return
-        self._mtp_catch_up()
+        if self.batch_cache is not None:
+            self.hooks.sync(self._own(self.batch_cache))
         layers = zip(*(s.cache for s in new), strict=True)
         merged = [type(layer[0]).merge(list(layer)) for layer in layers]
         if self.batch_cache is None:
@@ -244,7 +217,7 @@ class ModelRunner:
         if len(indices) == len(self.batch):
             return
         if not indices:
-            self.batch, self.batch_cache, self._mtp_pending, self.ahead = [], None, [], None
+            self.reset()
             return
         index = mx.array(indices)
         for layer in self.batch_cache:
@@ -252,7 +225,7 @@ class ModelRunner:
         if self.ahead is not None:
             self.ahead.tokens = self.ahead.tokens[index]
             self.ahead.undo = [self.ahead.undo[i] for i in indices]
-        self._mtp_pending = [(c[index], t[index]) for c, t in self._mtp_pending]
+        self.hooks.filter(index)
         self.batch = [self.batch[i] for i in indices]
 
     def release(self, seqs: list[Sequence]) -> dict[Sequence, list[Any]]:
@@ -260,7 +233,7 @@ class ModelRunner:
         caches = {}
         gone = set(seqs)
         if any(seq in gone for seq in self.batch):
-            self._mtp_catch_up()  # a stored cache's MTP layer lags by exactly one
+            self.hooks.sync(self._own(self.batch_cache))  # a stored cache lags by `lag`
         for i, seq in enumerate(self.batch):
             if seq in gone:
                 caches[seq] = [layer.extract(i) for layer in self.batch_cache]
@@ -282,4 +255,5 @@ class ModelRunner:
         return sum(layer.nbytes for layer in cache) if cache else 0
 
     def reset(self) -> None:
-        self.batch, self.batch_cache, self._mtp_pending, self.ahead = [], None, [], None
+        self.batch, self.batch_cache, self.ahead = [], None, None
+        self.hooks.reset()

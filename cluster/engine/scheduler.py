@@ -2,6 +2,7 @@
 
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from ..config import EngineConfig
@@ -33,9 +34,16 @@ def timings(seq: Sequence, now: float) -> dict[str, float]:
 
 class Scheduler:
     def __init__(
-        self, config: EngineConfig, cache: PrefixCache, eos_ids: set[int], max_model_len: int
+        self,
+        config: EngineConfig,
+        cache: PrefixCache,
+        eos_ids: set[int],
+        max_model_len: int,
+        speculation: Callable[[], str] = str,
     ):
         self.config = config
+        self.speculation = speculation
+        """The engine's speculation state as events carry it (read per step)."""
         self.cache = cache
         self.eos_ids = eos_ids
         self.max_model_len = max_model_len
@@ -130,6 +138,7 @@ class Scheduler:
             draft_tokens=seq.draft_tokens,
             accepted_tokens=seq.accepted_tokens,
             logprobs=logprobs,
+            speculation=self.speculation(),
         )
         if seq.finish_reason is None:
             return event

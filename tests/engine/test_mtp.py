@@ -205,4 +205,4 @@ def test_mtp_layer_catches_up_after_batched_steps_it_skipped(prompts):
     stats = engine.runner.drafter.stats
     assert stats.plain_steps > 0 and stats.drafts > 0
     assert stats.accepted > 0  # the caught-up MTP layer still predicts
-    assert engine.runner._mtp_pending == []
+    assert engine.runner.drafter.pending == []

@@ -1,0 +1,40 @@
+"""What the model runner asks of a drafter. A drafter's caches (if any) come after the main
+model's in a sequence's cache list; the runner hands it only those and knows nothing of them."""
+
+from typing import Any
+
+import mlx.core as mx
+
+
+class Drafter:
+    """No drafter: every hook is a no-op. Subclasses propose drafts and keep their caches."""
+
+    lag = 0
+    """Positions its cache entries trail the main model's (the prefix cache stores them so)."""
+    needs_hidden = False
+    """Whether prefill chunks must compute the main model's last hidden state for it."""
+
+    def make_cache(self) -> list[Any]:
+        """Its caches, appended to each sequence's main-model caches."""
+        return []
+
+    def after_prefill(self, hidden: mx.array, tokens: mx.array, caches: list, carry) -> None:
+        """A prompt chunk `tokens` [1, L] went through the main model, giving `hidden`."""
+
+    def after_decode(self, seqs: list, tokens: mx.array, caches: list) -> None:
+        """A batched plain step fed `tokens` [B, 1] for `seqs`; their carries are from before."""
+
+    def sync(self, caches: list) -> None:
+        """Write whatever it deferred: its caches are then current with the main model's."""
+
+    def cancel_last(self, caches: list) -> None:
+        """Undo the last batched step's effect on its caches (a queued step was cancelled)."""
+
+    def filter(self, index: mx.array) -> None:
+        """The batch keeps the rows `index`, in that order."""
+
+    def reset(self) -> None:
+        """The batch is gone."""
+
+
+NO_DRAFTER = Drafter()
