@@ -17,12 +17,19 @@ class EngineConfig:
     prefix_cache_bytes: int = _help(
         "memory bound of the prefix cache in bytes (KV arrays and bookkeeping)", 512 * MiB
     )
+    kv_cache_bytes: int | None = _help(
+        "KV memory of a replica per rank: running sequences, prompts being prefilled and the "
+        "prefix cache together (default: the plan's KV budget; none without a plan)",
+        None,
+    )
     kv_bits: int | None = _help("quantize stored prefix-cache KV to this many bits (4 or 8)", None)
     max_model_len: int | None = _help("context length; default the model's, at most 32768", None)
     max_queue: int = _help("requests waiting beyond max_num_seqs before 429", 64)
     seed: int = _help("seed for requests that bring none", 0)
     speculation: str = _help(
-        "speculative decoding: none, mtp (the model's MTP layer) or draft", "none"
+        "speculative decoding: none, mtp (the model's MTP layer), draft (a draft model) or "
+        "ngram (prompt lookup: no model, any checkpoint)",
+        "none",
     )
     num_speculative_tokens: int = _help("draft tokens proposed per step", 1)
     speculation_min_acceptance: float = _help(
@@ -33,6 +40,8 @@ class EngineConfig:
         "safetensors with the MTP layer, if the checkpoint lacks it", None
     )
     draft_model: str | None = _help("draft model directory for --speculation draft", None)
+    ngram_min: int = _help("--speculation ngram: shortest tail n-gram looked up", 2)
+    ngram_max: int = _help("--speculation ngram: longest tail n-gram matched", 5)
     heap_trim_seconds: float = _help(
         "give freed heap pages back to the OS at most this often (glibc only; 0: never)", 10.0
     )
@@ -54,9 +63,12 @@ class EngineConfig:
             "block_size": self.block_size >= 1,
             "prefix_cache_bytes": self.prefix_cache_bytes >= 0,
             "kv_bits": self.kv_bits in (None, 4, 8),
+            "kv_cache_bytes": self.kv_cache_bytes is None or self.kv_cache_bytes > 0,
             "max_model_len": self.max_model_len is None or self.max_model_len >= 2,
             "max_queue": self.max_queue >= 0,
-            "speculation": self.speculation in ("none", "mtp", "draft"),
+            "speculation": self.speculation in ("none", "mtp", "draft", "ngram"),
+            "ngram_min": 1 <= self.ngram_min <= self.ngram_max,
+            "ngram_max": self.ngram_max <= 32,
             "num_speculative_tokens": 1 <= self.num_speculative_tokens <= 8,
             "heap_trim_seconds": self.heap_trim_seconds >= 0,
             "step_timeout": self.step_timeout >= 0,

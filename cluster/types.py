@@ -94,6 +94,8 @@ class ModelInfo:
     max_model_len: int
     eos_token_ids: tuple[int, ...]
     model_type: str
+    kv_capacity_tokens: int = 0
+    """The longest sequence the replica's KV budget holds (0: no budget)."""
 
 
 class EngineClient(Protocol):

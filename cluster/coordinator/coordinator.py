@@ -119,13 +119,25 @@ class Coordinator:
         if model not in (None, "", self.model_name):
             raise ModelNotFound(model, self.model_name)
 
+    @property
+    def kv_capacity_tokens(self) -> int:
+        """The longest sequence every replica's KV budget holds (0: none is bounded)."""
+        caps = [r.client.info.kv_capacity_tokens for r in self.replicas
+                if r.client and r.client.info and r.client.info.kv_capacity_tokens]  # fmt: skip
+        return min(caps, default=0)
+
     def check_length(self, prompt_len: int, max_tokens: int | None, param: str) -> int:
         """The max_tokens to use; refuses prompts that leave no room to generate."""
         limit = self.max_model_len
+        what = f"This model's maximum context length is {limit} tokens"
+        if limit == self.kv_capacity_tokens:
+            what = (
+                f"The replicas' KV cache budget (--kv-cache-bytes) holds at most {limit} tokens "
+                "per sequence"
+            )
         if prompt_len >= limit:
             raise BadRequest(
-                f"This model's maximum context length is {limit} tokens, but the prompt has "
-                f"{prompt_len} tokens. Shorten the prompt.",
+                f"{what}, but the prompt has {prompt_len} tokens. Shorten the prompt.",
                 param="messages" if param == "max_completion_tokens" else "prompt",
                 code="context_length_exceeded",
             )
@@ -134,7 +146,7 @@ class Coordinator:
             return room
         if max_tokens > room:
             raise BadRequest(
-                f"This model's maximum context length is {limit} tokens; you requested "
+                f"{what}; you requested "
                 f"{prompt_len + max_tokens} ({prompt_len} in the prompt, {max_tokens} to "
                 f"generate). Lower {param} to at most {room} or shorten the prompt.",
                 param=param,

@@ -46,8 +46,15 @@ def build_engine(path, config: EngineConfig, model_id: str, group=None):
 
         draft_model, _ = load(str(config.draft_model))  # small: every rank runs all of it
         drafter = DraftModelDrafter(draft_model, config.num_speculative_tokens)
+    elif state.active and config.speculation == "ngram":
+        from .ngram import NgramDrafter
+
+        drafter = NgramDrafter(config.num_speculative_tokens, config.ngram_min, config.ngram_max)
     max_len = context_length(model_config, config)
     eos = tuple(sorted(tokenizer.eos_token_ids))
-    info = ModelInfo(model_id, max_len, eos, model_config.get("model_type", "?"))
     engine = Engine(model, set(eos), config, max_len, model_id, drafter, state)
+    info = ModelInfo(
+        model_id, engine.max_model_len, eos, model_config.get("model_type", "?"),
+        engine.kv.capacity_tokens or 0,
+    )  # fmt: skip
     return engine, info

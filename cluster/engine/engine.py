@@ -5,6 +5,7 @@ import time
 from ..config import EngineConfig
 from ..hashing import hash_seed
 from ..types import EngineRequest, RequestId, TokenEvent
+from .kv_budget import KVBudget
 from .mtp import SpeedGovernor
 from .prefix_cache import PrefixCache
 from .runner import ModelRunner
@@ -27,15 +28,18 @@ class Engine:
         """speculation: the replica's state as loading resolved it; the governor and the
         watchdog change this very object, which status, metrics and headers read."""
         self.config = config
-        self.max_model_len = max_model_len
+        self.runner = ModelRunner(model, config.seed, drafter, config.pipeline_decode)
+        self.kv = KVBudget(config.kv_cache_bytes, self.runner.kv_bytes_per_token())
+        self.max_model_len = min(max_model_len, self.kv.capacity_tokens or max_model_len)
+        """The context length, or less when the KV budget holds fewer tokens."""
         self.cache = PrefixCache(
             config.block_size, config.prefix_cache_bytes, hash_seed(model_id), config.kv_bits
         )
-        self.scheduler = Scheduler(
-            config, self.cache, eos_ids, max_model_len, lambda: self.speculation.header()
-        )
-        self.runner = ModelRunner(model, config.seed, drafter, config.pipeline_decode)
         self.cache.lag = self.runner.hooks.lag
+        self.scheduler = Scheduler(
+            config, self.cache, eos_ids, self.max_model_len, lambda: self.speculation.header(),
+            self.kv,
+        )  # fmt: skip
         self.speculation = speculation or SpeculationState(
             config.speculation, config.num_speculative_tokens
         )
@@ -61,8 +65,10 @@ class Engine:
     def step(self, speculate: bool | None = None) -> list[TokenEvent]:
         """One step; `speculate` comes from the leader in a tensor-parallel group."""
         schedule = self.scheduler.schedule()
+        if schedule.preempted:  # their KV is freed; they prefill again when there is room
+            self.runner.release(schedule.preempted)
         self.runner.speculate = self.want_speculation() if speculate is None else speculate
-        drafts = self.runner.drafter.stats.drafts if self.runner.drafter else 0
+        drafts = self.runner.drafter.stats.speculative_steps if self.runner.drafter else 0
         started = time.perf_counter()
         sampled = self.runner.run(schedule)
         self._observe(schedule, sampled, time.perf_counter() - started, drafts)
@@ -88,10 +94,13 @@ class Engine:
             return
         (seq,) = schedule.decode
         self.governor.observe(self.runner.speculate, seconds, len(sampled.get(seq, ())))
-        # The seed-003 watchdog: reported on, a lone sequence decoded, no draft proposed.
-        if self.runner.speculate and self.runner.drafter.stats.drafts == drafts_before:
+        # The seed-003 watchdog: reported on, a lone sequence decoded, no speculative step ran.
+        stats = self.runner.drafter.stats
+        if self.runner.speculate and stats.speculative_steps == drafts_before:
             self.governor.mode, self.governor.count = "off", 0
-            self.speculation.set(False, "engine_error", "speculation was on but proposed no draft")
+            self.speculation.set(
+                False, "engine_error", "speculation was on but no speculative step ran"
+            )
 
     def _remember(self, schedule, done: list[Sequence]) -> None:
         """Offer new prompt caches and finished sequences' caches to the prefix cache."""
@@ -113,7 +122,10 @@ class Engine:
 
     def stats(self) -> dict:
         s = self.cache.stats
+        batch = self.runner.batch_kv_bytes()
+        own = sum(c.nbytes for seq in self.scheduler.waiting if seq.cache for c in seq.cache)
         return {
+            "kv": self.kv.to_json() | {"used_bytes": batch + own + self.cache.nbytes},
             "num_running": len(self.scheduler.running),
             "num_waiting": len(self.scheduler.waiting),
             "prefix_cache": {

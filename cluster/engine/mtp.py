@@ -27,17 +27,22 @@ class SpecStats:
     accepted: int = 0
     accepted_per_pos: list[int] = field(default_factory=list)
     plain_steps: int = 0
+    empty: int = 0
+    """Speculative steps whose drafter had nothing to propose (n-gram: no match)."""
 
     def __post_init__(self):
         self.accepted_per_pos = [0] * self.k
 
     @property
     def speculative_steps(self) -> int:
-        return self.drafts  # a speculative step proposes exactly one draft
+        return self.drafts + self.empty  # a speculative step proposes one draft, or none
 
-    def record(self, accepted: int) -> None:
+    def record(self, accepted: int, proposed: int) -> None:
+        if proposed == 0:
+            self.empty += 1
+            return
         self.drafts += 1
-        self.draft_tokens += self.k
+        self.draft_tokens += proposed
         self.accepted += accepted
         for i in range(accepted):
             self.accepted_per_pos[i] += 1
@@ -52,6 +57,7 @@ class SpecStats:
             "mean_acceptance_length": mean,
             "speculative_steps": self.speculative_steps,
             "plain_steps": self.plain_steps,
+            "empty_steps": self.empty,
         }
 
 
@@ -85,11 +91,14 @@ def verify_drafts(seq, drafts: list[int], dists, target_logits: mx.array) -> tup
     seq.rng_key, sub = mx.random.split(seq.rng_key)
     uniforms = mx.random.uniform(shape=(len(drafts) + 1,), key=sub).tolist()
     for i, (token, q) in enumerate(zip(drafts, dists, strict=True)):
-        p = probs[i]
-        ratio = (p[token] / q[token]).item()
+        p = probs[i]  # q None: a deterministic draft (n-gram), all its mass on `token`
+        ratio = (p[token] / q[token]).item() if q is not None else p[token].item()
         if uniforms[i] < min(1.0, ratio):
             continue
-        residual = mx.maximum(p - q, 0)
+        if q is None:
+            residual = mx.where(mx.arange(p.shape[0]) == token, 0.0, p)
+        else:
+            residual = mx.maximum(p - q, 0)
         residual = residual / residual.sum()
         seq.rng_key, sub = mx.random.split(seq.rng_key)
         return i, int(mx.random.categorical(mx.log(residual), key=sub).item())

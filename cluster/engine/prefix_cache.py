@@ -55,6 +55,8 @@ class PrefixCache:
     def __init__(self, block_size: int, capacity_bytes: int, seed: bytes = b"", kv_bits=None):
         self.block_size = block_size
         self.capacity_bytes = capacity_bytes
+        self.configured_bytes = capacity_bytes
+        """The configured bound; the KV budget's room may hold capacity_bytes below it."""
         self.seed = seed
         self.kv_bits = kv_bits
         self.entries: OrderedDict[int, Entry] = OrderedDict()
@@ -124,6 +126,14 @@ class PrefixCache:
                 self.stats.stored_blocks += 1
             ids.append(entry_id)
         while self.nbytes > self.capacity_bytes:
+            self._remove(next(iter(self.entries)))
+
+    def limit(self, room: int | None) -> None:
+        """Hold at most `room` bytes (what the KV budget leaves it), never more than
+        configured: the least recently used entries go first."""
+        cap = self.configured_bytes if room is None else min(self.configured_bytes, room)
+        self.capacity_bytes = cap
+        while self.nbytes > cap and self.entries:
             self._remove(next(iter(self.entries)))
 
     def _remove(self, entry_id: int) -> None:

@@ -9,6 +9,7 @@ from mlx.utils import tree_flatten
 
 from .drafter import NO_DRAFTER, Drafter
 from .kv import _arrays
+from .kv_budget import STEP
 from .mtp import verify_drafts
 from .sampler import sample_lazy, token_logprobs
 from .scheduler import Schedule
@@ -138,9 +139,10 @@ class ModelRunner:
         hidden = self.model.model(tokens, cache=self._main(seq.cache))
         self.hooks.after_prefill(hidden, tokens, self._own(seq.cache), seq.carry)
         seq.carry = hidden[:, -1, :]
-        if start + n < seq.num_prompt:
-            # A chunk before the last computes only the KV cache (the last layer's output
-            # too only when the drafter follows it).
+        if start + n < seq.prefill_target or seq.num_output:
+            # A chunk before the last (or any of a preempted sequence, which has its next
+            # input) computes only the KV cache (the last layer's output too when the drafter
+            # follows it).
             mx.eval(_arrays(seq.cache), *([seq.carry] if self.hooks.needs_hidden else []))
             return None
         return self.model.lm_head(hidden[:, -1, :])
@@ -168,9 +170,9 @@ class ModelRunner:
             seq.logprobs += token_logprobs(logits[: accepted + 1], kept, top)
         # The main model keeps the input token and the accepted drafts.
         for layer in main:
-            layer.trim(drafter.k - accepted)
+            layer.trim(len(drafts) - accepted)
         drafter.rollback(seq, drafts, accepted, hidden, own)
-        drafter.stats.record(accepted)
+        drafter.stats.record(accepted, len(drafts))
         seq.draft_tokens += len(drafts)
         seq.accepted_tokens += accepted
         return drafts[:accepted] + [token]
@@ -240,12 +242,21 @@ class ModelRunner:
                 if self.ahead is not None:  # its queued step's entry is not part of its KV
                     for layer in caches[seq]:
                         layer.trim(1)
+                    seq.carry, seq.rng_key = self.ahead.undo[i]  # nor its sampled token
         for seq in seqs:
             if seq.cache is not None:
                 caches[seq], seq.cache = seq.cache, None
             seq.draft_cache = None
         self._keep([i for i, s in enumerate(self.batch) if s not in gone])
         return caches
+
+    def kv_bytes_per_token(self) -> int:
+        """Bytes one position costs in a sequence's caches, measured: a fresh cache list
+        grows by one step at its first token (every rank measures: the forward is TP)."""
+        cache = self.model.make_cache()
+        mx.eval(self.model.model(mx.array([[0]]), cache=cache), _arrays(cache))
+        per_layer = sum(c.nbytes for c in cache) / len(cache)
+        return max(1, round(per_layer * len(self.make_cache()) / STEP))
 
     def model_bytes(self) -> int:
         return sum(v.nbytes for _, v in tree_flatten(self.model.parameters()))

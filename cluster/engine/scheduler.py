@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 
 from ..config import EngineConfig
 from ..types import RequestId, TokenEvent
+from .kv_budget import KVBudget
 from .prefix_cache import PrefixCache
 from .sequence import Sequence, Status
 
@@ -17,6 +18,8 @@ class Schedule:
     """Prompt chunks to compute: (sequence, number of tokens)."""
     decode: list[Sequence] = field(default_factory=list)
     """Sequences that get one new token each."""
+    preempted: list[Sequence] = field(default_factory=list)
+    """Sequences sent back to wait for KV room: the runner frees their KV."""
 
     def __bool__(self) -> bool:
         return bool(self.prefill or self.decode)
@@ -40,8 +43,12 @@ class Scheduler:
         eos_ids: set[int],
         max_model_len: int,
         speculation: Callable[[], str] = str,
+        kv: KVBudget | None = None,
     ):
         self.config = config
+        self.kv = kv or KVBudget(None, 1)
+        self.lookahead = 1 + (config.num_speculative_tokens if config.speculation != "none" else 0)
+        """Positions a running sequence may add in one step."""
         self.speculation = speculation
         """The engine's speculation state as events carry it (read per step)."""
         self.cache = cache
@@ -66,25 +73,59 @@ class Scheduler:
         return bool(self.waiting or self.running)
 
     def schedule(self) -> Schedule:
-        """Prompt chunks first, within the token budget and free slots; then one decode step."""
-        schedule = Schedule(decode=list(self.running))
+        """KV room first (the youngest sequences wait again while the next step would not fit
+        the budget); prompt chunks within the token budget, free slots and KV room, in
+        arrival order; then one decode step of every running sequence."""
+        preempted = self._make_room()
+        schedule = Schedule(decode=list(self.running), preempted=preempted)
         budget = self.config.prefill_step_size
         slots = self.config.max_num_seqs - len(self.running)
+        batch = [len(s.tokens) + self.lookahead for s in self.running]
+        prefilling: list[int] = []
         for seq in list(self.waiting)[:slots]:
             if budget <= 0:
                 break
-            if seq.scheduled_at is None:
-                seq.scheduled_at = time.monotonic()
+            # Admitted, it will hold its prompt while it prefills, then a batch row.
+            batch.append(seq.prefill_target + self.lookahead)
+            prefilling.append(seq.prefill_target)
+            if not seq.admitted:
+                if not self.kv.fits(batch, prefilling):
+                    break  # it waits, and so does everyone behind it: no one starves
+                seq.admitted = True
+                seq.scheduled_at = seq.scheduled_at or time.monotonic()
                 self._reuse_prefix(seq)
-            n = min(seq.num_prompt - seq.num_computed, budget)
+            n = min(seq.prefill_target - seq.num_computed, budget)
             schedule.prefill.append((seq, n))
             budget -= n
+        self.cache.limit(self.kv.room(batch, prefilling))
         return schedule
 
+    def _make_room(self) -> list[Sequence]:
+        """Preempt, youngest first, until the admitted sequences' next step fits the budget;
+        the oldest running sequence always keeps going (its length was checked to fit)."""
+        preempted: list[Sequence] = []
+        while True:
+            admitted = [s for s in self.waiting if s.admitted]
+            batch = [len(s.tokens) + self.lookahead for s in self.running]
+            batch += [s.prefill_target + self.lookahead for s in admitted]
+            if self.kv.fits(batch, [s.prefill_target for s in admitted]):
+                return preempted
+            if admitted:  # a prompt being prefilled starts over, keeping its place
+                seq = admitted[-1]
+            elif len(self.running) > 1:  # a running one waits first in line
+                seq = self.running.pop()
+                self.waiting.appendleft(seq)
+            else:
+                return preempted
+            seq.status, seq.admitted, seq.num_computed, seq.carry = Status.WAITING, False, 0, None
+            self.kv.preemptions += 1
+            preempted.append(seq)
+
     def _reuse_prefix(self, seq: Sequence) -> None:
-        matched, cache = self.cache.lookup(tuple(seq.tokens))
-        if cache is not None:
-            seq.cache, seq.num_computed, seq.num_cached = cache, matched, matched
+        matched, cache = self.cache.lookup(tuple(seq.tokens[: seq.prefill_target + 1]))
+        if cache is not None:  # (a preempted sequence may match into its own output)
+            seq.cache, seq.num_computed = cache, matched
+            seq.num_cached = max(seq.num_cached, min(matched, seq.num_prompt))
 
     def postprocess(
         self, schedule: Schedule, sampled: dict[Sequence, list[int]]

@@ -31,7 +31,8 @@ class Sequence:
     carry: Any = None
     """Main-model hidden state at the last computed position, for the MTP layer."""
     draft_cache: Any = None
-    """The draft model's KV cache (draft-model speculation), holding `draft_len` tokens."""
+    """The drafter's own state: a draft model's KV cache (holding `draft_len` tokens), an
+    n-gram index."""
     draft_len: int = 0
     draft_tokens: int = 0
     """Draft tokens proposed for this sequence (speculative decoding)."""
@@ -41,6 +42,8 @@ class Sequence:
     """TokenLogprob of each output token, when the request asked for them."""
     num_emitted: int = field(default=0)
     """Output tokens already sent out in events."""
+    admitted: bool = False
+    """Its KV counts against the budget (it prefills or runs); False again when preempted."""
     arrived_at: float = field(default_factory=time.monotonic)
     scheduled_at: float | None = None
     first_token_at: float | None = None
@@ -63,5 +66,11 @@ class Sequence:
         return self.tokens[self.num_prompt :]
 
     @property
+    def prefill_target(self) -> int:
+        """Tokens to compute before decoding: the prompt; after a preemption every token but
+        the last (the next decode step's input)."""
+        return self.num_prompt if len(self.tokens) == self.num_prompt else len(self.tokens) - 1
+
+    @property
     def is_prefilled(self) -> bool:
-        return self.num_computed >= self.num_prompt
+        return self.num_computed >= self.prefill_target

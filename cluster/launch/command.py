@@ -2,7 +2,7 @@
 
 import json
 from collections.abc import Callable
-from dataclasses import fields
+from dataclasses import fields, replace
 
 from ..config import EngineConfig
 from ..plan.types import RankPlacement, ReplicaPlan
@@ -62,4 +62,7 @@ def rank_command(
     if hostfile is not None:
         cmd += ["--hostfile", hostfile]
     cmd += ["--grpc-host", plan.leader.address, "--grpc-port", str(grpc_port)]
+    if engine.kv_cache_bytes is None and plan.memory:  # the plan's KV budget, its tightest node
+        budget = int(min(m.kv_budget_gb for m in plan.memory) * 1e9)
+        engine = replace(engine, kv_cache_bytes=budget) if budget > 0 else engine
     return cmd + engine_flags(engine)

@@ -64,8 +64,10 @@ def _layer_ranges(layers: int, stages: int) -> tuple[tuple[int, int], ...]:
 def _speculation(config: dict, stages: int) -> dict:
     has_mtp = (config.get("num_nextn_predict_layers") or 0) > 0
     if stages > 1:
-        return {"mtp": "pipeline_parallel", "draft": "pipeline_parallel"}
-    return {"mtp": "supported" if has_mtp else "no_mtp_weights", "draft": "supported"}
+        return {"mtp": "pipeline_parallel", "draft": "pipeline_parallel",
+                "ngram": "pipeline_parallel"}  # fmt: skip
+    return {"mtp": "supported" if has_mtp else "no_mtp_weights", "draft": "supported",
+            "ngram": "supported"}  # fmt: skip
 
 
 def _hostfile(hosts: list[Host], backend: str) -> tuple[dict, ...]:

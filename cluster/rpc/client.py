@@ -24,7 +24,11 @@ class GrpcEngineClient:
     async def connect(self, timeout: float = 10) -> ModelInfo:
         reply = await self.stub.Status(pb.StatusRequest(), metadata=self.metadata, timeout=timeout)
         self.info = ModelInfo(
-            reply.model_id, reply.max_model_len, tuple(reply.eos_token_ids), reply.model_type
+            reply.model_id,
+            reply.max_model_len,
+            tuple(reply.eos_token_ids),
+            reply.model_type,
+            reply.kv_capacity_tokens,
         )
         return self.info
 

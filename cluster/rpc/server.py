@@ -63,6 +63,7 @@ class EngineServicer(pb_grpc.EngineServicer):
             max_model_len=info.max_model_len,
             eos_token_ids=info.eos_token_ids,
             model_type=info.model_type,
+            kv_capacity_tokens=info.kv_capacity_tokens,
             stats_json=json.dumps(stats),
         )
 

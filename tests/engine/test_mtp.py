@@ -161,7 +161,7 @@ def _governor(min_acceptance=0.0):
 def _cycle(gov, stats, spec_rate, plain_rate, accepted=1):
     """Drive one speculate-then-probe cycle with the given tokens per second."""
     while gov.allow():
-        stats.record(accepted)
+        stats.record(accepted, stats.k)
         gov.observe(True, 1.0, spec_rate)
     while not gov.allow() and gov.mode == "probe":
         gov.observe(False, 1.0, plain_rate)

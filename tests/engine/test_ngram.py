@@ -1,0 +1,82 @@
+"""N-gram speculation on the trained fixture: lossless, counted, and it pays on repeats."""
+
+import collections
+
+import pytest
+
+from cluster.config import EngineConfig
+from cluster.engine.build import build_engine
+from cluster.model_store import TRAINED
+from cluster.types import EngineRequest, RequestId, SamplingParams
+
+REPEAT = "def add(a, b):\n    return a + b\n\n" * 3 + "def add("
+FREE = "import os\nimport sys\n\ndef main("
+
+
+@pytest.fixture(scope="module")
+def tok():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(TRAINED))
+
+
+def run(config, prompt, params):
+    engine, _ = build_engine(TRAINED, config, "glm-5-fixture")
+    engine.add_request(EngineRequest(RequestId("0"), tuple(prompt), params))
+    out = []
+    while engine.has_work():
+        for event in engine.step():
+            out.extend(event.token_ids)
+    return out, engine
+
+
+def greedy(n=40):
+    return SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True)
+
+
+@pytest.mark.parametrize("text", [REPEAT, FREE])
+def test_greedy_with_ngram_is_token_identical(tok, text):
+    prompt = tok.encode(text, add_special_tokens=False)
+    base, _ = run(EngineConfig(), prompt, greedy())
+    spec, engine = run(
+        EngineConfig(speculation="ngram", num_speculative_tokens=3), prompt, greedy()
+    )
+    assert spec == base
+    stats = engine.runner.drafter.stats
+    assert stats.speculative_steps > 0
+    if text == REPEAT:  # the model continues the repetition the lookup proposes
+        assert stats.accepted > 0 and stats.drafts < len(base)
+
+
+def test_sampling_with_ngram_keeps_the_distribution(tok):
+    """Deterministic drafts are verified by accepting each with the target's probability of
+    it: the first token speculation decides has the plain distribution, whether the draft
+    is right or not."""
+    prompt = tok.encode(REPEAT, add_special_tokens=False)
+    n = 300
+
+    def dist(config, draft=None):
+        engine, _ = build_engine(TRAINED, config, "m")
+        if draft is not None:  # the same lookup result every step: the verification is tested
+            engine.runner.drafter.propose = lambda seq, caches=None: (draft, [None] * len(draft))
+        counts = collections.Counter()
+        for seed in range(n):
+            params = SamplingParams(max_tokens=2, temperature=1.0, top_k=3, seed=seed,
+                                    ignore_eos=True)  # fmt: skip
+            engine.add_request(EngineRequest(RequestId(str(seed)), tuple(prompt), params))
+            toks = []
+            while engine.has_work():
+                for e in engine.step():
+                    toks.extend(e.token_ids)
+            counts[tuple(toks[:2])] += 1
+        return counts, engine
+
+    plain, _ = dist(EngineConfig())
+    likely = plain.most_common(1)[0][0][1]  # accepted often, rejected often
+    config = EngineConfig(speculation="ngram", num_speculative_tokens=2)
+    spec, engine = dist(config, [likely, likely])
+    stats = engine.runner.drafter.stats
+    assert stats.drafts > n // 2 and 0 < stats.accepted < stats.draft_tokens  # (probes plain)
+    support = set(plain) | set(spec)
+    tv = 0.5 * sum(abs(plain[x] - spec[x]) for x in support) / n
+    assert tv < 0.2, (tv, plain.most_common(6), spec.most_common(6))
