@@ -146,6 +146,24 @@ def _fixture_model(args) -> int:
     return 0
 
 
+def _fixture_checkpoint(args) -> int:
+    from pathlib import Path
+
+    from .fixture.shapes import write_hf_mtp, write_mlx_community
+    from .model_store import TRAINED
+
+    src = Path(args.source or TRAINED)
+    out = Path(args.out)
+    if args.shape == "hf-mtp":
+        write_hf_mtp(src, out)
+        print(f"wrote {out}: the MTP layer of {src.name} in Hugging Face's layout (bf16)")
+        return 0
+    write_mlx_community(src, out, args.bits, args.group_size, args.shards)
+    print(f"wrote {out}: {src.name} as mlx-community ships GLM-5 ({args.bits}-bit, group "
+          f"{args.group_size}, bf16, {args.shards} shards, no MTP layer)")  # fmt: skip
+    return 0
+
+
 def _print_eval(result: dict) -> None:
     print(
         f"held-out tool calls: {result['tool_call_accuracy_thinking_off']:.1%} (thinking off), "
@@ -311,6 +329,23 @@ def build_parser() -> argparse.ArgumentParser:
         "cost but not output (a benchmark model in GLM-5's cost ratios)",
     )
     p.set_defaults(func=_fixture_model)
+
+    p = sub.add_parser(
+        "fixture-checkpoint", help="the built-in model in a shape users download (for tests)"
+    )
+    p.add_argument("out", help="directory (mlx-community) or .safetensors file (hf-mtp)")
+    p.add_argument(
+        "--shape",
+        choices=["mlx-community", "hf-mtp"],
+        default="mlx-community",
+        help="mlx-community: quantized, bf16, sharded, MTP dropped; hf-mtp: the MTP layer as "
+        "Hugging Face's GLM-5 shards carry it",
+    )
+    p.add_argument("--source", help="checkpoint to convert (default: the built-in model)")
+    p.add_argument("--bits", type=int, choices=[4, 8], default=4, help="quantization bits")
+    p.add_argument("--group-size", type=int, choices=[32, 64], default=64, help="group size")
+    p.add_argument("--shards", type=int, default=2, help="safetensors files to split into")
+    p.set_defaults(func=_fixture_checkpoint)
 
     p = sub.add_parser("fixture-eval", help="held-out tool-call and thinking figures of a model")
     p.add_argument("model_dir", help="a model in the built-in model's format")

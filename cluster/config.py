@@ -39,6 +39,10 @@ class EngineConfig:
     mtp_weights: str | None = _help(
         "safetensors with the MTP layer, if the checkpoint lacks it", None
     )
+    mtp_bits: int | None = _help(
+        "quantize the MTP layer at load to these bits (default: the main model's; 16: keep it)",
+        None,
+    )
     draft_model: str | None = _help("draft model directory for --speculation draft", None)
     ngram_min: int = _help("--speculation ngram: shortest tail n-gram looked up", 2)
     ngram_max: int = _help("--speculation ngram: longest tail n-gram matched", 5)
@@ -63,6 +67,7 @@ class EngineConfig:
             "block_size": self.block_size >= 1,
             "prefix_cache_bytes": self.prefix_cache_bytes >= 0,
             "kv_bits": self.kv_bits in (None, 4, 8),
+            "mtp_bits": self.mtp_bits in (None, 2, 3, 4, 5, 6, 8, 16),
             "kv_cache_bytes": self.kv_cache_bytes is None or self.kv_cache_bytes > 0,
             "max_model_len": self.max_model_len is None or self.max_model_len >= 2,
             "max_queue": self.max_queue >= 0,

@@ -143,7 +143,17 @@ class ClusterCollector:
             "num_requests_in_flight", "Requests routed and not finished.", ["replica"]
         )
         kv = gauge(
-            "kv_cache_usage_bytes", "KV bytes held: running batch and prefix cache.", ["replica"]
+            "kv_cache_usage_bytes",
+            "KV bytes held: running batch, prompts being prefilled and prefix cache.",
+            ["replica"],
+        )
+        kv_budget = gauge(
+            "kv_cache_budget_bytes", "The replica's KV budget per rank (absent: none).", ["replica"]
+        )
+        preemptions = CounterMetricFamily(
+            PREFIX + "kv_cache_preemptions",
+            "Running sequences sent back to wait for KV room (recomputed later).",
+            labels=["model_name", "replica"],
         )
         cache_perc = gauge(
             "prefix_cache_usage_perc", "Prefix cache bytes over its bound.", ["replica"]
@@ -205,7 +215,13 @@ class ClusterCollector:
             running.add_metric([name, r.name], s.get("num_running", 0))
             waiting.add_metric([name, r.name], s.get("num_waiting", 0))
             cache = s.get("prefix_cache", {})
-            kv.add_metric([name, r.name], cache.get("bytes", 0) + s.get("batch_kv_bytes", 0))
+            budget = s.get("kv") or {}
+            used = budget.get("used_bytes", cache.get("bytes", 0) + s.get("batch_kv_bytes", 0))
+            kv.add_metric([name, r.name], used)
+            if budget.get("budget_bytes"):
+                kv_budget.add_metric([name, r.name], budget["budget_bytes"])
+            if budget:
+                preemptions.add_metric([name, r.name], budget.get("preemptions", 0))
             cap = cache.get("capacity_bytes") or 0
             cache_perc.add_metric([name, r.name], cache.get("bytes", 0) / cap if cap else 0.0)
             step.add_metric([name, r.name], s.get("step_ms_avg", 0.0) / 1000)
@@ -231,7 +247,8 @@ class ClusterCollector:
             if s.get("model_bytes") and r.ranks:
                 leader = r.ranks[0]
                 model_bytes.add_metric([name, r.name, leader["node"], "0"], s["model_bytes"])
-        yield from (up, info, restarts, running, waiting, in_flight, kv, cache_perc, step, exchange,
+        yield from (up, info, restarts, running, waiting, in_flight, kv, kv_budget, preemptions,
+                    cache_perc, step, exchange,
                     rank_up, rank_mem, model_bytes, trims, trim_seconds, spec_active,
                     spec_fallbacks, per_pos,
                     *spec_counters.values())  # fmt: skip

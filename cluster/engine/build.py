@@ -37,7 +37,7 @@ def build_engine(path, config: EngineConfig, model_id: str, group=None):
         from ..models.glm_moe_dsa_mtp import load_mtp_layer
         from .mtp import MTPDrafter
 
-        mtp = load_mtp_layer(model, path, model_config, config.mtp_weights, group)
+        mtp = load_mtp_layer(model, path, model_config, config.mtp_weights, group, config.mtp_bits)
         drafter = MTPDrafter(model, mtp, config.num_speculative_tokens)
     elif state.active and config.speculation == "draft":
         from mlx_lm import load

@@ -37,10 +37,12 @@ class KVBudget:
 
     @property
     def capacity_tokens(self) -> int | None:
-        """The longest sequence the budget holds alone."""
+        """The longest sequence the budget holds alone: its prompt's own cache and its batch
+        row exist at once (joining the batch copies), with room for a step's lookahead."""
         if self.budget_bytes is None:
             return None
-        return max(0, self.budget_bytes // self.per_token // STEP * STEP - STEP)
+        steps = self.budget_bytes // (2 * self.per_token) // STEP
+        return max(0, (steps - 1) * STEP - 16)
 
     def fits(self, batch: list[int], prefilling: list[int]) -> bool:
         if self.budget_bytes is None:

@@ -89,7 +89,8 @@ class Scheduler:
             batch.append(seq.prefill_target + self.lookahead)
             prefilling.append(seq.prefill_target)
             if not seq.admitted:
-                if not self.kv.fits(batch, prefilling):
+                alone = len(batch) == 1  # (what passed the length check fits alone)
+                if not alone and not self.kv.fits(batch, prefilling):
                     break  # it waits, and so does everyone behind it: no one starves
                 seq.admitted = True
                 seq.scheduled_at = seq.scheduled_at or time.monotonic()

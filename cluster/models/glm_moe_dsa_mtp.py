@@ -1,7 +1,8 @@
 """GLM-5's MTP layer (also DeepSeek-V3 / V3.2): one extra decoder layer that drafts token t+2.
 
 x = eh_proj([enorm(embed(t+1)), hnorm(h_t)]) -> decoder layer -> shared_head.norm -> lm_head.
-The embedding and the LM head are the main model's (GLM-5's MTP layer ships neither).
+The embedding and the LM head are the main model's: a Hugging Face MTP layer's own copies
+(`embed_tokens`, `shared_head.head`) are checked against them and dropped.
 """
 
 import json
@@ -10,12 +11,42 @@ from types import SimpleNamespace
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx.utils import tree_flatten
 from mlx_lm.models.base import create_attention_mask
 from mlx_lm.models.cache import CacheList, KVCache
 from mlx_lm.models.deepseek_v32 import DeepseekV32DecoderLayer, Model
 
 MTP_PREFIX = "model.layers.{}."
 OWN_WEIGHTS = {"enorm.weight", "hnorm.weight", "eh_proj.weight", "shared_head.norm.weight"}
+SHARED_TOLERANCE = 0.25
+"""Relative error an MTP file's copy of the embedding or LM head may have against the main
+model's (whose 4-bit quantization alone gives about 0.1)."""
+
+
+def _dense(module) -> mx.array:
+    """A linear or embedding layer's weight, dequantized if it is quantized."""
+    if hasattr(module, "scales"):
+        return mx.dequantize(module.weight, module.scales, module.biases, module.group_size,
+                             module.bits)  # fmt: skip
+    return module.weight
+
+
+def check_shared(own: dict, model) -> None:
+    """Drop the MTP file's copies of the embedding and LM head after checking they are the
+    main model's: a file from another checkpoint is refused, naming the tensor."""
+    for name, module in (("embed_tokens.weight", model.model.embed_tokens),
+                         ("shared_head.head.weight", model.lm_head)):  # fmt: skip
+        if name not in own:
+            continue
+        theirs = own.pop(name).astype(mx.float32)
+        mine = _dense(module).astype(mx.float32)
+        if mine.shape != theirs.shape:
+            raise ValueError(f"the MTP layer's {name} is {tuple(theirs.shape)}, the model's "
+                             f"{tuple(mine.shape)}: it belongs to another checkpoint")  # fmt: skip
+        err = (mx.linalg.norm(mine - theirs) / mx.linalg.norm(theirs)).item()
+        if err > SHARED_TOLERANCE:
+            raise ValueError(f"the MTP layer's {name} differs from the model's (relative error "
+                             f"{err:.2f}): it belongs to another checkpoint")  # fmt: skip
 
 
 class MTPLayer(nn.Module):
@@ -44,6 +75,7 @@ def mtp_weights_from_checkpoint(weights: dict, model, layer: int) -> dict:
     own = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
     if not own:
         return {}
+    check_shared(own, model)
     # Reuse mlx-lm's sanitize (expert stacking, kv_b split) by posing as layer 0.
     block = {f"model.layers.0.{k}": v for k, v in own.items() if k not in OWN_WEIGHTS}
     block = model.sanitize(block)
@@ -60,9 +92,11 @@ def shard_mtp(mtp: MTPLayer, group) -> None:
     Model.shard(holder, group)
 
 
-def load_mtp_layer(model, model_dir, config: dict, mtp_weights: str | None = None, group=None):
-    """The MTP layer from the checkpoint (or a separate safetensors file), sharded like a main
-    layer in a tensor-parallel group; the embedding and LM head stay the main model's."""
+def load_mtp_layer(model, model_dir, config: dict, mtp_weights: str | None = None, group=None,
+                   bits: int | None = None):  # fmt: skip
+    """The MTP layer from the checkpoint (or a separate safetensors file), quantized like the
+    main model unless `bits` says otherwise (16: not at all), sharded like a main layer in a
+    tensor-parallel group; the embedding and LM head stay the main model's."""
     layer = config["num_hidden_layers"]
     prefix = MTP_PREFIX.format(layer)
     model_dir = Path(model_dir)
@@ -80,6 +114,16 @@ def load_mtp_layer(model, model_dir, config: dict, mtp_weights: str | None = Non
         raise ValueError(f"no tensors named {prefix}* in {', '.join(map(str, files))}")
     mtp = MTPLayer(model.args)
     mtp.load_weights(list(mtp_weights_from_checkpoint(weights, model, layer).items()))
+    quantized = config.get("quantization") or {}
+    bits = quantized.get("bits") if bits is None else (None if bits >= 16 else bits)
+    if bits:
+        size = quantized.get("group_size", 64)
+        nn.quantize(mtp, group_size=size, bits=bits, class_predicate=lambda _, m: (
+            hasattr(m, "to_quantized") and m.weight.shape[-1] % size == 0))  # fmt: skip
+    elif mx.default_device() == mx.cpu:  # MLX's CPU gather_mm (the experts) is float32 only
+        half = [(k, v.astype(mx.float32)) for k, v in tree_flatten(mtp.parameters())
+                if "switch_mlp" in k and v.dtype in (mx.float16, mx.bfloat16)]  # fmt: skip
+        mtp.load_weights(half, strict=False)
     if group is not None and group.size() > 1:
         shard_mtp(mtp, group)
     mx.eval(mtp.parameters())

@@ -161,3 +161,23 @@ def test_governor_turning_speculation_off_shows_everywhere(model_dir, tmp_path):
         assert "speculation mtp k=2 is OFF: auto_disabled_low_acceptance" in logs
     finally:
         srv.stop()
+
+
+def test_ngram_speculation_serves_a_checkpoint_without_mtp_weights(no_mtp_dir, tmp_path):
+    """Prompt lookup needs no weights: on the MTP-less checkpoint it is on, says so in the
+    header and status, and counts its steps (a lookup may find nothing, never silently)."""
+    from conftest import Server
+
+    srv = Server(["--model", str(no_mtp_dir), "--speculation", "ngram",
+                  "--num-speculative-tokens", "3"], env={"CLUSTER_HOME": str(tmp_path / "h")})  # fmt: skip
+    try:
+        prompt = [30 + i % 12 for i in range(96)]  # a repeating prompt: lookups match
+        body = {"prompt": prompt, "max_tokens": 24, "temperature": 0, "ignore_eos": True}
+        reply = httpx.post(f"{srv.url}/v1/completions", json=body, timeout=120)
+        assert reply.status_code == 200 and reply.headers["x-speculation"] == "ngram;k=3"
+        spec = httpx.get(f"{srv.url}/v1/status").json()["replicas"][0]["engine"]["speculation"]
+        assert spec["active"] is True and spec["requested"] == "ngram"
+        assert spec["speculative_steps"] > 0
+        assert spec["drafts"] + spec["empty_steps"] == spec["speculative_steps"]
+    finally:
+        srv.stop()

@@ -31,19 +31,18 @@ def run(config, prompts, max_tokens=450):
         for event in engine.step():
             out[event.request_id].extend(event.token_ids)
         peak = max(peak, engine.stats()["kv"]["used_bytes"])
-        assert len(engine.scheduler.running) <= 2 or config.kv_cache_bytes is None
     return list(out.values()), engine, info, peak
 
 
 def test_sequences_grow_within_the_budget_and_preemption_changes_no_token(prompts):
     base, plain, _, _ = run(EngineConfig(), prompts)
     per_token = plain.kv.per_token
-    budget = 1536 * per_token  # two 100-token rows and a prompt; not two 550-token rows
+    budget = 2560 * per_token  # three 100-token rows and a prompt; not three 550-token rows
     out, engine, info, peak = run(EngineConfig(kv_cache_bytes=budget), prompts)
     assert out == base
     assert engine.kv.preemptions > 0  # growing past 512 tokens, the younger row waited again
     assert peak <= budget, (peak, budget)
-    assert info.kv_capacity_tokens == info.max_model_len == 1280
+    assert info.kv_capacity_tokens == info.max_model_len == 1008  # 5 steps of 256, halved
 
 
 def test_a_budget_holds_back_what_does_not_fit_and_the_prefix_cache_lives_inside(prompts):

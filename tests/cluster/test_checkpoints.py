@@ -1,0 +1,53 @@
+"""The shapes users download, served: mlx-community's quantized GLM-5 with the MTP layer from
+a Hugging Face-layout file, at TP 1 and TP 2, through the official client."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cli(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "cluster", *args], check=True, cwd=ROOT, timeout=300,
+                   capture_output=True)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("shapes")
+    cli("fixture-checkpoint", str(root / "q4g64"), "--bits", "4", "--group-size", "64")
+    cli("fixture-checkpoint", str(root / "q4g32"), "--bits", "4", "--group-size", "32")
+    cli("fixture-checkpoint", str(root / "q8g32"), "--bits", "8", "--group-size", "32")
+    cli("fixture-checkpoint", str(root / "mtp.safetensors"), "--shape", "hf-mtp")
+    return {n: root / n for n in ("q4g64", "q4g32", "q8g32")} | {"mtp": root / "mtp.safetensors"}
+
+
+# Group 64 does not split across two ranks at this model's width (64-wide inputs); GLM-5's
+# layers are thousands wide.
+@pytest.mark.parametrize(("shape", "tp"), [("q4g64", 1), ("q4g32", 1), ("q4g32", 2), ("q8g32", 2)])
+def test_a_downloaded_shape_serves_with_hugging_face_mtp(shapes, shape, tp, tmp_path):
+    from conftest import Server
+
+    args = ["--model", str(shapes[shape]), "--speculation", "mtp", "--num-speculative-tokens",
+            "2", "--mtp-weights", str(shapes["mtp"])]  # fmt: skip
+    if tp == 2:
+        args += ["--inventory", str(ROOT / "inventory/local-tp2.yaml")]
+    srv = Server(args, env={"CLUSTER_HOME": str(tmp_path / "home")})
+    try:
+        raw = srv.client().completions.with_raw_response.create(
+            model=srv.model, prompt="import os\nimport sys\n\ndef main(", max_tokens=32,
+            temperature=0, extra_body={"ignore_eos": True},
+        )  # fmt: skip
+        reply = raw.parse()
+        assert raw.headers["x-speculation"] == "mtp;k=2"
+        assert reply.usage.completion_tokens == 32 and reply.choices[0].text
+        replica = httpx.get(f"{srv.url}/v1/status").json()["replicas"][0]
+        assert len(replica["ranks"]) == tp
+        spec = replica["engine"]["speculation"]
+        assert spec["active"] and spec["drafts"] > 0 and spec["accepted_tokens"] > 0, spec
+    finally:
+        srv.stop()
