@@ -83,19 +83,26 @@ def _rank(args) -> int:
 
 
 def _plan(args) -> int:
+    from .engine.speculation import has_mtp_weights
     from .inventory import load_inventory
     from .model_store import resolve_model
     from .plan.model_config import read_config, stored_bits
     from .plan.planner import make_plan
+    from .plan.presets import PRESETS
     from .plan.render import render_plan
 
     inventory = load_inventory(args.inventory)
+    mtp = None  # not knowable without the checkpoint
     if args.model_config:
         config = read_config(config_file=args.model_config)
+    elif args.model in PRESETS:
+        config = PRESETS[args.model]
     else:
-        config = read_config(resolve_model(args.model or inventory.model)[0])
+        model_dir = resolve_model(args.model or inventory.model)[0]
+        config = read_config(model_dir)
+        mtp = has_mtp_weights(model_dir, config)
     bits = args.bits or stored_bits(config) or inventory.quantization_bits
-    plan = make_plan(config, bits, inventory)
+    plan = make_plan(config, bits, inventory, mtp)
     print(json.dumps(plan.to_json(), indent=2) if args.json else render_plan(plan))
     return 0 if plan.ok else 1
 
@@ -149,11 +156,15 @@ def _fixture_model(args) -> int:
 def _fixture_checkpoint(args) -> int:
     from pathlib import Path
 
-    from .fixture.shapes import write_hf_mtp, write_mlx_community
+    from .fixture.shapes import write_hf_mtp, write_hf_sharded, write_mlx_community
     from .model_store import TRAINED
 
     src = Path(args.source or TRAINED)
     out = Path(args.out)
+    if args.shape == "hf-sharded":
+        write_hf_sharded(src, out, args.shards)
+        print(f"wrote {out}: {src.name} in {args.shards} Hugging Face shards with an index")
+        return 0
     if args.shape == "hf-mtp":
         write_hf_mtp(src, out)
         print(f"wrote {out}: the MTP layer of {src.name} in Hugging Face's layout (bf16)")
@@ -161,6 +172,14 @@ def _fixture_checkpoint(args) -> int:
     write_mlx_community(src, out, args.bits, args.group_size, args.shards)
     print(f"wrote {out}: {src.name} as mlx-community ships GLM-5 ({args.bits}-bit, group "
           f"{args.group_size}, bf16, {args.shards} shards, no MTP layer)")  # fmt: skip
+    return 0
+
+
+def _extract_mtp(args) -> int:
+    from .models.extract_mtp import extract_mtp
+
+    out, shards = extract_mtp(args.hf_dir, args.out)
+    print(f"wrote {out} (read {len(shards)} shard(s): {', '.join(shards)})")
     return 0
 
 
@@ -247,7 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plan", help="show how an inventory would place the model, or why not")
     p.add_argument("--inventory", help="inventory YAML (default: the embedded local.yaml)")
-    p.add_argument("--model", help="model directory (default: the inventory's model)")
+    p.add_argument(
+        "--model",
+        help="model directory, or a preset to plan before downloading: glm-5, deepseek-v3.2 "
+        "(default: the inventory's model)",
+    )
     p.add_argument("--model-config", help="a config.json instead of a model directory")
     p.add_argument("--bits", type=int, help="bits per weight (default: checkpoint or inventory)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
@@ -336,16 +359,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="directory (mlx-community) or .safetensors file (hf-mtp)")
     p.add_argument(
         "--shape",
-        choices=["mlx-community", "hf-mtp"],
+        choices=["mlx-community", "hf-mtp", "hf-sharded"],
         default="mlx-community",
         help="mlx-community: quantized, bf16, sharded, MTP dropped; hf-mtp: the MTP layer as "
-        "Hugging Face's GLM-5 shards carry it",
+        "Hugging Face's GLM-5 shards carry it; hf-sharded: the whole checkpoint in shards",
     )
     p.add_argument("--source", help="checkpoint to convert (default: the built-in model)")
     p.add_argument("--bits", type=int, choices=[4, 8], default=4, help="quantization bits")
     p.add_argument("--group-size", type=int, choices=[32, 64], default=64, help="group size")
     p.add_argument("--shards", type=int, default=2, help="safetensors files to split into")
     p.set_defaults(func=_fixture_checkpoint)
+
+    p = sub.add_parser(
+        "extract-mtp", help="copy GLM-5's MTP layer out of a Hugging Face checkpoint"
+    )
+    p.add_argument("hf_dir", help="Hugging Face checkpoint directory (config.json, shards, index)")
+    p.add_argument("out", help="safetensors file to write (serve --mtp-weights OUT)")
+    p.set_defaults(func=_extract_mtp)
 
     p = sub.add_parser("fixture-eval", help="held-out tool-call and thinking figures of a model")
     p.add_argument("model_dir", help="a model in the built-in model's format")

@@ -15,6 +15,7 @@ from .api.app import create_app
 from .config import EngineConfig
 from .coordinator.coordinator import Coordinator
 from .coordinator.tokenizer import PromptTokenizer
+from .engine.speculation import has_mtp_weights
 from .inventory import load_inventory
 from .launch.local import LocalLauncher, ServiceLauncher, SshLauncher
 from .launch.rank import shared_token
@@ -96,7 +97,8 @@ def serve(options: ServeOptions, engine: EngineConfig) -> None:
         )
     model_dir, name = resolve_model(options.model or inventory.model)
     config = read_config(model_dir)
-    plan = make_plan(config, stored_bits(config) or inventory.quantization_bits, inventory)
+    mtp = bool(engine.mtp_weights) or has_mtp_weights(model_dir, config)
+    plan = make_plan(config, stored_bits(config) or inventory.quantization_bits, inventory, mtp)
     log.info("plan:\n%s", render_plan(plan))
     if why := plan.unservable():
         raise PlanRefused(why)

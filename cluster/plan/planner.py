@@ -61,13 +61,16 @@ def _layer_ranges(layers: int, stages: int) -> tuple[tuple[int, int], ...]:
     return tuple((bounds[i], bounds[i + 1]) for i in range(stages))
 
 
-def _speculation(config: dict, stages: int) -> dict:
-    has_mtp = (config.get("num_nextn_predict_layers") or 0) > 0
+def _speculation(config: dict, stages: int, mtp_weights: bool | None) -> dict:
+    """mtp_weights: whether the checkpoint (or --mtp-weights) holds the MTP layer; None when
+    unknown (a preset: the original checkpoint has it, mlx-community's conversions drop it)."""
+    has_mtp = (config.get("num_nextn_predict_layers") or 0) > 0 and mtp_weights is not False
     if stages > 1:
         return {"mtp": "pipeline_parallel", "draft": "pipeline_parallel",
                 "ngram": "pipeline_parallel"}  # fmt: skip
-    return {"mtp": "supported" if has_mtp else "no_mtp_weights", "draft": "supported",
-            "ngram": "supported"}  # fmt: skip
+    mtp = "needs_mtp_weights" if has_mtp and mtp_weights is None else (
+        "supported" if has_mtp else "no_mtp_weights")  # fmt: skip
+    return {"mtp": mtp, "draft": "supported", "ngram": "supported"}
 
 
 def _hostfile(hosts: list[Host], backend: str) -> tuple[dict, ...]:
@@ -92,7 +95,13 @@ def _rdma_refusals(name: str, hosts: list[Host]) -> list[str]:
 
 
 def _replica(
-    index: int, hosts: list[Host], config: dict, size: ModelSize | None, bits: int, inv: Inventory
+    index: int,
+    hosts: list[Host],
+    config: dict,
+    size: ModelSize | None,
+    bits: int,
+    inv: Inventory,
+    mtp_weights: bool | None = None,
 ) -> tuple[ReplicaPlan, list[str]]:
     name = f"r{index}"
     tp, stages = _tp_and_stages(config, len(hosts))
@@ -104,7 +113,7 @@ def _replica(
         tensor_parallel=tp,
         pipeline_stages=stages,
         layer_ranges=_layer_ranges(size.num_layers, stages) if size and stages > 1 else (),
-        speculation=_speculation(config, stages),
+        speculation=_speculation(config, stages, mtp_weights),
         hostfile=_hostfile(hosts, inv.mlx_backend),
         index=index,
     )
@@ -146,7 +155,11 @@ def _replica(
     return plan, refusals
 
 
-def make_plan(config: dict, bits: int, inventory: Inventory) -> Plan:
+def make_plan(
+    config: dict, bits: int, inventory: Inventory, mtp_weights: bool | None = None
+) -> Plan:
+    """mtp_weights: whether the MTP layer's weights exist (checkpoint or --mtp-weights); None
+    when the checkpoint is not here to look at."""
     try:
         size = model_size(config)
     except UnknownModel:
@@ -162,7 +175,8 @@ def make_plan(config: dict, bits: int, inventory: Inventory) -> Plan:
     else:
         per = len(hosts) // n
         for i in range(n):
-            plan, why = _replica(i, hosts[i * per : (i + 1) * per], config, size, bits, inventory)
+            group = hosts[i * per : (i + 1) * per]
+            plan, why = _replica(i, group, config, size, bits, inventory, mtp_weights)
             replicas.append(plan)
             refusals += why
     assumptions = {

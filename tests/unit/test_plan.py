@@ -39,7 +39,7 @@ def test_glm5_size_matches_the_published_744b_total_40b_active():
 
 @pytest.mark.parametrize("inv,tp", [("mac-studio-2x", 2), ("mac-studio-4x", 4)])
 def test_glm5_4bit_plans_on_2_and_4_m3_ultras(inv, tp):
-    plan = make_plan(GLM5, 4, load_inventory(ROOT / f"inventory/{inv}.yaml"))
+    plan = make_plan(GLM5, 4, load_inventory(ROOT / f"inventory/{inv}.yaml"), mtp_weights=True)
     assert plan.ok, plan.refusals
     (replica,) = plan.replicas
     assert replica.tensor_parallel == tp and replica.pipeline_stages == 1
@@ -152,3 +152,32 @@ def test_jaccl_without_one_rdma_device_per_peer_is_refused():
     plan = make_plan(GLM5, 4, bare)
     assert not plan.ok
     assert "s0 needs 1 rdma_devices" in plan.refusals[0]
+
+
+def test_presets_plan_before_downloading():
+    """`plan --model glm-5` on the shipped Mac inventories: no config.json needed, MTP said to
+    need its weights (mlx-community's conversions drop the layer)."""
+    from cluster.plan.presets import PRESETS
+
+    glm5 = PRESETS["glm-5"]
+    assert {k: GLM5[k] for k in glm5 if k in GLM5} == {k: v for k, v in glm5.items() if k in GLM5}
+    size = model_size(glm5)
+    assert 735e9 < size.total < 750e9 and 38e9 < size.active < 42e9
+    v32 = model_size(PRESETS["deepseek-v3.2"])
+    assert 665e9 < v32.total < 690e9 and 36e9 < v32.active < 39e9  # 671B + indexer, 37B active
+    for inv in ("mac-studio-2x", "mac-studio-4x"):
+        out = subprocess.run(
+            [sys.executable, "-m", "cluster", "plan", "--model", "glm-5",
+             "--inventory", str(ROOT / f"inventory/{inv}.yaml")],
+            capture_output=True, text=True, cwd=ROOT, timeout=60,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "743.9B parameters" in out.stdout and "mtp: needs_mtp_weights" in out.stdout
+
+
+def test_mtp_is_supported_only_when_its_weights_exist():
+    inv = load_inventory(str(ROOT / "inventory/mac-studio-2x.yaml"))
+    said = {
+        w: make_plan(GLM5, 4, inv, w).replicas[0].speculation["mtp"] for w in (True, False, None)
+    }
+    assert said == {True: "supported", False: "no_mtp_weights", None: "needs_mtp_weights"}

@@ -51,3 +51,31 @@ def test_a_downloaded_shape_serves_with_hugging_face_mtp(shapes, shape, tp, tmp_
         assert spec["active"] and spec["drafts"] > 0 and spec["accepted_tokens"] > 0, spec
     finally:
         srv.stop()
+
+
+def test_extract_mtp_reads_only_the_shards_holding_the_layer(tmp_path):
+    """On a sharded Hugging Face checkpoint: the MTP layer's tensors, unchanged, from the
+    shards its index names; the others are never opened (here: made unreadable)."""
+    import json
+
+    import mlx.core as mx
+
+    from cluster.model_store import TRAINED
+
+    hf = tmp_path / "hf"
+    cli("fixture-checkpoint", str(hf), "--shape", "hf-sharded", "--shards", "4")
+    config = json.loads((hf / "config.json").read_text())
+    prefix = f"model.layers.{config['num_hidden_layers']}."
+    weight_map = json.loads((hf / "model.safetensors.index.json").read_text())["weight_map"]
+    needed = {f for k, f in weight_map.items() if k.startswith(prefix)}
+    others = set(weight_map.values()) - needed
+    assert needed and others
+    for name in others:
+        (hf / name).write_bytes(b"not a safetensors file")
+    out = tmp_path / "mtp.safetensors"
+    cli("extract-mtp", str(hf), str(out))
+    got = mx.load(str(out))
+    want = {k: v for k, v in mx.load(str(TRAINED / "model.safetensors")).items()
+            if k.startswith(prefix)}  # fmt: skip
+    assert got.keys() == want.keys()
+    assert all(mx.array_equal(got[k], want[k]).item() for k in want)
