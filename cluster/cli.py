@@ -56,6 +56,7 @@ def _serve(args) -> int:
         launcher=args.launcher,
         chat_template_args=tuple(_template_args(args.chat_template_args).items()),
         probe_seconds=args.probe_seconds,
+        load_timeout=args.load_timeout,
     )
     serve(options, _engine_config(args))
     return 0
@@ -86,7 +87,7 @@ def _plan(args) -> int:
     from .engine.speculation import has_mtp_weights
     from .inventory import load_inventory
     from .model_store import resolve_model
-    from .plan.model_config import read_config, stored_bits
+    from .plan.model_config import read_config, stored_bits, unrunnable
     from .plan.planner import make_plan
     from .plan.presets import PRESETS
     from .plan.render import render_plan
@@ -101,6 +102,9 @@ def _plan(args) -> int:
         model_dir = resolve_model(args.model or inventory.model)[0]
         config = read_config(model_dir)
         mtp = has_mtp_weights(model_dir, config)
+    if why := unrunnable(config):
+        print(f"error: {why}", file=sys.stderr)
+        return 1
     bits = args.bits or stored_bits(config) or inventory.quantization_bits
     plan = make_plan(config, bits, inventory, mtp)
     print(json.dumps(plan.to_json(), indent=2) if args.json else render_plan(plan))
@@ -234,6 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="port to bind (default: the inventory's, 8000)")
     p.add_argument("--model", help="model directory (default: the inventory's model)")
     p.add_argument("--served-model-name", help="model name clients use (default: dir name)")
+    p.add_argument(
+        "--load-timeout",
+        type=float,
+        help="seconds a replica may take to load (default: from the checkpoint's size per rank, "
+        "at least 600)",
+    )
     p.add_argument(
         "--probe-seconds",
         type=float,

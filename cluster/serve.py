@@ -21,7 +21,7 @@ from .launch.local import LocalLauncher, ServiceLauncher, SshLauncher
 from .launch.rank import shared_token
 from .launch.supervisor import Supervisor
 from .model_store import cache_home, resolve_model
-from .plan.model_config import read_config, stored_bits
+from .plan.model_config import load_timeout, read_config, stored_bits, unrunnable
 from .plan.planner import make_plan
 from .plan.render import render_plan
 from .rpc.tls import TlsFiles
@@ -48,6 +48,8 @@ class ServeOptions:
     """The chat template's defaults, e.g. (("enable_thinking", False),); requests override."""
     probe_seconds: float = 30.0
     """An idle replica generates one token this often, or leaves ready (0: never)."""
+    load_timeout: float | None = None
+    """Seconds a replica may take to load; default from the checkpoint's size per rank."""
 
 
 def cluster_token(persistent: bool) -> str:
@@ -95,8 +97,12 @@ def serve(options: ServeOptions, engine: EngineConfig) -> None:
             speculation=inventory.speculation,
             num_speculative_tokens=inventory.num_speculative_tokens,
         )
+    if engine.mtp_weights is None and inventory.mtp_weights:
+        engine = replace(engine, mtp_weights=inventory.mtp_weights)
     model_dir, name = resolve_model(options.model or inventory.model)
     config = read_config(model_dir)
+    if why := unrunnable(config):
+        raise PlanRefused(f"{model_dir}: {why}")
     mtp = bool(engine.mtp_weights) or has_mtp_weights(model_dir, config)
     plan = make_plan(config, stored_bits(config) or inventory.quantization_bits, inventory, mtp)
     log.info("plan:\n%s", render_plan(plan))
@@ -138,6 +144,8 @@ def serve(options: ServeOptions, engine: EngineConfig) -> None:
         ports,
         probe_every=options.probe_seconds,
         probe_timeout=max(engine.step_timeout, 10.0) + 10.0,
+        load_timeout=options.load_timeout
+        or load_timeout(model_dir, min((len(p.ranks) for p in plans), default=1)),
     )
 
     async def run():
@@ -146,7 +154,7 @@ def serve(options: ServeOptions, engine: EngineConfig) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         try:
-            starting = asyncio.create_task(supervisor.start(plans))
+            starting = asyncio.create_task(supervisor.start(plans, supervisor.load_timeout))
             await asyncio.wait(
                 {starting, asyncio.create_task(stop.wait())}, return_when="FIRST_COMPLETED"
             )

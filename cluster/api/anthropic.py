@@ -1,6 +1,7 @@
 """Anthropic's Messages API (`POST /v1/messages`, `/v1/messages/count_tokens`) on the same
 coordinator, router and engine as OpenAI's routes."""
 
+import asyncio
 import json
 import secrets
 
@@ -150,12 +151,12 @@ def router(coordinator: Coordinator, defaults: dict) -> APIRouter:
 
     @api.post(PREFIX + "/count_tokens")
     async def count_tokens(body: CountTokensRequest):
-        prompt, _ = prompt_of(body)
+        prompt, _ = await asyncio.to_thread(prompt_of, body)
         return {"input_tokens": len(prompt.tokens)}
 
     @api.post(PREFIX)
     async def messages(body: MessagesRequest, request: Request):
-        prompt, tools = prompt_of(body)
+        prompt, tools = await asyncio.to_thread(prompt_of, body)  # templating: off the loop
         max_calls = 1 if body.tool_choice and body.tool_choice.disable_parallel_tool_use else None
         processor = chat_processor(
             coordinator.tokenizer, prompt, tools, body.stop_sequences or [], max_calls, "toolu_"
@@ -164,8 +165,9 @@ def router(coordinator: Coordinator, defaults: dict) -> APIRouter:
         rid = coordinator.new_request_id("msg")
         mid = "msg_" + secrets.token_hex(12)
         sampling = body.sampling(max_tokens, prompt.banned)
+        hashes = await asyncio.to_thread(coordinator.prompt_hashes, prompt.tokens)
         stream = coordinator.start(
-            rid, prompt.tokens, sampling, processor, request.headers.get("x-session-id")
+            rid, prompt.tokens, sampling, processor, request.headers.get("x-session-id"), hashes
         )
         headers = {"x-request-id": rid, "x-speculation": stream.replica.speculation_summary}
         model = coordinator.model_name

@@ -1,5 +1,7 @@
 """FastAPI routes: OpenAI's chat and text completions, models, health, status."""
 
+import asyncio
+
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -99,7 +101,9 @@ def create_app(
             choice = choice.function.name
         args = defaults | (body.chat_template_kwargs or {})
         tok = coordinator.tokenizer
-        prompt = build_prompt(tok, openai_messages(body.messages), tools, choice, args)
+        # Templating and tokenizing a long transcript take long: off the event loop.
+        messages = openai_messages(body.messages)
+        prompt = await asyncio.to_thread(build_prompt, tok, messages, tools, choice, args)
         max_calls = None if body.parallel_tool_calls else 1
         processor = chat_processor(tok, prompt, tools, body.stop, max_calls)
         return await _complete(request, body, prompt.tokens, processor, prompt.banned)
@@ -108,7 +112,8 @@ def create_app(
     async def completions(body: CompletionRequest, request: Request):
         coordinator.check_model(body.model)
         p = body.prompt
-        prompt = coordinator.tokenizer.encode(p) if isinstance(p, str) else list(p)
+        tok = coordinator.tokenizer
+        prompt = await asyncio.to_thread(tok.encode, p) if isinstance(p, str) else list(p)
         vocab = coordinator.tokenizer.vocab_size
         if any(not 0 <= t < vocab for t in prompt):
             raise APIError(
@@ -125,7 +130,8 @@ def create_app(
         rid = coordinator.new_request_id("chatcmpl" if chat else "cmpl")
         session = request.headers.get("x-session-id")
         sampling = body.sampling(max_tokens, banned)
-        stream = coordinator.start(rid, prompt, sampling, processor, session)
+        hashes = await asyncio.to_thread(coordinator.prompt_hashes, prompt)
+        stream = coordinator.start(rid, prompt, sampling, processor, session, hashes)
         shape = Shape(rid, coordinator.model_name, chat, coordinator.tokenizer.token_bytes)
         headers = {"x-request-id": rid, "x-speculation": stream.replica.speculation_summary}
         if body.stream:

@@ -169,12 +169,20 @@ class Coordinator:
             )
         return ready
 
-    def route(self, prompt: list[int], session_id: str | None = None) -> tuple[Replica, str]:
-        return self._select(self._admit(), prompt, session_id)
+    def prompt_hashes(self, prompt: list[int]) -> list[int]:
+        """The prompt's routing block hashes (the API computes them off the event loop)."""
+        return block_hashes(list(prompt), self.block_size, self.hash_seed)
 
-    def _select(self, ready: list[Replica], prompt, session_id, reason: str | None = None):
+    def route(
+        self, prompt: list[int], session_id: str | None = None, hashes: list[int] | None = None
+    ) -> tuple[Replica, str]:
+        return self._select(self._admit(), prompt, session_id, hashes=hashes)
+
+    def _select(self, ready: list[Replica], prompt, session_id, reason: str | None = None,
+                hashes: list[int] | None = None):  # fmt: skip
         """The policy's pick among ready replicas, counted under its reason (or `reason`)."""
-        hashes = block_hashes(list(prompt), self.block_size, self.hash_seed)
+        if hashes is None:
+            hashes = self.prompt_hashes(prompt)
         info = SelectInfo(len(prompt), hashes, self.block_size, session_id)
         replica, picked = self.policy.select(ready, info)
         reason = reason or picked
@@ -196,12 +204,13 @@ class Coordinator:
         sampling: SamplingParams,
         processor: "OutputProcessor | None" = None,
         session_id: str | None = None,
+        hashes: list[int] | None = None,
     ) -> Completion:
         """Admit and route now (so errors come before any byte is sent), stream later.
 
         processor turns token ids into text (and for chat, reasoning and tool calls); the
         default decodes plain text with no stop strings."""
-        replica, _ = self.route(prompt, session_id)
+        replica, _ = self.route(prompt, session_id, hashes)
         request = EngineRequest(request_id, tuple(prompt), sampling)
         out = processor or OutputProcessor(self.tokenizer.decode, [], self.tokenizer.stream_bytes)
         return Completion(replica, lambda c: self._stream(c, request, out, session_id))

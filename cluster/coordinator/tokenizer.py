@@ -11,6 +11,8 @@ class PromptTokenizer:
     def __init__(self, model_path: str | Path):
         # Only the tokenizer is used: transformers' note that PyTorch is absent is noise here.
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        # One core for tokenizing a long prompt: the event loop and the ranks keep the rest.
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         from transformers import AutoTokenizer
 
         self.hf = AutoTokenizer.from_pretrained(str(model_path))
@@ -77,7 +79,9 @@ class PromptTokenizer:
         return Markers.from_vocab(self._backend.get_vocab())
 
     def encode(self, text: str) -> list[int]:
-        return self._backend.encode(text, add_special_tokens=False).ids
+        # encode_batch lets go of the GIL while it works (encode does not): a long transcript
+        # tokenized in a worker thread does not stop the event loop.
+        return self._backend.encode_batch([text], add_special_tokens=False)[0].ids
 
     def decode(self, ids) -> str:
         return self._backend.decode(list(ids), skip_special_tokens=True)

@@ -115,7 +115,9 @@ def node_deploys(
 ) -> dict[str, NodeDeploy]:
     """Every node's services and files. Pure: the same inputs give the same files."""
     engine = engine or EngineConfig(
-        speculation=inventory.speculation, num_speculative_tokens=inventory.num_speculative_tokens
+        speculation=inventory.speculation,
+        num_speculative_tokens=inventory.num_speculative_tokens,
+        mtp_weights=inventory.mtp_weights,
     )
     hosts = {h.name: h for h in inventory.hosts}
     users = {h.name: h.deploy.get("deploy_user") or h.deploy.get("ansible_user") for h in

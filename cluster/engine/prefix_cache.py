@@ -85,8 +85,10 @@ class PrefixCache:
             entry_id = ids[0]
             entry = self.entries[entry_id]
             end = (i + 1) * self.block_size
-            if entry.tokens[:end] != query[:end]:  # a hash collision
-                break
+            # One block compared per block (linear in the prompt): the chained hash already
+            # stands for every block before it.
+            if entry.tokens[end - self.block_size : end] != query[end - self.block_size : end]:
+                break  # a hash collision
             best, best_id, matched = entry, entry_id, end
         matched -= self.lag
         if best is None or matched <= 0:

@@ -55,6 +55,8 @@ class Inventory:
     """KV cache every node must have room for, beyond the weights."""
     speculation: str = "none"
     num_speculative_tokens: int = 1
+    mtp_weights: str | None = None
+    """The MTP layer's safetensors on every node, for checkpoints without it (vars)."""
     ray_address: str = "auto"
     """The Ray cluster the ray launcher joins (`ray start --head` on one node)."""
     coordinator_node: str | None = None
@@ -160,6 +162,7 @@ def parse_inventory(data: dict, source: str = "<memory>") -> Inventory:
         min_context_tokens=int(top.get("min_context_tokens", 32768)),
         speculation=str(top.get("speculation", "none")),
         num_speculative_tokens=int(top.get("num_speculative_tokens", 1)),
+        mtp_weights=top.get("mtp_weights"),
         coordinator_node=node,
         ray_address=str(top.get("ray_address", "auto")),
         source=source,

@@ -286,3 +286,21 @@ def wait_status(url: str, procs, logs: Path, timeout: float = 240) -> dict:
         time.sleep(0.5)
     tails = "\n".join(f"--- {p.name}\n{p.read_text()[-2000:]}" for p in logs.glob("*.log"))
     raise AssertionError("the deployed services did not serve:\n" + tails)
+
+
+def test_mtp_weights_in_the_inventory_reach_every_rank_service(tmp_path):
+    """mlx-community's GLM-5 lacks the MTP layer: `mtp_weights` in vars names the file each
+    node holds, and the deployed rank services load it."""
+    from dataclasses import replace
+
+    from cluster.deploy.services import Layout, node_deploys
+    from cluster.inventory import load_inventory
+    from cluster.plan.planner import make_plan
+
+    inventory = replace(load_inventory(ROOT / "inventory" / "local-tp2.yaml"),
+                        speculation="mtp", mtp_weights="/models/glm5-mtp.safetensors")  # fmt: skip
+    nodes = node_deploys(inventory, make_plan({}, 32, inventory), Layout(str(tmp_path)), "")
+    for host in ("local-rank0", "local-rank1"):
+        argv = list(nodes[host].services[0].argv)
+        assert argv[argv.index("--mtp-weights") + 1] == "/models/glm5-mtp.safetensors"
+        assert argv[argv.index("--speculation") + 1] == "mtp"

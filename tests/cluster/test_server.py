@@ -319,3 +319,44 @@ def test_the_coordinator_process_never_loads_mlx(server):
     server.client().models.list()  # it has served a request
     maps = Path(f"/proc/{server.proc.pid}/maps").read_text()
     assert "mlx" not in maps
+
+
+def test_a_huge_prompt_being_tokenized_does_not_stall_other_streams(server):
+    """Templating and tokenizing a 200K-token transcript take about half a second here; done
+    on the coordinator's event loop they would stop every other stream that long."""
+    import threading
+
+    from conftest import ROOT
+
+    huge = (ROOT / "cluster" / "coordinator" / "coordinator.py").read_text() * 40
+    stamps: list[float] = []
+    took: dict = {}
+
+    def big():
+        took["start"] = started = time.perf_counter()
+        messages = [{"role": "user", "content": huge}]
+        err = _error(lambda: server.client().chat.completions.create(
+            model=server.model, messages=messages, max_tokens=4))  # fmt: skip
+        took["s"], took["code"], took["end"] = (
+            time.perf_counter() - started,
+            err.status_code,
+            (time.perf_counter()),
+        )
+
+    stream = server.client().completions.create(
+        model=server.model, prompt="def f(", max_tokens=400, temperature=0, stream=True,
+        extra_body={"ignore_eos": True},
+    )  # fmt: skip
+    sender = None
+    for i, _ in enumerate(stream):
+        stamps.append(time.perf_counter())
+        if i == 20:
+            sender = threading.Thread(target=big)
+            sender.start()
+    sender.join()
+    assert took["code"] == 400  # longer than the context, found out after tokenizing
+    during = [t for t in stamps if took["start"] <= t <= took["end"]] + [
+        next(t for t in stamps if t > took["end"])
+    ]  # the chunks while the big request was in the server, and the first after it
+    gaps = [b - a for a, b in zip(during, during[1:], strict=False)]
+    assert took["s"] > 0.2 and max(gaps) < took["s"] / 2, (max(gaps), took)

@@ -43,3 +43,9 @@ def test_children_groups_inherit_vars():
 def test_bad_inventories_name_host_and_field(data, message):
     with pytest.raises(InventoryError, match=message):
         parse_inventory(data, "inv.yaml")
+
+
+def test_mtp_weights_is_an_inventory_var():
+    data = {"all": {"vars": {"mtp_weights": "/m/mtp.safetensors"}, "hosts": {"a": _host()}}}
+    assert parse_inventory(data).mtp_weights == "/m/mtp.safetensors"
+    assert load_inventory().mtp_weights is None

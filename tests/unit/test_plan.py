@@ -181,3 +181,33 @@ def test_mtp_is_supported_only_when_its_weights_exist():
         w: make_plan(GLM5, 4, inv, w).replicas[0].speculation["mtp"] for w in (True, False, None)
     }
     assert said == {True: "supported", False: "no_mtp_weights", None: "needs_mtp_weights"}
+
+
+def test_a_checkpoint_the_installed_mlx_lm_cannot_run_is_refused_with_a_sentence(tmp_path):
+    from cluster.plan.model_config import unrunnable
+
+    assert unrunnable(GLM5) is None
+    assert "no model for model_type 'glm_moe_dsa_v9'" in unrunnable(
+        GLM5 | {"model_type": "glm_moe_dsa_v9"}
+    )
+    newer = GLM5 | {"indexer_types": ["full", "sparse"]}
+    assert "indexer_types" in unrunnable(newer) and "upgrade mlx-lm" in unrunnable(newer)
+    (tmp_path / "config.json").write_text(json.dumps(newer))
+    out = subprocess.run(
+        [sys.executable, "-m", "cluster", "plan", "--model-config", str(tmp_path / "config.json")],
+        capture_output=True, text=True, cwd=ROOT, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 1 and "indexer_types" in out.stderr
+
+
+def test_the_load_timeout_follows_the_checkpoint_size_per_rank(tmp_path):
+    from cluster.plan.model_config import load_timeout
+
+    assert load_timeout(tmp_path, 1) == 600  # small: the floor
+    with open(tmp_path / "model-00001.safetensors", "wb") as f:
+        f.truncate(400 * 10**9)  # sparse: a 400 GB checkpoint
+    assert load_timeout(tmp_path, 1) == 120 + 800 and load_timeout(tmp_path, 2) == 600
+    assert load_timeout(tmp_path, 4) == 600
+    with open(tmp_path / "model-00002.safetensors", "wb") as f:
+        f.truncate(400 * 10**9)
+    assert load_timeout(tmp_path, 2) == 120 + 800
