@@ -1,7 +1,6 @@
 """Anthropic's Messages API (`POST /v1/messages`, `/v1/messages/count_tokens`) on the same
 coordinator, router and engine as OpenAI's routes."""
 
-import asyncio
 import json
 import secrets
 
@@ -13,6 +12,7 @@ from ..coordinator.coordinator import Coordinator, Output
 from ..coordinator.errors import APIError, BadRequest
 from .anthropic_schemas import CountTokensRequest, MessagesRequest
 from .chat import ChatPrompt, build_prompt, chat_processor
+from .offload import LONG_CHARS, LONG_TOKENS, chars, off_loop
 from .openai_out import collect_unless_disconnected
 
 PREFIX = "/v1/messages"
@@ -151,12 +151,12 @@ def router(coordinator: Coordinator, defaults: dict) -> APIRouter:
 
     @api.post(PREFIX + "/count_tokens")
     async def count_tokens(body: CountTokensRequest):
-        prompt, _ = await asyncio.to_thread(prompt_of, body)
+        prompt, _ = await off_loop(chars(body.messages) > LONG_CHARS, prompt_of, body)
         return {"input_tokens": len(prompt.tokens)}
 
     @api.post(PREFIX)
     async def messages(body: MessagesRequest, request: Request):
-        prompt, tools = await asyncio.to_thread(prompt_of, body)  # templating: off the loop
+        prompt, tools = await off_loop(chars(body.messages) > LONG_CHARS, prompt_of, body)
         max_calls = 1 if body.tool_choice and body.tool_choice.disable_parallel_tool_use else None
         processor = chat_processor(
             coordinator.tokenizer, prompt, tools, body.stop_sequences or [], max_calls, "toolu_"
@@ -165,7 +165,8 @@ def router(coordinator: Coordinator, defaults: dict) -> APIRouter:
         rid = coordinator.new_request_id("msg")
         mid = "msg_" + secrets.token_hex(12)
         sampling = body.sampling(max_tokens, prompt.banned)
-        hashes = await asyncio.to_thread(coordinator.prompt_hashes, prompt.tokens)
+        long = len(prompt.tokens) > LONG_TOKENS
+        hashes = await off_loop(long, coordinator.prompt_hashes, prompt.tokens)
         stream = coordinator.start(
             rid, prompt.tokens, sampling, processor, request.headers.get("x-session-id"), hashes
         )

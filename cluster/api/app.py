@@ -1,7 +1,5 @@
 """FastAPI routes: OpenAI's chat and text completions, models, health, status."""
 
-import asyncio
-
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -14,6 +12,7 @@ from ..coordinator.output import OutputProcessor
 from .anthropic import router as anthropic_router
 from .chat import build_prompt, chat_processor, openai_messages
 from .errors import error_json, install
+from .offload import LONG_CHARS, LONG_TOKENS, chars, off_loop
 from .openai_out import Shape, collect_unless_disconnected, sse
 from .schemas import ChatCompletionRequest, CompletionRequest, NamedToolChoice
 
@@ -103,7 +102,8 @@ def create_app(
         tok = coordinator.tokenizer
         # Templating and tokenizing a long transcript take long: off the event loop.
         messages = openai_messages(body.messages)
-        prompt = await asyncio.to_thread(build_prompt, tok, messages, tools, choice, args)
+        long = chars(messages) > LONG_CHARS
+        prompt = await off_loop(long, build_prompt, tok, messages, tools, choice, args)
         max_calls = None if body.parallel_tool_calls else 1
         processor = chat_processor(tok, prompt, tools, body.stop, max_calls)
         return await _complete(request, body, prompt.tokens, processor, prompt.banned)
@@ -113,7 +113,10 @@ def create_app(
         coordinator.check_model(body.model)
         p = body.prompt
         tok = coordinator.tokenizer
-        prompt = await asyncio.to_thread(tok.encode, p) if isinstance(p, str) else list(p)
+        if isinstance(p, str):
+            prompt = await off_loop(len(p) > LONG_CHARS, tok.encode, p)
+        else:
+            prompt = list(p)
         vocab = coordinator.tokenizer.vocab_size
         if any(not 0 <= t < vocab for t in prompt):
             raise APIError(
@@ -130,7 +133,7 @@ def create_app(
         rid = coordinator.new_request_id("chatcmpl" if chat else "cmpl")
         session = request.headers.get("x-session-id")
         sampling = body.sampling(max_tokens, banned)
-        hashes = await asyncio.to_thread(coordinator.prompt_hashes, prompt)
+        hashes = await off_loop(len(prompt) > LONG_TOKENS, coordinator.prompt_hashes, prompt)
         stream = coordinator.start(rid, prompt, sampling, processor, session, hashes)
         shape = Shape(rid, coordinator.model_name, chat, coordinator.tokenizer.token_bytes)
         headers = {"x-request-id": rid, "x-speculation": stream.replica.speculation_summary}
