@@ -1,0 +1,90 @@
+"""How far tensor-parallel logits are from a single rank's, where identity cannot hold.
+
+`python -m cluster.bench.tp_tolerance MODEL [--ranks 2]` starts `mlx.launch --backend ring -n
+RANKS` on this machine; every rank loads its shard, rank 0 also the whole model, and each
+prompt's logits at every position (teacher-forced) are compared: top-1 agreement (the share
+of positions whose argmax is the same) and the logit distance (largest absolute difference,
+and the L2 norm of the difference over the L2 norm of the logits). On fp32 partial sums add up
+to the same values, so identity is the expectation; on bf16 or quantized weights the order of
+the additions changes the rounding.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+PROMPTS = [
+    "import os\nimport sys\n\n\ndef main(argv):\n    parser = argparse.ArgumentParser()\n",
+    "class Cache:\n    def __init__(self, size):\n        self.size = size\n        self.items = {}\n",
+    "for line in open(path):\n    key, _, value = line.partition('=')\n    config[key] = value\n",
+    "def merge(a, b):\n    out = []\n    while a and b:\n        out.append(a.pop(0) if a[0] < b[0] else",
+]
+
+
+def compare(tp_logits: list, one_logits: list) -> dict:
+    """Agreement and distance over every position of every prompt."""
+    import mlx.core as mx
+
+    same = total = 0
+    worst, rel = 0.0, []
+    for a, b in zip(tp_logits, one_logits, strict=True):
+        a, b = a.astype(mx.float32), b.astype(mx.float32)
+        same += int((mx.argmax(a, -1) == mx.argmax(b, -1)).sum().item())
+        total += a.shape[0]
+        worst = max(worst, mx.abs(a - b).max().item())
+        rel.append((mx.linalg.norm(a - b) / mx.linalg.norm(b)).item())
+    return {
+        "positions": total,
+        "top1_agreement": same / total,
+        "max_abs_logit_diff": worst,
+        "rel_l2_logit_diff": max(rel),
+    }
+
+
+def worker(model: str) -> None:
+    import mlx.core as mx
+
+    from ..engine.build import load_model
+
+    group = mx.distributed.init()
+    sharded, tokenizer, _ = load_model(model, group)
+    whole = load_model(model, None)[0] if group.rank() == 0 else None
+    tp, one = [], []
+    for text in PROMPTS:
+        ids = mx.array([tokenizer.encode(text)])
+        tp.append(sharded(ids)[0])
+        mx.eval(tp[-1])
+        if whole is not None:
+            one.append(whole(ids)[0])
+    if group.rank() == 0:
+        print("RESULT " + json.dumps(compare(tp, one)), flush=True)
+
+
+def measure(model: str | Path, ranks: int = 2, timeout: float = 300) -> dict:
+    launch = str(Path(sys.executable).with_name("mlx.launch"))
+    cmd = [launch, "--backend", "ring", "-n", str(ranks), "--", sys.executable, "-m",
+           "cluster.bench.tp_tolerance", "--worker", str(model)]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                         cwd=Path(__file__).resolve().parents[2])  # fmt: skip
+    for line in out.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line.removeprefix("RESULT "))
+    raise RuntimeError(f"tp_tolerance failed:\n{out.stdout}\n{out.stderr}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("model", help="model directory")
+    parser.add_argument("--ranks", type=int, default=2)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.model)
+        return
+    print(json.dumps(measure(args.model, args.ranks), indent=2))
+
+
+if __name__ == "__main__":
+    main()
