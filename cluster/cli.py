@@ -306,6 +306,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--warmup", type=int, default=2, help="unmeasured requests per target before the phases"
     )
+    p.add_argument(
+        "--alternate",
+        action="store_true",
+        help="sequential phases: request i on every target, then request i+1 (fair on a "
+        "machine whose speed drifts)",
+    )
     p.add_argument("--model", help="model name to send (default: none, the server's own)")
     p.add_argument("--out", default="bench-out", help="directory for reports, JSON and plots")
     p.set_defaults(func=_bench)

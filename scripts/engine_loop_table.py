@@ -5,7 +5,8 @@
 Starts, on the random-weight fixture by default: our cluster at TP 1 (pipelined decode, the
 default), the same with `--no-pipeline-decode`, that first cluster's leader rank called
 directly over gRPC, and `mlx_lm.server` (paused with SIGSTOP while the others run). One bench
-run takes the phases sequential:24 (concurrency 1) and concurrent (16) on every target in turn,
+run takes the phase sequential:24 (concurrency 1) request by request across the targets, then
+concurrent (16) on every target in turn,
 streaming, greedy, every prompt new to every server. Ratios, not absolute speeds: this machine
 is shared and noisy.
 """
@@ -108,6 +109,7 @@ def main() -> None:
                     out,
                     names=order,
                     on_target=only,
+                    alternate=True,
                 )
             )
         finally:

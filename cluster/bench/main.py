@@ -7,6 +7,9 @@ import secrets
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
+
+from .grpc_target import close_clients
 from .plots import write_plots
 from .prompts import Prompt, load_prompts
 from .report import comparison, report
@@ -70,10 +73,12 @@ async def bench(
     names: list[str] | None = None,
     on_target: Callable[[str], None] | None = None,
     warmup: int = 2,
+    alternate: bool = False,
 ) -> dict[str, list[PhaseResult]]:
     """`on_target(name)` runs before each target's turn (scripts pause the idle servers);
     each target first serves `warmup` unmeasured requests (first-call compilation and
-    allocation are not what a phase measures)."""
+    allocation are not what a phase measures). alternate: sequential phases send request i to
+    every target before request i+1, so a machine whose speed drifts slows all targets alike."""
     for p in phases:
         parse_phase(p, concurrency)
     prompts = load_prompts(prompts_file)
@@ -89,6 +94,13 @@ async def bench(
             await run_phase("warmup", target, model, batch, 1, max_tokens)
     # Interleaved: each phase runs on every target before the next phase starts.
     for p, phase in enumerate(phases):
+        if alternate and len(targets) > 1 and parse_phase(phase, concurrency)[0] == "sequential":
+            print(f"[bench] all targets: {phase} phase, request by request", flush=True)
+            got = await _alternating(phase, targets, names, model, prompts, max_tokens,
+                                     f"{nonce}-{p}", on_target)  # fmt: skip
+            for name in names:
+                runs[name].append(got[name])
+            continue
         for t, (name, target) in enumerate(zip(names, targets, strict=True)):
             if on_target:
                 on_target(name)
@@ -110,6 +122,33 @@ async def bench(
     if len(targets) > 1:
         (out / "comparison.md").write_text(comparison(names, runs) + "\n")
     return runs
+
+
+async def _alternating(spec, targets, names, model, prompts, max_tokens, tag, on_target):
+    """A sequential phase, request i on every target in turn, then request i+1."""
+    _, _, requests = parse_phase(spec, 1)
+    count = requests or len(prompts)
+    batches = {n: fresh(prompts, count, f"{tag}-{t}") for t, n in enumerate(names)}
+    before = {n: await server_metrics(t) for n, t in zip(names, targets, strict=True)}
+    parts: dict[str, list[PhaseResult]] = {n: [] for n in names}
+    async with httpx.AsyncClient(timeout=600) as http:
+        try:
+            for i in range(count):
+                for name, target in zip(names, targets, strict=True):
+                    if on_target:
+                        on_target(name)
+                    one = [batches[name][i]]
+                    parts[name].append(
+                        await run_phase(spec, target, model, one, 1, max_tokens, client=http)
+                    )
+        finally:
+            await close_clients()
+    out = {}
+    for name, target in zip(names, targets, strict=True):
+        results = [r for part in parts[name] for r in part.results]
+        out[name] = PhaseResult(spec, target, 1, sum(p.wall_s for p in parts[name]), results)
+        out[name].server = metric_delta(before[name], await server_metrics(target))
+    return out
 
 
 def run(args) -> int:
@@ -134,6 +173,7 @@ def run(args) -> int:
             args.model,
             names,
             warmup=args.warmup,
+            alternate=args.alternate,
         )
     )
     first = next(iter(runs))

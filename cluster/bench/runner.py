@@ -1,6 +1,7 @@
 """Sends the benchmark's requests: streamed chat completions, timed from the client's side."""
 
 import asyncio
+import contextlib
 import json
 import time
 
@@ -74,26 +75,33 @@ async def run_phase(
     concurrency: int,
     max_tokens: int,
     timeout: float = 600,
+    client: httpx.AsyncClient | None = None,
 ) -> PhaseResult:
+    """client: an HTTP client (and gRPC channels) kept open by the caller across calls."""
     queue: asyncio.Queue = asyncio.Queue()
     for i, p in enumerate(prompts):
         queue.put_nowait((i, p))
     results: list[Result | None] = [None] * len(prompts)
-    progress = Progress(len(prompts), f"{name} {target}")
+    progress = Progress(len(prompts), f"{name} {target}") if client is None else None
     limits = httpx.Limits(max_connections=concurrency + 2)
-    async with httpx.AsyncClient(timeout=timeout, limits=limits) as http:
+    async with contextlib.AsyncExitStack() as stack:
+        http = client or await stack.enter_async_context(
+            httpx.AsyncClient(timeout=timeout, limits=limits)
+        )
 
         async def worker():
             while not queue.empty():
                 i, p = queue.get_nowait()
                 results[i] = await one_request(http, target, model, p, max_tokens)
-                progress.advance()
+                if progress:
+                    progress.advance()
 
         start = time.perf_counter()
         try:
             await asyncio.gather(*(worker() for _ in range(concurrency)))
         finally:
-            await close_clients()  # gRPC channels belong to this phase's event loop
+            if client is None:
+                await close_clients()  # gRPC channels belong to this phase's event loop
         wall = time.perf_counter() - start
     return PhaseResult(name, target, concurrency, wall, results)
 

@@ -105,3 +105,28 @@ def test_fresh_prompts_are_unique_per_request_and_cycle_the_set():
     batch = fresh([Prompt("a", "x"), Prompt("b", "y")], 5, "tag")
     assert [p.label for p in batch] == ["a", "b", "a", "b", "a"]
     assert len({p.text for p in batch}) == 5 and batch[2].text.endswith(" x")
+
+
+def test_alternating_sends_request_i_to_every_target_before_request_i_plus_1(server, tmp_path):
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps(["one", "two", "three"]))
+    turns = []
+    runs = asyncio.run(
+        bench(
+            [server.url, server.url],
+            ["sequential"],
+            1,
+            str(prompts),
+            4,
+            tmp_path,
+            names=["a", "b"],
+            on_target=turns.append,
+            warmup=0,
+            alternate=True,
+        )  # fmt: skip
+    )
+    assert turns == ["a", "b"] * 3
+    for name in ("a", "b"):
+        (seq,) = runs[name]
+        assert [r.label for r in seq.results] == ["one", "two", "three"] and len(seq.ok) == 3
+        assert seq.wall_s > 0 and seq.server is not None
