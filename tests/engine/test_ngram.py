@@ -1,8 +1,7 @@
 """N-gram speculation on the trained fixture: lossless, counted, and it pays on repeats."""
 
-import collections
-
 import pytest
+from test_mtp import first_two_tokens  # the same sampled-distribution probe as MTP's
 
 from cluster.config import EngineConfig
 from cluster.engine.build import build_engine
@@ -59,17 +58,7 @@ def test_sampling_with_ngram_keeps_the_distribution(tok):
         engine, _ = build_engine(TRAINED, config, "m")
         if draft is not None:  # the same lookup result every step: the verification is tested
             engine.runner.drafter.propose = lambda seq, caches=None: (draft, [None] * len(draft))
-        counts = collections.Counter()
-        for seed in range(n):
-            params = SamplingParams(max_tokens=2, temperature=1.0, top_k=3, seed=seed,
-                                    ignore_eos=True)  # fmt: skip
-            engine.add_request(EngineRequest(RequestId(str(seed)), tuple(prompt), params))
-            toks = []
-            while engine.has_work():
-                for e in engine.step():
-                    toks.extend(e.token_ids)
-            counts[tuple(toks[:2])] += 1
-        return counts, engine
+        return first_two_tokens(engine, prompt, n), engine
 
     plain, _ = dist(EngineConfig())
     likely = plain.most_common(1)[0][0][1]  # accepted often, rejected often
