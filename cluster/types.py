@@ -84,6 +84,9 @@ class TokenEvent:
     """One per token in token_ids when the request asked for logprobs."""
     speculation: str = ""
     """The replica's speculation state when the event was made, as `x-speculation` says it."""
+    request_speculation: str = ""
+    """On the last event: what this request got (`mtp;k=2`, `mtp;k=2;partly_off=REASON`,
+    `off;reason=REASON`); empty when speculation was not requested."""
 
 
 @dataclass(frozen=True)

@@ -196,6 +196,8 @@ def router(coordinator: Coordinator, defaults: dict) -> APIRouter:
             "usage": _usage(got.last),
         }
         headers["x-speculation-accepted"] = f"{got.last.accepted_tokens}/{got.last.draft_tokens}"
+        if got.last.speculation:
+            headers["x-speculation"] = got.last.speculation
         return JSONResponse(reply, headers=headers)
 
     return api

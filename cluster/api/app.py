@@ -147,6 +147,8 @@ def create_app(
         got = await collect_unless_disconnected(request, stream)
         last = got.last
         headers["x-speculation-accepted"] = f"{last.accepted_tokens}/{last.draft_tokens}"
+        if last.speculation:  # what this request got, now that it is known
+            headers["x-speculation"] = last.speculation
         return JSONResponse(shape.full(got), headers=headers)
 
     return app

@@ -43,7 +43,7 @@ def usage(last: Output) -> dict:
             "accepted_prediction_tokens": last.accepted_tokens,
             "rejected_prediction_tokens": last.draft_tokens - last.accepted_tokens,
         },
-    }
+    } | ({"speculation": last.speculation} if last.speculation else {})
 
 
 def tool_call_delta(d) -> dict:

@@ -53,6 +53,7 @@ def start_mlx_lm(model_dir: Path, ranks: int = 1) -> tuple[subprocess.Popen, str
         server = [launch, "--backend", "ring", "-n", str(ranks), "--", *server]
     proc = subprocess.Popen(
         server,
+        stdin=subprocess.DEVNULL,  # mlx.launch would make a shared stdin non-blocking
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=openblas_env(),

@@ -66,8 +66,10 @@ def measure(model: str | Path, ranks: int = 2, timeout: float = 300) -> dict:
     launch = str(Path(sys.executable).with_name("mlx.launch"))
     cmd = [launch, "--backend", "ring", "-n", str(ranks), "--", sys.executable, "-m",
            "cluster.bench.tp_tolerance", "--worker", str(model)]  # fmt: skip
+    # stdin: mlx.launch makes the stdin it is given non-blocking, for every process sharing it
+    # (Ansible then refuses to run from the same terminal).
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                         cwd=Path(__file__).resolve().parents[2])  # fmt: skip
+                         stdin=subprocess.DEVNULL, cwd=Path(__file__).resolve().parents[2])  # fmt: skip
     for line in out.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line.removeprefix("RESULT "))

@@ -41,6 +41,8 @@ class Output:
     """Chat: tool-call pieces of this piece (glm_output.ToolCallDelta)."""
     logprobs: tuple = ()
     """TokenLogprob of this piece's tokens, when the request asked for them."""
+    speculation: str = ""
+    """On the last piece: what speculation the request got (empty: none requested)."""
 
 
 FAILOVER_WAIT = 30.0
@@ -259,7 +261,7 @@ class Coordinator:
                 yield Output(
                     delta.text, out.num_tokens, delta.finish_reason, event.prompt_tokens,
                     event.cached_tokens, event.draft_tokens, event.accepted_tokens,
-                    delta.reasoning, delta.tool_calls, event.logprobs,
+                    delta.reasoning, delta.tool_calls, event.logprobs, event.request_speculation,
                 )  # fmt: skip
                 if delta.finish_reason is not None:
                     return

@@ -164,7 +164,7 @@ def deploy_command(args) -> int:
     if args.remove:  # nothing is planned or installed: services stop and their files go
         argv = ansible_playbook_argv(args, inventory)
         print("running:", " ".join(argv), flush=True)
-        return subprocess.run(argv).returncode
+        return subprocess.run(argv, stdin=_stdin()).returncode
     plan, note = deploy_plan(inventory, args.model_config)
     print(render_plan(plan))
     if note:
@@ -174,4 +174,10 @@ def deploy_command(args) -> int:
         return 1
     argv = ansible_playbook_argv(args, inventory)
     print("running:", " ".join(argv), flush=True)
-    return subprocess.run(argv).returncode
+    return subprocess.run(argv, stdin=_stdin()).returncode
+
+
+def _stdin():
+    """A terminal stays Ansible's stdin (become-password prompts); anything else is replaced:
+    Ansible refuses a non-blocking stdin."""
+    return None if sys.stdin is not None and sys.stdin.isatty() else subprocess.DEVNULL

@@ -72,6 +72,7 @@ class Engine:
         started = time.perf_counter()
         sampled = self.runner.run(schedule)
         self._observe(schedule, sampled, time.perf_counter() - started, drafts)
+        self._note_outcomes(schedule.decode)
         events, done = self.scheduler.postprocess(schedule, sampled)
         self._remember(schedule, done)
         return events
@@ -101,6 +102,19 @@ class Engine:
             self.speculation.set(
                 False, "engine_error", "speculation was on but no speculative step ran"
             )
+
+    def _note_outcomes(self, decoded: list[Sequence]) -> None:
+        """Per sequence: whether this decode step speculated, and if not, why."""
+        if self.config.speculation == "none" or not decoded:
+            return
+        if self.runner.speculate and len(decoded) == 1 and self.runner.drafter is not None:
+            decoded[0].spec_steps += 1
+            return
+        state = self.speculation
+        why = state.reason if not state.active else (
+            "batch_size_above_limit" if len(decoded) > 1 else "governor_probe")  # fmt: skip
+        for seq in decoded:
+            seq.spec_off = why
 
     def _remember(self, schedule, done: list[Sequence]) -> None:
         """Offer new prompt caches and finished sequences' caches to the prefix cache."""

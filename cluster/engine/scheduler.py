@@ -184,7 +184,18 @@ class Scheduler:
         )
         if seq.finish_reason is None:
             return event
-        return replace(event, **timings(seq, time.monotonic()))
+        return replace(event, request_speculation=self.outcome(seq),
+                       **timings(seq, time.monotonic()))  # fmt: skip
+
+    def outcome(self, seq: Sequence) -> str:
+        """What speculation this sequence got, in `x-speculation`'s form."""
+        method = self.config.speculation
+        if method == "none":
+            return ""
+        on = f"{method};k={self.config.num_speculative_tokens}"
+        if seq.spec_steps:
+            return on if seq.spec_off is None else f"{on};partly_off={seq.spec_off}"
+        return f"off;reason={seq.spec_off or 'prefill_only'}"
 
     def drain(self) -> list[Sequence]:
         """Take every sequence out (after an engine fault)."""

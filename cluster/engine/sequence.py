@@ -42,6 +42,10 @@ class Sequence:
     """TokenLogprob of each output token, when the request asked for them."""
     num_emitted: int = field(default=0)
     """Output tokens already sent out in events."""
+    spec_steps: int = 0
+    """Decode steps of this sequence that speculated (speculation requested)."""
+    spec_off: str | None = None
+    """Why its latest plain decode step did not speculate."""
     admitted: bool = False
     """Its KV counts against the budget (it prefills or runs); False again when preempted."""
     arrived_at: float = field(default_factory=time.monotonic)

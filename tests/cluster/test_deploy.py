@@ -32,6 +32,7 @@ PLAYBOOK = ROOT / "deploy" / "site.yaml"
 def test_shipped_inventories_pass_ansible_inventory_and_syntax_check(inventory):
     listed = subprocess.run(
         [BIN / "ansible-inventory", "-i", inventory, "--list"],
+        stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
         check=True,
@@ -41,6 +42,7 @@ def test_shipped_inventories_pass_ansible_inventory_and_syntax_check(inventory):
     assert all("interconnect" in facts for facts in hosts.values())
     check = subprocess.run(
         [BIN / "ansible-playbook", "-i", inventory, PLAYBOOK, "--syntax-check"],
+        stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
     )
@@ -144,7 +146,8 @@ def run_deploy(inventory: Path, prefix: Path, env: dict, *extra: str) -> str:
     cmd = [sys.executable, "-m", "cluster", "deploy", "--inventory", str(inventory)]
     cmd += ["--prefix", str(prefix), "--no-services", *extra, "--"]
     cmd += ["-e", "deploy_become=false", "-e", f"deploy_service_dir={prefix / 'units'}"]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600,
+                         stdin=subprocess.DEVNULL)  # fmt: skip
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
     return out.stdout
 

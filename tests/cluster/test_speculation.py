@@ -143,7 +143,8 @@ def test_governor_turning_speculation_off_shows_everywhere(model_dir, tmp_path):
     try:
         body = {"prompt": "def f():", "max_tokens": 120, "temperature": 0, "ignore_eos": True}
         first = httpx.post(f"{srv.url}/v1/completions", json=body, timeout=120)
-        assert first.headers["x-speculation"] == "mtp;k=2"  # on when this request was admitted
+        # it got MTP until the governor switched it off, and says so
+        assert first.headers["x-speculation"] == "mtp;k=2;partly_off=auto_disabled_low_acceptance"
         spec = httpx.get(f"{srv.url}/v1/status").json()["replicas"][0]["engine"]["speculation"]
         assert spec["active"] is False and spec["reason"] == "auto_disabled_low_acceptance"
         assert spec["fallbacks"] == {"auto_disabled_low_acceptance": 1}

@@ -206,3 +206,41 @@ def test_mtp_layer_catches_up_after_batched_steps_it_skipped(prompts):
     assert stats.plain_steps > 0 and stats.drafts > 0
     assert stats.accepted > 0  # the caught-up MTP layer still predicts
     assert engine.runner.drafter.pending == []
+
+
+def test_each_request_reports_the_speculation_it_got(prompts):
+    """A request decoded only inside a batch did not get MTP, one that finished alone got it
+    partly, a lone one got it: each final event says which (the replica's state cannot)."""
+    engine, _ = build_engine(TRAINED, EngineConfig(speculation="mtp", num_speculative_tokens=2),
+                             "glm-5-fixture")  # fmt: skip
+    got = {}
+
+    def run(requests):
+        for rid, prompt, n in requests:
+            engine.add_request(EngineRequest(RequestId(rid), tuple(prompt), greedy(n)))
+        while engine.has_work():
+            for event in engine.step():
+                if event.finish_reason:
+                    got[event.request_id] = event.request_speculation
+
+    run([("a", prompts[0], 8), ("b", prompts[1], 16), ("c", prompts[2], 40)])
+    run([("lone", prompts[0], 12)])
+    run([("one", prompts[1], 1)])
+    assert got == {
+        "a": "off;reason=batch_size_above_limit",
+        "b": "off;reason=batch_size_above_limit",
+        "c": "mtp;k=2;partly_off=batch_size_above_limit",
+        "lone": "mtp;k=2",
+        "one": "off;reason=prefill_only",
+    }
+    (plain,), _ = run_plain(prompts)
+    assert plain == ""
+
+
+def run_plain(prompts):
+    engine, _ = build_engine(TRAINED, EngineConfig(), "glm-5-fixture")
+    engine.add_request(EngineRequest(RequestId("p"), tuple(prompts[0]), greedy(4)))
+    finals = []
+    while engine.has_work():
+        finals += [e.request_speculation for e in engine.step() if e.finish_reason]
+    return finals, engine
