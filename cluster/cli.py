@@ -7,6 +7,7 @@ import os
 import sys
 from dataclasses import fields
 
+from .cli_models import add_model_file_commands
 from .config import EngineConfig
 
 
@@ -127,91 +128,6 @@ def _bench(args) -> int:
     from .bench.main import run
 
     return run(args)
-
-
-def _fixture_model(args) -> int:
-    if args.layers is not None:
-        from .fixture.deepen import deepen
-        from .model_store import TRAINED
-
-        out = deepen(TRAINED, args.out_dir, args.layers, seed=args.seed)
-        print(f"wrote {out}: the trained built-in model with {args.layers} decoder layers")
-        return 0
-    if args.train:
-        from .launch.blas import reexec_with_openblas
-
-        reexec_with_openblas()
-        from .fixture.agent_eval import write_eval
-        from .fixture.train import train
-
-        out, metrics = train(args.out_dir, steps=args.steps, seed=args.seed)
-        print(
-            f"wrote {out}: held-out loss {metrics['main_loss']:.3f}, MTP {metrics['mtp_loss']:.3f}"
-        )
-        _print_eval(write_eval(out))
-        return 0
-    from .fixture.model import write_fixture
-
-    out = write_fixture(args.out_dir, seed=args.seed)
-    print(f"wrote {out}")
-    return 0
-
-
-def _fixture_checkpoint(args) -> int:
-    from pathlib import Path
-
-    from .fixture.shapes import write_hf_mtp, write_hf_sharded, write_mlx_community
-    from .model_store import TRAINED
-
-    src = Path(args.source or TRAINED)
-    out = Path(args.out)
-    if args.shape == "hf-sharded":
-        write_hf_sharded(src, out, args.shards)
-        print(f"wrote {out}: {src.name} in {args.shards} Hugging Face shards with an index")
-        return 0
-    if args.shape == "hf-mtp":
-        write_hf_mtp(src, out)
-        print(f"wrote {out}: the MTP layer of {src.name} in Hugging Face's layout (bf16)")
-        return 0
-    write_mlx_community(src, out, args.bits, args.group_size, args.shards)
-    print(f"wrote {out}: {src.name} as mlx-community ships GLM-5 ({args.bits}-bit, group "
-          f"{args.group_size}, bf16, {args.shards} shards, no MTP layer)")  # fmt: skip
-    return 0
-
-
-def _extract_mtp(args) -> int:
-    from .models.extract_mtp import extract_mtp
-
-    out, shards = extract_mtp(args.hf_dir, args.out)
-    print(f"wrote {out} (read {len(shards)} shard(s): {', '.join(shards)})")
-    return 0
-
-
-def _print_eval(result: dict) -> None:
-    print(
-        f"held-out tool calls: {result['tool_call_accuracy_thinking_off']:.1%} (thinking off), "
-        f"{result['tool_call_accuracy_thinking_on']:.1%} (thinking on); "
-        f"thinking closed: {result['thinking_closed']:.1%} of {result['held_out_requests']}"
-    )
-
-
-def _fixture_eval(args) -> int:
-    from .launch.blas import reexec_with_openblas
-
-    reexec_with_openblas()
-    if args.long:
-        from pathlib import Path
-
-        from .fixture.long_eval import position_losses
-
-        result = position_losses(args.model_dir)
-        (Path(args.model_dir) / "long_eval.json").write_text(json.dumps(result, indent=2) + "\n")
-        print(json.dumps(result))
-        return 0
-    from .fixture.agent_eval import write_eval
-
-    _print_eval(write_eval(args.model_dir, args.n))
-    return 0
 
 
 def _deploy(args) -> int:
@@ -352,54 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretty", action="store_true", help="indent the JSON")
     p.set_defaults(func=_deploy_render)
 
-    p = sub.add_parser("fixture-model", help="write the small GLM-5-architecture model")
-    p.add_argument("out_dir", help="directory to write")
-    p.add_argument("--seed", type=int, default=0, help="weights seed (default 0)")
-    p.add_argument(
-        "--train",
-        action="store_true",
-        help="train it on the standard library and agent conversations",
-    )
-    p.add_argument("--steps", type=int, default=1100, help="training steps (default 1100)")
-    p.add_argument(
-        "--layers",
-        type=int,
-        help="write the trained model with this many decoder layers, the added ones adding "
-        "cost but not output (a benchmark model in GLM-5's cost ratios)",
-    )
-    p.set_defaults(func=_fixture_model)
-
-    p = sub.add_parser(
-        "fixture-checkpoint", help="the built-in model in a shape users download (for tests)"
-    )
-    p.add_argument("out", help="directory (mlx-community) or .safetensors file (hf-mtp)")
-    p.add_argument(
-        "--shape",
-        choices=["mlx-community", "hf-mtp", "hf-sharded"],
-        default="mlx-community",
-        help="mlx-community: quantized, bf16, sharded, MTP dropped; hf-mtp: the MTP layer as "
-        "Hugging Face's GLM-5 shards carry it; hf-sharded: the whole checkpoint in shards",
-    )
-    p.add_argument("--source", help="checkpoint to convert (default: the built-in model)")
-    p.add_argument("--bits", type=int, choices=[4, 8], default=4, help="quantization bits")
-    p.add_argument("--group-size", type=int, choices=[32, 64], default=64, help="group size")
-    p.add_argument("--shards", type=int, default=2, help="safetensors files to split into")
-    p.set_defaults(func=_fixture_checkpoint)
-
-    p = sub.add_parser(
-        "extract-mtp", help="copy GLM-5's MTP layer out of a Hugging Face checkpoint"
-    )
-    p.add_argument("hf_dir", help="Hugging Face checkpoint directory (config.json, shards, index)")
-    p.add_argument("out", help="safetensors file to write (serve --mtp-weights OUT)")
-    p.set_defaults(func=_extract_mtp)
-
-    p = sub.add_parser("fixture-eval", help="held-out tool-call and thinking figures of a model")
-    p.add_argument("model_dir", help="a model in the built-in model's format")
-    p.add_argument("--n", type=int, default=200, help="held-out requests (default 200)")
-    p.add_argument(
-        "--long", action="store_true", help="held-out code loss by position, sparse and dense"
-    )
-    p.set_defaults(func=_fixture_eval)
+    add_model_file_commands(sub)
     return parser
 
 
