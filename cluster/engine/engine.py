@@ -68,11 +68,13 @@ class Engine:
         if schedule.preempted:  # their KV is freed; they prefill again when there is room
             self.runner.release(schedule.preempted)
         self.runner.speculate = self.want_speculation() if speculate is None else speculate
-        drafts = self.runner.drafter.stats.speculative_steps if self.runner.drafter else 0
+        stats = self.runner.drafter.stats if self.runner.drafter else None
+        before = stats.speculative_steps if stats else 0
         started = time.perf_counter()
         sampled = self.runner.run(schedule)
-        self._observe(schedule, sampled, time.perf_counter() - started, drafts)
-        self._note_outcomes(schedule.decode)
+        speculated = stats is not None and stats.speculative_steps > before
+        self._observe(schedule, sampled, time.perf_counter() - started, speculated)
+        self._note_outcomes(schedule.decode, speculated)
         events, done = self.scheduler.postprocess(schedule, sampled)
         self._remember(schedule, done)
         return events
@@ -90,24 +92,23 @@ class Engine:
             self.speculation.set(True, None)
         return self.governor.allow()
 
-    def _observe(self, schedule, sampled, seconds: float, drafts_before: int) -> None:
+    def _observe(self, schedule, sampled, seconds: float, speculated: bool) -> None:
         if self.governor is None or len(schedule.decode) != 1 or schedule.prefill:
             return
         (seq,) = schedule.decode
         self.governor.observe(self.runner.speculate, seconds, len(sampled.get(seq, ())))
         # The seed-003 watchdog: reported on, a lone sequence decoded, no speculative step ran.
-        stats = self.runner.drafter.stats
-        if self.runner.speculate and stats.speculative_steps == drafts_before:
+        if self.runner.speculate and not speculated:
             self.governor.mode, self.governor.count = "off", 0
             self.speculation.set(
                 False, "engine_error", "speculation was on but no speculative step ran"
             )
 
-    def _note_outcomes(self, decoded: list[Sequence]) -> None:
+    def _note_outcomes(self, decoded: list[Sequence], speculated: bool) -> None:
         """Per sequence: whether this decode step speculated, and if not, why."""
         if self.config.speculation == "none" or not decoded:
             return
-        if self.runner.speculate and len(decoded) == 1 and self.runner.drafter is not None:
+        if speculated:  # a speculative step serves one sequence
             decoded[0].spec_steps += 1
             return
         state = self.speculation

@@ -20,10 +20,6 @@ class KVBudget:
     preemptions: int = 0
     """Running sequences sent back to wait (their KV freed, recomputed later)."""
 
-    @property
-    def bounded(self) -> bool:
-        return self.budget_bytes is not None
-
     def batch_bytes(self, lengths: list[int]) -> int:
         """A decode batch of sequences this long: every row as long as the longest (rows are
         left-padded), in whole steps, plus one step for the copy a cache makes as it grows."""
@@ -44,18 +40,21 @@ class KVBudget:
         steps = self.budget_bytes // (2 * self.per_token) // STEP
         return max(0, (steps - 1) * STEP - 16)
 
-    def fits(self, batch: list[int], prefilling: list[int]) -> bool:
-        if self.budget_bytes is None:
-            return True
-        own = sum(self.own_bytes(n) for n in prefilling)
-        return self.batch_bytes(batch) + own <= self.budget_bytes
-
-    def room(self, batch: list[int], prefilling: list[int]) -> int | None:
-        """Bytes left for the prefix cache."""
+    def _left(self, batch: list[int], prefilling: list[int]) -> int | None:
+        """Budget bytes left beside this batch and these prompts' own caches (None: no bound)."""
         if self.budget_bytes is None:
             return None
         own = sum(self.own_bytes(n) for n in prefilling)
-        return max(0, self.budget_bytes - self.batch_bytes(batch) - own)
+        return self.budget_bytes - self.batch_bytes(batch) - own
+
+    def fits(self, batch: list[int], prefilling: list[int]) -> bool:
+        left = self._left(batch, prefilling)
+        return left is None or left >= 0
+
+    def room(self, batch: list[int], prefilling: list[int]) -> int | None:
+        """Bytes left for the prefix cache."""
+        left = self._left(batch, prefilling)
+        return None if left is None else max(0, left)
 
     def to_json(self) -> dict:
         return {
@@ -64,8 +63,3 @@ class KVBudget:
             "capacity_tokens": self.capacity_tokens,
             "preemptions": self.preemptions,
         }
-
-
-def per_token_bytes(caches: list) -> int:
-    """Bytes per position of a cache list that has grown once (holds one STEP)."""
-    return max(1, sum(c.nbytes for c in caches) // STEP)

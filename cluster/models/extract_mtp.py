@@ -11,25 +11,19 @@ from pathlib import Path
 
 import mlx.core as mx
 
+from .glm_moe_dsa_mtp import read_mtp_tensors
+
 
 def extract_mtp(hf_dir: str | Path, out: str | Path) -> tuple[Path, list[str]]:
     """(the file written, the shards read)."""
     hf_dir, out = Path(hf_dir), Path(out)
     config = json.loads((hf_dir / "config.json").read_text())
     layer = config["num_hidden_layers"]
-    prefix = f"model.layers.{layer}."
-    index = hf_dir / "model.safetensors.index.json"
-    if index.exists():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        names = sorted({f for k, f in weight_map.items() if k.startswith(prefix)})
-    else:
-        names = sorted(p.name for p in hf_dir.glob("*.safetensors"))
-    tensors: dict[str, mx.array] = {}
-    for name in names:
-        tensors |= {k: v for k, v in mx.load(str(hf_dir / name)).items() if k.startswith(prefix)}
+    tensors, files = read_mtp_tensors(hf_dir, layer)
+    names = [f.name for f in files]
     if not tensors:
         raise SystemExit(
-            f"error: {hf_dir} has no MTP layer (no tensors named {prefix}*); "
+            f"error: {hf_dir} has no MTP layer (no tensors named model.layers.{layer}.*); "
             f"num_nextn_predict_layers is {config.get('num_nextn_predict_layers', 0)}"
         )
     out.parent.mkdir(parents=True, exist_ok=True)

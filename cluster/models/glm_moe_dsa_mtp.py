@@ -92,14 +92,10 @@ def shard_mtp(mtp: MTPLayer, group) -> None:
     Model.shard(holder, group)
 
 
-def load_mtp_layer(model, model_dir, config: dict, mtp_weights: str | None = None, group=None,
-                   bits: int | None = None):  # fmt: skip
-    """The MTP layer from the checkpoint (or a separate safetensors file), quantized like the
-    main model unless `bits` says otherwise (16: not at all), sharded like a main layer in a
-    tensor-parallel group; the embedding and LM head stay the main model's."""
-    layer = config["num_hidden_layers"]
-    prefix = MTP_PREFIX.format(layer)
-    model_dir = Path(model_dir)
+def read_mtp_tensors(model_dir: str | Path, layer: int, mtp_weights: str | None = None):
+    """(the MTP layer's tensors `model.layers.{layer}.*`, the files read): from `mtp_weights`,
+    else from only the shards the checkpoint's index names for them (all without an index)."""
+    prefix, model_dir = MTP_PREFIX.format(layer), Path(model_dir)
     if mtp_weights:
         files = [Path(mtp_weights)]
     elif (index := model_dir / "model.safetensors.index.json").exists():
@@ -110,8 +106,19 @@ def load_mtp_layer(model, model_dir, config: dict, mtp_weights: str | None = Non
     weights = {}
     for path in files:
         weights |= {k: v for k, v in mx.load(str(path)).items() if k.startswith(prefix)}
+    return weights, files
+
+
+def load_mtp_layer(model, model_dir, config: dict, mtp_weights: str | None = None, group=None,
+                   bits: int | None = None):  # fmt: skip
+    """The MTP layer from the checkpoint (or a separate safetensors file), quantized like the
+    main model unless `bits` says otherwise (16: not at all), sharded like a main layer in a
+    tensor-parallel group; the embedding and LM head stay the main model's."""
+    layer = config["num_hidden_layers"]
+    weights, files = read_mtp_tensors(model_dir, layer, mtp_weights)
     if not weights:
-        raise ValueError(f"no tensors named {prefix}* in {', '.join(map(str, files))}")
+        raise ValueError(f"no tensors named {MTP_PREFIX.format(layer)}* in "
+                         f"{', '.join(map(str, files))}")  # fmt: skip
     mtp = MTPLayer(model.args)
     mtp.load_weights(list(mtp_weights_from_checkpoint(weights, model, layer).items()))
     quantized = config.get("quantization") or {}

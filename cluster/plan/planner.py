@@ -64,12 +64,13 @@ def _layer_ranges(layers: int, stages: int) -> tuple[tuple[int, int], ...]:
 def _speculation(config: dict, stages: int, mtp_weights: bool | None) -> dict:
     """mtp_weights: whether the checkpoint (or --mtp-weights) holds the MTP layer; None when
     unknown (a preset: the original checkpoint has it, mlx-community's conversions drop it)."""
-    has_mtp = (config.get("num_nextn_predict_layers") or 0) > 0 and mtp_weights is not False
     if stages > 1:
         return {"mtp": "pipeline_parallel", "draft": "pipeline_parallel",
                 "ngram": "pipeline_parallel"}  # fmt: skip
-    mtp = "needs_mtp_weights" if has_mtp and mtp_weights is None else (
-        "supported" if has_mtp else "no_mtp_weights")  # fmt: skip
+    if not config.get("num_nextn_predict_layers") or mtp_weights is False:
+        mtp = "no_mtp_weights"
+    else:
+        mtp = "supported" if mtp_weights else "needs_mtp_weights"
     return {"mtp": mtp, "draft": "supported", "ngram": "supported"}
 
 
