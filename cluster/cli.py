@@ -194,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inventory", help="inventory YAML (default: the embedded local.yaml)")
     p.add_argument(
         "--model",
-        help="model directory, or a preset to plan before downloading: glm-5, deepseek-v3.2 "
+        help="model directory, or a preset to plan before downloading: glm-5, glm-5.1, "
+        "deepseek-v3.2 "
         "(default: the inventory's model)",
     )
     p.add_argument("--model-config", help="a config.json instead of a model directory")

@@ -45,8 +45,9 @@ def _fixture_checkpoint(args) -> int:
         print(f"wrote {out}: {src.name} in {args.shards} Hugging Face shards with an index")
         return 0
     if args.shape == "hf-mtp":
-        write_hf_mtp(src, out)
-        print(f"wrote {out}: the MTP layer of {src.name} in Hugging Face's layout (bf16)")
+        write_hf_mtp(src, out, args.fp8)
+        form = "FP8 e4m3 linear weights with 128 x 128 block scales" if args.fp8 else "bf16"
+        print(f"wrote {out}: the MTP layer of {src.name} in Hugging Face's layout ({form})")
         return 0
     write_mlx_community(src, out, args.bits, args.group_size, args.shards)
     print(f"wrote {out}: {src.name} as mlx-community ships GLM-5 ({args.bits}-bit, group "
@@ -122,6 +123,9 @@ def add_model_file_commands(sub) -> None:
     p.add_argument("--bits", type=int, choices=[4, 8], default=4, help="quantization bits")
     p.add_argument("--group-size", type=int, choices=[32, 64], default=64, help="group size")
     p.add_argument("--shards", type=int, default=2, help="safetensors files to split into")
+    p.add_argument(
+        "--fp8", action="store_true", help="hf-mtp: FP8 with block scales, as GLM-5-FP8 ships it"
+    )
     p.set_defaults(func=_fixture_checkpoint)
 
     p = sub.add_parser(

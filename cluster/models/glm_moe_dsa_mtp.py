@@ -2,7 +2,8 @@
 
 x = eh_proj([enorm(embed(t+1)), hnorm(h_t)]) -> decoder layer -> shared_head.norm -> lm_head.
 The embedding and the LM head are the main model's: a Hugging Face MTP layer's own copies
-(`embed_tokens`, `shared_head.head`) are checked against them and dropped.
+(`embed_tokens`, `shared_head.head`) are checked against them and dropped. FP8 weights with
+block scales (GLM-5-FP8) are dequantized first.
 """
 
 import json
@@ -15,6 +16,8 @@ from mlx.utils import tree_flatten
 from mlx_lm.models.base import create_attention_mask
 from mlx_lm.models.cache import CacheList, KVCache
 from mlx_lm.models.deepseek_v32 import DeepseekV32DecoderLayer, Model
+
+from . import fp8
 
 MTP_PREFIX = "model.layers.{}."
 OWN_WEIGHTS = {"enorm.weight", "hnorm.weight", "eh_proj.weight", "shared_head.norm.weight"}
@@ -75,6 +78,7 @@ def mtp_weights_from_checkpoint(weights: dict, model, layer: int) -> dict:
     own = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
     if not own:
         return {}
+    own = fp8.dequantize_all(own)
     check_shared(own, model)
     # Reuse mlx-lm's sanitize (expert stacking, kv_b split) by posing as layer 0.
     block = {f"model.layers.0.{k}": v for k, v in own.items() if k not in OWN_WEIGHTS}

@@ -50,3 +50,6 @@ PRESETS: dict[str, dict] = {
         "max_position_embeddings": 163840,
     },
 }
+# GLM-5.1 is GLM-5's architecture and tensor shapes with new weights (zai-org/GLM-5.1; NVIDIA's
+# Megatron Bridge maps both through one bridge), so it plans exactly as GLM-5.
+PRESETS["glm-5.1"] = PRESETS["glm-5"]

@@ -1,5 +1,6 @@
 """The shapes users download, served: mlx-community's quantized GLM-5 with the MTP layer from
-a Hugging Face-layout file, at TP 1 and TP 2, through the official client."""
+a Hugging Face-layout file (bf16, or FP8 with block scales as GLM-5-FP8 ships it), at TP 1 and
+TP 2, through the official client."""
 
 import subprocess
 import sys
@@ -23,17 +24,24 @@ def shapes(tmp_path_factory) -> dict[str, Path]:
     cli("fixture-checkpoint", str(root / "q4g32"), "--bits", "4", "--group-size", "32")
     cli("fixture-checkpoint", str(root / "q8g32"), "--bits", "8", "--group-size", "32")
     cli("fixture-checkpoint", str(root / "mtp.safetensors"), "--shape", "hf-mtp")
-    return {n: root / n for n in ("q4g64", "q4g32", "q8g32")} | {"mtp": root / "mtp.safetensors"}
+    cli("fixture-checkpoint", str(root / "mtp-fp8.safetensors"), "--shape", "hf-mtp", "--fp8")
+    return {n: root / n for n in ("q4g64", "q4g32", "q8g32")} | {
+        "mtp": root / "mtp.safetensors", "mtp-fp8": root / "mtp-fp8.safetensors"
+    }
 
 
 # Group 64 does not split across two ranks at this model's width (64-wide inputs); GLM-5's
 # layers are thousands wide.
-@pytest.mark.parametrize(("shape", "tp"), [("q4g64", 1), ("q4g32", 1), ("q4g32", 2), ("q8g32", 2)])
-def test_a_downloaded_shape_serves_with_hugging_face_mtp(shapes, shape, tp, tmp_path):
+# Each MTP file's format at TP 1 and TP 2, each model shape at least once.
+@pytest.mark.parametrize(
+    ("shape", "tp", "mtp"),
+    [("q4g64", 1, "mtp-fp8"), ("q4g32", 1, "mtp"), ("q4g32", 2, "mtp"), ("q8g32", 2, "mtp-fp8")],
+)
+def test_a_downloaded_shape_serves_with_hugging_face_mtp(shapes, shape, tp, mtp, tmp_path):
     from conftest import Server
 
     args = ["--model", str(shapes[shape]), "--speculation", "mtp", "--num-speculative-tokens",
-            "2", "--mtp-weights", str(shapes["mtp"])]  # fmt: skip
+            "2", "--mtp-weights", str(shapes[mtp])]  # fmt: skip
     if tp == 2:
         args += ["--inventory", str(ROOT / "inventory/local-tp2.yaml")]
     srv = Server(args, env={"CLUSTER_HOME": str(tmp_path / "home")})

@@ -20,6 +20,7 @@ def shapes(tmp_path_factory) -> dict[str, Path]:
     return {
         "q4": write_mlx_community(TRAINED, root / "q4", 4, 64, 3),
         "mtp": write_hf_mtp(TRAINED, root / "mtp" / "mtp.safetensors"),
+        "mtp-fp8": write_hf_mtp(TRAINED, root / "mtp" / "mtp-fp8.safetensors", fp8=True),
     }
 
 
@@ -46,6 +47,27 @@ def test_a_hugging_face_mtp_layer_loads_quantized_like_the_model(shapes):
     assert isinstance(kept.eh_proj, nn.Linear)
     # bf16 experts are upcast on MLX's CPU backend (its gather_mm is float32 only)
     assert kept.block.mlp.switch_mlp.gate_proj.weight.dtype == mx.float32
+
+
+def test_an_fp8_mtp_layer_is_dequantized_at_load(shapes):
+    """GLM-5-FP8's layout: linear weights typed F8_E4M3 with 128 x 128 block scales; loaded,
+    the layer computes what the bf16 file's does within FP8's rounding (3 mantissa bits)."""
+    import json
+    import struct
+
+    with open(shapes["mtp-fp8"], "rb") as f:
+        header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+    fp8 = [k for k, v in header.items() if k != "__metadata__" and v["dtype"] == "F8_E4M3"]
+    assert fp8 and all(k.removesuffix("weight") + "weight_scale_inv" in header for k in fp8)
+    assert not any("embed_tokens" in k or "shared_head" in k or "norm" in k for k in fp8)
+    model, _, config = load_model(TRAINED)
+    want = load_mtp_layer(model, TRAINED, config, str(shapes["mtp"]), bits=16)
+    got = load_mtp_layer(model, TRAINED, config, str(shapes["mtp-fp8"]), bits=16)
+    hidden = mx.random.normal((1, 6, model.args.hidden_size), key=mx.random.key(0))
+    embeds = model.model.embed_tokens(mx.array([[5, 6, 7, 8, 9, 10]]))
+    a, b = want(hidden, embeds), got(hidden, embeds)
+    err = (mx.linalg.norm(a - b) / mx.linalg.norm(a)).item()
+    assert 0 < err < 0.15, err
 
 
 def test_an_mtp_layer_of_another_checkpoint_is_refused(shapes, model_dir, tmp_path):

@@ -163,6 +163,7 @@ def test_presets_plan_before_downloading():
     assert {k: GLM5[k] for k in glm5 if k in GLM5} == {k: v for k, v in glm5.items() if k in GLM5}
     size = model_size(glm5)
     assert 735e9 < size.total < 750e9 and 38e9 < size.active < 42e9
+    assert PRESETS["glm-5.1"] == glm5  # same architecture and shapes, new weights
     v32 = model_size(PRESETS["deepseek-v3.2"])
     assert 665e9 < v32.total < 690e9 and 36e9 < v32.active < 39e9  # 671B + indexer, 37B active
     for inv in ("mac-studio-2x", "mac-studio-4x"):
