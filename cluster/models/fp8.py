@@ -84,4 +84,3 @@ def save(path: str | Path, tensors: dict[str, mx.array], fp8: set[str],
         f.write(struct.pack("<Q", len(head)) + head)
         for raw in blobs:
             f.write(raw)
-

@@ -26,7 +26,8 @@ def shapes(tmp_path_factory) -> dict[str, Path]:
     cli("fixture-checkpoint", str(root / "mtp.safetensors"), "--shape", "hf-mtp")
     cli("fixture-checkpoint", str(root / "mtp-fp8.safetensors"), "--shape", "hf-mtp", "--fp8")
     return {n: root / n for n in ("q4g64", "q4g32", "q8g32")} | {
-        "mtp": root / "mtp.safetensors", "mtp-fp8": root / "mtp-fp8.safetensors"
+        "mtp": root / "mtp.safetensors",
+        "mtp-fp8": root / "mtp-fp8.safetensors",
     }
 
 
