@@ -15,6 +15,7 @@ os-deps:
 	  need=""; \
 	  [ -e "$(OPENBLAS)" ] || need="$$need libopenblas0-pthread"; \
 	  command -v prometheus >/dev/null || need="$$need prometheus"; \
+	  command -v rsync >/dev/null || need="$$need rsync"; \
 	  if [ -n "$$need" ]; then \
 	    echo "installing OS packages:$$need"; \
 	    $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$need >/dev/null; \

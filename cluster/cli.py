@@ -88,13 +88,14 @@ def _plan(args) -> int:
     from .engine.speculation import has_mtp_weights
     from .inventory import load_inventory
     from .model_store import resolve_model
+    from .models.tp_shards import split_tp
     from .plan.model_config import read_config, stored_bits, unrunnable
     from .plan.planner import make_plan
     from .plan.presets import PRESETS
     from .plan.render import render_plan
 
     inventory = load_inventory(args.inventory)
-    mtp = None  # not knowable without the checkpoint
+    mtp = split = None  # not knowable without the checkpoint
     if args.model_config:
         config = read_config(config_file=args.model_config)
     elif args.model in PRESETS:
@@ -103,11 +104,12 @@ def _plan(args) -> int:
         model_dir = resolve_model(args.model or inventory.model)[0]
         config = read_config(model_dir)
         mtp = has_mtp_weights(model_dir, config)
+        split = split_tp(model_dir)
     if why := unrunnable(config):
         print(f"error: {why}", file=sys.stderr)
         return 1
     bits = args.bits or stored_bits(config) or inventory.quantization_bits
-    plan = make_plan(config, bits, inventory, mtp)
+    plan = make_plan(config, bits, inventory, mtp, split)
     print(json.dumps(plan.to_json(), indent=2) if args.json else render_plan(plan))
     return 0 if plan.ok else 1
 

@@ -63,6 +63,16 @@ def _extract_mtp(args) -> int:
     return 0
 
 
+def _shard_checkpoint(args) -> int:
+    from .models.tp_shards import shard_checkpoint
+
+    manifest = shard_checkpoint(args.src, args.out, args.tp)
+    sizes = ", ".join(f"rank {r}: {b / 1e6:,.1f} MB" for r, b in enumerate(manifest.rank_bytes))
+    print(f"wrote {args.out}: {args.src} split for TP {args.tp} ({sizes}); serve it on "
+          f"replicas of {args.tp} nodes, each node needs only its rank-N/ directory")  # fmt: skip
+    return 0
+
+
 def _print_eval(result: dict) -> None:
     print(
         f"held-out tool calls: {result['tool_call_accuracy_thinking_off']:.1%} (thinking off), "
@@ -134,6 +144,15 @@ def add_model_file_commands(sub) -> None:
     p.add_argument("hf_dir", help="Hugging Face checkpoint directory (config.json, shards, index)")
     p.add_argument("out", help="safetensors file to write (serve --mtp-weights OUT)")
     p.set_defaults(func=_extract_mtp)
+
+    p = sub.add_parser(
+        "shard-checkpoint",
+        help="split a checkpoint per tensor-parallel rank (each node stores and reads its shard)",
+    )
+    p.add_argument("src", help="checkpoint directory (as mlx-lm loads it)")
+    p.add_argument("out", help="directory to write: rank-0/ ... rank-N-1/, config, tokenizer")
+    p.add_argument("--tp", type=int, required=True, help="tensor-parallel degree of the replicas")
+    p.set_defaults(func=_shard_checkpoint)
 
     p = sub.add_parser("fixture-eval", help="held-out tool-call and thinking figures of a model")
     p.add_argument("model_dir", help="a model in the built-in model's format")

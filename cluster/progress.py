@@ -1,6 +1,7 @@
 """Progress for long work: a bar on a terminal, a few plain lines in logs."""
 
 import logging
+import re
 import sys
 import time
 
@@ -36,3 +37,13 @@ class Progress:
         if quarter != self._logged:
             self._logged = quarter
             log.info("%s: %d/%d (%.1fs)", self.label, self.done, self.total, elapsed)
+
+
+LOADED = "weights: loaded {done} of {total} bytes ({share:.0%})"
+_LOADED = re.compile(r"weights: loaded (\d+) of (\d+) bytes")
+
+
+def last_loaded(text: str) -> tuple[int, int] | None:
+    """(bytes loaded, bytes in all) from the last LOADED line of a rank's log, if any."""
+    found = _LOADED.findall(text)
+    return (int(found[-1][0]), int(found[-1][1])) if found else None

@@ -21,6 +21,7 @@ from .launch.local import LocalLauncher, ServiceLauncher, SshLauncher
 from .launch.rank import shared_token
 from .launch.supervisor import Supervisor
 from .model_store import cache_home, resolve_model
+from .models.tp_shards import split_tp
 from .plan.model_config import load_timeout, read_config, stored_bits, unrunnable
 from .plan.planner import make_plan
 from .plan.render import render_plan
@@ -104,7 +105,8 @@ def serve(options: ServeOptions, engine: EngineConfig) -> None:
     if why := unrunnable(config):
         raise PlanRefused(f"{model_dir}: {why}")
     mtp = bool(engine.mtp_weights) or has_mtp_weights(model_dir, config)
-    plan = make_plan(config, stored_bits(config) or inventory.quantization_bits, inventory, mtp)
+    bits = stored_bits(config) or inventory.quantization_bits
+    plan = make_plan(config, bits, inventory, mtp, split_tp(model_dir))
     log.info("plan:\n%s", render_plan(plan))
     if why := plan.unservable():
         raise PlanRefused(why)

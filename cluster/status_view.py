@@ -29,7 +29,8 @@ def render_status(status: dict) -> str:
             [
                 r["name"],
                 r["state"]
-                + (f" ({r['reason']})" if r.get("reason") and r["state"] != "ready" else ""),
+                + (f" ({r['reason']})" if r.get("reason") and r["state"] != "ready" else "")
+                + _loading(r),
                 f"TP {plan.get('tensor_parallel', '?')} {plan.get('backend', '')}",
                 nodes,
                 f"{engine.get('num_running', 0)}/{engine.get('num_waiting', 0)}",
@@ -42,3 +43,12 @@ def render_status(status: dict) -> str:
     header = ["replica", "state", "layout", "nodes#rank", "run/wait", "cache hit", "step ms",
               "restarts", "speculation"]  # fmt: skip
     return "\n".join(lines + table(header, rows))
+
+
+def _loading(replica: dict) -> str:
+    """' loading 42%' (weights loaded over all ranks) while a replica starts."""
+    ranks = [k for k in replica.get("ranks", []) if k.get("weights_bytes")]
+    if replica["state"] != "starting" or not ranks:
+        return ""
+    done = sum(k["loaded_bytes"] for k in ranks) / sum(k["weights_bytes"] for k in ranks)
+    return f" loading {done:.0%}"

@@ -1,6 +1,6 @@
 """The coordinator's replicas: one record each, changed only through the registry's methods.
 
-The supervisor reports what it sees (declared, up, down, restarting, observed, healthy) by
+The supervisor reports what it sees (declared, loading, up, down, restarting, observed, healthy) by
 calling these methods; routing and admission read the records. Nothing outside this module
 assigns their fields.
 """
@@ -91,6 +91,11 @@ class Replicas:
         replica = self._by_name[name]
         replica.stats = stats
         for rank, seen in zip(replica.ranks, ranks or [], strict=False):
+            rank.update(seen)
+
+    def loading(self, name: str, ranks: list[dict]) -> None:
+        """While it starts: per rank (in plan order), weight bytes loaded and in all."""
+        for rank, seen in zip(self._by_name[name].ranks, ranks, strict=False):
             rank.update(seen)
 
     def healthy(self, name: str) -> None:

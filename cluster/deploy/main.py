@@ -11,6 +11,7 @@ from pathlib import Path
 from .. import __version__
 from ..inventory import Inventory, load_inventory
 from ..model_store import DEFAULT_MODEL, cache_home, resolve_model
+from ..models.tp_shards import split_tp
 from ..plan.model_config import read_config, stored_bits
 from ..plan.planner import make_plan
 from ..plan.render import render_plan
@@ -39,7 +40,8 @@ def model_config(inventory: Inventory, config_file: str | None) -> tuple[dict, s
 def deploy_plan(inventory: Inventory, config_file: str | None) -> tuple[Plan, str | None]:
     config, note = model_config(inventory, config_file)
     bits = stored_bits(config) or inventory.quantization_bits
-    return make_plan(config, bits, inventory), note
+    split = split_tp(inventory.model) if inventory.model != DEFAULT_MODEL else None
+    return make_plan(config, bits, inventory, split_tp=split), note
 
 
 def build_wheel(out_dir: Path) -> Path | None:
@@ -111,7 +113,9 @@ def render(inventory_path: str, prefix: str, config_file: str | None, wheel_dir:
         ]
         files = [{"path": p, "content": c} for p, c in sorted(node.files.items())]
         keep = kept_services(inventory, nodes, name)
-        hosts[name] = {"services": services, "files": files, "user": node.user, "keep": keep}
+        ranks = sorted({p.rank for r in plan.replicas for p in r.ranks if p.host == name})
+        hosts[name] = {"services": services, "files": files, "user": node.user, "keep": keep,
+                       "model_ranks": [str(r) for r in ranks]}  # fmt: skip
     from ..serve import stored_token
 
     token_file = cache_home() / "cluster-token"

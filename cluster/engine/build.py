@@ -1,25 +1,57 @@
 """Load a model (this rank's shard of it) and build its engine, drafter and speculation state."""
 
+import logging
+import time
 from pathlib import Path
 
 from ..config import EngineConfig
+from ..progress import LOADED
 from ..types import ModelInfo
 from . import speculation
 
+log = logging.getLogger(__name__)
+
 
 def load_model(path: str | Path, group=None):
-    """Load a model with mlx-lm; in a group of several ranks, keep only this rank's shard."""
-    import mlx.core as mx
+    """Load a model with mlx-lm; in a group of several ranks, keep only this rank's shard
+    (reading only its own files when the checkpoint is split per rank)."""
     import mlx_lm
+    from mlx_lm.utils import load_tokenizer
 
-    sharded = group is not None and group.size() > 1
-    model, tokenizer, config = mlx_lm.load(str(path), lazy=sharded, return_config=True)
-    if sharded:
-        if not hasattr(model, "shard"):
-            raise ValueError(f"{config.get('model_type')} models cannot be tensor-parallel")
-        model.shard(group)
-        mx.eval(model.parameters())
+    from ..models.tp_shards import load_rank, read_manifest
+
+    if manifest := read_manifest(path):
+        model, config = load_rank(path, manifest, group)
+        tokenizer = load_tokenizer(Path(path), eos_token_ids=config.get("eos_token_id"))
+    else:
+        model, tokenizer, config = mlx_lm.load(str(path), lazy=True, return_config=True)
+        if group is not None and group.size() > 1:
+            if not hasattr(model, "shard"):
+                raise ValueError(f"{config.get('model_type')} models cannot be tensor-parallel")
+            model.shard(group)
+    materialize(model)
     return model, tokenizer, config
+
+
+def materialize(model, every: float = 2.0) -> None:
+    """Read the parameters in steps of about 5%, logging the bytes loaded (the supervisor shows
+    them per rank while the replica starts)."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    params = [v for _, v in tree_flatten(model.parameters())]
+    total = sum(v.nbytes for v in params)
+    done, batch, logged = 0, [], 0.0
+    for i, value in enumerate(params):
+        batch.append(value)
+        if sum(v.nbytes for v in batch) < total / 20 and i < len(params) - 1:
+            continue
+        mx.eval(batch)
+        done += sum(v.nbytes for v in batch)
+        batch = []
+        if time.monotonic() - logged >= every or done == total:
+            logged = time.monotonic()
+            log.info(LOADED.format(done=done, total=total, share=done / max(total, 1)))
 
 
 def context_length(config: dict, engine: EngineConfig) -> int:

@@ -5,7 +5,7 @@ import logging
 import time
 from pathlib import Path
 
-from ..progress import Progress
+from ..progress import Progress, last_loaded
 from ..rpc.client import GrpcEngineClient
 from ..types import EngineRequest, ReplicaRegistry, RequestId, SamplingParams
 from .local import Launcher, RunningReplica, process_state
@@ -70,6 +70,8 @@ class Supervisor:
         self._tasks: dict[str, asyncio.Task] = {}
         self.probe_every, self.probe_timeout = probe_every, probe_timeout
         self._last_seen: dict[str, tuple[int, float]] = {}
+        self._loaded: set[str] = set()
+        """Replicas whose ranks have all reported their weights loaded (since they started)."""
         """Per replica: (requests served, when that count last changed or a probe passed)."""
 
     async def start(self, plans, timeout: float = 600) -> None:
@@ -135,10 +137,25 @@ class Supervisor:
             await old.close()
         log.info("replica %s ready at %s (TP %d)", plan.name, proc.address, plan.tensor_parallel)
 
+    def _report_loading(self, proc: RunningReplica) -> None:
+        """Each rank's weight bytes loaded so far, from the last progress line of its log (until
+        every rank has loaded all: a follower may finish after the leader serves)."""
+        if proc.plan.name in self._loaded:
+            return
+        ranks, done = [], bool(proc.logs)
+        for path in proc.logs:
+            found = last_loaded(tail(path))
+            ranks.append({"loaded_bytes": found[0], "weights_bytes": found[1]} if found else {})
+            done = done and found is not None and found[0] == found[1]
+        self.registry.loading(proc.plan.name, ranks)
+        if done:
+            self._loaded.add(proc.plan.name)
+
     async def _wait_ready(self, proc: RunningReplica, timeout: float) -> GrpcEngineClient:
         client = self.client_factory(proc.address, self.token)
         deadline = time.time() + timeout
         while time.time() < deadline:
+            self._report_loading(proc)
             if dead := proc.dead_ranks():
                 await client.close()
                 proc.stop()
@@ -186,6 +203,7 @@ class Supervisor:
     async def _check(self, name: str, proc: RunningReplica) -> str | None:
         if dead := self._dead(proc):
             return dead
+        self._report_loading(proc)
         try:
             stats = await self.clients[name].status(timeout=2)
         except Exception as e:
@@ -233,6 +251,7 @@ class Supervisor:
         up to a cap) until it serves; each attempt counts as a restart."""
         proc = self.running.pop(name, None)
         self.registry.down(name, reason)
+        self._loaded.discard(name)  # a restart loads the weights again
         log.warning("replica %s is down: %s; restarting it", name, reason)
         if proc is not None:
             await asyncio.to_thread(proc.stop)
@@ -260,3 +279,14 @@ class Supervisor:
             if proc.attached:
                 log.info("replica %s was re-attached, not started here: left running", name)
         await asyncio.gather(*(asyncio.to_thread(p.stop) for p in self.running.values()))
+
+
+def tail(path, size: int = 1 << 16) -> str:
+    """The last `size` bytes of a log file ('' if it is not there yet)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - size))
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""

@@ -46,7 +46,7 @@ def unrunnable(config: dict) -> str | None:
 def load_timeout(model_dir: str | Path, ranks: int) -> float:
     """Seconds a replica may take to load: its share of the checkpoint at a slow disk's rate,
     twice over, and never under ten minutes."""
-    size = sum(p.stat().st_size for p in Path(model_dir).glob("*.safetensors"))
+    size = sum(p.stat().st_size for p in Path(model_dir).rglob("*.safetensors"))
     return max(600.0, 120.0 + 2 * size / max(ranks, 1) / READ_BYTES_PER_SECOND)
 
 

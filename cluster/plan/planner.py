@@ -103,9 +103,18 @@ def _replica(
     bits: int,
     inv: Inventory,
     mtp_weights: bool | None = None,
+    split_tp: int | None = None,
 ) -> tuple[ReplicaPlan, list[str]]:
     name = f"r{index}"
     tp, stages = _tp_and_stages(config, len(hosts))
+    split = []
+    if split_tp and (split_tp != tp or stages > 1):
+        split.append(
+            f"the checkpoint is split per rank for TP {split_tp} (shard-checkpoint), but replica "
+            f"{name} has {len(hosts)} nodes (TP {tp}"
+            + (f" x PP {stages}" if stages > 1 else "")
+            + f"): list {split_tp} hosts per replica, or split it again with --tp {tp}."
+        )
     ranks = tuple(RankPlacement(i, h.name, h.interconnect[0]) for i, h in enumerate(hosts))
     base = dict(
         name=name,
@@ -118,7 +127,7 @@ def _replica(
         hostfile=_hostfile(hosts, inv.mlx_backend),
         index=index,
     )
-    rdma = _rdma_refusals(name, hosts) if inv.mlx_backend == "jaccl" else []
+    rdma = split + (_rdma_refusals(name, hosts) if inv.mlx_backend == "jaccl" else [])
     if size is None:
         return ReplicaPlan(**base), rdma
     bpp = bytes_per_param(bits)
@@ -157,10 +166,15 @@ def _replica(
 
 
 def make_plan(
-    config: dict, bits: int, inventory: Inventory, mtp_weights: bool | None = None
+    config: dict,
+    bits: int,
+    inventory: Inventory,
+    mtp_weights: bool | None = None,
+    split_tp: int | None = None,
 ) -> Plan:
     """mtp_weights: whether the MTP layer's weights exist (checkpoint or --mtp-weights); None
-    when the checkpoint is not here to look at."""
+    when the checkpoint is not here to look at. split_tp: the TP degree a checkpoint split per
+    rank (`shard-checkpoint`) was written for; every replica must have exactly that."""
     try:
         size = model_size(config)
     except UnknownModel:
@@ -177,7 +191,7 @@ def make_plan(
         per = len(hosts) // n
         for i in range(n):
             group = hosts[i * per : (i + 1) * per]
-            plan, why = _replica(i, group, config, size, bits, inventory, mtp_weights)
+            plan, why = _replica(i, group, config, size, bits, inventory, mtp_weights, split_tp)
             replicas.append(plan)
             refusals += why
     assumptions = {
@@ -186,6 +200,7 @@ def make_plan(
         "efficiency": EFFICIENCY,
         "bytes_per_param": bytes_per_param(bits),
         "memory_checked": size is not None,
+        "checkpoint_split_tp": split_tp,
     }
     return Plan(
         model_type=str(config.get("model_type")),

@@ -57,6 +57,11 @@ def render_plan(plan: Plan) -> str:
         f"assumes {a['allreduce_latency_us']:g} us per all_sum, {a['bytes_per_param']:g} bytes "
         f"per parameter, decode at {a['efficiency']:g} of the roofline",
     ]
+    if a.get("checkpoint_split_tp"):
+        lines.append(
+            f"checkpoint split per rank for TP {a['checkpoint_split_tp']}: each node stores and "
+            "reads only its own rank-N/ directory"
+        )
     if plan.refusals:
         lines += ["", "REFUSED:"] + [f"  {r}" for r in plan.refusals]
     else:

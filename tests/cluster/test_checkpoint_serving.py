@@ -101,3 +101,47 @@ def test_tp2_logits_against_tp1_identity_on_fp32_tolerance_on_4bit(shapes):
     print(f"TP 2 vs TP 1: fp32 {fp32}, 4-bit g32 {q4}")
     assert fp32["top1_agreement"] == 1.0 and fp32["rel_l2_logit_diff"] < 1e-4, fp32
     assert q4["top1_agreement"] >= 0.9 and q4["rel_l2_logit_diff"] < 0.05, q4
+
+
+def test_a_checkpoint_split_per_rank_serves_each_rank_reading_its_own_shard(tmp_path):
+    """`shard-checkpoint --tp 2`, served at TP 2: each rank loads only its rank-N/ files (the
+    bytes its log and /v1/status report are that directory's), and greedy output is the
+    whole checkpoint's (fp32: TP is token-identical). Another TP degree is refused by plan."""
+    import json
+
+    import mlx.core as mx
+    import mlx_lm
+    from conftest import Server
+    from mlx_lm.generate import generate_step
+
+    from cluster.model_store import TRAINED
+
+    split = tmp_path / "split"
+    cli("shard-checkpoint", str(TRAINED), str(split), "--tp", "2")
+    rank_bytes = json.loads((split / "tensor_parallel.json").read_text())["rank_bytes"]
+    refused = subprocess.run([sys.executable, "-m", "cluster", "plan", "--model", str(split)],
+                             capture_output=True, text=True, cwd=ROOT, timeout=120)  # fmt: skip
+    assert refused.returncode == 1 and "split per rank for TP 2" in refused.stdout, refused
+
+    prompt = "import os\nimport sys\n\ndef main("
+    model, tok = mlx_lm.load(str(TRAINED))
+    ids = tok.encode(prompt, add_special_tokens=False)
+    want = [int(t) for t, _ in generate_step(mx.array(ids), model, max_tokens=24)]
+    home = tmp_path / "home"
+    srv = Server(["--model", str(split), "--inventory", str(ROOT / "inventory/local-tp2.yaml")],
+                 env={"CLUSTER_HOME": str(home)})  # fmt: skip
+    try:
+        reply = srv.client().completions.create(
+            model=srv.model, prompt=ids, max_tokens=24, temperature=0,
+            extra_body={"ignore_eos": True},
+        )  # fmt: skip
+        assert tok.encode(reply.choices[0].text, add_special_tokens=False) == want
+        (replica,) = httpx.get(f"{srv.url}/v1/status").json()["replicas"]
+        loaded = [(r["loaded_bytes"], r["weights_bytes"]) for r in replica["ranks"]]
+        assert loaded == [(b, b) for b in rank_bytes], loaded
+        logs = sorted(home.rglob("rank*.log"))
+        assert len(logs) == 2
+        for path, size in zip(logs, rank_bytes, strict=True):
+            assert f"weights: loaded {size} of {size} bytes" in path.read_text()
+    finally:
+        srv.stop()

@@ -142,10 +142,10 @@ def test_jaccl_replica_with_wrong_rdma_device_count_is_refused(tmp_path, glm5_co
 # --- a real run on this machine ------------------------------------------------------------
 
 
-def run_deploy(inventory: Path, prefix: Path, env: dict, *extra: str) -> str:
+def run_deploy(inventory: Path, prefix: Path, env: dict, *extra: str, ansible=()) -> str:
     cmd = [sys.executable, "-m", "cluster", "deploy", "--inventory", str(inventory)]
     cmd += ["--prefix", str(prefix), "--no-services", *extra, "--"]
-    cmd += ["-e", "deploy_become=false", "-e", f"deploy_service_dir={prefix / 'units'}"]
+    cmd += ["-e", "deploy_become=false", "-e", f"deploy_service_dir={prefix / 'units'}", *ansible]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600,
                          stdin=subprocess.DEVNULL)  # fmt: skip
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
@@ -258,6 +258,21 @@ def test_playbook_installs_renders_is_idempotent_and_its_units_serve(tmp_path, t
                 p.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
+
+    # A checkpoint split per rank: a node receives only its own rank's directory.
+    split = tmp_path / "split"
+    for rank in (0, 1):
+        (split / f"rank-{rank}").mkdir(parents=True)
+        (split / f"rank-{rank}" / "model-00001-of-00001.safetensors").write_text(str(rank))
+    (split / "config.json").write_text("{}")
+    dest = tmp_path / "node1-model"
+    ansible = ("-e", f"deploy_model_source={split}", "-e", f"model={dest}")
+    run_deploy(tp2_inventory, prefix, env, "--limit", "local-rank1", ansible=ansible)
+    assert sorted(str(p.relative_to(dest)) for p in dest.rglob("*")) == [
+        "config.json",
+        "rank-1",
+        "rank-1/model-00001-of-00001.safetensors",
+    ]
 
     # A service of a replica the inventory no longer has is removed; ours and others' stay.
     (prefix / "units" / "glm-cluster-rank-r9-0.service").write_text(
