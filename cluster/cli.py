@@ -9,6 +9,7 @@ from dataclasses import fields
 
 from .cli_models import add_model_file_commands
 from .config import EngineConfig
+from .plan.spec_forecast import GLM5_ACCEPTANCE
 
 
 def _add_engine_flags(p: argparse.ArgumentParser) -> None:
@@ -84,6 +85,13 @@ def _rank(args) -> int:
     return run_rank(options, _engine_config(args))
 
 
+def _acceptance(text: str) -> tuple[float, ...]:
+    values = tuple(float(v) for v in text.split(","))
+    if not values or any(not 0 <= v <= 1 for v in values) or list(values) != sorted(values)[::-1]:
+        raise argparse.ArgumentTypeError("shares between 0 and 1, not increasing: 0.9,0.7,0.5")
+    return values
+
+
 def _plan(args) -> int:
     from .engine.speculation import has_mtp_weights
     from .inventory import load_inventory
@@ -109,7 +117,7 @@ def _plan(args) -> int:
         print(f"error: {why}", file=sys.stderr)
         return 1
     bits = args.bits or stored_bits(config) or inventory.quantization_bits
-    plan = make_plan(config, bits, inventory, mtp, split)
+    plan = make_plan(config, bits, inventory, mtp, split, args.mtp_acceptance, args.verify_cost)
     print(json.dumps(plan.to_json(), indent=2) if args.json else render_plan(plan))
     return 0 if plan.ok else 1
 
@@ -202,6 +210,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model-config", help="a config.json instead of a model directory")
     p.add_argument("--bits", type=int, help="bits per weight (default: checkpoint or inventory)")
+    p.add_argument(
+        "--mtp-acceptance",
+        type=_acceptance,
+        default=GLM5_ACCEPTANCE,
+        help="for the MTP forecast: the share of steps whose first 1, 2, ... drafts are accepted, "
+        "e.g. 0.9,0.7,0.5 (default: GLM-5's published 0.938,0.769,0.572)",
+    )
+    p.add_argument(
+        "--verify-cost",
+        type=float,
+        help="for the MTP forecast: a measured 2-token verify forward, in plain decode steps "
+        "(default: from the bytes it reads)",
+    )
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=_plan)
 

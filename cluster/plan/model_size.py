@@ -110,6 +110,14 @@ def model_size(c: dict) -> ModelSize:
     )
 
 
+def routed_active(c: dict) -> int:
+    """Parameters of the routed experts one token reads, over all MoE layers."""
+    if not c.get("n_routed_experts"):
+        return 0
+    per_layer = c["num_experts_per_tok"] * 3 * c["hidden_size"] * c["moe_intermediate_size"]
+    return per_layer * sum(_is_moe(c, i) for i in range(c["num_hidden_layers"]))
+
+
 def bytes_per_param(bits: int, group_size: int = 64) -> float:
     """MLX affine quantization adds an fp16 scale and bias per group."""
     return bits / 8 + (4 / group_size if bits < 16 else 0)

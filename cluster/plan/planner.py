@@ -1,7 +1,8 @@
 """The planner: a pure function from (model config, quantization bits, inventory) to a plan."""
 
 from ..inventory import Host, Inventory
-from .model_size import ModelSize, UnknownModel, bytes_per_param, model_size
+from .model_size import ModelSize, UnknownModel, bytes_per_param, model_size, routed_active
+from .spec_forecast import GLM5_ACCEPTANCE, StepBytes, forecast
 from .types import NodeMemory, Plan, RankPlacement, ReplicaPlan
 
 GB = 1e9
@@ -104,6 +105,8 @@ def _replica(
     inv: Inventory,
     mtp_weights: bool | None = None,
     split_tp: int | None = None,
+    acceptance: tuple[float, ...] = GLM5_ACCEPTANCE,
+    verify_cost: float | None = None,
 ) -> tuple[ReplicaPlan, list[str]]:
     name = f"r{index}"
     tp, stages = _tp_and_stages(config, len(hosts))
@@ -156,11 +159,26 @@ def _replica(
     latency = (inv.allreduce_latency_us or ALLREDUCE_LATENCY_US[inv.mlx_backend]) * 1e-6
     collectives = 2 * size.num_layers if tp > 1 else 0
     seconds = stages * active_node / bandwidth + (collectives + stages - 1) * latency
+    mtp_forecast = ()
+    if stages == 1 and config.get("num_nextn_predict_layers"):
+        routed = routed_active(config) / tp * bpp
+        step = StepBytes(
+            routed=routed,
+            other=active_node - routed,
+            draft=size.mtp_active / tp * bpp + config["vocab_size"] * config["hidden_size"] * bpp,
+            collectives=collectives,
+            layers=size.num_layers,
+            n_experts=config.get("n_routed_experts") or 0,
+            top_k=config.get("num_experts_per_tok") or 0,
+        )
+        rows = forecast(step, bandwidth, latency, EFFICIENCY, acceptance, verify_cost)
+        mtp_forecast = tuple(r.__dict__ for r in rows)
     plan = ReplicaPlan(
         **base,
         memory=tuple(memory),
         decode_tok_s_roofline=round(1 / seconds, 2),
         decode_tok_s_expected=round(EFFICIENCY / seconds, 2),
+        mtp_forecast=mtp_forecast,
     )
     return plan, refusals
 
@@ -171,10 +189,15 @@ def make_plan(
     inventory: Inventory,
     mtp_weights: bool | None = None,
     split_tp: int | None = None,
+    acceptance: tuple[float, ...] = GLM5_ACCEPTANCE,
+    verify_cost: float | None = None,
 ) -> Plan:
     """mtp_weights: whether the MTP layer's weights exist (checkpoint or --mtp-weights); None
     when the checkpoint is not here to look at. split_tp: the TP degree a checkpoint split per
-    rank (`shard-checkpoint`) was written for; every replica must have exactly that."""
+    rank (`shard-checkpoint`) was written for; every replica must have exactly that.
+    acceptance: the MTP layer's chance that the first 1, 2, ... drafts are accepted, for the
+    speed-up forecast (default: GLM-5's published figures); verify_cost: a measured 2-token
+    verify forward in plain steps, instead of the forecast's byte count."""
     try:
         size = model_size(config)
     except UnknownModel:
@@ -191,7 +214,18 @@ def make_plan(
         per = len(hosts) // n
         for i in range(n):
             group = hosts[i * per : (i + 1) * per]
-            plan, why = _replica(i, group, config, size, bits, inventory, mtp_weights, split_tp)
+            plan, why = _replica(
+                i,
+                group,
+                config,
+                size,
+                bits,
+                inventory,
+                mtp_weights,
+                split_tp,
+                acceptance,
+                verify_cost,
+            )
             replicas.append(plan)
             refusals += why
     assumptions = {
@@ -201,6 +235,8 @@ def make_plan(
         "bytes_per_param": bytes_per_param(bits),
         "memory_checked": size is not None,
         "checkpoint_split_tp": split_tp,
+        "mtp_acceptance": list(acceptance),
+        "mtp_verify_cost": verify_cost,
     }
     return Plan(
         model_type=str(config.get("model_type")),

@@ -1,5 +1,6 @@
 """A plan as a terminal table."""
 
+from .spec_forecast import best
 from .types import Plan
 
 
@@ -52,6 +53,9 @@ def render_plan(plan: Plan) -> str:
             )
             lines.append(f"{r.name} pipelines: {ranges}")
     a = plan.assumptions
+    for r in plan.replicas:
+        if r.mtp_forecast:
+            lines += ["", _forecast_line(r, a.get("mtp_acceptance", []))]
     lines += [
         "",
         f"assumes {a['allreduce_latency_us']:g} us per all_sum, {a['bytes_per_param']:g} bytes "
@@ -67,3 +71,16 @@ def render_plan(plan: Plan) -> str:
     else:
         lines += ["", "plan OK"]
     return "\n".join(lines)
+
+
+def _forecast_line(replica, acceptance: list[float]) -> str:
+    rows = replica.mtp_forecast
+    ks = ", ".join(f"k={r['k']} {r['speedup']:.2f}x" for r in rows)
+    top = best(rows)
+    verdict = f"use k={top['k']}" if top else "it does not pay at any k: leave speculation off"
+    shares = "/".join(f"{a:g}" for a in acceptance)
+    return (
+        f"{replica.name} MTP forecast (acceptance {shares} per position): {ks}; {verdict} "
+        f"(a {rows[0]['k'] + 1}-token verify costs {rows[0]['verify_cost']:.2f} plain steps, "
+        f"a draft {rows[0]['draft_cost']:.3f})"
+    )

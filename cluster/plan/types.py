@@ -34,6 +34,9 @@ class ReplicaPlan:
     decode_tok_s_expected: float = 0.0
     speculation: dict = field(default_factory=dict, compare=False)
     """Per method ('mtp', 'draft'): 'supported' or the reason it is not."""
+    mtp_forecast: tuple[dict, ...] = field(default=(), compare=False)
+    """Per k: MTP's expected tokens per step, verify and draft cost in plain steps, speed-up
+    (`spec_forecast.py`); empty when the layout or the model has no MTP to forecast."""
     hostfile: tuple[dict, ...] = ()
     index: int = 0
     """Position among the plan's replicas; fixed ports are offset by it."""

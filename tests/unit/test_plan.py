@@ -212,3 +212,49 @@ def test_the_load_timeout_follows_the_checkpoint_size_per_rank(tmp_path):
     with open(tmp_path / "model-00002.safetensors", "wb") as f:
         f.truncate(400 * 10**9)
     assert load_timeout(tmp_path, 2) == 120 + 800
+
+
+def test_three_tokens_read_the_union_of_their_experts():
+    """GLM-5: 256 experts, top 8 each; three tokens touch ~23, 2.9x one token's."""
+    from cluster.plan.spec_forecast import expert_union
+
+    assert expert_union(256, 8, 1) == pytest.approx(8)
+    assert expert_union(256, 8, 3) == pytest.approx(23.3, abs=0.1)
+    assert expert_union(8, 8, 3) == pytest.approx(8)  # every token reads every expert
+
+
+def test_the_mtp_forecast_says_which_k_pays_and_when_none_does():
+    from cluster.plan.spec_forecast import StepBytes, best, forecast
+
+    bw, lat = 800e9, 30e-6
+    # Weight-read bound (no overhead), routed experts most of the bytes: each extra token of a
+    # verify reads ~8 more experts per layer, so a low acceptance never pays...
+    moe = StepBytes(routed=15e9, other=5e9, draft=0.3e9, collectives=150, layers=78,
+                    n_experts=256, top_k=8)  # fmt: skip
+    low = forecast(moe, bw, lat, efficiency=1.0, acceptance=(0.5, 0.25, 0.1))
+    assert best([r.__dict__ for r in low]) is None
+    assert all(b.verify_cost > a.verify_cost for a, b in zip(low, low[1:], strict=False))
+    # ...a dense model with the same bytes verifies almost for free and pays at every k...
+    dense = StepBytes(routed=0, other=20e9, draft=0.3e9, collectives=150, layers=78,
+                      n_experts=0, top_k=0)  # fmt: skip
+    rows = forecast(dense, bw, lat, efficiency=1.0, acceptance=(0.9, 0.8, 0.7))
+    assert all(r.speedup > 1.5 for r in rows) and rows[0].verify_cost == pytest.approx(1.0)
+    # ...and a measured verify cost replaces the byte count's.
+    slow = forecast(dense, bw, lat, 1.0, (0.9, 0.8, 0.7), verify_cost=2.5)
+    assert slow[0].verify_cost == pytest.approx(2.5) and slow[0].speedup < rows[0].speedup
+
+
+def test_the_plan_forecasts_mtp_for_glm5_on_the_shipped_studios():
+    plan = make_plan(GLM5, 4, load_inventory(ROOT / "inventory/mac-studio-2x.yaml"))
+    rows = plan.replicas[0].mtp_forecast
+    assert [r["k"] for r in rows] == [1, 2, 3]
+    assert [r["tokens_per_step"] for r in rows] == [1.938, 2.707, 3.279]  # published acceptance
+    # one MTP layer plus the head, against 78 layers plus the head: a few percent of a step
+    assert 0.01 < rows[0]["draft_cost"] < 0.06
+    assert 1.0 < rows[0]["verify_cost"] < rows[1]["verify_cost"] < rows[2]["verify_cost"]
+    out = subprocess.run(
+        [sys.executable, "-m", "cluster", "plan", "--model", "glm-5", "--inventory",
+         str(ROOT / "inventory/mac-studio-2x.yaml"), "--verify-cost", "2.2"],
+        capture_output=True, text=True, cwd=ROOT, timeout=60,
+    )  # fmt: skip
+    assert "MTP forecast" in out.stdout and "does not pay at any k" in out.stdout, out.stdout
