@@ -49,6 +49,11 @@ class EngineConfig:
     heap_trim_seconds: float = _help(
         "give freed heap pages back to the OS at most this often (glibc only; 0: never)", 10.0
     )
+    sparse_prefill: bool = _help(
+        "DSA models: past index_topk keys each prompt token attends to its top-k keys only "
+        "(mlx-lm computes dense attention under a sparse mask)",
+        True,
+    )
     pipeline_decode: bool = _help(
         "queue each decode step before reading the previous one's tokens (host work overlaps "
         "the device)",

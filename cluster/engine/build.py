@@ -60,9 +60,12 @@ def context_length(config: dict, engine: EngineConfig) -> int:
 
 
 def build_engine(path, config: EngineConfig, model_id: str, group=None):
+    from ..models.dsa_sparse import install
     from .engine import Engine
 
     model, tokenizer, model_config = load_model(path, group)
+    if config.sparse_prefill:
+        log.info("sparse DSA prefill on %d attention layers", install(model))
     state = speculation.resolve(config, path, model_config)
     drafter = None
     if state.active and config.speculation == "mtp":
@@ -70,6 +73,8 @@ def build_engine(path, config: EngineConfig, model_id: str, group=None):
         from .mtp import MTPDrafter
 
         mtp = load_mtp_layer(model, path, model_config, config.mtp_weights, group, config.mtp_bits)
+        if config.sparse_prefill:
+            install(mtp)
         drafter = MTPDrafter(model, mtp, config.num_speculative_tokens)
     elif state.active and config.speculation == "draft":
         from mlx_lm import load
