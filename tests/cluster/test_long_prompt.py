@@ -1,0 +1,64 @@
+"""The longest prompt the model takes, arriving while 8 streams decode, delays their next
+tokens by about one prefill chunk's compute (not the whole prompt's), measured through the
+coordinator (its tokenization and hashing included)."""
+
+import threading
+import time
+
+import pytest
+
+CHUNK = 1024
+
+
+@pytest.mark.timeout(300)
+def test_a_longest_prompt_delays_decoding_streams_by_one_chunk(tmp_path):
+    from conftest import Server
+    from transformers import AutoTokenizer
+
+    from cluster.fixture.tokenizer import corpus_files
+    from cluster.model_store import TRAINED
+
+    tok = AutoTokenizer.from_pretrained(str(TRAINED))
+    ids: list[int] = []
+    for path in corpus_files(2_000_000):
+        ids += tok.encode(path.read_text(errors="replace"), add_special_tokens=False)
+        if len(ids) > 9000:
+            break
+    srv = Server(["--prefill-step-size", str(CHUNK)], env={"CLUSTER_HOME": str(tmp_path)})
+    try:
+        context = srv.client().models.list().data[0].model_extra["max_model_len"]
+        prompt = tok.decode(ids[: context - 8])
+        stamps: list[list[float]] = [[] for _ in range(8)]
+        started = threading.Barrier(9)
+
+        def stream(i: int) -> None:
+            out = srv.client().completions.create(
+                model=srv.model, prompt=f"def f{i}(", max_tokens=400, temperature=0,
+                stream=True, extra_body={"ignore_eos": True},
+            )  # fmt: skip
+            for n, _ in enumerate(out):
+                stamps[i].append(time.perf_counter())
+                if n == 10:
+                    started.wait()
+
+        threads = [threading.Thread(target=stream, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        started.wait()
+        sent = time.perf_counter()
+        long = srv.client().completions.create(model=srv.model, prompt=prompt, max_tokens=1)
+        done = time.perf_counter()
+        for t in threads:
+            t.join()
+    finally:
+        srv.stop()
+    tokens = long.usage.prompt_tokens
+    chunks = -(-tokens // CHUNK)
+    per_chunk = (done - sent) / chunks  # a chunk and the decode step beside it
+    gaps = [b - a for s in stamps for a, b in zip(s, s[1:], strict=False) if sent <= a <= done]
+    print(f"{tokens} tokens in {done - sent:.1f} s ({chunks} chunks, {per_chunk:.2f} s each); "
+          f"longest gap of a decoding stream {max(gaps):.2f} s")  # fmt: skip
+    assert tokens >= context - 16 and chunks >= 7
+    # Later chunks attend to more keys than the average one; a prompt prefilled in one step
+    # would stop the streams for all `chunks` of them.
+    assert gaps and max(gaps) < 2.5 * per_chunk, (max(gaps), per_chunk)
