@@ -22,6 +22,14 @@ class EngineConfig:
         "prefix cache together (default: the plan's KV budget; none without a plan)",
         None,
     )
+    prefix_cache_disk_bytes: int = _help(
+        "disk bound of the prefix cache's disk tier, which keeps evicted entries across "
+        "restarts (0: no disk tier)",
+        0,
+    )
+    prefix_cache_disk_dir: str | None = _help(
+        "directory of the disk tier (default: CLUSTER_HOME/prefix-cache/REPLICA/rank-R)", None
+    )
     kv_bits: int | None = _help("quantize stored prefix-cache KV to this many bits (4 or 8)", None)
     max_model_len: int | None = _help("context length; default the model's, at most 32768", None)
     max_queue: int = _help("requests waiting beyond max_num_seqs before 429", 64)
@@ -71,6 +79,7 @@ class EngineConfig:
             "prefill_step_size": self.prefill_step_size >= 1,
             "block_size": self.block_size >= 1,
             "prefix_cache_bytes": self.prefix_cache_bytes >= 0,
+            "prefix_cache_disk_bytes": self.prefix_cache_disk_bytes >= 0,
             "kv_bits": self.kv_bits in (None, 4, 8),
             "mtp_bits": self.mtp_bits in (None, 2, 3, 4, 5, 6, 8, 16),
             "kv_cache_bytes": self.kv_cache_bytes is None or self.kv_cache_bytes > 0,

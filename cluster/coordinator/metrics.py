@@ -158,6 +158,14 @@ class ClusterCollector:
         cache_perc = gauge(
             "prefix_cache_usage_perc", "Prefix cache bytes over its bound.", ["replica"]
         )
+        tier_hits = CounterMetricFamily(
+            PREFIX + "prefix_cache_tier_hits",
+            "Prompt tokens a replica's prefix cache served, by tier (memory, disk).",
+            labels=["model_name", "replica", "tier"],
+        )
+        disk_bytes = gauge(
+            "prefix_cache_disk_bytes", "Bytes of the prefix cache's disk tier.", ["replica"]
+        )
         step = gauge("step_seconds_avg", "Mean engine step time.", ["replica"])
         exchange = gauge(
             "lockstep_seconds_avg", "Mean per-step leader-to-follower collective time.", ["replica"]
@@ -224,6 +232,13 @@ class ClusterCollector:
                 preemptions.add_metric([name, r.name], budget.get("preemptions", 0))
             cap = cache.get("capacity_bytes") or 0
             cache_perc.add_metric([name, r.name], cache.get("bytes", 0) / cap if cap else 0.0)
+            if "hit_tokens" in cache:
+                disk = cache.get("disk") or {}
+                on_disk = disk.get("hit_tokens", 0)
+                tier_hits.add_metric([name, r.name, "memory"], cache["hit_tokens"] - on_disk)
+                tier_hits.add_metric([name, r.name, "disk"], on_disk)
+                if "bytes" in disk:
+                    disk_bytes.add_metric([name, r.name], disk["bytes"])
             step.add_metric([name, r.name], s.get("step_ms_avg", 0.0) / 1000)
             if trim := s.get("heap_trim"):
                 trims.add_metric([name, r.name], trim["trims"])
@@ -248,7 +263,7 @@ class ClusterCollector:
                 leader = r.ranks[0]
                 model_bytes.add_metric([name, r.name, leader["node"], "0"], s["model_bytes"])
         yield from (up, info, restarts, running, waiting, in_flight, kv, kv_budget, preemptions,
-                    cache_perc, step, exchange,
+                    cache_perc, tier_hits, disk_bytes, step, exchange,
                     rank_up, rank_mem, model_bytes, trims, trim_seconds, spec_active,
                     spec_fallbacks, per_pos,
                     *spec_counters.values())  # fmt: skip

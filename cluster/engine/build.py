@@ -89,9 +89,43 @@ def build_engine(path, config: EngineConfig, model_id: str, group=None):
         drafter = NgramDrafter(config.num_speculative_tokens, config.ngram_min, config.ngram_max)
     max_len = context_length(model_config, config)
     eos = tuple(sorted(tokenizer.eos_token_ids))
-    engine = Engine(model, set(eos), config, max_len, model_id, drafter, state)
+    disk, disk_off = disk_tier(path, config, group)
+    engine = Engine(model, set(eos), config, max_len, model_id, drafter, state, disk, disk_off)
     info = ModelInfo(
         model_id, engine.max_model_len, eos, model_config.get("model_type", "?"),
         engine.kv.capacity_tokens or 0,
     )  # fmt: skip
     return engine, info
+
+
+def disk_tier(path, config: EngineConfig, group=None):
+    """(the prefix cache's disk tier, None) or (None, why it is off) when one was asked for."""
+    from .disk_cache import DiskTier
+
+    if not config.prefix_cache_disk_bytes:
+        return None, None
+    why = None
+    if group is not None and group.size() > 1:
+        why = "off under tensor parallelism: not built yet (every rank would need the same files)"
+    elif config.kv_bits:
+        why = "off with --kv-bits: quantized snapshots are not written to disk"
+    elif not config.prefix_cache_disk_dir:
+        why = "off: no --prefix-cache-disk-dir"
+    if why:
+        log.warning("prefix cache disk tier %s", why)
+        return None, why
+    root = Path(config.prefix_cache_disk_dir) / model_fingerprint(path)
+    return DiskTier(root, config.prefix_cache_disk_bytes, config.block_size), None
+
+
+def model_fingerprint(path) -> str:
+    """Names the checkpoint a disk tier's files belong to: its config and weight files' names
+    and sizes (another checkpoint under the same name gets a directory of its own)."""
+    import hashlib
+
+    path = Path(path)
+    h = hashlib.blake2b(digest_size=8)
+    h.update((path / "config.json").read_bytes())
+    for f in sorted(path.rglob("*.safetensors")):
+        h.update(f"{f.relative_to(path)}:{f.stat().st_size}".encode())
+    return h.hexdigest()

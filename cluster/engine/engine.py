@@ -5,6 +5,7 @@ import time
 from ..config import EngineConfig
 from ..hashing import hash_seed
 from ..types import EngineRequest, RequestId, TokenEvent
+from .disk_cache import DiskTier
 from .kv_budget import KVBudget
 from .mtp import SpeedGovernor
 from .prefix_cache import PrefixCache
@@ -24,17 +25,22 @@ class Engine:
         model_id,
         drafter=None,
         speculation: SpeculationState | None = None,
+        disk: DiskTier | None = None,
+        disk_off: str | None = None,
     ):
         """speculation: the replica's state as loading resolved it; the governor and the
-        watchdog change this very object, which status, metrics and headers read."""
+        watchdog change this very object, which status, metrics and headers read. disk: the
+        prefix cache's disk tier; disk_off: why there is none although one was asked for."""
         self.config = config
         self.runner = ModelRunner(model, config.seed, drafter, config.pipeline_decode)
         self.kv = KVBudget(config.kv_cache_bytes, self.runner.kv_bytes_per_token())
         self.max_model_len = min(max_model_len, self.kv.capacity_tokens or max_model_len)
         """The context length, or less when the KV budget holds fewer tokens."""
         self.cache = PrefixCache(
-            config.block_size, config.prefix_cache_bytes, hash_seed(model_id), config.kv_bits
-        )
+            config.block_size, config.prefix_cache_bytes, hash_seed(model_id), config.kv_bits,
+            disk,
+        )  # fmt: skip
+        self.disk_off = disk_off
         self.cache.lag = self.runner.hooks.lag
         self.scheduler = Scheduler(
             config, self.cache, eos_ids, self.max_model_len, lambda: self.speculation.header(),
@@ -150,5 +156,6 @@ class Engine:
                 "capacity_bytes": self.cache.capacity_bytes,
                 "query_tokens": s.queries,
                 "hit_tokens": s.hits,
+                "disk": self.cache.disk.to_json() if self.cache.disk else {"off": self.disk_off},
             },
         }

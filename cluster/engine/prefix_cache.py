@@ -2,6 +2,8 @@
 
 It keeps books only; the runner hands it caches and gets caches back. The bound counts the
 books too: an entry's tokens and hashes live in flat arrays, not in per-token Python objects.
+With a disk tier, entries the bound evicts spill to disk and a lookup that finds a longer
+prefix there than in memory brings that entry back into memory.
 """
 
 from array import array
@@ -11,6 +13,7 @@ from itertools import count
 from typing import Any
 
 from ..hashing import BlockHash, block_hashes
+from .disk_cache import DiskTier
 from .kv import cache_nbytes, snapshot
 
 ENTRY_BOOK_BYTES = 512
@@ -27,6 +30,8 @@ class Entry:
     hashes: array  # block hashes, 'Q'
     cache: list[Any]
     nbytes: int
+    written: bool = False
+    """Given to the disk tier once (which may since have dropped it: its LRU decides)."""
 
 
 def book_bytes(tokens: array, hashes: array, layers: int) -> int:
@@ -52,7 +57,8 @@ class CacheEvents:
 
 
 class PrefixCache:
-    def __init__(self, block_size: int, capacity_bytes: int, seed: bytes = b"", kv_bits=None):
+    def __init__(self, block_size: int, capacity_bytes: int, seed: bytes = b"", kv_bits=None,
+                 disk: DiskTier | None = None):  # fmt: skip
         self.block_size = block_size
         self.capacity_bytes = capacity_bytes
         self.configured_bytes = capacity_bytes
@@ -67,6 +73,7 @@ class PrefixCache:
         self._ids = count()
         self.lag = 0
         """Positions to give back on a hit (1 with an MTP layer: it needs the carry recomputed)."""
+        self.disk = disk
 
     def hashes(self, tokens) -> list[BlockHash]:
         return block_hashes(tokens, self.block_size, self.seed)
@@ -78,7 +85,8 @@ class PrefixCache:
         query = array("I", tokens[: usable * self.block_size])
         best: Entry | None = None
         best_id, matched = -1, 0
-        for i, h in enumerate(self.hashes(query)):
+        hashes = self.hashes(query)
+        for i, h in enumerate(hashes):
             ids = self.index.get(h)
             if not ids:
                 break
@@ -90,12 +98,33 @@ class PrefixCache:
             if entry.tokens[end - self.block_size : end] != query[end - self.block_size : end]:
                 break  # a hash collision
             best, best_id, matched = entry, entry_id, end
+        from_disk = self._from_disk(hashes, query, matched // self.block_size)
+        if from_disk is not None:
+            best_id, matched = from_disk
+            best = self.entries[best_id]
         matched -= self.lag
         if best is None or matched <= 0:
             return 0, None
         self.entries.move_to_end(best_id)
         self.stats.hits += matched
+        if from_disk is not None:
+            self.disk.stats.hits += matched
         return matched, snapshot(best.cache, matched, kv_bits=None, restore=True)
+
+    def _from_disk(self, hashes: list[BlockHash], query: array, in_memory: int):
+        """(entry id, tokens matched) of the disk tier's longer match, brought into memory."""
+        if self.disk is None:
+            return None
+        blocks, name = self.disk.match(hashes)
+        if blocks <= in_memory:
+            return None
+        loaded = self.disk.load(name)
+        end = blocks * self.block_size
+        if loaded is None or loaded[0][:end] != query[:end]:
+            return None  # unreadable (logged), or a hash collision
+        tokens, stored, cache = loaded
+        entry_id = self._store(tokens, stored, cache, written=True)
+        return (entry_id, end) if entry_id is not None else None
 
     def insert(self, tokens: tuple[int, ...], cache: list[Any]) -> None:
         """Store the cache of tokens' full blocks unless a stored entry already covers them."""
@@ -107,17 +136,19 @@ class PrefixCache:
         if ids := self.index.get(hashes[-1]):
             self.entries.move_to_end(ids[0])
             return
-        stored = snapshot(cache, n, kv_bits=self.kv_bits)
-        entry = Entry(
-            tokens, hashes, stored, cache_nbytes(stored) + book_bytes(tokens, hashes, len(stored))
-        )
+        self._store(tokens, hashes, snapshot(cache, n, kv_bits=self.kv_bits))
+
+    def _store(self, tokens: array, hashes: array, stored: list[Any], written: bool = False):
+        """Add an entry to memory; its id, or None if the bound left no room for it."""
+        nbytes = cache_nbytes(stored) + book_bytes(tokens, hashes, len(stored))
+        entry = Entry(tokens, hashes, stored, nbytes, written)
         if entry.nbytes > self.capacity_bytes:
-            return
+            return None
         # An entry that ends inside the new one's chain is a prefix of it: superseded.
         for h in hashes[:-1]:
             for old_id in list(self.index.get(h, ())):
                 if self.entries[old_id].hashes[-1] == h:
-                    self._remove(old_id)
+                    self._remove(old_id, spill=False)
         entry_id = next(self._ids)
         self.entries[entry_id] = entry
         self.nbytes += entry.nbytes
@@ -129,6 +160,7 @@ class PrefixCache:
             ids.append(entry_id)
         while self.nbytes > self.capacity_bytes:
             self._remove(next(iter(self.entries)))
+        return entry_id if entry_id in self.entries else None
 
     def limit(self, room: int | None) -> None:
         """Hold at most `room` bytes (what the KV budget leaves it), never more than
@@ -138,20 +170,42 @@ class PrefixCache:
         while self.nbytes > cap and self.entries:
             self._remove(next(iter(self.entries)))
 
-    def _remove(self, entry_id: int) -> None:
+    def _remove(self, entry_id: int, spill: bool = True) -> None:
+        """Drop an entry from memory; evicted for room (not superseded), it spills to disk."""
         entry = self.entries.pop(entry_id)
         self.nbytes -= entry.nbytes
+        if spill and self.disk is not None and not entry.written:
+            self.disk.put(entry.tokens, entry.hashes, entry.cache)
         for h in entry.hashes:
             ids = self.index[h]
             ids.remove(entry_id)
             if not ids:
                 del self.index[h]
-                self.events.evicted.append(h)
                 self.stats.evicted_blocks += 1
+                if self.disk is None or h not in self.disk:
+                    self.events.evicted.append(h)
+
+    def persist(self) -> None:
+        """Write every memory entry the disk tier lacks (the engine calls it when idle)."""
+        if self.disk is None:
+            return
+        for entry in list(self.entries.values()):
+            if not entry.written:
+                entry.written = True
+                self.disk.put(entry.tokens, entry.hashes, entry.cache)
 
     def drain_events(self) -> CacheEvents:
+        """Blocks the replica gained or lost since the last drain (memory and disk together)."""
+        if self.disk is not None:
+            self.events.evicted += [h for h in self.disk.drain_evicted() if h not in self.index]
         events, self.events = self.events, CacheEvents()
         return events
+
+    def blocks(self) -> list[BlockHash]:
+        """Every block the replica holds, in memory or on disk (for a router's resync)."""
+        if self.disk is None:
+            return list(self.index)
+        return list(self.index.keys() | self.disk.index.keys())
 
     @property
     def num_blocks(self) -> int:

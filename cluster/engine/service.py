@@ -162,6 +162,8 @@ class EngineService:
         while True:
             idle = not self._engine.has_work()
             self.heap.maybe_trim(idle)
+            if idle:  # what a restart would lose goes to the disk tier (if there is one)
+                self._engine.cache.persist()
             if idle and stepped and channel is not None:
                 stepped = False  # tell the followers the replica went idle: they trim too
                 message = StepMessage(digest=digest)
@@ -262,7 +264,7 @@ class EngineService:
                 message.adds.append(request_to_json(request))
             case Subscribe(sink, snapshot):
                 if snapshot:
-                    sink(list(self._engine.cache.index), [], True)
+                    sink(self._engine.cache.blocks(), [], True)
                 self._cache_sinks.append(sink)
             case Unsubscribe(sink) if sink in self._cache_sinks:
                 self._cache_sinks.remove(sink)

@@ -11,7 +11,7 @@ import logging
 import os
 import signal
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .. import aio
 from ..config import EngineConfig
@@ -90,6 +90,11 @@ def run_rank(opts: RankOptions, engine: EngineConfig) -> int:
     from .memtrace import install
 
     install()
+    if engine.prefix_cache_disk_bytes and not engine.prefix_cache_disk_dir:
+        from ..model_store import cache_home
+
+        where = cache_home() / "prefix-cache" / opts.replica / f"rank-{opts.rank}"
+        engine = replace(engine, prefix_cache_disk_dir=str(where))
     group = init_group(opts)
     log.info("replica %s rank %d/%d starting", opts.replica, opts.rank, opts.world_size)
     if opts.rank != 0:

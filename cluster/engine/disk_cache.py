@@ -1,0 +1,206 @@
+"""The prefix cache's disk tier: entries the memory tier evicts spill to safetensors files,
+survive a replica restart, and are found again by the same chained block hashes.
+
+One file per entry (mlx-lm's prompt-cache format: the cache objects' state, with the entry's
+tokens and block hashes in its metadata), written under partial/ and renamed into place, so a
+file is whole or absent. The books (which block hash lives in which file) are rebuilt at start from
+the files' headers alone. Bounded by bytes, least recently used first. A file that cannot be
+read (truncated, corrupt, another model's shapes) is a miss with a log line, and is removed.
+"""
+
+import base64
+import json
+import logging
+import os
+import struct
+from array import array
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..hashing import BlockHash
+
+log = logging.getLogger(__name__)
+SUFFIX = ".safetensors"
+PARTIAL = "partial"
+"""Files being written; renamed into the tier once whole."""
+
+
+@dataclass(slots=True)
+class DiskEntry:
+    hashes: array  # block hashes, 'Q'
+    nbytes: int
+
+
+@dataclass
+class DiskStats:
+    hits: int = 0
+    """Prompt tokens served from disk."""
+    spilled: int = 0
+    loaded: int = 0
+    evicted: int = 0
+    unreadable: int = 0
+
+
+def _encode(a: array) -> str:
+    return base64.b64encode(a.tobytes()).decode()
+
+
+def _decode(kind: str, text: str) -> array:
+    out = array(kind)
+    out.frombytes(base64.b64decode(text))
+    return out
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The metadata mlx-lm's prompt-cache format stores with a file (its keys `0.NAME`), from
+    the file's header alone."""
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        if n > 1 << 30:
+            raise ValueError("header length out of range")
+        meta = json.loads(f.read(n)).get("__metadata__", {})
+    return {k[2:]: v for k, v in meta.items() if k.startswith("0.")}
+
+
+class DiskTier:
+    def __init__(self, root: str | Path, capacity_bytes: int, block_size: int):
+        self.root = Path(root)
+        self.capacity_bytes = capacity_bytes
+        self.block_size = block_size
+        self.files: OrderedDict[str, DiskEntry] = OrderedDict()
+        self.index: dict[BlockHash, str] = {}
+        self.nbytes = 0
+        self.stats = DiskStats()
+        self.evicted_blocks: list[BlockHash] = []
+        """Blocks that left the disk tier since the prefix cache last looked."""
+        (self.root / PARTIAL).mkdir(parents=True, exist_ok=True)
+        self._scan()
+
+    def _scan(self) -> None:
+        files = sorted(self.root.glob("*" + SUFFIX), key=lambda p: p.stat().st_mtime)
+        for path in files:
+            try:
+                meta = read_metadata(path)
+                hashes = _decode("Q", meta["hashes"])
+                if int(meta["block_size"]) != self.block_size or not hashes:
+                    raise ValueError(f"block size {meta['block_size']}, not {self.block_size}")
+            except Exception as e:  # a partial or foreign file: skip it, keep the rest
+                self._unreadable(path, e)
+                continue
+            self._add(path.name, DiskEntry(hashes, path.stat().st_size))
+        for tmp in (self.root / PARTIAL).glob("*"):  # a write cut off by a crash
+            tmp.unlink(missing_ok=True)
+        self._shrink()
+        if self.files:
+            log.info("prefix cache disk tier: %d entries, %d blocks, %.1f MB in %s",
+                     len(self.files), len(self.index), self.nbytes / 1e6, self.root)  # fmt: skip
+
+    def _add(self, name: str, entry: DiskEntry) -> None:
+        self.files[name] = entry
+        self.nbytes += entry.nbytes
+        for h in entry.hashes:
+            self.index[h] = name
+
+    def _drop(self, name: str) -> None:
+        entry = self.files.pop(name)
+        self.nbytes -= entry.nbytes
+        for h in entry.hashes:
+            if self.index.get(h) == name:
+                del self.index[h]
+                self.evicted_blocks.append(h)
+        (self.root / name).unlink(missing_ok=True)
+
+    def _shrink(self) -> None:
+        while self.nbytes > self.capacity_bytes and self.files:
+            self._drop(next(iter(self.files)))
+            self.stats.evicted += 1
+
+    def _unreadable(self, path: Path, error: Exception) -> None:
+        self.stats.unreadable += 1
+        log.warning("prefix cache disk tier: %s is unreadable (%s: %s); treated as a miss and "
+                    "removed", path.name, type(error).__name__, error)  # fmt: skip
+        path.unlink(missing_ok=True)
+
+    def __contains__(self, h: BlockHash) -> bool:
+        return h in self.index
+
+    @staticmethod
+    def _name(hashes: array) -> str:
+        return f"{hashes[-1]:016x}{SUFFIX}"
+
+    def put(self, tokens: array, hashes: array, cache: list[Any]) -> None:
+        """Spill an entry (its last block names the file); one already on disk is kept."""
+        from mlx_lm.models.cache import save_prompt_cache
+
+        name = self._name(hashes)
+        if name in self.files:
+            self.files.move_to_end(name)
+            return
+        # Files that end inside this entry's chain hold a prefix of it: superseded.
+        older = {self.index[h] for h in hashes[:-1] if h in self.index}
+        older = [n for n in older if self.files[n].hashes[-1] in hashes]
+        path, tmp = self.root / name, self.root / PARTIAL / name
+        meta = {"tokens": _encode(tokens), "hashes": _encode(hashes),
+                "block_size": str(self.block_size)}  # fmt: skip
+        try:
+            save_prompt_cache(str(tmp), cache, meta)
+            os.replace(tmp, path)
+        except Exception as e:  # a full disk or an unserializable cache: no spill, said once
+            tmp.unlink(missing_ok=True)
+            log.warning("prefix cache disk tier: could not write %s (%s)", name, e)
+            return
+        self._add(name, DiskEntry(hashes, path.stat().st_size))
+        for old in older:
+            self._drop(old)  # its blocks now point to the new file: none leaves the tier
+        self.stats.spilled += 1
+        self._shrink()
+
+    def match(self, hashes: list[BlockHash]) -> tuple[int, str | None]:
+        """(blocks matched, file) for the longest chain of `hashes` one file holds."""
+        best, name = 0, None
+        for i, h in enumerate(hashes):
+            holder = self.index.get(h)
+            if holder is None:
+                break
+            best, name = i + 1, holder
+        return best, name
+
+    def load(self, name: str) -> tuple[array, array, list[Any]] | None:
+        """(tokens, hashes, cache objects) of a file, or None (logged and removed) if it
+        cannot be read."""
+        from mlx_lm.models.cache import load_prompt_cache
+
+        path = self.root / name
+        try:
+            cache, meta = load_prompt_cache(str(path), return_metadata=True)
+            tokens, hashes = _decode("I", meta["tokens"]), _decode("Q", meta["hashes"])
+            if len(tokens) != len(hashes) * self.block_size:
+                raise ValueError(f"{len(tokens)} tokens for {len(hashes)} blocks")
+        except Exception as e:
+            self._unreadable(path, e)
+            if name in self.files:
+                self._drop(name)
+            return None
+        self.files.move_to_end(name)
+        self.stats.loaded += 1
+        return tokens, hashes, cache
+
+    def drain_evicted(self) -> list[BlockHash]:
+        out, self.evicted_blocks = self.evicted_blocks, []
+        return out
+
+    def to_json(self) -> dict:
+        s = self.stats
+        return {
+            "entries": len(self.files),
+            "blocks": len(self.index),
+            "bytes": self.nbytes,
+            "capacity_bytes": self.capacity_bytes,
+            "hit_tokens": s.hits,
+            "spilled": s.spilled,
+            "loaded": s.loaded,
+            "evicted": s.evicted,
+            "unreadable": s.unreadable,
+        }

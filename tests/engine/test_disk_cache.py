@@ -1,0 +1,115 @@
+"""The prefix cache's disk tier: entries evicted from memory spill to files, come back on a
+lookup (equal to what was stored), survive a restart (a new cache on the same directory),
+are bounded by bytes, and a corrupt or truncated file is a miss with a log line."""
+
+import logging
+
+import mlx.core as mx
+import pytest
+
+from cluster.engine.disk_cache import DiskTier
+from cluster.engine.kv import _arrays
+from cluster.engine.prefix_cache import PrefixCache
+
+BLOCK = 16
+
+
+@pytest.fixture(scope="module")
+def model(loaded):
+    return loaded[0]
+
+
+def prompt_cache(model, tokens):
+    cache = model.make_cache()
+    mx.eval(model(mx.array(tokens)[None], cache=cache))
+    return cache
+
+
+def prompt(seed: int, n: int = 160) -> tuple[int, ...]:
+    return tuple(mx.random.randint(5, 4000, (n,), key=mx.random.key(seed)).tolist())
+
+
+def cache_for(model, disk, memory_bytes):
+    return PrefixCache(BLOCK, memory_bytes, b"seed", None, disk)
+
+
+def test_evicted_entries_spill_and_come_back_equal(model, tmp_path):
+    a, b = prompt(1), prompt(2)
+    probe = cache_for(model, None, 1 << 30)
+    probe.insert(a, prompt_cache(model, a))
+    one = probe.nbytes  # one entry's bytes, books included
+    disk = DiskTier(tmp_path, 100 * one, BLOCK)
+    cache = cache_for(model, disk, int(1.5 * one))  # memory holds one entry
+    stored = prompt_cache(model, a)
+    cache.insert(a, stored)
+    cache.insert(b, prompt_cache(model, b))  # evicts a: it spills
+    assert len(cache.entries) == 1 and disk.stats.spilled == 1 and len(disk.files) == 1
+    events = cache.drain_events()
+    assert not events.evicted  # a's blocks are still held (on disk): the router keeps them
+    matched, got = cache.lookup(a + (7, 8))
+    assert matched == len(a) and disk.stats.hits == matched
+    for want, have in zip(_arrays(stored), _arrays(got), strict=True):
+        assert mx.array_equal(want[..., :matched, :], have[..., :matched, :]).item()
+
+
+def test_a_restart_finds_the_files_by_block_hash(model, tmp_path):
+    a = prompt(3)
+    disk = DiskTier(tmp_path, 1 << 30, BLOCK)
+    cache = cache_for(model, disk, 1 << 30)
+    cache.insert(a, prompt_cache(model, a))
+    cache.persist()  # what the engine does when idle
+    assert len(disk.files) == 1
+    restarted = cache_for(model, DiskTier(tmp_path, 1 << 30, BLOCK), 1 << 30)
+    assert len(restarted.disk.index) == len(a) // BLOCK
+    assert set(restarted.blocks()) == set(cache.blocks())  # what a router is told at resync
+    matched, got = restarted.lookup(a + (1,))
+    assert matched == len(a) and got is not None and restarted.disk.stats.loaded == 1
+    # a longer turn of the same session supersedes the shorter file
+    longer = a + prompt(4, 64)
+    restarted.insert(longer, prompt_cache(model, longer))
+    restarted.persist()
+    assert len(restarted.disk.files) == 1
+
+
+def test_the_disk_tier_is_bounded_by_bytes_oldest_first(model, tmp_path):
+    prompts = [prompt(10 + i) for i in range(4)]
+    caches = [prompt_cache(model, p) for p in prompts]
+    disk = DiskTier(tmp_path, 1 << 30, BLOCK)
+    cache = cache_for(model, disk, 1 << 30)
+    cache.insert(prompts[0], caches[0])
+    cache.persist()
+    file_bytes = disk.nbytes
+    disk.capacity_bytes = int(2.5 * file_bytes)
+    for p, c in zip(prompts[1:], caches[1:], strict=True):
+        cache.insert(p, c)
+        cache.persist()
+    assert len(disk.files) == 2 and disk.nbytes <= disk.capacity_bytes
+    assert disk.stats.evicted == 2
+    assert cache.lookup(prompts[0] + (1,))[0] == len(prompts[0])  # still in memory
+    on_disk = {h for p in prompts[2:] for h in cache.hashes(p)}
+    assert on_disk <= disk.index.keys()
+    gone = set(cache.hashes(prompts[0])) | set(cache.hashes(prompts[1]))
+    assert not gone & disk.index.keys()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupt", "garbage"])
+def test_an_unreadable_file_is_a_miss_with_a_log_line(model, tmp_path, caplog, damage):
+    a = prompt(20)
+    disk = DiskTier(tmp_path, 1 << 30, BLOCK)
+    cache = cache_for(model, disk, 1 << 30)
+    cache.insert(a, prompt_cache(model, a))
+    cache.persist()
+    (path,) = tmp_path.glob("*.safetensors")
+    data = path.read_bytes()
+    if damage == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "corrupt":  # the header stays whole; the tensor data does not add up
+        path.write_bytes(data[:-64])
+    else:
+        path.write_bytes(b"not a safetensors file at all")
+    with caplog.at_level(logging.WARNING):
+        restarted = cache_for(model, DiskTier(tmp_path, 1 << 30, BLOCK), 1 << 30)
+        matched, got = restarted.lookup(a + (1,))
+    assert (matched, got) == (0, None)
+    assert restarted.disk.stats.unreadable == 1 and "unreadable" in caplog.text
+    assert not list(tmp_path.glob("*.safetensors"))  # removed, not read again
