@@ -10,6 +10,9 @@ alternating between the two servers:
 - a 10-turn agent session: a chat whose every turn adds a file-sized user message (~600 tokens)
   and the model's short reply, to about 6K tokens; TTFT per turn and summed (both servers may
   reuse the previous turn's cache).
+- then our replica's rank is killed (kill -9); once the supervisor has it back, the session's
+  next turn is served from the prefix cache's disk tier: its TTFT against a cold prefill of the
+  same conversation (another system line, so no cached prefix).
 Prints a table with our / mlx_lm.server ratios and writes it, with a plot of prefill tok/s by
 context length, to --out.
 """
@@ -27,7 +30,12 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
-from cluster.bench.cluster_process import start_cluster, start_mlx_lm, stop  # noqa: E402
+from cluster.bench.cluster_process import (  # noqa: E402
+    rank_pids,
+    start_cluster,
+    start_mlx_lm,
+    stop,
+)
 from cluster.fixture.tokenizer import corpus_files  # noqa: E402
 from cluster.model_store import resolve_model  # noqa: E402
 
@@ -65,7 +73,11 @@ def main() -> None:
     parser.add_argument("--turn-tokens", type=int, default=600)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", default="bench-out/long-context")
-    parser.add_argument("--ours", default="", help="extra `cluster serve` flags, space-separated")
+    parser.add_argument(
+        "--ours",
+        default="--prefix-cache-disk-bytes 4294967296",
+        help="`cluster serve` flags, space-separated",
+    )
     args = parser.parse_args()
     model_dir, _ = resolve_model("default")
     tok = AutoTokenizer.from_pretrained(str(model_dir))
@@ -101,14 +113,44 @@ def main() -> None:
                 session[target].append(ttft(url, "chat/completions", body))
                 chats[target].append({"role": "assistant", "content": "Noted."})
                 print(f"turn {turn + 1:>2} {target:<14} {session[target][-1]:.2f} s", flush=True)
+        restart = after_restart(urls["cluster"], home, chats["cluster"], tok, args.turn_tokens)
     finally:
         for p in procs:
             stop(p)
-    lines = write_report(Path(args.out), sizes, cold, session, tok, chats)
+    lines = write_report(Path(args.out), sizes, cold, session, tok, chats, restart)
     print("\n".join(lines))
 
 
-def write_report(out: Path, sizes, cold, session, tok, chats) -> list[str]:
+def after_restart(url: str, home: str, chat: list[dict], tok, turn_tokens: int) -> dict:
+    """kill -9 of our rank, then the session's next turn (from the disk tier) and the same
+    conversation cold."""
+    import os
+    import signal
+
+    time.sleep(2)  # idle: the engine writes the session's entry to disk
+    os.kill(rank_pids(home)[("r0", 0)], signal.SIGKILL)
+    time.sleep(1)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        replica = httpx.get(f"{url}/v1/status", timeout=5).json()["replicas"][0]
+        if replica["state"] == "ready" and replica["restarts"]:
+            break
+        time.sleep(0.5)
+    content = "And this one:\n" + code_text(tok, turn_tokens, offset=60_000)
+    warm = chat + [{"role": "user", "content": content}]
+    cold = [{"role": "system", "content": f"cold {time.time_ns()}"}] + warm[1:]
+    body = {"max_tokens": 8, "temperature": 0}
+    out = {"disk": ttft(url, "chat/completions", body | {"messages": warm})}
+    out["cold"] = ttft(url, "chat/completions", body | {"messages": cold})
+    disk = httpx.get(f"{url}/v1/status").json()["replicas"][0]["engine"]["prefix_cache"]["disk"]
+    out["disk_hit_tokens"] = disk.get("hit_tokens", 0)
+    text = tok.apply_chat_template(warm, tokenize=False)
+    out["tokens"] = len(tok.encode(text, add_special_tokens=False))
+    print(f"after restart: next turn {out['disk']:.2f} s (disk), cold {out['cold']:.2f} s")
+    return out
+
+
+def write_report(out: Path, sizes, cold, session, tok, chats, restart) -> list[str]:
     out.mkdir(parents=True, exist_ok=True)
     ours, theirs = "cluster", "mlx_lm.server"
     lines = ["| cold prompt tokens | cluster prefill tok/s | mlx_lm.server prefill tok/s | "
@@ -127,8 +169,13 @@ def write_report(out: Path, sizes, cold, session, tok, chats) -> list[str]:
               f"{total[theirs] / total[ours]:.2f}x |",
               f"| last turn TTFT | {session[ours][-1]:.2f} s | {session[theirs][-1]:.2f} s | "
               f"{session[theirs][-1] / session[ours][-1]:.2f}x |"]  # fmt: skip
+    lines += ["", f"After kill -9 of the rank and its restart, the next turn ({restart['tokens']} "
+              f"tokens): TTFT {restart['disk']:.2f} s with {restart['disk_hit_tokens']} tokens "
+              f"from the disk tier, {restart['cold']:.2f} s cold: "
+              f"{restart['disk'] / restart['cold']:.2f}x of a cold prefill"]  # fmt: skip
     (out / "long_context.md").write_text("\n".join(lines) + "\n")
-    raw = {"cold_seconds": cold, "session_ttft_seconds": session, "sizes": sizes}
+    raw = {"cold_seconds": cold, "session_ttft_seconds": session, "sizes": sizes,
+           "after_restart": restart}  # fmt: skip
     (out / "long_context.json").write_text(json.dumps(raw, indent=2) + "\n")
     try:
         import matplotlib

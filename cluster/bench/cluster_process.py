@@ -31,6 +31,26 @@ def start_cluster(home: str, *args: str) -> tuple[subprocess.Popen, str]:
     raise RuntimeError(f"cluster serve {' '.join(args)} did not start")
 
 
+def rank_pids(home: str) -> dict[tuple[str, int], int]:
+    """(replica, rank) -> pid of the rank processes of the cluster whose CLUSTER_HOME is `home`
+    (read from /proc: Linux)."""
+    wanted = f"CLUSTER_HOME={home}".encode()
+    pids = {}
+    for proc in Path("/proc").iterdir():
+        try:
+            args = (proc / "cmdline").read_bytes().decode().split("\0")
+            if "rank" not in args or "cluster" not in args:
+                continue
+            if wanted not in (proc / "environ").read_bytes().split(b"\0"):
+                continue
+            pids[(args[args.index("--replica") + 1], int(args[args.index("--rank") + 1]))] = int(
+                proc.name
+            )
+        except (OSError, ValueError):
+            continue
+    return pids
+
+
 def stop(proc: subprocess.Popen) -> None:
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=30)

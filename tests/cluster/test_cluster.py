@@ -60,20 +60,9 @@ def status(srv: Server) -> dict:
 
 def rank_pids(srv: Server) -> dict[tuple[str, int], int]:
     """(replica, rank) → pid of this server's rank processes (read from /proc)."""
-    home = f"CLUSTER_HOME={srv.env['CLUSTER_HOME']}".encode()
-    pids = {}
-    for proc in Path("/proc").iterdir():
-        try:
-            args = (proc / "cmdline").read_bytes().decode().split("\0")
-            if "rank" not in args or "cluster" not in args:
-                continue
-            if home not in (proc / "environ").read_bytes().split(b"\0"):
-                continue
-        except (OSError, ValueError):
-            continue
-        replica = args[args.index("--replica") + 1]
-        pids[(replica, int(args[args.index("--rank") + 1]))] = int(proc.name)
-    return pids
+    from cluster.bench.cluster_process import rank_pids as pids_of
+
+    return pids_of(srv.env["CLUSTER_HOME"])
 
 
 @pytest.fixture(scope="module")
