@@ -7,11 +7,11 @@ from ..hashing import hash_seed
 from ..types import EngineRequest, RequestId, TokenEvent
 from .disk_cache import DiskTier
 from .kv_budget import KVBudget
-from .mtp import SpeedGovernor
 from .prefix_cache import PrefixCache
 from .runner import ModelRunner
 from .scheduler import Scheduler
 from .sequence import Sequence
+from .spec_control import Speculation
 from .speculation import SpeculationState
 
 
@@ -43,17 +43,14 @@ class Engine:
         self.disk_off = disk_off
         self.cache.lag = self.runner.hooks.lag
         self.scheduler = Scheduler(
-            config, self.cache, eos_ids, self.max_model_len, lambda: self.speculation.header(),
-            self.kv,
-        )  # fmt: skip
-        self.speculation = speculation or SpeculationState(
-            config.speculation, config.num_speculative_tokens
+            config, self.cache, eos_ids, self.max_model_len, lambda: self.spec.header(), self.kv
         )
-        self.governor = None
-        if drafter is not None:
-            self.governor = SpeedGovernor(
-                self.speculation, drafter.stats, config.speculation_min_acceptance
-            )
+        self.spec = Speculation(
+            speculation or SpeculationState(config.speculation, config.num_speculative_tokens),
+            drafter.stats if drafter is not None else None,
+            config.speculation_min_acceptance,
+        )
+        """The one owner of speculation: status, metrics and headers read its state."""
 
     def add_request(self, request: EngineRequest) -> None:
         self.scheduler.add(Sequence.from_request(request))
@@ -73,55 +70,18 @@ class Engine:
         schedule = self.scheduler.schedule()
         if schedule.preempted:  # their KV is freed; they prefill again when there is room
             self.runner.release(schedule.preempted)
-        self.runner.speculate = self.want_speculation() if speculate is None else speculate
-        stats = self.runner.drafter.stats if self.runner.drafter else None
-        before = stats.speculative_steps if stats else 0
+        speculate = self.want_speculation() if speculate is None else speculate
+        self.runner.speculate = speculate
+        before = self.spec.steps_so_far()
         started = time.perf_counter()
         sampled = self.runner.run(schedule)
-        speculated = stats is not None and stats.speculative_steps > before
-        self._observe(schedule, sampled, time.perf_counter() - started, speculated)
-        self._note_outcomes(schedule.decode, speculated)
+        self.spec.observe(schedule, sampled, time.perf_counter() - started, speculate, before)
         events, done = self.scheduler.postprocess(schedule, sampled)
         self._remember(schedule, done)
         return events
 
     def want_speculation(self) -> bool:
-        """Speculation serves a lone decoding sequence while it pays; the rest is reported."""
-        decoding = len(self.scheduler.running)
-        if self.governor is None or decoding == 0:
-            return False
-        if decoding > 1:
-            if self.governor.mode != "off":
-                self.speculation.set(False, "batch_size_above_limit")
-            return False
-        if self.governor.mode != "off":
-            self.speculation.set(True, None)
-        return self.governor.allow()
-
-    def _observe(self, schedule, sampled, seconds: float, speculated: bool) -> None:
-        if self.governor is None or len(schedule.decode) != 1 or schedule.prefill:
-            return
-        (seq,) = schedule.decode
-        self.governor.observe(self.runner.speculate, seconds, len(sampled.get(seq, ())))
-        # The seed-003 watchdog: reported on, a lone sequence decoded, no speculative step ran.
-        if self.runner.speculate and not speculated:
-            self.governor.mode, self.governor.count = "off", 0
-            self.speculation.set(
-                False, "engine_error", "speculation was on but no speculative step ran"
-            )
-
-    def _note_outcomes(self, decoded: list[Sequence], speculated: bool) -> None:
-        """Per sequence: whether this decode step speculated, and if not, why."""
-        if self.config.speculation == "none" or not decoded:
-            return
-        if speculated:  # a speculative step serves one sequence
-            decoded[0].spec_steps += 1
-            return
-        state = self.speculation
-        why = state.reason if not state.active else (
-            "batch_size_above_limit" if len(decoded) > 1 else "governor_probe")  # fmt: skip
-        for seq in decoded:
-            seq.spec_off = why
+        return self.spec.want(len(self.scheduler.running))
 
     def _remember(self, schedule, done: list[Sequence]) -> None:
         """Offer new prompt caches and finished sequences' caches to the prefix cache."""

@@ -148,10 +148,7 @@ class EngineService:
     def _speculation_json(engine) -> dict | None:
         if engine is None:
             return None
-        out = engine.speculation.to_json()
-        if engine.runner.drafter is not None:
-            out |= engine.runner.drafter.stats.to_json()
-        return out
+        return engine.spec.to_json()
 
     def _run(self) -> None:
         if not self._load():

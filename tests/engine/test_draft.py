@@ -41,7 +41,7 @@ def test_greedy_with_the_target_as_its_own_draft_is_identical_and_accepts_nearly
     stats = engine.runner.drafter.stats
     assert stats.drafts > 0 and stats.draft_tokens == k * stats.drafts
     assert stats.accepted >= 0.9 * stats.draft_tokens
-    assert engine.speculation.header() == f"draft;k={k}"
+    assert engine.spec.state.header() == f"draft;k={k}"
 
 
 def run_lengths(config, prompts, lengths):
@@ -64,7 +64,7 @@ def test_greedy_with_a_weak_draft_and_a_batch_stays_identical(prompts, weak_draf
     stats = engine.runner.drafter.stats
     # A batch decodes plainly (and says so); the lone survivor speculates, its draft model
     # first catching up on the tokens it missed.
-    assert engine.speculation.fallbacks.get("batch_size_above_limit", 0) >= 1
+    assert engine.spec.state.fallbacks.get("batch_size_above_limit", 0) >= 1
     assert stats.plain_steps > 0 and stats.drafts > 0
     assert stats.accepted < stats.draft_tokens
 
@@ -77,8 +77,8 @@ def test_sampling_with_a_draft_keeps_the_distribution(prompts, weak_draft, which
 
     def dist(config):
         engine, _ = build_engine(TRAINED, config, "m")
-        if engine.governor is not None:  # keep drafting: this test is about the distribution
-            engine.governor.probe_every = 10**9
+        if engine.spec.governor is not None:  # keep drafting: this test is about the distribution
+            engine.spec.governor.probe_every = 10**9
         return first_two_tokens(engine, prompts[2], n), engine
 
     plain, _ = dist(EngineConfig())

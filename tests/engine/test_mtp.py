@@ -66,7 +66,7 @@ def test_greedy_with_mtp_is_token_identical(prompts, k):
     assert stats.speculative_steps == stats.drafts
     per_pos = stats.accepted_per_pos
     assert all(per_pos[i] >= per_pos[i + 1] for i in range(k - 1))  # unconditional counts
-    assert engine.speculation.active and engine.speculation.header() == f"mtp;k={k}"
+    assert engine.spec.state.active and engine.spec.state.header() == f"mtp;k={k}"
 
 
 def test_each_request_counts_its_own_drafts(prompts):
@@ -96,7 +96,7 @@ def test_a_batch_runs_without_speculation_and_says_so(prompts):
         EngineConfig(speculation="mtp", num_speculative_tokens=2), prompts, greedy(24)
     )
     assert spec == base
-    state = engine.speculation
+    state = engine.spec.state
     # Three decoding at once: off with its reason, counted; back on when one is left.
     assert state.fallbacks.get("batch_size_above_limit", 0) >= 1
     assert engine.runner.drafter.stats.plain_steps > 0
@@ -145,7 +145,8 @@ def test_sampling_with_mtp_keeps_the_distribution(prompts):
 
 
 def _governor(min_acceptance=0.0):
-    from cluster.engine.mtp import SpecStats, SpeedGovernor
+    from cluster.engine.mtp import SpecStats
+    from cluster.engine.spec_control import SpeedGovernor
     from cluster.engine.speculation import SpeculationState
 
     state = SpeculationState("mtp", 2)
