@@ -51,12 +51,13 @@ def test_a_session_prefix_survives_a_replica_restart_on_disk(tmp_path):
         assert cached >= first.usage.prompt_tokens - 32, (cached, first.usage.prompt_tokens)
         disk = status(srv)["replicas"][0]["engine"]["prefix_cache"]["disk"]
         assert disk["hit_tokens"] == cached and disk["loaded"] == 1
-        metrics = httpx.get(f"{srv.url}/metrics").text
-        line = next(
-            x
-            for x in metrics.splitlines()
-            if x.startswith("cluster:prefix_cache_tier_hits_total") and 'tier="disk"' in x
-        )
-        assert float(line.split()[-1]) == cached
+        deadline, seen = time.time() + 15, None  # Prometheus reads the supervisor's last poll
+        while time.time() < deadline and seen != cached:
+            metrics = httpx.get(f"{srv.url}/metrics").text
+            seen = next(float(x.split()[-1]) for x in metrics.splitlines()
+                        if x.startswith("cluster:prefix_cache_tier_hits_total")
+                        and 'tier="disk"' in x)  # fmt: skip
+            time.sleep(0.3)
+        assert seen == cached
     finally:
         srv.stop()
