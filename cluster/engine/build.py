@@ -41,14 +41,14 @@ def materialize(model, every: float = 2.0) -> None:
 
     params = [v for _, v in tree_flatten(model.parameters())]
     total = sum(v.nbytes for v in params)
-    done, batch, logged = 0, [], 0.0
+    done, pending, batch, logged = 0, 0, [], 0.0
     for i, value in enumerate(params):
         batch.append(value)
-        if sum(v.nbytes for v in batch) < total / 20 and i < len(params) - 1:
+        pending += value.nbytes
+        if pending < total / 20 and i < len(params) - 1:
             continue
         mx.eval(batch)
-        done += sum(v.nbytes for v in batch)
-        batch = []
+        done, pending, batch = done + pending, 0, []
         if time.monotonic() - logged >= every or done == total:
             logged = time.monotonic()
             log.info(LOADED.format(done=done, total=total, share=done / max(total, 1)))
