@@ -253,11 +253,11 @@ class Supervisor:
         self.registry.down(name, reason)
         self._loaded.discard(name)  # a restart loads the weights again
         log.warning("replica %s is down: %s; restarting it", name, reason)
+        self.registry.restarting(name)  # counted when decided: stopping the rest can take a while
         if proc is not None:
             await asyncio.to_thread(proc.stop)
         delay, cap = self.backoff
         while True:
-            self.registry.restarting(name)
             if (left := self.running.pop(name, None)) is not None:  # a half-started attempt
                 await asyncio.to_thread(left.stop)
             try:
@@ -268,6 +268,7 @@ class Supervisor:
                 log.error("replica %s failed to restart: %s; next try in %.0fs", name, e, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, cap)
+            self.registry.restarting(name)
 
     async def stop(self) -> None:
         for task in self._tasks.values():

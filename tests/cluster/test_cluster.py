@@ -166,7 +166,7 @@ def test_follower_death_ends_stream_with_error_and_other_replica_serves(model_di
             states = {r["name"]: r for r in status(srv)["replicas"]}
             return states if states[victim]["restarts"] == 1 else None
 
-        states = _wait(victim_state, 3)
+        states = _wait(victim_state, 10)
         assert states and "rank 1" in states[victim]["reason"]
         assert states[other]["state"] == "ready"
         client = srv.client()
