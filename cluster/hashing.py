@@ -14,9 +14,16 @@ def hash_seed(model_id: str) -> bytes:
 
 def block_hashes(tokens: Sequence[int], block_size: int, seed: bytes = b"") -> list[BlockHash]:
     """Hash of every full block, each chained onto the hash of the block before it."""
-    hashes: list[BlockHash] = []
-    prev = 0
-    for start in range(0, len(tokens) - block_size + 1, block_size):
+    return extend_hashes([], tokens, block_size, seed)
+
+
+def extend_hashes(
+    hashes: list[BlockHash], tokens: Sequence[int], block_size: int, seed: bytes = b""
+) -> list[BlockHash]:
+    """Append to `hashes` (those of tokens' first blocks) the hashes of tokens' further full
+    blocks, chained on; returns the same list. A sequence hashes each block once."""
+    prev = hashes[-1] if hashes else 0
+    for start in range(len(hashes) * block_size, len(tokens) - block_size + 1, block_size):
         block = tokens[start : start + block_size]
         data = struct.pack(f"<Q{block_size}I", prev, *block)
         prev = int.from_bytes(hashlib.blake2b(data, digest_size=8, key=seed).digest(), "little")

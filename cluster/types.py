@@ -58,6 +58,8 @@ class EngineRequest:
     request_id: RequestId
     prompt_token_ids: tuple[int, ...]
     sampling: SamplingParams = field(default_factory=SamplingParams)
+    block_hashes: tuple[int, ...] = ()
+    """The prompt's chained block hashes as routing computed them (empty: the engine does)."""
 
 
 @dataclass(frozen=True)

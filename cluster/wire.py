@@ -46,12 +46,14 @@ def request_to_pb(request: EngineRequest) -> pb.GenerateRequest:
         request_id=request.request_id,
         prompt_token_ids=request.prompt_token_ids,
         sampling=_to_pb(request.sampling, pb.SamplingParams()),
+        block_hashes=request.block_hashes,
     )
 
 
 def request_from_pb(msg: pb.GenerateRequest) -> EngineRequest:
     sampling = _from_pb(SamplingParams, msg.sampling)
-    return EngineRequest(RequestId(msg.request_id), tuple(msg.prompt_token_ids), sampling)
+    return EngineRequest(RequestId(msg.request_id), tuple(msg.prompt_token_ids), sampling,
+                         tuple(msg.block_hashes))  # fmt: skip
 
 
 def _logprob_to_pb(lp: TokenLogprob) -> pb.TokenLogprob:
@@ -90,6 +92,7 @@ def request_to_json(request: EngineRequest) -> dict:
         "id": request.request_id,
         "prompt": list(request.prompt_token_ids),
         "sampling": asdict(request.sampling),
+        "hashes": list(request.block_hashes),
     }
 
 
@@ -97,7 +100,8 @@ def request_from_json(data: dict) -> EngineRequest:
     s = data["sampling"]
     tuples = {f.name for f in fields(SamplingParams) if isinstance(_default(f), tuple)}
     sampling = SamplingParams(**{k: tuple(v) if k in tuples else v for k, v in s.items()})
-    return EngineRequest(RequestId(data["id"]), tuple(data["prompt"]), sampling)
+    hashes = tuple(data.get("hashes", ()))
+    return EngineRequest(RequestId(data["id"]), tuple(data["prompt"]), sampling, hashes)
 
 
 def _default(f):

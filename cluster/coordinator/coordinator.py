@@ -212,8 +212,10 @@ class Coordinator:
 
         processor turns token ids into text (and for chat, reasoning and tool calls); the
         default decodes plain text with no stop strings."""
+        hashes = self.prompt_hashes(prompt) if hashes is None else hashes
         replica, _ = self.route(prompt, session_id, hashes)
-        request = EngineRequest(request_id, tuple(prompt), sampling)
+        # The engine reuses routing's hashes for its prefix cache: each block hashed once.
+        request = EngineRequest(request_id, tuple(prompt), sampling, tuple(hashes))
         out = processor or OutputProcessor(self.tokenizer.decode, [], self.tokenizer.stream_bytes)
         return Completion(replica, lambda c: self._stream(c, request, out, session_id))
 

@@ -6,13 +6,18 @@ tokens and block hashes in its metadata), written under partial/ and renamed int
 file is whole or absent. The books (which block hash lives in which file) are rebuilt at start from
 the files' headers alone. Bounded by bytes, least recently used first. A file that cannot be
 read (truncated, corrupt, another model's shapes) is a miss with a log line, and is removed.
+Files are written by a thread of the tier's own, off the engine loop; until a file is whole
+its entry is served from the objects it is written from. The books change on the engine's
+thread only: the writer reports each finished file back through a queue.
 """
 
 import base64
 import json
 import logging
 import os
+import queue
 import struct
+import threading
 from array import array
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -75,8 +80,15 @@ class DiskTier:
         self.stats = DiskStats()
         self.evicted_blocks: list[BlockHash] = []
         """Blocks that left the disk tier since the prefix cache last looked."""
+        self.pending: dict[str, tuple[array, array, list[Any]]] = {}
+        """Entries handed to the writer, not yet whole on disk: name -> (tokens, hashes, cache)."""
+        self.pending_index: dict[BlockHash, str] = {}
+        self._todo: queue.Queue = queue.Queue()
+        self._done: queue.Queue = queue.Queue()
         (self.root / PARTIAL).mkdir(parents=True, exist_ok=True)
         self._scan()
+        self._writer = threading.Thread(target=self._write_loop, name="disk-tier", daemon=True)
+        self._writer.start()
 
     def _scan(self) -> None:
         files = sorted(self.root.glob("*" + SUFFIX), key=lambda p: p.stat().st_mtime)
@@ -124,44 +136,90 @@ class DiskTier:
         path.unlink(missing_ok=True)
 
     def __contains__(self, h: BlockHash) -> bool:
-        return h in self.index
+        self._collect()
+        return h in self.index or h in self.pending_index
 
     @staticmethod
     def _name(hashes: array) -> str:
         return f"{hashes[-1]:016x}{SUFFIX}"
 
     def put(self, tokens: array, hashes: array, cache: list[Any]) -> None:
-        """Spill an entry (its last block names the file); one already on disk is kept."""
-        from mlx_lm.models.cache import save_prompt_cache
+        """Spill an entry (its last block names the file); one already on disk is kept. The
+        file is written by the tier's thread: this returns at once."""
+        import mlx.core as mx
+        from mlx.utils import tree_flatten
 
+        self._collect()
         name = self._name(hashes)
         if name in self.files:
             self.files.move_to_end(name)
             return
-        # Files that end inside this entry's chain hold a prefix of it: superseded.
-        older = {self.index[h] for h in hashes[:-1] if h in self.index}
-        older = [n for n in older if self.files[n].hashes[-1] in hashes]
-        path, tmp = self.root / name, self.root / PARTIAL / name
-        meta = {"tokens": _encode(tokens), "hashes": _encode(hashes),
-                "block_size": str(self.block_size)}  # fmt: skip
-        try:
-            save_prompt_cache(str(tmp), cache, meta)
-            os.replace(tmp, path)
-        except Exception as e:  # a full disk or an unserializable cache: no spill, said once
-            tmp.unlink(missing_ok=True)
-            log.warning("prefix cache disk tier: could not write %s (%s)", name, e)
+        if name in self.pending:
             return
-        self._add(name, DiskEntry(hashes, path.stat().st_size))
-        for old in older:
-            self._drop(old)  # its blocks now point to the new file: none leaves the tier
-        self.stats.spilled += 1
-        self._shrink()
+        # The writer thread only reads arrays: every one it will save is computed here.
+        mx.eval([a for _, a in tree_flatten([c.state for c in cache]) if isinstance(a, mx.array)])
+        self.pending[name] = (tokens, hashes, cache)
+        for h in hashes:
+            self.pending_index[h] = name
+        self._todo.put((name, tokens, hashes, cache))
+
+    def _write_loop(self) -> None:
+        from mlx_lm.models.cache import save_prompt_cache
+
+        while (job := self._todo.get()) is not None:
+            name, tokens, hashes, cache = job
+            path, tmp = self.root / name, self.root / PARTIAL / name
+            meta = {"tokens": _encode(tokens), "hashes": _encode(hashes),
+                    "block_size": str(self.block_size)}  # fmt: skip
+            try:
+                save_prompt_cache(str(tmp), cache, meta)
+                os.replace(tmp, path)
+                self._done.put((name, path.stat().st_size))
+            except Exception as e:  # a full disk or an unserializable cache: no spill, said
+                tmp.unlink(missing_ok=True)
+                self._done.put((name, e))
+            self._todo.task_done()
+        self._todo.task_done()
+
+    def _collect(self) -> None:
+        """Books for the files the writer finished (on the engine's thread)."""
+        while True:
+            try:
+                name, result = self._done.get_nowait()
+            except queue.Empty:
+                return
+            tokens, hashes, _ = self.pending.pop(name)
+            for h in hashes:
+                if self.pending_index.get(h) == name:
+                    del self.pending_index[h]
+            if isinstance(result, Exception):
+                log.warning("prefix cache disk tier: could not write %s (%s)", name, result)
+                continue
+            # Files that end inside this entry's chain hold a prefix of it: superseded.
+            older = {self.index[h] for h in hashes[:-1] if h in self.index}
+            older = [n for n in older if self.files[n].hashes[-1] in hashes]
+            self._add(name, DiskEntry(hashes, result))
+            for old in older:
+                self._drop(old)  # its blocks now point to the new file: none leaves the tier
+            self.stats.spilled += 1
+            self._shrink()
+
+    def flush(self) -> None:
+        """Wait until every spilled entry is whole on disk, and book it."""
+        self._todo.join()
+        self._collect()
+
+    def close(self) -> None:
+        self.flush()
+        self._todo.put(None)
+        self._writer.join()
 
     def match(self, hashes: list[BlockHash]) -> tuple[int, str | None]:
         """(blocks matched, file) for the longest chain of `hashes` one file holds."""
+        self._collect()
         best, name = 0, None
         for i, h in enumerate(hashes):
-            holder = self.index.get(h)
+            holder = self.index.get(h) or self.pending_index.get(h)
             if holder is None:
                 break
             best, name = i + 1, holder
@@ -172,6 +230,9 @@ class DiskTier:
         cannot be read."""
         from mlx_lm.models.cache import load_prompt_cache
 
+        if name in self.pending:  # still being written: served from what it is written from
+            self.stats.loaded += 1
+            return self.pending[name]
         path = self.root / name
         try:
             cache, meta = load_prompt_cache(str(path), return_metadata=True)
@@ -187,11 +248,18 @@ class DiskTier:
         self.stats.loaded += 1
         return tokens, hashes, cache
 
+    def blocks(self) -> set[BlockHash]:
+        """Every block on disk or being written."""
+        self._collect()
+        return self.index.keys() | self.pending_index.keys()
+
     def drain_evicted(self) -> list[BlockHash]:
+        self._collect()
         out, self.evicted_blocks = self.evicted_blocks, []
         return out
 
     def to_json(self) -> dict:
+        self._collect()
         s = self.stats
         return {
             "entries": len(self.files),
@@ -203,4 +271,5 @@ class DiskTier:
             "loaded": s.loaded,
             "evicted": s.evicted,
             "unreadable": s.unreadable,
+            "writing": len(self.pending),
         }

@@ -87,9 +87,9 @@ class Engine:
         """Offer new prompt caches and finished sequences' caches to the prefix cache."""
         for seq, _ in schedule.prefill:
             if seq.is_prefilled and seq.cache is not None:
-                self.cache.insert(tuple(seq.tokens[: seq.num_computed]), seq.cache)
+                self.cache.insert(tuple(seq.tokens[: seq.num_computed]), seq.cache, seq.hashes)
         for seq, cache in self.runner.release(done).items():
-            self.cache.insert(tuple(seq.tokens[: seq.num_computed]), cache)
+            self.cache.insert(tuple(seq.tokens[: seq.num_computed]), cache, seq.hashes)
 
     def fail_all(self, message: str) -> list[TokenEvent]:
         """End every request with an error, after a fault in a step."""

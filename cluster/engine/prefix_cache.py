@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from itertools import count
 from typing import Any
 
-from ..hashing import BlockHash, block_hashes
+from ..hashing import BlockHash, block_hashes, extend_hashes
 from .disk_cache import DiskTier
 from .kv import cache_nbytes, snapshot
 
@@ -75,17 +75,29 @@ class PrefixCache:
         """Positions to give back on a hit (1 with an MTP layer: it needs the carry recomputed)."""
         self.disk = disk
 
-    def hashes(self, tokens) -> list[BlockHash]:
-        return block_hashes(tokens, self.block_size, self.seed)
+    def hashes(self, tokens, known: list[BlockHash] | None = None) -> list[BlockHash]:
+        """Hashes of tokens' full blocks. `known` (a sequence's own list, the first blocks'
+        hashes as routing or an earlier call computed them) is checked by its first block,
+        extended in place and sliced: each block is hashed once per sequence."""
+        if known is None:
+            return block_hashes(tokens, self.block_size, self.seed)
+        first = block_hashes(tokens[: self.block_size], self.block_size, self.seed)
+        if known and known[:1] != first:
+            known.clear()  # another seed or block size made them: ours start over
+        extend_hashes(known, tokens, self.block_size, self.seed)
+        return known[: len(tokens) // self.block_size]
 
-    def lookup(self, tokens: tuple[int, ...]) -> tuple[int, list[Any] | None]:
-        """Longest cached block-aligned prefix, leaving at least one token to compute."""
+    def lookup(
+        self, tokens: tuple[int, ...], known: list[BlockHash] | None = None
+    ) -> tuple[int, list[Any] | None]:
+        """Longest cached block-aligned prefix, leaving at least one token to compute.
+        known: the sequence's block hashes so far (see `hashes`)."""
         self.stats.queries += len(tokens)
         usable = (len(tokens) - 1) // self.block_size
         query = array("I", tokens[: usable * self.block_size])
         best: Entry | None = None
         best_id, matched = -1, 0
-        hashes = self.hashes(query)
+        hashes = self.hashes(query, known)
         for i, h in enumerate(hashes):
             ids = self.index.get(h)
             if not ids:
@@ -126,13 +138,15 @@ class PrefixCache:
         entry_id = self._store(tokens, stored, cache, written=True)
         return (entry_id, end) if entry_id is not None else None
 
-    def insert(self, tokens: tuple[int, ...], cache: list[Any]) -> None:
+    def insert(
+        self, tokens: tuple[int, ...], cache: list[Any], known: list[BlockHash] | None = None
+    ) -> None:
         """Store the cache of tokens' full blocks unless a stored entry already covers them."""
         n = len(tokens) // self.block_size * self.block_size
         if n == 0 or self.capacity_bytes == 0:
             return
         tokens = array("I", tokens[:n])
-        hashes = array("Q", self.hashes(tokens))
+        hashes = array("Q", self.hashes(tokens, known))
         if ids := self.index.get(hashes[-1]):
             self.entries.move_to_end(ids[0])
             return
@@ -205,7 +219,7 @@ class PrefixCache:
         """Every block the replica holds, in memory or on disk (for a router's resync)."""
         if self.disk is None:
             return list(self.index)
-        return list(self.index.keys() | self.disk.index.keys())
+        return list(self.index.keys() | self.disk.blocks())
 
     @property
     def num_blocks(self) -> int:

@@ -6,6 +6,7 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
+from mlx_lm.models.cache import BatchKVCache, CacheList, KVCache
 
 from .drafter import NO_DRAFTER, Drafter
 from .kv import _arrays
@@ -40,6 +41,8 @@ class ModelRunner:
         self.speculate = drafter is not None
         """Whether a lone running sequence decodes speculatively (the engine switches it)."""
         self.num_layers = len(model.make_cache())
+        self.batch_prefill = all(_batchable(c) for c in model.make_cache())
+        """Whether fresh prompts can prefill together (every layer's cache is a KVCache)."""
         """A cache list holds this many main-model caches, then the drafter's."""
         self.batch: list[Sequence] = []
         self.batch_cache: list[Any] | None = None
@@ -61,7 +64,13 @@ class ModelRunner:
         rows: list[mx.array] = []
         seqs: list[Sequence] = []
         out: dict[Sequence, list[int]] = {}
-        for seq, n in schedule.prefill:
+        prefill = schedule.prefill
+        groups, alone = prefill_groups(prefill) if self.batch_prefill else ([], prefill)
+        for group in groups:
+            got = self._prefill_batch(group)
+            rows += [logits for _, logits in got]
+            seqs += [seq for seq, _ in got]
+        for seq, n in alone:
             logits = self._prefill(seq, n)
             if logits is not None:
                 rows.append(logits)
@@ -146,6 +155,28 @@ class ModelRunner:
             mx.eval(_arrays(seq.cache), *([seq.carry] if self.hooks.needs_hidden else []))
             return None
         return self.model.lm_head(hidden[:, -1, :])
+
+    def _prefill_batch(self, group: list[tuple[Sequence, int]]) -> list[tuple[Sequence, mx.array]]:
+        """First chunks of several prompts in one left-padded forward; each then keeps its own
+        cache. Returns the logits of those whose prompt is now complete."""
+        longest = max(n for _, n in group)
+        pads = [longest - n for _, n in group]
+        tokens = mx.array([[0] * p + s.tokens[:n] for (s, n), p in zip(group, pads, strict=True)])
+        cache = [_batched(layer, pads) for layer in self.model.make_cache()]
+        hidden = self.model.model(tokens, cache=cache)
+        done, pending = [], []
+        for i, ((seq, n), pad) in enumerate(zip(group, pads, strict=True)):
+            seq.cache = [layer.extract(i) for layer in cache] + self.hooks.make_cache()
+            mine = hidden[i : i + 1, pad:]
+            self.hooks.after_prefill(mine, tokens[i : i + 1, pad:], self._own(seq.cache), None)
+            seq.carry = mine[:, -1, :]
+            if n < seq.prefill_target:
+                pending += _arrays(seq.cache) + ([seq.carry] if self.hooks.needs_hidden else [])
+            else:
+                done.append((seq, self.model.lm_head(seq.carry)))
+        if pending:
+            mx.eval(pending)
+        return done
 
     def _decode(self, tokens: mx.array | None = None) -> mx.array:
         """Logits of one step of the batch; tokens [B, 1] default to each row's last token."""
@@ -268,3 +299,43 @@ class ModelRunner:
     def reset(self) -> None:
         self.batch, self.batch_cache, self.ahead = [], None, None
         self.hooks.reset()
+
+
+PAD_WASTE = 1.25
+"""A batched prefill may compute at most this many times the tokens of its prompts."""
+
+
+def prefill_groups(
+    prefill: list[tuple[Sequence, int]],
+) -> tuple[list[list[tuple[Sequence, int]]], list[tuple[Sequence, int]]]:
+    """Fresh prompts (nothing computed, no cached prefix) of similar chunk lengths go in
+    batched forwards; the rest prefill alone. Deterministic: followers group alike."""
+    fresh = sorted(((s, n) for s, n in prefill if s.num_computed == 0 and s.cache is None
+                    and not s.num_output), key=lambda e: -e[1])  # fmt: skip
+    groups, current = [], []
+    for entry in fresh:
+        if current and current[0][1] * (len(current) + 1) > PAD_WASTE * (
+            sum(n for _, n in current) + entry[1]
+        ):
+            groups.append(current)
+            current = []
+        current.append(entry)
+    groups.append(current)
+    batched = [g for g in groups if len(g) > 1]
+    inside = {id(s) for g in batched for s, _ in g}
+    return batched, [(s, n) for s, n in prefill if id(s) not in inside]
+
+
+def _batchable(layer: Any) -> bool:
+    if isinstance(layer, CacheList):
+        return all(_batchable(c) for c in layer.caches)
+    return type(layer) is KVCache
+
+
+def _batched(layer: Any, pads: list[int]) -> Any:
+    """An empty batch cache shaped like one sequence's cache for a layer."""
+    if isinstance(layer, CacheList):
+        return CacheList(*(_batched(c, pads) for c in layer.caches))
+    if isinstance(layer, KVCache):
+        return BatchKVCache(pads)
+    raise TypeError(f"cannot batch a prefill with a {type(layer).__name__}")

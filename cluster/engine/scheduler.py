@@ -123,7 +123,7 @@ class Scheduler:
             preempted.append(seq)
 
     def _reuse_prefix(self, seq: Sequence) -> None:
-        matched, cache = self.cache.lookup(tuple(seq.tokens[: seq.prefill_target + 1]))
+        matched, cache = self.cache.lookup(tuple(seq.tokens[: seq.prefill_target + 1]), seq.hashes)
         if cache is not None:  # (a preempted sequence may match into its own output)
             seq.cache, seq.num_computed = cache, matched
             seq.num_cached = max(seq.num_cached, min(matched, seq.num_prompt))

@@ -51,11 +51,14 @@ class Sequence:
     arrived_at: float = field(default_factory=time.monotonic)
     scheduled_at: float | None = None
     first_token_at: float | None = None
+    hashes: list[int] = field(default_factory=list)
+    """Chained hashes of its tokens' first blocks, each computed once (routing's to start)."""
 
     @classmethod
     def from_request(cls, request: EngineRequest) -> "Sequence":
         prompt = list(request.prompt_token_ids)
-        return cls(request=request, tokens=prompt, num_prompt=len(prompt))
+        return cls(request=request, tokens=prompt, num_prompt=len(prompt),
+                   hashes=list(request.block_hashes))  # fmt: skip
 
     @property
     def request_id(self):

@@ -180,6 +180,9 @@ class EngineService:
                 if self.distributed:
                     break
         self._dispatch_all(self._engine.fail_all(self.broken or "engine stopped"))
+        if (disk := self._engine.cache.disk) is not None:  # files being written get finished
+            self._engine.cache.persist()
+            disk.close()
         self._drain_after_stop()
 
     def _load(self) -> bool:

@@ -42,7 +42,8 @@ def test_evicted_entries_spill_and_come_back_equal(model, tmp_path):
     cache = cache_for(model, disk, int(1.5 * one))  # memory holds one entry
     stored = prompt_cache(model, a)
     cache.insert(a, stored)
-    cache.insert(b, prompt_cache(model, b))  # evicts a: it spills
+    cache.insert(b, prompt_cache(model, b))  # evicts a: it spills, written by the tier's thread
+    disk.flush()
     assert len(cache.entries) == 1 and disk.stats.spilled == 1 and len(disk.files) == 1
     events = cache.drain_events()
     assert not events.evicted  # a's blocks are still held (on disk): the router keeps them
@@ -58,6 +59,7 @@ def test_a_restart_finds_the_files_by_block_hash(model, tmp_path):
     cache = cache_for(model, disk, 1 << 30)
     cache.insert(a, prompt_cache(model, a))
     cache.persist()  # what the engine does when idle
+    disk.flush()
     assert len(disk.files) == 1
     restarted = cache_for(model, DiskTier(tmp_path, 1 << 30, BLOCK), 1 << 30)
     assert len(restarted.disk.index) == len(a) // BLOCK
@@ -68,6 +70,7 @@ def test_a_restart_finds_the_files_by_block_hash(model, tmp_path):
     longer = a + prompt(4, 64)
     restarted.insert(longer, prompt_cache(model, longer))
     restarted.persist()
+    restarted.disk.flush()
     assert len(restarted.disk.files) == 1
 
 
@@ -78,11 +81,13 @@ def test_the_disk_tier_is_bounded_by_bytes_oldest_first(model, tmp_path):
     cache = cache_for(model, disk, 1 << 30)
     cache.insert(prompts[0], caches[0])
     cache.persist()
+    disk.flush()
     file_bytes = disk.nbytes
     disk.capacity_bytes = int(2.5 * file_bytes)
     for p, c in zip(prompts[1:], caches[1:], strict=True):
         cache.insert(p, c)
         cache.persist()
+        disk.flush()
     assert len(disk.files) == 2 and disk.nbytes <= disk.capacity_bytes
     assert disk.stats.evicted == 2
     assert cache.lookup(prompts[0] + (1,))[0] == len(prompts[0])  # still in memory
@@ -99,6 +104,7 @@ def test_an_unreadable_file_is_a_miss_with_a_log_line(model, tmp_path, caplog, d
     cache = cache_for(model, disk, 1 << 30)
     cache.insert(a, prompt_cache(model, a))
     cache.persist()
+    disk.flush()
     (path,) = tmp_path.glob("*.safetensors")
     data = path.read_bytes()
     if damage == "truncated":
@@ -113,3 +119,29 @@ def test_an_unreadable_file_is_a_miss_with_a_log_line(model, tmp_path, caplog, d
     assert (matched, got) == (0, None)
     assert restarted.disk.stats.unreadable == 1 and "unreadable" in caplog.text
     assert not list(tmp_path.glob("*.safetensors"))  # removed, not read again
+
+
+def test_an_entry_being_written_is_served_from_memory(model, tmp_path, monkeypatch):
+    # The writer thread is held mid-write: the entry is found, loaded and reported as writing.
+    import threading
+
+    import mlx_lm.models.cache as mlx_cache
+
+    release, real = threading.Event(), mlx_cache.save_prompt_cache
+    monkeypatch.setattr(mlx_cache, "save_prompt_cache", lambda *a: release.wait() and real(*a))
+    a = prompt(30)
+    disk = DiskTier(tmp_path, 1 << 30, BLOCK)
+    cache = cache_for(model, disk, 1 << 30)
+    stored = prompt_cache(model, a)
+    cache.insert(a, stored)
+    cache.persist()
+    assert disk.to_json()["writing"] == 1 and not disk.files
+    other = cache_for(model, disk, 1 << 30)  # a fresh memory tier: only the disk tier has it
+    matched, got = other.lookup(a + (1,))
+    assert matched == len(a)
+    for want, have in zip(_arrays(stored), _arrays(got), strict=True):
+        assert mx.array_equal(want[..., :matched, :], have[..., :matched, :]).item()
+    release.set()
+    disk.flush()
+    assert disk.to_json()["writing"] == 0 and len(disk.files) == 1
+    disk.close()

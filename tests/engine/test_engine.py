@@ -202,3 +202,75 @@ def test_pipelined_decode_changes_no_token(loaded, prompts, temperature):
     again = run(engine, [prompts[4] + piped[4][:-1]], greedy(8))
     cold = run(make_engine(loaded, prefix_cache_bytes=0), [prompts[4] + piped[4][:-1]], greedy(8))
     assert again == cold and engine.cache.stats.hits > 0
+
+
+def test_fresh_prompts_prefill_together_and_decode_as_alone(loaded, prompts):
+    # Three new prompts fit one step's budget: one left-padded forward, the last one's first
+    # chunk only; it finishes alone next step. Output equals each prompt served alone.
+    batch = [prompts[4][7 * i : 7 * i + 40 - 3 * i] for i in range(3)]
+    alone = [run(make_engine(loaded, prefill_step_size=100), [p])[0] for p in batch]
+    engine = make_engine(loaded, prefill_step_size=100)
+    groups = []
+    batched = engine.runner._prefill_batch
+
+    def watched(group):
+        groups.append([(s.request_id, n, s.prefill_target) for s, n in group])
+        return batched(group)
+
+    engine.runner._prefill_batch = watched
+    assert run(engine, batch) == alone
+    assert groups == [[("0", 40, 40), ("1", 37, 37), ("2", 23, 34)]]
+
+
+def test_prefill_groups_bound_the_padding():
+    from cluster.engine.runner import prefill_groups
+    from cluster.engine.sequence import Sequence
+
+    def seq(i, n):
+        return Sequence.from_request(EngineRequest(RequestId(str(i)), tuple(range(n)), greedy()))
+
+    a, b, c, d = seq(0, 300), seq(1, 60), seq(2, 50), seq(3, 10)
+    d.num_computed = 8  # a prompt part-way through prefill continues alone
+    groups, alone = prefill_groups([(a, 300), (b, 60), (c, 50), (d, 2)])
+    assert [[s.request_id for s, _ in g] for g in groups] == [["1", "2"]]
+    assert [s.request_id for s, _ in alone] == ["0", "3"]
+    assert prefill_groups([(a, 300)]) == ([], [(a, 300)])
+
+
+def test_each_block_is_hashed_once_per_sequence(loaded, prompts, monkeypatch):
+    import cluster.hashing as hashing
+
+    engine = make_engine(loaded, block_size=16)
+    prompt = prompts[4]
+    routed = hashing.block_hashes(prompt, 16, engine.cache.seed)  # as the coordinator sends them
+    calls = []
+    real = hashing.hashlib.blake2b
+    monkeypatch.setattr(
+        hashing.hashlib, "blake2b", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    request = EngineRequest(RequestId("a"), tuple(prompt), greedy(40), tuple(routed))
+    engine.add_request(request)
+    while engine.has_work():
+        engine.step()
+    blocks_of_output = (len(prompt) + 40) // 16 - len(routed)
+    checks = 3  # the first block, checked by the lookup and by each insert
+    assert len(calls) == blocks_of_output + checks
+    (entry,) = engine.cache.entries.values()  # prompt and output: what the hashes stand for
+    assert list(entry.hashes) == hashing.block_hashes(entry.tokens, 16, engine.cache.seed)
+    assert len(entry.tokens) == (len(prompt) + 39) // 16 * 16
+    # Hashes made with another seed are recomputed, never trusted: the cache still hits.
+    wrong = EngineRequest(RequestId("b"), tuple(prompt), greedy(4), tuple(h ^ 1 for h in routed))
+    engine.add_request(wrong)
+    hits = engine.cache.stats.hits
+    while engine.has_work():
+        engine.step()
+    assert engine.cache.stats.hits - hits >= len(routed) * 16 - 16
+
+
+def test_extended_hashes_equal_hashing_at_once():
+    from cluster.hashing import block_hashes, extend_hashes
+
+    tokens = list(range(1000, 1100))
+    grown = extend_hashes([], tokens[:40], 16, b"k")
+    assert extend_hashes(grown, tokens, 16, b"k") == block_hashes(tokens, 16, b"k")
+    assert len(grown) == 6

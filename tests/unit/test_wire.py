@@ -12,7 +12,11 @@ from cluster import wire
 from cluster.rpc.gen import engine_pb2 as pb
 from cluster.types import EngineRequest, RequestId, SamplingParams, TokenEvent, TokenLogprob
 
-PAIRS = [(SamplingParams, pb.SamplingParams), (TokenEvent, pb.GenerateChunk)]
+PAIRS = [
+    (SamplingParams, pb.SamplingParams),
+    (TokenEvent, pb.GenerateChunk),
+    (EngineRequest, pb.GenerateRequest),
+]
 
 
 def _unusual(cls, f):
@@ -43,7 +47,8 @@ def _values(cls) -> dict:
 
 def test_sampling_params_round_trip_field_by_field():
     values = _values(SamplingParams)
-    request = EngineRequest(RequestId("r1"), (1, 2, 3), SamplingParams(**values))
+    hashes = (2**64 - 1, 0, 12345)  # block hashes use all 64 bits
+    request = EngineRequest(RequestId("r1"), (1, 2, 3), SamplingParams(**values), hashes)
     back = wire.request_from_pb(
         pb.GenerateRequest.FromString(wire.request_to_pb(request).SerializeToString())
     )
