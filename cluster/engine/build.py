@@ -105,9 +105,7 @@ def disk_tier(path, config: EngineConfig, group=None):
     if not config.prefix_cache_disk_bytes:
         return None, None
     why = None
-    if group is not None and group.size() > 1:
-        why = "off under tensor parallelism: not built yet (every rank would need the same files)"
-    elif config.kv_bits:
+    if config.kv_bits:
         why = "off with --kv-bits: quantized snapshots are not written to disk"
     elif not config.prefix_cache_disk_dir:
         why = "off: no --prefix-cache-disk-dir"
@@ -115,7 +113,18 @@ def disk_tier(path, config: EngineConfig, group=None):
         log.warning("prefix cache disk tier %s", why)
         return None, why
     root = Path(config.prefix_cache_disk_dir) / model_fingerprint(path)
-    return DiskTier(root, config.prefix_cache_disk_bytes, config.block_size), None
+    agree = group_min(group) if group is not None and group.size() > 1 else None
+    return DiskTier(root, config.prefix_cache_disk_bytes, config.block_size, agree), None
+
+
+def group_min(group):
+    """The smallest of a value over the ranks of a tensor-parallel group (a collective)."""
+    import mlx.core as mx
+
+    def agree(value: int) -> int:
+        return int(mx.distributed.all_min(mx.array(value, dtype=mx.int32), group=group).item())
+
+    return agree
 
 
 def model_fingerprint(path) -> str:

@@ -70,8 +70,11 @@ def read_metadata(path: Path) -> dict[str, str]:
 
 
 class DiskTier:
-    def __init__(self, root: str | Path, capacity_bytes: int, block_size: int):
+    def __init__(self, root: str | Path, capacity_bytes: int, block_size: int, agree=None):
         self.root = Path(root)
+        self.agree = agree or (lambda value: value)
+        """Under TP, the smallest of a value over the ranks (a collective every rank calls at
+        the same point): each rank has files of its own, a hit must be a hit on all of them."""
         self.capacity_bytes = capacity_bytes
         self.block_size = block_size
         self.files: OrderedDict[str, DiskEntry] = OrderedDict()
@@ -215,15 +218,19 @@ class DiskTier:
         self._writer.join()
 
     def match(self, hashes: list[BlockHash]) -> tuple[int, str | None]:
-        """(blocks matched, file) for the longest chain of `hashes` one file holds."""
+        """(blocks matched, file) for the longest chain of `hashes` one file holds on every
+        rank (under TP, a collective: every rank calls it for the same lookup)."""
         self._collect()
-        best, name = 0, None
-        for i, h in enumerate(hashes):
-            holder = self.index.get(h) or self.pending_index.get(h)
-            if holder is None:
+        best = 0
+        for h in hashes:
+            if h not in self.index and h not in self.pending_index:
                 break
-            best, name = i + 1, holder
-        return best, name
+            best += 1
+        best = self.agree(best)
+        if best == 0:
+            return 0, None
+        last = hashes[best - 1]  # the file holding a chain's last block holds all of it
+        return best, self.index.get(last) or self.pending_index[last]
 
     def load(self, name: str) -> tuple[array, array, list[Any]] | None:
         """(tokens, hashes, cache objects) of a file, or None (logged and removed) if it

@@ -128,14 +128,17 @@ class PrefixCache:
         if self.disk is None:
             return None
         blocks, name = self.disk.match(hashes)
-        if blocks <= in_memory:
+        if blocks <= in_memory:  # (the same on every rank: match agreed on blocks)
             return None
         loaded = self.disk.load(name)
         end = blocks * self.block_size
-        if loaded is None or loaded[0][:end] != query[:end]:
-            return None  # unreadable (logged), or a hash collision
+        # Unreadable (logged) or a hash collision on any rank: a miss on all of them.
+        if not self.disk.agree(int(loaded is not None and loaded[0][:end] == query[:end])):
+            return None
         tokens, stored, cache = loaded
-        entry_id = self._store(tokens, stored, cache, written=True)
+        if len(stored) > blocks:  # another rank holds less: every rank keeps the agreed part
+            tokens, stored, cache = tokens[:end], stored[:blocks], snapshot(cache, end)
+        entry_id = self._store(tokens, stored, cache, written=True)  # each rank has a file of it
         return (entry_id, end) if entry_id is not None else None
 
     def insert(

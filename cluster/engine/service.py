@@ -336,6 +336,8 @@ def run_follower(model_path, config: EngineConfig, model_id: str, group) -> None
         message = channel.exchange(None)
         watchdog.end()
         heap.maybe_trim(idle=not message.step)
+        if not message.step:  # idle, as the leader is: write what a restart would lose
+            engine.cache.persist()
         if message.digest != digest:
             raise RuntimeError(
                 f"rank {group.rank()} diverged from the leader: sampled tokens differ"

@@ -1,12 +1,14 @@
 """The prefix cache's disk tier through a real server: a session's prefix written while the
 replica is idle survives kill -9 of its rank; the restarted replica serves the next turn from
-disk, and /v1/status and Prometheus count those tokens under the disk tier."""
+disk, and /v1/status and Prometheus count those tokens under the disk tier. Under TP every rank
+keeps files of its own and a hit must be a hit on all of them."""
 
 import os
 import signal
 import time
 
 import httpx
+import pytest
 from conftest import ROOT, Server
 from test_cluster import rank_pids
 
@@ -15,9 +17,22 @@ def status(srv) -> dict:
     return httpx.get(f"{srv.url}/v1/status", timeout=5).json()
 
 
-def test_a_session_prefix_survives_a_replica_restart_on_disk(tmp_path):
+def _restarted(srv, times: int) -> dict:
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        replica = status(srv)["replicas"][0]
+        if replica["state"] == "ready" and replica["restarts"] == times:
+            break
+        time.sleep(0.5)
+    assert replica["state"] == "ready" and replica["restarts"] == times
+    return replica
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_a_session_prefix_survives_a_replica_restart_on_disk(tmp_path, tp):
     code = (ROOT / "cluster" / "coordinator" / "coordinator.py").read_text()[:6000]
-    srv = Server(["--prefix-cache-disk-bytes", str(256 << 20)],
+    inventory = ["--inventory", str(ROOT / "inventory" / "local-tp2.yaml")] if tp == 2 else []
+    srv = Server(["--prefix-cache-disk-bytes", str(256 << 20), *inventory],
                  env={"CLUSTER_HOME": str(tmp_path / "home")})  # fmt: skip
     try:
         client = srv.client()
@@ -30,17 +45,14 @@ def test_a_session_prefix_survives_a_replica_restart_on_disk(tmp_path):
                 break
             time.sleep(0.2)
         assert disk["entries"] == 1 and disk["bytes"] > 0, disk
-        files = list((tmp_path / "home" / "prefix-cache" / "r0" / "rank-0").rglob("*.safetensors"))
-        assert len(files) == 1
+        ranks = [tmp_path / "home" / "prefix-cache" / "r0" / f"rank-{r}" for r in range(tp)]
+        deadline = time.time() + 10  # (followers write when the leader tells them it is idle)
+        while time.time() < deadline and not all(list(d.rglob("*.safetensors")) for d in ranks):
+            time.sleep(0.2)
+        assert [len(list(d.rglob("*.safetensors"))) for d in ranks] == [1] * tp
 
-        os.kill(rank_pids(srv)[("r0", 0)], signal.SIGKILL)
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            replica = status(srv)["replicas"][0]
-            if replica["state"] == "ready" and replica["restarts"] == 1:
-                break
-            time.sleep(0.5)
-        assert replica["state"] == "ready" and replica["restarts"] == 1
+        os.kill(rank_pids(srv)[("r0", tp - 1)], signal.SIGKILL)  # TP 2: the follower
+        replica = _restarted(srv, 1)
         disk = replica["engine"]["prefix_cache"]["disk"]
         assert disk["entries"] == 1 and disk["hit_tokens"] == 0  # found at start, unused yet
 
@@ -59,5 +71,15 @@ def test_a_session_prefix_survives_a_replica_restart_on_disk(tmp_path):
                         and 'tier="disk"' in x)  # fmt: skip
             time.sleep(0.3)
         assert seen == cached
+        if tp == 2:  # one rank loses its files: a miss on both ranks, never a divergence
+            for f in ranks[1].rglob("*.safetensors"):
+                f.unlink()
+            os.kill(rank_pids(srv)[("r0", 1)], signal.SIGKILL)
+            replica = _restarted(srv, 2)
+            assert replica["engine"]["prefix_cache"]["disk"]["entries"] >= 1  # rank 0 has it
+            again = client.chat.completions.create(model=srv.model, messages=messages,
+                                                   max_tokens=4)  # fmt: skip
+            assert again.usage.prompt_tokens_details.cached_tokens == 0
+            assert status(srv)["replicas"][0]["state"] == "ready"
     finally:
         srv.stop()

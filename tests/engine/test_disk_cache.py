@@ -145,3 +145,30 @@ def test_an_entry_being_written_is_served_from_memory(model, tmp_path, monkeypat
     disk.flush()
     assert disk.to_json()["writing"] == 0 and len(disk.files) == 1
     disk.close()
+
+
+def test_under_tp_a_hit_is_what_every_rank_holds(model, tmp_path):
+    # `agree` is the group's minimum: here another rank holds 3 blocks of this file, or
+    # could not read it. Every rank then serves (and keeps in memory) the same tokens.
+    a = prompt(40)
+    seen = []
+    disk = DiskTier(tmp_path, 1 << 30, BLOCK)
+    cache = cache_for(model, disk, 1 << 30)
+    cache.insert(a, prompt_cache(model, a))
+    cache.persist()
+    disk.flush()
+    disk.close()
+    other_rank = {"blocks": 3, "readable": 1}
+
+    def agree(value):
+        seen.append(value)
+        return min(value, other_rank["blocks"] if len(seen) % 2 else other_rank["readable"])
+
+    restarted = cache_for(model, DiskTier(tmp_path, 1 << 30, BLOCK, agree), 1 << 30)
+    matched, got = restarted.lookup(a + (1,))
+    assert matched == 3 * BLOCK and seen == [len(a) // BLOCK, 1]
+    (entry,) = restarted.entries.values()
+    assert len(entry.tokens) == 3 * BLOCK and len(entry.hashes) == 3
+    other_rank["readable"] = 0
+    fresh = cache_for(model, DiskTier(tmp_path, 1 << 30, BLOCK, agree), 1 << 30)
+    assert fresh.lookup(a + (1,)) == (0, None) and not fresh.entries
