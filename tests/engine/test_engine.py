@@ -274,3 +274,27 @@ def test_extended_hashes_equal_hashing_at_once():
     grown = extend_hashes([], tokens[:40], 16, b"k")
     assert extend_hashes(grown, tokens, 16, b"k") == block_hashes(tokens, 16, b"k")
     assert len(grown) == 6
+
+
+def test_a_prefix_hit_shares_the_stored_kv_until_written(loaded, prompts):
+    import mlx.core as mx
+
+    from cluster.engine.kv import _arrays
+
+    model = loaded[0]
+    tokens = tuple(prompts[4]) * 4
+    cache = model.make_cache()
+    mx.eval(model(mx.array(tokens)[None], cache=cache), _arrays(cache))
+    books = PrefixCache(16, 1 << 34)
+    books.insert(tokens, cache)
+    del cache
+    gc.collect()
+    (entry,) = books.entries.values()
+    stored = [mx.array(a) for a in _arrays(entry.cache)]  # copies, to compare with later
+    before = mx.get_active_memory()
+    hits = [books.lookup(tokens + (1,))[1] for _ in range(4)]
+    assert mx.get_active_memory() - before < entry.nbytes // 4  # four hits, no copies
+    # A hit's cache grows with its own tokens: the stored entry does not change.
+    mx.eval(model(mx.array([[5, 6, 7]]), cache=hits[0]), _arrays(hits[0]))
+    for want, have in zip(stored, _arrays(entry.cache), strict=True):
+        assert mx.array_equal(want, have).item()
