@@ -43,6 +43,11 @@ class EngineConfig:
     speculation_min_acceptance: float = _help(
         "turn speculation off below this share of accepted drafts (0: never)", 0.0
     )
+    speculation_max_batch: int = _help(
+        "speculate while at most this many sequences decode together (more: plain decoding, "
+        "reported as batch_size_above_limit)",
+        16,
+    )
     speculation_required: bool = _help("refuse to serve rather than run without speculation", False)
     mtp_weights: str | None = _help(
         "safetensors with the MTP layer, if the checkpoint lacks it", None
@@ -87,6 +92,7 @@ class EngineConfig:
             "max_queue": self.max_queue >= 0,
             "speculation": self.speculation in ("none", "mtp", "draft", "ngram"),
             "ngram_min": 1 <= self.ngram_min <= self.ngram_max,
+            "speculation_max_batch": self.speculation_max_batch >= 1,
             "ngram_max": self.ngram_max <= 32,
             "num_speculative_tokens": 1 <= self.num_speculative_tokens <= 8,
             "heap_trim_seconds": self.heap_trim_seconds >= 0,

@@ -36,5 +36,23 @@ class Drafter:
     def reset(self) -> None:
         """The batch is gone."""
 
+    def propose(self, seq, caches: list) -> tuple[list[int], list]:
+        """Up to k draft tokens after seq's last token, and the distributions they came from
+        (None: deterministic)."""
+        raise NotImplementedError
+
+    def propose_batch(self, seqs: list, caches: list) -> list[tuple[list[int], list]]:
+        """Drafts for every row of the batch (caches: the batch's drafter caches)."""
+        return [self.propose(seq, caches) for seq in seqs]
+
+    def rollback(self, seq, drafts: list[int], accepted: int, hidden, caches) -> None:
+        """After verification kept `accepted` of seq's drafts."""
+
+    def rollback_batch(self, seqs: list, proposals: list, accepted: list[int], hidden, caches):
+        """After a batched verification: row i kept accepted[i] of its drafts; hidden [B, K+1,
+        H] is the verify forward's output (rows padded to the longest draft, K)."""
+        for i, (seq, (drafts, _)) in enumerate(zip(seqs, proposals, strict=True)):
+            self.rollback(seq, drafts, accepted[i], hidden[i : i + 1], caches)
+
 
 NO_DRAFTER = Drafter()

@@ -49,6 +49,7 @@ class Engine:
             speculation or SpeculationState(config.speculation, config.num_speculative_tokens),
             drafter.stats if drafter is not None else None,
             config.speculation_min_acceptance,
+            config.speculation_max_batch,
         )
         """The one owner of speculation: status, metrics and headers read its state."""
 

@@ -87,3 +87,17 @@ def _arrays(obj) -> list[mx.array]:
 
 def cache_nbytes(cache: list[Any]) -> int:
     return sum(a.nbytes for a in _arrays(cache))
+
+
+def trim_rows(layers: list[Any], counts: list[int]) -> None:
+    """Drop row i's last counts[i] positions from batched caches (rows may drop different
+    numbers: what all drop is trimmed, the rest rolls right into each row's left padding)."""
+    least = min(counts)
+    rest = [c - least for c in counts]
+    for layer in layers:
+        for cache in layer.caches if isinstance(layer, CacheList) else [layer]:
+            if least:
+                cache.trim(least)
+            if any(rest):
+                cache.prepare(right_padding=rest)
+                cache.finalize()

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import mlx.core as mx
 
 from .drafter import Drafter
+from .kv import trim_rows
 from .sampler import ban, penalize, processed_logits
 
 MAX_PENDING = 64  # a long-lived batch still catches its MTP layer up now and then
@@ -173,26 +174,38 @@ class MTPDrafter(Drafter):
             return None
         return self.mtp(h, e, cache=cache)
 
-    def propose(self, seq, caches) -> tuple[list[int], list[mx.array]]:
-        """k draft tokens after seq's last token, and the draft distributions they came from."""
+    def propose_batch(self, seqs, caches) -> list[tuple[list[int], list]]:
+        """k draft tokens after each row's last token, every row in one MTP forward per
+        draft position, and the draft distributions they came from."""
         self.sync(caches)
         cache = caches[0]
-        out = self.mtp(seq.carry[:, None, :], self.embed(mx.array([[seq.tokens[-1]]])), cache=cache)
-        drafts, dists = [], []
+        carry = mx.concatenate([s.carry for s in seqs], axis=0)[:, None, :]
+        last = mx.array([[s.tokens[-1]] for s in seqs])
+        out = self.mtp(carry, self.embed(last), cache=cache)
+        steps, dists = [], [[] for _ in seqs]
+        greedy = all(s.request.sampling.greedy for s in seqs)
         for i in range(self.k):
-            token, probs = pick_draft(seq, self.logits(out)[0, -1])
-            drafts.append(token)
-            dists.append(probs)
-            if i + 1 < self.k:  # a speculative entry; trimmed after verification
-                out = self.mtp(out[:, -1:, :], self.embed(token.reshape(1, 1)), cache=cache)
-        return [int(t) for t in mx.stack(drafts).tolist()], dists
+            logits = self.logits(out)[:, -1]
+            if greedy:
+                tokens = mx.argmax(logits, axis=-1)
+                for row in dists:
+                    row.append(None)
+            else:
+                picked = [pick_draft(s, logits[r]) for r, s in enumerate(seqs)]
+                tokens = mx.stack([t for t, _ in picked])
+                for row, (_, probs) in zip(dists, picked, strict=True):
+                    row.append(probs)
+            steps.append(tokens)
+            if i + 1 < self.k:  # speculative entries; trimmed after verification
+                out = self.mtp(out[:, -1:, :], self.embed(tokens[:, None]), cache=cache)
+        drafts = mx.stack(steps, axis=1).tolist()
+        return list(zip(drafts, dists, strict=True))
 
-    def rollback(self, seq, drafts: list[int], accepted: int, hidden, caches) -> None:
-        """The MTP layer keeps its one true new entry, then catches up on the accepted
-        positions from the verify forward's hidden states."""
+    def rollback_batch(self, seqs, proposals, accepted, hidden, caches) -> None:
+        """The MTP layer keeps its one true new entry per row, then catches up on each row's
+        accepted positions from the verify forward's hidden states."""
         cache = caches[0]
         cache.trim(self.k - 1)
-        if accepted:
-            embeds = self.embed(mx.array([drafts[:accepted]]))
-            self.mtp(hidden[:, :accepted, :], embeds, cache=cache)
-        seq.carry = hidden[:, accepted, :]
+        drafts = mx.array([d for d, _ in proposals])
+        self.mtp(hidden[:, : self.k, :], self.embed(drafts), cache=cache)
+        trim_rows([cache], [self.k - a for a in accepted])

@@ -9,7 +9,7 @@ from mlx.utils import tree_flatten
 from mlx_lm.models.cache import BatchKVCache, CacheList, KVCache
 
 from .drafter import NO_DRAFTER, Drafter
-from .kv import _arrays
+from .kv import _arrays, trim_rows
 from .kv_budget import STEP
 from .mtp import verify_drafts
 from .sampler import sample_lazy, token_logprobs
@@ -80,8 +80,8 @@ class ModelRunner:
             if self.ahead is not None and not piped:
                 self._cancel_ahead()
             self._sync_batch(schedule.decode)
-            if not piped and self.speculate and len(self.batch) == 1:
-                out[self.batch[0]] = self._speculative_step(self.batch[0])
+            if not piped and self.speculate:
+                out |= self._speculative_step(self.batch)
             else:
                 if piped:
                     out |= self._pipelined_decode()
@@ -98,7 +98,7 @@ class ModelRunner:
     def _pipelined(self, seqs: list[Sequence]) -> bool:
         """Plain decode steps pipeline, unless a row needs its tokens on the host before the
         next step (penalties count them, logprobs read each step's logits)."""
-        if not self.pipeline or (self.speculate and len(seqs) == 1):
+        if not self.pipeline or self.speculate:
             return False
         return all(not s.request.sampling.penalized and s.request.sampling.logprobs is None
                    for s in seqs)  # fmt: skip
@@ -188,25 +188,40 @@ class ModelRunner:
             seq.carry = hidden[i : i + 1, -1, :]
         return self.model.lm_head(hidden[:, -1, :])
 
-    def _speculative_step(self, seq: Sequence) -> list[int]:
-        """Draft k tokens, verify them in one forward of the main model, keep what matches."""
+    def _speculative_step(self, seqs: list[Sequence]) -> dict[Sequence, list[int]]:
+        """Draft for every row, verify all rows' drafts in one forward of the main model, and
+        keep per row what matches: each row's KV drops its own rejected positions."""
         drafter, main, own = self.drafter, self._main(self.batch_cache), self._own(self.batch_cache)
-        self._key(seq)
-        drafts, dists = drafter.propose(seq, own)
-        hidden = self.model.model(mx.array([[seq.tokens[-1], *drafts]]), cache=main)
-        logits = self.model.lm_head(hidden)[0]
-        accepted, token = verify_drafts(seq, drafts, dists, logits)
-        if (top := seq.request.sampling.logprobs) is not None:
-            kept = drafts[:accepted] + [token]
-            seq.logprobs += token_logprobs(logits[: accepted + 1], kept, top)
-        # The main model keeps the input token and the accepted drafts.
-        for layer in main:
-            layer.trim(len(drafts) - accepted)
-        drafter.rollback(seq, drafts, accepted, hidden, own)
-        drafter.stats.record(accepted, len(drafts))
-        seq.draft_tokens += len(drafts)
-        seq.accepted_tokens += accepted
-        return drafts[:accepted] + [token]
+        for seq in seqs:
+            self._key(seq)
+        proposals = drafter.propose_batch(seqs, own)
+        width = max(len(drafts) for drafts, _ in proposals)
+        if width == 0:  # no row has a draft (n-gram: no match anywhere): a plain step
+            for _ in seqs:
+                drafter.stats.record(0, 0)
+            sampled = self._sample(seqs, self._decode())
+            return {seq: [token] for seq, token in sampled.items()}
+        rows = [[seq.tokens[-1], *d, *[0] * (width - len(d))]
+                for seq, (d, _) in zip(seqs, proposals, strict=True)]  # fmt: skip
+        hidden = self.model.model(mx.array(rows), cache=main)
+        logits = self.model.lm_head(hidden)
+        out, kept = {}, []
+        for i, (seq, (drafts, dists)) in enumerate(zip(seqs, proposals, strict=True)):
+            accepted, token = verify_drafts(seq, drafts, dists, logits[i, : len(drafts) + 1])
+            if (top := seq.request.sampling.logprobs) is not None:
+                seq.logprobs += token_logprobs(
+                    logits[i, : accepted + 1], drafts[:accepted] + [token], top
+                )
+            drafter.stats.record(accepted, len(drafts))
+            seq.draft_tokens += len(drafts)
+            seq.accepted_tokens += accepted
+            seq.carry = hidden[i : i + 1, accepted, :]
+            kept.append(accepted)
+            out[seq] = drafts[:accepted] + [token]
+        # Each row keeps its input token and its accepted drafts.
+        trim_rows(main, [width - a for a in kept])
+        drafter.rollback_batch(seqs, proposals, kept, hidden, own)
+        return out
 
     def _sample(self, seqs: list[Sequence], logits: mx.array) -> dict[Sequence, int]:
         histories = [(s.tokens[: s.num_prompt], s.output) if s.request.sampling.penalized else None

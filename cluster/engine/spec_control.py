@@ -1,5 +1,6 @@
-"""The one owner of a replica's speculation: its state, the governor that keeps it on only
-while it pays, the per-step observation, the seed-003 watchdog, and what each request got.
+"""The one owner of a replica's speculation: its state, the governors that keep it on only
+while it pays (one per batch-size bucket), the per-step observation, the seed-003 watchdog,
+and what each request got.
 Status, metrics, the `x-speculation` header and the log all read this object's state.
 """
 
@@ -17,8 +18,11 @@ class SpeedGovernor:
     """
 
     def __init__(self, state, stats: SpecStats, min_acceptance: float = 0.0,
-                 probe_every: int = 64, probe_len: int = 8, cooldown: int = 512):  # fmt: skip
-        self.state, self.stats = state, stats
+                 probe_every: int = 64, probe_len: int = 8, cooldown: int = 512,
+                 label: str = ""):  # fmt: skip
+        self.state, self.stats, self.label = state, stats, label
+        self.off: tuple[str, str] | None = None
+        """(reason, detail) of its latest decision to turn speculation off."""
         self.min_acceptance = min_acceptance
         self.probe_every, self.probe_len, self.cooldown = probe_every, probe_len, cooldown
         self.mode, self.count = "spec", 0
@@ -53,42 +57,70 @@ class SpeedGovernor:
         accepted = self.stats.accepted - self.drafts_at[1]
         rate = accepted / drafted if drafted else 0.0
         self.mode, self.count = "spec", 0
+        where = f" ({self.label})" if self.label else ""
         if drafted and rate < self.min_acceptance:
             self.mode = "off"
-            self.state.set(False, "auto_disabled_low_acceptance", f"{rate:.0%} accepted")
+            self.off = ("auto_disabled_low_acceptance", f"{rate:.0%} accepted{where}")
         elif spec < plain:
             self.mode = "off"
-            self.state.set(
-                False,
-                "auto_disabled_no_speedup",
-                f"{spec:.1f} tok/s with drafts, {plain:.1f} without",
-            )
+            self.off = ("auto_disabled_no_speedup",
+                        f"{spec:.1f} tok/s with drafts, {plain:.1f} without{where}")  # fmt: skip
+        if self.mode == "off":
+            self.state.set(False, *self.off)
         self._reset()
+
+
+def bucket(decoding: int) -> int:
+    """The batch sizes one governor judges together: 1, 2, 3-4, 5-8, 9-16, ..."""
+    return 1 << (decoding - 1).bit_length()
 
 
 class Speculation:
     def __init__(self, state: SpeculationState, stats: SpecStats | None,
-                 min_acceptance: float = 0.0):  # fmt: skip
-        """state: as loading resolved it; stats: the drafter's counts (None: no drafter)."""
+                 min_acceptance: float = 0.0, max_batch: int = 16):  # fmt: skip
+        """state: as loading resolved it; stats: the drafter's counts (None: no drafter);
+        max_batch: the most sequences decoding together that still speculate."""
         self.state = state
         self.stats = stats
-        self.governor = SpeedGovernor(state, stats, min_acceptance) if stats is not None else None
+        self.min_acceptance = min_acceptance
+        self.max_batch = max_batch
+        self.governors: dict[int, SpeedGovernor] = {}
+        """One per batch-size bucket: speculation pays at some batch sizes and not others."""
+        if stats is not None:
+            self._governor(1)
+
+    @property
+    def governor(self) -> SpeedGovernor | None:
+        """The governor of a lone decoding sequence."""
+        return self.governors.get(1)
+
+    def _governor(self, decoding: int) -> SpeedGovernor:
+        size = bucket(decoding)
+        if size not in self.governors:
+            label = "batch size 1" if size == 1 else f"batch size {size // 2 + 1}-{size}"
+            self.governors[size] = SpeedGovernor(self.state, self.stats, self.min_acceptance,
+                                                 label=label)  # fmt: skip
+        return self.governors[size]
 
     def header(self) -> str:
         return self.state.header()
 
     def want(self, decoding: int) -> bool:
-        """Whether the next step speculates: for a lone decoding sequence, while it pays; a
-        batch decodes plainly and says so."""
-        if self.governor is None or decoding == 0:
+        """Whether the next step speculates: at most max_batch decoding sequences, while it
+        pays at this batch size (its bucket's governor); the state says what holds now."""
+        if self.stats is None or decoding == 0:
             return False
-        if decoding > 1:
-            if self.governor.mode != "off":
-                self.state.set(False, "batch_size_above_limit")
+        if decoding > self.max_batch:
+            detail = f"{decoding} decoding, --speculation-max-batch {self.max_batch}"
+            self.state.set(False, "batch_size_above_limit", detail)
             return False
-        if self.governor.mode != "off":
+        governor = self._governor(decoding)
+        allowed = governor.allow()
+        if governor.mode == "off":
+            self.state.set(False, *governor.off)
+        else:
             self.state.set(True, None)
-        return self.governor.allow()
+        return allowed
 
     def steps_so_far(self) -> int:
         return self.stats.speculative_steps if self.stats else 0
@@ -97,28 +129,35 @@ class Speculation:
         """After a step that was asked to speculate or not (`speculate`): the governor's
         timing, the watchdog, and each decoded sequence's outcome."""
         speculated = self.stats is not None and self.stats.speculative_steps > before
-        if self.governor is not None and len(schedule.decode) == 1 and not schedule.prefill:
-            (seq,) = schedule.decode
-            self.governor.observe(speculate, seconds, len(sampled.get(seq, ())))
-            # The seed-003 watchdog: reported on, a lone sequence decoded, no speculative step.
+        decoded = schedule.decode
+        if self.stats is not None and decoded and len(decoded) <= self.max_batch:
+            governor = self._governor(len(decoded))
+            if not schedule.prefill:  # timed: steps that only decode
+                tokens = sum(len(sampled.get(seq, ())) for seq in decoded)
+                governor.observe(speculate, seconds, tokens)
+            # The seed-003 watchdog: reported on, sequences decoded, no speculative step.
             if speculate and not speculated:
-                self.governor.mode, self.governor.count = "off", 0
-                self.state.set(
-                    False, "engine_error", "speculation was on but no speculative step ran"
-                )
-        self._note_outcomes(schedule.decode, speculated)
+                governor.mode, governor.count = "off", 0
+                governor.off = ("engine_error", "speculation was on but no speculative step ran")
+                self.state.set(False, *governor.off)
+        self._note_outcomes(decoded, speculated)
 
     def _note_outcomes(self, decoded: list[Sequence], speculated: bool) -> None:
         """Per sequence: whether this decode step speculated, and if not, why."""
         if self.state.requested == "none" or not decoded:
             return
-        if speculated:  # a speculative step serves one sequence
-            decoded[0].spec_steps += 1
+        if speculated:  # a speculative step serves every row of the batch
+            for seq in decoded:
+                seq.spec_steps += 1
             return
-        why = self.state.reason if not self.state.active else (
-            "batch_size_above_limit" if len(decoded) > 1 else "governor_probe")  # fmt: skip
+        why = self.state.reason if not self.state.active else "governor_probe"
         for seq in decoded:
             seq.spec_off = why
 
     def to_json(self) -> dict:
-        return self.state.to_json() | (self.stats.to_json() if self.stats else {})
+        out = self.state.to_json() | (self.stats.to_json() if self.stats else {})
+        if self.stats is not None:
+            out["max_batch"] = self.max_batch
+            out["by_batch_size"] = {g.label: g.mode if g.mode != "off" else f"off: {g.off[0]}"
+                                    for g in self.governors.values()}  # fmt: skip
+        return out

@@ -2,6 +2,7 @@
 batches, and is counted like MTP."""
 
 import collections
+from dataclasses import replace
 
 import pytest
 from test_mtp import first_two_tokens, greedy, run
@@ -60,10 +61,14 @@ def test_greedy_with_a_weak_draft_and_a_batch_stays_identical(prompts, weak_draf
     lengths = [8, 16, 40]
     base, _ = run_lengths(EngineConfig(), prompts, lengths)
     spec, engine = run_lengths(draft_config(weak_draft), prompts, lengths)
+    assert spec == base  # every row of the batch drafts from its own draft-model cache
+    assert engine.runner.drafter.stats.plain_steps == 0
+    lone_only = replace(draft_config(weak_draft), speculation_max_batch=1)
+    spec, engine = run_lengths(lone_only, prompts, lengths)
     assert spec == base
     stats = engine.runner.drafter.stats
-    # A batch decodes plainly (and says so); the lone survivor speculates, its draft model
-    # first catching up on the tokens it missed.
+    # A batch above the limit decodes plainly (and says so); the lone survivor speculates,
+    # its draft model first catching up on the tokens it missed.
     assert engine.spec.state.fallbacks.get("batch_size_above_limit", 0) >= 1
     assert stats.plain_steps > 0 and stats.drafts > 0
     assert stats.accepted < stats.draft_tokens

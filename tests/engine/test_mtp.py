@@ -72,7 +72,7 @@ def test_greedy_with_mtp_is_token_identical(prompts, k):
 def test_each_request_counts_its_own_drafts(prompts):
     config = EngineConfig(speculation="mtp", num_speculative_tokens=2)
     engine, _ = build_engine(TRAINED, config, "glm-5-fixture")
-    # One alone (speculates), then two together (a batch: no drafts until one is left).
+    # One alone, then two together: every row of a batch drafts, each counted on its own.
     last = {}
     for batch in ([prompts[0]], prompts[1:]):
         for i, p in enumerate(batch):
@@ -85,21 +85,58 @@ def test_each_request_counts_its_own_drafts(prompts):
     assert sum(e.draft_tokens for e in last.values()) == stats.draft_tokens > 0
     assert sum(e.accepted_tokens for e in last.values()) == stats.accepted > 0
     alone, shorter, longer = (last[r] for r in ("0-0", "1-0", "1-1"))
-    assert alone.draft_tokens > 0
-    assert shorter.draft_tokens == 0  # it decoded only inside the batch
-    assert longer.draft_tokens > 0  # speculated after the other finished
+    assert alone.draft_tokens > 0 and shorter.draft_tokens > 0
+    assert longer.draft_tokens > shorter.draft_tokens  # it went on after the other finished
 
 
-def test_a_batch_runs_without_speculation_and_says_so(prompts):
-    base, _ = run(EngineConfig(), prompts, greedy(24))
-    spec, engine = run(
-        EngineConfig(speculation="mtp", num_speculative_tokens=2), prompts, greedy(24)
-    )
+@pytest.mark.parametrize("k", [1, 3])
+def test_a_batch_speculates_row_by_row_token_identical(prompts, k):
+    # Rows join and leave mid-flight: different prompt lengths, lengths of output, arrival
+    # steps. Each row accepts its own number of drafts; the output is plain decoding's.
+    texts = prompts + [prompts[0] * 3, prompts[1][:5]]
+    lengths = [40, 12, 30, 24, 50]
+
+    def serve(config):
+        engine, _ = build_engine(TRAINED, config, "glm-5-fixture")
+        out, step = collections.defaultdict(list), 0
+        pending = list(enumerate(texts))
+        while pending or engine.has_work():
+            if pending and step % 3 == 0:  # one more request every third step
+                i, p = pending.pop(0)
+                engine.add_request(EngineRequest(RequestId(str(i)), tuple(p), greedy(lengths[i])))
+            for event in engine.step():
+                out[event.request_id].extend(event.token_ids)
+            step += 1
+        return [out[str(i)] for i in range(len(texts))], engine
+
+    base, _ = serve(EngineConfig())
+    spec, engine = serve(EngineConfig(speculation="mtp", num_speculative_tokens=k))
+    assert spec == base
+    stats = engine.runner.drafter.stats
+    assert stats.accepted > 0 and stats.plain_steps == 0  # every decode step speculated
+    assert engine.spec.state.active and "batch_size_above_limit" not in engine.spec.state.fallbacks
+
+
+def test_above_the_batch_limit_decodes_plainly_and_says_so(prompts):
+    def serve(config):
+        engine, _ = build_engine(TRAINED, config, "glm-5-fixture")
+        for i, (p, n) in enumerate(zip(prompts, [8, 16, 40], strict=True)):
+            engine.add_request(EngineRequest(RequestId(str(i)), tuple(p), greedy(n)))
+        out = collections.defaultdict(list)
+        while engine.has_work():
+            for event in engine.step():
+                out[event.request_id].extend(event.token_ids)
+        return [out[str(i)] for i in range(3)], engine
+
+    base, _ = serve(EngineConfig())
+    config = EngineConfig(speculation="mtp", num_speculative_tokens=2, speculation_max_batch=2)
+    spec, engine = serve(config)
     assert spec == base
     state = engine.spec.state
-    # Three decoding at once: off with its reason, counted; back on when one is left.
+    # Three decoding at once: off with its reason, counted; back on when two are left.
     assert state.fallbacks.get("batch_size_above_limit", 0) >= 1
-    assert engine.runner.drafter.stats.plain_steps > 0
+    stats = engine.runner.drafter.stats
+    assert stats.plain_steps > 0 and stats.drafts > 0
 
 
 def test_prefix_cache_hit_with_mtp_stays_identical(prompts):
@@ -201,7 +238,8 @@ def test_mtp_layer_catches_up_after_batched_steps_it_skipped(prompts):
         return [out[str(i)] for i in range(3)], engine
 
     base, _ = run_lengths(EngineConfig())
-    spec, engine = run_lengths(EngineConfig(speculation="mtp", num_speculative_tokens=2))
+    lone_only = EngineConfig(speculation="mtp", num_speculative_tokens=2, speculation_max_batch=1)
+    spec, engine = run_lengths(lone_only)
     assert spec == base
     stats = engine.runner.drafter.stats
     assert stats.plain_steps > 0 and stats.drafts > 0
@@ -210,10 +248,11 @@ def test_mtp_layer_catches_up_after_batched_steps_it_skipped(prompts):
 
 
 def test_each_request_reports_the_speculation_it_got(prompts):
-    """A request decoded only inside a batch did not get MTP, one that finished alone got it
-    partly, a lone one got it: each final event says which (the replica's state cannot)."""
-    engine, _ = build_engine(TRAINED, EngineConfig(speculation="mtp", num_speculative_tokens=2),
-                             "glm-5-fixture")  # fmt: skip
+    """With speculation for lone sequences only: a request decoded only inside a batch did
+    not get MTP, one that finished alone got it partly, a lone one got it: each final event
+    says which (the replica's state cannot)."""
+    config = EngineConfig(speculation="mtp", num_speculative_tokens=2, speculation_max_batch=1)
+    engine, _ = build_engine(TRAINED, config, "glm-5-fixture")
     got = {}
 
     def run(requests):
