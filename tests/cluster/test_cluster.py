@@ -235,6 +235,22 @@ def test_ssh_launcher_runs_the_same_rank_command_on_each_host(model_dir, tmp_pat
         srv.stop()
 
 
+def _staggered(srv: Server, lengths: list[int]) -> list[str]:
+    """Greedy completions of PROMPTS[:len(lengths)], sent 0.15 s apart, each its own length."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    client = srv.client()
+
+    def one(i: int) -> str:
+        time.sleep(0.15 * i)
+        r = client.completions.create(model=srv.model, prompt=PROMPTS[i], max_tokens=lengths[i],
+                                      temperature=0, extra_body={"ignore_eos": True})  # fmt: skip
+        return r.choices[0].text
+
+    with ThreadPoolExecutor(len(lengths)) as pool:
+        return list(pool.map(one, range(len(lengths))))
+
+
 @pytest.mark.parametrize(
     "k", [pytest.param(1, marks=pytest.mark.slow), 2, pytest.param(3, marks=pytest.mark.slow)]
 )
@@ -244,6 +260,7 @@ def test_mtp_under_tp2_is_token_identical_and_counted(tmp_path, k):
     plain = Server(["--inventory", str(ROOT / "inventory/local.yaml")], env=env)
     try:
         expected = greedy_outputs(plain)[:3]
+        batch_expected = _staggered(plain, [40] * 4)
     finally:
         plain.stop()
     spec = Server(
@@ -275,7 +292,15 @@ def test_mtp_under_tp2_is_token_identical_and_counted(tmp_path, k):
             assert details.accepted_prediction_tokens == accepted
             assert details.rejected_prediction_tokens == drafted - accepted
         assert outs == expected
+        # A batch speculates row by row: rows join and leave mid-flight, output unchanged.
+        before = status(spec)["replicas"][0]["engine"]["speculation"]["drafts"]
+        lengths = [40, 12, 30, 20]
+        got = _staggered(spec, lengths)
+        for out, full, n in zip(got, batch_expected, lengths, strict=True):
+            assert full.startswith(out) and out, (n, out, full)
         spec_stats = status(spec)["replicas"][0]["engine"]["speculation"]
+        assert spec_stats["drafts"] - before >= sum(lengths) // (k + 1)
+        assert "batch size 3-4" in spec_stats["by_batch_size"]  # a governor of its own
         assert spec_stats["drafts"] > 0 and spec_stats["accepted_tokens"] > 0
         metrics = httpx.get(f"{spec.url}/metrics").text
         assert "cluster:spec_decode_num_drafts_total" in metrics

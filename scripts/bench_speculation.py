@@ -1,0 +1,214 @@
+"""Speculative decoding against none: two servers side by side, per-request decode tok/s.
+
+    .venv/bin/python scripts/bench_speculation.py [--method mtp|ngram] [--model DIR] [--k 2]
+        [--batches 1 4 8] [--tp 1 2] [--workload code|edit|free] [--max-tokens 96] [--rounds 2]
+
+The default model is the 24-layer benchmark copy of the built-in model (`fixture-model OUT
+--layers 24`: the same outputs and MTP acceptance, GLM-5's cost ratios). For each TP size a
+plain cluster and a speculating cluster run at once; for each batch size the rounds alternate
+between them, `batch` concurrent streaming requests each (greedy, no early stop). Decode tok/s
+is per request, from its first to its last streamed token.
+
+Each row's ideal speed-up comes from its measured acceptance and step costs: MAL x P / (P + k x
+d + (v - p)), with MAL the mean acceptance length, P the plain server's measured step (one over
+its per-request tok/s), and d, v, p one draft (MTP layer and LM head; 0 for n-gram), one verify
+forward of k+1 tokens and one plain step, measured in-process at that batch size before the
+servers start. Efficiency is the measured speed-up over that ideal.
+
+Workloads: `code` (8 code prompts), `edit` (the prompt holds a file and the start of its copy
+with a name changed: the output repeats the file, as an agent editing it does), `free` (text
+the prompt does not contain).
+"""
+
+import argparse
+import asyncio
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from cluster.bench.cluster_process import start_cluster, stop  # noqa: E402
+
+CODE = [
+    "import os\nimport sys\n\ndef main(",
+    "class Config:\n    def __init__(self",
+    "def parse_args(argv):\n    parser = ",
+    "for i in range(len(items)):\n",
+    "with open(path) as f:\n",
+    "try:\n    import json\nexcept ImportError:\n",
+    "def __repr__(self):\n        return ",
+    "if __name__ == '__main__':\n",
+]
+FREE = [
+    "The weather in the mountains",
+    "A short story about a lighthouse keeper:",
+    "Dear team, the meeting on Tuesday",
+    "Ingredients for a simple bread:",
+    "The history of the printing press",
+    "Notes from the planning session:",
+    "Why the river floods in spring",
+    "A letter to a friend abroad:",
+]
+
+
+def edit_prompts() -> list[str]:
+    """A file of the standard library, then the start of the same file with one name changed."""
+    import inspect
+    import json.decoder
+    import string
+    import textwrap
+
+    prompts = []
+    for module in (string, json.decoder, textwrap, inspect):
+        text = Path(module.__file__).read_text()[:1200]
+        name = next(w for w in text.split() if w.isidentifier() and len(w) > 4)
+        edited = text.replace(name, name + "_v2")
+        head = "\n".join(edited.splitlines()[:3])
+        prompts.append(f"{text}\n# The same file, with {name} renamed:\n{head}\n")
+    return prompts * 2
+
+
+def _lower_quartile(fn, trim: int, layers) -> float:
+    import mlx.core as mx
+
+    times = []
+    for _ in range(20):
+        start = time.perf_counter()
+        mx.eval(fn())
+        times.append(time.perf_counter() - start)
+        for c in layers:
+            c.trim(trim)
+    return sorted(times)[len(times) // 4]  # this machine is shared
+
+
+def _costs_at(model, mtp, b: int, k: int) -> tuple[float, float, float]:
+    import mlx.core as mx
+
+    prompt = mx.array([[(i * 13 + r) % 3000 + 50 for i in range(128)] for r in range(b)])
+    cache = model.make_cache()
+    hidden = model.model(prompt, cache=cache)
+    mx.eval(hidden)
+
+    def forward(width):
+        return lambda: model.lm_head(model.model(mx.full((b, width), 7), cache=cache))
+
+    plain = _lower_quartile(forward(1), 1, cache)
+    verify = _lower_quartile(forward(k + 1), k + 1, cache)
+    if mtp is None:
+        return plain, 0.0, verify
+    embed, mtp_cache = model.model.embed_tokens, mtp.make_cache()
+    mx.eval(mtp(hidden[:, :-1], embed(prompt[:, 1:]), cache=mtp_cache))
+    token, h = mx.full((b, 1), 7), hidden[:, -1:, :]
+
+    def draft():
+        return model.lm_head(mtp.head_norm(mtp(h, embed(token), cache=mtp_cache)))
+
+    return plain, _lower_quartile(draft, 1, mtp_cache), verify
+
+
+def step_costs(model_dir: Path, batches: list[int], k: int, method: str) -> dict[int, tuple]:
+    """(plain step, one draft, verify of k+1 tokens) in seconds per batch size, in-process."""
+    from cluster.engine.build import load_model
+    from cluster.models.glm_moe_dsa_mtp import load_mtp_layer
+
+    model, _, config = load_model(model_dir)
+    mtp = load_mtp_layer(model, model_dir, config, None, None) if method == "mtp" else None
+    return {b: _costs_at(model, mtp, b, k) for b in batches}
+
+
+async def decode_rates(url: str, prompts: list[str], max_tokens: int, batch: int) -> list[float]:
+    """Decode tok/s of each of `batch` concurrent streaming requests."""
+    async with httpx.AsyncClient(timeout=600) as http:
+
+        async def one(p):
+            body = {"prompt": p, "max_tokens": max_tokens, "temperature": 0,
+                    "ignore_eos": True, "stream": True}  # fmt: skip
+            first = last = None
+            async with http.stream("POST", f"{url}/v1/completions", json=body) as r:
+                async for line in r.aiter_lines():
+                    if line.startswith("data: {") and '"text": ""' not in line:
+                        now = time.perf_counter()
+                        first, last = first or now, now
+            return (max_tokens - 1) / (last - first) if last and last > first else 0.0
+
+        return list(await asyncio.gather(*(one(p) for p in prompts[:batch])))
+
+
+def spec_status(url: str) -> dict:
+    return httpx.get(f"{url}/v1/status").json()["replicas"][0]["engine"]["speculation"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--method", choices=["mtp", "ngram"], default="mtp")
+    parser.add_argument("--model", help="default: the 24-layer benchmark copy, built here")
+    parser.add_argument("--k", type=int, default=2)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--tp", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--workload", choices=["code", "edit", "free"], default="code")
+    parser.add_argument("--max-tokens", type=int, default=96)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    model = args.model
+    if model is None:
+        model = str(Path(tempfile.mkdtemp()) / "bench24")
+        subprocess.run([sys.executable, "-m", "cluster", "fixture-model", model, "--layers", "24"],
+                       check=True, capture_output=True)  # fmt: skip
+    prompts = {"code": CODE, "edit": edit_prompts(), "free": FREE}[args.workload]
+    costs = step_costs(Path(model), args.batches, args.k, args.method)
+    home = tempfile.mkdtemp(prefix="bench-spec-")
+    speed, accept = [], []
+    for tp in args.tp:
+        inventory = str(ROOT / "inventory" / ("local.yaml" if tp == 1 else "local-tp2.yaml"))
+        common = ["--model", model, "--inventory", inventory, "--prefix-cache-bytes", "0"]
+        plain = start_cluster(home, *common)
+        spec = start_cluster(home, *common, "--speculation", args.method,
+                             "--num-speculative-tokens", str(args.k))  # fmt: skip
+        try:
+            for b in args.batches:
+                asyncio.run(decode_rates(spec[1], prompts, 8, b))  # warm both
+                asyncio.run(decode_rates(plain[1], prompts, 8, b))
+                got = {"plain": [], "spec": []}
+                before = spec_status(spec[1])
+                for _ in range(args.rounds):
+                    for name, (_, url) in (("plain", plain), ("spec", spec)):
+                        got[name] += asyncio.run(decode_rates(url, prompts, args.max_tokens, b))
+                after = spec_status(spec[1])
+                drafts = after["drafts"] - before["drafts"]
+                accepted = after["accepted_tokens"] - before["accepted_tokens"]
+                per_pos = [a - c for a, c in zip(after["accepted_per_position"],
+                                                  before["accepted_per_position"], strict=True)]  # fmt: skip
+                p, s = statistics.median(got["plain"]), statistics.median(got["spec"])
+                mal = 1 + accepted / drafts if drafts else 1.0
+                plain_step, draft, verify = costs[b]
+                big_p = 1 / p
+                ideal = mal * big_p / (big_p + args.k * draft + (verify - plain_step))
+                eff = (s / p) / ideal
+                state = after["summary"] if "summary" in after else after.get("reason")
+                speed.append(f"| TP {tp} | {b} | {p:.1f} | {s:.1f} | **{s / p:.2f}x** | {mal:.2f} "
+                             f"| {ideal:.2f}x | {eff:.2f} | {state} |")  # fmt: skip
+                cells = " | ".join(f"{x / drafts:.1%}" if drafts else "-" for x in per_pos)
+                accept.append(f"| {args.workload}, TP {tp}, batch {b} | {cells} | {mal:.2f} |")
+        finally:
+            for proc, _ in (plain, spec):
+                stop(proc)
+    method = f"{args.method} k={args.k}"
+    print(f"| layout | batch | decode tok/s, no speculation | {method} | speed-up | mean "
+          "acceptance length | ideal | efficiency | state |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n".join(speed))
+    print()
+    print("| workload | " + " | ".join(f"Pos {i + 1}" for i in range(args.k)) + " | Avg Length |")
+    print("|---|" + "---|" * (args.k + 1))
+    print("\n".join(accept))
+
+
+if __name__ == "__main__":
+    main()
