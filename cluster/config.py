@@ -36,7 +36,8 @@ class EngineConfig:
     seed: int = _help("seed for requests that bring none", 0)
     speculation: str = _help(
         "speculative decoding: none, mtp (the model's MTP layer), draft (a draft model) or "
-        "ngram (prompt lookup: no model, any checkpoint)",
+        "ngram (prompt lookup: no model, any checkpoint) or mtp+ngram (per row, the lookup's "
+        "draft when it agrees with MTP's first token, else MTP's)",
         "none",
     )
     num_speculative_tokens: int = _help("draft tokens proposed per step", 1)
@@ -90,7 +91,7 @@ class EngineConfig:
             "kv_cache_bytes": self.kv_cache_bytes is None or self.kv_cache_bytes > 0,
             "max_model_len": self.max_model_len is None or self.max_model_len >= 2,
             "max_queue": self.max_queue >= 0,
-            "speculation": self.speculation in ("none", "mtp", "draft", "ngram"),
+            "speculation": self.speculation in ("none", "mtp", "draft", "ngram", "mtp+ngram"),
             "ngram_min": 1 <= self.ngram_min <= self.ngram_max,
             "speculation_max_batch": self.speculation_max_batch >= 1,
             "ngram_max": self.ngram_max <= 32,

@@ -68,14 +68,20 @@ def build_engine(path, config: EngineConfig, model_id: str, group=None):
         log.info("sparse DSA prefill on %d attention layers", install(model))
     state = speculation.resolve(config, path, model_config)
     drafter = None
-    if state.active and config.speculation == "mtp":
+    if state.active and config.speculation in ("mtp", "mtp+ngram"):
         from ..models.glm_moe_dsa_mtp import load_mtp_layer
         from .mtp import MTPDrafter
 
         mtp = load_mtp_layer(model, path, model_config, config.mtp_weights, group, config.mtp_bits)
         if config.sparse_prefill:
             install(mtp)
-        drafter = MTPDrafter(model, mtp, config.num_speculative_tokens)
+        k = config.num_speculative_tokens
+        if config.speculation == "mtp":
+            drafter = MTPDrafter(model, mtp, k)
+        else:
+            from .mtp_ngram import MTPNgramDrafter
+
+            drafter = MTPNgramDrafter(model, mtp, k, config.ngram_min, config.ngram_max)
     elif state.active and config.speculation == "draft":
         from mlx_lm import load
 

@@ -28,6 +28,8 @@ class SpecStats:
     accepted: int = 0
     accepted_per_pos: list[int] = field(default_factory=list)
     plain_steps: int = 0
+    by_source: dict[str, int] = field(default_factory=dict)
+    """Drafts by where they came from, when a drafter combines several (mtp+ngram)."""
     empty: int = 0
     """Speculative steps whose drafter had nothing to propose (n-gram: no match)."""
 
@@ -59,7 +61,7 @@ class SpecStats:
             "speculative_steps": self.speculative_steps,
             "plain_steps": self.plain_steps,
             "empty_steps": self.empty,
-        }
+        } | ({"drafts_by_source": dict(self.by_source)} if self.by_source else {})
 
 
 def pick_draft(seq, logits: mx.array) -> tuple[mx.array, mx.array | None]:
@@ -204,8 +206,8 @@ class MTPDrafter(Drafter):
     def rollback_batch(self, seqs, proposals, accepted, hidden, caches) -> None:
         """The MTP layer keeps its one true new entry per row, then catches up on each row's
         accepted positions from the verify forward's hidden states."""
-        cache = caches[0]
+        cache, width = caches[0], hidden.shape[1] - 1
         cache.trim(self.k - 1)
-        drafts = mx.array([d for d, _ in proposals])
-        self.mtp(hidden[:, : self.k, :], self.embed(drafts), cache=cache)
-        trim_rows([cache], [self.k - a for a in accepted])
+        drafts = mx.array([d + [0] * (width - len(d)) for d, _ in proposals])
+        self.mtp(hidden[:, :width, :], self.embed(drafts), cache=cache)
+        trim_rows([cache], [width - a for a in accepted])

@@ -101,7 +101,7 @@ def vocab_of(model_dir: str | Path) -> dict[str, int]:
 def unavailable(config, model_dir, model_config: dict) -> tuple[str, str] | None:
     """(reason, detail) when the requested speculation cannot run on this replica, else None."""
     method = config.speculation
-    if method == "mtp":
+    if method in ("mtp", "mtp+ngram"):
         if model_config.get("model_type") not in MTP_MODEL_TYPES:
             return "unsupported_model", str(model_config.get("model_type"))
         if not config.mtp_weights and not has_mtp_weights(model_dir, model_config):

@@ -67,12 +67,12 @@ def _speculation(config: dict, stages: int, mtp_weights: bool | None) -> dict:
     unknown (a preset: the original checkpoint has it, mlx-community's conversions drop it)."""
     if stages > 1:
         return {"mtp": "pipeline_parallel", "draft": "pipeline_parallel",
-                "ngram": "pipeline_parallel"}  # fmt: skip
+                "ngram": "pipeline_parallel", "mtp+ngram": "pipeline_parallel"}  # fmt: skip
     if not config.get("num_nextn_predict_layers") or mtp_weights is False:
         mtp = "no_mtp_weights"
     else:
         mtp = "supported" if mtp_weights else "needs_mtp_weights"
-    return {"mtp": mtp, "draft": "supported", "ngram": "supported"}
+    return {"mtp": mtp, "draft": "supported", "ngram": "supported", "mtp+ngram": mtp}
 
 
 def _hostfile(hosts: list[Host], backend: str) -> tuple[dict, ...]:

@@ -69,3 +69,28 @@ def test_sampling_with_ngram_keeps_the_distribution(tok):
     support = set(plain) | set(spec)
     tv = 0.5 * sum(abs(plain[x] - spec[x]) for x in support) / n
     assert tv < 0.2, (tv, plain.most_common(6), spec.most_common(6))
+
+
+def test_mtp_and_ngram_together_in_a_batch_stay_identical(tok):
+    # A repeating prompt (the lookup agrees with MTP: its draft is taken) beside free text
+    # (MTP drafts alone), decoding together; each row keeps its own, the output is plain's.
+    prompts = [tok.encode(t, add_special_tokens=False) for t in (REPEAT, FREE, REPEAT[20:])]
+
+    def serve(config):
+        engine, _ = build_engine(TRAINED, config, "glm-5-fixture")
+        for i, (p, n) in enumerate(zip(prompts, [40, 24, 32], strict=True)):
+            engine.add_request(EngineRequest(RequestId(str(i)), tuple(p), greedy(n)))
+        out = {}
+        while engine.has_work():
+            for event in engine.step():
+                out.setdefault(event.request_id, []).extend(event.token_ids)
+        return [out[str(i)] for i in range(3)], engine
+
+    base, _ = serve(EngineConfig())
+    config = EngineConfig(speculation="mtp+ngram", num_speculative_tokens=3)
+    spec, engine = serve(config)
+    assert spec == base
+    stats = engine.spec.to_json()
+    assert stats["summary"] == "mtp+ngram;k=3" and stats["accepted_tokens"] > 0
+    by = stats["drafts_by_source"]
+    assert by["ngram"] > 0 and by["mtp"] > 0 and sum(by.values()) == stats["drafts"]
