@@ -91,13 +91,25 @@ def cache_nbytes(cache: list[Any]) -> int:
 
 def trim_rows(layers: list[Any], counts: list[int]) -> None:
     """Drop row i's last counts[i] positions from batched caches (rows may drop different
-    numbers: what all drop is trimmed, the rest rolls right into each row's left padding)."""
+    numbers: what all drop is trimmed, the rest rolls right into each row's left padding).
+    One roll index per buffer length serves every layer: this runs once per speculative step."""
     least = min(counts)
     rest = [c - least for c in counts]
-    for layer in layers:
-        for cache in layer.caches if isinstance(layer, CacheList) else [layer]:
-            if least:
-                cache.trim(least)
-            if any(rest):
-                cache.prepare(right_padding=rest)
-                cache.finalize()
+    caches = [
+        c for layer in layers for c in (layer.caches if isinstance(layer, CacheList) else [layer])
+    ]
+    if not any(rest):
+        for cache in caches:
+            cache.trim(least)
+        return
+    dropped, shifts = mx.array(counts), mx.array(rest)
+    index: dict[int, mx.array] = {}
+    for cache in caches:
+        n = cache.keys.shape[2]
+        if n not in index:
+            index[n] = ((mx.arange(n)[None] - shifts[:, None]) % n)[:, None, :, None]
+        cache.keys = mx.take_along_axis(cache.keys, index[n], axis=2)
+        cache.values = mx.take_along_axis(cache.values, index[n], axis=2)
+        cache._idx -= least
+        cache.offset = cache.offset - dropped
+        cache.left_padding = cache.left_padding + shifts

@@ -206,8 +206,17 @@ class ModelRunner:
         hidden = self.model.model(mx.array(rows), cache=main)
         logits = self.model.lm_head(hidden)
         out, kept = {}, []
+        params = [s.request.sampling for s in seqs]
+        if all(p.greedy and not p.penalized and not p.banned_token_ids for p in params):
+            best = mx.argmax(logits, axis=-1).tolist()  # one read for every row
+        else:
+            best = None
         for i, (seq, (drafts, dists)) in enumerate(zip(seqs, proposals, strict=True)):
-            accepted, token = verify_drafts(seq, drafts, dists, logits[i, : len(drafts) + 1])
+            if best is None:
+                accepted, token = verify_drafts(seq, drafts, dists, logits[i, : len(drafts) + 1])
+            else:
+                accepted = next((j for j, d in enumerate(drafts) if d != best[i][j]), len(drafts))
+                token = best[i][accepted]
             if (top := seq.request.sampling.logprobs) is not None:
                 seq.logprobs += token_logprobs(
                     logits[i, : accepted + 1], drafts[:accepted] + [token], top
