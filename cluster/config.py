@@ -49,6 +49,13 @@ class EngineConfig:
         "reported as batch_size_above_limit)",
         16,
     )
+    speculation_probe_every: int = _help(
+        "speculating steps (per batch-size bucket) between two governor probes", 64
+    )
+    speculation_probe_steps: int = _help("steps a governor probe decodes without drafts", 8)
+    speculation_cooldown: int = _help(
+        "steps speculation stays off after the governor turned it off, before it tries again", 512
+    )
     speculation_required: bool = _help("refuse to serve rather than run without speculation", False)
     mtp_weights: str | None = _help(
         "safetensors with the MTP layer, if the checkpoint lacks it", None
@@ -94,6 +101,9 @@ class EngineConfig:
             "speculation": self.speculation in ("none", "mtp", "draft", "ngram", "mtp+ngram"),
             "ngram_min": 1 <= self.ngram_min <= self.ngram_max,
             "speculation_max_batch": self.speculation_max_batch >= 1,
+            "speculation_probe_every": self.speculation_probe_every >= 1,
+            "speculation_probe_steps": self.speculation_probe_steps >= 1,
+            "speculation_cooldown": self.speculation_cooldown >= 1,
             "ngram_max": self.ngram_max <= 32,
             "num_speculative_tokens": 1 <= self.num_speculative_tokens <= 8,
             "heap_trim_seconds": self.heap_trim_seconds >= 0,

@@ -1,6 +1,6 @@
 """Speculative decoding against none: two servers side by side, per-request decode tok/s.
 
-    .venv/bin/python scripts/bench_speculation.py [--method mtp|ngram] [--model DIR] [--k 2]
+    .venv/bin/python scripts/bench_speculation.py [--method mtp|ngram|mtp+ngram] [--model DIR] [--k 2]
         [--batches 1 4 8] [--tp 1 2] [--workload code|edit|free] [--max-tokens 96] [--rounds 2]
 
 The default model is the 24-layer benchmark copy of the built-in model (`fixture-model OUT
@@ -119,7 +119,7 @@ def step_costs(model_dir: Path, batches: list[int], k: int, method: str) -> dict
     from cluster.models.glm_moe_dsa_mtp import load_mtp_layer
 
     model, _, config = load_model(model_dir)
-    mtp = load_mtp_layer(model, model_dir, config, None, None) if method == "mtp" else None
+    mtp = load_mtp_layer(model, model_dir, config, None, None) if "mtp" in method else None
     return {b: _costs_at(model, mtp, b, k) for b in batches}
 
 
@@ -147,7 +147,7 @@ def spec_status(url: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--method", choices=["mtp", "ngram"], default="mtp")
+    parser.add_argument("--method", choices=["mtp", "ngram", "mtp+ngram"], default="mtp")
     parser.add_argument("--model", help="default: the 24-layer benchmark copy, built here")
     parser.add_argument("--k", type=int, default=2)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 8])

@@ -50,7 +50,9 @@ class Engine:
             drafter.stats if drafter is not None else None,
             config.speculation_min_acceptance,
             config.speculation_max_batch,
-        )
+            (config.speculation_probe_every, config.speculation_probe_steps,
+             config.speculation_cooldown),
+        )  # fmt: skip
         """The one owner of speculation: status, metrics and headers read its state."""
 
     def add_request(self, request: EngineRequest) -> None:

@@ -1,5 +1,6 @@
 """The model runner only computes: prompt chunks, one batched decode step, sampling."""
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,10 @@ from .mtp import verify_drafts
 from .sampler import sample_lazy, token_logprobs
 from .scheduler import Schedule
 from .sequence import Sequence
+
+FAULT_ENV = "CLUSTER_FAULT_INJECT"
+"""Set to `skip_speculation` to make the runner skip speculative steps while asked to run
+them (seed 003's failure, for the watchdog's tests); unset in any real deployment."""
 
 
 @dataclass
@@ -39,7 +44,9 @@ class ModelRunner:
         self.hooks: Drafter = drafter if drafter is not None else NO_DRAFTER
         """The drafter's cache hooks (no-ops without one)."""
         self.speculate = drafter is not None
-        """Whether a lone running sequence decodes speculatively (the engine switches it)."""
+        """Whether the batch decodes speculatively (the engine switches it per step)."""
+        self.fault_skip_speculation = os.environ.get(FAULT_ENV) == "skip_speculation"
+        """Fault injection (tests of the seed-003 watchdog): never run the speculative step."""
         self.num_layers = len(model.make_cache())
         self.batch_prefill = all(_batchable(c) for c in model.make_cache())
         """Whether fresh prompts can prefill together (every layer's cache is a KVCache)."""
@@ -80,7 +87,7 @@ class ModelRunner:
             if self.ahead is not None and not piped:
                 self._cancel_ahead()
             self._sync_batch(schedule.decode)
-            if not piped and self.speculate:
+            if not piped and self.speculate and not self.fault_skip_speculation:
                 out |= self._speculative_step(self.batch)
             else:
                 if piped:

@@ -77,9 +77,12 @@ def bucket(decoding: int) -> int:
 
 class Speculation:
     def __init__(self, state: SpeculationState, stats: SpecStats | None,
-                 min_acceptance: float = 0.0, max_batch: int = 16):  # fmt: skip
+                 min_acceptance: float = 0.0, max_batch: int = 16,
+                 schedule: tuple[int, int, int] = (64, 8, 512)):  # fmt: skip
         """state: as loading resolved it; stats: the drafter's counts (None: no drafter);
-        max_batch: the most sequences decoding together that still speculate."""
+        max_batch: the most sequences decoding together that still speculate; schedule: the
+        governors' (probe every, probe steps, cooldown) in steps."""
+        self.schedule = schedule
         self.state = state
         self.stats = stats
         self.min_acceptance = min_acceptance
@@ -98,8 +101,9 @@ class Speculation:
         size = bucket(decoding)
         if size not in self.governors:
             label = "batch size 1" if size == 1 else f"batch size {size // 2 + 1}-{size}"
+            every, steps, cooldown = self.schedule
             self.governors[size] = SpeedGovernor(self.state, self.stats, self.min_acceptance,
-                                                 label=label)  # fmt: skip
+                                                 every, steps, cooldown, label)  # fmt: skip
         return self.governors[size]
 
     def header(self) -> str:

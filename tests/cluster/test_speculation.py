@@ -182,3 +182,84 @@ def test_ngram_speculation_serves_a_checkpoint_without_mtp_weights(no_mtp_dir, t
         assert spec["drafts"] + spec["empty_steps"] == spec["speculative_steps"]
     finally:
         srv.stop()
+
+
+def _completion(srv, max_tokens: int) -> httpx.Response:
+    body = {"prompt": "def f():", "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True}
+    return httpx.post(f"{srv.url}/v1/completions", json=body, timeout=120)
+
+
+def _spec(srv) -> dict:
+    return httpx.get(f"{srv.url}/v1/status").json()["replicas"][0]["engine"]["speculation"]
+
+
+def _wait_metric(srv, line: str) -> None:
+    import time
+
+    deadline = time.time() + 30  # gauges follow the supervisor's status poll
+    while line not in (metrics := httpx.get(f"{srv.url}/metrics").text):
+        assert time.time() < deadline, metrics
+        time.sleep(0.5)
+
+
+def test_governor_probe_no_speedup_and_cooldown_show_everywhere(model_dir, tmp_path):
+    """Random MTP weights accept almost nothing, so k=3 drafts make decoding slower: the real
+    engine probes (a request ending inside the probe says so), turns MTP off for no speed-up
+    (status, header, gauge, log), and after the cooldown turns it on again."""
+    from conftest import Server
+
+    home = tmp_path / "home"
+    srv = Server(
+        ["--model", str(model_dir), "--speculation", "mtp", "--num-speculative-tokens", "3",
+         "--speculation-probe-every", "8", "--speculation-probe-steps", "8",
+         "--speculation-cooldown", "24"],
+        env={"CLUSTER_HOME": str(home)},
+    )  # fmt: skip
+    try:
+        # 1 token from the prefill, 8 speculative steps (at least 8 tokens), then the probe.
+        probed = _completion(srv, 13)
+        assert probed.headers["x-speculation"] == "mtp;k=3;partly_off=governor_probe"
+        assert _spec(srv)["active"] is True  # probing is still on: the judgement comes after
+        judged = _completion(srv, 16)  # the probe's last steps, the judgement, then off
+        assert judged.headers["x-speculation"] == "off;reason=auto_disabled_no_speedup"
+        spec = _spec(srv)
+        assert spec["active"] is False and spec["reason"] == "auto_disabled_no_speedup"
+        assert spec["by_batch_size"] == {"batch size 1": "off: auto_disabled_no_speedup"}
+        assert _completion(srv, 2).headers["x-speculation"] == "off;reason=auto_disabled_no_speedup"
+        _wait_metric(srv, 'cluster:spec_decode_active{method="mtp",model_name="glm5-fixture",'
+                     'reason="auto_disabled_no_speedup",replica="r0"} 0.0')  # fmt: skip
+        # The cooldown (24 steps) passes inside this request: speculation comes back on.
+        again = _completion(srv, 40)
+        assert again.headers["x-speculation"].startswith("mtp;k=3")
+        logs = "".join(p.read_text() for p in home.glob("run/*/r0/rank0.log"))
+        assert "speculation mtp k=3 is OFF: auto_disabled_no_speedup" in logs
+        assert "tok/s with drafts" in logs and "(batch size 1)" in logs
+        assert logs.count("speculation mtp k=3 is ON") >= 2  # at load, and after the cooldown
+        assert _spec(srv)["fallbacks"]["auto_disabled_no_speedup"] >= 1
+    finally:
+        srv.stop()
+
+
+def test_the_watchdog_catches_speculation_that_does_not_run(model_dir, tmp_path):
+    """Seed 003's failure injected into the real runner: asked to speculate, it never does.
+    The watchdog turns the state off with engine_error, everywhere the operator reads it."""
+    from conftest import Server
+
+    from cluster.engine.runner import FAULT_ENV
+
+    home = tmp_path / "home"
+    srv = Server(["--model", str(model_dir), "--speculation", "mtp"],
+                 env={"CLUSTER_HOME": str(home), FAULT_ENV: "skip_speculation"})  # fmt: skip
+    try:
+        first = _completion(srv, 6)
+        assert first.headers["x-speculation"] == "off;reason=engine_error"
+        spec = _spec(srv)
+        assert spec["active"] is False and spec["reason"] == "engine_error"
+        assert spec["speculative_steps"] == 0
+        assert _completion(srv, 2).headers["x-speculation"] == "off;reason=engine_error"
+        _wait_metric(srv, 'cluster:spec_decode_active{method="mtp",model_name="glm5-fixture",'
+                     'reason="engine_error",replica="r0"} 0.0')  # fmt: skip
+        logs = "".join(p.read_text() for p in home.glob("run/*/r0/rank0.log"))
+        assert "is OFF: engine_error" in logs and "no speculative step ran" in logs
+    finally:
+        srv.stop()
