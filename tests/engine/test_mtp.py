@@ -35,17 +35,20 @@ def run(config, prompts, params, model=TRAINED):
     return [out[str(i)] for i in range(len(prompts))], engine
 
 
-def first_two_tokens(engine, prompt, n: int) -> collections.Counter:
-    """How often each pair of first two tokens comes out of n seeded samples (T=1, top-k 3)."""
+def first_two_tokens(engine, prompt, n: int, batch: int = 1) -> collections.Counter:
+    """How often each pair of first two tokens comes out of n seeded samples (T=1, top-k 3),
+    `batch` requests decoding together at a time."""
     counts = collections.Counter()
-    for seed in range(n):
-        params = SamplingParams(max_tokens=2, temperature=1.0, top_k=3, seed=seed, ignore_eos=True)
-        engine.add_request(EngineRequest(RequestId(str(seed)), tuple(prompt), params))
-        toks = []
+    for start in range(0, n, batch):
+        toks = collections.defaultdict(list)
+        for seed in range(start, min(n, start + batch)):
+            params = SamplingParams(max_tokens=2, temperature=1.0, top_k=3, seed=seed,
+                                    ignore_eos=True)  # fmt: skip
+            engine.add_request(EngineRequest(RequestId(str(seed)), tuple(prompt), params))
         while engine.has_work():
             for e in engine.step():
-                toks.extend(e.token_ids)
-        counts[tuple(toks[:2])] += 1
+                toks[e.request_id].extend(e.token_ids)
+        counts.update(tuple(t[:2]) for t in toks.values())
     return counts
 
 
@@ -157,10 +160,12 @@ def test_prefix_cache_hit_with_mtp_stays_identical(prompts):
     assert outs[0] == outs[1] == base
 
 
-def test_sampling_with_mtp_keeps_the_distribution(prompts):
+@pytest.mark.parametrize("batch", [1, 4])
+def test_sampling_with_mtp_keeps_the_distribution(prompts, batch):
     """Rejection sampling is lossless: the second token (the first one speculation decides)
     has the same distribution with and without MTP, within sampling noise, even when the
-    drafts are deliberately bad (drawn from tokens the model would rarely pick)."""
+    drafts are deliberately bad (drawn from tokens the model would rarely pick); alone and
+    as rows of a batch that speculates."""
     import mlx.core as mx
 
     n = 300
@@ -172,10 +177,11 @@ def test_sampling_with_mtp_keeps_the_distribution(prompts):
             engine.runner.drafter.logits = lambda hidden: mx.broadcast_to(
                 bad, hidden.shape[:-1] + (4096,)
             )
-        return first_two_tokens(engine, prompts[2], n)
+        return first_two_tokens(engine, prompts[2], n, batch), engine
 
-    plain = dist(EngineConfig())
-    spec = dist(EngineConfig(speculation="mtp", num_speculative_tokens=2))
+    plain, _ = dist(EngineConfig())
+    spec, engine = dist(EngineConfig(speculation="mtp", num_speculative_tokens=2))
+    assert engine.runner.drafter.stats.drafts >= n // 2  # the rows really speculated
     support = set(plain) | set(spec)
     tv = 0.5 * sum(abs(plain[x] - spec[x]) for x in support) / n
     assert len(support) <= 12 and tv < 0.2, (tv, plain.most_common(6), spec.most_common(6))
