@@ -75,6 +75,14 @@ def pick_draft(seq, logits: mx.array) -> tuple[mx.array, mx.array | None]:
     return mx.random.categorical(mx.log(probs), key=sub), probs
 
 
+def greedy_accept(drafts: list[int], best: list[int]) -> tuple[int, int]:
+    """(accepted count, next token) given the target's argmax at each verified position."""
+    accepted = 0
+    while accepted < len(drafts) and drafts[accepted] == best[accepted]:
+        accepted += 1
+    return accepted, best[accepted]
+
+
 def verify_drafts(seq, drafts: list[int], dists, target_logits: mx.array) -> tuple[int, int]:
     """(accepted count, next token): exact match for greedy, rejection sampling otherwise."""
     params = seq.request.sampling
@@ -85,11 +93,7 @@ def verify_drafts(seq, drafts: list[int], dists, target_logits: mx.array) -> tup
         target_logits = penalize(target_logits, rows, history)
     target_logits = ban(target_logits, rows)
     if params.greedy:
-        best = mx.argmax(target_logits, axis=-1).tolist()
-        accepted = 0
-        while accepted < len(drafts) and drafts[accepted] == best[accepted]:
-            accepted += 1
-        return accepted, best[accepted]
+        return greedy_accept(drafts, mx.argmax(target_logits, axis=-1).tolist())
     probs = [mx.softmax(processed_logits(target_logits[i], params)) for i in range(len(drafts) + 1)]
     seq.rng_key, sub = mx.random.split(seq.rng_key)
     uniforms = mx.random.uniform(shape=(len(drafts) + 1,), key=sub).tolist()

@@ -12,7 +12,7 @@ from mlx_lm.models.cache import BatchKVCache, CacheList, KVCache
 from .drafter import NO_DRAFTER, Drafter
 from .kv import _arrays, trim_rows
 from .kv_budget import STEP
-from .mtp import verify_drafts
+from .mtp import greedy_accept, verify_drafts
 from .sampler import sample_lazy, token_logprobs
 from .scheduler import Schedule
 from .sequence import Sequence
@@ -48,9 +48,9 @@ class ModelRunner:
         self.fault_skip_speculation = os.environ.get(FAULT_ENV) == "skip_speculation"
         """Fault injection (tests of the seed-003 watchdog): never run the speculative step."""
         self.num_layers = len(model.make_cache())
+        """A cache list holds this many main-model caches, then the drafter's."""
         self.batch_prefill = all(_batchable(c) for c in model.make_cache())
         """Whether fresh prompts can prefill together (every layer's cache is a KVCache)."""
-        """A cache list holds this many main-model caches, then the drafter's."""
         self.batch: list[Sequence] = []
         self.batch_cache: list[Any] | None = None
         self._num_keys = 0
@@ -222,8 +222,7 @@ class ModelRunner:
             if best is None:
                 accepted, token = verify_drafts(seq, drafts, dists, logits[i, : len(drafts) + 1])
             else:
-                accepted = next((j for j, d in enumerate(drafts) if d != best[i][j]), len(drafts))
-                token = best[i][accepted]
+                accepted, token = greedy_accept(drafts, best[i])
             if (top := seq.request.sampling.logprobs) is not None:
                 seq.logprobs += token_logprobs(
                     logits[i, : accepted + 1], drafts[:accepted] + [token], top
