@@ -1,17 +1,15 @@
 """Draft-model speculative decoding: lossless for greedy and sampling, catches up after
 batches, and is counted like MTP."""
 
-import collections
 from dataclasses import replace
 
 import pytest
-from test_mtp import first_two_tokens, greedy, run
+from test_mtp import first_two_tokens, greedy, run, run_lengths
 
 from cluster.config import EngineConfig
 from cluster.engine.build import build_engine
 from cluster.fixture.model import FixtureSize, write_fixture
 from cluster.model_store import TRAINED
-from cluster.types import EngineRequest, RequestId
 
 
 @pytest.fixture(scope="module")
@@ -43,18 +41,6 @@ def test_greedy_with_the_target_as_its_own_draft_is_identical_and_accepts_nearly
     assert stats.drafts > 0 and stats.draft_tokens == k * stats.drafts
     assert stats.accepted >= 0.9 * stats.draft_tokens
     assert engine.spec.state.header() == f"draft;k={k}"
-
-
-def run_lengths(config, prompts, lengths):
-    """Each prompt with its own max_tokens, so the longest ends up decoding alone."""
-    engine, _ = build_engine(TRAINED, config, "glm-5-fixture")
-    for i, (p, n) in enumerate(zip(prompts, lengths, strict=True)):
-        engine.add_request(EngineRequest(RequestId(str(i)), tuple(p), greedy(n)))
-    out = collections.defaultdict(list)
-    while engine.has_work():
-        for event in engine.step():
-            out[event.request_id].extend(event.token_ids)
-    return [out[str(i)] for i in range(len(prompts))], engine
 
 
 def test_greedy_with_a_weak_draft_and_a_batch_stays_identical(prompts, weak_draft):

@@ -35,6 +35,19 @@ def run(config, prompts, params, model=TRAINED):
     return [out[str(i)] for i in range(len(prompts))], engine
 
 
+def run_lengths(config, prompts, lengths):
+    """Each prompt with its own max_tokens, all arriving together: rows leave the batch one by
+    one and the longest ends up decoding alone."""
+    engine, _ = build_engine(TRAINED, config, "glm-5-fixture")
+    for i, (p, n) in enumerate(zip(prompts, lengths, strict=True)):
+        engine.add_request(EngineRequest(RequestId(str(i)), tuple(p), greedy(n)))
+    out = collections.defaultdict(list)
+    while engine.has_work():
+        for event in engine.step():
+            out[event.request_id].extend(event.token_ids)
+    return [out[str(i)] for i in range(len(prompts))], engine
+
+
 def first_two_tokens(engine, prompt, n: int, batch: int = 1) -> collections.Counter:
     """How often each pair of first two tokens comes out of n seeded samples (T=1, top-k 3),
     `batch` requests decoding together at a time."""
@@ -121,19 +134,9 @@ def test_a_batch_speculates_row_by_row_token_identical(prompts, k):
 
 
 def test_above_the_batch_limit_decodes_plainly_and_says_so(prompts):
-    def serve(config):
-        engine, _ = build_engine(TRAINED, config, "glm-5-fixture")
-        for i, (p, n) in enumerate(zip(prompts, [8, 16, 40], strict=True)):
-            engine.add_request(EngineRequest(RequestId(str(i)), tuple(p), greedy(n)))
-        out = collections.defaultdict(list)
-        while engine.has_work():
-            for event in engine.step():
-                out[event.request_id].extend(event.token_ids)
-        return [out[str(i)] for i in range(3)], engine
-
-    base, _ = serve(EngineConfig())
+    base, _ = run_lengths(EngineConfig(), prompts, [8, 16, 40])
     config = EngineConfig(speculation="mtp", num_speculative_tokens=2, speculation_max_batch=2)
-    spec, engine = serve(config)
+    spec, engine = run_lengths(config, prompts, [8, 16, 40])
     assert spec == base
     state = engine.spec.state
     # Three decoding at once: off with its reason, counted; back on when two are left.
@@ -235,20 +238,9 @@ def test_governor_turns_speculation_off_on_low_acceptance():
 def test_mtp_layer_catches_up_after_batched_steps_it_skipped(prompts):
     """Batched steps leave the MTP layer behind; it catches up in one forward when a row
     leaves or the lone survivor speculates, and the output stays identical."""
-
-    def run_lengths(config):
-        engine, _ = build_engine(TRAINED, config, "glm-5-fixture")
-        for i, (p, n) in enumerate(zip(prompts, [8, 16, 40], strict=True)):
-            engine.add_request(EngineRequest(RequestId(str(i)), tuple(p), greedy(n)))
-        out = collections.defaultdict(list)
-        while engine.has_work():
-            for event in engine.step():
-                out[event.request_id].extend(event.token_ids)
-        return [out[str(i)] for i in range(3)], engine
-
-    base, _ = run_lengths(EngineConfig())
+    base, _ = run_lengths(EngineConfig(), prompts, [8, 16, 40])
     lone_only = EngineConfig(speculation="mtp", num_speculative_tokens=2, speculation_max_batch=1)
-    spec, engine = run_lengths(lone_only)
+    spec, engine = run_lengths(lone_only, prompts, [8, 16, 40])
     assert spec == base
     stats = engine.runner.drafter.stats
     assert stats.plain_steps > 0 and stats.drafts > 0

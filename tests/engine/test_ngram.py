@@ -1,7 +1,7 @@
 """N-gram speculation on the trained fixture: lossless, counted, and it pays on repeats."""
 
 import pytest
-from test_mtp import first_two_tokens  # the same sampled-distribution probe as MTP's
+from test_mtp import first_two_tokens, run_lengths  # the same probes as MTP's
 
 from cluster.config import EngineConfig
 from cluster.engine.build import build_engine
@@ -76,19 +76,9 @@ def test_mtp_and_ngram_together_in_a_batch_stay_identical(tok):
     # (MTP drafts alone), decoding together; each row keeps its own, the output is plain's.
     prompts = [tok.encode(t, add_special_tokens=False) for t in (REPEAT, FREE, REPEAT[20:])]
 
-    def serve(config):
-        engine, _ = build_engine(TRAINED, config, "glm-5-fixture")
-        for i, (p, n) in enumerate(zip(prompts, [40, 24, 32], strict=True)):
-            engine.add_request(EngineRequest(RequestId(str(i)), tuple(p), greedy(n)))
-        out = {}
-        while engine.has_work():
-            for event in engine.step():
-                out.setdefault(event.request_id, []).extend(event.token_ids)
-        return [out[str(i)] for i in range(3)], engine
-
-    base, _ = serve(EngineConfig())
+    base, _ = run_lengths(EngineConfig(), prompts, [40, 24, 32])
     config = EngineConfig(speculation="mtp+ngram", num_speculative_tokens=3)
-    spec, engine = serve(config)
+    spec, engine = run_lengths(config, prompts, [40, 24, 32])
     assert spec == base
     stats = engine.spec.to_json()
     assert stats["summary"] == "mtp+ngram;k=3" and stats["accepted_tokens"] > 0
