@@ -9,6 +9,7 @@ import mlx.core as mx
 from mlx_lm.models.cache import make_prompt_cache, trim_prompt_cache
 
 from .drafter import Drafter
+from .kv_budget import STEP
 from .mtp import SpecStats, pick_draft
 
 
@@ -17,6 +18,13 @@ class DraftModelDrafter(Drafter):
         self.model = model
         self.k = k
         self.stats = SpecStats(k)
+
+    def own_kv_bytes_per_token(self) -> int:
+        """The draft model's cache on each sequence, measured as the runner measures its own:
+        a fresh cache grows by one step at its first token."""
+        cache = make_prompt_cache(self.model)
+        mx.eval(self.model(mx.array([[0]]), cache=cache), [c.state for c in cache])
+        return max(1, round(sum(c.nbytes for c in cache) / STEP))
 
     def propose(self, seq, caches=None) -> tuple[list[int], list[mx.array | None]]:
         """k draft tokens after seq's last token, and the distributions they came from (the

@@ -317,7 +317,8 @@ class ModelRunner:
         cache = self.model.make_cache()
         mx.eval(self.model.model(mx.array([[0]]), cache=cache), _arrays(cache))
         per_layer = sum(c.nbytes for c in cache) / len(cache)
-        return max(1, round(per_layer * len(self.make_cache()) / STEP))
+        own = round(per_layer * len(self.make_cache()) / STEP)
+        return max(1, own + self.hooks.own_kv_bytes_per_token())
 
     def model_bytes(self) -> int:
         return sum(v.nbytes for _, v in tree_flatten(self.model.parameters()))

@@ -83,3 +83,12 @@ def test_sampling_with_a_draft_keeps_the_distribution(prompts, weak_draft, which
     support = set(plain) | set(spec)
     tv = 0.5 * sum(abs(plain[x] - spec[x]) for x in support) / n
     assert len(support) <= 12 and tv < 0.2, (tv, plain.most_common(6), spec.most_common(6))
+
+
+def test_the_kv_budget_counts_the_draft_models_cache(weak_draft):
+    plain, _ = build_engine(TRAINED, EngineConfig(), "m")
+    drafted, _ = build_engine(TRAINED, draft_config(weak_draft), "m")
+    # The weak draft has one of the target's four layers: a quarter more per position.
+    main = plain.kv.per_token
+    assert drafted.kv.per_token == main + main // 4
+    assert drafted.stats()["kv"]["per_token_bytes"] == drafted.kv.per_token
