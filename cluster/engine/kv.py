@@ -89,27 +89,114 @@ def cache_nbytes(cache: list[Any]) -> int:
     return sum(a.nbytes for a in _arrays(cache))
 
 
-def trim_rows(layers: list[Any], counts: list[int]) -> None:
-    """Drop row i's last counts[i] positions from batched caches (rows may drop different
-    numbers: what all drop is trimmed, the rest rolls right into each row's left padding).
-    One roll index per buffer length serves every layer: this runs once per speculative step."""
+class SlotOrder:
+    """Which positions a batch row's cache slots hold, left to right, as runs [start, count].
+
+    `trim_rows` moves a row's oldest entries into the slots its rejected drafts leave instead
+    of shifting the whole row (attention does not care where a key sits: RoPE is already in
+    it), so a row's slots drift out of position order; `in_order` puts an extracted cache back.
+    Appends and tail trims between two looks are taken from the row's length then."""
+
+    def __init__(self):
+        self.runs: list[list[int]] = []
+        self.length = 0
+
+    def resize(self, length: int) -> None:
+        """The row now holds `length` positions: what was added since is the newest."""
+        while self.length > length:
+            run = self.runs[-1]
+            cut = min(run[1], self.length - length)
+            run[1] -= cut
+            self.length -= cut
+            if not run[1]:
+                self.runs.pop()
+        if length > self.length:
+            if self.runs and sum(self.runs[-1]) == self.length:
+                self.runs[-1][1] += length - self.length
+            else:
+                self.runs.append([self.length, length - self.length])
+            self.length = length
+
+    def rotate(self, n: int) -> None:
+        """The first n entries moved behind the last one."""
+        moved: list[list[int]] = []
+        while n:
+            run = self.runs[0]
+            take = min(n, run[1])
+            moved.append([run[0], take])
+            run[0], run[1], n = run[0] + take, run[1] - take, n - take
+            if not run[1]:
+                self.runs.pop(0)
+        for run in moved:
+            if self.runs and sum(self.runs[-1]) == run[0]:
+                self.runs[-1][1] += run[1]
+            else:
+                self.runs.append(run)
+
+    def permutation(self, length: int) -> list[int] | None:
+        """Slot of each position 0..length-1, or None when the slots are in order."""
+        self.resize(length)
+        if len(self.runs) <= 1:
+            return None
+        slots = [0] * length
+        i = 0
+        for start, count in self.runs:
+            slots[start : start + count] = range(i, i + count)
+            i += count
+        return slots
+
+
+def _flat(layers: list[Any]) -> list[Any]:
+    """The KV caches of a cache list, a CacheList's parts in order."""
+    return [c for x in layers for c in (x.caches if isinstance(x, CacheList) else [x])]
+
+
+def in_order(layers: list[Any], order: "SlotOrder | None") -> list[Any]:
+    """Caches extracted from a batch row, their entries put back in position order."""
+    if order is None:
+        return layers
+    filled = [c for c in _flat(layers) if c.keys is not None]
+    if not filled or (slots := order.permutation(filled[0].offset)) is None:
+        return layers
+    index = mx.array(slots)
+    for cache in filled:
+        cache.keys, cache.values = cache.keys[:, :, index], cache.values[:, :, index]
+    return layers
+
+
+def trim_rows(layers: list[Any], counts: list[int], orders: list[SlotOrder]) -> None:
+    """Drop row i's last counts[i] positions from batched caches that share one layout.
+
+    What every row drops is trimmed; a row that drops more moves as many of its oldest
+    entries into the freed slots at its end and pads its start instead (orders[i] notes the
+    move), so only the moved entries are copied: this runs once per speculative step."""
     least = min(counts)
-    rest = [c - least for c in counts]
-    caches = [
-        c for layer in layers for c in (layer.caches if isinstance(layer, CacheList) else [layer])
-    ]
-    if not any(rest):
+    caches = _flat(layers)
+    if all(c == least for c in counts):
         for cache in caches:
             cache.trim(least)
         return
+    first = caches[0]
+    lengths, pads = first.offset.tolist(), first.left_padding.tolist()
+    head = first._idx - least
+    moves, rest = [], []
+    for order, length, count in zip(orders, lengths, counts, strict=True):
+        order.resize(length - count)
+        moved = min(count - least, length - count)
+        order.rotate(moved)
+        moves.append(moved)
+        rest.append(count - least)
+    width = max(moves)
+    rows = []
+    for pad, moved in zip(pads, moves, strict=True):
+        keep = width - moved
+        rows.append([head - width + j if j < keep else pad + j - keep for j in range(width)])
+    index = mx.array(rows)[:, None, :, None]
     dropped, shifts = mx.array(counts), mx.array(rest)
-    index: dict[int, mx.array] = {}
     for cache in caches:
-        n = cache.keys.shape[2]
-        if n not in index:
-            index[n] = ((mx.arange(n)[None] - shifts[:, None]) % n)[:, None, :, None]
-        cache.keys = mx.take_along_axis(cache.keys, index[n], axis=2)
-        cache.values = mx.take_along_axis(cache.values, index[n], axis=2)
-        cache._idx -= least
+        for name in ("keys", "values"):
+            buffer = getattr(cache, name)
+            buffer[..., head - width : head, :] = mx.take_along_axis(buffer, index, axis=2)
+        cache._idx = head
         cache.offset = cache.offset - dropped
         cache.left_padding = cache.left_padding + shifts

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import mlx.core as mx
 
 from .drafter import Drafter
-from .kv import trim_rows
+from .kv import SlotOrder, trim_rows
 from .sampler import ban, penalize, processed_logits
 
 MAX_PENDING = 64  # a long-lived batch still catches its MTP layer up now and then
@@ -214,4 +214,5 @@ class MTPDrafter(Drafter):
         cache.trim(self.k - 1)
         drafts = mx.array([d + [0] * (width - len(d)) for d, _ in proposals])
         self.mtp(hidden[:, :width, :], self.embed(drafts), cache=cache)
-        trim_rows([cache], [width - a for a in accepted])
+        orders = [s.slot_orders.setdefault("drafter", SlotOrder()) for s in seqs]
+        trim_rows([cache], [width - a for a in accepted], orders)

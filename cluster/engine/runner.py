@@ -10,7 +10,7 @@ from mlx.utils import tree_flatten
 from mlx_lm.models.cache import BatchKVCache, CacheList, KVCache
 
 from .drafter import NO_DRAFTER, Drafter
-from .kv import _arrays, trim_rows
+from .kv import SlotOrder, _arrays, in_order, trim_rows
 from .kv_budget import STEP
 from .mtp import greedy_accept, verify_drafts
 from .sampler import sample_lazy, token_logprobs
@@ -234,7 +234,8 @@ class ModelRunner:
             kept.append(accepted)
             out[seq] = drafts[:accepted] + [token]
         # Each row keeps its input token and its accepted drafts.
-        trim_rows(main, [width - a for a in kept])
+        orders = [seq.slot_orders.setdefault("main", SlotOrder()) for seq in seqs]
+        trim_rows(main, [width - a for a in kept], orders)
         drafter.rollback_batch(seqs, proposals, kept, hidden, own)
         return out
 
@@ -274,6 +275,7 @@ class ModelRunner:
                 mine.extend(theirs)
         for seq in new:
             seq.cache = None
+            seq.slot_orders.clear()
         self.batch.extend(new)
 
     def _keep(self, indices: list[int]) -> None:
@@ -299,7 +301,12 @@ class ModelRunner:
             self.hooks.sync(self._own(self.batch_cache))  # a stored cache lags by `lag`
         for i, seq in enumerate(self.batch):
             if seq in gone:
-                caches[seq] = [layer.extract(i) for layer in self.batch_cache]
+                rows = [layer.extract(i) for layer in self.batch_cache]
+                orders = seq.slot_orders
+                caches[seq] = in_order(self._main(rows), orders.get("main")) + in_order(
+                    self._own(rows), orders.get("drafter")
+                )
+                orders.clear()
                 if self.ahead is not None:  # its queued step's entry is not part of its KV
                     for layer in caches[seq]:
                         layer.trim(1)

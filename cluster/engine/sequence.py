@@ -51,6 +51,8 @@ class Sequence:
     arrived_at: float = field(default_factory=time.monotonic)
     scheduled_at: float | None = None
     first_token_at: float | None = None
+    slot_orders: dict = field(default_factory=dict)
+    """kv.SlotOrder of its batch row's caches ("main", "drafter") once speculation moved some."""
     hashes: list[int] = field(default_factory=list)
     """Chained hashes of its tokens' first blocks, each computed once (routing's to start)."""
 

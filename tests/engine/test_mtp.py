@@ -163,6 +163,34 @@ def test_prefix_cache_hit_with_mtp_stays_identical(prompts):
     assert outs[0] == outs[1] == base
 
 
+def test_rows_leave_the_batch_with_their_kv_in_position_order(prompts, monkeypatch):
+    # Rows that reject different numbers of drafts have entries moved around in their batch
+    # row; the caches they leave in the prefix cache hold each position where a plain
+    # prefill of the same tokens puts it.
+    import mlx.core as mx
+    import numpy as np
+
+    from cluster.engine.kv import SlotOrder
+
+    moved = []
+    rotate = SlotOrder.rotate
+    monkeypatch.setattr(SlotOrder, "rotate", lambda self, n: (moved.append(n), rotate(self, n)))
+    texts = [prompts[0] * 4, prompts[1] * 4, prompts[2] * 4]
+    _, engine = run(EngineConfig(speculation="mtp", num_speculative_tokens=2), texts, greedy(40))
+    assert any(moved)
+    model = engine.runner.model
+    stored = list(engine.cache.entries.values())
+    assert len(stored) == len(texts)
+    for entry in stored:
+        fresh = model.make_cache()
+        mx.eval(model.model(mx.array([list(entry.tokens)]), cache=fresh))
+        for mine, theirs in zip(entry.cache[: len(fresh)], fresh, strict=True):
+            for a, b in zip(mine.caches, theirs.caches, strict=True):
+                n = len(entry.tokens)
+                want = np.array(b.keys[..., :n, :])
+                assert np.allclose(np.array(a.keys[..., :n, :]), want, atol=1e-4)
+
+
 @pytest.mark.parametrize("batch", [1, 4])
 def test_sampling_with_mtp_keeps_the_distribution(prompts, batch):
     """Rejection sampling is lossless: the second token (the first one speculation decides)
