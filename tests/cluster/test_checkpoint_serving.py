@@ -33,10 +33,16 @@ def shapes(tmp_path_factory) -> dict[str, Path]:
 
 # Group 64 does not split across two ranks at this model's width (64-wide inputs); GLM-5's
 # layers are thousands wide.
-# Each MTP file's format at TP 1 and TP 2, each model shape at least once.
+# Each MTP file's format and each bit width at TP 1 and TP 2, each group size at least once.
 @pytest.mark.parametrize(
     ("shape", "tp", "mtp"),
-    [("q4g64", 1, "mtp-fp8"), ("q4g32", 1, "mtp"), ("q4g32", 2, "mtp"), ("q8g32", 2, "mtp-fp8")],
+    [
+        ("q4g64", 1, "mtp-fp8"),
+        ("q4g32", 1, "mtp"),
+        ("q4g32", 2, "mtp"),
+        ("q8g32", 1, "mtp"),
+        ("q8g32", 2, "mtp-fp8"),
+    ],
 )
 def test_a_downloaded_shape_serves_with_hugging_face_mtp(shapes, shape, tp, mtp, tmp_path):
     from conftest import Server
