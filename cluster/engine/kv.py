@@ -111,11 +111,15 @@ class SlotOrder:
             if not run[1]:
                 self.runs.pop()
         if length > self.length:
-            if self.runs and sum(self.runs[-1]) == self.length:
-                self.runs[-1][1] += length - self.length
-            else:
-                self.runs.append([self.length, length - self.length])
+            self._append(self.length, length - self.length)
             self.length = length
+
+    def _append(self, start: int, count: int) -> None:
+        """Positions start.. behind the last slot, joining the last run when they follow it."""
+        if self.runs and sum(self.runs[-1]) == start:
+            self.runs[-1][1] += count
+        else:
+            self.runs.append([start, count])
 
     def rotate(self, n: int) -> None:
         """The first n entries moved behind the last one."""
@@ -127,11 +131,8 @@ class SlotOrder:
             run[0], run[1], n = run[0] + take, run[1] - take, n - take
             if not run[1]:
                 self.runs.pop(0)
-        for run in moved:
-            if self.runs and sum(self.runs[-1]) == run[0]:
-                self.runs[-1][1] += run[1]
-            else:
-                self.runs.append(run)
+        for start, count in moved:
+            self._append(start, count)
 
     def permutation(self, length: int) -> list[int] | None:
         """Slot of each position 0..length-1, or None when the slots are in order."""
@@ -177,7 +178,8 @@ def trim_rows(layers: list[Any], counts: list[int], orders: list[SlotOrder]) -> 
             cache.trim(least)
         return
     first = caches[0]
-    lengths, pads = first.offset.tolist(), first.left_padding.tolist()
+    pads = first.left_padding.tolist()
+    lengths = [first._idx - pad for pad in pads]  # a BatchKVCache row's offset: one host read
     head = first._idx - least
     moves, rest = [], []
     for order, length, count in zip(orders, lengths, counts, strict=True):
