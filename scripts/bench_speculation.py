@@ -12,8 +12,8 @@ is per request, from its first to its last streamed token.
 Each row's ideal speed-up comes from its measured acceptance and step costs: MAL x P / (P + k x
 d + (v - p)), with MAL the mean acceptance length, P the plain server's measured step (one over
 its per-request tok/s), and d, v, p one draft (MTP layer and LM head; 0 for n-gram), one verify
-forward of k+1 tokens and one plain step, measured in-process at that batch size before the
-servers start. Efficiency is the measured speed-up over that ideal.
+forward of k+1 tokens and one plain step, measured at that batch size and TP layout before
+the servers start (at TP 2 on two ranks over `ring`, so the all-reduces are in them). Efficiency is the measured speed-up over that ideal.
 
 Workloads: `code` (8 code prompts), `edit` (the prompt holds a file and the start of its copy
 with a name changed: the output repeats the file, as an agent editing it does), `free` (text
@@ -22,6 +22,7 @@ the prompt does not contain).
 
 import argparse
 import asyncio
+import json
 import statistics
 import subprocess
 import sys
@@ -35,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cluster.bench.cluster_process import start_cluster, stop  # noqa: E402
+from cluster.launch.blas import openblas_env  # noqa: E402
 
 CODE = [
     "import os\nimport sys\n\ndef main(",
@@ -113,14 +115,41 @@ def _costs_at(model, mtp, b: int, k: int) -> tuple[float, float, float]:
     return plain, _lower_quartile(draft, 1, mtp_cache), verify
 
 
-def step_costs(model_dir: Path, batches: list[int], k: int, method: str) -> dict[int, tuple]:
-    """(plain step, one draft, verify of k+1 tokens) in seconds per batch size, in-process."""
+def step_costs(model_dir: Path, batches: list[int], k: int, method: str, group=None) -> dict:
+    """(plain step, one draft, verify of k+1 tokens) in seconds per batch size, on this
+    process's shard when `group` is a tensor-parallel group."""
     from cluster.engine.build import load_model
     from cluster.models.glm_moe_dsa_mtp import load_mtp_layer
 
-    model, _, config = load_model(model_dir)
-    mtp = load_mtp_layer(model, model_dir, config, None, None) if "mtp" in method else None
+    model, _, config = load_model(model_dir, group)
+    mtp = load_mtp_layer(model, model_dir, config, None, group) if "mtp" in method else None
     return {b: _costs_at(model, mtp, b, k) for b in batches}
+
+
+def tp_step_costs(model_dir: Path, batches: list[int], k: int, method: str, tp: int) -> dict:
+    """The same costs at TP `tp`: every rank its shard, over `ring` like the served ranks, so
+    each forward pays the layout's all-reduces."""
+    if tp == 1:
+        return step_costs(model_dir, batches, k, method)
+    launch = str(Path(sys.executable).with_name("mlx.launch"))
+    cmd = [launch, "--backend", "ring", "-n", str(tp), "--", sys.executable, __file__,
+           "--costs-worker", "--model", str(model_dir), "--k", str(k), "--method", method,
+           "--batches", *map(str, batches)]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT,
+                         stdin=subprocess.DEVNULL, env=openblas_env())  # fmt: skip
+    for line in out.stdout.splitlines():
+        if line.startswith("COSTS "):
+            return {int(b): tuple(c) for b, c in json.loads(line.removeprefix("COSTS ")).items()}
+    raise RuntimeError(f"TP {tp} step costs failed:\n{out.stdout}\n{out.stderr}")
+
+
+def costs_worker(args) -> None:
+    import mlx.core as mx
+
+    group = mx.distributed.init()
+    costs = step_costs(Path(args.model), args.batches, args.k, args.method, group)
+    if group.rank() == 0:
+        print("COSTS " + json.dumps(costs), flush=True)
 
 
 async def decode_rates(url: str, prompts: list[str], max_tokens: int, batch: int) -> list[float]:
@@ -155,17 +184,20 @@ def main() -> None:
     parser.add_argument("--workload", choices=["code", "edit", "free"], default="code")
     parser.add_argument("--max-tokens", type=int, default=96)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--costs-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.costs_worker:
+        return costs_worker(args)
     model = args.model
     if model is None:
         model = str(Path(tempfile.mkdtemp()) / "bench24")
         subprocess.run([sys.executable, "-m", "cluster", "fixture-model", model, "--layers", "24"],
                        check=True, capture_output=True)  # fmt: skip
     prompts = {"code": CODE, "edit": edit_prompts(), "free": FREE}[args.workload]
-    costs = step_costs(Path(model), args.batches, args.k, args.method)
     home = tempfile.mkdtemp(prefix="bench-spec-")
     speed, accept = [], []
     for tp in args.tp:
+        costs = tp_step_costs(Path(model), args.batches, args.k, args.method, tp)
         inventory = str(ROOT / "inventory" / ("local.yaml" if tp == 1 else "local-tp2.yaml"))
         common = ["--model", model, "--inventory", inventory, "--prefix-cache-bytes", "0"]
         plain = start_cluster(home, *common)

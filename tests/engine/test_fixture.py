@@ -66,3 +66,47 @@ def test_mlx_lm_loads_it_and_the_mtp_layer_loads_from_it(loaded, model_dir):
     h = mx.zeros((1, 3, config["hidden_size"]))
     out = mtp(h, model.model.embed_tokens(mx.array([[5, 6, 7]])), cache=mtp.make_cache())
     assert out.shape == (1, 3, config["hidden_size"])
+
+
+def test_a_word_is_one_token_sequence_wherever_it_stands(model_dir):
+    """A request's " kitchen" and a tool call's "kitchen" share the word's tokens, so a copy of
+    one is the other (runs of spaces are tokens of their own)."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    for word in ("kitchen", "thermostat", "Lima"):
+        alone = tok.encode(word, add_special_tokens=False).ids
+        spaced = tok.encode(f"set the room to {word}", add_special_tokens=False).ids
+        tagged = tok.encode(f"<arg_value>{word}</arg_value>", add_special_tokens=False).ids
+        assert spaced[-len(alone) :] == alone and tagged[1 : 1 + len(alone)] == alone
+
+
+def _copy_accuracy(model, tokenizer_json, seed: int = 5) -> float:
+    """Teacher-forced accuracy on the second copy of spans of random words."""
+    import mlx.core as mx
+    import numpy as np
+    from tokenizers import Tokenizer
+
+    from cluster.fixture.indexer_loss import model_forward
+    from cluster.fixture.train import copy_windows, copy_words
+
+    words = copy_words(Tokenizer.from_file(str(tokenizer_json)).get_vocab())
+    x, w = copy_windows(words, np.random.default_rng(seed), 4, 256)
+    hidden, _ = model_forward(model, mx.array(x[:, :-1]))
+    right = np.array(model.lm_head(hidden).argmax(-1)) == x[:, 1:]
+    return float((right * w[:, 1:]).sum() / w[:, 1:].sum())
+
+
+def test_the_planted_induction_circuit_copies_before_any_training(tmp_path):
+    import mlx_lm
+
+    from cluster.fixture.indexer_loss import set_index_topk
+    from cluster.fixture.induction import plant
+    from cluster.fixture.train import TRAINED_SIZE
+
+    out = write_fixture(tmp_path / "m", seed=0, size=TRAINED_SIZE)
+    model, _ = mlx_lm.load(str(out))
+    set_index_topk(model.model.layers, 1 << 20)  # dense: the untrained indexers pick at random
+    assert _copy_accuracy(model, out / "tokenizer.json") < 0.05  # random weights do not copy
+    plant(model)
+    assert _copy_accuracy(model, out / "tokenizer.json") > 0.95
