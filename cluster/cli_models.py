@@ -19,7 +19,8 @@ def _fixture_model(args) -> int:
         from .fixture.agent_eval import write_eval
         from .fixture.train import train
 
-        out, metrics = train(args.out_dir, steps=args.steps, seed=args.seed)
+        out, metrics = train(args.out_dir, steps=args.steps, seed=args.seed,
+                             induction=args.induction)  # fmt: skip
         print(
             f"wrote {out}: held-out loss {metrics['main_loss']:.3f}, MTP {metrics['mtp_loss']:.3f}"
         )
@@ -109,7 +110,12 @@ def add_model_file_commands(sub) -> None:
         action="store_true",
         help="train it on the standard library and agent conversations",
     )
-    p.add_argument("--steps", type=int, default=1000, help="training steps (default 1000)")
+    p.add_argument("--steps", type=int, default=1100, help="training steps (default 1100)")
+    p.add_argument(
+        "--induction",
+        action="store_true",
+        help="with --train: plant a copy (induction) circuit first; an experiment, see the README",
+    )
     p.add_argument(
         "--layers",
         type=int,

@@ -68,12 +68,12 @@ def test_mlx_lm_loads_it_and_the_mtp_layer_loads_from_it(loaded, model_dir):
     assert out.shape == (1, 3, config["hidden_size"])
 
 
-def test_a_word_is_one_token_sequence_wherever_it_stands(model_dir):
+def test_with_spaces_isolated_a_word_is_the_same_tokens_wherever_it_stands():
     """A request's " kitchen" and a tool call's "kitchen" share the word's tokens, so a copy of
-    one is the other (runs of spaces are tokens of their own)."""
-    from tokenizers import Tokenizer
+    one is the other (the induction recipe's tokenizer: runs of spaces are tokens of their own)."""
+    from cluster.fixture.tokenizer import build_tokenizer
 
-    tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    tok = build_tokenizer(4096, isolate_spaces=True)
     for word in ("kitchen", "thermostat", "Lima"):
         alone = tok.encode(word, add_special_tokens=False).ids
         spaced = tok.encode(f"set the room to {word}", add_special_tokens=False).ids
@@ -102,9 +102,9 @@ def test_the_planted_induction_circuit_copies_before_any_training(tmp_path):
 
     from cluster.fixture.indexer_loss import set_index_topk
     from cluster.fixture.induction import plant
-    from cluster.fixture.train import TRAINED_SIZE
+    from cluster.fixture.train import INDUCTION_SIZE
 
-    out = write_fixture(tmp_path / "m", seed=0, size=TRAINED_SIZE)
+    out = write_fixture(tmp_path / "m", seed=0, size=INDUCTION_SIZE, isolate_spaces=True)
     model, _ = mlx_lm.load(str(out))
     set_index_topk(model.model.layers, 1 << 20)  # dense: the untrained indexers pick at random
     assert _copy_accuracy(model, out / "tokenizer.json") < 0.05  # random weights do not copy
