@@ -38,7 +38,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cluster.bench.cluster_process import start_cluster, stop  # noqa: E402
+from cluster.bench.cluster_process import run_on_ring, start_cluster, stop  # noqa: E402
 from cluster.launch.blas import openblas_env  # noqa: E402
 
 CODE = [
@@ -134,16 +134,10 @@ def tp_step_costs(model_dir: Path, batches: list[int], k: int, method: str, tp: 
     each forward pays the layout's all-reduces."""
     if tp == 1:
         return step_costs(model_dir, batches, k, method)
-    launch = str(Path(sys.executable).with_name("mlx.launch"))
-    cmd = [launch, "--backend", "ring", "-n", str(tp), "--", sys.executable, __file__,
-           "--costs-worker", "--model", str(model_dir), "--k", str(k), "--method", method,
-           "--batches", *map(str, batches)]  # fmt: skip
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT,
-                         stdin=subprocess.DEVNULL, env=openblas_env())  # fmt: skip
-    for line in out.stdout.splitlines():
-        if line.startswith("COSTS "):
-            return {int(b): tuple(c) for b, c in json.loads(line.removeprefix("COSTS ")).items()}
-    raise RuntimeError(f"TP {tp} step costs failed:\n{out.stdout}\n{out.stderr}")
+    argv = [sys.executable, __file__, "--costs-worker", "--model", str(model_dir), "--k", str(k),
+            "--method", method, "--batches", *map(str, batches)]  # fmt: skip
+    costs = run_on_ring(tp, argv, "COSTS", timeout=900, env=openblas_env())
+    return {int(b): tuple(c) for b, c in costs.items()}
 
 
 def costs_worker(args) -> None:

@@ -1,5 +1,6 @@
 """Start and stop `cluster serve` as a subprocess, for the benchmark scripts."""
 
+import json
 import os
 import re
 import signal
@@ -56,6 +57,25 @@ def stop(proc: subprocess.Popen) -> None:
     proc.wait(timeout=30)
 
 
+def on_ring(ranks: int, argv: list[str]) -> list[str]:
+    """argv as `ranks` processes on this machine over MLX's `ring` backend."""
+    return [str(Path(sys.executable).with_name("mlx.launch")), "--backend", "ring",
+            "-n", str(ranks), "--", *argv]  # fmt: skip
+
+
+def run_on_ring(ranks: int, argv: list[str], tag: str, timeout: float,
+                env: dict[str, str] | None = None):  # fmt: skip
+    """Run argv on `ranks` ring processes to the end; the JSON one rank printed after `tag`."""
+    # stdin: mlx.launch makes the stdin it is given non-blocking, for every process sharing it
+    # (Ansible then refuses to run from the same terminal).
+    out = subprocess.run(on_ring(ranks, argv), capture_output=True, text=True, timeout=timeout,
+                         stdin=subprocess.DEVNULL, cwd=ROOT, env=env)  # fmt: skip
+    for line in out.stdout.splitlines():
+        if line.startswith(f"{tag} "):
+            return json.loads(line.removeprefix(f"{tag} "))
+    raise RuntimeError(f"{argv} on {ranks} ranks failed:\n{out.stdout}\n{out.stderr}")
+
+
 def start_mlx_lm(model_dir: Path, ranks: int = 1) -> tuple[subprocess.Popen, str]:
     """`mlx_lm.server` on a free port; with ranks > 1, as tensor parallel via `mlx.launch`
     over `ring`. Returns (process, base URL without /v1)."""
@@ -69,8 +89,7 @@ def start_mlx_lm(model_dir: Path, ranks: int = 1) -> tuple[subprocess.Popen, str
     server = [sys.executable, "-m", "mlx_lm", "server", "--model", str(model_dir)]
     server += ["--port", str(port)]
     if ranks > 1:
-        launch = str(Path(sys.executable).with_name("mlx.launch"))
-        server = [launch, "--backend", "ring", "-n", str(ranks), "--", *server]
+        server = on_ring(ranks, server)
     proc = subprocess.Popen(
         server,
         stdin=subprocess.DEVNULL,  # mlx.launch would make a shared stdin non-blocking

@@ -11,9 +11,10 @@ the additions changes the rounding.
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
+
+from .cluster_process import run_on_ring
 
 PROMPTS = [
     "import os\nimport sys\n\n\ndef main(argv):\n    parser = argparse.ArgumentParser()\n",
@@ -63,17 +64,8 @@ def worker(model: str) -> None:
 
 
 def measure(model: str | Path, ranks: int = 2, timeout: float = 300) -> dict:
-    launch = str(Path(sys.executable).with_name("mlx.launch"))
-    cmd = [launch, "--backend", "ring", "-n", str(ranks), "--", sys.executable, "-m",
-           "cluster.bench.tp_tolerance", "--worker", str(model)]  # fmt: skip
-    # stdin: mlx.launch makes the stdin it is given non-blocking, for every process sharing it
-    # (Ansible then refuses to run from the same terminal).
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                         stdin=subprocess.DEVNULL, cwd=Path(__file__).resolve().parents[2])  # fmt: skip
-    for line in out.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line.removeprefix("RESULT "))
-    raise RuntimeError(f"tp_tolerance failed:\n{out.stdout}\n{out.stderr}")
+    argv = [sys.executable, "-m", "cluster.bench.tp_tolerance", "--worker", str(model)]
+    return run_on_ring(ranks, argv, "RESULT", timeout)
 
 
 def main() -> None:
