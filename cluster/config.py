@@ -53,6 +53,11 @@ class EngineConfig:
         "speculating steps (per batch-size bucket) between two governor probes", 64
     )
     speculation_probe_steps: int = _help("steps a governor probe decodes without drafts", 8)
+    speculation_probe_losses: int = _help(
+        "probes in a row that must measure drafts slower before the governor turns speculation "
+        "off (one noisy probe does not)",
+        2,
+    )
     speculation_cooldown: int = _help(
         "steps speculation stays off after the governor turned it off, before it tries again", 512
     )
@@ -104,6 +109,7 @@ class EngineConfig:
             "speculation_probe_every": self.speculation_probe_every >= 1,
             "speculation_probe_steps": self.speculation_probe_steps >= 1,
             "speculation_cooldown": self.speculation_cooldown >= 1,
+            "speculation_probe_losses": self.speculation_probe_losses >= 1,
             "ngram_max": self.ngram_max <= 32,
             "num_speculative_tokens": 1 <= self.num_speculative_tokens <= 8,
             "heap_trim_seconds": self.heap_trim_seconds >= 0,

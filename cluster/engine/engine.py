@@ -51,7 +51,7 @@ class Engine:
             config.speculation_min_acceptance,
             config.speculation_max_batch,
             (config.speculation_probe_every, config.speculation_probe_steps,
-             config.speculation_cooldown),
+             config.speculation_cooldown, config.speculation_probe_losses),
         )  # fmt: skip
         """The one owner of speculation: status, metrics and headers read its state."""
 

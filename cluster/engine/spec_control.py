@@ -4,27 +4,38 @@ and what each request got.
 Status, metrics, the `x-speculation` header and the log all read this object's state.
 """
 
+import logging
+
 from .mtp import SpecStats
 from .sequence import Sequence
 from .speculation import SpeculationState
+
+log = logging.getLogger("cluster.speculation")
 
 
 class SpeedGovernor:
     """Keeps speculation on only while it pays (seed 002: a draft can make decoding slower).
 
-    While speculating, every `probe_every` lone steps it decodes `probe_len` steps without
-    drafts and compares tokens per second; slower with drafts, or accepting less than
-    `min_acceptance` of them, turns speculation off for `cooldown` steps, then it tries again.
+    While speculating, every `probe_every` steps it decodes `probe_len` steps without drafts
+    and compares tokens per second. Accepting less than `min_acceptance` of the drafts turns
+    speculation off at once; measuring slower with drafts does so after `losses` probes in a
+    row (one probe is a few steps: one noisy probe must not switch a batch size off). Off
+    lasts `cooldown` steps, then it tries again.
     """
 
     def __init__(self, state, stats: SpecStats, min_acceptance: float = 0.0,
                  probe_every: int = 64, probe_len: int = 8, cooldown: int = 512,
-                 label: str = ""):  # fmt: skip
+                 label: str = "", losses: int = 2):  # fmt: skip
         self.state, self.stats, self.label = state, stats, label
         self.off: tuple[str, str] | None = None
         """(reason, detail) of its latest decision to turn speculation off."""
         self.min_acceptance = min_acceptance
         self.probe_every, self.probe_len, self.cooldown = probe_every, probe_len, cooldown
+        self.losses = losses
+        self.lost = 0
+        """Probes in a row, up to now, that measured drafts slower."""
+        self.last: dict | None = None
+        """The latest probe's figures, for status."""
         self.mode, self.count = "spec", 0
         self._reset()
 
@@ -36,7 +47,7 @@ class SpeedGovernor:
     def allow(self) -> bool:
         """Whether the next lone decoding step speculates."""
         if self.mode == "off" and self.count >= self.cooldown:
-            self.mode, self.count = "spec", 0
+            self.mode, self.count, self.lost = "spec", 0, 0
             self._reset()
             self.state.set(True, None)
         elif self.mode == "spec" and self.count >= self.probe_every:
@@ -57,15 +68,24 @@ class SpeedGovernor:
         accepted = self.stats.accepted - self.drafts_at[1]
         rate = accepted / drafted if drafted else 0.0
         self.mode, self.count = "spec", 0
+        self.lost = self.lost + 1 if spec < plain else 0
+        self.last = {"spec_tok_s": round(spec, 1), "plain_tok_s": round(plain, 1),
+                     "accepted": round(rate, 3), "slower_in_a_row": self.lost}  # fmt: skip
         where = f" ({self.label})" if self.label else ""
         if drafted and rate < self.min_acceptance:
             self.mode = "off"
             self.off = ("auto_disabled_low_acceptance", f"{rate:.0%} accepted{where}")
-        elif spec < plain:
+        elif self.lost >= self.losses:
             self.mode = "off"
             self.off = ("auto_disabled_no_speedup",
-                        f"{spec:.1f} tok/s with drafts, {plain:.1f} without{where}")  # fmt: skip
+                        f"{spec:.1f} tok/s with drafts, {plain:.1f} without, "
+                        f"{self.lost} probe(s) in a row{where}")  # fmt: skip
+        elif self.lost:
+            log.info("speculation probe%s: %.1f tok/s with drafts, %.1f without (%d of %d "
+                     "in a row before it turns off)", where, spec, plain, self.lost,
+                     self.losses)  # fmt: skip
         if self.mode == "off":
+            self.lost = 0
             self.state.set(False, *self.off)
         self._reset()
 
@@ -78,10 +98,11 @@ def bucket(decoding: int) -> int:
 class Speculation:
     def __init__(self, state: SpeculationState, stats: SpecStats | None,
                  min_acceptance: float = 0.0, max_batch: int = 16,
-                 schedule: tuple[int, int, int] = (64, 8, 512)):  # fmt: skip
+                 schedule: tuple[int, int, int, int] = (64, 8, 512, 2)):  # fmt: skip
         """state: as loading resolved it; stats: the drafter's counts (None: no drafter);
         max_batch: the most sequences decoding together that still speculate; schedule: the
-        governors' (probe every, probe steps, cooldown) in steps."""
+        governors' (probe every, probe steps, cooldown) in steps and slower probes in a row
+        that turn speculation off."""
         self.schedule = schedule
         self.state = state
         self.stats = stats
@@ -101,9 +122,9 @@ class Speculation:
         size = bucket(decoding)
         if size not in self.governors:
             label = "batch size 1" if size == 1 else f"batch size {size // 2 + 1}-{size}"
-            every, steps, cooldown = self.schedule
+            every, steps, cooldown, losses = self.schedule
             self.governors[size] = SpeedGovernor(self.state, self.stats, self.min_acceptance,
-                                                 every, steps, cooldown, label)  # fmt: skip
+                                                 every, steps, cooldown, label, losses)  # fmt: skip
         return self.governors[size]
 
     def header(self) -> str:
@@ -164,4 +185,5 @@ class Speculation:
             out["max_batch"] = self.max_batch
             out["by_batch_size"] = {g.label: g.mode if g.mode != "off" else f"off: {g.off[0]}"
                                     for g in self.governors.values()}  # fmt: skip
+            out["last_probe"] = {g.label: g.last for g in self.governors.values() if g.last}
         return out

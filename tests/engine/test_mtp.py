@@ -221,7 +221,7 @@ def test_sampling_with_mtp_keeps_the_distribution(prompts, batch):
     assert len(support) <= 12 and tv < 0.2, (tv, plain.most_common(6), spec.most_common(6))
 
 
-def _governor(min_acceptance=0.0):
+def _governor(min_acceptance=0.0, losses=2):
     from cluster.engine.mtp import SpecStats
     from cluster.engine.spec_control import SpeedGovernor
     from cluster.engine.speculation import SpeculationState
@@ -229,11 +229,9 @@ def _governor(min_acceptance=0.0):
     state = SpeculationState("mtp", 2)
     state.set(True, None)
     stats = SpecStats(2)
-    return (
-        SpeedGovernor(state, stats, min_acceptance, probe_every=4, probe_len=2, cooldown=3),
-        state,
-        stats,
-    )
+    gov = SpeedGovernor(state, stats, min_acceptance, probe_every=4, probe_len=2, cooldown=3,
+                        losses=losses)  # fmt: skip
+    return gov, state, stats
 
 
 def _cycle(gov, stats, spec_rate, plain_rate, accepted=1):
@@ -246,7 +244,7 @@ def _cycle(gov, stats, spec_rate, plain_rate, accepted=1):
 
 
 def test_governor_turns_speculation_off_when_it_is_slower_and_retries():
-    gov, state, stats = _governor()
+    gov, state, stats = _governor(losses=1)
     _cycle(gov, stats, spec_rate=3, plain_rate=2)
     assert state.active and gov.mode == "spec"
     _cycle(gov, stats, spec_rate=1, plain_rate=2)
@@ -255,6 +253,21 @@ def test_governor_turns_speculation_off_when_it_is_slower_and_retries():
     for _ in range(3):  # cooldown: plain steps
         gov.observe(False, 1.0, 2)
     assert gov.allow() and state.active  # tries again
+
+
+def test_one_slower_probe_does_not_turn_speculation_off():
+    """Hysteresis: a probe is a few steps, and one noisy probe must not switch a batch size
+    off; `losses` slower probes in a row do, and a faster probe in between starts over."""
+    gov, state, stats = _governor(losses=2)
+    _cycle(gov, stats, spec_rate=1, plain_rate=2)
+    assert state.active and gov.mode == "spec" and gov.last["slower_in_a_row"] == 1
+    _cycle(gov, stats, spec_rate=3, plain_rate=2)  # faster: the count starts over
+    assert state.active and gov.last["slower_in_a_row"] == 0
+    _cycle(gov, stats, spec_rate=1, plain_rate=2)
+    assert state.active and state.fallbacks == {}
+    _cycle(gov, stats, spec_rate=1, plain_rate=2)  # the second in a row
+    assert not state.active and state.reason == "auto_disabled_no_speedup"
+    assert "2 probe(s) in a row" in gov.off[1]
 
 
 def test_governor_turns_speculation_off_on_low_acceptance():
