@@ -184,6 +184,7 @@ def tp2_inventory(tmp_path) -> Path:
     return path
 
 
+@pytest.mark.slow  # about 5 minutes (three playbook runs, one a pip install): `make test-slow`
 @pytest.mark.timeout(600)
 def test_playbook_installs_renders_is_idempotent_and_its_units_serve(tmp_path, tp2_inventory):
     prefix = tmp_path / "prefix"
