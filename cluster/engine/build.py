@@ -60,10 +60,12 @@ def context_length(config: dict, engine: EngineConfig) -> int:
 
 
 def build_engine(path, config: EngineConfig, model_id: str, group=None):
+    from ..models import dsa_indexer
     from ..models.dsa_sparse import install
     from .engine import Engine
 
     model, tokenizer, model_config = load_model(path, group)
+    dsa_indexer.install(model)
     if config.sparse_prefill:
         log.info("sparse DSA prefill on %d attention layers", install(model))
     state = speculation.resolve(config, path, model_config)
@@ -73,6 +75,7 @@ def build_engine(path, config: EngineConfig, model_id: str, group=None):
         from .mtp import MTPDrafter
 
         mtp = load_mtp_layer(model, path, model_config, config.mtp_weights, group, config.mtp_bits)
+        dsa_indexer.install(mtp)
         if config.sparse_prefill:
             install(mtp)
         k = config.num_speculative_tokens
@@ -88,6 +91,7 @@ def build_engine(path, config: EngineConfig, model_id: str, group=None):
         from .draft import DraftModelDrafter
 
         draft_model, _ = load(str(config.draft_model))  # small: every rank runs all of it
+        dsa_indexer.install(draft_model)
         drafter = DraftModelDrafter(draft_model, config.num_speculative_tokens)
     elif state.active and config.speculation == "ngram":
         from .ngram import NgramDrafter

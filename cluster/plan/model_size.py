@@ -97,7 +97,7 @@ def model_size(c: dict) -> ModelSize:
     per_mtp = att_rep + att_shard + mtp_rep + 2 * h * h + 4 * h
     kv = c["kv_lora_rank"] + c["qk_rope_head_dim"]
     if c.get("index_topk"):
-        kv += 2 * c["index_head_dim"]  # mlx-lm keeps a values array beside the indexer keys
+        kv += c["index_head_dim"] + 1  # the indexer's keys; its values one wide (dsa_indexer)
     return ModelSize(
         total=total,
         active=active,

@@ -1,0 +1,62 @@
+"""The indexer's cache without its dead values: the same tokens as mlx-lm's stock model, past
+index_topk (where the indexer chooses keys) and through a prefix-cache hit, with less KV."""
+
+import copy
+import json
+from pathlib import Path
+
+import mlx.core as mx
+import mlx_lm
+
+from cluster.config import EngineConfig
+from cluster.engine.build import build_engine
+from cluster.models import dsa_indexer
+from cluster.plan.model_size import model_size
+from cluster.types import EngineRequest, RequestId, SamplingParams
+
+TRAINED = Path(__file__).resolve().parents[2] / "cluster" / "fixture" / "trained"
+
+
+def _greedy(model, prompt: list[int], n: int) -> tuple[list[int], list]:
+    cache = model.make_cache()
+    logits = model(mx.array([prompt]), cache=cache)
+    out = []
+    for _ in range(n):
+        token = int(mx.argmax(logits[0, -1]).item())
+        out.append(token)
+        logits = model(mx.array([[token]]), cache=cache)
+    return out, cache
+
+
+def test_keys_only_indexer_decodes_as_mlx_lm_does_with_a_quarter_less_kv():
+    stock, _ = mlx_lm.load(str(TRAINED))
+    ours = copy.deepcopy(stock)
+    assert dsa_indexer.install(ours) == len(ours.model.layers)
+    prompt = [(i * 37) % 3000 + 50 for i in range(300)]  # past index_topk (128): sparse decode
+    want, stock_cache = _greedy(stock, prompt, 24)
+    got, our_cache = _greedy(ours, prompt, 24)
+    assert got == want
+    for theirs, mine in zip(stock_cache, our_cache, strict=True):
+        assert mx.array_equal(theirs.caches[1].keys, mine.caches[1].keys)  # the same keys
+        assert mine.caches[1].values.shape[-1] == 1
+    stock_bytes = sum(c.nbytes for c in stock_cache)
+    assert sum(c.nbytes for c in our_cache) < 0.75 * stock_bytes
+
+
+def test_engine_kv_per_token_matches_the_planner_and_a_cached_prefix_gives_the_same_tokens():
+    engine, _ = build_engine(str(TRAINED), EngineConfig(), "m")
+    config = json.loads((TRAINED / "config.json").read_text())
+    layers, mtp = config["num_hidden_layers"], config["num_nextn_predict_layers"]
+    planned = model_size(config).kv_bytes_per_token  # bf16, main layers and the MTP layer
+    assert engine.kv.per_token == planned // 2 // (layers + mtp) * 4 * layers  # fp32, main only
+    params = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
+    prompt = tuple((i * 53) % 3000 + 50 for i in range(260))
+    outs = []
+    for i in range(2):  # the second request starts from the first one's cached prefix
+        engine.add_request(EngineRequest(RequestId(f"r{i}"), prompt, params))
+        tokens = []
+        while engine.has_work():
+            tokens += [t for e in engine.step() for t in e.token_ids]
+        outs.append(tokens)
+    assert engine.cache.stats.hits > 0
+    assert outs[0] == outs[1] and len(outs[0]) == 12
