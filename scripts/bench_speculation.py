@@ -10,13 +10,15 @@ between them, `batch` concurrent streaming requests each (greedy, no early stop)
 is per request, from its first to its last streamed token.
 
 Each row's ideal speed-up comes from its measured acceptance and step costs:
-(D x MAL + E) x P / (D x (P + k x d + (v - p)) + E x P), with D the steps that verified a
-draft and E those that had none (n-gram without a match: one token at plain cost), MAL the
-mean acceptance length, P the plain server's measured step (one over its per-request tok/s),
-and d, v, p one draft (MTP layer and LM head; 0 for n-gram), one verify forward of k+1 tokens
-and one plain step, measured at that batch size and TP layout before the servers start (at
-TP 2 on two ranks over `ring`, so the all-reduces are in them). Efficiency is the measured
-speed-up over that ideal.
+(V + E + A / b) x P / (V x (P + k x d + (v - p)) + E x P), with V the batched forwards that
+verified drafts, E the speculative steps where no row had a draft (n-gram without a match: a
+plain step), A the drafts accepted over all rows, b the batch size (a row without a draft
+still rides its batch's verify forward, for one token), P the plain server's measured step
+(one over its per-request tok/s), and d, v, p one draft (MTP layer and LM head; 0 for n-gram),
+one verify forward of k+1 tokens and one plain step, measured at that batch size and TP layout
+before the servers start (at TP 2 on two ranks over `ring`, so the all-reduces are in them).
+At batch 1 with a draft every step this is MAL x P / (P + k x d + (v - p)). Efficiency is the
+measured speed-up over that ideal.
 
 Workloads: `code` (8 code prompts), `edit` (the prompt holds a file and the start of its copy
 with a name changed: the output repeats the file, as an agent editing it does), `free` (text
@@ -215,13 +217,15 @@ def main() -> None:
                 per_pos = [a - c for a, c in zip(after["accepted_per_position"],
                                                   before["accepted_per_position"], strict=True)]  # fmt: skip
                 p, s = statistics.median(got["plain"]), statistics.median(got["spec"])
-                empty = after["empty_steps"] - before["empty_steps"]
+                verified = after["verify_steps"] - before["verify_steps"]
+                empty = after["no_draft_steps"] - before["no_draft_steps"]
                 mal = 1 + accepted / drafts if drafts else 1.0
                 plain_step, draft, verify = costs[b]
                 big_p = 1 / p
-                # Steps with no proposal (n-gram without a match) decode one token at plain cost.
+                # Steps with no proposal in any row (n-gram without a match) are plain steps.
                 spec_step = big_p + args.k * draft + (verify - plain_step)
-                ideal = (drafts * mal + empty) * big_p / (drafts * spec_step + empty * big_p)
+                tokens = verified + empty + accepted / b  # per row
+                ideal = tokens * big_p / (verified * spec_step + empty * big_p)
                 eff = (s / p) / ideal
                 state = after["summary"] if "summary" in after else after.get("reason")
                 speed.append(f"| TP {tp} | {b} | {p:.1f} | {s:.1f} | **{s / p:.2f}x** | {mal:.2f} "

@@ -31,7 +31,11 @@ class SpecStats:
     by_source: dict[str, int] = field(default_factory=dict)
     """Drafts by where they came from, when a drafter combines several (mtp+ngram)."""
     empty: int = 0
-    """Speculative steps whose drafter had nothing to propose (n-gram: no match)."""
+    """Rows of speculative steps whose drafter had nothing to propose (n-gram: no match)."""
+    verify_steps: int = 0
+    """Batched forwards that verified drafts (one per speculative step with any draft)."""
+    no_draft_steps: int = 0
+    """Speculative steps where no row had a draft: decoded as a plain step."""
 
     def __post_init__(self):
         self.accepted_per_pos = [0] * self.k
@@ -61,6 +65,8 @@ class SpecStats:
             "speculative_steps": self.speculative_steps,
             "plain_steps": self.plain_steps,
             "empty_steps": self.empty,
+            "verify_steps": self.verify_steps,
+            "no_draft_steps": self.no_draft_steps,
         } | ({"drafts_by_source": dict(self.by_source)} if self.by_source else {})
 
 

@@ -204,12 +204,14 @@ class ModelRunner:
         proposals = drafter.propose_batch(seqs, own)
         width = max(len(drafts) for drafts, _ in proposals)
         if width == 0:  # no row has a draft (n-gram: no match anywhere): a plain step
+            drafter.stats.no_draft_steps += 1
             for _ in seqs:
                 drafter.stats.record(0, 0)
             sampled = self._sample(seqs, self._decode())
             return {seq: [token] for seq, token in sampled.items()}
         rows = [[seq.tokens[-1], *d, *[0] * (width - len(d))]
                 for seq, (d, _) in zip(seqs, proposals, strict=True)]  # fmt: skip
+        drafter.stats.verify_steps += 1
         hidden = self.model.model(mx.array(rows), cache=main)
         logits = self.model.lm_head(hidden)
         out, kept = {}, []

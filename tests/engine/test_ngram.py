@@ -84,3 +84,18 @@ def test_mtp_and_ngram_together_in_a_batch_stay_identical(tok):
     assert stats["summary"] == "mtp+ngram;k=3" and stats["accepted_tokens"] > 0
     by = stats["drafts_by_source"]
     assert by["ngram"] > 0 and by["mtp"] > 0 and sum(by.values()) == stats["drafts"]
+
+
+def test_ngram_in_a_batch_counts_forwards_apart_from_rows(tok):
+    """A batch's verify forward serves every row, drafted or not: the step counts (what the
+    benchmark's ideal divides by) are per forward, the draft counts per row."""
+    prompts = [tok.encode(t, add_special_tokens=False) for t in (REPEAT, FREE, REPEAT[20:])]
+    base, _ = run_lengths(EngineConfig(), prompts, [40, 24, 32])
+    config = EngineConfig(speculation="ngram", num_speculative_tokens=3)
+    spec, engine = run_lengths(config, prompts, [40, 24, 32])
+    assert spec == base
+    stats = engine.spec.to_json()
+    rows = stats["drafts"] + stats["empty_steps"]
+    forwards = stats["verify_steps"] + stats["no_draft_steps"]
+    assert stats["verify_steps"] > 0 and forwards < rows  # three rows share each forward
+    assert stats["verify_steps"] <= stats["drafts"]  # a verify forward has a drafted row
