@@ -12,6 +12,8 @@ choice of keys, same outputs.
 import mlx.core as mx
 from mlx_lm.models.deepseek_v32 import Indexer
 
+from . import swap_class
+
 
 class _KeysOnly:
     """The indexer's cache as the indexer sees it: values written and replaced one wide."""
@@ -39,9 +41,4 @@ class KeysOnlyIndexer(Indexer):
 def install(module) -> int:
     """Switch every DSA indexer in `module` (a model, or an MTP layer) to the keys-only cache
     view; returns how many were switched."""
-    switched = 0
-    for _, child in module.named_modules():
-        if type(child) is Indexer:
-            child.__class__ = KeysOnlyIndexer
-            switched += 1
-    return switched
+    return swap_class(module, Indexer, KeysOnlyIndexer)

@@ -13,6 +13,8 @@ sharded under TP exactly as in mlx-lm (the latents and the indexer are replicate
 import mlx.core as mx
 from mlx_lm.models.deepseek_v32 import DeepseekV32Attention
 
+from . import swap_class
+
 QUERY_BLOCK = 256
 """Queries gathered at once: bounds the gathered latents (block x k x latent width)."""
 
@@ -67,9 +69,4 @@ def _gather(keys: mx.array, idx: mx.array) -> mx.array:
 def install(model) -> int:
     """Switch every DSA attention of `model` (main layers, and an MTP layer's block when passed
     one) to sparse prefill; returns how many were switched."""
-    switched = 0
-    for _, module in model.named_modules():
-        if type(module) is DeepseekV32Attention:
-            module.__class__ = SparseDSAAttention
-            switched += 1
-    return switched
+    return swap_class(model, DeepseekV32Attention, SparseDSAAttention)

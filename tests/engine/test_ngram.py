@@ -71,16 +71,20 @@ def test_sampling_with_ngram_keeps_the_distribution(tok):
     assert tv < 0.2, (tv, plain.most_common(6), spec.most_common(6))
 
 
-def test_mtp_and_ngram_together_in_a_batch_stay_identical(tok):
-    # A repeating prompt (the lookup agrees with MTP: its draft is taken) beside free text
-    # (MTP drafts alone), decoding together; each row keeps its own, the output is plain's.
+def _batch_of_three(tok, method: str) -> dict:
+    """A repeating prompt, free text and a shorter repeat decoding together with `method`:
+    the output is plain decoding's; returns the speculation status."""
     prompts = [tok.encode(t, add_special_tokens=False) for t in (REPEAT, FREE, REPEAT[20:])]
-
     base, _ = run_lengths(EngineConfig(), prompts, [40, 24, 32])
-    config = EngineConfig(speculation="mtp+ngram", num_speculative_tokens=3)
+    config = EngineConfig(speculation=method, num_speculative_tokens=3)
     spec, engine = run_lengths(config, prompts, [40, 24, 32])
     assert spec == base
-    stats = engine.spec.to_json()
+    return engine.spec.to_json()
+
+
+def test_mtp_and_ngram_together_in_a_batch_stay_identical(tok):
+    # The repeating rows take the lookup's draft (it agrees with MTP), free text MTP's alone.
+    stats = _batch_of_three(tok, "mtp+ngram")
     assert stats["summary"] == "mtp+ngram;k=3" and stats["accepted_tokens"] > 0
     by = stats["drafts_by_source"]
     assert by["ngram"] > 0 and by["mtp"] > 0 and sum(by.values()) == stats["drafts"]
@@ -89,12 +93,7 @@ def test_mtp_and_ngram_together_in_a_batch_stay_identical(tok):
 def test_ngram_in_a_batch_counts_forwards_apart_from_rows(tok):
     """A batch's verify forward serves every row, drafted or not: the step counts (what the
     benchmark's ideal divides by) are per forward, the draft counts per row."""
-    prompts = [tok.encode(t, add_special_tokens=False) for t in (REPEAT, FREE, REPEAT[20:])]
-    base, _ = run_lengths(EngineConfig(), prompts, [40, 24, 32])
-    config = EngineConfig(speculation="ngram", num_speculative_tokens=3)
-    spec, engine = run_lengths(config, prompts, [40, 24, 32])
-    assert spec == base
-    stats = engine.spec.to_json()
+    stats = _batch_of_three(tok, "ngram")
     rows = stats["drafts"] + stats["empty_steps"]
     forwards = stats["verify_steps"] + stats["no_draft_steps"]
     assert stats["verify_steps"] > 0 and forwards < rows  # three rows share each forward
