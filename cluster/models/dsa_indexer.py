@@ -7,6 +7,11 @@ sequence's KV, live and in the prefix cache; the built-in model: 28%). Here the 
 cache through a view that keeps the values one number wide, so the batch, rollback, snapshot
 and disk code, which handle any value width, carry almost nothing for them. Same keys, same
 choice of keys, same outputs.
+
+It also scores a long prompt chunk's queries a block at a time. mlx-lm scores every query of a
+chunk against every key at once, a [heads, chunk, keys] array (GLM-5, a 2,048-token chunk at
+100K tokens of context: 32 x 2048 x 100K in bf16, 13 GB, on every rank, far past the plan's
+headroom); a block of 256 queries needs an eighth of that, with the same scores and choice.
 """
 
 import mlx.core as mx
@@ -33,9 +38,43 @@ class _KeysOnly:
         setattr(self._cache, name, value)
 
 
+QUERY_BLOCK = 256
+"""Queries a prefill chunk's indexer scores at once."""
+
+
 class KeysOnlyIndexer(Indexer):
     def __call__(self, x: mx.array, qr: mx.array, mask, cache=None):
-        return super().__call__(x, qr, mask, cache=_KeysOnly(cache) if cache is not None else None)
+        view = _KeysOnly(cache) if cache is not None else None
+        if x.shape[1] <= QUERY_BLOCK:
+            return super().__call__(x, qr, mask, cache=view)
+        return self._blocked(x, qr, mask, view)
+
+    def _blocked(self, x: mx.array, qr: mx.array, mask, cache) -> mx.array | None:
+        """mlx-lm's scores (ReLU of each head's q.k, weighted per query and head, summed over
+        heads in its order) and top-k choice, a block of queries at a time."""
+        b, s, _ = x.shape
+        q = self.wq_b(qr).reshape(b, s, self.n_heads, self.head_dim).swapaxes(1, 2)
+        k = self.k_norm(self.wk(x)).reshape(b, 1, s, self.head_dim)
+        offset = cache.offset if cache is not None else 0
+        q, k = self.rope(q, offset=offset), self.rope(k, offset=offset)
+        if cache is not None:
+            k, _ = cache.update_and_fetch(k, k)
+            cache.values = mx.zeros_like(cache.keys)  # one wide, through the view
+        if k.shape[2] <= self.index_topk:
+            return None
+        weights = self.weights_proj(x) * (self.n_heads**-0.5 * self.softmax_scale)
+        weights = weights.swapaxes(-1, -2)[..., None]  # [b, heads, s, 1]
+        keys = k.swapaxes(-1, -2)
+        picks = []
+        for start in range(0, s, QUERY_BLOCK):
+            rows = slice(start, min(s, start + QUERY_BLOCK))
+            scores = mx.maximum(q[:, :, rows] @ keys, 0) * weights[:, :, rows]
+            scores = sum(scores[:, h : h + 1] for h in range(self.n_heads))
+            if mask is not None:
+                scores = mx.where(mask[..., rows, :], scores, -float("inf"))
+            top = mx.argpartition(scores, kth=-self.index_topk, axis=-1)
+            picks.append(top[..., -self.index_topk :])
+        return mx.concatenate(picks, axis=2)
 
 
 def install(module) -> int:

@@ -60,3 +60,27 @@ def test_engine_kv_per_token_matches_the_planner_and_a_cached_prefix_gives_the_s
         outs.append(tokens)
     assert engine.cache.stats.hits > 0
     assert outs[0] == outs[1] and len(outs[0]) == 12
+
+
+def test_a_long_chunk_picks_the_same_keys_a_block_of_queries_at_a_time():
+    """Past QUERY_BLOCK queries the indexer scores a block at a time (mlx-lm scores the whole
+    chunk against every key at once): the same keys are chosen, chunk after chunk."""
+    from mlx_lm.models.base import create_attention_mask
+
+    stock, _ = mlx_lm.load(str(TRAINED))
+    ours = copy.deepcopy(stock)
+    dsa_indexer.install(ours)
+    assert dsa_indexer.QUERY_BLOCK < 300
+    mx.random.seed(3)
+    caches = [stock.make_cache(), ours.make_cache()]
+    for n in (300, 700):  # a first chunk, then one attending to both
+        x = mx.random.normal((1, n, 128))
+        for layer in (1, 3):
+            picked = []
+            for model, cache in zip((stock, ours), caches, strict=True):
+                attn = model.model.layers[layer].self_attn
+                qr = attn.q_a_layernorm(attn.q_a_proj(x))
+                mask = create_attention_mask(x, cache[layer][1], return_array=True)
+                picked.append(mx.sort(attn.indexer(x, qr, mask, cache=cache[layer][1]), axis=-1))
+            assert picked[0].shape == picked[1].shape == (1, 1, n, 128)
+            assert mx.array_equal(picked[0], picked[1])
