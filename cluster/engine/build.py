@@ -65,7 +65,7 @@ def build_engine(path, config: EngineConfig, model_id: str, group=None):
     from .engine import Engine
 
     model, tokenizer, model_config = load_model(path, group)
-    dsa_indexer.install(model)
+    keys_only = dsa_indexer.install(model) > 0
     if config.sparse_prefill:
         log.info("sparse DSA prefill on %d attention layers", install(model))
     state = speculation.resolve(config, path, model_config)
@@ -99,7 +99,8 @@ def build_engine(path, config: EngineConfig, model_id: str, group=None):
         drafter = NgramDrafter(config.num_speculative_tokens, config.ngram_min, config.ngram_max)
     max_len = context_length(model_config, config)
     eos = tuple(sorted(tokenizer.eos_token_ids))
-    disk, disk_off = disk_tier(path, config, group)
+    adapt = dsa_indexer.narrow_stored if keys_only else None
+    disk, disk_off = disk_tier(path, config, group, adapt)
     engine = Engine(model, set(eos), config, max_len, model_id, drafter, state, disk, disk_off)
     info = ModelInfo(
         model_id, engine.max_model_len, eos, model_config.get("model_type", "?"),
@@ -108,7 +109,7 @@ def build_engine(path, config: EngineConfig, model_id: str, group=None):
     return engine, info
 
 
-def disk_tier(path, config: EngineConfig, group=None):
+def disk_tier(path, config: EngineConfig, group=None, adapt=None):
     """(the prefix cache's disk tier, None) or (None, why it is off) when one was asked for."""
     from .disk_cache import DiskTier
 
@@ -124,7 +125,7 @@ def disk_tier(path, config: EngineConfig, group=None):
         return None, why
     root = Path(config.prefix_cache_disk_dir) / model_fingerprint(path)
     agree = group_min(group) if group is not None and group.size() > 1 else None
-    return DiskTier(root, config.prefix_cache_disk_bytes, config.block_size, agree), None
+    return DiskTier(root, config.prefix_cache_disk_bytes, config.block_size, agree, adapt), None
 
 
 def group_min(group):

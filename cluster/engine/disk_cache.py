@@ -70,8 +70,11 @@ def read_metadata(path: Path) -> dict[str, str]:
 
 
 class DiskTier:
-    def __init__(self, root: str | Path, capacity_bytes: int, block_size: int, agree=None):
+    def __init__(self, root: str | Path, capacity_bytes: int, block_size: int, agree=None,
+                 adapt=None):  # fmt: skip
+        """adapt: applied to the cache objects of every file read (files of an older layout)."""
         self.root = Path(root)
+        self.adapt = adapt or (lambda caches: caches)
         self.agree = agree or (lambda value: value)
         """Under TP, the smallest of a value over the ranks (a collective every rank calls at
         the same point): each rank has files of its own, a hit must be a hit on all of them."""
@@ -253,7 +256,7 @@ class DiskTier:
             return None
         self.files.move_to_end(name)
         self.stats.loaded += 1
-        return tokens, hashes, cache
+        return tokens, hashes, self.adapt(cache)
 
     def blocks(self) -> set[BlockHash]:
         """Every block on disk or being written."""

@@ -15,6 +15,7 @@ headroom); a block of 256 queries needs an eighth of that, with the same scores 
 """
 
 import mlx.core as mx
+from mlx_lm.models.cache import CacheList, KVCache
 from mlx_lm.models.deepseek_v32 import Indexer
 
 from . import swap_class
@@ -81,3 +82,14 @@ def install(module) -> int:
     """Switch every DSA indexer in `module` (a model, or an MTP layer) to the keys-only cache
     view; returns how many were switched."""
     return swap_class(module, Indexer, KeysOnlyIndexer)
+
+
+def narrow_stored(caches: list) -> list:
+    """Caches stored by a build whose indexer values were as wide as its keys (a disk tier's
+    files from before): their values cut to one wide, so they batch with today's caches."""
+    for layer in caches:
+        if isinstance(layer, CacheList) and len(layer.caches) == 2:
+            index = layer.caches[1]
+            if isinstance(index, KVCache) and index.values is not None:
+                index.values = index.values[..., :1]
+    return caches

@@ -84,3 +84,36 @@ def test_a_long_chunk_picks_the_same_keys_a_block_of_queries_at_a_time():
                 picked.append(mx.sort(attn.indexer(x, qr, mask, cache=cache[layer][1]), axis=-1))
             assert picked[0].shape == picked[1].shape == (1, 1, n, 128)
             assert mx.array_equal(picked[0], picked[1])
+
+
+def test_a_disk_tier_file_from_before_batches_with_todays_caches(tmp_path):
+    """A file written when the indexer's values were as wide as its keys (mlx-lm's layout)
+    comes back one wide, joins a batch of today's caches and decodes as mlx-lm would."""
+    from array import array
+
+    from cluster.engine.disk_cache import DiskTier
+
+    stock, _ = mlx_lm.load(str(TRAINED))
+    ours = copy.deepcopy(stock)
+    dsa_indexer.install(ours)
+    prompt = [(i * 37) % 3000 + 50 for i in range(160)]
+    old = stock.make_cache()
+    mx.eval(stock(mx.array([prompt]), cache=old))
+    assert old[0].caches[1].values.shape[-1] > 1  # the old layout
+    writer = DiskTier(tmp_path, 1 << 30, 16)  # an older build's tier wrote it
+    writer.put(array("I", prompt), array("Q", range(1, 11)), old)
+    writer.close()
+    tier = DiskTier(tmp_path, 1 << 30, 16, adapt=dsa_indexer.narrow_stored)  # today's
+    matched, name = tier.match(list(range(1, 11)))
+    loaded = tier.load(name)
+    assert matched == 10 and loaded is not None
+    restored = loaded[2]
+    assert all(layer.caches[1].values.shape[-1] == 1 for layer in restored)
+    fresh = ours.make_cache()
+    mx.eval(ours(mx.array([prompt]), cache=fresh))
+    batch = [type(a).merge([a, b]) for a, b in zip(restored, fresh, strict=True)]
+    step = ours(mx.array([[7], [7]]), cache=batch)
+    want = stock(mx.array([[7]]), cache=old)
+    assert mx.allclose(step[0, -1], want[0, -1], atol=1e-4) and mx.allclose(
+        step[1, -1], step[0, -1]
+    )
