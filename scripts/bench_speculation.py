@@ -225,7 +225,8 @@ def main() -> None:
                 # Steps with no proposal in any row (n-gram without a match) are plain steps.
                 spec_step = big_p + args.k * draft + (verify - plain_step)
                 tokens = verified + empty + accepted / b  # per row
-                ideal = tokens * big_p / (verified * spec_step + empty * big_p)
+                steps = verified * spec_step + empty * big_p
+                ideal = tokens * big_p / steps if steps else 1.0  # none: the governor kept it off
                 eff = (s / p) / ideal
                 state = after["summary"] if "summary" in after else after.get("reason")
                 speed.append(f"| TP {tp} | {b} | {p:.1f} | {s:.1f} | **{s / p:.2f}x** | {mal:.2f} "

@@ -85,7 +85,6 @@ class SpeedGovernor:
                      "in a row before it turns off)", where, spec, plain, self.lost,
                      self.losses)  # fmt: skip
         if self.mode == "off":
-            self.lost = 0
             self.state.set(False, *self.off)
         self._reset()
 
