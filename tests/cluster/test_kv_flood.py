@@ -2,12 +2,15 @@
 that can, a flood of long prompts waits its turn, and memory stays bounded."""
 
 import concurrent.futures as cf
+import json
 import threading
 import time
 
 import httpx
 import openai
 import pytest
+
+from cluster.plan.model_size import model_size
 
 BUDGET = 3_000_000
 
@@ -27,10 +30,15 @@ def replica(srv) -> dict:
     return httpx.get(f"{srv.url}/v1/status", timeout=10).json()["replicas"][0]
 
 
-def test_what_the_budget_cannot_hold_gets_a_400_naming_what_it_can(srv):
+def test_what_the_budget_cannot_hold_gets_a_400_naming_what_it_can(srv, model_dir):
     kv = replica(srv)["engine"]["kv"]
     cap = kv["capacity_tokens"]
     assert kv["budget_bytes"] == BUDGET and 0 < cap < 4096
+    # Bytes per position as the planner counts them (the indexer's values one wide), fp32 here.
+    config = json.loads((model_dir / "config.json").read_text())
+    layers, mtp = config["num_hidden_layers"], config["num_nextn_predict_layers"]
+    planned = model_size(config).kv_bytes_per_token // 2 // (layers + mtp)
+    assert kv["per_token_bytes"] == planned * 4 * layers
     assert httpx.get(f"{srv.url}/v1/status").json()["max_model_len"] == cap
     with pytest.raises(openai.BadRequestError) as info:
         srv.client().completions.create(
