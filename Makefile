@@ -5,8 +5,9 @@ STAMP  := $(VENV)/.installed
 PYTHON ?= python3
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 OPENBLAS := /usr/lib/$(shell uname -m)-linux-gnu/libopenblas.so.0
-# Tests that run MLX in-process get OpenBLAS too (served processes preload it themselves).
-PRELOAD   = $(if $(wildcard $(OPENBLAS)),LD_PRELOAD=$(OPENBLAS),)
+# Tests that run MLX in-process get OpenBLAS too, its idle threads sleeping (served processes
+# set both themselves: cluster/launch/blas.py).
+PRELOAD   = $(if $(wildcard $(OPENBLAS)),LD_PRELOAD=$(OPENBLAS) OPENBLAS_THREAD_TIMEOUT=4,)
 
 .PHONY: serve test test-unit test-slow lint format os-deps venv clean
 

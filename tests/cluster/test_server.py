@@ -10,6 +10,8 @@ import openai
 import pytest
 from transformers import AutoTokenizer
 
+from cluster.launch.blas import THREAD_TIMEOUT, openblas_path
+
 GREEDY = {"temperature": 0.0}
 NO_EOS = {"ignore_eos": True}
 
@@ -319,6 +321,19 @@ def test_the_coordinator_process_never_loads_mlx(server):
     server.client().models.list()  # it has served a request
     maps = Path(f"/proc/{server.proc.pid}/maps").read_text()
     assert "mlx" not in maps
+
+
+@pytest.mark.skipif(not openblas_path(), reason="OpenBLAS is a Linux package")
+def test_the_rank_runs_openblas_with_idle_threads_sleeping(server):
+    """The served rank has OpenBLAS mapped and its workers' spin-wait cut short (spinning, they
+    took a core from decoding; the measured effect is in cluster/launch/blas.py)."""
+    from cluster.bench.cluster_process import rank_pids
+
+    server.client().models.list()
+    (pid,) = rank_pids(server.env["CLUSTER_HOME"]).values()
+    assert "libopenblas" in Path(f"/proc/{pid}/maps").read_text()
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    assert f"OPENBLAS_THREAD_TIMEOUT={THREAD_TIMEOUT}".encode() in environ
 
 
 def test_a_huge_prompt_being_tokenized_does_not_stall_other_streams(server):

@@ -149,3 +149,16 @@ def test_byte_stream_detokenizer_equals_window_decoding():
     a = "".join(fast.add([t]) for t in ids) + fast.flush()
     b = "".join(slow.add([t]) for t in ids) + slow.flush()
     assert a == b == tok.decode(ids)
+
+
+def test_openblas_env_preloads_and_lets_idle_threads_sleep(monkeypatch):
+    from cluster.launch import blas
+
+    monkeypatch.setattr(blas, "openblas_path", lambda: "/lib/libopenblas.so.0")
+    monkeypatch.setattr(blas.platform, "system", lambda: "Linux")
+    env = blas.openblas_env({"LD_PRELOAD": "/lib/other.so"})
+    assert env["LD_PRELOAD"] == "/lib/libopenblas.so.0:/lib/other.so"
+    assert env["OPENBLAS_THREAD_TIMEOUT"] == blas.THREAD_TIMEOUT
+    assert blas.openblas_env({"OPENBLAS_THREAD_TIMEOUT": "20"})["OPENBLAS_THREAD_TIMEOUT"] == "20"
+    monkeypatch.setattr(blas, "openblas_path", lambda: None)  # not installed: nothing set
+    assert "OPENBLAS_THREAD_TIMEOUT" not in blas.openblas_env({})
