@@ -58,4 +58,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from cluster.launch.blas import reexec_with_openblas
+
+    reexec_with_openblas(script=True)  # OpenBLAS, as served ranks have it
     main()

@@ -37,9 +37,11 @@ def openblas_env(env: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def reexec_with_openblas() -> None:
-    """Restart this process once with OpenBLAS preloaded, if it is present and not yet loaded."""
+def reexec_with_openblas(script: bool = False) -> None:
+    """Restart this process once with OpenBLAS preloaded, if it is present and not yet loaded:
+    `python -m cluster ...`, or with `script` the script being run (those that measure MLX
+    in their own process, so a reader's rerun measures what the README does)."""
     if os.environ.get(ENV_FLAG) or not openblas_path():
         return
-    env = openblas_env()
-    os.execve(sys.executable, [sys.executable, "-m", "cluster", *sys.argv[1:]], env)
+    argv = sys.argv if script else ["-m", "cluster", *sys.argv[1:]]
+    os.execve(sys.executable, [sys.executable, *argv], openblas_env())
