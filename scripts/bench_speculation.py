@@ -18,7 +18,10 @@ still rides its batch's verify forward, for one token), P the plain server's mea
 one verify forward of k+1 tokens and one plain step, measured at that batch size and TP layout
 before the servers start (at TP 2 on two ranks over `ring`, so the all-reduces are in them).
 At batch 1 with a draft every step this is MAL x P / (P + k x d + (v - p)). Efficiency is the
-measured speed-up over that ideal.
+measured speed-up over that ideal. A second ideal prices every step from the in-process costs
+alone, P replaced by p: (V + E + A / b) x p / (V x (v + k x d) + E x p) (served steps run
+slower than in-process ones on a busy machine, and the first ideal adds the verify's extra cost
+unscaled to the slower P).
 
 Workloads: `code` (8 code prompts), `edit` (the prompt holds a file and the start of its copy
 with a name changed: the output repeats the file, as an agent editing it does), `free` (text
@@ -228,9 +231,12 @@ def main() -> None:
                 steps = verified * spec_step + empty * big_p
                 ideal = tokens * big_p / steps if steps else 1.0  # none: the governor kept it off
                 eff = (s / p) / ideal
+                local = verified * (verify + args.k * draft) + empty * plain_step
+                ideal_local = tokens * plain_step / local if local else 1.0
                 state = after["summary"] if "summary" in after else after.get("reason")
                 speed.append(f"| TP {tp} | {b} | {p:.1f} | {s:.1f} | **{s / p:.2f}x** | {mal:.2f} "
-                             f"| {ideal:.2f}x | {eff:.2f} | {state} |")  # fmt: skip
+                             f"| {ideal:.2f}x | {eff:.2f} | {ideal_local:.2f}x "
+                             f"| {(s / p) / ideal_local:.2f} | {state} |")  # fmt: skip
                 cells = " | ".join(f"{x / drafts:.1%}" if drafts else "-" for x in per_pos)
                 accept.append(f"| {args.workload}, TP {tp}, batch {b} | {cells} | {mal:.2f} |")
         finally:
@@ -238,8 +244,9 @@ def main() -> None:
                 stop(proc)
     method = f"{args.method} k={args.k}"
     print(f"| layout | batch | decode tok/s, no speculation | {method} | speed-up | mean "
-          "acceptance length | ideal | efficiency | state |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|")
+          "acceptance length | ideal | efficiency | ideal, in-process costs | efficiency "
+          "against it | state |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(speed))
     print()
     print("| workload | " + " | ".join(f"Pos {i + 1}" for i in range(args.k)) + " | Avg Length |")
