@@ -4,8 +4,10 @@
 
 Starts, on the random-weight fixture, a cluster with `OPENBLAS_THREAD_TIMEOUT=4` (what
 `cluster/launch/blas.py` sets) and one with 28 (OpenBLAS's default, about 0.1 s of spinning),
-at TP 1 and then at TP 2 over `ring`, both alive, measured in turn (the idle one sits idle). Per round and cluster: decode tok/s over 6 sequential and 16 requests 8
-at a time (64 tokens, streamed, greedy), and the time to first token of a ~4,800-token prompt.
+at TP 1 and then at TP 2 over `ring`, both alive, measured in turn (the idle one sits idle).
+Per round and cluster, through the benchmark's streaming client (`cluster/bench/runner.py`,
+chat completions, greedy): output tok/s over 6 sequential requests and over 16 requests 8 at a
+time (64 tokens each), and the time to first token of a ~4,800-token prompt.
 Prints medians and the ratios sleeping / spinning.
 """
 
@@ -18,40 +20,27 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cluster.bench.cluster_process import start_cluster, stop  # noqa: E402
+from cluster.bench.prompts import Prompt  # noqa: E402
+from cluster.bench.runner import run_phase  # noqa: E402
 from cluster.fixture.model import write_fixture  # noqa: E402
 
 SETTINGS = {"sleeping": "4", "spinning": "28"}
 
 
-async def load(url: str, n: int, conc: int, max_tokens: int = 64, lines: int = 4):
-    """(decode tok/s over the whole load, median time to first token in s)."""
-    async with httpx.AsyncClient(timeout=600) as http:
-        sem = asyncio.Semaphore(conc)
-
-        async def one(i: int) -> float:
-            async with sem:
-                prompt = f"def f{i}_{time.time_ns()}(x):\n" + "    y = x + 1\n" * lines
-                body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
-                        "stream": True, "ignore_eos": True}  # fmt: skip
-                start, first = time.perf_counter(), None
-                async with http.stream("POST", f"{url}/v1/completions", json=body) as r:
-                    r.raise_for_status()
-                    async for line in r.aiter_lines():
-                        if '"error"' in line:
-                            raise RuntimeError(f"{url}: {line}")
-                        if first is None and line.startswith("data: {"):
-                            first = time.perf_counter() - start
-                return first or 0.0
-
-        t = time.perf_counter()
-        firsts = await asyncio.gather(*(one(i) for i in range(n)))
-        return n * max_tokens / (time.perf_counter() - t), statistics.median(firsts)
+def load(url: str, n: int, conc: int, max_tokens: int = 64, lines: int = 4):
+    """(output tok/s over the whole load, median time to first token in s), through the
+    benchmark's own streaming client; any failed request stops the run."""
+    nonce = time.time_ns()  # every prompt new to both servers' prefix caches
+    prompts = [Prompt(f"p{i}", f"def f{i}_{nonce}(x):\n" + "    y = x + 1\n" * lines)
+               for i in range(n)]  # fmt: skip
+    phase = asyncio.run(run_phase("blas", url, None, prompts, conc, max_tokens))
+    if failed := [r.error for r in phase.results if not r.ok]:
+        raise RuntimeError(f"{url}: {failed[0]}")
+    return phase.throughput, statistics.median(r.ttft_s for r in phase.results)
 
 
 def main() -> None:
@@ -62,11 +51,11 @@ def main() -> None:
     rows = []
     for tp in (1, 2):
         inventory = ROOT / "inventory" / ("local.yaml" if tp == 1 else "local-tp2.yaml")
-        clusters, homes = {}, {}
+        clusters = {}
         for name, timeout in SETTINGS.items():
-            homes[name] = tempfile.mkdtemp(prefix=f"blas-{name}-")
             os.environ["OPENBLAS_THREAD_TIMEOUT"] = timeout
-            clusters[name] = start_cluster(homes[name], "--model", model,
+            home = tempfile.mkdtemp(prefix=f"blas-{name}-")
+            clusters[name] = start_cluster(home, "--model", model,
                                            "--inventory", str(inventory))  # fmt: skip
         os.environ.pop("OPENBLAS_THREAD_TIMEOUT")
 
@@ -76,9 +65,9 @@ def main() -> None:
                 order = list(clusters) if r % 2 else list(clusters)[::-1]
                 for name in order:
                     url = clusters[name][1]
-                    c1, _ = asyncio.run(load(url, 6, 1))
-                    c8, _ = asyncio.run(load(url, 16, 8))
-                    _, ttft = asyncio.run(load(url, 1, 1, max_tokens=1, lines=600))
+                    c1, _ = load(url, 6, 1)
+                    c8, _ = load(url, 16, 8)
+                    _, ttft = load(url, 1, 1, max_tokens=1, lines=600)
                     if r:  # the first round warms up
                         got[name]["c1"].append(c1)
                         got[name]["c8"].append(c8)
@@ -91,7 +80,7 @@ def main() -> None:
         rows.append(f"| TP {tp} | {s['c1']:.0f} / {p['c1']:.0f} = **{s['c1'] / p['c1']:.2f}x** "
                     f"| {s['c8']:.0f} / {p['c8']:.0f} = **{s['c8'] / p['c8']:.2f}x** "
                     f"| {s['ttft']:.2f} / {p['ttft']:.2f} s = {s['ttft'] / p['ttft']:.2f}x |")  # fmt: skip
-    print("| layout | decode tok/s, 1 stream, sleeping / spinning | 8 streams | "
+    print("| layout | output tok/s, 1 stream, sleeping / spinning | 8 streams | "
           "TTFT of a ~4,800-token prompt |")  # fmt: skip
     print("|---|---|---|---|")
     print("\n".join(rows))

@@ -10,7 +10,8 @@ THREAD_TIMEOUT = "4"
 """OpenBLAS's idle workers sleep after 2**4 cycles instead of spinning 2**28 (its default, about
 0.1 s): a decode step's small matrix products leave them idle between steps, and spinning they
 took a core from the rank's own compute thread and from the other processes on the node
-(`scripts/blas_spin.py`: decode 1.03-1.16x at TP 1, 1.45-1.59x at TP 2 over `ring`)."""
+(`scripts/blas_spin.py`, two runs: output 1.03-1.16x at TP 1, 1.13-1.61x at TP 2 over
+`ring`)."""
 
 
 def openblas_path() -> str | None:
