@@ -60,12 +60,15 @@ def context_length(config: dict, engine: EngineConfig) -> int:
 
 
 def build_engine(path, config: EngineConfig, model_id: str, group=None):
-    from ..models import dsa_indexer
+    from ..models import cpu_fused, dsa_indexer
     from ..models.dsa_sparse import install
     from .engine import Engine
 
     model, tokenizer, model_config = load_model(path, group)
     keys_only = dsa_indexer.install(model) > 0
+    fuse = cpu_fused.install if config.fuse_cpu_ops else (lambda _: 0)
+    if fused := fuse(model):
+        log.info("%d norms and RoPEs compiled into fused CPU kernels", fused)
     if config.sparse_prefill:
         log.info("sparse DSA prefill on %d attention layers", install(model))
     state = speculation.resolve(config, path, model_config)
@@ -76,6 +79,7 @@ def build_engine(path, config: EngineConfig, model_id: str, group=None):
 
         mtp = load_mtp_layer(model, path, model_config, config.mtp_weights, group, config.mtp_bits)
         dsa_indexer.install(mtp)
+        fuse(mtp)
         if config.sparse_prefill:
             install(mtp)
         k = config.num_speculative_tokens
@@ -92,6 +96,7 @@ def build_engine(path, config: EngineConfig, model_id: str, group=None):
 
         draft_model, _ = load(str(config.draft_model))  # small: every rank runs all of it
         dsa_indexer.install(draft_model)
+        fuse(draft_model)
         drafter = DraftModelDrafter(draft_model, config.num_speculative_tokens)
     elif state.active and config.speculation == "ngram":
         from .ngram import NgramDrafter

@@ -1,0 +1,100 @@
+"""Norms and RoPE compiled into fused kernels, for MLX's CPU backend.
+
+On the CPU, `mx.fast.rms_norm`, `layer_norm` and `rope` have no kernels: each call runs its
+fallback, a chain of 6 to 20 small ops, and every op costs the host a dispatch to the CPU
+stream. A one-token decode step of the built-in model is about 1,400 ops, and the host's
+per-op work, not the arithmetic, sets its pace. Compiled, each call's elementwise ops run as
+a few fused kernels: the same ops, the same results bit for bit, fewer dispatches.
+Metal has real kernels for all three; there nothing is swapped.
+"""
+
+import mlx.core as mx
+import mlx.nn as nn
+
+MAX_POSITIONS = 16
+"""Compiled code is traced once per input shape, so only decode and verify steps (at most this
+many positions a row) take the compiled path; prompt chunks keep the fallback."""
+
+
+def _rms_norm(x: mx.array, weight: mx.array, eps: float) -> mx.array:
+    return mx.fast.rms_norm(x, weight, eps)
+
+
+def _layer_norm(x: mx.array, weight: mx.array, bias: mx.array, eps: float) -> mx.array:
+    return mx.fast.layer_norm(x, weight, bias, eps)
+
+
+def _layer_norm_bare(x: mx.array, eps: float) -> mx.array:
+    return mx.fast.layer_norm(x, None, None, eps)
+
+
+# Per shape, not shapeless: a shapeless trace computes each norm's divisor as one more op.
+_rms_norm_c = mx.compile(_rms_norm)
+_layer_norm_c = mx.compile(_layer_norm)
+_layer_norm_bare_c = mx.compile(_layer_norm_bare)
+
+
+def _short(x: mx.array) -> bool:
+    return x.ndim >= 2 and x.shape[-2] <= MAX_POSITIONS
+
+
+class FusedRMSNorm(nn.RMSNorm):
+    def __call__(self, x: mx.array) -> mx.array:
+        if not _short(x):
+            return super().__call__(x)
+        return _rms_norm_c(x, self["weight"], self.eps)
+
+
+class FusedLayerNorm(nn.LayerNorm):
+    def __call__(self, x: mx.array) -> mx.array:
+        if not _short(x):
+            return super().__call__(x)
+        if "weight" not in self:
+            return _layer_norm_bare_c(x, self.eps)
+        bias = self["bias"] if "bias" in self else mx.zeros_like(self["weight"])
+        return _layer_norm_c(x, self["weight"], bias, self.eps)
+
+
+class _FusedRoPE:
+    """Mixed into a RoPE class: its own computation, compiled for short array-offset inputs."""
+
+    def __call__(self, x: mx.array, offset=0, **kwargs) -> mx.array:
+        plain = super().__call__  # the RoPE class's own
+        if kwargs or not isinstance(offset, mx.array) or not _short(x):
+            return plain(x, offset=offset, **kwargs)
+        fused = self.__dict__.get("_fused")
+        if fused is None:
+            fused = self.__dict__["_fused"] = mx.compile(lambda y, o: plain(y, offset=o))
+        return fused(x, offset)
+
+
+_rope_classes: dict[type, type] = {}
+
+
+def _fused_rope_class(cls: type) -> type:
+    if cls not in _rope_classes:
+        _rope_classes[cls] = type(f"Fused{cls.__name__}", (_FusedRoPE, cls), {})
+    return _rope_classes[cls]
+
+
+def _is_rope(module) -> bool:
+    return type(module).__name__.endswith("RoPE") and not isinstance(module, _FusedRoPE)
+
+
+def install(module) -> int:
+    """On the CPU backend, switch `module`'s norms and RoPEs to their compiled forms; returns
+    how many were switched (0 on Metal)."""
+    if mx.default_device() != mx.cpu:
+        return 0
+    switched = 0
+    for _, child in module.named_modules():
+        if type(child) is nn.RMSNorm:
+            child.__class__ = FusedRMSNorm
+        elif type(child) is nn.LayerNorm:
+            child.__class__ = FusedLayerNorm
+        elif _is_rope(child):
+            child.__class__ = _fused_rope_class(type(child))
+        else:
+            continue
+        switched += 1
+    return switched
