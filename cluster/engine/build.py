@@ -66,7 +66,9 @@ def build_engine(path, config: EngineConfig, model_id: str, group=None):
 
     model, tokenizer, model_config = load_model(path, group)
     keys_only = dsa_indexer.install(model) > 0
-    fuse = cpu_fused.install if config.fuse_cpu_ops else (lambda _: 0)
+    # RoPE's tables cover every position a sequence reaches, drafts past its end included.
+    positions = context_length(model_config, config) + 2 * cpu_fused.MAX_POSITIONS
+    fuse = (lambda m: cpu_fused.install(m, positions)) if config.fuse_cpu_ops else (lambda _: 0)
     if fused := fuse(model):
         log.info("%d norms and RoPEs compiled into fused CPU kernels", fused)
     if config.sparse_prefill:

@@ -1,15 +1,20 @@
-"""Norms and RoPE compiled into fused kernels, for MLX's CPU backend.
+"""Fewer ops per decode step on MLX's CPU backend: norms and RoPE compiled into fused kernels,
+weights' transposes made once.
 
 On the CPU, `mx.fast.rms_norm`, `layer_norm` and `rope` have no kernels: each call runs its
 fallback, a chain of 6 to 20 small ops, and every op costs the host a dispatch to the CPU
 stream. A one-token decode step of the built-in model is about 1,400 ops, and the host's
 per-op work, not the arithmetic, sets its pace. Compiled, each call's elementwise ops run as
-a few fused kernels: the same ops, the same results bit for bit, fewer dispatches.
-Metal has real kernels for all three; there nothing is swapped.
+a few fused kernels; a linear layer's `W.T` is a view made once, not a transpose op per call.
+The same arithmetic, the same results bit for bit, fewer dispatches. Metal has real kernels
+for the three and cheaper dispatches; there nothing is swapped.
 """
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx_lm.models.deepseek_v32 import MultiLinear
+
+from .rope_table import TableRoPE
 
 MAX_POSITIONS = 16
 """Compiled code is traced once per input shape, so only decode and verify steps (at most this
@@ -55,6 +60,30 @@ class FusedLayerNorm(nn.LayerNorm):
         return _layer_norm_c(x, self["weight"], bias, self.eps)
 
 
+def _transposed(module, name: str, axes: tuple[int, ...]) -> mx.array:
+    """`module[name]` with `axes` transposed, made once: a view of the same buffer."""
+    weight = module[name]
+    held = module.__dict__.get("_transposed")
+    if held is None or held[0] is not weight:
+        view = mx.transpose(weight, axes)
+        mx.eval(view)
+        held = module.__dict__["_transposed"] = (weight, view)
+    return held[1]
+
+
+class FusedLinear(nn.Linear):
+    """x @ W.T, with W.T made once rather than a transpose op per call."""
+
+    def __call__(self, x: mx.array) -> mx.array:
+        wt = _transposed(self, "weight", (1, 0))
+        return mx.addmm(self["bias"], x, wt) if "bias" in self else x @ wt
+
+
+class FusedMultiLinear(MultiLinear):
+    def __call__(self, x: mx.array, transpose: bool = True) -> mx.array:
+        return x @ _transposed(self, "weight", (0, 2, 1)) if transpose else x @ self.weight
+
+
 class _FusedRoPE:
     """Mixed into a RoPE class: its own computation, compiled for short array-offset inputs."""
 
@@ -78,20 +107,29 @@ def _fused_rope_class(cls: type) -> type:
 
 
 def _is_rope(module) -> bool:
-    return type(module).__name__.endswith("RoPE") and not isinstance(module, _FusedRoPE)
+    name = type(module).__name__
+    return name.endswith("RoPE") and not isinstance(module, (_FusedRoPE, TableRoPE))
 
 
-def install(module) -> int:
-    """On the CPU backend, switch `module`'s norms and RoPEs to their compiled forms; returns
-    how many were switched (0 on Metal)."""
+def install(module, positions: int) -> int:
+    """On the CPU backend, switch `module`'s norms, linear layers and RoPEs to their forms with
+    fewer ops (positions: every position a sequence can reach, for RoPE's tables); returns how
+    many were switched (0 on Metal)."""
     if mx.default_device() != mx.cpu:
         return 0
     switched = 0
     for _, child in module.named_modules():
-        if type(child) is nn.RMSNorm:
+        if type(child) is nn.RoPE:
+            child.__class__ = TableRoPE
+            child.positions, child.short = positions, MAX_POSITIONS
+        elif type(child) is nn.RMSNorm:
             child.__class__ = FusedRMSNorm
         elif type(child) is nn.LayerNorm:
             child.__class__ = FusedLayerNorm
+        elif type(child) is nn.Linear:
+            child.__class__ = FusedLinear
+        elif type(child) is MultiLinear:
+            child.__class__ = FusedMultiLinear
         elif _is_rope(child):
             child.__class__ = _fused_rope_class(type(child))
         else:
