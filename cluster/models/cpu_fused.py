@@ -13,6 +13,7 @@ for the three and cheaper dispatches; there nothing is swapped.
 import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models.deepseek_v32 import MultiLinear
+from mlx_lm.models.switch_layers import SwitchLinear
 
 from .rope_table import TableRoPE
 
@@ -84,6 +85,15 @@ class FusedMultiLinear(MultiLinear):
         return x @ _transposed(self, "weight", (0, 2, 1)) if transpose else x @ self.weight
 
 
+class FusedSwitchLinear(SwitchLinear):
+    """An expert bank's gather_mm against W^T made once."""
+
+    def __call__(self, x: mx.array, indices: mx.array, sorted_indices: bool = False):
+        wt = _transposed(self, "weight", (0, 2, 1))
+        x = mx.gather_mm(x, wt, rhs_indices=indices, sorted_indices=sorted_indices)
+        return x + mx.expand_dims(self["bias"][indices], -2) if "bias" in self else x
+
+
 class _FusedRoPE:
     """Mixed into a RoPE class: its own computation, compiled for short array-offset inputs."""
 
@@ -130,6 +140,8 @@ def install(module, positions: int) -> int:
             child.__class__ = FusedLinear
         elif type(child) is MultiLinear:
             child.__class__ = FusedMultiLinear
+        elif type(child) is SwitchLinear:
+            child.__class__ = FusedSwitchLinear
         elif _is_rope(child):
             child.__class__ = _fused_rope_class(type(child))
         else:
