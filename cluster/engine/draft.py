@@ -1,16 +1,19 @@
 """Draft-model speculation: a small model with the target's vocabulary proposes k tokens.
 
-The draft model keeps its own KV cache on the sequence. Steps that decode without drafts (a
-batch, a probe) do not run it; the next speculative step first feeds it the tokens it missed,
-in one forward. Under tensor parallelism every rank runs the whole (small) draft model.
+The draft model's caches ride after the main model's in a sequence's cache list, so batching,
+filtering, the prefix cache and per-row rollback treat them like the main model's: a batch
+drafts every row at once, k batched forwards of the draft model. Prompts go through it as they
+prefill; batched plain steps do not run it: it catches up on them in one forward when it is
+needed (a speculative step, a batch change). Under tensor parallelism every rank runs the whole
+(small) draft model.
 """
 
 import mlx.core as mx
-from mlx_lm.models.cache import make_prompt_cache, trim_prompt_cache
+from mlx_lm.models.cache import make_prompt_cache
 
 from .drafter import Drafter
-from .kv_budget import STEP
-from .mtp import SpecStats, pick_draft
+from .kv import SlotOrder, trim_rows
+from .mtp import MAX_PENDING, SpecStats, pick_draft
 
 
 class DraftModelDrafter(Drafter):
@@ -18,34 +21,65 @@ class DraftModelDrafter(Drafter):
         self.model = model
         self.k = k
         self.stats = SpecStats(k)
+        self.pending: list[mx.array] = []
+        """Batched plain steps' tokens [B, 1] the draft model has not seen yet."""
 
-    def own_kv_bytes_per_token(self) -> int:
-        """The draft model's cache on each sequence, measured as the runner measures its own:
-        a fresh cache grows by one step at its first token."""
-        cache = make_prompt_cache(self.model)
-        mx.eval(self.model(mx.array([[0]]), cache=cache), [c.state for c in cache])
-        return max(1, round(sum(c.nbytes for c in cache) / STEP))
+    def make_cache(self) -> list:
+        return make_prompt_cache(self.model)
 
-    def propose(self, seq, caches=None) -> tuple[list[int], list[mx.array | None]]:
-        """k draft tokens after seq's last token, and the distributions they came from (the
-        target's caches are not needed: the draft model keeps its own on the sequence)."""
-        if seq.draft_cache is None:
-            seq.draft_cache, seq.draft_len = make_prompt_cache(self.model), 0
-        missed = mx.array([seq.tokens[seq.draft_len :]])  # at least the last token
-        logits = self.model(missed, cache=seq.draft_cache)[0, -1]
-        drafts, dists = [], []
-        for i in range(self.k):
-            token, probs = pick_draft(seq, logits)
-            drafts.append(token)
-            dists.append(probs)
-            if i + 1 < self.k:  # speculative entries; trimmed after verification
-                logits = self.model(token.reshape(1, 1), cache=seq.draft_cache)[0, -1]
-        seq.draft_len = len(seq.tokens) + self.k - 1
-        return [int(t) for t in mx.stack(drafts).tolist()], dists
+    def after_prefill(self, hidden, tokens, caches, carry) -> None:
+        self.model(tokens, cache=caches)
 
-    def rollback(self, seq, drafts: list[int], accepted: int, hidden=None, caches=None) -> None:
-        """Keep the draft cache's entries for the accepted drafts, drop the rest."""
-        extra = self.k - 1 - min(accepted, self.k - 1)
-        if extra:
-            trim_prompt_cache(seq.draft_cache, extra)
-            seq.draft_len -= extra
+    def after_decode(self, seqs, tokens, caches) -> None:
+        self.pending.append(tokens)
+        if len(self.pending) >= MAX_PENDING:
+            self.sync(caches)
+
+    def sync(self, caches) -> None:
+        if self.pending:
+            self.model(mx.concatenate(self.pending, axis=1), cache=caches)
+            self.pending = []
+
+    def cancel_last(self, caches) -> None:
+        # Pending steps are always the latest ones: the last step is pending or written.
+        if self.pending:
+            self.pending.pop()
+        else:
+            for cache in caches:
+                cache.trim(1)
+
+    def filter(self, index: mx.array) -> None:
+        self.pending = [t[index] for t in self.pending]
+
+    def reset(self) -> None:
+        self.pending = []
+
+    def propose_batch(self, seqs, caches) -> list[tuple[list[int], list]]:
+        """k draft tokens after each row's last token, every row in one draft-model forward
+        per draft position, and the distributions they came from (greedy: none). The last
+        draft is fed too, so the draft caches hold what the verify forward gets."""
+        self.sync(caches)
+        tokens = mx.array([[s.tokens[-1]] for s in seqs])
+        steps, dists = [], [[] for _ in seqs]
+        greedy = all(s.request.sampling.greedy for s in seqs)
+        for _ in range(self.k):
+            logits = self.model(tokens, cache=caches)[:, -1]
+            if greedy:
+                drafted = mx.argmax(logits, axis=-1)
+                for row in dists:
+                    row.append(None)
+            else:
+                picked = [pick_draft(s, logits[r]) for r, s in enumerate(seqs)]
+                drafted = mx.stack([t for t, _ in picked])
+                for row, (_, probs) in zip(dists, picked, strict=True):
+                    row.append(probs)
+            steps.append(drafted)
+            tokens = drafted[:, None]
+        self.model(tokens, cache=caches)  # its logits are not needed, only its cache entries
+        drafts = mx.stack(steps, axis=1).tolist()
+        return list(zip(drafts, dists, strict=True))
+
+    def rollback_batch(self, seqs, proposals, accepted, hidden, caches) -> None:
+        """Each row keeps its last token and its accepted drafts, as the main model does."""
+        orders = [s.slot_orders.setdefault("drafter", SlotOrder()) for s in seqs]
+        trim_rows(caches, [self.k - a for a in accepted], orders)

@@ -31,9 +31,7 @@ class Sequence:
     carry: Any = None
     """Main-model hidden state at the last computed position, for the MTP layer."""
     draft_cache: Any = None
-    """The drafter's own state: a draft model's KV cache (holding `draft_len` tokens), an
-    n-gram index."""
-    draft_len: int = 0
+    """The drafter's own per-sequence state kept outside the cache list: an n-gram index."""
     draft_tokens: int = 0
     """Draft tokens proposed for this sequence (speculative decoding)."""
     accepted_tokens: int = 0

@@ -10,6 +10,7 @@ from cluster.config import EngineConfig
 from cluster.engine.build import build_engine
 from cluster.fixture.model import FixtureSize, write_fixture
 from cluster.model_store import TRAINED
+from cluster.types import EngineRequest, RequestId
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +59,51 @@ def test_greedy_with_a_weak_draft_and_a_batch_stays_identical(prompts, weak_draf
     assert engine.spec.state.fallbacks.get("batch_size_above_limit", 0) >= 1
     assert stats.plain_steps > 0 and stats.drafts > 0
     assert stats.accepted < stats.draft_tokens
+
+
+def test_a_batch_drafts_every_row_in_one_forward_per_position(prompts, weak_draft):
+    """Rows joining mid-flight and a prompt seen before (its draft-model KV comes back from the
+    prefix cache with the main model's): the same tokens as plain decoding, and each draft
+    position of a batch is one forward of the draft model over every row."""
+
+    def staggered(config):
+        engine, _ = build_engine(TRAINED, config, "glm-5-fixture")
+        shapes = []
+        if engine.runner.drafter is not None:
+            model = engine.runner.drafter.model
+            forward = type(model).__call__
+            type(model).__call__ = lambda self, x, *a, **k: (
+                shapes.append(x.shape),
+                forward(self, x, *a, **k),
+            )[1]
+        out, cached, done = {}, {}, set()
+        try:
+            long = prompts[0] * 5
+            for i, (p, n) in enumerate([(long, 12), (prompts[1], 40)]):
+                engine.add_request(EngineRequest(RequestId(str(i)), tuple(p), greedy(n)))
+            for _ in range(200):
+                if "0" in done and "2" not in out:  # joins row 1 mid-flight, from the cache
+                    engine.add_request(EngineRequest(RequestId("2"), tuple(long), greedy(16)))
+                    out["2"] = []
+                for event in engine.step():
+                    out.setdefault(event.request_id, []).extend(event.token_ids)
+                    cached[event.request_id] = max(cached.get(event.request_id, 0),
+                                                   event.cached_tokens)  # fmt: skip
+                    if event.finish_reason:
+                        done.add(event.request_id)
+                if not engine.has_work():
+                    break
+        finally:
+            if engine.runner.drafter is not None:
+                type(model).__call__ = forward
+        return [out[str(i)] for i in range(3)], engine, shapes, cached
+
+    base, _, _, _ = staggered(EngineConfig())
+    spec, engine, shapes, cached = staggered(draft_config(weak_draft, k=3))
+    assert spec == base and len(spec[2]) == 16 and cached["2"] > 0
+    assert engine.runner.drafter.stats.drafts > 0
+    # Drafting forwards take one token a row: two rows draft in [2, 1] forwards.
+    assert (2, 1) in shapes
 
 
 @pytest.mark.parametrize("which", ["weak", "target"])
