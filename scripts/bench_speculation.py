@@ -16,7 +16,9 @@ plain step), A the drafts accepted over all rows, b the batch size (a row withou
 still rides its batch's verify forward, for one token), P the plain server's measured step
 (one over its per-request tok/s), and d, v, p one draft (MTP layer and LM head; 0 for n-gram),
 one verify forward of k+1 tokens and one plain step, measured at that batch size and TP layout
-before the servers start (at TP 2 on two ranks over `ring`, so the all-reduces are in them).
+before the servers start (at TP 2 on two ranks over `ring`, so the all-reduces are in them), on
+the model in the forms the servers run (`served_forms`: the fused CPU ops, the keys-only DSA
+indexer) and on batch caches, as a decoding batch holds its rows.
 At batch 1 with a draft every step this is MAL x P / (P + k x d + (v - p)). Efficiency is the
 measured speed-up over that ideal. A second ideal prices every step from the in-process costs
 alone, P replaced by p: (V + E + A / b) x p / (V x (v + k x d) + E x p) (served steps run
@@ -101,8 +103,10 @@ def _lower_quartile(fn, trim: int, layers) -> float:
 def _costs_at(model, mtp, b: int, k: int) -> tuple[float, float, float]:
     import mlx.core as mx
 
+    from cluster.engine.runner import batch_cache
+
     prompt = mx.array([[(i * 13 + r) % 3000 + 50 for i in range(128)] for r in range(b)])
-    cache = model.make_cache()
+    cache = batch_cache(model.make_cache(), [0] * b)  # as a decoding batch holds its rows
     hidden = model.model(prompt, cache=cache)
     mx.eval(hidden)
 
@@ -113,7 +117,7 @@ def _costs_at(model, mtp, b: int, k: int) -> tuple[float, float, float]:
     verify = _lower_quartile(forward(k + 1), k + 1, cache)
     if mtp is None:
         return plain, 0.0, verify
-    embed, mtp_cache = model.model.embed_tokens, mtp.make_cache()
+    embed, mtp_cache = model.model.embed_tokens, batch_cache([mtp.make_cache()], [0] * b)[0]
     mx.eval(mtp(hidden[:, :-1], embed(prompt[:, 1:]), cache=mtp_cache))
     token, h = mx.full((b, 1), 7), hidden[:, -1:, :]
 
@@ -126,11 +130,14 @@ def _costs_at(model, mtp, b: int, k: int) -> tuple[float, float, float]:
 def step_costs(model_dir: Path, batches: list[int], k: int, method: str, group=None) -> dict:
     """(plain step, one draft, verify of k+1 tokens) in seconds per batch size, on this
     process's shard when `group` is a tensor-parallel group."""
-    from cluster.engine.build import load_model
+    from cluster.config import EngineConfig
+    from cluster.engine.build import load_model, served_forms
     from cluster.models.glm_moe_dsa_mtp import load_mtp_layer
 
     model, _, config = load_model(model_dir, group)
     mtp = load_mtp_layer(model, model_dir, config, None, group) if "mtp" in method else None
+    for module in (model, mtp) if mtp is not None else (model,):  # as the servers run them
+        served_forms(module, EngineConfig(), config)
     return {b: _costs_at(model, mtp, b, k) for b in batches}
 
 

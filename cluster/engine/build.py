@@ -59,20 +59,32 @@ def context_length(config: dict, engine: EngineConfig) -> int:
     return engine.max_model_len or min(native, 32768)
 
 
-def build_engine(path, config: EngineConfig, model_id: str, group=None):
+def served_forms(module, config: EngineConfig, model_config: dict) -> int:
+    """Give a loaded model (or MTP layer, or draft model) the forms a rank computes with: DSA's
+    keys-only indexer cache, sparse prefill, the fused CPU ops. Returns how many modules
+    took a fused CPU form."""
     from ..models import cpu_fused, dsa_indexer
     from ..models.dsa_sparse import install
+
+    dsa_indexer.install(module)
+    if config.sparse_prefill:
+        install(module)
+    if not config.fuse_cpu_ops:
+        return 0
+    # RoPE's tables cover every position a sequence reaches, drafts past its end included.
+    positions = context_length(model_config, config) + 2 * cpu_fused.MAX_POSITIONS
+    return cpu_fused.install(module, positions)
+
+
+def build_engine(path, config: EngineConfig, model_id: str, group=None):
+    from ..models import dsa_indexer
     from .engine import Engine
 
     model, tokenizer, model_config = load_model(path, group)
-    keys_only = dsa_indexer.install(model) > 0
-    # RoPE's tables cover every position a sequence reaches, drafts past its end included.
-    positions = context_length(model_config, config) + 2 * cpu_fused.MAX_POSITIONS
-    fuse = (lambda m: cpu_fused.install(m, positions)) if config.fuse_cpu_ops else (lambda _: 0)
-    if fused := fuse(model):
-        log.info("%d norms and RoPEs compiled into fused CPU kernels", fused)
-    if config.sparse_prefill:
-        log.info("sparse DSA prefill on %d attention layers", install(model))
+    fused = served_forms(model, config, model_config)
+    keys_only = any(isinstance(m, dsa_indexer.KeysOnlyIndexer) for _, m in model.named_modules())
+    if fused:
+        log.info("%d norms, RoPEs and linear layers in their fused CPU forms", fused)
     state = speculation.resolve(config, path, model_config)
     drafter = None
     if state.active and config.speculation in ("mtp", "mtp+ngram"):
@@ -80,10 +92,7 @@ def build_engine(path, config: EngineConfig, model_id: str, group=None):
         from .mtp import MTPDrafter
 
         mtp = load_mtp_layer(model, path, model_config, config.mtp_weights, group, config.mtp_bits)
-        dsa_indexer.install(mtp)
-        fuse(mtp)
-        if config.sparse_prefill:
-            install(mtp)
+        served_forms(mtp, config, model_config)
         k = config.num_speculative_tokens
         if config.speculation == "mtp":
             drafter = MTPDrafter(model, mtp, k)
@@ -97,8 +106,7 @@ def build_engine(path, config: EngineConfig, model_id: str, group=None):
         from .draft import DraftModelDrafter
 
         draft_model, _ = load(str(config.draft_model))  # small: every rank runs all of it
-        dsa_indexer.install(draft_model)
-        fuse(draft_model)
+        served_forms(draft_model, config, model_config)
         drafter = DraftModelDrafter(draft_model, config.num_speculative_tokens)
     elif state.active and config.speculation == "ngram":
         from .ngram import NgramDrafter

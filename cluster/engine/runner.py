@@ -169,7 +169,7 @@ class ModelRunner:
         longest = max(n for _, n in group)
         pads = [longest - n for _, n in group]
         tokens = mx.array([[0] * p + s.tokens[:n] for (s, n), p in zip(group, pads, strict=True)])
-        cache = [_batched(layer, pads) for layer in self.model.make_cache()]
+        cache = batch_cache(self.model.make_cache(), pads)
         hidden = self.model.model(tokens, cache=cache)
         done, pending = [], []
         for i, ((seq, n), pad) in enumerate(zip(group, pads, strict=True)):
@@ -370,6 +370,11 @@ def _batchable(layer: Any) -> bool:
     if isinstance(layer, CacheList):
         return all(_batchable(c) for c in layer.caches)
     return type(layer) is KVCache
+
+
+def batch_cache(layers: list[Any], pads: list[int]) -> list[Any]:
+    """Empty batch caches shaped like one sequence's cache list, rows left-padded by `pads`."""
+    return [_batched(layer, pads) for layer in layers]
 
 
 def _batched(layer: Any, pads: list[int]) -> Any:
