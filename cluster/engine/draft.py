@@ -13,7 +13,7 @@ from mlx_lm.models.cache import make_prompt_cache
 
 from .drafter import Drafter
 from .kv import SlotOrder, trim_rows
-from .mtp import MAX_PENDING, SpecStats, pick_draft
+from .mtp import MAX_PENDING, SpecStats, pick_drafts
 
 
 class DraftModelDrafter(Drafter):
@@ -61,18 +61,8 @@ class DraftModelDrafter(Drafter):
         self.sync(caches)
         tokens = mx.array([[s.tokens[-1]] for s in seqs])
         steps, dists = [], [[] for _ in seqs]
-        greedy = all(s.request.sampling.greedy for s in seqs)
         for _ in range(self.k):
-            logits = self.model(tokens, cache=caches)[:, -1]
-            if greedy:
-                drafted = mx.argmax(logits, axis=-1)
-                for row in dists:
-                    row.append(None)
-            else:
-                picked = [pick_draft(s, logits[r]) for r, s in enumerate(seqs)]
-                drafted = mx.stack([t for t, _ in picked])
-                for row, (_, probs) in zip(dists, picked, strict=True):
-                    row.append(probs)
+            drafted = pick_drafts(seqs, self.model(tokens, cache=caches)[:, -1], dists)
             steps.append(drafted)
             tokens = drafted[:, None]
         self.model(tokens, cache=caches)  # its logits are not needed, only its cache entries

@@ -81,6 +81,19 @@ def pick_draft(seq, logits: mx.array) -> tuple[mx.array, mx.array | None]:
     return mx.random.categorical(mx.log(probs), key=sub), probs
 
 
+def pick_drafts(seqs, logits: mx.array, dists: list[list]) -> mx.array:
+    """One draft token per row from draft logits [B, V] (one argmax for an all-greedy batch);
+    each row's distribution (None: greedy) is appended to its list in `dists`."""
+    if all(s.request.sampling.greedy for s in seqs):
+        for row in dists:
+            row.append(None)
+        return mx.argmax(logits, axis=-1)
+    picked = [pick_draft(s, logits[r]) for r, s in enumerate(seqs)]
+    for row, (_, probs) in zip(dists, picked, strict=True):
+        row.append(probs)
+    return mx.stack([t for t, _ in picked])
+
+
 def greedy_accept(drafts: list[int], best: list[int]) -> tuple[int, int]:
     """(accepted count, next token) given the target's argmax at each verified position."""
     accepted = 0
@@ -195,18 +208,8 @@ class MTPDrafter(Drafter):
         last = mx.array([[s.tokens[-1]] for s in seqs])
         out = self.mtp(carry, self.embed(last), cache=cache)
         steps, dists = [], [[] for _ in seqs]
-        greedy = all(s.request.sampling.greedy for s in seqs)
         for i in range(self.k):
-            logits = self.logits(out)[:, -1]
-            if greedy:
-                tokens = mx.argmax(logits, axis=-1)
-                for row in dists:
-                    row.append(None)
-            else:
-                picked = [pick_draft(s, logits[r]) for r, s in enumerate(seqs)]
-                tokens = mx.stack([t for t, _ in picked])
-                for row, (_, probs) in zip(dists, picked, strict=True):
-                    row.append(probs)
+            tokens = pick_drafts(seqs, self.logits(out)[:, -1], dists)
             steps.append(tokens)
             if i + 1 < self.k:  # speculative entries; trimmed after verification
                 out = self.mtp(out[:, -1:, :], self.embed(tokens[:, None]), cache=cache)

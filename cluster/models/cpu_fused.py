@@ -1,13 +1,14 @@
-"""Fewer ops per decode step on MLX's CPU backend: norms and RoPE compiled into fused kernels,
-weights' transposes made once.
+"""Fewer ops per decode step on MLX's CPU backend: norms compiled into fused kernels, RoPE from
+tables, weights' transposes made once.
 
 On the CPU, `mx.fast.rms_norm`, `layer_norm` and `rope` have no kernels: each call runs its
-fallback, a chain of 6 to 20 small ops, and every op costs the host a dispatch to the CPU
-stream. A one-token decode step of the built-in model is about 1,400 ops, and the host's
-per-op work, not the arithmetic, sets its pace. Compiled, each call's elementwise ops run as
-a few fused kernels; a linear layer's `W.T` is a view made once, not a transpose op per call.
-The same arithmetic, the same results bit for bit, fewer dispatches. Metal has real kernels
-for the three and cheaper dispatches; there nothing is swapped.
+fallback, a chain of 6 to 25 small ops, and every op costs the host a dispatch to the CPU
+stream. A one-token decode step of the built-in model was about 1,400 ops, and the host's
+per-op work, not the arithmetic, set its pace. Here a norm's elementwise ops run as one or two
+compiled kernels; nn.RoPE reads its positions' cos and sin from tables (`rope_table.py`) and
+other RoPE classes run their fallback compiled; a linear layer's `W.T` is a view made once, not
+a transpose op per call. The same arithmetic, the same results bit for bit, fewer dispatches.
+Metal has real kernels for these and cheaper dispatches; there nothing is swapped.
 """
 
 import mlx.core as mx

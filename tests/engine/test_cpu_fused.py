@@ -100,3 +100,28 @@ def test_a_decode_step_takes_fewer_ops(model_dir, tmp_path):
     plain = _ops_per_step(model_dir, False, tmp_path / "plain.dot")
     fused = _ops_per_step(model_dir, True, tmp_path / "fused.dot")
     assert fused < 0.8 * plain, (fused, plain)
+
+
+@pytest.mark.parametrize("traditional", [True, False])
+def test_rope_tables_and_scaled_ropes_match_the_fallback(traditional):
+    """nn.RoPE from its tables, partial (dims below the width) and whole; a scaled RoPE
+    (YaRN, as long-context checkpoints configure it) through its compiled fallback: the
+    fallback's values bit for bit, rows at different offsets, one and three positions."""
+    from mlx_lm.models.rope_utils import YarnRoPE
+
+    plain = [nn.RoPE(16, traditional=traditional, base=10000),
+             YarnRoPE(16, traditional=traditional, max_position_embeddings=8192,
+                      scaling_factor=4.0, original_max_position_embeddings=2048)]  # fmt: skip
+    fused = [nn.RoPE(16, traditional=traditional, base=10000),
+             YarnRoPE(16, traditional=traditional, max_position_embeddings=8192,
+                      scaling_factor=4.0, original_max_position_embeddings=2048)]  # fmt: skip
+    holder = nn.Module()
+    holder.ropes = fused
+    assert cpu_fused.install(holder, 8192) == 2
+    assert type(fused[0]).__name__ == "TableRoPE" and type(fused[1]).__name__ == "FusedYarnRoPE"
+    offsets = mx.array([0, 5, 300, 4000])
+    for width, positions in [(16, 1), (32, 1), (16, 3), (32, 3)]:
+        x = mx.random.normal((4, 2, positions, width), key=mx.random.key(width + positions))
+        for a, b in zip(plain, fused, strict=True):
+            assert mx.array_equal(a(x, offset=offsets), b(x, offset=offsets)).item()
+            assert mx.array_equal(a(x, offset=7), b(x, offset=7)).item()  # int: the fallback
