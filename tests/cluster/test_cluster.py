@@ -236,13 +236,14 @@ def test_ssh_launcher_runs_the_same_rank_command_on_each_host(model_dir, tmp_pat
 
 
 def _staggered(srv: Server, lengths: list[int]) -> list[str]:
-    """Greedy completions of PROMPTS[:len(lengths)], sent 0.15 s apart, each its own length."""
+    """Greedy completions of PROMPTS[:len(lengths)], sent 0.05 s apart (close enough for the
+    first to be decoding when the last arrives), each its own length."""
     from concurrent.futures import ThreadPoolExecutor
 
     client = srv.client()
 
     def one(i: int) -> str:
-        time.sleep(0.15 * i)
+        time.sleep(0.05 * i)
         r = client.completions.create(model=srv.model, prompt=PROMPTS[i], max_tokens=lengths[i],
                                       temperature=0, extra_body={"ignore_eos": True})  # fmt: skip
         return r.choices[0].text
