@@ -2,7 +2,8 @@
 
 The draft model's caches ride after the main model's in a sequence's cache list, so batching,
 filtering, the prefix cache and per-row rollback treat them like the main model's: a batch
-drafts every row at once, k batched forwards of the draft model. Prompts go through it as they
+drafts every row at once, k + 1 batched forwards of the draft model (the last one writes the
+last draft's cache entry). Prompts go through it as they
 prefill; batched plain steps do not run it: it catches up on them in one forward when it is
 needed (a speculative step, a batch change). Under tensor parallelism every rank runs the whole
 (small) draft model.
