@@ -86,8 +86,9 @@ class EngineConfig:
         True,
     )
     fuse_cpu_ops: bool = _help(
-        "MLX's CPU backend: run norms and RoPE, which have no CPU kernels there, as compiled "
-        "fused kernels (same results, fewer ops per step; no effect on Metal)",
+        "MLX's CPU backend: norms compiled into fused kernels, RoPE from position tables, "
+        "linear layers against a transposed view made once (same results, fewer ops per "
+        "step; no effect on Metal)",
         True,
     )
     step_timeout: float = _help(

@@ -136,8 +136,9 @@ def step_costs(model_dir: Path, batches: list[int], k: int, method: str, group=N
 
     model, _, config = load_model(model_dir, group)
     mtp = load_mtp_layer(model, model_dir, config, None, group) if "mtp" in method else None
-    for module in (model, mtp) if mtp is not None else (model,):  # as the servers run them
-        served_forms(module, EngineConfig(), config)
+    served_forms(model, EngineConfig(), config, "model")  # as the servers run them
+    if mtp is not None:
+        served_forms(mtp, EngineConfig(), config, "MTP layer")
     return {b: _costs_at(model, mtp, b, k) for b in batches}
 
 

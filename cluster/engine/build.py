@@ -59,21 +59,22 @@ def context_length(config: dict, engine: EngineConfig) -> int:
     return engine.max_model_len or min(native, 32768)
 
 
-def served_forms(module, config: EngineConfig, model_config: dict) -> int:
-    """Give a loaded model (or MTP layer, or draft model) the forms a rank computes with: DSA's
-    keys-only indexer cache, sparse prefill, the fused CPU ops. Returns how many modules
-    took a fused CPU form."""
+def served_forms(module, config: EngineConfig, model_config: dict, what: str) -> bool:
+    """Give a loaded model (or MTP layer, or draft model: `what`) the forms a rank computes
+    with: DSA's keys-only indexer cache, sparse prefill, the fused CPU ops; logs what changed.
+    Returns whether its indexers now keep keys only."""
     from ..models import cpu_fused, dsa_indexer
     from ..models.dsa_sparse import install
 
-    dsa_indexer.install(module)
-    if config.sparse_prefill:
-        install(module)
-    if not config.fuse_cpu_ops:
-        return 0
-    # RoPE's tables cover every position a sequence reaches, drafts past its end included.
-    positions = context_length(model_config, config) + 2 * cpu_fused.MAX_POSITIONS
-    return cpu_fused.install(module, positions)
+    keys_only = dsa_indexer.install(module) > 0
+    if config.sparse_prefill and (sparse := install(module)):
+        log.info("%s: sparse DSA prefill on %d attention layers", what, sparse)
+    if config.fuse_cpu_ops:
+        # RoPE's tables cover every position a sequence reaches, drafts past its end included.
+        positions = context_length(model_config, config) + 2 * cpu_fused.MAX_POSITIONS
+        if fused := cpu_fused.install(module, positions):
+            log.info("%s: %d norms, RoPEs and linear layers in fused CPU forms", what, fused)
+    return keys_only
 
 
 def build_engine(path, config: EngineConfig, model_id: str, group=None):
@@ -81,10 +82,7 @@ def build_engine(path, config: EngineConfig, model_id: str, group=None):
     from .engine import Engine
 
     model, tokenizer, model_config = load_model(path, group)
-    fused = served_forms(model, config, model_config)
-    keys_only = any(isinstance(m, dsa_indexer.KeysOnlyIndexer) for _, m in model.named_modules())
-    if fused:
-        log.info("%d norms, RoPEs and linear layers in their fused CPU forms", fused)
+    keys_only = served_forms(model, config, model_config, "model")
     state = speculation.resolve(config, path, model_config)
     drafter = None
     if state.active and config.speculation in ("mtp", "mtp+ngram"):
@@ -92,7 +90,7 @@ def build_engine(path, config: EngineConfig, model_id: str, group=None):
         from .mtp import MTPDrafter
 
         mtp = load_mtp_layer(model, path, model_config, config.mtp_weights, group, config.mtp_bits)
-        served_forms(mtp, config, model_config)
+        served_forms(mtp, config, model_config, "MTP layer")
         k = config.num_speculative_tokens
         if config.speculation == "mtp":
             drafter = MTPDrafter(model, mtp, k)
@@ -106,7 +104,7 @@ def build_engine(path, config: EngineConfig, model_id: str, group=None):
         from .draft import DraftModelDrafter
 
         draft_model, _ = load(str(config.draft_model))  # small: every rank runs all of it
-        served_forms(draft_model, config, model_config)
+        served_forms(draft_model, config, model_config, "draft model")
         drafter = DraftModelDrafter(draft_model, config.num_speculative_tokens)
     elif state.active and config.speculation == "ngram":
         from .ngram import NgramDrafter

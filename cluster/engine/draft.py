@@ -14,6 +14,7 @@ from mlx_lm.models.cache import make_prompt_cache
 
 from .drafter import Drafter
 from .kv import SlotOrder, trim_rows
+from .kv_budget import STEP
 from .mtp import MAX_PENDING, SpecStats, pick_drafts
 
 
@@ -27,6 +28,14 @@ class DraftModelDrafter(Drafter):
 
     def make_cache(self) -> list:
         return make_prompt_cache(self.model)
+
+    def own_kv_bytes_per_token(self) -> int:
+        """Its caches' bytes per position, measured as the runner measures its own (a fresh
+        cache grows by one step at its first token): a draft model's layers need not be as
+        wide as the target's."""
+        cache = self.make_cache()
+        mx.eval(self.model(mx.array([[0]]), cache=cache), [c.state for c in cache])
+        return max(1, round(sum(c.nbytes for c in cache) / STEP))
 
     def after_prefill(self, hidden, tokens, caches, carry) -> None:
         self.model(tokens, cache=caches)

@@ -18,9 +18,10 @@ class Drafter:
         """Its caches, appended to each sequence's main-model caches."""
         return []
 
-    def own_kv_bytes_per_token(self) -> int:
-        """Bytes per position of caches it keeps outside the sequence's cache list."""
-        return 0
+    def own_kv_bytes_per_token(self) -> int | None:
+        """Bytes per position of its caches, measured by the drafter (None: each of its
+        caches costs what one of the main model's layers does)."""
+        return None
 
     def after_prefill(self, hidden: mx.array, tokens: mx.array, caches: list, carry) -> None:
         """A prompt chunk `tokens` [1, L] went through the main model, giving `hidden`."""

@@ -326,8 +326,9 @@ class ModelRunner:
         cache = self.model.make_cache()
         mx.eval(self.model.model(mx.array([[0]]), cache=cache), _arrays(cache))
         per_layer = sum(c.nbytes for c in cache) / len(cache)
-        own = round(per_layer * len(self.make_cache()) / STEP)
-        return max(1, own + self.hooks.own_kv_bytes_per_token())
+        measured = self.hooks.own_kv_bytes_per_token()
+        layers = len(cache) + (len(self.hooks.make_cache()) if measured is None else 0)
+        return max(1, round(per_layer * layers / STEP) + (measured or 0))
 
     def model_bytes(self) -> int:
         return sum(v.nbytes for _, v in tree_flatten(self.model.parameters()))

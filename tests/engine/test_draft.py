@@ -138,3 +138,16 @@ def test_the_kv_budget_counts_the_draft_models_cache(weak_draft):
     main = plain.kv.per_token
     assert drafted.kv.per_token == main + main // 4
     assert drafted.stats()["kv"]["per_token_bytes"] == drafted.kv.per_token
+
+
+def test_the_kv_budget_measures_a_narrower_draft(tmp_path):
+    """A draft whose layers are narrower than the target's costs what its own caches hold,
+    not what as many of the target's layers would."""
+    size = FixtureSize(num_hidden_layers=2, first_k_dense_replace=1, kv_lora_rank=16,
+                       qk_rope_head_dim=8, index_head_dim=16)  # fmt: skip
+    narrow = write_fixture(tmp_path / "narrow", seed=2, size=size)
+    plain, _ = build_engine(TRAINED, EngineConfig(), "m")
+    drafted, _ = build_engine(TRAINED, draft_config(narrow), "m")
+    own = drafted.runner.drafter.own_kv_bytes_per_token()
+    assert drafted.kv.per_token == plain.kv.per_token + own
+    assert own < plain.kv.per_token // 2  # two layers at half width: well under half of four
