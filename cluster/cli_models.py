@@ -80,6 +80,8 @@ def _print_eval(result: dict) -> None:
         f"{result['tool_call_accuracy_thinking_on']:.1%} (thinking on); "
         f"thinking closed: {result['thinking_closed']:.1%} of {result['held_out_requests']}"
     )
+    for mode, probe in result["teacher_forced"].items():
+        print(f"teacher-forced, {mode.replace('_', ' ')}: {probe}")
 
 
 def _fixture_eval(args) -> int:
