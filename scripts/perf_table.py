@@ -4,11 +4,12 @@
 
 Starts, all on the built-in trained model: our cluster at TP 1 (and the same cluster's leader
 rank called directly over gRPC), at TP 1 with MTP (k=2), at TP 2, at TP 2 with MTP, and
-`mlx_lm.server` alone and as TP 2 over `ring` via `mlx.launch`. One bench run then takes the
-phases sequential:24, concurrent (16) and concurrent:8 on every target in turn, every request
-with a prompt no server has cached, and the table is computed from its JSON. mlx_lm's servers
-are paused (SIGSTOP) while other targets run: idle, `mlx.launch` and its ranks keep two cores
-busy. Ratios, not absolute speeds: this machine is shared and noisy.
+`mlx_lm.server` alone and as TP 2 over `ring` (its ranks started as `mlx.launch` would, without
+its polling parent: `ring_ranks`). One bench run then takes the phases sequential:24,
+concurrent (16) and concurrent:8 on every target in turn, every request with a prompt no server
+has cached, and the table is computed from its JSON. mlx_lm's servers are paused (SIGSTOP)
+while other targets run: idle, its TP 2 ranks keep the cores busy. Ratios, not absolute
+speeds: this machine is shared and noisy.
 """
 
 import argparse

@@ -1,11 +1,14 @@
 """Start and stop `cluster serve` as a subprocess, for the benchmark scripts."""
 
+import contextlib
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 from ..launch.blas import openblas_env
@@ -53,34 +56,63 @@ def rank_pids(home: str) -> dict[tuple[str, int], int]:
 
 
 def stop(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGTERM)
+    """SIGTERM to the process group `proc` leads, then wait for `proc`."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=30)
 
 
-def on_ring(ranks: int, argv: list[str]) -> list[str]:
-    """argv as `ranks` processes on this machine over MLX's `ring` backend."""
-    return [str(Path(sys.executable).with_name("mlx.launch")), "--backend", "ring",
-            "-n", str(ranks), "--", *argv]  # fmt: skip
+def ring_ranks(ranks: int, argv: list[str], env: dict[str, str] | None = None,
+               **popen) -> list[subprocess.Popen]:  # fmt: skip
+    """argv as `ranks` processes on this machine over MLX's `ring` backend (MLX_RANK and
+    MLX_HOSTFILE, as `mlx.launch` sets them), in one process group led by rank 0. Started here
+    rather than by `mlx.launch`: its parent process polls its children's pipes and keeps ~40%
+    of a core busy, which on a 2-core machine skews whatever the ranks measure."""
+    from ..launch.local import free_port
+
+    hostfile = Path(tempfile.mkdtemp(prefix="ring-")) / "hostfile.json"
+    hostfile.write_text(json.dumps([[f"127.0.0.1:{free_port()}"] for _ in range(ranks)]))
+    procs: list[subprocess.Popen] = []
+    try:
+        for rank in range(ranks):
+            group = procs[0].pid if procs else 0  # rank 0 leads a new group (in this session)
+            rank_env = (env or os.environ) | {"MLX_RANK": str(rank), "MLX_HOSTFILE": str(hostfile)}
+            # stdin: a rank never reads it, and a shared terminal's must stay as it is
+            procs.append(subprocess.Popen(argv, cwd=ROOT, env=rank_env, stdin=subprocess.DEVNULL,
+                                          process_group=group, **popen))  # fmt: skip
+    except BaseException:
+        if procs:  # the ranks started wait for the missing one forever
+            stop(procs[0])
+        raise
+    return procs
 
 
 def run_on_ring(ranks: int, argv: list[str], tag: str, timeout: float,
                 env: dict[str, str] | None = None):  # fmt: skip
     """Run argv on `ranks` ring processes to the end; the JSON one rank printed after `tag`."""
-    # stdin: mlx.launch makes the stdin it is given non-blocking, for every process sharing it
-    # (Ansible then refuses to run from the same terminal).
-    out = subprocess.run(on_ring(ranks, argv), capture_output=True, text=True, timeout=timeout,
-                         stdin=subprocess.DEVNULL, cwd=ROOT, env=env)  # fmt: skip
-    for line in out.stdout.splitlines():
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        procs = ring_ranks(ranks, argv, env, stdout=out, stderr=err, text=True)
+        deadline = time.monotonic() + timeout
+        try:  # a rank that fails leaves the others waiting on the ring: stop them all then
+            while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+                if any(p.poll() not in (None, 0) for p in procs):
+                    break
+                time.sleep(0.2)
+        finally:
+            stop(procs[0])
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    for line in stdout.splitlines():
         if line.startswith(f"{tag} "):
             return json.loads(line.removeprefix(f"{tag} "))
-    raise RuntimeError(f"{argv} on {ranks} ranks failed:\n{out.stdout}\n{out.stderr}")
+    raise RuntimeError(f"{argv} on {ranks} ranks failed:\n{stdout}\n{stderr}")
 
 
 def start_mlx_lm(model_dir: Path, ranks: int = 1) -> tuple[subprocess.Popen, str]:
-    """`mlx_lm.server` on a free port; with ranks > 1, as tensor parallel via `mlx.launch`
-    over `ring`. Returns (process, base URL without /v1)."""
-    import time
-
+    """`mlx_lm.server` on a free port; with ranks > 1, as tensor parallel over `ring` (every
+    rank runs the same command, as under `mlx.launch`). Returns (rank 0's process, which
+    leads the ranks' process group, and the base URL without /v1)."""
     import httpx
 
     from ..launch.local import free_port
@@ -88,16 +120,12 @@ def start_mlx_lm(model_dir: Path, ranks: int = 1) -> tuple[subprocess.Popen, str
     port = free_port()
     server = [sys.executable, "-m", "mlx_lm", "server", "--model", str(model_dir)]
     server += ["--port", str(port)]
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     if ranks > 1:
-        server = on_ring(ranks, server)
-    proc = subprocess.Popen(
-        server,
-        stdin=subprocess.DEVNULL,  # mlx.launch would make a shared stdin non-blocking
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=openblas_env(),
-        start_new_session=True,
-    )
+        proc = ring_ranks(ranks, server, openblas_env(), **quiet)[0]  # rank 0 leads the group
+    else:
+        proc = subprocess.Popen(server, stdin=subprocess.DEVNULL, env=openblas_env(),
+                                start_new_session=True, **quiet)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 180
     while time.time() < deadline:
