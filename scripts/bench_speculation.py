@@ -87,17 +87,20 @@ def edit_prompts() -> list[str]:
     return prompts * 2
 
 
-def _lower_quartile(fn, trim: int, layers) -> float:
+def _interleaved(fns: list, trims: list[int], layers: list, rounds: int = 30) -> list[float]:
+    """Median time of each function, timed in turn round after round (a slow spell of this
+    shared machine, or of the ring's all-reduces, then falls on all of them alike)."""
     import mlx.core as mx
 
-    times = []
-    for _ in range(20):
-        start = time.perf_counter()
-        mx.eval(fn())
-        times.append(time.perf_counter() - start)
-        for c in layers:
-            c.trim(trim)
-    return sorted(times)[len(times) // 4]  # this machine is shared
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(rounds):
+        for fn, trim, caches, out in zip(fns, trims, layers, times, strict=True):
+            start = time.perf_counter()
+            mx.eval(fn())
+            out.append(time.perf_counter() - start)
+            for c in caches:
+                c.trim(trim)
+    return [statistics.median(t) for t in times]
 
 
 def _costs_at(model, mtp, b: int, k: int) -> tuple[float, float, float]:
@@ -113,18 +116,16 @@ def _costs_at(model, mtp, b: int, k: int) -> tuple[float, float, float]:
     def forward(width):
         return lambda: model.lm_head(model.model(mx.full((b, width), 7), cache=cache))
 
-    plain = _lower_quartile(forward(1), 1, cache)
-    verify = _lower_quartile(forward(k + 1), k + 1, cache)
-    if mtp is None:
-        return plain, 0.0, verify
-    embed, mtp_cache = model.model.embed_tokens, batch_cache([mtp.make_cache()], [0] * b)[0]
-    mx.eval(mtp(hidden[:, :-1], embed(prompt[:, 1:]), cache=mtp_cache))
-    token, h = mx.full((b, 1), 7), hidden[:, -1:, :]
-
-    def draft():
-        return model.lm_head(mtp.head_norm(mtp(h, embed(token), cache=mtp_cache)))
-
-    return plain, _lower_quartile(draft, 1, mtp_cache), verify
+    fns, trims, caches = [forward(1), forward(k + 1)], [1, k + 1], [cache, cache]
+    if mtp is not None:
+        embed, mtp_cache = model.model.embed_tokens, batch_cache([mtp.make_cache()], [0] * b)[0]
+        mx.eval(mtp(hidden[:, :-1], embed(prompt[:, 1:]), cache=mtp_cache))
+        token, h = mx.full((b, 1), 7), hidden[:, -1:, :]
+        fns.append(lambda: model.lm_head(mtp.head_norm(mtp(h, embed(token), cache=mtp_cache))))
+        trims.append(1)
+        caches.append([mtp_cache])
+    plain, verify, *draft = _interleaved(fns, trims, caches)
+    return plain, (draft[0] if draft else 0.0), verify
 
 
 def step_costs(model_dir: Path, batches: list[int], k: int, method: str, group=None) -> dict:
