@@ -18,7 +18,10 @@ still rides its batch's verify forward, for one token), P the plain server's mea
 one verify forward of k+1 tokens and one plain step, measured at that batch size and TP layout
 before the servers start (at TP 2 on two ranks over `ring`, so the all-reduces are in them), on
 the model in the forms the servers run (`served_forms`: the fused CPU ops, the keys-only DSA
-indexer) and on batch caches, as a decoding batch holds its rows.
+indexer) and on batch caches, as a decoding batch holds its rows, each row a context as long
+as the workload's median prompt plus half the output, every token distinct (the same token
+everywhere would route a verify's tokens to the same experts and price it low), the three
+timed in turn, medians of 30 rounds.
 At batch 1 with a draft every step this is MAL x P / (P + k x d + (v - p)). Efficiency is the
 measured speed-up over that ideal. A second ideal prices every step from the in-process costs
 alone, P replaced by p: (V + E + A / b) x p / (V x (v + k x d) + E x p) (served steps run
@@ -103,24 +106,34 @@ def _interleaved(fns: list, trims: list[int], layers: list, rounds: int = 30) ->
     return [statistics.median(t) for t in times]
 
 
-def _costs_at(model, mtp, b: int, k: int) -> tuple[float, float, float]:
+def _tokens(b: int, width: int, salt: int = 0):
+    """Distinct tokens in every row and position: identical ones would route every token of a
+    verify to the same experts and price it below what real drafts cost."""
+    import mlx.core as mx
+
+    return mx.array([[(37 * (r * width + j + salt)) % 3000 + 60 for j in range(width)]
+                     for r in range(b)])  # fmt: skip
+
+
+def _costs_at(model, mtp, b: int, k: int, context: int) -> tuple[float, float, float]:
     import mlx.core as mx
 
     from cluster.engine.runner import batch_cache
 
-    prompt = mx.array([[(i * 13 + r) % 3000 + 50 for i in range(128)] for r in range(b)])
+    prompt = _tokens(b, context, salt=1)
     cache = batch_cache(model.make_cache(), [0] * b)  # as a decoding batch holds its rows
     hidden = model.model(prompt, cache=cache)
     mx.eval(hidden)
 
     def forward(width):
-        return lambda: model.lm_head(model.model(mx.full((b, width), 7), cache=cache))
+        tokens = _tokens(b, width)
+        return lambda: model.lm_head(model.model(tokens, cache=cache))
 
     fns, trims, caches = [forward(1), forward(k + 1)], [1, k + 1], [cache, cache]
     if mtp is not None:
         embed, mtp_cache = model.model.embed_tokens, batch_cache([mtp.make_cache()], [0] * b)[0]
         mx.eval(mtp(hidden[:, :-1], embed(prompt[:, 1:]), cache=mtp_cache))
-        token, h = mx.full((b, 1), 7), hidden[:, -1:, :]
+        token, h = _tokens(b, 1), hidden[:, -1:, :]
         fns.append(lambda: model.lm_head(mtp.head_norm(mtp(h, embed(token), cache=mtp_cache))))
         trims.append(1)
         caches.append([mtp_cache])
@@ -128,7 +141,8 @@ def _costs_at(model, mtp, b: int, k: int) -> tuple[float, float, float]:
     return plain, (draft[0] if draft else 0.0), verify
 
 
-def step_costs(model_dir: Path, batches: list[int], k: int, method: str, group=None) -> dict:
+def step_costs(model_dir: Path, batches: list[int], k: int, method: str, context: int,
+               group=None) -> dict:  # fmt: skip
     """(plain step, one draft, verify of k+1 tokens) in seconds per batch size, on this
     process's shard when `group` is a tensor-parallel group."""
     from cluster.config import EngineConfig
@@ -140,16 +154,18 @@ def step_costs(model_dir: Path, batches: list[int], k: int, method: str, group=N
     served_forms(model, EngineConfig(), config, "model")  # as the servers run them
     if mtp is not None:
         served_forms(mtp, EngineConfig(), config, "MTP layer")
-    return {b: _costs_at(model, mtp, b, k) for b in batches}
+    return {b: _costs_at(model, mtp, b, k, context) for b in batches}
 
 
-def tp_step_costs(model_dir: Path, batches: list[int], k: int, method: str, tp: int) -> dict:
+def tp_step_costs(model_dir: Path, batches: list[int], k: int, method: str, context: int,
+                  tp: int) -> dict:  # fmt: skip
     """The same costs at TP `tp`: every rank its shard, over `ring` like the served ranks, so
     each forward pays the layout's all-reduces."""
     if tp == 1:
-        return step_costs(model_dir, batches, k, method)
+        return step_costs(model_dir, batches, k, method, context)
     argv = [sys.executable, __file__, "--costs-worker", "--model", str(model_dir), "--k", str(k),
-            "--method", method, "--batches", *map(str, batches)]  # fmt: skip
+            "--method", method, "--context", str(context),
+            "--batches", *map(str, batches)]  # fmt: skip
     costs = run_on_ring(tp, argv, "COSTS", timeout=900, env=openblas_env())
     return {int(b): tuple(c) for b, c in costs.items()}
 
@@ -158,9 +174,20 @@ def costs_worker(args) -> None:
     import mlx.core as mx
 
     group = mx.distributed.init()
-    costs = step_costs(Path(args.model), args.batches, args.k, args.method, group)
+    costs = step_costs(Path(args.model), args.batches, args.k, args.method, args.context, group)
     if group.rank() == 0:
         print("COSTS " + json.dumps(costs), flush=True)
+
+
+def mid_context(model_dir: Path, prompts: list[str], max_tokens: int) -> int:
+    """The context a request's decode steps see halfway through: its prompt's tokens (the
+    median prompt) and half its output. Step costs are measured at that length: attention and
+    the DSA indexer grow with it, and a verify's extra cost with them."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    lengths = [len(tok.encode(p).ids) for p in prompts]
+    return int(statistics.median(lengths)) + max_tokens // 2
 
 
 async def decode_rates(url: str, prompts: list[str], max_tokens: int, batch: int) -> list[float]:
@@ -196,6 +223,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=96)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--costs-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--context", type=int, default=128, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.costs_worker:
         return costs_worker(args)
@@ -206,9 +234,10 @@ def main() -> None:
                        check=True, capture_output=True)  # fmt: skip
     prompts = {"code": CODE, "edit": edit_prompts(), "free": FREE}[args.workload]
     home = tempfile.mkdtemp(prefix="bench-spec-")
+    context = mid_context(Path(model), prompts, args.max_tokens)
     speed, accept = [], []
     for tp in args.tp:
-        costs = tp_step_costs(Path(model), args.batches, args.k, args.method, tp)
+        costs = tp_step_costs(Path(model), args.batches, args.k, args.method, context, tp)
         inventory = str(ROOT / "inventory" / ("local.yaml" if tp == 1 else "local-tp2.yaml"))
         common = ["--model", model, "--inventory", inventory, "--prefix-cache-bytes", "0"]
         plain = start_cluster(home, *common)
