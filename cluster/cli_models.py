@@ -20,7 +20,9 @@ def _fixture_model(args) -> int:
         from .fixture.train import train
 
         out, metrics = train(args.out_dir, steps=args.steps, seed=args.seed,
-                             induction=args.induction)  # fmt: skip
+                             induction=args.induction, call_warmup=args.call_warmup,
+                             every_token=args.every_token, agent_share=args.agent_share,
+                             length=args.length, batch=args.batch)  # fmt: skip
         print(
             f"wrote {out}: held-out loss {metrics['main_loss']:.3f}, MTP {metrics['mtp_loss']:.3f}"
         )
@@ -118,6 +120,27 @@ def add_model_file_commands(sub) -> None:
         action="store_true",
         help="with --train: plant a copy (induction) circuit first; an experiment, see the README",
     )
+    p.add_argument(
+        "--call-warmup",
+        type=int,
+        default=0,
+        help="with --train: the first N steps on bare conversations (no system turn, no tools "
+        "block), call-dense 256-token windows (default 0)",
+    )
+    p.add_argument(
+        "--every-token",
+        action="store_true",
+        help="with --train: conversations' loss on every token, not only the assistant's",
+    )
+    p.add_argument(
+        "--agent-share",
+        type=float,
+        help="with --train: share of each batch's windows that are conversations (the rest code)",
+    )
+    p.add_argument(
+        "--length", type=int, default=384, help="with --train: window length (default 384)"
+    )
+    p.add_argument("--batch", type=int, default=8, help="with --train: windows a step (default 8)")
     p.add_argument(
         "--layers",
         type=int,
