@@ -4,9 +4,9 @@
 `ring` backend on this machine (`ring_ranks`); every rank loads its shard, rank 0 also the
 whole model, and each prompt's logits at every position (teacher-forced) are compared: top-1
 agreement (the share of positions whose argmax is the same) and the logit distance (largest
-absolute difference, and the L2 norm of the difference over the L2 norm of the logits). On fp32 partial sums add up
-to the same values, so identity is the expectation; on bf16 or quantized weights the order of
-the additions changes the rounding.
+absolute difference, and the L2 norm of the difference over the L2 norm of the logits). On
+fp32 partial sums add up to the same values, so identity is the expectation; on bf16 or
+quantized weights the order of the additions changes the rounding.
 """
 
 import argparse
