@@ -49,6 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cluster.bench.cluster_process import run_on_ring, start_cluster, stop  # noqa: E402
+from cluster.bench.step_costs import step_costs  # noqa: E402
 from cluster.launch.blas import openblas_env  # noqa: E402
 
 CODE = [
@@ -90,79 +91,12 @@ def edit_prompts() -> list[str]:
     return prompts * 2
 
 
-def _interleaved(fns: list, trims: list[int], layers: list, rounds: int = 30) -> list[float]:
-    """Median time of each function, timed in turn round after round (a slow spell of this
-    shared machine, or of the ring's all-reduces, then falls on all of them alike)."""
-    import mlx.core as mx
-
-    times: list[list[float]] = [[] for _ in fns]
-    for _ in range(rounds):
-        for fn, trim, caches, out in zip(fns, trims, layers, times, strict=True):
-            start = time.perf_counter()
-            mx.eval(fn())
-            out.append(time.perf_counter() - start)
-            for c in caches:
-                c.trim(trim)
-    return [statistics.median(t) for t in times]
-
-
-def _tokens(b: int, width: int, salt: int = 0):
-    """Distinct tokens in every row and position: identical ones would route every token of a
-    verify to the same experts and price it below what real drafts cost."""
-    import mlx.core as mx
-
-    return mx.array([[(37 * (r * width + j + salt)) % 3000 + 60 for j in range(width)]
-                     for r in range(b)])  # fmt: skip
-
-
-def _costs_at(model, mtp, b: int, k: int, context: int) -> tuple[float, float, float]:
-    import mlx.core as mx
-
-    from cluster.engine.runner import batch_cache
-
-    prompt = _tokens(b, context, salt=1)
-    cache = batch_cache(model.make_cache(), [0] * b)  # as a decoding batch holds its rows
-    hidden = model.model(prompt, cache=cache)
-    mx.eval(hidden)
-
-    def forward(width):
-        tokens = _tokens(b, width)
-        return lambda: model.lm_head(model.model(tokens, cache=cache))
-
-    fns, trims, caches = [forward(1), forward(k + 1)], [1, k + 1], [cache, cache]
-    if mtp is not None:
-        embed, mtp_cache = model.model.embed_tokens, batch_cache([mtp.make_cache()], [0] * b)[0]
-        mx.eval(mtp(hidden[:, :-1], embed(prompt[:, 1:]), cache=mtp_cache))
-        token, h = _tokens(b, 1), hidden[:, -1:, :]
-        fns.append(lambda: model.lm_head(mtp.head_norm(mtp(h, embed(token), cache=mtp_cache))))
-        trims.append(1)
-        caches.append([mtp_cache])
-    plain, verify, *draft = _interleaved(fns, trims, caches)
-    return plain, (draft[0] if draft else 0.0), verify
-
-
-def step_costs(model_dir: Path, batches: list[int], k: int, method: str, context: int,
-               group=None) -> dict:  # fmt: skip
-    """(plain step, one draft, verify of k+1 tokens) in seconds per batch size, on this
-    process's shard when `group` is a tensor-parallel group."""
-    from cluster.config import EngineConfig
-    from cluster.engine.build import load_model, served_forms
-    from cluster.models.glm_moe_dsa_mtp import load_mtp_layer
-
-    model, _, config = load_model(model_dir, group)
-    mtp = load_mtp_layer(model, model_dir, config, None, group) if "mtp" in method else None
-    served_forms(model, EngineConfig(), config, "model")  # as the servers run them
-    if mtp is not None:
-        served_forms(mtp, EngineConfig(), config, "MTP layer")
-    return {b: _costs_at(model, mtp, b, k, context) for b in batches}
-
-
 def tp_step_costs(model_dir: Path, batches: list[int], k: int, method: str, context: int,
                   tp: int) -> dict:  # fmt: skip
     """The same costs at TP `tp`: every rank its shard, over `ring` like the served ranks, so
     each forward pays the layout's all-reduces."""
     if tp == 1:
-        return step_costs(model_dir, batches, k, method, context)
+        return step_costs(model_dir, batches, k, "mtp" in method, context)
     argv = [sys.executable, __file__, "--costs-worker", "--model", str(model_dir), "--k", str(k),
             "--method", method, "--context", str(context),
             "--batches", *map(str, batches)]  # fmt: skip
@@ -174,7 +108,9 @@ def costs_worker(args) -> None:
     import mlx.core as mx
 
     group = mx.distributed.init()
-    costs = step_costs(Path(args.model), args.batches, args.k, args.method, args.context, group)
+    costs = step_costs(
+        Path(args.model), args.batches, args.k, "mtp" in args.method, args.context, group
+    )
     if group.rank() == 0:
         print("COSTS " + json.dumps(costs), flush=True)
 

@@ -1,73 +1,34 @@
 """The two cost ratios that decide whether speculation pays, measured on a model here:
 the draft share (one MTP draft: the MTP layer and the LM head, against a plain decode step)
-and the verify ratio (a forward of k+1 tokens against one of one token), both at batch 1 after
-a 256-token prompt. GLM-5's are estimated from its shape (1 MTP layer against 78 layers).
+and the verify ratio (a forward of k+1 tokens against one of one token), both at batch 1 with
+a 256-token context, by `cluster.bench.step_costs` as `bench_speculation.py` prices its ideal
+(the model in its served forms, every token distinct, the three timed in turn, medians of 30
+rounds). GLM-5's are estimated from its shape (1 MTP layer against 78 layers).
 
     .venv/bin/python scripts/spec_cost_ratios.py [MODEL_DIR ...]
     (default: the built-in model and a 24-layer copy from `fixture-model --layers 24`)
 """
 
+import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import mlx.core as mx
-
-from cluster.engine.build import load_model
+from cluster.bench.step_costs import step_costs
 from cluster.model_store import TRAINED
-from cluster.models.glm_moe_dsa_mtp import load_mtp_layer
 
-REPEATS = 30
-
-
-def _best(fn) -> float:
-    times = []
-    for _ in range(REPEATS):
-        start = time.perf_counter()
-        mx.eval(fn())
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 4]  # lower quartile: this machine is shared
+CONTEXT = 256
 
 
 def ratios(model_dir: Path, k: int = 2) -> dict:
-    model, _, config = load_model(model_dir)
-    mtp = load_mtp_layer(model, model_dir, config, None, None)
-    prompt = mx.array([[(i * 13) % 3000 + 50 for i in range(256)]])
-    cache = model.make_cache()
-    mtp_cache = mtp.make_cache()
-    hidden = model.model(prompt, cache=cache)
-    mx.eval(hidden)
-    token = mx.array([[7]])
-
-    def plain():
-        out = model.lm_head(model.model(token, cache=cache))
-        for c in cache:
-            c.trim(1)
-        return out
-
-    def verify():
-        out = model.lm_head(model.model(mx.array([[7] * (k + 1)]), cache=cache))
-        for c in cache:
-            c.trim(k + 1)
-        return out
-
-    h = hidden[:, -1:, :]
-
-    def draft():
-        out = model.lm_head(mtp.head_norm(mtp(h, model.model.embed_tokens(token), cache=mtp_cache)))
-        for c in mtp_cache:
-            c.trim(1)
-        return out
-
-    mx.eval(mtp(hidden[:, :-1], model.model.embed_tokens(prompt[:, 1:]), cache=mtp_cache))
-    t_plain, t_verify, t_draft = _best(plain), _best(verify), _best(draft)
+    plain, draft, verify = step_costs(model_dir, [1], k, True, CONTEXT)[1]
+    layers = json.loads((model_dir / "config.json").read_text())["num_hidden_layers"]
     return {
-        "layers": config["num_hidden_layers"],
-        "plain_ms": round(1000 * t_plain, 2),
-        "draft_share": round(t_draft / t_plain, 3),
-        f"verify_{k + 1}_ratio": round(t_verify / t_plain, 3),
+        "layers": layers,
+        "plain_ms": round(1000 * plain, 2),
+        "draft_share": round(draft / plain, 3),
+        f"verify_{k + 1}_ratio": round(verify / plain, 3),
     }
 
 
