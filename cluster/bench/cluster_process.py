@@ -62,15 +62,16 @@ def stop(proc: subprocess.Popen) -> None:
     proc.wait(timeout=30)
 
 
-def ring_ranks(ranks: int, argv: list[str], env: dict[str, str] | None = None,
-               **popen) -> list[subprocess.Popen]:  # fmt: skip
+def ring_ranks(ranks: int, argv: list[str], workdir: str | Path,
+               env: dict[str, str] | None = None, **popen) -> list[subprocess.Popen]:  # fmt: skip
     """argv as `ranks` processes on this machine over MLX's `ring` backend (MLX_RANK and
     MLX_HOSTFILE, as `mlx.launch` sets them), in one process group led by rank 0. Started here
     rather than by `mlx.launch`: its parent process polls its children's pipes and keeps ~40%
-    of a core busy, which on a 2-core machine skews whatever the ranks measure."""
+    of a core busy, which on a 2-core machine skews whatever the ranks measure. The hostfile
+    goes in `workdir`, which must last until the ranks have joined the ring."""
     from ..launch.local import free_port
 
-    hostfile = Path(tempfile.mkdtemp(prefix="ring-")) / "hostfile.json"
+    hostfile = Path(workdir) / "hostfile.json"
     hostfile.write_text(json.dumps([[f"127.0.0.1:{free_port()}"] for _ in range(ranks)]))
     procs: list[subprocess.Popen] = []
     try:
@@ -90,8 +91,12 @@ def ring_ranks(ranks: int, argv: list[str], env: dict[str, str] | None = None,
 def run_on_ring(ranks: int, argv: list[str], tag: str, timeout: float,
                 env: dict[str, str] | None = None):  # fmt: skip
     """Run argv on `ranks` ring processes to the end; the JSON one rank printed after `tag`."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        procs = ring_ranks(ranks, argv, env, stdout=out, stderr=err, text=True)
+    with (
+        tempfile.TemporaryFile("w+") as out,
+        tempfile.TemporaryFile("w+") as err,
+        tempfile.TemporaryDirectory(prefix="ring-") as workdir,
+    ):
+        procs = ring_ranks(ranks, argv, workdir, env, stdout=out, stderr=err, text=True)
         deadline = time.monotonic() + timeout
         try:  # a rank that fails leaves the others waiting on the ring: stop them all then
             while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
@@ -121,18 +126,19 @@ def start_mlx_lm(model_dir: Path, ranks: int = 1) -> tuple[subprocess.Popen, str
     server = [sys.executable, "-m", "mlx_lm", "server", "--model", str(model_dir)]
     server += ["--port", str(port)]
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    if ranks > 1:
-        proc = ring_ranks(ranks, server, openblas_env(), **quiet)[0]  # rank 0 leads the group
-    else:
-        proc = subprocess.Popen(server, stdin=subprocess.DEVNULL, env=openblas_env(),
-                                start_new_session=True, **quiet)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{url}/v1/models", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.5)
+    with tempfile.TemporaryDirectory(prefix="ring-") as workdir:  # serving: the ring is up
+        if ranks > 1:  # rank 0 leads the group
+            proc = ring_ranks(ranks, server, workdir, openblas_env(), **quiet)[0]
+        else:
+            proc = subprocess.Popen(server, stdin=subprocess.DEVNULL, env=openblas_env(),
+                                    start_new_session=True, **quiet)  # fmt: skip
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{url}/v1/models", timeout=1).status_code == 200:
+                    return proc, url
+            except httpx.HTTPError:
+                time.sleep(0.5)
     stop(proc)
     raise RuntimeError(f"mlx_lm.server ({ranks} ranks) did not start")
