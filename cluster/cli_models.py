@@ -1,6 +1,7 @@
 """Command line, the commands that write or read model files: the built-in model, its
 shapes as users download them, its evaluation, and the MTP layer out of a checkpoint."""
 
+import argparse
 import json
 
 
@@ -117,20 +118,23 @@ def add_model_file_commands(sub) -> None:
     p.add_argument("--steps", type=int, default=1100, help="training steps (default 1100)")
     p.add_argument(
         "--induction",
-        action="store_true",
-        help="with --train: plant a copy (induction) circuit first; an experiment, see the README",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="with --train: plant a copy (induction) circuit first (default: on)",
     )
     p.add_argument(
         "--call-warmup",
         type=int,
-        default=0,
+        default=300,
         help="with --train: the first N steps on bare conversations (no system turn, no tools "
-        "block), call-dense 256-token windows (default 0)",
+        "block), call-dense 256-token windows (default 300)",
     )
     p.add_argument(
         "--every-token",
-        action="store_true",
-        help="with --train: conversations' loss on every token, not only the assistant's",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="with --train: conversations' loss on every token, not only the assistant's "
+        "(default: on)",
     )
     p.add_argument(
         "--agent-share",
@@ -138,9 +142,9 @@ def add_model_file_commands(sub) -> None:
         help="with --train: share of each batch's windows that are conversations (the rest code)",
     )
     p.add_argument(
-        "--length", type=int, default=384, help="with --train: window length (default 384)"
+        "--length", type=int, default=640, help="with --train: window length (default 640)"
     )
-    p.add_argument("--batch", type=int, default=8, help="with --train: windows a step (default 8)")
+    p.add_argument("--batch", type=int, default=6, help="with --train: windows a step (default 6)")
     p.add_argument(
         "--layers",
         type=int,

@@ -96,7 +96,9 @@ def build_prompt(
     prompt = tokenizer.chat(messages, tools=tools or None, **template_args)
     forced = tokenizer.encode(forced_text) if forced_text else []
     reasoning = bool(markers) and not forced and prompt[-1:] == [markers.id_of("<think>")]
-    banned = (markers.id_of("<tool_call>"),) if tool_choice == "none" and markers else ()
+    # No tools offered means none (OpenAI's default then): a call could name no real tool.
+    no_calls = tool_choice == "none" or not tools
+    banned = (markers.id_of("<tool_call>"),) if no_calls and markers else ()
     return ChatPrompt(prompt + forced, forced, reasoning, banned)
 
 

