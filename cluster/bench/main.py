@@ -7,13 +7,11 @@ import secrets
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
-
 from .grpc_target import close_clients
 from .plots import write_plots
 from .prompts import Prompt, load_prompts
 from .report import comparison, report
-from .runner import metric_delta, run_phase, run_prefix_phase, server_metrics
+from .runner import http_session, metric_delta, run_phase, run_prefix_phase, server_metrics
 from .stats import PhaseResult
 
 PHASES = ("sequential", "concurrent", "prefix-cache")
@@ -131,7 +129,7 @@ async def _alternating(spec, targets, names, model, prompts, max_tokens, tag, on
     batches = {n: fresh(prompts, count, f"{tag}-{t}") for t, n in enumerate(names)}
     before = {n: await server_metrics(t) for n, t in zip(names, targets, strict=True)}
     parts: dict[str, list[PhaseResult]] = {n: [] for n in names}
-    async with httpx.AsyncClient(timeout=600) as http:
+    async with http_session() as http:
         try:
             for i in range(count):
                 for name, target in zip(names, targets, strict=True):

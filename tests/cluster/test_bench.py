@@ -47,7 +47,7 @@ def test_unreachable_target_is_reported_as_failures(tmp_path):
     runs = asyncio.run(bench([dead], ["sequential"], 1, None, 8, tmp_path))
     (phase,) = next(iter(runs.values()))
     assert len(phase.results) == 10 and not phase.ok
-    assert all("ConnectError" in r.error for r in phase.results)
+    assert all("ClientConnectorError" in r.error for r in phase.results)
     assert "FAIL" in next(tmp_path.glob("*.md")).read_text()
 
 
