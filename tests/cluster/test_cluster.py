@@ -295,7 +295,7 @@ def test_mtp_under_tp2_is_token_identical_and_counted(tmp_path, k):
         assert outs == expected
         # A batch speculates row by row: rows join and leave mid-flight, output unchanged.
         before = status(spec)["replicas"][0]["engine"]["speculation"]["drafts"]
-        lengths = [40, 12, 30, 20]
+        lengths = [40, 24, 36, 30]  # long enough for 3-4 rows to overlap, k = 3 included
         got = _staggered(spec, lengths)
         for out, full, n in zip(got, batch_expected, lengths, strict=True):
             assert full.startswith(out) and out, (n, out, full)
