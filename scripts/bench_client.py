@@ -43,46 +43,47 @@ def _count(line: bytes | str) -> bool:
     return False
 
 
-async def _with_httpx(url: str, n: int, conc: int) -> tuple[int, list[float]]:
+async def _load(lines_of, url: str, n: int, conc: int) -> tuple[int, list[float]]:
+    """n requests, `conc` at a time; lines_of(url, body) streams one response's lines."""
     tokens, ttft = 0, []
+    gate = asyncio.Semaphore(conc)
+
+    async def one(i):
+        nonlocal tokens
+        async with gate:
+            start, first = time.perf_counter(), None
+            async for line in lines_of(f"{url}/v1/chat/completions", _body(i)):
+                if _count(line):
+                    tokens += 1
+                    first = first or time.perf_counter()
+            ttft.append(first - start)
+
+    await asyncio.gather(*(one(i) for i in range(n)))
+    return tokens, ttft
+
+
+async def _with_httpx(url: str, n: int, conc: int) -> tuple[int, list[float]]:
     limits = httpx.Limits(max_connections=conc + 2)
     async with httpx.AsyncClient(timeout=600, limits=limits) as http:
-        gate = asyncio.Semaphore(conc)
 
-        async def one(i):
-            nonlocal tokens
-            async with gate:
-                start, first = time.perf_counter(), None
-                async with http.stream("POST", f"{url}/v1/chat/completions", json=_body(i)) as r:
-                    async for line in r.aiter_lines():
-                        if _count(line):
-                            tokens += 1
-                            first = first or time.perf_counter()
-                ttft.append(first - start)
+        async def lines_of(endpoint, body):
+            async with http.stream("POST", endpoint, json=body) as r:
+                async for line in r.aiter_lines():
+                    yield line
 
-        await asyncio.gather(*(one(i) for i in range(n)))
-    return tokens, ttft
+        return await _load(lines_of, url, n, conc)
 
 
 async def _with_aiohttp(url: str, n: int, conc: int) -> tuple[int, list[float]]:
-    tokens, ttft = 0, []
     connector = aiohttp.TCPConnector(limit=conc + 2)
     async with aiohttp.ClientSession(connector=connector) as http:
-        gate = asyncio.Semaphore(conc)
 
-        async def one(i):
-            nonlocal tokens
-            async with gate:
-                start, first = time.perf_counter(), None
-                async with http.post(f"{url}/v1/chat/completions", json=_body(i)) as r:
-                    async for line in r.content:
-                        if _count(line):
-                            tokens += 1
-                            first = first or time.perf_counter()
-                ttft.append(first - start)
+        async def lines_of(endpoint, body):
+            async with http.post(endpoint, json=body) as r:
+                async for line in r.content:
+                    yield line
 
-        await asyncio.gather(*(one(i) for i in range(n)))
-    return tokens, ttft
+        return await _load(lines_of, url, n, conc)
 
 
 def _run(client, url: str, n: int, conc: int) -> tuple[float, float, float]:
