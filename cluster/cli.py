@@ -249,8 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--alternate",
         action="store_true",
-        help="sequential phases: request i on every target, then request i+1 (fair on a "
-        "machine whose speed drifts)",
+        help="sequential phases: request i on every target (in a shuffled order), then request "
+        "i+1 (fair on a machine whose speed drifts)",
     )
     p.add_argument("--model", help="model name to send (default: none, the server's own)")
     p.add_argument("--out", default="bench-out", help="directory for reports, JSON and plots")

@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import random
 import re
 import secrets
 from collections.abc import Callable
@@ -123,7 +124,9 @@ async def bench(
 
 
 async def _alternating(spec, targets, names, model, prompts, max_tokens, tag, on_target):
-    """A sequential phase, request i on every target in turn, then request i+1."""
+    """A sequential phase, request i on every target in turn, then request i+1. The turn order
+    is shuffled each round (seeded): a target that always followed the same one would inherit
+    its leftovers (caches it evicted, threads still winding down) in every measurement."""
     _, _, requests = parse_phase(spec, 1)
     count = requests or len(prompts)
     batches = {n: fresh(prompts, count, f"{tag}-{t}") for t, n in enumerate(names)}
@@ -131,8 +134,11 @@ async def _alternating(spec, targets, names, model, prompts, max_tokens, tag, on
     parts: dict[str, list[PhaseResult]] = {n: [] for n in names}
     async with http_session() as http:
         try:
+            order = list(zip(names, targets, strict=True))
+            rng = random.Random(count)
             for i in range(count):
-                for name, target in zip(names, targets, strict=True):
+                rng.shuffle(order)
+                for name, target in order:
                     if on_target:
                         on_target(name)
                     one = [batches[name][i]]

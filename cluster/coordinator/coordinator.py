@@ -52,18 +52,22 @@ FAILOVER_WAIT = 30.0
 class Completion:
     """A routed request's output stream; holds its replica slot until closed or finished."""
 
-    def __init__(self, replica: Replica, stream_of):
+    def __init__(self, replica: Replica, request: EngineRequest, stream_of):
         """stream_of(completion) makes the stream; it may move() the request elsewhere."""
         self.replica = replica
         self._open = True
         replica.in_flight += 1
+        self.events = replica.client.generate(request)
+        """The engine events of the replica now serving the request: sent at once, so the
+        engine prefills while the response's headers go out."""
         self._stream = stream_of(self)
 
-    def move(self, replica: Replica) -> None:
-        """Re-route (before any output): the slot moves to the new replica."""
+    def move(self, replica: Replica, request: EngineRequest) -> None:
+        """Re-route (before any output): the slot and the request move to the new replica."""
         self.replica.in_flight -= 1
         self.replica = replica
         replica.in_flight += 1
+        self.events = replica.client.generate(request)
 
     def __aiter__(self):
         return self
@@ -78,6 +82,7 @@ class Completion:
     async def aclose(self) -> None:
         self._release()
         await self._stream.aclose()
+        await self.events.aclose()  # a stream never read still has its call open
 
     def _release(self) -> None:
         if self._open:
@@ -217,7 +222,7 @@ class Coordinator:
         # The engine reuses routing's hashes for its prefix cache: each block hashed once.
         request = EngineRequest(request_id, tuple(prompt), sampling, tuple(hashes))
         out = processor or OutputProcessor(self.tokenizer.decode, [], self.tokenizer.stream_bytes)
-        return Completion(replica, lambda c: self._stream(c, request, out, session_id))
+        return Completion(replica, request, lambda c: self._stream(c, request, out, session_id))
 
     async def _failover(self, completion: Completion, request: EngineRequest, session, error):
         """A request whose replica failed before its first token: mark that replica suspect
@@ -232,7 +237,7 @@ class Coordinator:
             ready = routable(list(self.replicas))
             if ready:
                 target, _ = self._select(ready, request.prompt_token_ids, session, "failover")
-                completion.move(target)
+                completion.move(target, request)
                 return
             if time.monotonic() > deadline:  # no replica can take it now: 503, Retry-After
                 raise Unavailable(
@@ -275,7 +280,7 @@ class Coordinator:
         """The request's engine events; a failure before its first token re-routes it."""
         started = False
         while True:
-            events = completion.replica.client.generate(request)
+            events = completion.events
             try:
                 async for event in events:
                     if event.error and not started:

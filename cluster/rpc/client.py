@@ -13,6 +13,36 @@ from .gen import engine_pb2_grpc as pb_grpc
 from .tls import open_channel
 
 
+class EventStream:
+    """One Generate call's token events; a lost leader ends it with an error event."""
+
+    def __init__(self, call, request_id: RequestId, address: str):
+        self._call, self._request_id, self._address = call, request_id, address
+        self._done = False
+
+    def __aiter__(self) -> "EventStream":
+        return self
+
+    async def __anext__(self) -> TokenEvent:
+        if self._done:
+            raise StopAsyncIteration
+        try:
+            chunk = await self._call.read()
+        except grpc.aio.AioRpcError as e:
+            self._done = True
+            message = f"lost the replica's leader at {self._address}: {e.code().name}"
+            return TokenEvent(self._request_id, (), "error", error=message)
+        if chunk is grpc.aio.EOF:
+            self._done = True
+            raise StopAsyncIteration
+        return event_from_pb(chunk)
+
+    async def aclose(self) -> None:
+        """Cancel the call (the leader aborts the request); a finished call ignores it."""
+        self._done = True
+        self._call.cancel()
+
+
 class GrpcEngineClient:
     def __init__(self, address: str, token: str | None = None):
         self.address = address
@@ -32,16 +62,11 @@ class GrpcEngineClient:
         )
         return self.info
 
-    async def generate(self, request: EngineRequest) -> AsyncIterator[TokenEvent]:
+    def generate(self, request: EngineRequest) -> "EventStream":
+        """The request leaves at the caller's next await, before the stream is first read: the
+        engine prefills while the caller sends its response headers."""
         call = self.stub.Generate(request_to_pb(request), metadata=self.metadata)
-        try:
-            async for chunk in call:
-                yield event_from_pb(chunk)
-        except grpc.aio.AioRpcError as e:
-            message = f"lost the replica's leader at {self.address}: {e.code().name}"
-            yield TokenEvent(request.request_id, (), "error", error=message)
-        finally:
-            call.cancel()
+        return EventStream(call, request.request_id, self.address)
 
     async def cache_events(self, snapshot: bool = True) -> AsyncIterator[pb.CacheEvent]:
         """Blocks stored and evicted by the replica's prefix cache (snapshot first)."""

@@ -108,25 +108,31 @@ def test_fresh_prompts_are_unique_per_request_and_cycle_the_set():
 
 
 def test_alternating_sends_request_i_to_every_target_before_request_i_plus_1(server, tmp_path):
+    labels = ["one", "two", "three", "four", "five", "six"]
     prompts = tmp_path / "prompts.json"
-    prompts.write_text(json.dumps(["one", "two", "three"]))
+    prompts.write_text(json.dumps(labels))
     turns = []
     runs = asyncio.run(
         bench(
-            [server.url, server.url],
+            [server.url] * 3,
             ["sequential"],
             1,
             str(prompts),
             4,
             tmp_path,
-            names=["a", "b"],
+            names=["a", "b", "c"],
             on_target=turns.append,
             warmup=0,
             alternate=True,
         )  # fmt: skip
     )
-    assert turns == ["a", "b"] * 3
-    for name in ("a", "b"):
+    rounds = [tuple(turns[i : i + 3]) for i in range(0, len(turns), 3)]
+    assert len(rounds) == 6 and all(sorted(r) == ["a", "b", "c"] for r in rounds)
+    # Shuffled each round: no target always comes right after the same other one.
+    pairs = list(zip(turns, turns[1:], strict=False))
+    before = {n: {p for p, m in pairs if m == n != p} for n in "abc"}
+    assert all(len(others) == 2 for others in before.values()), rounds
+    for name in ("a", "b", "c"):
         (seq,) = runs[name]
-        assert [r.label for r in seq.results] == ["one", "two", "three"] and len(seq.ok) == 3
+        assert [r.label for r in seq.results] == labels and len(seq.ok) == 6
         assert seq.wall_s > 0 and seq.server is not None

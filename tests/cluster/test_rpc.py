@@ -68,6 +68,36 @@ def test_grpc_round_trip_and_token(service):
     asyncio.run(scenario())
 
 
+def test_a_request_starts_before_its_stream_is_read_and_closing_it_unread_aborts(service):
+    """The coordinator sends a request as soon as it is routed (the engine prefills while the
+    HTTP headers go out); a client gone before the first read must not leave it running."""
+
+    async def open_streams(client) -> int:
+        return (await client.status())["open_streams"]
+
+    async def scenario():
+        server, port, _ = await serve_grpc(service, "127.0.0.1", 0, {}, None)
+        client = GrpcEngineClient(f"127.0.0.1:{port}")
+        try:
+            sampling = SamplingParams(max_tokens=3000, temperature=0.0, ignore_eos=True)
+            events = client.generate(EngineRequest(RequestId("unread"), (5, 6, 7), sampling))
+            async with asyncio.timeout(10):
+                while await open_streams(client) != 1:  # running, though never read
+                    await asyncio.sleep(0.05)
+            await events.aclose()
+            closed = asyncio.get_running_loop().time()
+            async with asyncio.timeout(10):
+                while await open_streams(client) != 0:
+                    await asyncio.sleep(0.05)
+            assert asyncio.get_running_loop().time() - closed < 2  # aborted, not run to its end
+            assert service.stats()["num_running"] == 0
+        finally:
+            await client.close()
+            await server.stop(0)
+
+    asyncio.run(scenario())
+
+
 def make_ca_and_leaf(folder: Path, name: str) -> dict[str, Path]:
     """A CA and a certificate it signed for 127.0.0.1, as PEM files."""
     import datetime
