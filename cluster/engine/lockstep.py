@@ -1,7 +1,8 @@
 """Leader → follower step messages over MLX distributed, so every rank runs the same steps.
 
 A message is JSON (never pickle) in a fixed 4 KiB frame; longer ones take a second collective.
-Followers contribute zeros to an all_sum, so the sum is the leader's bytes.
+Followers contribute zeros to an all_sum, so the sum is the leader's bytes. After a message
+without a step both sides park: followers sleep until the leader's doorbell rings.
 """
 
 import hashlib
@@ -11,6 +12,8 @@ from dataclasses import asdict, dataclass, field
 
 import mlx.core as mx
 import numpy as np
+
+from .doorbell import FollowerBell, LeaderBell, leader_host
 
 FRAME = 4096
 
@@ -35,10 +38,28 @@ def tokens_digest(events) -> str:
     return h.hexdigest()
 
 
+class LeaderGone(ConnectionError):
+    """A parked follower's doorbell closed: the leader process is gone."""
+
+
 class Channel:
     def __init__(self, group):
+        """Collective: every rank constructs its Channel at the same point."""
         self.group = group
         self.is_leader = group.rank() == 0
+        if self.is_leader:
+            self.bell = LeaderBell(leader_host(), group.size() - 1)
+            self._broadcast(json.dumps(self.bell.hello()).encode())
+            self.bell.accept()
+        else:
+            self.bell = FollowerBell(json.loads(self._broadcast(None)))
+        self.parked = True
+        """Whether the last message had no step (followers then wait for the doorbell)."""
+
+    @property
+    def sleeping_followers(self) -> int:
+        """Followers that sleep while parked (the others spin in the next collective)."""
+        return len(self.bell.followers) if self.is_leader else int(self.bell.conn is not None)
 
     def _all_sum(self, data: np.ndarray) -> np.ndarray:
         out = mx.distributed.all_sum(mx.array(data), group=self.group)
@@ -47,10 +68,22 @@ class Channel:
 
     def exchange(self, message: StepMessage | None) -> StepMessage:
         """The leader sends a message; every rank (leader included) gets it back."""
-        frame = np.zeros(FRAME, np.uint8)
-        payload = b""
+        if self.parked:
+            if self.is_leader:
+                self.bell.ring()
+            elif not self.bell.wait():
+                raise LeaderGone("the leader closed its doorbell")
+        payload = None
         if self.is_leader:
             payload = json.dumps(asdict(message), separators=(",", ":")).encode()
+        got = StepMessage(**json.loads(self._broadcast(payload)))
+        self.parked = not got.step
+        return got
+
+    def _broadcast(self, payload: bytes | None) -> bytes:
+        """The leader's payload on every rank (followers pass None)."""
+        frame = np.zeros(FRAME, np.uint8)
+        if self.is_leader:
             head = struct.pack("<I", len(payload)) + payload[: FRAME - 4]
             frame[: len(head)] = np.frombuffer(head, np.uint8)
         frame = self._all_sum(frame)
@@ -61,4 +94,4 @@ class Channel:
             if self.is_leader:
                 rest[:] = np.frombuffer(payload[FRAME - 4 :], np.uint8)
             body += self._all_sum(rest).tobytes()
-        return StepMessage(**json.loads(body))
+        return body

@@ -18,7 +18,7 @@ from ..types import EngineRequest, ModelInfo, RequestId, TokenEvent
 from ..wire import request_from_json, request_to_json
 from .build import build_engine
 from .heap import HeapTrimmer
-from .lockstep import Channel, StepMessage, tokens_digest
+from .lockstep import Channel, LeaderGone, StepMessage, tokens_digest
 from .watchdog import StepWatchdog
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,7 @@ class EngineService:
         self.steps = 0
         self.step_seconds = 0.0
         self.exchange_seconds = 0.0
+        self._channel = None
 
     @property
     def distributed(self) -> bool:
@@ -142,6 +143,9 @@ class EngineService:
             "broken": self.broken,
             "open_streams": len(self._sinks),
         }
+        if self.distributed:  # followers that sleep while the replica idles (else they spin)
+            channel = self._channel
+            extra["sleeping_followers"] = channel.sleeping_followers if channel else 0
         return stats | extra
 
     @staticmethod
@@ -155,6 +159,7 @@ class EngineService:
             return
         self.watchdog.start()
         channel = Channel(self.group) if self.distributed else None
+        self._channel = channel
         digest, stepped = "", False
         while True:
             idle = not self._engine.has_work()
@@ -333,7 +338,10 @@ def run_follower(model_path, config: EngineConfig, model_id: str, group) -> None
     digest = ""
     while True:
         watchdog.begin("waiting for the leader's next step")
-        message = channel.exchange(None)
+        try:
+            message = channel.exchange(None)
+        except LeaderGone as e:
+            _leader_lost(str(e))
         watchdog.end()
         heap.maybe_trim(idle=not message.step)
         if not message.step:  # idle, as the leader is: write what a restart would lose

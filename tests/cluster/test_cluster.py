@@ -65,6 +65,12 @@ def rank_pids(srv: Server) -> dict[tuple[str, int], int]:
     return pids_of(srv.env["CLUSTER_HOME"])
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @pytest.fixture(scope="module")
 def tp1_outputs(model_dir, tmp_path_factory):
     srv = start(model_dir, tmp_path_factory.mktemp("tp1"), ROOT / "inventory/local.yaml")
@@ -82,6 +88,14 @@ def test_tp2_over_ring_matches_tp1_token_for_token(model_dir, tmp_path, tp1_outp
         assert replica["engine"]["world_size"] == 2 and replica["engine"]["backend"] == "ring"
         assert len(rank_pids(srv)) == 2
         assert greedy_outputs(srv) == tp1_outputs
+        # Idle, the follower sleeps on the leader's doorbell instead of spinning in a collective.
+        assert status(srv)["replicas"][0]["engine"]["sleeping_followers"] == 1
+        follower = rank_pids(srv)[("r0", 1)]
+        time.sleep(1)
+        before = cpu_seconds(follower)
+        time.sleep(3)
+        assert cpu_seconds(follower) - before < 0.3  # of 3 s; it spun at a whole core before
+        assert greedy_outputs(srv)[:2] == tp1_outputs[:2]  # and wakes for the next request
     finally:
         assert srv.stop() == 0
     assert rank_pids(srv) == {}  # no orphans
