@@ -16,6 +16,7 @@ import asyncio
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -65,6 +66,16 @@ def rows(runs: dict) -> list[tuple[str, str, str, str]]:
         f"{added:.1f} ms ({ttft(seq('ours')):.1f} vs {ttft(seq('leader')):.1f})",
         "<= 2 ms",
         "yes" if added <= 2 else "missed",
+    ))  # fmt: skip
+    # Request i of every target ran in round i, within a second of each other: the median of
+    # the per-round differences cancels the machine's drift that the two medians carry.
+    ms = lambda t: [r["ttft_s"] * 1e3 for r in seq(t)["requests"]]  # noqa: E731
+    paired = statistics.median(a - b for a, b in zip(ms("ours"), ms("leader"), strict=True))
+    out.append((
+        "TTFT added, median of the per-round differences (ours - leader)",
+        f"{paired:.1f} ms",
+        "<= 2 ms",
+        "yes" if paired <= 2 else "missed",
     ))  # fmt: skip
     return out
 
