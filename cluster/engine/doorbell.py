@@ -25,14 +25,14 @@ ACCEPT_SECONDS = 30.0
 def leader_host() -> str | None:
     """Rank 0's interconnect address, from what `init_group` gave MLX; None when unknown."""
     if coordinator := os.environ.get("MLX_JACCL_COORDINATOR"):
-        return coordinator.rsplit(":", 1)[0]
+        return coordinator.rsplit(":", 1)[0].strip("[]")
     path = os.environ.get("MLX_HOSTFILE")
     if not path:
         return None
     try:
         with open(path) as f:
             hosts = json.load(f)
-        return str(hosts[0][0]).rsplit(":", 1)[0]
+        return str(hosts[0][0]).rsplit(":", 1)[0].strip("[]")  # "[::1]:5000" -> "::1"
     except (OSError, ValueError, LookupError):
         return None
 

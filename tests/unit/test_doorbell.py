@@ -65,6 +65,8 @@ def test_the_leader_address_comes_from_the_mlx_hostfile(tmp_path, monkeypatch):
     assert leader_host() == "10.0.0.7"
     monkeypatch.setenv("MLX_JACCL_COORDINATOR", "10.0.0.9:6000")
     assert leader_host() == "10.0.0.9"
+    monkeypatch.setenv("MLX_JACCL_COORDINATOR", "[::1]:6000")
+    assert leader_host() == "::1"
     monkeypatch.delenv("MLX_JACCL_COORDINATOR")
     monkeypatch.delenv("MLX_HOSTFILE")
     assert leader_host() is None
