@@ -50,7 +50,8 @@ class LeaderBell:
             log.warning("no interconnect address for a doorbell: idle followers will spin")
             return
         try:
-            self._listener = socket.create_server((host, 0))
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            self._listener = socket.create_server((host, 0), family=family)
         except OSError as e:
             log.warning("doorbell: cannot listen on %s (%s): idle followers will spin", host, e)
             return
