@@ -55,11 +55,11 @@ class Completion:
     def __init__(self, replica: Replica, request: EngineRequest, stream_of):
         """stream_of(completion) makes the stream; it may move() the request elsewhere."""
         self.replica = replica
-        self._open = True
-        replica.in_flight += 1
         self.events = replica.client.generate(request)
         """The engine events of the replica now serving the request: sent at once, so the
         engine prefills while the response's headers go out."""
+        self._open = True
+        replica.in_flight += 1
         self._stream = stream_of(self)
 
     def move(self, replica: Replica, request: EngineRequest) -> None:
