@@ -65,7 +65,10 @@ def test_leader_kill_under_16_streams(model_dir, tmp_path):
             results = [f.result(timeout=120) for f in futures]
         failed = [r for r in results if r["error"]]
         finished = [r for r in results if r["finish"] == "length" and not r["error"]]
-        assert len(failed) == on_r0 and len(finished) == 16 - on_r0
+        assert len(failed) + len(finished) == 16
+        # Every stream r0 held fails, but one may have finished between the count and the kill.
+        done_before = [r for r in finished if r["ended"] < killed]
+        assert 0 < len(failed) <= on_r0 <= len(failed) + len(done_before)
         for r in failed:  # an OpenAI error event, then [DONE], within 5 s: no hang, no silent cut
             assert "r0" in r["error"] and r["done"] and r["ended"] - killed < 5
             assert r["streamed"]  # only requests that had streamed may fail
