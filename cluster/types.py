@@ -103,12 +103,24 @@ class ModelInfo:
     """The longest sequence the replica's KV budget holds (0: no budget)."""
 
 
+class TokenStream(Protocol):
+    """One request's token events; aclose() abandons the request (read to the end or not)."""
+
+    def __aiter__(self) -> AsyncIterator[TokenEvent]: ...
+
+    async def __anext__(self) -> TokenEvent: ...
+
+    async def aclose(self) -> None: ...
+
+
 class EngineClient(Protocol):
     """What a replica offers: generate a stream of token events, abort, report status."""
 
     info: ModelInfo | None
 
-    def generate(self, request: EngineRequest) -> AsyncIterator[TokenEvent]: ...
+    def generate(self, request: EngineRequest) -> TokenStream:
+        """Sends the request now (the engine starts before the stream is first read)."""
+        ...
 
     async def abort(self, request_id: RequestId) -> None: ...
 

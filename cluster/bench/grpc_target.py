@@ -4,6 +4,7 @@ Measuring it next to the coordinator in one `bench --compare` run shows what the
 HTTP and the extra gRPC hop add to TTFT. Prompts go through the model's own chat template.
 """
 
+import contextlib
 import itertools
 import os
 import time
@@ -57,14 +58,15 @@ async def one_grpc_request(target: str, prompt: Prompt, max_tokens: int) -> Resu
         # Timed like an HTTP stream: from the first token that makes text (the coordinator
         # holds back tokens that decode to nothing or to part of a character).
         detok = IncrementalDetokenizer(tok.decode)
-        async for event in client(target).generate(request):
-            if event.error:
-                raise RuntimeError(event.error)
-            result.completion_tokens += len(event.token_ids)
-            if detok.add(event.token_ids) or (first and event.token_ids):
-                now = time.perf_counter()
-                first = first or now
-                last = now
+        async with contextlib.aclosing(client(target).generate(request)) as events:
+            async for event in events:
+                if event.error:
+                    raise RuntimeError(event.error)
+                result.completion_tokens += len(event.token_ids)
+                if detok.add(event.token_ids) or (first and event.token_ids):
+                    now = time.perf_counter()
+                    first = first or now
+                    last = now
         result.prompt_tokens = len(ids)
         result.ok = first is not None
         result.error = "" if result.ok else "no tokens streamed"

@@ -170,6 +170,11 @@ class ClusterCollector:
         exchange = gauge(
             "lockstep_seconds_avg", "Mean per-step leader-to-follower collective time.", ["replica"]
         )
+        sleeping = gauge(
+            "lockstep_sleeping_followers",
+            "Followers of a TP replica that sleep while it idles (the others spin in MLX's ring).",
+            ["replica"],
+        )
         rank_up = gauge("rank_up", "1 while the rank process runs.", ["replica", "node", "rank"])
         rank_mem = gauge(
             "rank_memory_bytes", "Resident memory of the rank process.", ["replica", "node", "rank"]
@@ -244,6 +249,8 @@ class ClusterCollector:
                 trims.add_metric([name, r.name], trim["trims"])
                 trim_seconds.add_metric([name, r.name], trim["seconds"])
             exchange.add_metric([name, r.name], s.get("exchange_ms_avg", 0.0) / 1000)
+            if "sleeping_followers" in s:
+                sleeping.add_metric([name, r.name], s["sleeping_followers"])
             for rank in r.ranks:
                 labels = [name, r.name, rank["node"], str(rank["rank"])]
                 rank_up.add_metric(labels, 1.0 if rank.get("alive", r.state == "ready") else 0.0)
@@ -263,7 +270,7 @@ class ClusterCollector:
                 leader = r.ranks[0]
                 model_bytes.add_metric([name, r.name, leader["node"], "0"], s["model_bytes"])
         yield from (up, info, restarts, running, waiting, in_flight, kv, kv_budget, preemptions,
-                    cache_perc, tier_hits, disk_bytes, step, exchange,
+                    cache_perc, tier_hits, disk_bytes, step, exchange, sleeping,
                     rank_up, rank_mem, model_bytes, trims, trim_seconds, spec_active,
                     spec_fallbacks, per_pos,
                     *spec_counters.values())  # fmt: skip

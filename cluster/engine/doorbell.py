@@ -44,6 +44,7 @@ class LeaderBell:
         self.followers: list[socket.socket] = []
         self.nonce = secrets.token_hex(16)
         self._listener = None
+        self._expected = followers
         if followers == 0:
             return
         if host is None:
@@ -55,7 +56,6 @@ class LeaderBell:
         except OSError as e:
             log.warning("doorbell: cannot listen on %s (%s): idle followers will spin", host, e)
             return
-        self._expected = followers
         self.address = f"{host}:{self._listener.getsockname()[1]}"
 
     def hello(self) -> dict:

@@ -1,6 +1,7 @@
 """Starts every replica, watches its ranks and its leader, restarts a replica that broke."""
 
 import asyncio
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -235,8 +236,9 @@ class Supervisor:
         one = SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True)
         request = EngineRequest(RequestId(f"probe-{name}-{int(now)}"), (0,), one)
         try:
-            async with asyncio.timeout(self.probe_timeout):
-                async for event in self.clients[name].generate(request):
+            events = self.clients[name].generate(request)
+            async with contextlib.aclosing(events), asyncio.timeout(self.probe_timeout):
+                async for event in events:
                     if event.error:
                         return f"probe generation failed: {event.error}" + _stopped(proc)
                     if event.finish_reason:

@@ -62,7 +62,7 @@ class GrpcEngineClient:
         )
         return self.info
 
-    def generate(self, request: EngineRequest) -> "EventStream":
+    def generate(self, request: EngineRequest) -> EventStream:
         """The request leaves at the caller's next await, before the stream is first read: the
         engine prefills while the caller sends its response headers."""
         call = self.stub.Generate(request_to_pb(request), metadata=self.metadata)

@@ -90,6 +90,8 @@ def test_tp2_over_ring_matches_tp1_token_for_token(model_dir, tmp_path, tp1_outp
         assert greedy_outputs(srv) == tp1_outputs
         # Idle, the follower sleeps on the leader's doorbell instead of spinning in a collective.
         assert status(srv)["replicas"][0]["engine"]["sleeping_followers"] == 1
+        gauge = 'cluster:lockstep_sleeping_followers{model_name="glm5-fixture",replica="r0"} 1.0'
+        assert gauge in httpx.get(f"{srv.url}/metrics").text
         follower = rank_pids(srv)[("r0", 1)]
         time.sleep(1)
         before = cpu_seconds(follower)
