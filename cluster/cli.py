@@ -59,6 +59,7 @@ def _serve(args) -> int:
         chat_template_args=tuple(_template_args(args.chat_template_args).items()),
         probe_seconds=args.probe_seconds,
         load_timeout=args.load_timeout,
+        tool_call_grammar=not args.no_tool_call_grammar,
     )
     serve(options, _engine_config(args))
     return 0
@@ -180,6 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--chat-template-args",
         help="JSON defaults for the chat template, e.g. '{\"enable_thinking\": false}'; "
         "a request's chat_template_kwargs override them",
+    )
+    p.add_argument(
+        "--no-tool-call-grammar",
+        action="store_true",
+        help="let the model write tool calls freely (default: each call is kept to an offered "
+        "tool's name, its keys and the values its schema lists)",
     )
     p.add_argument(
         "--routing",

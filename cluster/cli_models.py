@@ -78,11 +78,13 @@ def _shard_checkpoint(args) -> int:
 
 
 def _print_eval(result: dict) -> None:
-    print(
-        f"held-out tool calls: {result['tool_call_accuracy_thinking_off']:.1%} (thinking off), "
-        f"{result['tool_call_accuracy_thinking_on']:.1%} (thinking on); "
-        f"thinking closed: {result['thinking_closed']:.1%} of {result['held_out_requests']}"
-    )
+    for label, r in (("served, tool-call grammar on", result),
+                     ("the bare model, no grammar", result["without_grammar"])):  # fmt: skip
+        print(
+            f"held-out tool calls, {label}: {r['tool_call_accuracy_thinking_off']:.1%} "
+            f"(thinking off), {r['tool_call_accuracy_thinking_on']:.1%} (thinking on); "
+            f"thinking closed: {r['thinking_closed']:.1%} of {result['held_out_requests']}"
+        )
     for mode, probe in result["teacher_forced"].items():
         print(f"teacher-forced, {mode.replace('_', ' ')}: {probe}")
 

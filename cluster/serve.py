@@ -51,6 +51,8 @@ class ServeOptions:
     """An idle replica generates one token this often, or leaves ready (0: never)."""
     load_timeout: float | None = None
     """Seconds a replica may take to load; default from the checkpoint's size per rank."""
+    tool_call_grammar: bool = True
+    """Keep the model's tool calls to the offered tools' names, keys and listed values."""
 
 
 def cluster_token(persistent: bool) -> str:
@@ -128,6 +130,7 @@ def serve(options: ServeOptions, engine: EngineConfig) -> None:
         "inventory": inventory.source,
         "model_dir": str(model_dir),
         "chat_template_args": dict(options.chat_template_args),
+        "tool_call_grammar": options.tool_call_grammar,
     }
 
     coordinator = Coordinator(
@@ -170,6 +173,7 @@ def serve(options: ServeOptions, engine: EngineConfig) -> None:
                         coordinator,
                         frozenset(options.api_keys),
                         dict(options.chat_template_args),
+                        options.tool_call_grammar,
                     ),
                     host=host,
                     port=port,

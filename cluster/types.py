@@ -1,6 +1,7 @@
 """Types shared along the data path (coordinator, router, rpc, engine): frozen request,
 event and model types and the interface a replica offers. No side owns them; no MLX here."""
 
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal, NewType, Protocol
@@ -8,6 +9,61 @@ from typing import Literal, NewType, Protocol
 RequestId = NewType("RequestId", str)
 FinishReason = Literal["stop", "length", "abort", "error"]
 ReplicaState = Literal["starting", "ready", "suspect", "down", "failed"]
+
+
+@dataclass(frozen=True)
+class ToolParam:
+    """One parameter of an offered tool, in token ids."""
+
+    key: tuple[int, ...]
+    """The key's tokens as the tokenizer writes it alone."""
+    choices: tuple[tuple[int, ...], ...] = ()
+    """The values it may take (an enum, a boolean), each as tokens; empty: any text."""
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    name: tuple[int, ...]
+    params: tuple[ToolParam, ...] = ()
+
+
+@dataclass(frozen=True)
+class ToolGrammar:
+    """What a GLM tool call may contain, in token ids: the engine keeps every call the model
+    writes to an offered tool's name, its keys and allowed values (engine/grammar.py)."""
+
+    tags: tuple[int, ...]
+    """<tool_call>, </tool_call>, <arg_key>, </arg_key>, <arg_value>, </arg_value>."""
+    tools: tuple[ToolSpec, ...]
+    spacers: tuple[int, ...] = ()
+    """Tokens allowed between a call's parts (newlines, as GLM-4.5 writes them)."""
+    value_banned: tuple[int, ...] = ()
+    """Tokens a free-text value may not contain (the other tags, turn and end tokens)."""
+    opening: tuple[int, ...] = ()
+    """The prompt's last tokens that open the reply (a forced call): the grammar starts after."""
+
+    def to_json(self) -> str:
+        tools = [[list(t.name), [[list(p.key), [list(c) for c in p.choices], p.required]
+                                  for p in t.params]] for t in self.tools]  # fmt: skip
+        return json.dumps({"tags": list(self.tags), "tools": tools, "spacers": list(self.spacers),
+                           "value_banned": list(self.value_banned),
+                           "opening": list(self.opening)}, separators=(",", ":"))  # fmt: skip
+
+    @classmethod
+    def from_json(cls, text: str) -> "ToolGrammar":
+        d = json.loads(text)
+        tools = tuple(
+            ToolSpec(
+                tuple(name),
+                tuple(
+                    ToolParam(tuple(k), tuple(tuple(c) for c in cs), bool(r)) for k, cs, r in params
+                ),
+            )  # fmt: skip
+            for name, params in d["tools"]
+        )
+        return cls(tuple(d["tags"]), tools, tuple(d["spacers"]), tuple(d["value_banned"]),
+                   tuple(d["opening"]))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -31,6 +87,8 @@ class SamplingParams:
     """Divides positive and multiplies negative logits of tokens in prompt or output (vLLM's)."""
     logprobs: int | None = None
     """Report each token's log-probability and this many top alternatives (None: off)."""
+    tool_grammar: ToolGrammar | None = None
+    """Keep tool calls to the offered tools' names, keys and values (None: no constraint)."""
 
     @property
     def penalized(self) -> bool:

@@ -8,7 +8,10 @@ fails when one is missing), so a new sampling field is added to the dataclass an
 from dataclasses import MISSING, asdict, fields
 
 from .rpc.gen import engine_pb2 as pb
-from .types import EngineRequest, RequestId, SamplingParams, TokenEvent, TokenLogprob
+from .types import EngineRequest, RequestId, SamplingParams, TokenEvent, TokenLogprob, ToolGrammar
+
+_AS_JSON = {"tool_grammar": ToolGrammar}
+"""Nested types a message carries as their JSON text (to_json / from_json)."""
 
 
 def _to_pb(obj, msg, skip: tuple[str, ...] = ()):
@@ -16,6 +19,8 @@ def _to_pb(obj, msg, skip: tuple[str, ...] = ()):
         value = getattr(obj, f.name)
         if value is None or f.name in skip:
             continue
+        if f.name in _AS_JSON:
+            value = value.to_json()
         if isinstance(value, tuple):
             getattr(msg, f.name).extend(value)
         else:
@@ -37,6 +42,8 @@ def _from_pb(cls, msg, **given):
             continue
         elif value == "" and f.default is None:
             value = None  # proto3 strings have no null: "" stands for None
+        elif f.name in _AS_JSON:
+            value = _AS_JSON[f.name].from_json(value)
         kw[f.name] = value
     return cls(**kw, **given)
 
@@ -88,10 +95,14 @@ def event_from_pb(msg: pb.GenerateChunk) -> TokenEvent:
 
 def request_to_json(request: EngineRequest) -> dict:
     """A request as the lockstep frame carries it (JSON; never pickle)."""
+    sampling = asdict(request.sampling)
+    for name in _AS_JSON:
+        if (value := getattr(request.sampling, name)) is not None:
+            sampling[name] = value.to_json()
     return {
         "id": request.request_id,
         "prompt": list(request.prompt_token_ids),
-        "sampling": asdict(request.sampling),
+        "sampling": sampling,
         "hashes": list(request.block_hashes),
     }
 
@@ -99,6 +110,8 @@ def request_to_json(request: EngineRequest) -> dict:
 def request_from_json(data: dict) -> EngineRequest:
     s = data["sampling"]
     tuples = {f.name for f in fields(SamplingParams) if isinstance(_default(f), tuple)}
+    s = {k: _AS_JSON[k].from_json(v) if k in _AS_JSON and v is not None else v
+         for k, v in s.items()}  # fmt: skip
     sampling = SamplingParams(**{k: tuple(v) if k in tuples else v for k, v in s.items()})
     hashes = tuple(data.get("hashes", ()))
     return EngineRequest(RequestId(data["id"]), tuple(data["prompt"]), sampling, hashes)

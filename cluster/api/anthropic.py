@@ -134,7 +134,7 @@ def _sse(event: str, data: dict) -> str:
     return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-def router(coordinator: Coordinator, defaults: dict) -> APIRouter:
+def router(coordinator: Coordinator, defaults: dict, tool_grammar: bool = True) -> APIRouter:
     api = APIRouter()
 
     def prompt_of(body) -> tuple[ChatPrompt, list[dict]]:
@@ -146,7 +146,7 @@ def router(coordinator: Coordinator, defaults: dict) -> APIRouter:
         tools = body.openai_tools()
         args = defaults | body.template_args()
         return build_prompt(
-            coordinator.tokenizer, body.template_messages(), tools, choice, args
+            coordinator.tokenizer, body.template_messages(), tools, choice, args, tool_grammar
         ), tools
 
     @api.post(PREFIX + "/count_tokens")
@@ -164,7 +164,7 @@ def router(coordinator: Coordinator, defaults: dict) -> APIRouter:
         max_tokens = coordinator.check_length(len(prompt.tokens), body.max_tokens, "max_tokens")
         rid = coordinator.new_request_id("msg")
         mid = "msg_" + secrets.token_hex(12)
-        sampling = body.sampling(max_tokens, prompt.banned)
+        sampling = body.sampling(max_tokens, prompt.banned, prompt.grammar)
         long = len(prompt.tokens) > LONG_TOKENS
         hashes = await off_loop(long, coordinator.prompt_hashes, prompt.tokens)
         stream = coordinator.start(

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..types import SamplingParams
+from ..types import SamplingParams, ToolGrammar
 
 MAX_STOPS = 16
 
@@ -164,13 +164,16 @@ class MessagesRequest(_Prompted):
             raise ValueError(f"at most {MAX_STOPS} stop sequences are supported")
         return v
 
-    def sampling(self, max_tokens: int, banned: tuple[int, ...]) -> SamplingParams:
+    def sampling(
+        self, max_tokens: int, banned: tuple[int, ...], grammar: ToolGrammar | None = None
+    ) -> SamplingParams:
         return SamplingParams(
             max_tokens=max_tokens,
             temperature=self.temperature,
             top_p=self.top_p,
             top_k=self.top_k,
             banned_token_ids=banned,
+            tool_grammar=grammar,
         )
 
 

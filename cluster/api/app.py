@@ -49,9 +49,10 @@ def create_app(
     coordinator: Coordinator,
     api_keys: frozenset[str] = frozenset(),
     template_args: dict | None = None,
+    tool_grammar: bool = True,
 ) -> FastAPI:
     """template_args: the chat template's defaults (--chat-template-args); requests'
-    chat_template_kwargs override them."""
+    chat_template_kwargs override them. tool_grammar: keep tool calls to the offered tools."""
     app = FastAPI(title="cluster", version="0.1.0")
     app.state.coordinator = coordinator
     defaults = dict(template_args or {})
@@ -89,7 +90,7 @@ def create_app(
     async def status():
         return await coordinator.status()
 
-    app.include_router(anthropic_router(coordinator, defaults))
+    app.include_router(anthropic_router(coordinator, defaults, tool_grammar))
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatCompletionRequest, request: Request):
@@ -103,10 +104,14 @@ def create_app(
         # Templating and tokenizing a long transcript take long: off the event loop.
         messages = openai_messages(body.messages)
         long = chars(messages) > LONG_CHARS
-        prompt = await off_loop(long, build_prompt, tok, messages, tools, choice, args)
+        prompt = await off_loop(
+            long, build_prompt, tok, messages, tools, choice, args, tool_grammar
+        )
         max_calls = None if body.parallel_tool_calls else 1
         processor = chat_processor(tok, prompt, tools, body.stop, max_calls)
-        return await _complete(request, body, prompt.tokens, processor, prompt.banned)
+        return await _complete(
+            request, body, prompt.tokens, processor, prompt.banned, prompt.grammar
+        )
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
@@ -126,13 +131,15 @@ def create_app(
         processor = OutputProcessor(tok.decode, body.stop, tok.stream_bytes)
         return await _complete(request, body, prompt, processor)
 
-    async def _complete(request: Request, body, prompt: list[int], processor, banned=()):
+    async def _complete(
+        request: Request, body, prompt: list[int], processor, banned=(), grammar=None
+    ):
         chat = isinstance(body, ChatCompletionRequest)
         limit, param = body.token_limit
         max_tokens = coordinator.check_length(len(prompt), limit, param)
         rid = coordinator.new_request_id("chatcmpl" if chat else "cmpl")
         session = request.headers.get("x-session-id")
-        sampling = body.sampling(max_tokens, banned)
+        sampling = body.sampling(max_tokens, banned, grammar)
         hashes = await off_loop(len(prompt) > LONG_TOKENS, coordinator.prompt_hashes, prompt)
         stream = coordinator.start(rid, prompt, sampling, processor, session, hashes)
         shape = Shape(rid, coordinator.model_name, chat, coordinator.tokenizer.token_bytes)

@@ -9,6 +9,8 @@ from ..coordinator.errors import BadRequest
 from ..coordinator.glm_output import ChatOutputProcessor, GlmParser, param_types
 from ..coordinator.output import OutputProcessor
 from ..coordinator.tokenizer import PromptTokenizer
+from ..coordinator.tool_grammar import tool_grammar
+from ..types import ToolGrammar
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,8 @@ class ChatPrompt:
     """The reply starts inside <think> (thinking on)."""
     banned: tuple[int, ...] = ()
     """Token ids the reply may not contain (tool_choice none bans <tool_call>)."""
+    grammar: ToolGrammar | None = None
+    """What the reply's tool calls may contain (None: unconstrained)."""
 
 
 def tool_arguments(arguments, param: str) -> dict:
@@ -74,9 +78,11 @@ def build_prompt(
     tools: list[dict] | None,
     tool_choice: str | None,
     template_args: dict,
+    grammar: bool = True,
 ) -> ChatPrompt:
     """tool_choice: None/'auto', 'none', 'required', or a tool's name. A forced call opens the
-    reply with `<tool_call>` (and the name) and skips thinking for that turn."""
+    reply with `<tool_call>` (and the name) and skips thinking for that turn. grammar: keep
+    the reply's calls to the offered tools' names, keys and listed values."""
     markers = tokenizer.markers
     if tools and markers is None:
         raise BadRequest(
@@ -99,7 +105,8 @@ def build_prompt(
     # No tools offered means none (OpenAI's default then): a call could name no real tool.
     no_calls = tool_choice == "none" or not tools
     banned = (markers.id_of("<tool_call>"),) if no_calls and markers else ()
-    return ChatPrompt(prompt + forced, forced, reasoning, banned)
+    rules = tool_grammar(tokenizer, tools, forced) if grammar and not no_calls else None
+    return ChatPrompt(prompt + forced, forced, reasoning, banned, rules)
 
 
 def new_call_id(prefix: str = "call_") -> str:

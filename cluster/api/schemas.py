@@ -4,7 +4,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..types import SamplingParams
+from ..types import SamplingParams, ToolGrammar
 
 MAX_STOPS = 16
 MAX_LOGPROBS = 20
@@ -111,7 +111,9 @@ class _Common(BaseModel):
         """Top alternatives per token to report; None when logprobs are off."""
         return None
 
-    def sampling(self, max_tokens: int, banned: tuple[int, ...] = ()) -> SamplingParams:
+    def sampling(
+        self, max_tokens: int, banned: tuple[int, ...] = (), grammar: ToolGrammar | None = None
+    ) -> SamplingParams:
         return SamplingParams(
             max_tokens=max_tokens,
             temperature=self.temperature,
@@ -125,6 +127,7 @@ class _Common(BaseModel):
             frequency_penalty=self.frequency_penalty,
             repetition_penalty=self.repetition_penalty,
             logprobs=self.num_logprobs,
+            tool_grammar=grammar,
         )
 
     @property

@@ -74,6 +74,12 @@ class PromptTokenizer:
         }
 
     @cached_property
+    def special_ids(self) -> tuple[int, ...]:
+        """Every special token's id (tags, turns, end of text)."""
+        vocab = self._backend.get_vocab()
+        return tuple(sorted(vocab[t] for t in self.special_tokens if t in vocab))
+
+    @cached_property
     def markers(self) -> Markers | None:
         """GLM-5's tag tokens, when this tokenizer has them."""
         return Markers.from_vocab(self._backend.get_vocab())

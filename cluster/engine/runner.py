@@ -10,10 +10,11 @@ from mlx.utils import tree_flatten
 from mlx_lm.models.cache import BatchKVCache, CacheList, KVCache
 
 from .drafter import NO_DRAFTER, Drafter
+from .grammar import FREE
 from .kv import SlotOrder, _arrays, in_order, trim_rows
 from .kv_budget import STEP
 from .mtp import greedy_accept, verify_drafts
-from .sampler import sample_lazy, token_logprobs
+from .sampler import constrain, sample_lazy, token_logprobs
 from .scheduler import Schedule
 from .sequence import Sequence
 
@@ -104,11 +105,13 @@ class ModelRunner:
 
     def _pipelined(self, seqs: list[Sequence]) -> bool:
         """Plain decode steps pipeline, unless a row needs its tokens on the host before the
-        next step (penalties count them, logprobs read each step's logits)."""
+        next step (penalties count them, logprobs read each step's logits, a tool call's
+        grammar limits the next token by them)."""
         if not self.pipeline or self.speculate:
             return False
+        # A row inside a tool call needs each token read before its next one is limited.
         return all(not s.request.sampling.penalized and s.request.sampling.logprobs is None
-                   for s in seqs)  # fmt: skip
+                   and s.limit() is FREE for s in seqs)  # fmt: skip
 
     def _pipelined_decode(self) -> dict[Sequence, list[int]]:
         """This step's tokens (queued by the step before; computed now if there was none),
@@ -142,7 +145,8 @@ class ModelRunner:
     def _sample_lazy(self, seqs: list[Sequence], logits: mx.array, histories=None) -> mx.array:
         """Each row's token, not read yet; each sequence's key moves on."""
         params = [s.request.sampling for s in seqs]
-        tokens, keys = sample_lazy(logits, params, [self._key(s) for s in seqs], histories)
+        keys = [self._key(s) for s in seqs]
+        tokens, keys = sample_lazy(logits, params, keys, histories, [s.limit() for s in seqs])
         for seq, key in zip(seqs, keys, strict=True):
             seq.rng_key = key
         return tokens
@@ -216,15 +220,22 @@ class ModelRunner:
         logits = self.model.lm_head(hidden)
         out, kept = {}, []
         params = [s.request.sampling for s in seqs]
+        limits = [s.limit() for s in seqs]
         if all(p.greedy and not p.penalized and not p.banned_token_ids for p in params):
             best = mx.argmax(logits, axis=-1).tolist()  # one read for every row
         else:
             best = None
         for i, (seq, (drafts, dists)) in enumerate(zip(seqs, proposals, strict=True)):
-            if best is None:
+            if limits[i] is not FREE:  # inside a tool call: no drafts, the limited token
+                row = constrain(logits[i, :1], [limits[i]])
+                (accepted, token), drafts = verify_drafts(seq, [], [], row), []
+            elif best is None:
                 accepted, token = verify_drafts(seq, drafts, dists, logits[i, : len(drafts) + 1])
             else:
                 accepted, token = greedy_accept(drafts, best[i])
+            if seq.call is not None and seq.call.open in drafts[:accepted]:
+                # A call opens inside the accepted run: stop there, its name comes limited.
+                accepted, token = drafts.index(seq.call.open), seq.call.open
             if (top := seq.request.sampling.logprobs) is not None:
                 seq.logprobs += token_logprobs(
                     logits[i, : accepted + 1], drafts[:accepted] + [token], top

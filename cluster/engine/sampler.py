@@ -4,6 +4,7 @@ import mlx.core as mx
 import numpy as np
 
 from ..types import SamplingParams, TokenLogprob
+from .grammar import Limit
 
 
 def processed_rows(logits: mx.array, params: list[SamplingParams]) -> mx.array:
@@ -43,6 +44,20 @@ def ban(logits: mx.array, params: list[SamplingParams]) -> mx.array:
     mask = np.zeros(logits.shape, dtype=bool)
     for i, p in enumerate(params):
         mask[i, list(p.banned_token_ids)] = True
+    return mx.where(mx.array(mask), -mx.inf, logits)
+
+
+def constrain(logits: mx.array, limits: list[Limit] | None) -> mx.array:
+    """Rows of logits [B, V] with the tokens each row's grammar limit excludes at -inf."""
+    if not limits or all(lim.allow is None and not lim.ban for lim in limits):
+        return logits
+    mask = np.zeros(logits.shape, dtype=bool)  # True: excluded
+    for i, lim in enumerate(limits):
+        if lim.allow:
+            mask[i] = True
+            mask[i, list(lim.allow)] = False
+        elif lim.ban:
+            mask[i, list(lim.ban)] = True
     return mx.where(mx.array(mask), -mx.inf, logits)
 
 
@@ -87,13 +102,17 @@ def token_logprobs(logits: mx.array, tokens: list[int], top: int) -> list[TokenL
 
 
 def sample_lazy(
-    logits: mx.array, params: list[SamplingParams], keys: list, histories: list | None = None
+    logits: mx.array,
+    params: list[SamplingParams],
+    keys: list,
+    histories: list | None = None,
+    limits: list[Limit] | None = None,
 ) -> tuple[mx.array, list]:
     """One token per row of logits [B, V], not yet evaluated; and each row's next key.
 
     Greedy rows take the argmax; the others are processed together and drawn with Gumbel
     noise from their own keys (argmax of logits + noise is a categorical draw)."""
-    logits = ban(penalize(logits, params, histories or []), params)
+    logits = constrain(ban(penalize(logits, params, histories or []), params), limits)
     tokens = mx.argmax(logits, axis=-1)
     drawn = [i for i, p in enumerate(params) if not p.greedy]
     if not drawn:

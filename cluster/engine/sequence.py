@@ -6,6 +6,7 @@ from enum import Enum
 from typing import Any
 
 from ..types import EngineRequest, FinishReason
+from .grammar import FREE, CallState, Limit
 
 
 class Status(Enum):
@@ -53,12 +54,16 @@ class Sequence:
     """kv.SlotOrder of its batch row's caches ("main", "drafter") once speculation moved some."""
     hashes: list[int] = field(default_factory=list)
     """Chained hashes of its tokens' first blocks, each computed once (routing's to start)."""
+    call: CallState | None = None
+    """Where its output is in the tool-call grammar, when the request carries one."""
 
     @classmethod
     def from_request(cls, request: EngineRequest) -> "Sequence":
         prompt = list(request.prompt_token_ids)
+        grammar = request.sampling.tool_grammar
         return cls(request=request, tokens=prompt, num_prompt=len(prompt),
-                   hashes=list(request.block_hashes))  # fmt: skip
+                   hashes=list(request.block_hashes),
+                   call=CallState(grammar) if grammar is not None else None)  # fmt: skip
 
     @property
     def request_id(self):
@@ -71,6 +76,10 @@ class Sequence:
     @property
     def output(self) -> list[int]:
         return self.tokens[self.num_prompt :]
+
+    def limit(self) -> Limit:
+        """What its next token may be under the tool-call grammar (FREE: anything)."""
+        return self.call.follow(self.output) if self.call is not None else FREE
 
     @property
     def prefill_target(self) -> int:

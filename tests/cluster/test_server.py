@@ -375,3 +375,56 @@ def test_a_huge_prompt_being_tokenized_does_not_stall_other_streams(server):
     ]  # the chunks while the big request was in the server, and the first after it
     gaps = [b - a for a, b in zip(during, during[1:], strict=False)]
     assert took["s"] > 0.2 and max(gaps) < took["s"] / 2, (max(gaps), took)
+
+
+CLOSED_TOOLS = [
+    {"type": "function", "function": {"name": name, "parameters": {
+        "type": "object",
+        "properties": {
+            "unit": {"type": "string", "enum": ["celsius", "fahrenheit", "kelvin"]},
+            "detailed": {"type": "boolean"},
+        },
+        "required": ["unit"],
+    }}}
+    for name in ("get_weather", "get_weather_alerts", "set_thermostat")
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_random_weights_still_write_only_calls_of_offered_tools(server, stream):
+    """The tool-call grammar (on by default): a model with random weights, made to call a tool,
+    writes an offered tool's name, its keys once each and only the values its schema lists,
+    every time (without the grammar these weights write noise after `<tool_call>`)."""
+    client = server.client()
+    status = httpx.get(f"{server.url}/v1/status").json()
+    assert status["settings"]["tool_call_grammar"] is True
+    names = {t["function"]["name"] for t in CLOSED_TOOLS}
+    for seed in range(4):
+        kw = dict(model=server.model, messages=[{"role": "user", "content": f"weather {seed}"}],
+                  tools=CLOSED_TOOLS, tool_choice="required", parallel_tool_calls=False,
+                  max_tokens=40, temperature=1.0,
+                  seed=seed)  # fmt: skip
+        if stream:
+            calls: dict[int, list] = {}
+            finish = None
+            for chunk in client.chat.completions.create(stream=True, **kw):
+                choice = chunk.choices[0]
+                finish = choice.finish_reason or finish
+                assert not choice.delta.content or "<" not in choice.delta.content
+                for d in choice.delta.tool_calls or []:
+                    if d.id:
+                        calls[d.index] = [d.function.name, ""]
+                    else:
+                        calls[d.index][1] += d.function.arguments or ""
+            got = [tuple(calls[i]) for i in sorted(calls)]
+        else:
+            r = client.chat.completions.create(**kw).choices[0]
+            finish = r.finish_reason
+            got = [(c.function.name, c.function.arguments) for c in r.message.tool_calls]
+        assert finish == "tool_calls" and got, (finish, got)
+        for name, arguments in got:
+            args = json.loads(arguments)
+            assert name in names
+            assert args["unit"] in ("celsius", "fahrenheit", "kelvin")
+            assert set(args) <= {"unit", "detailed"}
+            assert args.get("detailed", True) in (True, False)

@@ -1,0 +1,78 @@
+"""The offered tools as a ToolGrammar in the model's token ids: the engine keeps each call the
+model writes to these names, keys and values (cluster/engine/grammar.py applies it)."""
+
+import json
+
+from ..types import ToolGrammar, ToolParam, ToolSpec
+from .tokenizer import PromptTokenizer
+
+CALL_TAGS = ("<tool_call>", "</tool_call>", "<arg_key>", "</arg_key>", "<arg_value>",
+             "</arg_value>")  # fmt: skip
+
+
+def value_text(value) -> str:
+    """A value as the chat template writes it: strings raw, the rest as JSON."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _choices(schema: dict) -> list[str]:
+    """The values a parameter may take, when its schema closes the set."""
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return [value_text(v) for v in schema["enum"]]
+    if "const" in schema:
+        return [value_text(schema["const"])]
+    if schema.get("type") == "boolean":
+        return ["true", "false"]
+    return []
+
+
+def _tokens(tokenizer: PromptTokenizer, text: str) -> tuple[int, ...]:
+    return tuple(tokenizer.encode(text))
+
+
+def tool_grammar(
+    tokenizer: PromptTokenizer, tools: list[dict], opening: list[int]
+) -> ToolGrammar | None:
+    """The grammar of calls to `tools`; None when a tool's keys are open (a schema without
+    `properties` or with `additionalProperties`), which no key list can hold."""
+    markers = tokenizer.markers
+    specs, names = [], set()
+    for tool in tools:
+        f = tool.get("function", tool)
+        name = f.get("name") or ""
+        schema = f.get("parameters") or f.get("input_schema") or {}
+        props = schema.get("properties")
+        if not name or name in names:
+            continue
+        if (
+            props is None
+            and schema.get("type", "object") == "object"
+            or (schema.get("additionalProperties") not in (None, False))
+        ):
+            return None
+        names.add(name)
+        required = set(schema.get("required") or ())
+        params = tuple(
+            ToolParam(
+                _tokens(tokenizer, key),
+                tuple(_tokens(tokenizer, c) for c in _choices(p or {})),
+                key in required,
+            )  # fmt: skip
+            for key, p in (props or {}).items()
+        )
+        specs.append(ToolSpec(_tokens(tokenizer, name), params))
+    if not specs:
+        return None
+    return ToolGrammar(
+        tuple(markers.id_of(t) for t in CALL_TAGS),
+        tuple(specs),
+        _spacers(tokenizer),
+        tokenizer.special_ids,
+        tuple(opening),
+    )
+
+
+def _spacers(tokenizer: PromptTokenizer) -> tuple[int, ...]:
+    """Newline tokens, allowed between a call's parts."""
+    return tuple(sorted({t[0] for text in ("\n", "\n\n")
+                         if len(t := _tokens(tokenizer, text)) == 1}))  # fmt: skip

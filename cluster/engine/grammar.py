@@ -1,0 +1,145 @@
+"""A tool call's grammar, applied while the model writes it.
+
+Outside a call nothing is limited. From `<tool_call>` on, each token must continue an offered
+tool's name, then one of its keys not used yet, then a value (one of its choices when the schema
+lists them, else any text without tags), then the next tag; `</tool_call>` only once the
+required keys are in. So every call the engine emits parses as a call of an offered tool.
+Pure Python: the runner turns each row's `Limit` into a logits mask.
+"""
+
+from dataclasses import dataclass
+from enum import Enum
+
+from ..types import ToolGrammar, ToolParam, ToolSpec
+
+
+@dataclass(frozen=True)
+class Limit:
+    """The tokens a row may take next: only `allow` when it is set, else any but `ban`."""
+
+    allow: frozenset[int] | None = None
+    ban: frozenset[int] = frozenset()
+
+
+FREE = Limit()
+
+
+class _Mode(Enum):
+    FREE = "free"
+    NAME = "name"
+    BETWEEN = "between"  # after the name or a value: the next tag
+    KEY = "key"
+    AFTER_KEY = "after_key"
+    VALUE = "value"
+
+
+def _next(seqs, prefix: tuple[int, ...]) -> tuple[set[int], bool]:
+    """Tokens that continue `prefix` towards one of `seqs`, and whether it is one of them."""
+    n = len(prefix)
+    nxt = {s[n] for s in seqs if len(s) > n and s[:n] == prefix}
+    return nxt, any(s == prefix for s in seqs)
+
+
+class CallState:
+    """One row's place in the grammar; `follow` reads its new output tokens."""
+
+    def __init__(self, grammar: ToolGrammar):
+        self.g = grammar
+        (self.open, self.close, self.key_open, self.key_close, self.value_open,
+         self.value_close) = grammar.tags  # fmt: skip
+        self.mode = _Mode.FREE
+        self.prefix: tuple[int, ...] = ()
+        self.tool: ToolSpec | None = None
+        self.param: ToolParam | None = None
+        self.used: set[tuple[int, ...]] = set()
+        self.seen = 0
+        self.value_ban = frozenset(grammar.value_banned) - {self.value_close}
+        for token in grammar.opening:
+            self.advance(token)
+
+    def follow(self, output: list[int]) -> Limit:
+        """Read the output tokens not read yet; the limit on the next one."""
+        for token in output[self.seen :]:
+            self.advance(token)
+        self.seen = len(output)
+        return self.limit()
+
+    @property
+    def constrained(self) -> bool:
+        return self.mode is not _Mode.FREE
+
+    def _unused(self) -> list[ToolParam]:
+        return [p for p in self.tool.params if p.key not in self.used]
+
+    def _tags_after_part(self) -> set[int]:
+        """After the name or a value: another key while keys remain, the end once the
+        required keys are in."""
+        unused = self._unused()
+        tags = {self.key_open} if unused else set()
+        if not any(p.required for p in unused):
+            tags.add(self.close)
+        return tags | set(self.g.spacers)
+
+    def limit(self) -> Limit:
+        m = self.mode
+        if m is _Mode.FREE:
+            return FREE
+        if m is _Mode.NAME:
+            nxt, whole = _next([t.name for t in self.g.tools], self.prefix)
+            if whole:
+                self.tool = self._tool(self.prefix)
+                nxt |= self._tags_after_part()
+            return Limit(frozenset(nxt))
+        if m is _Mode.BETWEEN:
+            return Limit(frozenset(self._tags_after_part()))
+        if m is _Mode.KEY:
+            nxt, whole = _next([p.key for p in self._unused()], self.prefix)
+            return Limit(frozenset(nxt | ({self.key_close} if whole else set())))
+        if m is _Mode.AFTER_KEY:
+            return Limit(frozenset({self.value_open, *self.g.spacers}))
+        if self.param.choices:  # VALUE with a closed set
+            nxt, whole = _next(self.param.choices, self.prefix)
+            return Limit(frozenset(nxt | ({self.value_close} if whole else set())))
+        return Limit(ban=self.value_ban)
+
+    def _tool(self, name: tuple[int, ...]) -> ToolSpec:
+        return next(t for t in self.g.tools if t.name == name)
+
+    def advance(self, token: int) -> None:
+        m = self.mode
+        if m is _Mode.FREE:
+            if token == self.open:
+                self.mode, self.prefix, self.used = _Mode.NAME, (), set()
+            return
+        allowed = self.limit()
+        if allowed.allow is not None and token not in allowed.allow:
+            self.mode = _Mode.FREE  # not written under this grammar (a draft run): let go
+            return
+        if m is _Mode.NAME:
+            if token in _next([t.name for t in self.g.tools], self.prefix)[0]:
+                self.prefix += (token,)
+                return
+            self.mode = _Mode.BETWEEN  # the name is whole (limit() set self.tool)
+            m = self.mode
+        if m is _Mode.BETWEEN:
+            if token == self.key_open:
+                self.mode, self.prefix = _Mode.KEY, ()
+            elif token == self.close:
+                self.mode = _Mode.FREE
+        elif m is _Mode.KEY:
+            if token == self.key_close:
+                self.param = next(p for p in self._unused() if p.key == self.prefix)
+                self.mode = _Mode.AFTER_KEY
+            else:
+                self.prefix += (token,)
+        elif m is _Mode.AFTER_KEY:
+            if token == self.value_open:
+                self.mode, self.prefix = _Mode.VALUE, ()
+        elif m is _Mode.VALUE:
+            if token == self.value_close:
+                self.used.add(self.param.key)
+                self.mode = _Mode.BETWEEN
+            elif token in self.value_ban:
+                self.mode = _Mode.FREE
+            elif self.param.choices:  # free text needs no prefix kept
+                self.prefix += (token,)

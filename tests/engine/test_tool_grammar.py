@@ -1,0 +1,130 @@
+"""The tool-call grammar in the engine, on the trained fixture: every token of a limited row is
+one its grammar allowed; the same output pipelined or not, with MTP or n-gram speculation or
+without; and the other rows of the batch decode as they would alone."""
+
+import random
+
+import pytest
+
+from cluster.config import EngineConfig
+from cluster.coordinator.tokenizer import PromptTokenizer
+from cluster.coordinator.tool_grammar import tool_grammar
+from cluster.engine.build import build_engine
+from cluster.engine.grammar import CallState
+from cluster.fixture.agent_data import AgentData
+from cluster.model_store import TRAINED
+from cluster.types import EngineRequest, RequestId, SamplingParams
+
+
+@pytest.fixture(scope="module")
+def requests():
+    """Held-out tool requests, thinking off and on, with their grammars; and a code prompt."""
+    tok = PromptTokenizer(TRAINED)
+    data, rng = AgentData(seed=0), random.Random(7)
+    out = []
+    for i in range(3):
+        ex = data.conversation(held_out=True, rng=rng)
+        prompt = tok.chat(ex.messages[:-1], tools=ex.tools, enable_thinking=i == 2)
+        out.append((prompt, tool_grammar(tok, ex.tools, [])))
+    code = tok.encode("def add(a, b):\n    return a + b\n\ndef add(")
+    return out, code
+
+
+def greedy(grammar=None, n=96):
+    return SamplingParams(max_tokens=n, temperature=0.0, tool_grammar=grammar)
+
+
+def run(config: EngineConfig, jobs) -> list[list[int]]:
+    engine, _ = build_engine(TRAINED, config, "glm-5-fixture")
+    for i, (prompt, params) in enumerate(jobs):
+        engine.add_request(EngineRequest(RequestId(str(i)), tuple(prompt), params))
+    out: dict[str, list[int]] = {}
+    while engine.has_work():
+        for event in engine.step():
+            out.setdefault(event.request_id, []).extend(event.token_ids)
+    return [out[str(i)] for i in range(len(jobs))]
+
+
+def legal(grammar, output: list[int]) -> bool:
+    """Each token was one the grammar allowed given the tokens before it."""
+    state = CallState(grammar)
+    for n, token in enumerate(output):
+        lim = state.follow(output[:n])
+        if (lim.allow is not None and token not in lim.allow) or token in lim.ban:
+            return False
+    return True
+
+
+CONFIGS = {
+    "plain": EngineConfig(pipeline_decode=False),
+    "pipelined": EngineConfig(),
+    "mtp": EngineConfig(speculation="mtp", num_speculative_tokens=3),
+    "ngram": EngineConfig(speculation="ngram", num_speculative_tokens=3),
+}
+
+
+def test_limited_rows_keep_to_the_grammar_alike_in_every_mode_and_others_are_untouched(requests):
+    calls, code = requests
+    tok = PromptTokenizer(TRAINED)
+    jobs = [(p, greedy(g)) for p, g in calls] + [(code, greedy())]
+    alone = run(CONFIGS["plain"], [(code, greedy())])[0]
+    results = {name: run(config, jobs) for name, config in CONFIGS.items()}
+    base = results["plain"]
+    for name, got in results.items():
+        assert got == base, name
+    for (_, grammar), output in zip(calls, base[:-1], strict=True):
+        assert legal(grammar, output)
+        assert tok.markers.id_of("</tool_call>") in output  # a whole call was written
+    assert base[-1] == alone
+
+
+def test_the_grammar_changes_what_a_wrong_call_would_have_been(requests):
+    """Without it, some held-out request of these comes back off the grammar (the model's
+    own mistakes, `fixture-eval` counts them); with it, none does."""
+    calls, _ = requests
+    data, rng = AgentData(seed=0), random.Random(11)
+    tok = PromptTokenizer(TRAINED)
+    jobs, grammars = [], []
+    for _ in range(12):
+        ex = data.conversation(held_out=True, rng=rng)
+        grammars.append(tool_grammar(tok, ex.tools, []))
+        jobs.append(tok.chat(ex.messages[:-1], tools=ex.tools, enable_thinking=False))
+    free = run(CONFIGS["pipelined"], [(p, greedy()) for p in jobs])
+    held = run(CONFIGS["pipelined"], [(p, greedy(g)) for p, g in zip(jobs, grammars, strict=True)])
+    assert not all(legal(g, o) for g, o in zip(grammars, free, strict=True))
+    assert all(legal(g, o) for g, o in zip(grammars, held, strict=True))
+
+
+def test_a_draft_run_that_opens_a_call_stops_at_its_tag(requests):
+    """Drafts that continue past `<tool_call>` are what the unlimited model would write; an
+    oracle drafter proposes exactly that (seeded held-out requests, thinking on, whose free
+    calls break the grammar). Verified runs stop at the tag, so the output is the limited
+    one, as without speculation."""
+    tok = PromptTokenizer(TRAINED)
+    data, rng = AgentData(seed=0), random.Random(3)
+    exs = [data.conversation(held_out=True, rng=rng) for _ in range(10)]
+    picked = [exs[4], exs[9]]
+    jobs = [tok.chat(ex.messages[:-1], tools=ex.tools, enable_thinking=True) for ex in picked]
+    grammars = [tool_grammar(tok, ex.tools, []) for ex in picked]
+    free = run(CONFIGS["plain"], [(p, greedy(None, 128)) for p in jobs])
+    held = run(CONFIGS["plain"], [(p, greedy(g, 128)) for p, g in zip(jobs, grammars, strict=True)])
+    assert all(not legal(g, o) for g, o in zip(grammars, free, strict=True))
+
+    engine, _ = build_engine(TRAINED, CONFIGS["ngram"], "glm-5-fixture")
+    by_prompt = {len(p): f for p, f in zip(jobs, free, strict=True)}
+
+    def oracle(seq, caches=None):
+        future = by_prompt[seq.num_prompt]
+        n = seq.num_output
+        drafts = future[n : n + 3] if seq.output == future[:n] else []
+        return drafts, [None] * len(drafts)
+
+    engine.runner.drafter.propose = oracle
+    for i, (prompt, g) in enumerate(zip(jobs, grammars, strict=True)):
+        engine.add_request(EngineRequest(RequestId(str(i)), tuple(prompt), greedy(g, 128)))
+    out: dict[str, list[int]] = {}
+    while engine.has_work():
+        for event in engine.step():
+            out.setdefault(event.request_id, []).extend(event.token_ids)
+    assert [out["0"], out["1"]] == held
+    assert engine.runner.drafter.stats.accepted > 0

@@ -1,0 +1,173 @@
+"""The tool-call grammar: what a row may write next inside a call, token by token; and the
+grammar the coordinator compiles from a request's tools accepts GLM's own rendering of calls."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cluster.coordinator.tokenizer import PromptTokenizer
+from cluster.coordinator.tool_grammar import tool_grammar
+from cluster.engine.grammar import FREE, CallState
+from cluster.types import ToolGrammar, ToolParam, ToolSpec
+
+OPEN, CLOSE, KO, KC, VO, VC, NL, EOS = 1, 2, 3, 4, 5, 6, 7, 8
+TAGS = (OPEN, CLOSE, KO, KC, VO, VC)
+# Two tools whose names share a first token: "get" (10) + "time" (11) / "time" "zone" (12).
+TIME = ToolSpec((10, 11), ())
+ZONE = ToolSpec(
+    (10, 11, 12),
+    (ToolParam((20,), required=True), ToolParam((21, 22), ((30,), (31, 32)))),
+)
+GRAMMAR = ToolGrammar(TAGS, (TIME, ZONE), spacers=(NL,), value_banned=(*TAGS, EOS))
+
+
+def walk(state: CallState, tokens: list[int]) -> list:
+    """The limit before each token, feeding them one by one (asserting each is allowed)."""
+    limits, out = [], []
+    for t in tokens:
+        lim = state.follow(out)
+        limits.append(lim)
+        assert lim.allow is None or t in lim.allow, (t, lim)
+        assert t not in lim.ban, (t, lim)
+        out.append(t)
+    state.follow(out)
+    return limits
+
+
+def test_outside_a_call_nothing_is_limited_and_the_open_tag_starts_the_name():
+    s = CallState(GRAMMAR)
+    assert s.follow([40, 41]) is FREE
+    assert s.follow([40, 41, OPEN]).allow == {10}
+
+
+def test_a_name_that_is_a_prefix_of_another_may_end_or_go_on():
+    s = CallState(GRAMMAR)
+    lim = walk(s, [OPEN, 10, 11])
+    assert lim[-1].allow == {11}
+    # "gettime" is whole (no params: only the end) and also starts "gettimezone".
+    assert s.limit().allow == {12, CLOSE, NL}
+
+
+def test_required_keys_come_before_the_end_and_a_used_key_is_not_offered_again():
+    s = CallState(GRAMMAR)
+    walk(s, [OPEN, 10, 11, 12])
+    assert s.limit().allow == {KO, NL}  # key 20 is required: no </tool_call> yet
+    walk_more = [KO]
+    s.follow([OPEN, 10, 11, 12, *walk_more])
+    assert s.limit().allow == {20, 21}
+    out = [OPEN, 10, 11, 12, KO, 20, KC, VO, 50, 51, VC]
+    walk(CallState(GRAMMAR), out)
+    s = CallState(GRAMMAR)
+    s.follow(out)
+    assert s.limit().allow == {KO, CLOSE, NL}
+    s.follow([*out, KO])
+    assert s.limit().allow == {21}  # 20 is used
+
+
+def test_keys_end_only_when_whole_and_listed_values_are_the_only_values():
+    s = CallState(GRAMMAR)
+    out = [OPEN, 10, 11, 12, KO, 21]
+    s.follow(out)
+    assert s.limit().allow == {22}
+    out += [22]
+    assert s.follow(out).allow == {KC}
+    out += [KC]
+    assert s.follow(out).allow == {VO, NL}
+    out += [VO]
+    assert s.follow(out).allow == {30, 31}
+    out += [31]
+    assert s.follow(out).allow == {32}
+    out += [32]
+    assert s.follow(out).allow == {VC}
+
+
+def test_free_values_take_any_text_but_tags_and_end_tokens():
+    s = CallState(GRAMMAR)
+    out = [OPEN, 10, 11, 12, KO, 20, KC, VO]
+    lim = s.follow(out)
+    assert lim.allow is None and lim.ban == {OPEN, CLOSE, KO, KC, VO, EOS}
+    assert VC not in lim.ban
+    out += [99, 98, VC, CLOSE]
+    assert s.follow(out) is FREE
+    assert s.follow([*out, 40, OPEN]).allow == {10}  # a second call
+
+
+def test_newlines_between_parts_as_glm_45_writes_them():
+    walk(CallState(GRAMMAR), [OPEN, 10, 11, 12, NL, KO, 20, KC, NL, VO, 50, VC, NL, CLOSE])
+
+
+def test_a_forced_opening_is_read_before_the_first_token():
+    g = ToolGrammar(TAGS, (TIME, ZONE), value_banned=TAGS, opening=(OPEN, 10, 11, 12, KO))
+    assert CallState(g).follow([]).allow == {20, 21}
+
+
+def test_a_token_off_the_grammar_lets_the_call_go():
+    s = CallState(GRAMMAR)
+    assert s.follow([OPEN, 99]) is FREE  # never produced under the mask (a draft run)
+
+
+FIXTURE = Path(__file__).resolve().parents[2] / "cluster" / "fixture" / "trained"
+TOOLS = [
+    {"type": "function", "function": {"name": "fetch_document", "parameters": {
+        "type": "object",
+        "properties": {
+            "title": {"type": "string"},
+            "format": {"type": "string", "enum": ["pdf", "html", "plain text"]},
+            "pages": {"type": "integer"},
+            "draft": {"type": "boolean"},
+        },
+        "required": ["title"],
+    }}},
+    {"type": "function", "function": {"name": "fetch_doc", "parameters": {
+        "type": "object", "properties": {"id": {"type": "number"}}}}},
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return PromptTokenizer(FIXTURE)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        {"title": "atlas of the sea", "format": "plain text", "pages": 12, "draft": False},
+        {"pages": 3, "title": "<b>bold</b>\nline two"},
+    ],
+)
+def test_the_compiled_grammar_accepts_calls_as_the_template_renders_them(tokenizer, args):
+    grammar = tool_grammar(tokenizer, TOOLS, [])
+    call = {"name": "fetch_document", "arguments": args}
+    messages = [
+        {"role": "user", "content": "x"},
+        {"role": "assistant", "content": "", "tool_calls": [{"function": call}]},
+    ]
+    text = tokenizer.hf.apply_chat_template(messages, tools=TOOLS, tokenize=False)
+    start = text.rindex("<tool_call>")
+    rendered = text[start : text.index("</tool_call>", start) + len("</tool_call>")]
+    tokens = tokenizer.encode(rendered)
+    walk(CallState(grammar), tokens)
+
+
+def test_a_call_without_a_required_key_or_with_an_unlisted_value_is_refused(tokenizer):
+    grammar = tool_grammar(tokenizer, TOOLS, [])
+    enc = tokenizer.encode
+    s = CallState(grammar)
+    out = enc("<tool_call>fetch_document")
+    lim = s.follow(out)
+    assert enc("</tool_call>")[0] not in lim.allow  # title is required
+    out += enc("<arg_key>format</arg_key><arg_value>")
+    lim = s.follow(out)
+    assert set(lim.allow) == {enc(v)[0] for v in ("pdf", "html", "plain text")}
+    assert enc("atlas")[0] not in lim.allow
+
+
+def test_open_schemas_and_no_tools_leave_calls_unconstrained(tokenizer):
+    open_tool = [{"type": "function", "function": {"name": "anything", "parameters": {
+        "type": "object", "additionalProperties": True, "properties": {}}}}]  # fmt: skip
+    assert tool_grammar(tokenizer, open_tool, []) is None
+    assert tool_grammar(tokenizer, [], []) is None
+    back = ToolGrammar.from_json(tool_grammar(tokenizer, TOOLS, [5]).to_json())
+    assert back == tool_grammar(tokenizer, TOOLS, [5])
+    assert json.loads(back.to_json())["opening"] == [5]
