@@ -89,6 +89,10 @@ class SamplingParams:
     """Report each token's log-probability and this many top alternatives (None: off)."""
     tool_grammar: ToolGrammar | None = None
     """Keep tool calls to the offered tools' names, keys and values (None: no constraint)."""
+    thinking_budget: int | None = None
+    """The reply starts inside <think>: after this many tokens the engine writes its end."""
+    thinking_end_id: int | None = None
+    """The token that ends thinking (`</think>`), for the budget."""
 
     @property
     def penalized(self) -> bool:

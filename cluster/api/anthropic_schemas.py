@@ -4,9 +4,9 @@ service_tier) are accepted and ignored; images and documents are refused."""
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..types import SamplingParams, ToolGrammar
+from ..types import SamplingParams
 
 MAX_STOPS = 16
 
@@ -75,7 +75,7 @@ class ToolChoice(BaseModel):
 class Thinking(BaseModel):
     model_config = ConfigDict(extra="ignore")
     type: Literal["enabled", "disabled", "adaptive"]
-    budget_tokens: int | None = None
+    budget_tokens: Annotated[int, Field(ge=0)] | None = None
 
 
 class _Prompted(BaseModel):
@@ -101,6 +101,12 @@ class _Prompted(BaseModel):
         if c.type == "tool" and c.name not in names:
             raise ValueError(f"tool_choice names '{c.name}', which is not in 'tools'")
         return {"any": "required", "none": "none"}.get(c.type, c.name)
+
+    def thinking_budget(self) -> int | None:
+        """`thinking.budget_tokens` when thinking is enabled: the engine ends the reasoning
+        there."""
+        t = self.thinking
+        return t.budget_tokens if t is not None and t.type == "enabled" else None
 
     def template_args(self) -> dict:
         if self.thinking is None:
@@ -157,6 +163,16 @@ class MessagesRequest(_Prompted):
     stream: bool = False
     metadata: dict | None = None
 
+    @model_validator(mode="after")
+    def _budget_below_max_tokens(self):
+        budget = self.thinking_budget()
+        if budget is not None and budget >= self.max_tokens:
+            raise ValueError(
+                f"max_tokens ({self.max_tokens}) must be greater than thinking.budget_tokens "
+                f"({budget}): thinking counts against max_tokens"
+            )
+        return self
+
     @field_validator("stop_sequences")
     @classmethod
     def _stops(cls, v):
@@ -164,16 +180,14 @@ class MessagesRequest(_Prompted):
             raise ValueError(f"at most {MAX_STOPS} stop sequences are supported")
         return v
 
-    def sampling(
-        self, max_tokens: int, banned: tuple[int, ...], grammar: ToolGrammar | None = None
-    ) -> SamplingParams:
+    def sampling(self, max_tokens: int, limits: dict) -> SamplingParams:
+        """limits: ChatPrompt.limits() (banned tokens, tool-call grammar, thinking budget)."""
         return SamplingParams(
             max_tokens=max_tokens,
             temperature=self.temperature,
             top_p=self.top_p,
             top_k=self.top_k,
-            banned_token_ids=banned,
-            tool_grammar=grammar,
+            **limits,
         )
 
 

@@ -109,9 +109,8 @@ def create_app(
         )
         max_calls = None if body.parallel_tool_calls else 1
         processor = chat_processor(tok, prompt, tools, body.stop, max_calls)
-        return await _complete(
-            request, body, prompt.tokens, processor, prompt.banned, prompt.grammar
-        )
+        limits = prompt.limits(body.thinking_token_budget)
+        return await _complete(request, body, prompt.tokens, processor, limits)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
@@ -131,15 +130,13 @@ def create_app(
         processor = OutputProcessor(tok.decode, body.stop, tok.stream_bytes)
         return await _complete(request, body, prompt, processor)
 
-    async def _complete(
-        request: Request, body, prompt: list[int], processor, banned=(), grammar=None
-    ):
+    async def _complete(request: Request, body, prompt: list[int], processor, limits=None):
         chat = isinstance(body, ChatCompletionRequest)
         limit, param = body.token_limit
         max_tokens = coordinator.check_length(len(prompt), limit, param)
         rid = coordinator.new_request_id("chatcmpl" if chat else "cmpl")
         session = request.headers.get("x-session-id")
-        sampling = body.sampling(max_tokens, banned, grammar)
+        sampling = body.sampling(max_tokens, limits or {})
         hashes = await off_loop(len(prompt) > LONG_TOKENS, coordinator.prompt_hashes, prompt)
         stream = coordinator.start(rid, prompt, sampling, processor, session, hashes)
         shape = Shape(rid, coordinator.model_name, chat, coordinator.tokenizer.token_bytes)

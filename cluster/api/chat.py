@@ -25,6 +25,19 @@ class ChatPrompt:
     """Token ids the reply may not contain (tool_choice none bans <tool_call>)."""
     grammar: ToolGrammar | None = None
     """What the reply's tool calls may contain (None: unconstrained)."""
+    think_end: int | None = None
+    """`</think>`'s id, when the tokenizer has GLM's tags."""
+
+    def limits(self, thinking_budget: int | None = None) -> dict:
+        """SamplingParams fields that limit the reply: banned tokens, the tool-call grammar,
+        and the thinking budget when the reply starts inside <think>."""
+        budget = thinking_budget if self.reasoning else None
+        return {
+            "banned_token_ids": self.banned,
+            "tool_grammar": self.grammar,
+            "thinking_budget": budget,
+            "thinking_end_id": self.think_end if budget is not None else None,
+        }
 
 
 def tool_arguments(arguments, param: str) -> dict:
@@ -106,7 +119,8 @@ def build_prompt(
     no_calls = tool_choice == "none" or not tools
     banned = (markers.id_of("<tool_call>"),) if no_calls and markers else ()
     rules = tool_grammar(tokenizer, tools, forced) if grammar and not no_calls else None
-    return ChatPrompt(prompt + forced, forced, reasoning, banned, rules)
+    end = markers.id_of("</think>") if markers else None
+    return ChatPrompt(prompt + forced, forced, reasoning, banned, rules, end)
 
 
 def new_call_id(prefix: str = "call_") -> str:

@@ -4,7 +4,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..types import SamplingParams, ToolGrammar
+from ..types import SamplingParams
 
 MAX_STOPS = 16
 MAX_LOGPROBS = 20
@@ -111,9 +111,8 @@ class _Common(BaseModel):
         """Top alternatives per token to report; None when logprobs are off."""
         return None
 
-    def sampling(
-        self, max_tokens: int, banned: tuple[int, ...] = (), grammar: ToolGrammar | None = None
-    ) -> SamplingParams:
+    def sampling(self, max_tokens: int, limits: dict) -> SamplingParams:
+        """limits: ChatPrompt.limits() (banned tokens, tool-call grammar, thinking budget)."""
         return SamplingParams(
             max_tokens=max_tokens,
             temperature=self.temperature,
@@ -122,12 +121,11 @@ class _Common(BaseModel):
             seed=self.seed,
             stop_token_ids=tuple(self.stop_token_ids or ()),
             ignore_eos=self.ignore_eos,
-            banned_token_ids=banned,
             presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty,
             repetition_penalty=self.repetition_penalty,
             logprobs=self.num_logprobs,
-            tool_grammar=grammar,
+            **limits,
         )
 
     @property
@@ -150,6 +148,9 @@ class ChatCompletionRequest(_Common):
     --chat-template-args."""
     logprobs: bool = False
     top_logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS)] | None = None
+    thinking_token_budget: Annotated[int, Field(ge=0)] | None = None
+    """Thinking tokens allowed before the server ends the reasoning with `</think>` (vLLM's
+    field); None: no limit."""
 
     @property
     def num_logprobs(self) -> int | None:

@@ -1,10 +1,11 @@
-"""A tool call's grammar, applied while the model writes it.
+"""Limits on what a row may write next: a tool call's grammar, and a thinking budget.
 
 Outside a call nothing is limited. From `<tool_call>` on, each token must continue an offered
 tool's name, then one of its keys not used yet, then a value (one of its choices when the schema
 lists them, else any text without tags), then the next tag; `</tool_call>` only once the
 required keys are in. So every call the engine emits parses as a call of an offered tool.
-Pure Python: the runner turns each row's `Limit` into a logits mask.
+A thinking budget ends the reasoning with `</think>` once it has taken its tokens. Pure
+Python: the runner turns each row's `Limit` into a logits mask.
 """
 
 from dataclasses import dataclass
@@ -143,3 +144,23 @@ class CallState:
                 self.mode = _Mode.FREE
             elif self.param.choices:  # free text needs no prefix kept
                 self.prefix += (token,)
+
+
+class ThinkBudget:
+    """A reply that starts inside <think> may think `budget` tokens; then `end` is its next."""
+
+    def __init__(self, budget: int, end: int):
+        self.budget, self.end = budget, end
+        self.closed = False
+        self.seen = 0
+
+    def room(self, output: list[int]) -> int | None:
+        """Tokens it may still write before the budget picks one (None: thinking is over)."""
+        if not self.closed:
+            self.closed = self.end in output[self.seen :]
+            self.seen = len(output)
+        return None if self.closed else self.budget - len(output)
+
+    def follow(self, output: list[int]) -> Limit:
+        room = self.room(output)
+        return FREE if room is None or room > 0 else Limit(frozenset({self.end}))

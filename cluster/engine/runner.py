@@ -106,12 +106,13 @@ class ModelRunner:
     def _pipelined(self, seqs: list[Sequence]) -> bool:
         """Plain decode steps pipeline, unless a row needs its tokens on the host before the
         next step (penalties count them, logprobs read each step's logits, a tool call's
-        grammar limits the next token by them)."""
+        grammar or the end of a thinking budget limits the next token by them)."""
         if not self.pipeline or self.speculate:
             return False
-        # A row inside a tool call needs each token read before its next one is limited.
+        # A row inside a tool call needs each token read before its next one is limited; one
+        # whose thinking budget ends at the step queued ahead would have that step cancelled.
         return all(not s.request.sampling.penalized and s.request.sampling.logprobs is None
-                   and s.limit() is FREE for s in seqs)  # fmt: skip
+                   and s.limit() is FREE and (s.room() or 2) > 1 for s in seqs)  # fmt: skip
 
     def _pipelined_decode(self) -> dict[Sequence, list[int]]:
         """This step's tokens (queued by the step before; computed now if there was none),
@@ -236,6 +237,9 @@ class ModelRunner:
             if seq.call is not None and seq.call.open in drafts[:accepted]:
                 # A call opens inside the accepted run: stop there, its name comes limited.
                 accepted, token = drafts.index(seq.call.open), seq.call.open
+            room = seq.room()
+            if room is not None and accepted >= room and seq.budget.end not in drafts[:room]:
+                accepted, token = room, seq.budget.end  # the budget ends thinking there
             if (top := seq.request.sampling.logprobs) is not None:
                 seq.logprobs += token_logprobs(
                     logits[i, : accepted + 1], drafts[:accepted] + [token], top

@@ -6,7 +6,7 @@ from enum import Enum
 from typing import Any
 
 from ..types import EngineRequest, FinishReason
-from .grammar import FREE, CallState, Limit
+from .grammar import FREE, CallState, Limit, ThinkBudget
 
 
 class Status(Enum):
@@ -56,14 +56,19 @@ class Sequence:
     """Chained hashes of its tokens' first blocks, each computed once (routing's to start)."""
     call: CallState | None = None
     """Where its output is in the tool-call grammar, when the request carries one."""
+    budget: ThinkBudget | None = None
+    """Its thinking budget, when the request sets one."""
 
     @classmethod
     def from_request(cls, request: EngineRequest) -> "Sequence":
         prompt = list(request.prompt_token_ids)
-        grammar = request.sampling.tool_grammar
+        s = request.sampling
+        budget = None
+        if s.thinking_budget is not None and s.thinking_end_id is not None:
+            budget = ThinkBudget(s.thinking_budget, s.thinking_end_id)
+        call = CallState(s.tool_grammar) if s.tool_grammar is not None else None
         return cls(request=request, tokens=prompt, num_prompt=len(prompt),
-                   hashes=list(request.block_hashes),
-                   call=CallState(grammar) if grammar is not None else None)  # fmt: skip
+                   hashes=list(request.block_hashes), call=call, budget=budget)  # fmt: skip
 
     @property
     def request_id(self):
@@ -78,8 +83,15 @@ class Sequence:
         return self.tokens[self.num_prompt :]
 
     def limit(self) -> Limit:
-        """What its next token may be under the tool-call grammar (FREE: anything)."""
+        """What its next token may be: its thinking budget's, else its tool-call grammar's
+        (FREE: anything)."""
+        if self.budget is not None and (forced := self.budget.follow(self.output)) is not FREE:
+            return forced
         return self.call.follow(self.output) if self.call is not None else FREE
+
+    def room(self) -> int | None:
+        """Tokens it may write before its budget decides one (None: no budget ahead)."""
+        return self.budget.room(self.output) if self.budget is not None else None
 
     @property
     def prefill_target(self) -> int:

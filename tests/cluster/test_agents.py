@@ -227,6 +227,20 @@ def test_tool_choice_required_named_and_none(agent_server, held_out):
     assert getattr(e.value, "status_code", None) == 400 and "nope" in str(e.value)
 
 
+def test_thinking_token_budget_on_chat_completions(agent_server):
+    """vLLM's `thinking_token_budget`: the reasoning is cut there and the answer follows."""
+    client = agent_server.client()
+    kw = dict(model=agent_server.model, messages=[{"role": "user", "content": "def add(a, b):"}],
+              max_tokens=48, **GREEDY)  # fmt: skip
+    free = client.chat.completions.create(**kw).choices[0].message
+    cut = client.chat.completions.create(extra_body={"thinking_token_budget": 5}, **kw)
+    r = cut.choices[0].message
+    assert free.reasoning_content.startswith(r.reasoning_content)
+    assert len(r.reasoning_content) < len(free.reasoning_content)
+    assert r.content or cut.choices[0].finish_reason == "stop"
+    seen_content.append(r.content or "")
+
+
 def test_parallel_tool_calls_false_stops_after_one(agent_server, held_out):
     ex = held_out[2]
     r = agent_server.client().chat.completions.create(
@@ -272,9 +286,19 @@ def test_anthropic_text_thinking_and_streaming(agent_server):
     assert m.stop_reason in ("end_turn", "max_tokens") and m.usage.output_tokens > 0
     assert [b.type for b in m.content] == ["text"]
     seen_content.append(m.content[0].text)
-    on = client.messages.create(thinking={"type": "enabled", "budget_tokens": 1024}, **kw)
+    on = client.messages.create(thinking={"type": "enabled", "budget_tokens": 40}, **kw)
     assert on.content[0].type == "thinking"
     seen_content.extend(b.text for b in on.content if b.type == "text")
+    # budget_tokens is enforced: the reasoning ends there with </think>, the answer follows.
+    short = client.messages.create(thinking={"type": "enabled", "budget_tokens": 6}, **kw)
+    thought = short.content[0].thinking
+    assert short.content[0].type == "thinking" and on.content[0].thinking.startswith(thought)
+    assert len(thought) < len(on.content[0].thinking)
+    assert len(short.content) > 1 or short.stop_reason == "end_turn"
+    seen_content.extend(b.text for b in short.content if b.type == "text")
+    with pytest.raises(anthropic.BadRequestError) as e:  # as Anthropic: budget < max_tokens
+        client.messages.create(thinking={"type": "enabled", "budget_tokens": 48}, **kw)
+    assert "budget_tokens" in str(e.value)
     with client.messages.stream(thinking={"type": "disabled"}, **kw) as stream:
         events = [e.type for e in stream]
         final = stream.get_final_message()

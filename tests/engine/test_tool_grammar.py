@@ -1,6 +1,7 @@
-"""The tool-call grammar in the engine, on the trained fixture: every token of a limited row is
-one its grammar allowed; the same output pipelined or not, with MTP or n-gram speculation or
-without; and the other rows of the batch decode as they would alone."""
+"""Limits in the engine, on the trained fixture. The tool-call grammar: every token of a limited
+row is one its grammar allowed; the same output pipelined or not, with MTP or n-gram
+speculation or without; the other rows of the batch decode as they would alone. The thinking
+budget: `</think>` where the budget ends, in every mode."""
 
 import random
 
@@ -128,3 +129,25 @@ def test_a_draft_run_that_opens_a_call_stops_at_its_tag(requests):
             out.setdefault(event.request_id, []).extend(event.token_ids)
     assert [out["0"], out["1"]] == held
     assert engine.runner.drafter.stats.accepted > 0
+
+
+def test_a_thinking_budget_ends_reasoning_where_it_is_spent_in_every_mode():
+    tok = PromptTokenizer(TRAINED)
+    end = tok.markers.id_of("</think>")
+    data, rng = AgentData(seed=0), random.Random(5)
+    prompts = [tok.chat(data.conversation(held_out=True, rng=rng).messages[:-1],
+                        enable_thinking=True) for _ in range(3)]  # fmt: skip
+    budgets = [12, 20, 1]
+
+    def params(b):
+        return SamplingParams(max_tokens=40, temperature=0.0, thinking_budget=b,
+                              thinking_end_id=end)  # fmt: skip
+
+    free = run(CONFIGS["plain"], [(p, greedy(n=40)) for p in prompts])
+    results = {name: run(config, [(p, params(b)) for p, b in zip(prompts, budgets, strict=True)])
+               for name, config in CONFIGS.items()}  # fmt: skip
+    for name, got in results.items():
+        assert got == results["plain"], name
+    for out, plain, b in zip(results["plain"], free, budgets, strict=True):
+        assert end not in plain[:b]  # the model would have thought on
+        assert out[:b] == plain[:b] and out[b] == end

@@ -171,3 +171,14 @@ def test_open_schemas_and_no_tools_leave_calls_unconstrained(tokenizer):
     back = ToolGrammar.from_json(tool_grammar(tokenizer, TOOLS, [5]).to_json())
     assert back == tool_grammar(tokenizer, TOOLS, [5])
     assert json.loads(back.to_json())["opening"] == [5]
+
+
+def test_a_thinking_budget_forces_the_end_once_spent_and_not_after_the_model_ended_it():
+    from cluster.engine.grammar import ThinkBudget
+
+    b = ThinkBudget(3, EOS)
+    assert b.follow([]) is FREE and b.room([]) == 3
+    assert b.follow([40, 41]) is FREE and b.room([40, 41]) == 1
+    assert b.follow([40, 41, 42]).allow == {EOS}
+    b = ThinkBudget(3, EOS)
+    assert b.follow([40, EOS, 41, 42, 43]) is FREE and b.room([40, EOS, 41, 42, 43]) is None
