@@ -8,6 +8,7 @@ A thinking budget ends the reasoning with `</think>` once it has taken its token
 Python: the runner turns each row's `Limit` into a logits mask.
 """
 
+import copy
 from dataclasses import dataclass
 from enum import Enum
 
@@ -42,7 +43,7 @@ def _next(seqs, prefix: tuple[int, ...]) -> tuple[set[int], bool]:
 
 
 class CallState:
-    """One row's place in the grammar; `follow` reads its new output tokens."""
+    """One row's place in the grammar, moved on by each token it writes."""
 
     def __init__(self, grammar: ToolGrammar):
         self.g = grammar
@@ -53,21 +54,14 @@ class CallState:
         self.tool: ToolSpec | None = None
         self.param: ToolParam | None = None
         self.used: set[tuple[int, ...]] = set()
-        self.seen = 0
         self.value_ban = frozenset(grammar.value_banned) - {self.value_close}
         for token in grammar.opening:
             self.advance(token)
 
-    def follow(self, output: list[int]) -> Limit:
-        """Read the output tokens not read yet; the limit on the next one."""
-        for token in output[self.seen :]:
-            self.advance(token)
-        self.seen = len(output)
-        return self.limit()
-
-    @property
-    def constrained(self) -> bool:
-        return self.mode is not _Mode.FREE
+    def clone(self) -> "CallState":
+        other = copy.copy(self)
+        other.used = set(self.used)
+        return other
 
     def _unused(self) -> list[ToolParam]:
         return [p for p in self.tool.params if p.key not in self.used]
@@ -151,16 +145,53 @@ class ThinkBudget:
 
     def __init__(self, budget: int, end: int):
         self.budget, self.end = budget, end
+        self.written = 0
         self.closed = False
+
+    def advance(self, token: int) -> None:
+        self.written += 1
+        self.closed = self.closed or token == self.end
+
+    def limit(self) -> Limit:
+        if self.closed or self.written < self.budget:
+            return FREE
+        return Limit(frozenset({self.end}))
+
+    def clone(self) -> "ThinkBudget":
+        return copy.copy(self)
+
+
+class Limiter:
+    """A row's limits: its thinking budget first, then its tool-call grammar."""
+
+    def __init__(self, call: CallState | None, budget: ThinkBudget | None):
+        self.call, self.budget = call, budget
         self.seen = 0
 
-    def room(self, output: list[int]) -> int | None:
-        """Tokens it may still write before the budget picks one (None: thinking is over)."""
-        if not self.closed:
-            self.closed = self.end in output[self.seen :]
-            self.seen = len(output)
-        return None if self.closed else self.budget - len(output)
-
     def follow(self, output: list[int]) -> Limit:
-        room = self.room(output)
-        return FREE if room is None or room > 0 else Limit(frozenset({self.end}))
+        """Read the output tokens not read yet; the limit on the next one."""
+        for token in output[self.seen :]:
+            self._advance(token)
+        self.seen = len(output)
+        return self.limit()
+
+    def along(self, drafts: list[int]) -> list[Limit]:
+        """The limits at each position of a draft run after the output read so far: the
+        next token's, then each one's if the drafts before it are kept."""
+        other = Limiter(self.call and self.call.clone(), self.budget and self.budget.clone())
+        limits = [other.limit()]
+        for token in drafts:
+            other._advance(token)
+            limits.append(other.limit())
+        return limits
+
+    def _advance(self, token: int) -> None:
+        if self.budget is not None:
+            self.budget.advance(token)
+        if self.call is not None:
+            self.call.advance(token)
+
+    def limit(self) -> Limit:
+        if self.budget is not None and (forced := self.budget.limit()) is not FREE:
+            return forced
+        return self.call.limit() if self.call is not None else FREE

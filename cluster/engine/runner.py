@@ -10,11 +10,10 @@ from mlx.utils import tree_flatten
 from mlx_lm.models.cache import BatchKVCache, CacheList, KVCache
 
 from .drafter import NO_DRAFTER, Drafter
-from .grammar import FREE
 from .kv import SlotOrder, _arrays, in_order, trim_rows
 from .kv_budget import STEP
 from .mtp import greedy_accept, verify_drafts
-from .sampler import constrain, sample_lazy, token_logprobs
+from .sampler import constrain_runs, sample_lazy, token_logprobs
 from .scheduler import Schedule
 from .sequence import Sequence
 
@@ -31,6 +30,9 @@ class Ahead:
     """Its tokens, one per batch row, not read yet."""
     undo: list[tuple[Any, Any]]
     """Per row, (carry, rng key) from before it: what cancelling it restores."""
+    limits: dict
+    """Per sequence, the limit its token was drawn under (the one before it): the token holds
+    only if its own limit turns out the same."""
 
 
 class ModelRunner:
@@ -105,14 +107,15 @@ class ModelRunner:
 
     def _pipelined(self, seqs: list[Sequence]) -> bool:
         """Plain decode steps pipeline, unless a row needs its tokens on the host before the
-        next step (penalties count them, logprobs read each step's logits, a tool call's
-        grammar or the end of a thinking budget limits the next token by them)."""
+        next step (penalties count them, logprobs read each step's logits, a limit that
+        allows only some tokens changes with each), or the step queued ahead drew a row's
+        token under another limit than its own (a call's tag or a budget's end came)."""
         if not self.pipeline or self.speculate:
             return False
-        # A row inside a tool call needs each token read before its next one is limited; one
-        # whose thinking budget ends at the step queued ahead would have that step cancelled.
+        drawn = self.ahead.limits if self.ahead is not None else {}
         return all(not s.request.sampling.penalized and s.request.sampling.logprobs is None
-                   and s.limit() is FREE and (s.room() or 2) > 1 for s in seqs)  # fmt: skip
+                   and (lim := s.limit()).allow is None and drawn.get(s, lim) == lim
+                   for s in seqs)  # fmt: skip
 
     def _pipelined_decode(self) -> dict[Sequence, list[int]]:
         """This step's tokens (queued by the step before; computed now if there was none),
@@ -131,7 +134,7 @@ class ModelRunner:
         undo = [(s.carry, s.rng_key) for s in self.batch]
         queued = self._sample_lazy(self.batch, self._decode(inputs[:, None]))
         mx.async_eval(queued)
-        self.ahead = Ahead(queued, undo)
+        self.ahead = Ahead(queued, undo, {s: s.limit() for s in self.batch})
         return {seq: [token] for seq, token in zip(old, current.tolist(), strict=True)}
 
     def _cancel_ahead(self) -> None:
@@ -221,25 +224,18 @@ class ModelRunner:
         logits = self.model.lm_head(hidden)
         out, kept = {}, []
         params = [s.request.sampling for s in seqs]
-        limits = [s.limit() for s in seqs]
+        # Each position draws under the limit it has if the drafts before it are kept.
+        limits = [s.limits_along(d) for s, (d, _) in zip(seqs, proposals, strict=True)]
+        logits = constrain_runs(logits, limits)
         if all(p.greedy and not p.penalized and not p.banned_token_ids for p in params):
             best = mx.argmax(logits, axis=-1).tolist()  # one read for every row
         else:
             best = None
         for i, (seq, (drafts, dists)) in enumerate(zip(seqs, proposals, strict=True)):
-            if limits[i] is not FREE:  # inside a tool call: no drafts, the limited token
-                row = constrain(logits[i, :1], [limits[i]])
-                (accepted, token), drafts = verify_drafts(seq, [], [], row), []
-            elif best is None:
+            if best is None:
                 accepted, token = verify_drafts(seq, drafts, dists, logits[i, : len(drafts) + 1])
             else:
                 accepted, token = greedy_accept(drafts, best[i])
-            if seq.call is not None and seq.call.open in drafts[:accepted]:
-                # A call opens inside the accepted run: stop there, its name comes limited.
-                accepted, token = drafts.index(seq.call.open), seq.call.open
-            room = seq.room()
-            if room is not None and accepted >= room and seq.budget.end not in drafts[:room]:
-                accepted, token = room, seq.budget.end  # the budget ends thinking there
             if (top := seq.request.sampling.logprobs) is not None:
                 seq.logprobs += token_logprobs(
                     logits[i, : accepted + 1], drafts[:accepted] + [token], top

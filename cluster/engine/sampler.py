@@ -4,7 +4,7 @@ import mlx.core as mx
 import numpy as np
 
 from ..types import SamplingParams, TokenLogprob
-from .grammar import Limit
+from .grammar import FREE, Limit
 
 
 def processed_rows(logits: mx.array, params: list[SamplingParams]) -> mx.array:
@@ -59,6 +59,16 @@ def constrain(logits: mx.array, limits: list[Limit] | None) -> mx.array:
         elif lim.ban:
             mask[i, list(lim.ban)] = True
     return mx.where(mx.array(mask), -mx.inf, logits)
+
+
+def constrain_runs(logits: mx.array, runs: list[list[Limit] | None]) -> mx.array:
+    """Logits [B, W, V] of draft runs with each position's limit applied (runs[i][j]: row
+    i's limit at position j; None or a short list: no limit there)."""
+    if all(not run or all(lim is FREE for lim in run) for run in runs):
+        return logits
+    b, w, v = logits.shape
+    flat = [lim for run in runs for lim in (list(run or [])[:w] + [FREE] * (w - len(run or [])))]
+    return constrain(logits.reshape(b * w, v), flat).reshape(b, w, v)
 
 
 def penalize(logits: mx.array, params: list[SamplingParams], histories: list) -> mx.array:

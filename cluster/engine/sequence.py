@@ -6,7 +6,7 @@ from enum import Enum
 from typing import Any
 
 from ..types import EngineRequest, FinishReason
-from .grammar import FREE, CallState, Limit, ThinkBudget
+from .grammar import FREE, CallState, Limit, Limiter, ThinkBudget
 
 
 class Status(Enum):
@@ -54,10 +54,8 @@ class Sequence:
     """kv.SlotOrder of its batch row's caches ("main", "drafter") once speculation moved some."""
     hashes: list[int] = field(default_factory=list)
     """Chained hashes of its tokens' first blocks, each computed once (routing's to start)."""
-    call: CallState | None = None
-    """Where its output is in the tool-call grammar, when the request carries one."""
-    budget: ThinkBudget | None = None
-    """Its thinking budget, when the request sets one."""
+    limiter: Limiter | None = None
+    """Its tool-call grammar and thinking budget, when the request carries either."""
 
     @classmethod
     def from_request(cls, request: EngineRequest) -> "Sequence":
@@ -67,8 +65,9 @@ class Sequence:
         if s.thinking_budget is not None and s.thinking_end_id is not None:
             budget = ThinkBudget(s.thinking_budget, s.thinking_end_id)
         call = CallState(s.tool_grammar) if s.tool_grammar is not None else None
+        limiter = Limiter(call, budget) if call or budget else None
         return cls(request=request, tokens=prompt, num_prompt=len(prompt),
-                   hashes=list(request.block_hashes), call=call, budget=budget)  # fmt: skip
+                   hashes=list(request.block_hashes), limiter=limiter)  # fmt: skip
 
     @property
     def request_id(self):
@@ -83,15 +82,15 @@ class Sequence:
         return self.tokens[self.num_prompt :]
 
     def limit(self) -> Limit:
-        """What its next token may be: its thinking budget's, else its tool-call grammar's
-        (FREE: anything)."""
-        if self.budget is not None and (forced := self.budget.follow(self.output)) is not FREE:
-            return forced
-        return self.call.follow(self.output) if self.call is not None else FREE
+        """What its next token may be (FREE: anything)."""
+        return self.limiter.follow(self.output) if self.limiter is not None else FREE
 
-    def room(self) -> int | None:
-        """Tokens it may write before its budget decides one (None: no budget ahead)."""
-        return self.budget.room(self.output) if self.budget is not None else None
+    def limits_along(self, drafts: list[int]) -> list[Limit] | None:
+        """The limit at each position of a draft run (None: no limits)."""
+        if self.limiter is None:
+            return None
+        self.limit()
+        return self.limiter.along(drafts)
 
     @property
     def prefill_target(self) -> int:

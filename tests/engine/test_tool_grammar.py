@@ -11,7 +11,7 @@ from cluster.config import EngineConfig
 from cluster.coordinator.tokenizer import PromptTokenizer
 from cluster.coordinator.tool_grammar import tool_grammar
 from cluster.engine.build import build_engine
-from cluster.engine.grammar import CallState
+from cluster.engine.grammar import CallState, Limiter
 from cluster.fixture.agent_data import AgentData
 from cluster.model_store import TRAINED
 from cluster.types import EngineRequest, RequestId, SamplingParams
@@ -48,7 +48,7 @@ def run(config: EngineConfig, jobs) -> list[list[int]]:
 
 def legal(grammar, output: list[int]) -> bool:
     """Each token was one the grammar allowed given the tokens before it."""
-    state = CallState(grammar)
+    state = Limiter(CallState(grammar), None)
     for n, token in enumerate(output):
         lim = state.follow(output[:n])
         if (lim.allow is not None and token not in lim.allow) or token in lim.ban:

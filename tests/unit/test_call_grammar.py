@@ -8,7 +8,7 @@ import pytest
 
 from cluster.coordinator.tokenizer import PromptTokenizer
 from cluster.coordinator.tool_grammar import tool_grammar
-from cluster.engine.grammar import FREE, CallState
+from cluster.engine.grammar import FREE, CallState, Limiter
 from cluster.types import ToolGrammar, ToolParam, ToolSpec
 
 OPEN, CLOSE, KO, KC, VO, VC, NL, EOS = 1, 2, 3, 4, 5, 6, 7, 8
@@ -36,13 +36,13 @@ def walk(state: CallState, tokens: list[int]) -> list:
 
 
 def test_outside_a_call_nothing_is_limited_and_the_open_tag_starts_the_name():
-    s = CallState(GRAMMAR)
+    s = Limiter(CallState(GRAMMAR), None)
     assert s.follow([40, 41]) is FREE
     assert s.follow([40, 41, OPEN]).allow == {10}
 
 
 def test_a_name_that_is_a_prefix_of_another_may_end_or_go_on():
-    s = CallState(GRAMMAR)
+    s = Limiter(CallState(GRAMMAR), None)
     lim = walk(s, [OPEN, 10, 11])
     assert lim[-1].allow == {11}
     # "gettime" is whole (no params: only the end) and also starts "gettimezone".
@@ -50,15 +50,15 @@ def test_a_name_that_is_a_prefix_of_another_may_end_or_go_on():
 
 
 def test_required_keys_come_before_the_end_and_a_used_key_is_not_offered_again():
-    s = CallState(GRAMMAR)
+    s = Limiter(CallState(GRAMMAR), None)
     walk(s, [OPEN, 10, 11, 12])
     assert s.limit().allow == {KO, NL}  # key 20 is required: no </tool_call> yet
     walk_more = [KO]
     s.follow([OPEN, 10, 11, 12, *walk_more])
     assert s.limit().allow == {20, 21}
     out = [OPEN, 10, 11, 12, KO, 20, KC, VO, 50, 51, VC]
-    walk(CallState(GRAMMAR), out)
-    s = CallState(GRAMMAR)
+    walk(Limiter(CallState(GRAMMAR), None), out)
+    s = Limiter(CallState(GRAMMAR), None)
     s.follow(out)
     assert s.limit().allow == {KO, CLOSE, NL}
     s.follow([*out, KO])
@@ -66,7 +66,7 @@ def test_required_keys_come_before_the_end_and_a_used_key_is_not_offered_again()
 
 
 def test_keys_end_only_when_whole_and_listed_values_are_the_only_values():
-    s = CallState(GRAMMAR)
+    s = Limiter(CallState(GRAMMAR), None)
     out = [OPEN, 10, 11, 12, KO, 21]
     s.follow(out)
     assert s.limit().allow == {22}
@@ -83,7 +83,7 @@ def test_keys_end_only_when_whole_and_listed_values_are_the_only_values():
 
 
 def test_free_values_take_any_text_but_tags_and_end_tokens():
-    s = CallState(GRAMMAR)
+    s = Limiter(CallState(GRAMMAR), None)
     out = [OPEN, 10, 11, 12, KO, 20, KC, VO]
     lim = s.follow(out)
     assert lim.allow is None and lim.ban == {OPEN, CLOSE, KO, KC, VO, EOS}
@@ -94,16 +94,19 @@ def test_free_values_take_any_text_but_tags_and_end_tokens():
 
 
 def test_newlines_between_parts_as_glm_45_writes_them():
-    walk(CallState(GRAMMAR), [OPEN, 10, 11, 12, NL, KO, 20, KC, NL, VO, 50, VC, NL, CLOSE])
+    walk(
+        Limiter(CallState(GRAMMAR), None),
+        [OPEN, 10, 11, 12, NL, KO, 20, KC, NL, VO, 50, VC, NL, CLOSE],
+    )
 
 
 def test_a_forced_opening_is_read_before_the_first_token():
     g = ToolGrammar(TAGS, (TIME, ZONE), value_banned=TAGS, opening=(OPEN, 10, 11, 12, KO))
-    assert CallState(g).follow([]).allow == {20, 21}
+    assert Limiter(CallState(g), None).follow([]).allow == {20, 21}
 
 
 def test_a_token_off_the_grammar_lets_the_call_go():
-    s = CallState(GRAMMAR)
+    s = Limiter(CallState(GRAMMAR), None)
     assert s.follow([OPEN, 99]) is FREE  # never produced under the mask (a draft run)
 
 
@@ -147,13 +150,13 @@ def test_the_compiled_grammar_accepts_calls_as_the_template_renders_them(tokeniz
     start = text.rindex("<tool_call>")
     rendered = text[start : text.index("</tool_call>", start) + len("</tool_call>")]
     tokens = tokenizer.encode(rendered)
-    walk(CallState(grammar), tokens)
+    walk(Limiter(CallState(grammar), None), tokens)
 
 
 def test_a_call_without_a_required_key_or_with_an_unlisted_value_is_refused(tokenizer):
     grammar = tool_grammar(tokenizer, TOOLS, [])
     enc = tokenizer.encode
-    s = CallState(grammar)
+    s = Limiter(CallState(grammar), None)
     out = enc("<tool_call>fetch_document")
     lim = s.follow(out)
     assert enc("</tool_call>")[0] not in lim.allow  # title is required
@@ -176,9 +179,21 @@ def test_open_schemas_and_no_tools_leave_calls_unconstrained(tokenizer):
 def test_a_thinking_budget_forces_the_end_once_spent_and_not_after_the_model_ended_it():
     from cluster.engine.grammar import ThinkBudget
 
-    b = ThinkBudget(3, EOS)
-    assert b.follow([]) is FREE and b.room([]) == 3
-    assert b.follow([40, 41]) is FREE and b.room([40, 41]) == 1
+    b = Limiter(None, ThinkBudget(3, EOS))
+    assert b.follow([]) is FREE
+    assert b.follow([40, 41]) is FREE
     assert b.follow([40, 41, 42]).allow == {EOS}
-    b = ThinkBudget(3, EOS)
-    assert b.follow([40, EOS, 41, 42, 43]) is FREE and b.room([40, EOS, 41, 42, 43]) is None
+    b = Limiter(None, ThinkBudget(3, EOS))
+    assert b.follow([40, EOS, 41, 42, 43]) is FREE
+
+
+def test_limits_along_a_draft_run_leave_the_row_where_it_was():
+    from cluster.engine.grammar import ThinkBudget
+
+    row = Limiter(CallState(GRAMMAR), ThinkBudget(7, EOS))
+    row.follow([40, 41])
+    run = row.along([OPEN, 10, 11, 12, KO])
+    assert run[0] is FREE and run[1].allow == {10} and run[2].allow == {11}
+    assert run[4].allow == {KO, NL} and run[5].allow == {EOS}  # the budget: 7 written
+    assert row.follow([40, 41]) is FREE  # the row itself did not move
+    assert row.along([EOS, 7, 7, 7, 7])[-1] is FREE  # thinking ended by the model: no budget
