@@ -43,7 +43,18 @@ def start(model_dir, tmp_path, inv: Path | str) -> Server:
     )
 
 
-def greedy_outputs(srv: Server) -> list[list[str]]:
+TOOLS = [
+    {"type": "function", "function": {"name": name, "parameters": {
+        "type": "object", "required": ["unit"],
+        "properties": {"unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+                       "city": {"type": "string"}}}}}
+    for name in ("get_weather", "get_forecast")
+]  # fmt: skip
+
+
+def greedy_outputs(srv: Server) -> list[str]:
+    """Greedy completions of PROMPTS, then a forced tool call (the tool-call grammar keeps
+    every rank's masks alike: the random weights write a valid call)."""
     client = srv.client()
     outs = []
     for p in PROMPTS:
@@ -51,6 +62,13 @@ def greedy_outputs(srv: Server) -> list[list[str]]:
             model=srv.model, prompt=p, max_tokens=24, temperature=0, extra_body={"ignore_eos": True}
         )
         outs.append(r.choices[0].text)
+    r = client.chat.completions.create(
+        model=srv.model, messages=[{"role": "user", "content": "weather?"}], tools=TOOLS,
+        tool_choice="required", parallel_tool_calls=False, max_tokens=24, temperature=0,
+    )  # fmt: skip
+    [call] = r.choices[0].message.tool_calls
+    assert json.loads(call.function.arguments)["unit"] in ("celsius", "fahrenheit")
+    outs.append(call.function.name + call.function.arguments)
     return outs
 
 
