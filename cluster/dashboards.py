@@ -100,6 +100,11 @@ REPLICAS = [
         [(f"cluster:lockstep_seconds_avg{{{SEL}}}", "{{replica}}")],
     ),
     (
+        "Idle followers asleep (doorbell; none while it serves)",
+        "short",
+        [(f"cluster:lockstep_sleeping_followers{{{SEL}}}", "{{replica}}")],
+    ),
+    (
         "Rank memory",
         "bytes",
         [(f"cluster:rank_memory_bytes{{{SEL}}}", "{{replica}}/{{node}} rank {{rank}}")],

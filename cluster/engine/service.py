@@ -143,9 +143,9 @@ class EngineService:
             "broken": self.broken,
             "open_streams": len(self._sinks),
         }
-        if self.distributed:  # followers that sleep while the replica idles (else they spin)
-            channel = self._channel
-            extra["sleeping_followers"] = channel.sleeping_followers if channel else 0
+        # Followers that sleep while the replica idles (else they spin); 0 without followers.
+        channel = self._channel if self.distributed else None
+        extra["sleeping_followers"] = channel.sleeping_followers if channel else 0
         return stats | extra
 
     @staticmethod
