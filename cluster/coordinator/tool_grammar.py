@@ -44,11 +44,8 @@ def tool_grammar(
         props = schema.get("properties")
         if not name or name in names:
             continue
-        if (
-            props is None
-            and schema.get("type", "object") == "object"
-            or (schema.get("additionalProperties") not in (None, False))
-        ):
+        keys_open = props is None and schema.get("type", "object") == "object"
+        if keys_open or schema.get("additionalProperties") not in (None, False):
             return None
         names.add(name)
         required = set(schema.get("required") or ())
@@ -57,7 +54,7 @@ def tool_grammar(
                 _tokens(tokenizer, key),
                 tuple(_tokens(tokenizer, c) for c in _choices(p or {})),
                 key in required,
-            )  # fmt: skip
+            )
             for key, p in (props or {}).items()
         )
         specs.append(ToolSpec(_tokens(tokenizer, name), params))
