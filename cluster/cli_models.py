@@ -104,7 +104,7 @@ def _fixture_eval(args) -> int:
         return 0
     from .fixture.agent_eval import write_eval
 
-    _print_eval(write_eval(args.model_dir, args.n))
+    _print_eval(write_eval(args.model_dir, args.n, args.temperature, args.top_p))
     return 0
 
 
@@ -197,4 +197,10 @@ def add_model_file_commands(sub) -> None:
     p.add_argument(
         "--long", action="store_true", help="held-out code loss by position, sparse and dense"
     )
+    p.add_argument(
+        "--temperature", type=float, default=0.0,
+        help="sample replies at this temperature, seeded (default 0: greedy); written to "
+        "agent_eval_sampled.json",
+    )  # fmt: skip
+    p.add_argument("--top-p", type=float, default=1.0, help="with --temperature (default 1)")
     p.set_defaults(func=_fixture_eval)
