@@ -51,13 +51,15 @@ def constrain(logits: mx.array, limits: list[Limit] | None) -> mx.array:
     """Rows of logits [B, V] with the tokens each row's grammar limit excludes at -inf."""
     if not limits or all(lim.allow is None and not lim.ban for lim in limits):
         return logits
+    vocab = logits.shape[-1]
     mask = np.zeros(logits.shape, dtype=bool)  # True: excluded
     for i, lim in enumerate(limits):
-        if lim.allow:
+        # Ids past the model's logits (a tokenizer larger than the model) cannot be drawn.
+        if allow := [t for t in lim.allow or () if t < vocab]:
             mask[i] = True
-            mask[i, list(lim.allow)] = False
+            mask[i, allow] = False
         elif lim.ban:
-            mask[i, list(lim.ban)] = True
+            mask[i, [t for t in lim.ban if t < vocab]] = True
     return mx.where(mx.array(mask), -mx.inf, logits)
 
 

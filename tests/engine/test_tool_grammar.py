@@ -151,3 +151,20 @@ def test_a_thinking_budget_ends_reasoning_where_it_is_spent_in_every_mode():
     for out, plain, b in zip(results["plain"], free, budgets, strict=True):
         assert end not in plain[:b]  # the model would have thought on
         assert out[:b] == plain[:b] and out[b] == end
+
+
+def test_masks_keep_only_the_allowed_ids_and_skip_ids_past_the_logits():
+    import mlx.core as mx
+
+    from cluster.engine.grammar import Limit
+    from cluster.engine.sampler import constrain, constrain_runs
+
+    logits = mx.zeros((3, 8))
+    out = constrain(logits, [Limit(frozenset({2, 5})), Limit(ban=frozenset({1, 99})),
+                             Limit(frozenset({42}))]).tolist()  # fmt: skip
+    assert [i for i, v in enumerate(out[0]) if v == 0] == [2, 5]
+    assert [i for i, v in enumerate(out[1]) if v != 0] == [1]
+    assert out[2] == [0.0] * 8  # nothing it allows exists: left alone, never an error
+    runs = constrain_runs(mx.zeros((2, 3, 8)), [None, [Limit(frozenset({7}))]]).tolist()
+    assert runs[0] == [[0.0] * 8] * 3 and runs[1][1:] == [[0.0] * 8] * 2
+    assert [i for i, v in enumerate(runs[1][0]) if v == 0] == [7]
