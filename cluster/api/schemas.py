@@ -163,8 +163,9 @@ class ChatCompletionRequest(_Common):
     def _plain_text_only(cls, v):
         if v and v.get("type", "text") != "text":
             raise ValueError(
-                f"response_format '{v.get('type')}' is not supported (no constrained decoding); "
-                "ask for JSON in the prompt or use tools"
+                f"response_format '{v.get('type')}' is not supported (replies are not decoded "
+                "to a JSON schema); offer a tool with that schema and tool_choice naming it: "
+                "tool calls are kept to their schema's keys"
             )
         return v
 

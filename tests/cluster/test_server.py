@@ -428,3 +428,12 @@ def test_random_weights_still_write_only_calls_of_offered_tools(server, stream):
             assert args["unit"] in ("celsius", "fahrenheit", "kelvin")
             assert set(args) <= {"unit", "detailed"}
             assert args.get("detailed", True) in (True, False)
+
+
+def test_a_json_response_format_is_refused_with_the_way_round_it(server):
+    with pytest.raises(openai.BadRequestError) as e:
+        server.client().chat.completions.create(
+            model=server.model, messages=[{"role": "user", "content": "hi"}], max_tokens=4,
+            response_format={"type": "json_object"},
+        )  # fmt: skip
+    assert "json_object" in str(e.value) and "tool_choice" in str(e.value)
