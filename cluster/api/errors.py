@@ -56,6 +56,13 @@ def _validation_message(err: dict) -> tuple[str, str | None]:
     return f"Invalid '{'.'.join(loc)}': {msg}.", param
 
 
+ENDPOINTS = (
+    "the endpoints are POST /v1/chat/completions, POST /v1/completions, GET /v1/models, "
+    "POST /v1/messages, POST /v1/messages/count_tokens, GET /v1/status, GET /health, "
+    "GET /metrics"
+)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(request: Request, e: APIError):
@@ -74,7 +81,15 @@ def install(app: FastAPI) -> None:
     async def _http(request: Request, e: HTTPException):
         type_ = "not_found_error" if e.status_code == 404 else "invalid_request_error"
         path = request.url.path
-        return error_json(path, e.status_code, str(e.detail), type_, headers=e.headers)
+        message = str(e.detail)
+        if e.status_code == 404 and e.detail == "Not Found":  # no such route
+            message = f"{request.method} {path} is not served here; {ENDPOINTS}"
+            if path.rstrip("/").endswith("/responses"):
+                message += (
+                    ". OpenAI's Responses API is not implemented: point the client at chat "
+                    'completions (Codex: wire_api = "chat" for this provider)'
+                )
+        return error_json(path, e.status_code, message, type_, headers=e.headers)
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, e: Exception):

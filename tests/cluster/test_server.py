@@ -437,3 +437,12 @@ def test_a_json_response_format_is_refused_with_the_way_round_it(server):
             response_format={"type": "json_object"},
         )  # fmt: skip
     assert "json_object" in str(e.value) and "tool_choice" in str(e.value)
+
+
+def test_an_unknown_endpoint_names_the_served_ones(server):
+    r = httpx.post(f"{server.url}/v1/responses", json={"model": server.model, "input": "hi"})
+    assert r.status_code == 404
+    message = r.json()["error"]["message"]
+    assert "/v1/chat/completions" in message and "wire_api" in message
+    r = httpx.get(f"{server.url}/v1/nope")
+    assert r.status_code == 404 and "/v1/messages" in r.json()["error"]["message"]
