@@ -182,7 +182,7 @@ def router(coordinator: Coordinator, defaults: dict, tool_grammar: bool = True) 
             )
         got = await collect_unless_disconnected(request, stream)
         blocks = _Blocks()
-        blocks.events(_whole(got))
+        blocks.events(got.as_output())
         blocks.close()
         matched = getattr(processor.stop, "matched", None)
         reply = {
@@ -201,23 +201,6 @@ def router(coordinator: Coordinator, defaults: dict, tool_grammar: bool = True) 
         return JSONResponse(reply, headers=headers)
 
     return api
-
-
-def _whole(got) -> Output:
-    """A collected reply as one piece, for the block builder."""
-    from ..coordinator.glm_output import ToolCallDelta
-
-    calls = []
-    for index, c in sorted(got.calls.items()):
-        calls += [
-            ToolCallDelta(index, c["id"], c["name"]),
-            ToolCallDelta(index, arguments=c["arguments"]),
-        ]
-    last = got.last
-    return Output(
-        got.text, last.num_tokens, last.finish_reason, last.prompt_tokens, last.cached_tokens,
-        reasoning=got.reasoning, tool_calls=calls,
-    )  # fmt: skip
 
 
 async def _stream_events(stream, processor, mid: str, model: str, prompt_tokens: int):

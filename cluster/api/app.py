@@ -14,6 +14,7 @@ from .chat import build_prompt, chat_processor, openai_messages
 from .errors import error_json, install
 from .offload import LONG_CHARS, LONG_TOKENS, chars, off_loop
 from .openai_out import Shape, collect_unless_disconnected, sse
+from .responses import router as responses_router
 from .schemas import ChatCompletionRequest, CompletionRequest, NamedToolChoice
 
 OPEN_PATHS = ("/health", "/metrics")
@@ -91,6 +92,7 @@ def create_app(
         return await coordinator.status()
 
     app.include_router(anthropic_router(coordinator, defaults, tool_grammar))
+    app.include_router(responses_router(coordinator, defaults, tool_grammar))
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatCompletionRequest, request: Request):

@@ -58,7 +58,8 @@ def _validation_message(err: dict) -> tuple[str, str | None]:
 
 ENDPOINTS = (
     "the endpoints are POST /v1/chat/completions, POST /v1/completions, GET /v1/models, "
-    "POST /v1/messages, POST /v1/messages/count_tokens, GET /v1/status, GET /health, "
+    "POST /v1/responses, POST /v1/messages, POST /v1/messages/count_tokens, GET /v1/status, "
+    "GET /health, "
     "GET /metrics"
 )
 
@@ -84,11 +85,6 @@ def install(app: FastAPI) -> None:
         message = str(e.detail)
         if e.status_code == 404 and e.detail == "Not Found":  # no such route
             message = f"{request.method} {path} is not served here; {ENDPOINTS}"
-            if path.rstrip("/").endswith("/responses"):
-                message += (
-                    ". OpenAI's Responses API is not implemented: point the client at chat "
-                    'completions (Codex: wire_api = "chat" for this provider)'
-                )
         return error_json(path, e.status_code, message, type_, headers=e.headers)
 
     @app.exception_handler(Exception)

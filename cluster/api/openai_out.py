@@ -31,6 +31,22 @@ class Collected:
             call["arguments"] += d.arguments
         self.last = out
 
+    def as_output(self) -> Output:
+        """The whole reply as one piece (for builders of blocks or items)."""
+        from ..coordinator.glm_output import ToolCallDelta
+
+        calls = []
+        for index, c in sorted(self.calls.items()):
+            calls += [
+                ToolCallDelta(index, c["id"], c["name"]),
+                ToolCallDelta(index, arguments=c["arguments"]),
+            ]
+        last = self.last
+        return Output(
+            self.text, last.num_tokens, last.finish_reason, last.prompt_tokens,
+            last.cached_tokens, reasoning=self.reasoning, tool_calls=calls,
+        )  # fmt: skip
+
 
 def usage(last: Output) -> dict:
     return {

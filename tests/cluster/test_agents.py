@@ -7,6 +7,7 @@ import random
 
 import anthropic
 import httpx
+import openai
 import pytest
 from conftest import Server
 from transformers import AutoTokenizer
@@ -387,3 +388,70 @@ def test_no_markup_in_any_content():
     assert seen_content, "the tests above read no content"
     for text in seen_content:
         assert not any(tag in text for tag in MARKUP), text
+
+
+def _flat_tools(ex) -> list[dict]:
+    """The Responses API's function tools: name and schema at the top level."""
+    return [{"type": "function", **t["function"]} for t in ex.tools]
+
+
+def test_responses_api_text_reasoning_and_a_stream_that_matches(agent_server):
+    client = agent_server.client()
+    kw = dict(model=agent_server.model, input="def add(a, b):", max_output_tokens=24,
+              temperature=0.0)  # fmt: skip
+    off = client.responses.create(reasoning={"effort": "minimal"}, **kw)
+    assert [o.type for o in off.output] == ["message"] and off.output_text
+    assert off.status in ("completed", "incomplete") and off.usage.output_tokens > 0
+    on = client.responses.create(**kw)
+    assert on.output[0].type == "reasoning" and on.output[0].content[0].text
+    assert on.usage.output_tokens_details.reasoning_tokens > 0
+    events = list(client.responses.create(stream=True, **kw))
+    kinds = [e.type for e in events]
+    assert kinds[:2] == ["response.created", "response.in_progress"]
+    assert kinds[-1] == ("response.completed" if on.status == "completed"
+                         else "response.incomplete")  # fmt: skip
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    final = events[-1].response
+    assert [o.type for o in final.output] == [o.type for o in on.output]
+    assert final.output[0].content[0].text == on.output[0].content[0].text
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert text == on.output_text
+    seen_content.extend([off.output_text, on.output_text, final.output_text])
+
+
+def test_responses_api_function_call_loop_streamed_alike(agent_server, held_out):
+    client = agent_server.client()
+    ex = held_out[0]
+    name, args = ex.expected[0]
+    request = ex.messages[-2]["content"]
+    kw = dict(model=agent_server.model, tools=_flat_tools(ex), max_output_tokens=64,
+              temperature=0.0, tool_choice={"type": "function", "name": name})  # fmt: skip
+    r = client.responses.create(input=request, **kw)
+    [call] = [o for o in r.output if o.type == "function_call"]
+    assert call.name == name and call.call_id and isinstance(json.loads(call.arguments), dict)
+    with client.responses.stream(input=request, **kw) as stream:
+        final = stream.get_final_response()
+    [streamed] = [o for o in final.output if o.type == "function_call"]
+    assert (streamed.name, streamed.arguments) == (call.name, call.arguments)
+    # The loop: the call and its output go back as input items; the model answers.
+    items = [{"role": "user", "content": request},
+             {"type": "function_call", "call_id": call.call_id, "name": name,
+              "arguments": json.dumps(args)},
+             {"type": "function_call_output", "call_id": call.call_id,
+              "output": json.dumps({"ok": True})}]  # fmt: skip
+    answer = client.responses.create(input=items, tools=_flat_tools(ex), max_output_tokens=24,
+                                     temperature=0.0, reasoning={"effort": "none"})  # fmt: skip
+    assert answer.output and answer.status in ("completed", "incomplete")
+    seen_content.append(answer.output_text)
+
+
+def test_responses_api_refuses_what_it_cannot_do(agent_server):
+    client = agent_server.client()
+    for extra in ({"previous_response_id": "resp_1"}, {"tools": [{"type": "web_search"}]},
+                  {"text": {"format": {"type": "json_object"}}}):  # fmt: skip
+        with pytest.raises(openai.BadRequestError) as e:
+            client.responses.create(model=agent_server.model, input="hi", **extra)
+        assert e.value.status_code == 400
+    cut = client.responses.create(model=agent_server.model, input="def add(a, b):",
+                                  max_output_tokens=2, temperature=0.0)  # fmt: skip
+    assert cut.status == "incomplete" and cut.incomplete_details.reason == "max_output_tokens"

@@ -440,9 +440,9 @@ def test_a_json_response_format_is_refused_with_the_way_round_it(server):
 
 
 def test_an_unknown_endpoint_names_the_served_ones(server):
-    r = httpx.post(f"{server.url}/v1/responses", json={"model": server.model, "input": "hi"})
+    r = httpx.post(f"{server.url}/v1/chat/complete", json={"model": server.model})
     assert r.status_code == 404
     message = r.json()["error"]["message"]
-    assert "/v1/chat/completions" in message and "wire_api" in message
+    assert "/v1/chat/completions" in message and "/v1/responses" in message
     r = httpx.get(f"{server.url}/v1/nope")
     assert r.status_code == 404 and "/v1/messages" in r.json()["error"]["message"]

@@ -1,0 +1,216 @@
+"""OpenAI's Responses API (`POST /v1/responses`), stateless, on the same coordinator, router
+and engine as the chat route: reasoning, message and function_call output items, streamed as
+the Responses API's events."""
+
+import json
+import secrets
+import time
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.background import BackgroundTask
+
+from ..coordinator.coordinator import Coordinator, Output
+from ..coordinator.errors import APIError, BadRequest
+from .chat import build_prompt, chat_processor
+from .offload import LONG_CHARS, LONG_TOKENS, off_loop
+from .openai_out import collect_unless_disconnected
+from .responses_schemas import ResponsesRequest
+
+
+def _id(prefix: str) -> str:
+    return prefix + secrets.token_hex(12)
+
+
+class _Items:
+    """Turns the reply's pieces into output items in order (reasoning, message, function
+    calls), with the events that open, fill and close each."""
+
+    def __init__(self):
+        self.items: list[dict] = []
+        self.open: dict | None = None
+
+    def events(self, out: Output) -> list[dict]:
+        ev: list[dict] = []
+        if out.reasoning:
+            ev += self._start("reasoning", {"summary": [], "content": []})
+            ev += self._text(out.reasoning, "reasoning_text", "response.reasoning_text.delta")
+        if out.text:
+            ev += self._start("message", {"role": "assistant", "status": "in_progress",
+                                          "content": []})  # fmt: skip
+            ev += self._text(out.text, "output_text", "response.output_text.delta")
+        for d in out.tool_calls:
+            if d.id is not None:
+                ev += self._start("function_call", {"call_id": d.id, "name": d.name,
+                                                    "arguments": "", "status": "in_progress"},
+                                  new=True)  # fmt: skip
+            elif d.arguments and self.open is not None:
+                self.open["arguments"] += d.arguments
+                ev.append(self._event("response.function_call_arguments.delta",
+                                      delta=d.arguments))  # fmt: skip
+        return ev
+
+    def close(self) -> list[dict]:
+        item, self.open = self.open, None
+        if item is None:
+            return []
+        ev = []
+        if item["type"] == "function_call":
+            ev.append(self._event("response.function_call_arguments.done", item,
+                                  arguments=item["arguments"], name=item["name"]))  # fmt: skip
+        elif item["content"]:
+            part = item["content"][0]
+            kind = part["type"]
+            ev.append(self._event(f"response.{kind}.done", item, content_index=0,
+                                  text=part["text"]))  # fmt: skip
+            if kind == "output_text":
+                ev.append(self._event("response.content_part.done", item, content_index=0,
+                                      part=dict(part)))  # fmt: skip
+        if "status" in item:
+            item["status"] = "completed"
+        ev.append(self._event("response.output_item.done", item, item=_copy(item)))
+        return ev
+
+    def _start(self, kind: str, fields: dict, new: bool = False) -> list[dict]:
+        if self.open is not None and self.open["type"] == kind and not new:
+            return []
+        ev = self.close()
+        prefix = {"reasoning": "rs_", "message": "msg_", "function_call": "fc_"}[kind]
+        self.open = {"id": _id(prefix), "type": kind, **fields}
+        self.items.append(self.open)
+        return ev + [self._event("response.output_item.added", item=_copy(self.open))]
+
+    def _text(self, text: str, kind: str, delta_event: str) -> list[dict]:
+        ev = []
+        if not self.open["content"]:
+            part = {"type": kind, "text": ""} | ({"annotations": []} if kind == "output_text"
+                                                 else {})  # fmt: skip
+            self.open["content"].append(part)
+            if kind == "output_text":
+                ev.append(self._event("response.content_part.added", content_index=0,
+                                      part=dict(part)))  # fmt: skip
+        self.open["content"][0]["text"] += text
+        return ev + [self._event(delta_event, content_index=0, delta=text)]
+
+    def _event(self, kind: str, owner: dict | None = None, **fields) -> dict:
+        """An event of `owner` (the open item by default)."""
+        owner = owner or self.open
+        index = next(i for i, it in enumerate(self.items) if it is owner)
+        return {"type": kind, "output_index": index, "item_id": owner["id"], **fields}
+
+
+def _copy(item: dict) -> dict:
+    return json.loads(json.dumps(item))
+
+
+def _usage(last: Output | None, reasoning_tokens: int) -> dict:
+    prompt = last.prompt_tokens if last else 0
+    output = last.num_tokens if last else 0
+    return {
+        "input_tokens": prompt,
+        "input_tokens_details": {"cached_tokens": last.cached_tokens if last else 0},
+        "output_tokens": output,
+        "output_tokens_details": {"reasoning_tokens": reasoning_tokens},
+        "total_tokens": prompt + output,
+    }
+
+
+def router(coordinator: Coordinator, defaults: dict, tool_grammar: bool = True) -> APIRouter:
+    api = APIRouter()
+
+    def prompt_of(body: ResponsesRequest):
+        try:
+            messages = body.template_messages()
+        except ValueError as e:
+            raise BadRequest(str(e), param="input") from None
+        tools = body.openai_tools()
+        args = defaults | body.template_args()
+        prompt = build_prompt(coordinator.tokenizer, messages, tools, body.choice(), args,
+                              tool_grammar)  # fmt: skip
+        return prompt, tools
+
+    @api.post("/v1/responses")
+    async def responses(body: ResponsesRequest, request: Request):
+        coordinator.check_model(body.model)
+        long = len(json.dumps(body.input)) > LONG_CHARS
+        prompt, tools = await off_loop(long, prompt_of, body)
+        max_calls = None if body.parallel_tool_calls else 1
+        processor = chat_processor(coordinator.tokenizer, prompt, tools, [], max_calls)
+        max_tokens = coordinator.check_length(
+            len(prompt.tokens), body.max_output_tokens, "max_output_tokens"
+        )
+        rid = coordinator.new_request_id("resp")
+        sampling = body.sampling(max_tokens, prompt.limits())
+        long = len(prompt.tokens) > LONG_TOKENS
+        hashes = await off_loop(long, coordinator.prompt_hashes, prompt.tokens)
+        stream = coordinator.start(
+            rid, prompt.tokens, sampling, processor, request.headers.get("x-session-id"), hashes
+        )
+        headers = {"x-request-id": rid, "x-speculation": stream.replica.speculation_summary}
+        base = {
+            "id": _id("resp_"), "object": "response", "created_at": int(time.time()),
+            "model": coordinator.model_name, "instructions": body.instructions,
+            "tools": [t.model_dump(exclude_none=True) for t in body.tools or []],
+            "tool_choice": body.tool_choice if isinstance(body.tool_choice, str | None)
+            else body.tool_choice.model_dump(),
+            "parallel_tool_calls": body.parallel_tool_calls, "temperature": body.temperature,
+            "top_p": body.top_p, "max_output_tokens": body.max_output_tokens,
+            "metadata": {}, "error": None, "incomplete_details": None, "store": False,
+        }  # fmt: skip
+        count = coordinator.tokenizer.encode
+        if body.stream:
+            events = _stream_events(stream, base, count)
+            return StreamingResponse(events, media_type="text/event-stream", headers=headers,
+                                     background=BackgroundTask(stream.aclose))  # fmt: skip
+        got = await collect_unless_disconnected(request, stream)
+        items = _Items()
+        items.events(got.as_output())
+        items.close()
+        return JSONResponse(_final(base, items, got.last, count), headers=headers)
+
+    return api
+
+
+def _final(base: dict, items: _Items, last: Output | None, count) -> dict:
+    """The finished response: its items, status and usage."""
+    cut = last is not None and last.finish_reason == "length"
+    reasoning = "".join(p["text"] for it in items.items if it["type"] == "reasoning"
+                        for p in it["content"])  # fmt: skip
+    return base | {
+        "status": "incomplete" if cut else "completed",
+        "incomplete_details": {"reason": "max_output_tokens"} if cut else None,
+        "output": items.items,
+        "usage": _usage(last, len(count(reasoning)) if reasoning else 0),
+    }
+
+
+async def _stream_events(stream, base: dict, count):
+    """The Responses API's event stream: response.created and .in_progress, each item's
+    events, then response.completed (or .incomplete); a failure is an `error` event."""
+    seq = 0
+
+    def sse(event: dict) -> str:
+        nonlocal seq
+        event["sequence_number"], seq = seq, seq + 1
+        return f"event: {event['type']}\ndata: {json.dumps(event, ensure_ascii=False)}\n\n"
+
+    start = base | {"status": "in_progress", "output": [], "usage": None}
+    yield sse({"type": "response.created", "response": start})
+    yield sse({"type": "response.in_progress", "response": dict(start)})
+    items, last = _Items(), None
+    try:
+        async for out in stream:
+            last = out
+            for event in items.events(out):
+                yield sse(event)
+        for event in items.close():
+            yield sse(event)
+        final = _final(base, items, last, count)
+        kind = "response.incomplete" if final["status"] == "incomplete" else "response.completed"
+        yield sse({"type": kind, "response": final})
+    except Exception as e:
+        status = e.status if isinstance(e, APIError) else 500
+        message = e.message if isinstance(e, APIError) else f"internal error: {type(e).__name__}"
+        yield sse({"type": "error", "code": str(status), "message": message, "param": None})
+    finally:
+        await stream.aclose()
