@@ -50,7 +50,8 @@ class _Items:
                                       delta=d.arguments))  # fmt: skip
         return ev
 
-    def close(self) -> list[dict]:
+    def close(self, cut: bool = False) -> list[dict]:
+        """Close the open item (`cut`: max_output_tokens ended it: incomplete)."""
         item, self.open = self.open, None
         if item is None:
             return []
@@ -67,7 +68,7 @@ class _Items:
                 ev.append(self._event("response.content_part.done", item, content_index=0,
                                       part=dict(part)))  # fmt: skip
         if "status" in item:
-            item["status"] = "completed"
+            item["status"] = "incomplete" if cut else "completed"
         ev.append(self._event("response.output_item.done", item, item=_copy(item)))
         return ev
 
@@ -165,7 +166,7 @@ def router(coordinator: Coordinator, defaults: dict, tool_grammar: bool = True) 
         got = await collect_unless_disconnected(request, stream)
         items = _Items()
         items.events(got.as_output())
-        items.close()
+        items.close(cut=got.last is not None and got.last.finish_reason == "length")
         return JSONResponse(_final(base, items, got.last, count), headers=headers)
 
     return api
@@ -203,7 +204,7 @@ async def _stream_events(stream, base: dict, count):
             last = out
             for event in items.events(out):
                 yield sse(event)
-        for event in items.close():
+        for event in items.close(cut=last is not None and last.finish_reason == "length"):
             yield sse(event)
         final = _final(base, items, last, count)
         kind = "response.incomplete" if final["status"] == "incomplete" else "response.completed"

@@ -453,5 +453,7 @@ def test_responses_api_refuses_what_it_cannot_do(agent_server):
             client.responses.create(model=agent_server.model, input="hi", **extra)
         assert e.value.status_code == 400
     cut = client.responses.create(model=agent_server.model, input="def add(a, b):",
-                                  max_output_tokens=2, temperature=0.0)  # fmt: skip
+                                  max_output_tokens=2, temperature=0.0,
+                                  reasoning={"effort": "none"})  # fmt: skip
     assert cut.status == "incomplete" and cut.incomplete_details.reason == "max_output_tokens"
+    assert [(o.type, o.status) for o in cut.output] == [("message", "incomplete")]
