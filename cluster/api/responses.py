@@ -166,8 +166,13 @@ def router(coordinator: Coordinator, defaults: dict, tool_grammar: bool = True) 
         got = await collect_unless_disconnected(request, stream)
         items = _Items()
         items.events(got.as_output())
-        items.close(cut=got.last is not None and got.last.finish_reason == "length")
-        return JSONResponse(_final(base, items, got.last, count), headers=headers)
+        last = got.last
+        items.close(cut=last is not None and last.finish_reason == "length")
+        if last is not None:  # what speculation this request got, now that it is known
+            headers["x-speculation-accepted"] = f"{last.accepted_tokens}/{last.draft_tokens}"
+            if last.speculation:
+                headers["x-speculation"] = last.speculation
+        return JSONResponse(_final(base, items, last, count), headers=headers)
 
     return api
 

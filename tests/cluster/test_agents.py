@@ -399,7 +399,9 @@ def test_responses_api_text_reasoning_and_a_stream_that_matches(agent_server):
     client = agent_server.client()
     kw = dict(model=agent_server.model, input="def add(a, b):", max_output_tokens=24,
               temperature=0.0)  # fmt: skip
-    off = client.responses.create(reasoning={"effort": "minimal"}, **kw)
+    raw = client.responses.with_raw_response.create(reasoning={"effort": "minimal"}, **kw)
+    off = raw.parse()
+    assert raw.headers["x-speculation"] and raw.headers["x-speculation-accepted"] == "0/0"
     assert [o.type for o in off.output] == ["message"] and off.output_text
     assert off.status in ("completed", "incomplete") and off.usage.output_tokens > 0
     on = client.responses.create(**kw)
