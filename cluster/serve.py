@@ -133,9 +133,11 @@ def serve(options: ServeOptions, engine: EngineConfig) -> None:
         "tool_call_grammar": options.tool_call_grammar,
     }
 
+    tokenizer = PromptTokenizer(model_dir)
+    settings["sampling_defaults"] = tokenizer.generation_defaults  # generation_config.json's
     coordinator = Coordinator(
         name,
-        PromptTokenizer(model_dir),
+        tokenizer,
         engine.max_queue,
         settings,
         policy=options.routing,

@@ -11,7 +11,7 @@ from starlette.background import BackgroundTask
 from ..coordinator.coordinator import Coordinator, Output
 from ..coordinator.errors import APIError, BadRequest
 from .anthropic_schemas import CountTokensRequest, MessagesRequest
-from .chat import ChatPrompt, build_prompt, chat_processor
+from .chat import ChatPrompt, build_prompt, chat_processor, with_defaults
 from .offload import LONG_CHARS, LONG_TOKENS, chars, off_loop
 from .openai_out import collect_unless_disconnected
 
@@ -165,6 +165,7 @@ def router(coordinator: Coordinator, defaults: dict, tool_grammar: bool = True) 
         rid = coordinator.new_request_id("msg")
         mid = "msg_" + secrets.token_hex(12)
         sampling = body.sampling(max_tokens, prompt.limits(body.thinking_budget()))
+        sampling = with_defaults(sampling, body, coordinator.tokenizer.generation_defaults)
         long = len(prompt.tokens) > LONG_TOKENS
         hashes = await off_loop(long, coordinator.prompt_hashes, prompt.tokens)
         stream = coordinator.start(

@@ -10,7 +10,7 @@ from ..coordinator.errors import APIError
 from ..coordinator.metrics import ClusterCollector
 from ..coordinator.output import OutputProcessor
 from .anthropic import router as anthropic_router
-from .chat import build_prompt, chat_processor, openai_messages
+from .chat import build_prompt, chat_processor, openai_messages, with_defaults
 from .errors import error_json, install
 from .offload import LONG_CHARS, LONG_TOKENS, chars, off_loop
 from .openai_out import Shape, collect_unless_disconnected, sse
@@ -139,6 +139,7 @@ def create_app(
         rid = coordinator.new_request_id("chatcmpl" if chat else "cmpl")
         session = request.headers.get("x-session-id")
         sampling = body.sampling(max_tokens, limits or {})
+        sampling = with_defaults(sampling, body, coordinator.tokenizer.generation_defaults)
         hashes = await off_loop(len(prompt) > LONG_TOKENS, coordinator.prompt_hashes, prompt)
         stream = coordinator.start(rid, prompt, sampling, processor, session, hashes)
         shape = Shape(rid, coordinator.model_name, chat, coordinator.tokenizer.token_bytes)

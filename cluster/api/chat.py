@@ -1,6 +1,7 @@
 """A chat turn for GLM-5: the prompt (history, tools, thinking switch, forced tool calls) and
 the processor that parses the reply. Shared by OpenAI's and Anthropic's routes."""
 
+import dataclasses
 import json
 import secrets
 from dataclasses import dataclass
@@ -10,7 +11,7 @@ from ..coordinator.glm_output import ChatOutputProcessor, GlmParser, param_types
 from ..coordinator.output import OutputProcessor
 from ..coordinator.tokenizer import PromptTokenizer
 from ..coordinator.tool_grammar import tool_grammar
-from ..types import ToolGrammar
+from ..types import SamplingParams, ToolGrammar
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,13 @@ def build_prompt(
     rules = tool_grammar(tokenizer, tools, forced) if grammar and not no_calls else None
     end = markers.id_of("</think>") if markers else None
     return ChatPrompt(prompt + forced, forced, reasoning, banned, rules, end)
+
+
+def with_defaults(sampling: SamplingParams, body, defaults: dict) -> SamplingParams:
+    """The checkpoint's sampling defaults (generation_config.json) for the fields the request
+    left out."""
+    given = body.model_fields_set
+    return dataclasses.replace(sampling, **{k: v for k, v in defaults.items() if k not in given})
 
 
 def new_call_id(prefix: str = "call_") -> str:

@@ -12,7 +12,7 @@ from starlette.background import BackgroundTask
 
 from ..coordinator.coordinator import Coordinator, Output
 from ..coordinator.errors import APIError, BadRequest
-from .chat import build_prompt, chat_processor
+from .chat import build_prompt, chat_processor, with_defaults
 from .offload import LONG_CHARS, LONG_TOKENS, off_loop
 from .openai_out import collect_unless_disconnected
 from .responses_schemas import ResponsesRequest
@@ -142,6 +142,7 @@ def router(coordinator: Coordinator, defaults: dict, tool_grammar: bool = True) 
         )
         rid = coordinator.new_request_id("resp")
         sampling = body.sampling(max_tokens, prompt.limits())
+        sampling = with_defaults(sampling, body, coordinator.tokenizer.generation_defaults)
         long = len(prompt.tokens) > LONG_TOKENS
         hashes = await off_loop(long, coordinator.prompt_hashes, prompt.tokens)
         stream = coordinator.start(

@@ -1,5 +1,6 @@
 """The model's own tokenizer and chat template, as the coordinator uses them."""
 
+import json
 import os
 from functools import cached_property
 from pathlib import Path
@@ -17,6 +18,7 @@ class PromptTokenizer:
 
         self.hf = AutoTokenizer.from_pretrained(str(model_path))
         self._backend = self.hf.backend_tokenizer
+        self.path = Path(model_path)
 
     def chat(self, messages: list[dict], tools: list | None = None, **template_args) -> list[int]:
         """Apply the chat template with a generation prompt; no tokens added twice.
@@ -72,6 +74,25 @@ class PromptTokenizer:
         return set(self.hf.all_special_tokens) | {
             t.content for t in self._backend.get_added_tokens_decoder().values()
         }
+
+    @cached_property
+    def generation_defaults(self) -> dict:
+        """The checkpoint's sampling defaults (generation_config.json's temperature, top_p,
+        top_k), for requests that leave them out, as vLLM applies them."""
+        path = self.path / "generation_config.json"
+        try:
+            config = json.loads(path.read_text()) if path.exists() else {}
+        except ValueError:
+            return {}
+        out: dict = {}
+        t, p, k = config.get("temperature"), config.get("top_p"), config.get("top_k")
+        if isinstance(t, int | float) and 0 <= t <= 2:
+            out["temperature"] = float(t)
+        if isinstance(p, int | float) and 0 < p <= 1:
+            out["top_p"] = float(p)
+        if isinstance(k, int) and k >= 0:
+            out["top_k"] = k
+        return out
 
     @cached_property
     def special_ids(self) -> tuple[int, ...]:

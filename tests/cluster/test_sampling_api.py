@@ -33,3 +33,43 @@ def test_api_logprobs_and_penalties(server):
     assert len(lp["tokens"]) == len(lp["token_logprobs"]) == len(lp["top_logprobs"]) == 5
     assert lp["text_offset"][0] == 0 and all(len(t) == 3 for t in lp["top_logprobs"])
     assert "".join(lp["tokens"]) == done["choices"][0]["text"]
+
+
+def test_the_checkpoints_generation_config_sets_sampling_defaults(model_dir, tmp_path):
+    """generation_config.json's temperature 0 makes requests that leave it out greedy, on
+    every route; a request's own temperature still rules. /v1/status shows the defaults."""
+    import json
+    import shutil
+
+    import anthropic
+    from conftest import Server
+
+    copy = tmp_path / "model"
+    shutil.copytree(model_dir, copy)
+    config = json.loads((copy / "generation_config.json").read_text())
+    (copy / "generation_config.json").write_text(json.dumps(config | {"temperature": 0.0}))
+    srv = Server(["--model", str(copy)], env={"CLUSTER_HOME": str(tmp_path / "home")})
+    try:
+        status = httpx.get(f"{srv.url}/v1/status").json()
+        assert status["settings"]["sampling_defaults"] == {"temperature": 0.0}
+        client = srv.client()
+        off = {"enable_thinking": False}
+        kw = dict(model=srv.model, messages=[{"role": "user", "content": "hi"}], max_tokens=12,
+                  extra_body={"ignore_eos": True, "chat_template_kwargs": off})  # fmt: skip
+        greedy = client.chat.completions.create(temperature=0.0, **kw).choices[0].message
+        left_out = [client.chat.completions.create(**kw).choices[0].message for _ in range(2)]
+        assert greedy.content and all(m.content == greedy.content for m in left_out)
+        sampled = {client.chat.completions.create(temperature=1.0, seed=s, **kw)
+                   .choices[0].message.content for s in range(3)}  # fmt: skip
+        assert len(sampled) > 1  # its own temperature: sampled
+        claude = anthropic.Anthropic(base_url=srv.url, api_key="none", max_retries=0)
+        a = [claude.messages.create(model=srv.model, max_tokens=8, thinking={"type": "disabled"},
+                                    messages=[{"role": "user", "content": "hi"}])
+             .content[0].text for _ in range(2)]  # fmt: skip
+        assert a[0] and a[0] == a[1]
+        r = [client.responses.create(model=srv.model, input="hi", max_output_tokens=8,
+                                     reasoning={"effort": "none"}).output_text
+             for _ in range(2)]  # fmt: skip
+        assert r[0] and r[0] == r[1]
+    finally:
+        srv.stop()
