@@ -60,6 +60,7 @@ def _serve(args) -> int:
         probe_seconds=args.probe_seconds,
         load_timeout=args.load_timeout,
         tool_call_grammar=not args.no_tool_call_grammar,
+        thinking_budget=args.thinking_budget,
     )
     serve(options, _engine_config(args))
     return 0
@@ -181,6 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--chat-template-args",
         help="JSON defaults for the chat template, e.g. '{\"enable_thinking\": false}'; "
         "a request's chat_template_kwargs override them",
+    )
+    p.add_argument(
+        "--thinking-budget",
+        type=int,
+        default=None,
+        help="thinking tokens a reply may take before the server writes </think>, for requests "
+        "that set no budget of their own (default: no limit)",
     )
     p.add_argument(
         "--no-tool-call-grammar",

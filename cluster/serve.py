@@ -12,6 +12,7 @@ import uvicorn
 
 from . import aio
 from .api.app import create_app
+from .api.chat import ChatDefaults
 from .config import EngineConfig
 from .coordinator.coordinator import Coordinator
 from .coordinator.tokenizer import PromptTokenizer
@@ -53,6 +54,8 @@ class ServeOptions:
     """Seconds a replica may take to load; default from the checkpoint's size per rank."""
     tool_call_grammar: bool = True
     """Keep the model's tool calls to the offered tools' names, keys and listed values."""
+    thinking_budget: int | None = None
+    """Thinking tokens a reply may take when its request sets no budget (None: no limit)."""
 
 
 def cluster_token(persistent: bool) -> str:
@@ -131,6 +134,7 @@ def serve(options: ServeOptions, engine: EngineConfig) -> None:
         "model_dir": str(model_dir),
         "chat_template_args": dict(options.chat_template_args),
         "tool_call_grammar": options.tool_call_grammar,
+        "thinking_budget": options.thinking_budget,
     }
 
     tokenizer = PromptTokenizer(model_dir)
@@ -174,9 +178,12 @@ def serve(options: ServeOptions, engine: EngineConfig) -> None:
                     create_app(
                         coordinator,
                         frozenset(options.api_keys),
-                        dict(options.chat_template_args),
-                        options.tool_call_grammar,
-                    ),
+                        ChatDefaults(
+                            dict(options.chat_template_args),
+                            options.tool_call_grammar,
+                            options.thinking_budget,
+                        ),
+                    ),  # fmt: skip
                     host=host,
                     port=port,
                     log_level="warning",

@@ -11,7 +11,7 @@ from starlette.background import BackgroundTask
 from ..coordinator.coordinator import Coordinator, Output
 from ..coordinator.errors import APIError, BadRequest
 from .anthropic_schemas import CountTokensRequest, MessagesRequest
-from .chat import ChatPrompt, build_prompt, chat_processor, with_defaults
+from .chat import ChatDefaults, ChatPrompt, build_prompt, chat_processor, with_defaults
 from .offload import LONG_CHARS, LONG_TOKENS, chars, off_loop
 from .openai_out import collect_unless_disconnected
 
@@ -134,7 +134,7 @@ def _sse(event: str, data: dict) -> str:
     return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-def router(coordinator: Coordinator, defaults: dict, tool_grammar: bool = True) -> APIRouter:
+def router(coordinator: Coordinator, defaults: ChatDefaults) -> APIRouter:
     api = APIRouter()
 
     def prompt_of(body) -> tuple[ChatPrompt, list[dict]]:
@@ -144,10 +144,11 @@ def router(coordinator: Coordinator, defaults: dict, tool_grammar: bool = True) 
         except ValueError as e:
             raise BadRequest(str(e), param="tool_choice") from None
         tools = body.openai_tools()
-        args = defaults | body.template_args()
+        args = defaults.template_args | body.template_args()
         return build_prompt(
-            coordinator.tokenizer, body.template_messages(), tools, choice, args, tool_grammar
-        ), tools
+            coordinator.tokenizer, body.template_messages(), tools, choice, args,
+            defaults.tool_grammar,
+        ), tools  # fmt: skip
 
     @api.post(PREFIX + "/count_tokens")
     async def count_tokens(body: CountTokensRequest):
@@ -164,7 +165,8 @@ def router(coordinator: Coordinator, defaults: dict, tool_grammar: bool = True) 
         max_tokens = coordinator.check_length(len(prompt.tokens), body.max_tokens, "max_tokens")
         rid = coordinator.new_request_id("msg")
         mid = "msg_" + secrets.token_hex(12)
-        sampling = body.sampling(max_tokens, prompt.limits(body.thinking_budget()))
+        budget = defaults.budget(body.thinking_budget())
+        sampling = body.sampling(max_tokens, prompt.limits(budget))
         sampling = with_defaults(sampling, body, coordinator.tokenizer.generation_defaults)
         long = len(prompt.tokens) > LONG_TOKENS
         hashes = await off_loop(long, coordinator.prompt_hashes, prompt.tokens)

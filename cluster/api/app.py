@@ -10,7 +10,7 @@ from ..coordinator.errors import APIError
 from ..coordinator.metrics import ClusterCollector
 from ..coordinator.output import OutputProcessor
 from .anthropic import router as anthropic_router
-from .chat import build_prompt, chat_processor, openai_messages, with_defaults
+from .chat import ChatDefaults, build_prompt, chat_processor, openai_messages, with_defaults
 from .errors import error_json, install
 from .offload import LONG_CHARS, LONG_TOKENS, chars, off_loop
 from .openai_out import Shape, collect_unless_disconnected, sse
@@ -49,14 +49,13 @@ class ApiKeyMiddleware:
 def create_app(
     coordinator: Coordinator,
     api_keys: frozenset[str] = frozenset(),
-    template_args: dict | None = None,
-    tool_grammar: bool = True,
+    chat_defaults: ChatDefaults | None = None,
 ) -> FastAPI:
-    """template_args: the chat template's defaults (--chat-template-args); requests'
-    chat_template_kwargs override them. tool_grammar: keep tool calls to the offered tools."""
+    """chat_defaults: the server's defaults for chat requests (template args, tool-call
+    grammar, thinking budget); requests override them."""
     app = FastAPI(title="cluster", version="0.1.0")
     app.state.coordinator = coordinator
-    defaults = dict(template_args or {})
+    chat_defaults = chat_defaults or ChatDefaults()
     install(app)
 
     if api_keys:
@@ -91,8 +90,8 @@ def create_app(
     async def status():
         return await coordinator.status()
 
-    app.include_router(anthropic_router(coordinator, defaults, tool_grammar))
-    app.include_router(responses_router(coordinator, defaults, tool_grammar))
+    app.include_router(anthropic_router(coordinator, chat_defaults))
+    app.include_router(responses_router(coordinator, chat_defaults))
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatCompletionRequest, request: Request):
@@ -101,17 +100,16 @@ def create_app(
         choice = body.tool_choice
         if isinstance(choice, NamedToolChoice):
             choice = choice.function.name
-        args = defaults | (body.chat_template_kwargs or {})
+        args = chat_defaults.template_args | (body.chat_template_kwargs or {})
         tok = coordinator.tokenizer
         # Templating and tokenizing a long transcript take long: off the event loop.
         messages = openai_messages(body.messages)
         long = chars(messages) > LONG_CHARS
-        prompt = await off_loop(
-            long, build_prompt, tok, messages, tools, choice, args, tool_grammar
-        )
+        grammar = chat_defaults.tool_grammar
+        prompt = await off_loop(long, build_prompt, tok, messages, tools, choice, args, grammar)
         max_calls = None if body.parallel_tool_calls else 1
         processor = chat_processor(tok, prompt, tools, body.stop, max_calls)
-        limits = prompt.limits(body.thinking_token_budget)
+        limits = prompt.limits(chat_defaults.budget(body.thinking_token_budget))
         return await _complete(request, body, prompt.tokens, processor, limits)
 
     @app.post("/v1/completions")

@@ -15,6 +15,21 @@ from ..types import SamplingParams, ToolGrammar
 
 
 @dataclass(frozen=True)
+class ChatDefaults:
+    """The server's defaults for chat requests on every route."""
+
+    template_args: dict = dataclasses.field(default_factory=dict)
+    """The chat template's defaults (--chat-template-args); a request's own override them."""
+    tool_grammar: bool = True
+    """Keep tool calls to the offered tools' names, keys and listed values."""
+    thinking_budget: int | None = None
+    """Thinking tokens a reply may take when the request sets no budget (None: no limit)."""
+
+    def budget(self, asked: int | None) -> int | None:
+        return asked if asked is not None else self.thinking_budget
+
+
+@dataclass(frozen=True)
 class ChatPrompt:
     tokens: list[int]
     """The whole prompt, a forced opening of the reply included."""

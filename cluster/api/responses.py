@@ -12,7 +12,7 @@ from starlette.background import BackgroundTask
 
 from ..coordinator.coordinator import Coordinator, Output
 from ..coordinator.errors import APIError, BadRequest
-from .chat import build_prompt, chat_processor, with_defaults
+from .chat import ChatDefaults, build_prompt, chat_processor, with_defaults
 from .offload import LONG_CHARS, LONG_TOKENS, off_loop
 from .openai_out import collect_unless_disconnected
 from .responses_schemas import ResponsesRequest
@@ -116,7 +116,7 @@ def _usage(last: Output | None, reasoning_tokens: int) -> dict:
     }
 
 
-def router(coordinator: Coordinator, defaults: dict, tool_grammar: bool = True) -> APIRouter:
+def router(coordinator: Coordinator, defaults: ChatDefaults) -> APIRouter:
     api = APIRouter()
 
     def prompt_of(body: ResponsesRequest):
@@ -125,9 +125,9 @@ def router(coordinator: Coordinator, defaults: dict, tool_grammar: bool = True) 
         except ValueError as e:
             raise BadRequest(str(e), param="input") from None
         tools = body.openai_tools()
-        args = defaults | body.template_args()
+        args = defaults.template_args | body.template_args()
         prompt = build_prompt(coordinator.tokenizer, messages, tools, body.choice(), args,
-                              tool_grammar)  # fmt: skip
+                              defaults.tool_grammar)  # fmt: skip
         return prompt, tools
 
     @api.post("/v1/responses")
@@ -141,7 +141,7 @@ def router(coordinator: Coordinator, defaults: dict, tool_grammar: bool = True) 
             len(prompt.tokens), body.max_output_tokens, "max_output_tokens"
         )
         rid = coordinator.new_request_id("resp")
-        sampling = body.sampling(max_tokens, prompt.limits())
+        sampling = body.sampling(max_tokens, prompt.limits(defaults.thinking_budget))
         sampling = with_defaults(sampling, body, coordinator.tokenizer.generation_defaults)
         long = len(prompt.tokens) > LONG_TOKENS
         hashes = await off_loop(long, coordinator.prompt_hashes, prompt.tokens)

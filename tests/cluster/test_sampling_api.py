@@ -1,6 +1,7 @@
 """Logprobs and penalties through the OpenAI API of a real server."""
 
 import httpx
+from transformers import AutoTokenizer
 
 
 def test_api_logprobs_and_penalties(server):
@@ -35,9 +36,10 @@ def test_api_logprobs_and_penalties(server):
     assert "".join(lp["tokens"]) == done["choices"][0]["text"]
 
 
-def test_the_checkpoints_generation_config_sets_sampling_defaults(model_dir, tmp_path):
+def test_server_defaults_sampling_from_generation_config_and_a_thinking_budget(model_dir, tmp_path):
     """generation_config.json's temperature 0 makes requests that leave it out greedy, on
-    every route; a request's own temperature still rules. /v1/status shows the defaults."""
+    every route; a request's own temperature still rules. `--thinking-budget` ends the
+    reasoning of requests that set no budget. /v1/status shows both."""
     import json
     import shutil
 
@@ -48,10 +50,19 @@ def test_the_checkpoints_generation_config_sets_sampling_defaults(model_dir, tmp
     shutil.copytree(model_dir, copy)
     config = json.loads((copy / "generation_config.json").read_text())
     (copy / "generation_config.json").write_text(json.dumps(config | {"temperature": 0.0}))
-    srv = Server(["--model", str(copy)], env={"CLUSTER_HOME": str(tmp_path / "home")})
+    srv = Server(["--model", str(copy), "--thinking-budget", "3"],
+                 env={"CLUSTER_HOME": str(tmp_path / "home")})  # fmt: skip
     try:
         status = httpx.get(f"{srv.url}/v1/status").json()
         assert status["settings"]["sampling_defaults"] == {"temperature": 0.0}
+        assert status["settings"]["thinking_budget"] == 3
+        tok = AutoTokenizer.from_pretrained(str(copy))
+        thought = srv.client().chat.completions.create(
+            model=srv.model, messages=[{"role": "user", "content": "hi"}], max_tokens=12,
+            extra_body={"ignore_eos": True},
+        ).choices[0].message  # fmt: skip
+        assert len(tok.encode(thought.reasoning_content, add_special_tokens=False)) <= 4
+        assert thought.content  # the answer follows the budget's </think>
         client = srv.client()
         off = {"enable_thinking": False}
         kw = dict(model=srv.model, messages=[{"role": "user", "content": "hi"}], max_tokens=12,
