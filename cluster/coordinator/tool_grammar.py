@@ -15,8 +15,10 @@ def value_text(value) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def _choices(schema: dict) -> list[str]:
+def _choices(schema) -> list[str]:
     """The values a parameter may take, when its schema closes the set."""
+    if not isinstance(schema, dict):  # not a schema: any value
+        return []
     if isinstance(schema.get("enum"), list) and schema["enum"]:
         return [value_text(v) for v in schema["enum"]]
     if "const" in schema:
@@ -41,6 +43,8 @@ def tool_grammar(
         f = tool.get("function", tool)
         name = f.get("name") or ""
         schema = f.get("parameters") or f.get("input_schema") or {}
+        if not isinstance(schema, dict) or not isinstance(schema.get("properties", {}), dict):
+            return None  # not a JSON schema of an object: no key list to hold calls to
         props = schema.get("properties")
         if not name or name in names:
             continue
@@ -52,7 +56,7 @@ def tool_grammar(
         params = tuple(
             ToolParam(
                 _tokens(tokenizer, key),
-                tuple(_tokens(tokenizer, c) for c in _choices(p or {})),
+                tuple(_tokens(tokenizer, c) for c in _choices(p)),
                 key in required,
             )
             for key, p in (props or {}).items()

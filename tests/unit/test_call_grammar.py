@@ -197,3 +197,16 @@ def test_limits_along_a_draft_run_leave_the_row_where_it_was():
     assert run[4].allow == {KO, NL} and run[5].allow == {EOS}  # the budget: 7 written
     assert row.follow([40, 41]) is FREE  # the row itself did not move
     assert row.along([EOS, 7, 7, 7, 7])[-1] is FREE  # thinking ended by the model: no budget
+
+
+def test_schemas_that_are_not_object_schemas_leave_calls_free_not_failing(tokenizer):
+    odd = [
+        {"type": "function", "function": {"name": "a", "parameters": {"properties": ["x"]}}},
+        {"type": "function", "function": {"name": "b", "parameters": "none"}},
+    ]
+    for tool in odd:
+        assert tool_grammar(tokenizer, [tool], []) is None
+    loose = {"type": "function", "function": {"name": "c", "parameters": {
+        "type": "object", "properties": {"x": "string", "y": {"enum": []}}}}}  # fmt: skip
+    g = tool_grammar(tokenizer, [loose], [])
+    assert [p.choices for p in g.tools[0].params] == [(), ()]  # any value
