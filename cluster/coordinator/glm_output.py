@@ -70,8 +70,12 @@ def param_types(tools: list[dict] | None) -> dict[str, dict[str, object]]:
     out: dict[str, dict[str, object]] = {}
     for tool in tools or []:
         f = tool.get("function", tool)
-        props = (f.get("parameters") or f.get("input_schema") or {}).get("properties") or {}
-        out[f.get("name", "")] = {k: (v or {}).get("type") for k, v in props.items()}
+        schema = f.get("parameters") or f.get("input_schema") or {}
+        props = schema.get("properties") if isinstance(schema, dict) else None
+        props = props if isinstance(props, dict) else {}  # not a schema: values untyped
+        out[f.get("name", "")] = {
+            k: v.get("type") if isinstance(v, dict) else None for k, v in props.items()
+        }
     return out
 
 
