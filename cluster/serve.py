@@ -16,6 +16,7 @@ from .api.chat import ChatDefaults
 from .config import EngineConfig
 from .coordinator.coordinator import Coordinator
 from .coordinator.tokenizer import PromptTokenizer
+from .coordinator.tool_grammar import warm as warm_tool_grammar
 from .engine.speculation import has_mtp_weights
 from .inventory import load_inventory
 from .launch.local import LocalLauncher, ServiceLauncher, SshLauncher
@@ -138,6 +139,8 @@ def serve(options: ServeOptions, engine: EngineConfig) -> None:
     }
 
     tokenizer = PromptTokenizer(model_dir)
+    if tokenizer.markers is not None:
+        warm_tool_grammar(tokenizer)
     settings["sampling_defaults"] = tokenizer.generation_defaults  # generation_config.json's
     coordinator = Coordinator(
         name,

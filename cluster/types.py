@@ -3,7 +3,7 @@ event and model types and the interface a replica offers. No side owns them; no 
 
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Literal, NewType, Protocol
 
 RequestId = NewType("RequestId", str)
@@ -20,6 +20,8 @@ class ToolParam:
     choices: tuple[tuple[int, ...], ...] = ()
     """The values it may take (an enum, a boolean), each as tokens; empty: any text."""
     required: bool = False
+    kind: str = ""
+    """"integer" or "number": the value is written with number tokens only."""
 
 
 @dataclass(frozen=True)
@@ -42,28 +44,29 @@ class ToolGrammar:
     """Tokens a free-text value may not contain (the other tags, turn and end tokens)."""
     opening: tuple[int, ...] = ()
     """The prompt's last tokens that open the reply (a forced call): the grammar starts after."""
+    integer_ids: tuple[int, ...] = ()
+    """Tokens made of digits and '-' only: an integer value's."""
+    number_ids: tuple[int, ...] = ()
+    """Tokens made of digits, '-', '+', '.', 'e' and 'E' only: a number value's."""
 
     def to_json(self) -> str:
-        tools = [[list(t.name), [[list(p.key), [list(c) for c in p.choices], p.required]
-                                  for p in t.params]] for t in self.tools]  # fmt: skip
-        return json.dumps({"tags": list(self.tags), "tools": tools, "spacers": list(self.spacers),
-                           "value_banned": list(self.value_banned),
-                           "opening": list(self.opening)}, separators=(",", ":"))  # fmt: skip
+        return json.dumps(asdict(self), separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> "ToolGrammar":
-        d = json.loads(text)
-        tools = tuple(
-            ToolSpec(
-                tuple(name),
-                tuple(
-                    ToolParam(tuple(k), tuple(tuple(c) for c in cs), bool(r)) for k, cs, r in params
-                ),
-            )  # fmt: skip
-            for name, params in d["tools"]
-        )
-        return cls(tuple(d["tags"]), tools, tuple(d["spacers"]), tuple(d["value_banned"]),
-                   tuple(d["opening"]))  # fmt: skip
+        d = _tuples(json.loads(text))
+        tools = tuple(ToolSpec(t["name"], tuple(ToolParam(**p) for p in t["params"]))
+                      for t in d.pop("tools"))  # fmt: skip
+        return cls(tools=tools, **d)
+
+
+def _tuples(value):
+    """JSON lists back to tuples, all the way down."""
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    return value
 
 
 @dataclass(frozen=True)

@@ -94,6 +94,18 @@ class PromptTokenizer:
             out["top_k"] = k
         return out
 
+    def tokens_of(self, chars: str) -> tuple[int, ...]:
+        """Ids of the tokens whose text is made of these characters only (cached)."""
+        cache = self.__dict__.setdefault("_tokens_of", {})
+        if chars not in cache:
+            allowed = set(chars.encode())
+            special = set(self.special_ids)
+            cache[chars] = tuple(
+                i for i in range(self.vocab_size)
+                if i not in special and (b := self.token_bytes(i)) and set(b) <= allowed
+            )  # fmt: skip
+        return cache[chars]
+
     @cached_property
     def special_ids(self) -> tuple[int, ...]:
         """Every special token's id (tags, turns, end of text)."""

@@ -6,6 +6,8 @@ import json
 from ..types import ToolGrammar, ToolParam, ToolSpec
 from .tokenizer import PromptTokenizer
 
+INTEGER_CHARS = "0123456789-"
+NUMBER_CHARS = "0123456789-+.eE"
 CALL_TAGS = ("<tool_call>", "</tool_call>", "<arg_key>", "</arg_key>", "<arg_value>",
              "</arg_value>")  # fmt: skip
 
@@ -26,6 +28,12 @@ def _choices(schema) -> list[str]:
     if schema.get("type") == "boolean":
         return ["true", "false"]
     return []
+
+
+def _kind(schema) -> str:
+    """ "integer" or "number" when the schema says exactly that (a union stays free text)."""
+    kind = schema.get("type") if isinstance(schema, dict) else None
+    return kind if kind in ("integer", "number") and not _choices(schema) else ""
 
 
 def _tokens(tokenizer: PromptTokenizer, text: str) -> tuple[int, ...]:
@@ -58,6 +66,7 @@ def tool_grammar(
                 _tokens(tokenizer, key),
                 tuple(_tokens(tokenizer, c) for c in _choices(p)),
                 key in required,
+                _kind(p),
             )
             for key, p in (props or {}).items()
         )
@@ -70,7 +79,15 @@ def tool_grammar(
         _spacers(tokenizer),
         tokenizer.special_ids,
         tuple(opening),
+        tokenizer.tokens_of(INTEGER_CHARS),
+        tokenizer.tokens_of(NUMBER_CHARS),
     )
+
+
+def warm(tokenizer: PromptTokenizer) -> None:
+    """Find the number tokens once, at start (a scan of the vocabulary), not on a request."""
+    tokenizer.tokens_of(INTEGER_CHARS)
+    tokenizer.tokens_of(NUMBER_CHARS)
 
 
 def _spacers(tokenizer: PromptTokenizer) -> tuple[int, ...]:

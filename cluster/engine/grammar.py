@@ -55,6 +55,8 @@ class CallState:
         self.param: ToolParam | None = None
         self.used: set[tuple[int, ...]] = set()
         self.value_ban = frozenset(grammar.value_banned) - {self.value_close}
+        self.numbers = {"integer": frozenset(grammar.integer_ids),
+                        "number": frozenset(grammar.number_ids)}  # fmt: skip
         for token in grammar.opening:
             self.advance(token)
 
@@ -95,6 +97,8 @@ class CallState:
         if self.param.choices:  # VALUE with a closed set
             nxt, whole = _next(self.param.choices, self.prefix)
             return Limit(frozenset(nxt | ({self.value_close} if whole else set())))
+        if digits := self.numbers.get(self.param.kind):  # a number: its tokens, then the end
+            return Limit(digits | {self.value_close} if self.prefix else digits)
         return Limit(ban=self.value_ban)
 
     def _tool(self, name: tuple[int, ...]) -> ToolSpec:
@@ -136,8 +140,8 @@ class CallState:
                 self.mode = _Mode.BETWEEN
             elif token in self.value_ban:
                 self.mode = _Mode.FREE
-            elif self.param.choices:  # free text needs no prefix kept
-                self.prefix += (token,)
+            elif self.param.choices or self.numbers.get(self.param.kind):
+                self.prefix += (token,)  # (free text needs none kept)
 
 
 class ThinkBudget:

@@ -210,3 +210,27 @@ def test_schemas_that_are_not_object_schemas_leave_calls_free_not_failing(tokeni
         "type": "object", "properties": {"x": "string", "y": {"enum": []}}}}}  # fmt: skip
     g = tool_grammar(tokenizer, [loose], [])
     assert [p.choices for p in g.tools[0].params] == [(), ()]  # any value
+
+
+def test_number_values_take_number_tokens_only_and_end_after_one():
+    digits, dot, letter = 60, 61, 62
+    params = (ToolParam((20,), kind="integer"), ToolParam((21,), kind="number"))
+    g = ToolGrammar(TAGS, (ToolSpec((10,), params),), value_banned=TAGS,
+                    integer_ids=(digits,), number_ids=(digits, dot))  # fmt: skip
+    s = Limiter(CallState(g), None)
+    out = [OPEN, 10, KO, 20, KC, VO]
+    assert s.follow(out).allow == {digits}  # not empty, not a letter
+    out += [digits]
+    assert s.follow(out).allow == {digits, VC}
+    out += [VC, KO, 21, KC, VO, digits]
+    assert s.follow(out).allow == {digits, dot, VC}
+    assert letter not in s.follow(out).allow
+
+
+def test_the_compiled_grammar_types_number_values(tokenizer):
+    g = tool_grammar(tokenizer, TOOLS, [])
+    kinds = {p.key: p.kind for t in g.tools for p in t.params}
+    enc = tokenizer.encode
+    assert kinds[tuple(enc("pages"))] == "integer" and kinds[tuple(enc("id"))] == "number"
+    assert kinds[tuple(enc("title"))] == "" and kinds[tuple(enc("format"))] == ""
+    assert set(enc("123")) <= set(g.integer_ids) and enc("x")[0] not in g.number_ids

@@ -40,9 +40,9 @@ def _unusual(cls, f):
     if cls is TokenEvent and f.name == "logprobs":
         return (TokenLogprob(5, -0.5, ((5, -0.5), (6, -1.25))), TokenLogprob(7, -2.0))
     if base is ToolGrammar:
-        params = (ToolParam((5, 6), ((7,), (8, 9)), True), ToolParam((10,)))
+        params = (ToolParam((5, 6), ((7,), (8, 9)), True), ToolParam((10,), kind="integer"))
         return ToolGrammar((1, 2, 3, 4, 5, 6), (ToolSpec((11, 12), params), ToolSpec((13,))),
-                           (14,), (1, 2), (1, 11))  # fmt: skip
+                           (14,), (1, 2), (1, 11), (15, 16), (15, 16, 17))  # fmt: skip
     if typing.get_origin(base) is tuple:
         return (3, 1, 4)
     return {int: 7, float: 0.75, bool: True, str: "x"}[base]
