@@ -11,8 +11,8 @@ from starlette.background import BackgroundTask
 from ..coordinator.coordinator import Coordinator, Output
 from ..coordinator.errors import APIError, BadRequest
 from .anthropic_schemas import CountTokensRequest, MessagesRequest
-from .chat import ChatDefaults, ChatPrompt, build_prompt, chat_processor, with_defaults
-from .offload import LONG_CHARS, LONG_TOKENS, chars, off_loop
+from .chat import ChatDefaults, ChatPrompt, build_prompt, chat_processor, outcome_headers, start
+from .offload import LONG_CHARS, chars, off_loop
 from .openai_out import collect_unless_disconnected
 
 PREFIX = "/v1/messages"
@@ -167,13 +167,9 @@ def router(coordinator: Coordinator, defaults: ChatDefaults) -> APIRouter:
         mid = "msg_" + secrets.token_hex(12)
         budget = defaults.budget(body.thinking_budget())
         sampling = body.sampling(max_tokens, prompt.limits(budget))
-        sampling = with_defaults(sampling, body, coordinator.tokenizer.generation_defaults)
-        long = len(prompt.tokens) > LONG_TOKENS
-        hashes = await off_loop(long, coordinator.prompt_hashes, prompt.tokens)
-        stream = coordinator.start(
-            rid, prompt.tokens, sampling, processor, request.headers.get("x-session-id"), hashes
+        stream, headers = await start(
+            coordinator, request, body, rid, prompt.tokens, sampling, processor
         )
-        headers = {"x-request-id": rid, "x-speculation": stream.replica.speculation_summary}
         model = coordinator.model_name
         if body.stream:
             events = _stream_events(stream, processor, mid, model, len(prompt.tokens))
@@ -198,10 +194,7 @@ def router(coordinator: Coordinator, defaults: ChatDefaults) -> APIRouter:
             "stop_sequence": matched,
             "usage": _usage(got.last),
         }
-        headers["x-speculation-accepted"] = f"{got.last.accepted_tokens}/{got.last.draft_tokens}"
-        if got.last.speculation:
-            headers["x-speculation"] = got.last.speculation
-        return JSONResponse(reply, headers=headers)
+        return JSONResponse(reply, headers=outcome_headers(headers, got.last))
 
     return api
 

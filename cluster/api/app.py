@@ -10,9 +10,16 @@ from ..coordinator.errors import APIError
 from ..coordinator.metrics import ClusterCollector
 from ..coordinator.output import OutputProcessor
 from .anthropic import router as anthropic_router
-from .chat import ChatDefaults, build_prompt, chat_processor, openai_messages, with_defaults
+from .chat import (
+    ChatDefaults,
+    build_prompt,
+    chat_processor,
+    openai_messages,
+    outcome_headers,
+    start,
+)
 from .errors import error_json, install
-from .offload import LONG_CHARS, LONG_TOKENS, chars, off_loop
+from .offload import LONG_CHARS, chars, off_loop
 from .openai_out import Shape, collect_unless_disconnected, sse
 from .responses import router as responses_router
 from .schemas import ChatCompletionRequest, CompletionRequest, NamedToolChoice
@@ -135,13 +142,9 @@ def create_app(
         limit, param = body.token_limit
         max_tokens = coordinator.check_length(len(prompt), limit, param)
         rid = coordinator.new_request_id("chatcmpl" if chat else "cmpl")
-        session = request.headers.get("x-session-id")
         sampling = body.sampling(max_tokens, limits or {})
-        sampling = with_defaults(sampling, body, coordinator.tokenizer.generation_defaults)
-        hashes = await off_loop(len(prompt) > LONG_TOKENS, coordinator.prompt_hashes, prompt)
-        stream = coordinator.start(rid, prompt, sampling, processor, session, hashes)
+        stream, headers = await start(coordinator, request, body, rid, prompt, sampling, processor)
         shape = Shape(rid, coordinator.model_name, chat, coordinator.tokenizer.token_bytes)
-        headers = {"x-request-id": rid, "x-speculation": stream.replica.speculation_summary}
         if body.stream:
             return StreamingResponse(
                 sse(stream, shape, body.include_usage),
@@ -150,10 +153,6 @@ def create_app(
                 background=BackgroundTask(stream.aclose),
             )
         got = await collect_unless_disconnected(request, stream)
-        last = got.last
-        headers["x-speculation-accepted"] = f"{last.accepted_tokens}/{last.draft_tokens}"
-        if last.speculation:  # what this request got, now that it is known
-            headers["x-speculation"] = last.speculation
-        return JSONResponse(shape.full(got), headers=headers)
+        return JSONResponse(shape.full(got), headers=outcome_headers(headers, got.last))
 
     return app

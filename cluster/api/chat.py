@@ -1,17 +1,20 @@
 """A chat turn for GLM-5: the prompt (history, tools, thinking switch, forced tool calls) and
-the processor that parses the reply. Shared by OpenAI's and Anthropic's routes."""
+the processor that parses the reply, and its start on a replica. Shared by OpenAI's, the
+Responses and Anthropic's routes."""
 
 import dataclasses
 import json
 import secrets
 from dataclasses import dataclass
 
+from ..coordinator.coordinator import Coordinator, Output
 from ..coordinator.errors import BadRequest
 from ..coordinator.glm_output import ChatOutputProcessor, GlmParser, param_types
 from ..coordinator.output import OutputProcessor
 from ..coordinator.tokenizer import PromptTokenizer
 from ..coordinator.tool_grammar import tool_grammar
 from ..types import SamplingParams, ToolGrammar
+from .offload import LONG_TOKENS, off_loop
 
 
 @dataclass(frozen=True)
@@ -144,6 +147,28 @@ def with_defaults(sampling: SamplingParams, body, defaults: dict) -> SamplingPar
     left out."""
     given = body.model_fields_set
     return dataclasses.replace(sampling, **{k: v for k, v in defaults.items() if k not in given})
+
+
+async def start(coordinator: Coordinator, request, body, rid: str, tokens: list[int],
+                sampling: SamplingParams, processor):  # fmt: skip
+    """Send a request to its replica (the checkpoint's sampling defaults filled in, its
+    block hashes off the event loop when long): its stream and the headers every route
+    sends."""
+    sampling = with_defaults(sampling, body, coordinator.tokenizer.generation_defaults)
+    hashes = await off_loop(len(tokens) > LONG_TOKENS, coordinator.prompt_hashes, tokens)
+    session = request.headers.get("x-session-id")
+    stream = coordinator.start(rid, tokens, sampling, processor, session, hashes)
+    headers = {"x-request-id": rid, "x-speculation": stream.replica.speculation_summary}
+    return stream, headers
+
+
+def outcome_headers(headers: dict, last: Output | None) -> dict:
+    """A whole reply's headers: what speculation the request got, now that it is known."""
+    if last is not None:
+        headers["x-speculation-accepted"] = f"{last.accepted_tokens}/{last.draft_tokens}"
+        if last.speculation:
+            headers["x-speculation"] = last.speculation
+    return headers
 
 
 def new_call_id(prefix: str = "call_") -> str:

@@ -12,8 +12,8 @@ from starlette.background import BackgroundTask
 
 from ..coordinator.coordinator import Coordinator, Output
 from ..coordinator.errors import APIError, BadRequest
-from .chat import ChatDefaults, build_prompt, chat_processor, with_defaults
-from .offload import LONG_CHARS, LONG_TOKENS, off_loop
+from .chat import ChatDefaults, build_prompt, chat_processor, outcome_headers, start
+from .offload import LONG_CHARS, off_loop
 from .openai_out import collect_unless_disconnected
 from .responses_schemas import ResponsesRequest
 
@@ -142,13 +142,9 @@ def router(coordinator: Coordinator, defaults: ChatDefaults) -> APIRouter:
         )
         rid = coordinator.new_request_id("resp")
         sampling = body.sampling(max_tokens, prompt.limits(defaults.thinking_budget))
-        sampling = with_defaults(sampling, body, coordinator.tokenizer.generation_defaults)
-        long = len(prompt.tokens) > LONG_TOKENS
-        hashes = await off_loop(long, coordinator.prompt_hashes, prompt.tokens)
-        stream = coordinator.start(
-            rid, prompt.tokens, sampling, processor, request.headers.get("x-session-id"), hashes
+        stream, headers = await start(
+            coordinator, request, body, rid, prompt.tokens, sampling, processor
         )
-        headers = {"x-request-id": rid, "x-speculation": stream.replica.speculation_summary}
         base = {
             "id": _id("resp_"), "object": "response", "created_at": int(time.time()),
             "model": coordinator.model_name, "instructions": body.instructions,
@@ -167,20 +163,21 @@ def router(coordinator: Coordinator, defaults: ChatDefaults) -> APIRouter:
         got = await collect_unless_disconnected(request, stream)
         items = _Items()
         items.events(got.as_output())
-        last = got.last
-        items.close(cut=last is not None and last.finish_reason == "length")
-        if last is not None:  # what speculation this request got, now that it is known
-            headers["x-speculation-accepted"] = f"{last.accepted_tokens}/{last.draft_tokens}"
-            if last.speculation:
-                headers["x-speculation"] = last.speculation
-        return JSONResponse(_final(base, items, last, count), headers=headers)
+        items.close(cut=_cut(got.last))
+        reply = _final(base, items, got.last, count)
+        return JSONResponse(reply, headers=outcome_headers(headers, got.last))
 
     return api
 
 
+def _cut(last: Output | None) -> bool:
+    """max_output_tokens ended the reply."""
+    return last is not None and last.finish_reason == "length"
+
+
 def _final(base: dict, items: _Items, last: Output | None, count) -> dict:
     """The finished response: its items, status and usage."""
-    cut = last is not None and last.finish_reason == "length"
+    cut = _cut(last)
     reasoning = "".join(p["text"] for it in items.items if it["type"] == "reasoning"
                         for p in it["content"])  # fmt: skip
     return base | {
@@ -210,7 +207,7 @@ async def _stream_events(stream, base: dict, count):
             last = out
             for event in items.events(out):
                 yield sse(event)
-        for event in items.close(cut=last is not None and last.finish_reason == "length"):
+        for event in items.close(cut=_cut(last)):
             yield sse(event)
         final = _final(base, items, last, count)
         kind = "response.incomplete" if final["status"] == "incomplete" else "response.completed"

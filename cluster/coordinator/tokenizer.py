@@ -19,6 +19,7 @@ class PromptTokenizer:
         self.hf = AutoTokenizer.from_pretrained(str(model_path))
         self._backend = self.hf.backend_tokenizer
         self.path = Path(model_path)
+        self._tokens_of: dict[str, tuple[int, ...]] = {}
 
     def chat(self, messages: list[dict], tools: list | None = None, **template_args) -> list[int]:
         """Apply the chat template with a generation prompt; no tokens added twice.
@@ -96,7 +97,7 @@ class PromptTokenizer:
 
     def tokens_of(self, chars: str) -> tuple[int, ...]:
         """Ids of the tokens whose text is made of these characters only (cached)."""
-        cache = self.__dict__.setdefault("_tokens_of", {})
+        cache = self._tokens_of
         if chars not in cache:
             allowed = set(chars.encode())
             special = set(self.special_ids)

@@ -166,10 +166,13 @@ class ThinkBudget:
 
 
 class Limiter:
-    """A row's limits: its thinking budget first, then its tool-call grammar."""
+    """A row's limits: its thinking budget first, then its tool-call grammar, and tokens its
+    request bans (e.g. <tool_call> under tool_choice none) never."""
 
-    def __init__(self, call: CallState | None, budget: ThinkBudget | None):
-        self.call, self.budget = call, budget
+    def __init__(
+        self, call: CallState | None, budget: ThinkBudget | None, banned: frozenset = frozenset()
+    ):
+        self.call, self.budget, self.banned = call, budget, banned
         self.seen = 0
 
     def follow(self, output: list[int]) -> Limit:
@@ -182,7 +185,8 @@ class Limiter:
     def along(self, drafts: list[int]) -> list[Limit]:
         """The limits at each position of a draft run after the output read so far: the
         next token's, then each one's if the drafts before it are kept."""
-        other = Limiter(self.call and self.call.clone(), self.budget and self.budget.clone())
+        other = Limiter(self.call and self.call.clone(), self.budget and self.budget.clone(),
+                        self.banned)  # fmt: skip
         limits = [other.limit()]
         for token in drafts:
             other._advance(token)
@@ -198,4 +202,9 @@ class Limiter:
     def limit(self) -> Limit:
         if self.budget is not None and (forced := self.budget.limit()) is not FREE:
             return forced
-        return self.call.limit() if self.call is not None else FREE
+        lim = self.call.limit() if self.call is not None else FREE
+        if not self.banned:
+            return lim
+        if lim.allow is not None:
+            return Limit(lim.allow - self.banned)
+        return Limit(ban=lim.ban | self.banned)

@@ -12,7 +12,7 @@ import mlx.core as mx
 
 from .drafter import Drafter
 from .kv import SlotOrder, trim_rows
-from .sampler import ban, penalize, processed_logits
+from .sampler import penalize, processed_logits
 
 MAX_PENDING = 64  # a long-lived batch still catches its MTP layer up now and then
 
@@ -103,14 +103,14 @@ def greedy_accept(drafts: list[int], best: list[int]) -> tuple[int, int]:
 
 
 def verify_drafts(seq, drafts: list[int], dists, target_logits: mx.array) -> tuple[int, int]:
-    """(accepted count, next token): exact match for greedy, rejection sampling otherwise."""
+    """(accepted count, next token): exact match for greedy, rejection sampling otherwise.
+    target_logits come with the row's limits applied (banned tokens, grammar, budget)."""
     params = seq.request.sampling
     rows = [params] * target_logits.shape[0]
     if params.penalized:  # row i follows the output plus drafts[:i]
         prompt, output = seq.tokens[: seq.num_prompt], seq.output
         history = [(prompt, output + drafts[:i]) for i in range(len(rows))]
         target_logits = penalize(target_logits, rows, history)
-    target_logits = ban(target_logits, rows)
     if params.greedy:
         return greedy_accept(drafts, mx.argmax(target_logits, axis=-1).tolist())
     probs = [mx.softmax(processed_logits(target_logits[i], params)) for i in range(len(drafts) + 1)]

@@ -227,7 +227,7 @@ class ModelRunner:
         # Each position draws under the limit it has if the drafts before it are kept.
         limits = [s.limits_along(d) for s, (d, _) in zip(seqs, proposals, strict=True)]
         logits = constrain_runs(logits, limits)
-        if all(p.greedy and not p.penalized and not p.banned_token_ids for p in params):
+        if all(p.greedy and not p.penalized for p in params):
             best = mx.argmax(logits, axis=-1).tolist()  # one read for every row
         else:
             best = None

@@ -37,18 +37,9 @@ def processed_logits(logits: mx.array, params: SamplingParams) -> mx.array:
     return processed_rows(logits[None], [params])[0]
 
 
-def ban(logits: mx.array, params: list[SamplingParams]) -> mx.array:
-    """Rows of logits [B, V] (one request's params per row) with banned tokens at -inf."""
-    if not any(p.banned_token_ids for p in params):
-        return logits
-    mask = np.zeros(logits.shape, dtype=bool)
-    for i, p in enumerate(params):
-        mask[i, list(p.banned_token_ids)] = True
-    return mx.where(mx.array(mask), -mx.inf, logits)
-
-
 def constrain(logits: mx.array, limits: list[Limit] | None) -> mx.array:
-    """Rows of logits [B, V] with the tokens each row's grammar limit excludes at -inf."""
+    """Rows of logits [B, V] with the tokens each row's limit excludes at -inf (its banned
+    tokens, its tool-call grammar, its thinking budget: engine/grammar.py)."""
     if not limits or all(lim.allow is None and not lim.ban for lim in limits):
         return logits
     vocab = logits.shape[-1]
@@ -124,7 +115,7 @@ def sample_lazy(
 
     Greedy rows take the argmax; the others are processed together and drawn with Gumbel
     noise from their own keys (argmax of logits + noise is a categorical draw)."""
-    logits = constrain(ban(penalize(logits, params, histories or []), params), limits)
+    logits = constrain(penalize(logits, params, histories or []), limits)
     tokens = mx.argmax(logits, axis=-1)
     drawn = [i for i, p in enumerate(params) if not p.greedy]
     if not drawn:

@@ -55,7 +55,7 @@ class Sequence:
     hashes: list[int] = field(default_factory=list)
     """Chained hashes of its tokens' first blocks, each computed once (routing's to start)."""
     limiter: Limiter | None = None
-    """Its tool-call grammar and thinking budget, when the request carries either."""
+    """Its banned tokens, tool-call grammar and thinking budget, when the request has any."""
 
     @classmethod
     def from_request(cls, request: EngineRequest) -> "Sequence":
@@ -65,7 +65,8 @@ class Sequence:
         if s.thinking_budget is not None and s.thinking_end_id is not None:
             budget = ThinkBudget(s.thinking_budget, s.thinking_end_id)
         call = CallState(s.tool_grammar) if s.tool_grammar is not None else None
-        limiter = Limiter(call, budget) if call or budget else None
+        banned = frozenset(s.banned_token_ids)
+        limiter = Limiter(call, budget, banned) if call or budget or banned else None
         return cls(request=request, tokens=prompt, num_prompt=len(prompt),
                    hashes=list(request.block_hashes), limiter=limiter)  # fmt: skip
 
