@@ -2,9 +2,14 @@
 model writes to these names, keys and values (cluster/engine/grammar.py applies it)."""
 
 import json
+import logging
 
 from ..types import ToolGrammar, ToolParam, ToolSpec
 from .tokenizer import PromptTokenizer
+
+log = logging.getLogger("cluster.tool_grammar")
+_told: set[str] = set()
+"""Tools whose open schema was logged already (agents send the same tools every turn)."""
 
 INTEGER_CHARS = "0123456789-"
 NUMBER_CHARS = "0123456789-+.eE"
@@ -52,13 +57,13 @@ def tool_grammar(
         name = f.get("name") or ""
         schema = f.get("parameters") or f.get("input_schema") or {}
         if not isinstance(schema, dict) or not isinstance(schema.get("properties", {}), dict):
-            return None  # not a JSON schema of an object: no key list to hold calls to
+            return _off(name, "its parameters are not a JSON schema of an object")
         props = schema.get("properties")
         if not name or name in names:
             continue
         keys_open = props is None and schema.get("type", "object") == "object"
         if keys_open or schema.get("additionalProperties") not in (None, False):
-            return None
+            return _off(name, "its schema leaves keys open (additionalProperties or no properties)")
         names.add(name)
         required = set(schema.get("required") or ())
         params = tuple(
@@ -82,6 +87,14 @@ def tool_grammar(
         tokenizer.tokens_of(INTEGER_CHARS),
         tokenizer.tokens_of(NUMBER_CHARS),
     )
+
+
+def _off(name: str, why: str) -> None:
+    """No grammar for this request; the operator hears it once per tool."""
+    if name not in _told:
+        _told.add(name)
+        log.warning("tool-call grammar off for requests offering tool %r: %s", name, why)
+    return None
 
 
 def warm(tokenizer: PromptTokenizer) -> None:

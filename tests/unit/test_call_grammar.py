@@ -166,10 +166,14 @@ def test_a_call_without_a_required_key_or_with_an_unlisted_value_is_refused(toke
     assert enc("atlas")[0] not in lim.allow
 
 
-def test_open_schemas_and_no_tools_leave_calls_unconstrained(tokenizer):
+def test_open_schemas_and_no_tools_leave_calls_unconstrained(tokenizer, caplog):
     open_tool = [{"type": "function", "function": {"name": "anything", "parameters": {
         "type": "object", "additionalProperties": True, "properties": {}}}}]  # fmt: skip
-    assert tool_grammar(tokenizer, open_tool, []) is None
+    with caplog.at_level("WARNING", logger="cluster.tool_grammar"):
+        assert tool_grammar(tokenizer, open_tool, []) is None
+        assert tool_grammar(tokenizer, open_tool, []) is None
+    told = [r for r in caplog.records if "'anything'" in r.getMessage()]
+    assert len(told) == 1 and "grammar off" in told[0].getMessage()  # said once, not per turn
     assert tool_grammar(tokenizer, [], []) is None
     back = ToolGrammar.from_json(tool_grammar(tokenizer, TOOLS, [5]).to_json())
     assert back == tool_grammar(tokenizer, TOOLS, [5])
