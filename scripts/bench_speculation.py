@@ -7,7 +7,10 @@ The default model is the 24-layer benchmark copy of the built-in model (`fixture
 --layers 24`: the same outputs and MTP acceptance, GLM-5's cost ratios). For each TP size a
 plain cluster and a speculating cluster run at once; for each batch size the rounds alternate
 between them, `batch` concurrent streaming requests each (greedy, no early stop). Decode tok/s
-is per request, from its first to its last streamed token.
+is per request, counted while all `batch` requests decode (from the last one's first token to
+the first one's last, tokens read from each chunk's usage: vLLM's `continuous_usage_stats`), so
+a row's rate does not include steps spent on other rows' prefills (the prefix cache is off);
+the last column gives the speed-up from each request's own first token to its last instead.
 
 Each row's ideal speed-up comes from its measured acceptance and step costs:
 (V + E + A / b) x P / (V x (P + k x d + (v - p)) + E x P), with V the batched forwards that
@@ -126,22 +129,37 @@ def mid_context(model_dir: Path, prompts: list[str], max_tokens: int) -> int:
     return int(statistics.median(lengths)) + max_tokens // 2
 
 
-async def decode_rates(url: str, prompts: list[str], max_tokens: int, batch: int) -> list[float]:
-    """Decode tok/s of each of `batch` concurrent streaming requests."""
+async def decode_rates(url: str, prompts: list[str], max_tokens: int, batch: int):
+    """Decode tok/s of each of `batch` concurrent streaming requests, twice: while all of them
+    decode (from the last request's first token to the first request's last: no row waits on
+    another row's prefill), and from each request's own first token to its last."""
     async with httpx.AsyncClient(timeout=600) as http:
 
         async def one(p):
             body = {"prompt": p, "max_tokens": max_tokens, "temperature": 0,
-                    "ignore_eos": True, "stream": True}  # fmt: skip
-            first = last = None
+                    "ignore_eos": True, "stream": True,
+                    "stream_options": {"include_usage": True, "continuous_usage_stats": True}}  # fmt: skip
+            marks = []  # (time, tokens so far) per chunk
             async with http.stream("POST", f"{url}/v1/completions", json=body) as r:
                 async for line in r.aiter_lines():
-                    if line.startswith("data: {") and '"text": ""' not in line:
-                        now = time.perf_counter()
-                        first, last = first or now, now
-            return (max_tokens - 1) / (last - first) if last and last > first else 0.0
+                    if line.startswith("data: {"):
+                        chunk = json.loads(line[6:])
+                        if chunk["choices"] and chunk.get("usage"):
+                            marks.append((time.perf_counter(), chunk["usage"]["completion_tokens"]))
+            return marks
 
-        return list(await asyncio.gather(*(one(p) for p in prompts[:batch])))
+        runs = await asyncio.gather(*(one(p) for p in prompts[:batch]))
+    start, end = max(m[0][0] for m in runs), min(m[-1][0] for m in runs)
+
+    def rate(marks, lo, hi):
+        inside = [(t, n) for t, n in marks if lo <= t <= hi]
+        if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
+            return None
+        return (inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0])
+
+    own = [rate(m, m[0][0], m[-1][0]) or 0.0 for m in runs]
+    together = [rate(m, start, end) for m in runs]
+    return [t if t is not None else o for t, o in zip(together, own, strict=True)], own
 
 
 def spec_status(url: str) -> dict:
@@ -184,16 +202,20 @@ def main() -> None:
                 asyncio.run(decode_rates(spec[1], prompts, 8, b))  # warm both
                 asyncio.run(decode_rates(plain[1], prompts, 8, b))
                 got = {"plain": [], "spec": []}
+                own = {"plain": [], "spec": []}
                 before = spec_status(spec[1])
                 for _ in range(args.rounds):
                     for name, (_, url) in (("plain", plain), ("spec", spec)):
-                        got[name] += asyncio.run(decode_rates(url, prompts, args.max_tokens, b))
+                        rates, alone = asyncio.run(decode_rates(url, prompts, args.max_tokens, b))
+                        got[name] += rates
+                        own[name] += alone
                 after = spec_status(spec[1])
                 drafts = after["drafts"] - before["drafts"]
                 accepted = after["accepted_tokens"] - before["accepted_tokens"]
                 per_pos = [a - c for a, c in zip(after["accepted_per_position"],
                                                   before["accepted_per_position"], strict=True)]  # fmt: skip
                 p, s = statistics.median(got["plain"]), statistics.median(got["spec"])
+                own_ratio = statistics.median(own["spec"]) / statistics.median(own["plain"])
                 verified = after["verify_steps"] - before["verify_steps"]
                 empty = after["no_draft_steps"] - before["no_draft_steps"]
                 mal = 1 + accepted / drafts if drafts else 1.0
@@ -210,7 +232,7 @@ def main() -> None:
                 state = after["summary"] if "summary" in after else after.get("reason")
                 speed.append(f"| TP {tp} | {b} | {p:.1f} | {s:.1f} | **{s / p:.2f}x** | {mal:.2f} "
                              f"| {ideal:.2f}x | {eff:.2f} | {ideal_local:.2f}x "
-                             f"| {(s / p) / ideal_local:.2f} | {state} |")  # fmt: skip
+                             f"| {(s / p) / ideal_local:.2f} | {own_ratio:.2f}x | {state} |")  # fmt: skip
                 cells = " | ".join(f"{x / drafts:.1%}" if drafts else "-" for x in per_pos)
                 accept.append(f"| {args.workload}, TP {tp}, batch {b} | {cells} | {mal:.2f} |")
         finally:
@@ -219,8 +241,8 @@ def main() -> None:
     method = f"{args.method} k={args.k}"
     print(f"| layout | batch | decode tok/s, no speculation | {method} | speed-up | mean "
           "acceptance length | ideal | efficiency | ideal, in-process costs | efficiency "
-          "against it | state |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "against it | speed-up, first to last token | state |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(speed))
     print()
     print("| workload | " + " | ".join(f"Pos {i + 1}" for i in range(args.k)) + " | Avg Length |")

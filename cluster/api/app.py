@@ -147,7 +147,7 @@ def create_app(
         shape = Shape(rid, coordinator.model_name, chat, coordinator.tokenizer.token_bytes)
         if body.stream:
             return StreamingResponse(
-                sse(stream, shape, body.include_usage),
+                sse(stream, shape, body.include_usage, body.continuous_usage),
                 media_type="text/event-stream",
                 headers=headers,
                 background=BackgroundTask(stream.aclose),

@@ -161,7 +161,10 @@ def data(obj: dict) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
-async def sse(stream: AsyncIterator[Output], shape: Shape, include_usage: bool):
+async def sse(stream: AsyncIterator[Output], shape: Shape, include_usage: bool,
+              continuous: bool = False):  # fmt: skip
+    """OpenAI's event stream; `continuous` adds the usage so far to every chunk (vLLM's
+    `continuous_usage_stats`)."""
     last = None
     try:
         if shape.chat:
@@ -169,7 +172,8 @@ async def sse(stream: AsyncIterator[Output], shape: Shape, include_usage: bool):
         async for out in stream:
             last = out
             if out.text or out.reasoning or out.tool_calls or out.finish_reason or out.logprobs:
-                yield data(shape.chunk(out))
+                chunk = shape.chunk(out)
+                yield data(chunk | {"usage": usage(out)} if continuous else chunk)
         if include_usage and last is not None:
             yield data(shape.usage_chunk(last))
     except Exception as e:

@@ -70,6 +70,8 @@ class NamedToolChoice(BaseModel):
 
 class StreamOptions(BaseModel):
     include_usage: bool = False
+    continuous_usage_stats: bool = False
+    """vLLM's option: with include_usage, every chunk also carries the usage so far."""
 
 
 class _Common(BaseModel):
@@ -131,6 +133,10 @@ class _Common(BaseModel):
     @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
+
+    @property
+    def continuous_usage(self) -> bool:
+        return self.include_usage and self.stream_options.continuous_usage_stats
 
 
 PositiveTokens = Annotated[int, Field(ge=1)]

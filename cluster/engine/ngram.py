@@ -29,7 +29,8 @@ class NgramIndex:
 
 
 def lookup(tokens: list[int], index: NgramIndex, n_max: int, k: int) -> list[int]:
-    """Up to k tokens that followed the longest (then latest) earlier match of the tail."""
+    """k tokens that followed the longest (then latest) earlier match of the tail, the match's
+    period repeated where its continuation reaches the end of the sequence."""
     n_min = index.n
     if len(tokens) <= n_min:
         return []
@@ -48,7 +49,13 @@ def lookup(tokens: list[int], index: NgramIndex, n_max: int, k: int) -> list[int
             length += 1
         if length > best_len:
             best, best_len = start, length
-    return tokens[best + n_min : best + n_min + k]
+    draft = tokens[best + n_min : best + n_min + k]
+    # A match ending p tokens before the tail predicts a period p: where its continuation runs
+    # into the tail, the lookup applies again to its own proposal (a loop keeps looping).
+    period = len(tokens) - best - n_min
+    while len(draft) < k:
+        draft.append(draft[len(draft) - period])
+    return draft
 
 
 class NgramDrafter(Drafter):

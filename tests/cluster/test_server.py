@@ -93,6 +93,21 @@ def test_completions_streaming_and_not(server, hf_tokenizer):
     assert by_ids.choices[0].text == full.choices[0].text
 
 
+def test_continuous_usage_counts_every_chunk(server):
+    # vLLM's continuous_usage_stats: each chunk carries the tokens so far, rising to the total.
+    options = {"include_usage": True, "continuous_usage_stats": True}
+    kw = dict(model=server.model, max_tokens=12, stream=True, **GREEDY, extra_body=NO_EOS)
+    chunks = list(
+        server.client().completions.create(prompt="import os\n", stream_options=options, **kw)
+    )
+    counts = [c.usage.completion_tokens for c in chunks]
+    assert counts == sorted(counts) and counts[0] >= 1 and counts[-1] == 12
+    assert all(c.usage.prompt_tokens == chunks[0].usage.prompt_tokens for c in chunks)
+    assert len([c for c in chunks if c.choices]) >= 2  # usage on the text chunks, not only the last
+    plain = list(server.client().completions.create(prompt="import os\n", **kw))
+    assert all(c.usage is None for c in plain)  # nothing asked, nothing added
+
+
 def test_stop_string_ends_the_completion(server):
     client = server.client()
     kw = dict(model=server.model, prompt="import os\n", max_tokens=24, **GREEDY, extra_body=NO_EOS)

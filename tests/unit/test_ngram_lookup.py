@@ -21,9 +21,11 @@ def test_the_continuation_of_the_match_is_proposed_up_to_k():
     assert propose([1, 2, 3, 4, 5, 6, 1, 2], k=1) == [3]
 
 
-def test_a_match_near_the_end_proposes_what_exists():
+def test_a_match_near_the_end_repeats_its_period():
     assert propose([9, 1, 2, 8, 1, 2]) == [8, 1, 2]
-    assert propose([5, 1, 2, 1, 2]) == [1, 2]  # overlapping repeats
+    assert propose([5, 1, 2, 1, 2]) == [1, 2, 1]  # period 2: the loop goes on
+    assert propose([9, 1, 2, 8, 1, 2], k=5) == [8, 1, 2, 8, 1]  # period 3
+    assert propose([4, 4, 4], k=4) == [4, 4, 4, 4]  # period 1
 
 
 def test_the_longer_match_wins_over_the_later_one():
