@@ -96,6 +96,9 @@ class SamplingParams:
     """The reply starts inside <think>: after this many tokens the engine writes its end."""
     thinking_end_id: int | None = None
     """The token that ends thinking (`</think>`), for the budget."""
+    prompt_logprobs: int | None = None
+    """Report each prompt token's log-probability and this many top alternatives (None: off;
+    the prompt is then computed whole, not taken from the prefix cache)."""
 
     @property
     def penalized(self) -> bool:
@@ -149,6 +152,9 @@ class TokenEvent:
     """Of those, the ones the main model kept so far."""
     logprobs: tuple[TokenLogprob, ...] = ()
     """One per token in token_ids when the request asked for logprobs."""
+    prompt_logprobs: tuple[TokenLogprob, ...] = ()
+    """On the first event, when the request asked for them: one per prompt token after the
+    first, given the tokens before it."""
     speculation: str = ""
     """The replica's speculation state when the event was made, as `x-speculation` says it."""
     request_speculation: str = ""

@@ -76,21 +76,27 @@ def events_to_pb(events: list[TokenEvent]) -> pb.GenerateChunk:
     """One message for consecutive events of a request: their tokens and logprobs, the largest
     counts and timings, the last one's ending."""
     last = events[-1]
-    msg = _to_pb(last, pb.GenerateChunk(), skip=("token_ids", "logprobs"))
+    msg = _to_pb(last, pb.GenerateChunk(), skip=("token_ids", "logprobs", "prompt_logprobs"))
     msg.token_ids.extend(t for e in events for t in e.token_ids)
     for name in ("prompt_tokens", "cached_tokens", "queue_seconds", "prefill_seconds",
                  "decode_seconds"):  # fmt: skip
         setattr(msg, name, max(getattr(e, name) for e in events))
     msg.logprobs.extend(_logprob_to_pb(lp) for e in events for lp in e.logprobs)
+    msg.prompt_logprobs.extend(_logprob_to_pb(lp) for e in events for lp in e.prompt_logprobs)
     return msg
 
 
-def event_from_pb(msg: pb.GenerateChunk) -> TokenEvent:
-    logprobs = tuple(
+def _logprobs_from_pb(items) -> tuple[TokenLogprob, ...]:
+    return tuple(
         TokenLogprob(lp.token_id, lp.logprob, tuple(zip(lp.top_ids, lp.top_logprobs, strict=True)))
-        for lp in msg.logprobs
+        for lp in items
     )
-    return _from_pb(TokenEvent, msg, request_id=RequestId(msg.request_id), logprobs=logprobs)
+
+
+def event_from_pb(msg: pb.GenerateChunk) -> TokenEvent:
+    return _from_pb(TokenEvent, msg, request_id=RequestId(msg.request_id),
+                    logprobs=_logprobs_from_pb(msg.logprobs),
+                    prompt_logprobs=_logprobs_from_pb(msg.prompt_logprobs))  # fmt: skip
 
 
 def request_to_json(request: EngineRequest) -> dict:

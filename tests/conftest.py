@@ -79,3 +79,12 @@ def server(model_dir, tmp_path_factory):
     srv = Server(["--model", str(model_dir)], env={"CLUSTER_HOME": str(home)})
     yield srv
     srv.stop()
+
+
+def reference_prompt_logprobs(model, prompt: list[int]) -> list[float]:
+    """Each prompt token's log-probability from one plain mlx-lm forward over the prompt."""
+    import mlx.core as mx
+
+    logits = model(mx.array(prompt)[None])[0].astype(mx.float32)
+    lp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+    return mx.take_along_axis(lp[:-1], mx.array(prompt[1:])[:, None], axis=-1)[:, 0].tolist()

@@ -135,16 +135,18 @@ def create_app(
             )
         tok = coordinator.tokenizer
         processor = OutputProcessor(tok.decode, body.stop, tok.stream_bytes)
-        return await _complete(request, body, prompt, processor)
+        echo = (p if isinstance(p, str) else tok.decode(prompt), prompt) if body.echo else None
+        return await _complete(request, body, prompt, processor, echo=echo)
 
-    async def _complete(request: Request, body, prompt: list[int], processor, limits=None):
+    async def _complete(request: Request, body, prompt: list[int], processor, limits=None,
+                        echo=None):  # fmt: skip
         chat = isinstance(body, ChatCompletionRequest)
         limit, param = body.token_limit
         max_tokens = coordinator.check_length(len(prompt), limit, param)
         rid = coordinator.new_request_id("chatcmpl" if chat else "cmpl")
         sampling = body.sampling(max_tokens, limits or {})
         stream, headers = await start(coordinator, request, body, rid, prompt, sampling, processor)
-        shape = Shape(rid, coordinator.model_name, chat, coordinator.tokenizer.token_bytes)
+        shape = Shape(rid, coordinator.model_name, chat, coordinator.tokenizer.token_bytes, echo)
         if body.stream:
             return StreamingResponse(
                 sse(stream, shape, body.include_usage, body.continuous_usage),

@@ -20,11 +20,13 @@ class Collected:
     reasoning: str = ""
     calls: dict[int, dict] = field(default_factory=dict)
     logprobs: list = field(default_factory=list)
+    prompt_logprobs: tuple = ()
     last: Output | None = None
 
     def add(self, out: Output) -> None:
         self.text += out.text
         self.logprobs += out.logprobs
+        self.prompt_logprobs += out.prompt_logprobs
         self.reasoning += out.reasoning
         for d in out.tool_calls:
             call = self.calls.setdefault(d.index, {"id": d.id, "name": d.name, "arguments": ""})
@@ -75,22 +77,30 @@ def tool_call_delta(d) -> dict:
 class Shape:
     """OpenAI's response objects for one request."""
 
-    def __init__(self, rid: str, model: str, chat: bool, token_bytes=None):
-        """token_bytes: token id -> its bytes, for logprobs."""
+    def __init__(self, rid: str, model: str, chat: bool, token_bytes=None, echo=None):
+        """token_bytes: token id -> its bytes, for logprobs; echo: (text, token ids) of a
+        completion's prompt, which then precedes its text (and its logprobs, when asked)."""
         self.rid, self.model, self.chat = rid, model, chat
         self.created = int(time.time())
         self.object = "chat.completion" if chat else "text_completion"
         self.token_bytes = token_bytes
         self.text_offset = 0
+        self.echo = echo[0] if echo else None
+        """The prompt's text still to send (a stream sends it in its first chunk)."""
+        self.first_prompt_token = echo[1][0] if echo else None
 
     def _token(self, token_id: int, logprob: float) -> dict:
         raw = self.token_bytes(token_id)
         return {"token": raw.decode("utf-8", "replace"), "logprob": logprob, "bytes": list(raw)}
 
-    def logprobs(self, logprobs):
+    def _name(self, token_id: int) -> str:
+        return self.token_bytes(token_id).decode("utf-8", "replace")
+
+    def logprobs(self, logprobs, prompt_logprobs=()):
         """Chat: OpenAI's logprobs.content; completions: the legacy columns (text offsets
-        count on across a stream's chunks)."""
-        if not logprobs:
+        count on across a stream's chunks), an echoed prompt's tokens first (the first
+        without a log-probability)."""
+        if not logprobs and not prompt_logprobs:
             return None
         if self.chat:
             content = [
@@ -99,17 +109,28 @@ class Shape:
                 for lp in logprobs
             ]
             return {"content": content, "refusal": None}
-        tokens = [self._token(lp.token_id, lp.logprob)["token"] for lp in logprobs]
+        entries = [(lp.token_id, lp.logprob, lp.top) for lp in (*prompt_logprobs, *logprobs)]
+        if prompt_logprobs:
+            entries.insert(0, (self.first_prompt_token, None, None))
+        tokens = [self._name(t) for t, _, _ in entries]
         offsets = []
         for token in tokens:
             offsets.append(self.text_offset)
             self.text_offset += len(token)
         return {
             "tokens": tokens,
-            "token_logprobs": [lp.logprob for lp in logprobs],
-            "top_logprobs": [{self._token(t, v)["token"]: v for t, v in lp.top} for lp in logprobs],
+            "token_logprobs": [lp for _, lp, _ in entries],
+            "top_logprobs": [
+                None if top is None else {self._name(t): v for t, v in top} for _, _, top in entries
+            ],  # fmt: skip
             "text_offset": offsets,
         }
+
+    def _echoed(self, text: str) -> str:
+        """A completion's text, its echoed prompt first (once, in a stream's first chunk)."""
+        if self.echo is None or self.chat:
+            return text
+        return self.echo + text
 
     def _base(self, obj: str) -> dict:
         return {"id": self.rid, "object": obj, "created": self.created, "model": self.model}
@@ -129,8 +150,9 @@ class Shape:
                 ]  # fmt: skip
             choice = {"index": 0, "message": message}
         else:
-            choice = {"index": 0, "text": got.text}
-        choice |= {"finish_reason": last.finish_reason, "logprobs": self.logprobs(got.logprobs)}
+            choice = {"index": 0, "text": self._echoed(got.text)}
+        logprobs = self.logprobs(got.logprobs, got.prompt_logprobs)
+        choice |= {"finish_reason": last.finish_reason, "logprobs": logprobs}
         return self._base(self.object) | {"choices": [choice], "usage": usage(last)}
 
     def chunk(self, out: Output | None, first: bool = False) -> dict:
@@ -146,9 +168,11 @@ class Shape:
             choice = {"index": 0, "delta": delta}
             obj = "chat.completion.chunk"
         else:
-            choice, obj = {"index": 0, "text": out.text if out else ""}, "text_completion"
+            text = self._echoed(out.text if out else "")
+            self.echo = None  # echoed in this first chunk
+            choice, obj = {"index": 0, "text": text}, "text_completion"
         finish = out.finish_reason if out is not None else None
-        logprobs = self.logprobs(out.logprobs) if out is not None else None
+        logprobs = self.logprobs(out.logprobs, out.prompt_logprobs) if out is not None else None
         choice |= {"finish_reason": finish, "logprobs": logprobs}
         return self._base(obj) | {"choices": [choice]}
 
@@ -171,7 +195,8 @@ async def sse(stream: AsyncIterator[Output], shape: Shape, include_usage: bool,
             yield data(shape.chunk(None, first=True))
         async for out in stream:
             last = out
-            if out.text or out.reasoning or out.tool_calls or out.finish_reason or out.logprobs:
+            if (out.text or out.reasoning or out.tool_calls or out.finish_reason or out.logprobs
+                    or out.prompt_logprobs or shape.echo):  # fmt: skip
                 chunk = shape.chunk(out)
                 yield data(chunk | {"usage": usage(out)} if continuous else chunk)
         if include_usage and last is not None:

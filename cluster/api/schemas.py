@@ -127,8 +127,13 @@ class _Common(BaseModel):
             frequency_penalty=self.frequency_penalty,
             repetition_penalty=self.repetition_penalty,
             logprobs=self.num_logprobs,
+            prompt_logprobs=self.num_prompt_logprobs,
             **limits,
         )
+
+    @property
+    def num_prompt_logprobs(self) -> int | None:
+        return None
 
     @property
     def include_usage(self) -> bool:
@@ -214,13 +219,19 @@ class CompletionRequest(_Common):
             self.prompt = p[0]
         if isinstance(self.prompt, str | list) and len(self.prompt) == 0:
             raise ValueError("prompt must not be empty")
-        if self.echo or self.suffix or (self.best_of or 1) != 1:
-            raise ValueError("echo, suffix and best_of are not supported")
+        if self.suffix or (self.best_of or 1) != 1:
+            raise ValueError("suffix and best_of are not supported")
         return self
 
     @property
     def num_logprobs(self) -> int | None:
         return self.logprobs
+
+    @property
+    def num_prompt_logprobs(self) -> int | None:
+        """With echo, logprobs cover the prompt's tokens too (evaluation harnesses score a
+        continuation so)."""
+        return self.logprobs if self.echo else None
 
     @property
     def token_limit(self) -> tuple[int | None, str]:

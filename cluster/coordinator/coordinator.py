@@ -43,6 +43,8 @@ class Output:
     """TokenLogprob of this piece's tokens, when the request asked for them."""
     speculation: str = ""
     """On the last piece: what speculation the request got (empty: none requested)."""
+    prompt_logprobs: tuple = ()
+    """On the first piece, when asked for: TokenLogprob of each prompt token after the first."""
 
 
 FAILOVER_WAIT = 30.0
@@ -269,6 +271,7 @@ class Coordinator:
                     delta.text, out.num_tokens, delta.finish_reason, event.prompt_tokens,
                     event.cached_tokens, event.draft_tokens, event.accepted_tokens,
                     delta.reasoning, delta.tool_calls, event.logprobs, event.request_speculation,
+                    event.prompt_logprobs,
                 )  # fmt: skip
                 if delta.finish_reason is not None:
                     return

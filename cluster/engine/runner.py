@@ -162,6 +162,8 @@ class ModelRunner:
         tokens = mx.array(seq.tokens[start : start + n])[None]
         hidden = self.model.model(tokens, cache=self._main(seq.cache))
         self.hooks.after_prefill(hidden, tokens, self._own(seq.cache), seq.carry)
+        if seq.wants_prompt_logprobs:
+            self._prompt_logprobs(seq, hidden[0], start)
         seq.carry = hidden[:, -1, :]
         if start + n < seq.prefill_target or seq.num_output:
             # A chunk before the last (or any of a preempted sequence, which has its next
@@ -170,6 +172,17 @@ class ModelRunner:
             mx.eval(_arrays(seq.cache), *([seq.carry] if self.hooks.needs_hidden else []))
             return None
         return self.model.lm_head(hidden[:, -1, :])
+
+    def _prompt_logprobs(self, seq: Sequence, hidden: mx.array, start: int) -> None:
+        """Log-probabilities of the prompt tokens a chunk's positions predict (hidden [L, H]
+        from position `start`), the LM head applied a slice of positions at a time."""
+        s = seq.request.sampling
+        end = min(start + hidden.shape[0], seq.num_prompt - 1)  # position p predicts token p+1
+        for lo in range(max(start, len(seq.prompt_logprobs)), end, PROMPT_LOGITS_SLICE):
+            hi = min(lo + PROMPT_LOGITS_SLICE, end)
+            logits = self.model.lm_head(hidden[lo - start : hi - start])
+            seq.prompt_logprobs += token_logprobs(logits, seq.tokens[lo + 1 : hi + 1],
+                                                  s.prompt_logprobs)  # fmt: skip
 
     def _prefill_batch(self, group: list[tuple[Sequence, int]]) -> list[tuple[Sequence, mx.array]]:
         """First chunks of several prompts in one left-padded forward; each then keeps its own
@@ -353,6 +366,10 @@ class ModelRunner:
         self.hooks.reset()
 
 
+PROMPT_LOGITS_SLICE = 256
+"""Prompt positions whose logits are computed at once (GLM-5's vocabulary: 155 MB each in
+float32 at 256)."""
+
 PAD_WASTE = 1.25
 """A batched prefill may compute at most this many times the tokens of its prompts."""
 
@@ -363,7 +380,8 @@ def prefill_groups(
     """Fresh prompts (nothing computed, no cached prefix) of similar chunk lengths go in
     batched forwards; the rest prefill alone. Deterministic: followers group alike."""
     fresh = sorted(((s, n) for s, n in prefill if s.num_computed == 0 and s.cache is None
-                    and not s.num_output), key=lambda e: -e[1])  # fmt: skip
+                    and not s.num_output and not s.wants_prompt_logprobs),
+                   key=lambda e: -e[1])  # fmt: skip
     groups, current = [], []
     for entry in fresh:
         if current and current[0][1] * (len(current) + 1) > PAD_WASTE * (

@@ -123,6 +123,8 @@ class Scheduler:
             preempted.append(seq)
 
     def _reuse_prefix(self, seq: Sequence) -> None:
+        if seq.wants_prompt_logprobs:  # a cached prefix has no logits: compute it
+            return
         matched, cache = self.cache.lookup(tuple(seq.tokens[: seq.prefill_target + 1]), seq.hashes)
         if cache is not None:  # (a preempted sequence may match into its own output)
             seq.cache, seq.num_computed = cache, matched
@@ -170,6 +172,7 @@ class Scheduler:
         new = tuple(seq.tokens[seq.num_prompt + start :])
         seq.num_emitted += len(new)
         logprobs = tuple(seq.logprobs[start : start + len(new)])
+        prompt_logprobs = tuple(seq.prompt_logprobs) if start == 0 else ()
         event = TokenEvent(
             request_id=seq.request_id,
             token_ids=new,
@@ -180,6 +183,7 @@ class Scheduler:
             draft_tokens=seq.draft_tokens,
             accepted_tokens=seq.accepted_tokens,
             logprobs=logprobs,
+            prompt_logprobs=prompt_logprobs,
             speculation=self.speculation(),
         )
         if seq.finish_reason is None:

@@ -39,6 +39,8 @@ class Sequence:
     """Of those, the ones the main model kept."""
     logprobs: list = field(default_factory=list)
     """TokenLogprob of each output token, when the request asked for them."""
+    prompt_logprobs: list = field(default_factory=list)
+    """TokenLogprob of each prompt token after the first, when the request asked for them."""
     num_emitted: int = field(default=0)
     """Output tokens already sent out in events."""
     spec_steps: int = 0
@@ -98,6 +100,12 @@ class Sequence:
         """Tokens to compute before decoding: the prompt; after a preemption every token but
         the last (the next decode step's input)."""
         return self.num_prompt if len(self.tokens) == self.num_prompt else len(self.tokens) - 1
+
+    @property
+    def wants_prompt_logprobs(self) -> bool:
+        """Whether prompt tokens still lack their log-probabilities (computed as they prefill)."""
+        return (self.request.sampling.prompt_logprobs is not None
+                and len(self.prompt_logprobs) < self.num_prompt - 1)  # fmt: skip
 
     @property
     def is_prefilled(self) -> bool:

@@ -84,3 +84,44 @@ def test_server_defaults_sampling_from_generation_config_and_a_thinking_budget(m
         assert r[0] and r[0] == r[1]
     finally:
         srv.stop()
+
+
+def test_echo_with_logprobs_scores_the_prompt_as_evaluation_harnesses_ask(server, loaded):
+    """lm-evaluation-harness's log-likelihood request (echo, logprobs 1, one token): the
+    prompt's tokens come back first, the first without a log-probability, each other equal to
+    a plain forward's; the generated token's equals an unechoed request's. Streamed alike."""
+    import math
+
+    from conftest import reference_prompt_logprobs
+
+    model, tok = loaded[0], loaded[1]
+    ids = tok.encode("def add(a, b):\n    return a + b\n\nprint(add(1, 2))\n")
+    kw = dict(model=server.model, prompt=ids, max_tokens=1, temperature=0, logprobs=1,
+              extra_body={"ignore_eos": True})  # fmt: skip
+    client = server.client()
+    echoed = client.completions.create(echo=True, **kw).choices[0]
+    plain = client.completions.create(**kw).choices[0]
+    lp = echoed.logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(ids) + 1
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    want = reference_prompt_logprobs(model, ids)
+    assert all(
+        math.isclose(g, w, abs_tol=1e-3) for g, w in zip(lp.token_logprobs[1:-1], want, strict=True)
+    )
+    assert math.isclose(lp.token_logprobs[-1], plain.logprobs.token_logprobs[0], abs_tol=1e-3)
+    assert echoed.text == tok.decode(ids) + plain.text and "".join(lp.tokens) == echoed.text
+    assert lp.text_offset[0] == 0 and lp.text_offset == sorted(lp.text_offset)
+    greedy = [
+        t == max(top.values())
+        for t, top in zip(lp.token_logprobs[1:], lp.top_logprobs[1:], strict=True)
+    ]
+    assert greedy[-1]  # the generated token is the argmax (temperature 0)
+    chunks = list(client.completions.create(echo=True, stream=True, **kw))
+    assert "".join(c.choices[0].text for c in chunks) == echoed.text
+    streamed = [
+        x for c in chunks if c.choices[0].logprobs for x in c.choices[0].logprobs.token_logprobs
+    ]
+    assert streamed == lp.token_logprobs
+    # Echo alone: the text only, no logprobs computed.
+    bare = client.completions.create(echo=True, **(kw | {"logprobs": None})).choices[0]
+    assert bare.text == echoed.text and bare.logprobs is None

@@ -3,6 +3,7 @@ tests/cluster/test_sampling_api.py)."""
 
 import math
 
+from conftest import reference_prompt_logprobs
 from test_engine import make_engine, run
 
 from cluster.config import EngineConfig
@@ -86,3 +87,46 @@ def test_penalties_and_logprobs_stay_lossless_with_mtp():
     assert spec == base and len(spec_lp) == len(base_lp) == len(base)
     for a, b in zip(base_lp, spec_lp, strict=True):
         assert a.token_id == b.token_id and math.isclose(a.logprob, b.logprob, abs_tol=1e-3)
+
+
+def test_prompt_logprobs_match_a_plain_forward_chunked_cached_and_batched(loaded):
+    """Echo's logprobs: every prompt token after the first, given the ones before it, equal
+    to one plain forward's, whether the prompt prefills in chunks, sits in the prefix cache
+    (it is then computed again), or prefills beside other fresh prompts."""
+    from cluster.types import EngineRequest, RequestId
+
+    model, tok = loaded[0], loaded[1]
+    prompt = tok.encode("import os\nimport sys\n\ndef main(argv):\n    return len(argv)\n" * 3)
+    want = reference_prompt_logprobs(model, prompt)
+
+    def prompt_logprobs(engine, rid, extra=()):
+        engine.add_request(
+            EngineRequest(RequestId(rid), tuple(prompt), greedy(2, prompt_logprobs=2))
+        )
+        for i, other in enumerate(extra):  # fresh prompts that may prefill beside it
+            engine.add_request(EngineRequest(RequestId(f"{rid}-{i}"), tuple(other), greedy(2)))
+        got, cached = {}, {}
+        while engine.has_work():
+            for e in engine.step():
+                got.setdefault(e.request_id, []).extend(e.prompt_logprobs)
+                cached[e.request_id] = e.cached_tokens
+        assert all(not got[f"{rid}-{i}"] for i in range(len(extra)))  # only asked ones get them
+        return got[rid], cached[rid]
+
+    for engine in (make_engine(loaded), make_engine(loaded, prefill_step_size=16)):
+        got, _ = prompt_logprobs(engine, "a")
+        assert [lp.token_id for lp in got] == prompt[1:]
+        assert all(
+            math.isclose(lp.logprob, w, abs_tol=2e-4) for lp, w in zip(got, want, strict=True)
+        )
+        assert all(len(lp.top) == 2 and lp.top[0][1] >= lp.top[1][1] for lp in got)
+        again, cached = prompt_logprobs(engine, "b")  # the prompt is in the prefix cache now
+        assert cached == 0 and [lp.logprob for lp in again] == [lp.logprob for lp in got]
+    others = [
+        tok.encode("def f(x):\n    return x + 1\n" * 4),
+        tok.encode("class A:\n    pass\n" * 6),
+    ]
+    batched, _ = prompt_logprobs(make_engine(loaded), "c", others)
+    assert all(
+        math.isclose(lp.logprob, w, abs_tol=2e-4) for lp, w in zip(batched, want, strict=True)
+    )

@@ -39,6 +39,8 @@ def _unusual(cls, f):
         return typing.get_args(base)[-1]
     if cls is TokenEvent and f.name == "logprobs":
         return (TokenLogprob(5, -0.5, ((5, -0.5), (6, -1.25))), TokenLogprob(7, -2.0))
+    if cls is TokenEvent and f.name == "prompt_logprobs":
+        return (TokenLogprob(9, -0.25, ((9, -0.25),)), TokenLogprob(3, -4.0))
     if base is ToolGrammar:
         params = (ToolParam((5, 6), ((7,), (8, 9)), True), ToolParam((10,), kind="integer"))
         return ToolGrammar((1, 2, 3, 4, 5, 6), (ToolSpec((11, 12), params), ToolSpec((13,))),
