@@ -54,7 +54,8 @@ TOOLS = [
 
 def greedy_outputs(srv: Server) -> list[str]:
     """Greedy completions of PROMPTS, then a forced tool call (the tool-call grammar keeps
-    every rank's masks alike: the random weights write a valid call)."""
+    every rank's masks alike: the random weights write a valid call), then the likeliest
+    token at each position of an echoed prompt (its logprobs computed on every rank)."""
     client = srv.client()
     outs = []
     for p in PROMPTS:
@@ -69,6 +70,12 @@ def greedy_outputs(srv: Server) -> list[str]:
     [call] = r.choices[0].message.tool_calls
     assert json.loads(call.function.arguments)["unit"] in ("celsius", "fahrenheit")
     outs.append(call.function.name + call.function.arguments)
+    r = client.completions.create(
+        model=srv.model, prompt=PROMPTS[0], max_tokens=1, temperature=0, echo=True, logprobs=2
+    )
+    tops = r.choices[0].logprobs.top_logprobs[1:]
+    assert len(tops) == r.usage.prompt_tokens and all(len(t) >= 1 for t in tops)
+    outs.append(" ".join(max(top, key=top.get) for top in tops))
     return outs
 
 
@@ -140,7 +147,7 @@ def test_two_replicas_behind_one_coordinator_share_the_load(model_dir, tmp_path,
         ]
         assert greedy_outputs(srv) == tp1_outputs
         served = [r["served"] for r in status(srv)["replicas"]]
-        assert sum(served) == len(PROMPTS) + 1 and min(served) >= 2  # + the tool call
+        assert sum(served) == len(PROMPTS) + 2 and min(served) >= 2  # + the tool call and echo
     finally:
         srv.stop()
 
