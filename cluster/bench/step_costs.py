@@ -36,7 +36,7 @@ def distinct_tokens(b: int, width: int, salt: int = 0) -> mx.array:
 def costs_at(model, mtp, b: int, k: int, context: int) -> tuple[float, float, float]:
     """(plain step, one draft, verify of k+1 tokens) in seconds, b rows each `context` tokens
     in; the draft is 0 without an MTP layer."""
-    from cluster.engine.runner import batch_cache
+    from cluster.engine.prefill_batch import batch_cache
 
     prompt = distinct_tokens(b, context, salt=1)
     cache = batch_cache(model.make_cache(), [0] * b)

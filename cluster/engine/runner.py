@@ -7,12 +7,12 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
-from mlx_lm.models.cache import BatchKVCache, CacheList, KVCache
 
 from .drafter import NO_DRAFTER, Drafter
 from .kv import SlotOrder, _arrays, in_order, trim_rows
 from .kv_budget import STEP
 from .mtp import greedy_accept, verify_drafts
+from .prefill_batch import batch_cache, batchable, prefill_groups
 from .sampler import constrain_runs, sample_lazy, token_logprobs
 from .scheduler import Schedule
 from .sequence import Sequence
@@ -20,6 +20,10 @@ from .sequence import Sequence
 FAULT_ENV = "CLUSTER_FAULT_INJECT"
 """Set to `skip_speculation` to make the runner skip speculative steps while asked to run
 them (seed 003's failure, for the watchdog's tests); unset in any real deployment."""
+
+PROMPT_LOGITS_SLICE = 256
+"""Prompt positions whose logits are computed at once (GLM-5's vocabulary: 155 MB each in
+float32 at 256)."""
 
 
 @dataclass
@@ -52,7 +56,7 @@ class ModelRunner:
         """Fault injection (tests of the seed-003 watchdog): never run the speculative step."""
         self.num_layers = len(model.make_cache())
         """A cache list holds this many main-model caches, then the drafter's."""
-        self.batch_prefill = all(_batchable(c) for c in model.make_cache())
+        self.batch_prefill = all(batchable(c) for c in model.make_cache())
         """Whether fresh prompts can prefill together (every layer's cache is a KVCache)."""
         self.batch: list[Sequence] = []
         self.batch_cache: list[Any] | None = None
@@ -364,53 +368,3 @@ class ModelRunner:
     def reset(self) -> None:
         self.batch, self.batch_cache, self.ahead = [], None, None
         self.hooks.reset()
-
-
-PROMPT_LOGITS_SLICE = 256
-"""Prompt positions whose logits are computed at once (GLM-5's vocabulary: 155 MB each in
-float32 at 256)."""
-
-PAD_WASTE = 1.25
-"""A batched prefill may compute at most this many times the tokens of its prompts."""
-
-
-def prefill_groups(
-    prefill: list[tuple[Sequence, int]],
-) -> tuple[list[list[tuple[Sequence, int]]], list[tuple[Sequence, int]]]:
-    """Fresh prompts (nothing computed, no cached prefix) of similar chunk lengths go in
-    batched forwards; the rest prefill alone. Deterministic: followers group alike."""
-    fresh = sorted(((s, n) for s, n in prefill if s.num_computed == 0 and s.cache is None
-                    and not s.num_output and not s.wants_prompt_logprobs),
-                   key=lambda e: -e[1])  # fmt: skip
-    groups, current = [], []
-    for entry in fresh:
-        if current and current[0][1] * (len(current) + 1) > PAD_WASTE * (
-            sum(n for _, n in current) + entry[1]
-        ):
-            groups.append(current)
-            current = []
-        current.append(entry)
-    groups.append(current)
-    batched = [g for g in groups if len(g) > 1]
-    inside = {id(s) for g in batched for s, _ in g}
-    return batched, [(s, n) for s, n in prefill if id(s) not in inside]
-
-
-def _batchable(layer: Any) -> bool:
-    if isinstance(layer, CacheList):
-        return all(_batchable(c) for c in layer.caches)
-    return type(layer) is KVCache
-
-
-def batch_cache(layers: list[Any], pads: list[int]) -> list[Any]:
-    """Empty batch caches shaped like one sequence's cache list, rows left-padded by `pads`."""
-    return [_batched(layer, pads) for layer in layers]
-
-
-def _batched(layer: Any, pads: list[int]) -> Any:
-    """An empty batch cache shaped like one sequence's cache for a layer."""
-    if isinstance(layer, CacheList):
-        return CacheList(*(_batched(c, pads) for c in layer.caches))
-    if isinstance(layer, KVCache):
-        return BatchKVCache(pads)
-    raise TypeError(f"cannot batch a prefill with a {type(layer).__name__}")

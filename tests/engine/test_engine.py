@@ -223,7 +223,7 @@ def test_fresh_prompts_prefill_together_and_decode_as_alone(loaded, prompts):
 
 
 def test_prefill_groups_bound_the_padding():
-    from cluster.engine.runner import prefill_groups
+    from cluster.engine.prefill_batch import prefill_groups
     from cluster.engine.sequence import Sequence
 
     def seq(i, n):
