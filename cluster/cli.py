@@ -52,7 +52,8 @@ def _serve(args) -> int:
         host=args.host,
         port=args.port,
         model=args.model,
-        served_model_name=args.served_model_name,
+        served_model_name=args.served_model_name[0] if args.served_model_name else None,
+        model_aliases=tuple(args.served_model_name[1:]) if args.served_model_name else (),
         api_keys=tuple(k for k in [*(args.api_key or []), os.environ.get("CLUSTER_API_KEY")] if k),
         routing=args.routing,
         launcher=args.launcher,
@@ -165,7 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="address to bind (default: the inventory's, 127.0.0.1)")
     p.add_argument("--port", type=int, help="port to bind (default: the inventory's, 8000)")
     p.add_argument("--model", help="model directory (default: the inventory's model)")
-    p.add_argument("--served-model-name", help="model name clients use (default: dir name)")
+    p.add_argument("--served-model-name", nargs="+", metavar="NAME",
+                   help="model name clients use (default: dir name); further names are "
+                        "accepted as aliases (e.g. the ones an agent asks for)")  # fmt: skip
     p.add_argument(
         "--load-timeout",
         type=float,

@@ -43,6 +43,8 @@ class ServeOptions:
     port: int | None = None
     model: str | None = None
     served_model_name: str | None = None
+    model_aliases: tuple[str, ...] = ()
+    """Further model names requests may use for the served model."""
     api_keys: tuple[str, ...] = ()
     routing: str = "prefix_affinity"
     launcher: str | None = None
@@ -117,7 +119,9 @@ def serve(options: ServeOptions, engine: EngineConfig) -> None:
     if why := plan.unservable():
         raise PlanRefused(why)
     plans = list(plan.replicas)
-    name = options.served_model_name or name
+    names = ((options.served_model_name, *options.model_aliases) if options.served_model_name
+             else inventory.served_model_names)  # fmt: skip
+    name, aliases = (names[0], tuple(names[1:])) if names else (name, ())
     host = options.host or inventory.coordinator_host
     port = options.port if options.port is not None else inventory.coordinator_port
     run_dir = cache_home() / "run" / str(os.getpid())
@@ -149,6 +153,7 @@ def serve(options: ServeOptions, engine: EngineConfig) -> None:
         settings,
         policy=options.routing,
         block_size=engine.block_size,
+        aliases=aliases,
     )
     supervisor = Supervisor(
         launcher,
@@ -200,7 +205,8 @@ def serve(options: ServeOptions, engine: EngineConfig) -> None:
                 task.result()
                 return
             bound = server.servers[0].sockets[0].getsockname()[1]
-            print(f"serving {name} at http://{host}:{bound}/v1", flush=True)
+            aliases = f" (aliases: {', '.join(coordinator.aliases)})" if coordinator.aliases else ""
+            print(f"serving {name} at http://{host}:{bound}/v1{aliases}", flush=True)
             supervisor.watch()
             await asyncio.wait(
                 {task, asyncio.create_task(stop.wait())}, return_when="FIRST_COMPLETED"

@@ -76,14 +76,14 @@ def create_app(
 
     @app.get("/v1/models")
     async def models():
-        card = {
-            "id": coordinator.model_name,
+        cards = [{
+            "id": name,
             "object": "model",
             "created": int(coordinator.started),
             "owned_by": "cluster",
             "max_model_len": coordinator.max_model_len,
-        }
-        return {"object": "list", "data": [card]}
+        } for name in (coordinator.model_name, *coordinator.aliases)]  # fmt: skip
+        return {"object": "list", "data": cards}
 
     coordinator.metrics.registry.register(ClusterCollector(coordinator))
 

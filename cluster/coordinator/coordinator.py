@@ -103,8 +103,11 @@ class Coordinator:
         metrics: Metrics | None = None,
         policy: str = "prefix_affinity",
         block_size: int = 16,
+        aliases: tuple[str, ...] = (),
     ):
         self.model_name = model_name
+        self.aliases = tuple(a for a in aliases if a != model_name)
+        """Other names requests may use for the served model (`--served-model-name A B ...`)."""
         self.tokenizer = tokenizer
         self.max_queue = max_queue
         self.settings = settings or {}
@@ -125,8 +128,8 @@ class Coordinator:
         return min(lens, default=0)
 
     def check_model(self, model: str | None) -> None:
-        if model not in (None, "", self.model_name):
-            raise ModelNotFound(model, self.model_name)
+        if model not in (None, "", self.model_name, *self.aliases):
+            raise ModelNotFound(model, self.model_name, self.aliases)
 
     @property
     def kv_capacity_tokens(self) -> int:

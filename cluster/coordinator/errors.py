@@ -18,9 +18,10 @@ class BadRequest(APIError):
 class ModelNotFound(APIError):
     status = 404
 
-    def __init__(self, model: str, served: str):
+    def __init__(self, model: str, served: str, aliases: tuple[str, ...] = ()):
+        also = f" (also named {', '.join(repr(a) for a in aliases)})" if aliases else ""
         super().__init__(
-            f"The model '{model}' does not exist; this cluster serves '{served}'.",
+            f"The model '{model}' does not exist; this cluster serves '{served}'{also}.",
             param="model",
             code="model_not_found",
         )

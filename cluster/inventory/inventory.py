@@ -61,6 +61,8 @@ class Inventory:
     """The Ray cluster the ray launcher joins (`ray start --head` on one node)."""
     coordinator_node: str | None = None
     """The inventory host that runs the coordinator service (default: the first host)."""
+    served_model_names: tuple[str, ...] = ()
+    """vars.served_model_name: the name clients use, then aliases (default: the model's)."""
     source: str = "<memory>"
 
     def fixed_grpc_ports(self, names: list[str]) -> dict[str, int]:
@@ -144,6 +146,8 @@ def parse_inventory(data: dict, source: str = "<memory>") -> Inventory:
     node = top.get("coordinator_node")
     if node is not None and node not in hosts:
         raise InventoryError(f"{source}: vars.coordinator_node '{node}' is not a host of it")
+    names = top.get("served_model_name") or ()
+    names = (names,) if isinstance(names, str) else tuple(str(n) for n in names)
     replicas = int(top.get("replicas", 1))
     if replicas < 1:
         raise InventoryError(f"{source}: vars.replicas must be at least 1")
@@ -164,6 +168,7 @@ def parse_inventory(data: dict, source: str = "<memory>") -> Inventory:
         num_speculative_tokens=int(top.get("num_speculative_tokens", 1)),
         mtp_weights=top.get("mtp_weights"),
         coordinator_node=node,
+        served_model_names=names,
         ray_address=str(top.get("ray_address", "auto")),
         source=source,
     )

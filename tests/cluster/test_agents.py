@@ -22,10 +22,15 @@ seen_content: list[str] = []
 """Every content string any test read; the last test checks none holds markup."""
 
 
+ALIASES = ("claude-sonnet-4-5", "claude-haiku-4-5")
+"""Names an agent asks for, served as aliases of the model (`--served-model-name A B C`)."""
+
+
 @pytest.fixture(scope="module")
 def agent_server(tmp_path_factory):
     home = tmp_path_factory.mktemp("agent-home")
-    srv = Server(["--model", str(TRAINED)], env={"CLUSTER_HOME": str(home)})
+    names = ["--served-model-name", "glm-5-fixture", *ALIASES]
+    srv = Server(["--model", str(TRAINED), *names], env={"CLUSTER_HOME": str(home)})
     yield srv
     srv.stop()
 
@@ -382,6 +387,26 @@ def test_anthropic_errors_in_anthropic_shape(agent_server):
     r = httpx.post(url, json={"model": agent_server.model, "max_tokens": 5,
                               "messages": [{"role": "user", "content": [image]}]})  # fmt: skip
     assert r.status_code == 400 and "text only" in r.json()["error"]["message"]
+
+
+def test_model_aliases_answer_the_names_agents_ask_for(agent_server):
+    """Claude Code asks for its own model names (a main and a small, fast one): aliases
+    answer them on every API; other names are still a 404 that lists what is served."""
+    assert agent_server.model == "glm-5-fixture"
+    names = [m.id for m in agent_server.client().models.list().data]
+    assert names == ["glm-5-fixture", *ALIASES]
+    user = [{"role": "user", "content": "hi"}]
+    r = _anthropic(agent_server).messages.create(
+        model=ALIASES[1], max_tokens=4, messages=user, extra_body=ZERO
+    )
+    assert r.stop_reason == "max_tokens" and r.usage.output_tokens == 4
+    chat = agent_server.client().chat.completions.create(
+        model=ALIASES[0], messages=user, max_tokens=4, temperature=0
+    )
+    assert chat.usage.completion_tokens == 4
+    other = {"model": "claude-opus-4-1", "max_tokens": 4, "messages": user}
+    r = httpx.post(f"{agent_server.url}/v1/messages", json=other)
+    assert r.status_code == 404 and all(n in r.json()["error"]["message"] for n in ALIASES)
 
 
 def test_no_markup_in_any_content():

@@ -177,8 +177,9 @@ def unit_command(path: Path) -> tuple[list[str], dict[str, str]]:
 def tp2_inventory(tmp_path) -> Path:
     data = yaml.safe_load((ROOT / "inventory" / "local-tp2.yaml").read_text())
     data["all"]["vars"].update(
-        coordinator_port=free_port(), grpc_base_port=free_port(), ring_base_port=free_port()
-    )
+        coordinator_port=free_port(), grpc_base_port=free_port(), ring_base_port=free_port(),
+        served_model_name=["glm-5-fixture", "claude-haiku-4-5"],  # the name, then an alias
+    )  # fmt: skip
     path = tmp_path / "local-tp2.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
@@ -243,8 +244,9 @@ def test_playbook_installs_renders_is_idempotent_and_its_units_serve(tmp_path, t
         import openai
 
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
+        assert [m.id for m in client.models.list().data] == ["glm-5-fixture", "claude-haiku-4-5"]
         out = client.chat.completions.create(
-            model="glm-5-fixture",
+            model="claude-haiku-4-5",
             messages=[{"role": "user", "content": "def add(a, b):"}],
             max_tokens=8,
             temperature=0,

@@ -45,6 +45,15 @@ def test_bad_inventories_name_host_and_field(data, message):
         parse_inventory(data, "inv.yaml")
 
 
+def test_served_model_name_is_a_name_or_a_name_and_aliases():
+    one = {"all": {"vars": {"served_model_name": "glm-5"}, "hosts": {"a": _host()}}}
+    assert parse_inventory(one).served_model_names == ("glm-5",)
+    more = {"all": {"vars": {"served_model_name": ["glm-5", "claude-haiku-4-5"]},
+                    "hosts": {"a": _host()}}}  # fmt: skip
+    assert parse_inventory(more).served_model_names == ("glm-5", "claude-haiku-4-5")
+    assert load_inventory().served_model_names == ()
+
+
 def test_mtp_weights_is_an_inventory_var():
     data = {"all": {"vars": {"mtp_weights": "/m/mtp.safetensors"}, "hosts": {"a": _host()}}}
     assert parse_inventory(data).mtp_weights == "/m/mtp.safetensors"
