@@ -94,9 +94,13 @@ def token_logprobs(logits: mx.array, tokens: list[int], top: int) -> list[TokenL
     lp = logits.astype(mx.float32) - mx.logsumexp(logits.astype(mx.float32), axis=-1, keepdims=True)
     chosen = mx.take_along_axis(lp, mx.array(tokens)[:, None], axis=-1)[:, 0].tolist()
     best = []
-    if top > 0:
-        ids = mx.argsort(-lp, axis=-1)[:, :top]
-        best = list(zip(ids.tolist(), mx.take_along_axis(lp, ids, axis=-1).tolist(), strict=True))
+    if top > 0:  # the top alternatives by partition, then only those sorted
+        ids = mx.argpartition(-lp, kth=top - 1, axis=-1)[:, :top]
+        values = mx.take_along_axis(lp, ids, axis=-1)
+        order = mx.argsort(-values, axis=-1)
+        ids = mx.take_along_axis(ids, order, axis=-1)
+        values = mx.take_along_axis(values, order, axis=-1)
+        best = list(zip(ids.tolist(), values.tolist(), strict=True))
     out = []
     for i, token in enumerate(tokens):
         alts = tuple(zip(*best[i], strict=True)) if best else ()
