@@ -39,8 +39,9 @@ def write_plots(phases: list[PhaseResult], out: Path, name: str) -> list[Path]:
 
 
 def _save(plt, fig, ax, path: Path) -> Path:
-    """Legend, save and close one figure."""
-    ax.legend()
+    """Legend (when anything is labelled), save and close one figure."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
