@@ -13,6 +13,9 @@ class Drafter:
     """Positions its cache entries trail the main model's (the prefix cache stores them so)."""
     needs_hidden = False
     """Whether prefill chunks must compute the main model's last hidden state for it."""
+    queues_ahead = False
+    """Whether it drafts on the device (`draft`, `catch_up`, `undo_draft`, `trim_rejected`),
+    so that the runner may queue a speculative step before the last one is read."""
 
     def make_cache(self) -> list[Any]:
         """Its caches, appended to each sequence's main-model caches."""

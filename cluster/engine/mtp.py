@@ -36,6 +36,10 @@ class SpecStats:
     """Batched forwards that verified drafts (one per speculative step with any draft)."""
     no_draft_steps: int = 0
     """Speculative steps where no row had a draft: decoded as a plain step."""
+    queued: int = 0
+    """Speculative steps queued before the step before them was read (every draft kept)."""
+    queued_wasted: int = 0
+    """Of those, the ones cancelled because a row rejected a draft after all."""
 
     def __post_init__(self):
         self.accepted_per_pos = [0] * self.k
@@ -67,6 +71,8 @@ class SpecStats:
             "empty_steps": self.empty,
             "verify_steps": self.verify_steps,
             "no_draft_steps": self.no_draft_steps,
+            "queued_steps": self.queued,
+            "queued_wasted": self.queued_wasted,
         } | ({"drafts_by_source": dict(self.by_source)} if self.by_source else {})
 
 
@@ -140,6 +146,9 @@ class MTPDrafter(Drafter):
 
     lag = 1
     needs_hidden = True
+    queues_ahead = True
+    """It drafts on the device from device inputs (`draft`), so the runner may queue the next
+    step before this one's drafts are read (see runner.SpecAhead)."""
 
     def __init__(self, model, mtp, k: int):
         self.model = model
@@ -202,10 +211,16 @@ class MTPDrafter(Drafter):
     def propose_batch(self, seqs, caches) -> list[tuple[list[int], list]]:
         """k draft tokens after each row's last token, every row in one MTP forward per
         draft position, and the draft distributions they came from."""
-        self.sync(caches)
-        cache = caches[0]
         carry = mx.concatenate([s.carry for s in seqs], axis=0)[:, None, :]
         last = mx.array([[s.tokens[-1]] for s in seqs])
+        drafts, dists = self.draft(seqs, carry, last, caches)
+        return list(zip(drafts.tolist(), dists, strict=True))
+
+    def draft(self, seqs, carry: mx.array, last: mx.array, caches) -> tuple[mx.array, list]:
+        """propose_batch from the rows' carries [B, 1, H] and last tokens [B, 1], on the
+        device: the drafts [B, k], not read."""
+        self.sync(caches)
+        cache = caches[0]
         out = self.mtp(carry, self.embed(last), cache=cache)
         steps, dists = [], [[] for _ in seqs]
         for i in range(self.k):
@@ -213,15 +228,28 @@ class MTPDrafter(Drafter):
             steps.append(tokens)
             if i + 1 < self.k:  # speculative entries; trimmed after verification
                 out = self.mtp(out[:, -1:, :], self.embed(tokens[:, None]), cache=cache)
-        drafts = mx.stack(steps, axis=1).tolist()
-        return list(zip(drafts, dists, strict=True))
+        return mx.stack(steps, axis=1).astype(mx.int32), dists
+
+    def catch_up(self, drafts: mx.array, hidden: mx.array, caches) -> None:
+        """After a verify forward: drop the draft entries, then write the layer's entries for
+        every verified position (drafts [B, K] as fed, hidden [B, K+1, H] its output)."""
+        cache, width = caches[0], hidden.shape[1] - 1
+        cache.trim(self.k - 1)
+        self.mtp(hidden[:, :width, :], self.embed(drafts), cache=cache)
+
+    def undo_draft(self, caches) -> None:
+        """Drop the entries a `draft` wrote (a queued step was cancelled)."""
+        caches[0].trim(self.k)
 
     def rollback_batch(self, seqs, proposals, accepted, hidden, caches) -> None:
         """The MTP layer keeps its one true new entry per row, then catches up on each row's
         accepted positions from the verify forward's hidden states."""
-        cache, width = caches[0], hidden.shape[1] - 1
-        cache.trim(self.k - 1)
+        width = hidden.shape[1] - 1
         drafts = mx.array([d + [0] * (width - len(d)) for d, _ in proposals])
-        self.mtp(hidden[:, :width, :], self.embed(drafts), cache=cache)
+        self.catch_up(drafts, hidden, caches)
+        self.trim_rejected(seqs, [width - a for a in accepted], caches)
+
+    def trim_rejected(self, seqs, counts: list[int], caches) -> None:
+        """Each row drops its last counts[i] entries (its rejected positions)."""
         orders = [s.slot_orders.setdefault("drafter", SlotOrder()) for s in seqs]
-        trim_rows([cache], [width - a for a in accepted], orders)
+        trim_rows([caches[0]], counts, orders)

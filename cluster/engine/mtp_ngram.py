@@ -10,6 +10,8 @@ from .ngram import NgramDrafter
 
 
 class MTPNgramDrafter(MTPDrafter):
+    queues_ahead = False  # each row's choice needs MTP's first draft on the host
+
     def __init__(self, model, mtp, k: int, n_min: int, n_max: int):
         super().__init__(model, mtp, k)
         self.ngram = NgramDrafter(k, n_min, n_max)

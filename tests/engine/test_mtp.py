@@ -133,6 +133,46 @@ def test_a_batch_speculates_row_by_row_token_identical(prompts, k):
     assert engine.spec.state.active and "batch_size_above_limit" not in engine.spec.state.fallbacks
 
 
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_steps_queued_on_the_guess_every_draft_is_kept_stay_identical(prompts, k, monkeypatch):
+    """The runner queues the next speculative step before reading the current one, on the
+    guess that every row keeps every draft, and cancels it when a row does not. Queued on
+    every step here (threshold 0), so the guess often fails; rows join and leave mid-flight;
+    the output is plain decoding's."""
+    from cluster.engine import runner
+
+    monkeypatch.setattr(runner, "QUEUE_KEPT", 0.0)
+    texts, lengths = prompts + [prompts[0] * 3], [40, 14, 30, 50]
+
+    def serve(config):
+        engine, _ = build_engine(TRAINED, config, "glm-5-fixture")
+        out, step, pending = collections.defaultdict(list), 0, list(enumerate(texts))
+        while pending or engine.has_work():
+            if pending and step % 4 == 0:
+                i, p = pending.pop(0)
+                engine.add_request(EngineRequest(RequestId(str(i)), tuple(p), greedy(lengths[i])))
+            for event in engine.step():
+                out[event.request_id].extend(event.token_ids)
+            step += 1
+        return [out[str(i)] for i in range(len(texts))], engine
+
+    base, _ = serve(EngineConfig())
+    spec, engine = serve(EngineConfig(speculation="mtp", num_speculative_tokens=k))
+    assert spec == base
+    stats = engine.runner.drafter.stats
+    assert stats.queued > stats.queued_wasted > 0  # guesses that held and ones cancelled
+    assert engine.runner.spec_ahead is None  # nothing left queued once every request ended
+
+
+def test_a_lone_row_that_keeps_its_drafts_gets_steps_queued_by_default(prompts):
+    (base,), _ = run(EngineConfig(), prompts[:1], greedy(160))
+    (spec,), engine = run(EngineConfig(speculation="mtp", num_speculative_tokens=2),
+                          prompts[:1], greedy(160))  # fmt: skip
+    assert spec == base
+    shown = engine.spec.to_json()  # what /v1/status shows under engine.speculation
+    assert shown["queued_steps"] > shown["drafts"] // 3 and shown["queued_wasted"] <= 2
+
+
 def test_above_the_batch_limit_decodes_plainly_and_says_so(prompts):
     base, _ = run_lengths(EngineConfig(), prompts, [8, 16, 40])
     config = EngineConfig(speculation="mtp", num_speculative_tokens=2, speculation_max_batch=2)
