@@ -300,9 +300,18 @@ def test_mtp_under_tp2_is_token_identical_and_counted(tmp_path, k):
     """Seed 003 asked for this: MTP at TP 2, really speculating, lossless, and visible."""
     env = {"CLUSTER_HOME": str(tmp_path / "home")}
     plain = Server(["--inventory", str(ROOT / "inventory/local.yaml")], env=env)
+
+    def repeated(srv):  # the MTP layer keeps nearly every draft here: steps get queued ahead
+        r = srv.client().completions.create(
+            model=srv.model, prompt="import os\nimport sys\n\ndef main(", max_tokens=120,
+            temperature=0, extra_body={"ignore_eos": True},
+        )  # fmt: skip
+        return r.choices[0].text
+
     try:
         expected = greedy_outputs(plain)[:3]
         batch_expected = _staggered(plain, [40] * 4)
+        repeated_expected = repeated(plain)
     finally:
         plain.stop()
     spec = Server(
@@ -334,6 +343,10 @@ def test_mtp_under_tp2_is_token_identical_and_counted(tmp_path, k):
             assert details.accepted_prediction_tokens == accepted
             assert details.rejected_prediction_tokens == drafted - accepted
         assert outs == expected
+        # Steps queued ahead on the guess that every draft is kept: the ranks queue alike.
+        assert repeated(spec) == repeated_expected
+        if k == 2:
+            assert status(spec)["replicas"][0]["engine"]["speculation"]["queued_steps"] > 0
         # A batch speculates row by row: rows join and leave mid-flight, output unchanged.
         before = status(spec)["replicas"][0]["engine"]["speculation"]["drafts"]
         lengths = [40, 24, 36, 30]  # long enough for 3-4 rows to overlap, k = 3 included

@@ -137,28 +137,34 @@ def test_a_batch_speculates_row_by_row_token_identical(prompts, k):
 def test_steps_queued_on_the_guess_every_draft_is_kept_stay_identical(prompts, k, monkeypatch):
     """The runner queues the next speculative step before reading the current one, on the
     guess that every row keeps every draft, and cancels it when a row does not. Queued on
-    every step here (threshold 0), so the guess often fails; rows join and leave mid-flight;
-    the output is plain decoding's."""
+    every step here (threshold 0), so the guess often fails; rows join and leave mid-flight.
+    The output is plain decoding's, and every request's drafts and accepted tokens are what
+    they are without queueing (so the MTP layer's cache is rolled back right too)."""
     from cluster.engine import runner
 
-    monkeypatch.setattr(runner, "QUEUE_KEPT", 0.0)
     texts, lengths = prompts + [prompts[0] * 3], [40, 14, 30, 50]
 
-    def serve(config):
+    def serve(config, threshold):
+        monkeypatch.setattr(runner, "QUEUE_KEPT", threshold)
         engine, _ = build_engine(TRAINED, config, "glm-5-fixture")
-        out, step, pending = collections.defaultdict(list), 0, list(enumerate(texts))
+        out, last, step = collections.defaultdict(list), {}, 0
+        pending = list(enumerate(texts))
         while pending or engine.has_work():
             if pending and step % 4 == 0:
                 i, p = pending.pop(0)
                 engine.add_request(EngineRequest(RequestId(str(i)), tuple(p), greedy(lengths[i])))
             for event in engine.step():
                 out[event.request_id].extend(event.token_ids)
+                last[event.request_id] = (event.draft_tokens, event.accepted_tokens)
             step += 1
-        return [out[str(i)] for i in range(len(texts))], engine
+        return [out[str(i)] for i in range(len(texts))], last, engine
 
-    base, _ = serve(EngineConfig())
-    spec, engine = serve(EngineConfig(speculation="mtp", num_speculative_tokens=k))
-    assert spec == base
+    config = EngineConfig(speculation="mtp", num_speculative_tokens=k)
+    base, _, _ = serve(EngineConfig(), 0.0)
+    unqueued, counts, plain = serve(config, 2.0)  # never queued
+    spec, queued_counts, engine = serve(config, 0.0)
+    assert spec == unqueued == base and queued_counts == counts
+    assert plain.runner.drafter.stats.queued == 0
     stats = engine.runner.drafter.stats
     assert stats.queued > stats.queued_wasted > 0  # guesses that held and ones cancelled
     assert engine.runner.spec_ahead is None  # nothing left queued once every request ended
