@@ -230,9 +230,12 @@ def main() -> None:
                 local = verified * (verify + args.k * draft) + empty * plain_step
                 ideal_local = tokens * plain_step / local if local else 1.0
                 state = after["summary"] if "summary" in after else after.get("reason")
+                queued = after.get("queued_steps", 0) - before.get("queued_steps", 0)
+                wasted = after.get("queued_wasted", 0) - before.get("queued_wasted", 0)
                 speed.append(f"| TP {tp} | {b} | {p:.1f} | {s:.1f} | **{s / p:.2f}x** | {mal:.2f} "
                              f"| {ideal:.2f}x | {eff:.2f} | {ideal_local:.2f}x "
-                             f"| {(s / p) / ideal_local:.2f} | {own_ratio:.2f}x | {state} |")  # fmt: skip
+                             f"| {(s / p) / ideal_local:.2f} | {own_ratio:.2f}x "
+                             f"| {queued} ({wasted}) / {verified} | {state} |")  # fmt: skip
                 cells = " | ".join(f"{x / drafts:.1%}" if drafts else "-" for x in per_pos)
                 accept.append(f"| {args.workload}, TP {tp}, batch {b} | {cells} | {mal:.2f} |")
         finally:
@@ -241,8 +244,9 @@ def main() -> None:
     method = f"{args.method} k={args.k}"
     print(f"| layout | batch | decode tok/s, no speculation | {method} | speed-up | mean "
           "acceptance length | ideal | efficiency | ideal, in-process costs | efficiency "
-          "against it | speed-up, first to last token | state |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "against it | speed-up, first to last token | steps queued ahead (wasted) / verify steps "
+          "| state |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(speed))
     print()
     print("| workload | " + " | ".join(f"Pos {i + 1}" for i in range(args.k)) + " | Avg Length |")

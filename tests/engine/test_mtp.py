@@ -140,12 +140,12 @@ def test_steps_queued_on_the_guess_every_draft_is_kept_stay_identical(prompts, k
     every step here (threshold 0), so the guess often fails; rows join and leave mid-flight.
     The output is plain decoding's, and every request's drafts and accepted tokens are what
     they are without queueing (so the MTP layer's cache is rolled back right too)."""
-    from cluster.engine import runner
+    from cluster.engine import spec_step
 
     texts, lengths = prompts + [prompts[0] * 3], [40, 14, 30, 50]
 
     def serve(config, threshold):
-        monkeypatch.setattr(runner, "QUEUE_KEPT", threshold)
+        monkeypatch.setattr(spec_step, "QUEUE_KEPT", threshold)
         engine, _ = build_engine(TRAINED, config, "glm-5-fixture")
         out, last, step = collections.defaultdict(list), {}, 0
         pending = list(enumerate(texts))
