@@ -1,0 +1,84 @@
+"""Speculative steps queued ahead against not, in-process, interleaved.
+
+    .venv/bin/python scripts/queue_ahead.py [--model DIR] [--batch 1] [--k 2] [--rounds 10]
+
+Two engines with MTP speculation on the same model (default: the 24-layer benchmark copy,
+built here), each decoding `batch` code prompts greedily; one queues the next speculative step
+before reading the current one while every draft tends to be kept (the default), the other
+never does. They step in alternating blocks of 8 steps; prints each one's tokens per second
+and how many of its steps were queued ahead (and cancelled).
+"""
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from bench_speculation import CODE  # noqa: E402
+
+from cluster.config import EngineConfig  # noqa: E402
+from cluster.engine import spec_step  # noqa: E402
+from cluster.engine.build import build_engine  # noqa: E402
+from cluster.types import EngineRequest, RequestId, SamplingParams  # noqa: E402
+
+
+def engine_for(model: str, batch: int, k: int):
+    config = EngineConfig(speculation="mtp", num_speculative_tokens=k,
+                          speculation_probe_every=1_000_000)  # no governor probes while timed  # fmt: skip
+    engine, _ = build_engine(model, config, "queue-ahead")
+    params = SamplingParams(max_tokens=4000, temperature=0.0, ignore_eos=True)
+    for i, prompt in enumerate(CODE[:batch]):
+        engine.add_request(EngineRequest(RequestId(str(i)), tuple(_encode(model, prompt)), params))
+    while engine.scheduler.waiting:
+        engine.step()
+    return engine
+
+
+def _encode(model: str, text: str) -> list[int]:
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(Path(model) / "tokenizer.json")).encode(text).ids
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="default: the 24-layer benchmark copy, built here")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--k", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=10)
+    args = parser.parse_args()
+    model = args.model
+    if model is None:
+        model = str(Path(tempfile.mkdtemp()) / "bench24")
+        subprocess.run([sys.executable, "-m", "cluster", "fixture-model", model, "--layers", "24"],
+                       check=True, capture_output=True)  # fmt: skip
+    engines = {"queued ahead": engine_for(model, args.batch, args.k),
+               "never queued": engine_for(model, args.batch, args.k)}  # fmt: skip
+    seconds, tokens = dict.fromkeys(engines, 0.0), dict.fromkeys(engines, 0)
+    default = spec_step.QUEUE_KEPT
+    for _ in range(args.rounds):
+        for name, engine in engines.items():
+            spec_step.QUEUE_KEPT = default if name == "queued ahead" else 2.0  # 2: never
+            start = time.perf_counter()
+            for _ in range(8):
+                tokens[name] += sum(len(e.token_ids) for e in engine.step())
+            seconds[name] += time.perf_counter() - start
+    rates = {name: tokens[name] / seconds[name] for name in engines}
+    for name, engine in engines.items():
+        stats = engine.runner.drafter.stats
+        print(f"{name}: {rates[name]:.1f} tok/s, {stats.queued} of {stats.verify_steps} steps "
+              f"queued ahead, {stats.queued_wasted} cancelled")  # fmt: skip
+    print(f"queued / never: {rates['queued ahead'] / rates['never queued']:.3f}x")
+
+
+if __name__ == "__main__":
+    from cluster.launch.blas import reexec_with_openblas
+
+    reexec_with_openblas(script=True)
+    main()
