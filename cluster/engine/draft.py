@@ -19,6 +19,8 @@ from .mtp import MAX_PENDING, SpecStats, pick_drafts
 
 
 class DraftModelDrafter(Drafter):
+    queues_ahead = True
+
     def __init__(self, model, k: int):
         self.model = model
         self.k = k
@@ -66,20 +68,38 @@ class DraftModelDrafter(Drafter):
 
     def propose_batch(self, seqs, caches) -> list[tuple[list[int], list]]:
         """k draft tokens after each row's last token, every row in one draft-model forward
-        per draft position, and the distributions they came from (greedy: none). The last
-        draft is fed too, so the draft caches hold what the verify forward gets."""
+        per draft position, and the distributions they came from (greedy: none)."""
+        last = mx.array([[s.tokens[-1]] for s in seqs])
+        drafts, dists = self.draft(seqs, None, last, caches)
+        return list(zip(drafts.tolist(), dists, strict=True))
+
+    def draft(self, seqs, carry, last: mx.array, caches) -> tuple[mx.array, list]:
+        """propose_batch from the rows' last tokens [B, 1] on the device (no hidden state
+        needed): the drafts [B, k], not read. The last draft is fed too, so the draft caches
+        hold what the verify forward gets."""
         self.sync(caches)
-        tokens = mx.array([[s.tokens[-1]] for s in seqs])
+        tokens = last
         steps, dists = [], [[] for _ in seqs]
         for _ in range(self.k):
             drafted = pick_drafts(seqs, self.model(tokens, cache=caches)[:, -1], dists)
             steps.append(drafted)
             tokens = drafted[:, None]
         self.model(tokens, cache=caches)  # its logits are not needed, only its cache entries
-        drafts = mx.stack(steps, axis=1).tolist()
-        return list(zip(drafts, dists, strict=True))
+        return mx.stack(steps, axis=1).astype(mx.int32), dists
+
+    def catch_up(self, drafts: mx.array, hidden: mx.array, caches) -> None:
+        """Nothing to write after a verify forward: its caches hold every verified position."""
+
+    def undo_draft(self, caches) -> None:
+        """Drop the k + 1 entries a `draft` wrote (a queued step was cancelled)."""
+        for cache in caches:
+            cache.trim(self.k + 1)
 
     def rollback_batch(self, seqs, proposals, accepted, hidden, caches) -> None:
         """Each row keeps its last token and its accepted drafts, as the main model does."""
+        self.trim_rejected(seqs, [self.k - a for a in accepted], caches)
+
+    def trim_rejected(self, seqs, counts: list[int], caches) -> None:
+        """Each row drops its last counts[i] entries (its rejected positions)."""
         orders = [s.slot_orders.setdefault("drafter", SlotOrder()) for s in seqs]
-        trim_rows(caches, [self.k - a for a in accepted], orders)
+        trim_rows(caches, counts, orders)

@@ -42,7 +42,8 @@ class SpeculativeSteps:
             drafted, hidden, logits = queued.drafted, queued.hidden, queued.logits
             proposals = None
         elif drafter.queues_ahead and self._may_queue(seqs):
-            carry = mx.concatenate([s.carry for s in seqs], axis=0)[:, None, :]
+            carry = (mx.concatenate([s.carry for s in seqs], axis=0)[:, None, :]
+                     if drafter.needs_hidden else None)  # fmt: skip
             last = mx.array([[s.tokens[-1]] for s in seqs])
             drafted, _ = drafter.draft(seqs, carry, last, own)
             hidden, logits = self._verify(last, drafted, main)

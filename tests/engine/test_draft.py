@@ -162,3 +162,41 @@ def test_the_kv_budget_measures_a_narrower_draft(tmp_path):
     own = drafted.runner.drafter.own_kv_bytes_per_token()
     assert drafted.kv.per_token == plain.kv.per_token + own
     assert own < plain.kv.per_token // 2  # two layers at half width: well under half of four
+
+
+def _offsets(layer) -> list[int]:
+    """Each row's positions in a layer's batch cache (the first cache of a CacheList)."""
+    return (layer.caches[0] if hasattr(layer, "caches") else layer).offset.tolist()
+
+
+def test_steps_queued_ahead_with_a_draft_model_stay_identical(prompts, weak_draft, monkeypatch):
+    """Queued on every step (threshold 0), with a weak draft (every guess that all drafts are
+    kept fails) and the target as its own draft (most hold): output, and every request's
+    draft and accepted counts, equal those without queueing."""
+    from cluster.engine import spec_step
+
+    lengths = [8, 16, 40]
+    base, _ = run_lengths(EngineConfig(), prompts, lengths)
+    held = wasted = 0
+    for draft in (weak_draft, TRAINED):
+        got = {}
+        for threshold in (2.0, 0.0):  # never, always
+            monkeypatch.setattr(spec_step, "QUEUE_KEPT", threshold)
+            engine, _ = build_engine(TRAINED, draft_config(draft), "glm-5-fixture")
+            for i, (p, n) in enumerate(zip(prompts, lengths, strict=True)):
+                engine.add_request(EngineRequest(RequestId(str(i)), tuple(p), greedy(n)))
+            out, counts, runner = {}, {}, engine.runner
+            while engine.has_work():
+                for e in engine.step():
+                    out.setdefault(e.request_id, []).extend(e.token_ids)
+                    counts[e.request_id] = (e.draft_tokens, e.accepted_tokens)
+                if runner.batch_cache is not None and not runner.drafter.pending:
+                    # The draft model's caches hold as many positions as the target's.
+                    main, own = runner._main(runner.batch_cache), runner._own(runner.batch_cache)
+                    assert _offsets(own[0]) == _offsets(main[0])
+            got[threshold] = ([out[str(i)] for i in range(3)], counts)
+            stats = engine.runner.drafter.stats
+            assert stats.queued == 0 if threshold > 1 else stats.queued > 0
+        assert got[0.0] == got[2.0] and got[0.0][0] == base
+        held, wasted = held + stats.queued - stats.queued_wasted, wasted + stats.queued_wasted
+    assert held > 0 and wasted > 0
