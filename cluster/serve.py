@@ -205,8 +205,8 @@ def serve(options: ServeOptions, engine: EngineConfig) -> None:
                 task.result()
                 return
             bound = server.servers[0].sockets[0].getsockname()[1]
-            aliases = f" (aliases: {', '.join(coordinator.aliases)})" if coordinator.aliases else ""
-            print(f"serving {name} at http://{host}:{bound}/v1{aliases}", flush=True)
+            also = f" (aliases: {', '.join(coordinator.aliases)})" if coordinator.aliases else ""
+            print(f"serving {name} at http://{host}:{bound}/v1{also}", flush=True)
             supervisor.watch()
             await asyncio.wait(
                 {task, asyncio.create_task(stop.wait())}, return_when="FIRST_COMPLETED"

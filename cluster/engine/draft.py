@@ -13,7 +13,6 @@ import mlx.core as mx
 from mlx_lm.models.cache import make_prompt_cache
 
 from .drafter import Drafter
-from .kv import SlotOrder, trim_rows
 from .kv_budget import STEP
 from .mtp import MAX_PENDING, SpecStats, pick_drafts
 
@@ -66,17 +65,11 @@ class DraftModelDrafter(Drafter):
     def reset(self) -> None:
         self.pending = []
 
-    def propose_batch(self, seqs, caches) -> list[tuple[list[int], list]]:
-        """k draft tokens after each row's last token, every row in one draft-model forward
-        per draft position, and the distributions they came from (greedy: none)."""
-        last = mx.array([[s.tokens[-1]] for s in seqs])
-        drafts, dists = self.draft(seqs, None, last, caches)
-        return list(zip(drafts.tolist(), dists, strict=True))
-
     def draft(self, seqs, carry, last: mx.array, caches) -> tuple[mx.array, list]:
-        """propose_batch from the rows' last tokens [B, 1] on the device (no hidden state
-        needed): the drafts [B, k], not read. The last draft is fed too, so the draft caches
-        hold what the verify forward gets."""
+        """k draft tokens after each row's last token [B, 1] (no hidden state needed), every
+        row in one draft-model forward per draft position, on the device: the drafts [B, k],
+        not read, and the distributions they came from (greedy: none). The last draft is fed
+        too, so the draft caches hold what the verify forward gets."""
         self.sync(caches)
         tokens = last
         steps, dists = [], [[] for _ in seqs]
@@ -98,8 +91,3 @@ class DraftModelDrafter(Drafter):
     def rollback_batch(self, seqs, proposals, accepted, hidden, caches) -> None:
         """Each row keeps its last token and its accepted drafts, as the main model does."""
         self.trim_rejected(seqs, [self.k - a for a in accepted], caches)
-
-    def trim_rejected(self, seqs, counts: list[int], caches) -> None:
-        """Each row drops its last counts[i] entries (its rejected positions)."""
-        orders = [s.slot_orders.setdefault("drafter", SlotOrder()) for s in seqs]
-        trim_rows(caches, counts, orders)

@@ -5,6 +5,16 @@ from typing import Any
 
 import mlx.core as mx
 
+from .kv import SlotOrder, trim_rows
+
+
+def step_inputs(seqs: list, needs_hidden: bool) -> tuple[mx.array | None, mx.array]:
+    """What drafting after each row's last token starts from: the rows' carries [B, 1, H]
+    (None when the drafter needs no hidden state) and last tokens [B, 1]."""
+    carry = (mx.concatenate([s.carry for s in seqs], axis=0)[:, None, :]
+             if needs_hidden else None)  # fmt: skip
+    return carry, mx.array([[s.tokens[-1]] for s in seqs])
+
 
 class Drafter:
     """No drafter: every hook is a no-op. Subclasses propose drafts and keep their caches."""
@@ -49,9 +59,22 @@ class Drafter:
         (None: deterministic)."""
         raise NotImplementedError
 
+    draft = None
+    """A drafter that drafts on the device has draft(seqs, carry, last, caches): k drafts per
+    row as [B, k], not read, and per row the distributions they came from."""
+
     def propose_batch(self, seqs: list, caches: list) -> list[tuple[list[int], list]]:
         """Drafts for every row of the batch (caches: the batch's drafter caches)."""
+        if self.draft is not None:
+            drafts, dists = self.draft(seqs, *step_inputs(seqs, self.needs_hidden), caches)
+            return list(zip(drafts.tolist(), dists, strict=True))
         return [self.propose(seq, caches) for seq in seqs]
+
+    def trim_rejected(self, seqs: list, counts: list[int], caches: list) -> None:
+        """Each row's drafter caches drop their last counts[i] entries (its rejected
+        positions), in the row's own slot order."""
+        orders = [s.slot_orders.setdefault("drafter", SlotOrder()) for s in seqs]
+        trim_rows(caches, counts, orders)
 
     def rollback(self, seq, drafts: list[int], accepted: int, hidden, caches) -> None:
         """After verification kept `accepted` of seq's drafts."""

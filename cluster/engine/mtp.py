@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 import mlx.core as mx
 
 from .drafter import Drafter
-from .kv import SlotOrder, trim_rows
 from .sampler import penalize, processed_logits
 
 MAX_PENDING = 64  # a long-lived batch still catches its MTP layer up now and then
@@ -148,7 +147,7 @@ class MTPDrafter(Drafter):
     needs_hidden = True
     queues_ahead = True
     """It drafts on the device from device inputs (`draft`), so the runner may queue the next
-    step before this one's drafts are read (see runner.SpecAhead)."""
+    step before this one's drafts are read (see spec_step.SpecAhead)."""
 
     def __init__(self, model, mtp, k: int):
         self.model = model
@@ -208,17 +207,10 @@ class MTPDrafter(Drafter):
             return None
         return self.mtp(h, e, cache=cache)
 
-    def propose_batch(self, seqs, caches) -> list[tuple[list[int], list]]:
-        """k draft tokens after each row's last token, every row in one MTP forward per
-        draft position, and the draft distributions they came from."""
-        carry = mx.concatenate([s.carry for s in seqs], axis=0)[:, None, :]
-        last = mx.array([[s.tokens[-1]] for s in seqs])
-        drafts, dists = self.draft(seqs, carry, last, caches)
-        return list(zip(drafts.tolist(), dists, strict=True))
-
     def draft(self, seqs, carry: mx.array, last: mx.array, caches) -> tuple[mx.array, list]:
-        """propose_batch from the rows' carries [B, 1, H] and last tokens [B, 1], on the
-        device: the drafts [B, k], not read."""
+        """k draft tokens after each row's last token [B, 1] and carry [B, 1, H], every row in
+        one MTP forward per draft position, on the device: the drafts [B, k], not read, and
+        the draft distributions they came from."""
         self.sync(caches)
         cache = caches[0]
         out = self.mtp(carry, self.embed(last), cache=cache)
@@ -248,8 +240,3 @@ class MTPDrafter(Drafter):
         drafts = mx.array([d + [0] * (width - len(d)) for d, _ in proposals])
         self.catch_up(drafts, hidden, caches)
         self.trim_rejected(seqs, [width - a for a in accepted], caches)
-
-    def trim_rejected(self, seqs, counts: list[int], caches) -> None:
-        """Each row drops its last counts[i] entries (its rejected positions)."""
-        orders = [s.slot_orders.setdefault("drafter", SlotOrder()) for s in seqs]
-        trim_rows([caches[0]], counts, orders)

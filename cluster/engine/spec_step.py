@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 
+from .drafter import step_inputs
 from .kv import SlotOrder, trim_rows
 from .mtp import greedy_accept, verify_drafts
 from .sampler import constrain_runs, token_logprobs
@@ -26,6 +27,8 @@ class SpecAhead:
     """Its drafts [B, k], not read yet."""
     hidden: mx.array
     logits: mx.array
+    best: mx.array
+    """The main model's argmax at each verified position [B, k+1], queued with the rest."""
 
 
 class SpeculativeSteps:
@@ -38,15 +41,16 @@ class SpeculativeSteps:
         for seq in seqs:
             self._key(seq)
         queued, self.spec_ahead = self.spec_ahead, None
+        may_queue = self._may_queue(seqs)
         if queued is not None:  # built during the step before, which kept every draft
-            drafted, hidden, logits = queued.drafted, queued.hidden, queued.logits
+            drafted, hidden, logits, best_lazy = (queued.drafted, queued.hidden, queued.logits,
+                                                  queued.best)  # fmt: skip
             proposals = None
-        elif drafter.queues_ahead and self._may_queue(seqs):
-            carry = (mx.concatenate([s.carry for s in seqs], axis=0)[:, None, :]
-                     if drafter.needs_hidden else None)  # fmt: skip
-            last = mx.array([[s.tokens[-1]] for s in seqs])
+        elif may_queue:
+            carry, last = step_inputs(seqs, drafter.needs_hidden)
             drafted, _ = drafter.draft(seqs, carry, last, own)
             hidden, logits = self._verify(last, drafted, main)
+            best_lazy = mx.argmax(logits, axis=-1)
             proposals = None
         else:
             proposals = drafter.propose_batch(seqs, own)
@@ -63,8 +67,7 @@ class SpeculativeSteps:
             logits = self.model.lm_head(hidden)
         drafter.stats.verify_steps += 1
         if proposals is None:  # drafted on the device, greedy rows without limits
-            best_lazy = mx.argmax(logits, axis=-1)
-            if self._may_queue(seqs):
+            if may_queue:
                 mx.async_eval(best_lazy, drafted)
                 self.spec_ahead = self._queue_kept(seqs, drafted, hidden, best_lazy)
             drafts = drafted.tolist()
@@ -138,9 +141,10 @@ class SpeculativeSteps:
         bonus = best[:, -1:].astype(mx.int32)
         nxt, _ = self.drafter.draft(seqs, hidden[:, -1:, :], bonus, own)
         nxt_hidden, nxt_logits = self._verify(bonus, nxt, main)
-        mx.async_eval(nxt, mx.argmax(nxt_logits, axis=-1))
+        nxt_best = mx.argmax(nxt_logits, axis=-1)
+        mx.async_eval(nxt, nxt_best)
         self.drafter.stats.queued += 1
-        return SpecAhead(nxt, nxt_hidden, nxt_logits)
+        return SpecAhead(nxt, nxt_hidden, nxt_logits, nxt_best)
 
     def _cancel_spec_ahead(self) -> None:
         """Undo the queued speculative step: the main caches lose its k+1 entries per row, the
