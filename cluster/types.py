@@ -44,10 +44,11 @@ class ToolGrammar:
     """Tokens a free-text value may not contain (the other tags, turn and end tokens)."""
     opening: tuple[int, ...] = ()
     """The prompt's last tokens that open the reply (a forced call): the grammar starts after."""
-    integer_ids: tuple[int, ...] = ()
-    """Tokens made of digits and '-' only: an integer value's."""
     number_ids: tuple[int, ...] = ()
     """Tokens made of digits, '-', '+', '.', 'e' and 'E' only: a number value's."""
+    number_texts: tuple[str, ...] = ()
+    """Their text, in the same order: a value takes only the tokens that keep it a JSON number
+    (an integer: no '.' or exponent)."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))

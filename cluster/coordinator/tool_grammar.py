@@ -11,7 +11,6 @@ log = logging.getLogger("cluster.tool_grammar")
 _told: set[str] = set()
 """Tools whose open schema was logged already (agents send the same tools every turn)."""
 
-INTEGER_CHARS = "0123456789-"
 NUMBER_CHARS = "0123456789-+.eE"
 CALL_TAGS = ("<tool_call>", "</tool_call>", "<arg_key>", "</arg_key>", "<arg_value>",
              "</arg_value>")  # fmt: skip
@@ -84,8 +83,7 @@ def tool_grammar(
         _spacers(tokenizer),
         tokenizer.special_ids,
         tuple(opening),
-        tokenizer.tokens_of(INTEGER_CHARS),
-        tokenizer.tokens_of(NUMBER_CHARS),
+        *_numbers(tokenizer),
     )
 
 
@@ -97,9 +95,14 @@ def _off(name: str, why: str) -> None:
     return None
 
 
+def _numbers(tokenizer: PromptTokenizer) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """The tokens a number value may be made of, and their text."""
+    ids = tokenizer.tokens_of(NUMBER_CHARS)
+    return ids, tuple(tokenizer.token_bytes(i).decode() for i in ids)
+
+
 def warm(tokenizer: PromptTokenizer) -> None:
     """Find the number tokens once, at start (a scan of the vocabulary), not on a request."""
-    tokenizer.tokens_of(INTEGER_CHARS)
     tokenizer.tokens_of(NUMBER_CHARS)
 
 

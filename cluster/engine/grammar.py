@@ -9,6 +9,7 @@ Python: the runner turns each row's `Limit` into a logits mask.
 """
 
 import copy
+import re
 from dataclasses import dataclass
 from enum import Enum
 
@@ -42,6 +43,35 @@ def _next(seqs, prefix: tuple[int, ...]) -> tuple[set[int], bool]:
     return nxt, any(s == prefix for s in seqs)
 
 
+_INT = r"-?(0|[1-9][0-9]*)"
+_WHOLE = {
+    "integer": re.compile(_INT),
+    "number": re.compile(_INT + r"(\.[0-9]+)?([eE][+-]?[0-9]+)?"),
+}
+_BEGUN = {  # the text a whole value can still grow from
+    "integer": re.compile(r"-?(0|[1-9][0-9]*)?"),
+    "number": re.compile(r"-?((0|[1-9][0-9]*)(\.[0-9]*|(\.[0-9]+)?[eE][+-]?[0-9]*)?)?"),
+}
+
+
+class Numbers:
+    """Which number tokens keep a value a JSON integer or number (no "2026-02-1" for an
+    integer, no "1..5"); cached by the text so far, shared by a row's clones."""
+
+    def __init__(self, ids: tuple[int, ...], texts: tuple[str, ...]):
+        self.text = dict(zip(ids, texts, strict=True))
+        self._cache: dict[tuple[str, str], tuple[frozenset[int], bool]] = {}
+
+    def next(self, kind: str, text: str) -> tuple[frozenset[int], bool]:
+        """(tokens that may follow `text`, whether `text` is a whole value)."""
+        key = (kind, text)
+        if key not in self._cache:
+            begun = _BEGUN[kind]
+            ok = frozenset(t for t, s in self.text.items() if begun.fullmatch(text + s))
+            self._cache[key] = ok, bool(_WHOLE[kind].fullmatch(text))
+        return self._cache[key]
+
+
 class CallState:
     """One row's place in the grammar, moved on by each token it writes."""
 
@@ -55,8 +85,8 @@ class CallState:
         self.param: ToolParam | None = None
         self.used: set[tuple[int, ...]] = set()
         self.value_ban = frozenset(grammar.value_banned) - {self.value_close}
-        self.numbers = {"integer": frozenset(grammar.integer_ids),
-                        "number": frozenset(grammar.number_ids)}  # fmt: skip
+        self.numbers = Numbers(grammar.number_ids, grammar.number_texts)
+        self.text = ""  # a number value's text so far
         for token in grammar.opening:
             self.advance(token)
 
@@ -97,8 +127,9 @@ class CallState:
         if self.param.choices:  # VALUE with a closed set
             nxt, whole = _next(self.param.choices, self.prefix)
             return Limit(frozenset(nxt | ({self.value_close} if whole else set())))
-        if digits := self.numbers.get(self.param.kind):  # a number: its tokens, then the end
-            return Limit(digits | {self.value_close} if self.prefix else digits)
+        if self.param.kind in _WHOLE:  # a number: tokens that keep it one, the end once whole
+            nxt, whole = self.numbers.next(self.param.kind, self.text)
+            return Limit(nxt | {self.value_close} if whole else nxt)
         return Limit(ban=self.value_ban)
 
     def _tool(self, name: tuple[int, ...]) -> ToolSpec:
@@ -133,15 +164,17 @@ class CallState:
                 self.prefix += (token,)
         elif m is _Mode.AFTER_KEY:
             if token == self.value_open:
-                self.mode, self.prefix = _Mode.VALUE, ()
+                self.mode, self.prefix, self.text = _Mode.VALUE, (), ""
         elif m is _Mode.VALUE:
             if token == self.value_close:
                 self.used.add(self.param.key)
                 self.mode = _Mode.BETWEEN
             elif token in self.value_ban:
                 self.mode = _Mode.FREE
-            elif self.param.choices or self.numbers.get(self.param.kind):
+            elif self.param.choices:
                 self.prefix += (token,)  # (free text needs none kept)
+            elif self.param.kind in _WHOLE:
+                self.text += self.numbers.text.get(token, "")
 
 
 class ThinkBudget:

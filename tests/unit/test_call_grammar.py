@@ -216,19 +216,28 @@ def test_schemas_that_are_not_object_schemas_leave_calls_free_not_failing(tokeni
     assert [p.choices for p in g.tools[0].params] == [(), ()]  # any value
 
 
-def test_number_values_take_number_tokens_only_and_end_after_one():
-    digits, dot, letter = 60, 61, 62
+def test_number_values_stay_json_numbers_and_end_once_whole():
+    ids = {"1": 60, "0": 61, "-": 62, ".": 63, "e": 64, "26": 65, "x": 66}
     params = (ToolParam((20,), kind="integer"), ToolParam((21,), kind="number"))
+    number = {k: v for k, v in ids.items() if k != "x"}
     g = ToolGrammar(TAGS, (ToolSpec((10,), params),), value_banned=TAGS,
-                    integer_ids=(digits,), number_ids=(digits, dot))  # fmt: skip
-    s = Limiter(CallState(g), None)
+                    number_ids=tuple(number.values()), number_texts=tuple(number))  # fmt: skip
+
+    def allowed(out):
+        lim = Limiter(CallState(g), None).follow(out).allow
+        return {k for k, v in ids.items() if v in lim}, VC in lim
+
     out = [OPEN, 10, KO, 20, KC, VO]
-    assert s.follow(out).allow == {digits}  # not empty, not a letter
-    out += [digits]
-    assert s.follow(out).allow == {digits, VC}
-    out += [VC, KO, 21, KC, VO, digits]
-    assert s.follow(out).allow == {digits, dot, VC}
-    assert letter not in s.follow(out).allow
+    assert allowed(out) == ({"1", "0", "-", "26"}, False)  # not empty, not a letter
+    assert allowed(out + [ids["-"]]) == ({"1", "0", "26"}, False)  # "-" alone is no number
+    assert allowed(out + [ids["0"]]) == (set(), True)  # no leading zeros: "0" is whole
+    out += [ids["26"]]
+    assert allowed(out) == ({"1", "0", "26"}, True)  # an integer: no "-" inside, no "."
+    out += [VC, KO, 21, KC, VO, ids["1"]]
+    assert allowed(out) == ({"1", "0", "26", ".", "e"}, True)
+    assert allowed(out + [ids["."]]) == ({"1", "0", "26"}, False)  # "1." is not whole
+    assert allowed(out + [ids["e"]]) == ({"1", "0", "26", "-"}, False)
+    assert allowed(out + [ids["e"], ids["-"], ids["26"]]) == ({"1", "0", "26"}, True)
 
 
 def test_the_compiled_grammar_types_number_values(tokenizer):
@@ -237,4 +246,5 @@ def test_the_compiled_grammar_types_number_values(tokenizer):
     enc = tokenizer.encode
     assert kinds[tuple(enc("pages"))] == "integer" and kinds[tuple(enc("id"))] == "number"
     assert kinds[tuple(enc("title"))] == "" and kinds[tuple(enc("format"))] == ""
-    assert set(enc("123")) <= set(g.integer_ids) and enc("x")[0] not in g.number_ids
+    assert set(enc("123")) <= set(g.number_ids) and enc("x")[0] not in g.number_ids
+    assert "".join(g.number_texts[g.number_ids.index(t)] for t in enc("123")) == "123"
