@@ -13,7 +13,8 @@ from ..router.index import PrefixIndex
 from ..router.policies import make_policy
 from ..router.policy import SelectInfo
 from ..router.policy import ready as routable
-from ..types import EngineRequest, RequestId, SamplingParams
+from ..rpc.client import RequestRefused
+from ..types import EngineRequest, RequestId, SamplingParams, TokenEvent
 from .errors import BadRequest, EngineFailure, ModelNotFound, Overloaded, Unavailable
 from .metrics import Metrics
 from .output import OutputProcessor
@@ -283,7 +284,8 @@ class Coordinator:
                 tracker.on_finish(unfinished, prompt_tokens, 0, None)
 
     async def _events(self, completion: Completion, request: EngineRequest, session, tracker):
-        """The request's engine events; a failure before its first token re-routes it."""
+        """The request's engine events; a failure before its first token re-routes it, unless
+        the request itself was refused (no other replica would take it either)."""
         started = False
         while True:
             events = completion.events
@@ -297,6 +299,9 @@ class Coordinator:
                         return
                 else:
                     return
+            except RequestRefused as e:
+                yield TokenEvent(request.request_id, (), "error", error=str(e))
+                return
             finally:
                 await events.aclose()
             await self._failover(completion, request, session, event.error)

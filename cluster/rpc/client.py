@@ -12,9 +12,22 @@ from .gen import engine_pb2 as pb
 from .gen import engine_pb2_grpc as pb_grpc
 from .tls import open_channel
 
+REFUSALS = frozenset({
+    grpc.StatusCode.RESOURCE_EXHAUSTED,  # a message over the size limit
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.OUT_OF_RANGE,
+    grpc.StatusCode.FAILED_PRECONDITION,
+})  # fmt: skip
+"""Statuses that fault the request, not the leader: another replica would answer the same."""
+
+
+class RequestRefused(Exception):
+    """The leader is there but the call failed for this request (a status in REFUSALS)."""
+
 
 class EventStream:
-    """One Generate call's token events; a lost leader ends it with an error event."""
+    """One Generate call's token events; a lost leader ends it with an error event, a refused
+    request raises RequestRefused."""
 
     def __init__(self, call, request_id: RequestId, address: str):
         self._call, self._request_id, self._address = call, request_id, address
@@ -30,6 +43,9 @@ class EventStream:
             chunk = await self._call.read()
         except grpc.aio.AioRpcError as e:
             self._done = True
+            if e.code() in REFUSALS:
+                raise RequestRefused(f"the call to the replica's leader at {self._address} "
+                                     f"failed: {e.code().name}: {e.details()}") from e  # fmt: skip
             message = f"lost the replica's leader at {self._address}: {e.code().name}"
             return TokenEvent(self._request_id, (), "error", error=message)
         if chunk is grpc.aio.EOF:

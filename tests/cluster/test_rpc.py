@@ -98,6 +98,41 @@ def test_a_request_starts_before_its_stream_is_read_and_closing_it_unread_aborts
     asyncio.run(scenario())
 
 
+def test_a_refused_request_fails_with_its_status_and_leaves_its_replica_ready(
+    service, model_dir, monkeypatch
+):
+    """A call the leader's gRPC refuses for this request (here an event over the coordinator's
+    message limit) ends the request with an error that names the status; the replica is not
+    blamed as lost, marked suspect or failed over from: another would refuse it too."""
+    from cluster.coordinator.coordinator import Coordinator
+    from cluster.coordinator.errors import EngineFailure
+    from cluster.coordinator.tokenizer import PromptTokenizer
+    from cluster.rpc import tls
+
+    async def scenario():
+        server, port, _ = await serve_grpc(service, "127.0.0.1", 0, {}, None)
+        monkeypatch.setattr(tls, "MESSAGE_LIMITS", [("grpc.max_receive_message_length", 16)])
+        client = GrpcEngineClient(f"127.0.0.1:{port}")
+        try:
+            coordinator = Coordinator("fixture", PromptTokenizer(model_dir), max_queue=4)
+            coordinator.replicas.declare("r0", max_num_seqs=4, plan={}, ranks=[])
+            coordinator.replicas.up("r0", client, stats={})
+            sampling = SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True)
+            completion = coordinator.start(RequestId("big"), [2, 4, 7, 100], sampling)
+            with pytest.raises(EngineFailure) as info:
+                async with asyncio.timeout(30):
+                    async for _ in completion:
+                        pass
+            assert "RESOURCE_EXHAUSTED" in str(info.value) and "lost" not in str(info.value)
+            replica = coordinator.replicas["r0"]
+            assert (replica.state, replica.in_flight) == ("ready", 0)
+        finally:
+            await client.close()
+            await server.stop(0)
+
+    asyncio.run(scenario())
+
+
 def make_ca_and_leaf(folder: Path, name: str) -> dict[str, Path]:
     """A CA and a certificate it signed for 127.0.0.1, as PEM files."""
     import datetime
