@@ -64,8 +64,9 @@ def greedy_outputs(srv: Server) -> list[str]:
         )
         outs.append(r.choices[0].text)
     r = client.chat.completions.create(
-        model=srv.model, messages=[{"role": "user", "content": "weather?"}], tools=TOOLS,
-        tool_choice="required", parallel_tool_calls=False, max_tokens=24, temperature=0,
+        model=srv.model, tools=TOOLS, tool_choice="required", parallel_tool_calls=False,
+        messages=[{"role": "user", "content": "Get the weather with city paris and unit celsius."}],
+        max_tokens=40, temperature=0,
     )  # fmt: skip
     [call] = r.choices[0].message.tool_calls
     assert json.loads(call.function.arguments)["unit"] in ("celsius", "fahrenheit")
@@ -303,7 +304,7 @@ def test_mtp_under_tp2_is_token_identical_and_counted(tmp_path, k):
 
     def repeated(srv):  # the MTP layer keeps nearly every draft here: steps get queued ahead
         r = srv.client().completions.create(
-            model=srv.model, prompt="import os\nimport sys\n\ndef main(", max_tokens=120,
+            model=srv.model, prompt="class Foo:\n    def __init__(self", max_tokens=120,
             temperature=0, extra_body={"ignore_eos": True},
         )  # fmt: skip
         return r.choices[0].text
