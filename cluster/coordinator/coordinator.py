@@ -300,6 +300,8 @@ class Coordinator:
                 else:
                     return
             except RequestRefused as e:
+                log.warning("replica %s refused request %s: %s", completion.replica.name,
+                            request.request_id, e)  # fmt: skip
                 yield TokenEvent(request.request_id, (), "error", error=str(e))
                 return
             finally:

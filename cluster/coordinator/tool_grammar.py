@@ -1,6 +1,7 @@
 """The offered tools as a ToolGrammar in the model's token ids: the engine keeps each call the
 model writes to these names, keys and values (cluster/engine/grammar.py applies it)."""
 
+import functools
 import json
 import logging
 
@@ -95,15 +96,16 @@ def _off(name: str, why: str) -> None:
     return None
 
 
+@functools.cache
 def _numbers(tokenizer: PromptTokenizer) -> tuple[tuple[int, ...], tuple[str, ...]]:
-    """The tokens a number value may be made of, and their text."""
+    """The tokens a number value may be made of, and their text (once per tokenizer)."""
     ids = tokenizer.tokens_of(NUMBER_CHARS)
     return ids, tuple(tokenizer.token_bytes(i).decode() for i in ids)
 
 
 def warm(tokenizer: PromptTokenizer) -> None:
     """Find the number tokens once, at start (a scan of the vocabulary), not on a request."""
-    tokenizer.tokens_of(NUMBER_CHARS)
+    _numbers(tokenizer)
 
 
 def _spacers(tokenizer: PromptTokenizer) -> tuple[int, ...]:

@@ -174,7 +174,7 @@ class CallState:
             elif self.param.choices:
                 self.prefix += (token,)  # (free text needs none kept)
             elif self.param.kind in _WHOLE:
-                self.text += self.numbers.text.get(token, "")
+                self.text += self.numbers.text[token]  # limit() allowed only number tokens
 
 
 class ThinkBudget:

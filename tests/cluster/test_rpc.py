@@ -99,7 +99,7 @@ def test_a_request_starts_before_its_stream_is_read_and_closing_it_unread_aborts
 
 
 def test_a_refused_request_fails_with_its_status_and_leaves_its_replica_ready(
-    service, model_dir, monkeypatch
+    service, model_dir, monkeypatch, caplog
 ):
     """A call the leader's gRPC refuses for this request (here an event over the coordinator's
     message limit) ends the request with an error that names the status; the replica is not
@@ -126,6 +126,7 @@ def test_a_refused_request_fails_with_its_status_and_leaves_its_replica_ready(
             assert "RESOURCE_EXHAUSTED" in str(info.value) and "lost" not in str(info.value)
             replica = coordinator.replicas["r0"]
             assert (replica.state, replica.in_flight) == ("ready", 0)
+            assert "replica r0 refused request big" in caplog.text  # the operator's log says so
         finally:
             await client.close()
             await server.stop(0)
