@@ -58,6 +58,11 @@ class EngineConfig:
         "off (one noisy probe does not)",
         2,
     )
+    speculation_adapt_k: bool = _help(
+        "each governor probe also tries a draft length one shorter or longer (within 1 to "
+        "--num-speculative-tokens) and keeps the faster, per batch size",
+        True,
+    )
     speculation_cooldown: int = _help(
         "steps speculation stays off after the governor turned it off, before it tries again", 512
     )

@@ -175,6 +175,16 @@ SPECULATION = [
         ],
     ),
     (
+        "Draft length the governor keeps, by batch size",
+        "short",
+        [
+            (
+                f"cluster:spec_decode_draft_length{{{SEL}}} or on() vector(0)",
+                "{{replica}} batch {{batch_size}}",
+            ),
+        ],
+    ),
+    (
         "Speculation fallbacks by reason",
         "short",
         [

@@ -187,6 +187,11 @@ class ClusterCollector:
             "1 while speculative decoding runs.",
             ["replica", "method", "reason"],
         )
+        spec_k = gauge(
+            "spec_decode_draft_length",
+            "Draft tokens per step the governor uses now, by batch-size bucket.",
+            ["replica", "batch_size"],
+        )
         spec_counters = {
             key: CounterMetricFamily(PREFIX + name, doc, labels=["model_name", "replica"])
             for key, name, doc in (
@@ -261,6 +266,8 @@ class ClusterCollector:
                 spec_active.add_metric([*labels, spec["reason"] or ""], float(spec["active"]))
                 for reason, count in spec["fallbacks"].items():
                     spec_fallbacks.add_metric([*labels, reason], count)
+                for size, k in spec.get("k_by_batch_size", {}).items():
+                    spec_k.add_metric([name, r.name, size.removeprefix("batch size ")], k)
                 if "drafts" in spec:
                     for key, family in spec_counters.items():
                         family.add_metric([name, r.name], spec[key])
@@ -272,7 +279,7 @@ class ClusterCollector:
         yield from (up, info, restarts, running, waiting, in_flight, kv, kv_budget, preemptions,
                     cache_perc, tier_hits, disk_bytes, step, exchange, sleeping,
                     rank_up, rank_mem, model_bytes, trims, trim_seconds, spec_active,
-                    spec_fallbacks, per_pos,
+                    spec_k, spec_fallbacks, per_pos,
                     *spec_counters.values())  # fmt: skip
 
     def describe(self):

@@ -22,7 +22,7 @@ class DraftModelDrafter(Drafter):
 
     def __init__(self, model, k: int):
         self.model = model
-        self.k = k
+        self.k = self.k_max = k
         self.stats = SpecStats(k)
         self.pending: list[mx.array] = []
         """Batched plain steps' tokens [B, 1] the draft model has not seen yet."""

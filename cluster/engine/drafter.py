@@ -27,6 +27,15 @@ class Drafter:
     """Whether it drafts on the device (`draft`, `catch_up`, `undo_draft`, `trim_rejected`),
     so that the runner may queue a speculative step before the last one is read."""
 
+    k = 0
+    """Draft tokens it proposes per row now (`set_k`), at most `k_max`."""
+    k_max = 0
+    """The most it was built for (--num-speculative-tokens)."""
+
+    def set_k(self, k: int) -> None:
+        """Draft up to k tokens per row from the next step on (the runner has no step queued)."""
+        self.k = min(k, self.k_max)
+
     def make_cache(self) -> list[Any]:
         """Its caches, appended to each sequence's main-model caches."""
         return []

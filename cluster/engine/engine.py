@@ -52,6 +52,7 @@ class Engine:
             config.speculation_max_batch,
             (config.speculation_probe_every, config.speculation_probe_steps,
              config.speculation_cooldown, config.speculation_probe_losses),
+            config.speculation_adapt_k,
         )  # fmt: skip
         """The one owner of speculation: status, metrics and headers read its state."""
 
@@ -68,8 +69,9 @@ class Engine:
     def has_work(self) -> bool:
         return self.scheduler.has_work()
 
-    def step(self, speculate: bool | None = None) -> list[TokenEvent]:
-        """One step; `speculate` comes from the leader in a tensor-parallel group."""
+    def step(self, speculate: int | None = None) -> list[TokenEvent]:
+        """One step; `speculate` (the draft length, 0: none) comes from the leader in a
+        tensor-parallel group."""
         schedule = self.scheduler.schedule()
         if schedule.preempted:  # their KV is freed; they prefill again when there is room
             self.runner.release(schedule.preempted)
@@ -83,7 +85,7 @@ class Engine:
         self._remember(schedule, done)
         return events
 
-    def want_speculation(self) -> bool:
+    def want_speculation(self) -> int:
         return self.spec.want(len(self.scheduler.running))
 
     def _remember(self, schedule, done: list[Sequence]) -> None:

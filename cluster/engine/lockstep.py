@@ -23,8 +23,9 @@ class StepMessage:
     adds: list[dict] = field(default_factory=list)
     aborts: list[str] = field(default_factory=list)
     step: bool = False
-    speculate: bool = False
-    """Whether this step drafts: the leader decides (timing-based), followers follow."""
+    speculate: int = 0
+    """This step's draft length (0: none): the leader decides (timing-based), followers
+    follow."""
     stop: bool = False
     digest: str = ""
     """Digest of the tokens the leader sampled in its previous step; followers compare."""

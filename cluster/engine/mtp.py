@@ -152,7 +152,7 @@ class MTPDrafter(Drafter):
     def __init__(self, model, mtp, k: int):
         self.model = model
         self.mtp = mtp
-        self.k = k
+        self.k = self.k_max = k
         self.stats = SpecStats(k)
         self.pending: list[tuple[mx.array, mx.array]] = []
         """Batched steps' (carry, token) [B, H], [B, 1] the layer has not seen yet."""

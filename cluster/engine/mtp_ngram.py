@@ -16,6 +16,10 @@ class MTPNgramDrafter(MTPDrafter):
         super().__init__(model, mtp, k)
         self.ngram = NgramDrafter(k, n_min, n_max)
 
+    def set_k(self, k: int) -> None:
+        super().set_k(k)
+        self.ngram.set_k(k)
+
     def propose_batch(self, seqs, caches) -> list[tuple[list[int], list]]:
         out = []
         for seq, (drafts, dists) in zip(seqs, super().propose_batch(seqs, caches), strict=True):

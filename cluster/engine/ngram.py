@@ -63,6 +63,7 @@ class NgramDrafter(Drafter):
 
     def __init__(self, k: int, n_min: int, n_max: int):
         self.k, self.n_min, self.n_max = k, n_min, n_max
+        self.k_max = k
         self.stats = SpecStats(k)
 
     def propose(self, seq, caches=None) -> tuple[list[int], list[None]]:

@@ -54,8 +54,8 @@ class ModelRunner(SpeculativeSteps):
         """An MTPDrafter or a DraftModelDrafter, or None."""
         self.hooks: Drafter = drafter if drafter is not None else NO_DRAFTER
         """The drafter's cache hooks (no-ops without one)."""
-        self.speculate = drafter is not None
-        """Whether the batch decodes speculatively (the engine switches it per step)."""
+        self.speculate = drafter.k if drafter is not None else 0
+        """The batch's draft length, 0 when it decodes plainly (the engine sets it per step)."""
         self.fault_skip_speculation = os.environ.get(FAULT_ENV) == "skip_speculation"
         """Fault injection (tests of the seed-003 watchdog): never run the speculative step."""
         self.num_layers = len(model.make_cache())
@@ -95,10 +95,12 @@ class ModelRunner(SpeculativeSteps):
                 seqs.append(seq)
         if schedule.decode:
             if self.spec_ahead is not None and (
-                set(schedule.decode) != set(self.batch) or not self.speculate
+                set(schedule.decode) != set(self.batch) or self.speculate != self.drafter.k
                 or self.fault_skip_speculation
             ):  # fmt: skip
                 self._cancel_spec_ahead()
+            if self.speculate:  # the governor's length for this batch size, at most the most
+                self.drafter.set_k(self.speculate)
             piped = self._pipelined(schedule.decode)
             if self.ahead is not None and not piped:
                 self._cancel_ahead()

@@ -196,7 +196,8 @@ class Scheduler:
         method = self.config.speculation
         if method == "none":
             return ""
-        on = f"{method};k={self.config.num_speculative_tokens}"
+        ks = sorted(seq.spec_ks) or [self.config.num_speculative_tokens]
+        on = f"{method};k={ks[0]}" + (f"-{ks[-1]}" if len(ks) > 1 else "")
         if seq.spec_steps:
             return on if seq.spec_off is None else f"{on};partly_off={seq.spec_off}"
         return f"off;reason={seq.spec_off or 'prefill_only'}"

@@ -45,6 +45,8 @@ class Sequence:
     """Output tokens already sent out in events."""
     spec_steps: int = 0
     """Decode steps of this sequence that speculated (speculation requested)."""
+    spec_ks: set[int] = field(default_factory=set)
+    """The draft lengths its speculative steps used (the governor may shorten them)."""
     spec_off: str | None = None
     """Why its latest plain decode step did not speculate."""
     admitted: bool = False

@@ -206,7 +206,7 @@ class EngineService:
         while idle) and what the step will do, for the followers to do the same."""
         message = self._take_commands(block)
         message.step, message.digest = self._engine.has_work(), digest
-        message.speculate = message.step and self._engine.want_speculation()
+        message.speculate = self._engine.want_speculation() if message.step else 0
         return message
 
     def _exchange(self, channel: Channel, message: StepMessage) -> None:
@@ -216,7 +216,7 @@ class EngineService:
         self.watchdog.end()
         self.exchange_seconds += time.perf_counter() - started
 
-    def _step(self, speculate: bool) -> list[TokenEvent]:
+    def _step(self, speculate: int) -> list[TokenEvent]:
         started = time.perf_counter()
         self.watchdog.begin("engine step")
         events = self._engine.step(speculate)

@@ -14,18 +14,24 @@ log = logging.getLogger("cluster.speculation")
 
 
 class SpeedGovernor:
-    """Keeps speculation on only while it pays (seed 002: a draft can make decoding slower).
+    """Keeps speculation on only while it pays (seed 002: a draft can make decoding slower),
+    and at the draft length that pays most.
 
     While speculating, every `probe_every` steps it decodes `probe_len` steps without drafts
-    and compares tokens per second. Accepting less than `min_acceptance` of the drafts turns
-    speculation off at once; measuring slower with drafts does so after `losses` probes in a
-    row (one probe is a few steps: one noisy probe must not switch a batch size off). Off
-    lasts `cooldown` steps, then it tries again.
+    and, with `adapt_k`, `probe_len` steps at a neighbouring draft length (one shorter, then
+    one longer, within 1..k_max), and compares tokens per second: the faster length is kept
+    (by more than `K_MARGIN`). Accepting less than `min_acceptance` of the drafts turns
+    speculation off at once; measuring slower with drafts than without does so after
+    `losses` probes in a row (one probe is a few steps: one noisy probe must not switch a
+    batch size off). Off lasts `cooldown` steps, then it tries again.
     """
+
+    K_MARGIN = 0.05
 
     def __init__(self, state, stats: SpecStats, min_acceptance: float = 0.0,
                  probe_every: int = 64, probe_len: int = 8, cooldown: int = 512,
-                 label: str = "", losses: int = 2):  # fmt: skip
+                 label: str = "", losses: int = 2, k_max: int = 1,
+                 adapt_k: bool = False):  # fmt: skip
         self.state, self.stats, self.label = state, stats, label
         self.off: tuple[str, str] | None = None
         """(reason, detail) of its latest decision to turn speculation off."""
@@ -36,16 +42,22 @@ class SpeedGovernor:
         """Probes in a row, up to now, that measured drafts slower."""
         self.last: dict | None = None
         """The latest probe's figures, for status."""
+        self.k_max, self.adapt_k = k_max, adapt_k and k_max > 1
+        self.k = k_max
+        """The draft length this batch size speculates with now."""
+        self.tried = k_max
+        """The neighbouring length of the latest probe (k when there was none)."""
         self.mode, self.count = "spec", 0
         self._reset()
 
     def _reset(self) -> None:
-        self.seconds = {True: 0.0, False: 0.0}
-        self.tokens = {True: 0, False: 0}
+        self.seconds: dict[int, float] = {}
+        self.tokens: dict[int, int] = {}
+        """By draft length; 0 is plain decoding."""
         self.drafts_at = (self.stats.draft_tokens, self.stats.accepted)
 
-    def allow(self) -> bool:
-        """Whether the next lone decoding step speculates."""
+    def allow(self) -> int:
+        """The draft length of the next step at this batch size (0: plain decoding)."""
         if self.mode == "off" and self.count >= self.cooldown:
             self.mode, self.count, self.lost = "spec", 0, 0
             self._reset()
@@ -53,25 +65,53 @@ class SpeedGovernor:
         elif self.mode == "spec" and self.count >= self.probe_every:
             self.mode, self.count = "probe", 0
         elif self.mode == "probe" and self.count >= self.probe_len:
+            if self.adapt_k:
+                self.mode, self.count, self.tried = "try", 0, self._neighbour()
+            else:
+                self._judge()
+        elif self.mode == "try" and self.count >= self.probe_len:
             self._judge()
-        return self.mode == "spec"
+        return self.stepping()
 
-    def observe(self, speculated: bool, seconds: float, tokens: int) -> None:
+    def stepping(self) -> int:
+        """The draft length its current mode decodes with."""
+        return {"spec": self.k, "try": self.tried}.get(self.mode, 0)
+
+    def _neighbour(self) -> int:
+        """The length next to k to try: one shorter first, one longer after a shorter one
+        (a switch to the shorter keeps going down), within 1..k_max."""
+        near = (self.k + 1, self.k - 1) if self.tried < self.k else (self.k - 1, self.k + 1)
+        return next(x for x in near if 1 <= x <= self.k_max)
+
+    def observe(self, k: int, seconds: float, tokens: int) -> None:
+        """A step that decoded only, with drafts of up to k tokens (0: plain)."""
         self.count += 1
-        self.seconds[speculated] += seconds
-        self.tokens[speculated] += tokens
+        self.seconds[k] = self.seconds.get(k, 0.0) + seconds
+        self.tokens[k] = self.tokens.get(k, 0) + tokens
+
+    def _rate(self, k: int) -> float:
+        return self.tokens.get(k, 0) / max(self.seconds.get(k, 0.0), 1e-9)
 
     def _judge(self) -> None:
-        spec = self.tokens[True] / max(self.seconds[True], 1e-9)
-        plain = self.tokens[False] / max(self.seconds[False], 1e-9)
+        where = f" ({self.label})" if self.label else ""
+        plain, tried = self._rate(0), None
+        if self.tried != self.k:
+            tried = {"k": self.tried, "tok_s": round(self._rate(self.tried), 1)}
+            if self._rate(self.tried) > self._rate(self.k) * (1 + self.K_MARGIN):
+                log.warning("speculation %s k %d -> %d%s: %.1f tok/s at k=%d, %.1f at k=%d",
+                            self.state.requested, self.k, self.tried, where,
+                            self._rate(self.tried), self.tried, self._rate(self.k),
+                            self.k)  # fmt: skip
+                self.k = self.tried
+        spec = self._rate(self.k)
         drafted = self.stats.draft_tokens - self.drafts_at[0]
         accepted = self.stats.accepted - self.drafts_at[1]
         rate = accepted / drafted if drafted else 0.0
         self.mode, self.count = "spec", 0
         self.lost = self.lost + 1 if spec < plain else 0
         self.last = {"spec_tok_s": round(spec, 1), "plain_tok_s": round(plain, 1),
-                     "accepted": round(rate, 3), "slower_in_a_row": self.lost}  # fmt: skip
-        where = f" ({self.label})" if self.label else ""
+                     "accepted": round(rate, 3), "slower_in_a_row": self.lost, "k": self.k,
+                     "tried": tried}  # fmt: skip
         if drafted and rate < self.min_acceptance:
             self.mode = "off"
             self.off = ("auto_disabled_low_acceptance", f"{rate:.0%} accepted{where}")
@@ -97,12 +137,14 @@ def bucket(decoding: int) -> int:
 class Speculation:
     def __init__(self, state: SpeculationState, stats: SpecStats | None,
                  min_acceptance: float = 0.0, max_batch: int = 16,
-                 schedule: tuple[int, int, int, int] = (64, 8, 512, 2)):  # fmt: skip
+                 schedule: tuple[int, int, int, int] = (64, 8, 512, 2),
+                 adapt_k: bool = False):  # fmt: skip
         """state: as loading resolved it; stats: the drafter's counts (None: no drafter);
         max_batch: the most sequences decoding together that still speculate; schedule: the
         governors' (probe every, probe steps, cooldown) in steps and slower probes in a row
-        that turn speculation off."""
-        self.schedule = schedule
+        that turn speculation off; adapt_k: the governors also try draft lengths below the
+        state's k (its most) and keep the fastest per batch size."""
+        self.schedule, self.adapt_k = schedule, adapt_k
         self.state = state
         self.stats = stats
         self.min_acceptance = min_acceptance
@@ -123,23 +165,26 @@ class Speculation:
             label = "batch size 1" if size == 1 else f"batch size {size // 2 + 1}-{size}"
             every, steps, cooldown, losses = self.schedule
             self.governors[size] = SpeedGovernor(self.state, self.stats, self.min_acceptance,
-                                                 every, steps, cooldown, label, losses)  # fmt: skip
+                                                 every, steps, cooldown, label, losses,
+                                                 self.state.k, self.adapt_k)  # fmt: skip
         return self.governors[size]
 
     def header(self) -> str:
         return self.state.header()
 
-    def want(self, decoding: int) -> bool:
-        """Whether the next step speculates: at most max_batch decoding sequences, while it
-        pays at this batch size (its bucket's governor); the state says what holds now."""
+    def want(self, decoding: int) -> int:
+        """The next step's draft length (0: no speculation): at most max_batch decoding
+        sequences, while it pays at this batch size (its bucket's governor), at the length
+        that governor keeps; the state says what holds now."""
         if self.stats is None or decoding == 0:
-            return False
+            return 0
         if decoding > self.max_batch:
             detail = f"{decoding} decoding, --speculation-max-batch {self.max_batch}"
             self.state.set(False, "batch_size_above_limit", detail)
-            return False
+            return 0
         governor = self._governor(decoding)
         allowed = governor.allow()
+        self.state.k_now = governor.k
         if governor.mode == "off":
             self.state.set(False, *governor.off)
         else:
@@ -149,9 +194,9 @@ class Speculation:
     def steps_so_far(self) -> int:
         return self.stats.speculative_steps if self.stats else 0
 
-    def observe(self, schedule, sampled: dict, seconds: float, speculate: bool, before: int):
-        """After a step that was asked to speculate or not (`speculate`): the governor's
-        timing, the watchdog, and each decoded sequence's outcome."""
+    def observe(self, schedule, sampled: dict, seconds: float, speculate: int, before: int):
+        """After a step that was asked to draft up to `speculate` tokens (0: none): the
+        governor's timing, the watchdog, and each decoded sequence's outcome."""
         speculated = self.stats is not None and self.stats.speculative_steps > before
         decoded = schedule.decode
         if self.stats is not None and decoded and len(decoded) <= self.max_batch:
@@ -164,15 +209,16 @@ class Speculation:
                 governor.mode, governor.count = "off", 0
                 governor.off = ("engine_error", "speculation was on but no speculative step ran")
                 self.state.set(False, *governor.off)
-        self._note_outcomes(decoded, speculated)
+        self._note_outcomes(decoded, speculate if speculated else 0)
 
-    def _note_outcomes(self, decoded: list[Sequence], speculated: bool) -> None:
+    def _note_outcomes(self, decoded: list[Sequence], speculated: int) -> None:
         """Per sequence: whether this decode step speculated, and if not, why."""
         if self.state.requested == "none" or not decoded:
             return
         if speculated:  # a speculative step serves every row of the batch
             for seq in decoded:
                 seq.spec_steps += 1
+                seq.spec_ks.add(speculated)
             return
         why = self.state.reason if not self.state.active else "governor_probe"
         for seq in decoded:
@@ -184,5 +230,7 @@ class Speculation:
             out["max_batch"] = self.max_batch
             out["by_batch_size"] = {g.label: g.mode if g.mode != "off" else f"off: {g.off[0]}"
                                     for g in self.governors.values()}  # fmt: skip
+            out["k_by_batch_size"] = {g.label: g.k for g in self.governors.values()}
+            out["adapt_k"] = self.adapt_k
             out["last_probe"] = {g.label: g.last for g in self.governors.values() if g.last}
         return out

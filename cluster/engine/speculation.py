@@ -41,6 +41,8 @@ class SpeculationState:
     since: float = field(default_factory=time.time)
     fallbacks: dict[str, int] = field(default_factory=dict)
     """State changes to inactive, by reason."""
+    k_now: int | None = None
+    """The draft length the current batch size's governor uses (None: k)."""
 
     def set(self, active: bool, reason: str | None, detail: str = "") -> None:
         if active == self.active and reason == self.reason:
@@ -59,13 +61,14 @@ class SpeculationState:
 
     def header(self) -> str:
         if self.active:
-            return f"{self.requested};k={self.k}"
+            return f"{self.requested};k={self.k_now or self.k}"
         return f"off;reason={self.reason}"
 
     def to_json(self) -> dict:
         return {
             "requested": self.requested,
             "k": self.k,
+            "k_now": self.k_now or self.k,
             "active": self.active,
             "reason": self.reason,
             "explanation": None if self.active else EXPLAIN.get(self.reason, self.reason),

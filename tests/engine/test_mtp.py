@@ -1,6 +1,7 @@
 """MTP speculative decoding on the trained fixture: lossless, counted, and never silent."""
 
 import collections
+import logging
 
 import pytest
 
@@ -268,26 +269,31 @@ def test_sampling_with_mtp_keeps_the_distribution(prompts, batch):
     assert len(support) <= 12 and tv < 0.2, (tv, plain.most_common(6), spec.most_common(6))
 
 
-def _governor(min_acceptance=0.0, losses=2):
+def _governor(min_acceptance=0.0, losses=2, k=2, adapt_k=False):
     from cluster.engine.mtp import SpecStats
     from cluster.engine.spec_control import SpeedGovernor
     from cluster.engine.speculation import SpeculationState
 
-    state = SpeculationState("mtp", 2)
+    state = SpeculationState("mtp", k)
     state.set(True, None)
-    stats = SpecStats(2)
+    stats = SpecStats(k)
     gov = SpeedGovernor(state, stats, min_acceptance, probe_every=4, probe_len=2, cooldown=3,
-                        losses=losses)  # fmt: skip
+                        losses=losses, k_max=k, adapt_k=adapt_k)  # fmt: skip
     return gov, state, stats
 
 
 def _cycle(gov, stats, spec_rate, plain_rate, accepted=1):
-    """Drive one speculate-then-probe cycle with the given tokens per second."""
-    while gov.allow():
-        stats.record(accepted, stats.k)
-        gov.observe(True, 1.0, spec_rate)
-    while not gov.allow() and gov.mode == "probe":
-        gov.observe(False, 1.0, plain_rate)
+    """Drive the governor through one judgement: speculating steps, the plain probe (and the
+    tried length's steps), with the given tokens per second (spec_rate: one rate, or one per
+    draft length)."""
+    rate = spec_rate if callable(spec_rate) else lambda k: spec_rate
+    judged, lengths = gov.last, []
+    while (k := gov.allow()) is not None and gov.last is judged and gov.mode != "off":
+        if k:
+            stats.record(min(accepted, k), k)
+        gov.observe(k, 1.0, rate(k) if k else plain_rate)
+        lengths.append(k)
+    return lengths
 
 
 def test_governor_turns_speculation_off_when_it_is_slower_and_retries():
@@ -321,6 +327,31 @@ def test_governor_turns_speculation_off_on_low_acceptance():
     gov, state, stats = _governor(min_acceptance=0.6)
     _cycle(gov, stats, spec_rate=5, plain_rate=2, accepted=1)  # 1 of 2 drafts: 50%
     assert not state.active and state.reason == "auto_disabled_low_acceptance"
+
+
+def test_governor_keeps_the_faster_draft_length_per_probe(caplog):
+    """With adapt_k each probe also tries a neighbouring length: one shorter first, and after a
+    switch to it one shorter again; a length is kept only when it measures more than 5%
+    faster, and the change is one log line and in the probe's figures."""
+    gov, state, stats = _governor(k=4, adapt_k=True)
+    faster_short = {1: 2.0, 2: 3.5, 3: 3.0, 4: 2.5}.get  # k=2 pays most
+    with caplog.at_level(logging.WARNING, "cluster.speculation"):
+        lengths = _cycle(gov, stats, faster_short, plain_rate=1)
+    assert lengths == [4] * 4 + [0] * 2 + [3] * 2  # speculate, probe plain, try one shorter
+    assert gov.k == 3 and gov.last["tried"] == {"k": 3, "tok_s": 3.0}
+    assert "speculation mtp k 4 -> 3: 3.0 tok/s at k=3, 2.5 at k=4" in caplog.text
+    assert _cycle(gov, stats, faster_short, 1)[-1] == 2 and gov.k == 2  # on down: 3 -> 2
+    assert _cycle(gov, stats, faster_short, 1)[-1] == 1 and gov.k == 2  # 1 is slower: kept
+    assert _cycle(gov, stats, faster_short, 1)[-1] == 3 and gov.k == 2  # then one longer
+    assert state.active and gov.lost == 0
+
+
+def test_governor_keeps_its_length_within_the_margin():
+    gov, _, stats = _governor(k=2, adapt_k=True)
+    _cycle(gov, stats, {1: 2.08, 2: 2.0}.get, plain_rate=1)  # 4% faster: noise, not kept
+    assert gov.k == 2 and gov.last["tried"]["k"] == 1
+    lone, _, stats = _governor(k=1, adapt_k=True)
+    assert _cycle(lone, stats, 2, 1) == [1] * 4 + [0] * 2  # nothing to try at k=1
 
 
 def test_mtp_layer_catches_up_after_batched_steps_it_skipped(prompts):
