@@ -28,6 +28,9 @@ class ToolParam:
 class ToolSpec:
     name: tuple[int, ...]
     params: tuple[ToolParam, ...] = ()
+    open_keys: bool = False
+    """Its schema allows keys beyond `params` (no `properties`, or `additionalProperties`): a
+    key is then any text without tags, its value free text."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,9 @@ class ToolGrammar:
     number_texts: tuple[str, ...] = ()
     """Their text, in the same order: a value takes only the tokens that keep it a JSON number
     (an integer: no '.' or exponent)."""
+    after_calls: tuple[int, ...] = ()
+    """A reply of calls only (tool_choice required or a named tool): after a call, only another
+    call or one of these end tokens (empty: any text may follow a call)."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -56,7 +62,8 @@ class ToolGrammar:
     @classmethod
     def from_json(cls, text: str) -> "ToolGrammar":
         d = _tuples(json.loads(text))
-        tools = tuple(ToolSpec(t["name"], tuple(ToolParam(**p) for p in t["params"]))
+        tools = tuple(ToolSpec(t["name"], tuple(ToolParam(**p) for p in t["params"]),
+                               t["open_keys"])
                       for t in d.pop("tools"))  # fmt: skip
         return cls(tools=tools, **d)
 

@@ -107,7 +107,7 @@ def create_app(
         choice = body.tool_choice
         if isinstance(choice, NamedToolChoice):
             choice = choice.function.name
-        args = chat_defaults.template_args | (body.chat_template_kwargs or {})
+        args = chat_defaults.template_args | body.template_kwargs()
         tok = coordinator.tokenizer
         # Templating and tokenizing a long transcript take long: off the event loop.
         messages = openai_messages(body.messages)
@@ -142,7 +142,8 @@ def create_app(
                         echo=None):  # fmt: skip
         chat = isinstance(body, ChatCompletionRequest)
         limit, param = body.token_limit
-        max_tokens = coordinator.check_length(len(prompt), limit, param)
+        max_tokens = coordinator.check_length(len(prompt), limit, param,
+                                              "messages" if chat else "prompt")  # fmt: skip
         rid = coordinator.new_request_id("chatcmpl" if chat else "cmpl")
         sampling = body.sampling(max_tokens, limits or {})
         stream, headers = await start(coordinator, request, body, rid, prompt, sampling, processor)

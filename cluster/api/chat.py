@@ -15,6 +15,7 @@ from ..coordinator.tokenizer import PromptTokenizer
 from ..coordinator.tool_grammar import tool_grammar
 from ..types import SamplingParams, ToolGrammar
 from .offload import LONG_TOKENS, off_loop
+from .tool_check import check_tools
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,11 @@ def build_prompt(
     reply with `<tool_call>` (and the name) and skips thinking for that turn. grammar: keep
     the reply's calls to the offered tools' names, keys and listed values."""
     markers = tokenizer.markers
+    if not messages:
+        raise BadRequest("the conversation is empty: send at least one message with content",
+                         param="messages")  # fmt: skip
+    if tools:
+        check_tools(tools)
     if tools and markers is None:
         raise BadRequest(
             "this model's tokenizer has no GLM tool-call tokens, so tool calls cannot be "
@@ -137,7 +143,9 @@ def build_prompt(
     # No tools offered means none (OpenAI's default then): a call could name no real tool.
     no_calls = tool_choice == "none" or not tools
     banned = (markers.id_of("<tool_call>"),) if no_calls and markers else ()
-    rules = tool_grammar(tokenizer, tools, forced) if grammar and not no_calls else None
+    rules = (
+        tool_grammar(tokenizer, tools, forced, bool(forced)) if grammar and not no_calls else None
+    )
     end = markers.id_of("</think>") if markers else None
     return ChatPrompt(prompt + forced, forced, reasoning, banned, rules, end)
 

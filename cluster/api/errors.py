@@ -56,6 +56,19 @@ def _validation_message(err: dict) -> tuple[str, str | None]:
     return f"Invalid '{'.'.join(loc)}': {msg}.", param
 
 
+def _body_message(err: dict, content_type: str) -> str:
+    """What is wrong with a body that is not a JSON object: its type, or nothing sent."""
+    if "json" not in content_type.lower():
+        got = f"'{content_type}'" if content_type else "no Content-Type"
+        return (
+            "Send the request body as a JSON object with Content-Type: application/json "
+            f"(it came with {got})."
+        )
+    if err.get("type") == "missing":
+        return "The request body is empty: send a JSON object."
+    return f"The request body must be a JSON object: {err.get('msg', 'invalid value')}."
+
+
 ENDPOINTS = (
     "the endpoints are POST /v1/chat/completions, POST /v1/completions, GET /v1/models, "
     "POST /v1/responses, POST /v1/messages, POST /v1/messages/count_tokens, GET /v1/status, "
@@ -75,6 +88,8 @@ def install(app: FastAPI) -> None:
         # A union reports each branch; a check of ours (value_error) says what to fix.
         errors.sort(key=lambda err: err.get("type") != "value_error")
         message, param = _validation_message(errors[0]) if errors else ("Invalid request.", None)
+        if errors and tuple(errors[0].get("loc", ())) == ("body",):  # no JSON object at all
+            message = _body_message(errors[0], request.headers.get("content-type", ""))
         path = request.url.path
         return error_json(path, 400, message, "invalid_request_error", param, "invalid_value")
 
@@ -85,6 +100,8 @@ def install(app: FastAPI) -> None:
         message = str(e.detail)
         if e.status_code == 404 and e.detail == "Not Found":  # no such route
             message = f"{request.method} {path} is not served here; {ENDPOINTS}"
+        elif e.status_code == 400 and "parsing the body" in message:
+            message = "The request body is not JSON text in UTF-8; send a JSON object"
         return error_json(path, e.status_code, message, type_, headers=e.headers)
 
     @app.exception_handler(Exception)

@@ -47,6 +47,7 @@ class Collected:
         return Output(
             self.text, last.num_tokens, last.finish_reason, last.prompt_tokens,
             last.cached_tokens, reasoning=self.reasoning, tool_calls=calls,
+            reasoning_tokens=last.reasoning_tokens,
         )  # fmt: skip
 
 
@@ -58,6 +59,7 @@ def usage(last: Output) -> dict:
         "prompt_tokens_details": {"cached_tokens": last.cached_tokens},
         # Speculative decoding's draft tokens, in the fields OpenAI has for predictions.
         "completion_tokens_details": {
+            "reasoning_tokens": last.reasoning_tokens,
             "accepted_prediction_tokens": last.accepted_tokens,
             "rejected_prediction_tokens": last.draft_tokens - last.accepted_tokens,
         },

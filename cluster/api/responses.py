@@ -138,7 +138,7 @@ def router(coordinator: Coordinator, defaults: ChatDefaults) -> APIRouter:
         max_calls = None if body.parallel_tool_calls else 1
         processor = chat_processor(coordinator.tokenizer, prompt, tools, [], max_calls)
         max_tokens = coordinator.check_length(
-            len(prompt.tokens), body.max_output_tokens, "max_output_tokens"
+            len(prompt.tokens), body.max_output_tokens, "max_output_tokens", "input"
         )
         rid = coordinator.new_request_id("resp")
         sampling = body.sampling(max_tokens, prompt.limits(defaults.thinking_budget))

@@ -29,6 +29,19 @@ class ToolCallIn(BaseModel):
     function: FunctionCall
 
 
+def _text_parts(v):
+    """Content parts must be text: name the part that is not (images, audio, files)."""
+    if isinstance(v, list):
+        for i, part in enumerate(v):
+            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+            if kind != "text":
+                raise ValueError(
+                    f"content part {i} is of type {kind!r}: only 'text' parts are supported "
+                    "(the model reads text only)"
+                )
+    return v
+
+
 class Message(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "developer", "user", "assistant", "tool"]
@@ -39,6 +52,11 @@ class Message(BaseModel):
     reasoning: str | None = None
     """mlx-lm's name for reasoning_content; accepted on input too."""
     name: str | None = None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _parts(cls, v):
+        return _text_parts(v)
 
     def text(self) -> str:
         content = self.content
@@ -74,17 +92,49 @@ class StreamOptions(BaseModel):
     """vLLM's option: with include_usage, every chunk also carries the usage so far."""
 
 
+UNSUPPORTED = {
+    "logit_bias": "logit_bias is not supported; a stop list or tool_choice may do what you need",
+    "min_p": "min_p is not supported; use top_p or top_k",
+    "prediction": "predicted outputs ('prediction') are not supported",
+    "audio": "audio output is not supported: the model writes text only",
+    "functions": "the legacy 'functions' field is not supported; send 'tools' with "
+    "{'type': 'function', 'function': ...} entries",
+    "function_call": "the legacy 'function_call' field is not supported; use 'tool_choice'",
+    "web_search_options": "web search is not supported",
+}
+"""Fields clients send that this server cannot honour: refused, never ignored."""
+INT64 = 2**64
+
+
 class _Common(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls_and_refusals(cls, data):
+        """A null means the field's default (clients serialize unset fields so); a field
+        that cannot be honoured is refused."""
+        if not isinstance(data, dict):
+            return data
+        for key, why in UNSUPPORTED.items():
+            if data.get(key) not in (None, {}, [], 0):
+                raise ValueError(why)
+        modalities = data.get("modalities")
+        if modalities is not None and list(modalities) != ["text"]:
+            raise ValueError("only the 'text' modality is supported")
+        return {k: v for k, v in data.items() if v is not None or k not in cls.model_fields
+                or cls.model_fields[k].default is None}  # fmt: skip
+
     model: str | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 1.0
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
-    top_k: Annotated[int, Field(ge=-1)] = -1
+    top_k: Annotated[int, Field(ge=-1, lt=2**31)] = -1
     seed: int | None = None
+    """Any integer (OpenAI's is signed): taken modulo 2**64."""
     stop: str | list[str] | None = Field(default=None, validate_default=True)
-    stop_token_ids: list[Annotated[int, Field(ge=0)]] | None = None
+    stop_token_ids: list[Annotated[int, Field(ge=0, lt=2**32)]] | None = None
     ignore_eos: bool = False
     n: int = 1
     presence_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] = 0.0
@@ -100,6 +150,11 @@ class _Common(BaseModel):
         if len(stops) > MAX_STOPS:
             raise ValueError(f"at most {MAX_STOPS} stop strings are supported")
         return stops
+
+    @field_validator("seed")
+    @classmethod
+    def _seed(cls, v):
+        return None if v is None else v % INT64
 
     @field_validator("n")
     @classmethod
@@ -159,13 +214,22 @@ class ChatCompletionRequest(_Common):
     --chat-template-args."""
     logprobs: bool = False
     top_logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS)] | None = None
-    thinking_token_budget: Annotated[int, Field(ge=0)] | None = None
+    thinking_token_budget: Annotated[int, Field(ge=0, lt=2**32)] | None = None
     """Thinking tokens allowed before the server ends the reasoning with `</think>` (vLLM's
     field); None: no limit."""
+
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
+    """OpenAI's: 'none' and 'minimal' turn GLM's thinking off, the others leave the server's
+    setting (chat_template_kwargs' enable_thinking, when given, decides)."""
 
     @property
     def num_logprobs(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
+
+    def template_kwargs(self) -> dict:
+        """The chat template's arguments this request sets."""
+        off = {"enable_thinking": False} if self.reasoning_effort in ("none", "minimal") else {}
+        return off | (self.chat_template_kwargs or {})
 
     response_format: dict | None = None
 

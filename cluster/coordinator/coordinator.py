@@ -46,6 +46,8 @@ class Output:
     """On the last piece: what speculation the request got (empty: none requested)."""
     prompt_logprobs: tuple = ()
     """On the first piece, when asked for: TokenLogprob of each prompt token after the first."""
+    reasoning_tokens: int = 0
+    """Chat: tokens of reasoning so far."""
 
 
 FAILOVER_WAIT = 30.0
@@ -139,8 +141,10 @@ class Coordinator:
                 if r.client and r.client.info and r.client.info.kv_capacity_tokens]  # fmt: skip
         return min(caps, default=0)
 
-    def check_length(self, prompt_len: int, max_tokens: int | None, param: str) -> int:
-        """The max_tokens to use; refuses prompts that leave no room to generate."""
+    def check_length(self, prompt_len: int, max_tokens: int | None, param: str,
+                     prompt_param: str = "messages") -> int:  # fmt: skip
+        """The max_tokens to use; refuses prompts that leave no room to generate (param and
+        prompt_param: the request's fields for each)."""
         limit = self.max_model_len
         what = f"This model's maximum context length is {limit} tokens"
         if limit == self.kv_capacity_tokens:
@@ -151,7 +155,7 @@ class Coordinator:
         if prompt_len >= limit:
             raise BadRequest(
                 f"{what}, but the prompt has {prompt_len} tokens. Shorten the prompt.",
-                param="messages" if param == "max_completion_tokens" else "prompt",
+                param=prompt_param,
                 code="context_length_exceeded",
             )
         room = limit - prompt_len
@@ -275,7 +279,7 @@ class Coordinator:
                     delta.text, out.num_tokens, delta.finish_reason, event.prompt_tokens,
                     event.cached_tokens, event.draft_tokens, event.accepted_tokens,
                     delta.reasoning, delta.tool_calls, event.logprobs, event.request_speculation,
-                    event.prompt_logprobs,
+                    event.prompt_logprobs, getattr(out, "reasoning_tokens", 0),
                 )  # fmt: skip
                 if delta.finish_reason is not None:
                     return

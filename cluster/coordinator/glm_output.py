@@ -119,6 +119,8 @@ class GlmParser:
         self._buf = ""  # text of the current name, key or value
         self._key = ""
         self._seen_content = False
+        self.reasoning_tokens = 0
+        """Tokens written inside the reasoning (its tags not counted)."""
 
     @property
     def in_call(self) -> bool:
@@ -129,6 +131,7 @@ class GlmParser:
         for t in token_ids:
             tag = self.markers.ids.get(t)
             if tag is None:
+                self.reasoning_tokens += self.state == _State.REASONING
                 self._text(self._detok.add([t]), out)
             else:
                 self._text(self._detok.flush(), out)
@@ -226,6 +229,10 @@ class ChatOutputProcessor:
         self.max_calls = max_calls
         """Finish once this many calls are complete (parallel_tool_calls false: 1)."""
         self.num_tokens = 0
+
+    @property
+    def reasoning_tokens(self) -> int:
+        return self.parser.reasoning_tokens
 
     def process(self, token_ids, finish_reason: str | None) -> Delta:
         self.num_tokens += len(token_ids)

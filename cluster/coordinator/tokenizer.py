@@ -113,6 +113,10 @@ class PromptTokenizer:
         vocab = self._backend.get_vocab()
         return tuple(sorted(vocab[t] for t in self.special_tokens if t in vocab))
 
+    def special_id(self, text: str) -> int | None:
+        """The id of a special token, None when this tokenizer has none of that text."""
+        return self._backend.token_to_id(text) if text in self.special_tokens else None
+
     @cached_property
     def markers(self) -> Markers | None:
         """GLM-5's tag tokens, when this tokenizer has them."""

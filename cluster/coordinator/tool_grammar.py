@@ -3,14 +3,9 @@ model writes to these names, keys and values (cluster/engine/grammar.py applies 
 
 import functools
 import json
-import logging
 
 from ..types import ToolGrammar, ToolParam, ToolSpec
 from .tokenizer import PromptTokenizer
-
-log = logging.getLogger("cluster.tool_grammar")
-_told: set[str] = set()
-"""Tools whose open schema was logged already (agents send the same tools every turn)."""
 
 NUMBER_CHARS = "0123456789-+.eE"
 CALL_TAGS = ("<tool_call>", "</tool_call>", "<arg_key>", "</arg_key>", "<arg_value>",
@@ -45,26 +40,30 @@ def _tokens(tokenizer: PromptTokenizer, text: str) -> tuple[int, ...]:
     return tuple(tokenizer.encode(text))
 
 
+ENDS = ("<|observation|>", "<|user|>", "<|endoftext|>")
+"""GLM's tokens that end a turn of calls (its generation config stops on them)."""
+
+
 def tool_grammar(
-    tokenizer: PromptTokenizer, tools: list[dict], opening: list[int]
+    tokenizer: PromptTokenizer, tools: list[dict], opening: list[int], calls_only: bool = False
 ) -> ToolGrammar | None:
-    """The grammar of calls to `tools`; None when a tool's keys are open (a schema without
-    `properties` or with `additionalProperties`), which no key list can hold."""
+    """The grammar of calls to `tools` (None: no tool). A tool without parameters takes none
+    (OpenAI: an empty parameter list); one whose keys are open (a schema of an object without
+    `properties`, or with `additionalProperties`) takes its listed keys and any other.
+    calls_only: the reply is calls (tool_choice required or named): a call is followed by
+    another or the turn's end, not by text."""
     markers = tokenizer.markers
     specs, names = [], set()
     for tool in tools:
         f = tool.get("function", tool)
         name = f.get("name") or ""
-        schema = f.get("parameters") or f.get("input_schema") or {}
+        schema = f.get("parameters") or f.get("input_schema") or {"properties": {}}
         if not isinstance(schema, dict) or not isinstance(schema.get("properties", {}), dict):
-            return _off(name, "its parameters are not a JSON schema of an object")
-        props = schema.get("properties")
+            return None  # not a schema of an object (the API refuses these before)
         if not name or name in names:
             continue
-        keys_open = props is None and schema.get("type", "object") == "object"
-        if keys_open or schema.get("additionalProperties") not in (None, False):
-            return _off(name, "its schema leaves keys open (additionalProperties or no properties)")
         names.add(name)
+        props = schema.get("properties")
         required = set(schema.get("required") or ())
         params = tuple(
             ToolParam(
@@ -75,7 +74,8 @@ def tool_grammar(
             )
             for key, p in (props or {}).items()
         )
-        specs.append(ToolSpec(_tokens(tokenizer, name), params))
+        open_keys = props is None or schema.get("additionalProperties") not in (None, False)
+        specs.append(ToolSpec(_tokens(tokenizer, name), params, open_keys))
     if not specs:
         return None
     return ToolGrammar(
@@ -85,15 +85,8 @@ def tool_grammar(
         tokenizer.special_ids,
         tuple(opening),
         *_numbers(tokenizer),
+        tuple(i for t in ENDS if (i := tokenizer.special_id(t)) is not None) if calls_only else (),
     )
-
-
-def _off(name: str, why: str) -> None:
-    """No grammar for this request; the operator hears it once per tool."""
-    if name not in _told:
-        _told.add(name)
-        log.warning("tool-call grammar off for requests offering tool %r: %s", name, why)
-    return None
 
 
 @functools.cache

@@ -1,8 +1,9 @@
 """Limits on what a row may write next: a tool call's grammar, and a thinking budget.
 
 Outside a call nothing is limited. From `<tool_call>` on, each token must continue an offered
-tool's name, then one of its keys not used yet, then a value (one of its choices when the schema
-lists them, else any text without tags), then the next tag; `</tool_call>` only once the
+tool's name, then one of its keys not used yet (any text without tags for a tool whose keys are
+open), then a value (one of its choices when the schema lists them, else any text without
+tags), then the next tag, one newline at most between two parts; `</tool_call>` only once the
 required keys are in. So every call the engine emits parses as a call of an offered tool.
 A thinking budget ends the reasoning with `</think>` once it has taken its tokens. Pure
 Python: the runner turns each row's `Limit` into a logits mask.
@@ -85,8 +86,11 @@ class CallState:
         self.param: ToolParam | None = None
         self.used: set[tuple[int, ...]] = set()
         self.value_ban = frozenset(grammar.value_banned) - {self.value_close}
+        self.key_ban = frozenset(grammar.value_banned) - {self.key_close}
+        self.spaced = False  # the last token was a newline between parts
         self.numbers = Numbers(grammar.number_ids, grammar.number_texts)
         self.text = ""  # a number value's text so far
+        self.calls = 0  # calls written to the end
         for token in grammar.opening:
             self.advance(token)
 
@@ -100,16 +104,21 @@ class CallState:
 
     def _tags_after_part(self) -> set[int]:
         """After the name or a value: another key while keys remain, the end once the
-        required keys are in."""
+        required keys are in; a newline before either, one."""
         unused = self._unused()
-        tags = {self.key_open} if unused else set()
+        tags = {self.key_open} if unused or self.tool.open_keys else set()
         if not any(p.required for p in unused):
             tags.add(self.close)
-        return tags | set(self.g.spacers)
+        return tags | self._spacers()
+
+    def _spacers(self) -> set[int]:
+        return set() if self.spaced else set(self.g.spacers)
 
     def limit(self) -> Limit:
         m = self.mode
         if m is _Mode.FREE:
+            if self.calls and self.g.after_calls:  # a reply of calls: another, or the end
+                return Limit(frozenset({self.open, *self.g.after_calls, *self._spacers()}))
             return FREE
         if m is _Mode.NAME:
             nxt, whole = _next([t.name for t in self.g.tools], self.prefix)
@@ -120,10 +129,14 @@ class CallState:
         if m is _Mode.BETWEEN:
             return Limit(frozenset(self._tags_after_part()))
         if m is _Mode.KEY:
+            if self.tool.open_keys:  # any key not used yet, the listed ones too
+                used = self.prefix in self.used
+                return Limit(ban=self.key_ban | ({self.key_close} if used or not self.prefix
+                                                 else set()))  # fmt: skip
             nxt, whole = _next([p.key for p in self._unused()], self.prefix)
             return Limit(frozenset(nxt | ({self.key_close} if whole else set())))
         if m is _Mode.AFTER_KEY:
-            return Limit(frozenset({self.value_open, *self.g.spacers}))
+            return Limit(frozenset({self.value_open, *self._spacers()}))
         if self.param.choices:  # VALUE with a closed set
             nxt, whole = _next(self.param.choices, self.prefix)
             return Limit(frozenset(nxt | ({self.value_close} if whole else set())))
@@ -140,11 +153,13 @@ class CallState:
         if m is _Mode.FREE:
             if token == self.open:
                 self.mode, self.prefix, self.used = _Mode.NAME, (), set()
+            self.spaced = token in self.g.spacers
             return
         allowed = self.limit()
-        if allowed.allow is not None and token not in allowed.allow:
+        if token not in allowed.allow if allowed.allow is not None else token in allowed.ban:
             self.mode = _Mode.FREE  # not written under this grammar (a draft run): let go
             return
+        self.spaced = token in self.g.spacers and m is not _Mode.VALUE
         if m is _Mode.NAME:
             if token in _next([t.name for t in self.g.tools], self.prefix)[0]:
                 self.prefix += (token,)
@@ -155,10 +170,11 @@ class CallState:
             if token == self.key_open:
                 self.mode, self.prefix = _Mode.KEY, ()
             elif token == self.close:
-                self.mode = _Mode.FREE
+                self.mode, self.calls = _Mode.FREE, self.calls + 1
         elif m is _Mode.KEY:
             if token == self.key_close:
-                self.param = next(p for p in self._unused() if p.key == self.prefix)
+                listed = [p for p in self._unused() if p.key == self.prefix]
+                self.param = listed[0] if listed else ToolParam(self.prefix)  # an open key
                 self.mode = _Mode.AFTER_KEY
             else:
                 self.prefix += (token,)

@@ -146,6 +146,12 @@ class Scheduler:
         now = time.monotonic()
         for seq, tokens in sampled.items():
             seq.first_token_at = seq.first_token_at or now
+            if seq.fault is not None:
+                self.running.remove(seq)
+                self._finish(seq, "error")
+                done.append(seq)
+                events.append(self.event(seq, error=seq.fault))
+                continue
             for token in tokens:
                 seq.tokens.append(token)
                 if reason := self._stop_reason(seq, token):

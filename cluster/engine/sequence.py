@@ -1,5 +1,6 @@
 """One request's state inside the engine."""
 
+import logging
 import time
 from dataclasses import dataclass, field
 from enum import Enum
@@ -7,6 +8,8 @@ from typing import Any
 
 from ..types import EngineRequest, FinishReason
 from .grammar import FREE, CallState, Limit, Limiter, ThinkBudget
+
+log = logging.getLogger("cluster.engine")
 
 
 class Status(Enum):
@@ -59,6 +62,8 @@ class Sequence:
     hashes: list[int] = field(default_factory=list)
     """Chained hashes of its tokens' first blocks, each computed once (routing's to start)."""
     limiter: Limiter | None = None
+    fault: str | None = None
+    """Why it must end with an error (its own limits failed), while its batch goes on."""
     """Its banned tokens, tool-call grammar and thinking budget, when the request has any."""
 
     @classmethod
@@ -88,14 +93,30 @@ class Sequence:
 
     def limit(self) -> Limit:
         """What its next token may be (FREE: anything)."""
-        return self.limiter.follow(self.output) if self.limiter is not None else FREE
+        if self.limiter is None:
+            return FREE
+        try:
+            return self.limiter.follow(self.output)
+        except Exception as e:  # this request's fault, not its batch's: it ends with an error
+            self._limits_failed(e)
+            return FREE
 
     def limits_along(self, drafts: list[int]) -> list[Limit] | None:
         """The limit at each position of a draft run (None: no limits)."""
+        self.limit()
         if self.limiter is None:
             return None
-        self.limit()
-        return self.limiter.along(drafts)
+        try:
+            return self.limiter.along(drafts)
+        except Exception as e:
+            self._limits_failed(e)
+            return None
+
+    def _limits_failed(self, e: Exception) -> None:
+        log.exception("request %s: its token limits failed; it ends with an error",
+                      self.request_id)  # fmt: skip
+        self.limiter = None
+        self.fault = f"the request's tool-call grammar or thinking budget failed: {e!r}"
 
     @property
     def prefill_target(self) -> int:

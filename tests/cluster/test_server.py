@@ -463,11 +463,15 @@ def test_an_unknown_endpoint_names_the_served_ones(server):
     assert r.status_code == 404 and "/v1/messages" in r.json()["error"]["message"]
 
 
-def test_a_tool_with_a_malformed_schema_is_served_not_a_500(server):
+def test_a_tool_with_a_malformed_schema_is_a_400_not_a_500(server):
+    """As OpenAI answers it: the schema is named and what is wrong with it."""
+    import openai
+
     tools = [{"type": "function", "function": {"name": "odd", "parameters": {
         "type": "object", "properties": ["not", "a", "mapping"]}}}]  # fmt: skip
-    r = server.client().chat.completions.create(
-        model=server.model, messages=[{"role": "user", "content": "hi"}], tools=tools,
-        max_tokens=4, temperature=0.0,
-    )  # fmt: skip
-    assert r.choices[0].finish_reason in ("stop", "length", "tool_calls")
+    with pytest.raises(openai.BadRequestError) as e:
+        server.client().chat.completions.create(
+            model=server.model, messages=[{"role": "user", "content": "hi"}], tools=tools,
+            max_tokens=4, temperature=0.0,
+        )  # fmt: skip
+    assert "Invalid schema for tools.0 (odd): 'properties' must be an object" in str(e.value)

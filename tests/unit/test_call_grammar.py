@@ -166,18 +166,50 @@ def test_a_call_without_a_required_key_or_with_an_unlisted_value_is_refused(toke
     assert enc("atlas")[0] not in lim.allow
 
 
-def test_open_schemas_and_no_tools_leave_calls_unconstrained(tokenizer, caplog):
+def test_open_schemas_keep_the_name_and_free_the_keys(tokenizer):
+    """A schema that leaves keys open (additionalProperties, or no properties) still keeps
+    the call to an offered name; its keys are then any text without tags, none twice, and a
+    listed key keeps its values. A tool without parameters takes none."""
     open_tool = [{"type": "function", "function": {"name": "anything", "parameters": {
-        "type": "object", "additionalProperties": True, "properties": {}}}}]  # fmt: skip
-    with caplog.at_level("WARNING", logger="cluster.tool_grammar"):
-        assert tool_grammar(tokenizer, open_tool, []) is None
-        assert tool_grammar(tokenizer, open_tool, []) is None
-    told = [r for r in caplog.records if "'anything'" in r.getMessage()]
-    assert len(told) == 1 and "grammar off" in told[0].getMessage()  # said once, not per turn
+        "type": "object", "additionalProperties": True,
+        "properties": {"mode": {"enum": ["fast", "slow"]}}}}},
+        {"type": "function", "function": {"name": "list_files"}}]  # fmt: skip
+    g = tool_grammar(tokenizer, open_tool, [])
+    assert [t.open_keys for t in g.tools] == [True, False] and g.tools[1].params == ()
+    enc = tokenizer.encode
+    s = Limiter(CallState(g), None)
+    assert s.follow(enc("<tool_call>")).allow == {enc("anything")[0], enc("list_files")[0]}
+    out = enc("<tool_call>anything<arg_key>")
+    lim = s.follow(out)
+    assert lim.allow is None and enc("</arg_key>")[0] in lim.ban  # a key is not empty
+    assert enc("<arg_value>")[0] in lim.ban and enc("<tool_call>")[0] in lim.ban
+    out += enc("colour</arg_key><arg_value>deep blue</arg_value><arg_key>mode</arg_key>"
+               "<arg_value>")  # fmt: skip
+    assert s.follow(out).allow == {enc("fast")[0], enc("slow")[0]}  # listed: its values
+    out += enc("fast</arg_value><arg_key>colour")
+    assert enc("</arg_key>")[0] in s.follow(out).ban  # colour is used
+    none = Limiter(CallState(g), None)
+    after_name = none.follow(enc("<tool_call>list_files"))
+    assert enc("<arg_key>")[0] not in after_name.allow
+    assert enc("</tool_call>")[0] in after_name.allow
     assert tool_grammar(tokenizer, [], []) is None
     back = ToolGrammar.from_json(tool_grammar(tokenizer, TOOLS, [5]).to_json())
     assert back == tool_grammar(tokenizer, TOOLS, [5])
     assert json.loads(back.to_json())["opening"] == [5]
+    assert ToolGrammar.from_json(g.to_json()) == g
+
+
+def test_one_newline_at_most_between_parts():
+    """A zero-argument call looped on newlines between its name and its end (5,514 tokens
+    once): one newline between two parts, then the next part."""
+    s = Limiter(CallState(GRAMMAR), None)
+    assert s.follow([OPEN, 10, 11]).allow == {12, CLOSE, NL}
+    assert s.follow([OPEN, 10, 11, NL]).allow == {CLOSE}
+    out = [OPEN, 10, 11, 12, KO, 20, KC, NL]
+    assert Limiter(CallState(GRAMMAR), None).follow(out).allow == {VO}
+    out = [OPEN, 10, 11, 12, KO, 20, KC, VO, 50, NL, NL, VC]  # newlines in a value are text
+    walk(Limiter(CallState(GRAMMAR), None), out)
+    assert Limiter(CallState(GRAMMAR), None).follow([*out, NL]).allow == {KO, CLOSE}
 
 
 def test_a_thinking_budget_forces_the_end_once_spent_and_not_after_the_model_ended_it():

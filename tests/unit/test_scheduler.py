@@ -126,3 +126,29 @@ def test_cache_events_resync_replaces_what_a_replica_held():
 
     index = asyncio.run(main())
     assert set(index.blocks) == {5} and index.counts[0] == 1
+
+
+def test_a_row_whose_limits_fail_ends_alone_with_an_error(caplog):
+    """A request's own tool-call grammar failing (it once raised StopIteration inside the
+    engine step) ends that request with an error; the batch's other rows go on."""
+    from cluster.engine.grammar import FREE, Limiter
+
+    class Broken(Limiter):
+        def follow(self, output):
+            raise StopIteration  # what the grammar raised on a key holding </arg_key>
+
+    s = scheduler(prefill_step_size=100)
+    a, b = seq("a", 2, max_tokens=10), seq("b", 2, max_tokens=10)
+    a.limiter = Broken(None, None)
+    for x in (a, b):
+        s.add(x)
+    s.postprocess(s.schedule(), {a: [3], b: [3]})
+    step = s.schedule()
+    with caplog.at_level("ERROR", "cluster.engine"):
+        assert a.limit() is FREE and b.limit() is FREE  # what the runner asks before sampling
+    events, done = s.postprocess(step, {a: [4], b: [4]})
+    assert done == [a] and a.finish_reason == "error"
+    (ended,) = [e for e in events if e.request_id == "a"]
+    assert "tool-call grammar" in ended.error and "StopIteration" in ended.error
+    assert [x.request_id for x in s.schedule().decode] == ["b"] and b.tokens[-1] == 4
+    assert "request a: its token limits failed" in caplog.text

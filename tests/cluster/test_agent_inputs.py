@@ -1,0 +1,180 @@
+"""What agents and their clients send that once broke a request or another client's: tool
+definitions GLM's call format cannot carry, calls to tools without arguments, nulls for
+defaults, signed seeds, fields the server cannot honour. Through the official openai SDK and
+raw HTTP against a real server on the trained built-in model."""
+
+import json
+import threading
+
+import httpx
+import openai
+import pytest
+from conftest import Server
+
+from cluster.model_store import TRAINED
+
+M = "glm-5-fixture"
+USER = [{"role": "user", "content": "List the files, please."}]
+NO_ARGS = {"type": "function", "function": {"name": "list_files", "description": "List files."}}
+EMPTY = {"type": "function", "function": {"name": "list_dirs", "parameters": {
+    "type": "object", "properties": {}}}}  # fmt: skip
+OPEN = {"type": "function", "function": {"name": "run_query", "parameters": {"type": "object"}}}
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory):
+    home = tmp_path_factory.mktemp("inputs-home")
+    args = ["--model", str(TRAINED), "--served-model-name", M]
+    server = Server(args, env={"CLUSTER_HOME": str(home)})
+    yield server
+    server.stop()
+
+
+def _client(srv) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{srv.url}/v1", api_key="none", max_retries=0, timeout=120)
+
+
+def _post(srv, body: dict, path: str = "/v1/chat/completions", **kw) -> httpx.Response:
+    return httpx.post(f"{srv.url}{path}", json=body, timeout=120, **kw)
+
+
+def _tool(name: str, props: dict) -> dict:
+    return {"type": "function", "function": {"name": name, "parameters": {
+        "type": "object", "properties": props, "required": list(props)}}}  # fmt: skip
+
+
+def test_a_tool_the_call_format_cannot_carry_is_refused_and_other_streams_go_on(srv):
+    """A key holding `</arg_key>` once failed the engine step of every request in the batch;
+    now it is a 400 that says why, and a stream running meanwhile ends normally."""
+    client, finished = _client(srv), {}
+
+    def stream():
+        chunks = client.chat.completions.create(
+            model=M, messages=USER, max_tokens=48, temperature=0, stream=True,
+            extra_body={"ignore_eos": True},
+        )  # fmt: skip
+        finished["reason"] = [c.choices[0].finish_reason for c in chunks if c.choices][-1]
+
+    running = threading.Thread(target=stream)
+    running.start()
+    bad = {
+        "key": _tool("get_city", {"city</arg_key>": {"type": "string"}}),
+        "name": _tool("a<arg_key>b", {"x": {"type": "string"}}),
+        "spaced key": _tool("get_city", {"city ": {"type": "string"}}),
+        "properties": {
+            "type": "function",
+            "function": {"name": "f", "parameters": {"type": "object", "properties": "oops"}},
+        },  # fmt: skip
+        "enum": _tool("pick", {"a": {"type": "string", "enum": ["<think>", "x"]}}),
+    }
+    for what, tool in bad.items():
+        with pytest.raises(openai.BadRequestError) as e:
+            client.chat.completions.create(model=M, messages=USER, tools=[tool],
+                                           tool_choice="required", max_tokens=20)  # fmt: skip
+        message = e.value.body["message"]
+        assert "tools.0" in message and ("GLM" in message or "Invalid schema" in message), what
+    running.join(timeout=120)
+    assert finished["reason"] == "length"
+
+
+@pytest.mark.parametrize("tool", [NO_ARGS, EMPTY], ids=["no parameters", "no properties"])
+def test_a_forced_call_without_arguments_ends_as_an_empty_object(srv, tool):
+    """Sampled, the model once wrote newlines after the name until max_tokens (5 of 10 seeds),
+    or text after the call: one newline at most between parts, so the call closes, and a
+    forced call is followed by another call or the turn's end."""
+    client = _client(srv)
+    for seed in range(6):
+        reply = client.chat.completions.create(
+            model=M, messages=USER, tools=[tool], tool_choice="required", max_tokens=40,
+            temperature=1.0, seed=seed,
+        )  # fmt: skip
+        choice = reply.choices[0]
+        assert choice.finish_reason == "tool_calls", (seed, choice)
+        assert choice.message.content is None  # a reply of calls: no text after them
+        for call in choice.message.tool_calls:  # (one or more: parallel calls are allowed)
+            assert call.function.name == tool["function"]["name"]
+            assert json.loads(call.function.arguments) == {}
+
+
+def test_open_keys_keep_the_call_to_an_offered_name(srv):
+    """A schema without properties leaves keys open: the grammar keeps the name (the
+    model once named tools never offered) and frees only the keys."""
+    client, offered = _client(srv), {"run_query", "list_files"}
+    for seed in range(6):
+        reply = client.chat.completions.create(
+            model=M, messages=[{"role": "user", "content": "Run the query on the sales table."}],
+            tools=[OPEN, NO_ARGS], tool_choice="required", max_tokens=60, temperature=1.0,
+            seed=seed,
+        )  # fmt: skip
+        choice = reply.choices[0]
+        for call in choice.message.tool_calls or []:
+            assert call.function.name in offered, (seed, call)
+            if choice.finish_reason == "tool_calls":
+                assert isinstance(json.loads(call.function.arguments), dict)
+        assert choice.finish_reason in ("tool_calls", "length")
+
+
+def test_nulls_mean_defaults_and_seeds_are_signed(srv):
+    nulls = {k: None for k in ("temperature", "top_p", "n", "stream", "presence_penalty",
+                               "frequency_penalty", "logprobs", "parallel_tool_calls", "top_k",
+                               "stop", "user")}  # fmt: skip
+    body = {"model": M, "messages": USER, "max_tokens": 8} | nulls
+    assert _post(srv, body).status_code == 200
+    signed = {"model": M, "messages": USER, "max_tokens": 8, "temperature": 1.0}
+    minus_one = _post(srv, signed | {"seed": -1}).json()
+    wrapped = _post(srv, signed | {"seed": 2**64 - 1}).json()
+    assert minus_one["choices"][0]["message"] == wrapped["choices"][0]["message"]
+    for field, value in (("top_k", 2**40), ("stop_token_ids", [2**40]),
+                         ("thinking_token_budget", 2**40)):  # fmt: skip
+        r = _post(srv, {"model": M, "messages": USER, "max_tokens": 4, field: value})
+        assert r.status_code == 400 and field in r.json()["error"]["message"], (field, r.text)
+
+
+def test_what_cannot_be_honoured_is_refused_and_reasoning_effort_is(srv):
+    base = {"model": M, "messages": USER, "max_tokens": 4}
+    for field, value, says in (
+        ("logit_bias", {"219": -100}, "logit_bias"),
+        ("min_p", 0.1, "min_p"),
+        ("functions", [{"name": "f", "parameters": {}}], "tools"),
+        ("function_call", "auto", "tool_choice"),
+        ("prediction", {"type": "content", "content": "x"}, "prediction"),
+        ("modalities", ["text", "audio"], "modality"),
+        ("reasoning_effort", "bogus", "reasoning_effort"),
+    ):
+        r = _post(srv, base | {field: value})
+        assert r.status_code == 400 and says in r.json()["error"]["message"], (field, r.text)
+    assert _post(srv, base | {"logit_bias": {}}).status_code == 200  # nothing asked
+    greedy = base | {"max_tokens": 8, "temperature": 0}
+
+    def reasoning(extra: dict) -> str | None:
+        return _post(srv, greedy | extra).json()["choices"][0]["message"].get("reasoning_content")
+
+    assert reasoning({}) and reasoning({"reasoning_effort": "high"})  # on: the server's default
+    usage = _post(srv, greedy).json()["usage"]
+    thought = usage["completion_tokens_details"]["reasoning_tokens"]
+    assert 0 < thought <= usage["completion_tokens"]  # counted by the parser, tags aside
+    assert reasoning({"chat_template_kwargs": {"enable_thinking": False}}) is None
+    assert reasoning({"reasoning_effort": "none"}) is None
+    assert reasoning({"reasoning_effort": "minimal"}) is None
+
+
+def test_errors_say_what_to_fix(srv):
+    image = {"model": M, "max_tokens": 4, "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]}  # fmt: skip
+    r = _post(srv, image)
+    assert r.status_code == 400 and "'image_url'" in r.json()["error"]["message"]
+    assert "text only" in r.json()["error"]["message"]
+    body = json.dumps({"model": M, "messages": USER})
+    r = httpx.post(f"{srv.url}/v1/chat/completions", content=body, timeout=60,
+                   headers={"content-type": "text/plain"})  # fmt: skip
+    assert r.status_code == 400 and "Content-Type: application/json" in r.text
+    r = httpx.post(f"{srv.url}/v1/chat/completions", content=b"", timeout=60,
+                   headers={"content-type": "application/json"})  # fmt: skip
+    assert r.status_code == 400 and "empty" in r.json()["error"]["message"]
+    long = {"model": M, "max_tokens": 4, "messages": [{"role": "user", "content": "word " * 9000}]}
+    r = _post(srv, long)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+    assert r.json()["error"]["code"] == "context_length_exceeded"
+    r = _post(srv, {"model": M, "input": []}, "/v1/responses")
+    assert r.status_code == 400 and "empty" in r.json()["error"]["message"]
