@@ -5,6 +5,7 @@ Status, metrics, the `x-speculation` header and the log all read this object's s
 """
 
 import logging
+from collections import deque
 
 from .mtp import SpecStats
 from .sequence import Sequence
@@ -19,11 +20,12 @@ class SpeedGovernor:
 
     While speculating, every `probe_every` steps it decodes `probe_len` steps without drafts
     and, with `adapt_k`, `probe_len` steps at a neighbouring draft length (one shorter, then
-    one longer, within 1..k_max), and compares tokens per second: the faster length is kept
-    (by more than `K_MARGIN`). Accepting less than `min_acceptance` of the drafts turns
-    speculation off at once; measuring slower with drafts than without does so after
-    `losses` probes in a row (one probe is a few steps: one noisy probe must not switch a
-    batch size off). Off lasts `cooldown` steps, then it tries again.
+    one longer, within 1..k_max), and compares tokens per second with the last `probe_len`
+    speculating steps before the probe: the faster length is kept (by more than `K_MARGIN`).
+    Accepting less than `min_acceptance` of the drafts turns speculation off at once;
+    measuring slower with drafts than without does so after `losses` probes in a row (one
+    probe is a few steps: one noisy probe must not switch a batch size off). Off lasts
+    `cooldown` steps, then it tries again.
     """
 
     K_MARGIN = 0.05
@@ -53,7 +55,10 @@ class SpeedGovernor:
     def _reset(self) -> None:
         self.seconds: dict[int, float] = {}
         self.tokens: dict[int, int] = {}
-        """By draft length; 0 is plain decoding."""
+        """Probe steps by draft length; 0 is plain decoding."""
+        self.latest: deque[tuple[float, int]] = deque(maxlen=self.probe_len)
+        """The last speculating steps before the probe, as many as it has: acceptance drifts
+        along a reply, so the probe is compared with the steps next to it."""
         self.drafts_at = (self.stats.draft_tokens, self.stats.accepted)
 
     def allow(self) -> int:
@@ -86,24 +91,28 @@ class SpeedGovernor:
     def observe(self, k: int, seconds: float, tokens: int) -> None:
         """A step that decoded only, with drafts of up to k tokens (0: plain)."""
         self.count += 1
+        if self.mode == "spec":
+            self.latest.append((seconds, tokens))
+            return
         self.seconds[k] = self.seconds.get(k, 0.0) + seconds
         self.tokens[k] = self.tokens.get(k, 0) + tokens
 
     def _rate(self, k: int) -> float:
+        if k == self.k and self.latest:
+            return sum(t for _, t in self.latest) / max(sum(s for s, _ in self.latest), 1e-9)
         return self.tokens.get(k, 0) / max(self.seconds.get(k, 0.0), 1e-9)
 
     def _judge(self) -> None:
         where = f" ({self.label})" if self.label else ""
-        plain, tried = self._rate(0), None
+        plain, spec, tried = self._rate(0), self._rate(self.k), None
         if self.tried != self.k:
-            tried = {"k": self.tried, "tok_s": round(self._rate(self.tried), 1)}
-            if self._rate(self.tried) > self._rate(self.k) * (1 + self.K_MARGIN):
+            other = self._rate(self.tried)
+            tried = {"k": self.tried, "tok_s": round(other, 1)}
+            if other > spec * (1 + self.K_MARGIN):
                 log.warning("speculation %s k %d -> %d%s: %.1f tok/s at k=%d, %.1f at k=%d",
-                            self.state.requested, self.k, self.tried, where,
-                            self._rate(self.tried), self.tried, self._rate(self.k),
-                            self.k)  # fmt: skip
-                self.k = self.tried
-        spec = self._rate(self.k)
+                            self.state.requested, self.k, self.tried, where, other,
+                            self.tried, spec, self.k)  # fmt: skip
+                self.k, spec = self.tried, other
         drafted = self.stats.draft_tokens - self.drafts_at[0]
         accepted = self.stats.accepted - self.drafts_at[1]
         rate = accepted / drafted if drafted else 0.0
@@ -162,7 +171,8 @@ class Speculation:
     def _governor(self, decoding: int) -> SpeedGovernor:
         size = bucket(decoding)
         if size not in self.governors:
-            label = "batch size 1" if size == 1 else f"batch size {size // 2 + 1}-{size}"
+            low = size // 2 + 1
+            label = f"batch size {size}" if size <= low else f"batch size {low}-{size}"
             every, steps, cooldown, losses = self.schedule
             self.governors[size] = SpeedGovernor(self.state, self.stats, self.min_acceptance,
                                                  every, steps, cooldown, label, losses,

@@ -346,6 +346,22 @@ def test_governor_keeps_the_faster_draft_length_per_probe(caplog):
     assert state.active and gov.lost == 0
 
 
+def test_governor_compares_a_probe_with_the_steps_next_to_it():
+    """Acceptance drifts along a reply (a loop starts, and every draft holds): the tried
+    length is compared with the last probe_len speculating steps, not the whole period."""
+    gov, _, stats = _governor(k=2, adapt_k=True)
+    for rate in (1, 1, 3, 3):  # the period's rate is 2; its latest steps', 3
+        assert gov.allow() == 2
+        stats.record(1, 2)
+        gov.observe(2, 1.0, rate)
+    while gov.allow() == 0:  # the plain probe
+        gov.observe(0, 1.0, 1)
+    while gov.mode == "try":
+        gov.observe(1, 1.0, 2.5)
+        gov.allow()
+    assert gov.k == 2 and gov.last["spec_tok_s"] == 3.0 and gov.last["tried"]["k"] == 1
+
+
 def test_governor_keeps_its_length_within_the_margin():
     gov, _, stats = _governor(k=2, adapt_k=True)
     _cycle(gov, stats, {1: 2.08, 2: 2.0}.get, plain_rate=1)  # 4% faster: noise, not kept
