@@ -181,7 +181,8 @@ def router(coordinator: Coordinator, defaults: ChatDefaults) -> APIRouter:
             )
         got = await collect_unless_disconnected(request, stream)
         blocks = _Blocks()
-        blocks.events(got.as_output())
+        for out in got.outputs:  # piece by piece, as a stream: blocks in generation order
+            blocks.events(out)
         blocks.close()
         matched = getattr(processor.stop, "matched", None)
         reply = {

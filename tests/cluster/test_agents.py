@@ -409,6 +409,70 @@ def test_model_aliases_answer_the_names_agents_ask_for(agent_server):
     assert r.status_code == 404 and all(n in r.json()["error"]["message"] for n in ALIASES)
 
 
+def _block_list(content) -> list[tuple]:
+    """Each block's type and what it carries, to compare two replies block by block."""
+    fields = ("text", "thinking", "name", "input")
+    return [(b.type, *(getattr(b, f, None) for f in fields)) for b in content]
+
+
+def _whole_and_streamed(client, **kw):
+    whole = client.messages.create(**kw)
+    with client.messages.stream(**kw) as stream:
+        streamed = stream.get_final_message()
+    return whole, streamed
+
+
+@pytest.mark.parametrize("thinking", ["disabled", "enabled"])
+def test_anthropic_whole_replies_have_the_streams_blocks_in_order(agent_server, held_out,
+                                                                  thinking):  # fmt: skip
+    """A whole reply's content is the stream's final message's, block by block."""
+    client = _anthropic(agent_server)
+    budget = {"budget_tokens": 40} if thinking == "enabled" else {}
+    for ex in held_out:
+        for choice in ({"type": "auto"}, {"type": "any"}):
+            whole, streamed = _whole_and_streamed(
+                client, model=agent_server.model, max_tokens=96, extra_body=ZERO,
+                tools=_anthropic_tools(ex), tool_choice=choice,
+                thinking={"type": thinking, **budget},
+                messages=[{"role": "user", "content": ex.messages[-2]["content"]}],
+            )  # fmt: skip
+            assert _block_list(whole.content) == _block_list(streamed.content)
+            assert whole.stop_reason == streamed.stop_reason
+            seen_content.extend(b.text for b in whole.content if b.type == "text")
+
+
+CLOSED_TOOLS = [{"name": name, "input_schema": {
+    "type": "object", "required": ["unit"],
+    "properties": {"unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}}}}
+    for name in ("get_weather", "set_thermostat")]  # fmt: skip
+"""Tools whose calls end soon (a listed value), so random weights write text after one."""
+
+
+def test_anthropic_a_call_then_text_stays_in_that_order(server):
+    """Random weights made to call a tool write the call, then text (they never stop): the
+    whole reply has the call first, as the stream does."""
+    client = _anthropic(server)
+    whole, streamed = _whole_and_streamed(
+        client, model=server.model, max_tokens=40, extra_body=ZERO, tools=CLOSED_TOOLS,
+        tool_choice={"type": "any"}, thinking={"type": "disabled"},
+        messages=[{"role": "user", "content": "weather"}],
+    )  # fmt: skip
+    assert [b.type for b in whole.content][:2] == ["tool_use", "text"]
+    assert _block_list(whole.content) == _block_list(streamed.content)
+    # The Responses API's whole reply keeps its items in that order too.
+    tools = [{"type": "function", "name": t["name"], "parameters": t["input_schema"]}
+             for t in CLOSED_TOOLS]  # fmt: skip
+    kw = dict(model=server.model, input="weather", tools=tools, tool_choice="required",
+              max_output_tokens=40, temperature=0.0, reasoning={"effort": "none"})  # fmt: skip
+    r = server.client().responses.create(**kw)
+    final = list(server.client().responses.create(stream=True, **kw))[-1].response
+    assert [o.type for o in r.output][:2] == ["function_call", "message"]
+    assert [(o.type, getattr(o, "name", None)) for o in r.output] == [
+        (o.type, getattr(o, "name", None)) for o in final.output
+    ]
+    assert r.output_text == final.output_text
+
+
 def test_no_markup_in_any_content():
     assert seen_content, "the tests above read no content"
     for text in seen_content:
