@@ -473,6 +473,25 @@ def test_anthropic_a_call_then_text_stays_in_that_order(server):
     assert r.output_text == final.output_text
 
 
+def test_anthropic_stream_usage_agrees_from_message_start(agent_server):
+    """message_start's usage counts the prompt as message_delta's does: input_tokens without
+    the cached tokens, cache_read_input_tokens and cache_creation_input_tokens beside them."""
+    client = _anthropic(agent_server)
+    text = "Summarise: " + " ".join(f"item {i} is ready." for i in range(60))
+    kw = dict(model=agent_server.model, max_tokens=4, extra_body=ZERO,
+              messages=[{"role": "user", "content": text}])  # fmt: skip
+    counted = client.messages.count_tokens(model=agent_server.model, messages=kw["messages"])
+    for _ in range(2):  # the second finds the prompt in the prefix cache
+        with client.messages.stream(**kw) as stream:
+            events = list(stream)
+        start = events[0].message.usage.model_dump()
+        end = next(e for e in events if e.type == "message_delta").usage.model_dump()
+        for key in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"):
+            assert start[key] == end[key] and start[key] is not None, key
+        assert start["input_tokens"] + start["cache_read_input_tokens"] == counted.input_tokens
+    assert start["cache_read_input_tokens"] > 0
+
+
 def test_no_markup_in_any_content():
     assert seen_content, "the tests above read no content"
     for text in seen_content:
