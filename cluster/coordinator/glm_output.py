@@ -137,10 +137,12 @@ class GlmParser:
         return out
 
     def finish(self) -> ParsedDelta:
-        """Flush held-back text; a call cut off mid-way keeps the arguments it completed."""
+        """Flush held-back text; a call cut off mid-way keeps the arguments it completed, and
+        one cut inside its name is left out unless the name is an offered tool's."""
         out = ParsedDelta()
         self._text(self._detok.flush(), out)
-        if self.state == _State.NAME and self._buf.strip():
+        name = self._buf.strip()
+        if self.state == _State.NAME and name and name in self.types:
             self._start_call(out)
         return out
 

@@ -492,6 +492,34 @@ def test_anthropic_stream_usage_agrees_from_message_start(agent_server):
     assert start["cache_read_input_tokens"] > 0
 
 
+def test_a_call_cut_inside_its_name_is_left_out(agent_server, held_out):
+    """max_tokens ends a forced call before its name is whole (every name here takes three or
+    more tokens): no tool_use block or tool call names a tool nobody offered, streamed or not,
+    on both APIs; the reply says it was cut."""
+    tok = AutoTokenizer.from_pretrained(str(TRAINED))
+    ex = held_out[0]
+    names = [t["function"]["name"] for t in ex.tools]
+    assert all(len(tok.encode(n, add_special_tokens=False)) > 2 for n in names)
+    client, chat = _anthropic(agent_server), agent_server.client()
+    user = [{"role": "user", "content": ex.messages[-2]["content"]}]
+    for max_tokens in (1, 2):
+        kw = dict(model=agent_server.model, max_tokens=max_tokens, extra_body=ZERO,
+                  tools=_anthropic_tools(ex), tool_choice={"type": "any"},
+                  messages=user)  # fmt: skip
+        whole, streamed = _whole_and_streamed(client, **kw)
+        for m in (whole, streamed):
+            assert m.stop_reason == "max_tokens"
+            assert [b for b in m.content if b.type == "tool_use"] == []
+        kw = dict(model=agent_server.model, messages=user, tools=ex.tools, max_tokens=max_tokens,
+                  tool_choice="required", **GREEDY)  # fmt: skip
+        r = chat.chat.completions.create(**kw).choices[0]
+        assert r.finish_reason == "length" and not r.message.tool_calls
+        streamed_calls, finish, _, _ = _stream_calls(
+            chat.chat.completions.create(stream=True, **kw)
+        )
+        assert finish == "length" and streamed_calls == []
+
+
 def test_no_markup_in_any_content():
     assert seen_content, "the tests above read no content"
     for text in seen_content:
