@@ -520,6 +520,81 @@ def test_a_call_cut_inside_its_name_is_left_out(agent_server, held_out):
         assert finish == "length" and streamed_calls == []
 
 
+HI = [{"role": "user", "content": "hi"}]
+THOUGHT = {"type": "thinking", "thinking": "hmm", "signature": ""}
+USE = {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Oslo"}}
+WEATHER = {
+    "name": "get_weather",
+    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
+}
+BAD_REQUESTS = [  # (request fields, what the error message must say)
+    ({"messages": [{"role": "user", "content": []}]}, "messages.0.content"),
+    ({"messages": [{"role": "user", "content": [THOUGHT]}]}, "messages.0.content"),
+    ({"messages": [{"role": "user", "content": [{"type": "redacted_thinking", "data": "x"}]}]},
+     "messages.0.content"),
+    ({"messages": [*HI, {"role": "assistant", "content": []}, *HI]}, "messages.1.content"),
+    ({"messages": [{"role": "user", "content": ""}]}, "messages.0.content"),
+    ({"messages": [{"role": "user", "content": [{"type": "search_result", "source": "s"}]}]},
+     "messages.0.content.0: block type 'search_result' is not supported"),
+    ({"messages": [*HI, {"role": "assistant", "content": [USE | {"input": "Oslo"}]}]},
+     "messages.1.content.0.input: must be an object"),
+    ({"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]},
+     "messages.0.content.0.text: must be a string"),
+    ({"messages": [{"role": "user", "content": 5}]}, "messages.0.content: must be a string"),
+    ({"messages": HI, "system": [{"type": "tool_use", "text": "x"}]}, "system.0"),
+    ({"messages": [{"role": "user", "content": [USE]}]}, "messages.0.content.0"),
+    ({"messages": HI, "tools": [{"type": "web_search_20250305", "name": "web_search"}]},
+     "web_search_20250305"),
+    ({"messages": HI, "tools": [{"type": "bash_20250124", "name": "bash"}]}, "bash_20250124"),
+    ({"messages": HI, "tools": [{"type": "text_editor_20250124", "name": "str_replace_editor"}]},
+     "text_editor_20250124"),
+    ({"messages": HI, "tools": [WEATHER | {"type": "computer_20250124"}]},
+     "computer_20250124"),
+    ({"messages": HI, "mcp_servers": [{"type": "url", "url": "https://x", "name": "x"}]},
+     "mcp_servers"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("fields,says", BAD_REQUESTS)
+def test_anthropic_bad_content_and_server_tools_are_400s_naming_the_field(agent_server, fields,
+                                                                         says):  # fmt: skip
+    """Each bad request is a 400 in Anthropic's shape naming what to fix, whole, streamed and
+    counted (never a 500, never accepted)."""
+    base = f"{agent_server.url}/v1/messages"
+    body = {"model": agent_server.model, "max_tokens": 8} | fields
+    for url, extra in ((base, {}), (base, {"stream": True}), (base + "/count_tokens", {})):
+        r = httpx.post(url, json=body | extra, timeout=30)
+        assert r.status_code == 400, (url, extra, r.text)
+        error = r.json()
+        assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error"
+        assert says in error["error"]["message"], error["error"]["message"]
+    if "tools" in fields:
+        assert "client tools" in error["error"]["message"]
+
+
+def test_anthropic_text_blocks_are_joined_by_newlines(agent_server):
+    """System, user and tool_result text blocks reach the model joined by a newline: the prompt
+    counts as the newline-joined string's (and not as the blocks run together)."""
+    client = _anthropic(agent_server)
+
+    def count(system, content, result) -> int:
+        messages = [*HI, {"role": "assistant", "content": [USE]},
+                    {"role": "user", "content": [
+                        {"type": "tool_result", "tool_use_id": "toolu_1", "content": result},
+                        *([{"type": "text", "text": t} for t in content]
+                          if isinstance(content, list) else [{"type": "text", "text": content}]),
+                    ]}]  # fmt: skip
+        return client.messages.count_tokens(
+            model=agent_server.model, system=system, messages=messages, tools=[WEATHER]
+        ).input_tokens
+
+    parts = ["The assistant is for Claude.", "You are terse."]
+    texts = [{"type": "text", "text": t} for t in parts]
+    blocks = count(texts, parts, texts)
+    assert blocks == count("\n".join(parts), "\n".join(parts), "\n".join(parts))
+    assert blocks != count("".join(parts), "".join(parts), "".join(parts))
+
+
 def test_no_markup_in_any_content():
     assert seen_content, "the tests above read no content"
     for text in seen_content:
