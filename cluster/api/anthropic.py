@@ -145,9 +145,9 @@ def router(coordinator: Coordinator, defaults: ChatDefaults) -> APIRouter:
             raise BadRequest(str(e), param="tool_choice") from None
         tools = body.openai_tools()
         args = defaults.template_args | body.template_args()
+        messages, prefill = body.template_messages()
         return build_prompt(
-            coordinator.tokenizer, body.template_messages(), tools, choice, args,
-            defaults.tool_grammar,
+            coordinator.tokenizer, messages, tools, choice, args, defaults.tool_grammar, prefill
         ), tools  # fmt: skip
 
     @api.post(PREFIX + "/count_tokens")

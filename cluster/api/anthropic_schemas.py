@@ -217,20 +217,43 @@ class _Prompted(BaseModel):
             raise _bad("system", "must be a string or a list of text blocks")
         return "\n".join(_text_of(raw, f"system.{k}") for k, raw in enumerate(self.system))
 
-    def template_messages(self) -> list[dict]:
-        """Anthropic's turns as the chat template reads them: tool_result blocks become tool
-        messages, thinking blocks the assistant's reasoning_content, tool_use its tool_calls;
-        consecutive text blocks are joined by newlines. Raises BadRequest naming the block."""
+    def template_messages(self) -> tuple[list[dict], bool]:
+        """Anthropic's turns as the chat template reads them, and whether the reply continues
+        the last (a final assistant message is a prefill; one with no text or thinking is left
+        out): tool_result blocks become tool messages, thinking blocks the assistant's
+        reasoning_content, tool_use its tool_calls; consecutive text blocks are joined by
+        newlines. Raises BadRequest naming the block."""
         system = self.system_text()
         out: list[dict] = [{"role": "system", "content": system}] if system else []
+        last = len(self.messages) - 1
         for i, m in enumerate(self.messages):
             path = f"messages.{i}.content"
             blocks = m.blocks(path)
+            if i == last and m.role == "assistant":
+                prefill = _prefill(blocks, path)
+                return out + prefill, bool(prefill)
             if not _carries(blocks):
-                raise _bad(path, "is empty: every message needs text, tool_use or tool_result "
-                                 "content (thinking blocks alone do not count)")  # fmt: skip
+                raise _bad(path, "is empty: every message but a final assistant one needs text, "
+                                 "tool_use or tool_result content (thinking alone does not "
+                                 "count)")  # fmt: skip
             out += _user_turn(blocks) if m.role == "user" else [_assistant_turn(blocks)]
-        return out
+        return out, False
+
+
+def _prefill(blocks: list[Block], path: str) -> list[dict]:
+    """The final assistant message the reply continues, as a template turn (none when it has
+    no text or thinking)."""
+    for k, b in enumerate(blocks):
+        if b.type == "tool_use":
+            raise _bad(f"{path}.{k}", "a tool_use block cannot end the conversation: send its "
+                                      "tool_result in a user message after it")  # fmt: skip
+    texts = [b.text for b in blocks if b.type == "text"]
+    if texts and texts[-1] != texts[-1].rstrip():
+        raise _bad(path, "a final assistant message (the reply continues it) cannot end with "
+                         "whitespace")  # fmt: skip
+    if not any(b.text for b in blocks if b.type in ("text", "thinking")):
+        return []
+    return [_assistant_turn(blocks)]
 
 
 def _user_turn(blocks: list[Block]) -> list[dict]:

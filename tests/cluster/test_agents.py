@@ -595,6 +595,60 @@ def test_anthropic_text_blocks_are_joined_by_newlines(agent_server):
     assert blocks != count("".join(parts), "".join(parts), "".join(parts))
 
 
+@pytest.mark.parametrize("thinking", [False, True])
+def test_anthropic_prefill_is_continued(agent_server, thinking):
+    """A final assistant message is a prefill: the prompt ends with its text (after the closed
+    reasoning, as GLM renders a past turn) with no new turn, and the reply is its greedy
+    continuation, as /v1/completions gives for that prompt text."""
+    prefill = "The answer is"
+    ask = [{"role": "user", "content": "def add(a, b):"}]
+    messages = [*ask, {"role": "assistant", "content": [{"type": "text", "text": prefill}]}]
+    switch = {"type": "enabled", "budget_tokens": 8} if thinking else {"type": "disabled"}
+    tok = AutoTokenizer.from_pretrained(str(TRAINED))
+    template = [*ask, {"role": "assistant", "content": prefill}]
+    text = tok.apply_chat_template(
+        template,
+        tokenize=False,
+        add_generation_prompt=False,
+        continue_final_message=True,
+        enable_thinking=thinking,
+    )
+    assert text.endswith("<|assistant|></think>" + prefill)
+    client = _anthropic(agent_server)
+    counted = client.messages.count_tokens(model=agent_server.model, messages=messages,
+                                           thinking=switch)  # fmt: skip
+    assert counted.input_tokens == len(tok.encode(text, add_special_tokens=False))
+    kw = dict(model=agent_server.model, max_tokens=16, extra_body=ZERO, thinking=switch,
+              messages=messages)  # fmt: skip
+    whole, streamed = _whole_and_streamed(client, **kw)
+    plain = agent_server.client().completions.create(
+        model=agent_server.model, prompt=text, max_tokens=16, temperature=0.0
+    )
+    assert [b.type for b in whole.content] == ["text"]
+    assert whole.content[0].text == plain.choices[0].text and plain.choices[0].text
+    assert _block_list(whole.content) == _block_list(streamed.content)
+    seen_content.append(whole.content[0].text)
+    # An empty final assistant message is no prefill: the prompt is the question's.
+    empty = client.messages.count_tokens(
+        model=agent_server.model,
+        thinking=switch,
+        messages=[*ask, {"role": "assistant", "content": []}],
+    )
+    alone = client.messages.count_tokens(model=agent_server.model, messages=ask, thinking=switch)
+    assert empty.input_tokens == alone.input_tokens
+
+
+@pytest.mark.parametrize("content,says", [
+    ([{"type": "text", "text": "The answer is "}], "cannot end with whitespace"),
+    ([USE], "messages.1.content.0: a tool_use block cannot end the conversation"),
+])  # fmt: skip
+def test_anthropic_prefills_it_cannot_continue_are_400s(agent_server, content, says):
+    body = {"model": agent_server.model, "max_tokens": 8,
+            "messages": [*HI, {"role": "assistant", "content": content}]}  # fmt: skip
+    r = httpx.post(f"{agent_server.url}/v1/messages", json=body, timeout=30)
+    assert r.status_code == 400 and says in r.json()["error"]["message"]
+
+
 def test_no_markup_in_any_content():
     assert seen_content, "the tests above read no content"
     for text in seen_content:
