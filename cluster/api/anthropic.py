@@ -145,9 +145,9 @@ def router(coordinator: Coordinator, defaults: ChatDefaults) -> APIRouter:
             raise BadRequest(str(e), param="tool_choice") from None
         tools = body.openai_tools()
         args = defaults.template_args | body.template_args()
+        messages, prefill = body.template_messages()
         return build_prompt(
-            coordinator.tokenizer, body.template_messages(), tools, choice, args,
-            defaults.tool_grammar,
+            coordinator.tokenizer, messages, tools, choice, args, defaults.tool_grammar, prefill
         ), tools  # fmt: skip
 
     @api.post(PREFIX + "/count_tokens")
@@ -172,7 +172,7 @@ def router(coordinator: Coordinator, defaults: ChatDefaults) -> APIRouter:
         )
         model = coordinator.model_name
         if body.stream:
-            events = _stream_events(stream, processor, mid, model, len(prompt.tokens))
+            events = _stream_events(stream, processor, mid, model)
             return StreamingResponse(
                 events,
                 media_type="text/event-stream",
@@ -181,7 +181,8 @@ def router(coordinator: Coordinator, defaults: ChatDefaults) -> APIRouter:
             )
         got = await collect_unless_disconnected(request, stream)
         blocks = _Blocks()
-        blocks.events(got.as_output())
+        for out in got.outputs:  # piece by piece, as a stream: blocks in generation order
+            blocks.events(out)
         blocks.close()
         matched = getattr(processor.stop, "matched", None)
         reply = {
@@ -199,20 +200,30 @@ def router(coordinator: Coordinator, defaults: ChatDefaults) -> APIRouter:
     return api
 
 
-async def _stream_events(stream, processor, mid: str, model: str, prompt_tokens: int):
-    """Anthropic's event stream: message_start, ping, the blocks, message_delta, message_stop;
-    a failure after the start is an `error` event."""
+def _opening(mid: str, model: str, first: Output | None) -> str:
+    """message_start (usage as the first piece has it) and a ping."""
     start = {"id": mid, "type": "message", "role": "assistant", "model": model, "content": [],
              "stop_reason": None, "stop_sequence": None,
-             "usage": {"input_tokens": prompt_tokens, "output_tokens": 0}}  # fmt: skip
-    yield _sse("message_start", {"type": "message_start", "message": start})
-    yield _sse("ping", {"type": "ping"})
+             "usage": _usage(first, output_tokens=0)}  # fmt: skip
+    return _sse("message_start", {"type": "message_start", "message": start}) + _sse(
+        "ping", {"type": "ping"}
+    )
+
+
+async def _stream_events(stream, processor, mid: str, model: str):
+    """Anthropic's event stream: message_start, ping, the blocks, message_delta, message_stop;
+    a failure is an `error` event. message_start waits for the first piece: the prefix cache's
+    share of the prompt is known from then."""
     blocks, last = _Blocks(), None
     try:
         async for out in stream:
+            if last is None:
+                yield _opening(mid, model, out)
             last = out
             for event, data in blocks.events(out):
                 yield _sse(event, data)
+        if last is None:  # a stream that ended with no piece still opens its message
+            yield _opening(mid, model, None)
         for event, data in blocks.close():
             yield _sse(event, data)
         matched = getattr(processor.stop, "matched", None)

@@ -1,62 +1,148 @@
 """Request bodies of Anthropic's Messages API, and their translation to the chat template's
 messages. Fields Claude Code sends that change nothing here (cache_control, metadata, betas,
-service_tier) are accepted and ignored; images and documents are refused."""
+service_tier) are accepted and ignored; images, documents, other unknown blocks, server tools
+and MCP servers are refused with the path of what to fix."""
 
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ..coordinator.errors import BadRequest
 from ..types import SamplingParams
 
 MAX_STOPS = 16
 
 
-class Block(BaseModel):
-    """One content block; which fields apply depends on `type`."""
+@dataclass(frozen=True)
+class Block:
+    """One content block, checked: text (a tool_result's own text joined), a call's parts."""
 
-    model_config = ConfigDict(extra="ignore")
-    type: Literal[
-        "text", "tool_use", "tool_result", "thinking", "redacted_thinking", "image", "document"
-    ]
-    text: str | None = None
-    id: str | None = None
-    name: str | None = None
-    input: dict | None = None
-    tool_use_id: str | None = None
-    content: str | list["Block"] | None = None
-    is_error: bool | None = None
-    thinking: str | None = None
-    signature: str | None = None
+    type: str
+    text: str = ""
+    id: str = ""
+    name: str = ""
+    input: dict = field(default_factory=dict)
+    tool_use_id: str = ""
+    is_error: bool = False
 
-    @field_validator("type")
-    @classmethod
-    def _supported(cls, v):
-        if v in ("image", "document"):
-            raise ValueError(f"{v} blocks are not supported: this model reads text only")
-        return v
 
-    def plain(self) -> str:
-        if isinstance(self.content, list):
-            return "".join(b.text or "" for b in self.content if b.type == "text")
-        return self.text if self.type == "text" else (self.content or "")
+FIELDS: dict[str, dict[str, type]] = {
+    "text": {"text": str},
+    "tool_use": {"id": str, "name": str, "input": dict},
+    "tool_result": {"tool_use_id": str},
+    "thinking": {"thinking": str},
+    "redacted_thinking": {"data": str},
+}
+"""Each supported block type's required fields and their JSON types."""
+OPTIONAL: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "tool_result": {"content": (str, list), "is_error": bool},
+    "thinking": {"signature": str},
+}
+ROLE_BLOCKS = {
+    "user": ("text", "tool_result"),
+    "assistant": ("text", "tool_use", "thinking", "redacted_thinking"),
+}
+JSON_NAMES = {str: "a string", dict: "an object", bool: "true or false", list: "a list"}
+
+
+def _bad(path: str, problem: str) -> BadRequest:
+    return BadRequest(f"{path}: {problem}", param=path)
+
+
+def _check_field(raw: dict, path: str, key: str, want, required: bool) -> None:
+    value = raw.get(key)
+    if value is None:
+        if required:
+            raise _bad(f"{path}.{key}", "is required")
+        return
+    kinds = want if isinstance(want, tuple) else (want,)
+    if not isinstance(value, kinds):
+        raise _bad(f"{path}.{key}", "must be " + " or ".join(JSON_NAMES[k] for k in kinds))
+
+
+def parse_block(raw, path: str) -> Block:
+    """One block, its type and fields checked; errors name the block's path and field."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("type"), str):
+        raise _bad(path, "must be a content block: an object with a 'type'")
+    kind = raw["type"]
+    if kind in ("image", "document"):
+        raise _bad(path, f"{kind} blocks are not supported: this model reads text only")
+    if kind not in FIELDS:
+        supported = ", ".join(FIELDS)
+        raise _bad(path, f"block type '{kind}' is not supported (supported: {supported})")
+    for key, want in FIELDS[kind].items():
+        _check_field(raw, path, key, want, required=True)
+    for key, want in OPTIONAL.get(kind, {}).items():
+        _check_field(raw, path, key, want, required=False)
+    text = raw.get(kind if kind == "thinking" else "text") or ""
+    if kind == "tool_result":
+        text = _result_text(raw.get("content"), path + ".content")
+    return Block(kind, text, raw.get("id", ""), raw.get("name", ""), raw.get("input") or {},
+                 raw.get("tool_use_id", ""), bool(raw.get("is_error")))  # fmt: skip
+
+
+def _result_text(content, path: str) -> str:
+    """A tool_result's content: a string, or text blocks joined by newlines."""
+    if not isinstance(content, list):
+        return content or ""
+    return "\n".join(_text_of(raw, f"{path}.{j}") for j, raw in enumerate(content))
+
+
+def _text_of(raw, path: str) -> str:
+    """A block that must be text (in system or a tool_result): its text."""
+    kind = raw.get("type") if isinstance(raw, dict) else None
+    if kind in FIELDS and kind != "text":
+        raise _bad(path, f"a '{kind}' block cannot be here: only text blocks")
+    return parse_block(raw, path).text
 
 
 class AnthropicMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["user", "assistant"]
-    content: str | list[Block]
+    content: Any
+    """A string or a list of blocks, checked by blocks() (errors name the block's field)."""
 
-    def blocks(self) -> list[Block]:
+    def blocks(self, path: str) -> list[Block]:
+        """The content's blocks, each checked and allowed in this role."""
         if isinstance(self.content, str):
-            return [Block(type="text", text=self.content)]
-        return self.content
+            return [Block("text", self.content)] if self.content else []
+        if not isinstance(self.content, list):
+            raise _bad(path, "must be a string or a list of content blocks")
+        out = [parse_block(raw, f"{path}.{k}") for k, raw in enumerate(self.content)]
+        other = "assistant" if self.role == "user" else "user"
+        for k, b in enumerate(out):
+            if b.type not in ROLE_BLOCKS[self.role]:
+                raise _bad(f"{path}.{k}", f"a '{b.type}' block belongs in an {other} message")
+            if b.type == "tool_result" and any(a.type == "text" for a in out[:k]):
+                raise _bad(f"{path}.{k}", "tool_result blocks must come before any text")
+        return out
+
+
+def _carries(blocks: list[Block]) -> bool:
+    """Content the model reads: text that is not blank, a call or a result."""
+    return any(b.type in ("tool_use", "tool_result") or b.text.strip() for b in blocks
+               if b.type != "thinking")  # fmt: skip
+
+
+CLIENT_TOOLS = "this server runs only client tools with an input_schema (type 'custom' or none)"
 
 
 class AnthropicTool(BaseModel):
     model_config = ConfigDict(extra="ignore")
+    type: Literal["custom"] | None = None
     name: Annotated[str, Field(min_length=1)]
     description: str | None = None
-    input_schema: dict = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    input_schema: dict
+
+    @model_validator(mode="before")
+    @classmethod
+    def _client_tool(cls, data):
+        kind = data.get("type") if isinstance(data, dict) else None
+        if kind not in (None, "custom"):
+            raise ValueError(f"tool type '{kind}' is one of Anthropic's own tools, whose "
+                             f"schema this server does not know; {CLIENT_TOOLS}")  # fmt: skip
+        return data
 
     def as_openai(self) -> dict:
         f = {"name": self.name}
@@ -81,11 +167,21 @@ class Thinking(BaseModel):
 class _Prompted(BaseModel):
     model_config = ConfigDict(extra="ignore")
     model: str | None = None
-    system: str | list[Block] | None = None
+    system: Any = None
+    """A string or text blocks, checked by system_text()."""
     messages: Annotated[list[AnthropicMessage], Field(min_length=1)]
     tools: list[AnthropicTool] | None = None
     tool_choice: ToolChoice | None = None
     thinking: Thinking | None = None
+    mcp_servers: list | None = None
+
+    @field_validator("mcp_servers")
+    @classmethod
+    def _no_mcp(cls, v):
+        if v:
+            raise ValueError("this server connects to no MCP servers: run them in the client "
+                             f"and send their tools; {CLIENT_TOOLS}")  # fmt: skip
+        return v
 
     def openai_tools(self) -> list[dict]:
         return [t.as_openai() for t in self.tools or []]
@@ -113,45 +209,77 @@ class _Prompted(BaseModel):
             return {}
         return {"enable_thinking": self.thinking.type != "disabled"}
 
-    def template_messages(self) -> list[dict]:
-        """Anthropic's turns as the chat template reads them: tool_result blocks become tool
-        messages, thinking blocks the assistant's reasoning_content, tool_use its tool_calls."""
-        out: list[dict] = []
-        system = self.system
-        if isinstance(system, list):
-            system = "".join(b.text or "" for b in system if b.type == "text")
-        if system:
-            out.append({"role": "system", "content": system})
-        for m in self.messages:
-            if m.role == "user":
-                text = []
-                for b in m.blocks():
-                    if b.type == "tool_result":
-                        content = b.plain()
-                        if b.is_error:
-                            content = "Error: " + content
-                        out.append(
-                            {"role": "tool", "content": content, "tool_call_id": b.tool_use_id}
-                        )
-                    elif b.type == "text":
-                        text.append(b.text or "")
-                if text:
-                    out.append({"role": "user", "content": "".join(text)})
-                continue
-            entry: dict[str, Any] = {"role": "assistant", "content": ""}
-            calls = []
-            for b in m.blocks():
-                if b.type == "text":
-                    entry["content"] += b.text or ""
-                elif b.type == "thinking" and b.thinking:
-                    entry["reasoning_content"] = entry.get("reasoning_content", "") + b.thinking
-                elif b.type == "tool_use":
-                    function = {"name": b.name, "arguments": b.input or {}}
-                    calls.append({"id": b.id, "type": "function", "function": function})
-            if calls:
-                entry["tool_calls"] = calls
-            out.append(entry)
-        return out
+    def system_text(self) -> str:
+        """The system prompt: a string, or its text blocks joined by newlines."""
+        if self.system is None or isinstance(self.system, str):
+            return self.system or ""
+        if not isinstance(self.system, list):
+            raise _bad("system", "must be a string or a list of text blocks")
+        return "\n".join(_text_of(raw, f"system.{k}") for k, raw in enumerate(self.system))
+
+    def template_messages(self) -> tuple[list[dict], bool]:
+        """Anthropic's turns as the chat template reads them, and whether the reply continues
+        the last (a final assistant message is a prefill; one with no text or thinking is left
+        out): tool_result blocks become tool messages, thinking blocks the assistant's
+        reasoning_content, tool_use its tool_calls; consecutive text blocks are joined by
+        newlines. Raises BadRequest naming the block."""
+        system = self.system_text()
+        out: list[dict] = [{"role": "system", "content": system}] if system else []
+        last = len(self.messages) - 1
+        for i, m in enumerate(self.messages):
+            path = f"messages.{i}.content"
+            blocks = m.blocks(path)
+            if i == last and m.role == "assistant":
+                prefill = _prefill(blocks, path)
+                return out + prefill, bool(prefill)
+            if not _carries(blocks):
+                raise _bad(path, "is empty: every message but a final assistant one needs text, "
+                                 "tool_use or tool_result content (thinking alone does not "
+                                 "count)")  # fmt: skip
+            out += _user_turn(blocks) if m.role == "user" else [_assistant_turn(blocks)]
+        return out, False
+
+
+def _prefill(blocks: list[Block], path: str) -> list[dict]:
+    """The final assistant message the reply continues, as a template turn (none when it has
+    no text or thinking)."""
+    for k, b in enumerate(blocks):
+        if b.type == "tool_use":
+            raise _bad(f"{path}.{k}", "a tool_use block cannot end the conversation: send its "
+                                      "tool_result in a user message after it")  # fmt: skip
+    texts = [b.text for b in blocks if b.type == "text"]
+    if texts and texts[-1] != texts[-1].rstrip():
+        raise _bad(path, "a final assistant message (the reply continues it) cannot end with "
+                         "whitespace")  # fmt: skip
+    if not any(b.text for b in blocks if b.type in ("text", "thinking")):
+        return []
+    return [_assistant_turn(blocks)]
+
+
+def _user_turn(blocks: list[Block]) -> list[dict]:
+    """A user message: a tool message per tool_result, then its text."""
+    out: list[dict] = []
+    for b in blocks:
+        if b.type == "tool_result":
+            content = "Error: " + b.text if b.is_error else b.text
+            out.append({"role": "tool", "content": content, "tool_call_id": b.tool_use_id})
+    text = [b.text for b in blocks if b.type == "text"]
+    return out + ([{"role": "user", "content": "\n".join(text)}] if text else [])
+
+
+def _assistant_turn(blocks: list[Block]) -> dict:
+    """An assistant message: its text, its reasoning and its calls (redacted thinking has no
+    text the model can read)."""
+    entry: dict[str, Any] = {"role": "assistant", "content": "\n".join(
+        b.text for b in blocks if b.type == "text")}  # fmt: skip
+    reasoning = "\n".join(b.text for b in blocks if b.type == "thinking")
+    if reasoning:
+        entry["reasoning_content"] = reasoning
+    calls = [{"id": b.id, "type": "function", "function": {"name": b.name, "arguments": b.input}}
+             for b in blocks if b.type == "tool_use"]  # fmt: skip
+    if calls:
+        entry["tool_calls"] = calls
+    return entry
 
 
 class MessagesRequest(_Prompted):

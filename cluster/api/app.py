@@ -27,6 +27,14 @@ from .schemas import ChatCompletionRequest, CompletionRequest, NamedToolChoice
 OPEN_PATHS = ("/health", "/metrics")
 
 
+def sent_keys(headers: dict[bytes, bytes]) -> list[str]:
+    """The keys a request carries: a bearer token (the scheme in any case, RFC 7235) and
+    Anthropic's x-api-key; either may hold the key."""
+    scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+    bearer = [token.strip()] if scheme.lower() == "bearer" else []
+    return bearer + [headers.get(b"x-api-key", b"").decode("latin-1").strip()]
+
+
 class ApiKeyMiddleware:
     """Bearer keys on every path but probes. Plain ASGI: Starlette's BaseHTTPMiddleware would
     relay every streamed chunk through an extra task and queue."""
@@ -35,22 +43,23 @@ class ApiKeyMiddleware:
         self.app, self.keys = app, keys
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
-            headers = dict(scope["headers"])
-            auth = headers.get(b"authorization", b"").decode("latin-1")
-            key = auth[7:] if auth.startswith("Bearer ") else None
-            key = key or headers.get(b"x-api-key", b"").decode("latin-1")  # Anthropic's header
-            if key not in self.keys:
-                message = (
-                    "Missing or invalid API key: send 'Authorization: Bearer <key>' "
-                    "(or 'x-api-key: <key>')."
-                )
-                response = error_json(
-                    scope["path"], 401, message, "authentication_error", None, "invalid_api_key"
-                )
-                await response(scope, receive, send)
-                return
+        if scope["type"] == "http" and not self._allowed(scope):
+            message = (
+                "Missing or invalid API key: send 'Authorization: Bearer <key>' "
+                "(or 'x-api-key: <key>')."
+            )
+            response = error_json(
+                scope["path"], 401, message, "authentication_error", None, "invalid_api_key"
+            )
+            await response(scope, receive, send)
+            return
         await self.app(scope, receive, send)
+
+    def _allowed(self, scope) -> bool:
+        """Probes need no key; other paths a served key in either header."""
+        if scope["path"] in OPEN_PATHS:
+            return True
+        return any(key in self.keys for key in sent_keys(dict(scope["headers"])))
 
 
 def create_app(

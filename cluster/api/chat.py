@@ -47,6 +47,8 @@ class ChatPrompt:
     """What the reply's tool calls may contain (None: unconstrained)."""
     think_end: int | None = None
     """`</think>`'s id, when the tokenizer has GLM's tags."""
+    continued: bool = False
+    """The reply continues text of the final assistant message (a prefill)."""
 
     def limits(self, thinking_budget: int | None = None) -> dict:
         """SamplingParams fields that limit the reply: banned tokens, the tool-call grammar,
@@ -112,10 +114,12 @@ def build_prompt(
     tool_choice: str | None,
     template_args: dict,
     grammar: bool = True,
+    continue_final: bool = False,
 ) -> ChatPrompt:
     """tool_choice: None/'auto', 'none', 'required', or a tool's name. A forced call opens the
     reply with `<tool_call>` (and the name) and skips thinking for that turn. grammar: keep
-    the reply's calls to the offered tools' names, keys and listed values."""
+    the reply's calls to the offered tools' names, keys and listed values. continue_final:
+    the reply continues the final (assistant) message, which stays open."""
     markers = tokenizer.markers
     if not messages:
         raise BadRequest("the conversation is empty: send at least one message with content",
@@ -137,7 +141,15 @@ def build_prompt(
         forced_text = f"<tool_call>{tool_choice}" + (
             "<arg_key>" if param_types(tools).get(tool_choice) else "</tool_call>"
         )
-    prompt = tokenizer.chat(messages, tools=tools or None, **template_args)
+    try:
+        prompt = tokenizer.chat(messages, tools or None, continue_final, **template_args)
+    except ValueError:
+        if not continue_final:
+            raise
+        raise BadRequest(  # HF's check: the template dropped part of the final message
+            "this model's chat template cannot continue the final assistant message; send it "
+            "without that message", param="messages",
+        ) from None  # fmt: skip
     forced = tokenizer.encode(forced_text) if forced_text else []
     reasoning = bool(markers) and not forced and prompt[-1:] == [markers.id_of("<think>")]
     # No tools offered means none (OpenAI's default then): a call could name no real tool.
@@ -147,7 +159,8 @@ def build_prompt(
         tool_grammar(tokenizer, tools, forced, bool(forced)) if grammar and not no_calls else None
     )
     end = markers.id_of("</think>") if markers else None
-    return ChatPrompt(prompt + forced, forced, reasoning, banned, rules, end)
+    continued = continue_final and bool(messages[-1].get("content"))
+    return ChatPrompt(prompt + forced, forced, reasoning, banned, rules, end, continued)
 
 
 def with_defaults(sampling: SamplingParams, body, defaults: dict) -> SamplingParams:
@@ -201,6 +214,7 @@ def chat_processor(
         reasoning=prompt.reasoning,
         call_ids=lambda _: new_call_id(call_prefix),
         token_bytes=tokenizer.stream_bytes,
+        continuing=prompt.continued,
     )
     opening = parser.feed(prompt.forced)
     return ChatOutputProcessor(parser, stops, max_calls, opening)

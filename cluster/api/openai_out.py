@@ -22,8 +22,11 @@ class Collected:
     logprobs: list = field(default_factory=list)
     prompt_logprobs: tuple = ()
     last: Output | None = None
+    outputs: list[Output] = field(default_factory=list)
+    """Every piece in order, for builders of blocks or items (they keep generation order)."""
 
     def add(self, out: Output) -> None:
+        self.outputs.append(out)
         self.text += out.text
         self.logprobs += out.logprobs
         self.prompt_logprobs += out.prompt_logprobs
@@ -32,23 +35,6 @@ class Collected:
             call = self.calls.setdefault(d.index, {"id": d.id, "name": d.name, "arguments": ""})
             call["arguments"] += d.arguments
         self.last = out
-
-    def as_output(self) -> Output:
-        """The whole reply as one piece (for builders of blocks or items)."""
-        from ..coordinator.glm_output import ToolCallDelta
-
-        calls = []
-        for index, c in sorted(self.calls.items()):
-            calls += [
-                ToolCallDelta(index, c["id"], c["name"]),
-                ToolCallDelta(index, arguments=c["arguments"]),
-            ]
-        last = self.last
-        return Output(
-            self.text, last.num_tokens, last.finish_reason, last.prompt_tokens,
-            last.cached_tokens, reasoning=self.reasoning, tool_calls=calls,
-            reasoning_tokens=last.reasoning_tokens,
-        )  # fmt: skip
 
 
 def usage(last: Output) -> dict:

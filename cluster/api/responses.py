@@ -162,7 +162,8 @@ def router(coordinator: Coordinator, defaults: ChatDefaults) -> APIRouter:
                                      background=BackgroundTask(stream.aclose))  # fmt: skip
         got = await collect_unless_disconnected(request, stream)
         items = _Items()
-        items.events(got.as_output())
+        for out in got.outputs:  # piece by piece, as a stream: items in generation order
+            items.events(out)
         items.close(cut=_cut(got.last))
         reply = _final(base, items, got.last, count)
         return JSONResponse(reply, headers=outcome_headers(headers, got.last))

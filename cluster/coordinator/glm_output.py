@@ -106,8 +106,10 @@ class GlmParser:
     """Feeds on generated token ids; returns what each feed adds, in OpenAI's delta terms."""
 
     def __init__(self, markers: Markers, decode, tools: list[dict] | None = None,
-                 reasoning: bool = False, call_ids=None, token_bytes=None):  # fmt: skip
-        """token_bytes: each token's bytes, for constant work per token (output.py)."""
+                 reasoning: bool = False, call_ids=None, token_bytes=None,
+                 continuing: bool = False):  # fmt: skip
+        """token_bytes: each token's bytes, for constant work per token (output.py);
+        continuing: the reply goes on with text already begun (a prefill), kept as written."""
         self.markers = markers
         self.decode = decode
         self.token_bytes = token_bytes
@@ -118,7 +120,7 @@ class GlmParser:
         self._detok = IncrementalDetokenizer(decode, token_bytes)
         self._buf = ""  # text of the current name, key or value
         self._key = ""
-        self._seen_content = False
+        self._seen_content = continuing
         self.reasoning_tokens = 0
         """Tokens written inside the reasoning (its tags not counted)."""
 
@@ -140,10 +142,12 @@ class GlmParser:
         return out
 
     def finish(self) -> ParsedDelta:
-        """Flush held-back text; a call cut off mid-way keeps the arguments it completed."""
+        """Flush held-back text; a call cut off mid-way keeps the arguments it completed, and
+        one cut inside its name is left out unless the name is an offered tool's."""
         out = ParsedDelta()
         self._text(self._detok.flush(), out)
-        if self.state == _State.NAME and self._buf.strip():
+        name = self._buf.strip()
+        if self.state == _State.NAME and name and name in self.types:
             self._start_call(out)
         return out
 

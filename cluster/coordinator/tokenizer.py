@@ -21,12 +21,15 @@ class PromptTokenizer:
         self.path = Path(model_path)
         self._tokens_of: dict[str, tuple[int, ...]] = {}
 
-    def chat(self, messages: list[dict], tools: list | None = None, **template_args) -> list[int]:
-        """Apply the chat template with a generation prompt; no tokens added twice.
-        template_args reach the template (enable_thinking, clear_thinking, ...)."""
+    def chat(self, messages: list[dict], tools: list | None = None, continue_final: bool = False,
+             **template_args) -> list[int]:  # fmt: skip
+        """Apply the chat template with a generation prompt, or (continue_final) leave the
+        final message open for the reply to continue; no tokens added twice. template_args
+        reach the template (enable_thinking, clear_thinking, ...)."""
         text = self.hf.apply_chat_template(
-            messages, tools=tools, add_generation_prompt=True, tokenize=False, **template_args
-        )
+            messages, tools=tools, add_generation_prompt=not continue_final,
+            continue_final_message=continue_final, tokenize=False, **template_args,
+        )  # fmt: skip
         return self.encode(text)
 
     @cached_property

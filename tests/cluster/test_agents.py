@@ -409,6 +409,246 @@ def test_model_aliases_answer_the_names_agents_ask_for(agent_server):
     assert r.status_code == 404 and all(n in r.json()["error"]["message"] for n in ALIASES)
 
 
+def _block_list(content) -> list[tuple]:
+    """Each block's type and what it carries, to compare two replies block by block."""
+    fields = ("text", "thinking", "name", "input")
+    return [(b.type, *(getattr(b, f, None) for f in fields)) for b in content]
+
+
+def _whole_and_streamed(client, **kw):
+    whole = client.messages.create(**kw)
+    with client.messages.stream(**kw) as stream:
+        streamed = stream.get_final_message()
+    return whole, streamed
+
+
+@pytest.mark.parametrize("thinking", ["disabled", "enabled"])
+def test_anthropic_whole_replies_have_the_streams_blocks_in_order(agent_server, held_out,
+                                                                  thinking):  # fmt: skip
+    """A whole reply's content is the stream's final message's, block by block."""
+    client = _anthropic(agent_server)
+    budget = {"budget_tokens": 40} if thinking == "enabled" else {}
+    for ex in held_out:
+        for choice in ({"type": "auto"}, {"type": "any"}):
+            whole, streamed = _whole_and_streamed(
+                client, model=agent_server.model, max_tokens=96, extra_body=ZERO,
+                tools=_anthropic_tools(ex), tool_choice=choice,
+                thinking={"type": thinking, **budget},
+                messages=[{"role": "user", "content": ex.messages[-2]["content"]}],
+            )  # fmt: skip
+            assert _block_list(whole.content) == _block_list(streamed.content)
+            assert whole.stop_reason == streamed.stop_reason
+            seen_content.extend(b.text for b in whole.content if b.type == "text")
+
+
+CLOSED_TOOLS = [{"name": name, "input_schema": {
+    "type": "object", "required": ["unit"],
+    "properties": {"unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}}}}
+    for name in ("get_weather", "set_thermostat")]  # fmt: skip
+"""Tools whose calls end soon (a listed value), so random weights write text after one."""
+
+
+def test_anthropic_forced_calls_whole_and_streamed_alike(server):
+    """Random weights made to call a tool write calls until max_tokens (a forced reply is
+    calls only): the whole reply has the stream's blocks, in its order."""
+    client = _anthropic(server)
+    whole, streamed = _whole_and_streamed(
+        client, model=server.model, max_tokens=40, extra_body=ZERO, tools=CLOSED_TOOLS,
+        tool_choice={"type": "any"}, thinking={"type": "disabled"},
+        messages=[{"role": "user", "content": "weather"}],
+    )  # fmt: skip
+    assert {b.type for b in whole.content} == {"tool_use"}
+    assert _block_list(whole.content) == _block_list(streamed.content)
+    # The Responses API's whole reply keeps its items in that order too.
+    tools = [{"type": "function", "name": t["name"], "parameters": t["input_schema"]}
+             for t in CLOSED_TOOLS]  # fmt: skip
+    kw = dict(model=server.model, input="weather", tools=tools, tool_choice="required",
+              max_output_tokens=40, temperature=0.0, reasoning={"effort": "none"})  # fmt: skip
+    r = server.client().responses.create(**kw)
+    final = list(server.client().responses.create(stream=True, **kw))[-1].response
+    assert {o.type for o in r.output} == {"function_call"}
+    assert [(o.type, getattr(o, "name", None)) for o in r.output] == [
+        (o.type, getattr(o, "name", None)) for o in final.output
+    ]
+    assert r.output_text == final.output_text
+
+
+def test_anthropic_stream_usage_agrees_from_message_start(agent_server):
+    """message_start's usage counts the prompt as message_delta's does: input_tokens without
+    the cached tokens, cache_read_input_tokens and cache_creation_input_tokens beside them."""
+    client = _anthropic(agent_server)
+    text = "Summarise: " + " ".join(f"item {i} is ready." for i in range(60))
+    kw = dict(model=agent_server.model, max_tokens=4, extra_body=ZERO,
+              messages=[{"role": "user", "content": text}])  # fmt: skip
+    counted = client.messages.count_tokens(model=agent_server.model, messages=kw["messages"])
+    for _ in range(2):  # the second finds the prompt in the prefix cache
+        with client.messages.stream(**kw) as stream:
+            events = list(stream)
+        start = events[0].message.usage.model_dump()
+        end = next(e for e in events if e.type == "message_delta").usage.model_dump()
+        for key in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"):
+            assert start[key] == end[key] and start[key] is not None, key
+        assert start["input_tokens"] + start["cache_read_input_tokens"] == counted.input_tokens
+    assert start["cache_read_input_tokens"] > 0
+
+
+def test_a_call_cut_inside_its_name_is_left_out(agent_server, held_out):
+    """max_tokens ends a forced call before its name is whole (every name here takes three or
+    more tokens): no tool_use block or tool call names a tool nobody offered, streamed or not,
+    on both APIs; the reply says it was cut."""
+    tok = AutoTokenizer.from_pretrained(str(TRAINED))
+    ex = held_out[0]
+    names = [t["function"]["name"] for t in ex.tools]
+    assert all(len(tok.encode(n, add_special_tokens=False)) > 2 for n in names)
+    client, chat = _anthropic(agent_server), agent_server.client()
+    user = [{"role": "user", "content": ex.messages[-2]["content"]}]
+    for max_tokens in (1, 2):
+        kw = dict(model=agent_server.model, max_tokens=max_tokens, extra_body=ZERO,
+                  tools=_anthropic_tools(ex), tool_choice={"type": "any"},
+                  messages=user)  # fmt: skip
+        whole, streamed = _whole_and_streamed(client, **kw)
+        for m in (whole, streamed):
+            assert m.stop_reason == "max_tokens"
+            assert [b for b in m.content if b.type == "tool_use"] == []
+        kw = dict(model=agent_server.model, messages=user, tools=ex.tools, max_tokens=max_tokens,
+                  tool_choice="required", **GREEDY)  # fmt: skip
+        r = chat.chat.completions.create(**kw).choices[0]
+        assert r.finish_reason == "length" and not r.message.tool_calls
+        streamed_calls, finish, _, _ = _stream_calls(
+            chat.chat.completions.create(stream=True, **kw)
+        )
+        assert finish == "length" and streamed_calls == []
+
+
+HI = [{"role": "user", "content": "hi"}]
+THOUGHT = {"type": "thinking", "thinking": "hmm", "signature": ""}
+USE = {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Oslo"}}
+WEATHER = {
+    "name": "get_weather",
+    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
+}
+BAD_REQUESTS = [  # (request fields, what the error message must say)
+    ({"messages": [{"role": "user", "content": []}]}, "messages.0.content"),
+    ({"messages": [{"role": "user", "content": [THOUGHT]}]}, "messages.0.content"),
+    ({"messages": [{"role": "user", "content": [{"type": "redacted_thinking", "data": "x"}]}]},
+     "messages.0.content"),
+    ({"messages": [*HI, {"role": "assistant", "content": []}, *HI]}, "messages.1.content"),
+    ({"messages": [{"role": "user", "content": ""}]}, "messages.0.content"),
+    ({"messages": [{"role": "user", "content": [{"type": "search_result", "source": "s"}]}]},
+     "messages.0.content.0: block type 'search_result' is not supported"),
+    ({"messages": [*HI, {"role": "assistant", "content": [USE | {"input": "Oslo"}]}]},
+     "messages.1.content.0.input: must be an object"),
+    ({"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]},
+     "messages.0.content.0.text: must be a string"),
+    ({"messages": [{"role": "user", "content": 5}]}, "messages.0.content: must be a string"),
+    ({"messages": HI, "system": [{"type": "tool_use", "text": "x"}]}, "system.0"),
+    ({"messages": [{"role": "user", "content": [USE]}]}, "messages.0.content.0"),
+    ({"messages": HI, "tools": [{"type": "web_search_20250305", "name": "web_search"}]},
+     "web_search_20250305"),
+    ({"messages": HI, "tools": [{"type": "bash_20250124", "name": "bash"}]}, "bash_20250124"),
+    ({"messages": HI, "tools": [{"type": "text_editor_20250124", "name": "str_replace_editor"}]},
+     "text_editor_20250124"),
+    ({"messages": HI, "tools": [WEATHER | {"type": "computer_20250124"}]},
+     "computer_20250124"),
+    ({"messages": HI, "mcp_servers": [{"type": "url", "url": "https://x", "name": "x"}]},
+     "mcp_servers"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("fields,says", BAD_REQUESTS)
+def test_anthropic_bad_content_and_server_tools_are_400s_naming_the_field(agent_server, fields,
+                                                                         says):  # fmt: skip
+    """Each bad request is a 400 in Anthropic's shape naming what to fix, whole, streamed and
+    counted (never a 500, never accepted)."""
+    base = f"{agent_server.url}/v1/messages"
+    body = {"model": agent_server.model, "max_tokens": 8} | fields
+    for url, extra in ((base, {}), (base, {"stream": True}), (base + "/count_tokens", {})):
+        r = httpx.post(url, json=body | extra, timeout=30)
+        assert r.status_code == 400, (url, extra, r.text)
+        error = r.json()
+        assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error"
+        assert says in error["error"]["message"], error["error"]["message"]
+    if "tools" in fields:
+        assert "client tools" in error["error"]["message"]
+
+
+def test_anthropic_text_blocks_are_joined_by_newlines(agent_server):
+    """System, user and tool_result text blocks reach the model joined by a newline: the prompt
+    counts as the newline-joined string's (and not as the blocks run together)."""
+    client = _anthropic(agent_server)
+
+    def count(system, content, result) -> int:
+        messages = [*HI, {"role": "assistant", "content": [USE]},
+                    {"role": "user", "content": [
+                        {"type": "tool_result", "tool_use_id": "toolu_1", "content": result},
+                        *([{"type": "text", "text": t} for t in content]
+                          if isinstance(content, list) else [{"type": "text", "text": content}]),
+                    ]}]  # fmt: skip
+        return client.messages.count_tokens(
+            model=agent_server.model, system=system, messages=messages, tools=[WEATHER]
+        ).input_tokens
+
+    parts = ["The assistant is for Claude.", "You are terse."]
+    texts = [{"type": "text", "text": t} for t in parts]
+    blocks = count(texts, parts, texts)
+    assert blocks == count("\n".join(parts), "\n".join(parts), "\n".join(parts))
+    assert blocks != count("".join(parts), "".join(parts), "".join(parts))
+
+
+@pytest.mark.parametrize("thinking", [False, True])
+def test_anthropic_prefill_is_continued(agent_server, thinking):
+    """A final assistant message is a prefill: the prompt ends with its text (after the closed
+    reasoning, as GLM renders a past turn) with no new turn, and the reply is its greedy
+    continuation, as /v1/completions gives for that prompt text."""
+    prefill = "The answer is"
+    ask = [{"role": "user", "content": "def add(a, b):"}]
+    messages = [*ask, {"role": "assistant", "content": [{"type": "text", "text": prefill}]}]
+    switch = {"type": "enabled", "budget_tokens": 8} if thinking else {"type": "disabled"}
+    tok = AutoTokenizer.from_pretrained(str(TRAINED))
+    template = [*ask, {"role": "assistant", "content": prefill}]
+    text = tok.apply_chat_template(
+        template,
+        tokenize=False,
+        add_generation_prompt=False,
+        continue_final_message=True,
+        enable_thinking=thinking,
+    )
+    assert text.endswith("<|assistant|></think>" + prefill)
+    client = _anthropic(agent_server)
+    counted = client.messages.count_tokens(model=agent_server.model, messages=messages,
+                                           thinking=switch)  # fmt: skip
+    assert counted.input_tokens == len(tok.encode(text, add_special_tokens=False))
+    kw = dict(model=agent_server.model, max_tokens=16, extra_body=ZERO, thinking=switch,
+              messages=messages)  # fmt: skip
+    whole, streamed = _whole_and_streamed(client, **kw)
+    plain = agent_server.client().completions.create(
+        model=agent_server.model, prompt=text, max_tokens=16, temperature=0.0
+    )
+    assert [b.type for b in whole.content] == ["text"]
+    assert whole.content[0].text == plain.choices[0].text and plain.choices[0].text
+    assert _block_list(whole.content) == _block_list(streamed.content)
+    seen_content.append(whole.content[0].text)
+    # An empty final assistant message is no prefill: the prompt is the question's.
+    empty = client.messages.count_tokens(
+        model=agent_server.model,
+        thinking=switch,
+        messages=[*ask, {"role": "assistant", "content": []}],
+    )
+    alone = client.messages.count_tokens(model=agent_server.model, messages=ask, thinking=switch)
+    assert empty.input_tokens == alone.input_tokens
+
+
+@pytest.mark.parametrize("content,says", [
+    ([{"type": "text", "text": "The answer is "}], "cannot end with whitespace"),
+    ([USE], "messages.1.content.0: a tool_use block cannot end the conversation"),
+])  # fmt: skip
+def test_anthropic_prefills_it_cannot_continue_are_400s(agent_server, content, says):
+    body = {"model": agent_server.model, "max_tokens": 8,
+            "messages": [*HI, {"role": "assistant", "content": content}]}  # fmt: skip
+    r = httpx.post(f"{agent_server.url}/v1/messages", json=body, timeout=30)
+    assert r.status_code == 400 and says in r.json()["error"]["message"]
+
+
 def test_no_markup_in_any_content():
     assert seen_content, "the tests above read no content"
     for text in seen_content:

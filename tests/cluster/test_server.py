@@ -326,6 +326,19 @@ def test_api_keys_are_required_and_grpc_runs_mutual_tls_when_configured(model_di
         with pytest.raises(anthropic.AuthenticationError) as e:
             bad.messages.create(**hi)
         assert e.value.body["error"]["type"] == "authentication_error"
+        # Either header may carry the key (Claude Code sends both), the scheme in any case.
+        both = {"authorization": "Bearer wrong", "x-api-key": "k1"}
+        lower = {"authorization": "bearer k2"}
+        for headers in (both, lower):
+            assert httpx.get(f"{srv.base_url}/models", headers=headers).status_code == 200
+            r = httpx.post(f"{srv.url}/v1/messages", json=hi, headers=headers)
+            assert r.status_code == 200 and r.json()["type"] == "message"
+        neither = {"authorization": "Bearer wrong", "x-api-key": "nope"}
+        r = httpx.get(f"{srv.base_url}/models", headers=neither)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+        r = httpx.post(f"{srv.url}/v1/messages", json=hi, headers=neither)
+        assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+        assert r.json()["type"] == "error"
     finally:
         srv.stop()
 

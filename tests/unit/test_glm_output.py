@@ -9,6 +9,7 @@ from cluster.coordinator.glm_output import (
     ChatOutputProcessor,
     GlmParser,
     Markers,
+    ToolCallDelta,
     typed_value,
 )
 
@@ -193,3 +194,30 @@ def test_processor_length_finish_stays_length_for_a_cut_call():
     d = proc.process(encode("<tool_call>get_weather<arg_key>ci"), "length")
     assert d.finish_reason == "length" and d.text == ""
     assert d.tool_calls[0].name == "get_weather"
+
+
+def test_a_whole_anthropic_reply_keeps_its_blocks_in_generation_order():
+    """A call, then text (GLM writes text after a call when nothing forces calls only): the
+    whole reply's blocks are built piece by piece as the stream's are; once all text was
+    merged into one block before the calls."""
+    from cluster.api.anthropic import _Blocks
+    from cluster.api.openai_out import Collected
+    from cluster.coordinator.coordinator import Output
+
+    pieces = [
+        Output("Let me look.", 3, None, 10, 0),
+        Output("", 5, None, 10, 0, tool_calls=[ToolCallDelta(0, "toolu_1", "read_file")]),
+        Output("", 7, None, 10, 0, tool_calls=[ToolCallDelta(0, arguments='{"path": "a"}')]),
+        Output("Done.", 9, "stop", 10, 0),
+    ]
+    got, streamed = Collected(), _Blocks()
+    for out in pieces:
+        got.add(out)
+        streamed.events(out)
+    whole = _Blocks()
+    for out in got.outputs:
+        whole.events(out)
+    for b in (whole, streamed):
+        b.close()
+    assert [b["type"] for b in whole.blocks] == ["text", "tool_use", "text"]
+    assert whole.blocks == streamed.blocks and whole.blocks[1]["input"] == {"path": "a"}
