@@ -6,7 +6,9 @@
 The default model is the 24-layer benchmark copy of the built-in model (`fixture-model OUT
 --layers 24`: the same outputs and MTP acceptance, GLM-5's cost ratios). For each TP size a
 plain cluster and a speculating cluster run at once; for each batch size the rounds alternate
-between them, `batch` concurrent streaming requests each (greedy, no early stop). Decode tok/s
+between them, `batch` concurrent streaming requests each (greedy, no early stop). The
+speculating server keeps the draft length given (`--no-speculation-adapt-k`): each row measures
+that k (scripts/governor_lengths.py shows which length the governors settle on). Decode tok/s
 is per request, counted while all `batch` requests decode (from the last one's first token to
 the first one's last, tokens read from each chunk's usage: vLLM's `continuous_usage_stats`), so
 a row's rate does not include steps spent on other rows' prefills (the prefix cache is off);
@@ -196,7 +198,8 @@ def main() -> None:
         common = ["--model", model, "--inventory", inventory, "--prefix-cache-bytes", "0"]
         plain = start_cluster(home, *common)
         spec = start_cluster(home, *common, "--speculation", args.method,
-                             "--num-speculative-tokens", str(args.k))  # fmt: skip
+                             "--num-speculative-tokens", str(args.k),
+                             "--no-speculation-adapt-k")  # fmt: skip
         try:
             for b in args.batches:
                 asyncio.run(decode_rates(spec[1], prompts, 8, b))  # warm both
