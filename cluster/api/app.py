@@ -122,7 +122,8 @@ def create_app(
         messages = openai_messages(body.messages)
         long = chars(messages) > LONG_CHARS
         grammar = chat_defaults.tool_grammar
-        prompt = await off_loop(long, build_prompt, tok, messages, tools, choice, args, grammar)
+        prompt = await off_loop(long, build_prompt, tok, messages, tools, choice, args, grammar,
+                                body.continue_final_message)  # fmt: skip
         max_calls = None if body.parallel_tool_calls else 1
         processor = chat_processor(tok, prompt, tools, body.stop, max_calls)
         limits = prompt.limits(chat_defaults.budget(body.thinking_token_budget))

@@ -218,6 +218,8 @@ class ChatCompletionRequest(_Common):
     """Thinking tokens allowed before the server ends the reasoning with `</think>` (vLLM's
     field); None: no limit."""
 
+    continue_final_message: bool = False
+    """vLLM's: the reply continues the final (assistant) message instead of opening a turn."""
     reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
     """OpenAI's: 'none' and 'minimal' turn GLM's thinking off, the others leave the server's
     setting (chat_template_kwargs' enable_thinking, when given, decides)."""
@@ -252,6 +254,14 @@ class ChatCompletionRequest(_Common):
             raise ValueError("tool_choice 'required' needs at least one tool in 'tools'")
         if self.top_logprobs and not self.logprobs:
             raise ValueError("top_logprobs needs logprobs: true")
+        if self.continue_final_message:
+            last = self.messages[-1]
+            if last.role != "assistant" or last.tool_calls:
+                raise ValueError("continue_final_message needs a final assistant message "
+                                 "without tool_calls: the reply continues its text")  # fmt: skip
+            if choice not in (None, "auto", "none"):
+                raise ValueError("continue_final_message cannot be combined with a forced "
+                                 "tool_choice")  # fmt: skip
         if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
             raise ValueError(
                 f"tool_choice names '{choice.function.name}', which is not in 'tools' "

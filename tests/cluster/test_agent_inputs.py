@@ -178,3 +178,27 @@ def test_errors_say_what_to_fix(srv):
     assert r.json()["error"]["code"] == "context_length_exceeded"
     r = _post(srv, {"model": M, "input": []}, "/v1/responses")
     assert r.status_code == 400 and "empty" in r.json()["error"]["message"]
+
+
+def test_continue_final_message_continues_the_assistant_text(srv):
+    """vLLM's chat field: the final assistant message stays open and the reply is its greedy
+    continuation, as /v1/completions gives for the same prompt text."""
+    from transformers import AutoTokenizer
+
+    prefill = "The answer is"
+    messages = [{"role": "user", "content": "def add(a, b):"},
+                {"role": "assistant", "content": prefill}]  # fmt: skip
+    tok = AutoTokenizer.from_pretrained(str(TRAINED))
+    text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=False,
+                                   continue_final_message=True)  # fmt: skip
+    assert text.endswith(prefill)
+    body = {"model": M, "messages": messages, "max_tokens": 12, "temperature": 0,
+            "continue_final_message": True}  # fmt: skip
+    got = _post(srv, body).json()
+    plain = _post(srv, {"model": M, "prompt": text, "max_tokens": 12, "temperature": 0},
+                  "/v1/completions").json()  # fmt: skip
+    assert got["usage"]["prompt_tokens"] == plain["usage"]["prompt_tokens"]
+    assert got["choices"][0]["message"]["content"] == plain["choices"][0]["text"]
+    user_last = body | {"messages": messages[:1]}
+    r = _post(srv, user_last)
+    assert r.status_code == 400 and "final assistant message" in r.text
