@@ -294,6 +294,33 @@ def _staggered(srv: Server, lengths: list[int]) -> list[str]:
         return list(pool.map(one, range(len(lengths))))
 
 
+def test_tp2_followers_take_the_leaders_draft_length(tmp_path):
+    """The governors change the draft length between steps (each probe tries one fewer); under
+    TP the leader's length rides with the step: output still plain decoding's, every 4 steps."""
+    env = {"CLUSTER_HOME": str(tmp_path / "home")}
+    body = dict(prompt="class Foo:\n    def __init__(self", max_tokens=96, temperature=0,
+                extra_body={"ignore_eos": True})  # fmt: skip
+    plain = Server(["--inventory", str(ROOT / "inventory/local.yaml")], env=env)
+    try:
+        expected = plain.client().completions.create(model=plain.model, **body).choices[0].text
+    finally:
+        plain.stop()
+    spec = Server(
+        ["--inventory", str(ROOT / "inventory/local-tp2.yaml"), "--speculation", "mtp",
+         "--num-speculative-tokens", "2", "--speculation-probe-every", "4",
+         "--speculation-probe-steps", "4", "--speculation-probe-losses", "100"],
+        env=env,
+    )  # fmt: skip
+    try:
+        raw = spec.client().completions.with_raw_response.create(model=spec.model, **body)
+        assert raw.parse().choices[0].text == expected
+        assert raw.headers["x-speculation"].startswith("mtp;k=1-2")  # both lengths ran
+        probe = status(spec)["replicas"][0]["engine"]["speculation"]["last_probe"]
+        assert probe["batch size 1"]["tried"]["k"] in (1, 2)
+    finally:
+        spec.stop()
+
+
 @pytest.mark.parametrize(
     "k", [pytest.param(1, marks=pytest.mark.slow), 2, pytest.param(3, marks=pytest.mark.slow)]
 )
