@@ -1,6 +1,7 @@
 """Anthropic's Messages API (`POST /v1/messages`, `/v1/messages/count_tokens`) on the same
 coordinator, router and engine as OpenAI's routes."""
 
+import asyncio
 import json
 import secrets
 
@@ -172,7 +173,7 @@ def router(coordinator: Coordinator, defaults: ChatDefaults) -> APIRouter:
         )
         model = coordinator.model_name
         if body.stream:
-            events = _stream_events(stream, processor, mid, model)
+            events = _stream_events(stream, processor, mid, model, len(prompt.tokens))
             return StreamingResponse(
                 events,
                 media_type="text/event-stream",
@@ -200,30 +201,45 @@ def router(coordinator: Coordinator, defaults: ChatDefaults) -> APIRouter:
     return api
 
 
-def _opening(mid: str, model: str, first: Output | None) -> str:
-    """message_start (usage as the first piece has it) and a ping."""
+OPENING_WAIT = 1.0
+"""Seconds message_start waits for the first piece (which says how much of the prompt the
+prefix cache held); a longer prefill gets it at once, its cache share left to message_delta."""
+
+
+def _opening(mid: str, model: str, first: Output | None, prompt_tokens: int) -> str:
+    """message_start (usage as the first piece has it, else the prompt uncached) and a ping."""
+    usage = _usage(first, output_tokens=0)
+    if first is None:
+        usage["input_tokens"] = prompt_tokens
     start = {"id": mid, "type": "message", "role": "assistant", "model": model, "content": [],
-             "stop_reason": None, "stop_sequence": None,
-             "usage": _usage(first, output_tokens=0)}  # fmt: skip
+             "stop_reason": None, "stop_sequence": None, "usage": usage}  # fmt: skip
     return _sse("message_start", {"type": "message_start", "message": start}) + _sse(
         "ping", {"type": "ping"}
     )
 
 
-async def _stream_events(stream, processor, mid: str, model: str):
+async def _stream_events(stream, processor, mid: str, model: str, prompt_tokens: int):
     """Anthropic's event stream: message_start, ping, the blocks, message_delta, message_stop;
-    a failure is an `error` event. message_start waits for the first piece: the prefix cache's
-    share of the prompt is known from then."""
+    a failure is an `error` event. message_start waits up to OPENING_WAIT for the first piece
+    (the prefix cache's share of the prompt is known from then), never a long prefill."""
     blocks, last = _Blocks(), None
+    first = asyncio.ensure_future(anext(stream, None))
     try:
-        async for out in stream:
-            if last is None:
-                yield _opening(mid, model, out)
+        done, _ = await asyncio.wait({first}, timeout=OPENING_WAIT)
+        opened = not done
+        if opened:  # a long prefill: the client hears from us now
+            yield _opening(mid, model, None, prompt_tokens)
+        out = await first
+        while out is not None:
+            if not opened:
+                yield _opening(mid, model, out, prompt_tokens)
+                opened = True
             last = out
             for event, data in blocks.events(out):
                 yield _sse(event, data)
-        if last is None:  # a stream that ended with no piece still opens its message
-            yield _opening(mid, model, None)
+            out = await anext(stream, None)
+        if not opened:  # a stream that ended with no piece still opens its message
+            yield _opening(mid, model, None, prompt_tokens)
         for event, data in blocks.close():
             yield _sse(event, data)
         matched = getattr(processor.stop, "matched", None)
@@ -242,4 +258,7 @@ async def _stream_events(stream, processor, mid: str, model: str):
         )
         yield _sse("error", error_body(status, message))
     finally:
+        if not first.done():  # the client left during a long prefill
+            first.cancel()
+            await asyncio.gather(first, return_exceptions=True)
         await stream.aclose()

@@ -473,6 +473,32 @@ def test_anthropic_forced_calls_whole_and_streamed_alike(server):
     assert r.output_text == final.output_text
 
 
+def test_anthropic_message_start_does_not_wait_for_a_long_prefill(agent_server):
+    """A long transcript on a cold cache prefills for seconds: message_start comes at once
+    (the whole prompt as input_tokens), and message_delta gives the cache's split."""
+    import time
+
+    text = "Review: " + " ".join(f"line {i} of the log reads ok {i * 7}." for i in range(300))
+    body = {"model": agent_server.model, "max_tokens": 2, "stream": True,
+            "messages": [{"role": "user", "content": text}], "temperature": 0}  # fmt: skip
+    times, events = {}, []
+    started = time.monotonic()
+    with httpx.stream("POST", f"{agent_server.url}/v1/messages", json=body, timeout=300) as r:
+        assert r.status_code == 200, r.read()
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                data = json.loads(line[6:])
+                times.setdefault(data["type"], time.monotonic() - started)
+                events.append(data)
+    assert events[0]["type"] == "message_start" and events[-1]["type"] == "message_stop"
+    first_text = times["content_block_delta"]
+    assert first_text > 1.5, "the prefill was too short to test this"
+    assert times["message_start"] < 1.5 < first_text
+    start = events[0]["message"]["usage"]
+    end = next(e for e in events if e["type"] == "message_delta")["usage"]
+    assert start["input_tokens"] == end["input_tokens"] + end["cache_read_input_tokens"]
+
+
 def test_anthropic_stream_usage_agrees_from_message_start(agent_server):
     """message_start's usage counts the prompt as message_delta's does: input_tokens without
     the cached tokens, cache_read_input_tokens and cache_creation_input_tokens beside them."""
