@@ -8,7 +8,7 @@ prefix there than in memory brings that entry back into memory.
 
 from array import array
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import count
 from typing import Any
 
@@ -48,12 +48,30 @@ class CacheStats:
     evicted_blocks: int = 0
 
 
-@dataclass
 class CacheEvents:
-    """Blocks that appeared in or left the cache since the last drain."""
+    """Blocks that appeared in or left the cache since the last drain, net: a block that left
+    and came back (or came and left) between two drains is in neither list, so a router that
+    applies them in any order ends where the cache is."""
 
-    stored: list[BlockHash] = field(default_factory=list)
-    evicted: list[BlockHash] = field(default_factory=list)
+    def __init__(self):
+        self._stored: dict[BlockHash, None] = {}
+        self._evicted: dict[BlockHash, None] = {}
+
+    def store(self, h: BlockHash) -> None:
+        if self._evicted.pop(h, 0) is not None:
+            self._stored[h] = None
+
+    def evict(self, h: BlockHash) -> None:
+        if self._stored.pop(h, 0) is not None:
+            self._evicted[h] = None
+
+    @property
+    def stored(self) -> list[BlockHash]:
+        return list(self._stored)
+
+    @property
+    def evicted(self) -> list[BlockHash]:
+        return list(self._evicted)
 
 
 class PrefixCache:
@@ -161,20 +179,21 @@ class PrefixCache:
         entry = Entry(tokens, hashes, stored, nbytes, written)
         if entry.nbytes > self.capacity_bytes:
             return None
-        # An entry that ends inside the new one's chain is a prefix of it: superseded.
-        for h in hashes[:-1]:
-            for old_id in list(self.index.get(h, ())):
-                if self.entries[old_id].hashes[-1] == h:
-                    self._remove(old_id, spill=False)
         entry_id = next(self._ids)
         self.entries[entry_id] = entry
         self.nbytes += entry.nbytes
         for h in hashes:
             ids = self.index.setdefault(h, [])
             if not ids:
-                self.events.stored.append(h)
+                self.events.store(h)
                 self.stats.stored_blocks += 1
             ids.append(entry_id)
+        # An entry that ends inside the new one's chain is a prefix of it: superseded. Removed
+        # once the new entry holds the shared blocks, so they never leave the index.
+        for h in hashes[:-1]:
+            for old_id in list(self.index.get(h, ())):
+                if old_id != entry_id and self.entries[old_id].hashes[-1] == h:
+                    self._remove(old_id, spill=False)
         while self.nbytes > self.capacity_bytes:
             self._remove(next(iter(self.entries)))
         return entry_id if entry_id in self.entries else None
@@ -200,7 +219,7 @@ class PrefixCache:
                 del self.index[h]
                 self.stats.evicted_blocks += 1
                 if self.disk is None or h not in self.disk:
-                    self.events.evicted.append(h)
+                    self.events.evict(h)
 
     def persist(self) -> None:
         """Write every memory entry the disk tier lacks (the engine calls it when idle)."""
@@ -214,7 +233,9 @@ class PrefixCache:
     def drain_events(self) -> CacheEvents:
         """Blocks the replica gained or lost since the last drain (memory and disk together)."""
         if self.disk is not None:
-            self.events.evicted += [h for h in self.disk.drain_evicted() if h not in self.index]
+            for h in self.disk.drain_evicted():
+                if h not in self.index:
+                    self.events.evict(h)
         events, self.events = self.events, CacheEvents()
         return events
 

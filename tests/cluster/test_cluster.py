@@ -149,8 +149,33 @@ def test_two_replicas_behind_one_coordinator_share_the_load(model_dir, tmp_path,
         assert greedy_outputs(srv) == tp1_outputs
         served = [r["served"] for r in status(srv)["replicas"]]
         assert sum(served) == len(PROMPTS) + 2 and min(served) >= 2  # + the tool call and echo
+        _a_growing_session_stays_on_its_replica(srv)
     finally:
         srv.stop()
+
+
+def _a_growing_session_stays_on_its_replica(srv: Server) -> None:
+    """An agent's session without x-session-id: each turn's prompt extends the last, and
+    the router follows the prefix. The shared blocks once left the router's index at every
+    turn (the superseded entry was reported evicted), so turns moved between replicas."""
+    client, prompt, homes, last = srv.client(), "Session notes. " * 40, [], 0
+    for turn in range(4):
+        before = [r["served"] for r in status(srv)["replicas"]]
+        r = client.completions.create(model=srv.model, prompt=prompt, max_tokens=8,
+                                      temperature=0)  # fmt: skip
+        after = status(srv)["replicas"]
+        homes.append(next(i for i, x in enumerate(after) if x["served"] > before[i]))
+        if turn:  # the last turn's prompt, but its last partial block and the reply's seam
+            assert r.usage.prompt_tokens_details.cached_tokens >= last - 32
+        last = r.usage.prompt_tokens
+
+        def caught_up(i=homes[-1]):  # the router's index holds what the replica's cache holds
+            x = status(srv)["replicas"][i]
+            return x["routing"]["indexed_blocks"] >= x["engine"]["prefix_cache"]["blocks"]
+
+        assert _wait(caught_up, 5), status(srv)["replicas"][homes[-1]]
+        prompt += r.choices[0].text + f" Turn {turn}: more notes follow here. " * 4
+    assert len(set(homes)) == 1, homes
 
 
 def _stream(srv: Server, max_tokens: int = 3000):

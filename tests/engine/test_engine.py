@@ -85,11 +85,38 @@ def test_prefix_cache_is_bounded_and_evicts_lru(loaded, prompts):
     run(engine, [prompts[4]])
     one_entry = engine.cache.nbytes
     assert one_entry > 0
-    engine.cache.capacity_bytes = int(one_entry * 2.5)
-    run(engine, [prompts[1], prompts[3], prompts[6]])
-    assert engine.cache.nbytes <= engine.cache.capacity_bytes
-    events = engine.cache.drain_events()
-    assert events.stored and events.evicted
+    # Room for about one entry: new entries evict older ones (the bound each step applies).
+    engine.cache.configured_bytes = engine.cache.capacity_bytes = one_entry
+    stored, evicted = set(engine.cache.drain_events().stored), set()
+    for i in (1, 3, 6):  # a drain after each, as the replica's event stream does
+        run(engine, [prompts[i]])
+        assert engine.cache.nbytes <= engine.cache.capacity_bytes
+        events = engine.cache.drain_events()  # net since the last drain
+        stored |= set(events.stored)
+        evicted |= set(events.evicted)
+    assert evicted and evicted <= stored  # what left had been reported stored
+    assert set(engine.cache.index) == stored - evicted  # the books add up
+
+
+def test_a_growing_session_keeps_its_blocks_in_the_routers_index(loaded, prompts):
+    """Each turn's prompt extends the last: the new entry supersedes the old one, and the
+    blocks they share must never read as evicted (they once did: the old entry was removed
+    before the new one was indexed, so the router dropped the session's prefix and sent the
+    next turn to another replica)."""
+    from cluster.hashing import block_hashes, hash_seed
+    from cluster.router.index import PrefixIndex
+
+    engine, index = make_engine(loaded, block_size=16), PrefixIndex()
+    prompt = list(prompts[4])
+    for turn in range(3):
+        reply = run(engine, [prompt])[0]
+        events = engine.cache.drain_events()
+        index.add(0, events.stored)
+        index.remove(0, events.evicted)
+        assert not set(events.evicted) & set(events.stored)
+        hashes = block_hashes(prompt, 16, hash_seed("fixture"))
+        assert index.match(hashes, 1) == [len(hashes)], turn  # the whole prompt is routable
+        prompt = prompt + reply + list(prompts[turn])
 
 
 def test_prefix_cache_bound_counts_its_python_books(loaded, prompts):
