@@ -179,7 +179,8 @@ async def start(coordinator: Coordinator, request, body, rid: str, tokens: list[
     hashes = await off_loop(len(tokens) > LONG_TOKENS, coordinator.prompt_hashes, tokens)
     session = request.headers.get("x-session-id")
     stream = coordinator.start(rid, tokens, sampling, processor, session, hashes)
-    headers = {"x-request-id": rid, "x-speculation": stream.replica.speculation_summary}
+    headers = {"x-request-id": rid, "x-replica": stream.replica.name,
+               "x-speculation": stream.replica.speculation_summary}  # fmt: skip
     return stream, headers
 
 

@@ -161,10 +161,11 @@ def _a_growing_session_stays_on_its_replica(srv: Server) -> None:
     client, prompt, homes, last = srv.client(), "Session notes. " * 40, [], 0
     for turn in range(4):
         before = [r["served"] for r in status(srv)["replicas"]]
-        r = client.completions.create(model=srv.model, prompt=prompt, max_tokens=8,
-                                      temperature=0)  # fmt: skip
-        after = status(srv)["replicas"]
+        raw = client.completions.with_raw_response.create(model=srv.model, prompt=prompt,
+                                                          max_tokens=8, temperature=0)  # fmt: skip
+        r, after = raw.parse(), status(srv)["replicas"]
         homes.append(next(i for i, x in enumerate(after) if x["served"] > before[i]))
+        assert raw.headers["x-replica"] == after[homes[-1]]["name"]  # the reply names it
         if turn:  # the last turn's prompt, but its last partial block and the reply's seam
             assert r.usage.prompt_tokens_details.cached_tokens >= last - 32
         last = r.usage.prompt_tokens
