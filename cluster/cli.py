@@ -227,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the inventory's model)",
     )
     p.add_argument("--model-config", help="a config.json instead of a model directory")
-    p.add_argument("--bits", type=int, help="bits per weight (default: checkpoint or inventory)")
+    p.add_argument("--bits", type=int, choices=(2, 3, 4, 5, 6, 8, 16, 32),
+                   help="bits per weight (default: checkpoint or inventory)")  # fmt: skip
     p.add_argument(
         "--mtp-acceptance",
         type=_acceptance,

@@ -103,29 +103,36 @@ class EngineConfig:
     )
 
     def __post_init__(self):
+        n = self.speculation
         checks = {
-            "max_num_seqs": self.max_num_seqs >= 1,
-            "prefill_step_size": self.prefill_step_size >= 1,
-            "block_size": self.block_size >= 1,
-            "prefix_cache_bytes": self.prefix_cache_bytes >= 0,
-            "prefix_cache_disk_bytes": self.prefix_cache_disk_bytes >= 0,
-            "kv_bits": self.kv_bits in (None, 4, 8),
-            "mtp_bits": self.mtp_bits in (None, 2, 3, 4, 5, 6, 8, 16),
-            "kv_cache_bytes": self.kv_cache_bytes is None or self.kv_cache_bytes > 0,
-            "max_model_len": self.max_model_len is None or self.max_model_len >= 2,
-            "max_queue": self.max_queue >= 0,
-            "speculation": self.speculation in ("none", "mtp", "draft", "ngram", "mtp+ngram"),
-            "ngram_min": 1 <= self.ngram_min <= self.ngram_max,
-            "speculation_max_batch": self.speculation_max_batch >= 1,
-            "speculation_probe_every": self.speculation_probe_every >= 1,
-            "speculation_probe_steps": self.speculation_probe_steps >= 1,
-            "speculation_cooldown": self.speculation_cooldown >= 1,
-            "speculation_probe_losses": self.speculation_probe_losses >= 1,
-            "ngram_max": self.ngram_max <= 32,
-            "num_speculative_tokens": 1 <= self.num_speculative_tokens <= 8,
-            "heap_trim_seconds": self.heap_trim_seconds >= 0,
-            "step_timeout": self.step_timeout >= 0,
-        }
-        for name, ok in checks.items():
+            "max_num_seqs": (self.max_num_seqs >= 1, ">= 1"),
+            "prefill_step_size": (self.prefill_step_size >= 1, ">= 1"),
+            "block_size": (self.block_size >= 1, ">= 1"),
+            "prefix_cache_bytes": (self.prefix_cache_bytes >= 0, ">= 0"),
+            "prefix_cache_disk_bytes": (self.prefix_cache_disk_bytes >= 0, ">= 0"),
+            "kv_bits": (self.kv_bits in (None, 4, 8), "4 or 8"),
+            "mtp_bits": (self.mtp_bits in (None, 2, 3, 4, 5, 6, 8, 16), "2, 3, 4, 5, 6, 8 or 16"),
+            "kv_cache_bytes": (self.kv_cache_bytes is None or self.kv_cache_bytes > 0, "> 0"),
+            "max_model_len": (self.max_model_len is None or self.max_model_len >= 2, ">= 2"),
+            "max_queue": (self.max_queue >= 0, ">= 0"),
+            "seed": (self.seed >= 0, ">= 0"),
+            "speculation": (n in ("none", "mtp", "draft", "ngram", "mtp+ngram"),
+                            "none, mtp, draft, ngram or mtp+ngram"),
+            "ngram_min": (self.ngram_min >= 1, ">= 1"),
+            "ngram_max": (self.ngram_min <= self.ngram_max <= 32,
+                          f"from --ngram-min ({self.ngram_min}) to 32"),
+            "speculation_min_acceptance": (0 <= self.speculation_min_acceptance <= 1,
+                                           "a share from 0 to 1"),
+            "speculation_max_batch": (self.speculation_max_batch >= 1, ">= 1"),
+            "speculation_probe_every": (self.speculation_probe_every >= 1, ">= 1"),
+            "speculation_probe_steps": (self.speculation_probe_steps >= 1, ">= 1"),
+            "speculation_cooldown": (self.speculation_cooldown >= 1, ">= 1"),
+            "speculation_probe_losses": (self.speculation_probe_losses >= 1, ">= 1"),
+            "num_speculative_tokens": (1 <= self.num_speculative_tokens <= 8, "from 1 to 8"),
+            "heap_trim_seconds": (self.heap_trim_seconds >= 0, ">= 0"),
+            "step_timeout": (self.step_timeout >= 0, ">= 0 (0: no watchdog)"),
+        }  # fmt: skip
+        for name, (ok, wanted) in checks.items():
             if not ok:
-                raise ValueError(f"invalid {name}={getattr(self, name)!r}")
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"{flag} {getattr(self, name)!r}: must be {wanted}")

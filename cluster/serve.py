@@ -60,6 +60,47 @@ class ServeOptions:
     thinking_budget: int | None = None
     """Thinking tokens a reply may take when its request sets no budget (None: no limit)."""
 
+    def __post_init__(self):
+        checks = {
+            "--port": (self.port is None or 0 <= self.port <= 65535, "a port from 1 to 65535 "
+                       "(0: any free one)"),
+            "--served-model-name": (self.served_model_name is None
+                                    or bool(self.served_model_name.strip())
+                                    and all(a.strip() for a in self.model_aliases),
+                                    "names that are not empty"),
+            "--probe-seconds": (self.probe_seconds >= 0, "seconds >= 0 (0: never probe)"),
+            "--load-timeout": (self.load_timeout is None or self.load_timeout > 0,
+                               "seconds > 0"),
+            "--thinking-budget": (self.thinking_budget is None or self.thinking_budget >= 0,
+                                  "tokens >= 0"),
+        }  # fmt: skip
+        for flag, (ok, wanted) in checks.items():
+            if not ok:
+                raise ValueError(f"{flag}: {wanted} (got {getattr(self, _attr(flag))!r})")
+
+
+def _attr(flag: str) -> str:
+    return flag.removeprefix("--").replace("-", "_")
+
+
+def check_bind(host: str, port: int) -> None:
+    """Refuse a host or port the coordinator cannot bind, before any replica loads (a real
+    GLM-5 takes minutes to load)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise PlanRefused(f"--host {host!r}: not an address of this machine ({e})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as e:
+            raise PlanRefused(f"--host {host} --port {port}: cannot listen there ({e.strerror}); "
+                              "free the port or choose another") from None  # fmt: skip
+
 
 def cluster_token(persistent: bool) -> str:
     """The gRPC token: CLUSTER_TOKEN (or CLUSTER_TOKEN_FILE) if set; kept in CLUSTER_HOME when
@@ -108,6 +149,9 @@ def serve(options: ServeOptions, engine: EngineConfig) -> None:
         )
     if engine.mtp_weights is None and inventory.mtp_weights:
         engine = replace(engine, mtp_weights=inventory.mtp_weights)
+    if engine.speculation_required and engine.speculation == "none":
+        raise PlanRefused("--speculation-required needs --speculation (or the inventory's "
+                          "speculation) other than none")  # fmt: skip
     model_dir, name = resolve_model(options.model or inventory.model)
     config = read_config(model_dir)
     if why := unrunnable(config):
@@ -124,6 +168,7 @@ def serve(options: ServeOptions, engine: EngineConfig) -> None:
     name, aliases = (names[0], tuple(names[1:])) if names else (name, ())
     host = options.host or inventory.coordinator_host
     port = options.port if options.port is not None else inventory.coordinator_port
+    check_bind(host, port)
     run_dir = cache_home() / "run" / str(os.getpid())
     ports = inventory.fixed_grpc_ports([p.name for p in plans])
     token = cluster_token(bool(ports))

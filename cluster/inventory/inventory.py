@@ -10,6 +10,16 @@ LAUNCHERS = ("local", "ssh", "ray", "service")
 SERVICE_GRPC_BASE_PORT = 50100
 """Leaders' gRPC ports under launchd/systemd when the inventory sets no grpc_base_port."""
 REQUIRED_HOST_FIELDS = ("interconnect", "memory_gb", "chip", "memory_bandwidth_gbs")
+KNOWN_KEYS = (
+    *REQUIRED_HOST_FIELDS, "rdma_devices", "wired_limit_gb", "cluster_python", "mlx_backend",
+    "launcher", "coordinator_node", "served_model_name", "replicas", "model",
+    "quantization_bits", "coordinator_host", "coordinator_port", "ring_base_port",
+    "grpc_base_port", "allreduce_latency_us", "min_context_tokens", "speculation",
+    "num_speculative_tokens", "mtp_weights", "ray_address", "hosts", "vars", "children",
+)  # fmt: skip
+"""Keys this project reads; others pass (Ansible's own vars), unless they look like a typo of
+one of these."""
+BITS = (2, 3, 4, 5, 6, 8, 16, 32)
 
 
 class InventoryError(ValueError):
@@ -78,8 +88,24 @@ def default_inventory_path() -> Path:
     return Path(__file__).with_name("local.yaml")
 
 
+def _check_keys(keys, where: str) -> None:
+    """A key one letter or two away from one this project reads is a typo, not an Ansible
+    var: refused with the key it meant."""
+    import difflib
+
+    for key in keys:
+        if key in KNOWN_KEYS or key.startswith(("ansible_", "deploy_")):
+            continue
+        if near := difflib.get_close_matches(str(key), KNOWN_KEYS, n=1, cutoff=0.8):
+            raise InventoryError(f"{where}: unknown key '{key}' (did you mean '{near[0]}'?)")
+
+
 def _walk(group: dict, vars_: dict, hosts: dict, seen: dict, path: str) -> None:
     """Collect hosts and vars from a group and its children (Ansible's nesting)."""
+    _check_keys(group, path)
+    _check_keys(group.get("vars") or {}, f"{path}.vars")
+    for name, facts in (group.get("hosts") or {}).items():
+        _check_keys(facts or {}, f"{path}.hosts.{name}")
     vars_ = vars_ | (group.get("vars") or {})
     for name, facts in (group.get("hosts") or {}).items():
         if name in seen:
@@ -129,7 +155,10 @@ def parse_inventory(data: dict, source: str = "<memory>") -> Inventory:
     if not isinstance(data, dict) or "all" not in data:
         raise InventoryError(f"{source}: an inventory needs a top-level 'all' group")
     hosts: dict[str, dict] = {}
-    _walk(data["all"] or {}, {}, hosts, {}, "all")
+    try:
+        _walk(data["all"] or {}, {}, hosts, {}, "all")
+    except InventoryError as e:
+        raise InventoryError(f"{source}: {e}") from None
     if not hosts:
         raise InventoryError(f"{source}: the inventory has no hosts")
     top = (data["all"] or {}).get("vars") or {}
@@ -151,10 +180,14 @@ def parse_inventory(data: dict, source: str = "<memory>") -> Inventory:
     replicas = int(top.get("replicas", 1))
     if replicas < 1:
         raise InventoryError(f"{source}: vars.replicas must be at least 1")
+    bits = int(top.get("quantization_bits", 16))
+    if bits not in BITS:
+        raise InventoryError(f"{source}: vars.quantization_bits {bits} must be one of "
+                             f"{', '.join(map(str, BITS))}")  # fmt: skip
     return Inventory(
         hosts=tuple(_host(n, f, source) for n, f in hosts.items()),
         model=str(top.get("model", "default")),
-        quantization_bits=int(top.get("quantization_bits", 16)),
+        quantization_bits=bits,
         replicas=replicas,
         mlx_backend=backend,
         coordinator_host=str(top.get("coordinator_host", "127.0.0.1")),
@@ -174,10 +207,27 @@ def parse_inventory(data: dict, source: str = "<memory>") -> Inventory:
     )
 
 
+class _UniqueKeys(yaml.SafeLoader):
+    """YAML that refuses a key given twice in one mapping (a host listed twice was merged)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                line = key_node.start_mark.line + 1
+                raise InventoryError(f"line {line}: '{key}' appears twice in one mapping (a "
+                                     "host or var given twice)")  # fmt: skip
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def load_inventory(path: str | Path | None = None) -> Inventory:
     path = Path(path) if path else default_inventory_path()
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_UniqueKeys)  # noqa: S506 (a SafeLoader)
+    except InventoryError as e:
+        raise InventoryError(f"{path}: {e}") from None
     except FileNotFoundError:
         raise InventoryError(f"inventory {path} does not exist") from None
     except yaml.YAMLError as e:

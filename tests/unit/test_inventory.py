@@ -58,3 +58,45 @@ def test_mtp_weights_is_an_inventory_var():
     data = {"all": {"vars": {"mtp_weights": "/m/mtp.safetensors"}, "hosts": {"a": _host()}}}
     assert parse_inventory(data).mtp_weights == "/m/mtp.safetensors"
     assert load_inventory().mtp_weights is None
+
+
+def test_typos_duplicates_and_bits_are_refused_by_name(tmp_path):
+    """What an operator mistypes: a var one letter off (it was ignored: `replcas: 2` served
+    one replica), a host listed twice (YAML kept the last), bits no checkpoint has."""
+    host = {"interconnect": "10.0.0.1", "memory_gb": 64, "chip": "M3", "memory_bandwidth_gbs": 800}
+    with pytest.raises(InventoryError, match="unknown key 'replcas' \\(did you mean 'replicas'"):
+        parse_inventory({"all": {"vars": {"replcas": 2}, "hosts": {"a": host}}})
+    with pytest.raises(InventoryError, match="unknown key 'memroy_gb'"):
+        parse_inventory({"all": {"hosts": {"a": host | {"memroy_gb": 64}}}})
+    # Ansible's own vars, and ones of the operator's far from ours, pass.
+    parse_inventory({"all": {"vars": {"ansible_python_interpreter": "/x", "team": "infra"},
+                             "hosts": {"a": host}}})  # fmt: skip
+    with pytest.raises(InventoryError, match="quantization_bits -8 must be one of"):
+        parse_inventory({"all": {"vars": {"quantization_bits": -8}, "hosts": {"a": host}}})
+    path = tmp_path / "dup.yaml"
+    path.write_text("all:\n  hosts:\n    a: {memory_gb: 64}\n    a: {memory_gb: 32}\n")
+    with pytest.raises(InventoryError, match="line 4: 'a' appears twice"):
+        load_inventory(path)
+
+
+def test_serve_options_are_checked_before_anything_starts():
+    from cluster.config import EngineConfig
+    from cluster.serve import ServeOptions
+
+    for kwargs, message in (
+        ({"port": 70000}, "--port: a port from 1 to 65535"),
+        ({"probe_seconds": -1}, "--probe-seconds"),
+        ({"load_timeout": 0}, "--load-timeout"),
+        ({"thinking_budget": -1}, "--thinking-budget"),
+        ({"served_model_name": " "}, "--served-model-name"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            ServeOptions(**kwargs)
+    for kwargs, message in (
+        ({"ngram_max": 1}, "--ngram-max 1: must be from --ngram-min \\(2\\) to 32"),
+        ({"speculation_min_acceptance": 1.5}, "--speculation-min-acceptance 1.5: must be a share"),
+        ({"seed": -1}, "--seed -1: must be >= 0"),
+        ({"max_num_seqs": 0}, "--max-num-seqs 0: must be >= 1"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            EngineConfig(**kwargs)
