@@ -24,7 +24,7 @@ from ..plan.types import RankPlacement, ReplicaPlan
 from ..rpc.tls import TLS_ENVS
 from .blas import openblas_env
 from .command import fixed_port, mlx_hostfile, rank_command
-from .rank import TOKEN_ENV
+from .rank import PARENT_ENV, TOKEN_ENV
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +131,18 @@ class Launcher:
 
 
 class LocalLauncher(Launcher):
+    outlive = False
+    """Whether the replica being started may outlive this coordinator (a fixed gRPC port a
+    later coordinator re-attaches to); else its ranks exit when the coordinator is gone."""
+
+    def start(self, plan: ReplicaPlan, grpc_port: int | None = None) -> RunningReplica:
+        self.outlive = grpc_port is not None
+        return super().start(plan, grpc_port)
+
     def spawn(self, placement, argv, log_file) -> subprocess.Popen:
         env = openblas_env() | {TOKEN_ENV: self.token}
+        if not self.outlive:
+            env[PARENT_ENV] = str(os.getpid())
         return subprocess.Popen(
             [sys.executable, *argv],
             stdout=log_file,

@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import tempfile
+import time
 from dataclasses import dataclass, replace
 
 from .. import aio
@@ -86,10 +87,36 @@ def init_group(opts: RankOptions):
     return group
 
 
+PARENT_ENV = "CLUSTER_PARENT_PID"
+"""Set by the local launcher for ranks that must not outlive the coordinator that started
+them (ephemeral gRPC ports: no later coordinator could re-attach to them)."""
+
+
+def exit_with_parent() -> None:
+    """A rank whose coordinator is gone (killed hard: it never stopped its ranks) exits,
+    rather than hold its memory with nobody to serve: checked once a second."""
+    import threading
+
+    parent = os.environ.get(PARENT_ENV)
+    if not parent:
+        return
+
+    def watch() -> None:
+        while os.getppid() == int(parent):
+            time.sleep(1.0)
+        log.warning("coordinator %s is gone; this rank exits", parent)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10)
+        os._exit(1)  # SIGTERM did not end it (a wedged step): leave anyway
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def run_rank(opts: RankOptions, engine: EngineConfig) -> int:
     from .memtrace import install
 
     install()
+    exit_with_parent()
     if engine.prefix_cache_disk_bytes and not engine.prefix_cache_disk_dir:
         from ..model_store import cache_home
 

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import httpx
 from conftest import ROOT, Server
@@ -299,3 +300,38 @@ def test_a_second_replica_failing_while_the_first_restarts_is_restarted_too(mode
         assert r.choices[0].finish_reason in ("length", "stop")
     finally:
         srv.stop()
+
+
+def test_ranks_exit_when_their_coordinator_is_killed_hard(model_dir, tmp_path):
+    """kill -9 of `serve` gives it no chance to stop its ranks (each in its own process
+    group): they once ran on, holding the model's memory for nobody. A rank started for this
+    coordinator alone (no fixed gRPC port to re-attach to) exits once its parent is gone."""
+    srv = Server(
+        ["--model", str(model_dir), "--inventory", str(ROOT / "inventory/local-tp2.yaml")],
+        env={"CLUSTER_HOME": str(tmp_path / "home")},
+    )
+    try:
+        pids = rank_pids(srv)
+        assert len(pids) == 2
+        os.kill(srv.proc.pid, signal.SIGKILL)
+        srv.proc.wait(timeout=10)
+
+        def gone() -> bool:
+            return not any(_running(pid) for pid in pids.values())
+
+        assert _wait(gone, 20), {k: _running(p) for k, p in pids.items()}
+        logs = "".join(p.read_text() for p in (tmp_path / "home").glob("run/*/r0/rank*.log"))
+        assert "is gone; this rank exits" in logs
+    finally:
+        for pid in rank_pids(srv).values():  # never leave one behind, whatever failed
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an exited child of a dead parent may linger as one)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
