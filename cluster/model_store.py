@@ -50,6 +50,9 @@ def resolve_model(model: str) -> tuple[Path, str]:
     if model in (DEFAULT_MODEL, ""):
         return default_model_dir(), model_name(model)
     path = Path(model).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"model directory {path} does not exist (a local checkpoint "
+                                "directory, or 'default' for the built-in model)")  # fmt: skip
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"model directory {path} has no config.json")
     return path, model_name(model)

@@ -157,6 +157,13 @@ def serve(options: ServeOptions, engine: EngineConfig) -> None:
     if why := unrunnable(config):
         raise PlanRefused(f"{model_dir}: {why}")
     mtp = bool(engine.mtp_weights) or has_mtp_weights(model_dir, config)
+    if engine.speculation in ("mtp", "mtp+ngram") and not mtp:
+        why = (f"--speculation {engine.speculation}: {model_dir} has no MTP layer "
+               "(model.layers.{L}.*) and no --mtp-weights")  # fmt: skip
+        if engine.speculation_required:  # known now: no replica needs to load to say so
+            raise PlanRefused(f"{why} (no_mtp_weights); --speculation-required refuses to "
+                              "serve without it")  # fmt: skip
+        log.warning("%s: speculation will be off (no_mtp_weights)", why)
     bits = stored_bits(config) or inventory.quantization_bits
     plan = make_plan(config, bits, inventory, mtp, split_tp(model_dir))
     log.info("plan:\n%s", render_plan(plan))
