@@ -51,11 +51,16 @@ class RunningReplica:
         return [i for i, p in enumerate(self.procs) if p.poll() is not None]
 
     def stop(self, timeout: float = 10) -> None:
-        for p in self.procs:
+        # The leader first: it tells its followers to stop over the lockstep channel (a
+        # follower ended first leaves the leader's last exchange failing on a lost peer).
+        for i, p in enumerate(self.procs):
             if p.poll() is None:
                 # A stopped rank never handles SIGTERM: it gets SIGKILL at once.
                 stopped = process_state(p.pid) == "T"
                 signal_group(p, signal.SIGKILL if stopped else signal.SIGTERM)
+            if i == 0 and len(self.procs) > 1:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    p.wait(timeout=min(3.0, timeout / 2))
         deadline = time.time() + timeout
         for p in self.procs:
             try:
