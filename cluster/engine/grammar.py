@@ -156,8 +156,9 @@ class CallState:
             self.spaced = token in self.g.spacers
             return
         allowed = self.limit()
-        if token not in allowed.allow if allowed.allow is not None else token in allowed.ban:
-            self.mode = _Mode.FREE  # not written under this grammar (a draft run): let go
+        off = token in allowed.ban if allowed.allow is None else token not in allowed.allow
+        if off:  # not written under this grammar (a draft run, a tag inside a value): let go
+            self.mode = _Mode.FREE
             return
         self.spaced = token in self.g.spacers and m is not _Mode.VALUE
         if m is _Mode.NAME:
@@ -185,8 +186,6 @@ class CallState:
             if token == self.value_close:
                 self.used.add(self.param.key)
                 self.mode = _Mode.BETWEEN
-            elif token in self.value_ban:
-                self.mode = _Mode.FREE
             elif self.param.choices:
                 self.prefix += (token,)  # (free text needs none kept)
             elif self.param.kind in _WHOLE:
