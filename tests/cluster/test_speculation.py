@@ -246,6 +246,48 @@ def test_governor_probe_no_speedup_and_cooldown_show_everywhere(model_dir, tmp_p
         srv.stop()
 
 
+def test_a_draft_length_probe_shows_everywhere_and_every_reader_agrees(model_dir, tmp_path):
+    """The draft-length governor through a real server (adapt-k, the default): a request that
+    spans a probe is decoded at k=3 and at the neighbour it tries, k=2, and its header says
+    both. Which length the probe keeps is a timing call, so the test does not pin it; it pins
+    that status, the gauge, the next request's header and the log all tell the same one."""
+    from conftest import Server
+
+    home = tmp_path / "home"
+    srv = Server(
+        ["--model", str(model_dir), "--speculation", "mtp", "--num-speculative-tokens", "3",
+         "--speculation-probe-every", "8", "--speculation-probe-steps", "8",
+         "--speculation-probe-losses", "1000"],
+        env={"CLUSTER_HOME": str(home)},
+    )  # fmt: skip
+    try:
+        # 1 token from the prefill, 8 steps at k=3, 8 plain, 8 at k=2 (the shorter neighbour
+        # is tried first), then the judgement and a few steps at the kept length.
+        spanned = _completion(srv, 28)
+        assert spanned.headers["x-speculation"] == "mtp;k=2-3;partly_off=governor_probe"
+        spec = _spec(srv)
+        assert spec["adapt_k"] is True and spec["active"] is True
+        probe = spec["last_probe"]["batch size 1"]
+        assert probe["tried"]["k"] in (2, 3) and probe["tried"]["tok_s"] > 0
+        kept = spec["k_by_batch_size"]["batch size 1"]
+        assert kept == probe["k"] == spec["k_now"] and kept in (2, 3)
+        _wait_metric(srv, f'cluster:spec_decode_draft_length{{batch_size="1",'
+                          f'model_name="glm5-fixture",replica="r0"}} {float(kept)}')  # fmt: skip
+        # A short request decodes at the kept length alone (a probe comes only every 8 steps).
+        short = _spec(srv)
+        after = _completion(srv, 3)
+        if _spec(srv)["last_probe"] == short["last_probe"]:  # no new judgement in between
+            assert after.headers["x-speculation"].startswith(f"mtp;k={kept}")
+        logs = "".join(p.read_text() for p in home.glob("run/*/r0/rank0.log"))
+        switched = [line for line in logs.splitlines() if "speculation mtp k " in line]
+        if kept == 2:  # the switch is logged with both rates
+            assert switched and "k 3 -> 2 (batch size 1)" in switched[-1], logs
+        else:
+            assert not any("-> 2" in line for line in switched), logs
+    finally:
+        srv.stop()
+
+
 def test_the_watchdog_catches_speculation_that_does_not_run(model_dir, tmp_path):
     """Seed 003's failure injected into the real runner: asked to speculate, it never does.
     The watchdog turns the state off with engine_error, everywhere the operator reads it."""
