@@ -1,12 +1,13 @@
 """Limits on what a row may write next: a tool call's grammar, and a thinking budget.
 
 Outside a call nothing is limited. From `<tool_call>` on, each token must continue an offered
-tool's name, then one of its keys not used yet (any text without tags for a tool whose keys are
-open), then a value (one of its choices when the schema lists them, else any text without
-tags), then the next tag, one newline at most between two parts; `</tool_call>` only once the
-required keys are in. So every call the engine emits parses as a call of an offered tool.
-A thinking budget ends the reasoning with `</think>` once it has taken its tokens. Pure
-Python: the runner turns each row's `Limit` into a logits mask.
+tool's name, then one of its keys not used yet (its required keys in the schema's order; any
+text without tags for a tool whose keys are open), then a value (one of its choices when the
+schema lists them, else any text without tags), then the next tag, one newline at most
+between two parts; `</tool_call>` only once the required keys are in. So every call the
+engine emits parses as a call of an offered tool. A thinking budget ends the reasoning with
+`</think>` once it has taken its tokens. Pure Python: the runner turns each row's `Limit`
+into a logits mask.
 """
 
 import copy
@@ -102,6 +103,14 @@ class CallState:
     def _unused(self) -> list[ToolParam]:
         return [p for p in self.tool.params if p.key not in self.used]
 
+    def _next_keys(self) -> list[ToolParam]:
+        """The keys a call may write next: any optional one not used yet, and of the required
+        ones only the first not used yet in the schema's order (as OpenAI's strict mode and
+        xgrammar keep a schema's order: the model picks values, not which key comes first)."""
+        unused = self._unused()
+        first = next((p for p in unused if p.required), None)
+        return [p for p in unused if not p.required or p is first]
+
     def _tags_after_part(self) -> set[int]:
         """After the name or a value: another key while keys remain, the end once the
         required keys are in; a newline before either, one."""
@@ -133,7 +142,7 @@ class CallState:
                 used = self.prefix in self.used
                 return Limit(ban=self.key_ban | ({self.key_close} if used or not self.prefix
                                                  else set()))  # fmt: skip
-            nxt, whole = _next([p.key for p in self._unused()], self.prefix)
+            nxt, whole = _next([p.key for p in self._next_keys()], self.prefix)
             return Limit(frozenset(nxt | ({self.key_close} if whole else set())))
         if m is _Mode.AFTER_KEY:
             return Limit(frozenset({self.value_open, *self._spacers()}))

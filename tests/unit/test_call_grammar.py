@@ -65,6 +65,25 @@ def test_required_keys_come_before_the_end_and_a_used_key_is_not_offered_again()
     assert s.limit().allow == {21}  # 20 is used
 
 
+def test_required_keys_come_in_the_schemas_order_and_optional_ones_anywhere():
+    """Tool 13: keys 23 (required), 24 (optional), 25 (required), in that order."""
+    tool = ToolSpec((13,), (ToolParam((23,), required=True), ToolParam((24,)),
+                            ToolParam((25,), required=True)))  # fmt: skip
+    g = ToolGrammar(TAGS, (tool,), spacers=(NL,), value_banned=(*TAGS, EOS))
+    s = Limiter(CallState(g), None)
+    assert s.follow([OPEN, 13, KO]).allow == {23, 24}  # 25 waits for 23
+    out = [OPEN, 13, KO, 24, KC, VO, 50, VC]
+    assert s.follow(out).allow == {KO, NL}
+    assert s.follow([*out, KO]).allow == {23}
+    out += [KO, 23, KC, VO, 50, VC, KO]
+    assert s.follow(out).allow == {25}
+    s = Limiter(CallState(g), None)
+    out = [OPEN, 13, KO, 23, KC, VO, 50, VC, KO, 25, KC, VO, 51, VC]
+    walk(s, out)
+    assert s.limit().allow == {KO, CLOSE, NL}  # 24 may still come, or the end
+    assert s.follow([*out, KO]).allow == {24}
+
+
 def test_keys_end_only_when_whole_and_listed_values_are_the_only_values():
     s = Limiter(CallState(GRAMMAR), None)
     out = [OPEN, 10, 11, 12, KO, 21]
