@@ -66,6 +66,8 @@ def tool_arguments(arguments, param: str) -> dict:
     """A call's arguments as a mapping, from OpenAI's JSON string or a mapping."""
     if isinstance(arguments, dict):
         return arguments
+    if arguments is not None and not isinstance(arguments, str):
+        raise BadRequest(f"'{param}' must be a JSON string of an object", param=param)
     try:
         value = json.loads(arguments or "{}")
     except ValueError as e:

@@ -44,11 +44,23 @@ def sse_error(e: Exception) -> str:
     return f"data: {json.dumps(body)}\n\n"
 
 
+class ParamError(ValueError):
+    """A check of a request's field that names the field (OpenAI's `param`), e.g.
+    `input[3].call_id`, where validation's own location would not."""
+
+    def __init__(self, message: str, param: str):
+        super().__init__(message)
+        self.param = param
+
+
 def _validation_message(err: dict) -> tuple[str, str | None]:
     loc = [str(p) for p in err.get("loc", ()) if p != "body"]
     if err.get("type") == "json_invalid":
         return "The request body is not valid JSON: " + str(err.get("ctx", {}).get("error")), None
     msg = err.get("msg", "invalid value").removeprefix("Value error, ")
+    error = (err.get("ctx") or {}).get("error")
+    if isinstance(error, ParamError):
+        return f"{msg.rstrip('.')}.", error.param
     if not loc:
         return f"Invalid request body: {msg}.", None
     # Unions report each branch; the field name is what the client needs.
@@ -88,8 +100,9 @@ def install(app: FastAPI) -> None:
         # A union reports each branch; a check of ours (value_error) says what to fix.
         errors.sort(key=lambda err: err.get("type") != "value_error")
         message, param = _validation_message(errors[0]) if errors else ("Invalid request.", None)
-        if errors and tuple(errors[0].get("loc", ())) == ("body",):  # no JSON object at all
-            message = _body_message(errors[0], request.headers.get("content-type", ""))
+        first = errors[0] if errors else {}
+        if tuple(first.get("loc", ())) == ("body",) and first.get("type") != "value_error":
+            message = _body_message(first, request.headers.get("content-type", ""))
         path = request.url.path
         return error_json(path, 400, message, "invalid_request_error", param, "invalid_value")
 

@@ -62,8 +62,9 @@ class _Items:
         elif item["content"]:
             part = item["content"][0]
             kind = part["type"]
+            extra = {"logprobs": []} if kind == "output_text" else {}
             ev.append(self._event(f"response.{kind}.done", item, content_index=0,
-                                  text=part["text"]))  # fmt: skip
+                                  text=part["text"], **extra))  # fmt: skip
             if kind == "output_text":
                 ev.append(self._event("response.content_part.done", item, content_index=0,
                                       part=dict(part)))  # fmt: skip
@@ -84,14 +85,15 @@ class _Items:
     def _text(self, text: str, kind: str, delta_event: str) -> list[dict]:
         ev = []
         if not self.open["content"]:
-            part = {"type": kind, "text": ""} | ({"annotations": []} if kind == "output_text"
-                                                 else {})  # fmt: skip
+            part = {"type": kind, "text": ""} | ({"annotations": [], "logprobs": []}
+                                                 if kind == "output_text" else {})  # fmt: skip
             self.open["content"].append(part)
             if kind == "output_text":
                 ev.append(self._event("response.content_part.added", content_index=0,
                                       part=dict(part)))  # fmt: skip
         self.open["content"][0]["text"] += text
-        return ev + [self._event(delta_event, content_index=0, delta=text)]
+        extra = {"logprobs": []} if kind == "output_text" else {}
+        return ev + [self._event(delta_event, content_index=0, delta=text, **extra)]
 
     def _event(self, kind: str, owner: dict | None = None, **fields) -> dict:
         """An event of `owner` (the open item by default)."""
@@ -109,7 +111,10 @@ def _usage(last: Output | None, reasoning_tokens: int) -> dict:
     output = last.num_tokens if last else 0
     return {
         "input_tokens": prompt,
-        "input_tokens_details": {"cached_tokens": last.cached_tokens if last else 0},
+        "input_tokens_details": {
+            "cached_tokens": last.cached_tokens if last else 0,
+            "cache_write_tokens": 0,
+        },
         "output_tokens": output,
         "output_tokens_details": {"reasoning_tokens": reasoning_tokens},
         "total_tokens": prompt + output,
@@ -126,8 +131,25 @@ def router(coordinator: Coordinator, defaults: ChatDefaults) -> APIRouter:
             raise BadRequest(str(e), param="input") from None
         tools = body.openai_tools()
         args = defaults.template_args | body.template_args()
-        prompt = build_prompt(coordinator.tokenizer, messages, tools, body.choice(), args,
-                              defaults.tool_grammar)  # fmt: skip
+
+        def build(messages):
+            return build_prompt(coordinator.tokenizer, messages, tools, body.choice(), args,
+                                defaults.tool_grammar)  # fmt: skip
+
+        prompt = build(messages)
+        room = coordinator.max_model_len - (body.max_output_tokens or 1)
+        if body.truncation == "auto" and len(prompt.tokens) > room:
+            # Drop the oldest turns, as few as fit (a binary search: a build tokenizes all).
+            low, high = 1, len(turn_starts(messages)) - 1
+            best = None
+            while low <= high:
+                mid = (low + high) // 2
+                shorter = build(without_turns(messages, mid))
+                if len(shorter.tokens) <= room:
+                    best, high = shorter, mid - 1
+                else:
+                    low = mid + 1
+            prompt = best or build(without_turns(messages, len(turn_starts(messages)) - 1))
         return prompt, tools
 
     @api.post("/v1/responses")
@@ -135,7 +157,7 @@ def router(coordinator: Coordinator, defaults: ChatDefaults) -> APIRouter:
         coordinator.check_model(body.model)
         long = len(json.dumps(body.input)) > LONG_CHARS
         prompt, tools = await off_loop(long, prompt_of, body)
-        max_calls = None if body.parallel_tool_calls else 1
+        max_calls = 1 if not body.parallel_tool_calls else body.max_tool_calls
         processor = chat_processor(coordinator.tokenizer, prompt, tools, [], max_calls)
         max_tokens = coordinator.check_length(
             len(prompt.tokens), body.max_output_tokens, "max_output_tokens", "input"
@@ -149,11 +171,16 @@ def router(coordinator: Coordinator, defaults: ChatDefaults) -> APIRouter:
             "id": _id("resp_"), "object": "response", "created_at": int(time.time()),
             "model": coordinator.model_name, "instructions": body.instructions,
             "tools": [t.model_dump(exclude_none=True) for t in body.tools or []],
-            "tool_choice": body.tool_choice if isinstance(body.tool_choice, str | None)
+            "tool_choice": body.tool_choice if isinstance(body.tool_choice, str)
             else body.tool_choice.model_dump(),
             "parallel_tool_calls": body.parallel_tool_calls, "temperature": body.temperature,
             "top_p": body.top_p, "max_output_tokens": body.max_output_tokens,
-            "metadata": {}, "error": None, "incomplete_details": None, "store": False,
+            "max_tool_calls": body.max_tool_calls, "truncation": body.truncation,
+            "text": body.text or {"format": {"type": "text"}},
+            "reasoning": body.reasoning.model_dump() if body.reasoning
+            else {"effort": None, "summary": None},
+            "user": body.user, "metadata": body.metadata or {}, "error": None,
+            "incomplete_details": None, "store": False,
         }  # fmt: skip
         count = coordinator.tokenizer.encode
         if body.stream:
@@ -169,6 +196,22 @@ def router(coordinator: Coordinator, defaults: ChatDefaults) -> APIRouter:
         return JSONResponse(reply, headers=outcome_headers(headers, got.last))
 
     return api
+
+
+def turn_starts(messages: list[dict]) -> list[int]:
+    """Where each turn begins among the messages that are not system messages: at each user
+    message (and at the first message)."""
+    rest = [m for m in messages if m["role"] != "system"]
+    return sorted({0} | {i for i, m in enumerate(rest) if m["role"] == "user"})
+
+
+def without_turns(messages: list[dict], n: int) -> list[dict]:
+    """The messages without their oldest n turns (a user message and what answers it); the
+    system messages stay, and so does the last turn."""
+    rest = [m for m in messages if m["role"] != "system"]
+    starts = turn_starts(messages)
+    cut = starts[min(n, len(starts) - 1)]
+    return [m for m in messages if m["role"] == "system"] + rest[cut:]
 
 
 def _cut(last: Output | None) -> bool:

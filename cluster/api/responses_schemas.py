@@ -6,6 +6,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from ..types import SamplingParams
 from .chat import tool_arguments
+from .errors import ParamError
 
 TEXT_PARTS = ("input_text", "output_text", "text", "summary_text", "reasoning_text")
 
@@ -18,13 +19,26 @@ class FunctionTool(BaseModel):
     parameters: dict | None = None
     strict: bool | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _chat_shape(cls, data):
+        if isinstance(data, dict) and isinstance(data.get("function"), dict):
+            raise ValueError(
+                "a Responses function tool carries 'name' and 'parameters' at its top level "
+                '({"type": "function", "name": ..., "parameters": ...}), not under '
+                "'function' as a Chat Completions tool does"
+            )
+        return data
+
     @model_validator(mode="after")
     def _functions_only(self):
-        if self.type != "function" or not self.name:
+        if self.type != "function":
             raise ValueError(
-                f"tools of type '{self.type}' are not supported: only 'function' tools (with a "
-                "name) run here; describe the others as functions"
+                f"tools of type '{self.type}' are not supported: only 'function' tools run "
+                "here; describe the others as functions"
             )
+        if not self.name:
+            raise ValueError("a function tool needs a 'name'")
         return self
 
 
@@ -35,7 +49,8 @@ class NamedFunction(BaseModel):
 
 class Reasoning(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    effort: str | None = None
+    effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
+    summary: str | None = None
 
 
 class ResponsesRequest(BaseModel):
@@ -44,8 +59,16 @@ class ResponsesRequest(BaseModel):
     input: str | list[dict[str, Any]]
     instructions: str | None = None
     tools: list[FunctionTool] | None = None
-    tool_choice: Literal["auto", "none", "required"] | NamedFunction | None = None
+    tool_choice: Literal["auto", "none", "required"] | NamedFunction = "auto"
     parallel_tool_calls: bool = True
+    max_tool_calls: Annotated[int, Field(ge=1)] | None = None
+    truncation: Literal["auto", "disabled"] = "disabled"
+    """'auto' drops the oldest turns of `input` until the prompt fits the context."""
+    metadata: dict[str, str] | None = None
+    user: str | None = None
+    include: list[str] | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    prompt: Any = None
     max_output_tokens: Annotated[int, Field(ge=1)] | None = None
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 1.0
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
@@ -67,6 +90,69 @@ class ResponsesRequest(BaseModel):
                 "(as Codex does with store: false)"
             )
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls(cls, data):
+        """A null means the field's default (clients serialize unset fields so)."""
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v is not None}
+        return data
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _input_shape(cls, v):
+        if isinstance(v, str):
+            return v
+        if not isinstance(v, list):
+            raise ParamError("'input' must be a string or a list of input items", "input")
+        if not v:
+            raise ParamError("'input' is empty: send a string or at least one item", "input")
+        for i, item in enumerate(v):
+            if not isinstance(item, dict):
+                raise ParamError(
+                    f"input[{i}] must be an item object (e.g. "
+                    '{"role": "user", "content": "..."}), not a bare value',
+                    f"input[{i}]",
+                )
+        _check_items(v)
+        return v
+
+    @field_validator("tool_choice", mode="before")
+    @classmethod
+    def _choice_shape(cls, v):
+        if v in ("auto", "none", "required"):
+            return v
+        if isinstance(v, dict) and v.get("type") == "function" and isinstance(v.get("name"), str):
+            return v
+        raise ParamError(
+            "tool_choice must be 'auto', 'none', 'required' or "
+            '{"type": "function", "name": ...} (a Responses tool choice; allowed_tools and '
+            "hosted tools are not supported here)",
+            "tool_choice",
+        )
+
+    @field_validator("prompt")
+    @classmethod
+    def _no_stored_prompt(cls, v):
+        if v:
+            raise ParamError(
+                "stored prompt templates are not kept here: send the instructions and input "
+                "themselves",
+                "prompt",
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _logprobs(self):
+        wanted = "message.output_text.logprobs" in (self.include or ())
+        if self.top_logprobs or wanted:
+            raise ParamError(
+                "log-probabilities are not returned on /v1/responses; ask for them on "
+                "/v1/chat/completions (logprobs, top_logprobs)",
+                "top_logprobs" if self.top_logprobs else "include",
+            )
+        return self
 
     @field_validator("background")
     @classmethod
@@ -91,9 +177,12 @@ class ResponsesRequest(BaseModel):
         c = self.tool_choice
         names = {t.name for t in self.tools or []}
         if c == "required" and not names:
-            raise ValueError("tool_choice 'required' needs at least one tool in 'tools'")
+            raise ParamError("tool_choice 'required' needs at least one tool in 'tools'",
+                             "tool_choice")  # fmt: skip
         if isinstance(c, NamedFunction) and c.name not in names:
-            raise ValueError(f"tool_choice names '{c.name}', which is not in 'tools'")
+            raise ParamError(f"tool_choice names '{c.name}', which is not in 'tools' "
+                             f"({', '.join(sorted(names)) or 'none given'})",
+                             "tool_choice")  # fmt: skip
         return self
 
     def choice(self) -> str | None:
@@ -129,18 +218,16 @@ class ResponsesRequest(BaseModel):
         for i, item in enumerate(self.input):
             kind = item.get("type", "message")
             if kind == "message":
-                role = {"developer": "system"}.get(item.get("role"), item.get("role"))
-                if role not in ("system", "user", "assistant"):
-                    raise ValueError(f"input.{i}.role '{item.get('role')}' is not a chat role")
-                entry = {"role": role, "content": _text(item.get("content"), f"input.{i}")}
+                role = {"developer": "system"}.get(item["role"], item["role"])
+                entry = {"role": role, "content": _text(item.get("content"))}
                 if role == "assistant" and reasoning:
                     entry["reasoning_content"], reasoning = reasoning, ""
                 out.append(entry)
             elif kind == "reasoning":
                 parts = (item.get("content") or []) + (item.get("summary") or [])
-                reasoning += _text(parts, f"input.{i}")
+                reasoning += _text(parts)
             elif kind == "function_call":
-                args = tool_arguments(item.get("arguments"), f"input.{i}.arguments")
+                args = tool_arguments(item.get("arguments"), f"input[{i}].arguments")
                 call = {"id": item.get("call_id"), "type": "function",
                         "function": {"name": item.get("name"), "arguments": args}}  # fmt: skip
                 last = out[-1] if out else None
@@ -151,25 +238,85 @@ class ResponsesRequest(BaseModel):
                     out.append(last)
                 last["tool_calls"].append(call)
             elif kind == "function_call_output":
-                output = item.get("output")
-                text = output if isinstance(output, str) else _text(output, f"input.{i}")
+                text = _text(item.get("output"))
                 out.append({"role": "tool", "tool_call_id": item.get("call_id"), "content": text})
-            else:
-                raise ValueError(
-                    f"input.{i} is a '{kind}' item: only message, function_call, "
-                    "function_call_output and reasoning items are read here"
-                )
         return out
 
 
-def _text(content, where: str) -> str:
-    """A message's text: a string, or its text parts joined (images are refused)."""
+ROLES = ("user", "assistant", "system", "developer")
+ITEMS = ("message", "function_call", "function_call_output", "reasoning")
+
+
+def _check_parts(parts, where: str, what: str = "content") -> None:
+    """A string, or a list of text parts (a refusal counts as text); images are refused."""
+    if isinstance(parts, str):
+        return
+    if not isinstance(parts, list):
+        raise ParamError(f"{where} must be a string or a list of parts", where)
+    for j, part in enumerate(parts):
+        at = f"{where}[{j}]"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "refusal":
+            field = "refusal"
+        elif kind in TEXT_PARTS:
+            field = "text"
+        elif kind is None:
+            raise ParamError(f"{at} must be a part object with a 'type' ('input_text', ...)", at)
+        else:
+            raise ParamError(f"{at} is a '{kind}' part: the model reads {what} as text only", at)
+        if not isinstance(part.get(field), str):
+            raise ParamError(f"{at} ('{kind}') needs '{field}' as a string", f"{at}.{field}")
+
+
+def _need_str(item: dict, key: str, where: str) -> None:
+    if not isinstance(item.get(key), str) or not item[key]:
+        raise ParamError(f"{where} needs '{key}' as a non-empty string", f"{where}.{key}")
+
+
+def _check_items(items: list[dict]) -> None:
+    """Each input item's fields, as OpenAI checks them: 400s that name the field."""
+    calls: set[str] = set()
+    for i, item in enumerate(items):
+        at = f"input[{i}]"
+        kind = item.get("type", "message")
+        if kind not in ITEMS:
+            raise ParamError(
+                f"{at} is a '{kind}' item: only message, function_call, function_call_output "
+                "and reasoning items are read here",
+                f"{at}.type",
+            )
+        if kind == "message":
+            if item.get("role") not in ROLES:
+                raise ParamError(f"{at}.role '{item.get('role')}' is not one of "
+                                 f"{', '.join(ROLES)}", f"{at}.role")  # fmt: skip
+            _check_parts(item.get("content", ""), f"{at}.content")
+        elif kind == "function_call":
+            _need_str(item, "call_id", at)
+            _need_str(item, "name", at)
+            args = item.get("arguments", "{}")
+            if not isinstance(args, str | dict):
+                raise ParamError(f"{at}.arguments must be a JSON string of an object",
+                                 f"{at}.arguments")  # fmt: skip
+            calls.add(item["call_id"])
+        elif kind == "function_call_output":
+            _need_str(item, "call_id", at)
+            if item["call_id"] not in calls:
+                raise ParamError(
+                    f"{at} answers call_id '{item['call_id']}', but no function_call item "
+                    "before it has that call_id",
+                    f"{at}.call_id",
+                )
+            _check_parts(item.get("output"), f"{at}.output", "tool output")
+        else:  # reasoning
+            for key in ("summary", "content"):
+                if item.get(key) is not None:
+                    if not isinstance(item[key], list):
+                        raise ParamError(f"{at}.{key} must be a list of parts", f"{at}.{key}")
+                    _check_parts(item[key], f"{at}.{key}")
+
+
+def _text(content) -> str:
+    """A message's text: a string, or its text parts joined (checked by _check_items)."""
     if content is None or isinstance(content, str):
         return content or ""
-    texts = []
-    for part in content:
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind not in TEXT_PARTS:
-            raise ValueError(f"{where} holds a '{kind}' part: the model reads text only")
-        texts.append(part.get("text") or "")
-    return "".join(texts)
+    return "".join(p.get("text") or p.get("refusal") or "" for p in content)

@@ -5,6 +5,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..types import SamplingParams
+from .errors import ParamError
 
 MAX_STOPS = 16
 MAX_LOGPROBS = 20
@@ -251,21 +252,24 @@ class ChatCompletionRequest(_Common):
         choice = self.tool_choice
         names = [t.function.name for t in self.tools or []]
         if choice == "required" and not names:
-            raise ValueError("tool_choice 'required' needs at least one tool in 'tools'")
+            raise ParamError("tool_choice 'required' needs at least one tool in 'tools'",
+                             "tool_choice")  # fmt: skip
         if self.top_logprobs and not self.logprobs:
-            raise ValueError("top_logprobs needs logprobs: true")
+            raise ParamError("top_logprobs needs logprobs: true", "top_logprobs")
         if self.continue_final_message:
             last = self.messages[-1]
             if last.role != "assistant" or last.tool_calls:
-                raise ValueError("continue_final_message needs a final assistant message "
-                                 "without tool_calls: the reply continues its text")  # fmt: skip
+                raise ParamError("continue_final_message needs a final assistant message "
+                                 "without tool_calls: the reply continues its text",
+                                 "continue_final_message")  # fmt: skip
             if choice not in (None, "auto", "none"):
-                raise ValueError("continue_final_message cannot be combined with a forced "
-                                 "tool_choice")  # fmt: skip
+                raise ParamError("continue_final_message cannot be combined with a forced "
+                                 "tool_choice", "continue_final_message")  # fmt: skip
         if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
-            raise ValueError(
+            raise ParamError(
                 f"tool_choice names '{choice.function.name}', which is not in 'tools' "
-                f"({', '.join(names) or 'none given'})"
+                f"({', '.join(names) or 'none given'})",
+                "tool_choice",
             )
         return self
 
@@ -289,10 +293,12 @@ class CompletionRequest(_Common):
         p = self.prompt
         if isinstance(p, list) and p and isinstance(p[0], str | list):
             if len(p) != 1:
-                raise ValueError("send one prompt per request; batched prompts are not supported")
+                raise ParamError(
+                    "send one prompt per request; batched prompts are not supported", "prompt"
+                )
             self.prompt = p[0]
         if isinstance(self.prompt, str | list) and len(self.prompt) == 0:
-            raise ValueError("prompt must not be empty")
+            raise ParamError("prompt must not be empty", "prompt")
         if self.suffix or (self.best_of or 1) != 1:
             raise ValueError("suffix and best_of are not supported")
         return self

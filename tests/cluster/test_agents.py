@@ -750,3 +750,102 @@ def test_responses_api_refuses_what_it_cannot_do(agent_server):
                                   reasoning={"effort": "none"})  # fmt: skip
     assert cut.status == "incomplete" and cut.incomplete_details.reason == "max_output_tokens"
     assert [(o.type, o.status) for o in cut.output] == [("message", "incomplete")]
+
+
+def test_responses_api_malformed_items_get_400s_that_name_the_field(agent_server):
+    """What a Codex-style client can send wrong in `input` is a 400 naming the field, never a
+    500 (a client retries those); history that answers a call no item made is refused."""
+    url = f"{agent_server.url}/v1/responses"
+    call = {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"}
+    cases = [
+        ([{"role": "user", "content": 5}], "input[0].content"),
+        ([{"role": "user", "content": [{"type": "input_text", "text": 5}]}],
+         "input[0].content[0].text"),
+        ([{"role": "user", "content": {"type": "input_text", "text": "hi"}}], "input[0].content"),
+        ([call, {"type": "function_call_output", "call_id": "c1", "output": 5}],
+         "input[1].output"),
+        ([{**call, "arguments": 5}], "input[0].arguments"),
+        ([{"type": "reasoning", "summary": "abc"}], "input[0].summary"),
+        ([{"type": "function_call_output", "output": "x"}], "input[0].call_id"),
+        ([{"type": "function_call_output", "call_id": "zz", "output": "x"}], "input[0].call_id"),
+        ([{**call, "name": ""}], "input[0].name"),
+        ([{"role": "critic", "content": "hi"}], "input[0].role"),
+        ([5], "input[0]"),
+        ([], "input"),
+        (5, "input"),
+    ]  # fmt: skip
+    for items, param in cases:
+        r = httpx.post(url, json={"input": items, "max_output_tokens": 4}, timeout=60)
+        assert r.status_code == 400, (items, r.text)
+        err = r.json()["error"]
+        assert err["param"] == param and err["type"] == "invalid_request_error", (items, err)
+    tool = {"type": "function", "name": "f", "parameters": {"type": "object"}}
+    for extra, param in [
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "top level"),
+        ({"tools": [tool], "tool_choice": {"type": "function", "name": "g"}}, "tool_choice"),
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"tool_choice": {"type": "allowed_tools", "tools": []}}, "tool_choice"),
+        ({"reasoning": {"effort": "ultra"}}, "reasoning"),
+        ({"prompt": {"id": "pmpt_1"}}, "prompt"),
+        ({"include": ["message.output_text.logprobs"]}, "include"),
+        ({"truncation": "bogus"}, "truncation"),
+    ]:
+        r = httpx.post(url, json={"input": "hi", **extra}, timeout=60)
+        assert r.status_code == 400, (extra, r.text)
+        err = r.json()["error"]
+        assert param in (err["param"] or "") + err["message"], (extra, err)
+        assert "JSON object" not in err["message"], err
+    # A refusal part in an assistant's history is text the model said; it is read.
+    ok = httpx.post(url, json={"input": [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": [{"type": "refusal", "refusal": "No."}]},
+        {"role": "user", "content": "why?"}], "max_output_tokens": 2}, timeout=60)  # fmt: skip
+    assert ok.status_code == 200, ok.text
+
+
+def test_responses_api_echoes_its_request_and_honours_truncation_and_max_tool_calls(
+    agent_server, held_out
+):
+    """The response object validates against the SDK's own types (tool_choice echoed as
+    'auto', logprobs lists on text events); truncation 'auto' drops the oldest turns to fit;
+    max_tool_calls caps the calls."""
+    from openai.types.responses import Response, ResponseTextDeltaEvent
+
+    url = f"{agent_server.url}/v1/responses"
+    body = {"input": "def add(a, b):", "max_output_tokens": 8, "temperature": 0,
+            "metadata": {"task": "t1"}, "user": "u1", "reasoning": {"effort": "none"}}  # fmt: skip
+    r = httpx.post(url, json=body, timeout=60).json()
+    resp = Response.model_validate(r)
+    assert resp.tool_choice == "auto" and resp.metadata == {"task": "t1"} and r["user"] == "u1"
+    assert r["truncation"] == "disabled" and r["text"] == {"format": {"type": "text"}}
+    assert r["usage"]["input_tokens_details"]["cache_write_tokens"] == 0
+    with httpx.stream("POST", url, json=body | {"stream": True}, timeout=60) as s:
+        lines = [json.loads(x[6:]) for x in s.iter_lines() if x.startswith("data: ")]
+    deltas = [e for e in lines if e["type"] == "response.output_text.delta"]
+    assert deltas and all(ResponseTextDeltaEvent.model_validate(e) for e in deltas)
+    Response.model_validate(lines[-1]["response"])
+    # Truncation: forty long turns do not fit; 'auto' keeps the newest that do.
+    limit = httpx.get(f"{agent_server.url}/v1/models").json()["data"][0]["max_model_len"]
+    turn = "word " * (limit // 20)
+    items = []
+    for i in range(40):
+        items += [{"role": "user", "content": f"turn {i}: {turn}"},
+                  {"role": "assistant", "content": "ok"}]  # fmt: skip
+    items.append({"role": "user", "content": "the last question"})
+    long = {"input": items, "max_output_tokens": 4, "reasoning": {"effort": "none"}}
+    refused = httpx.post(url, json=long, timeout=120)
+    assert refused.status_code == 400
+    assert refused.json()["error"]["code"] == "context_length_exceeded"
+    fitted = httpx.post(url, json=long | {"truncation": "auto"}, timeout=120)
+    assert fitted.status_code == 200, fitted.text
+    used = fitted.json()["usage"]["input_tokens"]
+    assert limit // 2 < used <= limit - 4  # dropped only what it had to
+    # max_tool_calls: 1 with two calls asked for.
+    ex = held_out[0]
+    name, _ = ex.expected[0]
+    two = {"input": ex.messages[-2]["content"], "tools": _flat_tools(ex), "temperature": 0,
+           "tool_choice": "required", "max_output_tokens": 96, "max_tool_calls": 1,
+           "reasoning": {"effort": "none"}}  # fmt: skip
+    r = httpx.post(url, json=two, timeout=60).json()
+    assert len([o for o in r["output"] if o["type"] == "function_call"]) == 1
+    assert r["max_tool_calls"] == 1
