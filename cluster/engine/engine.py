@@ -64,6 +64,7 @@ class Engine:
         if seq is None:
             return None
         self.runner.release([seq])
+        self.spec.settle(len(self.scheduler.running))
         return self.scheduler.event(seq)
 
     def has_work(self) -> bool:
@@ -82,6 +83,7 @@ class Engine:
         sampled = self.runner.run(schedule)
         self.spec.observe(schedule, sampled, time.perf_counter() - started, speculate, before)
         events, done = self.scheduler.postprocess(schedule, sampled)
+        self.spec.settle(len(self.scheduler.running))
         self._remember(schedule, done)
         return events
 

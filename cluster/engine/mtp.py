@@ -45,7 +45,13 @@ class SpecStats:
 
     @property
     def speculative_steps(self) -> int:
-        return self.drafts + self.empty  # a speculative step proposes one draft, or none
+        """Batched forwards that speculated (the unit of plain_steps)."""
+        return self.verify_steps + self.no_draft_steps
+
+    @property
+    def speculative_rows(self) -> int:
+        """Sequences' turns in speculative steps: each proposes one draft, or none."""
+        return self.drafts + self.empty
 
     def record(self, accepted: int, proposed: int) -> None:
         if proposed == 0:
@@ -67,7 +73,8 @@ class SpecStats:
             "mean_acceptance_length": mean,
             "speculative_steps": self.speculative_steps,
             "plain_steps": self.plain_steps,
-            "empty_steps": self.empty,
+            "speculative_rows": self.speculative_rows,
+            "empty_rows": self.empty,
             "verify_steps": self.verify_steps,
             "no_draft_steps": self.no_draft_steps,
             "queued_steps": self.queued,

@@ -80,7 +80,7 @@ def test_greedy_with_mtp_is_token_identical(prompts, k):
     stats = engine.runner.drafter.stats
     assert stats.drafts > 0 and stats.draft_tokens == k * stats.drafts
     assert stats.accepted > 0  # the trained MTP layer predicts something
-    assert stats.speculative_steps == stats.drafts
+    assert stats.speculative_rows == stats.drafts
     per_pos = stats.accepted_per_pos
     assert all(per_pos[i] >= per_pos[i + 1] for i in range(k - 1))  # unconditional counts
     assert engine.spec.state.active and engine.spec.state.header() == f"mtp;k={k}"
@@ -191,6 +191,16 @@ def test_above_the_batch_limit_decodes_plainly_and_says_so(prompts):
     assert state.fallbacks.get("batch_size_above_limit", 0) >= 1
     stats = engine.runner.drafter.stats
     assert stats.plain_steps > 0 and stats.drafts > 0
+
+
+def test_a_batch_that_ends_above_the_limit_leaves_the_state_on(prompts):
+    """Three finishing together above --speculation-max-batch 2: once they are gone the
+    batch-size reason no longer holds, so an idle replica does not read off."""
+    config = EngineConfig(speculation="mtp", num_speculative_tokens=2, speculation_max_batch=2)
+    _, engine = run_lengths(config, prompts, [8, 8, 8])
+    state = engine.spec.state
+    assert state.fallbacks.get("batch_size_above_limit", 0) >= 1  # it was off
+    assert state.active and state.reason is None and state.header() == "mtp;k=2"
 
 
 def test_prefix_cache_hit_with_mtp_stays_identical(prompts):

@@ -94,7 +94,7 @@ def test_ngram_in_a_batch_counts_forwards_apart_from_rows(tok):
     """A batch's verify forward serves every row, drafted or not: the step counts (what the
     benchmark's ideal divides by) are per forward, the draft counts per row."""
     stats = _batch_of_three(tok, "ngram")
-    rows = stats["drafts"] + stats["empty_steps"]
+    rows = stats["drafts"] + stats["empty_rows"]
     forwards = stats["verify_steps"] + stats["no_draft_steps"]
     assert stats["verify_steps"] > 0 and forwards < rows  # three rows share each forward
     assert stats["verify_steps"] <= stats["drafts"]  # a verify forward has a drafted row
