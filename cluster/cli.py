@@ -119,6 +119,8 @@ def _plan(args) -> int:
     if why := unrunnable(config):
         print(f"error: {why}", file=sys.stderr)
         return 1
+    if args.mtp_weights or inventory.mtp_weights:  # a path on the nodes: read when serving
+        mtp = True
     bits = args.bits or stored_bits(config) or inventory.quantization_bits
     plan = make_plan(config, bits, inventory, mtp, split, args.mtp_acceptance, args.verify_cost)
     print(json.dumps(plan.to_json(), indent=2) if args.json else render_plan(plan))
@@ -241,6 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="for the MTP forecast: a measured 2-token verify forward, in plain decode steps "
         "(default: from the bytes it reads)",
+    )
+    p.add_argument(
+        "--mtp-weights",
+        help="a safetensors file with the MTP layer, for a checkpoint without it (default: the "
+        "inventory's mtp_weights)",
     )
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=_plan)

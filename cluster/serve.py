@@ -164,8 +164,15 @@ def serve(options: ServeOptions, engine: EngineConfig) -> None:
             raise PlanRefused(f"{why} (no_mtp_weights); --speculation-required refuses to "
                               "serve without it")  # fmt: skip
         log.warning("%s: speculation will be off (no_mtp_weights)", why)
+    if engine.speculation == "draft" and not engine.draft_model:
+        why = "--speculation draft needs --draft-model (a small model with the same vocabulary)"
+        if engine.speculation_required:
+            raise PlanRefused(f"{why} (no_draft_model); --speculation-required refuses to "
+                              "serve without it")  # fmt: skip
+        log.warning("%s: speculation will be off (no_draft_model)", why)
     bits = stored_bits(config) or inventory.quantization_bits
-    plan = make_plan(config, bits, inventory, mtp, split_tp(model_dir))
+    plan = make_plan(config, bits, inventory, mtp, split_tp(model_dir),
+                     draft_model=bool(engine.draft_model))  # fmt: skip
     log.info("plan:\n%s", render_plan(plan))
     if why := plan.unservable():
         raise PlanRefused(why)

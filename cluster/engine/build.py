@@ -110,6 +110,7 @@ def build_engine(path, config: EngineConfig, model_id: str, group=None):
         from .ngram import NgramDrafter
 
         drafter = NgramDrafter(config.num_speculative_tokens, config.ngram_min, config.ngram_max)
+    state.announce()
     max_len = context_length(model_config, config)
     eos = tuple(sorted(tokenizer.eos_token_ids))
     adapt = dsa_indexer.narrow_stored if keys_only else None

@@ -201,7 +201,7 @@ class Scheduler:
         """What speculation this sequence got, in `x-speculation`'s form."""
         method = self.config.speculation
         if method == "none":
-            return ""
+            return "off;reason=not_requested"
         ks = sorted(seq.spec_ks) or [self.config.num_speculative_tokens]
         on = f"{method};k={ks[0]}" + (f"-{ks[-1]}" if len(ks) > 1 else "")
         if seq.spec_steps:

@@ -59,6 +59,11 @@ class SpeculationState:
             "speculation %s k=%d is OFF: %s (%s)%s", self.requested, self.k, reason, why, suffix
         )
 
+    def announce(self) -> None:
+        """Log the state once loading is done (ON only after the drafter loaded)."""
+        if self.active:
+            log.warning("speculation %s k=%d is ON", self.requested, self.k)
+
     def header(self) -> str:
         if self.active:
             return f"{self.requested};k={self.k_now or self.k}"
@@ -115,16 +120,18 @@ def unavailable(config, model_dir, model_config: dict) -> tuple[str, str] | None
             return "no_draft_model", ""
         target, draft = vocab_of(model_dir), vocab_of(config.draft_model)
         if target != draft:
-            differ = len(set(target.items()) ^ set(draft.items()))
+            # Tokens (strings) the two map to different ids, or only one of them has.
+            differ = sum(target.get(t) != draft.get(t) for t in target.keys() | draft.keys())
             return "draft_vocab_mismatch", (
-                f"target has {len(target)} tokens, draft {len(draft)}; {differ} entries differ"
+                f"target has {len(target)} tokens, draft {len(draft)}; {differ} tokens differ"
             )
         return None
     return None
 
 
 def resolve(config, model_dir, model_config: dict) -> SpeculationState:
-    """The state speculation starts in for this replica (logged when it is off)."""
+    """The state speculation starts in for this replica (logged when it is off; on, it is
+    logged by `announce` once the drafter has loaded)."""
     state = SpeculationState(config.speculation, config.num_speculative_tokens)
     if config.speculation == "none":
         return state
@@ -137,5 +144,5 @@ def resolve(config, model_dir, model_config: dict) -> SpeculationState:
             )
         state.set(False, reason, detail)
         return state
-    state.set(True, None)
+    state.active, state.reason = True, None  # logged ON once its drafter has loaded
     return state

@@ -62,9 +62,12 @@ def _layer_ranges(layers: int, stages: int) -> tuple[tuple[int, int], ...]:
     return tuple((bounds[i], bounds[i + 1]) for i in range(stages))
 
 
-def _speculation(config: dict, stages: int, mtp_weights: bool | None) -> dict:
+def _speculation(
+    config: dict, stages: int, mtp_weights: bool | None, draft_model: bool | None = None
+) -> dict:
     """mtp_weights: whether the checkpoint (or --mtp-weights) holds the MTP layer; None when
-    unknown (a preset: the original checkpoint has it, mlx-community's conversions drop it)."""
+    unknown (a preset: the original checkpoint has it, mlx-community's conversions drop it).
+    draft_model: whether a draft model is given (None: not known here, as for `plan`)."""
     if stages > 1:
         return {"mtp": "pipeline_parallel", "draft": "pipeline_parallel",
                 "ngram": "pipeline_parallel", "mtp+ngram": "pipeline_parallel"}  # fmt: skip
@@ -72,7 +75,8 @@ def _speculation(config: dict, stages: int, mtp_weights: bool | None) -> dict:
         mtp = "no_mtp_weights"
     else:
         mtp = "supported" if mtp_weights else "needs_mtp_weights"
-    return {"mtp": mtp, "draft": "supported", "ngram": "supported", "mtp+ngram": mtp}
+    draft = {True: "supported", False: "no_draft_model"}.get(draft_model, "needs_draft_model")
+    return {"mtp": mtp, "draft": draft, "ngram": "supported", "mtp+ngram": mtp}
 
 
 def _hostfile(hosts: list[Host], backend: str) -> tuple[dict, ...]:
@@ -107,6 +111,7 @@ def _replica(
     split_tp: int | None = None,
     acceptance: tuple[float, ...] = GLM5_ACCEPTANCE,
     verify_cost: float | None = None,
+    draft_model: bool | None = None,
 ) -> tuple[ReplicaPlan, list[str]]:
     name = f"r{index}"
     tp, stages = _tp_and_stages(config, len(hosts))
@@ -126,7 +131,7 @@ def _replica(
         tensor_parallel=tp,
         pipeline_stages=stages,
         layer_ranges=_layer_ranges(size.num_layers, stages) if size and stages > 1 else (),
-        speculation=_speculation(config, stages, mtp_weights),
+        speculation=_speculation(config, stages, mtp_weights, draft_model),
         hostfile=_hostfile(hosts, inv.mlx_backend),
         index=index,
     )
@@ -191,13 +196,15 @@ def make_plan(
     split_tp: int | None = None,
     acceptance: tuple[float, ...] = GLM5_ACCEPTANCE,
     verify_cost: float | None = None,
+    draft_model: bool | None = None,
 ) -> Plan:
     """mtp_weights: whether the MTP layer's weights exist (checkpoint or --mtp-weights); None
     when the checkpoint is not here to look at. split_tp: the TP degree a checkpoint split per
     rank (`shard-checkpoint`) was written for; every replica must have exactly that.
     acceptance: the MTP layer's chance that the first 1, 2, ... drafts are accepted, for the
     speed-up forecast (default: GLM-5's published figures); verify_cost: a measured 2-token
-    verify forward in plain steps, instead of the forecast's byte count."""
+    verify forward in plain steps, instead of the forecast's byte count; draft_model: whether
+    a draft model is given (None: not known)."""
     try:
         size = model_size(config)
     except UnknownModel:
@@ -225,6 +232,7 @@ def make_plan(
                 split_tp,
                 acceptance,
                 verify_cost,
+                draft_model,
             )
             replicas.append(plan)
             refusals += why
@@ -237,6 +245,8 @@ def make_plan(
         "checkpoint_split_tp": split_tp,
         "mtp_acceptance": list(acceptance),
         "mtp_verify_cost": verify_cost,
+        "speculation": inventory.speculation,
+        "num_speculative_tokens": inventory.num_speculative_tokens,
     }
     return Plan(
         model_type=str(config.get("model_type")),

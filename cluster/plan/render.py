@@ -56,6 +56,9 @@ def render_plan(plan: Plan) -> str:
     for r in plan.replicas:
         if r.mtp_forecast:
             lines += ["", _forecast_line(r, a.get("mtp_acceptance", []))]
+        if note := _configured_note(r, a.get("speculation", "none"),
+                                    a.get("num_speculative_tokens", 1)):  # fmt: skip
+            lines += [note]
     lines += [
         "",
         f"assumes {a['allreduce_latency_us']:g} us per all_sum, {a['bytes_per_param']:g} bytes "
@@ -79,8 +82,50 @@ def _forecast_line(replica, acceptance: list[float]) -> str:
     top = best(rows)
     verdict = f"use k={top['k']}" if top else "it does not pay at any k: leave speculation off"
     shares = "/".join(f"{a:g}" for a in acceptance)
+    status = replica.speculation.get("mtp")
+    if status != "supported":  # a forecast of what it would give, not advice to use it
+        why = {"needs_mtp_weights": "give the MTP layer's weights (--mtp-weights) to run it",
+               "no_mtp_weights": "the checkpoint has no MTP layer: MTP cannot run"}.get(
+                   status, str(status))  # fmt: skip
+        verdict = f"if it ran, {verdict} ({why})"
     return (
         f"{replica.name} MTP forecast (acceptance {shares} per position): {ks}; {verdict} "
         f"(a {rows[0]['k'] + 1}-token verify costs {rows[0]['verify_cost']:.2f} plain steps, "
         f"a draft {rows[0]['draft_cost']:.3f})"
     )
+
+
+def _configured_note(replica, method: str, k: int) -> str | None:
+    """What the inventory's own speculation setting will do, where it is not what it asks."""
+    if method == "none":
+        return None
+    status = replica.speculation.get(method, "unknown")
+    if status.startswith("needs_"):
+        need = {
+            "needs_mtp_weights": "the MTP layer's weights (--mtp-weights, or a checkpoint "
+            "that has them)",
+            "needs_draft_model": "a draft model (--draft-model)",
+        }
+        return (f"{replica.name}: the inventory asks for speculation {method}, which needs "
+                f"{need.get(status, status)} ({status}): without, it will be off, and say "
+                "so")  # fmt: skip
+    if status != "supported":
+        return (f"{replica.name}: the inventory asks for speculation {method}, which cannot run "
+                f"as planned ({status}): it will be off, and say so")  # fmt: skip
+    if method not in ("mtp", "mtp+ngram") or not replica.mtp_forecast:
+        return None
+    top = best(replica.mtp_forecast)
+    if top is None:
+        return (f"{replica.name}: the inventory asks for speculation {method} k={k}, which the "
+                "forecast says does not pay: the governor turns it off where it measures no "
+                "speed-up")  # fmt: skip
+    if top["k"] > k:
+        return (
+            f"{replica.name}: the inventory asks for k={k}; the forecast favours k={top['k']} "
+            f"(set num_speculative_tokens: {top['k']}; the governor tries lengths up to it)"
+        )
+    if top["k"] < k:
+        return (f"{replica.name}: the inventory asks for k={k}; the forecast favours k={top['k']} "
+                "(the governor, --speculation-adapt-k, tries shorter lengths and keeps the "
+                "fastest)")  # fmt: skip
+    return None

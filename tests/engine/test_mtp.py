@@ -420,7 +420,7 @@ def test_each_request_reports_the_speculation_it_got(prompts):
         "one": "off;reason=prefill_only",
     }
     (plain,), _ = run_plain(prompts)
-    assert plain == ""
+    assert plain == "off;reason=not_requested"  # as the header says
 
 
 def run_plain(prompts):

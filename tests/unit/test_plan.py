@@ -258,3 +258,27 @@ def test_the_plan_forecasts_mtp_for_glm5_on_the_shipped_studios():
         capture_output=True, text=True, cwd=ROOT, timeout=60,
     )  # fmt: skip
     assert "MTP forecast" in out.stdout and "does not pay at any k" in out.stdout, out.stdout
+
+
+def test_the_plan_says_what_the_inventorys_speculation_will_do():
+    """The forecast advises a k only where MTP can run; the inventory's own setting is
+    checked against it (seed 002's question, answered before deploying)."""
+    from dataclasses import replace
+
+    from cluster.plan.render import render_plan
+
+    inv = load_inventory(str(ROOT / "inventory/mac-studio-2x.yaml"))
+    assert inv.speculation == "mtp" and inv.num_speculative_tokens == 1
+    unknown = render_plan(make_plan(GLM5, 4, inv, None))
+    assert "if it ran, use k=3" in unknown and "needs_mtp_weights" in unknown
+    assert "inventory asks for speculation mtp, which needs the MTP layer's weights" in unknown
+    given = render_plan(make_plan(GLM5, 4, inv, True))
+    assert "; use k=3" in given and "if it ran" not in given
+    assert "the inventory asks for k=1; the forecast favours k=3" in given
+    slow = render_plan(make_plan(GLM5, 4, inv, True, verify_cost=2.2))
+    assert "leave speculation off" in slow and "which the forecast says does not pay" in slow
+    none = render_plan(make_plan(GLM5, 4, replace(inv, speculation="none"), True))
+    assert "inventory asks" not in none
+    drafts = [make_plan(GLM5, 4, inv, True, draft_model=d).replicas[0].speculation["draft"]
+              for d in (True, False, None)]  # fmt: skip
+    assert drafts == ["supported", "no_draft_model", "needs_draft_model"]
