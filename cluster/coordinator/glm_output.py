@@ -80,9 +80,18 @@ def param_types(tools: list[dict] | None) -> dict[str, dict[str, object]]:
 
 
 def typed_value(raw: str, schema_type) -> object:
-    """A value as its schema types it: strings stay raw; others JSON, then a Python literal."""
+    """A value as its schema types it: strings stay raw; others JSON, then a Python literal;
+    a lone value where the schema asks for an array is that array's one item (`ls` for a
+    command array is `["ls"]`, as a client that validates the schema needs it)."""
     if schema_type == "string" or (isinstance(schema_type, list) and "string" in schema_type):
         return raw
+    value = _literal(raw)
+    if schema_type == "array" and not isinstance(value, list):
+        return [value]
+    return value
+
+
+def _literal(raw: str) -> object:
     text = raw.strip()
     try:
         return json.loads(text)

@@ -149,6 +149,13 @@ def test_glm45_newlines_after_the_name_and_between_pairs():
     assert call.name == "get_weather" and call.arguments == {"city": "Rome", "days": 2}
 
 
+def test_a_lone_value_for_an_array_is_its_one_item():
+    assert typed_value("ls", "array") == ["ls"]
+    assert typed_value('["ls", "-l"]', "array") == ["ls", "-l"]
+    assert typed_value("3", "array") == [3]
+    assert typed_value("ls", "object") == "ls"  # no key to put it under: left as written
+
+
 def test_unknown_tool_values_try_json_then_python_then_raw():
     assert typed_value("7", None) == 7
     assert typed_value("True", None) is True
