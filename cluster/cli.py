@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 from dataclasses import fields
+from pathlib import Path
 
 from .cli_models import add_model_file_commands
 from .config import EngineConfig
@@ -107,12 +108,18 @@ def _plan(args) -> int:
 
     inventory = load_inventory(args.inventory)
     mtp = split = None  # not knowable without the checkpoint
+    name = args.model or inventory.model
     if args.model_config:
         config = read_config(config_file=args.model_config)
-    elif args.model in PRESETS:
-        config = PRESETS[args.model]
+    elif name in PRESETS:
+        config = PRESETS[name]
     else:
-        model_dir = resolve_model(args.model or inventory.model)[0]
+        if not args.model and name != "default" and not Path(name).expanduser().exists():
+            print(f"error: the inventory's model {name} is not on this machine (a path on the "
+                  f"nodes?): plan with --model and a preset ({', '.join(PRESETS)}), a local "
+                  "copy, or --model-config CONFIG.json", file=sys.stderr)  # fmt: skip
+            return 1
+        model_dir = resolve_model(name)[0]
         config = read_config(model_dir)
         mtp = has_mtp_weights(model_dir, config)
         split = split_tp(model_dir)

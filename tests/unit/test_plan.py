@@ -282,3 +282,23 @@ def test_the_plan_says_what_the_inventorys_speculation_will_do():
     drafts = [make_plan(GLM5, 4, inv, True, draft_model=d).replicas[0].speculation["draft"]
               for d in (True, False, None)]  # fmt: skip
     assert drafts == ["supported", "no_draft_model", "needs_draft_model"]
+
+
+def test_plan_reads_a_preset_named_by_the_inventory_and_says_where_a_node_path_is(tmp_path):
+    """`model: glm-5` in an inventory plans from the preset; a checkpoint path that exists
+    only on the nodes gets a sentence saying how to plan from here, not a bare 'no such
+    directory'."""
+    text = (ROOT / "inventory/mac-studio-2x.yaml").read_text()
+    preset = tmp_path / "preset.yaml"
+    preset.write_text(text.replace("model: /opt/models/GLM-5-4bit", "model: glm-5"))
+    assert "model: glm-5" in preset.read_text()
+
+    def plan(inv):
+        return subprocess.run([sys.executable, "-m", "cluster", "plan", "--inventory", str(inv)],
+                              capture_output=True, text=True, cwd=ROOT, timeout=60)  # fmt: skip
+
+    ok = plan(preset)
+    assert ok.returncode == 0 and "743.9B parameters" in ok.stdout, ok.stderr
+    away = plan(ROOT / "inventory/mac-studio-2x.yaml")
+    assert away.returncode == 1 and "is not on this machine" in away.stderr
+    assert "--model" in away.stderr and "glm-5" in away.stderr
