@@ -209,8 +209,8 @@ class GlmParser:
 
     def _add_argument(self, out: ParsedDelta) -> None:
         call = self.calls[-1]
-        raw = self._buf.removeprefix("\n").removesuffix("\n")
-        value = typed_value(raw, self.types.get(call.name, {}).get(self._key))
+        # A string value is kept exactly, its edge newlines too (a file's last line break).
+        value = typed_value(self._buf, self.types.get(call.name, {}).get(self._key))
         call.arguments[self._key] = value
         sep = ", " if call.arguments_json else "{"
         piece = sep + json.dumps(self._key, ensure_ascii=False) + ": "

@@ -149,6 +149,16 @@ def test_glm45_newlines_after_the_name_and_between_pairs():
     assert call.name == "get_weather" and call.arguments == {"city": "Rome", "days": 2}
 
 
+def test_string_values_keep_their_edge_newlines():
+    """A file written by a Write tool keeps its last line break; an edit's old_string its
+    leading one (GLM's template writes string values raw, between the tags)."""
+    text = ("<tool_call>get_weather<arg_key>city</arg_key><arg_value>import os\n</arg_value>"
+            "<arg_key>zip</arg_key><arg_value>\n  x = 1\n</arg_value>"
+            "<arg_key>days</arg_key><arg_value>\n2\n</arg_value></tool_call>")  # fmt: skip
+    _, _, [call], _ = parse(text)
+    assert call.arguments == {"city": "import os\n", "zip": "\n  x = 1\n", "days": 2}
+
+
 def test_a_lone_value_for_an_array_is_its_one_item():
     assert typed_value("ls", "array") == ["ls"]
     assert typed_value('["ls", "-l"]', "array") == ["ls", "-l"]
