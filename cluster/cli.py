@@ -177,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model directory (default: the inventory's model)")
     p.add_argument("--served-model-name", nargs="+", metavar="NAME",
                    help="model name clients use (default: dir name); further names are "
-                        "accepted as aliases (e.g. the ones an agent asks for)")  # fmt: skip
+                        "accepted as aliases (e.g. the ones an agent asks for; '*' matches "
+                        "any text: 'claude-*')")  # fmt: skip
     p.add_argument(
         "--load-timeout",
         type=float,

@@ -3,6 +3,7 @@ coordinator, router and engine as OpenAI's routes."""
 
 import asyncio
 import json
+import logging
 import secrets
 
 from fastapi import APIRouter, Request
@@ -11,11 +12,12 @@ from starlette.background import BackgroundTask
 
 from ..coordinator.coordinator import Coordinator, Output
 from ..coordinator.errors import APIError, BadRequest
-from .anthropic_schemas import CountTokensRequest, MessagesRequest
+from .anthropic_schemas import CountTokensRequest, MessagesRequest, omitted
 from .chat import ChatDefaults, ChatPrompt, build_prompt, chat_processor, outcome_headers, start
 from .offload import LONG_CHARS, chars, off_loop
 from .openai_out import collect_unless_disconnected
 
+log = logging.getLogger(__name__)
 PREFIX = "/v1/messages"
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -163,7 +165,7 @@ def router(coordinator: Coordinator, defaults: ChatDefaults) -> APIRouter:
         processor = chat_processor(
             coordinator.tokenizer, prompt, tools, body.stop_sequences or [], max_calls, "toolu_"
         )
-        max_tokens = coordinator.check_length(len(prompt.tokens), body.max_tokens, "max_tokens")
+        max_tokens = _check_length(coordinator, len(prompt.tokens), body.max_tokens)
         rid = coordinator.new_request_id("msg")
         mid = "msg_" + secrets.token_hex(12)
         budget = defaults.budget(body.thinking_budget())
@@ -171,6 +173,11 @@ def router(coordinator: Coordinator, defaults: ChatDefaults) -> APIRouter:
         stream, headers = await start(
             coordinator, request, body, rid, prompt.tokens, sampling, processor
         )
+        if unseen := omitted([m.content for m in body.messages]):  # said, never silent
+            headers = headers | {"x-omitted-content": ",".join(
+                f"{kind}={n}" for kind, n in sorted(unseen.items()))}  # fmt: skip
+            log.info("%s: %s not shown to the model (it reads text only)", rid,
+                     headers["x-omitted-content"])  # fmt: skip
         model = coordinator.model_name
         if body.stream:
             events = _stream_events(stream, processor, mid, model, len(prompt.tokens))
@@ -262,3 +269,21 @@ async def _stream_events(stream, processor, mid: str, model: str, prompt_tokens:
             first.cancel()
             await asyncio.gather(first, return_exceptions=True)
         await stream.aclose()
+
+
+def _check_length(coordinator: Coordinator, prompt: int, max_tokens: int) -> int:
+    """The chat route's check in Anthropic's own words, which Claude Code reads: it retries
+    with a max_tokens that fits, or offers /compact for a prompt that is too long."""
+    try:
+        return coordinator.check_length(prompt, max_tokens, "max_tokens")
+    except BadRequest as e:
+        if e.code != "context_length_exceeded":
+            raise
+        limit = coordinator.max_model_len
+        if prompt >= limit:
+            e.message = f"prompt is too long: {prompt} tokens > {limit} maximum"
+        else:
+            e.message = (f"input length and `max_tokens` exceed context limit: {prompt} + "
+                         f"{max_tokens} > {limit}, decrease input length or `max_tokens` and "
+                         "try again")  # fmt: skip
+        raise

@@ -1,7 +1,8 @@
 """Request bodies of Anthropic's Messages API, and their translation to the chat template's
 messages. Fields Claude Code sends that change nothing here (cache_control, metadata, betas,
-service_tier) are accepted and ignored; images, documents, other unknown blocks, server tools
-and MCP servers are refused with the path of what to fix."""
+service_tier) are accepted and ignored; images and documents (but plain-text ones) are read as a
+note that they are not shown; other unknown blocks, server tools and MCP servers are refused
+with the path of what to fix."""
 
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
@@ -67,7 +68,7 @@ def parse_block(raw, path: str) -> Block:
         raise _bad(path, "must be a content block: an object with a 'type'")
     kind = raw["type"]
     if kind in ("image", "document"):
-        raise _bad(path, f"{kind} blocks are not supported: this model reads text only")
+        return Block("text", _unseen(raw, kind))
     if kind not in FIELDS:
         supported = ", ".join(FIELDS)
         raise _bad(path, f"block type '{kind}' is not supported (supported: {supported})")
@@ -80,6 +81,39 @@ def parse_block(raw, path: str) -> Block:
         text = _result_text(raw.get("content"), path + ".content")
     return Block(kind, text, raw.get("id", ""), raw.get("name", ""), raw.get("input") or {},
                  raw.get("tool_use_id", ""), bool(raw.get("is_error")))  # fmt: skip
+
+
+def _unseen(raw: dict, kind: str) -> str:
+    """What the model reads for an image or a document: a plain-text document's own text;
+    for the rest a note in their place, so a session that once read an image (Claude Code
+    resends it every turn) goes on; `omitted()` counts them for the response's header."""
+    source = raw.get("source") if isinstance(raw.get("source"), dict) else {}
+    if kind == "document" and source.get("type") == "text":
+        return str(source.get("data") or "")
+    return OMITTED.format(kind=kind)
+
+
+OMITTED = "[{kind} not shown: this model reads text only]"
+
+
+def omitted(value) -> dict[str, int]:
+    """Image and document blocks (but plain-text documents) anywhere in a request's content:
+    {"image": 2, ...}."""
+    found: dict[str, int] = {}
+
+    def walk(v):
+        if isinstance(v, dict):
+            kind = v.get("type")
+            if kind in ("image", "document") and _unseen(v, kind) == OMITTED.format(kind=kind):
+                found[kind] = found.get(kind, 0) + 1
+            for x in v.values():
+                walk(x)
+        elif isinstance(v, list):
+            for x in v:
+                walk(x)
+
+    walk(value)
+    return found
 
 
 def _result_text(content, path: str) -> str:
@@ -205,8 +239,10 @@ class _Prompted(BaseModel):
         return t.budget_tokens if t is not None and t.type == "enabled" else None
 
     def template_args(self) -> dict:
+        """No `thinking` means none, as on Anthropic's API (Claude Code's background calls
+        send none and want text); `enabled` or `adaptive` turns it on."""
         if self.thinking is None:
-            return {}
+            return {"enable_thinking": False}
         return {"enable_thinking": self.thinking.type != "disabled"}
 
     def system_text(self) -> str:
@@ -225,18 +261,23 @@ class _Prompted(BaseModel):
         newlines. Raises BadRequest naming the block."""
         system = self.system_text()
         out: list[dict] = [{"role": "system", "content": system}] if system else []
-        last = len(self.messages) - 1
+        turns: list[tuple[str, list[Block], str]] = []
         for i, m in enumerate(self.messages):
             path = f"messages.{i}.content"
             blocks = m.blocks(path)
-            if i == last and m.role == "assistant":
+            if turns and turns[-1][0] == m.role:  # consecutive turns of a role are one turn
+                turns[-1] = (m.role, turns[-1][1] + blocks, turns[-1][2])
+            else:
+                turns.append((m.role, blocks, path))
+        for i, (role, blocks, path) in enumerate(turns):
+            if i == len(turns) - 1 and role == "assistant":
                 prefill = _prefill(blocks, path)
                 return out + prefill, bool(prefill)
-            if not _carries(blocks):
+            thought = role == "assistant" and any(b.text for b in blocks if b.type == "thinking")
+            if not _carries(blocks) and not thought:  # a reply of thinking alone is a turn
                 raise _bad(path, "is empty: every message but a final assistant one needs text, "
-                                 "tool_use or tool_result content (thinking alone does not "
-                                 "count)")  # fmt: skip
-            out += _user_turn(blocks) if m.role == "user" else [_assistant_turn(blocks)]
+                                 "tool_use or tool_result content")  # fmt: skip
+            out += _user_turn(blocks) if role == "user" else [_assistant_turn(blocks)]
         return out, False
 
 

@@ -1,5 +1,7 @@
 """FastAPI routes: OpenAI's chat and text completions, models, health, status."""
 
+import time
+
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -83,16 +85,27 @@ def create_app(
         status = 200 if ready else 503
         return JSONResponse({"status": "ok" if ready else "unavailable", "ready": ready}, status)
 
+    def card(name: str) -> dict:
+        """A model in OpenAI's shape and Anthropic's at once (each SDK reads its fields)."""
+        created = int(coordinator.started)
+        return {
+            "id": name, "object": "model", "created": created, "owned_by": "cluster",
+            "max_model_len": coordinator.max_model_len,
+            "type": "model", "display_name": name,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created)),
+        }  # fmt: skip
+
     @app.get("/v1/models")
     async def models():
-        cards = [{
-            "id": name,
-            "object": "model",
-            "created": int(coordinator.started),
-            "owned_by": "cluster",
-            "max_model_len": coordinator.max_model_len,
-        } for name in (coordinator.model_name, *coordinator.aliases)]  # fmt: skip
-        return {"object": "list", "data": cards}
+        names = [n for n in (coordinator.model_name, *coordinator.aliases) if "*" not in n]
+        cards = [card(name) for name in names]
+        return {"object": "list", "data": cards, "has_more": False,
+                "first_id": names[0], "last_id": names[-1]}  # fmt: skip
+
+    @app.get("/v1/models/{model:path}")
+    async def model(model: str):
+        coordinator.check_model(model)
+        return card(model)
 
     coordinator.metrics.registry.register(ClusterCollector(coordinator))
 

@@ -1,6 +1,7 @@
 """Replica registry, admission and routing; turns prompts into streams of text deltas."""
 
 import asyncio
+import fnmatch
 import itertools
 import logging
 import time
@@ -131,8 +132,13 @@ class Coordinator:
         return min(lens, default=0)
 
     def check_model(self, model: str | None) -> None:
-        if model not in (None, "", self.model_name, *self.aliases):
-            raise ModelNotFound(model, self.model_name, self.aliases)
+        """A name the cluster serves: its own, an alias, or one an alias with `*` matches
+        (`claude-*` takes an agent's dated names)."""
+        if model in (None, "", self.model_name, *self.aliases):
+            return
+        if any("*" in a and fnmatch.fnmatchcase(model, a) for a in self.aliases):
+            return
+        raise ModelNotFound(model, self.model_name, self.aliases)
 
     @property
     def kv_capacity_tokens(self) -> int:

@@ -23,13 +23,14 @@ seen_content: list[str] = []
 
 
 ALIASES = ("claude-sonnet-4-5", "claude-haiku-4-5")
+DATED = "claude-*-2025*"  # a pattern alias: Claude Code's dated names
 """Names an agent asks for, served as aliases of the model (`--served-model-name A B C`)."""
 
 
 @pytest.fixture(scope="module")
 def agent_server(tmp_path_factory):
     home = tmp_path_factory.mktemp("agent-home")
-    names = ["--served-model-name", "glm-5-fixture", *ALIASES]
+    names = ["--served-model-name", "glm-5-fixture", *ALIASES, DATED]
     srv = Server(["--model", str(TRAINED), *names], env={"CLUSTER_HOME": str(home)})
     yield srv
     srv.stop()
@@ -383,10 +384,64 @@ def test_anthropic_errors_in_anthropic_shape(agent_server):
     r = httpx.post(url, json={"model": "nope", "max_tokens": 5,
                               "messages": [{"role": "user", "content": "hi"}]})  # fmt: skip
     assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
+
+
+def test_anthropic_what_claude_code_sends_that_a_text_model_cannot_read(agent_server):
+    """An image (a Read of a .png, in a tool_result; a pasted screenshot) is read as a note
+    that it is not shown, said in x-omitted-content: Claude Code resends it every turn, so a
+    400 would end the session. A plain-text document is read as its text."""
+    url = f"{agent_server.url}/v1/messages"
     image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": ""}}
-    r = httpx.post(url, json={"model": agent_server.model, "max_tokens": 5,
-                              "messages": [{"role": "user", "content": [image]}]})  # fmt: skip
-    assert r.status_code == 400 and "text only" in r.json()["error"]["message"]
+    doc = {"type": "document", "source": {"type": "text", "media_type": "text/plain",
+                                          "data": "def f(): pass"}}  # fmt: skip
+    messages = [
+        {"role": "user", "content": "read the png"},
+        {"role": "assistant", "content": [USE]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1",
+                                      "content": [image]}, image, doc]},
+    ]  # fmt: skip
+    body = {"model": agent_server.model, "max_tokens": 4, "messages": messages,
+            "tools": [WEATHER], "temperature": 0}  # fmt: skip
+    r = httpx.post(url, json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.headers["x-omitted-content"] == "image=2"
+    with httpx.stream("POST", url, json=body | {"stream": True}, timeout=60) as s:
+        assert s.status_code == 200 and s.headers["x-omitted-content"] == "image=2"
+        s.read()
+    counted = httpx.post(url + "/count_tokens", json=body, timeout=60).json()["input_tokens"]
+    plain = [m | {"content": "read the png"} if i == 0 else m for i, m in enumerate(messages)]
+    assert counted > httpx.post(url + "/count_tokens", json=body | {
+        "messages": plain[:2] + [{"role": "user", "content": [{
+            "type": "tool_result", "tool_use_id": "toolu_1", "content": "x"}]}]},
+        timeout=60).json()["input_tokens"]  # fmt: skip
+
+
+def test_anthropic_takes_back_its_own_replies_and_words_limits_as_anthropic(agent_server):
+    """A reply of thinking alone (the model ended its turn there) is history a client sends
+    back; consecutive turns of one role are one turn, as Anthropic merges them; no `thinking`
+    means none (Claude Code's background calls want text); a max_tokens past the context is
+    worded as Anthropic words it, which Claude Code reads to retry with one that fits."""
+    url = f"{agent_server.url}/v1/messages"
+    history = [*HI, {"role": "assistant", "content": [THOUGHT]},
+               {"role": "assistant", "content": "ok"}, *HI]  # fmt: skip
+    body = {"model": agent_server.model, "max_tokens": 8, "messages": history, "temperature": 0}
+    r = httpx.post(url, json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    assert [b["type"] for b in r.json()["content"]] == ["text"]  # no thinking asked: none
+    on = httpx.post(url, json=body | {"thinking": {"type": "enabled", "budget_tokens": 4}},
+                    timeout=60).json()  # fmt: skip
+    assert on["content"][0]["type"] == "thinking"
+    limit = httpx.get(f"{agent_server.url}/v1/models").json()["data"][0]["max_model_len"]
+    big = httpx.post(url, json=body | {"max_tokens": 32000}, timeout=60)
+    assert big.status_code == 400
+    said = big.json()["error"]["message"]
+    assert said.startswith("input length and `max_tokens` exceed context limit: ")
+    prompt = int(said.split(": ")[1].split(" + ")[0])
+    assert f"{prompt} + 32000 > {limit}, decrease input length or `max_tokens`" in said
+    long = [{"role": "user", "content": "word " * limit}]
+    r = httpx.post(url, json=body | {"messages": long}, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["message"].startswith("prompt is too long: ")
+    assert r.json()["error"]["message"].endswith(f" tokens > {limit} maximum")
 
 
 def test_model_aliases_answer_the_names_agents_ask_for(agent_server):
@@ -404,6 +459,12 @@ def test_model_aliases_answer_the_names_agents_ask_for(agent_server):
         model=ALIASES[0], messages=user, max_tokens=4, temperature=0
     )
     assert chat.usage.completion_tokens == 4
+    dated = {"model": "claude-sonnet-4-5-20250929", "max_tokens": 2, "messages": user}
+    assert httpx.post(f"{agent_server.url}/v1/messages", json=dated).status_code == 200
+    card = httpx.get(f"{agent_server.url}/v1/models/claude-haiku-4-5-20251001").json()
+    assert card["id"] == "claude-haiku-4-5-20251001" and card["type"] == "model"
+    listed = _anthropic(agent_server).models.list()
+    assert [m.id for m in listed.data] == names and listed.has_more is False
     other = {"model": "claude-opus-4-1", "max_tokens": 4, "messages": user}
     r = httpx.post(f"{agent_server.url}/v1/messages", json=other)
     assert r.status_code == 404 and all(n in r.json()["error"]["message"] for n in ALIASES)
