@@ -29,3 +29,17 @@ def extend_hashes(
         prev = int.from_bytes(hashlib.blake2b(data, digest_size=8, key=seed).digest(), "little")
         hashes.append(prev)
     return hashes
+
+
+SUPERSEDED_TAIL = 0.25
+"""A stored chain whose blocks past what a new chain shares with it are at most this share of
+it is superseded by the new one (memory and disk tiers alike): an agent's next turn resends
+the transcript with the last reply rendered anew (its reasoning cleared, its call
+re-encoded), so the previous turn's entry, whose tail is the reply as generated, would
+otherwise keep a whole copy of the transcript."""
+
+
+def superseded_by(total: int, shared: int) -> bool:
+    """Whether a stored chain of `total` blocks that shares its first `shared` with a new
+    chain is superseded by it."""
+    return total - shared <= total * SUPERSEDED_TAIL

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..hashing import BlockHash
+from ..hashing import BlockHash, superseded_by
 
 log = logging.getLogger(__name__)
 SUFFIX = ".safetensors"
@@ -82,6 +82,8 @@ class DiskTier:
         self.block_size = block_size
         self.files: OrderedDict[str, DiskEntry] = OrderedDict()
         self.index: dict[BlockHash, str] = {}
+        self.first: dict[BlockHash, set[str]] = {}
+        """Files by their first block: the ones a new chain may supersede."""
         self.nbytes = 0
         self.stats = DiskStats()
         self.evicted_blocks: list[BlockHash] = []
@@ -118,12 +120,17 @@ class DiskTier:
     def _add(self, name: str, entry: DiskEntry) -> None:
         self.files[name] = entry
         self.nbytes += entry.nbytes
+        self.first.setdefault(entry.hashes[0], set()).add(name)
         for h in entry.hashes:
             self.index[h] = name
 
     def _drop(self, name: str) -> None:
         entry = self.files.pop(name)
         self.nbytes -= entry.nbytes
+        same = self.first.get(entry.hashes[0], set())
+        same.discard(name)
+        if not same:
+            self.first.pop(entry.hashes[0], None)
         for h in entry.hashes:
             if self.index.get(h) == name:
                 del self.index[h]
@@ -201,14 +208,26 @@ class DiskTier:
             if isinstance(result, Exception):
                 log.warning("prefix cache disk tier: could not write %s (%s)", name, result)
                 continue
-            # Files that end inside this entry's chain hold a prefix of it: superseded.
-            older = {self.index[h] for h in hashes[:-1] if h in self.index}
-            older = [n for n in older if self.files[n].hashes[-1] in hashes]
+            older = self._superseded(hashes)
             self._add(name, DiskEntry(hashes, result))
             for old in older:
                 self._drop(old)  # its blocks now point to the new file: none leaves the tier
             self.stats.spilled += 1
             self._shrink()
+
+    def _superseded(self, hashes: array) -> list[str]:
+        """Files a new chain covers but for a short tail (`superseded_by`), a prefix of it
+        among them."""
+        at = {h: i for i, h in enumerate(hashes)}
+        out = []
+        for name in self.first.get(hashes[0], ()):
+            old = self.files[name].hashes
+            n = 0
+            while n < len(old) and at.get(old[n]) == n:
+                n += 1
+            if superseded_by(len(old), n):
+                out.append(name)
+        return out
 
     def flush(self) -> None:
         """Wait until every spilled entry is whole on disk, and book it."""

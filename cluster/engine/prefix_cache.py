@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from itertools import count
 from typing import Any
 
-from ..hashing import BlockHash, block_hashes, extend_hashes
+from ..hashing import BlockHash, block_hashes, extend_hashes, superseded_by
 from .disk_cache import DiskTier
 from .kv import cache_nbytes, snapshot
 
@@ -32,6 +32,16 @@ class Entry:
     nbytes: int
     written: bool = False
     """Given to the disk tier once (which may since have dropped it: its LRU decides)."""
+
+
+def superseded(hashes, index: dict[BlockHash, list[int]], hashes_of) -> list[int]:
+    """Ids of entries that share a prefix with `hashes` and hold few blocks beyond it
+    (`superseded_by`); `hashes_of(id)` gives an entry's blocks."""
+    shared: dict[int, int] = {}
+    for i, h in enumerate(hashes):  # chained hashes: holding block i means holding 0..i
+        for old in index.get(h, ()):
+            shared[old] = i + 1
+    return [old for old, n in shared.items() if superseded_by(len(hashes_of(old)), n)]
 
 
 def book_bytes(tokens: array, hashes: array, layers: int) -> int:
@@ -188,12 +198,11 @@ class PrefixCache:
                 self.events.store(h)
                 self.stats.stored_blocks += 1
             ids.append(entry_id)
-        # An entry that ends inside the new one's chain is a prefix of it: superseded. Removed
-        # once the new entry holds the shared blocks, so they never leave the index.
-        for h in hashes[:-1]:
-            for old_id in list(self.index.get(h, ())):
-                if old_id != entry_id and self.entries[old_id].hashes[-1] == h:
-                    self._remove(old_id, spill=False)
+        # Entries the new one covers but for a short tail are superseded (removed once the new
+        # entry holds the shared blocks, so those never leave the index).
+        for old_id in superseded(hashes, self.index, lambda i: self.entries[i].hashes):
+            if old_id != entry_id:
+                self._remove(old_id, spill=False)
         while self.nbytes > self.capacity_bytes:
             self._remove(next(iter(self.entries)))
         return entry_id if entry_id in self.entries else None

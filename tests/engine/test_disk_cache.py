@@ -172,3 +172,36 @@ def test_under_tp_a_hit_is_what_every_rank_holds(model, tmp_path):
     other_rank["readable"] = 0
     fresh = cache_for(model, DiskTier(tmp_path, 1 << 30, BLOCK, agree), 1 << 30)
     assert fresh.lookup(a + (1,)) == (0, None) and not fresh.entries
+
+
+def test_an_agents_next_turn_supersedes_the_last_turns_entry_in_both_tiers(model, tmp_path):
+    """Turn 1 is stored with its reply as generated; turn 2 resends the transcript with that
+    reply rendered anew and more after it. The turn-1 entry's tail is a short share of it, so
+    turn 2 replaces it (memory, and the file on disk); another session that shares only the
+    system prompt keeps its own entry."""
+    system, turn = prompt(10, 64), prompt(11, 256)
+    generated, rendered, more = prompt(12, 48), prompt(13, 48), prompt(14, 160)
+    first = system + turn + generated  # 368 tokens: 23 blocks, 3 past what turn 2 shares
+    second = system + turn + rendered + more
+    other = system + prompt(15, 320)
+    disk = DiskTier(tmp_path, 1 << 30, BLOCK)
+    cache = cache_for(model, disk, 1 << 30)
+    for tokens in (other, first):
+        cache.insert(tokens, prompt_cache(model, tokens))
+    cache.persist()
+    disk.flush()
+    assert len(cache.entries) == 2 and len(disk.files) == 2
+    cache.drain_events()  # a router has seen both
+    cache.insert(second, prompt_cache(model, second))
+    cache.persist()
+    disk.flush()
+    kept = sorted(len(e.tokens) for e in cache.entries.values())
+    assert kept == [len(other) // BLOCK * BLOCK, len(second) // BLOCK * BLOCK]
+    assert sorted(len(f.hashes) for f in disk.files.values()) == [len(other) // BLOCK,
+                                                                 len(second) // BLOCK]  # fmt: skip
+    events = cache.drain_events()
+    assert len(events.evicted) == 3  # the turn-1 reply's blocks, on neither tier any more
+    matched, _ = cache.lookup(second + (5,))
+    assert matched == len(second) // BLOCK * BLOCK
+    matched, _ = cache.lookup(first + (5,))  # the old reply: only the shared part is held
+    assert matched == len(system + turn) // BLOCK * BLOCK
