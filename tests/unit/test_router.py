@@ -98,6 +98,26 @@ def test_cold_prompts_spread_over_replicas():
     assert names == {"r0", "r1", "r2"}
 
 
+def test_a_short_shared_preamble_is_cold_and_spreads():
+    """New sessions that share only a short preamble (the tools block's boilerplate) with what
+    a replica holds spread by load; one that a replica holds most of follows it."""
+    policy = PrefixAffinity()
+    rs = replicas(2)
+    preamble = list(range(64))
+    policy.index.add(0, block_hashes(preamble, 16, b"m"))
+    names = []
+    for i in range(2):
+        replica, reason = policy.select(rs, info(preamble + [1000 + i] * 384))  # 14% held
+        assert reason == "cold"
+        replica.in_flight += 1
+        names.append(replica.name)
+    assert sorted(names) == ["r0", "r1"]
+    held = preamble + [7] * 64
+    policy.index.add(1, block_hashes(held, 16, b"m"))
+    replica, reason = policy.select(rs, info(held + [9] * 64))  # 2/3 held by r1
+    assert (replica.name, reason) == ("r1", "affinity")
+
+
 def test_hot_prefix_does_not_pile_onto_one_replica():
     policy = PrefixAffinity(abs_threshold=4, rel_threshold=1.5)
     rs = replicas()

@@ -4,7 +4,9 @@ A replica may take the request unless its load (requests in flight) exceeds the 
 replica's by more than `abs_threshold` and by more than `rel_threshold` times; among those, the
 longest cached prefix wins (then the lighter load), so a hot prefix spreads once it
 overloads. A prompt nobody holds `min_match` of is cold: it goes to the least loaded replica,
-which spreads new prefixes.
+which spreads new prefixes (0.3, SGLang's `cache_threshold`: with 0.1, two new agent sessions
+that shared only the chat template's 64-token tools preamble, 14% of their first prompts,
+both went to the replica that had seen it while the other sat idle).
 """
 
 import itertools
@@ -21,7 +23,7 @@ class PrefixAffinity:
         index: PrefixIndex | None = None,
         abs_threshold: int = 4,
         rel_threshold: float = 1.5,
-        min_match: float = 0.1,
+        min_match: float = 0.3,
     ):
         self.index = index or PrefixIndex()
         self.abs_threshold = abs_threshold
