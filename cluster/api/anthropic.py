@@ -3,7 +3,6 @@ coordinator, router and engine as OpenAI's routes."""
 
 import asyncio
 import json
-import logging
 import secrets
 
 from fastapi import APIRouter, Request
@@ -12,12 +11,12 @@ from starlette.background import BackgroundTask
 
 from ..coordinator.coordinator import Coordinator, Output
 from ..coordinator.errors import APIError, BadRequest
-from .anthropic_schemas import CountTokensRequest, MessagesRequest, omitted
+from . import unseen
+from .anthropic_schemas import CountTokensRequest, MessagesRequest
 from .chat import ChatDefaults, ChatPrompt, build_prompt, chat_processor, outcome_headers, start
 from .offload import LONG_CHARS, chars, off_loop
 from .openai_out import collect_unless_disconnected
 
-log = logging.getLogger(__name__)
 PREFIX = "/v1/messages"
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -173,11 +172,8 @@ def router(coordinator: Coordinator, defaults: ChatDefaults) -> APIRouter:
         stream, headers = await start(
             coordinator, request, body, rid, prompt.tokens, sampling, processor
         )
-        if unseen := omitted([m.content for m in body.messages]):  # said, never silent
-            headers = headers | {"x-omitted-content": ",".join(
-                f"{kind}={n}" for kind, n in sorted(unseen.items()))}  # fmt: skip
-            log.info("%s: %s not shown to the model (it reads text only)", rid,
-                     headers["x-omitted-content"])  # fmt: skip
+        found = unseen.count([m.content for m in body.messages])
+        headers = unseen.with_header(headers, found, rid)
         model = coordinator.model_name
         if body.stream:
             events = _stream_events(stream, processor, mid, model, len(prompt.tokens))

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from ..coordinator.errors import BadRequest
 from ..types import SamplingParams
+from . import unseen
 
 MAX_STOPS = 16
 
@@ -84,36 +85,11 @@ def parse_block(raw, path: str) -> Block:
 
 
 def _unseen(raw: dict, kind: str) -> str:
-    """What the model reads for an image or a document: a plain-text document's own text;
-    for the rest a note in their place, so a session that once read an image (Claude Code
-    resends it every turn) goes on; `omitted()` counts them for the response's header."""
-    source = raw.get("source") if isinstance(raw.get("source"), dict) else {}
-    if kind == "document" and source.get("type") == "text":
-        return str(source.get("data") or "")
-    return OMITTED.format(kind=kind)
-
-
-OMITTED = "[{kind} not shown: this model reads text only]"
-
-
-def omitted(value) -> dict[str, int]:
-    """Image and document blocks (but plain-text documents) anywhere in a request's content:
-    {"image": 2, ...}."""
-    found: dict[str, int] = {}
-
-    def walk(v):
-        if isinstance(v, dict):
-            kind = v.get("type")
-            if kind in ("image", "document") and _unseen(v, kind) == OMITTED.format(kind=kind):
-                found[kind] = found.get(kind, 0) + 1
-            for x in v.values():
-                walk(x)
-        elif isinstance(v, list):
-            for x in v:
-                walk(x)
-
-    walk(value)
-    return found
+    """What the model reads for an image or a document: a plain-text document's own text,
+    else a note in its place (`unseen`)."""
+    if not unseen.is_unseen(raw):
+        return str(raw["source"].get("data") or "")
+    return unseen.note(raw)
 
 
 def _result_text(content, path: str) -> str:

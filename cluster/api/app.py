@@ -25,6 +25,7 @@ from .offload import LONG_CHARS, chars, off_loop
 from .openai_out import Shape, collect_unless_disconnected, sse
 from .responses import router as responses_router
 from .schemas import ChatCompletionRequest, CompletionRequest, NamedToolChoice
+from .unseen import with_header as omitted_header
 
 OPEN_PATHS = ("/health", "/metrics")
 
@@ -140,7 +141,12 @@ def create_app(
         max_calls = None if body.parallel_tool_calls else 1
         processor = chat_processor(tok, prompt, tools, body.stop, max_calls)
         limits = prompt.limits(chat_defaults.budget(body.thinking_token_budget))
-        return await _complete(request, body, prompt.tokens, processor, limits)
+        found: dict[str, int] = {}
+        for m in body.messages:
+            for part in m.content if isinstance(m.content, list) else ():
+                if part.unseen:
+                    found[part.unseen] = found.get(part.unseen, 0) + 1
+        return await _complete(request, body, prompt.tokens, processor, limits, unseen=found)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
@@ -162,7 +168,7 @@ def create_app(
         return await _complete(request, body, prompt, processor, echo=echo)
 
     async def _complete(request: Request, body, prompt: list[int], processor, limits=None,
-                        echo=None):  # fmt: skip
+                        echo=None, unseen: dict | None = None):  # fmt: skip
         chat = isinstance(body, ChatCompletionRequest)
         limit, param = body.token_limit
         max_tokens = coordinator.check_length(len(prompt), limit, param,
@@ -170,6 +176,7 @@ def create_app(
         rid = coordinator.new_request_id("chatcmpl" if chat else "cmpl")
         sampling = body.sampling(max_tokens, limits or {})
         stream, headers = await start(coordinator, request, body, rid, prompt, sampling, processor)
+        headers = omitted_header(headers, unseen or {}, rid)
         shape = Shape(rid, coordinator.model_name, chat, coordinator.tokenizer.token_bytes, echo)
         if body.stream:
             return StreamingResponse(

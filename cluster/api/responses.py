@@ -12,6 +12,7 @@ from starlette.background import BackgroundTask
 
 from ..coordinator.coordinator import Coordinator, Output
 from ..coordinator.errors import APIError, BadRequest
+from . import unseen
 from .chat import ChatDefaults, build_prompt, chat_processor, outcome_headers, start
 from .offload import LONG_CHARS, off_loop
 from .openai_out import collect_unless_disconnected
@@ -167,6 +168,7 @@ def router(coordinator: Coordinator, defaults: ChatDefaults) -> APIRouter:
         stream, headers = await start(
             coordinator, request, body, rid, prompt.tokens, sampling, processor
         )
+        headers = unseen.with_header(headers, unseen.count(body.input), rid)
         base = {
             "id": _id("resp_"), "object": "response", "created_at": int(time.time()),
             "model": coordinator.model_name, "instructions": body.instructions,

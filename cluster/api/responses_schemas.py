@@ -5,6 +5,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..types import SamplingParams
+from . import unseen
 from .chat import tool_arguments
 from .errors import ParamError
 
@@ -248,7 +249,8 @@ ITEMS = ("message", "function_call", "function_call_output", "reasoning")
 
 
 def _check_parts(parts, where: str, what: str = "content") -> None:
-    """A string, or a list of text parts (a refusal counts as text); images are refused."""
+    """A string, or a list of text parts (a refusal counts as text; an image or file is read
+    as a note that it is not shown)."""
     if isinstance(parts, str):
         return
     if not isinstance(parts, list):
@@ -256,6 +258,8 @@ def _check_parts(parts, where: str, what: str = "content") -> None:
     for j, part in enumerate(parts):
         at = f"{where}[{j}]"
         kind = part.get("type") if isinstance(part, dict) else None
+        if kind is not None and unseen.is_unseen(part):
+            continue  # read as a note that it is not shown
         if kind == "refusal":
             field = "refusal"
         elif kind in TEXT_PARTS:
@@ -319,4 +323,5 @@ def _text(content) -> str:
     """A message's text: a string, or its text parts joined (checked by _check_items)."""
     if content is None or isinstance(content, str):
         return content or ""
-    return "".join(p.get("text") or p.get("refusal") or "" for p in content)
+    return "".join(unseen.note(p) if unseen.is_unseen(p) else p.get("text") or p.get("refusal")
+                   or "" for p in content)  # fmt: skip

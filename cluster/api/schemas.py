@@ -5,6 +5,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..types import SamplingParams
+from . import unseen
 from .errors import ParamError
 
 MAX_STOPS = 16
@@ -15,6 +16,8 @@ class TextPart(BaseModel):
     model_config = ConfigDict(extra="ignore")
     type: Literal["text"]
     text: str
+    unseen: str | None = None
+    """Set when the part stands for one the model cannot read (its kind: image, audio, ...)."""
 
 
 class FunctionCall(BaseModel):
@@ -31,16 +34,24 @@ class ToolCallIn(BaseModel):
 
 
 def _text_parts(v):
-    """Content parts must be text: name the part that is not (images, audio, files)."""
-    if isinstance(v, list):
-        for i, part in enumerate(v):
-            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-            if kind != "text":
-                raise ValueError(
-                    f"content part {i} is of type {kind!r}: only 'text' parts are supported "
-                    "(the model reads text only)"
-                )
-    return v
+    """Content parts are text; an image, audio or file part is read as a note in its place
+    (`unseen`); any other part is named in a 400."""
+    if not isinstance(v, list):
+        return v
+    out = []
+    for i, part in enumerate(v):
+        if isinstance(part, dict) and unseen.is_unseen(part):
+            kind = unseen.KINDS[part["type"]]
+            out.append({"type": "text", "text": unseen.note(part), "unseen": kind})
+            continue
+        kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+        if kind != "text":
+            raise ValueError(
+                f"content part {i} is of type {kind!r}: only 'text' parts are read (images, "
+                "audio and files are read as a note that they are not shown)"
+            )
+        out.append(part)
+    return out
 
 
 class Message(BaseModel):

@@ -158,13 +158,32 @@ def test_what_cannot_be_honoured_is_refused_and_reasoning_effort_is(srv):
     assert reasoning({"reasoning_effort": "minimal"}) is None
 
 
-def test_errors_say_what_to_fix(srv):
-    image = {"model": M, "max_tokens": 4, "messages": [{"role": "user", "content": [
+def test_images_are_read_as_a_note_and_said_in_a_header(srv):
+    """A pasted screenshot (chat) or an input_image (Responses) is read as a note that it is
+    not shown, counted in x-omitted-content: an agent resends its history every turn, so a
+    400 would end the session. Other unknown parts are still a 400 that names them."""
+    url = "data:image/png;base64,AAAA"
+    image = {"model": M, "max_tokens": 2, "messages": [{"role": "user", "content": [
         {"type": "text", "text": "What is this?"},
-        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]}  # fmt: skip
+        {"type": "image_url", "image_url": {"url": url}}]}]}  # fmt: skip
     r = _post(srv, image)
-    assert r.status_code == 400 and "'image_url'" in r.json()["error"]["message"]
-    assert "text only" in r.json()["error"]["message"]
+    assert r.status_code == 200 and r.headers["x-omitted-content"] == "image=1", r.text
+    plain = _post(srv, image | {"messages": [{"role": "user", "content": "What is this?"}]})
+    assert "x-omitted-content" not in plain.headers
+    assert r.json()["usage"]["prompt_tokens"] > plain.json()["usage"]["prompt_tokens"]
+    streamed = _post(srv, image | {"stream": True})
+    assert streamed.status_code == 200 and streamed.headers["x-omitted-content"] == "image=1"
+    items = [{"role": "user", "content": [{"type": "input_text", "text": "What is this?"},
+                                          {"type": "input_image", "image_url": url},
+                                          {"type": "input_file", "file_id": "f1"}]}]  # fmt: skip
+    r = _post(srv, {"model": M, "input": items, "max_output_tokens": 2}, "/v1/responses")
+    assert r.status_code == 200 and r.headers["x-omitted-content"] == "file=1,image=1", r.text
+    odd = image | {"messages": [{"role": "user", "content": [{"type": "video", "v": 1}]}]}
+    r = _post(srv, odd)
+    assert r.status_code == 400 and "'video'" in r.json()["error"]["message"]
+
+
+def test_errors_say_what_to_fix(srv):
     body = json.dumps({"model": M, "messages": USER})
     r = httpx.post(f"{srv.url}/v1/chat/completions", content=body, timeout=60,
                    headers={"content-type": "text/plain"})  # fmt: skip
