@@ -69,7 +69,7 @@ def parse_block(raw, path: str) -> Block:
         raise _bad(path, "must be a content block: an object with a 'type'")
     kind = raw["type"]
     if kind in ("image", "document"):
-        return Block("text", _unseen(raw, kind))
+        return Block("text", _unseen(raw))
     if kind not in FIELDS:
         supported = ", ".join(FIELDS)
         raise _bad(path, f"block type '{kind}' is not supported (supported: {supported})")
@@ -84,7 +84,7 @@ def parse_block(raw, path: str) -> Block:
                  raw.get("tool_use_id", ""), bool(raw.get("is_error")))  # fmt: skip
 
 
-def _unseen(raw: dict, kind: str) -> str:
+def _unseen(raw: dict) -> str:
     """What the model reads for an image or a document: a plain-text document's own text,
     else a note in its place (`unseen`)."""
     if not unseen.is_unseen(raw):

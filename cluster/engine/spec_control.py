@@ -194,26 +194,24 @@ class Speculation:
             return 0
         governor = self._governor(decoding)
         allowed = governor.allow()
+        self._show(governor)
+        return allowed
+
+    def _show(self, governor: SpeedGovernor) -> None:
+        """The state says what a batch size's governor holds: its length, on or off."""
         self.state.k_now = governor.k
         if governor.mode == "off":
             self.state.set(False, *governor.off)
         else:
             self.state.set(True, None)
-        return allowed
 
     def settle(self, decoding: int) -> None:
         """After a step: a batch that shrank to --speculation-max-batch or below (or ended)
         no longer holds speculation off; the state reads its new size's governor."""
         if self.stats is None or decoding > self.max_batch:
             return
-        if self.state.reason != "batch_size_above_limit":
-            return
-        governor = self._governor(max(decoding, 1))
-        self.state.k_now = governor.k
-        if governor.mode == "off":
-            self.state.set(False, *governor.off)
-        else:
-            self.state.set(True, None)
+        if self.state.reason == "batch_size_above_limit":
+            self._show(self._governor(max(decoding, 1)))
 
     def steps_so_far(self) -> int:
         return self.stats.speculative_steps if self.stats else 0

@@ -49,7 +49,7 @@ class SpeculationState:
             return
         self.active, self.reason, self.since = active, reason, time.time()
         if active:
-            log.warning("speculation %s k=%d is ON", self.requested, self.k)
+            self.announce()
             return
         if self.requested != "none":
             self.fallbacks[reason] = self.fallbacks.get(reason, 0) + 1
