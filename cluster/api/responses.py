@@ -3,6 +3,7 @@ and engine as the chat route: reasoning, message and function_call output items,
 the Responses API's events."""
 
 import json
+import logging
 import secrets
 import time
 
@@ -17,6 +18,8 @@ from .chat import ChatDefaults, build_prompt, chat_processor, outcome_headers, s
 from .offload import LONG_CHARS, off_loop
 from .openai_out import collect_unless_disconnected
 from .responses_schemas import ResponsesRequest
+
+log = logging.getLogger(__name__)
 
 
 def _id(prefix: str) -> str:
@@ -137,27 +140,27 @@ def router(coordinator: Coordinator, defaults: ChatDefaults) -> APIRouter:
             return build_prompt(coordinator.tokenizer, messages, tools, body.choice(), args,
                                 defaults.tool_grammar)  # fmt: skip
 
-        prompt = build(messages)
+        prompt, dropped = build(messages), 0
         room = coordinator.max_model_len - (body.max_output_tokens or 1)
         if body.truncation == "auto" and len(prompt.tokens) > room:
             # Drop the oldest turns, as few as fit (a binary search: a build tokenizes all).
             low, high = 1, len(turn_starts(messages)) - 1
-            best = None
+            dropped, best = high, None
             while low <= high:
                 mid = (low + high) // 2
                 shorter = build(without_turns(messages, mid))
                 if len(shorter.tokens) <= room:
-                    best, high = shorter, mid - 1
+                    dropped, best, high = mid, shorter, mid - 1
                 else:
                     low = mid + 1
-            prompt = best or build(without_turns(messages, len(turn_starts(messages)) - 1))
-        return prompt, tools
+            prompt = best or build(without_turns(messages, dropped))
+        return prompt, tools, dropped
 
     @api.post("/v1/responses")
     async def responses(body: ResponsesRequest, request: Request):
         coordinator.check_model(body.model)
         long = len(json.dumps(body.input)) > LONG_CHARS
-        prompt, tools = await off_loop(long, prompt_of, body)
+        prompt, tools, dropped = await off_loop(long, prompt_of, body)
         max_calls = 1 if not body.parallel_tool_calls else body.max_tool_calls
         processor = chat_processor(coordinator.tokenizer, prompt, tools, [], max_calls)
         max_tokens = coordinator.check_length(
@@ -169,6 +172,9 @@ def router(coordinator: Coordinator, defaults: ChatDefaults) -> APIRouter:
             coordinator, request, body, rid, prompt.tokens, sampling, processor
         )
         headers = unseen.with_header(headers, unseen.count(body.input), rid)
+        if dropped:  # truncation "auto": said, never silent
+            log.info("%s: truncation auto dropped the %d oldest turns of input", rid, dropped)
+            headers = headers | {"x-truncated-turns": str(dropped)}
         base = {
             "id": _id("resp_"), "object": "response", "created_at": int(time.time()),
             "model": coordinator.model_name, "instructions": body.instructions,

@@ -899,6 +899,7 @@ def test_responses_api_echoes_its_request_and_honours_truncation_and_max_tool_ca
     assert refused.json()["error"]["code"] == "context_length_exceeded"
     fitted = httpx.post(url, json=long | {"truncation": "auto"}, timeout=120)
     assert fitted.status_code == 200, fitted.text
+    assert 0 < int(fitted.headers["x-truncated-turns"]) < 41  # said, not silent
     used = fitted.json()["usage"]["input_tokens"]
     assert limit // 2 < used <= limit - 4  # dropped only what it had to
     # max_tool_calls: 1 with two calls asked for.
