@@ -1,6 +1,7 @@
 """`cluster serve`: start the replicas of an inventory and one OpenAI endpoint in front of them."""
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
@@ -30,6 +31,9 @@ from .plan.render import render_plan
 from .rpc.tls import TlsFiles
 
 log = logging.getLogger("cluster.serve")
+SHUTDOWN_GRACE = 5.0
+"""Seconds the HTTP server waits at shutdown for responses to finish once the replicas' calls
+have been ended (each stream then sends its error event and closes)."""
 
 
 class PlanRefused(ValueError):
@@ -254,9 +258,12 @@ def serve(options: ServeOptions, engine: EngineConfig) -> None:
                     host=host,
                     port=port,
                     log_level="warning",
+                    timeout_graceful_shutdown=SHUTDOWN_GRACE,
                 )
             )
-            server.install_signal_handlers = lambda: None
+            # Our handlers stop the cluster (below); uvicorn's would wait on open streams first.
+            server.install_signal_handlers = lambda: None  # uvicorn before 0.29
+            server.capture_signals = contextlib.nullcontext
             task = asyncio.create_task(server.serve())
             while not server.started and not task.done():
                 await asyncio.sleep(0.05)
@@ -270,6 +277,8 @@ def serve(options: ServeOptions, engine: EngineConfig) -> None:
             await asyncio.wait(
                 {task, asyncio.create_task(stop.wait())}, return_when="FIRST_COMPLETED"
             )
+            coordinator.stopping = True
+            await supervisor.end_calls()  # open streams end with an error event, not a cut
             server.should_exit = True
             await task
         finally:

@@ -168,6 +168,9 @@ class TokenEvent:
     request_speculation: str = ""
     """On the last event: what this request got (`mtp;k=2`, `mtp;k=2;partly_off=REASON`,
     `off;reason=REASON`); empty when speculation was not requested."""
+    request_fault: bool = False
+    """With error: the request's own fault (its grammar or limits failed), not the replica's;
+    another replica would fail it alike, so it is not moved."""
 
 
 @dataclass(frozen=True)

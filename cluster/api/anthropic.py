@@ -154,12 +154,14 @@ def router(coordinator: Coordinator, defaults: ChatDefaults) -> APIRouter:
 
     @api.post(PREFIX + "/count_tokens")
     async def count_tokens(body: CountTokensRequest):
-        prompt, _ = await off_loop(chars(body.messages) > LONG_CHARS, prompt_of, body)
+        long = chars(body.messages, body.system, body.tools) > LONG_CHARS
+        prompt, _ = await off_loop(long, prompt_of, body)
         return {"input_tokens": len(prompt.tokens)}
 
     @api.post(PREFIX)
     async def messages(body: MessagesRequest, request: Request):
-        prompt, tools = await off_loop(chars(body.messages) > LONG_CHARS, prompt_of, body)
+        long = chars(body.messages, body.system, body.tools) > LONG_CHARS
+        prompt, tools = await off_loop(long, prompt_of, body)
         max_calls = 1 if body.tool_choice and body.tool_choice.disable_parallel_tool_use else None
         processor = chat_processor(
             coordinator.tokenizer, prompt, tools, body.stop_sequences or [], max_calls, "toolu_"

@@ -134,7 +134,7 @@ def create_app(
         tok = coordinator.tokenizer
         # Templating and tokenizing a long transcript take long: off the event loop.
         messages = openai_messages(body.messages)
-        long = chars(messages) > LONG_CHARS
+        long = chars(messages, tools) > LONG_CHARS
         grammar = chat_defaults.tool_grammar
         prompt = await off_loop(long, build_prompt, tok, messages, tools, choice, args, grammar,
                                 body.continue_final_message)  # fmt: skip

@@ -13,6 +13,7 @@ async def off_loop(long: bool, fn, *args):
     return await asyncio.to_thread(fn, *args) if long else fn(*args)
 
 
-def chars(messages) -> int:
-    """Characters of text in chat messages (any shape: strings, parts, tool calls)."""
-    return len(str(messages))
+def chars(*parts) -> int:
+    """Characters of text in a request's parts (messages, system prompt, tools: any shape);
+    an agent's system prompt and tools alone can be 20K tokens."""
+    return sum(len(str(p)) for p in parts if p)

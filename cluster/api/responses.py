@@ -15,7 +15,7 @@ from ..coordinator.coordinator import Coordinator, Output
 from ..coordinator.errors import APIError, BadRequest
 from . import unseen
 from .chat import ChatDefaults, build_prompt, chat_processor, outcome_headers, start
-from .offload import LONG_CHARS, off_loop
+from .offload import LONG_CHARS, chars, off_loop
 from .openai_out import collect_unless_disconnected
 from .responses_schemas import ResponsesRequest
 
@@ -159,7 +159,7 @@ def router(coordinator: Coordinator, defaults: ChatDefaults) -> APIRouter:
     @api.post("/v1/responses")
     async def responses(body: ResponsesRequest, request: Request):
         coordinator.check_model(body.model)
-        long = len(json.dumps(body.input)) > LONG_CHARS
+        long = chars(body.input, body.instructions, body.tools) > LONG_CHARS
         prompt, tools, dropped = await off_loop(long, prompt_of, body)
         max_calls = 1 if not body.parallel_tool_calls else body.max_tool_calls
         processor = chat_processor(coordinator.tokenizer, prompt, tools, [], max_calls)

@@ -53,6 +53,9 @@ class Output:
 
 FAILOVER_WAIT = 30.0
 """Seconds a request whose replica failed before its first token waits for one to be ready."""
+MAX_MOVES = 2
+"""A request that fails before its first token moves to another replica at most this often:
+one that fails on every replica in turn (a fault of its own the engine did not name) ends."""
 
 
 class Completion:
@@ -125,6 +128,8 @@ class Coordinator:
         self._followers: list = []
         self.started = time.time()
         self._request_ids = itertools.count()
+        self.stopping = False
+        """Set at shutdown: new requests get a 503 and failed ones are not moved."""
 
     @property
     def max_model_len(self) -> int:
@@ -179,9 +184,11 @@ class Coordinator:
 
     def _admit(self) -> list[Replica]:
         """The ready replicas, if the cluster can take one more request."""
-        ready = routable(list(self.replicas))
+        ready = [] if self.stopping else routable(list(self.replicas))
         if not ready:
             self.metrics.rejected.labels(self.model_name, "503").inc()
+            if self.stopping:
+                raise Unavailable("The server is shutting down; retry later.")
             raise Unavailable("No replica is ready to serve; check /v1/status.")
         capacity = sum(r.max_num_seqs for r in ready) + self.max_queue
         if sum(r.in_flight for r in ready) >= capacity:
@@ -245,6 +252,8 @@ class Coordinator:
         (no new requests until the supervisor has looked) and move the request to a ready
         replica, waiting up to FAILOVER_WAIT for one. Raises when none becomes ready."""
         failed = completion.replica
+        if self.stopping:
+            raise Unavailable(f"replica {failed.name} failed: {error}; the server is shutting down")
         self.replicas.suspect(failed, f"a request failed: {error}")
         log.warning("replica %s failed request %s before its first token (%s); re-routing",
                     failed.name, request.request_id, error)  # fmt: skip
@@ -294,15 +303,19 @@ class Coordinator:
                 tracker.on_finish(unfinished, prompt_tokens, 0, None)
 
     async def _events(self, completion: Completion, request: EngineRequest, session, tracker):
-        """The request's engine events; a failure before its first token re-routes it, unless
-        the request itself was refused (no other replica would take it either)."""
-        started = False
+        """The request's engine events; a failure before its first token re-routes it (at most
+        MAX_MOVES times), unless the request itself was refused or at fault (no other replica
+        would do better)."""
+        started, moves = False, 0
         while True:
             events = completion.events
             try:
                 async for event in events:
-                    if event.error and not started:
-                        break
+                    if event.error and not started and not event.request_fault:
+                        if moves < MAX_MOVES:
+                            break
+                        log.error("request %s failed on %d replicas in turn; ending it",
+                                  request.request_id, moves + 1)  # fmt: skip
                     started = started or bool(event.token_ids)
                     yield event
                     if event.finish_reason or event.error:
@@ -317,6 +330,7 @@ class Coordinator:
             finally:
                 await events.aclose()
             await self._failover(completion, request, session, event.error)
+            moves += 1
             tracker.labels = self.metrics.labels(completion.replica.name)
 
     async def status(self) -> dict:

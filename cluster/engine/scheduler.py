@@ -150,7 +150,7 @@ class Scheduler:
                 self.running.remove(seq)
                 self._finish(seq, "error")
                 done.append(seq)
-                events.append(self.event(seq, error=seq.fault))
+                events.append(self.event(seq, error=seq.fault, request_fault=True))
                 continue
             for token in tokens:
                 seq.tokens.append(token)
@@ -173,7 +173,8 @@ class Scheduler:
     def _finish(self, seq: Sequence, reason: str) -> None:
         seq.status, seq.finish_reason = Status.FINISHED, reason
 
-    def event(self, seq: Sequence, error: str | None = None) -> TokenEvent:
+    def event(self, seq: Sequence, error: str | None = None,
+              request_fault: bool = False) -> TokenEvent:  # fmt: skip
         start = seq.num_emitted
         new = tuple(seq.tokens[seq.num_prompt + start :])
         seq.num_emitted += len(new)
@@ -186,6 +187,7 @@ class Scheduler:
             prompt_tokens=seq.num_prompt,
             cached_tokens=seq.num_cached,
             error=error,
+            request_fault=request_fault,
             draft_tokens=seq.draft_tokens,
             accepted_tokens=seq.accepted_tokens,
             logprobs=logprobs,

@@ -62,9 +62,9 @@ class Sequence:
     hashes: list[int] = field(default_factory=list)
     """Chained hashes of its tokens' first blocks, each computed once (routing's to start)."""
     limiter: Limiter | None = None
+    """Its banned tokens, tool-call grammar and thinking budget, when the request has any."""
     fault: str | None = None
     """Why it must end with an error (its own limits failed), while its batch goes on."""
-    """Its banned tokens, tool-call grammar and thinking budget, when the request has any."""
 
     @classmethod
     def from_request(cls, request: EngineRequest) -> "Sequence":

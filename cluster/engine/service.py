@@ -162,15 +162,12 @@ class EngineService:
         self._channel = channel
         digest, stepped = "", False
         while True:
-            idle = not self._engine.has_work()
-            self.heap.maybe_trim(idle)
-            if idle:  # what a restart would lose goes to the disk tier (if there is one)
-                self._engine.cache.persist()
-            if idle and stepped and channel is not None:
-                stepped = False  # tell the followers the replica went idle: they trim too
-                message = StepMessage(digest=digest)
-            else:
-                message = self._intake(digest, block=idle)
+            try:
+                message, stepped = self._next_message(channel, digest, stepped)
+            except Exception as e:  # outside a step (an abort, the disk tier): not recoverable
+                log.exception("engine loop failed; failing in-flight requests")
+                self.broken = f"engine loop failed: {type(e).__name__}: {e}"
+                break
             try:
                 if channel is not None:
                     self._exchange(channel, message)
@@ -185,9 +182,12 @@ class EngineService:
                 if self.distributed:
                     break
         self._dispatch_all(self._engine.fail_all(self.broken or "engine stopped"))
-        if (disk := self._engine.cache.disk) is not None:  # files being written get finished
-            self._engine.cache.persist()
-            disk.close()
+        try:
+            if (disk := self._engine.cache.disk) is not None:  # files being written get finished
+                self._engine.cache.persist()
+                disk.close()
+        except Exception:
+            log.exception("the disk tier could not be closed cleanly")
         self._drain_after_stop()
 
     def _load(self) -> bool:
@@ -201,6 +201,16 @@ class EngineService:
         self._ready.set()
         return self._error is None
 
+    def _next_message(self, channel, digest: str, stepped: bool) -> tuple[StepMessage, bool]:
+        """Idle work (heap trim, the disk tier), then the next step's message."""
+        idle = not self._engine.has_work()
+        self.heap.maybe_trim(idle)
+        if idle:  # what a restart would lose goes to the disk tier (if there is one)
+            self._engine.cache.persist()
+        if idle and stepped and channel is not None:
+            return StepMessage(digest=digest), False  # the followers trim too when idle
+        return self._intake(digest, block=idle), stepped
+
     def _intake(self, digest: str, block: bool) -> StepMessage:
         """This step's message: the commands queued since the last step (waiting for one
         while idle) and what the step will do, for the followers to do the same."""
@@ -212,15 +222,19 @@ class EngineService:
     def _exchange(self, channel: Channel, message: StepMessage) -> None:
         started = time.perf_counter()
         self.watchdog.begin("lockstep exchange with the followers")
-        channel.exchange(message)
-        self.watchdog.end()
+        try:
+            channel.exchange(message)
+        finally:
+            self.watchdog.end()
         self.exchange_seconds += time.perf_counter() - started
 
     def _step(self, speculate: int) -> list[TokenEvent]:
         started = time.perf_counter()
         self.watchdog.begin("engine step")
-        events = self._engine.step(speculate)
-        self.watchdog.end()
+        try:
+            events = self._engine.step(speculate)
+        finally:  # a step that raised must not leave the watchdog timing it
+            self.watchdog.end()
         self.step_seconds += time.perf_counter() - started
         self.steps += 1
         return events

@@ -220,6 +220,8 @@ class Supervisor:
         self.registry.observed(name, stats, ranks)
         if broken := stats.get("broken"):
             return broken + _stopped(proc)
+        if stats.get("alive") is False:  # its engine thread ended with nothing said
+            return "the leader's engine loop stopped" + _stopped(proc)
         return await self._probe_if_idle(name, proc)
 
     async def _probe_if_idle(self, name: str, proc: RunningReplica) -> str | None:
@@ -256,6 +258,8 @@ class Supervisor:
         self._loaded.discard(name)  # a restart loads the weights again
         log.warning("replica %s is down: %s; restarting it", name, reason)
         self.registry.restarting(name)  # counted when decided: stopping the rest can take a while
+        if (client := self.clients.pop(name, None)) is not None:  # a stopped leader keeps its
+            await client.close()  # socket open: its calls end with an error now, not at a timeout
         if proc is not None:
             await asyncio.to_thread(proc.stop)
         delay, cap = self.backoff
@@ -272,12 +276,17 @@ class Supervisor:
             delay = min(delay * 2, cap)
             self.registry.restarting(name)
 
-    async def stop(self) -> None:
+    async def end_calls(self) -> None:
+        """Stop watching and close every leader's channel: calls in flight end with an error
+        now (at shutdown, before the HTTP server waits for its open responses)."""
         for task in self._tasks.values():
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
-        for client in self.clients.values():
-            await client.close()
+        while self.clients:
+            await self.clients.popitem()[1].close()
+
+    async def stop(self) -> None:
+        await self.end_calls()
         for name, proc in self.running.items():
             if proc.attached:
                 log.info("replica %s was re-attached, not started here: left running", name)

@@ -1,5 +1,6 @@
 """The coordinator's side of the gRPC protocol: an EngineClient for a remote leader rank."""
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 
@@ -41,6 +42,13 @@ class EventStream:
             raise StopAsyncIteration
         try:
             chunk = await self._call.read()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self._done or (task is not None and task.cancelling()):
+                raise  # our own reader was cancelled (the client left)
+            self._done = True  # the channel was closed under the call: the replica went down
+            message = f"lost the replica's leader at {self._address}: its connection was closed"
+            return TokenEvent(self._request_id, (), "error", error=message)
         except grpc.aio.AioRpcError as e:
             self._done = True
             if e.code() in REFUSALS:

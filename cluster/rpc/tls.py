@@ -50,8 +50,25 @@ class TlsFiles:
     def channel(self, address: str) -> grpc.aio.Channel:
         credentials = grpc.ssl_channel_credentials(self.ca, self.key, self.cert)
         options = [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
-        return grpc.aio.secure_channel(address, credentials, options=options + MESSAGE_LIMITS)
+        options += MESSAGE_LIMITS + KEEPALIVE
+        return grpc.aio.secure_channel(address, credentials, options=options)
 
+
+KEEPALIVE = [
+    ("grpc.keepalive_time_ms", 15_000),
+    ("grpc.keepalive_timeout_ms", 15_000),
+    ("grpc.http2.ping_timeout_ms", 15_000),  # what ends an unanswered ping here (default 60 s)
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+"""The coordinator pings each leader every 15 s, even through a long silent prefill: a leader
+that stops answering (a node asleep or unplugged, a stopped process) ends its calls within
+30 s instead of leaving them waiting on a socket nobody closes."""
+ACCEPT_PINGS = [("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+                ("grpc.http2.max_ping_strikes", 0)]  # fmt: skip
+"""The leader's side: those pings are welcome (gRPC's defaults refuse pings more often than
+every 5 minutes without data and close the connection)."""
 
 MAX_MESSAGE_BYTES = 512 << 20
 """gRPC's default refuses messages over 4 MB; an echoed 200K-token prompt's logprobs with 20
@@ -63,7 +80,9 @@ MESSAGE_LIMITS = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 def open_channel(address: str) -> grpc.aio.Channel:
     """A channel to a leader: TLS when configured, plaintext on a trusted link otherwise."""
     tls = TlsFiles.from_env()
-    return tls.channel(address) if tls else grpc.aio.insecure_channel(address, MESSAGE_LIMITS)
+    if tls:
+        return tls.channel(address)
+    return grpc.aio.insecure_channel(address, MESSAGE_LIMITS + KEEPALIVE)
 
 
 def bind(server: grpc.aio.Server, address: str) -> int:

@@ -174,6 +174,70 @@ def test_a_restarted_coordinator_reattaches_to_running_replicas(model_dir, tmp_p
                 os.killpg(pid, signal.SIGKILL)
 
 
+def test_a_stopped_leader_the_cluster_did_not_start_ends_its_streams(model_dir, tmp_path):
+    """A leader the coordinator re-attached to (or one a service manager runs) cannot be killed
+    by it: stopped (SIGSTOP: a node asleep, a hung process), it keeps its socket open. Its
+    streams used to wait forever; the supervisor now closes its channel when it gives the
+    replica up, and they end with an error event."""
+    import yaml
+
+    from cluster.launch.local import free_port
+
+    inventory = yaml.safe_load((ROOT / "inventory/local.yaml").read_text())
+    inventory["all"]["vars"]["grpc_base_port"] = free_port()
+    inv = tmp_path / "pinned.yaml"
+    inv.write_text(yaml.safe_dump(inventory))
+    args = ["--model", str(model_dir), "--inventory", str(inv)]
+    env = {"CLUSTER_HOME": str(tmp_path / "home")}
+    first = Server(args, env=env)
+    pids = rank_pids(first)
+    streaming.clear()
+    try:
+        os.kill(first.proc.pid, signal.SIGKILL)  # its ranks keep running, for the next one
+        first.proc.wait()
+        second = Server(args, env=env, timeout=60)
+        try:
+            assert status(second)["replicas"][0]["attached"]
+            with cf.ThreadPoolExecutor(1) as pool:
+                future = pool.submit(_stream, second.url, second.model, 0)
+                assert _wait(lambda: 0 in streaming, 30)
+                os.kill(pids[("r0", 0)], signal.SIGSTOP)
+                stopped = time.time()
+                result = future.result(timeout=90)
+            assert result["error"] and result["done"], result  # an error event, then [DONE]
+            took = result["ended"] - stopped
+            assert took < 10, took  # 2.5 s here; gRPC's keepalive alone would take 15-30 s
+        finally:
+            second.stop()
+    finally:
+        for pid in pids.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+
+
+def test_shutdown_ends_open_streams_with_an_error_and_exits(model_dir, tmp_path):
+    """SIGTERM (systemd's stop, launchd's unload) while streams are open: each ends with an
+    error event and [DONE] at once, and the server exits; before, it waited for every stream
+    to finish on its own (a long generation: minutes)."""
+    srv = Server(["--model", str(model_dir)], env={"CLUSTER_HOME": str(tmp_path / "home")})
+    streaming.clear()
+    try:
+        with cf.ThreadPoolExecutor(2) as pool:
+            futures = [pool.submit(_stream, srv.url, srv.model, i) for i in range(2)]
+            assert _wait(lambda: len(streaming) == 2, 30)
+            srv.proc.send_signal(signal.SIGTERM)
+            stopped = time.time()
+            results = [f.result(timeout=60) for f in futures]
+        srv.proc.wait(timeout=30)
+        exited = time.time() - stopped
+    finally:
+        srv.stop()
+    for r in results:
+        assert r["error"] and r["done"] and r["ended"] - stopped < 5, r
+        assert r["finish"] is None and r["tokens"] < 400  # cut, and said so
+    assert exited < 15, exited
+
+
 def _hang_test(model_dir, tmp_path, rank: int) -> dict:
     """SIGSTOP one rank of a TP 2 replica mid-stream: a hang, not a death. Returns timings."""
     srv = Server(

@@ -253,3 +253,217 @@ def test_bench_calls_a_leader_directly_over_grpc(service, model_dir, monkeypatch
             await server.stop(None)
 
     asyncio.run(scenario())
+
+
+def _drain(service, request, timeout: float = 30) -> list:
+    """Submit a request to an in-process service and collect its events until it ends."""
+    import queue
+
+    got: queue.Queue = queue.Queue()
+    service.submit(request, got.put)
+    events = []
+    while not events or not (events[-1].finish_reason or events[-1].error):
+        events.append(got.get(timeout=timeout))
+    return events
+
+
+def test_an_engine_loop_that_fails_outside_a_step_says_so_and_refuses_new_work(
+    model_dir, monkeypatch
+):
+    """An abort that raises (outside the step's own guard) used to end the engine thread with
+    nothing said: every later request waited forever. Now the replica is broken (the
+    supervisor's cue to restart it), in-flight requests end with an error, and new ones are
+    refused at once."""
+    from cluster.engine.engine import Engine
+
+    service = EngineService(model_dir, EngineConfig(), "fixture")
+    service.start()
+    try:
+
+        def abort(self, request_id):
+            raise RuntimeError("abort failed")
+
+        monkeypatch.setattr(Engine, "abort", abort)
+        sampling = SamplingParams(max_tokens=400, temperature=0.0, ignore_eos=True)
+        import queue
+
+        first: queue.Queue = queue.Queue()
+        service.submit(EngineRequest(RequestId("a"), (2, 4, 7), sampling), first.put)
+        first.get(timeout=30)  # it decodes
+        service.abort(RequestId("a"))
+        events = [first.get(timeout=10)]
+        while not (events[-1].finish_reason or events[-1].error):
+            events.append(first.get(timeout=10))
+        assert events[-1].error and "engine loop failed" in events[-1].error
+        stats = service.stats()
+        assert "abort failed" in stats["broken"]
+        later = _drain(service, EngineRequest(RequestId("b"), (2, 4, 7), sampling), timeout=5)
+        assert later[-1].error and "abort failed" in later[-1].error
+    finally:
+        monkeypatch.undo()
+        service.stop()
+
+
+def _coordinator(model_dir, clients: dict):
+    from cluster.coordinator.coordinator import Coordinator
+    from cluster.coordinator.tokenizer import PromptTokenizer
+
+    coordinator = Coordinator("fixture", PromptTokenizer(model_dir), max_queue=4)
+    for name, client in clients.items():
+        coordinator.replicas.declare(name, max_num_seqs=4, plan={}, ranks=[])
+        coordinator.replicas.up(name, client, stats={})
+    return coordinator
+
+
+def test_a_requests_own_fault_ends_it_where_it_is(service, model_dir, monkeypatch, caplog):
+    """A request whose own limits fail (its grammar or thinking budget) ends with an error on
+    its replica: it is not moved to another, which would fail it alike, and no replica is
+    blamed."""
+    from cluster.coordinator.errors import EngineFailure
+    from cluster.engine.grammar import Limiter
+
+    def follow(self, output):
+        raise RuntimeError("limits broke")
+
+    async def scenario():
+        server, port, _ = await serve_grpc(service, "127.0.0.1", 0, {}, None)
+        clients = {n: GrpcEngineClient(f"127.0.0.1:{port}") for n in ("r0", "r1")}
+        try:
+            coordinator = _coordinator(model_dir, clients)
+            sampling = SamplingParams(max_tokens=4, temperature=0.0, banned_token_ids=(5,))
+            completion = coordinator.start(RequestId("own"), [2, 4, 7, 100], sampling)
+            with pytest.raises(EngineFailure) as info:
+                async with asyncio.timeout(30):
+                    async for _ in completion:
+                        pass
+            assert "limits broke" in str(info.value)
+            states = [(r.state, r.in_flight) for r in coordinator.replicas]
+            assert states == [("ready", 0), ("ready", 0)]
+            assert "re-routing" not in caplog.text
+        finally:
+            for client in clients.values():
+                await client.close()
+            await server.stop(0)
+
+    monkeypatch.setattr(Limiter, "follow", follow)
+    asyncio.run(scenario())
+
+
+def test_a_request_that_fails_on_every_replica_ends_after_two_moves(model_dir, monkeypatch, caplog):
+    """A request whose step fails wherever it goes (a fault the engine cannot pin on it) moves
+    at most twice, then ends with the error: before, it bounced between replicas for as long
+    as any came back ready."""
+    from cluster.coordinator.errors import EngineFailure
+    from cluster.engine.engine import Engine
+
+    step = Engine.step
+
+    def poisoned(self, *args, **kwargs):
+        if any(s.request_id == "poison" for s in self.scheduler.waiting):
+            raise RuntimeError("step failed")
+        return step(self, *args, **kwargs)
+
+    service = EngineService(model_dir, EngineConfig(), "fixture")
+    service.start()
+
+    async def scenario():
+        server, port, _ = await serve_grpc(service, "127.0.0.1", 0, {}, None)
+        clients = {n: GrpcEngineClient(f"127.0.0.1:{port}") for n in ("r0", "r1", "r2", "r3")}
+        try:
+            coordinator = _coordinator(model_dir, clients)
+            sampling = SamplingParams(max_tokens=4, temperature=0.0)
+            completion = coordinator.start(RequestId("poison"), [2, 4, 7, 100], sampling)
+            with pytest.raises(EngineFailure) as info:
+                async with asyncio.timeout(20):
+                    async for _ in completion:
+                        pass
+            assert "step failed" in str(info.value)
+            assert "failed on 3 replicas in turn" in caplog.text
+            ready = [r.name for r in coordinator.replicas if r.state == "ready"]
+            assert len(ready) == 2  # the last one tried, and one never tried
+        finally:
+            for client in clients.values():
+                await client.close()
+            await server.stop(0)
+
+    try:
+        monkeypatch.setattr(Engine, "step", poisoned)
+        asyncio.run(scenario())
+    finally:
+        monkeypatch.undo()
+        service.stop()
+
+
+SILENT_LEADER = """
+import asyncio, sys
+import grpc
+from cluster.rpc.gen import engine_pb2 as pb
+from cluster.rpc.tls import ACCEPT_PINGS
+
+async def generate(request, context):
+    await asyncio.sleep(float(sys.argv[1]))  # a long prefill: nothing sent meanwhile
+    yield pb.GenerateChunk(request_id=request.request_id, token_ids=[5], finish_reason="stop")
+
+async def main():
+    server = grpc.aio.server(options=ACCEPT_PINGS)
+    method = grpc.unary_stream_rpc_method_handler(
+        generate, pb.GenerateRequest.FromString, pb.GenerateChunk.SerializeToString)
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("cluster.engine.v1.Engine", {"Generate": method}),))
+    print(server.add_insecure_port("127.0.0.1:0"), flush=True)
+    await server.start()
+    await server.wait_for_termination()
+
+asyncio.run(main())
+"""
+
+
+def test_keepalive_ends_calls_to_a_leader_that_stopped_and_spares_a_silent_one(monkeypatch):
+    """The coordinator's channel pings its leader (here every second, 15 s as shipped): a call
+    silent through a long prefill lives on, one whose leader was stopped (SIGSTOP: its socket
+    stays open, nothing answers) ends with an error event instead of waiting forever. The
+    leader stand-in is a bare gRPC server with the leader's ping settings."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from cluster.rpc import tls
+
+    names = ("grpc.keepalive_time_ms", "grpc.keepalive_timeout_ms", "grpc.http2.ping_timeout_ms")
+    fast = [(k, 1000 if k in names else v) for k, v in tls.KEEPALIVE]
+    monkeypatch.setattr(tls, "KEEPALIVE", fast)
+    root = Path(codegen.__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, "-c", SILENT_LEADER, "4"], cwd=root,
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        port = int(proc.stdout.readline())
+        sampling = SamplingParams(max_tokens=1)
+
+        async def call(rid: str):
+            client = GrpcEngineClient(f"127.0.0.1:{port}")
+            try:
+                request = EngineRequest(RequestId(rid), (1, 2), sampling)
+                async with asyncio.timeout(30):
+                    return [e async for e in client.generate(request)]
+            finally:
+                await client.close()
+
+        silent = asyncio.run(call("silent"))  # 4 s of silence, 4 pings answered
+        assert [(e.token_ids, e.finish_reason) for e in silent] == [((5,), "stop")]
+
+        async def stopped():
+            task = asyncio.create_task(call("stopped"))
+            await asyncio.sleep(1)
+            os.kill(proc.pid, signal.SIGSTOP)
+            started = time.monotonic()
+            events = await task
+            return events, time.monotonic() - started
+
+        events, took = asyncio.run(stopped())
+        assert events[-1].error and "lost the replica's leader" in events[-1].error, events
+        assert took < 10, took
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
