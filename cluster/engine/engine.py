@@ -63,7 +63,10 @@ class Engine:
         seq = self.scheduler.abort(request_id)
         if seq is None:
             return None
-        self.runner.release([seq])
+        # What it computed is kept: a client that gave up on a long prefill and retries (an
+        # agent's timeout, a proxy's) resumes from there instead of from zero.
+        for _, cache in self.runner.release([seq]).items():
+            self.cache.insert(tuple(seq.tokens[: seq.num_computed]), cache, seq.hashes)
         self.spec.settle(len(self.scheduler.running))
         return self.scheduler.event(seq)
 

@@ -168,6 +168,23 @@ def test_abort_frees_the_sequence(loaded, prompts):
     assert engine.runner.batch == [] and engine.runner.batch_cache is None
 
 
+def test_an_aborted_prefill_keeps_what_it_computed(loaded, prompts):
+    """A client that gives up during a long prefill (a timeout) and sends it again resumes
+    from the blocks already computed, with the same output as a cold run."""
+    engine = make_engine(loaded, block_size=16, prefill_step_size=64)
+    long = prompts[4]
+    engine.add_request(EngineRequest(RequestId("a"), tuple(long), greedy()))
+    engine.step()
+    engine.step()  # 128 tokens computed, the prompt not yet done
+    [seq] = engine.scheduler.waiting
+    assert seq.num_computed == 128 < len(long)
+    engine.abort(RequestId("a"))
+    hits = engine.cache.stats.hits
+    again = run(engine, [long])
+    assert engine.cache.stats.hits - hits == 128
+    assert again == run(make_engine(loaded, prefix_cache_bytes=0), [long])
+
+
 def test_stop_conditions(loaded, prompts):
     engine = make_engine(loaded)
     (free,) = run(engine, [prompts[0]], greedy(12))
