@@ -14,6 +14,7 @@ from ..coordinator.errors import APIError, BadRequest
 from . import unseen
 from .anthropic_schemas import CountTokensRequest, MessagesRequest
 from .chat import ChatDefaults, ChatPrompt, build_prompt, chat_processor, outcome_headers, start
+from .heartbeat import beating
 from .offload import LONG_CHARS, chars, off_loop
 from .openai_out import collect_unless_disconnected
 
@@ -180,7 +181,7 @@ def router(coordinator: Coordinator, defaults: ChatDefaults) -> APIRouter:
         if body.stream:
             events = _stream_events(stream, processor, mid, model, len(prompt.tokens))
             return StreamingResponse(
-                events,
+                beating(events, PING),
                 media_type="text/event-stream",
                 headers=headers,
                 background=BackgroundTask(stream.aclose),
@@ -206,6 +207,8 @@ def router(coordinator: Coordinator, defaults: ChatDefaults) -> APIRouter:
     return api
 
 
+PING = 'event: ping\ndata: {"type": "ping"}\n\n'
+"""Anthropic's keep-alive event, sent again whenever the stream has been silent a while."""
 OPENING_WAIT = 1.0
 """Seconds message_start waits for the first piece (which says how much of the prompt the
 prefix cache held); a longer prefill gets it at once, its cache share left to message_delta."""

@@ -21,6 +21,7 @@ from .chat import (
     start,
 )
 from .errors import error_json, install
+from .heartbeat import beating
 from .offload import LONG_CHARS, chars, off_loop
 from .openai_out import Shape, collect_unless_disconnected, sse
 from .responses import router as responses_router
@@ -180,7 +181,7 @@ def create_app(
         shape = Shape(rid, coordinator.model_name, chat, coordinator.tokenizer.token_bytes, echo)
         if body.stream:
             return StreamingResponse(
-                sse(stream, shape, body.include_usage, body.continuous_usage),
+                beating(sse(stream, shape, body.include_usage, body.continuous_usage)),
                 media_type="text/event-stream",
                 headers=headers,
                 background=BackgroundTask(stream.aclose),

@@ -15,6 +15,7 @@ from ..coordinator.coordinator import Coordinator, Output
 from ..coordinator.errors import APIError, BadRequest
 from . import unseen
 from .chat import ChatDefaults, build_prompt, chat_processor, outcome_headers, start
+from .heartbeat import beating
 from .offload import LONG_CHARS, chars, off_loop
 from .openai_out import collect_unless_disconnected
 from .responses_schemas import ResponsesRequest
@@ -192,7 +193,7 @@ def router(coordinator: Coordinator, defaults: ChatDefaults) -> APIRouter:
         }  # fmt: skip
         count = coordinator.tokenizer.encode
         if body.stream:
-            events = _stream_events(stream, base, count)
+            events = beating(_stream_events(stream, base, count))
             return StreamingResponse(events, media_type="text/event-stream", headers=headers,
                                      background=BackgroundTask(stream.aclose))  # fmt: skip
         got = await collect_unless_disconnected(request, stream)

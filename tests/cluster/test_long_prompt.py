@@ -62,3 +62,58 @@ def test_a_longest_prompt_delays_decoding_streams_by_one_chunk(tmp_path):
     # Later chunks attend to more keys than the average one; a prompt prefilled in one step
     # would stop the streams for all `chunks` of them.
     assert gaps and max(gaps) < 2.5 * per_chunk, (max(gaps), per_chunk)
+
+
+def test_a_silent_prefill_streams_heartbeats_the_sdks_ignore(tmp_path):
+    """While a long prompt prefills nothing else is sent, and proxies and clients cut streams
+    that stay silent (then retry from zero): SSE comments (OpenAI's routes) and `ping` events
+    (Anthropic's) go out whenever a stream has been silent `CLUSTER_SSE_HEARTBEAT` seconds, and
+    both SDKs read the replies as before."""
+    import anthropic
+    import httpx
+    from conftest import Server
+    from transformers import AutoTokenizer
+
+    from cluster.fixture.tokenizer import corpus_files
+    from cluster.model_store import TRAINED
+
+    tok = AutoTokenizer.from_pretrained(str(TRAINED))
+    ids: list[int] = []
+    for path in corpus_files(2_000_000):
+        ids += tok.encode(path.read_text(errors="replace"), add_special_tokens=False)
+        if len(ids) > 17_000:
+            break
+    texts = [tok.decode(ids[i * 4000 : (i + 1) * 4000]) for i in range(4)]  # each new: cold
+    env = {"CLUSTER_HOME": str(tmp_path), "CLUSTER_SSE_HEARTBEAT": "0.2"}
+    srv = Server(["--prefill-step-size", "256"], env=env)
+    try:
+        body = {"model": srv.model, "max_tokens": 4, "stream": True,
+                "messages": [{"role": "user", "content": texts[0]}]}  # fmt: skip
+        lines = []
+        with httpx.stream("POST", f"{srv.url}/v1/chat/completions", json=body, timeout=120) as r:
+            lines = [line for line in r.iter_lines() if line]
+        # The role chunk goes out at once; then the prefill's silence, kept alive.
+        second = next(i for i, line in enumerate(lines) if line.startswith("data: ") and i)
+        assert second >= 3 and set(lines[1:second]) == {": keep-alive"}, lines[:5]
+        assert lines[-1] == "data: [DONE]"
+
+        chunks = srv.client().chat.completions.create(
+            model=srv.model, max_tokens=4, stream=True,
+            messages=[{"role": "user", "content": texts[1]}],
+        )  # fmt: skip
+        assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content is not None) >= 1
+
+        client = anthropic.Anthropic(base_url=srv.url, api_key="none", max_retries=0)
+        with client.messages.stream(
+            model=srv.model, max_tokens=4, messages=[{"role": "user", "content": texts[2]}]
+        ) as stream:
+            kinds = [event.type for event in stream]
+        assert kinds[0] == "message_start" and kinds[-1] == "message_stop"
+        assert stream.get_final_message().usage.input_tokens > 3000
+        body = {"model": srv.model, "max_tokens": 4, "stream": True,
+                "messages": [{"role": "user", "content": texts[3]}]}  # fmt: skip
+        with httpx.stream("POST", f"{srv.url}/v1/messages", json=body, timeout=120) as r:
+            events = [line for line in r.iter_lines() if line.startswith("event: ")]
+        assert events.count("event: ping") >= 3, events  # one after message_start, then more
+    finally:
+        srv.stop()
