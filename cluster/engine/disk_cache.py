@@ -194,6 +194,10 @@ class DiskTier:
             self._todo.task_done()
         self._todo.task_done()
 
+    def book(self) -> None:
+        """Book the files the writer finished (the engine's thread, when idle)."""
+        self._collect()
+
     def _collect(self) -> None:
         """Books for the files the writer finished (on the engine's thread)."""
         while True:
@@ -288,7 +292,8 @@ class DiskTier:
         return out
 
     def to_json(self) -> dict:
-        self._collect()
+        """Read from the gRPC server's thread: reads the books, never changes them (the engine
+        thread books finished files at its next drain)."""
         s = self.stats
         return {
             "entries": len(self.files),

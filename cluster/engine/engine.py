@@ -112,9 +112,12 @@ class Engine:
         return events
 
     def stats(self) -> dict:
+        """Read from the gRPC server's thread while the engine thread steps: copies of what
+        the step may change, nothing changed."""
         s = self.cache.stats
         batch = self.runner.batch_kv_bytes()
-        own = sum(c.nbytes for seq in self.scheduler.waiting if seq.cache for c in seq.cache)
+        caches = [seq.cache for seq in list(self.scheduler.waiting)]
+        own = sum(c.nbytes for cache in caches if cache for c in cache)
         return {
             "kv": self.kv.to_json() | {"used_bytes": batch + own + self.cache.nbytes},
             "num_running": len(self.scheduler.running),

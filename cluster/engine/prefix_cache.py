@@ -231,13 +231,15 @@ class PrefixCache:
                     self.events.evict(h)
 
     def persist(self) -> None:
-        """Write every memory entry the disk tier lacks (the engine calls it when idle)."""
+        """Write every memory entry the disk tier lacks (the engine calls it when idle), and
+        book the files written since (status reads the books from another thread)."""
         if self.disk is None:
             return
         for entry in list(self.entries.values()):
             if not entry.written:
                 entry.written = True
                 self.disk.put(entry.tokens, entry.hashes, entry.cache)
+        self.disk.book()
 
     def drain_events(self) -> CacheEvents:
         """Blocks the replica gained or lost since the last drain (memory and disk together)."""
