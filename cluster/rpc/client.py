@@ -26,6 +26,17 @@ class RequestRefused(Exception):
     """The leader is there but the call failed for this request (a status in REFUSALS)."""
 
 
+class ChannelClosed(ConnectionError):
+    """The client was closed under a call (the supervisor gave its replica up): gRPC cancels
+    such calls, which would read as our own task being cancelled."""
+
+
+def _cancelled_here() -> bool:
+    """Whether the running task itself is being cancelled (not a call under it)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 class EventStream:
     """One Generate call's token events; a lost leader ends it with an error event, a refused
     request raises RequestRefused."""
@@ -43,8 +54,7 @@ class EventStream:
         try:
             chunk = await self._call.read()
         except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if self._done or (task is not None and task.cancelling()):
+            if self._done or _cancelled_here():
                 raise  # our own reader was cancelled (the client left)
             self._done = True  # the channel was closed under the call: the replica went down
             message = f"lost the replica's leader at {self._address}: its connection was closed"
@@ -75,8 +85,17 @@ class GrpcEngineClient:
         self.stub = pb_grpc.EngineStub(self.channel)
         self.info: ModelInfo | None = None
 
+    async def _call(self, method, request, **kw):
+        """A unary call; a channel closed under it raises ChannelClosed."""
+        try:
+            return await method(request, metadata=self.metadata, **kw)
+        except asyncio.CancelledError:
+            if _cancelled_here():
+                raise
+            raise ChannelClosed(f"the channel to {self.address} was closed") from None
+
     async def connect(self, timeout: float = 10) -> ModelInfo:
-        reply = await self.stub.Status(pb.StatusRequest(), metadata=self.metadata, timeout=timeout)
+        reply = await self._call(self.stub.Status, pb.StatusRequest(), timeout=timeout)
         self.info = ModelInfo(
             reply.model_id,
             reply.max_model_len,
@@ -100,14 +119,18 @@ class GrpcEngineClient:
         try:
             async for event in call:
                 yield event
+        except asyncio.CancelledError:
+            if _cancelled_here():
+                raise
+            raise ChannelClosed(f"the channel to {self.address} was closed") from None
         finally:
             call.cancel()
 
     async def abort(self, request_id: RequestId) -> None:
-        await self.stub.Abort(pb.AbortRequest(request_id=request_id), metadata=self.metadata)
+        await self._call(self.stub.Abort, pb.AbortRequest(request_id=request_id))
 
     async def status(self, timeout: float = 2) -> dict:
-        reply = await self.stub.Status(pb.StatusRequest(), metadata=self.metadata, timeout=timeout)
+        reply = await self._call(self.stub.Status, pb.StatusRequest(), timeout=timeout)
         return json.loads(reply.stats_json)
 
     async def close(self) -> None:
