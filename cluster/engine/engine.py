@@ -65,7 +65,7 @@ class Engine:
             return None
         # What it computed is kept: a client that gave up on a long prefill and retries (an
         # agent's timeout, a proxy's) resumes from there instead of from zero.
-        for _, cache in self.runner.release([seq]).items():
+        for cache in self.runner.release([seq]).values():
             self.cache.insert(tuple(seq.tokens[: seq.num_computed]), cache, seq.hashes)
         self.spec.settle(len(self.scheduler.running))
         return self.scheduler.event(seq)
