@@ -149,7 +149,7 @@ class DiskTier:
         path.unlink(missing_ok=True)
 
     def __contains__(self, h: BlockHash) -> bool:
-        self._collect()
+        self.book()
         return h in self.index or h in self.pending_index
 
     @staticmethod
@@ -162,7 +162,7 @@ class DiskTier:
         import mlx.core as mx
         from mlx.utils import tree_flatten
 
-        self._collect()
+        self.book()
         name = self._name(hashes)
         if name in self.files:
             self.files.move_to_end(name)
@@ -195,11 +195,8 @@ class DiskTier:
         self._todo.task_done()
 
     def book(self) -> None:
-        """Book the files the writer finished (the engine's thread, when idle)."""
-        self._collect()
-
-    def _collect(self) -> None:
-        """Books for the files the writer finished (on the engine's thread)."""
+        """Book the files the writer finished (on the engine's thread: each use of the tier
+        first, and when idle)."""
         while True:
             try:
                 name, result = self._done.get_nowait()
@@ -236,7 +233,7 @@ class DiskTier:
     def flush(self) -> None:
         """Wait until every spilled entry is whole on disk, and book it."""
         self._todo.join()
-        self._collect()
+        self.book()
 
     def close(self) -> None:
         self.flush()
@@ -246,7 +243,7 @@ class DiskTier:
     def match(self, hashes: list[BlockHash]) -> tuple[int, str | None]:
         """(blocks matched, file) for the longest chain of `hashes` one file holds on every
         rank (under TP, a collective: every rank calls it for the same lookup)."""
-        self._collect()
+        self.book()
         best = 0
         for h in hashes:
             if h not in self.index and h not in self.pending_index:
@@ -283,11 +280,11 @@ class DiskTier:
 
     def blocks(self) -> set[BlockHash]:
         """Every block on disk or being written."""
-        self._collect()
+        self.book()
         return self.index.keys() | self.pending_index.keys()
 
     def drain_evicted(self) -> list[BlockHash]:
-        self._collect()
+        self.book()
         out, self.evicted_blocks = self.evicted_blocks, []
         return out
 

@@ -66,7 +66,7 @@ class Engine:
         # What it computed is kept: a client that gave up on a long prefill and retries (an
         # agent's timeout, a proxy's) resumes from there instead of from zero.
         for cache in self.runner.release([seq]).values():
-            self.cache.insert(tuple(seq.tokens[: seq.num_computed]), cache, seq.hashes)
+            self._offer(seq, cache)
         self.spec.settle(len(self.scheduler.running))
         return self.scheduler.event(seq)
 
@@ -97,9 +97,13 @@ class Engine:
         """Offer new prompt caches and finished sequences' caches to the prefix cache."""
         for seq, _ in schedule.prefill:
             if seq.is_prefilled and seq.cache is not None:
-                self.cache.insert(tuple(seq.tokens[: seq.num_computed]), seq.cache, seq.hashes)
+                self._offer(seq, seq.cache)
         for seq, cache in self.runner.release(done).items():
-            self.cache.insert(tuple(seq.tokens[: seq.num_computed]), cache, seq.hashes)
+            self._offer(seq, cache)
+
+    def _offer(self, seq: Sequence, cache) -> None:
+        """The cache of what seq has computed, to the prefix cache."""
+        self.cache.insert(tuple(seq.tokens[: seq.num_computed]), cache, seq.hashes)
 
     def fail_all(self, message: str) -> list[TokenEvent]:
         """End every request with an error, after a fault in a step."""

@@ -1,6 +1,7 @@
 """The coordinator's side of the gRPC protocol: an EngineClient for a remote leader rank."""
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 
@@ -35,6 +36,17 @@ def _cancelled_here() -> bool:
     """Whether the running task itself is being cancelled (not a call under it)."""
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
+
+
+@contextlib.contextmanager
+def _unless_closed(address: str):
+    """A call under a closed channel raises ChannelClosed, not our own cancellation."""
+    try:
+        yield
+    except asyncio.CancelledError:
+        if _cancelled_here():
+            raise
+        raise ChannelClosed(f"the channel to {address} was closed") from None
 
 
 class EventStream:
@@ -87,12 +99,8 @@ class GrpcEngineClient:
 
     async def _call(self, method, request, **kw):
         """A unary call; a channel closed under it raises ChannelClosed."""
-        try:
+        with _unless_closed(self.address):
             return await method(request, metadata=self.metadata, **kw)
-        except asyncio.CancelledError:
-            if _cancelled_here():
-                raise
-            raise ChannelClosed(f"the channel to {self.address} was closed") from None
 
     async def connect(self, timeout: float = 10) -> ModelInfo:
         reply = await self._call(self.stub.Status, pb.StatusRequest(), timeout=timeout)
@@ -117,12 +125,9 @@ class GrpcEngineClient:
             pb.CacheEventsRequest(snapshot=snapshot), metadata=self.metadata
         )
         try:
-            async for event in call:
-                yield event
-        except asyncio.CancelledError:
-            if _cancelled_here():
-                raise
-            raise ChannelClosed(f"the channel to {self.address} was closed") from None
+            with _unless_closed(self.address):
+                async for event in call:
+                    yield event
         finally:
             call.cancel()
 

@@ -136,7 +136,9 @@ def _in_flight(srv, replica: str) -> float:
     return 0.0
 
 
-def test_a_restarted_coordinator_reattaches_to_running_replicas(model_dir, tmp_path):
+def _pinned(model_dir, tmp_path) -> tuple[list[str], dict]:
+    """serve's arguments and environment for one TP 1 replica on a fixed gRPC port: its ranks
+    outlive a coordinator killed hard, and the next one re-attaches to them."""
     import yaml
 
     from cluster.launch.local import free_port
@@ -145,8 +147,13 @@ def test_a_restarted_coordinator_reattaches_to_running_replicas(model_dir, tmp_p
     inventory["all"]["vars"]["grpc_base_port"] = free_port()
     inv = tmp_path / "pinned.yaml"
     inv.write_text(yaml.safe_dump(inventory))
-    args = ["--model", str(model_dir), "--inventory", str(inv)]
-    env = {"CLUSTER_HOME": str(tmp_path / "home")}
+    return ["--model", str(model_dir), "--inventory", str(inv)], {
+        "CLUSTER_HOME": str(tmp_path / "home")
+    }
+
+
+def test_a_restarted_coordinator_reattaches_to_running_replicas(model_dir, tmp_path):
+    args, env = _pinned(model_dir, tmp_path)
     first = Server(args, env=env)
     pids = {}
     try:
@@ -179,16 +186,7 @@ def test_a_stopped_leader_the_cluster_did_not_start_ends_its_streams(model_dir, 
     by it: stopped (SIGSTOP: a node asleep, a hung process), it keeps its socket open. Its
     streams used to wait forever; the supervisor now closes its channel when it gives the
     replica up, and they end with an error event."""
-    import yaml
-
-    from cluster.launch.local import free_port
-
-    inventory = yaml.safe_load((ROOT / "inventory/local.yaml").read_text())
-    inventory["all"]["vars"]["grpc_base_port"] = free_port()
-    inv = tmp_path / "pinned.yaml"
-    inv.write_text(yaml.safe_dump(inventory))
-    args = ["--model", str(model_dir), "--inventory", str(inv)]
-    env = {"CLUSTER_HOME": str(tmp_path / "home")}
+    args, env = _pinned(model_dir, tmp_path)
     first = Server(args, env=env)
     pids = rank_pids(first)
     streaming.clear()

@@ -10,9 +10,8 @@ import pytest
 CHUNK = 1024
 
 
-@pytest.mark.timeout(300)
-def test_a_longest_prompt_delays_decoding_streams_by_one_chunk(tmp_path):
-    from conftest import Server
+def _corpus_ids(n: int):
+    """The built-in model's tokenizer and more than n tokens of standard-library source."""
     from transformers import AutoTokenizer
 
     from cluster.fixture.tokenizer import corpus_files
@@ -22,8 +21,16 @@ def test_a_longest_prompt_delays_decoding_streams_by_one_chunk(tmp_path):
     ids: list[int] = []
     for path in corpus_files(2_000_000):
         ids += tok.encode(path.read_text(errors="replace"), add_special_tokens=False)
-        if len(ids) > 9000:
+        if len(ids) > n:
             break
+    return tok, ids
+
+
+@pytest.mark.timeout(300)
+def test_a_longest_prompt_delays_decoding_streams_by_one_chunk(tmp_path):
+    from conftest import Server
+
+    tok, ids = _corpus_ids(9000)
     srv = Server(["--prefill-step-size", str(CHUNK)], env={"CLUSTER_HOME": str(tmp_path)})
     try:
         context = srv.client().models.list().data[0].model_extra["max_model_len"]
@@ -72,17 +79,8 @@ def test_a_silent_prefill_streams_heartbeats_the_sdks_ignore(tmp_path):
     import anthropic
     import httpx
     from conftest import Server
-    from transformers import AutoTokenizer
 
-    from cluster.fixture.tokenizer import corpus_files
-    from cluster.model_store import TRAINED
-
-    tok = AutoTokenizer.from_pretrained(str(TRAINED))
-    ids: list[int] = []
-    for path in corpus_files(2_000_000):
-        ids += tok.encode(path.read_text(errors="replace"), add_special_tokens=False)
-        if len(ids) > 17_000:
-            break
+    tok, ids = _corpus_ids(17_000)
     texts = [tok.decode(ids[i * 4000 : (i + 1) * 4000]) for i in range(4)]  # each new: cold
     env = {"CLUSTER_HOME": str(tmp_path), "CLUSTER_SSE_HEARTBEAT": "0.2"}
     srv = Server(["--prefill-step-size", "256"], env=env)

@@ -1,6 +1,8 @@
 """The gRPC protocol: generated stubs are current, the cluster token is enforced, no pickle."""
 
 import asyncio
+import contextlib
+import queue
 from pathlib import Path
 
 import grpc
@@ -255,16 +257,12 @@ def test_bench_calls_a_leader_directly_over_grpc(service, model_dir, monkeypatch
     asyncio.run(scenario())
 
 
-def _drain(service, request, timeout: float = 30) -> list:
-    """Submit a request to an in-process service and collect its events until it ends."""
-    import queue
-
-    got: queue.Queue = queue.Queue()
-    service.submit(request, got.put)
-    events = []
-    while not events or not (events[-1].finish_reason or events[-1].error):
-        events.append(got.get(timeout=timeout))
-    return events
+def _until_end(events: queue.Queue, timeout: float) -> list:
+    """A request's events from its sink's queue, up to the one that ends it."""
+    got = [events.get(timeout=timeout)]
+    while not (got[-1].finish_reason or got[-1].error):
+        got.append(events.get(timeout=timeout))
+    return got
 
 
 def test_an_engine_loop_that_fails_outside_a_step_says_so_and_refuses_new_work(
@@ -285,65 +283,70 @@ def test_an_engine_loop_that_fails_outside_a_step_says_so_and_refuses_new_work(
 
         monkeypatch.setattr(Engine, "abort", abort)
         sampling = SamplingParams(max_tokens=400, temperature=0.0, ignore_eos=True)
-        import queue
-
         first: queue.Queue = queue.Queue()
         service.submit(EngineRequest(RequestId("a"), (2, 4, 7), sampling), first.put)
         first.get(timeout=30)  # it decodes
         service.abort(RequestId("a"))
-        events = [first.get(timeout=10)]
-        while not (events[-1].finish_reason or events[-1].error):
-            events.append(first.get(timeout=10))
+        events = _until_end(first, timeout=10)
         assert events[-1].error and "engine loop failed" in events[-1].error
         stats = service.stats()
         assert "abort failed" in stats["broken"]
-        later = _drain(service, EngineRequest(RequestId("b"), (2, 4, 7), sampling), timeout=5)
-        assert later[-1].error and "abort failed" in later[-1].error
+        later: queue.Queue = queue.Queue()
+        service.submit(EngineRequest(RequestId("b"), (2, 4, 7), sampling), later.put)
+        assert (end := _until_end(later, timeout=5)[-1]).error and "abort failed" in end.error
     finally:
         monkeypatch.undo()
         service.stop()
 
 
-def _coordinator(model_dir, clients: dict):
+@contextlib.asynccontextmanager
+async def _coordinator(service, model_dir, names: tuple[str, ...]):
+    """A coordinator whose replicas `names` are each a gRPC client of one leader server."""
     from cluster.coordinator.coordinator import Coordinator
     from cluster.coordinator.tokenizer import PromptTokenizer
 
-    coordinator = Coordinator("fixture", PromptTokenizer(model_dir), max_queue=4)
-    for name, client in clients.items():
-        coordinator.replicas.declare(name, max_num_seqs=4, plan={}, ranks=[])
-        coordinator.replicas.up(name, client, stats={})
-    return coordinator
+    server, port, _ = await serve_grpc(service, "127.0.0.1", 0, {}, None)
+    clients = {n: GrpcEngineClient(f"127.0.0.1:{port}") for n in names}
+    try:
+        coordinator = Coordinator("fixture", PromptTokenizer(model_dir), max_queue=4)
+        for name, client in clients.items():
+            coordinator.replicas.declare(name, max_num_seqs=4, plan={}, ranks=[])
+            coordinator.replicas.up(name, client, stats={})
+        yield coordinator
+    finally:
+        for client in clients.values():
+            await client.close()
+        await server.stop(0)
+
+
+async def _failure(completion, seconds: float) -> str:
+    """The error a completion ends with (it must end with one within `seconds`)."""
+    from cluster.coordinator.errors import EngineFailure
+
+    with pytest.raises(EngineFailure) as info:
+        async with asyncio.timeout(seconds):
+            async for _ in completion:
+                pass
+    return str(info.value)
 
 
 def test_a_requests_own_fault_ends_it_where_it_is(service, model_dir, monkeypatch, caplog):
     """A request whose own limits fail (its grammar or thinking budget) ends with an error on
     its replica: it is not moved to another, which would fail it alike, and no replica is
     blamed."""
-    from cluster.coordinator.errors import EngineFailure
     from cluster.engine.grammar import Limiter
 
     def follow(self, output):
         raise RuntimeError("limits broke")
 
     async def scenario():
-        server, port, _ = await serve_grpc(service, "127.0.0.1", 0, {}, None)
-        clients = {n: GrpcEngineClient(f"127.0.0.1:{port}") for n in ("r0", "r1")}
-        try:
-            coordinator = _coordinator(model_dir, clients)
+        async with _coordinator(service, model_dir, ("r0", "r1")) as coordinator:
             sampling = SamplingParams(max_tokens=4, temperature=0.0, banned_token_ids=(5,))
             completion = coordinator.start(RequestId("own"), [2, 4, 7, 100], sampling)
-            with pytest.raises(EngineFailure) as info:
-                async with asyncio.timeout(30):
-                    async for _ in completion:
-                        pass
-            assert "limits broke" in str(info.value)
+            assert "limits broke" in await _failure(completion, 30)
             states = [(r.state, r.in_flight) for r in coordinator.replicas]
             assert states == [("ready", 0), ("ready", 0)]
             assert "re-routing" not in caplog.text
-        finally:
-            for client in clients.values():
-                await client.close()
-            await server.stop(0)
 
     monkeypatch.setattr(Limiter, "follow", follow)
     asyncio.run(scenario())
@@ -353,7 +356,6 @@ def test_a_request_that_fails_on_every_replica_ends_after_two_moves(model_dir, m
     """A request whose step fails wherever it goes (a fault the engine cannot pin on it) moves
     at most twice, then ends with the error: before, it bounced between replicas for as long
     as any came back ready."""
-    from cluster.coordinator.errors import EngineFailure
     from cluster.engine.engine import Engine
 
     step = Engine.step
@@ -367,24 +369,13 @@ def test_a_request_that_fails_on_every_replica_ends_after_two_moves(model_dir, m
     service.start()
 
     async def scenario():
-        server, port, _ = await serve_grpc(service, "127.0.0.1", 0, {}, None)
-        clients = {n: GrpcEngineClient(f"127.0.0.1:{port}") for n in ("r0", "r1", "r2", "r3")}
-        try:
-            coordinator = _coordinator(model_dir, clients)
+        async with _coordinator(service, model_dir, ("r0", "r1", "r2", "r3")) as coordinator:
             sampling = SamplingParams(max_tokens=4, temperature=0.0)
             completion = coordinator.start(RequestId("poison"), [2, 4, 7, 100], sampling)
-            with pytest.raises(EngineFailure) as info:
-                async with asyncio.timeout(20):
-                    async for _ in completion:
-                        pass
-            assert "step failed" in str(info.value)
+            assert "step failed" in await _failure(completion, 20)
             assert "failed on 3 replicas in turn" in caplog.text
             ready = [r.name for r in coordinator.replicas if r.state == "ready"]
             assert len(ready) == 2  # the last one tried, and one never tried
-        finally:
-            for client in clients.values():
-                await client.close()
-            await server.stop(0)
 
     try:
         monkeypatch.setattr(Engine, "step", poisoned)
