@@ -122,7 +122,8 @@ class _Blocks:
 
 
 def _loads_partial(text: str) -> dict:
-    """A tool_use block's input: its JSON, or what a cut-off call completed."""
+    """A tool_use block's input: its JSON, or what a cut-off call completed (a string value
+    cut mid-way is left out, as the SDK's stream helper leaves out a cut `partial_json`'s)."""
     if not text:
         return {}
     for candidate in (text, text + "}"):
@@ -130,7 +131,12 @@ def _loads_partial(text: str) -> dict:
             return json.loads(candidate)
         except ValueError:
             continue
-    return {}
+    try:
+        cut = json.loads(text + '"}')
+    except ValueError:
+        return {}
+    cut.popitem()  # the string still open when the call was cut
+    return cut
 
 
 def _sse(event: str, data: dict) -> str:

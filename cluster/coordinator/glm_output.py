@@ -79,11 +79,16 @@ def param_types(tools: list[dict] | None) -> dict[str, dict[str, object]]:
     return out
 
 
+def is_string(schema_type) -> bool:
+    """Whether a schema's type keeps a value as the raw text GLM wrote."""
+    return schema_type == "string" or (isinstance(schema_type, list) and "string" in schema_type)
+
+
 def typed_value(raw: str, schema_type) -> object:
     """A value as its schema types it: strings stay raw; others JSON, then a Python literal;
     a lone value where the schema asks for an array is that array's one item (`ls` for a
     command array is `["ls"]`, as a client that validates the schema needs it)."""
-    if schema_type == "string" or (isinstance(schema_type, list) and "string" in schema_type):
+    if is_string(schema_type):
         return raw
     value = _literal(raw)
     if schema_type == "array" and not isinstance(value, list):
@@ -129,6 +134,7 @@ class GlmParser:
         self._detok = IncrementalDetokenizer(decode, token_bytes)
         self._buf = ""  # text of the current name, key or value
         self._key = ""
+        self._streaming = False  # the open value is a string sent as it is written
         self._seen_content = continuing
         self.reasoning_tokens = 0
         """Tokens written inside the reasoning (its tags not counted)."""
@@ -172,6 +178,8 @@ class GlmParser:
             out.reasoning += text
         elif self.state in (_State.NAME, _State.KEY, _State.VALUE):
             self._buf += text
+            if self._streaming:  # escaping is per character, so pieces join to the whole
+                self._emit_args(self.calls[-1], json.dumps(text, ensure_ascii=False)[1:-1], out)
         # BODY: whitespace between pairs (GLM-4.5 puts newlines there); nothing to keep.
 
     def _tag(self, tag: str, out: ParsedDelta) -> None:
@@ -190,6 +198,7 @@ class GlmParser:
             self._key, self.state = self._buf.strip(), _State.BODY
         elif tag == "<arg_value>" and s == _State.BODY:
             self.state, self._buf = _State.VALUE, ""
+            self._open_string(out)
         elif tag == "</arg_value>" and s == _State.VALUE:
             self._add_argument(out)
             self.state = _State.BODY
@@ -207,15 +216,30 @@ class GlmParser:
         self._buf = ""
         out.tool_calls.append(ToolCallDelta(index, call.id, call.name))
 
+    def _key_piece(self, call: ToolCall) -> str:
+        sep = ", " if call.arguments_json else "{"
+        return sep + json.dumps(self._key, ensure_ascii=False) + ": "
+
+    def _open_string(self, out: ParsedDelta) -> None:
+        """A string value streams as GLM writes it (a file a call writes shows as it comes);
+        other types go whole once their value ends, since only then can they be typed."""
+        call = self.calls[-1]
+        self._streaming = is_string(self.types.get(call.name, {}).get(self._key))
+        if self._streaming:
+            self._emit_args(call, self._key_piece(call) + '"', out)
+
     def _add_argument(self, out: ParsedDelta) -> None:
         call = self.calls[-1]
         # A string value is kept exactly, its edge newlines too (a file's last line break).
         value = typed_value(self._buf, self.types.get(call.name, {}).get(self._key))
         call.arguments[self._key] = value
-        sep = ", " if call.arguments_json else "{"
-        piece = sep + json.dumps(self._key, ensure_ascii=False) + ": "
-        piece += json.dumps(value, ensure_ascii=False)
-        self._emit_args(call, piece, out)
+        if self._streaming:
+            self._streaming = False
+            self._emit_args(call, '"', out)
+        else:
+            self._emit_args(
+                call, self._key_piece(call) + json.dumps(value, ensure_ascii=False), out
+            )
 
     def _end_call(self, out: ParsedDelta) -> None:
         call = self.calls[-1]
@@ -224,7 +248,14 @@ class GlmParser:
 
     @staticmethod
     def _emit_args(call: ToolCall, piece: str, out: ParsedDelta) -> None:
+        """Pieces of one call in one feed go out as one delta."""
+        if not piece:
+            return
         call.arguments_json += piece
+        last = out.tool_calls[-1] if out.tool_calls else None
+        if last is not None and last.index == call.index and last.id is None:
+            piece = last.arguments + piece
+            out.tool_calls.pop()
         out.tool_calls.append(ToolCallDelta(call.index, arguments=piece))
 
 

@@ -274,6 +274,66 @@ def test_a_tool_call_cut_off_by_max_tokens_ends_cleanly(agent_server, held_out):
     seen_content.append(r.message.content or "")
 
 
+def _open_string(arguments: str) -> dict | None:
+    """The arguments of a call cut inside a string value, its start sent, or None."""
+    if _json_or_none(arguments) is not None or _json_or_none(arguments + "}") is not None:
+        return None
+    cut = _json_or_none(arguments + '"}')
+    return cut if cut and list(cut.values())[-1] else None
+
+
+def _first_cut_in_a_string(arguments_at) -> int:
+    """The smallest max_tokens whose reply ends inside a string value."""
+    for max_tokens in range(3, 48):
+        if _open_string(arguments_at(max_tokens)):
+            return max_tokens
+    pytest.fail("no cut fell inside a string value")
+
+
+def test_a_string_argument_streams_before_its_value_ends(agent_server, held_out):
+    """A string value is sent as the model writes it (a file being written shows as it comes):
+    cut by max_tokens inside one, the OpenAI call's arguments, streamed and whole alike, end
+    with the value's start; Anthropic's streamed `partial_json` carries it too, and its
+    tool_use input, whole or from the SDK's stream, keeps the values completed before it."""
+    ex = next(e for e in held_out if any(
+        p.get("type") == "string"
+        for p in e.tools[0]["function"]["parameters"]["properties"].values()))  # fmt: skip
+    name = ex.expected[0][0]
+    user = [{"role": "user", "content": ex.messages[-2]["content"]}]
+    chat, client = agent_server.client(timeout=60), _anthropic(agent_server)
+    kw = dict(model=agent_server.model, messages=user, tools=ex.tools, **GREEDY,
+              tool_choice={"type": "function", "function": {"name": name}})  # fmt: skip
+
+    def arguments_at(max_tokens: int) -> str:
+        calls = chat.chat.completions.create(max_tokens=max_tokens, **kw).choices[0]
+        return calls.message.tool_calls[0].function.arguments if calls.message.tool_calls else ""
+
+    max_tokens = _first_cut_in_a_string(arguments_at)
+    r = chat.chat.completions.create(max_tokens=max_tokens, **kw).choices[0]
+    assert r.finish_reason == "length"
+    arguments = r.message.tool_calls[0].function.arguments
+    streamed, finish, _, _ = _stream_calls(
+        chat.chat.completions.create(stream=True, max_tokens=max_tokens, **kw))  # fmt: skip
+    assert streamed == [(name, arguments)] and finish == "length"
+
+    akw = dict(model=agent_server.model, extra_body=ZERO, messages=user,
+               tools=_anthropic_tools(ex), tool_choice={"type": "tool", "name": name})  # fmt: skip
+
+    def partial_json_at(max_tokens: int) -> str:
+        return "".join(
+            e.delta.partial_json
+            for e in client.messages.create(stream=True, max_tokens=max_tokens, **akw)
+            if e.type == "content_block_delta" and e.delta.type == "input_json_delta"
+        )
+
+    max_tokens = _first_cut_in_a_string(partial_json_at)
+    cut = _open_string(partial_json_at(max_tokens))
+    whole, from_stream = _whole_and_streamed(client, max_tokens=max_tokens, **akw)
+    [use] = [b for b in whole.content if b.type == "tool_use"]
+    assert use.input == dict(list(cut.items())[:-1]) and whole.stop_reason == "max_tokens"
+    assert [b.input for b in from_stream.content if b.type == "tool_use"] == [use.input]
+
+
 def _anthropic(srv) -> anthropic.Anthropic:
     return anthropic.Anthropic(base_url=srv.url, api_key="none", max_retries=0)
 

@@ -189,6 +189,49 @@ def test_a_call_cut_off_keeps_what_completed_and_is_not_complete():
     assert reassemble(deltas) == [("get_weather", '{"city": "Paris"')]
 
 
+@pytest.mark.parametrize("chunk", [1, 4])
+def test_a_string_value_streams_as_it_is_written(chunk):
+    """A file a Write call carries shows as GLM writes it: the string's pieces arrive before its
+    value ends, escaped piece by piece, and join to the same JSON as the whole call; other
+    types arrive whole once their value ends."""
+    body = 'def f():\n    return "a\\b"\t\u00e9\n'
+    text = (f"<tool_call>get_weather<arg_key>city</arg_key><arg_value>{body}</arg_value>"
+            "<arg_key>days</arg_key><arg_value>12</arg_value></tool_call>")  # fmt: skip
+    parser = GlmParser(MARKERS, decode, TOOLS)
+    ids, pieces = encode(text), []
+    for i in range(0, len(ids), chunk):
+        pieces += [d.arguments for d in parser.feed(ids[i : i + chunk]).tool_calls if d.id is None]
+    [call] = parser.calls
+    assert call.arguments == {"city": body, "days": 12}
+    assert "".join(pieces) == call.arguments_json and json.loads(call.arguments_json) == {
+        "city": body, "days": 12}  # fmt: skip
+    assert pieces[0].startswith('{"city": "') and len(pieces) >= len(body) // chunk
+    assert '"days": 12' in pieces[-2] or '"days": 12' in pieces[-1]  # the integer whole
+
+
+def test_a_call_cut_inside_a_string_value_has_streamed_its_start():
+    """Cut by max_tokens inside a string, the call's arguments end with the value's start (as
+    OpenAI's do: not JSON); the parsed arguments keep only the completed values."""
+    text = (
+        "<tool_call>get_weather<arg_key>days</arg_key><arg_value>3</arg_value>"
+        "<arg_key>city</arg_key><arg_value>Par"
+    )
+    _, _, [call], deltas = parse(text)
+    assert call.arguments == {"days": 3} and not call.complete
+    assert reassemble(deltas) == [("get_weather", '{"days": 3, "city": "Par')]
+
+
+def test_one_feed_sends_one_argument_delta_per_call():
+    _, _, _, deltas = parse(
+        "<tool_call>get_weather<arg_key>city</arg_key><arg_value>Oslo</arg_value></tool_call>",
+        chunk=1000,
+    )
+    assert [(d.id is not None, d.arguments) for d in deltas] == [
+        (True, ""),
+        (False, '{"city": "Oslo"}'),
+    ]
+
+
 def test_processor_reports_tool_calls_and_keeps_stop_strings_to_content():
     parser = GlmParser(MARKERS, decode, TOOLS)
     proc = ChatOutputProcessor(parser, stops=["York"])
