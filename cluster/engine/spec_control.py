@@ -104,7 +104,7 @@ class SpeedGovernor:
 
     def _judge(self) -> None:
         where = f" ({self.label})" if self.label else ""
-        plain, spec, tried = self._rate(0), self._rate(self.k), None
+        plain, spec, tried, switched = self._rate(0), self._rate(self.k), None, None
         if self.tried != self.k:
             other = self._rate(self.tried)
             tried = {"k": self.tried, "tok_s": round(other, 1)}
@@ -112,6 +112,7 @@ class SpeedGovernor:
                 log.warning("speculation %s k %d -> %d%s: %.1f tok/s at k=%d, %.1f at k=%d",
                             self.state.requested, self.k, self.tried, where, other,
                             self.tried, spec, self.k)  # fmt: skip
+                switched = {"k": self.k, "tok_s": round(spec, 1)}
                 self.k, spec = self.tried, other
         drafted = self.stats.draft_tokens - self.drafts_at[0]
         accepted = self.stats.accepted - self.drafts_at[1]
@@ -121,6 +122,8 @@ class SpeedGovernor:
         self.last = {"spec_tok_s": round(spec, 1), "plain_tok_s": round(plain, 1),
                      "accepted": round(rate, 3), "slower_in_a_row": self.lost, "k": self.k,
                      "tried": tried}  # fmt: skip
+        if switched:  # the length it left, and its rate in the same probe
+            self.last["switched_from"] = switched
         if drafted and rate < self.min_acceptance:
             self.mode = "off"
             self.off = ("auto_disabled_low_acceptance", f"{rate:.0%} accepted{where}")
@@ -243,8 +246,11 @@ class Speculation:
                 seq.spec_ks.add(speculated)
             return
         why = self.state.reason if not self.state.active else "governor_probe"
-        for seq in decoded:
-            seq.spec_off = why
+        for seq in decoded:  # every reason the request met, in the order it met them
+            if seq.spec_off is None:
+                seq.spec_off = why
+            elif why not in seq.spec_off.split(","):
+                seq.spec_off += "," + why
 
     def to_json(self) -> dict:
         out = self.state.to_json() | (self.stats.to_json() if self.stats else {})

@@ -56,13 +56,20 @@ class SpeculationState:
         suffix = f": {detail}" if detail else ""
         why = EXPLAIN.get(reason, reason)
         log.warning(
-            "speculation %s k=%d is OFF: %s (%s)%s", self.requested, self.k, reason, why, suffix
+            "speculation %s k=%d is OFF: %s (%s)%s",
+            self.requested,
+            self.k_now or self.k,
+            reason,
+            why,
+            suffix,
         )
 
     def announce(self) -> None:
         """Log the state once loading is done (ON only after the drafter loaded)."""
         if self.active:
-            log.warning("speculation %s k=%d is ON", self.requested, self.k)
+            now = self.k_now or self.k
+            most = f" (up to {self.k})" if now != self.k else ""
+            log.warning("speculation %s k=%d is ON%s", self.requested, now, most)
 
     def header(self) -> str:
         if self.active:

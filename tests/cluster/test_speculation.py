@@ -143,9 +143,11 @@ def test_governor_turning_speculation_off_shows_everywhere(model_dir, tmp_path):
     try:
         body = {"prompt": "def f():", "max_tokens": 120, "temperature": 0, "ignore_eos": True}
         first = httpx.post(f"{srv.url}/v1/completions", json=body, timeout=120)
-        # it got MTP (k=2, and k=1 while the probe tried one fewer) until the governor
-        # switched it off, and says so
-        assert first.headers["x-speculation"] == "mtp;k=1-2;partly_off=auto_disabled_low_acceptance"
+        # it got MTP (k=2, and k=1 while the probe tried one fewer) but for the probe's plain
+        # steps, until the governor switched it off, and says both
+        assert first.headers["x-speculation"] == (
+            "mtp;k=1-2;partly_off=governor_probe,auto_disabled_low_acceptance"
+        )
         spec = httpx.get(f"{srv.url}/v1/status").json()["replicas"][0]["engine"]["speculation"]
         assert spec["active"] is False and spec["reason"] == "auto_disabled_low_acceptance"
         assert spec["fallbacks"] == {"auto_disabled_low_acceptance": 1}
@@ -226,7 +228,8 @@ def test_governor_probe_no_speedup_and_cooldown_show_everywhere(model_dir, tmp_p
         assert probed.headers["x-speculation"] == "mtp;k=3;partly_off=governor_probe"
         assert _spec(srv)["active"] is True  # probing is still on: the judgement comes after
         judged = _completion(srv, 16)  # the probe's last steps, the judgement, then off
-        assert judged.headers["x-speculation"] == "off;reason=auto_disabled_no_speedup"
+        # no step of it speculated: the probe's plain steps, then the judgement's off
+        assert judged.headers["x-speculation"] == "off;reason=governor_probe,auto_disabled_no_speedup"
         spec = _spec(srv)
         assert spec["active"] is False and spec["reason"] == "auto_disabled_no_speedup"
         assert spec["by_batch_size"] == {"batch size 1": "off: auto_disabled_no_speedup"}

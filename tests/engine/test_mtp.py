@@ -349,9 +349,11 @@ def test_governor_keeps_the_faster_draft_length_per_probe(caplog):
         lengths = _cycle(gov, stats, faster_short, plain_rate=1)
     assert lengths == [4] * 4 + [0] * 2 + [3] * 2  # speculate, probe plain, try one shorter
     assert gov.k == 3 and gov.last["tried"] == {"k": 3, "tok_s": 3.0}
+    assert gov.last["switched_from"] == {"k": 4, "tok_s": 2.5}  # status says what the log says
     assert "speculation mtp k 4 -> 3: 3.0 tok/s at k=3, 2.5 at k=4" in caplog.text
     assert _cycle(gov, stats, faster_short, 1)[-1] == 2 and gov.k == 2  # on down: 3 -> 2
     assert _cycle(gov, stats, faster_short, 1)[-1] == 1 and gov.k == 2  # 1 is slower: kept
+    assert "switched_from" not in gov.last
     assert _cycle(gov, stats, faster_short, 1)[-1] == 3 and gov.k == 2  # then one longer
     assert state.active and gov.lost == 0
 
