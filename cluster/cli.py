@@ -126,11 +126,18 @@ def _plan(args) -> int:
     if why := unrunnable(config):
         print(f"error: {why}", file=sys.stderr)
         return 1
-    if args.mtp_weights or inventory.mtp_weights:  # a path on the nodes: read when serving
+    unseen = None
+    if given := args.mtp_weights or inventory.mtp_weights:  # a path on the nodes: read at serve
         mtp = True
+        if not Path(given).expanduser().exists():
+            unseen = (f"note: the MTP weights {given} are not on this machine: planned as if "
+                      "every node has them (serve fails to load a replica whose node does "
+                      "not)")  # fmt: skip
     bits = args.bits or stored_bits(config) or inventory.quantization_bits
     plan = make_plan(config, bits, inventory, mtp, split, args.mtp_acceptance, args.verify_cost)
     print(json.dumps(plan.to_json(), indent=2) if args.json else render_plan(plan))
+    if unseen:
+        print(unseen, file=sys.stderr if args.json else sys.stdout)
     return 0 if plan.ok else 1
 
 

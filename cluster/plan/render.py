@@ -55,7 +55,7 @@ def render_plan(plan: Plan) -> str:
     a = plan.assumptions
     for r in plan.replicas:
         if r.mtp_forecast:
-            lines += ["", _forecast_line(r, a.get("mtp_acceptance", []))]
+            lines += ["", _forecast_line(r, a.get("mtp_acceptance", []), a.get("mtp_verify_cost"))]
         if note := _configured_note(r, a.get("speculation", "none"),
                                     a.get("num_speculative_tokens", 1)):  # fmt: skip
             lines += [note]
@@ -76,7 +76,8 @@ def render_plan(plan: Plan) -> str:
     return "\n".join(lines)
 
 
-def _forecast_line(replica, acceptance: list[float]) -> str:
+def _forecast_line(replica, acceptance: list[float], measured: float | None = None) -> str:
+    """measured: the --verify-cost the forecast used, if any (else it counts bytes)."""
     rows = replica.mtp_forecast
     ks = ", ".join(f"k={r['k']} {r['speedup']:.2f}x" for r in rows)
     top = best(rows)
@@ -85,13 +86,24 @@ def _forecast_line(replica, acceptance: list[float]) -> str:
     status = replica.speculation.get("mtp")
     if status != "supported":  # a forecast of what it would give, not advice to use it
         why = {"needs_mtp_weights": "give the MTP layer's weights (--mtp-weights) to run it",
-               "no_mtp_weights": "the checkpoint has no MTP layer: MTP cannot run"}.get(
-                   status, str(status))  # fmt: skip
+               "no_mtp_weights": "the checkpoint has no MTP layer: MTP cannot run; copy it "
+               "from the original checkpoint (`extract-mtp`) and give --mtp-weights, or use "
+               "--speculation ngram, which needs no weights"}.get(status, str(status))  # fmt: skip
         verdict = f"if it ran, {verdict} ({why})"
-    return (
-        f"{replica.name} MTP forecast (acceptance {shares} per position): {ks}; {verdict} "
-        f"(a {rows[0]['k'] + 1}-token verify costs {rows[0]['verify_cost']:.2f} plain steps, "
-        f"a draft {rows[0]['draft_cost']:.3f})"
+    tokens = "/".join(str(r["k"] + 1) for r in rows)
+    costs = "/".join(f"{r['verify_cost']:.2f}" for r in rows)
+    line = (f"{replica.name} MTP forecast (acceptance {shares} per position): {ks}; {verdict}. "
+            f"A verify of {tokens} tokens costs {costs} plain steps")  # fmt: skip
+    if rows[0].get("experts"):  # MoE: k+1 tokens read the union of the experts they pick
+        union = "/".join(f"{r['experts']:g}" for r in rows)
+        ratio = "/".join(f"{r['expert_bytes']:g}x" for r in rows)
+        line += f" (their routed experts: {union} per layer, {ratio} one token's bytes)"
+    line += f", a draft {rows[0]['draft_cost']:.3f}"
+    if measured:
+        return line + f" (from the measured 2-token verify, {measured:g} plain steps)"
+    return line + (
+        " (by weight bytes: a ceiling, since kernels cost more than bytes; with a measured "
+        "2-token verify, `--verify-cost C` in plain steps, the forecast is the floor)"
     )
 
 

@@ -47,6 +47,10 @@ class KForecast:
     draft_cost: float
     """One draft, in plain steps."""
     speedup: float
+    experts: float = 0.0
+    """Distinct routed experts per MoE layer the k+1 tokens of a verify read (0: dense)."""
+    expert_bytes: float = 0.0
+    """Their routed-expert bytes against one token's."""
 
 
 def expert_union(n: int, top_k: int, tokens: int) -> float:
@@ -88,8 +92,10 @@ def forecast(
     for k in range(1, len(acceptance) + 1):
         cost_k = measured(k) if verify_cost else verify(k)
         tokens = 1 + sum(acceptance[:k])
+        experts = expert_union(step.n_experts, step.top_k, k + 1)
         out.append(KForecast(k, round(tokens, 3), round(cost_k, 3), round(draft, 4),
-                             round(tokens / (cost_k + k * draft), 3)))  # fmt: skip
+                             round(tokens / (cost_k + k * draft), 3), round(experts, 1),
+                             round(experts / one_token, 2) if one_token else 0.0))  # fmt: skip
     return out
 
 

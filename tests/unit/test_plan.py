@@ -254,10 +254,16 @@ def test_the_plan_forecasts_mtp_for_glm5_on_the_shipped_studios():
     assert 1.0 < rows[0]["verify_cost"] < rows[1]["verify_cost"] < rows[2]["verify_cost"]
     out = subprocess.run(
         [sys.executable, "-m", "cluster", "plan", "--model", "glm-5", "--inventory",
-         str(ROOT / "inventory/mac-studio-2x.yaml"), "--verify-cost", "2.2"],
+         str(ROOT / "inventory/mac-studio-2x.yaml"), "--verify-cost", "2.2",
+         "--mtp-weights", "/nodes/only/glm-5-mtp.safetensors"],
         capture_output=True, text=True, cwd=ROOT, timeout=60,
     )  # fmt: skip
     assert "MTP forecast" in out.stdout and "does not pay at any k" in out.stdout, out.stdout
+    assert "from the measured 2-token verify, 2.2 plain steps" in out.stdout
+    # the MoE effect, shown: 2, 3, 4 tokens read the union of the experts they pick
+    assert "routed experts: 15.8/23.3/30.5 per layer, 1.97x/2.91x/3.82x" in out.stdout
+    assert "/nodes/only/glm-5-mtp.safetensors are not on this machine" in out.stdout
+    assert [r["experts"] for r in rows] == [15.8, 23.3, 30.5]
 
 
 def test_the_plan_says_what_the_inventorys_speculation_will_do():
@@ -274,6 +280,9 @@ def test_the_plan_says_what_the_inventorys_speculation_will_do():
     assert "inventory asks for speculation mtp, which needs the MTP layer's weights" in unknown
     given = render_plan(make_plan(GLM5, 4, inv, True))
     assert "; use k=3" in given and "if it ran" not in given
+    assert "by weight bytes: a ceiling" in given and "--verify-cost" in given
+    gone = render_plan(make_plan(GLM5, 4, inv, False))  # a conversion that dropped the layer
+    assert "no_mtp_weights" in gone and "`extract-mtp`" in gone and "--speculation ngram" in gone
     assert "the inventory asks for k=1; the forecast favours k=3" in given
     slow = render_plan(make_plan(GLM5, 4, inv, True, verify_cost=2.2))
     assert "leave speculation off" in slow and "which the forecast says does not pay" in slow
