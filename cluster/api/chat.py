@@ -9,13 +9,16 @@ from dataclasses import dataclass
 
 from ..coordinator.coordinator import Coordinator, Output
 from ..coordinator.errors import BadRequest
-from ..coordinator.glm_output import ChatOutputProcessor, GlmParser, param_types
+from ..coordinator.glm_output import TAGS, ChatOutputProcessor, GlmParser, param_types
 from ..coordinator.output import OutputProcessor
 from ..coordinator.tokenizer import PromptTokenizer
 from ..coordinator.tool_grammar import tool_grammar
 from ..types import SamplingParams, ToolGrammar
 from .offload import LONG_TOKENS, off_loop
 from .tool_check import check_tools
+
+CALL_TAGS = tuple(t for t in TAGS if "think" not in t)
+"""GLM's tags of a tool call: banned where no call may be written."""
 
 
 @dataclass(frozen=True)
@@ -156,7 +159,9 @@ def build_prompt(
     reasoning = bool(markers) and not forced and prompt[-1:] == [markers.id_of("<think>")]
     # No tools offered means none (OpenAI's default then): a call could name no real tool.
     no_calls = tool_choice == "none" or not tools
-    banned = (markers.id_of("<tool_call>"),) if no_calls and markers else ()
+    # Every call tag: a reply that cannot call must not write a call's keys and values
+    # either (the parser drops tags out of place, which would run their text together).
+    banned = tuple(markers.id_of(t) for t in CALL_TAGS) if no_calls and markers else ()
     rules = (
         tool_grammar(tokenizer, tools, forced, bool(forced)) if grammar and not no_calls else None
     )

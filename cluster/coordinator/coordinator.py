@@ -284,20 +284,26 @@ class Coordinator:
                     raise EngineFailure(f"replica {completion.replica.name} failed: {event.error}")
                 if event.speculation:  # the state changes within steps, which make events
                     completion.replica.speculation = event.speculation
-                delta = out.process(event.token_ids, event.finish_reason)
+                deltas = out.pieces(event.token_ids, event.finish_reason)
                 tracker.on_output(out.num_tokens)
-                if delta.finish_reason is not None:
-                    unfinished = None
-                    last = event if event.finish_reason else None
-                    tracker.on_finish(delta.finish_reason, prompt_tokens, event.cached_tokens, last)
-                yield Output(
-                    delta.text, out.num_tokens, delta.finish_reason, event.prompt_tokens,
-                    event.cached_tokens, event.draft_tokens, event.accepted_tokens,
-                    delta.reasoning, delta.tool_calls, event.logprobs, event.request_speculation,
-                    event.prompt_logprobs, getattr(out, "reasoning_tokens", 0),
-                )  # fmt: skip
-                if delta.finish_reason is not None:
-                    return
+                logprobs, prompt_logprobs = event.logprobs, event.prompt_logprobs
+                for delta in deltas:
+                    if delta.finish_reason is not None:
+                        unfinished = None
+                        last = event if event.finish_reason else None
+                        tracker.on_finish(delta.finish_reason, prompt_tokens,
+                                          event.cached_tokens, last)  # fmt: skip
+                    n = len(delta.token_ids) if len(deltas) > 1 else len(logprobs)
+                    yield Output(
+                        delta.text, out.num_tokens, delta.finish_reason, event.prompt_tokens,
+                        event.cached_tokens, event.draft_tokens, event.accepted_tokens,
+                        delta.reasoning, delta.tool_calls, logprobs[:n],
+                        event.request_speculation, prompt_logprobs,
+                        getattr(out, "reasoning_tokens", 0),
+                    )  # fmt: skip
+                    logprobs, prompt_logprobs = logprobs[n:], ()
+                    if delta.finish_reason is not None:
+                        return
         finally:
             if unfinished:  # ended without a finish: the client left, or the replica failed
                 tracker.on_finish(unfinished, prompt_tokens, 0, None)

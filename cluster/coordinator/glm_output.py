@@ -135,6 +135,7 @@ class GlmParser:
         self._buf = ""  # text of the current name, key or value
         self._key = ""
         self._streaming = False  # the open value is a string sent as it is written
+        self._resume = _State.CONTENT  # where the reply goes on after the current call
         self._seen_content = continuing
         self.reasoning_tokens = 0
         """Tokens written inside the reasoning (its tags not counted)."""
@@ -189,7 +190,7 @@ class GlmParser:
         elif tag == "</think>" and s == _State.REASONING:
             self.state = _State.CONTENT
         elif tag == "<tool_call>" and s in (_State.CONTENT, _State.REASONING):
-            self.state, self._buf = _State.NAME, ""
+            self.state, self._buf, self._resume = _State.NAME, "", s
         elif tag == "<arg_key>" and s in (_State.NAME, _State.BODY):
             if s == _State.NAME:
                 self._start_call(out)
@@ -206,7 +207,7 @@ class GlmParser:
             if s == _State.NAME:
                 self._start_call(out)
             self._end_call(out)
-            self.state = _State.CONTENT
+            self.state = self._resume  # a call written inside the reasoning: back to it
         # Any other tag out of place (a stray </think>, say) is dropped, never shown as text.
 
     def _start_call(self, out: ParsedDelta) -> None:
@@ -261,7 +262,7 @@ class GlmParser:
 
 class ChatOutputProcessor:
     """One chat request's tokens as reasoning, content and tool calls; stop strings apply to
-    content. The same interface as output.OutputProcessor."""
+    content. The same interface as output.OutputProcessor (`pieces`, `num_tokens`)."""
 
     def __init__(self, parser: GlmParser, stops: list[str], max_calls: int | None = None,
                  opening: ParsedDelta | None = None):  # fmt: skip
@@ -278,27 +279,66 @@ class ChatOutputProcessor:
     def reasoning_tokens(self) -> int:
         return self.parser.reasoning_tokens
 
-    def process(self, token_ids, finish_reason: str | None) -> Delta:
-        self.num_tokens += len(token_ids)
-        parsed = self.parser.feed(token_ids)
-        if self._opening is not None:
-            opening, self._opening = self._opening, None
-            parsed.content = opening.content + parsed.content
-            parsed.reasoning = opening.reasoning + parsed.reasoning
-            parsed.tool_calls = opening.tool_calls + parsed.tool_calls
-        if finish_reason is not None:
+    def pieces(self, token_ids, finish_reason: str | None) -> list[Delta]:
+        """One engine event's tokens as deltas in generation order: each delta holds reasoning,
+        then text, then call pieces (the order the Anthropic and Responses builders read), so
+        a step that closes a call and goes on with text (a speculative step of several
+        tokens) is two deltas. Tokens after the call that reaches `max_calls` are dropped."""
+        out: list[Delta] = []
+        cur, ids = self._opening or ParsedDelta(), []
+        self._opening = None
+        finish = None
+        for t in token_ids:
+            got = self.parser.feed([t])
+            self.num_tokens += 1
+            if _last_rank(cur) > _first_rank(got):
+                out.append(self._delta(cur, ids, None))
+                cur, ids = ParsedDelta(), []
+            _merge(cur, got)
+            ids.append(t)
+            if self.max_calls and sum(c.complete for c in self.parser.calls) >= self.max_calls:
+                finish = "stop"  # ends the request here; reported as tool_calls below
+                break
+        if finish is None and finish_reason is not None:
+            finish = finish_reason
             tail = self.parser.finish()
-            parsed.content += tail.content
-            parsed.reasoning += tail.reasoning
-            parsed.tool_calls += tail.tool_calls
-        complete = sum(c.complete for c in self.parser.calls)
-        if self.max_calls and complete >= self.max_calls and finish_reason is None:
-            finish_reason = "stop"  # ends the request here; reported as tool_calls below
+            if _last_rank(cur) > _first_rank(tail):
+                out.append(self._delta(cur, ids, None))
+                cur, ids = ParsedDelta(), []
+            _merge(cur, tail)
+        out.append(self._delta(cur, ids, finish))
+        for i, d in enumerate(out):  # a stop string ends the reply at its delta
+            if d.finish_reason is not None:
+                return out[: i + 1]
+        return out
+
+    def _delta(self, parsed: ParsedDelta, ids: list[int], finish: str | None) -> Delta:
         text, stopped = self.stop.feed(parsed.content)
         if stopped:
-            finish_reason = "stop"
-        elif finish_reason is not None:
+            finish = "stop"
+        elif finish is not None or parsed.tool_calls:  # no stop string runs on past a call
             text += self.stop.flush()
-            if finish_reason == "stop" and any(c.complete for c in self.parser.calls):
-                finish_reason = "tool_calls"
-        return Delta(text, tuple(token_ids), finish_reason, parsed.reasoning, parsed.tool_calls)
+        if finish == "stop" and not stopped and any(c.complete for c in self.parser.calls):
+            finish = "tool_calls"
+        return Delta(text, tuple(ids), finish, parsed.reasoning, parsed.tool_calls)
+
+
+def _first_rank(p: ParsedDelta) -> int:
+    """Where a piece's first part falls in a delta's order: reasoning 0, text 1, calls 2."""
+    return 0 if p.reasoning else 1 if p.content else 2 if p.tool_calls else 3
+
+
+def _last_rank(p: ParsedDelta) -> int:
+    return 2 if p.tool_calls else 1 if p.content else 0 if p.reasoning else -1
+
+
+def _merge(into: ParsedDelta, p: ParsedDelta) -> None:
+    """p after into; a call's argument pieces in a row become one piece."""
+    into.reasoning += p.reasoning
+    into.content += p.content
+    for d in p.tool_calls:
+        last = into.tool_calls[-1] if into.tool_calls else None
+        if d.id is None and last is not None and last.id is None and last.index == d.index:
+            into.tool_calls[-1] = ToolCallDelta(d.index, arguments=last.arguments + d.arguments)
+        else:
+            into.tool_calls.append(d)

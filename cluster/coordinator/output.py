@@ -93,6 +93,10 @@ class OutputProcessor:
         self.stop = StopMatcher(stops)
         self.num_tokens = 0
 
+    def pieces(self, token_ids, finish_reason: str | None) -> list[Delta]:
+        """An event's deltas (one here; a chat reply's may be several: glm_output.py)."""
+        return [self.process(token_ids, finish_reason)]
+
     def process(self, token_ids, finish_reason: str | None) -> Delta:
         self.num_tokens += len(token_ids)
         text, stopped = self.stop.feed(self.detok.add(token_ids))

@@ -274,6 +274,35 @@ def test_a_tool_call_cut_off_by_max_tokens_ends_cleanly(agent_server, held_out):
     seen_content.append(r.message.content or "")
 
 
+def test_tool_choice_none_writes_no_call_tags(agent_server, held_out):
+    """Under tool_choice 'none' every call tag is banned, not only `<tool_call>`: a model that
+    writes `<arg_key>`/`<arg_value>` anyway had them dropped as out of place and their text run
+    together in content ('monitor_routeoriginLima...'). Checked on the tokens themselves."""
+    tok = AutoTokenizer.from_pretrained(str(TRAINED))
+    tags = {
+        tok.convert_tokens_to_ids(t)
+        for t in (
+            "<tool_call>",
+            "</tool_call>",
+            "<arg_key>",
+            "</arg_key>",
+            "<arg_value>",
+            "</arg_value>",
+        )
+    }
+    client = agent_server.client()
+    for ex in held_out:
+        for thinking in (False, True):
+            r = client.chat.completions.create(
+                model=agent_server.model, messages=ex.messages[:-1], tools=ex.tools,
+                tool_choice="none", max_tokens=96, logprobs=True, **GREEDY,
+                extra_body={"chat_template_kwargs": {"enable_thinking": thinking}},
+            ).choices[0]  # fmt: skip
+            ids = [tok.convert_tokens_to_ids(t.token) for t in r.logprobs.content]
+            assert not tags & set(ids) and not r.message.tool_calls
+            seen_content.append(r.message.content or "")
+
+
 def _open_string(arguments: str) -> dict | None:
     """The arguments of a call cut inside a string value, its start sent, or None."""
     if _json_or_none(arguments) is not None or _json_or_none(arguments + "}") is not None:

@@ -232,28 +232,82 @@ def test_one_feed_sends_one_argument_delta_per_call():
     ]
 
 
+def one_delta(proc, text_or_ids, finish):
+    ids = encode(text_or_ids) if isinstance(text_or_ids, str) else text_or_ids
+    [d] = proc.pieces(ids, finish)
+    return d
+
+
 def test_processor_reports_tool_calls_and_keeps_stop_strings_to_content():
     parser = GlmParser(MARKERS, decode, TOOLS)
     proc = ChatOutputProcessor(parser, stops=["York"])
     call = "<tool_call>get_weather<arg_key>city</arg_key><arg_value>York</arg_value></tool_call>"
-    d = proc.process(encode(call), None)
+    d = one_delta(proc, call, None)
     assert d.finish_reason is None and d.text == ""
-    d = proc.process([], "stop")
+    d = one_delta(proc, [], "stop")
     assert d.finish_reason == "tool_calls"
 
 
-def test_processor_with_one_call_allowed_finishes_after_it():
+def test_processor_with_one_call_allowed_finishes_after_it_and_drops_the_rest():
+    """A speculative step can carry the first call's end and a second call's start: with one
+    call allowed, the reply ends at the first call's end and the rest is neither sent nor
+    counted (usage is the same as without speculation)."""
     proc = ChatOutputProcessor(GlmParser(MARKERS, decode, TOOLS), stops=[], max_calls=1)
     one = "<tool_call>get_weather<arg_key>city</arg_key><arg_value>A</arg_value></tool_call>"
-    d = proc.process(encode(one + "<tool_call>get_weather"), None)
-    assert d.finish_reason == "tool_calls"
+    d = one_delta(proc, one + "<tool_call>get_weather<arg_key>", None)
+    assert d.finish_reason == "tool_calls" and proc.num_tokens == len(encode(one))
+    assert {c.index for c in d.tool_calls} == {0} and len(proc.parser.calls) == 1
 
 
 def test_processor_length_finish_stays_length_for_a_cut_call():
     proc = ChatOutputProcessor(GlmParser(MARKERS, decode, TOOLS), stops=[])
-    d = proc.process(encode("<tool_call>get_weather<arg_key>ci"), "length")
+    d = one_delta(proc, "<tool_call>get_weather<arg_key>ci", "length")
     assert d.finish_reason == "length" and d.text == ""
     assert d.tool_calls[0].name == "get_weather"
+
+
+def test_a_step_that_ends_a_call_and_goes_on_with_text_is_two_deltas_in_order():
+    """Each delta is reasoning, then text, then call pieces (the order Anthropic's blocks and
+    the Responses items are built in); a step of several tokens that closes a call and writes
+    text after it is two deltas, and the whole reply's blocks come out in generation order."""
+    from cluster.api.anthropic import _Blocks
+    from cluster.api.responses import _Items
+    from cluster.coordinator.coordinator import Output
+
+    text = ("Checking.<tool_call>get_weather<arg_key>city</arg_key><arg_value>Oslo</arg_value>"
+            "</tool_call>Done.")  # fmt: skip
+    ids = encode(text)
+    cut = ids.index(TAG_IDS["</tool_call>"])
+    proc = ChatOutputProcessor(GlmParser(MARKERS, decode, TOOLS), stops=[])
+    deltas = proc.pieces(ids[: cut - 2], None) + proc.pieces(ids[cut - 2 :], "stop")
+    assert [(d.text, [t.arguments for t in d.tool_calls]) for d in deltas] == [
+        ("Checking.", ["", '{"city": "Osl']),
+        ("", ['o"}']),
+        ("Done.", []),
+    ]
+    assert [d.finish_reason for d in deltas] == [None, None, "tool_calls"]
+    assert sum(len(d.token_ids) for d in deltas) == len(ids) == proc.num_tokens
+    blocks, items = _Blocks(), _Items()
+    for d in deltas:
+        out = Output(d.text, 0, d.finish_reason, 1, 0, tool_calls=d.tool_calls)
+        blocks.events(out)
+        items.events(out)
+    blocks.close()
+    items.close()
+    assert [b["type"] for b in blocks.blocks] == ["text", "tool_use", "text"]
+    assert blocks.blocks[1]["input"] == {"city": "Oslo"} and blocks.blocks[2]["text"] == "Done."
+    assert [i["type"] for i in items.items] == ["message", "function_call", "message"]
+    assert items.items[1]["arguments"] == '{"city": "Oslo"}'
+
+
+def test_a_call_inside_the_reasoning_goes_back_to_the_reasoning():
+    content, thought, [call], _ = parse(
+        "Let me check.<tool_call>get_weather<arg_key>city</arg_key><arg_value>Oslo</arg_value>"
+        "</tool_call>Still thinking.</think>Answer.",
+        reasoning=True,
+    )
+    assert thought == "Let me check.Still thinking." and content == "Answer."
+    assert call.complete and call.arguments == {"city": "Oslo"}
 
 
 def test_a_whole_anthropic_reply_keeps_its_blocks_in_generation_order():
