@@ -204,6 +204,8 @@ class _Prompted(BaseModel):
         names = [t.name for t in self.tools or []]
         if c.type in ("any", "tool") and not names:
             raise ValueError(f"tool_choice '{c.type}' needs at least one tool in 'tools'")
+        if c.type == "tool" and not c.name:
+            raise ValueError("tool_choice of type 'tool' needs the tool's 'name'")
         if c.type == "tool" and c.name not in names:
             raise ValueError(f"tool_choice names '{c.name}', which is not in 'tools'")
         return {"any": "required", "none": "none"}.get(c.type, c.name)

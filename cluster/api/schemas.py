@@ -221,6 +221,24 @@ class ChatCompletionRequest(_Common):
     tools: list[Tool] | None = None
     tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool = True
+
+    @field_validator("tool_choice", mode="before")
+    @classmethod
+    def _tool_choice_shape(cls, v):
+        """One message that says what tool_choice may be, not each union branch's."""
+        if v is None or v in ("auto", "none", "required"):
+            return v
+        named = isinstance(v, dict) and v.get("type", "function") == "function"
+        function = v.get("function") if isinstance(v, dict) else None
+        if named and isinstance(function, dict) and isinstance(function.get("name"), str):
+            return v
+        kind = v.get("type") if isinstance(v, dict) else None
+        what = f"type '{kind}' is not supported" if kind not in (None, "function") else (
+            f"{v!r} is not one of them")  # fmt: skip
+        raise ParamError(
+            "tool_choice is 'auto', 'none', 'required' or {\"type\": \"function\", "
+            f"\"function\": {{\"name\": NAME}}}}: {what}", "tool_choice",
+        )  # fmt: skip
     chat_template_kwargs: dict[str, Any] | None = None
     """Passed to the chat template, e.g. {"enable_thinking": false}; over the server's
     --chat-template-args."""

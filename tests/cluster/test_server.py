@@ -181,6 +181,8 @@ def _error(call):
         ({"messages": []}, "messages"),
         ({"messages": [{"role": "wizard", "content": "x"}]}, "messages"),
         ({"top_p": 0}, "top_p"),
+        ({"tool_choice": {"type": "function"}}, "tool_choice"),
+        ({"tool_choice": {"type": "allowed_tools", "allowed_tools": {}}}, "tool_choice"),
     ],
 )
 def test_bad_parameters_get_400_in_openai_envelope(server, kw, param):
@@ -189,6 +191,8 @@ def test_bad_parameters_get_400_in_openai_envelope(server, kw, param):
     assert err.status_code == 400
     assert err.body["type"] == "invalid_request_error" and err.body["param"] == param
     assert err.body["message"]
+    if param == "tool_choice":  # what it may be, not the union's branches
+        assert "tool_choice is 'auto', 'none', 'required' or" in err.body["message"]
 
 
 def test_prompt_longer_than_the_context(server):
