@@ -166,8 +166,8 @@ class TokenEvent:
     speculation: str = ""
     """The replica's speculation state when the event was made, as `x-speculation` says it."""
     request_speculation: str = ""
-    """On the last event: what this request got (`mtp;k=2`, `mtp;k=2;partly_off=REASON`,
-    `off;reason=REASON`); empty when speculation was not requested."""
+    """On the last event: what this request got (`mtp;k=2`, `mtp;k=2;partly_off=REASON[,REASON]`,
+    `off;reason=REASON[,REASON]`: every reason met, in order); empty when not requested."""
     request_fault: bool = False
     """With error: the request's own fault (its grammar or limits failed), not the replica's;
     another replica would fail it alike, so it is not moved."""

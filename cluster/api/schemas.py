@@ -239,6 +239,7 @@ class ChatCompletionRequest(_Common):
             "tool_choice is 'auto', 'none', 'required' or {\"type\": \"function\", "
             f"\"function\": {{\"name\": NAME}}}}: {what}", "tool_choice",
         )  # fmt: skip
+
     chat_template_kwargs: dict[str, Any] | None = None
     """Passed to the chat template, e.g. {"enable_thinking": false}; over the server's
     --chat-template-args."""

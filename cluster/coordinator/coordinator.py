@@ -293,7 +293,7 @@ class Coordinator:
                         last = event if event.finish_reason else None
                         tracker.on_finish(delta.finish_reason, prompt_tokens,
                                           event.cached_tokens, last)  # fmt: skip
-                    n = len(delta.token_ids) if len(deltas) > 1 else len(logprobs)
+                    n = len(delta.token_ids)  # the engine's logprobs are one per token
                     yield Output(
                         delta.text, out.num_tokens, delta.finish_reason, event.prompt_tokens,
                         event.cached_tokens, event.draft_tokens, event.accepted_tokens,

@@ -189,6 +189,8 @@ class GlmParser:
             self.state = _State.REASONING
         elif tag == "</think>" and s == _State.REASONING:
             self.state = _State.CONTENT
+        elif tag == "</think>" and self.in_call:  # the reasoning closed (a budget) mid-call
+            self._resume = _State.CONTENT
         elif tag == "<tool_call>" and s in (_State.CONTENT, _State.REASONING):
             self.state, self._buf, self._resume = _State.NAME, "", s
         elif tag == "<arg_key>" and s in (_State.NAME, _State.BODY):
@@ -274,6 +276,8 @@ class ChatOutputProcessor:
         self.max_calls = max_calls
         """Finish once this many calls are complete (parallel_tool_calls false: 1)."""
         self.num_tokens = 0
+        self._by_stop_string = False
+        self._stopped = ParsedDelta()
 
     @property
     def reasoning_tokens(self) -> int:
@@ -283,44 +287,67 @@ class ChatOutputProcessor:
         """One engine event's tokens as deltas in generation order: each delta holds reasoning,
         then text, then call pieces (the order the Anthropic and Responses builders read), so
         a step that closes a call and goes on with text (a speculative step of several
-        tokens) is two deltas. Tokens after the call that reaches `max_calls` are dropped."""
+        tokens) is two deltas. The reply ends at a stop string or at the call that reaches
+        `max_calls`, whatever the event's size: later tokens are neither sent nor counted."""
         out: list[Delta] = []
-        cur, ids = self._opening or ParsedDelta(), []
+        cur, ids, quiet = self._opening or ParsedDelta(), [], []
         self._opening = None
         finish = None
         for t in token_ids:
-            got = self.parser.feed([t])
+            if self._calls_done():
+                finish = "stop"
+                break
+            got = self._text_stopped(self.parser.feed([t]))
             self.num_tokens += 1
+            if got is None:  # a stop string: the reply ends with this token
+                finish = "stop"
+                got = self._stopped
+            if not (got.reasoning or got.content or got.tool_calls) and finish is None:
+                quiet.append(t)  # no output yet (a tag, a held-back byte): goes with the next
+                continue
             if _last_rank(cur) > _first_rank(got):
-                out.append(self._delta(cur, ids, None))
+                out.append(Delta(cur.content, tuple(ids), None, cur.reasoning, cur.tool_calls))
                 cur, ids = ParsedDelta(), []
             _merge(cur, got)
-            ids.append(t)
-            if self.max_calls and sum(c.complete for c in self.parser.calls) >= self.max_calls:
-                finish = "stop"  # ends the request here; reported as tool_calls below
+            ids += [*quiet, t]
+            quiet = []
+            if finish is not None:
                 break
+        ids += quiet
+        if finish is None and self._calls_done():
+            finish = "stop"
         if finish is None and finish_reason is not None:
             finish = finish_reason
-            tail = self.parser.finish()
+            tail = self._text_stopped(self.parser.finish())
+            if tail is None:
+                finish, tail = "stop", self._stopped
+            else:
+                tail.content += self.stop.flush()
             if _last_rank(cur) > _first_rank(tail):
-                out.append(self._delta(cur, ids, None))
+                out.append(Delta(cur.content, tuple(ids), None, cur.reasoning, cur.tool_calls))
                 cur, ids = ParsedDelta(), []
             _merge(cur, tail)
-        out.append(self._delta(cur, ids, finish))
-        for i, d in enumerate(out):  # a stop string ends the reply at its delta
-            if d.finish_reason is not None:
-                return out[: i + 1]
+        if finish == "stop" and not self._by_stop_string and self._calls_done(1):
+            finish = "tool_calls"
+        out.append(Delta(cur.content, tuple(ids), finish, cur.reasoning, cur.tool_calls))
         return out
 
-    def _delta(self, parsed: ParsedDelta, ids: list[int], finish: str | None) -> Delta:
-        text, stopped = self.stop.feed(parsed.content)
+    def _calls_done(self, at_least: int | None = None) -> bool:
+        """Whether `at_least` calls (default: max_calls) are complete."""
+        n = at_least or self.max_calls
+        return bool(n) and sum(c.complete for c in self.parser.calls) >= n
+
+    def _text_stopped(self, got: ParsedDelta) -> ParsedDelta | None:
+        """got with its content through the stop strings (held back while a stop string may
+        be starting, released where a call follows: none runs on past a call); None when a
+        stop string matched, what is left then in self._stopped."""
+        text, stopped = self.stop.feed(got.content) if got.content else ("", False)
         if stopped:
-            finish = "stop"
-        elif finish is not None or parsed.tool_calls:  # no stop string runs on past a call
-            text += self.stop.flush()
-        if finish == "stop" and not stopped and any(c.complete for c in self.parser.calls):
-            finish = "tool_calls"
-        return Delta(text, tuple(ids), finish, parsed.reasoning, parsed.tool_calls)
+            self._by_stop_string = True
+            self._stopped = ParsedDelta(text, got.reasoning)  # its calls are not sent
+            return None
+        got.content = text + (self.stop.flush() if got.tool_calls else "")
+        return got
 
 
 def _first_rank(p: ParsedDelta) -> int:

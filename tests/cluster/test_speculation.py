@@ -229,7 +229,9 @@ def test_governor_probe_no_speedup_and_cooldown_show_everywhere(model_dir, tmp_p
         assert _spec(srv)["active"] is True  # probing is still on: the judgement comes after
         judged = _completion(srv, 16)  # the probe's last steps, the judgement, then off
         # no step of it speculated: the probe's plain steps, then the judgement's off
-        assert judged.headers["x-speculation"] == "off;reason=governor_probe,auto_disabled_no_speedup"
+        assert (
+            judged.headers["x-speculation"] == "off;reason=governor_probe,auto_disabled_no_speedup"
+        )
         spec = _spec(srv)
         assert spec["active"] is False and spec["reason"] == "auto_disabled_no_speedup"
         assert spec["by_batch_size"] == {"batch size 1": "off: auto_disabled_no_speedup"}

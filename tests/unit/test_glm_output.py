@@ -335,3 +335,69 @@ def test_a_whole_anthropic_reply_keeps_its_blocks_in_generation_order():
         b.close()
     assert [b["type"] for b in whole.blocks] == ["text", "tool_use", "text"]
     assert whole.blocks == streamed.blocks and whole.blocks[1]["input"] == {"path": "a"}
+
+
+def _served(text: str, sizes, stops=(), max_calls=None, reasoning=False, opening=""):
+    """What a client gets for `text` sent in events of the given sizes (cycled): reasoning,
+    content, calls as (name, arguments), finish, tokens counted, Anthropic's block kinds."""
+    from cluster.api.anthropic import _Blocks
+    from cluster.coordinator.coordinator import Output
+
+    parser = GlmParser(MARKERS, decode, TOOLS, reasoning=reasoning)
+    first = parser.feed(encode(opening)) if opening else None
+    proc = ChatOutputProcessor(parser, list(stops), max_calls, first)
+    ids, deltas, i, n = encode(text), [], 0, 0
+    while i < len(ids) and not (deltas and deltas[-1].finish_reason):
+        size = sizes[n % len(sizes)]
+        deltas += proc.pieces(ids[i : i + size], "stop" if i + size >= len(ids) else None)
+        i, n = i + size, n + 1
+    if not deltas or not deltas[-1].finish_reason:
+        deltas += proc.pieces([], "stop")
+    blocks = _Blocks()
+    for d in deltas:
+        blocks.events(Output(d.text, 0, d.finish_reason, 1, 0, reasoning=d.reasoning,
+                             tool_calls=d.tool_calls))  # fmt: skip
+    blocks.close()
+    assert sum(len(d.token_ids) for d in deltas) == proc.num_tokens
+    return ("".join(d.reasoning for d in deltas), "".join(d.text for d in deltas),
+            reassemble([t for d in deltas for t in d.tool_calls]), deltas[-1].finish_reason,
+            proc.num_tokens, [b["type"] for b in blocks.blocks])  # fmt: skip
+
+
+CALL = "<tool_call>get_weather<arg_key>city</arg_key><arg_value>Oslo</arg_value></tool_call>"
+REPLIES = [  # (text, options)
+    ("Hi STOP" + CALL + "more", {"stops": ["STOP"]}),
+    ("Let me see." + CALL + "Done." + CALL, {}),
+    (CALL + "after" + CALL, {"max_calls": 1}),
+    ("think" + CALL + "more</think>Answer STO" + "P.", {"reasoning": True, "stops": ["STOP"]}),
+    ("Hmm<tool_call>get_weather<arg_key>ci</think>ty</arg_key><arg_value>Oslo</arg_value>"
+     "</tool_call>The answer.", {"reasoning": True}),
+    ("<arg_key>days</arg_key><arg_value>3</arg_value></tool_call>Hello" + CALL,
+     {"max_calls": 1, "opening": "<tool_call>get_weather"}),
+    ("Hello" + CALL, {"max_calls": 1, "opening": CALL}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("text,options", REPLIES)
+def test_what_a_client_gets_does_not_depend_on_the_event_sizes(text, options):
+    """Speculation sends several tokens per event: the reply a client reads (text, reasoning,
+    calls, finish, usage, block order) is the one of one token per event."""
+    one = _served(text, [1], **options)
+    for sizes in ([2], [3], [5], [1, 4, 2], [1000]):
+        assert _served(text, sizes, **options) == one, sizes
+
+
+def test_the_event_size_cases_read_as_they_should():
+    """Stop string then a call: the reply ends at the stop string, no call; a thinking budget
+    that closes the reasoning inside a call (written in the reasoning) leaves the answer
+    content; one call allowed, reached by the forced opening and its first tokens: nothing
+    after it is sent or counted."""
+    stop = _served(*REPLIES[0][:1], [1], **REPLIES[0][1])
+    assert stop[1:4] == ("Hi ", [], "stop") and stop[4] == len(encode("Hi STOP"))
+    budget = _served(REPLIES[4][0], [1], **REPLIES[4][1])
+    assert budget[:2] == ("Hmm", "The answer.") and budget[5] == ["thinking", "tool_use", "text"]
+    forced = _served(REPLIES[5][0], [1], **REPLIES[5][1])
+    assert forced[2] == [("get_weather", '{"days": 3}')] and forced[3] == "tool_calls"
+    assert forced[4] == len(encode("<arg_key>days</arg_key><arg_value>3</arg_value></tool_call>"))
+    whole = _served(REPLIES[6][0], [1], **REPLIES[6][1])  # the opening is the one call
+    assert whole[1:5] == ("", [("get_weather", '{"city": "Oslo"}')], "tool_calls", 0)
