@@ -131,12 +131,12 @@ def _loads_partial(text: str) -> dict:
             return json.loads(candidate)
         except ValueError:
             continue
+    built: list[list] = []  # every object's pairs; the outermost is built last
     try:
-        cut = json.loads(text + '"}')
+        json.loads(text + '"}', object_pairs_hook=lambda pairs: built.append(pairs) or dict(pairs))
     except ValueError:
         return {}
-    cut.popitem()  # the string still open when the call was cut
-    return cut
+    return dict(built[-1][:-1])  # all but the string still open when the call was cut
 
 
 def _sse(event: str, data: dict) -> str:

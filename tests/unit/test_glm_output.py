@@ -401,3 +401,12 @@ def test_the_event_size_cases_read_as_they_should():
     assert forced[4] == len(encode("<arg_key>days</arg_key><arg_value>3</arg_value></tool_call>"))
     whole = _served(REPLIES[6][0], [1], **REPLIES[6][1])  # the opening is the one call
     assert whole[1:5] == ("", [("get_weather", '{"city": "Oslo"}')], "tool_calls", 0)
+
+
+def test_a_cut_tool_use_input_keeps_the_completed_values():
+    from cluster.api.anthropic import _loads_partial
+
+    assert _loads_partial('{"days": 3, "city": "Par') == {"days": 3}
+    assert _loads_partial('{"city": "A", "city": "B') == {"city": "A"}  # a key written twice
+    assert _loads_partial('{"f": {"a": 1, "b": 2}, "note": "x') == {"f": {"a": 1, "b": 2}}
+    assert _loads_partial('{"days": 3') == {"days": 3} and _loads_partial("") == {}
