@@ -91,7 +91,9 @@ def test_leader_kill_under_16_streams(model_dir, tmp_path):
 
 def test_requests_waiting_for_their_first_token_move_to_the_other_replica(model_dir, tmp_path):
     """kill -9 of one replica's leader while 16 requests wait for their first token (long
-    prompts still prefilling): every one completes, on the other replica, zero errors."""
+    prompts still prefilling): every one that had no token yet completes, on the other
+    replica; only a stream that had begun may end with an error (by design), and on a loaded
+    machine the first prefill can finish before the kill lands, so that is read per stream."""
     import random
 
     srv = Server(
@@ -100,26 +102,36 @@ def test_requests_waiting_for_their_first_token_move_to_the_other_replica(model_
     )
     rng = random.Random(5)
 
-    def ask(i):
+    def ask(i) -> tuple[int, bool, str | None]:
+        """(text chunks, whether it ended with an error, its finish reason)."""
         prompt = [rng.randrange(30, 4000) for _ in range(2500)]
-        body = {"model": srv.model, "prompt": prompt, "max_tokens": 4, "ignore_eos": True}
-        return httpx.post(f"{srv.url}/v1/completions", json=body, timeout=180)
+        body = {"model": srv.model, "prompt": prompt, "max_tokens": 4, "ignore_eos": True,
+                "stream": True}  # fmt: skip
+        chunks, error, finish = 0, False, None
+        with httpx.stream("POST", f"{srv.url}/v1/completions", json=body, timeout=180) as r:
+            for line in r.iter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                data = json.loads(line[6:])
+                error = error or "error" in data
+                for choice in data.get("choices", []):
+                    chunks += bool(choice.get("text"))
+                    finish = choice.get("finish_reason") or finish
+        return chunks, error, finish
 
     try:
         pids = rank_pids(srv)
         with cf.ThreadPoolExecutor(16) as pool:
             futures = [pool.submit(ask, i) for i in range(16)]
             # Read from /metrics, the coordinator's own count: /v1/status also asks each
-            # engine, which answers between steps, so a 2,500-token prefill step delays it
-            # long enough for a first token to come out before the kill (a begun stream ends
-            # with an error by design: the test then read a 500).
+            # engine, which answers between steps, so a 2,500-token prefill step delays it.
             _wait(lambda: _in_flight(srv, "r0") > 0, 20, 0.02)
             os.kill(pids[("r0", 0)], signal.SIGKILL)
             replies = [f.result(timeout=180) for f in futures]
-        assert [r.status_code for r in replies] == [200] * 16, [
-            r.text[:300] for r in replies if r.status_code != 200
-        ]
-        assert all(r.json()["choices"][0]["finish_reason"] == "length" for r in replies)
+        begun_and_cut = [r for r in replies if r[1]]
+        assert all(chunks > 0 for chunks, _, _ in begun_and_cut), replies  # none lost unbegun
+        assert len(begun_and_cut) <= 2, replies  # the kill lands while nearly all prefill
+        assert all(finish == "length" for _, error, finish in replies if not error), replies
         metrics = httpx.get(f"{srv.url}/metrics").text
         moved = [line for line in metrics.splitlines()
                  if 'reason="failover"' in line and line.startswith("cluster:routing_decisions_total")]  # fmt: skip
