@@ -9,16 +9,13 @@ from dataclasses import dataclass
 
 from ..coordinator.coordinator import Coordinator, Output
 from ..coordinator.errors import BadRequest
-from ..coordinator.glm_output import TAGS, ChatOutputProcessor, GlmParser, param_types
+from ..coordinator.glm_output import ChatOutputProcessor, GlmParser, param_types
 from ..coordinator.output import OutputProcessor
 from ..coordinator.tokenizer import PromptTokenizer
-from ..coordinator.tool_grammar import tool_grammar
+from ..coordinator.tool_grammar import CALL_TAGS, tool_grammar
 from ..types import SamplingParams, ToolGrammar
 from .offload import LONG_TOKENS, off_loop
 from .tool_check import check_tools
-
-CALL_TAGS = tuple(t for t in TAGS if "think" not in t)
-"""GLM's tags of a tool call: banned where no call may be written."""
 
 
 @dataclass(frozen=True)

@@ -255,11 +255,7 @@ class GlmParser:
         if not piece:
             return
         call.arguments_json += piece
-        last = out.tool_calls[-1] if out.tool_calls else None
-        if last is not None and last.index == call.index and last.id is None:
-            piece = last.arguments + piece
-            out.tool_calls.pop()
-        out.tool_calls.append(ToolCallDelta(call.index, arguments=piece))
+        _join(out.tool_calls, ToolCallDelta(call.index, arguments=piece))
 
 
 class ChatOutputProcessor:
@@ -276,8 +272,6 @@ class ChatOutputProcessor:
         self.max_calls = max_calls
         """Finish once this many calls are complete (parallel_tool_calls false: 1)."""
         self.num_tokens = 0
-        self._by_stop_string = False
-        self._stopped = ParsedDelta()
 
     @property
     def reasoning_tokens(self) -> int:
@@ -292,44 +286,42 @@ class ChatOutputProcessor:
         out: list[Delta] = []
         cur, ids, quiet = self._opening or ParsedDelta(), [], []
         self._opening = None
-        finish = None
+        finish, by_stop = None, False
+
+        def add(got: ParsedDelta) -> None:
+            nonlocal cur, ids
+            if _last_rank(cur) > _first_rank(got):  # back in the order: a new delta
+                out.append(_delta(cur, ids, None))
+                cur, ids = ParsedDelta(), []
+            _merge(cur, got)
+
         for t in token_ids:
             if self._calls_done():
                 finish = "stop"
                 break
-            got = self._text_stopped(self.parser.feed([t]))
+            got, by_stop = self._through_stops(self.parser.feed([t]))
             self.num_tokens += 1
-            if got is None:  # a stop string: the reply ends with this token
-                finish = "stop"
-                got = self._stopped
-            if not (got.reasoning or got.content or got.tool_calls) and finish is None:
+            if not by_stop and not (got.reasoning or got.content or got.tool_calls):
                 quiet.append(t)  # no output yet (a tag, a held-back byte): goes with the next
                 continue
-            if _last_rank(cur) > _first_rank(got):
-                out.append(Delta(cur.content, tuple(ids), None, cur.reasoning, cur.tool_calls))
-                cur, ids = ParsedDelta(), []
-            _merge(cur, got)
+            add(got)
             ids += [*quiet, t]
             quiet = []
-            if finish is not None:
+            if by_stop:  # a stop string: the reply ends with this token
+                finish = "stop"
                 break
         ids += quiet
         if finish is None and self._calls_done():
             finish = "stop"
         if finish is None and finish_reason is not None:
-            finish = finish_reason
-            tail = self._text_stopped(self.parser.finish())
-            if tail is None:
-                finish, tail = "stop", self._stopped
-            else:
+            tail, by_stop = self._through_stops(self.parser.finish())
+            if not by_stop:
                 tail.content += self.stop.flush()
-            if _last_rank(cur) > _first_rank(tail):
-                out.append(Delta(cur.content, tuple(ids), None, cur.reasoning, cur.tool_calls))
-                cur, ids = ParsedDelta(), []
-            _merge(cur, tail)
-        if finish == "stop" and not self._by_stop_string and self._calls_done(1):
+            finish = "stop" if by_stop else finish_reason
+            add(tail)
+        if finish == "stop" and not by_stop and self._calls_done(1):
             finish = "tool_calls"
-        out.append(Delta(cur.content, tuple(ids), finish, cur.reasoning, cur.tool_calls))
+        out.append(_delta(cur, ids, finish))
         return out
 
     def _calls_done(self, at_least: int | None = None) -> bool:
@@ -337,17 +329,19 @@ class ChatOutputProcessor:
         n = at_least or self.max_calls
         return bool(n) and sum(c.complete for c in self.parser.calls) >= n
 
-    def _text_stopped(self, got: ParsedDelta) -> ParsedDelta | None:
+    def _through_stops(self, got: ParsedDelta) -> tuple[ParsedDelta, bool]:
         """got with its content through the stop strings (held back while a stop string may
-        be starting, released where a call follows: none runs on past a call); None when a
-        stop string matched, what is left then in self._stopped."""
+        be starting, released where a call follows: none runs on past a call), and whether a
+        stop string matched (then its calls are not sent)."""
         text, stopped = self.stop.feed(got.content) if got.content else ("", False)
         if stopped:
-            self._by_stop_string = True
-            self._stopped = ParsedDelta(text, got.reasoning)  # its calls are not sent
-            return None
+            return ParsedDelta(text, got.reasoning), True
         got.content = text + (self.stop.flush() if got.tool_calls else "")
-        return got
+        return got, False
+
+
+def _delta(p: ParsedDelta, ids: list[int], finish: str | None) -> Delta:
+    return Delta(p.content, tuple(ids), finish, p.reasoning, p.tool_calls)
 
 
 def _first_rank(p: ParsedDelta) -> int:
@@ -364,8 +358,13 @@ def _merge(into: ParsedDelta, p: ParsedDelta) -> None:
     into.reasoning += p.reasoning
     into.content += p.content
     for d in p.tool_calls:
-        last = into.tool_calls[-1] if into.tool_calls else None
-        if d.id is None and last is not None and last.id is None and last.index == d.index:
-            into.tool_calls[-1] = ToolCallDelta(d.index, arguments=last.arguments + d.arguments)
-        else:
-            into.tool_calls.append(d)
+        _join(into.tool_calls, d)
+
+
+def _join(pieces: list[ToolCallDelta], d: ToolCallDelta) -> None:
+    """Append d; argument pieces of one call in a row become one piece."""
+    last = pieces[-1] if pieces else None
+    if d.id is None and last is not None and last.id is None and last.index == d.index:
+        pieces[-1] = ToolCallDelta(d.index, arguments=last.arguments + d.arguments)
+    else:
+        pieces.append(d)

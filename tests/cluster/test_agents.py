@@ -12,6 +12,7 @@ import pytest
 from conftest import Server
 from transformers import AutoTokenizer
 
+from cluster.coordinator.tool_grammar import CALL_TAGS
 from cluster.fixture.agent_data import AgentData
 from cluster.model_store import TRAINED
 
@@ -279,17 +280,7 @@ def test_tool_choice_none_writes_no_call_tags(agent_server, held_out):
     writes `<arg_key>`/`<arg_value>` anyway had them dropped as out of place and their text run
     together in content ('monitor_routeoriginLima...'). Checked on the tokens themselves."""
     tok = AutoTokenizer.from_pretrained(str(TRAINED))
-    tags = {
-        tok.convert_tokens_to_ids(t)
-        for t in (
-            "<tool_call>",
-            "</tool_call>",
-            "<arg_key>",
-            "</arg_key>",
-            "<arg_value>",
-            "</arg_value>",
-        )
-    }
+    tags = {tok.convert_tokens_to_ids(t) for t in CALL_TAGS}
     client = agent_server.client()
     for ex in held_out:
         for thinking in (False, True):
