@@ -23,7 +23,6 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from bench_speculation import CODE  # noqa: E402
 
 from cluster.config import EngineConfig  # noqa: E402
-from cluster.engine import spec_step  # noqa: E402
 from cluster.engine.build import build_engine  # noqa: E402
 from cluster.types import EngineRequest, RequestId, SamplingParams  # noqa: E402
 
@@ -52,6 +51,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--k", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument(
+        "--fixed",
+        type=float,
+        action="append",
+        default=[],
+        help="also an engine queueing above this fixed share (repeatable)",
+    )
     args = parser.parse_args()
     model = args.model
     if model is None:
@@ -60,11 +66,14 @@ def main() -> None:
                        check=True, capture_output=True)  # fmt: skip
     engines = {"queued ahead": engine_for(model, args.batch, args.k),
                "never queued": engine_for(model, args.batch, args.k)}  # fmt: skip
+    engines["never queued"].runner.queue.fixed = 2.0  # a share never reached
+    for share in args.fixed:
+        engines[f"fixed {share}"] = engine_for(model, args.batch, args.k)
+        engines[f"fixed {share}"].runner.queue.fixed = share
     seconds, tokens = dict.fromkeys(engines, 0.0), dict.fromkeys(engines, 0)
-    default = spec_step.QUEUE_KEPT
     for _ in range(args.rounds):
         for name, engine in engines.items():
-            spec_step.QUEUE_KEPT = default if name == "queued ahead" else 2.0  # 2: never
+            engine.runner.queue.last = None  # the others' blocks are not its step times
             start = time.perf_counter()
             for _ in range(8):
                 tokens[name] += sum(len(e.token_ids) for e in engine.step())
@@ -73,7 +82,9 @@ def main() -> None:
     for name, engine in engines.items():
         stats = engine.runner.drafter.stats
         print(f"{name}: {rates[name]:.1f} tok/s, {stats.queued} of {stats.verify_steps} steps "
-              f"queued ahead, {stats.queued_wasted} cancelled")  # fmt: skip
+              f"queued ahead, {stats.queued_wasted} cancelled, break-even "
+              f"{engine.runner.queue.break_even(args.batch)}, every draft kept "
+              f"{engine.runner.queue.kept:.2f}")  # fmt: skip
     print(f"queued / never: {rates['queued ahead'] / rates['never queued']:.3f}x")
 
 

@@ -73,14 +73,18 @@ class Engine:
     def has_work(self) -> bool:
         return self.scheduler.has_work()
 
-    def step(self, speculate: int | None = None) -> list[TokenEvent]:
-        """One step; `speculate` (the draft length, 0: none) comes from the leader in a
-        tensor-parallel group."""
+    def step(
+        self, speculate: int | None = None, queue_at: dict[str, float] | None = None
+    ) -> list[TokenEvent]:
+        """One step; `speculate` (the draft length, 0: none) and `queue_at` (when a
+        speculative step may be queued ahead) come from the leader in a tensor-parallel
+        group."""
+        queue_at = self.want_queue_ahead() if queue_at is None else queue_at
         schedule = self.scheduler.schedule()
         if schedule.preempted:  # their KV is freed; they prefill again when there is room
             self.runner.release(schedule.preempted)
         speculate = self.want_speculation() if speculate is None else speculate
-        self.runner.speculate = speculate
+        self.runner.speculate, self.runner.queue.allowed = speculate, queue_at
         before = self.spec.steps_so_far()
         started = time.perf_counter()
         sampled = self.runner.run(schedule)
@@ -92,6 +96,15 @@ class Engine:
 
     def want_speculation(self) -> int:
         return self.spec.want(len(self.scheduler.running))
+
+    def want_queue_ahead(self) -> dict[str, float]:
+        """The break-even of queueing a speculative step ahead at the batch sizes this step
+        may decode (the running ones, and all waiting joining them)."""
+        if not self.runner.hooks.queues_ahead:
+            return {}
+        running = len(self.scheduler.running)
+        most = min(running + len(self.scheduler.waiting), self.config.max_num_seqs)
+        return self.runner.queue.thresholds(range(max(running, 1), most + 1))
 
     def _remember(self, schedule, done: list[Sequence]) -> None:
         """Offer new prompt caches and finished sequences' caches to the prefix cache."""

@@ -26,6 +26,9 @@ class StepMessage:
     speculate: int = 0
     """This step's draft length (0: none): the leader decides (timing-based), followers
     follow."""
+    queue_at: dict[str, float] = field(default_factory=dict)
+    """Batch size -> the share of steps keeping every draft above which this step's next may
+    be queued ahead: the leader measures it (timing-based), followers follow."""
     stop: bool = False
     digest: str = ""
     """Digest of the tokens the leader sampled in its previous step; followers compare."""

@@ -15,7 +15,7 @@ from .prefill_batch import batch_cache, batchable, prefill_groups
 from .sampler import sample_lazy, token_logprobs
 from .scheduler import Schedule
 from .sequence import Sequence
-from .spec_step import SpecAhead, SpeculativeSteps
+from .spec_step import QueueAhead, SpecAhead, SpeculativeSteps
 
 FAULT_ENV = "CLUSTER_FAULT_INJECT"
 """Set to `skip_speculation` to make the runner skip speculative steps while asked to run
@@ -47,8 +47,10 @@ class ModelRunner(SpeculativeSteps):
         self.ahead: Ahead | None = None
         self.spec_ahead: SpecAhead | None = None
         """A speculative step queued on the guess that every draft is kept."""
-        self.all_kept = 0.0
-        """Moving average of speculative steps where every row kept every draft."""
+        self.queue = QueueAhead()
+        """Whether queueing a speculative step ahead pays, from what it measures."""
+        if drafter is not None:
+            drafter.stats.queue_break_even = self.queue.to_json  # status reads it there
         self.seed = seed
         self.drafter = drafter
         """An MTPDrafter or a DraftModelDrafter, or None."""
@@ -83,6 +85,8 @@ class ModelRunner(SpeculativeSteps):
         seqs: list[Sequence] = []
         out: dict[Sequence, list[int]] = {}
         prefill = schedule.prefill
+        if prefill or not schedule.decode:
+            self.queue.last = None  # the time to the next speculative step is not one step's
         groups, alone = prefill_groups(prefill) if self.batch_prefill else ([], prefill)
         for group in groups:
             got = self._prefill_batch(group)
@@ -108,6 +112,7 @@ class ModelRunner(SpeculativeSteps):
             if not piped and self.speculate and not self.fault_skip_speculation:
                 out |= self._speculative_step(self.batch)
             else:
+                self.queue.last = None
                 if piped:
                     out |= self._pipelined_decode()
                 else:

@@ -174,7 +174,7 @@ class EngineService:
                 if message.stop:
                     break
                 if message.step:
-                    events = self._step(message.speculate)
+                    events = self._step(message.speculate, message.queue_at)
                     digest, stepped = tokens_digest(events), True
                     self._publish(events)
             except Exception as e:
@@ -216,7 +216,9 @@ class EngineService:
         while idle) and what the step will do, for the followers to do the same."""
         message = self._take_commands(block)
         message.step, message.digest = self._engine.has_work(), digest
-        message.speculate = self._engine.want_speculation() if message.step else 0
+        if message.step:
+            message.speculate = self._engine.want_speculation()
+            message.queue_at = self._engine.want_queue_ahead()
         return message
 
     def _exchange(self, channel: Channel, message: StepMessage) -> None:
@@ -228,11 +230,11 @@ class EngineService:
             self.watchdog.end()
         self.exchange_seconds += time.perf_counter() - started
 
-    def _step(self, speculate: int) -> list[TokenEvent]:
+    def _step(self, speculate: int, queue_at: dict[str, float]) -> list[TokenEvent]:
         started = time.perf_counter()
         self.watchdog.begin("engine step")
         try:
-            events = self._engine.step(speculate)
+            events = self._engine.step(speculate, queue_at)
         finally:  # a step that raised must not leave the watchdog timing it
             self.watchdog.end()
         self.step_seconds += time.perf_counter() - started
@@ -371,4 +373,4 @@ def run_follower(model_path, config: EngineConfig, model_id: str, group) -> None
         if message.stop:
             return
         if message.step:
-            digest = tokens_digest(engine.step(message.speculate))
+            digest = tokens_digest(engine.step(message.speculate, message.queue_at))

@@ -1,8 +1,10 @@
 """The model runner's speculative step: draft for every row, verify every row's drafts in
-one forward of the main model, keep per row what matches. And, while every draft tends to be
-kept, the next step queued before the current one is read (its graph builds meanwhile)."""
+one forward of the main model, keep per row what matches. And, while every draft is kept often
+enough to pay, the next step queued before the current one is read (its graph builds meanwhile)."""
 
-from dataclasses import dataclass
+import time
+from collections import Counter
+from dataclasses import dataclass, field
 
 import mlx.core as mx
 
@@ -12,10 +14,79 @@ from .mtp import greedy_accept, verify_drafts
 from .sampler import constrain_runs, token_logprobs
 from .sequence import Sequence
 
-QUEUE_KEPT = 0.6
-"""Queue the next speculative step ahead only while the share of recent steps in which every
-row kept every draft (a moving average) is at least this: below it the guess costs more
-compute than the hidden graph building saves."""
+MIN_TIMED = 4
+"""Steps of a kind timed before their moving average counts."""
+
+
+@dataclass
+class QueueAhead:
+    """When queueing the next speculative step ahead pays, per batch size, from step times.
+
+    A right guess saves S (the step's graph building, hidden behind the device); a wrong one
+    costs L (the device computes a step that is thrown away while the real one waits). So
+    queue while the share of steps that keep every draft is at least L / (L + S). Before any
+    step was queued, S is the measured graph building and L the measured compute less S; after,
+    S is what a queued step took off a step's time and L what a cancelled one added to the next."""
+
+    kept: float = 0.0
+    """Moving average of speculative steps where every row kept every draft."""
+    fixed: float | None = None
+    """A threshold in place of the measured one (tests: 0 always queues, above 1 never)."""
+    times: dict[int, dict[str, float]] = field(default_factory=dict)
+    """Batch size -> moving averages of seconds: `build` and `compute` of a step not queued,
+    whole steps `plain` (not queued), `queued` (computed ahead) and `after_cancel`."""
+    counts: dict[int, Counter] = field(default_factory=dict)
+    """Batch size -> how many steps of each kind were timed."""
+    cancelled: bool = False
+    """A queued step was cancelled since the last step: the next one waits behind it."""
+    allowed: dict[str, float] | None = None
+    """This step's thresholds by batch size, as the leader decided them before the step
+    (followers must queue exactly when it does; None: the ones measured here)."""
+    last: tuple | None = None
+    """(batch size, kind or None, start) of the last speculative step."""
+    read_drafts: bool = False
+    """The step being timed read its drafts before its verify (a plain step, timed as one)."""
+
+    def observe(self, every: bool) -> None:
+        self.kept = 0.9 * self.kept + 0.1 * every
+
+    def time(self, size: int, **seconds: float) -> None:
+        got, n = self.times.setdefault(size, {}), self.counts.setdefault(size, Counter())
+        for kind, value in seconds.items():
+            got[kind] = value if kind not in got else 0.9 * got[kind] + 0.1 * value
+            n[kind] += 1
+
+    def break_even(self, size: int) -> float | None:
+        """The share of all-kept steps above which queueing gains (None: not measured yet;
+        1.0: it does not gain)."""
+        if self.fixed is not None:
+            return self.fixed
+        t, n = self.times.get(size, {}), self.counts.get(size, Counter())
+        if n["plain"] < MIN_TIMED or n["build"] < MIN_TIMED:
+            return None
+        saving = t["plain"] - t["queued"] if n["queued"] >= MIN_TIMED else t["build"]
+        loss = (t["after_cancel"] - t["plain"] if n["after_cancel"] >= MIN_TIMED
+                else t["compute"] - saving)  # fmt: skip
+        if saving <= 0:
+            return 1.0
+        return max(0.0, loss) / (max(0.0, loss) + saving)
+
+    def thresholds(self, sizes) -> dict[str, float]:
+        """Batch size -> the break-even now, for those of `sizes` measured: what a step's
+        message carries, so that every rank of a tensor-parallel group decides alike."""
+        found = {size: self.break_even(size) for size in sizes}
+        return {str(size): b for size, b in found.items() if b is not None}
+
+    def to_json(self) -> dict[str, float]:
+        """Batch size -> the break-even in use, for the sizes measured so far."""
+        return {k: round(b, 3) for k, b in self.thresholds(sorted(self.times)).items()}
+
+    def worth(self, size: int) -> bool:
+        if self.allowed is not None:
+            threshold = self.allowed.get(str(size))
+        else:
+            threshold = self.break_even(size)
+        return threshold is not None and threshold < 1.0 and self.kept >= threshold
 
 
 @dataclass
@@ -36,7 +107,23 @@ class SpeculativeSteps:
 
     def _speculative_step(self, seqs: list[Sequence]) -> dict[Sequence, list[int]]:
         """Draft for every row, verify all rows' drafts in one forward of the main model, and
-        keep per row what matches: each row's KV drops its own rejected positions."""
+        keep per row what matches: each row's KV drops its own rejected positions. Timed by
+        kind for `QueueAhead` (drafters that draft on the device)."""
+        if not self.drafter.queues_ahead:
+            return self._speculate(seqs)
+        started, kind = time.perf_counter(), "queued" if self.spec_ahead else "plain"
+        if self.queue.cancelled:
+            kind, self.queue.cancelled = "after_cancel", False
+        q = self.queue
+        if q.last is not None and q.last[0] == len(seqs) and q.last[1] is not None:
+            q.time(len(seqs), **{q.last[1]: started - q.last[2]})  # entry to entry
+        self.queue.read_drafts = False
+        out = self._speculate(seqs)
+        timed = kind if kind != "plain" or self.queue.read_drafts else None
+        q.last = (len(seqs), timed, started)
+        return out
+
+    def _speculate(self, seqs: list[Sequence]) -> dict[Sequence, list[int]]:
         drafter, main, own = self.drafter, self._main(self.batch_cache), self._own(self.batch_cache)
         for seq in seqs:
             self._key(seq)
@@ -53,6 +140,7 @@ class SpeculativeSteps:
             best_lazy = mx.argmax(logits, axis=-1)
             proposals = None
         else:
+            started = time.perf_counter()
             proposals = drafter.propose_batch(seqs, own)
             width = max(len(drafts) for drafts, _ in proposals)
             if width == 0:  # no row has a draft (n-gram: no match anywhere): a plain step
@@ -63,8 +151,10 @@ class SpeculativeSteps:
                 return {seq: [token] for seq, token in sampled.items()}
             rows = [[seq.tokens[-1], *d, *[0] * (width - len(d))]
                     for seq, (d, _) in zip(seqs, proposals, strict=True)]  # fmt: skip
+            built = time.perf_counter()
             hidden = self.model.model(mx.array(rows), cache=main)
             logits = self.model.lm_head(hidden)
+            built, drafted_in = time.perf_counter() - built, built - started
         drafter.stats.verify_steps += 1
         if proposals is None:  # drafted on the device, greedy rows without limits
             if may_queue:
@@ -79,7 +169,12 @@ class SpeculativeSteps:
             logits = constrain_runs(logits, limits)
             params = [s.request.sampling for s in seqs]
             if all(p.greedy and not p.penalized for p in params):
+                waited = time.perf_counter()
                 best = mx.argmax(logits, axis=-1).tolist()  # one read for every row
+                if drafter.queues_ahead:  # what queueing the next step would hide and risk
+                    computed = drafted_in + time.perf_counter() - waited
+                    self.queue.time(len(seqs), build=built, compute=computed)
+                    self.queue.read_drafts = True
             else:
                 best = None
         width = hidden.shape[1] - 1
@@ -100,7 +195,7 @@ class SpeculativeSteps:
             kept.append(accepted)
             out[seq] = drafts[:accepted] + [token]
         every = all(a == width for a in kept)
-        self.all_kept = 0.9 * self.all_kept + 0.1 * every
+        self.queue.observe(every)
         orders = [seq.slot_orders.setdefault("main", SlotOrder()) for seq in seqs]
         if self.spec_ahead is not None:  # this step's caches were rolled back as if all kept
             if every:
@@ -123,10 +218,10 @@ class SpeculativeSteps:
     def _may_queue(self, seqs: list[Sequence]) -> bool:
         """Whether to queue the next speculative step before this one is read: the drafter
         drafts on the device, every row is greedy with nothing to read per token, none ends
-        within two steps, and recent steps kept every draft of every row (the guess the queued
-        step makes; a wrong guess costs its compute)."""
+        within two steps, and recent steps kept every draft of every row often enough that
+        the guess the queued step makes pays (`QueueAhead`)."""
         k = self.drafter.k
-        return (self.pipeline and self.drafter.queues_ahead and self.all_kept >= QUEUE_KEPT
+        return (self.pipeline and self.drafter.queues_ahead and self.queue.worth(len(seqs))
                 and all(s.request.sampling.greedy and not s.request.sampling.penalized
                         and s.request.sampling.logprobs is None and s.limiter is None
                         and s.request.sampling.max_tokens - s.num_output > 2 * (k + 1)
@@ -152,6 +247,7 @@ class SpeculativeSteps:
         ahead, self.spec_ahead = self.spec_ahead, None
         if ahead is None:
             return
+        self.queue.cancelled = True
         for layer in self._main(self.batch_cache):
             layer.trim(ahead.drafted.shape[1] + 1)
         self.drafter.undo_draft(self._own(self.batch_cache))

@@ -169,20 +169,18 @@ def _offsets(layer) -> list[int]:
     return (layer.caches[0] if hasattr(layer, "caches") else layer).offset.tolist()
 
 
-def test_steps_queued_ahead_with_a_draft_model_stay_identical(prompts, weak_draft, monkeypatch):
+def test_steps_queued_ahead_with_a_draft_model_stay_identical(prompts, weak_draft):
     """Queued on every step (threshold 0), with a weak draft (every guess that all drafts are
     kept fails) and the target as its own draft (most hold): output, and every request's
     draft and accepted counts, equal those without queueing."""
-    from cluster.engine import spec_step
-
     lengths = [8, 16, 40]
     base, _ = run_lengths(EngineConfig(), prompts, lengths)
     held = wasted = 0
     for draft in (weak_draft, TRAINED):
         got = {}
         for threshold in (2.0, 0.0):  # never, always
-            monkeypatch.setattr(spec_step, "QUEUE_KEPT", threshold)
             engine, _ = build_engine(TRAINED, draft_config(draft), "glm-5-fixture")
+            engine.runner.queue.fixed = threshold
             for i, (p, n) in enumerate(zip(prompts, lengths, strict=True)):
                 engine.add_request(EngineRequest(RequestId(str(i)), tuple(p), greedy(n)))
             out, counts, runner = {}, {}, engine.runner

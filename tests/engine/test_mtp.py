@@ -135,19 +135,17 @@ def test_a_batch_speculates_row_by_row_token_identical(prompts, k):
 
 
 @pytest.mark.parametrize("k", [1, 2, 3])
-def test_steps_queued_on_the_guess_every_draft_is_kept_stay_identical(prompts, k, monkeypatch):
+def test_steps_queued_on_the_guess_every_draft_is_kept_stay_identical(prompts, k):
     """The runner queues the next speculative step before reading the current one, on the
     guess that every row keeps every draft, and cancels it when a row does not. Queued on
     every step here (threshold 0), so the guess often fails; rows join and leave mid-flight.
     The output is plain decoding's, and every request's drafts and accepted tokens are what
     they are without queueing (so the MTP layer's cache is rolled back right too)."""
-    from cluster.engine import spec_step
-
     texts, lengths = prompts + [prompts[0] * 3], [40, 14, 30, 50]
 
     def serve(config, threshold):
-        monkeypatch.setattr(spec_step, "QUEUE_KEPT", threshold)
         engine, _ = build_engine(TRAINED, config, "glm-5-fixture")
+        engine.runner.queue.fixed = threshold
         out, last, step = collections.defaultdict(list), {}, 0
         pending = list(enumerate(texts))
         while pending or engine.has_work():
@@ -172,13 +170,19 @@ def test_steps_queued_on_the_guess_every_draft_is_kept_stay_identical(prompts, k
 
 
 def test_a_lone_row_that_keeps_its_drafts_gets_steps_queued_by_default(prompts):
+    from cluster.engine.spec_step import MIN_TIMED
+
     lone = prompts[1:2]  # the trained model loops on it: MTP's drafts hold
     (base,), _ = run(EngineConfig(), lone, greedy(160))
     (spec,), engine = run(EngineConfig(speculation="mtp", num_speculative_tokens=2),
                           lone, greedy(160))  # fmt: skip
     assert spec == base
     shown = engine.spec.to_json()  # what /v1/status shows under engine.speculation
-    assert shown["queued_steps"] > shown["drafts"] // 3 and shown["queued_wasted"] <= 2
+    # Queued by default once its steps were timed (more while the queued steps measure
+    # faster than the others, which this shared machine decides), its guesses holding.
+    assert shown["queued_steps"] >= MIN_TIMED and shown["queued_wasted"] <= 2, shown
+    # Status shows the share above which queueing pays, from this replica's step times.
+    assert shown["queue_break_even"] == {"1": round(engine.runner.queue.break_even(1), 3)}
 
 
 def test_above_the_batch_limit_decodes_plainly_and_says_so(prompts):
