@@ -3,6 +3,9 @@
 from dataclasses import dataclass, field
 
 MiB = 1 << 20
+QUEUE_AHEAD = {"auto": None, "always": 0.0, "never": 2.0}
+"""--queue-ahead -> the share of steps keeping every draft above which a step is queued ahead
+(None: the measured break-even; 2.0: a share never reached)."""
 
 
 def _help(text: str, default):
@@ -75,6 +78,12 @@ class EngineConfig:
         None,
     )
     draft_model: str | None = _help("draft model directory for --speculation draft", None)
+    queue_ahead: str = _help(
+        "queue the next speculative step before reading the current one, on the guess that "
+        "every draft is kept (MTP and draft models): auto (where the measured step times say "
+        "it pays), always or never",
+        "auto",
+    )
     ngram_min: int = _help("--speculation ngram: shortest tail n-gram looked up", 2)
     ngram_max: int = _help("--speculation ngram: longest tail n-gram matched", 5)
     heap_trim_seconds: float = _help(
@@ -119,6 +128,7 @@ class EngineConfig:
             "speculation": (n in ("none", "mtp", "draft", "ngram", "mtp+ngram"),
                             "none, mtp, draft, ngram or mtp+ngram"),
             "ngram_min": (self.ngram_min >= 1, ">= 1"),
+            "queue_ahead": (self.queue_ahead in QUEUE_AHEAD, ", ".join(QUEUE_AHEAD)),
             "ngram_max": (self.ngram_min <= self.ngram_max <= 32,
                           f"from --ngram-min ({self.ngram_min}) to 32"),
             "speculation_min_acceptance": (0 <= self.speculation_min_acceptance <= 1,

@@ -24,12 +24,17 @@ class QueueAhead:
 
     A right guess saves S (the step's graph building, hidden behind the device); a wrong one
     costs L (the device computes a step that is thrown away while the real one waits). So
-    queue while the share of steps that keep every draft is at least L / (L + S). Before any
-    step was queued, S is the measured graph building and L the measured compute less S; after,
-    S is what a queued step took off a step's time and L what a cancelled one added to the next."""
+    queue while the share of steps that keep every draft is at least L / (L + S). S is the
+    measured graph building until steps were queued, then what a queued step took off a
+    step's time; L is the measured compute less S, or what a cancelled step added to the next
+    when that was more."""
 
     kept: float = 0.0
-    """Moving average of speculative steps where every row kept every draft."""
+    """Moving average (about 20 steps) of speculative steps where every row kept every draft."""
+    held: float | None = None
+    """Moving average of the guesses queued steps made that held. Guesses are made when
+    `kept` is high, which has held less often than `kept` said (41-44% at 0.6 and above on
+    the model shipped): the lower of the two decides; between guesses it returns to `kept`."""
     fixed: float | None = None
     """A threshold in place of the measured one (tests: 0 always queues, above 1 never)."""
     times: dict[int, dict[str, float]] = field(default_factory=dict)
@@ -47,8 +52,13 @@ class QueueAhead:
     read_drafts: bool = False
     """The step being timed read its drafts before its verify (a plain step, timed as one)."""
 
-    def observe(self, every: bool) -> None:
-        self.kept = 0.9 * self.kept + 0.1 * every
+    def observe(self, every: bool, guessed: bool) -> None:
+        """A speculative step's outcome; `guessed`: a step was queued on it keeping every draft."""
+        self.kept = 0.95 * self.kept + 0.05 * every
+        if guessed:
+            self.held = every if self.held is None else 0.8 * self.held + 0.2 * every
+        elif self.held is not None:
+            self.held += 0.05 * (self.kept - self.held)
 
     def time(self, size: int, **seconds: float) -> None:
         got, n = self.times.setdefault(size, {}), self.counts.setdefault(size, Counter())
@@ -65,8 +75,9 @@ class QueueAhead:
         if n["plain"] < MIN_TIMED or n["build"] < MIN_TIMED:
             return None
         saving = t["plain"] - t["queued"] if n["queued"] >= MIN_TIMED else t["build"]
-        loss = (t["after_cancel"] - t["plain"] if n["after_cancel"] >= MIN_TIMED
-                else t["compute"] - saving)  # fmt: skip
+        loss = t["compute"] - saving  # a thrown-away step's compute, less what it overlapped
+        if n["after_cancel"] >= MIN_TIMED:  # unless a cancel was seen to cost more
+            loss = max(loss, t["after_cancel"] - t["plain"])
         if saving <= 0:
             return 1.0
         return max(0.0, loss) / (max(0.0, loss) + saving)
@@ -86,7 +97,8 @@ class QueueAhead:
             threshold = self.allowed.get(str(size))
         else:
             threshold = self.break_even(size)
-        return threshold is not None and threshold < 1.0 and self.kept >= threshold
+        likely = self.kept if self.held is None else min(self.kept, self.held)
+        return threshold is not None and threshold < 1.0 and likely >= threshold
 
 
 @dataclass
@@ -195,7 +207,7 @@ class SpeculativeSteps:
             kept.append(accepted)
             out[seq] = drafts[:accepted] + [token]
         every = all(a == width for a in kept)
-        self.queue.observe(every)
+        self.queue.observe(every, guessed=self.spec_ahead is not None)
         orders = [seq.slot_orders.setdefault("main", SlotOrder()) for seq in seqs]
         if self.spec_ahead is not None:  # this step's caches were rolled back as if all kept
             if every:

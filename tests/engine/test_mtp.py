@@ -436,3 +436,23 @@ def run_plain(prompts):
     while engine.has_work():
         finals += [e.request_speculation for e in engine.step() if e.finish_reason]
     return finals, engine
+
+
+def test_a_follower_queues_ahead_when_the_leader_says_not_when_it_measures(prompts):
+    """In a tensor-parallel group every rank must queue a step ahead exactly when the leader
+    does (the queued step's collectives must pair up), yet each rank times its own steps: the
+    step message's thresholds decide (`queue_at`), not the rank's own measurements."""
+    config = EngineConfig(speculation="mtp", num_speculative_tokens=2)
+    leader, _ = build_engine(TRAINED, config, "glm-5-fixture")
+    follower, _ = build_engine(TRAINED, config, "glm-5-fixture")
+    follower.runner.queue.fixed = 2.0  # what it would decide alone: never
+    out = {leader: [], follower: []}
+    for engine in out:
+        engine.add_request(EngineRequest(RequestId("0"), tuple(prompts[1]), greedy(160)))
+    while leader.has_work():
+        speculate, queue_at = leader.want_speculation(), leader.want_queue_ahead()
+        for engine in out:
+            out[engine] += [t for e in engine.step(speculate, queue_at) for t in e.token_ids]
+    assert out[leader] == out[follower] and not follower.has_work()
+    queued = [e.runner.drafter.stats.queued for e in out]
+    assert queued[0] == queued[1] > 0, queued
