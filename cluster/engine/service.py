@@ -219,6 +219,7 @@ class EngineService:
         if message.step:
             message.speculate = self._engine.want_speculation()
             message.queue_at = self._engine.want_queue_ahead()
+            message.speculation = self._engine.spec.state.shared()
         return message
 
     def _exchange(self, channel: Channel, message: StepMessage) -> None:
@@ -373,4 +374,5 @@ def run_follower(model_path, config: EngineConfig, model_id: str, group) -> None
         if message.stop:
             return
         if message.step:
+            engine.spec.state.follow(message.speculation)
             digest = tokens_digest(engine.step(message.speculate, message.queue_at))

@@ -137,6 +137,7 @@ class SpeedGovernor:
                      "in a row before it turns off)", where, spec, plain, self.lost,
                      self.losses)  # fmt: skip
         if self.mode == "off":
+            self.state.k_now = self.k  # the length it judged (a probe may have switched it)
             self.state.set(False, *self.off)
         self._reset()
 

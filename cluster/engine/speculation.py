@@ -71,6 +71,15 @@ class SpeculationState:
             most = f" (up to {self.k})" if now != self.k else ""
             log.warning("speculation %s k=%d is ON%s", self.requested, now, most)
 
+    def shared(self) -> list:
+        """What followers of a tensor-parallel group take on (`follow`)."""
+        return [self.active, self.reason, self.k_now]
+
+    def follow(self, shared: list) -> None:
+        """The leader's state, as `shared` gave it: on and off logged here too, as there."""
+        active, reason, self.k_now = shared
+        self.set(active, reason, "as the leader decided")
+
     def header(self) -> str:
         if self.active:
             return f"{self.requested};k={self.k_now or self.k}"

@@ -16,6 +16,8 @@ from cluster.config import EngineConfig
 from cluster.engine import speculation
 from cluster.fixture.model import FixtureSize, write_fixture
 
+ROOT = Path(__file__).resolve().parents[2]
+
 
 @pytest.fixture(scope="module")
 def no_mtp_dir(model_dir, tmp_path_factory) -> Path:
@@ -126,18 +128,21 @@ def test_seed_003_mtp_requested_without_weights_shows_everywhere(no_mtp_dir, tmp
     assert "no_mtp_weights" in refused.stderr + refused.stdout
 
 
-def test_governor_turning_speculation_off_shows_everywhere(model_dir, tmp_path):
+@pytest.mark.parametrize("tp", [1, 2])
+def test_governor_turning_speculation_off_shows_everywhere(model_dir, tmp_path, tp):
     """The governor's decision reaches what the operator reads: with an acceptance threshold
     random MTP weights cannot meet, the first probe turns MTP off, and status, the next
-    response's header, the gauge and the rank's log all say so (they once kept saying on)."""
+    response's header, the gauge and the rank's log all say so (they once kept saying on).
+    At TP 2 the follower's log too, on its own node (it once said on from start-up on)."""
     import time
 
     from conftest import Server
 
     home = tmp_path / "home"
+    layout = ["--inventory", str(ROOT / "inventory/local-tp2.yaml")] if tp == 2 else []
     srv = Server(
         ["--model", str(model_dir), "--speculation", "mtp", "--num-speculative-tokens", "2",
-         "--speculation-min-acceptance", "0.99"],
+         "--speculation-min-acceptance", "0.99", *layout],
         env={"CLUSTER_HOME": str(home)},
     )  # fmt: skip
     try:
@@ -161,8 +166,11 @@ def test_governor_turning_speculation_off_shows_everywhere(model_dir, tmp_path):
         while line not in (metrics := httpx.get(f"{srv.url}/metrics").text):
             assert time.time() < deadline, metrics
             time.sleep(0.5)
-        logs = "".join(p.read_text() for p in home.glob("run/*/r0/rank0.log"))
-        assert "speculation mtp k=2 is OFF: auto_disabled_low_acceptance" in logs
+        # Every rank's log, in the length status gives (the probe may have kept k=1).
+        off = f"speculation mtp k={spec['k_now']} is OFF: auto_disabled_low_acceptance"
+        for rank in range(tp):
+            logs = "".join(p.read_text() for p in home.glob(f"run/*/r0/rank{rank}.log"))
+            assert "speculation mtp k=2 is ON" in logs and off in logs, (rank, logs)
     finally:
         srv.stop()
 

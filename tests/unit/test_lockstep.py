@@ -13,8 +13,9 @@ def test_messages_round_trip_below_at_and_beyond_one_frame():
         request = EngineRequest(RequestId(f"r{n}"), tuple(range(n)), SamplingParams(seed=n))
         at = {"1": 0.1 + 0.2, "4": 1 / 3}  # exact: followers compare against the same float
         sent = StepMessage(adds=[request_to_json(request)], aborts=["x"], step=True,
-                           speculate=True, queue_at=at, digest="abc")  # fmt: skip
+                           speculate=True, queue_at=at, speculation=[False, "x", 1],
+                           digest="abc")  # fmt: skip
         got = channel.exchange(sent)
         assert (got.aborts, got.step, got.speculate, got.digest) == (["x"], True, True, "abc")
-        assert got.queue_at == at
+        assert got.queue_at == at and got.speculation == [False, "x", 1]
         assert request_from_json(got.adds[0]) == request
