@@ -3,9 +3,8 @@
 from dataclasses import dataclass, field
 
 MiB = 1 << 20
-QUEUE_AHEAD = {"auto": None, "always": 0.0, "never": 2.0}
-"""--queue-ahead -> the share of steps keeping every draft above which a step is queued ahead
-(None: the measured break-even; 2.0: a share never reached)."""
+QUEUE_AHEAD = ("auto", "always", "never")
+"""--queue-ahead's choices (engine/queue_ahead.py)."""
 
 
 def _help(text: str, default):

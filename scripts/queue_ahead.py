@@ -1,11 +1,12 @@
 """Speculative steps queued ahead against not, in-process, interleaved.
 
     .venv/bin/python scripts/queue_ahead.py [--model DIR] [--batch 1] [--k 2] [--rounds 10]
+        [--always]
 
 Two engines with MTP speculation on the same model (default: the 24-layer benchmark copy,
 built here), each decoding `batch` code prompts greedily; one queues the next speculative step
-before reading the current one while every draft tends to be kept (the default), the other
-never does. They step in alternating blocks of 8 steps; prints each one's tokens per second
+before reading the current one where its measured step times say it pays (`--queue-ahead
+auto`, the default), the other never does (and with --always a third on every step it can). They step in alternating blocks of 8 steps; prints each one's tokens per second
 and how many of its steps were queued ahead (and cancelled).
 """
 
@@ -27,8 +28,8 @@ from cluster.engine.build import build_engine  # noqa: E402
 from cluster.types import EngineRequest, RequestId, SamplingParams  # noqa: E402
 
 
-def engine_for(model: str, batch: int, k: int):
-    config = EngineConfig(speculation="mtp", num_speculative_tokens=k,
+def engine_for(model: str, batch: int, k: int, mode: str):
+    config = EngineConfig(speculation="mtp", num_speculative_tokens=k, queue_ahead=mode,
                           speculation_probe_every=1_000_000)  # no governor probes while timed  # fmt: skip
     engine, _ = build_engine(model, config, "queue-ahead")
     params = SamplingParams(max_tokens=4000, temperature=0.0, ignore_eos=True)
@@ -52,11 +53,9 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument(
-        "--fixed",
-        type=float,
-        action="append",
-        default=[],
-        help="also an engine queueing above this fixed share (repeatable)",
+        "--always",
+        action="store_true",
+        help="also an engine queueing every step it can (--queue-ahead always)",
     )
     args = parser.parse_args()
     model = args.model
@@ -64,12 +63,10 @@ def main() -> None:
         model = str(Path(tempfile.mkdtemp()) / "bench24")
         subprocess.run([sys.executable, "-m", "cluster", "fixture-model", model, "--layers", "24"],
                        check=True, capture_output=True)  # fmt: skip
-    engines = {"queued ahead": engine_for(model, args.batch, args.k),
-               "never queued": engine_for(model, args.batch, args.k)}  # fmt: skip
-    engines["never queued"].runner.queue.fixed = 2.0  # a share never reached
-    for share in args.fixed:
-        engines[f"fixed {share}"] = engine_for(model, args.batch, args.k)
-        engines[f"fixed {share}"].runner.queue.fixed = share
+    modes = {"queued ahead": "auto", "never queued": "never"}
+    if args.always:
+        modes["every step queued"] = "always"
+    engines = {name: engine_for(model, args.batch, args.k, mode) for name, mode in modes.items()}
     seconds, tokens = dict.fromkeys(engines, 0.0), dict.fromkeys(engines, 0)
     for _ in range(args.rounds):
         for name, engine in engines.items():
@@ -84,7 +81,7 @@ def main() -> None:
         print(f"{name}: {rates[name]:.1f} tok/s, {stats.queued} of {stats.verify_steps} steps "
               f"queued ahead, {stats.queued_wasted} cancelled, break-even "
               f"{engine.runner.queue.break_even(args.batch)}, every draft kept "
-              f"{engine.runner.queue.kept:.2f}")  # fmt: skip
+              f"{engine.runner.queue.kept.get(args.batch, 0):.2f}")  # fmt: skip
     print(f"queued / never: {rates['queued ahead'] / rates['never queued']:.3f}x")
 
 

@@ -2,7 +2,7 @@
 
 import time
 
-from ..config import QUEUE_AHEAD, EngineConfig
+from ..config import EngineConfig
 from ..hashing import hash_seed
 from ..types import EngineRequest, RequestId, TokenEvent
 from .disk_cache import DiskTier
@@ -33,7 +33,7 @@ class Engine:
         prefix cache's disk tier; disk_off: why there is none although one was asked for."""
         self.config = config
         self.runner = ModelRunner(model, config.seed, drafter, config.pipeline_decode)
-        self.runner.queue.fixed = QUEUE_AHEAD[config.queue_ahead]
+        self.runner.queue.mode = config.queue_ahead
         self.kv = KVBudget(config.kv_cache_bytes, self.runner.kv_bytes_per_token())
         self.max_model_len = min(max_model_len, self.kv.capacity_tokens or max_model_len)
         """The context length, or less when the KV budget holds fewer tokens."""

@@ -40,9 +40,9 @@ class SpecStats:
     """Speculative steps queued before the step before them was read (every draft kept)."""
     queued_wasted: int = 0
     """Of those, the ones cancelled because a row rejected a draft after all."""
-    queue_break_even: Callable[[], dict[str, float]] | None = None
-    """Per batch size, the share of steps keeping every draft above which steps are queued
-    ahead (the runner's `QueueAhead`, which measures it)."""
+    queue_ahead: Callable[[], dict] | None = None
+    """--queue-ahead's mode and, per batch size, the chance of a step keeping every draft
+    above which steps are queued ahead (the runner's `QueueAhead`, which measures it)."""
 
     def __post_init__(self):
         self.accepted_per_pos = [0] * self.k
@@ -83,7 +83,7 @@ class SpecStats:
             "no_draft_steps": self.no_draft_steps,
             "queued_steps": self.queued,
             "queued_wasted": self.queued_wasted,
-            "queue_break_even": self.queue_break_even() if self.queue_break_even else {},
+            "queue_ahead": self.queue_ahead() if self.queue_ahead else {},
         } | ({"drafts_by_source": dict(self.by_source)} if self.by_source else {})
 
 

@@ -12,10 +12,11 @@ from .drafter import NO_DRAFTER, Drafter
 from .kv import _arrays, in_order
 from .kv_budget import STEP
 from .prefill_batch import batch_cache, batchable, prefill_groups
+from .queue_ahead import QueueAhead
 from .sampler import sample_lazy, token_logprobs
 from .scheduler import Schedule
 from .sequence import Sequence
-from .spec_step import QueueAhead, SpecAhead, SpeculativeSteps
+from .spec_step import SpecAhead, SpeculativeSteps
 
 FAULT_ENV = "CLUSTER_FAULT_INJECT"
 """Set to `skip_speculation` to make the runner skip speculative steps while asked to run
@@ -50,7 +51,9 @@ class ModelRunner(SpeculativeSteps):
         self.queue = QueueAhead()
         """Whether queueing a speculative step ahead pays, from what it measures."""
         if drafter is not None:
-            drafter.stats.queue_break_even = self.queue.to_json  # status reads it there
+            drafter.stats.queue_ahead = self.queue.to_json  # status reads it there
+        self._read_drafts = False
+        """The speculative step being timed read its drafts first (a plain one, timed so)."""
         self.seed = seed
         self.drafter = drafter
         """An MTPDrafter or a DraftModelDrafter, or None."""
@@ -85,7 +88,7 @@ class ModelRunner(SpeculativeSteps):
         seqs: list[Sequence] = []
         out: dict[Sequence, list[int]] = {}
         prefill = schedule.prefill
-        if prefill or not schedule.decode:
+        if prefill or set(schedule.decode) != set(self.batch):
             self.queue.last = None  # the time to the next speculative step is not one step's
         groups, alone = prefill_groups(prefill) if self.batch_prefill else ([], prefill)
         for group in groups:
@@ -104,6 +107,8 @@ class ModelRunner(SpeculativeSteps):
             ):  # fmt: skip
                 self._cancel_spec_ahead()
             if self.speculate:  # the governor's length for this batch size, at most the most
+                if self.speculate != self.drafter.k:
+                    self.queue.last = None  # steps of another length are not timed together
                 self.drafter.set_k(self.speculate)
             piped = self._pipelined(schedule.decode)
             if self.ahead is not None and not piped:
@@ -112,7 +117,7 @@ class ModelRunner(SpeculativeSteps):
             if not piped and self.speculate and not self.fault_skip_speculation:
                 out |= self._speculative_step(self.batch)
             else:
-                self.queue.last = None
+                self.queue.last, self.queue.cancelled = None, False
                 if piped:
                     out |= self._pipelined_decode()
                 else:

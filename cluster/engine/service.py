@@ -17,6 +17,7 @@ from ..config import EngineConfig
 from ..types import EngineRequest, ModelInfo, RequestId, TokenEvent
 from ..wire import request_from_json, request_to_json
 from .build import build_engine
+from .engine import Engine
 from .heap import HeapTrimmer
 from .lockstep import Channel, LeaderGone, StepMessage, tokens_digest
 from .watchdog import StepWatchdog
@@ -216,11 +217,7 @@ class EngineService:
         while idle) and what the step will do, for the followers to do the same."""
         message = self._take_commands(block)
         message.step, message.digest = self._engine.has_work(), digest
-        if message.step:
-            message.speculate = self._engine.want_speculation()
-            message.queue_at = self._engine.want_queue_ahead()
-            message.speculation = self._engine.spec.state.shared()
-        return message
+        return decide(self._engine, message) if message.step else message
 
     def _exchange(self, channel: Channel, message: StepMessage) -> None:
         started = time.perf_counter()
@@ -342,9 +339,25 @@ def _leader_lost(reason: str) -> None:
     os._exit(3)
 
 
+def decide(engine: Engine, message: StepMessage) -> StepMessage:
+    """The leader's decisions for a step, in its message: the draft length, when a step may be
+    queued ahead, and the speculation state (followers take all three, `follow_step`)."""
+    message.speculate = engine.want_speculation()
+    message.queue_at = engine.want_queue_ahead()
+    message.speculation = engine.spec.state.shared()
+    return message
+
+
+def follow_step(engine: Engine, message: StepMessage) -> list[TokenEvent]:
+    """A follower's step: the one its leader decided (`decide`), not its own measurements'."""
+    engine.spec.state.follow(message.speculation)
+    return engine.step(message.speculate, message.queue_at)
+
+
 def run_follower(model_path, config: EngineConfig, model_id: str, group) -> None:
     """A follower rank: receive each step's work from the leader and take the same step."""
     engine, _ = build_engine(model_path, config, model_id, group)
+    engine.spec.following = True
     channel = Channel(group)
     heap = HeapTrimmer(config.heap_trim_seconds)
     # The leader sends at least a heartbeat every HEARTBEAT_SECONDS: a follower left waiting
@@ -374,5 +387,4 @@ def run_follower(model_path, config: EngineConfig, model_id: str, group) -> None
         if message.stop:
             return
         if message.step:
-            engine.spec.state.follow(message.speculation)
-            digest = tokens_digest(engine.step(message.speculate, message.queue_at))
+            digest = tokens_digest(follow_step(engine, message))

@@ -164,6 +164,9 @@ class Speculation:
         self.max_batch = max_batch
         self.governors: dict[int, SpeedGovernor] = {}
         """One per batch-size bucket: speculation pays at some batch sizes and not others."""
+        self.following = False
+        """A tensor-parallel follower: its state is the leader's (`SpeculationState.follow`),
+        never its own governors' or watchdog's."""
         if stats is not None:
             self._governor(1)
 
@@ -212,7 +215,7 @@ class Speculation:
     def settle(self, decoding: int) -> None:
         """After a step: a batch that shrank to --speculation-max-batch or below (or ended)
         no longer holds speculation off; the state reads its new size's governor."""
-        if self.stats is None or decoding > self.max_batch:
+        if self.stats is None or decoding > self.max_batch or self.following:
             return
         if self.state.reason == "batch_size_above_limit":
             self._show(self._governor(max(decoding, 1)))
@@ -231,7 +234,7 @@ class Speculation:
                 tokens = sum(len(sampled.get(seq, ())) for seq in decoded)
                 governor.observe(speculate, seconds, tokens)
             # The seed-003 watchdog: reported on, sequences decoded, no speculative step.
-            if speculate and not speculated:
+            if speculate and not speculated and not self.following:
                 governor.mode, governor.count = "off", 0
                 governor.off = ("engine_error", "speculation was on but no speculative step ran")
                 self.state.set(False, *governor.off)

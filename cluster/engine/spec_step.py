@@ -3,8 +3,7 @@ one forward of the main model, keep per row what matches. And, while every draft
 enough to pay, the next step queued before the current one is read (its graph builds meanwhile)."""
 
 import time
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import mlx.core as mx
 
@@ -13,92 +12,6 @@ from .kv import SlotOrder, trim_rows
 from .mtp import greedy_accept, verify_drafts
 from .sampler import constrain_runs, token_logprobs
 from .sequence import Sequence
-
-MIN_TIMED = 4
-"""Steps of a kind timed before their moving average counts."""
-
-
-@dataclass
-class QueueAhead:
-    """When queueing the next speculative step ahead pays, per batch size, from step times.
-
-    A right guess saves S (the step's graph building, hidden behind the device); a wrong one
-    costs L (the device computes a step that is thrown away while the real one waits). So
-    queue while the share of steps that keep every draft is at least L / (L + S). S is the
-    measured graph building until steps were queued, then what a queued step took off a
-    step's time; L is the measured compute less S, or what a cancelled step added to the next
-    when that was more."""
-
-    kept: float = 0.0
-    """Moving average (about 20 steps) of speculative steps where every row kept every draft."""
-    held: float | None = None
-    """Moving average of the guesses queued steps made that held. Guesses are made when
-    `kept` is high, which has held less often than `kept` said (41-44% at 0.6 and above on
-    the model shipped): the lower of the two decides; between guesses it returns to `kept`."""
-    fixed: float | None = None
-    """A threshold in place of the measured one (tests: 0 always queues, above 1 never)."""
-    times: dict[int, dict[str, float]] = field(default_factory=dict)
-    """Batch size -> moving averages of seconds: `build` and `compute` of a step not queued,
-    whole steps `plain` (not queued), `queued` (computed ahead) and `after_cancel`."""
-    counts: dict[int, Counter] = field(default_factory=dict)
-    """Batch size -> how many steps of each kind were timed."""
-    cancelled: bool = False
-    """A queued step was cancelled since the last step: the next one waits behind it."""
-    allowed: dict[str, float] | None = None
-    """This step's thresholds by batch size, as the leader decided them before the step
-    (followers must queue exactly when it does; None: the ones measured here)."""
-    last: tuple | None = None
-    """(batch size, kind or None, start) of the last speculative step."""
-    read_drafts: bool = False
-    """The step being timed read its drafts before its verify (a plain step, timed as one)."""
-
-    def observe(self, every: bool, guessed: bool) -> None:
-        """A speculative step's outcome; `guessed`: a step was queued on it keeping every draft."""
-        self.kept = 0.95 * self.kept + 0.05 * every
-        if guessed:
-            self.held = every if self.held is None else 0.8 * self.held + 0.2 * every
-        elif self.held is not None:
-            self.held += 0.05 * (self.kept - self.held)
-
-    def time(self, size: int, **seconds: float) -> None:
-        got, n = self.times.setdefault(size, {}), self.counts.setdefault(size, Counter())
-        for kind, value in seconds.items():
-            got[kind] = value if kind not in got else 0.9 * got[kind] + 0.1 * value
-            n[kind] += 1
-
-    def break_even(self, size: int) -> float | None:
-        """The share of all-kept steps above which queueing gains (None: not measured yet;
-        1.0: it does not gain)."""
-        if self.fixed is not None:
-            return self.fixed
-        t, n = self.times.get(size, {}), self.counts.get(size, Counter())
-        if n["plain"] < MIN_TIMED or n["build"] < MIN_TIMED:
-            return None
-        saving = t["plain"] - t["queued"] if n["queued"] >= MIN_TIMED else t["build"]
-        loss = t["compute"] - saving  # a thrown-away step's compute, less what it overlapped
-        if n["after_cancel"] >= MIN_TIMED:  # unless a cancel was seen to cost more
-            loss = max(loss, t["after_cancel"] - t["plain"])
-        if saving <= 0:
-            return 1.0
-        return max(0.0, loss) / (max(0.0, loss) + saving)
-
-    def thresholds(self, sizes) -> dict[str, float]:
-        """Batch size -> the break-even now, for those of `sizes` measured: what a step's
-        message carries, so that every rank of a tensor-parallel group decides alike."""
-        found = {size: self.break_even(size) for size in sizes}
-        return {str(size): b for size, b in found.items() if b is not None}
-
-    def to_json(self) -> dict[str, float]:
-        """Batch size -> the break-even in use, for the sizes measured so far."""
-        return {k: round(b, 3) for k, b in self.thresholds(sorted(self.times)).items()}
-
-    def worth(self, size: int) -> bool:
-        if self.allowed is not None:
-            threshold = self.allowed.get(str(size))
-        else:
-            threshold = self.break_even(size)
-        likely = self.kept if self.held is None else min(self.kept, self.held)
-        return threshold is not None and threshold < 1.0 and likely >= threshold
 
 
 @dataclass
@@ -123,15 +36,15 @@ class SpeculativeSteps:
         kind for `QueueAhead` (drafters that draft on the device)."""
         if not self.drafter.queues_ahead:
             return self._speculate(seqs)
-        started, kind = time.perf_counter(), "queued" if self.spec_ahead else "plain"
-        if self.queue.cancelled:
-            kind, self.queue.cancelled = "after_cancel", False
         q = self.queue
+        started, kind = time.perf_counter(), "queued" if self.spec_ahead else "plain"
+        if q.cancelled:
+            kind, q.cancelled = "after_cancel", False
         if q.last is not None and q.last[0] == len(seqs) and q.last[1] is not None:
             q.time(len(seqs), **{q.last[1]: started - q.last[2]})  # entry to entry
-        self.queue.read_drafts = False
+        self._read_drafts = False
         out = self._speculate(seqs)
-        timed = kind if kind != "plain" or self.queue.read_drafts else None
+        timed = kind if kind != "plain" or self._read_drafts else None
         q.last = (len(seqs), timed, started)
         return out
 
@@ -183,10 +96,10 @@ class SpeculativeSteps:
             if all(p.greedy and not p.penalized for p in params):
                 waited = time.perf_counter()
                 best = mx.argmax(logits, axis=-1).tolist()  # one read for every row
-                if drafter.queues_ahead:  # what queueing the next step would hide and risk
+                if self._queueable(seqs):  # what queueing the next step would hide and risk
                     computed = drafted_in + time.perf_counter() - waited
                     self.queue.time(len(seqs), build=built, compute=computed)
-                    self.queue.read_drafts = True
+                    self._read_drafts = True
             else:
                 best = None
         width = hidden.shape[1] - 1
@@ -207,7 +120,7 @@ class SpeculativeSteps:
             kept.append(accepted)
             out[seq] = drafts[:accepted] + [token]
         every = all(a == width for a in kept)
-        self.queue.observe(every, guessed=self.spec_ahead is not None)
+        self.queue.observe(len(seqs), every, guessed=self.spec_ahead is not None)
         orders = [seq.slot_orders.setdefault("main", SlotOrder()) for seq in seqs]
         if self.spec_ahead is not None:  # this step's caches were rolled back as if all kept
             if every:
@@ -228,12 +141,16 @@ class SpeculativeSteps:
         return hidden, self.model.lm_head(hidden)
 
     def _may_queue(self, seqs: list[Sequence]) -> bool:
-        """Whether to queue the next speculative step before this one is read: the drafter
-        drafts on the device, every row is greedy with nothing to read per token, none ends
-        within two steps, and recent steps kept every draft of every row often enough that
-        the guess the queued step makes pays (`QueueAhead`)."""
+        """Whether to queue the next speculative step before this one is read: the batch
+        could be, and recent steps at its size kept every draft of every row often enough
+        that the guess the queued step makes pays (`QueueAhead`)."""
+        return self._queueable(seqs) and self.queue.worth(len(seqs))
+
+    def _queueable(self, seqs: list[Sequence]) -> bool:
+        """The drafter drafts on the device, every row is greedy with nothing to read per
+        token, and none ends within two steps."""
         k = self.drafter.k
-        return (self.pipeline and self.drafter.queues_ahead and self.queue.worth(len(seqs))
+        return (self.pipeline and self.drafter.queues_ahead
                 and all(s.request.sampling.greedy and not s.request.sampling.penalized
                         and s.request.sampling.logprobs is None and s.limiter is None
                         and s.request.sampling.max_tokens - s.num_output > 2 * (k + 1)

@@ -170,17 +170,17 @@ def _offsets(layer) -> list[int]:
 
 
 def test_steps_queued_ahead_with_a_draft_model_stay_identical(prompts, weak_draft):
-    """Queued on every step (threshold 0), with a weak draft (every guess that all drafts are
-    kept fails) and the target as its own draft (most hold): output, and every request's
-    draft and accepted counts, equal those without queueing."""
+    """Queued on every step (`--queue-ahead always`), with a weak draft (every guess that all
+    drafts are kept fails) and the target as its own draft (most hold): output, and every
+    request's draft and accepted counts, equal those without queueing."""
     lengths = [8, 16, 40]
     base, _ = run_lengths(EngineConfig(), prompts, lengths)
     held = wasted = 0
     for draft in (weak_draft, TRAINED):
         got = {}
-        for threshold in (2.0, 0.0):  # never, always
-            engine, _ = build_engine(TRAINED, draft_config(draft), "glm-5-fixture")
-            engine.runner.queue.fixed = threshold
+        for mode in ("never", "always"):
+            engine, _ = build_engine(TRAINED, replace(draft_config(draft), queue_ahead=mode),
+                                     "glm-5-fixture")  # fmt: skip
             for i, (p, n) in enumerate(zip(prompts, lengths, strict=True)):
                 engine.add_request(EngineRequest(RequestId(str(i)), tuple(p), greedy(n)))
             out, counts, runner = {}, {}, engine.runner
@@ -192,9 +192,9 @@ def test_steps_queued_ahead_with_a_draft_model_stay_identical(prompts, weak_draf
                     # The draft model's caches hold as many positions as the target's.
                     main, own = runner._main(runner.batch_cache), runner._own(runner.batch_cache)
                     assert _offsets(own[0]) == _offsets(main[0])
-            got[threshold] = ([out[str(i)] for i in range(3)], counts)
+            got[mode] = ([out[str(i)] for i in range(3)], counts)
             stats = engine.runner.drafter.stats
-            assert stats.queued == 0 if threshold > 1 else stats.queued > 0
-        assert got[0.0] == got[2.0] and got[0.0][0] == base
+            assert stats.queued == 0 if mode == "never" else stats.queued > 0
+        assert got["always"] == got["never"] and got["always"][0] == base
         held, wasted = held + stats.queued - stats.queued_wasted, wasted + stats.queued_wasted
     assert held > 0 and wasted > 0

@@ -2,6 +2,7 @@
 
 import collections
 import logging
+from dataclasses import replace
 
 import pytest
 
@@ -138,14 +139,13 @@ def test_a_batch_speculates_row_by_row_token_identical(prompts, k):
 def test_steps_queued_on_the_guess_every_draft_is_kept_stay_identical(prompts, k):
     """The runner queues the next speculative step before reading the current one, on the
     guess that every row keeps every draft, and cancels it when a row does not. Queued on
-    every step here (threshold 0), so the guess often fails; rows join and leave mid-flight.
+    every step here (`--queue-ahead always`), so the guess often fails; rows join and leave mid-flight.
     The output is plain decoding's, and every request's drafts and accepted tokens are what
     they are without queueing (so the MTP layer's cache is rolled back right too)."""
     texts, lengths = prompts + [prompts[0] * 3], [40, 14, 30, 50]
 
-    def serve(config, threshold):
-        engine, _ = build_engine(TRAINED, config, "glm-5-fixture")
-        engine.runner.queue.fixed = threshold
+    def serve(config, mode):
+        engine, _ = build_engine(TRAINED, replace(config, queue_ahead=mode), "glm-5-fixture")
         out, last, step = collections.defaultdict(list), {}, 0
         pending = list(enumerate(texts))
         while pending or engine.has_work():
@@ -159,9 +159,9 @@ def test_steps_queued_on_the_guess_every_draft_is_kept_stay_identical(prompts, k
         return [out[str(i)] for i in range(len(texts))], last, engine
 
     config = EngineConfig(speculation="mtp", num_speculative_tokens=k)
-    base, _, _ = serve(EngineConfig(), 0.0)
-    unqueued, counts, plain = serve(config, 2.0)  # never queued
-    spec, queued_counts, engine = serve(config, 0.0)
+    base, _, _ = serve(EngineConfig(), "always")
+    unqueued, counts, plain = serve(config, "never")
+    spec, queued_counts, engine = serve(config, "always")
     assert spec == unqueued == base and queued_counts == counts
     assert plain.runner.drafter.stats.queued == 0
     stats = engine.runner.drafter.stats
@@ -170,7 +170,7 @@ def test_steps_queued_on_the_guess_every_draft_is_kept_stay_identical(prompts, k
 
 
 def test_a_lone_row_that_keeps_its_drafts_gets_steps_queued_by_default(prompts):
-    from cluster.engine.spec_step import MIN_TIMED
+    from cluster.engine.queue_ahead import MIN_TIMED
 
     lone = prompts[1:2]  # the trained model loops on it: MTP's drafts hold
     (base,), _ = run(EngineConfig(), lone, greedy(160))
@@ -181,8 +181,10 @@ def test_a_lone_row_that_keeps_its_drafts_gets_steps_queued_by_default(prompts):
     # Queued by default once its steps were timed (more while the queued steps measure
     # faster than the others, which this shared machine decides), its guesses holding.
     assert shown["queued_steps"] >= MIN_TIMED and shown["queued_wasted"] <= 2, shown
-    # Status shows the share above which queueing pays, from this replica's step times.
-    assert shown["queue_break_even"] == {"1": round(engine.runner.queue.break_even(1), 3)}
+    # Status shows the chance above which queueing pays, from this replica's step times.
+    (shown_even,) = shown["queue_ahead"]["break_even"].values()
+    assert shown["queue_ahead"]["mode"] == "auto" and 0.0 < shown_even < 1.0, shown
+    assert shown_even == round(engine.runner.queue.break_even(1), 3)
 
 
 def test_above_the_batch_limit_decodes_plainly_and_says_so(prompts):
@@ -441,18 +443,24 @@ def run_plain(prompts):
 def test_a_follower_queues_ahead_when_the_leader_says_not_when_it_measures(prompts):
     """In a tensor-parallel group every rank must queue a step ahead exactly when the leader
     does (the queued step's collectives must pair up), yet each rank times its own steps: the
-    step message's thresholds decide (`queue_at`), not the rank's own measurements."""
+    step message the leader fills (`decide`) rules the follower's step (`follow_step`), not
+    the follower's own measurements or its own --queue-ahead."""
+    from cluster.engine.lockstep import StepMessage
+    from cluster.engine.service import decide, follow_step
+
     config = EngineConfig(speculation="mtp", num_speculative_tokens=2)
-    leader, _ = build_engine(TRAINED, config, "glm-5-fixture")
-    follower, _ = build_engine(TRAINED, config, "glm-5-fixture")
-    follower.runner.queue.fixed = 2.0  # what it would decide alone: never
+    leader, _ = build_engine(TRAINED, replace(config, queue_ahead="always"), "glm-5-fixture")
+    follower, _ = build_engine(TRAINED, replace(config, queue_ahead="never"), "glm-5-fixture")
+    follower.spec.following = True
     out = {leader: [], follower: []}
     for engine in out:
-        engine.add_request(EngineRequest(RequestId("0"), tuple(prompts[1]), greedy(160)))
+        engine.add_request(EngineRequest(RequestId("0"), tuple(prompts[0]), greedy(60)))
     while leader.has_work():
-        speculate, queue_at = leader.want_speculation(), leader.want_queue_ahead()
-        for engine in out:
-            out[engine] += [t for e in engine.step(speculate, queue_at) for t in e.token_ids]
+        message = decide(leader, StepMessage(step=True))
+        out[leader] += [t for e in leader.step(message.speculate, message.queue_at)
+                        for t in e.token_ids]  # fmt: skip
+        out[follower] += [t for e in follow_step(follower, message) for t in e.token_ids]
     assert out[leader] == out[follower] and not follower.has_work()
-    queued = [e.runner.drafter.stats.queued for e in out]
-    assert queued[0] == queued[1] > 0, queued
+    stats = [e.runner.drafter.stats for e in out]
+    assert stats[0].queued == stats[1].queued > stats[1].queued_wasted > 0
+    assert stats[0].queued_wasted == stats[1].queued_wasted
