@@ -208,6 +208,7 @@ class EngineService:
         self.heap.maybe_trim(idle)
         if idle:  # what a restart would lose goes to the disk tier (if there is one)
             self._engine.cache.persist()
+            self._engine.spec.state.flush(idle=True)  # where speculation stands, if unlogged
         if idle and stepped and channel is not None:
             return StepMessage(digest=digest), False  # the followers trim too when idle
         return self._intake(digest, block=idle), stepped
@@ -351,6 +352,7 @@ def decide(engine: Engine, message: StepMessage) -> StepMessage:
 def follow_step(engine: Engine, message: StepMessage) -> list[TokenEvent]:
     """A follower's step: the one its leader decided (`decide`), not its own measurements'."""
     engine.spec.state.follow(message.speculation)
+    engine.spec.state.flush()
     return engine.step(message.speculate, message.queue_at)
 
 
@@ -376,6 +378,7 @@ def run_follower(model_path, config: EngineConfig, model_id: str, group) -> None
         heap.maybe_trim(idle=not message.step)
         if not message.step:  # idle, as the leader is: write what a restart would lose
             engine.cache.persist()
+            engine.spec.state.flush(idle=True)
         if message.digest != digest:
             raise RuntimeError(
                 f"rank {group.rank()} diverged from the leader: sampled tokens differ"

@@ -195,9 +195,10 @@ class Speculation:
         that governor keeps; the state says what holds now."""
         if self.stats is None or decoding == 0:
             return 0
+        self.state.flush()
         if decoding > self.max_batch:
             detail = f"{decoding} decoding, --speculation-max-batch {self.max_batch}"
-            self.state.set(False, "batch_size_above_limit", detail)
+            self.state.set(False, "batch_size_above_limit", detail, routed=True)
             return 0
         governor = self._governor(decoding)
         allowed = governor.allow()
@@ -208,9 +209,9 @@ class Speculation:
         """The state says what a batch size's governor holds: its length, on or off."""
         self.state.k_now = governor.k
         if governor.mode == "off":
-            self.state.set(False, *governor.off)
+            self.state.set(False, *governor.off, routed=True)
         else:
-            self.state.set(True, None)
+            self.state.set(True, None, routed=True)
 
     def settle(self, decoding: int) -> None:
         """After a step: a batch that shrank to --speculation-max-batch or below (or ended)

@@ -1,7 +1,8 @@
 """Speculative decoding's state: requested, active or not, and why. Never silent.
 
-The state is decided when a replica loads and changes at runtime; every change is one warning
-log line, and the state shows in /v1/status, in Prometheus and in each response's
+The state is decided when a replica loads and changes at runtime; every decision is one
+warning log line (changes that only follow the batch size at most one a minute, counted), and
+every change shows at once in /v1/status, in Prometheus and in each response's
 `x-speculation` header.
 """
 
@@ -28,6 +29,10 @@ EXPLAIN = {
 }
 
 
+ROUTED_LOG_SECONDS = 60.0
+"""At most one log line this often for changes that only follow the batch size."""
+
+
 class SpeculationRequired(RuntimeError):
     """--speculation-required and speculation cannot run."""
 
@@ -43,42 +48,74 @@ class SpeculationState:
     """State changes to inactive, by reason."""
     k_now: int | None = None
     """The draft length the current batch size's governor uses (None: k)."""
+    routed: bool = False
+    """The last change came from the batch size moving (to a size whose governor holds
+    another state, or past --speculation-max-batch), not from a decision."""
+    unlogged: int = 0
+    """Such changes since the last line that logged one."""
+    routed_at: float = 0.0
+    """When a line last logged such a change."""
 
-    def set(self, active: bool, reason: str | None, detail: str = "") -> None:
+    def set(self, active: bool, reason: str | None, detail: str = "", routed: bool = False):
+        """A change of state, logged. One that only follows the batch size (`routed`: a batch
+        moving between sizes where speculation is on and off changes it at every request)
+        within a minute of the last such line is counted, and `flush` logs where things
+        stand a minute later, or when the replica goes idle."""
         if active == self.active and reason == self.reason:
             return
         self.active, self.reason, self.since = active, reason, time.time()
-        if active:
-            self.announce()
-            return
-        if self.requested != "none":
+        if not active and self.requested != "none":
             self.fallbacks[reason] = self.fallbacks.get(reason, 0) + 1
+        self.routed = routed
+        if routed and self.since - self.routed_at < ROUTED_LOG_SECONDS:
+            self.unlogged += 1
+            return
+        self._log(detail)
+
+    def flush(self, idle: bool = False) -> None:
+        """Log the state if changes went unlogged, a minute after the last line that logged
+        one (at once when the replica goes idle)."""
+        if self.unlogged and (idle or time.time() - self.routed_at >= ROUTED_LOG_SECONDS):
+            self._log("")
+
+    def _log(self, detail: str) -> None:
+        note = ""
+        if self.unlogged:
+            note = (f" [the batch size moved: {self.unlogged} more changes since the last "
+                    f"line, logged at most once a minute]")  # fmt: skip
+        if self.routed:
+            self.routed_at = time.time()
+        self.unlogged = 0
+        if self.active:
+            self.announce(note)
+            return
         suffix = f": {detail}" if detail else ""
-        why = EXPLAIN.get(reason, reason)
+        why = EXPLAIN.get(self.reason, self.reason)
         log.warning(
-            "speculation %s k=%d is OFF: %s (%s)%s",
+            "speculation %s k=%d is OFF: %s (%s)%s%s",
             self.requested,
             self.k_now or self.k,
-            reason,
+            self.reason,
             why,
             suffix,
+            note,
         )
 
-    def announce(self) -> None:
+    def announce(self, note: str = "") -> None:
         """Log the state once loading is done (ON only after the drafter loaded)."""
         if self.active:
             now = self.k_now or self.k
             most = f" (up to {self.k})" if now != self.k else ""
-            log.warning("speculation %s k=%d is ON%s", self.requested, now, most)
+            log.warning("speculation %s k=%d is ON%s%s", self.requested, now, most, note)
 
     def shared(self) -> list:
         """What followers of a tensor-parallel group take on (`follow`)."""
-        return [self.active, self.reason, self.k_now]
+        return [self.active, self.reason, self.k_now, self.routed]
 
     def follow(self, shared: list) -> None:
-        """The leader's state, as `shared` gave it: on and off logged here too, as there."""
-        active, reason, self.k_now = shared
-        self.set(active, reason, "as the leader decided")
+        """The leader's state, as `shared` gave it: logged here too, as there."""
+        active, reason, self.k_now, routed = shared
+        self.set(active, reason, "as the leader decided", routed)
 
     def header(self) -> str:
         if self.active:

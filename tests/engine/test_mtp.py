@@ -464,3 +464,53 @@ def test_a_follower_queues_ahead_when_the_leader_says_not_when_it_measures(promp
     stats = [e.runner.drafter.stats for e in out]
     assert stats[0].queued == stats[1].queued > stats[1].queued_wasted > 0
     assert stats[0].queued_wasted == stats[1].queued_wasted
+
+
+def test_speculation_following_the_batch_size_logs_the_first_change_then_where_it_stands(
+    prompts, caplog
+):
+    """A batch moving across --speculation-max-batch switches speculation at every request
+    (seen at 379 warning lines in 2.5 minutes of agent-like load). Every switch is still
+    counted (status's fallbacks) and shown at once (status, header, gauge); the log gives the
+    first, then where things stand at most once a minute and when the replica goes idle: here
+    5 requests joining a running one make 2 lines, not 10."""
+    import time
+
+    from cluster.engine.service import EngineService
+
+    config = EngineConfig(speculation="mtp", num_speculative_tokens=2, speculation_max_batch=1,
+                          speculation_probe_every=1_000_000)  # no governor decisions  # fmt: skip
+    service = EngineService(str(TRAINED), config, "glm-5-fixture")
+    done: dict[str, bool] = {}
+
+    def submit(rid: str, n: int) -> None:
+        request = EngineRequest(RequestId(rid), tuple(prompts[0]), greedy(n))
+        service.submit(request, lambda e: done.update({rid: True}) if e.finish_reason else None)
+
+    def wait(rid: str) -> None:
+        deadline = time.time() + 60
+        while rid not in done:
+            assert time.time() < deadline
+            time.sleep(0.01)
+
+    with caplog.at_level(logging.WARNING, "cluster.speculation"):
+        service.start()
+        try:
+            submit("long", 400)
+            for i in range(5):
+                submit(f"short{i}", 6)
+                wait(f"short{i}")
+                time.sleep(0.05)  # the long one decodes alone again: back on
+            assert "long" not in done  # it ran throughout
+            wait("long")
+            time.sleep(0.5)  # idle: where speculation stands is logged
+            state = service._engine.spec.state
+            fallbacks = state.fallbacks.get("batch_size_above_limit", 0)
+        finally:
+            service.stop()
+    lines = [r.getMessage() for r in caplog.records if r.name == "cluster.speculation"]
+    changes = [line for line in lines if "is ON" in line or "is OFF" in line][1:]  # after load
+    assert fallbacks == 5, (fallbacks, lines)
+    assert len(changes) == 2, lines
+    assert "is OFF: batch_size_above_limit" in changes[0] and "2 decoding" in changes[0]
+    assert "is ON" in changes[1] and "9 more changes since the last line" in changes[1]
