@@ -88,8 +88,10 @@ class SpeedGovernor:
         near = (self.k + 1, self.k - 1) if self.tried < self.k else (self.k - 1, self.k + 1)
         return next(x for x in near if 1 <= x <= self.k_max)
 
-    def observe(self, k: int, seconds: float, tokens: int) -> None:
-        """A step that decoded only, with drafts of up to k tokens (0: plain)."""
+    def observe(self, k: int, seconds: float, tokens: float) -> None:
+        """A step that decoded only, with drafts of up to k tokens (0: plain); `tokens` per
+        decoding sequence (its rows' tokens over its rows), so that a bucket's steps of 3 and
+        of 4 rows weigh alike: a probe that ran on more rows is not faster for that."""
         self.count += 1
         if self.mode == "spec":
             self.latest.append((seconds, tokens))
@@ -109,7 +111,8 @@ class SpeedGovernor:
             other = self._rate(self.tried)
             tried = {"k": self.tried, "tok_s": round(other, 1)}
             if other > spec * (1 + self.K_MARGIN):
-                log.warning("speculation %s k %d -> %d%s: %.1f tok/s at k=%d, %.1f at k=%d",
+                log.warning("speculation %s k %d -> %d%s: %.1f tok/s per sequence at k=%d, %.1f "
+                            "at k=%d",
                             self.state.requested, self.k, self.tried, where, other,
                             self.tried, spec, self.k)  # fmt: skip
                 switched = {"k": self.k, "tok_s": round(spec, 1)}
@@ -130,11 +133,11 @@ class SpeedGovernor:
         elif self.lost >= self.losses:
             self.mode = "off"
             self.off = ("auto_disabled_no_speedup",
-                        f"{spec:.1f} tok/s with drafts, {plain:.1f} without, "
+                        f"{spec:.1f} tok/s per sequence with drafts, {plain:.1f} without, "
                         f"{self.lost} probe(s) in a row{where}")  # fmt: skip
         elif self.lost:
-            log.info("speculation probe%s: %.1f tok/s with drafts, %.1f without (%d of %d "
-                     "in a row before it turns off)", where, spec, plain, self.lost,
+            log.info("speculation probe%s: %.1f tok/s per sequence with drafts, %.1f without "
+                     "(%d of %d in a row before it turns off)", where, spec, plain, self.lost,
                      self.losses)  # fmt: skip
         if self.mode == "off":
             self.state.k_now = self.k  # the length it judged (a probe may have switched it)
@@ -233,7 +236,7 @@ class Speculation:
             governor = self._governor(len(decoded))
             if not schedule.prefill:  # timed: steps that only decode
                 tokens = sum(len(sampled.get(seq, ())) for seq in decoded)
-                governor.observe(speculate, seconds, tokens)
+                governor.observe(speculate, seconds, tokens / len(decoded))
             # The seed-003 watchdog: reported on, sequences decoded, no speculative step.
             if speculate and not speculated and not self.following:
                 governor.mode, governor.count = "off", 0

@@ -253,7 +253,7 @@ def test_governor_probe_no_speedup_and_cooldown_show_everywhere(model_dir, tmp_p
         assert again.headers["x-speculation"].startswith("mtp;k=3")
         logs = "".join(p.read_text() for p in home.glob("run/*/r0/rank0.log"))
         assert "speculation mtp k=3 is OFF: auto_disabled_no_speedup" in logs
-        assert "tok/s with drafts" in logs and "(batch size 1)" in logs
+        assert "tok/s per sequence with drafts" in logs and "(batch size 1)" in logs
         assert logs.count("speculation mtp k=3 is ON") >= 2  # at load, and after the cooldown
         assert _spec(srv)["fallbacks"]["auto_disabled_no_speedup"] >= 1
     finally:

@@ -356,7 +356,7 @@ def test_governor_keeps_the_faster_draft_length_per_probe(caplog):
     assert lengths == [4] * 4 + [0] * 2 + [3] * 2  # speculate, probe plain, try one shorter
     assert gov.k == 3 and gov.last["tried"] == {"k": 3, "tok_s": 3.0}
     assert gov.last["switched_from"] == {"k": 4, "tok_s": 2.5}  # status says what the log says
-    assert "speculation mtp k 4 -> 3: 3.0 tok/s at k=3, 2.5 at k=4" in caplog.text
+    assert "speculation mtp k 4 -> 3: 3.0 tok/s per sequence at k=3, 2.5 at k=4" in caplog.text
     assert _cycle(gov, stats, faster_short, 1)[-1] == 2 and gov.k == 2  # on down: 3 -> 2
     assert _cycle(gov, stats, faster_short, 1)[-1] == 1 and gov.k == 2  # 1 is slower: kept
     assert "switched_from" not in gov.last
@@ -514,3 +514,35 @@ def test_speculation_following_the_batch_size_logs_the_first_change_then_where_i
     assert len(changes) == 2, lines
     assert "is OFF: batch_size_above_limit" in changes[0] and "2 decoding" in changes[0]
     assert "is ON" in changes[1] and "9 more changes since the last line" in changes[1]
+
+
+def test_a_probe_that_ran_on_more_rows_is_not_faster_for_that():
+    """A governor judges a bucket of batch sizes (3-4 here) by tokens per second per decoding
+    sequence: speculating steps of 3 rows at 3.0 tok/s each (9 in all) against a plain probe
+    of 4 rows at 2.5 each (10 in all) is speculation paying, not losing. Driven through
+    `Speculation.observe`, as the engine reports a step."""
+    from cluster.engine.mtp import SpecStats
+    from cluster.engine.spec_control import Speculation
+    from cluster.engine.speculation import SpeculationState
+
+    class Row:
+        spec_steps, spec_ks, spec_off = 0, set(), None
+
+    state, stats = SpeculationState("mtp", 2), SpecStats(2)
+    state.set(True, None)
+    spec = Speculation(state, stats, schedule=(4, 2, 3, 1))  # probe every 4, lose once: off
+    rows = [Row() for _ in range(4)]
+    for _ in range(14):
+        k = spec.want(3)
+        decoded = rows[:3] if k else rows
+        before = spec.steps_so_far()
+        if k:
+            stats.verify_steps += 1
+            for _ in decoded:
+                stats.record(2, 2)
+        sampled = {row: [1, 2, 3] if k else [1] for row in decoded}
+        schedule = type("Schedule", (), {"decode": decoded, "prefill": []})
+        spec.observe(schedule, sampled, 1.0 if k else 0.4, k, before)
+    probe = spec.to_json()["last_probe"]["batch size 3-4"]
+    assert (probe["spec_tok_s"], probe["plain_tok_s"]) == (3.0, 2.5)
+    assert state.active and probe["slower_in_a_row"] == 0
