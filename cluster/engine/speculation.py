@@ -81,7 +81,8 @@ class SpeculationState:
     def _log(self, detail: str) -> None:
         note = ""
         if self.unlogged:
-            note = (f" [the batch size moved: {self.unlogged} more changes since the last "
+            changes = "change" if self.unlogged == 1 else "changes"
+            note = (f" [the batch size moved: {self.unlogged} more {changes} since the last "
                     f"line, logged at most once a minute]")  # fmt: skip
         if self.routed:
             self.routed_at = time.time()
