@@ -27,8 +27,8 @@ class StepMessage:
     """This step's draft length (0: none): the leader decides (timing-based), followers
     follow."""
     speculation: list = field(default_factory=list)
-    """The leader's speculation state as [active, reason, k_now] (empty: no step): followers
-    take it on, so that each rank's log tells the state changes the leader decided."""
+    """The leader's speculation state as `SpeculationState.shared` gives it (empty: no step):
+    followers take it on, so that each rank's log tells the state changes the leader decided."""
     queue_at: dict[str, float] = field(default_factory=dict)
     """Batch size -> the share of steps keeping every draft above which this step's next may
     be queued ahead: the leader measures it (timing-based), followers follow."""

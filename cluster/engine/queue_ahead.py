@@ -11,12 +11,14 @@ Pure Python: the runner times its steps and asks `worth`.
 from collections import Counter
 from dataclasses import dataclass, field
 
+from ..config import QUEUE_AHEAD
+
 MIN_TIMED = 4
 """Steps of a kind timed before their moving average counts."""
 STALE = 256
 """Speculative steps at a batch size without a queued one before what queued steps measured
 there is forgotten (and the graph building estimates S again): conditions change."""
-MODES = {"auto": None, "always": 0.0, "never": 2.0}
+MODES = dict(zip(QUEUE_AHEAD, (None, 0.0, 2.0), strict=True))
 """--queue-ahead -> its fixed threshold (None: the measured break-even; 2.0: never reached)."""
 
 

@@ -88,7 +88,8 @@ class ModelRunner(SpeculativeSteps):
         seqs: list[Sequence] = []
         out: dict[Sequence, list[int]] = {}
         prefill = schedule.prefill
-        if prefill or set(schedule.decode) != set(self.batch):
+        changed = set(schedule.decode) != set(self.batch)  # rows joined or left
+        if prefill or changed:
             self.queue.last = None  # the time to the next speculative step is not one step's
         groups, alone = prefill_groups(prefill) if self.batch_prefill else ([], prefill)
         for group in groups:
@@ -102,7 +103,7 @@ class ModelRunner(SpeculativeSteps):
                 seqs.append(seq)
         if schedule.decode:
             if self.spec_ahead is not None and (
-                set(schedule.decode) != set(self.batch) or self.speculate != self.drafter.k
+                changed or self.speculate != self.drafter.k
                 or self.fault_skip_speculation
             ):  # fmt: skip
                 self._cancel_spec_ahead()
