@@ -402,6 +402,7 @@ def test_mtp_under_tp2_is_token_identical_and_counted(tmp_path, k):
         assert repeated(spec) == repeated_expected
         shown = status(spec)["replicas"][0]["engine"]["speculation"]
         assert shown["queued_steps"] > shown["queued_wasted"] > 0
+        assert shown["queue_ahead"] == {"mode": "always", "break_even": {}}  # as configured
         # A batch speculates row by row: rows join and leave mid-flight, output unchanged.
         before = status(spec)["replicas"][0]["engine"]["speculation"]["drafts"]
         lengths = [40, 24, 36, 30]  # long enough for 3-4 rows to overlap, k = 3 included

@@ -156,6 +156,8 @@ def test_governor_turning_speculation_off_shows_everywhere(model_dir, tmp_path, 
         spec = httpx.get(f"{srv.url}/v1/status").json()["replicas"][0]["engine"]["speculation"]
         assert spec["active"] is False and spec["reason"] == "auto_disabled_low_acceptance"
         assert spec["fallbacks"] == {"auto_disabled_low_acceptance": 1}
+        assert spec["queue_ahead"]["mode"] == "auto"  # the default, thresholds as measured
+        assert all(0.0 <= b <= 1.0 for b in spec["queue_ahead"]["break_even"].values())
         second = httpx.post(f"{srv.url}/v1/completions", json=body | {"max_tokens": 2}, timeout=60)
         assert second.headers["x-speculation"] == "off;reason=auto_disabled_low_acceptance"
         line = (
