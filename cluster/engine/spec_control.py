@@ -21,7 +21,9 @@ class SpeedGovernor:
     While speculating, every `probe_every` steps it decodes `probe_len` steps without drafts
     and, with `adapt_k`, `probe_len` steps at a neighbouring draft length (one shorter, then
     one longer, within 1..k_max), and compares tokens per second with the last `probe_len`
-    speculating steps before the probe: the faster length is kept (by more than `K_MARGIN`).
+    speculating steps before the probe: a length faster by more than `K_MARGIN` is tried again
+    at the next probe and kept after `K_WINS` such probes in a row (an 8-step probe over mixed
+    prompts swings by more than the margin; one probe switching k made it hop back and forth).
     Accepting less than `min_acceptance` of the drafts turns speculation off at once;
     measuring slower with drafts than without does so after `losses` probes in a row (one
     probe is a few steps: one noisy probe must not switch a batch size off). Off lasts
@@ -29,6 +31,7 @@ class SpeedGovernor:
     """
 
     K_MARGIN = 0.05
+    K_WINS = 2
 
     def __init__(self, state, stats: SpecStats, min_acceptance: float = 0.0,
                  probe_every: int = 64, probe_len: int = 8, cooldown: int = 512,
@@ -49,6 +52,8 @@ class SpeedGovernor:
         """The draft length this batch size speculates with now."""
         self.tried = k_max
         """The neighbouring length of the latest probe (k when there was none)."""
+        self.won = 0
+        """Probes in a row, up to now, in which `tried` measured faster than k."""
         self.mode, self.count = "spec", 0
         self._reset()
 
@@ -64,7 +69,7 @@ class SpeedGovernor:
     def allow(self) -> int:
         """The draft length of the next step at this batch size (0: plain decoding)."""
         if self.mode == "off" and self.count >= self.cooldown:
-            self.mode, self.count, self.lost = "spec", 0, 0
+            self.mode, self.count, self.lost, self.won = "spec", 0, 0, 0
             self._reset()
             self.state.set(True, None)
         elif self.mode == "spec" and self.count >= self.probe_every:
@@ -84,7 +89,10 @@ class SpeedGovernor:
 
     def _neighbour(self) -> int:
         """The length next to k to try: one shorter first, one longer after a shorter one
-        (a switch to the shorter keeps going down), within 1..k_max."""
+        (a switch to the shorter keeps going down), within 1..k_max; the same one again
+        after it measured faster."""
+        if self.won:
+            return self.tried
         near = (self.k + 1, self.k - 1) if self.tried < self.k else (self.k - 1, self.k + 1)
         return next(x for x in near if 1 <= x <= self.k_max)
 
@@ -109,14 +117,16 @@ class SpeedGovernor:
         plain, spec, tried, switched = self._rate(0), self._rate(self.k), None, None
         if self.tried != self.k:
             other = self._rate(self.tried)
-            tried = {"k": self.tried, "tok_s": round(other, 1)}
-            if other > spec * (1 + self.K_MARGIN):
+            faster = other > spec * (1 + self.K_MARGIN)
+            self.won = self.won + 1 if faster else 0
+            tried = {"k": self.tried, "tok_s": round(other, 1), "faster_in_a_row": self.won}
+            if self.won >= self.K_WINS:
                 log.warning("speculation %s k %d -> %d%s: %.1f tok/s per sequence at k=%d, %.1f "
-                            "at k=%d",
+                            "at k=%d (%d probes in a row)",
                             self.state.requested, self.k, self.tried, where, other,
-                            self.tried, spec, self.k)  # fmt: skip
+                            self.tried, spec, self.k, self.won)  # fmt: skip
                 switched = {"k": self.k, "tok_s": round(spec, 1)}
-                self.k, spec = self.tried, other
+                self.k, spec, self.won = self.tried, other, 0
         drafted = self.stats.draft_tokens - self.drafts_at[0]
         accepted = self.stats.accepted - self.drafts_at[1]
         rate = accepted / drafted if drafted else 0.0

@@ -347,21 +347,37 @@ def test_governor_turns_speculation_off_on_low_acceptance():
 
 def test_governor_keeps_the_faster_draft_length_per_probe(caplog):
     """With adapt_k each probe also tries a neighbouring length: one shorter first, and after a
-    switch to it one shorter again; a length is kept only when it measures more than 5%
-    faster, and the change is one log line and in the probe's figures."""
+    switch to it one shorter again; a length measuring more than 5% faster is tried again at
+    the next probe and kept after two such probes in a row; the change is one log line and in
+    the probe's figures."""
     gov, state, stats = _governor(k=4, adapt_k=True)
     faster_short = {1: 2.0, 2: 3.5, 3: 3.0, 4: 2.5}.get  # k=2 pays most
     with caplog.at_level(logging.WARNING, "cluster.speculation"):
         lengths = _cycle(gov, stats, faster_short, plain_rate=1)
-    assert lengths == [4] * 4 + [0] * 2 + [3] * 2  # speculate, probe plain, try one shorter
-    assert gov.k == 3 and gov.last["tried"] == {"k": 3, "tok_s": 3.0}
+        assert lengths == [4] * 4 + [0] * 2 + [3] * 2  # speculate, probe plain, try one shorter
+        assert gov.k == 4 and gov.last["tried"] == {"k": 3, "tok_s": 3.0, "faster_in_a_row": 1}
+        assert "switched_from" not in gov.last and "k 4 -> 3" not in caplog.text
+        assert _cycle(gov, stats, faster_short, 1)[-1] == 3  # the same length again
+    assert gov.k == 3 and gov.last["tried"]["faster_in_a_row"] == 2
     assert gov.last["switched_from"] == {"k": 4, "tok_s": 2.5}  # status says what the log says
-    assert "speculation mtp k 4 -> 3: 3.0 tok/s per sequence at k=3, 2.5 at k=4" in caplog.text
-    assert _cycle(gov, stats, faster_short, 1)[-1] == 2 and gov.k == 2  # on down: 3 -> 2
+    assert ("speculation mtp k 4 -> 3: 3.0 tok/s per sequence at k=3, 2.5 at k=4 (2 probes in a "
+            "row)") in caplog.text  # fmt: skip
+    for _ in range(2):  # on down: 3 -> 2
+        assert _cycle(gov, stats, faster_short, 1)[-1] == 2
+    assert gov.k == 2
     assert _cycle(gov, stats, faster_short, 1)[-1] == 1 and gov.k == 2  # 1 is slower: kept
-    assert "switched_from" not in gov.last
+    assert "switched_from" not in gov.last and gov.last["tried"]["faster_in_a_row"] == 0
     assert _cycle(gov, stats, faster_short, 1)[-1] == 3 and gov.k == 2  # then one longer
     assert state.active and gov.lost == 0
+
+
+def test_one_faster_probe_does_not_switch_the_draft_length():
+    """A neighbour that measures faster once and then not (noise) leaves k where it was."""
+    gov, _, stats = _governor(k=3, adapt_k=True)
+    noisy = iter([{2: 3.0, 3: 2.0}, {2: 2.0, 3: 2.0}, {2: 3.0, 3: 2.0}])
+    tried = [_cycle(gov, stats, next(noisy).get, 1)[-1] for _ in range(3)]
+    assert tried == [2, 2, 2] and gov.k == 3  # faster, not again, faster: no switch
+    assert gov.last["tried"]["faster_in_a_row"] == 1 and "switched_from" not in gov.last
 
 
 def test_governor_compares_a_probe_with_the_steps_next_to_it():
