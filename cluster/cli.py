@@ -21,7 +21,8 @@ def _add_engine_flags(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, action=action, default=f.default, help=f.metadata["help"])
             continue
         kind = float if "float" in str(f.type) else int if "int" in str(f.type) else str
-        p.add_argument(flag, type=kind, default=f.default, help=f.metadata["help"])
+        shown = f.metadata["help"] + " (default: %(default)s)"
+        p.add_argument(flag, type=kind, default=f.default, help=shown)
 
 
 def _engine_config(args) -> EngineConfig:

@@ -62,7 +62,8 @@ class EngineConfig:
     )
     speculation_adapt_k: bool = _help(
         "each governor probe also tries a draft length one shorter or longer (within 1 to "
-        "--num-speculative-tokens) and keeps the faster, per batch size",
+        "--num-speculative-tokens) and keeps one that measured more than 5 percent faster in two "
+        "probes in a row, per batch size",
         True,
     )
     speculation_cooldown: int = _help(
