@@ -206,6 +206,9 @@ def serve(options: ServeOptions, engine: EngineConfig) -> None:
     }
 
     tokenizer = PromptTokenizer(model_dir)
+    if clash := sorted(set(dict(options.chat_template_args)) & tokenizer.reserved_args):
+        raise SystemExit(f"--chat-template-args: {', '.join(clash)} is set by the server from "
+                         "each request, not a template variable")  # fmt: skip
     if tokenizer.markers is not None:
         warm_tool_grammar(tokenizer)
     settings["sampling_defaults"] = tokenizer.generation_defaults  # generation_config.json's

@@ -11,7 +11,7 @@ from ..coordinator.coordinator import Coordinator, Output
 from ..coordinator.errors import BadRequest
 from ..coordinator.glm_output import ChatOutputProcessor, GlmParser, param_types
 from ..coordinator.output import OutputProcessor
-from ..coordinator.tokenizer import PromptTokenizer
+from ..coordinator.tokenizer import PromptTokenizer, TemplateArgsError
 from ..coordinator.tool_grammar import CALL_TAGS, tool_grammar
 from ..types import SamplingParams, ToolGrammar
 from .offload import LONG_TOKENS, off_loop
@@ -145,6 +145,8 @@ def build_prompt(
         )
     try:
         prompt = tokenizer.chat(messages, tools or None, continue_final, **template_args)
+    except TemplateArgsError as e:
+        raise BadRequest(str(e), param=e.param) from None
     except ValueError:
         if not continue_final:
             raise

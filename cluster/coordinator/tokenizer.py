@@ -8,6 +8,14 @@ from pathlib import Path
 from .glm_output import Markers
 
 
+class TemplateArgsError(ValueError):
+    """A template argument the chat template cannot take, or a conversation it refuses."""
+
+    def __init__(self, message: str, param: str):
+        super().__init__(message)
+        self.param = param
+
+
 class PromptTokenizer:
     def __init__(self, model_path: str | Path):
         # Only the tokenizer is used: transformers' note that PyTorch is absent is noise here.
@@ -22,15 +30,39 @@ class PromptTokenizer:
         self._tokens_of: dict[str, tuple[int, ...]] = {}
 
     def chat(self, messages: list[dict], tools: list | None = None, continue_final: bool = False,
-             **template_args) -> list[int]:  # fmt: skip
+             /, **template_args) -> list[int]:  # fmt: skip
         """Apply the chat template with a generation prompt, or (continue_final) leave the
         final message open for the reply to continue; no tokens added twice. template_args
-        reach the template (enable_thinking, clear_thinking, ...)."""
-        text = self.hf.apply_chat_template(
-            messages, tools=tools, add_generation_prompt=not continue_final,
-            continue_final_message=continue_final, tokenize=False, **template_args,
-        )  # fmt: skip
+        reach the template (enable_thinking, clear_thinking, ...): TemplateArgsError for one
+        that names an argument of the call itself, or that the template refuses."""
+        from jinja2 import TemplateError
+
+        if clash := sorted(set(template_args) & self.reserved_args):
+            raise TemplateArgsError(
+                f"{', '.join(clash)}: not a chat template argument (the server sets "
+                f"{'it' if len(clash) == 1 else 'them'} from the request); send template "
+                "variables such as enable_thinking or clear_thinking only",
+                "chat_template_kwargs",
+            )
+        try:
+            text = self.hf.apply_chat_template(
+                messages, tools=tools, add_generation_prompt=not continue_final,
+                continue_final_message=continue_final, tokenize=False, **template_args,
+            )  # fmt: skip
+        except TemplateError as e:  # the template's own check (raise_exception)
+            raise TemplateArgsError(
+                f"the chat template refused the conversation: {e}", "messages"
+            ) from None
         return self.encode(text)
+
+    @cached_property
+    def reserved_args(self) -> frozenset[str]:
+        """Names a template argument may not take: the parameters of the template call."""
+        import inspect
+
+        params = inspect.signature(self.hf.apply_chat_template).parameters
+        named = {n for n, p in params.items() if p.kind is not p.VAR_KEYWORD}
+        return frozenset(named | {"messages", "continue_final", "self"})
 
     @cached_property
     def _byte_of_char(self) -> dict[str, int] | None:

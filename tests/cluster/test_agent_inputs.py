@@ -221,3 +221,20 @@ def test_continue_final_message_continues_the_assistant_text(srv):
     user_last = body | {"messages": messages[:1]}
     r = _post(srv, user_last)
     assert r.status_code == 400 and "final assistant message" in r.text
+
+
+def test_template_arguments_that_name_the_call_itself_are_a_400(srv):
+    """`chat_template_kwargs` naming an argument of the template call (tools, messages,
+    documents, ...) once failed with a 500 and a dropped connection; now a 400 that names it,
+    and the same connection serves the next request."""
+    base = {"model": M, "messages": USER, "max_tokens": 2}
+    with httpx.Client(base_url=srv.url, timeout=120) as http:
+        for key, value in (("tools", 5), ("documents", 5), ("add_generation_prompt", False),
+                           ("messages", []), ("continue_final", True)):  # fmt: skip
+            asked = base | {"chat_template_kwargs": {key: value}}
+            r = http.post("/v1/chat/completions", json=asked)
+            error = r.json()["error"]
+            assert r.status_code == 400 and error["param"] == "chat_template_kwargs", r.text
+            assert key in error["message"] and "enable_thinking" in error["message"]
+        fine = {"chat_template_kwargs": {"enable_thinking": False, "clear_thinking": True}}
+        assert http.post("/v1/chat/completions", json=base | fine).status_code == 200

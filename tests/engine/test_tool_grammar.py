@@ -25,7 +25,7 @@ def requests():
     out = []
     for i in range(3):
         ex = data.conversation(held_out=True, rng=rng)
-        prompt = tok.chat(ex.messages[:-1], tools=ex.tools, enable_thinking=i == 2)
+        prompt = tok.chat(ex.messages[:-1], ex.tools, enable_thinking=i == 2)
         out.append((prompt, tool_grammar(tok, ex.tools, [])))
     code = tok.encode("def add(a, b):\n    return a + b\n\ndef add(")
     return out, code
@@ -89,7 +89,7 @@ def test_the_grammar_changes_what_a_wrong_call_would_have_been(requests):
     for _ in range(12):
         ex = data.conversation(held_out=True, rng=rng)
         grammars.append(tool_grammar(tok, ex.tools, []))
-        jobs.append(tok.chat(ex.messages[:-1], tools=ex.tools, enable_thinking=False))
+        jobs.append(tok.chat(ex.messages[:-1], ex.tools, enable_thinking=False))
     free = run(CONFIGS["pipelined"], [(p, greedy()) for p in jobs])
     held = run(CONFIGS["pipelined"], [(p, greedy(g)) for p, g in zip(jobs, grammars, strict=True)])
     assert not all(legal(g, o) for g, o in zip(grammars, free, strict=True))
@@ -105,7 +105,7 @@ def test_a_draft_run_that_opens_a_call_stops_at_its_tag(requests):
     data, rng = AgentData(seed=0), random.Random(3)
     exs = [data.conversation(held_out=True, rng=rng) for _ in range(10)]
     picked = [exs[1], exs[6]]
-    jobs = [tok.chat(ex.messages[:-1], tools=ex.tools, enable_thinking=True) for ex in picked]
+    jobs = [tok.chat(ex.messages[:-1], ex.tools, enable_thinking=True) for ex in picked]
     grammars = [tool_grammar(tok, ex.tools, []) for ex in picked]
     free = run(CONFIGS["plain"], [(p, greedy(None, 128)) for p in jobs])
     held = run(CONFIGS["plain"], [(p, greedy(g, 128)) for p, g in zip(jobs, grammars, strict=True)])

@@ -162,3 +162,25 @@ def test_openblas_env_preloads_and_lets_idle_threads_sleep(monkeypatch):
     assert blas.openblas_env({"OPENBLAS_THREAD_TIMEOUT": "20"})["OPENBLAS_THREAD_TIMEOUT"] == "20"
     monkeypatch.setattr(blas, "openblas_path", lambda: None)  # not installed: nothing set
     assert "OPENBLAS_THREAD_TIMEOUT" not in blas.openblas_env({})
+
+
+def test_a_template_that_refuses_the_conversation_is_the_callers_error():
+    """A checkpoint's own template may check the conversation (`raise_exception`, as many do
+    for roles out of order): that is the request's fault, said as such, not a server error;
+    and template variables never override the call's own arguments."""
+    from cluster.coordinator.tokenizer import PromptTokenizer, TemplateArgsError
+    from cluster.model_store import TRAINED
+
+    tok = PromptTokenizer(TRAINED)
+    user = [{"role": "user", "content": "hi"}]
+    with pytest.raises(TemplateArgsError) as clash:
+        tok.chat(user, None, False, tools=[], add_generation_prompt=False)
+    assert clash.value.param == "chat_template_kwargs"
+    assert "add_generation_prompt, tools" in str(clash.value)
+    tok.hf.chat_template = (
+        "{% if messages[0].role != 'system' %}{{ raise_exception('a system "
+        "message first') }}{% endif %}{{ messages[0].content }}"
+    )
+    with pytest.raises(TemplateArgsError) as refused:
+        tok.chat(user)
+    assert refused.value.param == "messages" and "a system message first" in str(refused.value)
