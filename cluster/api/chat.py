@@ -161,8 +161,15 @@ def build_prompt(
     # Every call tag: a reply that cannot call must not write a call's keys and values
     # either (the parser drops tags out of place, which would run their text together).
     banned = tuple(markers.id_of(t) for t in CALL_TAGS) if no_calls and markers else ()
+    # A named choice keeps every call of the reply to that tool (OpenAI and Anthropic force
+    # it; an agent runs each call it gets back).
+    named = tool_choice not in (None, "auto", "none", "required")
+    callable_ = [t for t in tools or [] if t.get("function", t).get("name") == tool_choice]
+    callable_ = callable_ if named else tools
     rules = (
-        tool_grammar(tokenizer, tools, forced, bool(forced)) if grammar and not no_calls else None
+        tool_grammar(tokenizer, callable_, forced, bool(forced))
+        if grammar and not no_calls
+        else None
     )
     end = markers.id_of("</think>") if markers else None
     continued = continue_final and bool(messages[-1].get("content"))

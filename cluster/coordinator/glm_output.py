@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from .output import Delta, IncrementalDetokenizer, StopMatcher
+from .tool_schema import value_type
 
 TAGS = (
     "<think>", "</think>", "<tool_call>", "</tool_call>",
@@ -66,16 +67,15 @@ class _State(Enum):
 
 
 def param_types(tools: list[dict] | None) -> dict[str, dict[str, object]]:
-    """tool name -> parameter name -> its JSON-schema type (None when the schema says none)."""
+    """tool name -> parameter name -> its JSON-schema type (None when the schema says none;
+    `tool_schema.value_type`)."""
     out: dict[str, dict[str, object]] = {}
     for tool in tools or []:
         f = tool.get("function", tool)
         schema = f.get("parameters") or f.get("input_schema") or {}
         props = schema.get("properties") if isinstance(schema, dict) else None
         props = props if isinstance(props, dict) else {}  # not a schema: values untyped
-        out[f.get("name", "")] = {
-            k: v.get("type") if isinstance(v, dict) else None for k, v in props.items()
-        }
+        out[f.get("name", "")] = {k: value_type(v, schema) for k, v in props.items()}
     return out
 
 
@@ -87,7 +87,10 @@ def is_string(schema_type) -> bool:
 def typed_value(raw: str, schema_type) -> object:
     """A value as its schema types it: strings stay raw; others JSON, then a Python literal;
     a lone value where the schema asks for an array is that array's one item (`ls` for a
-    command array is `["ls"]`, as a client that validates the schema needs it)."""
+    command array is `["ls"]`, as a client that validates the schema needs it); `null`
+    where the schema allows null is null, a string's too."""
+    if isinstance(schema_type, list) and "null" in schema_type and raw.strip() == "null":
+        return None
     if is_string(schema_type):
         return raw
     value = _literal(raw)

@@ -6,6 +6,7 @@ import json
 
 from ..types import ToolGrammar, ToolParam, ToolSpec
 from .tokenizer import PromptTokenizer
+from .tool_schema import resolve
 
 NUMBER_CHARS = "0123456789-+.eE"
 CALL_TAGS = ("<tool_call>", "</tool_call>", "<arg_key>", "</arg_key>", "<arg_value>",
@@ -17,23 +18,24 @@ def value_text(value) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def _choices(schema) -> list[str]:
-    """The values a parameter may take, when its schema closes the set."""
-    if not isinstance(schema, dict):  # not a schema: any value
-        return []
-    if isinstance(schema.get("enum"), list) and schema["enum"]:
-        return [value_text(v) for v in schema["enum"]]
-    if "const" in schema:
-        return [value_text(schema["const"])]
-    if schema.get("type") == "boolean":
-        return ["true", "false"]
-    return []
-
-
-def _kind(schema) -> str:
-    """ "integer" or "number" when the schema says exactly that (a union stays free text)."""
-    kind = schema.get("type") if isinstance(schema, dict) else None
-    return kind if kind in ("integer", "number") and not _choices(schema) else ""
+def _rule(schema, root) -> tuple[list[str], str]:
+    """(the values a parameter may take when its schema closes the set, "integer" or
+    "number" when it asks for one): `null` besides either where the schema allows it; a
+    union of other types stays free text."""
+    inner, nullable = resolve(schema, root)
+    if inner is None:  # not a schema, or a union: any value
+        return [], ""
+    choices: list[str] = []
+    if isinstance(inner.get("enum"), list) and inner["enum"]:
+        choices = [value_text(v) for v in inner["enum"]]
+    elif "const" in inner:
+        choices = [value_text(inner["const"])]
+    elif inner.get("type") == "boolean":
+        choices = ["true", "false"]
+    kind = inner.get("type") if not choices and inner.get("type") in ("integer", "number") else ""
+    if nullable and (choices or kind) and "null" not in choices:
+        choices.append("null")
+    return choices, kind
 
 
 def _tokens(tokenizer: PromptTokenizer, text: str) -> tuple[int, ...]:
@@ -65,14 +67,15 @@ def tool_grammar(
         names.add(name)
         props = schema.get("properties")
         required = set(schema.get("required") or ())
+        rules = {key: _rule(p, schema) for key, p in (props or {}).items()}
         params = tuple(
             ToolParam(
                 _tokens(tokenizer, key),
-                tuple(_tokens(tokenizer, c) for c in _choices(p)),
+                tuple(_tokens(tokenizer, c) for c in choices),
                 key in required,
-                _kind(p),
+                kind,
             )
-            for key, p in (props or {}).items()
+            for key, (choices, kind) in rules.items()
         )
         open_keys = props is None or schema.get("additionalProperties") not in (None, False)
         specs.append(ToolSpec(_tokens(tokenizer, name), params, open_keys))

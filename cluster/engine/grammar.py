@@ -82,7 +82,7 @@ class CallState:
         (self.open, self.close, self.key_open, self.key_close, self.value_open,
          self.value_close) = grammar.tags  # fmt: skip
         self.mode = _Mode.FREE
-        self.prefix: tuple[int, ...] = ()
+        self.prefix: tuple[int, ...] | None = ()  # None: a value left its closed set
         self.tool: ToolSpec | None = None
         self.param: ToolParam | None = None
         self.used: set[tuple[int, ...]] = set()
@@ -90,7 +90,7 @@ class CallState:
         self.key_ban = frozenset(grammar.value_banned) - {self.key_close}
         self.spaced = False  # the last token was a newline between parts
         self.numbers = Numbers(grammar.number_ids, grammar.number_texts)
-        self.text = ""  # a number value's text so far
+        self.text: str | None = ""  # a number value's text so far (None: not a number)
         self.calls = 0  # calls written to the end
         for token in grammar.opening:
             self.advance(token)
@@ -146,13 +146,17 @@ class CallState:
             return Limit(frozenset(nxt | ({self.key_close} if whole else set())))
         if m is _Mode.AFTER_KEY:
             return Limit(frozenset({self.value_open, *self._spacers()}))
-        if self.param.choices:  # VALUE with a closed set
+        if not self.param.choices and self.param.kind not in _WHOLE:
+            return Limit(ban=self.value_ban)
+        # VALUE: one of a closed set, or a number (tokens that keep it one), or either (a
+        # nullable number: null besides); the end once whole.
+        nxt, whole = set(), False
+        if self.param.choices and self.prefix is not None:
             nxt, whole = _next(self.param.choices, self.prefix)
-            return Limit(frozenset(nxt | ({self.value_close} if whole else set())))
-        if self.param.kind in _WHOLE:  # a number: tokens that keep it one, the end once whole
-            nxt, whole = self.numbers.next(self.param.kind, self.text)
-            return Limit(nxt | {self.value_close} if whole else nxt)
-        return Limit(ban=self.value_ban)
+        if self.param.kind in _WHOLE and self.text is not None:
+            digits, number = self.numbers.next(self.param.kind, self.text)
+            nxt, whole = nxt | digits, whole or number
+        return Limit(frozenset(nxt | ({self.value_close} if whole else set())))
 
     def _tool(self, name: tuple[int, ...]) -> ToolSpec:
         return next(t for t in self.g.tools if t.name == name)
@@ -195,10 +199,13 @@ class CallState:
             if token == self.value_close:
                 self.used.add(self.param.key)
                 self.mode = _Mode.BETWEEN
-            elif self.param.choices:
-                self.prefix += (token,)  # (free text needs none kept)
-            elif self.param.kind in _WHOLE:
-                self.text += self.numbers.text[token]  # limit() allowed only number tokens
+            else:  # a path the token leaves is closed (None); free text needs none kept
+                if self.param.choices and self.prefix is not None:
+                    on = token in _next(self.param.choices, self.prefix)[0]
+                    self.prefix = self.prefix + (token,) if on else None
+                if self.param.kind in _WHOLE and self.text is not None:
+                    digit = self.numbers.text.get(token)
+                    self.text = None if digit is None else self.text + digit
 
 
 class ThinkBudget:

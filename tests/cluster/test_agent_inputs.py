@@ -238,3 +238,27 @@ def test_template_arguments_that_name_the_call_itself_are_a_400(srv):
             assert key in error["message"] and "enable_thinking" in error["message"]
         fine = {"chat_template_kwargs": {"enable_thinking": False, "clear_thinking": True}}
         assert http.post("/v1/chat/completions", json=base | fine).status_code == 200
+
+
+def test_optional_fields_in_strict_mode_keep_their_types(srv):
+    """OpenAI's strict mode writes an optional field as [T, "null"] or anyOf with null, and
+    pydantic's shared types are `$ref`s: the values still keep T (or are null), where they
+    were once free text ("lines" for an integer)."""
+    tool = {"type": "function", "function": {"name": "head", "strict": True, "parameters": {
+        "type": "object", "additionalProperties": False, "$defs": {"Unit": {"enum": ["kb", "mb"]}},
+        "properties": {"n": {"type": ["integer", "null"]},
+                       "unit": {"anyOf": [{"$ref": "#/$defs/Unit"}, {"type": "null"}]},
+                       "follow": {"anyOf": [{"type": "boolean"}, {"type": "null"}]}},
+        "required": ["n", "unit", "follow"]}}}  # fmt: skip
+    client = _client(srv)
+    for seed in range(4):
+        reply = client.chat.completions.create(
+            model=M, messages=[{"role": "user", "content": "Show the first lines of the log."}],
+            tools=[tool], tool_choice={"type": "function", "function": {"name": "head"}},
+            max_tokens=48, temperature=1.0, seed=seed,
+        )  # fmt: skip
+        call = reply.choices[0].message.tool_calls[0]
+        args = json.loads(call.function.arguments)
+        assert args.keys() == {"n", "unit", "follow"}, args
+        assert args["n"] is None or type(args["n"]) is int, args
+        assert args["unit"] in ("kb", "mb", None) and args["follow"] in (True, False, None), args

@@ -299,3 +299,61 @@ def test_the_compiled_grammar_types_number_values(tokenizer):
     assert kinds[tuple(enc("title"))] == "" and kinds[tuple(enc("format"))] == ""
     assert set(enc("123")) <= set(g.number_ids) and enc("x")[0] not in g.number_ids
     assert "".join(g.number_texts[g.number_ids.index(t)] for t in enc("123")) == "123"
+
+
+NULLABLE = [{"type": "function", "function": {"name": "set_limit", "parameters": {
+    "type": "object", "$defs": {"Mode": {"enum": ["fast", "slow"]}},
+    "properties": {
+        "n": {"type": ["integer", "null"]},
+        "m": {"anyOf": [{"$ref": "#/$defs/Mode"}, {"type": "null"}]},
+        "on": {"oneOf": [{"type": "boolean"}, {"type": "null"}]},
+        "mode": {"$ref": "#/$defs/Mode"},
+        "loop": {"$ref": "#/$defs/Loop"}, "both": {"type": ["integer", "string"]},
+    },
+    "required": ["n", "m", "on", "mode", "loop", "both"]}}}]  # fmt: skip
+
+
+def test_nullable_and_referenced_schemas_keep_their_values(tokenizer):
+    """What OpenAI's strict mode, pydantic and zod write for optional and shared fields
+    ([T, "null"], anyOf with null, `$ref` to `$defs`) keeps T's values and null; a ref to
+    nothing, and a union of types, stay free text."""
+    g = tool_grammar(tokenizer, NULLABLE, [])
+    enc = tokenizer.encode
+    by_key = {tokenizer.decode(list(p.key)): p for p in g.tools[0].params}
+    texts = {k: sorted(tokenizer.decode(list(c)) for c in p.choices) for k, p in by_key.items()}
+    assert texts == {"n": ["null"], "m": ["fast", "null", "slow"], "on": ["false", "null", "true"],
+                     "mode": ["fast", "slow"], "loop": [], "both": []}  # fmt: skip
+    assert [by_key[k].kind for k in ("n", "m", "loop", "both")] == ["integer", "", "", ""]
+    s = Limiter(CallState(g), None)
+    out = enc("<tool_call>set_limit<arg_key>n</arg_key><arg_value>")
+    first = s.follow(out).allow
+    assert enc("null")[0] in first and enc("5")[0] in first and enc("lines")[0] not in first
+    assert enc("</arg_value>")[0] not in first  # an empty value is neither
+    for value in ("12", "null"):  # either is whole, and only its own path goes on
+        lim = Limiter(CallState(g), None).follow(out + enc(value))
+        assert enc("</arg_value>")[0] in lim.allow
+        assert (enc("3")[0] in lim.allow) == (value == "12")
+
+
+@pytest.mark.parametrize(("key", "raw", "want"), [
+    ("n", "null", None), ("n", "7", 7), ("m", "null", None), ("m", "fast", "fast"),
+    ("on", "true", True), ("mode", "fast", "fast"), ("both", "7", "7"),
+])  # fmt: skip
+def test_the_parser_types_nullable_and_referenced_values(key, raw, want):
+    from cluster.coordinator.glm_output import param_types, typed_value
+
+    assert typed_value(raw, param_types(NULLABLE)["set_limit"][key]) == want
+
+
+def test_a_named_tool_choice_keeps_every_call_to_that_tool(tokenizer):
+    """tool_choice naming a tool forces its call first, and the grammar then offers no other
+    tool for later calls (agents run every call they get back); required and auto offer all."""
+    from cluster.api.chat import build_prompt
+
+    messages = [{"role": "user", "content": "Fetch it."}]
+    names = {t["function"]["name"] for t in TOOLS}
+    for choice, offered in (("fetch_document", {"fetch_document"}), ("required", names),
+                            ("auto", names)):  # fmt: skip
+        prompt = build_prompt(tokenizer, messages, TOOLS, choice, {})
+        got = {tokenizer.decode(list(t.name)) for t in prompt.grammar.tools}
+        assert got == offered, choice

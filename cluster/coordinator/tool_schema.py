@@ -1,0 +1,59 @@
+"""What a tool parameter's JSON Schema says about its value, in the forms clients write: a
+local `$ref` followed, and a nullable value ([T, "null"], or anyOf / oneOf with a null
+option: OpenAI's strict mode, pydantic's Optional and zod's nullable) read as T or null."""
+
+MAX_REFS = 8
+"""Refs followed in a row before a schema counts as any value (a cycle)."""
+
+
+def resolve(schema, root) -> tuple[dict | None, bool]:
+    """(the schema a value follows, None for any value; whether null is allowed besides).
+    root: the tool's parameters schema, where `#/...` refs point."""
+    nullable = False
+    for _ in range(MAX_REFS):
+        if not isinstance(schema, dict):
+            return None, nullable
+        ref = schema.get("$ref")
+        if isinstance(ref, str):
+            schema = _pointer(root, ref)
+            continue
+        kind = schema.get("type")
+        if isinstance(kind, list) and "null" in kind:
+            rest = [t for t in kind if t != "null"]
+            single = {**schema, "type": rest[0]} if len(rest) == 1 else None
+            return single, True  # a union of several types stays any value
+        options = schema.get("anyOf", schema.get("oneOf"))
+        if isinstance(options, list) and options:
+            real = [o for o in options if not (isinstance(o, dict) and o.get("type") == "null")]
+            nullable = nullable or len(real) < len(options)
+            if len(real) != 1:
+                return None, nullable
+            schema = real[0]
+            continue
+        return schema, nullable
+    return None, nullable
+
+
+def _pointer(root, ref: str):
+    """The part of `root` a local ref (`#/$defs/Name`) names; None when it names none."""
+    if not ref.startswith("#"):
+        return None
+    node = root
+    for part in filter(None, ref[1:].split("/")):
+        part = part.replace("~1", "/").replace("~0", "~")
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def value_type(schema, root):
+    """The parameter's JSON type as the parser types a value by: T, [T, "null"] when null
+    is allowed too, a union's list as written, None when the schema says no type."""
+    if isinstance(schema, dict) and isinstance(schema.get("type"), list):
+        return schema["type"]
+    inner, nullable = resolve(schema, root)
+    kind = inner.get("type") if inner else None
+    if not isinstance(kind, str):
+        return None
+    return [kind, "null"] if nullable else kind
