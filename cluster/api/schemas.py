@@ -34,8 +34,9 @@ class ToolCallIn(BaseModel):
 
 
 def _text_parts(v):
-    """Content parts are text; an image, audio or file part is read as a note in its place
-    (`unseen`); any other part is named in a 400."""
+    """Content parts are text (an assistant's refusal part too: its history is resent every
+    turn); an image, audio or file part is read as a note in its place (`unseen`); any other
+    part is named in a 400."""
     if not isinstance(v, list):
         return v
     out = []
@@ -45,6 +46,9 @@ def _text_parts(v):
             out.append({"type": "text", "text": unseen.note(part), "unseen": kind})
             continue
         kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+        if kind == "refusal" and isinstance(part.get("refusal"), str):  # an assistant's, resent
+            out.append({"type": "text", "text": part["refusal"]})
+            continue
         if kind != "text":
             raise ValueError(
                 f"content part {i} is of type {kind!r}: only 'text' parts are read (images, "

@@ -262,3 +262,19 @@ def test_optional_fields_in_strict_mode_keep_their_types(srv):
         assert args.keys() == {"n", "unit", "follow"}, args
         assert args["n"] is None or type(args["n"]) is int, args
         assert args["unit"] in ("kb", "mb", None) and args["follow"] in (True, False, None), args
+
+
+def test_a_refusal_part_in_history_is_read_as_the_assistants_text(srv):
+    """The SDK's assistant content may hold a refusal part; an agent resends its history
+    every turn, so it is read as what the assistant said (it was a 400)."""
+
+    def history(content) -> dict:
+        return {"model": M, "max_tokens": 2, "messages": [
+            {"role": "user", "content": "Delete everything."},
+            {"role": "assistant", "content": content},
+            {"role": "user", "content": "Why not?"}]}  # fmt: skip
+
+    refused = _post(srv, history([{"type": "refusal", "refusal": "I will not delete it all."}]))
+    assert refused.status_code == 200, refused.text
+    said = _post(srv, history("I will not delete it all.")).json()["usage"]["prompt_tokens"]
+    assert refused.json()["usage"]["prompt_tokens"] == said
