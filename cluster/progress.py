@@ -47,3 +47,18 @@ def last_loaded(text: str) -> tuple[int, int] | None:
     """(bytes loaded, bytes in all) from the last LOADED line of a rank's log, if any."""
     found = _LOADED.findall(text)
     return (int(found[-1][0]), int(found[-1][1])) if found else None
+
+
+START = "=== rank started"
+"""The line a launcher writes into a rank's log at each start: a restart appends to the log
+(the last run's traceback stays), and what is read about this run is what follows it."""
+
+
+def start_line() -> str:
+    return f"{START} {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n"
+
+
+def this_run(text: str) -> str:
+    """A rank log's text from its latest start on."""
+    at = text.rfind(START)
+    return text if at < 0 else text[at:]

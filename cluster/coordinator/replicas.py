@@ -78,9 +78,16 @@ class Replicas:
         replica.state = "ready"  # reason still says why it last went down
 
     def down(self, name: str, reason: str, *, failed: bool = False) -> None:
-        """Not serving: `down` while it restarts, `failed` when a restart attempt failed."""
+        """Not serving: `down` while it restarts, `failed` when a restart attempt failed.
+        What was last seen of its engine and ranks is forgotten (status and metrics must not
+        show a dead replica's running requests or its ranks alive); a restart reports anew."""
         replica = self._by_name[name]
         replica.state, replica.reason = ("failed" if failed else "down"), reason
+        replica.stats = {}
+        for rank in replica.ranks:
+            for seen in ("memory_bytes", "loaded_bytes", "weights_bytes"):
+                rank.pop(seen, None)
+            rank["alive"] = False
 
     def restarting(self, name: str) -> None:
         self._by_name[name].restarts += 1

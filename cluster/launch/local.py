@@ -21,6 +21,7 @@ from pathlib import Path
 from ..config import EngineConfig
 from ..inventory import Host
 from ..plan.types import RankPlacement, ReplicaPlan
+from ..progress import start_line, this_run
 from ..rpc.tls import TLS_ENVS
 from .blas import openblas_env
 from .command import fixed_port, mlx_hostfile, rank_command
@@ -74,7 +75,7 @@ class RunningReplica:
     def log_tail(self, lines: int = 20) -> str:
         out = []
         for path in self.logs:
-            text = path.read_text(errors="replace").splitlines()[-lines:]
+            text = this_run(path.read_text(errors="replace")).splitlines()[-lines:]
             out.append(f"--- {path.name}\n" + "\n".join(text))
         return "\n".join(out)
 
@@ -129,7 +130,9 @@ class Launcher:
                 plan, placement.rank, self.model, self.model_id, self.engine, hostfile, grpc_port
             )
             log_path = folder / f"rank{placement.rank}.log"
-            with open(log_path, "w") as log_file:
+            with open(log_path, "a") as log_file:  # a restart keeps the last run's end
+                log_file.write(start_line())
+                log_file.flush()
                 procs.append(self.spawn(placement, argv, log_file))
             logs.append(log_path)
         return RunningReplica(plan, f"{plan.leader.address}:{grpc_port}", procs, logs)

@@ -13,6 +13,7 @@ import sys
 import time
 
 from ..plan.types import RankPlacement, ReplicaPlan
+from ..progress import start_line, this_run
 from .blas import openblas_env
 from .command import fixed_port
 from .local import Launcher, RunningReplica
@@ -27,7 +28,9 @@ class RankActor:
     def __init__(self, argv: list[str], env: dict[str, str], log_path: str):
         os.makedirs(os.path.dirname(log_path), exist_ok=True)
         self.log_path = log_path
-        with open(log_path, "w") as log:
+        with open(log_path, "a") as log:  # a restart keeps the last run's end
+            log.write(start_line())
+            log.flush()
             self.proc = subprocess.Popen(
                 [sys.executable, *argv],
                 stdout=log,
@@ -45,7 +48,7 @@ class RankActor:
 
     def log_tail(self, lines: int) -> str:
         with open(self.log_path, errors="replace") as f:
-            return "\n".join(f.read().splitlines()[-lines:])
+            return "\n".join(this_run(f.read()).splitlines()[-lines:])
 
 
 class RayRank:

@@ -6,7 +6,7 @@ import logging
 import time
 from pathlib import Path
 
-from ..progress import Progress, last_loaded
+from ..progress import Progress, last_loaded, this_run
 from ..rpc.client import GrpcEngineClient
 from ..types import EngineRequest, ReplicaRegistry, RequestId, SamplingParams
 from .local import Launcher, RunningReplica, process_state
@@ -69,6 +69,8 @@ class Supervisor:
         self.clients: dict[str, GrpcEngineClient] = {}
         self.plans: dict[str, object] = {}
         self._tasks: dict[str, asyncio.Task] = {}
+        self._retries: dict[str, asyncio.Task] = {}
+        """Replicas that failed to start while others serve: their attempts to start again."""
         self.probe_every, self.probe_timeout = probe_every, probe_timeout
         self._last_seen: dict[str, tuple[int, float]] = {}
         self._loaded: set[str] = set()
@@ -94,7 +96,19 @@ class Supervisor:
             await self._launch(plan, timeout)
             progress.advance()
 
-        await asyncio.gather(*(launch(p) for p in plans))
+        done = await asyncio.gather(*(launch(p) for p in plans), return_exceptions=True)
+        failed = [(p, e) for p, e in zip(plans, done, strict=True) if isinstance(e, BaseException)]
+        if len(failed) == len(plans):  # nothing to serve with: say why, as before
+            raise failed[0][1]
+        for plan, error in failed:  # serve with the others; this one retries with back-off
+            if not isinstance(error, Exception):
+                raise error
+            self.registry.down(plan.name, str(error).splitlines()[0], failed=True)
+            log.error("replica %s failed to start: %s; serving without it, next try in %.0fs",
+                      plan.name, error, self.backoff[0])  # fmt: skip
+            self._retries[plan.name] = asyncio.create_task(
+                self._retry(plan.name, wait_first=True), name=f"retry-{plan.name}"
+            )
 
     async def _attach(self, plan) -> tuple[RunningReplica, GrpcEngineClient] | None:
         """A leader of this model already serving at the replica's fixed port, if any."""
@@ -145,7 +159,7 @@ class Supervisor:
             return
         ranks, done = [], bool(proc.logs)
         for path in proc.logs:
-            found = last_loaded(tail(path))
+            found = last_loaded(this_run(tail(path)))
             ranks.append({"loaded_bytes": found[0], "weights_bytes": found[1]} if found else {})
             done = done and found is not None and found[0] == found[1]
         self.registry.loading(proc.plan.name, ranks)
@@ -262,26 +276,35 @@ class Supervisor:
             await client.close()  # socket open: its calls end with an error now, not at a timeout
         if proc is not None:
             await asyncio.to_thread(proc.stop)
+        await self._retry(name)
+
+    async def _retry(self, name: str, wait_first: bool = False) -> None:
+        """Start the replica until it serves, waiting between attempts (doubling up to a cap);
+        each attempt after the first counts as a restart."""
         delay, cap = self.backoff
         while True:
+            if wait_first:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, cap)
+                self.registry.restarting(name)
+            wait_first = True
             if (left := self.running.pop(name, None)) is not None:  # a half-started attempt
                 await asyncio.to_thread(left.stop)
             try:
                 await self._launch(self.plans[name], timeout=self.load_timeout)
+                self._retries.pop(name, None)
                 return
             except Exception as e:
                 self.registry.down(name, str(e).splitlines()[0], failed=True)
                 log.error("replica %s failed to restart: %s; next try in %.0fs", name, e, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, cap)
-            self.registry.restarting(name)
 
     async def end_calls(self) -> None:
         """Stop watching and close every leader's channel: calls in flight end with an error
         now (at shutdown, before the HTTP server waits for its open responses)."""
-        for task in self._tasks.values():
+        tasks = [*self._tasks.values(), *self._retries.values()]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         while self.clients:
             await self.clients.popitem()[1].close()
 

@@ -79,6 +79,9 @@ def test_leader_kill_under_16_streams(model_dir, tmp_path):
         assert back and time.time() - killed < 60
         r0 = status(srv)["replicas"][0]
         assert r0["restarts"] == 1 and "rank process died" in r0["reason"]
+        # The restart appends to the rank's log: the killed run's lines are still there.
+        log = next((tmp_path / "home").glob("run/*/r0/rank0.log")).read_text()
+        assert log.count("=== rank started") == 2 and log.count("serving gRPC") == 2, log
         metrics = httpx.get(f"{srv.url}/metrics").text
         assert 'cluster:replica_restarts{model_name="glm5-fixture",replica="r0"} 1.0' in metrics
         assert 'finished_reason="error"' in metrics

@@ -124,6 +124,48 @@ def test_failed_restarts_back_off_until_one_works():
     asyncio.run(main())
 
 
+def test_a_replica_that_fails_to_start_does_not_keep_the_others_from_serving():
+    """One flaky node at start-up once ended `serve` (and stopped the healthy replica): now
+    the others serve, it is reported failed, and it retries with back-off until it serves;
+    only when every replica fails does start-up fail, with the reason."""
+
+    async def main():
+        launcher = FakeLauncher()
+        sup, plans = supervised(launcher)
+        launcher.fail["r1"] = 2
+        await sup.start(plans)
+        assert sup.registry["r0"].state == "ready" and sup.registry["r1"].state == "failed"
+        assert "cannot start r1" in sup.registry["r1"].reason
+        sup.watch(interval=0.02)
+        await until(lambda: sup.registry["r1"].state == "ready")
+        assert launcher.started.count("r1") == 3 and sup.registry["r1"].restarts == 2
+        await sup.stop()
+
+        launcher = FakeLauncher()
+        sup, plans = supervised(launcher)
+        launcher.fail |= {"r0": 1, "r1": 1}
+        try:
+            await sup.start(plans)
+            raise AssertionError("start-up with no replica serving must fail")
+        except OSError as e:
+            assert "cannot start r0" in str(e)
+        await sup.stop()
+
+    asyncio.run(main())
+
+
+def test_a_replica_down_shows_no_running_requests_or_live_ranks():
+    """Between a rank's death and the restart, status and metrics once showed the dead
+    engine's last figures (a request running, the rank alive)."""
+    replicas = Replicas()
+    replicas.declare("r0", max_num_seqs=4, plan={}, ranks=[{"rank": 0, "node": "h"}])
+    replicas.up("r0", FakeClient("a", "t"), stats={"num_running": 1})
+    replicas.observed("r0", {"num_running": 1}, [{"alive": True, "memory_bytes": 5}])
+    replicas.down("r0", "rank process died")
+    r = replicas["r0"]
+    assert r.stats == {} and r.ranks == [{"rank": 0, "node": "h", "alive": False}]
+
+
 def test_an_unexpected_error_is_logged_and_supervision_goes_on(caplog):
     async def main():
         launcher = FakeLauncher()
