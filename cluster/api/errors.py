@@ -5,12 +5,17 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from ..coordinator.errors import APIError
 
 log = logging.getLogger(__name__)
+
+
+class ClientGone(Exception):
+    """The client of a whole (non-streamed) reply left before it was ready: its request was
+    aborted, and there is no one to answer (one log line, not a traceback)."""
 
 
 ANTHROPIC_PATHS = "/v1/messages"
@@ -116,6 +121,12 @@ def install(app: FastAPI) -> None:
         elif e.status_code == 400 and "parsing the body" in message:
             message = "The request body is not JSON text in UTF-8; send a JSON object"
         return error_json(path, e.status_code, message, type_, headers=e.headers)
+
+    @app.exception_handler(ClientGone)
+    async def _gone(request: Request, e: ClientGone):
+        log.info("%s: the client left before the reply was ready; its request was aborted",
+                 request.url.path)  # fmt: skip
+        return Response(status_code=499)  # nginx's "client closed request": no one reads it
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, e: Exception):

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from fastapi import Request
 
 from ..coordinator.coordinator import Output
-from .errors import sse_error
+from .errors import ClientGone, sse_error
 
 
 @dataclass
@@ -212,7 +212,7 @@ async def collect_unless_disconnected(request: Request, stream) -> Collected:
             if not done and await request.is_disconnected():
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-                raise asyncio.CancelledError
+                raise ClientGone(request.url.path)
         return task.result()
     finally:
         await stream.aclose()

@@ -260,6 +260,29 @@ def test_client_disconnect_mid_stream_frees_the_sequence(server):
     assert _running(server) == (0, 0)
 
 
+def test_a_client_that_leaves_a_whole_reply_aborts_it_in_one_log_line(model_dir, tmp_path):
+    """A non-streamed request whose client gives up: its sequence is freed, and the log says
+    so in a line (it was an ASGI error with a 50-line traceback per request)."""
+    from conftest import Server
+
+    srv = Server(["--model", str(model_dir)], env={"CLUSTER_HOME": str(tmp_path)})
+    body = {"messages": [{"role": "user", "content": "Go on."}], "max_tokens": 4000,
+            "ignore_eos": True}  # fmt: skip
+    try:
+        for _ in range(2):
+            with pytest.raises(httpx.ReadTimeout):
+                httpx.post(f"{srv.url}/v1/chat/completions", json=body, timeout=1.5)
+        deadline = time.time() + 10
+        while time.time() < deadline and _running(srv) != (0, 0):
+            time.sleep(0.1)
+        assert _running(srv) == (0, 0)
+    finally:
+        srv.stop()
+    out = srv.proc.stdout.read()
+    assert out.count("the client left before the reply was ready") == 2, out
+    assert "Traceback" not in out and "Exception in ASGI" not in out, out
+
+
 def test_full_admission_queue_gets_429_with_retry_after(model_dir, tmp_path):
     from conftest import Server
 
