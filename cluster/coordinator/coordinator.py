@@ -281,6 +281,9 @@ class Coordinator:
             async for event in self._events(completion, request, session, tracker):
                 if event.error:
                     unfinished = "error"
+                    if self.stopping:  # its channel was closed by the shutdown, not a fault
+                        raise Unavailable("the server is shutting down: the reply was cut; "
+                                          "send the request again once it is back")  # fmt: skip
                     raise EngineFailure(f"replica {completion.replica.name} failed: {event.error}")
                 if event.speculation:  # the state changes within steps, which make events
                     completion.replica.speculation = event.speculation

@@ -248,6 +248,7 @@ def test_shutdown_ends_open_streams_with_an_error_and_exits(model_dir, tmp_path)
     for r in results:
         assert r["error"] and r["done"] and r["ended"] - stopped < 5, r
         assert r["finish"] is None and r["tokens"] < 400  # cut, and said so
+        assert "shutting down" in r["error"] and "replica" not in r["error"], r  # not a fault
     assert exited < 15, exited
 
 
