@@ -238,53 +238,53 @@ def serve(options: ServeOptions, engine: EngineConfig) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        defaults = ChatDefaults(
+            dict(options.chat_template_args), options.tool_call_grammar, options.thinking_budget
+        )
+        app = create_app(coordinator, frozenset(options.api_keys), defaults)
+        server = uvicorn.Server(
+            uvicorn.Config(
+                app,
+                host=host,
+                port=port,
+                log_level="warning",
+                timeout_graceful_shutdown=SHUTDOWN_GRACE,
+            )
+        )
+        # Our handlers stop the cluster (below); uvicorn's would wait on open streams first.
+        server.install_signal_handlers = lambda: None  # uvicorn before 0.29
+        server.capture_signals = contextlib.nullcontext
+        # HTTP opens before the replicas load (minutes for GLM-5): /health is 503 and
+        # /v1/status shows the load until one serves; requests get a 503 meanwhile.
+        task = asyncio.create_task(server.serve())
+        stopped = asyncio.create_task(stop.wait())
         try:
-            starting = asyncio.create_task(supervisor.start(plans, supervisor.load_timeout))
-            await asyncio.wait(
-                {starting, asyncio.create_task(stop.wait())}, return_when="FIRST_COMPLETED"
-            )
-            if stop.is_set():
-                return
-            starting.result()
-            coordinator.watch_caches()
-            server = uvicorn.Server(
-                uvicorn.Config(
-                    create_app(
-                        coordinator,
-                        frozenset(options.api_keys),
-                        ChatDefaults(
-                            dict(options.chat_template_args),
-                            options.tool_call_grammar,
-                            options.thinking_budget,
-                        ),
-                    ),  # fmt: skip
-                    host=host,
-                    port=port,
-                    log_level="warning",
-                    timeout_graceful_shutdown=SHUTDOWN_GRACE,
-                )
-            )
-            # Our handlers stop the cluster (below); uvicorn's would wait on open streams first.
-            server.install_signal_handlers = lambda: None  # uvicorn before 0.29
-            server.capture_signals = contextlib.nullcontext
-            task = asyncio.create_task(server.serve())
             while not server.started and not task.done():
                 await asyncio.sleep(0.05)
             if task.done():
                 task.result()
                 return
             bound = server.servers[0].sockets[0].getsockname()[1]
+            log.info("HTTP open on %s port %d while the replicas load (503 until one serves)",
+                     host, bound)  # fmt: skip
+            starting = asyncio.create_task(supervisor.start(plans, supervisor.load_timeout))
+            await asyncio.wait({starting, stopped, task}, return_when="FIRST_COMPLETED")
+            if task.done():  # the HTTP server ended while the replicas loaded: its error
+                task.result()
+                return
+            if not starting.done():  # stopped while loading
+                return
+            starting.result()  # raises when no replica started: the reason, and exit
+            coordinator.watch_caches()
             also = f" (aliases: {', '.join(coordinator.aliases)})" if coordinator.aliases else ""
             print(f"serving {name} at http://{host}:{bound}/v1{also}", flush=True)
             supervisor.watch()
-            await asyncio.wait(
-                {task, asyncio.create_task(stop.wait())}, return_when="FIRST_COMPLETED"
-            )
+            await asyncio.wait({task, stopped}, return_when="FIRST_COMPLETED")
+        finally:
             coordinator.stopping = True
             await supervisor.end_calls()  # open streams end with an error event, not a cut
             server.should_exit = True
-            await task
-        finally:
+            await asyncio.gather(task, return_exceptions=True)
             await supervisor.stop()
             log.info("stopped")
 

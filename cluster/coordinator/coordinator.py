@@ -157,6 +157,8 @@ class Coordinator:
         """The max_tokens to use; refuses prompts that leave no room to generate (param and
         prompt_param: the request's fields for each)."""
         limit = self.max_model_len
+        if not limit:  # no replica has served yet: its context length is not known
+            raise self._unavailable()
         what = f"This model's maximum context length is {limit} tokens"
         if limit == self.kv_capacity_tokens:
             what = (
@@ -186,10 +188,7 @@ class Coordinator:
         """The ready replicas, if the cluster can take one more request."""
         ready = [] if self.stopping else routable(list(self.replicas))
         if not ready:
-            self.metrics.rejected.labels(self.model_name, "503").inc()
-            if self.stopping:
-                raise Unavailable("The server is shutting down; retry later.")
-            raise Unavailable("No replica is ready to serve; check /v1/status.")
+            raise self._unavailable()
         capacity = sum(r.max_num_seqs for r in ready) + self.max_queue
         if sum(r.in_flight for r in ready) >= capacity:
             self.metrics.rejected.labels(self.model_name, "429").inc()
@@ -198,6 +197,17 @@ class Coordinator:
                 "retry after the Retry-After interval."
             )
         return ready
+
+    def _unavailable(self) -> Unavailable:
+        """No replica can take a request now (counted), and why: shutting down, still
+        loading (at start), or none ready."""
+        self.metrics.rejected.labels(self.model_name, "503").inc()
+        if self.stopping:
+            return Unavailable("The server is shutting down; retry later.")
+        if all(r.state == "starting" for r in self.replicas):
+            return Unavailable("No replica is ready yet: the model is loading (progress in "
+                               "/v1/status); retry after the Retry-After interval.")  # fmt: skip
+        return Unavailable("No replica is ready to serve; check /v1/status.")
 
     def prompt_hashes(self, prompt: list[int]) -> list[int]:
         """The prompt's routing block hashes (the API computes them off the event loop)."""

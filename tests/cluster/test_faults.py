@@ -427,3 +427,48 @@ def _running(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def test_http_answers_while_the_replicas_load(model_dir, tmp_path):
+    """GLM-5 loads for minutes: the HTTP port opens first, /health is 503 and /v1/status
+    shows the replica starting, a request gets a 503 (Retry-After) that says the model is
+    loading, not a refused connection; once the replica serves, so does the endpoint. The
+    rank is held stopped (SIGSTOP) while it loads to keep the window open."""
+    import re
+    import subprocess
+    import sys
+
+    from cluster.bench.cluster_process import rank_pids as pids_of
+
+    home = str(tmp_path / "home")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cluster", "serve", "--port", "0", "--model", str(model_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+        env={**os.environ, "CLUSTER_HOME": home}, start_new_session=True,
+    )  # fmt: skip
+    try:
+        port = None
+        for line in proc.stdout:
+            if m := re.search(r"HTTP open on \S+ port (\d+)", line):
+                port = int(m.group(1))
+                break
+        assert port, "no HTTP-open line"
+        pid = _wait(lambda: pids_of(home).get(("r0", 0)), 30)
+        os.kill(pid, signal.SIGSTOP)
+        url = f"http://127.0.0.1:{port}"
+        health = httpx.get(f"{url}/health", timeout=5)
+        assert health.status_code == 503 and health.json()["ready"] == []
+        assert httpx.get(f"{url}/v1/status", timeout=5).json()["replicas"][0]["state"] == "starting"
+        body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+        r = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=5)
+        assert r.status_code == 503 and r.headers["retry-after"], r.text
+        assert "loading" in r.json()["error"]["message"]
+        os.kill(pid, signal.SIGCONT)
+        for line in proc.stdout:
+            if "serving" in line:
+                break
+        assert httpx.get(f"{url}/health", timeout=5).status_code == 200
+        assert httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60).status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
