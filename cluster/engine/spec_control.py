@@ -25,9 +25,9 @@ class SpeedGovernor:
     at the next probe and kept after `K_WINS` such probes in a row (an 8-step probe over mixed
     prompts swings by more than the margin; one probe switching k made it hop back and forth).
     Accepting less than `min_acceptance` of the drafts turns speculation off at once;
-    measuring slower with drafts than without does so after `losses` probes in a row (one
-    probe is a few steps: one noisy probe must not switch a batch size off). Off lasts
-    `cooldown` steps, then it tries again.
+    measuring slower with drafts than without, at k and at the length tried, does so after
+    `losses` probes in a row (one probe is a few steps: one noisy probe must not switch a
+    batch size off). Off lasts `cooldown` steps, then it tries again.
     """
 
     K_MARGIN = 0.05
@@ -115,23 +115,27 @@ class SpeedGovernor:
     def _judge(self) -> None:
         where = f" ({self.label})" if self.label else ""
         plain, spec, tried, switched = self._rate(0), self._rate(self.k), None, None
+        best = spec  # the fastest length this probe measured: off only when none beat plain
         if self.tried != self.k:
             other = self._rate(self.tried)
+            best = max(spec, other)
             faster = other > spec * (1 + self.K_MARGIN)
             self.won = self.won + 1 if faster else 0
             tried = {"k": self.tried, "tok_s": round(other, 1), "faster_in_a_row": self.won}
             if self.won >= self.K_WINS:
-                log.warning("speculation %s k %d -> %d%s: %.1f tok/s per sequence at k=%d, %.1f "
-                            "at k=%d (%d probes in a row)",
-                            self.state.requested, self.k, self.tried, where, other,
-                            self.tried, spec, self.k, self.won)  # fmt: skip
+                self.state.switch_k(
+                    self.tried,
+                    f"speculation {self.state.requested} k {self.k} -> {self.tried}{where}: "
+                    f"{other:.1f} tok/s per sequence at k={self.tried}, {spec:.1f} at "
+                    f"k={self.k} ({self.won} probes in a row)",
+                )
                 switched = {"k": self.k, "tok_s": round(spec, 1)}
                 self.k, spec, self.won = self.tried, other, 0
         drafted = self.stats.draft_tokens - self.drafts_at[0]
         accepted = self.stats.accepted - self.drafts_at[1]
         rate = accepted / drafted if drafted else 0.0
         self.mode, self.count = "spec", 0
-        self.lost = self.lost + 1 if spec < plain else 0
+        self.lost = self.lost + 1 if best < plain else 0
         self.last = {"spec_tok_s": round(spec, 1), "plain_tok_s": round(plain, 1),
                      "accepted": round(rate, 3), "slower_in_a_row": self.lost, "k": self.k,
                      "tried": tried}  # fmt: skip
@@ -150,7 +154,7 @@ class SpeedGovernor:
                      "(%d of %d in a row before it turns off)", where, spec, plain, self.lost,
                      self.losses)  # fmt: skip
         if self.mode == "off":
-            self.state.k_now = self.k  # the length it judged (a probe may have switched it)
+            self.state.route_k(self.k)  # the length it judged (a probe may have switched it)
             self.state.set(False, *self.off)
         self._reset()
 
@@ -220,7 +224,7 @@ class Speculation:
 
     def _show(self, governor: SpeedGovernor) -> None:
         """The state says what a batch size's governor holds: its length, on or off."""
-        self.state.k_now = governor.k
+        self.state.route_k(governor.k)
         if governor.mode == "off":
             self.state.set(False, *governor.off, routed=True)
         else:

@@ -55,6 +55,8 @@ class SpeculationState:
     """Such changes since the last line that logged one."""
     routed_at: float = 0.0
     """When a line last logged such a change."""
+    k_switches: int = 0
+    """Draft-length changes a governor decided so far (followers log the leader's)."""
 
     def set(self, active: bool, reason: str | None, detail: str = "", routed: bool = False):
         """A change of state, logged. One that only follows the batch size (`routed`: a batch
@@ -109,13 +111,33 @@ class SpeculationState:
             most = f" (up to {self.k})" if now != self.k else ""
             log.warning("speculation %s k=%d is ON%s%s", self.requested, now, most, note)
 
+    def route_k(self, k: int) -> None:
+        """The draft length of the batch size decoding now (its governor's): a change moves
+        `since`, unlogged (it follows requests joining and leaving)."""
+        if k != (self.k_now or self.k):
+            self.since = time.time()
+        self.k_now = k
+
+    def switch_k(self, k: int, line: str) -> None:
+        """A draft length a governor decided: logged (`line`), counted, `since` moved."""
+        self.k_switches += 1
+        self.route_k(k)
+        log.warning("%s", line)
+
     def shared(self) -> list:
         """What followers of a tensor-parallel group take on (`follow`)."""
-        return [self.active, self.reason, self.k_now, self.routed]
+        return [self.active, self.reason, self.k_now, self.routed, self.k_switches]
 
     def follow(self, shared: list) -> None:
         """The leader's state, as `shared` gave it: logged here too, as there."""
-        active, reason, self.k_now, routed = shared
+        active, reason, k_now, routed, switches = shared
+        now = self.k_now or self.k
+        if switches != self.k_switches and k_now not in (None, now):
+            line = f"speculation {self.requested} k {now} -> {k_now}: as the leader decided"
+            self.switch_k(k_now, line)
+        elif k_now is not None:
+            self.route_k(k_now)
+        self.k_switches = switches
         self.set(active, reason, "as the leader decided", routed)
 
     def header(self) -> str:

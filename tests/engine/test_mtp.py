@@ -2,6 +2,7 @@
 
 import collections
 import logging
+import time
 from dataclasses import replace
 
 import pytest
@@ -378,6 +379,47 @@ def test_one_faster_probe_does_not_switch_the_draft_length():
     tried = [_cycle(gov, stats, next(noisy).get, 1)[-1] for _ in range(3)]
     assert tried == [2, 2, 2] and gov.k == 3  # faster, not again, faster: no switch
     assert gov.last["tried"]["faster_in_a_row"] == 1 and "switched_from" not in gov.last
+
+
+def test_a_probe_where_the_tried_length_beats_plain_does_not_count_as_slower():
+    """k slower than plain but the neighbour tried faster than both: speculation pays at a
+    length this probe found, so it stays on (it once turned off while the same probe had
+    measured the shorter length at 1.7x plain)."""
+    gov, state, stats = _governor(k=2, adapt_k=True, losses=1)
+    _cycle(gov, stats, {1: 3.0, 2: 1.0}.get, plain_rate=2)
+    assert state.active and gov.lost == 0 and gov.k == 2  # one faster probe: not kept yet
+    assert gov.last["tried"] == {"k": 1, "tok_s": 3.0, "faster_in_a_row": 1}
+    _cycle(gov, stats, {1: 3.0, 2: 1.0}.get, plain_rate=2)
+    assert state.active and gov.k == 1  # kept at the second
+    _cycle(gov, stats, {1: 1.0, 2: 1.5}.get, plain_rate=2)  # neither pays now: off
+    assert not state.active and state.reason == "auto_disabled_no_speedup"
+
+
+def test_a_follower_logs_the_draft_lengths_its_leader_decides(caplog):
+    """A TP follower takes the leader's state each step: a length a governor decided is a
+    log line on the follower too, and moves `since` (both were missed: a change of length
+    alone never reached `set`); a length that follows the batch size moves `since` only."""
+    from cluster.engine.speculation import SpeculationState
+
+    leader, follower = SpeculationState("mtp", 2), SpeculationState("mtp", 2)
+    for state in (leader, follower):
+        state.set(True, None)
+    follower.follow(leader.shared())
+    before = follower.since
+    time.sleep(0.01)  # `since` is wall-clock time
+    with caplog.at_level(logging.WARNING, "cluster.speculation"):
+        leader.switch_k(1, "speculation mtp k 2 -> 1 (batch size 1): rates")
+        follower.follow(leader.shared())
+        assert follower.header() == "mtp;k=1" and follower.since > before
+        assert "speculation mtp k 2 -> 1: as the leader decided" in caplog.text
+        caplog.clear()
+        moved = follower.since
+        time.sleep(0.01)
+        leader.route_k(2)  # a request joined: another batch size's governor, its length
+        follower.follow(leader.shared())
+        assert follower.header() == "mtp;k=2" and follower.since > moved
+        follower.follow(leader.shared())  # nothing new
+    assert caplog.text == ""
 
 
 def test_governor_compares_a_probe_with_the_steps_next_to_it():
