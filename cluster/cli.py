@@ -316,7 +316,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="dry run: show what would change")
     p.add_argument("--limit", help="only these hosts (Ansible's --limit pattern)")
     p.add_argument("--prefix", help="where on each host (default /opt/cluster)")
-    p.add_argument("--model-config", help="the model's config.json, if not on this machine")
+    p.add_argument(
+        "--model-config",
+        help="the model's config.json, or a preset (glm-5, glm-5.1), "
+        "when the model is not on this machine",
+    )
     p.add_argument(
         "--no-services", action="store_true", help="write service files but do not start them"
     )
@@ -329,7 +333,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("deploy-render", help="the files a deploy writes, as JSON (playbook)")
     p.add_argument("--inventory", required=True, help="inventory YAML")
     p.add_argument("--prefix", default="/opt/cluster", help="where on each host")
-    p.add_argument("--model-config", help="the model's config.json, if not on this machine")
+    p.add_argument(
+        "--model-config",
+        help="the model's config.json, or a preset (glm-5, glm-5.1), "
+        "when the model is not on this machine",
+    )
     p.add_argument("--wheel-dir", help="build this package's wheel into this directory")
     p.add_argument("--pretty", action="store_true", help="indent the JSON")
     p.set_defaults(func=_deploy_render)

@@ -14,6 +14,7 @@ from ..model_store import DEFAULT_MODEL, cache_home, resolve_model
 from ..models.tp_shards import split_tp
 from ..plan.model_config import read_config, stored_bits
 from ..plan.planner import make_plan
+from ..plan.presets import PRESETS
 from ..plan.render import render_plan
 from ..plan.types import Plan
 from .render import launchd_plist, systemd_unit
@@ -24,24 +25,29 @@ SOURCE_ROOT = Path(__file__).resolve().parents[2]
 REPRODUCIBLE_EPOCH = "315532800"  # 1980-01-01, the oldest time a zip entry can carry
 
 
-def model_config(inventory: Inventory, config_file: str | None) -> tuple[dict, str | None]:
-    """The model's config.json for planning, and a note when it is not on this machine."""
+def model_config(inventory: Inventory, config_file: str | None) -> dict:
+    """The model's config.json for planning (a file, or a preset's name: glm-5).
+    Refused when neither it nor the model is on this machine: the plan gives each rank its
+    KV budget, and without the config the services would run with none."""
+    if config_file in PRESETS:
+        return PRESETS[config_file]
     if config_file:
-        return read_config(config_file=config_file), None
+        return read_config(config_file=config_file)
     local = inventory.model == DEFAULT_MODEL or (Path(inventory.model) / "config.json").exists()
     if local:
-        return read_config(resolve_model(inventory.model)[0]), None
-    return {}, (
-        f"note: {inventory.model} is not on this machine, so memory fit was not checked; "
-        "pass --model-config with its config.json to check it"
+        return read_config(resolve_model(inventory.model)[0])
+    raise ValueError(
+        f"the inventory's model {inventory.model} is not on this machine, and the plan needs "
+        "its config to give each rank its KV budget (without one the ranks would have no "
+        f"limit): pass --model-config CONFIG.json, or a preset ({', '.join(PRESETS)})"
     )
 
 
-def deploy_plan(inventory: Inventory, config_file: str | None) -> tuple[Plan, str | None]:
-    config, note = model_config(inventory, config_file)
+def deploy_plan(inventory: Inventory, config_file: str | None) -> Plan:
+    config = model_config(inventory, config_file)
     bits = stored_bits(config) or inventory.quantization_bits
     split = split_tp(inventory.model) if inventory.model != DEFAULT_MODEL else None
-    return make_plan(config, bits, inventory, split_tp=split), note
+    return make_plan(config, bits, inventory, split_tp=split)
 
 
 def build_wheel(out_dir: Path) -> Path | None:
@@ -91,7 +97,7 @@ def machine_of(host) -> str:
 def render(inventory_path: str, prefix: str, config_file: str | None, wheel_dir: str | None):
     """Everything the playbook writes, per host, as JSON-ready data."""
     inventory = load_inventory(inventory_path)
-    plan, _ = deploy_plan(inventory, config_file)
+    plan = deploy_plan(inventory, config_file)
     if why := plan.unservable():
         raise ValueError(why)
     layout = Layout(prefix)
@@ -148,7 +154,9 @@ def ansible_playbook_argv(args, inventory: Inventory) -> list[str]:
     if args.prefix:
         argv += ["-e", f"deploy_prefix={args.prefix}"]
     if args.model_config:
-        argv += ["-e", f"deploy_model_config={Path(args.model_config).resolve()}"]
+        given = args.model_config  # a preset's name, or a file (resolved: Ansible runs elsewhere)
+        given = given if given in PRESETS else str(Path(given).resolve())
+        argv += ["-e", f"deploy_model_config={given}"]
     if args.no_services:
         argv += ["-e", "deploy_manage_services=false"]
     if args.remove:
@@ -169,10 +177,12 @@ def deploy_command(args) -> int:
         argv = ansible_playbook_argv(args, inventory)
         print("running:", " ".join(argv), flush=True)
         return subprocess.run(argv, stdin=_stdin()).returncode
-    plan, note = deploy_plan(inventory, args.model_config)
+    try:
+        plan = deploy_plan(inventory, args.model_config)
+    except ValueError as e:
+        print(f"error: nothing deployed: {e}", file=sys.stderr)
+        return 1
     print(render_plan(plan))
-    if note:
-        print(note)
     if why := plan.unservable():
         print(f"error: nothing deployed: {why}", file=sys.stderr)
         return 1

@@ -129,6 +129,20 @@ def test_systemd_quoting_keeps_arguments_whole():
     assert _quote("plain") == "plain"
 
 
+def test_a_deploy_without_the_models_config_is_refused_or_takes_a_preset(tmp_path, monkeypatch):
+    """The README's GLM-5 deploy: the model lives on the nodes, not here. Without its config
+    the rank services were written with no KV budget (and a plan of 0 parameters said OK);
+    now that is refused, and a preset's name serves as the config."""
+    monkeypatch.setenv("CLUSTER_HOME", str(tmp_path / "home"))
+    inventory = str(ROOT / "inventory" / "mac-studio-2x.yaml")
+    with pytest.raises(ValueError, match="--model-config CONFIG.json, or a preset .*glm-5"):
+        render(inventory, "/opt/cluster", None, None)
+    data = render(inventory, "/opt/cluster", "glm-5", None)
+    ranks = [s for node in data["hosts"].values() for s in node["services"]
+             if "rank" in s["name"]]  # fmt: skip
+    assert ranks and all("--kv-cache-bytes" in s["systemd"] for s in ranks)
+
+
 def test_jaccl_replica_with_wrong_rdma_device_count_is_refused(tmp_path, glm5_config, monkeypatch):
     monkeypatch.setenv("CLUSTER_HOME", str(tmp_path / "home"))
     data = yaml.safe_load((ROOT / "inventory" / "mac-studio-4x.yaml").read_text())
