@@ -116,6 +116,19 @@ def _walk(group: dict, vars_: dict, hosts: dict, seen: dict, path: str) -> None:
         _walk(child or {}, vars_, hosts, seen, f"{path}.children.{child_name}")
 
 
+def _amount(facts: dict, key: str, name: str, source: str) -> float:
+    """A host's positive number (memory_gb: 256, not "256GB")."""
+    value = facts[key]
+    try:
+        number = float(value) if not isinstance(value, bool) else 0.0
+    except (TypeError, ValueError):
+        number = 0.0
+    if not number > 0:
+        raise InventoryError(f"{source}: host '{name}': {key} must be a positive number (e.g. "
+                             f"{key}: 256), not {value!r}")  # fmt: skip
+    return number
+
+
 def _host(name: str, facts: dict, source: str) -> Host:
     for field_name in REQUIRED_HOST_FIELDS:
         if field_name not in facts:
@@ -124,14 +137,8 @@ def _host(name: str, facts: dict, source: str) -> Host:
     addresses = [addresses] if isinstance(addresses, str) else list(addresses)
     if not addresses:
         raise InventoryError(f"{source}: host '{name}' has an empty 'interconnect' list")
-    try:
-        memory, bandwidth = float(facts["memory_gb"]), float(facts["memory_bandwidth_gbs"])
-    except (TypeError, ValueError):
-        raise InventoryError(
-            f"{source}: host '{name}' needs numbers for memory_gb and memory_bandwidth_gbs"
-        ) from None
-    if memory <= 0 or bandwidth <= 0:
-        raise InventoryError(f"{source}: host '{name}' has a non-positive memory or bandwidth")
+    memory = _amount(facts, "memory_gb", name, source)
+    bandwidth = _amount(facts, "memory_bandwidth_gbs", name, source)
     rdma = facts.get("rdma_devices") or ()
     wired = facts.get("wired_limit_gb")
     target = facts.get("ansible_host", name)
@@ -149,6 +156,22 @@ def _host(name: str, facts: dict, source: str) -> Host:
         python=str(facts.get("cluster_python", "python3")),
         deploy={k: v for k, v in facts.items() if k.startswith(("deploy_", "ansible_"))},
     )
+
+
+def _whole(top: dict, key: str, default, source: str, low: int = 1, high: int | None = None):
+    """vars.KEY as a whole number within [low, high] (its default when absent), or an error
+    that names the key and the value (it was Python's "invalid literal for int()")."""
+    value = top.get(key, default)
+    if value is None:
+        return None
+    try:
+        number = int(value) if not isinstance(value, bool | float) else None
+    except (TypeError, ValueError):
+        number = None
+    if number is None or number < low or (high is not None and number > high):
+        span = f"from {low} to {high}" if high is not None else f"at least {low}"
+        raise InventoryError(f"{source}: vars.{key} must be a whole number {span}, not {value!r}")
+    return number
 
 
 def parse_inventory(data: dict, source: str = "<memory>") -> Inventory:
@@ -176,11 +199,9 @@ def parse_inventory(data: dict, source: str = "<memory>") -> Inventory:
     if node is not None and node not in hosts:
         raise InventoryError(f"{source}: vars.coordinator_node '{node}' is not a host of it")
     names = top.get("served_model_name") or ()
-    names = (names,) if isinstance(names, str) else tuple(str(n) for n in names)
-    replicas = int(top.get("replicas", 1))
-    if replicas < 1:
-        raise InventoryError(f"{source}: vars.replicas must be at least 1")
-    bits = int(top.get("quantization_bits", 16))
+    names = tuple(str(n) for n in names) if isinstance(names, list | tuple) else (str(names),)
+    replicas = _whole(top, "replicas", 1, source)
+    bits = _whole(top, "quantization_bits", 16, source)
     if bits not in BITS:
         raise InventoryError(f"{source}: vars.quantization_bits {bits} must be one of "
                              f"{', '.join(map(str, BITS))}")  # fmt: skip
@@ -191,14 +212,14 @@ def parse_inventory(data: dict, source: str = "<memory>") -> Inventory:
         replicas=replicas,
         mlx_backend=backend,
         coordinator_host=str(top.get("coordinator_host", "127.0.0.1")),
-        coordinator_port=int(top.get("coordinator_port", 8000)),
+        coordinator_port=_whole(top, "coordinator_port", 8000, source, 1, 65535),
         launcher=launcher,
-        ring_base_port=int(top.get("ring_base_port", 52100)),
-        grpc_base_port=int(top["grpc_base_port"]) if top.get("grpc_base_port") else None,
+        ring_base_port=_whole(top, "ring_base_port", 52100, source, 1, 65535),
+        grpc_base_port=_whole(top, "grpc_base_port", None, source, 1, 65535),
         allreduce_latency_us=top.get("allreduce_latency_us"),
-        min_context_tokens=int(top.get("min_context_tokens", 32768)),
+        min_context_tokens=_whole(top, "min_context_tokens", 32768, source),
         speculation=str(top.get("speculation", "none")),
-        num_speculative_tokens=int(top.get("num_speculative_tokens", 1)),
+        num_speculative_tokens=_whole(top, "num_speculative_tokens", 1, source, 1, 8),
         mtp_weights=top.get("mtp_weights"),
         coordinator_node=node,
         served_model_names=names,

@@ -36,7 +36,29 @@ def test_children_groups_inherit_vars():
             "host 'a' appears twice",
         ),
         ({"all": {"vars": {"mlx_backend": "nccl"}, "hosts": {"a": _host()}}}, "'nccl' is unknown"),
-        ({"all": {"hosts": {"a": _host(memory_gb="lots")}}}, "host 'a' needs numbers"),
+        (
+            {"all": {"hosts": {"a": _host(memory_gb="256GB")}}},
+            "host 'a': memory_gb must be a positive number .*not '256GB'",
+        ),
+        (
+            {"all": {"hosts": {"a": _host(memory_bandwidth_gbs=0)}}},
+            "host 'a': memory_bandwidth_gbs must be a positive number",
+        ),
+        *(
+            (
+                {"all": {"vars": {key: value}, "hosts": {"a": _host()}}},
+                f"vars.{key} must be a whole number {span}, not {value!r}",
+            )
+            for key, value, span in (
+                ("quantization_bits", "4bit", "at least 1"),
+                ("replicas", "two", "at least 1"),
+                ("replicas", 0, "at least 1"),
+                ("coordinator_port", "80OO", "from 1 to 65535"),
+                ("coordinator_port", 70000, "from 1 to 65535"),
+                ("grpc_base_port", -1, "from 1 to 65535"),
+                ("num_speculative_tokens", -2, "from 1 to 8"),
+            )
+        ),
         ({"all": {}}, "no hosts"),
     ],
 )
@@ -51,6 +73,8 @@ def test_served_model_name_is_a_name_or_a_name_and_aliases():
     more = {"all": {"vars": {"served_model_name": ["glm-5", "claude-haiku-4-5"]},
                     "hosts": {"a": _host()}}}  # fmt: skip
     assert parse_inventory(more).served_model_names == ("glm-5", "claude-haiku-4-5")
+    number = {"all": {"vars": {"served_model_name": 5}, "hosts": {"a": _host()}}}
+    assert parse_inventory(number).served_model_names == ("5",)  # YAML read a name as a number
     assert load_inventory().served_model_names == ()
 
 
@@ -71,8 +95,8 @@ def test_typos_duplicates_and_bits_are_refused_by_name(tmp_path):
     # Ansible's own vars, and ones of the operator's far from ours, pass.
     parse_inventory({"all": {"vars": {"ansible_python_interpreter": "/x", "team": "infra"},
                              "hosts": {"a": host}}})  # fmt: skip
-    with pytest.raises(InventoryError, match="quantization_bits -8 must be one of"):
-        parse_inventory({"all": {"vars": {"quantization_bits": -8}, "hosts": {"a": host}}})
+    with pytest.raises(InventoryError, match="quantization_bits 7 must be one of"):
+        parse_inventory({"all": {"vars": {"quantization_bits": 7}, "hosts": {"a": host}}})
     path = tmp_path / "dup.yaml"
     path.write_text("all:\n  hosts:\n    a: {memory_gb: 64}\n    a: {memory_gb: 32}\n")
     with pytest.raises(InventoryError, match="line 4: 'a' appears twice"):
