@@ -140,7 +140,11 @@ def _host(name: str, facts: dict, source: str) -> Host:
     memory = _amount(facts, "memory_gb", name, source)
     bandwidth = _amount(facts, "memory_bandwidth_gbs", name, source)
     rdma = facts.get("rdma_devices") or ()
-    wired = facts.get("wired_limit_gb")
+    wired = _amount(facts, "wired_limit_gb", name, source) if "wired_limit_gb" in facts else None
+    if wired is not None and wired > memory:
+        raise InventoryError(f"{source}: host '{name}': wired_limit_gb {wired:g} is above its "
+                             f"memory_gb {memory:g}; the GPU cannot wire more than the machine "
+                             "has")  # fmt: skip
     target = facts.get("ansible_host", name)
     if user := facts.get("ansible_user"):
         target = f"{user}@{target}"
@@ -151,7 +155,7 @@ def _host(name: str, facts: dict, source: str) -> Host:
         str(facts["chip"]),
         bandwidth,
         tuple(rdma),
-        float(wired) if wired is not None else None,
+        wired,
         ssh_target=target,
         python=str(facts.get("cluster_python", "python3")),
         deploy={k: v for k, v in facts.items() if k.startswith(("deploy_", "ansible_"))},

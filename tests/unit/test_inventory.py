@@ -41,6 +41,10 @@ def test_children_groups_inherit_vars():
             "host 'a': memory_gb must be a positive number .*not '256GB'",
         ),
         (
+            {"all": {"hosts": {"a": _host(wired_limit_gb=600)}}},
+            "host 'a': wired_limit_gb 600 is above its memory_gb 512",
+        ),
+        (
             {"all": {"hosts": {"a": _host(memory_bandwidth_gbs=0)}}},
             "host 'a': memory_bandwidth_gbs must be a positive number",
         ),
