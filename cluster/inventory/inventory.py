@@ -88,14 +88,32 @@ def default_inventory_path() -> Path:
     return Path(__file__).with_name("local.yaml")
 
 
+def _serve_options() -> frozenset[str]:
+    """`serve` options that an inventory does not set (its engine's and coordinator's)."""
+    from dataclasses import fields
+
+    from ..config import EngineConfig
+
+    coordinator = {"api_key", "chat_template_args", "load_timeout", "probe_seconds", "routing",
+                   "thinking_budget", "tool_call_grammar"}  # fmt: skip
+    return frozenset({f.name for f in fields(EngineConfig)} | coordinator) - set(KNOWN_KEYS)
+
+
 def _check_keys(keys, where: str) -> None:
     """A key one letter or two away from one this project reads is a typo, not an Ansible
-    var: refused with the key it meant."""
+    var: refused with the key it meant; so is a `serve` option, which an inventory does not
+    set (it was ignored without a word: `max_num_seqs: 8` served 16)."""
     import difflib
 
+    options = _serve_options()
     for key in keys:
         if key in KNOWN_KEYS or key.startswith(("ansible_", "deploy_")):
             continue
+        if key in options:
+            flag = "--" + str(key).replace("_", "-")
+            raise InventoryError(f"{where}: '{key}' is a `serve` option, not an inventory var: "
+                                 f"pass {flag} to `serve` (a deployed coordinator runs with "
+                                 "its defaults)")  # fmt: skip
         if near := difflib.get_close_matches(str(key), KNOWN_KEYS, n=1, cutoff=0.8):
             raise InventoryError(f"{where}: unknown key '{key}' (did you mean '{near[0]}'?)")
 

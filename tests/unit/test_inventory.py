@@ -41,6 +41,14 @@ def test_children_groups_inherit_vars():
             "host 'a': memory_gb must be a positive number .*not '256GB'",
         ),
         (
+            {"all": {"vars": {"max_num_seqs": 8}, "hosts": {"a": _host()}}},
+            "'max_num_seqs' is a `serve` option, not an inventory var: pass --max-num-seqs",
+        ),
+        (
+            {"all": {"vars": {"api_key": "k"}, "hosts": {"a": _host()}}},
+            "'api_key' is a `serve` option",
+        ),
+        (
             {"all": {"hosts": {"a": _host(wired_limit_gb=600)}}},
             "host 'a': wired_limit_gb 600 is above its memory_gb 512",
         ),
