@@ -111,7 +111,24 @@ REPLICAS = [
     ),
     ("Rank up", "short", [(f"cluster:rank_up{{{SEL}}}", "{{replica}}/{{node}} rank {{rank}}")]),
     ("Model bytes per rank", "bytes", [(f"cluster:model_bytes{{{SEL}}}", "{{replica}}/{{node}}")]),
-    ("KV cache bytes", "bytes", [(f"cluster:kv_cache_usage_bytes{{{SEL}}}", "{{replica}}")]),
+    (
+        "KV cache bytes, and the budget",
+        "bytes",
+        [
+            (f"cluster:kv_cache_usage_bytes{{{SEL}}}", "{{replica}} used"),
+            (f"cluster:kv_cache_budget_bytes{{{SEL}}} or on() vector(0)", "{{replica}} budget"),
+        ],
+    ),
+    (
+        "KV preemptions (sequences sent back to wait for room)",
+        "short",
+        [
+            (
+                f"sum by (replica) (rate(cluster:kv_cache_preemptions_total{{{SEL}}}[{RATE}])) or on() vector(0)",
+                "{{replica}}",
+            ),
+        ],
+    ),
     (
         "Queue, prefill and decode time (p50)",
         "s",
@@ -151,6 +168,16 @@ CACHE = [
         ],
     ),
     (
+        "Prefix cache hits by tier",
+        "tok/s",
+        [
+            (
+                f"sum by (replica, tier) (rate(cluster:prefix_cache_tier_hits_total{{{SEL}}}[{RATE}])) or on() vector(0)",
+                "{{replica}} {{tier}}",
+            ),
+        ],
+    ),
+    (
         "Prefix cache usage",
         "percentunit",
         [(f"cluster:prefix_cache_usage_perc{{{SEL}}}", "{{replica}}")],
@@ -181,6 +208,26 @@ SPECULATION = [
             (
                 f"cluster:spec_decode_draft_length{{{SEL}}} or on() vector(0)",
                 "{{replica}} batch {{batch_size}}",
+            ),
+        ],
+    ),
+    (
+        "Draft tokens accepted (share of proposed)",
+        "percentunit",
+        [
+            (
+                f"sum by (replica) (rate(cluster:spec_decode_num_accepted_tokens_total{{{SEL}}}[{RATE}])) / sum by (replica) (rate(cluster:spec_decode_num_draft_tokens_total{{{SEL}}}[{RATE}])) or on() vector(0)",
+                "{{replica}}",
+            ),
+        ],
+    ),
+    (
+        "Accepted per draft, by position (seed 004's table)",
+        "percentunit",
+        [
+            (
+                f"sum by (replica, position) (rate(cluster:spec_decode_num_accepted_tokens_per_pos_total{{{SEL}}}[{RATE}])) / ignoring(position) group_left sum by (replica) (rate(cluster:spec_decode_num_drafts_total{{{SEL}}}[{RATE}])) or on() vector(0)",
+                "{{replica}} position {{position}}",
             ),
         ],
     ),

@@ -38,6 +38,18 @@ def test_dashboard_json_has_grafana_shape():
 
 
 @pytest.fixture(scope="module")
+def server(model_dir, tmp_path_factory):
+    """A speculating (n-gram) server: the speculation panels get data as well."""
+    from conftest import Server
+
+    home = tmp_path_factory.mktemp("home")
+    args = ["--model", str(model_dir), "--speculation", "ngram", "--num-speculative-tokens", "3"]
+    srv = Server(args, env={"CLUSTER_HOME": str(home)})
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
 def prometheus(server, tmp_path_factory):
     binary = shutil.which("prometheus")
     if binary is None:
@@ -96,6 +108,9 @@ def test_every_dashboard_query_returns_data_from_prometheus(server, prometheus):
             stream=True,
         )
         list(stream)
+        repeating = [30 + j % 12 for j in range(96)]  # prompt lookup finds drafts here
+        client.completions.create(model=server.model, prompt=repeating, max_tokens=24,
+                                  temperature=0, extra_body={"ignore_eos": True})  # fmt: skip
         time.sleep(0.5)
     time.sleep(3)
     substitutions = {
@@ -112,6 +127,13 @@ def test_every_dashboard_query_returns_data_from_prometheus(server, prometheus):
                 if not _query(prometheus, expr):
                     empty.append(f"{title}: {expr}")
     assert empty == []
+    # The acceptance panels compute from the counters themselves, not their fallback 0.
+    for title, _, targets in dashboards.SPECULATION:
+        if title.startswith(("Draft tokens accepted", "Accepted per draft")):
+            expr = targets[0][0].replace("$model_name", server.model).replace("$replica", ".*")
+            expr = expr.replace("$__rate_interval", "1m").removesuffix(" or on() vector(0)")
+            values = [float(r["value"][1]) for r in _query(prometheus, expr)]
+            assert values and all(0 <= v <= 1 for v in values), (title, values)
     # Hit rate is computed in PromQL from token counters, and the repeated prefix hit.
     hits = _query(prometheus, "sum(cluster:prefix_cache_hits_total)")
     assert float(hits[0]["value"][1]) > 0
