@@ -26,9 +26,12 @@ def launchd_plist(spec: ServiceSpec) -> bytes:
     return plistlib.dumps(job, fmt=plistlib.FMT_XML, sort_keys=True)
 
 
-def _quote(arg: str) -> str:
-    """systemd's command-line quoting: double quotes, escaped specifiers (%)."""
+def _quote(arg: str, command: bool = False) -> str:
+    """systemd's quoting: double quotes, escaped specifiers (%); in a command line also `$`,
+    which systemd expands as a variable even inside quotes."""
     arg = arg.replace("%", "%%")
+    if command:
+        arg = arg.replace("$", "$$")
     if arg and not any(c in arg for c in " \t\"'\\;$"):
         return arg
     return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -39,7 +42,7 @@ def systemd_unit(spec: ServiceSpec) -> str:
     lines = [
         f"# {HEADER}",
         "[Unit]",
-        f"Description={spec.description}",
+        f"Description={spec.description.replace('%', '%%')}",
         f"After={after}",
         "Wants=network-online.target",
         "",
@@ -51,7 +54,7 @@ def systemd_unit(spec: ServiceSpec) -> str:
     lines.append(f"WorkingDirectory={spec.working_dir}")
     lines += [f"Environment={_quote(f'{k}={v}')}" for k, v in spec.env.items()]
     lines += [
-        "ExecStart=" + " ".join(_quote(a) for a in spec.argv),
+        "ExecStart=" + " ".join(_quote(a, command=True) for a in spec.argv),
         "Restart=always",
         "RestartSec=5",
         "KillSignal=SIGTERM",

@@ -120,11 +120,13 @@ def service_engine(inventory):
 
 
 def test_systemd_quoting_keeps_arguments_whole():
-    spec = ServiceSpec("x", "d", ("/p y/python", "-m", "a%b", 'say "hi"'), {"K": "v w"})
+    spec = ServiceSpec("x", "d", ("/p y/python", "-m", "a%b", 'say "hi"', "pa$s"), {"K": "v w"})
     unit = systemd_unit(spec)
     exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
-    argv = [a.replace("%%", "%") for a in shlex.split(exec_start.removeprefix("ExecStart="))]
-    assert argv == ["/p y/python", "-m", "a%b", 'say "hi"']
+    argv = [a.replace("%%", "%").replace("$$", "$")
+            for a in shlex.split(exec_start.removeprefix("ExecStart="))]  # fmt: skip
+    assert argv == ["/p y/python", "-m", "a%b", 'say "hi"', "pa$s"]
+    assert '"pa$$s"' in exec_start  # systemd expands $ in a command line, even in quotes
     assert 'Environment="K=v w"' in unit
     assert _quote("plain") == "plain"
 
