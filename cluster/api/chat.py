@@ -190,11 +190,30 @@ async def start(coordinator: Coordinator, request, body, rid: str, tokens: list[
     sends."""
     sampling = with_defaults(sampling, body, coordinator.tokenizer.generation_defaults)
     hashes = await off_loop(len(tokens) > LONG_TOKENS, coordinator.prompt_hashes, tokens)
-    session = request.headers.get("x-session-id")
+    session = session_key(request, body)
     stream = coordinator.start(rid, tokens, sampling, processor, session, hashes)
     headers = {"x-request-id": rid, "x-replica": stream.replica.name,
                "x-speculation": stream.replica.speculation_summary}  # fmt: skip
     return stream, headers
+
+
+SESSION_HEADERS = ("x-session-id", "session_id", "conversation_id")
+"""Headers that name an agent's session: ours, then Codex CLI's."""
+
+
+def session_key(request, body) -> str | None:
+    """What sticks a conversation to its replica: a session header, else OpenAI's
+    `prompt_cache_key`, else Anthropic's `metadata.user_id` (Claude Code's names its
+    session)."""
+    for name in SESSION_HEADERS:
+        if value := request.headers.get(name):
+            return value
+    if key := getattr(body, "prompt_cache_key", None):
+        return str(key)
+    metadata = getattr(body, "metadata", None)
+    if isinstance(metadata, dict) and (user := metadata.get("user_id")):
+        return str(user)
+    return None
 
 
 def outcome_headers(headers: dict, last: Output | None) -> dict:

@@ -191,9 +191,8 @@ def router(coordinator: Coordinator, defaults: ChatDefaults) -> APIRouter:
             "user": body.user, "metadata": body.metadata or {}, "error": None,
             "incomplete_details": None, "store": False,
         }  # fmt: skip
-        count = coordinator.tokenizer.encode
         if body.stream:
-            events = beating(_stream_events(stream, base, count))
+            events = beating(_stream_events(stream, base))
             return StreamingResponse(events, media_type="text/event-stream", headers=headers,
                                      background=BackgroundTask(stream.aclose))  # fmt: skip
         got = await collect_unless_disconnected(request, stream)
@@ -201,7 +200,7 @@ def router(coordinator: Coordinator, defaults: ChatDefaults) -> APIRouter:
         for out in got.outputs:  # piece by piece, as a stream: items in generation order
             items.events(out)
         items.close(cut=_cut(got.last))
-        reply = _final(base, items, got.last, count)
+        reply = _final(base, items, got.last)
         return JSONResponse(reply, headers=outcome_headers(headers, got.last))
 
     return api
@@ -228,20 +227,20 @@ def _cut(last: Output | None) -> bool:
     return last is not None and last.finish_reason == "length"
 
 
-def _final(base: dict, items: _Items, last: Output | None, count) -> dict:
-    """The finished response: its items, status and usage."""
+def _final(base: dict, items: _Items, last: Output | None) -> dict:
+    """The finished response: its items, status and usage (reasoning tokens as the parser
+    counted them, as chat reports them: re-encoding the text could count more than were
+    written)."""
     cut = _cut(last)
-    reasoning = "".join(p["text"] for it in items.items if it["type"] == "reasoning"
-                        for p in it["content"])  # fmt: skip
     return base | {
         "status": "incomplete" if cut else "completed",
         "incomplete_details": {"reason": "max_output_tokens"} if cut else None,
         "output": items.items,
-        "usage": _usage(last, len(count(reasoning)) if reasoning else 0),
+        "usage": _usage(last, last.reasoning_tokens if last else 0),
     }
 
 
-async def _stream_events(stream, base: dict, count):
+async def _stream_events(stream, base: dict):
     """The Responses API's event stream: response.created and .in_progress, each item's
     events, then response.completed (or .incomplete); a failure is an `error` event."""
     seq = 0
@@ -262,7 +261,7 @@ async def _stream_events(stream, base: dict, count):
                 yield sse(event)
         for event in items.close(cut=_cut(last)):
             yield sse(event)
-        final = _final(base, items, last, count)
+        final = _final(base, items, last)
         kind = "response.incomplete" if final["status"] == "incomplete" else "response.completed"
         yield sse({"type": kind, "response": final})
     except Exception as e:

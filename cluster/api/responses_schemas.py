@@ -67,6 +67,9 @@ class ResponsesRequest(BaseModel):
     """'auto' drops the oldest turns of `input` until the prompt fits the context."""
     metadata: dict[str, str] | None = None
     user: str | None = None
+    prompt_cache_key: str | None = None
+    """OpenAI's: requests with the same key share a cache; here it sticks them to one replica
+    (as `x-session-id` does)."""
     include: list[str] | None = None
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     prompt: Any = None
@@ -191,8 +194,10 @@ class ResponsesRequest(BaseModel):
         return c.name if isinstance(c, NamedFunction) else c
 
     def openai_tools(self) -> list[dict]:
-        return [{"type": "function", "function": {"name": t.name,
-                 "description": t.description or "", "parameters": t.parameters or {}}}
+        """The tools in chat's shape, fields given only (the template writes what it gets:
+        an empty description was tokens the chat route's prompt did not have)."""
+        return [{"type": "function", "function": {"name": t.name, "parameters": t.parameters or {},
+                 **({"description": t.description} if t.description else {})}}
                 for t in self.tools or []]  # fmt: skip
 
     def template_args(self) -> dict:
@@ -208,8 +213,8 @@ class ResponsesRequest(BaseModel):
 
     def template_messages(self) -> list[dict]:
         """`instructions` and the input items as chat messages: function_call items become
-        the assistant's tool_calls, function_call_output items tool messages, reasoning items
-        the next assistant turn's reasoning_content."""
+        the assistant's tool_calls (of its message just before, if any), function_call_output
+        items tool messages, reasoning items the next assistant turn's reasoning_content."""
         out: list[dict] = []
         if self.instructions:
             out.append({"role": "system", "content": self.instructions})
@@ -231,13 +236,16 @@ class ResponsesRequest(BaseModel):
                 args = tool_arguments(item.get("arguments"), f"input[{i}].arguments")
                 call = {"id": item.get("call_id"), "type": "function",
                         "function": {"name": item.get("name"), "arguments": args}}  # fmt: skip
+                # One turn: the assistant's message, then its calls (as one response's items
+                # come, and as the chat route templates them); a reasoning item between them
+                # starts another turn.
                 last = out[-1] if out else None
-                if last is None or last["role"] != "assistant" or "tool_calls" not in last:
-                    last = {"role": "assistant", "content": "", "tool_calls": []}
+                if last is None or last["role"] != "assistant" or reasoning:
+                    last = {"role": "assistant", "content": ""}
                     if reasoning:
                         last["reasoning_content"], reasoning = reasoning, ""
                     out.append(last)
-                last["tool_calls"].append(call)
+                last.setdefault("tool_calls", []).append(call)
             elif kind == "function_call_output":
                 text = _text(item.get("output"))
                 out.append({"role": "tool", "tool_call_id": item.get("call_id"), "content": text})

@@ -158,6 +158,9 @@ class _Common(BaseModel):
     repetition_penalty: Annotated[float, Field(gt=0.0, le=10.0)] = 1.0
     """vLLM's and mlx-lm's: > 1 discourages tokens already in the prompt or output."""
     user: str | None = None
+    prompt_cache_key: str | None = None
+    """OpenAI's: requests with the same key share a cache; here it sticks them to one replica
+    (as `x-session-id` does)."""
 
     @field_validator("stop")
     @classmethod

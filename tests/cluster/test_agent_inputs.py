@@ -278,3 +278,31 @@ def test_a_refusal_part_in_history_is_read_as_the_assistants_text(srv):
     assert refused.status_code == 200, refused.text
     said = _post(srv, history("I will not delete it all.")).json()["usage"]["prompt_tokens"]
     assert refused.json()["usage"]["prompt_tokens"] == said
+
+
+def test_agents_own_session_names_stick_a_conversation_to_its_replica(srv):
+    """Codex sends `session_id` (header) and `prompt_cache_key`, Claude Code names its session
+    in `metadata.user_id`: each sticks the conversation as `x-session-id` does (the second
+    turn is routed by `session`), where only `x-session-id` did before."""
+
+    def sessions() -> float:
+        text = httpx.get(f"{srv.url}/metrics", timeout=10).text
+        lines = [x for x in text.splitlines() if x.startswith("cluster:routing_decisions_total")
+                 and 'reason="session"' in x]  # fmt: skip
+        return sum(float(x.rsplit(" ", 1)[1]) for x in lines)
+
+    chat = {"model": M, "messages": USER, "max_tokens": 2}
+    turns = [
+        ("/v1/chat/completions", chat, {"session_id": "codex-1"}),
+        ("/v1/chat/completions", chat | {"prompt_cache_key": "key-1"}, {}),
+        ("/v1/responses", {"model": M, "input": "hi", "max_output_tokens": 2,
+                           "prompt_cache_key": "key-2"}, {}),
+        ("/v1/messages", {"model": M, "max_tokens": 2, "messages": USER,
+                          "metadata": {"user_id": "user_ab_session_1"}}, {}),
+    ]  # fmt: skip
+    for path, body, headers in turns:
+        before = sessions()
+        for _ in range(2):
+            r = _post(srv, body, path, headers=headers)
+            assert r.status_code == 200, (path, r.text)
+        assert sessions() == before + 1, (path, body, headers)

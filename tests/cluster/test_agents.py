@@ -841,6 +841,14 @@ def test_responses_api_text_reasoning_and_a_stream_that_matches(agent_server):
     on = client.responses.create(**kw)
     assert on.output[0].type == "reasoning" and on.output[0].content[0].text
     assert on.usage.output_tokens_details.reasoning_tokens > 0
+    # the parser's count, as chat gives it (re-encoding the text once counted more)
+    chat = client.chat.completions.create(
+        model=agent_server.model, messages=[{"role": "user", "content": "def add(a, b):"}],
+        max_tokens=24, temperature=0.0,
+    )  # fmt: skip
+    assert on.usage.output_tokens_details.reasoning_tokens == (
+        chat.usage.completion_tokens_details.reasoning_tokens
+    )
     events = list(client.responses.create(stream=True, **kw))
     kinds = [e.type for e in events]
     assert kinds[:2] == ["response.created", "response.in_progress"]
@@ -853,6 +861,38 @@ def test_responses_api_text_reasoning_and_a_stream_that_matches(agent_server):
     text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
     assert text == on.output_text
     seen_content.extend([off.output_text, on.output_text, final.output_text])
+
+
+def test_responses_history_of_a_message_and_its_calls_is_one_assistant_turn(agent_server):
+    """One response's items (reasoning, a message, a function_call) resent as history are one
+    assistant turn, the prompt the chat route builds from the same turn (they were two
+    turns, with a stray `<|assistant|></think>` the model never wrote)."""
+    call = {"id": "c1", "type": "function",
+            "function": {"name": "shell", "arguments": '{"cmd": "ls"}'}}  # fmt: skip
+    tool = {"type": "function", "function": {"name": "shell", "parameters": {
+        "type": "object", "properties": {"cmd": {"type": "string"}}}}}  # fmt: skip
+    chat = httpx.post(f"{agent_server.url}/v1/chat/completions", json={
+        "model": agent_server.model, "max_tokens": 1, "tools": [tool], "messages": [
+            {"role": "user", "content": "list files"},
+            {"role": "assistant", "content": "I'll list the files.",
+             "reasoning_content": "I need ls.", "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "c1", "content": "a.txt"}]}, timeout=60)  # fmt: skip
+    responses = httpx.post(f"{agent_server.url}/v1/responses", json={
+        "model": agent_server.model, "max_output_tokens": 1,
+        "tools": [{"type": "function", "name": "shell", **tool["function"]}],
+        "input": [
+            {"role": "user", "content": "list files"},
+            {"type": "reasoning", "summary": [],
+             "content": [{"type": "reasoning_text", "text": "I need ls."}]},
+            {"type": "message", "role": "assistant",
+             "content": [{"type": "output_text", "text": "I'll list the files."}]},
+            {"type": "function_call", "call_id": "c1", "name": "shell",
+             "arguments": '{"cmd": "ls"}'},
+            {"type": "function_call_output", "call_id": "c1", "output": "a.txt"}]},
+        timeout=60)  # fmt: skip
+    assert chat.status_code == responses.status_code == 200, (chat.text, responses.text)
+    prompt = chat.json()["usage"]["prompt_tokens"]
+    assert responses.json()["usage"]["input_tokens"] == prompt
 
 
 def test_responses_api_function_call_loop_streamed_alike(agent_server, held_out):
