@@ -5,6 +5,7 @@ import json
 import random
 import re
 import secrets
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +21,18 @@ PHASES = ("sequential", "concurrent", "prefix-cache")
 
 def _slug(url: str) -> str:
     return re.sub(r"[^a-zA-Z0-9]+", "-", url.split("://")[-1]).strip("-")
+
+
+def unique_slugs(targets: list[str]) -> list[str]:
+    """A file name per endpoint; the same endpoint twice gets `-2` (their reports and runs
+    were merged into one)."""
+    out: list[str] = []
+    for t in targets:
+        slug, n = _slug(t), 2
+        while (name := slug if n == 2 and slug not in out else f"{slug}-{n}") in out:
+            n += 1
+        out.append(name)
+    return out
 
 
 def parse_phase(spec: str, concurrency: int) -> tuple[str, int, int | None]:
@@ -78,10 +91,17 @@ async def bench(
     each target first serves `warmup` unmeasured requests (first-call compilation and
     allocation are not what a phase measures). alternate: sequential phases send request i to
     every target before request i+1, so a machine whose speed drifts slows all targets alike."""
+    if not phases:
+        raise ValueError(f"no phase given; choose from {', '.join(PHASES)}")
+    if concurrency < 1 or warmup < 0:
+        raise ValueError("--concurrency must be at least 1 and --warmup at least 0")
     for p in phases:
         parse_phase(p, concurrency)
     prompts = load_prompts(prompts_file)
-    names = names or [_slug(t) for t in targets]
+    names = names or unique_slugs(targets)
+    if len(names) != len(targets) or len(set(names)) != len(names):
+        raise ValueError(f"--names gives {len(names)} distinct names for {len(targets)} "
+                         "endpoints: one each, all different")  # fmt: skip
     runs: dict[str, list[PhaseResult]] = {n: [] for n in names}
     nonce = secrets.token_hex(4)
     for t, (name, target) in enumerate(zip(names, targets, strict=True)):
@@ -90,7 +110,10 @@ async def bench(
                 on_target(name)
             print(f"[bench] {name}: {warmup} warm-up requests", flush=True)
             batch = fresh(prompts, warmup, f"{nonce}-warm-{t}")
-            await run_phase("warmup", target, model, batch, 1, max_tokens)
+            warm = await run_phase("warmup", target, model, batch, 1, max_tokens)
+            if failed := [r for r in warm.results if not r.ok]:
+                print(f"[bench] {name}: {len(failed)} of {warmup} warm-up requests failed: "
+                      f"{failed[0].error[:200]}", flush=True)  # fmt: skip
     # Interleaved: each phase runs on every target before the next phase starts.
     for p, phase in enumerate(phases):
         if alternate and len(targets) > 1 and parse_phase(phase, concurrency)[0] == "sequential":
@@ -186,4 +209,8 @@ def run(args) -> int:
         print((out / "comparison.md").read_text())
     failed = sum(len(p.results) - len(p.ok) for phases_ in runs.values() for p in phases_)
     print(f"reports in {out}/ ({failed} failed requests)")
+    dead = [n for n, phases_ in runs.items() if not any(p.ok for p in phases_)]
+    if dead:  # a script must see it: nothing was measured there
+        print(f"error: every request to {', '.join(dead)} failed", file=sys.stderr)
+        return 1
     return 0

@@ -1,5 +1,6 @@
 """The default prompt set, shaped like the seeds' reports: short facts, explanations, code,
-Korean, translation, a haiku, and two repeats that a prefix cache should serve."""
+Korean, translation, a haiku, and two repeats (each request carries a fresh tag, so a repeat
+is not served from a cache: the prefix-cache phase measures that)."""
 
 import json
 from dataclasses import dataclass
@@ -21,8 +22,8 @@ DEFAULT_PROMPTS = [
     Prompt("Python vs Rust", "Compare Python and Rust for systems programming."),
     Prompt("AI haiku", "Write a haiku about artificial intelligence."),
     Prompt("한국어→영어 번역", "다음 문장을 영어로 번역하세요: 오늘은 날씨가 정말 좋습니다."),
-    Prompt("France capital (cached)", "What is the capital of France?"),
-    Prompt("TCP vs UDP (cached)", "Explain the differences between TCP and UDP."),
+    Prompt("France capital (again)", "What is the capital of France?"),
+    Prompt("TCP vs UDP (again)", "Explain the differences between TCP and UDP."),
 ]
 
 PREFIX_CONTEXT = (
@@ -37,16 +38,26 @@ PREFIX_QUESTIONS = [
 
 
 def load_prompts(path: str | Path | None) -> list[Prompt]:
-    """A JSON list of strings or {"label", "text"} objects, or the default set."""
+    """A JSON list of strings or {"label", "text"} objects, or the default set; a file of
+    another shape is an error that says what it holds."""
     if path is None:
         return list(DEFAULT_PROMPTS)
-    items = json.loads(Path(path).read_text())
+    try:
+        items = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--prompts {path}: not a JSON file of prompts ({e})") from None
+    if not isinstance(items, list):
+        raise ValueError(f"--prompts {path}: a JSON list of strings or {{\"label\", \"text\"}} "
+                         f"objects, not a {type(items).__name__}")  # fmt: skip
     prompts = []
-    for item in items:
+    for i, item in enumerate(items):
         if isinstance(item, str):
             prompts.append(Prompt(item[:40], item))
+        elif isinstance(item, dict) and isinstance(item.get("text"), str):
+            prompts.append(Prompt(str(item.get("label") or item["text"][:40]), item["text"]))
         else:
-            prompts.append(Prompt(item.get("label") or item["text"][:40], item["text"]))
+            raise ValueError(f"--prompts {path}: item {i} is neither a string nor an object "
+                             f"with a \"text\" string: {item!r:.80}")  # fmt: skip
     if not prompts:
-        raise ValueError(f"{path} has no prompts")
+        raise ValueError(f"--prompts {path} has no prompts")
     return prompts

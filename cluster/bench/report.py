@@ -11,8 +11,14 @@ TITLES = {
 }
 
 
-def _num(x: float) -> str:
-    return f"{x:.1f}"
+def _num(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.1f}"
+
+
+def _cell(text: str, limit: int = 200) -> str:
+    """Text in one markdown table cell: one line, pipes escaped, long errors cut at `limit`."""
+    one = " ".join(str(text).split()).replace("|", "\\|")
+    return one if len(one) <= limit else one[: limit - 1] + "…"
 
 
 def phase_section(index: int, phase: PhaseResult) -> list[str]:
@@ -54,10 +60,10 @@ def request_table(phase: PhaseResult) -> list[str]:
         "|---|--------|----------|---------|--------|--------|---------|--------|",
     ]
     for i, r in enumerate(phase.results):
-        status = "PASS" if r.ok else f"FAIL `{r.error[:80]}`"
+        status = "PASS" if r.ok else f"FAIL: {_cell(r.error)}"
         lines.append(
             f"| {i} | {status} | {1000 * r.ttft_s:.1f} | {_num(r.prefill_tok_s)} | "
-            f"{_num(r.decode_tok_s)} | {r.completion_tokens} | {r.total_s:.2f} | {r.label} |"
+            f"{_num(r.decode_tok_s)} | {r.completion_tokens} | {r.total_s:.2f} | {_cell(r.label)} |"
         )
     return lines
 
@@ -72,7 +78,7 @@ def prefix_table(phase: PhaseResult) -> list[str]:
         label = first.label.removesuffix(" #1")
         if not (first.ok and second.ok):
             err = first.error or second.error
-            lines.append(f"| {label} | FAIL `{err[:60]}` | | |")
+            lines.append(f"| {_cell(label)} | FAIL: {_cell(err)} | | |")
             continue
         speedup = first.ttft_s / second.ttft_s if second.ttft_s else 0.0
         lines.append(
@@ -120,11 +126,16 @@ def comparison(names: list[str], runs: dict[str, list[PhaseResult]]) -> str:
             lines.append(_ratio_row(phase.name, f"{metric} p50", values))
         tps = [runs[n][pi].throughput for n in names]
         lines.append(_ratio_row(phase.name, "throughput tok/s", tps))
+        failed = [len(runs[n][pi].results) - len(runs[n][pi].ok) for n in names]
+        lines.append("| " + " | ".join([phase.name, "failed requests", *map(str, failed),
+                                        *["" for _ in names[1:]]]) + " |")  # fmt: skip
     return "\n".join(lines)
 
 
-def _ratio_row(phase: str, metric: str, values: list[float]) -> str:
-    """One comparison row: every target's value, then each one's ratio to the first."""
-    ratios = [f"{v / values[0]:.2f}x" if values[0] else "-" for v in values[1:]]
+def _ratio_row(phase: str, metric: str, values: list[float | None]) -> str:
+    """One comparison row: every target's value, then each one's ratio to the first (n/a
+    where either has no value: all its requests failed)."""
+    base = values[0]
+    ratios = [f"{v / base:.2f}x" if base and v is not None else "n/a" for v in values[1:]]
     cells = [phase, metric, *(_num(v) for v in values), *ratios]
     return "| " + " | ".join(cells) + " |"

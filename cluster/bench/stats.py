@@ -49,8 +49,12 @@ def percentile(values: list[float], q: float) -> float:
     return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
-def summarize(values: list[float]) -> dict[str, float]:
-    avg = sum(values) / len(values) if values else 0.0
+def summarize(values: list[float]) -> dict[str, float | None]:
+    """avg and percentiles; None for each when there is no value (every request failed: a 0
+    would read as infinitely fast)."""
+    if not values:
+        return {"avg": None, "p50": None, "p95": None, "p99": None}
+    avg = sum(values) / len(values)
     return {
         "avg": avg,
         "p50": percentile(values, 50),

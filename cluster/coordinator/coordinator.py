@@ -167,7 +167,8 @@ class Coordinator:
             )
         if prompt_len >= limit:
             raise BadRequest(
-                f"{what}, but the prompt has {prompt_len} tokens. Shorten the prompt.",
+                f"{what}, but the prompt has {prompt_len} tokens, leaving no room for a reply. "
+                f"Shorten the prompt to at most {limit - 1} tokens.",
                 param=prompt_param,
                 code="context_length_exceeded",
             )

@@ -39,7 +39,55 @@ def test_report_layout_matches_the_seeds_and_shows_failures():
     assert "| Metric | avg | p50 | p95 | p99 |" in text
     assert "| TTFT (ms) | 750.0 |" in text
     assert "**Aggregate**: 2 requests (1 failed)" in text
-    assert "| 1 | FAIL `ConnectError: [Errno 111] Connection refused` |" in text
+    assert "| 1 | FAIL: ConnectError: [Errno 111] Connection refused |" in text
+    # an error body of several lines and pipes stays in its cell, and says its cause
+    html = Result("x | y", "t", error="HTTP 501: <html>\n<body>" + "x" * 300 + "</body>")
+    row = report("h", [PhaseResult("sequential", "h", 1, 1.0, [html])], 8).splitlines()[-1]
+    assert row.startswith("| 0 | FAIL: HTTP 501: <html> <body>xxx") and row.endswith("| x \\| y |")
+
+
+def test_an_endpoint_whose_requests_all_failed_reads_n_a_and_fails_the_run(tmp_path, capsys):
+    """A dead endpoint beside a live one read TTFT 0.0 (a 0.00x ratio: "faster") and the run
+    exited 0; now its figures are n/a, the comparison counts its failures, and it exits 1."""
+    from types import SimpleNamespace
+
+    from cluster.bench.main import run
+    from cluster.bench.report import comparison
+
+    ok = Result("a", "t", ok=True, prompt_tokens=4, completion_tokens=4, ttft_s=0.1)
+    ok.total_s, ok.decode_s = 0.4, 0.3
+    refused = Result("a", "u", error="refused")
+    runs = {"live": [PhaseResult("sequential", "t", 1, 1.0, [ok])],
+            "dead": [PhaseResult("sequential", "u", 1, 1.0, [refused])]}  # fmt: skip
+    table = comparison(["live", "dead"], runs)
+    assert "| sequential | TTFT (ms) p50 | 100.0 | n/a | n/a |" in table
+    assert "| sequential | failed requests | 0 | 1 |" in table
+    dead = f"http://127.0.0.1:{free_port()}"
+    args = SimpleNamespace(base_url=dead, compare=None, names=None, phases="sequential:1",
+                           concurrency=1, prompts=None, max_tokens=4, out=str(tmp_path),
+                           model=None, warmup=1, alternate=False)  # fmt: skip
+    assert run(args) == 1
+    out = capsys.readouterr()
+    assert "1 of 1 warm-up requests failed" in out.out and "every request to" in out.err
+
+
+def test_the_same_endpoint_twice_gets_two_reports_and_bad_arguments_are_refused(tmp_path):
+    from cluster.bench.main import unique_slugs
+    from cluster.bench.prompts import load_prompts
+
+    assert unique_slugs(["http://h:1", "http://h:1", "http://g"]) == ["h-1", "h-1-2", "g"]
+    for body, says in (('{"prompts": ["a"]}', "not a dict"), ('[{"label": "x"}]', "item 0"),
+                       ("not json", "not a JSON file")):  # fmt: skip
+        path = tmp_path / "p.json"
+        path.write_text(body)
+        with pytest.raises(ValueError, match=says):
+            load_prompts(path)
+    for kw, says in ((dict(concurrency=0), "--concurrency"), (dict(names=["a"]), "--names"),
+                     (dict(phases=[]), "no phase")):  # fmt: skip
+        args = dict(targets=["http://h:1", "http://h:2"], phases=["sequential"], concurrency=1,
+                    prompts_file=None, max_tokens=4, out=tmp_path) | kw  # fmt: skip
+        with pytest.raises(ValueError, match=says):
+            asyncio.run(bench(**args))
 
 
 def test_unreachable_target_is_reported_as_failures(tmp_path):

@@ -201,6 +201,10 @@ def test_prompt_longer_than_the_context(server):
     err = _error(lambda: server.client().completions.create(model=server.model, prompt=too_long))
     assert err.status_code == 400 and err.body["code"] == "context_length_exceeded"
     assert "maximum context length" in err.body["message"]
+    limit = status["max_model_len"]
+    exact = [20 + i % 3000 for i in range(limit)]  # no room for one token: say the bound
+    err = _error(lambda: server.client().completions.create(model=server.model, prompt=exact))
+    assert f"Shorten the prompt to at most {limit - 1} tokens" in err.body["message"]
 
 
 def test_unknown_model_is_404(server):
