@@ -203,16 +203,17 @@ SESSION_HEADERS = ("x-session-id", "session_id", "conversation_id")
 
 def session_key(request, body) -> str | None:
     """What sticks a conversation to its replica: a session header, else OpenAI's
-    `prompt_cache_key`, else Anthropic's `metadata.user_id` (Claude Code's names its
-    session)."""
+    `prompt_cache_key`, else Anthropic's `metadata.user_id` when it names a session (Claude
+    Code's does)."""
     for name in SESSION_HEADERS:
         if value := request.headers.get(name):
             return value
     if key := getattr(body, "prompt_cache_key", None):
         return str(key)
     metadata = getattr(body, "metadata", None)
-    if isinstance(metadata, dict) and (user := metadata.get("user_id")):
-        return str(user)
+    user = str(metadata.get("user_id") or "") if isinstance(metadata, dict) else ""
+    if "_session_" in user:  # Claude Code's `user_..._account_..._session_<id>`; a user id
+        return user  # alone (a gateway's one account, say) would pin every request to a replica
     return None
 
 

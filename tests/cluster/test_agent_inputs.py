@@ -298,7 +298,7 @@ def test_agents_own_session_names_stick_a_conversation_to_its_replica(srv):
         ("/v1/responses", {"model": M, "input": "hi", "max_output_tokens": 2,
                            "prompt_cache_key": "key-2"}, {}),
         ("/v1/messages", {"model": M, "max_tokens": 2, "messages": USER,
-                          "metadata": {"user_id": "user_ab_session_1"}}, {}),
+                          "metadata": {"user_id": "user_ab_account_cd_session_1"}}, {}),
     ]  # fmt: skip
     for path, body, headers in turns:
         before = sessions()
@@ -306,3 +306,8 @@ def test_agents_own_session_names_stick_a_conversation_to_its_replica(srv):
             r = _post(srv, body, path, headers=headers)
             assert r.status_code == 200, (path, r.text)
         assert sessions() == before + 1, (path, body, headers)
+    plain = {"model": M, "max_tokens": 2, "messages": USER, "metadata": {"user_id": "acct-1"}}
+    before = sessions()
+    for _ in range(2):  # a user id alone is not a session: a gateway's one account would pin
+        assert _post(srv, plain, "/v1/messages").status_code == 200
+    assert sessions() == before
