@@ -258,6 +258,7 @@ def serve(options: ServeOptions, engine: EngineConfig) -> None:
         # /v1/status shows the load until one serves; requests get a 503 meanwhile.
         task = asyncio.create_task(server.serve())
         stopped = asyncio.create_task(stop.wait())
+        starting = None
         try:
             while not server.started and not task.done():
                 await asyncio.sleep(0.05)
@@ -268,6 +269,8 @@ def serve(options: ServeOptions, engine: EngineConfig) -> None:
             log.info("HTTP open on %s port %d while the replicas load (503 until one serves)",
                      host, bound)  # fmt: skip
             starting = asyncio.create_task(supervisor.start(plans, supervisor.load_timeout))
+            # A replica that serves is watched while the others still load.
+            supervisor.watch([p.name for p in plans])
             await asyncio.wait({starting, stopped, task}, return_when="FIRST_COMPLETED")
             if task.done():  # the HTTP server ended while the replicas loaded: its error
                 task.result()
@@ -278,14 +281,19 @@ def serve(options: ServeOptions, engine: EngineConfig) -> None:
             coordinator.watch_caches()
             also = f" (aliases: {', '.join(coordinator.aliases)})" if coordinator.aliases else ""
             print(f"serving {name} at http://{host}:{bound}/v1{also}", flush=True)
-            supervisor.watch()
             await asyncio.wait({task, stopped}, return_when="FIRST_COMPLETED")
         finally:
             coordinator.stopping = True
-            await supervisor.end_calls()  # open streams end with an error event, not a cut
-            server.should_exit = True
-            await asyncio.gather(task, return_exceptions=True)
-            await supervisor.stop()
-            log.info("stopped")
+            supervisor.stopping = True  # no start or retry after this (a load in flight ends)
+            if starting is not None and not starting.done():
+                starting.cancel()
+                await asyncio.gather(starting, return_exceptions=True)
+            try:
+                await supervisor.end_calls()  # open streams end with an error event, not a cut
+                server.should_exit = True
+                await asyncio.gather(task, return_exceptions=True)
+            finally:
+                await supervisor.stop()  # the ranks stop whatever happened before
+                log.info("stopped")
 
     aio.run(run())

@@ -263,8 +263,8 @@ class Coordinator:
         (no new requests until the supervisor has looked) and move the request to a ready
         replica, waiting up to FAILOVER_WAIT for one. Raises when none becomes ready."""
         failed = completion.replica
-        if self.stopping:
-            raise Unavailable(f"replica {failed.name} failed: {error}; the server is shutting down")
+        if self.stopping:  # its channel was closed by the shutdown, not a fault
+            raise Unavailable("The server is shutting down; retry later.")
         self.replicas.suspect(failed, f"a request failed: {error}")
         log.warning("replica %s failed request %s before its first token (%s); re-routing",
                     failed.name, request.request_id, error)  # fmt: skip

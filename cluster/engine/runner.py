@@ -20,7 +20,9 @@ from .spec_step import SpecAhead, SpeculativeSteps
 
 FAULT_ENV = "CLUSTER_FAULT_INJECT"
 """Set to `skip_speculation` to make the runner skip speculative steps while asked to run
-them (seed 003's failure, for the watchdog's tests); unset in any real deployment."""
+them (seed 003's failure, for the watchdog's tests), or `load_delay=SECONDS` to make a rank
+take that long before it loads (tests of what serves meanwhile); unset in any real
+deployment."""
 
 PROMPT_LOGITS_SLICE = 256
 """Prompt positions whose logits are computed at once (GLM-5's vocabulary: 155 MB each in

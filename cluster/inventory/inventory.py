@@ -88,6 +88,10 @@ def default_inventory_path() -> Path:
     return Path(__file__).with_name("local.yaml")
 
 
+FLAGS = {"tool_call_grammar": "--no-tool-call-grammar (it is on by default)"}
+"""`serve` options whose flag is not their name's."""
+
+
 def _serve_options() -> frozenset[str]:
     """`serve` options that an inventory does not set (its engine's and coordinator's)."""
     from dataclasses import fields
@@ -110,7 +114,7 @@ def _check_keys(keys, where: str) -> None:
         if key in KNOWN_KEYS or key.startswith(("ansible_", "deploy_")):
             continue
         if key in options:
-            flag = "--" + str(key).replace("_", "-")
+            flag = FLAGS.get(key, "--" + str(key).replace("_", "-"))
             raise InventoryError(f"{where}: '{key}' is a `serve` option, not an inventory var: "
                                  f"pass {flag} to `serve` (a deployed coordinator runs with "
                                  "its defaults)")  # fmt: skip
@@ -158,7 +162,8 @@ def _host(name: str, facts: dict, source: str) -> Host:
     memory = _amount(facts, "memory_gb", name, source)
     bandwidth = _amount(facts, "memory_bandwidth_gbs", name, source)
     rdma = facts.get("rdma_devices") or ()
-    wired = _amount(facts, "wired_limit_gb", name, source) if "wired_limit_gb" in facts else None
+    has_wired = facts.get("wired_limit_gb") is not None  # empty (null): the chip's default
+    wired = _amount(facts, "wired_limit_gb", name, source) if has_wired else None
     if wired is not None and wired > memory:
         raise InventoryError(f"{source}: host '{name}': wired_limit_gb {wired:g} is above its "
                              f"memory_gb {memory:g}; the GPU cannot wire more than the machine "
@@ -234,10 +239,10 @@ def parse_inventory(data: dict, source: str = "<memory>") -> Inventory:
         replicas=replicas,
         mlx_backend=backend,
         coordinator_host=str(top.get("coordinator_host", "127.0.0.1")),
-        coordinator_port=_whole(top, "coordinator_port", 8000, source, 1, 65535),
+        coordinator_port=_whole(top, "coordinator_port", 8000, source, 0, 65535),  # 0: any
         launcher=launcher,
         ring_base_port=_whole(top, "ring_base_port", 52100, source, 1, 65535),
-        grpc_base_port=_whole(top, "grpc_base_port", None, source, 1, 65535),
+        grpc_base_port=_whole(top, "grpc_base_port", None, source, 0, 65535) or None,  # 0: none
         allreduce_latency_us=top.get("allreduce_latency_us"),
         min_context_tokens=_whole(top, "min_context_tokens", 32768, source),
         speculation=str(top.get("speculation", "none")),

@@ -124,6 +124,11 @@ def run_rank(opts: RankOptions, engine: EngineConfig) -> int:
         engine = replace(engine, prefix_cache_disk_dir=str(where))
     group = init_group(opts)
     log.info("replica %s rank %d/%d starting", opts.replica, opts.rank, opts.world_size)
+    from ..engine.runner import FAULT_ENV
+
+    fault = os.environ.get(FAULT_ENV, "")
+    if fault.startswith("load_delay="):  # tests: a load that takes this long (GLM-5's minutes)
+        time.sleep(float(fault.removeprefix("load_delay=")))
     if opts.rank != 0:
         from ..engine.service import run_follower
 

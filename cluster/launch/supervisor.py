@@ -69,6 +69,8 @@ class Supervisor:
         self.clients: dict[str, GrpcEngineClient] = {}
         self.plans: dict[str, object] = {}
         self._tasks: dict[str, asyncio.Task] = {}
+        self.stopping = False
+        """Set at shutdown: no replica starts or restarts after it."""
         self._retries: dict[str, asyncio.Task] = {}
         """Replicas that failed to start while others serve: their attempts to start again."""
         self.probe_every, self.probe_timeout = probe_every, probe_timeout
@@ -81,6 +83,7 @@ class Supervisor:
         """Start (or re-attach to) every replica; each is reported up as soon as it serves."""
         progress = Progress(len(plans), "loading replicas")
         for plan in plans:
+            self.plans[plan.name] = plan  # known before it loads: `watch` takes it on
             self.registry.declare(
                 plan.name,
                 max_num_seqs=self.max_num_seqs,
@@ -101,7 +104,7 @@ class Supervisor:
         if len(failed) == len(plans):  # nothing to serve with: say why, as before
             raise failed[0][1]
         for plan, error in failed:  # serve with the others; this one retries with back-off
-            if not isinstance(error, Exception):
+            if not isinstance(error, Exception) or self.stopping:
                 raise error
             self.registry.down(plan.name, str(error).splitlines()[0], failed=True)
             log.error("replica %s failed to start: %s; serving without it, next try in %.0fs",
@@ -129,6 +132,8 @@ class Supervisor:
         return RunningReplica(plan, address, [], [], attached=True), client
 
     async def _launch(self, plan, timeout: float) -> None:
+        if self.stopping:
+            raise ReplicaFailed(f"replica {plan.name}: not started, the cluster is stopping")
         self.plans[plan.name] = plan
         found = await self._attach(plan)
         if found:
@@ -173,7 +178,7 @@ class Supervisor:
             self._report_loading(proc)
             if dead := proc.dead_ranks():
                 await client.close()
-                proc.stop()
+                await asyncio.to_thread(proc.stop)  # the event loop serves HTTP meanwhile
                 raise ReplicaFailed(
                     f"replica {proc.plan.name}: rank {dead[0]} exited while starting\n"
                     + proc.log_tail()
@@ -184,12 +189,13 @@ class Supervisor:
             except Exception:
                 await asyncio.sleep(0.2)
         await client.close()
-        proc.stop()
+        await asyncio.to_thread(proc.stop)
         raise ReplicaFailed(f"replica {proc.plan.name} not ready after {timeout:.0f}s")
 
-    def watch(self, interval: float = 0.5) -> None:
-        """Watch every replica in a task of its own: one restarting never delays the others."""
-        for name in self.plans:
+    def watch(self, names: list[str] | None = None, interval: float = 0.5) -> None:
+        """Watch every replica (`names`, else those started) in a task of its own: one
+        restarting never delays the others; one still loading is watched once it serves."""
+        for name in names or list(self.plans):
             self._tasks[name] = asyncio.create_task(self._watch(name, interval), name=name)
 
     async def _watch(self, name: str, interval: float) -> None:
@@ -288,6 +294,8 @@ class Supervisor:
                 delay = min(delay * 2, cap)
                 self.registry.restarting(name)
             wait_first = True
+            if self.stopping:
+                return
             if (left := self.running.pop(name, None)) is not None:  # a half-started attempt
                 await asyncio.to_thread(left.stop)
             try:

@@ -433,18 +433,18 @@ def test_http_answers_while_the_replicas_load(model_dir, tmp_path):
     """GLM-5 loads for minutes: the HTTP port opens first, /health is 503 and /v1/status
     shows the replica starting, a request gets a 503 (Retry-After) that says the model is
     loading, not a refused connection; once the replica serves, so does the endpoint. The
-    rank is held stopped (SIGSTOP) while it loads to keep the window open."""
+    rank waits 8 s before it loads (a test hook) to keep the window open."""
     import re
     import subprocess
     import sys
 
-    from cluster.bench.cluster_process import rank_pids as pids_of
+    from cluster.engine.runner import FAULT_ENV
 
-    home = str(tmp_path / "home")
+    env = {**os.environ, "CLUSTER_HOME": str(tmp_path / "home"), FAULT_ENV: "load_delay=8"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "cluster", "serve", "--port", "0", "--model", str(model_dir)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-        env={**os.environ, "CLUSTER_HOME": home}, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env,
+        start_new_session=True,
     )  # fmt: skip
     try:
         port = None
@@ -453,8 +453,6 @@ def test_http_answers_while_the_replicas_load(model_dir, tmp_path):
                 port = int(m.group(1))
                 break
         assert port, "no HTTP-open line"
-        pid = _wait(lambda: pids_of(home).get(("r0", 0)), 30)
-        os.kill(pid, signal.SIGSTOP)
         url = f"http://127.0.0.1:{port}"
         health = httpx.get(f"{url}/health", timeout=5)
         assert health.status_code == 503 and health.json()["ready"] == []
@@ -463,7 +461,6 @@ def test_http_answers_while_the_replicas_load(model_dir, tmp_path):
         r = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=5)
         assert r.status_code == 503 and r.headers["retry-after"], r.text
         assert "loading" in r.json()["error"]["message"]
-        os.kill(pid, signal.SIGCONT)
         for line in proc.stdout:
             if "serving" in line:
                 break
@@ -472,3 +469,31 @@ def test_http_answers_while_the_replicas_load(model_dir, tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def test_stopping_while_the_replicas_load_leaves_no_rank(model_dir, tmp_path):
+    """SIGTERM while a replica loads (minutes on GLM-5): serve exits at once and leaves no
+    rank behind (a load still in flight once went on after the shutdown)."""
+    import subprocess
+    import sys
+
+    from cluster.bench.cluster_process import rank_pids as pids_of
+    from cluster.engine.runner import FAULT_ENV
+
+    home = str(tmp_path / "home")
+    env = {**os.environ, "CLUSTER_HOME": home, FAULT_ENV: "load_delay=60"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cluster", "serve", "--port", "0", "--model", str(model_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert _wait(lambda: pids_of(home).get(("r0", 0)), 30)
+        proc.send_signal(signal.SIGTERM)
+        stopped = time.time()
+        proc.wait(timeout=30)
+        assert time.time() - stopped < 15
+        assert _wait(lambda: not pids_of(home), 15), pids_of(home)
+    finally:
+        if proc.poll() is None:
+            proc.kill()

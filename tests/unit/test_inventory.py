@@ -65,9 +65,9 @@ def test_children_groups_inherit_vars():
                 ("quantization_bits", "4bit", "at least 1"),
                 ("replicas", "two", "at least 1"),
                 ("replicas", 0, "at least 1"),
-                ("coordinator_port", "80OO", "from 1 to 65535"),
-                ("coordinator_port", 70000, "from 1 to 65535"),
-                ("grpc_base_port", -1, "from 1 to 65535"),
+                ("coordinator_port", "80OO", "from 0 to 65535"),
+                ("coordinator_port", 70000, "from 0 to 65535"),
+                ("grpc_base_port", -1, "from 0 to 65535"),
                 ("num_speculative_tokens", -2, "from 1 to 8"),
             )
         ),
@@ -85,6 +85,10 @@ def test_served_model_name_is_a_name_or_a_name_and_aliases():
     more = {"all": {"vars": {"served_model_name": ["glm-5", "claude-haiku-4-5"]},
                     "hosts": {"a": _host()}}}  # fmt: skip
     assert parse_inventory(more).served_model_names == ("glm-5", "claude-haiku-4-5")
+    empty = {"all": {"vars": {"grpc_base_port": 0, "coordinator_port": 0},
+                     "hosts": {"a": _host(wired_limit_gb=None)}}}  # fmt: skip
+    inv = parse_inventory(empty)  # left empty or 0: the default, as before
+    assert inv.grpc_base_port is None and inv.hosts[0].wired_limit_gb is None
     number = {"all": {"vars": {"served_model_name": 5}, "hosts": {"a": _host()}}}
     assert parse_inventory(number).served_model_names == ("5",)  # YAML read a name as a number
     assert load_inventory().served_model_names == ()

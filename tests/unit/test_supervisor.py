@@ -154,6 +154,27 @@ def test_a_replica_that_fails_to_start_does_not_keep_the_others_from_serving():
     asyncio.run(main())
 
 
+def test_a_cluster_stopping_while_a_replica_loads_starts_nothing_more():
+    """Shutdown during a load: a replica failing then (its ranks stopped by the shutdown) is
+    not retried in the background, which relaunched it after `stop` and left it running."""
+
+    async def main():
+        launcher = FakeLauncher()
+        sup, plans = supervised(launcher)
+        launcher.slow["r1"], launcher.fail["r1"] = 0.3, 1
+        starting = asyncio.create_task(sup.start(plans))
+        await asyncio.sleep(0)  # start() declares the replicas
+        await until(lambda: sup.registry["r0"].state == "ready")
+        sup.stopping = True  # what serve sets first at shutdown
+        done = await asyncio.gather(starting, return_exceptions=True)
+        assert isinstance(done[0], OSError) and not sup._retries
+        await sup.stop()
+        await asyncio.sleep(0.3)  # longer than the back-off
+        assert launcher.started.count("r1") == 1
+
+    asyncio.run(main())
+
+
 def test_a_replica_down_shows_no_running_requests_or_live_ranks():
     """Between a rank's death and the restart, status and metrics once showed the dead
     engine's last figures (a request running, the rank alive)."""
