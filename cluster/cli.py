@@ -102,7 +102,13 @@ def _plan(args) -> int:
     from .inventory import load_inventory
     from .model_store import resolve_model
     from .models.tp_shards import split_tp
-    from .plan.model_config import read_config, stored_bits, unrunnable
+    from .plan.model_config import (
+        missing_files,
+        mtp_file_problem,
+        read_config,
+        stored_bits,
+        unrunnable,
+    )
     from .plan.planner import make_plan
     from .plan.presets import PRESETS
     from .plan.render import render_plan
@@ -122,6 +128,9 @@ def _plan(args) -> int:
             return 1
         model_dir = resolve_model(name)[0]
         config = read_config(model_dir)
+        if why := missing_files(model_dir):  # what serve would refuse: say it before
+            print(f"error: {why}", file=sys.stderr)
+            return 1
         mtp = has_mtp_weights(model_dir, config)
         split = split_tp(model_dir)
     if why := unrunnable(config):
@@ -134,6 +143,9 @@ def _plan(args) -> int:
             unseen = (f"note: the MTP weights {given} are not on this machine: planned as if "
                       "every node has them (serve fails to load a replica whose node does "
                       "not)")  # fmt: skip
+        elif why := mtp_file_problem(given, config):
+            print(f"error: --mtp-weights: {why}", file=sys.stderr)
+            return 1
     bits = args.bits or stored_bits(config) or inventory.quantization_bits
     plan = make_plan(config, bits, inventory, mtp, split, args.mtp_acceptance, args.verify_cost)
     print(json.dumps(plan.to_json(), indent=2) if args.json else render_plan(plan))

@@ -25,7 +25,14 @@ from .launch.rank import shared_token
 from .launch.supervisor import Supervisor
 from .model_store import cache_home, resolve_model
 from .models.tp_shards import split_tp
-from .plan.model_config import load_timeout, read_config, stored_bits, unrunnable
+from .plan.model_config import (
+    load_timeout,
+    missing_files,
+    mtp_file_problem,
+    read_config,
+    stored_bits,
+    unrunnable,
+)
 from .plan.planner import make_plan
 from .plan.render import render_plan
 from .rpc.tls import TlsFiles
@@ -160,6 +167,13 @@ def serve(options: ServeOptions, engine: EngineConfig) -> None:
     config = read_config(model_dir)
     if why := unrunnable(config):
         raise PlanRefused(f"{model_dir}: {why}")
+    local = inventory.launcher == "local"  # the ranks read these files here, not on nodes
+    if local and (why := missing_files(model_dir)):
+        raise PlanRefused(why)
+    given = engine.mtp_weights
+    checkable = bool(given) and (local or Path(given).expanduser().exists())
+    if checkable and (why := mtp_file_problem(given, config)):
+        raise PlanRefused(f"--mtp-weights: {why}")
     mtp = bool(engine.mtp_weights) or has_mtp_weights(model_dir, config)
     if engine.speculation in ("mtp", "mtp+ngram") and not mtp:
         why = (f"--speculation {engine.speculation}: {model_dir} has no MTP layer "

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 NEWER_FIELDS = {"indexer_types": "a per-layer indexer type (newer DSA variants)"}
@@ -12,11 +13,72 @@ READ_BYTES_PER_SECOND = 1e9
 
 
 def read_config(model_dir: str | Path | None = None, config_file: str | Path | None = None) -> dict:
+    """The checkpoint's config.json; a file that cannot be read, or is not a JSON object, is
+    an error that names it (it was a traceback)."""
     path = Path(config_file) if config_file else Path(model_dir) / "config.json"
     try:
-        return json.loads(path.read_text())
+        config = json.loads(path.read_text())
     except FileNotFoundError:
         raise FileNotFoundError(f"no model config at {path}") from None
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read it ({e.strerror})") from None
+    except ValueError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); re-download it") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} holds a JSON {type(config).__name__}, not a model config "
+                         "object; re-download it")  # fmt: skip
+    return config
+
+
+def missing_files(model_dir: str | Path) -> str | None:
+    """What a checkpoint directory lacks before any rank reads it, as a sentence (None: the
+    files are there): shards its index names, any safetensors at all, a readable tokenizer.
+    A rank found these only after loading the rest, and said so in a log tail."""
+    model_dir = Path(model_dir)
+    if (model_dir / "tensor_parallel.json").exists():
+        return None  # split per rank: each rank's folder is checked where it loads
+    index = model_dir / "model.safetensors.index.json"
+    if index.exists():
+        try:
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (OSError, ValueError, KeyError, AttributeError) as e:
+            return f"{index} cannot be read as an index of shards ({e}); re-download it"
+        gone = [f for f in files if not (model_dir / f).is_file()]
+        if gone:
+            more = f" and {len(gone) - 1} more" if len(gone) > 1 else ""
+            return (f"{model_dir / gone[0]}{more}, named in {index.name}, "
+                    f"{'is' if len(gone) == 1 else 'are'} missing: download "
+                    f"{'it' if len(gone) == 1 else 'them'} again")  # fmt: skip
+        unreadable = [f for f in files if not os.access(model_dir / f, os.R_OK)]
+        if unreadable:
+            return f"{model_dir / unreadable[0]} is not readable (permissions)"
+    elif not any(model_dir.glob("*.safetensors")):
+        return (f"{model_dir} holds no weights (*.safetensors): download the checkpoint's "
+                "weights, not only its config")  # fmt: skip
+    if not any((model_dir / t).exists() for t in ("tokenizer.json", "tokenizer.model")):
+        return f"{model_dir} has no tokenizer (tokenizer.json): download it with the weights"
+    return None
+
+
+def mtp_file_problem(path: str | Path, config: dict) -> str | None:
+    """Why an --mtp-weights file cannot serve as the MTP layer (None: it can): not there,
+    not safetensors, or without `model.layers.{L}.*` tensors. Found before the main
+    model loads (it was found after: minutes on GLM-5)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        return f"{path} is not a file" if path.exists() else f"{path} does not exist"
+    prefix = f"model.layers.{config.get('num_hidden_layers')}."
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), "np") as f:
+            keys = list(f.keys())
+    except Exception as e:  # noqa: BLE001 - any unreadable file is said, with its cause
+        return f"{path} is not a readable safetensors file ({e})"
+    if not any(k.startswith(prefix) for k in keys):
+        return (f"{path} holds no {prefix}* tensors (the MTP layer of this model); make it "
+                "with `python -m cluster extract-mtp`")  # fmt: skip
+    return None
 
 
 def unrunnable(config: dict) -> str | None:

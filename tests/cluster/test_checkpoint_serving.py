@@ -151,3 +151,27 @@ def test_a_checkpoint_split_per_rank_serves_each_rank_reading_its_own_shard(tmp_
             assert f"weights: loaded {size} of {size} bytes" in path.read_text()
     finally:
         srv.stop()
+
+
+def test_a_broken_download_is_refused_before_any_rank_loads(shapes, tmp_path):
+    """A shard the index names but the download lacks, and an --mtp-weights file that is not
+    the MTP layer: `serve` exits at once with a sentence naming the file (the rank found the
+    first in a log tail after loading the rest, the second only after the whole model)."""
+    import shutil
+    import time
+
+    broken = tmp_path / "q4"
+    shutil.copytree(shapes["q4g32"], broken)
+    shard = sorted(broken.glob("model-*.safetensors"))[-1]
+    shard.unlink()
+    for args, says in (
+        (["--model", str(broken)], f"{shard.name}, named in model.safetensors.index.json, is "
+                                   "missing: download it again"),
+        (["--model", str(shapes["q4g32"]), "--speculation", "mtp", "--mtp-weights",
+          str(sorted(shapes["q4g32"].glob("model-*.safetensors"))[0])], "holds no model.layers."),
+    ):  # fmt: skip
+        started = time.time()
+        out = subprocess.run([sys.executable, "-m", "cluster", "serve", "--port", "0", *args],
+                             cwd=ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert out.returncode != 0 and says in out.stderr, out.stderr[-2000:]
+        assert "Traceback" not in out.stderr and time.time() - started < 30

@@ -184,3 +184,51 @@ def test_a_template_that_refuses_the_conversation_is_the_callers_error():
     with pytest.raises(TemplateArgsError) as refused:
         tok.chat(user)
     assert refused.value.param == "messages" and "a system message first" in str(refused.value)
+
+
+def test_a_checkpoint_missing_files_is_refused_before_any_rank_loads(tmp_path):
+    """What users' downloads lack, said in one sentence naming the file before a load (a
+    rank found each after reading the rest, in a log tail): a shard the index names, any
+    weights, the tokenizer, a config that is not an object; and an --mtp-weights file that
+    is missing, not safetensors, or holds no MTP layer."""
+    import json
+    import shutil
+
+    from cluster.model_store import TRAINED
+    from cluster.plan.model_config import missing_files, mtp_file_problem, read_config
+
+    model = tmp_path / "m"
+    shutil.copytree(TRAINED, model)
+    config = read_config(model)
+    assert missing_files(model) is None
+    weights = sorted(model.glob("*.safetensors"))
+    gone = "model-00002-of-00002.safetensors"
+    index = {"weight_map": {"a": weights[0].name, "b": gone}}
+    (model / "model.safetensors.index.json").write_text(json.dumps(index))
+    assert f"{gone}, named in model.safetensors.index.json, is missing" in missing_files(model)
+    (model / "model.safetensors.index.json").unlink()
+    (model / "tokenizer.json").unlink()
+    assert "has no tokenizer" in missing_files(model)
+    for w in weights:
+        w.unlink()
+    assert "holds no weights" in missing_files(model)
+    (model / "config.json").write_text("[]")
+    with pytest.raises(ValueError, match="config.json holds a JSON list"):
+        read_config(model)
+    (model / "config.json").write_text("{nope")
+    with pytest.raises(ValueError, match="config.json is not valid JSON"):
+        read_config(model)
+    assert "does not exist" in mtp_file_problem(tmp_path / "none.safetensors", config)
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    assert "not a readable safetensors file" in mtp_file_problem(tmp_path / "junk.safetensors",
+                                                                 config)  # fmt: skip
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    layers = config["num_hidden_layers"]
+    save_file({"model.layers.0.w": np.zeros(2, np.float32)}, str(tmp_path / "main.safetensors"))
+    why = mtp_file_problem(tmp_path / "main.safetensors", config)
+    assert f"holds no model.layers.{layers}.* tensors" in why and "extract-mtp" in why
+    mtp = tmp_path / "m.safetensors"
+    save_file({f"model.layers.{layers}.w": np.zeros(2, np.float32)}, str(mtp))
+    assert mtp_file_problem(mtp, config) is None
