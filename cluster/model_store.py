@@ -42,7 +42,10 @@ def default_model_dir(seed: int = 0) -> Path:
 
 def model_name(model: str) -> str:
     """The name a model spec is served under; needs no files (deploys name remote models)."""
-    return DEFAULT_MODEL_NAME if model in (DEFAULT_MODEL, "") else Path(model).expanduser().name
+    if model in (DEFAULT_MODEL, ""):
+        return DEFAULT_MODEL_NAME
+    path = Path(model).expanduser()
+    return path.name if path.name not in ("", "..") else path.resolve().name  # `--model .`
 
 
 def resolve_model(model: str) -> tuple[Path, str]:
@@ -53,6 +56,9 @@ def resolve_model(model: str) -> tuple[Path, str]:
     if not path.exists():
         raise FileNotFoundError(f"model directory {path} does not exist (a local checkpoint "
                                 "directory, or 'default' for the built-in model)")  # fmt: skip
+    if path.is_file():
+        raise FileNotFoundError(f"{path} is a file: pass the model directory that holds it "
+                                f"({path.parent})")  # fmt: skip
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"model directory {path} has no config.json")
     return path, model_name(model)

@@ -232,3 +232,18 @@ def test_a_checkpoint_missing_files_is_refused_before_any_rank_loads(tmp_path):
     mtp = tmp_path / "m.safetensors"
     save_file({f"model.layers.{layers}.w": np.zeros(2, np.float32)}, str(mtp))
     assert mtp_file_problem(mtp, config) is None
+
+
+def test_a_model_given_as_dot_or_as_its_config_file(tmp_path, monkeypatch):
+    """`--model .` served a model named '' (404 for its own name); a path to config.json was
+    "model directory .../config.json has no config.json"."""
+    from cluster.model_store import resolve_model
+
+    model = tmp_path / "GLM-5-4bit"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    monkeypatch.chdir(model)
+    assert resolve_model(".")[1] == "GLM-5-4bit"
+    assert resolve_model("../GLM-5-4bit/")[1] == "GLM-5-4bit"
+    with pytest.raises(FileNotFoundError, match="is a file: pass the model directory"):
+        resolve_model(str(model / "config.json"))
