@@ -111,7 +111,8 @@ def _copy(item: dict) -> dict:
     return json.loads(json.dumps(item))
 
 
-def _usage(last: Output | None, reasoning_tokens: int) -> dict:
+def _usage(last: Output | None) -> dict:
+    """Usage in the Responses API's shape; reasoning tokens as the parser counted them."""
     prompt = last.prompt_tokens if last else 0
     output = last.num_tokens if last else 0
     return {
@@ -121,7 +122,7 @@ def _usage(last: Output | None, reasoning_tokens: int) -> dict:
             "cache_write_tokens": 0,
         },
         "output_tokens": output,
-        "output_tokens_details": {"reasoning_tokens": reasoning_tokens},
+        "output_tokens_details": {"reasoning_tokens": last.reasoning_tokens if last else 0},
         "total_tokens": prompt + output,
     }
 
@@ -236,7 +237,7 @@ def _final(base: dict, items: _Items, last: Output | None) -> dict:
         "status": "incomplete" if cut else "completed",
         "incomplete_details": {"reason": "max_output_tokens"} if cut else None,
         "output": items.items,
-        "usage": _usage(last, last.reasoning_tokens if last else 0),
+        "usage": _usage(last),
     }
 
 

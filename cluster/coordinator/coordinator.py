@@ -56,6 +56,8 @@ FAILOVER_WAIT = 30.0
 MAX_MOVES = 2
 """A request that fails before its first token moves to another replica at most this often:
 one that fails on every replica in turn (a fault of its own the engine did not name) ends."""
+SHUTTING_DOWN = "The server is shutting down; retry later."
+"""What a request refused or ended before its first token at shutdown is told."""
 
 
 class Completion:
@@ -204,7 +206,7 @@ class Coordinator:
         loading (at start), or none ready."""
         self.metrics.rejected.labels(self.model_name, "503").inc()
         if self.stopping:
-            return Unavailable("The server is shutting down; retry later.")
+            return Unavailable(SHUTTING_DOWN)
         if all(r.state == "starting" for r in self.replicas):
             return Unavailable("No replica is ready yet: the model is loading (progress in "
                                "/v1/status); retry after the Retry-After interval.")  # fmt: skip
@@ -264,7 +266,7 @@ class Coordinator:
         replica, waiting up to FAILOVER_WAIT for one. Raises when none becomes ready."""
         failed = completion.replica
         if self.stopping:  # its channel was closed by the shutdown, not a fault
-            raise Unavailable("The server is shutting down; retry later.")
+            raise Unavailable(SHUTTING_DOWN)
         self.replicas.suspect(failed, f"a request failed: {error}")
         log.warning("replica %s failed request %s before its first token (%s); re-routing",
                     failed.name, request.request_id, error)  # fmt: skip

@@ -1,5 +1,6 @@
 """Read and validate an inventory: hosts with their facts, and cluster-wide vars."""
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,6 +93,7 @@ FLAGS = {"tool_call_grammar": "--no-tool-call-grammar (it is on by default)"}
 """`serve` options whose flag is not their name's."""
 
 
+@functools.cache
 def _serve_options() -> frozenset[str]:
     """`serve` options that an inventory does not set (its engine's and coordinator's)."""
     from dataclasses import fields

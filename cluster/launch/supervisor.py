@@ -134,7 +134,6 @@ class Supervisor:
     async def _launch(self, plan, timeout: float) -> None:
         if self.stopping:
             raise ReplicaFailed(f"replica {plan.name}: not started, the cluster is stopping")
-        self.plans[plan.name] = plan
         found = await self._attach(plan)
         if found:
             proc, client = found

@@ -429,23 +429,30 @@ def _running(pid: int) -> bool:
     return state != "Z"
 
 
+def _serve_loading(model_dir, home: str, seconds: float):
+    """`serve` of the fixture whose rank waits `seconds` before it loads (a test hook: GLM-5
+    loads for minutes), output piped."""
+    import subprocess
+    import sys
+
+    from cluster.engine.runner import FAULT_ENV
+
+    env = {**os.environ, "CLUSTER_HOME": home, FAULT_ENV: f"load_delay={seconds}"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "cluster", "serve", "--port", "0", "--model", str(model_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env,
+        start_new_session=True,
+    )  # fmt: skip
+
+
 def test_http_answers_while_the_replicas_load(model_dir, tmp_path):
     """GLM-5 loads for minutes: the HTTP port opens first, /health is 503 and /v1/status
     shows the replica starting, a request gets a 503 (Retry-After) that says the model is
     loading, not a refused connection; once the replica serves, so does the endpoint. The
     rank waits 8 s before it loads (a test hook) to keep the window open."""
     import re
-    import subprocess
-    import sys
 
-    from cluster.engine.runner import FAULT_ENV
-
-    env = {**os.environ, "CLUSTER_HOME": str(tmp_path / "home"), FAULT_ENV: "load_delay=8"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cluster", "serve", "--port", "0", "--model", str(model_dir)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env,
-        start_new_session=True,
-    )  # fmt: skip
+    proc = _serve_loading(model_dir, str(tmp_path / "home"), seconds=8)
     try:
         port = None
         for line in proc.stdout:
@@ -474,19 +481,10 @@ def test_http_answers_while_the_replicas_load(model_dir, tmp_path):
 def test_stopping_while_the_replicas_load_leaves_no_rank(model_dir, tmp_path):
     """SIGTERM while a replica loads (minutes on GLM-5): serve exits at once and leaves no
     rank behind (a load still in flight once went on after the shutdown)."""
-    import subprocess
-    import sys
-
     from cluster.bench.cluster_process import rank_pids as pids_of
-    from cluster.engine.runner import FAULT_ENV
 
     home = str(tmp_path / "home")
-    env = {**os.environ, "CLUSTER_HOME": home, FAULT_ENV: "load_delay=60"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cluster", "serve", "--port", "0", "--model", str(model_dir)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env,
-        start_new_session=True,
-    )  # fmt: skip
+    proc = _serve_loading(model_dir, home, seconds=60)
     try:
         assert _wait(lambda: pids_of(home).get(("r0", 0)), 30)
         proc.send_signal(signal.SIGTERM)
