@@ -5,42 +5,11 @@ import json
 import logging
 import os
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 from .cli_models import add_model_file_commands
-from .config import EngineConfig
 from .plan.spec_forecast import GLM5_ACCEPTANCE
-
-
-def _add_engine_flags(p: argparse.ArgumentParser) -> None:
-    for f in fields(EngineConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type is bool or f.type == "bool":  # --flag / --no-flag
-            action = argparse.BooleanOptionalAction
-            p.add_argument(flag, action=action, default=f.default, help=f.metadata["help"])
-            continue
-        kind = float if "float" in str(f.type) else int if "int" in str(f.type) else str
-        shown = f.metadata["help"] + " (default: %(default)s)"
-        p.add_argument(flag, type=kind, default=f.default, help=shown)
-
-
-def _engine_config(args) -> EngineConfig:
-    return EngineConfig(**{f.name: getattr(args, f.name) for f in fields(EngineConfig)})
-
-
-def _template_args(text: str | None) -> dict:
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except ValueError as e:
-        raise SystemExit(f"--chat-template-args is not valid JSON: {e}") from None
-    if not isinstance(value, dict):
-        raise SystemExit(
-            "--chat-template-args must be a JSON object, e.g. '{\"enable_thinking\": false}'"
-        )
-    return value
+from .serve_flags import add_engine_flags, add_serve_arguments, engine_config, template_args
 
 
 def _serve(args) -> int:
@@ -59,13 +28,13 @@ def _serve(args) -> int:
         api_keys=tuple(k for k in [*(args.api_key or []), os.environ.get("CLUSTER_API_KEY")] if k),
         routing=args.routing,
         launcher=args.launcher,
-        chat_template_args=tuple(_template_args(args.chat_template_args).items()),
+        chat_template_args=tuple(template_args(args.chat_template_args).items()),
         probe_seconds=args.probe_seconds,
         load_timeout=args.load_timeout,
         tool_call_grammar=not args.no_tool_call_grammar,
         thinking_budget=args.thinking_budget,
     )
-    serve(options, _engine_config(args))
+    serve(options, engine_config(args))
     return 0
 
 
@@ -87,7 +56,7 @@ def _rank(args) -> int:
         grpc_port=args.grpc_port,
         replica=args.replica,
     )
-    return run_rank(options, _engine_config(args))
+    return run_rank(options, engine_config(args))
 
 
 def _acceptance(text: str) -> tuple[float, ...]:
@@ -191,61 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("serve", help="start the replicas of an inventory and the OpenAI endpoint")
-    p.add_argument("--inventory", help="inventory YAML (default: the embedded local.yaml)")
-    p.add_argument("--host", help="address to bind (default: the inventory's, 127.0.0.1)")
-    p.add_argument("--port", type=int, help="port to bind (default: the inventory's, 8000)")
-    p.add_argument("--model", help="model directory (default: the inventory's model)")
-    p.add_argument("--served-model-name", nargs="+", metavar="NAME",
-                   help="model name clients use (default: dir name); further names are "
-                        "accepted as aliases (e.g. the ones an agent asks for; '*' matches "
-                        "any text: 'claude-*')")  # fmt: skip
-    p.add_argument(
-        "--load-timeout",
-        type=float,
-        help="seconds a replica may take to load (default: from the checkpoint's size per rank, "
-        "at least 600)",
-    )
-    p.add_argument(
-        "--probe-seconds",
-        type=float,
-        default=30.0,
-        help="an idle replica generates one token this often, or leaves ready (0: never)",
-    )
-    p.add_argument(
-        "--chat-template-args",
-        help="JSON defaults for the chat template, e.g. '{\"enable_thinking\": false}'; "
-        "a request's chat_template_kwargs override them",
-    )
-    p.add_argument(
-        "--thinking-budget",
-        type=int,
-        default=None,
-        help="thinking tokens a reply may take before the server writes </think>, for requests "
-        "that set no budget of their own (default: no limit)",
-    )
-    p.add_argument(
-        "--no-tool-call-grammar",
-        action="store_true",
-        help="let the model write tool calls freely (default: each call is kept to an offered "
-        "tool's name, its keys and the values its schema lists)",
-    )
-    p.add_argument(
-        "--routing",
-        default="prefix_affinity",
-        choices=["prefix_affinity", "round_robin", "least_loaded"],
-        help="how requests pick a replica (default prefix_affinity; x-session-id sticks)",
-    )
-    p.add_argument(
-        "--launcher",
-        choices=["local", "ssh", "ray", "service"],
-        help="how ranks start (default: the inventory's; service: attach to launchd/systemd ranks)",
-    )
-    p.add_argument(
-        "--api-key",
-        action="append",
-        help="require this bearer key (repeatable; or CLUSTER_API_KEY)",
-    )
-    _add_engine_flags(p)
+    add_serve_arguments(p)
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("plan", help="show how an inventory would place the model, or why not")
@@ -320,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hostfile", help="MLX hostfile: a path, or its JSON inline")
     p.add_argument("--grpc-host", default="127.0.0.1", help="leader: address for gRPC")
     p.add_argument("--grpc-port", type=int, default=0, help="leader: port for gRPC")
-    _add_engine_flags(p)
+    add_engine_flags(p)
     p.set_defaults(func=_rank)
 
     p = sub.add_parser("deploy", help="install the cluster on an inventory's hosts (Ansible)")
@@ -358,12 +273,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _with_serve_args(argv: list[str] | None, inventory: str | None) -> list[str]:
+    from .inventory import load_inventory
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = load_inventory(inventory).serve_args
+    at = argv.index("serve") + 1
+    return [*argv[:at], *extra, *argv[at:]]
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
+        if args.command == "serve":  # the inventory's serve_args first: flags given here win
+            args = parser.parse_args(_with_serve_args(argv, args.inventory))
         return args.func(args)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)

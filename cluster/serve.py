@@ -152,14 +152,7 @@ def serve(options: ServeOptions, engine: EngineConfig) -> None:
     inventory = load_inventory(options.inventory)
     if options.launcher:
         inventory = replace(inventory, launcher=options.launcher)
-    if engine.speculation == "none" and inventory.speculation != "none":
-        engine = replace(
-            engine,
-            speculation=inventory.speculation,
-            num_speculative_tokens=inventory.num_speculative_tokens,
-        )
-    if engine.mtp_weights is None and inventory.mtp_weights:
-        engine = replace(engine, mtp_weights=inventory.mtp_weights)
+    engine = inventory.engine_config(engine)
     if engine.speculation_required and engine.speculation == "none":
         raise PlanRefused("--speculation-required needs --speculation (or the inventory's "
                           "speculation) other than none")  # fmt: skip

@@ -114,11 +114,7 @@ def node_deploys(
     engine: EngineConfig | None = None,
 ) -> dict[str, NodeDeploy]:
     """Every node's services and files. Pure: the same inputs give the same files."""
-    engine = engine or EngineConfig(
-        speculation=inventory.speculation,
-        num_speculative_tokens=inventory.num_speculative_tokens,
-        mtp_weights=inventory.mtp_weights,
-    )
+    engine = inventory.engine_config(engine)
     hosts = {h.name: h for h in inventory.hosts}
     users = {h.name: h.deploy.get("deploy_user") or h.deploy.get("ansible_user") for h in
              inventory.hosts}  # fmt: skip

@@ -138,6 +138,7 @@ class Engine:
         own = sum(c.nbytes for cache in caches if cache for c in cache)
         return {
             "kv": self.kv.to_json() | {"used_bytes": batch + own + self.cache.nbytes},
+            "max_num_seqs": self.config.max_num_seqs,
             "num_running": len(self.scheduler.running),
             "num_waiting": len(self.scheduler.waiting),
             "prefix_cache": {

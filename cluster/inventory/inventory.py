@@ -3,8 +3,12 @@
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
+
+if TYPE_CHECKING:
+    from ..config import EngineConfig
 
 BACKENDS = ("ring", "jaccl", "mpi")
 LAUNCHERS = ("local", "ssh", "ray", "service")
@@ -16,7 +20,8 @@ KNOWN_KEYS = (
     "launcher", "coordinator_node", "served_model_name", "replicas", "model",
     "quantization_bits", "coordinator_host", "coordinator_port", "ring_base_port",
     "grpc_base_port", "allreduce_latency_us", "min_context_tokens", "speculation",
-    "num_speculative_tokens", "mtp_weights", "ray_address", "hosts", "vars", "children",
+    "num_speculative_tokens", "mtp_weights", "ray_address", "serve_args", "hosts", "vars",
+    "children",
 )  # fmt: skip
 """Keys this project reads; others pass (Ansible's own vars), unless they look like a typo of
 one of these."""
@@ -74,7 +79,24 @@ class Inventory:
     """The inventory host that runs the coordinator service (default: the first host)."""
     served_model_names: tuple[str, ...] = ()
     """vars.served_model_name: the name clients use, then aliases (default: the model's)."""
+    serve_args: tuple[str, ...] = ()
+    """vars.serve_args: `serve` options every start of this cluster uses, deployed or not."""
     source: str = "<memory>"
+
+    def engine_config(self, given: "EngineConfig | None" = None) -> "EngineConfig":
+        """The ranks' engine options: `serve`'s (else this inventory's serve_args), with the
+        inventory's speculation vars where the options set none."""
+        from dataclasses import replace
+
+        from ..serve_flags import engine_config, parse_serve_args
+
+        engine = given or engine_config(parse_serve_args(self.serve_args))
+        if engine.speculation == "none" and self.speculation != "none":
+            engine = replace(engine, speculation=self.speculation,
+                             num_speculative_tokens=self.num_speculative_tokens)  # fmt: skip
+        if engine.mtp_weights is None and self.mtp_weights:
+            engine = replace(engine, mtp_weights=self.mtp_weights)
+        return engine
 
     def fixed_grpc_ports(self, names: list[str]) -> dict[str, int]:
         """Replica name -> its leader's fixed gRPC port; empty when leaders pick free ports
@@ -118,8 +140,9 @@ def _check_keys(keys, where: str) -> None:
         if key in options:
             flag = FLAGS.get(key, "--" + str(key).replace("_", "-"))
             raise InventoryError(f"{where}: '{key}' is a `serve` option, not an inventory var: "
-                                 f"pass {flag} to `serve` (a deployed coordinator runs with "
-                                 "its defaults)")  # fmt: skip
+                                 f"pass {flag} to `serve`, or list it in vars.serve_args "
+                                 f"(e.g. serve_args: [{flag.split()[0]}, ...]) for every start "
+                                 "of the cluster, deployed services included")  # fmt: skip
         if near := difflib.get_close_matches(str(key), KNOWN_KEYS, n=1, cutoff=0.8):
             raise InventoryError(f"{where}: unknown key '{key}' (did you mean '{near[0]}'?)")
 
@@ -203,6 +226,29 @@ def _whole(top: dict, key: str, default, source: str, low: int = 1, high: int | 
     return number
 
 
+def _serve_args(value, source: str) -> tuple[str, ...]:
+    """vars.serve_args: a list of `serve` arguments, or one string split as a shell would;
+    checked as `serve` would read them."""
+    import shlex
+
+    from ..serve_flags import parse_serve_args
+
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        args = tuple(shlex.split(value))
+    elif isinstance(value, list) and all(isinstance(a, str | int | float) for a in value):
+        args = tuple(str(a) for a in value)  # YAML reads [--max-num-seqs, 8] with a number
+    else:
+        raise InventoryError(f"{source}: vars.serve_args must be a list of `serve` arguments "
+                             f"(e.g. [--max-num-seqs, 8]), not {value!r}")  # fmt: skip
+    try:
+        parse_serve_args(args)
+    except ValueError as e:
+        raise InventoryError(f"{source}: vars.serve_args: {e}") from None
+    return args
+
+
 def parse_inventory(data: dict, source: str = "<memory>") -> Inventory:
     if not isinstance(data, dict) or "all" not in data:
         raise InventoryError(f"{source}: an inventory needs a top-level 'all' group")
@@ -236,6 +282,7 @@ def parse_inventory(data: dict, source: str = "<memory>") -> Inventory:
                              f"{', '.join(map(str, BITS))}")  # fmt: skip
     return Inventory(
         hosts=tuple(_host(n, f, source) for n, f in hosts.items()),
+        serve_args=_serve_args(top.get("serve_args"), source),
         model=str(top.get("model", "default")),
         quantization_bits=bits,
         replicas=replicas,

@@ -195,6 +195,7 @@ def tp2_inventory(tmp_path) -> Path:
     data["all"]["vars"].update(
         coordinator_port=free_port(), grpc_base_port=free_port(), ring_base_port=free_port(),
         served_model_name=["glm-5-fixture", "claude-haiku-4-5"],  # the name, then an alias
+        serve_args=["--api-key", "deployed-key", "--max-num-seqs", 3],
     )  # fmt: skip
     path = tmp_path / "local-tp2.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -229,6 +230,7 @@ def test_playbook_installs_renders_is_idempotent_and_its_units_serve(tmp_path, t
     ring = yaml.safe_load(tp2_inventory.read_text())["all"]["vars"]["ring_base_port"]
     assert hostfile == [[f"127.0.0.1:{ring}"], [f"127.0.0.1:{ring + 1}"]]
     assert oct((prefix / "cluster-token").stat().st_mode & 0o777) == "0o600"
+    assert oct((prefix / "inventory.yaml").stat().st_mode & 0o777) == "0o600"  # serve_args' key
     units = sorted(p.name for p in (prefix / "units").iterdir())
     assert units == [
         "glm-cluster-coordinator.service",
@@ -253,14 +255,18 @@ def test_playbook_installs_renders_is_idempotent_and_its_units_serve(tmp_path, t
                 )
             )
         port = yaml.safe_load(tp2_inventory.read_text())["all"]["vars"]["coordinator_port"]
-        status = wait_status(f"http://127.0.0.1:{port}", procs, tmp_path)
+        status = wait_status(f"http://127.0.0.1:{port}", procs, tmp_path, "deployed-key")
         (replica,) = status["replicas"]
         assert replica["state"] == "ready" and len(replica["ranks"]) == 2
 
         import openai
 
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
+        base = f"http://127.0.0.1:{port}/v1"
+        with pytest.raises(openai.AuthenticationError):  # serve_args' key guards the service
+            openai.OpenAI(base_url=base, api_key="x", max_retries=0).models.list()
+        client = openai.OpenAI(base_url=base, api_key="deployed-key", max_retries=0)
         assert [m.id for m in client.models.list().data] == ["glm-5-fixture", "claude-haiku-4-5"]
+        assert replica["max_num_seqs"] == replica["engine"]["max_num_seqs"] == 3  # ranks too
         out = client.chat.completions.create(
             model="claude-haiku-4-5",
             messages=[{"role": "user", "content": "def add(a, b):"}],
@@ -307,15 +313,16 @@ def test_playbook_installs_renders_is_idempotent_and_its_units_serve(tmp_path, t
     assert (prefix / "venv" / "bin" / "python").exists()
 
 
-def wait_status(url: str, procs, logs: Path, timeout: float = 240) -> dict:
+def wait_status(url: str, procs, logs: Path, key: str, timeout: float = 240) -> dict:
     import httpx
 
+    headers = {"authorization": f"Bearer {key}"}
     deadline = time.time() + timeout
     while time.time() < deadline:
         if any(p.poll() is not None for p in procs):
             break
         try:
-            status = httpx.get(f"{url}/v1/status", timeout=2).json()
+            status = httpx.get(f"{url}/v1/status", headers=headers, timeout=2).json()
             if status["replicas"] and status["replicas"][0]["state"] == "ready":
                 return status
         except (httpx.HTTPError, KeyError, ValueError):
@@ -341,3 +348,27 @@ def test_mtp_weights_in_the_inventory_reach_every_rank_service(tmp_path):
         argv = list(nodes[host].services[0].argv)
         assert argv[argv.index("--mtp-weights") + 1] == "/models/glm5-mtp.safetensors"
         assert argv[argv.index("--speculation") + 1] == "mtp"
+
+
+def test_serve_args_reach_the_coordinator_and_every_rank_service(tmp_path):
+    """vars.serve_args: what `serve` would take on its command line, for a deployed cluster
+    too (its coordinator reads them from the inventory, its ranks get the engine's)."""
+    from cluster.deploy.services import Layout, node_deploys
+    from cluster.inventory import load_inventory
+    from cluster.plan.planner import make_plan
+
+    data = yaml.safe_load((ROOT / "inventory" / "local-tp2.yaml").read_text())
+    data["all"]["vars"]["serve_args"] = "--max-num-seqs 4 --api-key k --no-tool-call-grammar"
+    path = tmp_path / "inv.yaml"
+    path.write_text(yaml.safe_dump(data))
+    inventory = load_inventory(path)
+    nodes = node_deploys(inventory, make_plan({}, 32, inventory), Layout(str(tmp_path)), "")
+    for host in ("local-rank0", "local-rank1"):
+        argv = list(nodes[host].services[0].argv)
+        assert argv[argv.index("--max-num-seqs") + 1] == "4"
+        assert "--api-key" not in argv  # the coordinator's option, not a rank's
+    from cluster.cli import _with_serve_args, build_parser
+
+    argv = ["serve", "--inventory", str(path), "--launcher", "service", "--max-num-seqs", "2"]
+    args = build_parser().parse_args(_with_serve_args(argv, str(path)))
+    assert (args.max_num_seqs, args.api_key, args.no_tool_call_grammar) == (2, ["k"], True)

@@ -46,7 +46,31 @@ def test_children_groups_inherit_vars():
         ),
         (
             {"all": {"vars": {"api_key": "k"}, "hosts": {"a": _host()}}},
-            "'api_key' is a `serve` option",
+            "'api_key' is a `serve` option.*or list it in vars.serve_args",
+        ),
+        (
+            {"all": {"vars": {"serve_args": ["--max-num-seqs", 0]}, "hosts": {"a": _host()}}},
+            "vars.serve_args: --max-num-seqs 0: must be >= 1",
+        ),
+        (
+            {"all": {"vars": {"serve_args": "--port 9000"}, "hosts": {"a": _host()}}},
+            "vars.serve_args: --port is set by vars.coordinator_port, not in serve_args",
+        ),
+        (
+            {"all": {"vars": {"serve_args": ["--max-num-seq", "4"]}, "hosts": {"a": _host()}}},
+            "vars.serve_args: unrecognized arguments: --max-num-seq 4",
+        ),
+        (
+            {"all": {"vars": {"serve_args": ["--routing", "random"]}, "hosts": {"a": _host()}}},
+            "vars.serve_args: argument --routing: invalid choice: 'random'",
+        ),
+        (
+            {"all": {"vars": {"serve_args": "--chat-template-args [1]"}, "hosts": {"a": _host()}}},
+            "vars.serve_args: --chat-template-args must be a JSON object",
+        ),
+        (
+            {"all": {"vars": {"serve_args": {"max_num_seqs": 4}}, "hosts": {"a": _host()}}},
+            "vars.serve_args must be a list of `serve` arguments",
         ),
         (
             {"all": {"hosts": {"a": _host(wired_limit_gb=600)}}},
