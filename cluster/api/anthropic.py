@@ -181,7 +181,7 @@ def router(coordinator: Coordinator, defaults: ChatDefaults) -> APIRouter:
         stream, headers = await start(
             coordinator, request, body, rid, prompt.tokens, sampling, processor
         )
-        found = unseen.count([m.content for m in body.messages])
+        found = unseen.count([body.system, [m.content for m in body.messages]])
         headers = unseen.with_header(headers, found, rid)
         model = coordinator.model_name
         if body.stream:

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from ..coordinator.errors import BadRequest
 from ..types import SamplingParams
 from . import unseen
+from .errors import ParamError
 
 MAX_STOPS = 16
 
@@ -87,9 +88,8 @@ def parse_block(raw, path: str) -> Block:
 def _unseen(raw: dict) -> str:
     """What the model reads for an image or a document: a plain-text document's own text,
     else a note in its place (`unseen`)."""
-    if not unseen.is_unseen(raw):
-        return str(raw["source"].get("data") or "")
-    return unseen.note(raw)
+    text = unseen.document_text(raw)
+    return unseen.note(raw) if text is None else text
 
 
 def _result_text(content, path: str) -> str:
@@ -305,13 +305,23 @@ class MessagesRequest(_Prompted):
     max_tokens: Annotated[int, Field(ge=1)]
     stop_sequences: list[str] | None = None
     temperature: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
-    top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    top_p: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
+    """0 keeps only the likeliest token."""
     top_k: Annotated[int, Field(ge=0)] = 0
     stream: bool = False
     metadata: dict | None = None
+    output_format: dict | None = None
+    output_config: dict | None = None
+    """Anthropic's structured outputs (`format`) are refused; `effort` passes."""
 
     @model_validator(mode="after")
     def _budget_below_max_tokens(self):
+        if self.output_format or (self.output_config or {}).get("format"):
+            param = "output_format" if self.output_format else "output_config.format"
+            raise ParamError(f"{param}: structured outputs are not supported (replies are not "
+                             "decoded to a JSON schema); offer a tool with that schema and "
+                             "tool_choice {\"type\": \"tool\", \"name\": ...}: tool calls "
+                             "are kept to their schema's keys", param)  # fmt: skip
         budget = self.thinking_budget()
         if budget is not None and budget >= self.max_tokens:
             raise ValueError(
@@ -332,8 +342,8 @@ class MessagesRequest(_Prompted):
         return SamplingParams(
             max_tokens=max_tokens,
             temperature=self.temperature,
-            top_p=self.top_p,
-            top_k=self.top_k,
+            top_p=self.top_p or 1.0,
+            top_k=1 if self.top_p == 0 else self.top_k,
             **limits,
         )
 

@@ -141,7 +141,7 @@ def create_app(
                                 body.continue_final_message)  # fmt: skip
         max_calls = None if body.parallel_tool_calls else 1
         processor = chat_processor(tok, prompt, tools, body.stop, max_calls)
-        limits = prompt.limits(chat_defaults.budget(body.thinking_token_budget))
+        limits = prompt.limits(chat_defaults.budget(body.thinking_budget))
         found: dict[str, int] = {}
         for m in body.messages:
             for part in m.content if isinstance(m.content, list) else ():

@@ -108,8 +108,9 @@ class Shape:
         return {
             "tokens": tokens,
             "token_logprobs": [lp for _, lp, _ in entries],
-            "top_logprobs": [
-                None if top is None else {self._name(t): v for t, v in top} for _, _, top in entries
+            "top_logprobs": [  # OpenAI's: the sampled token always among them (logprobs + 1)
+                None if top is None else {self._name(t): v for t, v in top} | {self._name(t): lp}
+                for t, lp, top in entries
             ],  # fmt: skip
             "text_offset": offsets,
         }

@@ -75,7 +75,8 @@ class ResponsesRequest(BaseModel):
     prompt: Any = None
     max_output_tokens: Annotated[int, Field(ge=1)] | None = None
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 1.0
-    top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    top_p: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
+    """0 keeps only the likeliest token."""
     stream: bool = False
     reasoning: Reasoning | None = None
     text: dict | None = None
@@ -208,7 +209,11 @@ class ResponsesRequest(BaseModel):
 
     def sampling(self, max_tokens: int, limits: dict) -> SamplingParams:
         return SamplingParams(
-            max_tokens=max_tokens, temperature=self.temperature, top_p=self.top_p, **limits
+            max_tokens=max_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p or 1.0,
+            top_k=1 if self.top_p == 0 else 0,
+            **limits,
         )
 
     def template_messages(self) -> list[dict]:

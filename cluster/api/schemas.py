@@ -102,6 +102,38 @@ class NamedToolChoice(BaseModel):
     function: NamedFunction
 
 
+class ThinkingSwitch(BaseModel):
+    """Z.ai's `thinking` on chat completions ({"type": "disabled"}, clear_thinking), or
+    Anthropic's shape sent to this endpoint (budget_tokens)."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["enabled", "disabled", "auto"] = "enabled"
+    clear_thinking: bool | None = None
+    budget_tokens: Annotated[int, Field(ge=0, lt=2**32)] | None = None
+
+
+EFFORTS = Literal["none", "minimal", "low", "medium", "high", "xhigh"]
+
+
+class ReasoningSwitch(BaseModel):
+    """OpenRouter's `reasoning`: enabled, effort, max_tokens (a thinking budget)."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool | None = None
+    effort: EFFORTS | None = None
+    max_tokens: Annotated[int, Field(ge=0, lt=2**32)] | None = None
+    exclude: bool = False
+
+    @field_validator("exclude")
+    @classmethod
+    def _shown(cls, v):
+        if v:
+            raise ParamError("reasoning.exclude is not supported: the reasoning comes back in "
+                             "reasoning_content; leave it out client-side, or turn thinking off "
+                             "with reasoning.enabled: false", "reasoning")  # fmt: skip
+        return v
+
+
 class StreamOptions(BaseModel):
     include_usage: bool = False
     continuous_usage_stats: bool = False
@@ -133,11 +165,12 @@ class _Common(BaseModel):
         if not isinstance(data, dict):
             return data
         for key, why in UNSUPPORTED.items():
-            if data.get(key) not in (None, {}, [], 0):
-                raise ValueError(why)
+            empty = (None,) if key == "web_search_options" else (None, {}, [], 0)  # {}: search on
+            if data.get(key) not in empty:
+                raise ParamError(why, key)
         modalities = data.get("modalities")
         if modalities is not None and list(modalities) != ["text"]:
-            raise ValueError("only the 'text' modality is supported")
+            raise ParamError("only the 'text' modality is supported", "modalities")
         return {k: v for k, v in data.items() if v is not None or k not in cls.model_fields
                 or cls.model_fields[k].default is None}  # fmt: skip
 
@@ -145,7 +178,8 @@ class _Common(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 1.0
-    top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    top_p: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
+    """0 keeps only the likeliest token (OpenAI's range is 0 to 1)."""
     top_k: Annotated[int, Field(ge=-1, lt=2**31)] = -1
     seed: int | None = None
     """Any integer (OpenAI's is signed): taken modulo 2**64."""
@@ -192,8 +226,8 @@ class _Common(BaseModel):
         return SamplingParams(
             max_tokens=max_tokens,
             temperature=self.temperature,
-            top_p=self.top_p,
-            top_k=max(self.top_k, 0),
+            top_p=self.top_p or 1.0,
+            top_k=1 if self.top_p == 0 else max(self.top_k, 0),
             seed=self.seed,
             stop_token_ids=tuple(self.stop_token_ids or ()),
             ignore_eos=self.ignore_eos,
@@ -258,18 +292,48 @@ class ChatCompletionRequest(_Common):
 
     continue_final_message: bool = False
     """vLLM's: the reply continues the final (assistant) message instead of opening a turn."""
-    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
+    reasoning_effort: EFFORTS | None = None
     """OpenAI's: 'none' and 'minimal' turn GLM's thinking off, the others leave the server's
     setting (chat_template_kwargs' enable_thinking, when given, decides)."""
+    reasoning: ReasoningSwitch | None = None
+    """OpenRouter's: enabled false or effort none/minimal turn thinking off; max_tokens is a
+    thinking budget."""
+    thinking: ThinkingSwitch | None = None
+    """Z.ai's: type disabled turns thinking off, clear_thinking false keeps past reasoning."""
+    enable_thinking: bool | None = None
+    """The template switch as a top-level field (Qwen's and DashScope's clients send it)."""
 
     @property
     def num_logprobs(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
 
     def template_kwargs(self) -> dict:
-        """The chat template's arguments this request sets."""
-        off = {"enable_thinking": False} if self.reasoning_effort in ("none", "minimal") else {}
-        return off | (self.chat_template_kwargs or {})
+        """The chat template's arguments this request sets: each client's thinking switch,
+        chat_template_kwargs over them all."""
+        args = {}
+        if self.reasoning_effort in ("none", "minimal"):
+            args["enable_thinking"] = False
+        if (r := self.reasoning) and (r.enabled is not None or r.effort is not None):
+            args["enable_thinking"] = r.enabled is not False and r.effort not in ("none", "minimal")
+        if t := self.thinking:
+            if t.type != "auto":
+                args["enable_thinking"] = t.type == "enabled"
+            if t.clear_thinking is not None:
+                args["clear_thinking"] = t.clear_thinking
+        if self.enable_thinking is not None:
+            args["enable_thinking"] = self.enable_thinking
+        return args | (self.chat_template_kwargs or {})
+
+    @property
+    def thinking_budget(self) -> int | None:
+        """vLLM's thinking_token_budget, else OpenRouter's reasoning.max_tokens or
+        Anthropic-shaped thinking.budget_tokens."""
+        for budget in (self.thinking_token_budget,
+                       self.reasoning and self.reasoning.max_tokens,
+                       self.thinking and self.thinking.budget_tokens):  # fmt: skip
+            if budget is not None:
+                return budget
+        return None
 
     response_format: dict | None = None
 
@@ -336,8 +400,12 @@ class CompletionRequest(_Common):
             self.prompt = p[0]
         if isinstance(self.prompt, str | list) and len(self.prompt) == 0:
             raise ParamError("prompt must not be empty", "prompt")
-        if self.suffix or (self.best_of or 1) != 1:
-            raise ValueError("suffix and best_of are not supported")
+        if self.suffix:
+            raise ParamError("suffix is not supported (no fill-in-the-middle): send the text "
+                             "before the gap as the prompt", "suffix")  # fmt: skip
+        if (self.best_of or 1) != 1:
+            raise ParamError("only best_of=1 is supported; send parallel requests and pick "
+                             "by their logprobs", "best_of")  # fmt: skip
         return self
 
     @property

@@ -17,9 +17,30 @@ KINDS = {
 
 def is_unseen(part: dict) -> bool:
     """A part the model cannot read (an Anthropic plain-text document it can)."""
+    return part.get("type") in KINDS and document_text(part) is None
+
+
+def document_text(part: dict) -> str | None:
+    """An Anthropic document the model can read: a plain-text source's data, or a content
+    source's text blocks joined by newlines; None for any other part."""
     source = part.get("source") if isinstance(part.get("source"), dict) else {}
-    text_doc = part.get("type") == "document" and source.get("type") == "text"
-    return part.get("type") in KINDS and not text_doc
+    if part.get("type") != "document":
+        return None
+    if source.get("type") == "text":
+        return str(source.get("data") or "")
+    blocks = source.get("content")
+    if source.get("type") == "content" and isinstance(blocks, str):
+        return blocks
+    if (
+        source.get("type") == "content"
+        and isinstance(blocks, list)
+        and all(
+            isinstance(b, dict) and b.get("type") == "text" and isinstance(b.get("text"), str)
+            for b in blocks
+        )
+    ):
+        return "\n".join(b["text"] for b in blocks)
+    return None
 
 
 def note(part: dict) -> str:

@@ -140,9 +140,15 @@ def test_what_cannot_be_honoured_is_refused_and_reasoning_effort_is(srv):
         ("prediction", {"type": "content", "content": "x"}, "prediction"),
         ("modalities", ["text", "audio"], "modality"),
         ("reasoning_effort", "bogus", "reasoning_effort"),
+        ("web_search_options", {}, "web search"),  # {}: search with the defaults
+        ("reasoning", {"exclude": True}, "reasoning.exclude"),
     ):
         r = _post(srv, base | {field: value})
         assert r.status_code == 400 and says in r.json()["error"]["message"], (field, r.text)
+        assert r.json()["error"]["param"] == field, r.text  # the SDK's e.param names it
+    for field, value in (("suffix", "x"), ("best_of", 2)):
+        r = _post(srv, {"model": M, "prompt": "def f(", field: value}, "/v1/completions")
+        assert r.status_code == 400 and r.json()["error"]["param"] == field, r.text
     assert _post(srv, base | {"logit_bias": {}}).status_code == 200  # nothing asked
     greedy = base | {"max_tokens": 8, "temperature": 0}
 
@@ -156,6 +162,30 @@ def test_what_cannot_be_honoured_is_refused_and_reasoning_effort_is(srv):
     assert reasoning({"chat_template_kwargs": {"enable_thinking": False}}) is None
     assert reasoning({"reasoning_effort": "none"}) is None
     assert reasoning({"reasoning_effort": "minimal"}) is None
+    # Each client's own switch: Z.ai's thinking, OpenRouter's reasoning, a top-level flag.
+    for off in ({"thinking": {"type": "disabled"}}, {"reasoning": {"enabled": False}},
+                {"reasoning": {"effort": "none"}}, {"enable_thinking": False}):  # fmt: skip
+        assert reasoning(off) is None, off
+    assert reasoning({"thinking": {"type": "enabled"}, "reasoning_effort": "none"})
+    assert reasoning({"thinking": {"type": "disabled"},
+                      "chat_template_kwargs": {"enable_thinking": True}})  # fmt: skip
+    budget = _post(srv, greedy | {"max_tokens": 24, "reasoning": {"max_tokens": 3}}).json()
+    assert budget["usage"]["completion_tokens_details"]["reasoning_tokens"] <= 3, budget
+    history = [{"role": "user", "content": "Hi."},
+               {"role": "assistant", "content": "Hello.", "reasoning_content": "greet " * 20},
+               {"role": "user", "content": "Again."}]  # fmt: skip
+
+    def prompt(extra: dict) -> int:
+        body = greedy | {"messages": history, "max_tokens": 1} | extra
+        return _post(srv, body).json()["usage"]["prompt_tokens"]
+
+    kept = prompt({"chat_template_kwargs": {"clear_thinking": False}})
+    assert prompt({"thinking": {"type": "enabled", "clear_thinking": False}}) == kept
+    assert prompt({}) < kept  # past reasoning cleared by default
+    # top_p 0 (OpenAI's and Anthropic's range starts there) keeps the likeliest token.
+    sampled = base | {"max_tokens": 8, "temperature": 1.0, "seed": 5}
+    top0 = _post(srv, sampled | {"top_p": 0}).json()["choices"][0]["message"]
+    assert top0 == _post(srv, greedy).json()["choices"][0]["message"]
 
 
 def test_images_are_read_as_a_note_and_said_in_a_header(srv):

@@ -496,6 +496,38 @@ def test_anthropic_what_claude_code_sends_that_a_text_model_cannot_read(agent_se
         timeout=60).json()["input_tokens"]  # fmt: skip
 
 
+def test_anthropic_documents_of_text_blocks_system_images_and_structured_outputs(agent_server):
+    """A document whose source is content blocks of text is read as that text (as a plain-text
+    one is); an image in `system` is a note counted in x-omitted-content; structured outputs,
+    which replies are not decoded to, are a 400 naming the field."""
+    url = f"{agent_server.url}/v1/messages"
+
+    def doc(source: dict) -> dict:
+        return {"model": agent_server.model, "max_tokens": 2, "temperature": 0, "messages": [
+            {"role": "user", "content": [{"type": "document", "source": source}]}]}  # fmt: skip
+
+    text = doc({"type": "text", "media_type": "text/plain", "data": "def f(): pass\nx = 1"})
+    blocks = doc({"type": "content", "content": [{"type": "text", "text": "def f(): pass"},
+                                                 {"type": "text", "text": "x = 1"}]})  # fmt: skip
+    counts = [httpx.post(url + "/count_tokens", json=b, timeout=60).json()["input_tokens"]
+              for b in (text, blocks)]  # fmt: skip
+    assert counts[0] == counts[1], counts
+    r = httpx.post(url, json=blocks, timeout=60)
+    assert r.status_code == 200 and "x-omitted-content" not in r.headers, r.text
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": ""}}
+    r = httpx.post(url, json=text | {"system": [{"type": "text", "text": "Hi."}, image]},
+                   timeout=60)  # fmt: skip
+    assert r.status_code == 200 and r.headers["x-omitted-content"] == "image=1", r.text
+    schema = {"type": "json_schema", "schema": {"type": "object"}}
+    for field in ({"output_format": schema}, {"output_config": {"format": schema}}):
+        r = httpx.post(url, json=text | field, timeout=60)
+        error = r.json()["error"]
+        assert r.status_code == 400 and error["type"] == "invalid_request_error", r.text
+        assert "structured outputs are not supported" in error["message"], r.text
+    assert httpx.post(url, json=text | {"output_config": {"effort": "low"}},
+                      timeout=60).status_code == 200  # fmt: skip
+
+
 def test_anthropic_takes_back_its_own_replies_and_words_limits_as_anthropic(agent_server):
     """A reply of thinking alone (the model ended its turn there) is history a client sends
     back; consecutive turns of one role are one turn, as Anthropic merges them; no `thinking`

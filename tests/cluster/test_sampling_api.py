@@ -34,6 +34,13 @@ def test_api_logprobs_and_penalties(server):
     assert len(lp["tokens"]) == len(lp["token_logprobs"]) == len(lp["top_logprobs"]) == 5
     assert lp["text_offset"][0] == 0 and all(len(t) == 3 for t in lp["top_logprobs"])
     assert "".join(lp["tokens"]) == done["choices"][0]["text"]
+    # OpenAI's legacy shape: the sampled token is always among top_logprobs (logprobs + 1).
+    zero = httpx.post(f"{server.url}/v1/completions", timeout=60, json={
+        "prompt": "def f(", "max_tokens": 5, "temperature": 1.5, "seed": 3, "logprobs": 0,
+        "ignore_eos": True}).json()["choices"][0]["logprobs"]  # fmt: skip
+    assert zero["top_logprobs"] == [
+        {t: v} for t, v in zip(zero["tokens"], zero["token_logprobs"], strict=True)
+    ]
 
 
 def test_server_defaults_sampling_from_generation_config_and_a_thinking_budget(model_dir, tmp_path):
