@@ -37,6 +37,8 @@ def _text_parts(v):
     """Content parts are text (an assistant's refusal part too: its history is resent every
     turn); an image, audio or file part is read as a note in its place (`unseen`); any other
     part is named in a 400."""
+    if v is not None and not isinstance(v, str | list):
+        raise ValueError(f"content must be a string or a list of content parts, not {v!r}")
     if not isinstance(v, list):
         return v
     out = []
@@ -54,6 +56,8 @@ def _text_parts(v):
                 f"content part {i} is of type {kind!r}: only 'text' parts are read (images, "
                 "audio and files are read as a note that they are not shown)"
             )
+        if not isinstance(part.get("text"), str):
+            raise ValueError(f"content part {i} of type 'text' needs a string 'text'")
         out.append(part)
     return out
 

@@ -211,6 +211,14 @@ def test_images_are_read_as_a_note_and_said_in_a_header(srv):
     odd = image | {"messages": [{"role": "user", "content": [{"type": "video", "v": 1}]}]}
     r = _post(srv, odd)
     assert r.status_code == 400 and "'video'" in r.json()["error"]["message"]
+    for content, says in (
+        ([{"type": "text"}], "content part 0 of type 'text' needs a string"),
+        (5, "content must be a string or a list of content parts"),
+    ):
+        r = _post(srv, image | {"messages": [{"role": "user", "content": content}]})
+        error = r.json()["error"]
+        assert r.status_code == 400 and says in error["message"], r.text
+        assert error["param"] == "messages" and ".str" not in error["message"], r.text
 
 
 def test_errors_say_what_to_fix(srv):
