@@ -31,15 +31,22 @@ def extend_hashes(
     return hashes
 
 
-SUPERSEDED_TAIL = 0.25
-"""A stored chain whose blocks past what a new chain shares with it are at most this share of
-it is superseded by the new one (memory and disk tiers alike): an agent's next turn resends
-the transcript with the last reply rendered anew (its reasoning cleared, its call
-re-encoded), so the previous turn's entry, whose tail is the reply as generated, would
-otherwise keep a whole copy of the transcript."""
+PROMPT_SEAM = 2
+"""A prompt's last tokens (the generation prompt, `<|assistant|><think>`) that a later turn
+renders anew: not counted in an entry's prompt blocks."""
 
 
-def superseded_by(total: int, shared: int) -> bool:
-    """Whether a stored chain of `total` blocks that shares its first `shared` with a new
-    chain is superseded by it."""
-    return total - shared <= total * SUPERSEDED_TAIL
+def prompt_blocks(prompt: int, block_size: int) -> int:
+    """Full blocks of a prompt of `prompt` tokens that a later turn resends unchanged."""
+    return max(prompt - PROMPT_SEAM, 0) // block_size
+
+
+def superseded_by(shared: int, fixed: int) -> bool:
+    """Whether a stored chain whose first `fixed` blocks were its request's prompt
+    (`prompt_blocks`) is superseded by a new chain sharing its first `shared` blocks: the new
+    one resends that whole prompt, as an agent's
+    next turn or a retry does, so the stored tail is only the reply as generated (its
+    reasoning since cleared, its call re-encoded) and would otherwise keep a second copy of
+    the transcript. Another conversation that shares a system prompt and tools does not
+    resend this one's messages, and keeps its entry."""
+    return shared > 0 and shared >= fixed

@@ -36,6 +36,8 @@ PARTIAL = "partial"
 class DiskEntry:
     hashes: array  # block hashes, 'Q'
     nbytes: int
+    fixed: int
+    """Its first blocks that were the request's prompt (`superseded_by`)."""
 
 
 @dataclass
@@ -91,6 +93,7 @@ class DiskTier:
         self.pending: dict[str, tuple[array, array, list[Any]]] = {}
         """Entries handed to the writer, not yet whole on disk: name -> (tokens, hashes, cache)."""
         self.pending_index: dict[BlockHash, str] = {}
+        self.pending_fixed: dict[str, int] = {}
         self._todo: queue.Queue = queue.Queue()
         self._done: queue.Queue = queue.Queue()
         (self.root / PARTIAL).mkdir(parents=True, exist_ok=True)
@@ -109,7 +112,8 @@ class DiskTier:
             except Exception as e:  # a partial or foreign file: skip it, keep the rest
                 self._unreadable(path, e)
                 continue
-            self._add(path.name, DiskEntry(hashes, path.stat().st_size))
+            fixed = int(meta.get("fixed", len(hashes)))  # files before it: all prompt
+            self._add(path.name, DiskEntry(hashes, path.stat().st_size, fixed))
         for tmp in (self.root / PARTIAL).glob("*"):  # a write cut off by a crash
             tmp.unlink(missing_ok=True)
         self._shrink()
@@ -156,7 +160,13 @@ class DiskTier:
     def _name(hashes: array) -> str:
         return f"{hashes[-1]:016x}{SUFFIX}"
 
-    def put(self, tokens: array, hashes: array, cache: list[Any]) -> None:
+    def fixed(self, name: str) -> int:
+        """A file's prompt blocks (written or still being written)."""
+        if name in self.pending:
+            return self.pending_fixed[name]
+        return self.files[name].fixed
+
+    def put(self, tokens: array, hashes: array, cache: list[Any], fixed: int) -> None:
         """Spill an entry (its last block names the file); one already on disk is kept. The
         file is written by the tier's thread: this returns at once."""
         import mlx.core as mx
@@ -172,18 +182,19 @@ class DiskTier:
         # The writer thread only reads arrays: every one it will save is computed here.
         mx.eval([a for _, a in tree_flatten([c.state for c in cache]) if isinstance(a, mx.array)])
         self.pending[name] = (tokens, hashes, cache)
+        self.pending_fixed[name] = fixed
         for h in hashes:
             self.pending_index[h] = name
-        self._todo.put((name, tokens, hashes, cache))
+        self._todo.put((name, tokens, hashes, cache, fixed))
 
     def _write_loop(self) -> None:
         from mlx_lm.models.cache import save_prompt_cache
 
         while (job := self._todo.get()) is not None:
-            name, tokens, hashes, cache = job
+            name, tokens, hashes, cache, fixed = job
             path, tmp = self.root / name, self.root / PARTIAL / name
             meta = {"tokens": _encode(tokens), "hashes": _encode(hashes),
-                    "block_size": str(self.block_size)}  # fmt: skip
+                    "block_size": str(self.block_size), "fixed": str(fixed)}  # fmt: skip
             try:
                 save_prompt_cache(str(tmp), cache, meta)
                 os.replace(tmp, path)
@@ -203,6 +214,7 @@ class DiskTier:
             except queue.Empty:
                 return
             tokens, hashes, _ = self.pending.pop(name)
+            fixed = self.pending_fixed.pop(name)
             for h in hashes:
                 if self.pending_index.get(h) == name:
                     del self.pending_index[h]
@@ -210,15 +222,15 @@ class DiskTier:
                 log.warning("prefix cache disk tier: could not write %s (%s)", name, result)
                 continue
             older = self._superseded(hashes)
-            self._add(name, DiskEntry(hashes, result))
+            self._add(name, DiskEntry(hashes, result, fixed))
             for old in older:
                 self._drop(old)  # its blocks now point to the new file: none leaves the tier
             self.stats.spilled += 1
             self._shrink()
 
     def _superseded(self, hashes: array) -> list[str]:
-        """Files a new chain covers but for a short tail (`superseded_by`), a prefix of it
-        among them."""
+        """Files whose prompt a new chain resends (`superseded_by`), a prefix of it among
+        them."""
         at = {h: i for i, h in enumerate(hashes)}
         out = []
         for name in self.first.get(hashes[0], ()):
@@ -226,7 +238,7 @@ class DiskTier:
             n = 0
             while n < len(old) and at.get(old[n]) == n:
                 n += 1
-            if superseded_by(len(old), n):
+            if superseded_by(n, self.files[name].fixed):
                 out.append(name)
         return out
 

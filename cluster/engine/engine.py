@@ -117,7 +117,7 @@ class Engine:
 
     def _offer(self, seq: Sequence, cache) -> None:
         """The cache of what seq has computed, to the prefix cache."""
-        self.cache.insert(tuple(seq.tokens[: seq.num_computed]), cache, seq.hashes)
+        self.cache.insert(tuple(seq.tokens[: seq.num_computed]), cache, seq.hashes, seq.num_prompt)
 
     def fail_all(self, message: str) -> list[TokenEvent]:
         """End every request with an error, after a fault in a step."""

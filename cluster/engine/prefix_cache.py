@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from itertools import count
 from typing import Any
 
-from ..hashing import BlockHash, block_hashes, extend_hashes, superseded_by
+from ..hashing import BlockHash, block_hashes, extend_hashes, prompt_blocks, superseded_by
 from .disk_cache import DiskTier
 from .kv import cache_nbytes, snapshot
 
@@ -30,18 +30,20 @@ class Entry:
     hashes: array  # block hashes, 'Q'
     cache: list[Any]
     nbytes: int
+    fixed: int
+    """Its first blocks that were the request's prompt (`superseded_by`)."""
     written: bool = False
     """Given to the disk tier once (which may since have dropped it: its LRU decides)."""
 
 
-def superseded(hashes, index: dict[BlockHash, list[int]], hashes_of) -> list[int]:
-    """Ids of entries that share a prefix with `hashes` and hold few blocks beyond it
-    (`superseded_by`); `hashes_of(id)` gives an entry's blocks."""
+def superseded(hashes, index: dict[BlockHash, list[int]], fixed_of) -> list[int]:
+    """Ids of entries whose prompt `hashes` resends (`superseded_by`); `fixed_of(id)` gives an
+    entry's prompt blocks."""
     shared: dict[int, int] = {}
     for i, h in enumerate(hashes):  # chained hashes: holding block i means holding 0..i
         for old in index.get(h, ()):
             shared[old] = i + 1
-    return [old for old, n in shared.items() if superseded_by(len(hashes_of(old)), n)]
+    return [old for old, n in shared.items() if superseded_by(n, fixed_of(old))]
 
 
 def book_bytes(tokens: array, hashes: array, layers: int) -> int:
@@ -164,15 +166,21 @@ class PrefixCache:
         if not self.disk.agree(int(loaded is not None and loaded[0][:end] == query[:end])):
             return None
         tokens, stored, cache = loaded
+        fixed = min(self.disk.fixed(name), blocks)
         if len(stored) > blocks:  # another rank holds less: every rank keeps the agreed part
             tokens, stored, cache = tokens[:end], stored[:blocks], snapshot(cache, end)
-        entry_id = self._store(tokens, stored, cache, written=True)  # each rank has a file of it
+        entry_id = self._store(tokens, stored, cache, fixed, written=True)  # a file on each rank
         return (entry_id, end) if entry_id is not None else None
 
     def insert(
-        self, tokens: tuple[int, ...], cache: list[Any], known: list[BlockHash] | None = None
+        self,
+        tokens: tuple[int, ...],
+        cache: list[Any],
+        known: list[BlockHash] | None = None,
+        prompt: int | None = None,
     ) -> None:
-        """Store the cache of tokens' full blocks unless a stored entry already covers them."""
+        """Store the cache of tokens' full blocks unless a stored entry already covers them;
+        prompt: how many of the tokens were the request's prompt (default: all)."""
         n = len(tokens) // self.block_size * self.block_size
         if n == 0 or self.capacity_bytes == 0:
             return
@@ -181,12 +189,15 @@ class PrefixCache:
         if ids := self.index.get(hashes[-1]):
             self.entries.move_to_end(ids[0])
             return
-        self._store(tokens, hashes, snapshot(cache, n, kv_bits=self.kv_bits))
+        fixed = min(prompt_blocks(len(tokens) if prompt is None else prompt, self.block_size),
+                    len(hashes))  # fmt: skip
+        self._store(tokens, hashes, snapshot(cache, n, kv_bits=self.kv_bits), fixed)
 
-    def _store(self, tokens: array, hashes: array, stored: list[Any], written: bool = False):
+    def _store(self, tokens: array, hashes: array, stored: list[Any], fixed: int,
+               written: bool = False):  # fmt: skip
         """Add an entry to memory; its id, or None if the bound left no room for it."""
         nbytes = cache_nbytes(stored) + book_bytes(tokens, hashes, len(stored))
-        entry = Entry(tokens, hashes, stored, nbytes, written)
+        entry = Entry(tokens, hashes, stored, nbytes, fixed, written)
         if entry.nbytes > self.capacity_bytes:
             return None
         entry_id = next(self._ids)
@@ -200,7 +211,7 @@ class PrefixCache:
             ids.append(entry_id)
         # Entries the new one covers but for a short tail are superseded (removed once the new
         # entry holds the shared blocks, so those never leave the index).
-        for old_id in superseded(hashes, self.index, lambda i: self.entries[i].hashes):
+        for old_id in superseded(hashes, self.index, lambda i: self.entries[i].fixed):
             if old_id != entry_id:
                 self._remove(old_id, spill=False)
         while self.nbytes > self.capacity_bytes:
@@ -220,7 +231,7 @@ class PrefixCache:
         entry = self.entries.pop(entry_id)
         self.nbytes -= entry.nbytes
         if spill and self.disk is not None and not entry.written:
-            self.disk.put(entry.tokens, entry.hashes, entry.cache)
+            self.disk.put(entry.tokens, entry.hashes, entry.cache, entry.fixed)
         for h in entry.hashes:
             ids = self.index[h]
             ids.remove(entry_id)
@@ -238,7 +249,7 @@ class PrefixCache:
         for entry in list(self.entries.values()):
             if not entry.written:
                 entry.written = True
-                self.disk.put(entry.tokens, entry.hashes, entry.cache)
+                self.disk.put(entry.tokens, entry.hashes, entry.cache, entry.fixed)
         self.disk.book()
 
     def drain_events(self) -> CacheEvents:

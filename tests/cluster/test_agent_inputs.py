@@ -349,3 +349,25 @@ def test_agents_own_session_names_stick_a_conversation_to_its_replica(srv):
     for _ in range(2):  # a user id alone is not a session: a gateway's one account would pin
         assert _post(srv, plain, "/v1/messages").status_code == 200
     assert sessions() == before
+
+
+def test_interleaved_sessions_sharing_a_system_prompt_keep_their_own_transcripts(srv):
+    """Agents share one large system prompt and tools block; a session's own turns are a
+    small share of each prompt. Three sessions taking turns once evicted each other's
+    entries (each new turn's entry superseded the others'), so every turn hit only the
+    shared block."""
+    system = {"role": "system", "content": "You are a careful coding agent. " * 90}
+    client = _client(srv)
+    ask = "Session {}: list the {} files, with their sizes, owners and the tests of each. "
+    sessions = [[system, {"role": "user", "content": ask.format(i, w) * 4}]
+                for i, w in enumerate(("python", "rust", "shell"))]  # fmt: skip
+    last = [0, 0, 0]
+    for turn in range(2):
+        for i, messages in enumerate(sessions):
+            r = client.chat.completions.create(model=M, messages=messages, max_tokens=6,
+                                               temperature=0)  # fmt: skip
+            if turn:  # this session's whole last prompt, but its last block and the reply
+                assert r.usage.prompt_tokens_details.cached_tokens >= last[i] - 32, (i, r.usage)
+            last[i] = r.usage.prompt_tokens
+            messages += [{"role": "assistant", "content": r.choices[0].message.content or "ok"},
+                         {"role": "user", "content": f"Now the {turn} tests, please."}]  # fmt: skip

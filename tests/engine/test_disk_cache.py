@@ -175,10 +175,10 @@ def test_under_tp_a_hit_is_what_every_rank_holds(model, tmp_path):
 
 
 def test_an_agents_next_turn_supersedes_the_last_turns_entry_in_both_tiers(model, tmp_path):
-    """Turn 1 is stored with its reply as generated; turn 2 resends the transcript with that
-    reply rendered anew and more after it. The turn-1 entry's tail is a short share of it, so
-    turn 2 replaces it (memory, and the file on disk); another session that shares only the
-    system prompt keeps its own entry."""
+    """Turn 1 is stored with its reply as generated; turn 2 resends the transcript (turn 1's
+    whole prompt) with that reply rendered anew and more after it, so turn 2 replaces it
+    (memory, and the file on disk); another session that shares only the system prompt keeps
+    its own entry."""
     system, turn = prompt(10, 64), prompt(11, 256)
     generated, rendered, more = prompt(12, 48), prompt(13, 48), prompt(14, 160)
     first = system + turn + generated  # 368 tokens: 23 blocks, 3 past what turn 2 shares
@@ -186,8 +186,8 @@ def test_an_agents_next_turn_supersedes_the_last_turns_entry_in_both_tiers(model
     other = system + prompt(15, 320)
     disk = DiskTier(tmp_path, 1 << 30, BLOCK)
     cache = cache_for(model, disk, 1 << 30)
-    for tokens in (other, first):
-        cache.insert(tokens, prompt_cache(model, tokens))
+    cache.insert(other, prompt_cache(model, other))
+    cache.insert(first, prompt_cache(model, first), prompt=len(system + turn))
     cache.persist()
     disk.flush()
     assert len(cache.entries) == 2 and len(disk.files) == 2
@@ -205,3 +205,24 @@ def test_an_agents_next_turn_supersedes_the_last_turns_entry_in_both_tiers(model
     assert matched == len(second) // BLOCK * BLOCK
     matched, _ = cache.lookup(first + (5,))  # the old reply: only the shared part is held
     assert matched == len(system + turn) // BLOCK * BLOCK
+
+
+def test_sessions_sharing_a_long_system_prompt_keep_their_own_entries(model, tmp_path):
+    """Agents send one large system prompt and tools block: a session's own messages are a
+    small share of its prompt for many turns. Another session's turn, sharing only that
+    block, once superseded this one's entry (its own part was under a quarter of it), in
+    memory and on disk, so every session's next turn missed all but the shared block."""
+    system = prompt(20, 512)
+    a, b = system + prompt(21, 64), system + prompt(22, 96)  # own parts: 11% and 16%
+    a_next = a + prompt(23, 32)
+    disk = DiskTier(tmp_path, 1 << 30, BLOCK)
+    cache = cache_for(model, disk, 1 << 30)
+    for tokens in (a, b):
+        cache.insert(tokens, prompt_cache(model, tokens), prompt=len(tokens))
+        cache.persist()
+        disk.flush()
+    assert len(cache.entries) == 2 and len(disk.files) == 2
+    matched, _ = cache.lookup(a_next)
+    assert matched == len(a)
+    restarted = cache_for(model, DiskTier(tmp_path, 1 << 30, BLOCK), 1 << 30)
+    assert restarted.lookup(a_next)[0] == len(a)  # the file, too

@@ -101,7 +101,7 @@ def test_a_disk_tier_file_from_before_batches_with_todays_caches(tmp_path):
     mx.eval(stock(mx.array([prompt]), cache=old))
     assert old[0].caches[1].values.shape[-1] > 1  # the old layout
     writer = DiskTier(tmp_path, 1 << 30, 16)  # an older build's tier wrote it
-    writer.put(array("I", prompt), array("Q", range(1, 11)), old)
+    writer.put(array("I", prompt), array("Q", range(1, 11)), old, 10)
     writer.close()
     tier = DiskTier(tmp_path, 1 << 30, 16, adapt=dsa_indexer.narrow_stored)  # today's
     matched, name = tier.match(list(range(1, 11)))
