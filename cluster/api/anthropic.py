@@ -208,7 +208,7 @@ def router(coordinator: Coordinator, defaults: ChatDefaults) -> APIRouter:
             "stop_sequence": matched,
             "usage": _usage(got.last),
         }
-        return JSONResponse(reply, headers=outcome_headers(headers, got.last))
+        return JSONResponse(reply, headers=outcome_headers(headers, stream, got.last))
 
     return api
 

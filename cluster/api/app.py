@@ -187,6 +187,6 @@ def create_app(
                 background=BackgroundTask(stream.aclose),
             )
         got = await collect_unless_disconnected(request, stream)
-        return JSONResponse(shape.full(got), headers=outcome_headers(headers, got.last))
+        return JSONResponse(shape.full(got), headers=outcome_headers(headers, stream, got.last))
 
     return app

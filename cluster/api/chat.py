@@ -217,8 +217,10 @@ def session_key(request, body) -> str | None:
     return None
 
 
-def outcome_headers(headers: dict, last: Output | None) -> dict:
-    """A whole reply's headers: what speculation the request got, now that it is known."""
+def outcome_headers(headers: dict, stream, last: Output | None) -> dict:
+    """A whole reply's headers: the replica that served it (a failover moves a request before
+    its first token) and what speculation the request got, now that both are known."""
+    headers["x-replica"] = stream.replica.name
     if last is not None:
         headers["x-speculation-accepted"] = f"{last.accepted_tokens}/{last.draft_tokens}"
         if last.speculation:

@@ -202,7 +202,7 @@ def router(coordinator: Coordinator, defaults: ChatDefaults) -> APIRouter:
             items.events(out)
         items.close(cut=_cut(got.last))
         reply = _final(base, items, got.last)
-        return JSONResponse(reply, headers=outcome_headers(headers, got.last))
+        return JSONResponse(reply, headers=outcome_headers(headers, stream, got.last))
 
     return api
 

@@ -4,6 +4,7 @@ import concurrent.futures as cf
 import contextlib
 import json
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -105,11 +106,18 @@ def test_requests_waiting_for_their_first_token_move_to_the_other_replica(model_
     )
     rng = random.Random(5)
 
+    whole: dict[str, str] = {}  # a whole reply's request id -> the replica its header names
+
     def ask(i) -> tuple[int, bool, str | None]:
         """(text chunks, whether it ended with an error, its finish reason)."""
         prompt = [rng.randrange(30, 4000) for _ in range(2500)]
         body = {"model": srv.model, "prompt": prompt, "max_tokens": 4, "ignore_eos": True,
-                "stream": True}  # fmt: skip
+                "stream": i % 2 == 1}  # fmt: skip
+        if not body["stream"]:  # a whole reply: its header names the replica that served it
+            r = httpx.post(f"{srv.url}/v1/completions", json=body, timeout=180)
+            whole[r.headers["x-request-id"]] = r.headers["x-replica"]
+            ok = r.status_code == 200
+            return ok, not ok, r.json()["choices"][0]["finish_reason"] if ok else None
         chunks, error, finish = 0, False, None
         with httpx.stream("POST", f"{srv.url}/v1/completions", json=body, timeout=180) as r:
             for line in r.iter_lines():
@@ -139,6 +147,11 @@ def test_requests_waiting_for_their_first_token_move_to_the_other_replica(model_
         moved = [line for line in metrics.splitlines()
                  if 'reason="failover"' in line and line.startswith("cluster:routing_decisions_total")]  # fmt: skip
         assert moved and float(moved[0].split()[-1]) > 0
+        srv.stop()
+        log = "".join(srv.lines) + srv.proc.stdout.read()
+        failed = set(re.findall(r"replica r0 failed request (\S+) before its first token", log))
+        assert failed & whole.keys(), (whole, failed)  # whole replies moved too
+        assert all(whole[rid] == "r1" for rid in failed & whole.keys()), (whole, failed)
     finally:
         srv.stop()
 
