@@ -191,10 +191,26 @@ async def start(coordinator: Coordinator, request, body, rid: str, tokens: list[
     sampling = with_defaults(sampling, body, coordinator.tokenizer.generation_defaults)
     hashes = await off_loop(len(tokens) > LONG_TOKENS, coordinator.prompt_hashes, tokens)
     session = session_key(request, body)
-    stream = coordinator.start(rid, tokens, sampling, processor, session, hashes)
+    stream = coordinator.start(rid, tokens, sampling, processor, session, hashes,
+                               opens_conversation(body))  # fmt: skip
     headers = {"x-request-id": rid, "x-replica": stream.replica.name,
                "x-speculation": stream.replica.speculation_summary}  # fmt: skip
     return stream, headers
+
+
+def opens_conversation(body) -> bool:
+    """A conversation's first request: no assistant turn or tool result yet (chat, Messages,
+    Responses); a raw completion prompt never says so."""
+    first = ("system", "developer", "user")
+    if (messages := getattr(body, "messages", None)) is not None:
+        return all(getattr(m, "role", None) in first for m in messages)
+    items = getattr(body, "input", None)
+    if isinstance(items, str):
+        return True
+    return isinstance(items, list) and all(
+        isinstance(i, dict) and i.get("type", "message") == "message" and i.get("role") in first
+        for i in items
+    )
 
 
 SESSION_HEADERS = ("x-session-id", "session_id", "conversation_id")

@@ -217,16 +217,20 @@ class Coordinator:
         return block_hashes(list(prompt), self.block_size, self.hash_seed)
 
     def route(
-        self, prompt: list[int], session_id: str | None = None, hashes: list[int] | None = None
+        self,
+        prompt: list[int],
+        session_id: str | None = None,
+        hashes: list[int] | None = None,
+        opening: bool = False,
     ) -> tuple[Replica, str]:
-        return self._select(self._admit(), prompt, session_id, hashes=hashes)
+        return self._select(self._admit(), prompt, session_id, hashes=hashes, opening=opening)
 
     def _select(self, ready: list[Replica], prompt, session_id, reason: str | None = None,
-                hashes: list[int] | None = None):  # fmt: skip
+                hashes: list[int] | None = None, opening: bool = False):  # fmt: skip
         """The policy's pick among ready replicas, counted under its reason (or `reason`)."""
         if hashes is None:
             hashes = self.prompt_hashes(prompt)
-        info = SelectInfo(len(prompt), hashes, self.block_size, session_id)
+        info = SelectInfo(len(prompt), hashes, self.block_size, session_id, opening)
         replica, picked = self.policy.select(ready, info)
         reason = reason or picked
         self.metrics.routing.labels(**self.metrics.labels(replica.name), reason=reason).inc()
@@ -248,13 +252,15 @@ class Coordinator:
         processor: "OutputProcessor | None" = None,
         session_id: str | None = None,
         hashes: list[int] | None = None,
+        opening: bool = False,
     ) -> Completion:
         """Admit and route now (so errors come before any byte is sent), stream later.
 
         processor turns token ids into text (and for chat, reasoning and tool calls); the
-        default decodes plain text with no stop strings."""
+        default decodes plain text with no stop strings. opening: the request opens a
+        conversation (routing may spread it)."""
         hashes = self.prompt_hashes(prompt) if hashes is None else hashes
-        replica, _ = self.route(prompt, session_id, hashes)
+        replica, _ = self.route(prompt, session_id, hashes, opening)
         # The engine reuses routing's hashes for its prefix cache: each block hashed once.
         request = EngineRequest(request_id, tuple(prompt), sampling, tuple(hashes))
         out = processor or OutputProcessor(self.tokenizer.decode, [], self.tokenizer.stream_bytes)

@@ -12,6 +12,9 @@ class SelectInfo:
     block_hashes: list[int] = field(default_factory=list)
     block_size: int = 16
     session_id: str | None = None
+    opening: bool = False
+    """The request opens a conversation (no assistant turn yet): where it goes, its session's
+    later turns follow."""
 
 
 class Policy(Protocol):
@@ -29,6 +32,16 @@ def ready(replicas: list) -> list:
 
 def least_loaded(replicas: list, start: int = 0):
     """Fewest requests in flight; ties go round the list from `start`."""
+    return min(rotated(replicas, start), key=lambda r: r.in_flight)
+
+
+def overloaded(load: int, floor: int, abs_threshold: int = 4, rel_threshold: float = 1.5) -> bool:
+    """SGLang's imbalance test: a load too far above the lightest replica's `floor`, both
+    absolutely and relatively."""
+    return load - floor > abs_threshold and load > floor * rel_threshold
+
+
+def rotated(replicas: list, start: int) -> list:
+    """The list from `start` round: ties among replicas go to each in turn."""
     n = len(replicas)
-    order = [replicas[(start + i) % n] for i in range(n)]
-    return min(order, key=lambda r: r.in_flight)
+    return [replicas[(start + i) % n] for i in range(n)]

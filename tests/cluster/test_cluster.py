@@ -150,8 +150,39 @@ def test_two_replicas_behind_one_coordinator_share_the_load(model_dir, tmp_path,
         served = [r["served"] for r in status(srv)["replicas"]]
         assert sum(served) == len(PROMPTS) + 2 and min(served) >= 2  # + the tool call and echo
         _a_growing_session_stays_on_its_replica(srv)
+        _new_sessions_sharing_a_tools_block_spread(srv)
     finally:
         srv.stop()
+
+
+def _new_sessions_sharing_a_tools_block_spread(srv: Server) -> None:
+    """Agents' sessions open with the same system prompt and tools; one decoding on the
+    replica that holds them, the next opens on the other replica (`spread`), and its second
+    turn stays there. They once all followed the shared block to one replica."""
+    system = {"role": "system", "content": "You are a careful coding agent. Tools follow. " * 40}
+    client = srv.client()
+    raw = client.chat.completions.with_raw_response.create(
+        model=srv.model, max_tokens=4, messages=[system, {"role": "user", "content": "A?"}]
+    )
+    home = raw.headers["x-replica"]
+    with httpx.stream("POST", f"{srv.url}/v1/chat/completions", timeout=60, json={
+            "model": srv.model, "max_tokens": 400, "ignore_eos": True, "stream": True,
+            "messages": [system, {"role": "user", "content": "Write a lot."}]}) as busy:  # fmt: skip
+        assert busy.headers["x-replica"] == home
+        next(busy.iter_lines())  # decoding now
+        opened = [system, {"role": "user", "content": "B?"}]
+        raw = client.chat.completions.with_raw_response.create(model=srv.model, max_tokens=4,
+                                                               messages=opened)  # fmt: skip
+        other = raw.headers["x-replica"]
+        assert other != home, (home, other)
+        reply = raw.parse().choices[0].message.content or "ok"
+        turn = opened + [{"role": "assistant", "content": reply},
+                         {"role": "user", "content": "And C?"}]  # fmt: skip
+        raw = client.chat.completions.with_raw_response.create(model=srv.model, max_tokens=4,
+                                                               messages=turn)  # fmt: skip
+        assert raw.headers["x-replica"] == other  # its later turn follows its transcript
+    metrics = httpx.get(f"{srv.url}/metrics").text
+    assert 'reason="spread"' in metrics
 
 
 def _a_growing_session_stays_on_its_replica(srv: Server) -> None:

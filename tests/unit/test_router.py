@@ -22,8 +22,8 @@ def replicas(n=3):
     return [FakeReplica(f"r{i}", i) for i in range(n)]
 
 
-def info(tokens, session=None, bs=16):
-    return SelectInfo(len(tokens), block_hashes(tokens, bs, b"m"), bs, session)
+def info(tokens, session=None, bs=16, opening=False):
+    return SelectInfo(len(tokens), block_hashes(tokens, bs, b"m"), bs, session, opening)
 
 
 PROMPT = list(range(1000, 1160))  # 10 blocks
@@ -119,7 +119,7 @@ def test_a_short_shared_preamble_is_cold_and_spreads():
 
 
 def test_hot_prefix_does_not_pile_onto_one_replica():
-    policy = PrefixAffinity(abs_threshold=4, rel_threshold=1.5)
+    policy = PrefixAffinity(abs_threshold=4, rel_threshold=1.5, spread_tokens=0)
     rs = replicas()
     reasons = []
     for i in range(60):
@@ -130,6 +130,53 @@ def test_hot_prefix_does_not_pile_onto_one_replica():
     mean = sum(loads) / len(loads)
     assert max(loads) <= 1.5 * mean + 1, loads
     assert "load_fallback" in reasons and reasons.count("affinity") > 30
+
+
+def test_new_sessions_sharing_a_tools_block_spread_and_their_transcripts_stay():
+    """Agents' sessions share one large system prompt and tools block. A request opening a
+    session goes to a lighter replica that lacks the block when that costs at most
+    spread_tokens of prefill more (once it has it, the two tie); a session's later turn,
+    short or long, stays where its transcript is (within the overload test)."""
+    policy = PrefixAffinity()
+    rs = replicas(2)
+    tools = list(range(1000, 1976))  # 976 tokens, as Claude Code-like agents send
+    policy.index.add(0, block_hashes(tools, 16, b"m"))
+    rs[0].in_flight = 1  # one session decoding on r0
+    replica, reason = policy.select(rs, info(tools + [5] * 40, opening=True))
+    assert (replica.name, reason) == ("r1", "spread")
+    turn = tools + [6] * 300  # r0's session, a later turn: it stays where its transcript is
+    policy.index.add(0, block_hashes(turn, 16, b"m"))
+    replica, reason = policy.select(rs, info(turn + [7] * 20))
+    assert (replica.name, reason) == ("r0", "affinity")
+    far = list(range(5000, 9000))  # a shared block longer than spread_tokens
+    policy.index.add(0, block_hashes(far, 16, b"m"))
+    replica, reason = policy.select(rs, info(far + [5] * 40, opening=True))
+    assert (replica.name, reason) == ("r0", "affinity")
+
+
+def test_equal_matches_and_loads_go_to_each_replica_in_turn():
+    """Both replicas hold the shared block and are idle: new sessions alternate (ties went
+    to the first replica in the list, every time)."""
+    policy = PrefixAffinity()
+    rs = replicas(2)
+    for slot in (0, 1):
+        policy.index.add(slot, block_hashes(PROMPT, 16, b"m"))
+    picked = {policy.select(rs, info(PROMPT + [i] * 20, opening=True))[0].name for i in range(4)}
+    assert picked == {"r0", "r1"}
+
+
+def test_a_session_key_does_not_pin_an_overloaded_replica():
+    """One prompt_cache_key for a whole application once sent every request to one replica:
+    a session sticks while its replica is not overloaded (SGLang's imbalance test)."""
+    policy = make_policy("prefix_affinity")
+    rs = replicas(2)
+    first, _ = policy.select(rs, info(PROMPT, session="app"))
+    first.in_flight = 4
+    assert policy.select(rs, info(PROMPT, session="app"))[0] is first  # 4 more: still fine
+    first.in_flight = 9
+    moved, reason = policy.select(rs, info(PROMPT, session="app"))
+    assert moved is not first and reason != "session"
+    assert policy.select(rs, info(PROMPT, session="app"))[0] is moved  # it sticks there now
 
 
 def test_overloaded_best_match_falls_back_to_a_lighter_replica():
