@@ -11,13 +11,19 @@ def _help(text: str, default):
     return field(default=default, metadata={"help": text})
 
 
+UNBUDGETED_PREFIX_CACHE_BYTES = 512 * MiB
+"""The prefix cache's bound when neither --prefix-cache-bytes nor a KV budget gives one."""
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     max_num_seqs: int = _help("most sequences decoded together (continuous batching)", 16)
     prefill_step_size: int = _help("most prompt tokens computed in one prefill chunk", 2048)
     block_size: int = _help("tokens per prefix-cache block (and per routing hash)", 16)
-    prefix_cache_bytes: int = _help(
-        "memory bound of the prefix cache in bytes (KV arrays and bookkeeping)", 512 * MiB
+    prefix_cache_bytes: int | None = _help(
+        "memory bound of the prefix cache in bytes, KV arrays and bookkeeping (default: what "
+        "the KV budget leaves it; 512 MiB without a budget)",
+        None,
     )
     kv_cache_bytes: int | None = _help(
         "KV memory of a replica per rank: running sequences, prompts being prefilled and the "
@@ -117,7 +123,8 @@ class EngineConfig:
             "max_num_seqs": (self.max_num_seqs >= 1, ">= 1"),
             "prefill_step_size": (self.prefill_step_size >= 1, ">= 1"),
             "block_size": (self.block_size >= 1, ">= 1"),
-            "prefix_cache_bytes": (self.prefix_cache_bytes >= 0, ">= 0"),
+            "prefix_cache_bytes": (self.prefix_cache_bytes is None
+                                   or self.prefix_cache_bytes >= 0, ">= 0"),  # fmt: skip
             "prefix_cache_disk_bytes": (self.prefix_cache_disk_bytes >= 0, ">= 0"),
             "kv_bits": (self.kv_bits in (None, 4, 8), "4 or 8"),
             "mtp_bits": (self.mtp_bits in (None, 2, 3, 4, 5, 6, 8, 16), "2, 3, 4, 5, 6, 8 or 16"),

@@ -103,7 +103,11 @@ def rows(runs: dict, status: dict) -> list[tuple[str, str, str, str]]:
     for name in ("tp1", "tp2"):
         for replica in status[name]["replicas"]:
             engine = replica["engine"]
-            bound = engine["model_bytes"] + status[name]["settings"]["engine"]["prefix_cache_bytes"]
+            kv = (
+                engine["kv"]["budget_bytes"]
+                or status[name]["settings"]["engine"]["prefix_cache_bytes"]
+            )
+            bound = engine["model_bytes"] + (kv or 512 * 2**20)
             bound += GiB
             for rank in replica["ranks"]:
                 rss = rank.get("memory_bytes")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from itertools import count
 from typing import Any
 
+from ..config import UNBUDGETED_PREFIX_CACHE_BYTES
 from ..hashing import BlockHash, block_hashes, extend_hashes, prompt_blocks, superseded_by
 from .disk_cache import DiskTier
 from .kv import cache_nbytes, snapshot
@@ -87,12 +88,14 @@ class CacheEvents:
 
 
 class PrefixCache:
-    def __init__(self, block_size: int, capacity_bytes: int, seed: bytes = b"", kv_bits=None,
-                 disk: DiskTier | None = None):  # fmt: skip
+    def __init__(self, block_size: int, capacity_bytes: int | None, seed: bytes = b"",
+                 kv_bits=None, disk: DiskTier | None = None):  # fmt: skip
+        """capacity_bytes None: what the KV budget leaves (`limit`), else a fixed default."""
         self.block_size = block_size
-        self.capacity_bytes = capacity_bytes
         self.configured_bytes = capacity_bytes
         """The configured bound; the KV budget's room may hold capacity_bytes below it."""
+        self.capacity_bytes = UNBUDGETED_PREFIX_CACHE_BYTES if capacity_bytes is None else (
+            capacity_bytes)  # fmt: skip
         self.seed = seed
         self.kv_bits = kv_bits
         self.entries: OrderedDict[int, Entry] = OrderedDict()
@@ -140,21 +143,23 @@ class PrefixCache:
             if entry.tokens[end - self.block_size : end] != query[end - self.block_size : end]:
                 break  # a hash collision
             best, best_id, matched = entry, entry_id, end
+        source = best.cache if best is not None else None
         from_disk = self._from_disk(hashes, query, matched // self.block_size)
-        if from_disk is not None:
-            best_id, matched = from_disk
-            best = self.entries[best_id]
+        if from_disk is not None:  # its entry id is None when memory has no room for it
+            best_id, matched, source = from_disk
         matched -= self.lag
-        if best is None or matched <= 0:
+        if source is None or matched <= 0:
             return 0, None
-        self.entries.move_to_end(best_id)
+        if best_id in self.entries:
+            self.entries.move_to_end(best_id)
         self.stats.hits += matched
         if from_disk is not None:
             self.disk.stats.hits += matched
-        return matched, snapshot(best.cache, matched, kv_bits=None, restore=True)
+        return matched, snapshot(source, matched, kv_bits=None, restore=True)
 
     def _from_disk(self, hashes: list[BlockHash], query: array, in_memory: int):
-        """(entry id, tokens matched) of the disk tier's longer match, brought into memory."""
+        """(entry id, tokens matched, cache objects) of the disk tier's longer match, brought
+        into memory (entry id None when memory has no room for it: served from the file)."""
         if self.disk is None:
             return None
         blocks, name = self.disk.match(hashes)
@@ -170,7 +175,7 @@ class PrefixCache:
         if len(stored) > blocks:  # another rank holds less: every rank keeps the agreed part
             tokens, stored, cache = tokens[:end], stored[:blocks], snapshot(cache, end)
         entry_id = self._store(tokens, stored, cache, fixed, written=True)  # a file on each rank
-        return (entry_id, end) if entry_id is not None else None
+        return entry_id, end, cache
 
     def insert(
         self,
@@ -198,7 +203,12 @@ class PrefixCache:
         """Add an entry to memory; its id, or None if the bound left no room for it."""
         nbytes = cache_nbytes(stored) + book_bytes(tokens, hashes, len(stored))
         entry = Entry(tokens, hashes, stored, nbytes, fixed, written)
-        if entry.nbytes > self.capacity_bytes:
+        if entry.nbytes > self.capacity_bytes:  # too big for memory: the disk tier may hold it
+            if self.disk is not None and not written:
+                self.disk.put(tokens, hashes, stored, fixed)
+                for h in hashes:
+                    if h not in self.index:
+                        self.events.store(h)
             return None
         entry_id = next(self._ids)
         self.entries[entry_id] = entry
@@ -221,7 +231,11 @@ class PrefixCache:
     def limit(self, room: int | None) -> None:
         """Hold at most `room` bytes (what the KV budget leaves it), never more than
         configured: the least recently used entries go first."""
-        cap = self.configured_bytes if room is None else min(self.configured_bytes, room)
+        configured = self.configured_bytes
+        if room is None:
+            cap = UNBUDGETED_PREFIX_CACHE_BYTES if configured is None else configured
+        else:
+            cap = room if configured is None else min(configured, room)
         self.capacity_bytes = cap
         while self.nbytes > cap and self.entries:
             self._remove(next(iter(self.entries)))

@@ -226,3 +226,29 @@ def test_sessions_sharing_a_long_system_prompt_keep_their_own_entries(model, tmp
     assert matched == len(a)
     restarted = cache_for(model, DiskTier(tmp_path, 1 << 30, BLOCK), 1 << 30)
     assert restarted.lookup(a_next)[0] == len(a)  # the file, too
+
+
+def test_a_prefix_larger_than_memory_goes_to_the_disk_tier(model, tmp_path):
+    """A transcript bigger than the memory tier's bound was cached nowhere, though the disk
+    tier had room: it is written there, reported to the router, and found again."""
+    a = prompt(30, 320)
+    disk = DiskTier(tmp_path, 1 << 30, BLOCK)
+    cache = cache_for(model, disk, 1000)  # far below one entry
+    cache.insert(a, prompt_cache(model, a))
+    disk.flush()
+    assert not cache.entries and len(disk.files) == 1
+    assert len(cache.drain_events().stored) == len(a) // BLOCK
+    matched, got = cache.lookup(a + (3,))
+    assert matched == len(a) and got is not None and disk.stats.hits == matched
+
+
+def test_the_memory_bound_follows_the_kv_budget_unless_set():
+    """By default the prefix cache may hold what the KV budget leaves (512 MiB held a GLM-5
+    transcript of about 4,900 tokens); a set bound stays its ceiling."""
+    auto, fixed = PrefixCache(BLOCK, None), PrefixCache(BLOCK, 100 << 20)
+    assert auto.capacity_bytes == 512 << 20  # no budget yet
+    for room, want in ((None, (512 << 20, 100 << 20)), (40 << 30, (40 << 30, 100 << 20)),
+                       (1 << 20, (1 << 20, 1 << 20))):  # fmt: skip
+        auto.limit(room)
+        fixed.limit(room)
+        assert (auto.capacity_bytes, fixed.capacity_bytes) == want, room
