@@ -59,6 +59,14 @@ def _rank(args) -> int:
     return run_rank(options, engine_config(args))
 
 
+def _verify_cost(text: str) -> float:
+    value = float(text)
+    if not 1.0 <= value <= 8.0:  # nan fails too
+        raise argparse.ArgumentTypeError("a 2-token verify forward in plain decode steps: at "
+                                          f"least 1 (one step), e.g. 1.2; not {text}")  # fmt: skip
+    return value
+
+
 def _acceptance(text: str) -> tuple[float, ...]:
     values = tuple(float(v) for v in text.split(","))
     if not values or any(not 0 <= v <= 1 for v in values) or list(values) != sorted(values)[::-1]:
@@ -85,14 +93,19 @@ def _plan(args) -> int:
     inventory = load_inventory(args.inventory)
     mtp = split = None  # not knowable without the checkpoint
     name = args.model or inventory.model
-    if args.model_config:
+    if args.model_config in PRESETS:  # as deploy --model-config takes it
+        config = PRESETS[args.model_config]
+    elif args.model_config:
         config = read_config(config_file=args.model_config)
     elif name in PRESETS:
         config = PRESETS[name]
     else:
-        if not args.model and name != "default" and not Path(name).expanduser().exists():
-            print(f"error: the inventory's model {name} is not on this machine (a path on the "
-                  f"nodes?): plan with --model and a preset ({', '.join(PRESETS)}), a local "
+        if name != "default" and not Path(name).expanduser().exists():
+            whose = "the inventory's model" if not args.model else "--model"
+            near = [p for p in PRESETS if p.replace("-", "") == name.lower().replace("-", "")]
+            hint = f"did you mean the preset {near[0]}? " if near else ""
+            print(f"error: {whose} {name} is not on this machine (a path on the nodes?): "
+                  f"{hint}plan with --model and a preset ({', '.join(PRESETS)}), a local "
                   "copy, or --model-config CONFIG.json", file=sys.stderr)  # fmt: skip
             return 1
         model_dir = resolve_model(name)[0]
@@ -115,12 +128,23 @@ def _plan(args) -> int:
         elif why := mtp_file_problem(given, config):
             print(f"error: --mtp-weights: {why}", file=sys.stderr)
             return 1
-    bits = args.bits or stored_bits(config) or inventory.quantization_bits
-    plan = make_plan(config, bits, inventory, mtp, split, args.mtp_acceptance, args.verify_cost)
+    stored = stored_bits(config)
+    bits = args.bits or stored or inventory.quantization_bits
+    notes = [unseen] if unseen else []
+    if args.bits and stored and args.bits != stored:
+        notes.append(f"note: the checkpoint stores {stored}-bit weights and serve runs them so; "
+                     f"this plan is for a {args.bits}-bit copy you would make first")  # fmt: skip
+    try:
+        plan = make_plan(config, bits, inventory, mtp, split, args.mtp_acceptance,
+                         args.verify_cost)  # fmt: skip
+    except (KeyError, TypeError) as e:  # a config.json missing a field or mistyped
+        print(f"error: the model config lacks or mistypes a field the planner reads ({e!r}); "
+              "check it against the checkpoint's own config.json", file=sys.stderr)  # fmt: skip
+        return 1
     print(json.dumps(plan.to_json(), indent=2) if args.json else render_plan(plan))
-    if unseen:
-        print(unseen, file=sys.stderr if args.json else sys.stdout)
-    return 0 if plan.ok else 1
+    for note in notes:
+        print(note, file=sys.stderr if args.json else sys.stdout)
+    return 0 if plan.unservable() is None else 1
 
 
 def _status(args) -> int:
@@ -171,7 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
         "deepseek-v3.2 "
         "(default: the inventory's model)",
     )
-    p.add_argument("--model-config", help="a config.json instead of a model directory")
+    p.add_argument(
+        "--model-config", help="a config.json instead of a model directory, or a preset (glm-5)"
+    )
     p.add_argument("--bits", type=int, choices=(2, 3, 4, 5, 6, 8, 16, 32),
                    help="bits per weight (default: checkpoint or inventory)")  # fmt: skip
     p.add_argument(
@@ -183,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--verify-cost",
-        type=float,
+        type=_verify_cost,
         help="for the MTP forecast: a measured 2-token verify forward, in plain decode steps "
         "(default: from the bytes it reads)",
     )

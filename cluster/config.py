@@ -11,6 +11,7 @@ def _help(text: str, default):
     return field(default=default, metadata={"help": text})
 
 
+SPECULATION_METHODS = ("none", "mtp", "draft", "ngram", "mtp+ngram")
 UNBUDGETED_PREFIX_CACHE_BYTES = 512 * MiB
 """The prefix cache's bound when neither --prefix-cache-bytes nor a KV budget gives one."""
 
@@ -132,8 +133,7 @@ class EngineConfig:
             "max_model_len": (self.max_model_len is None or self.max_model_len >= 2, ">= 2"),
             "max_queue": (self.max_queue >= 0, ">= 0"),
             "seed": (self.seed >= 0, ">= 0"),
-            "speculation": (n in ("none", "mtp", "draft", "ngram", "mtp+ngram"),
-                            "none, mtp, draft, ngram or mtp+ngram"),
+            "speculation": (n in SPECULATION_METHODS, ", ".join(SPECULATION_METHODS)),
             "ngram_min": (self.ngram_min >= 1, ">= 1"),
             "ngram_max": (self.ngram_min <= self.ngram_max <= 32,
                           f"from --ngram-min ({self.ngram_min}) to 32"),

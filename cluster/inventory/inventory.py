@@ -1,6 +1,7 @@
 """Read and validate an inventory: hosts with their facts, and cluster-wide vars."""
 
 import functools
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -147,8 +148,22 @@ def _check_keys(keys, where: str) -> None:
             raise InventoryError(f"{where}: unknown key '{key}' (did you mean '{near[0]}'?)")
 
 
+def _mapping(value, where: str, what: str) -> dict:
+    """A mapping (or nothing); anything else is an error naming where it is."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InventoryError(f"{where} must be a mapping of {what}, not {value!r}")
+    return value
+
+
 def _walk(group: dict, vars_: dict, hosts: dict, seen: dict, path: str) -> None:
     """Collect hosts and vars from a group and its children (Ansible's nesting)."""
+    group = _mapping(group, path, "hosts, vars and children")
+    _mapping(group.get("vars"), f"{path}.vars", "var: value")
+    for name, facts in _mapping(group.get("hosts"), f"{path}.hosts", "host: facts").items():
+        _mapping(facts, f"{path}.hosts.{name}", "fact: value (memory_gb: 512, ...)")
+    _mapping(group.get("children"), f"{path}.children", "group: group")
     _check_keys(group, path)
     _check_keys(group.get("vars") or {}, f"{path}.vars")
     for name, facts in (group.get("hosts") or {}).items():
@@ -163,6 +178,14 @@ def _walk(group: dict, vars_: dict, hosts: dict, seen: dict, path: str) -> None:
         _walk(child or {}, vars_, hosts, seen, f"{path}.children.{child_name}")
 
 
+SANE = {
+    "memory_gb": (1, 65536, "a number of GB (512 for a 512 GB Mac Studio; not bytes)"),
+    "wired_limit_gb": (1, 65536, "a number of GB (not bytes or MB)"),
+    "memory_bandwidth_gbs": (1, 100000, "a number of GB/s (819 for an M3 Ultra; not TB/s)"),
+}
+"""Bounds that catch a value in the wrong unit."""
+
+
 def _amount(facts: dict, key: str, name: str, source: str) -> float:
     """A host's positive number (memory_gb: 256, not "256GB")."""
     value = facts[key]
@@ -170,23 +193,38 @@ def _amount(facts: dict, key: str, name: str, source: str) -> float:
         number = float(value) if not isinstance(value, bool) else 0.0
     except (TypeError, ValueError):
         number = 0.0
-    if not number > 0:
+    if not number > 0 or not math.isfinite(number):
         raise InventoryError(f"{source}: host '{name}': {key} must be a positive number (e.g. "
                              f"{key}: 256), not {value!r}")  # fmt: skip
+    low, high, unit = SANE.get(key, (0, math.inf, ""))
+    if not low <= number <= high:
+        raise InventoryError(f"{source}: host '{name}': {key} {value!r} is not {unit}")
     return number
+
+
+def _names(value, key: str, host: str, source: str, example: str) -> list[str]:
+    """A host's list of names (one name alone is a list of one); each a non-empty string."""
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not all(isinstance(n, str) and n.strip() for n in names):
+        raise InventoryError(f"{source}: host '{host}': {key} must be a list of names (e.g. "
+                             f"{key}: [{example}]), not {value!r}")  # fmt: skip
+    return [n.strip() for n in names]
 
 
 def _host(name: str, facts: dict, source: str) -> Host:
     for field_name in REQUIRED_HOST_FIELDS:
         if field_name not in facts:
             raise InventoryError(f"{source}: host '{name}' is missing field '{field_name}'")
-    addresses = facts["interconnect"]
-    addresses = [addresses] if isinstance(addresses, str) else list(addresses)
+    addresses = _names(facts["interconnect"], "interconnect", name, source, "10.10.0.1")
     if not addresses:
         raise InventoryError(f"{source}: host '{name}' has an empty 'interconnect' list")
+    chip = facts["chip"]
+    if not isinstance(chip, str) or not chip.strip():
+        raise InventoryError(f"{source}: host '{name}': chip must name the chip (e.g. chip: M3 "
+                             f"Ultra), not {chip!r}")  # fmt: skip
     memory = _amount(facts, "memory_gb", name, source)
     bandwidth = _amount(facts, "memory_bandwidth_gbs", name, source)
-    rdma = facts.get("rdma_devices") or ()
+    rdma = _names(facts.get("rdma_devices") or [], "rdma_devices", name, source, "rdma_en3")
     has_wired = facts.get("wired_limit_gb") is not None  # empty (null): the chip's default
     wired = _amount(facts, "wired_limit_gb", name, source) if has_wired else None
     if wired is not None and wired > memory:
@@ -200,7 +238,7 @@ def _host(name: str, facts: dict, source: str) -> Host:
         name,
         tuple(addresses),
         memory,
-        str(facts["chip"]),
+        chip.strip(),
         bandwidth,
         tuple(rdma),
         wired,
@@ -224,6 +262,32 @@ def _whole(top: dict, key: str, default, source: str, low: int = 1, high: int | 
         span = f"from {low} to {high}" if high is not None else f"at least {low}"
         raise InventoryError(f"{source}: vars.{key} must be a whole number {span}, not {value!r}")
     return number
+
+
+def _latency(value, source: str) -> float | None:
+    """vars.allreduce_latency_us: a measured latency in microseconds (1 to 100,000)."""
+    if value is None:
+        return None
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if not ok or not 1 <= value <= 100_000:
+        raise InventoryError(f"{source}: vars.allreduce_latency_us must be a number of "
+                             f"microseconds from 1 to 100000 (e.g. 30), not {value!r}")  # fmt: skip
+    return float(value)
+
+
+def _speculation(value, source: str) -> str:
+    from ..config import SPECULATION_METHODS
+
+    if value not in SPECULATION_METHODS:
+        raise InventoryError(f"{source}: vars.speculation {value!r} is not one of "
+                             f"{', '.join(SPECULATION_METHODS)}")  # fmt: skip
+    return value
+
+
+def _path(value, key: str, source: str) -> str | None:
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise InventoryError(f"{source}: vars.{key} must be a path, not {value!r}")
+    return value
 
 
 def _serve_args(value, source: str) -> tuple[str, ...]:
@@ -292,11 +356,11 @@ def parse_inventory(data: dict, source: str = "<memory>") -> Inventory:
         launcher=launcher,
         ring_base_port=_whole(top, "ring_base_port", 52100, source, 1, 65535),
         grpc_base_port=_whole(top, "grpc_base_port", None, source, 0, 65535) or None,  # 0: none
-        allreduce_latency_us=top.get("allreduce_latency_us"),
+        allreduce_latency_us=_latency(top.get("allreduce_latency_us"), source),
         min_context_tokens=_whole(top, "min_context_tokens", 32768, source),
-        speculation=str(top.get("speculation", "none")),
+        speculation=_speculation(top.get("speculation", "none"), source),
         num_speculative_tokens=_whole(top, "num_speculative_tokens", 1, source, 1, 8),
-        mtp_weights=top.get("mtp_weights"),
+        mtp_weights=_path(top.get("mtp_weights"), "mtp_weights", source),
         coordinator_node=node,
         served_model_names=names,
         ray_address=str(top.get("ray_address", "auto")),

@@ -1,5 +1,7 @@
 """The planner: a pure function from (model config, quantization bits, inventory) to a plan."""
 
+import re
+
 from ..inventory import Host, Inventory
 from .model_size import ModelSize, UnknownModel, bytes_per_param, model_size, routed_active
 from .spec_forecast import GLM5_ACCEPTANCE, StepBytes, forecast
@@ -16,17 +18,23 @@ APPLE_WIRED_FRACTION = 0.75  # macOS's default GPU-wired limit on large-memory M
 OTHER_USABLE_FRACTION = 0.9
 
 
+def apple(host: Host) -> bool:
+    """An Apple-silicon chip: M1 to M9 anywhere in its name ("M3 Ultra", "Mac Studio (M3
+    Ultra)", "Apple M4 Max"), or Apple or Mac named."""
+    chip = host.chip.upper()
+    return bool(re.search(r"\bM[1-9]\b", chip)) or "APPLE" in chip or "MAC" in chip
+
+
 def usable_gb(host: Host) -> float:
     if host.wired_limit_gb is not None:
         return host.wired_limit_gb
-    apple = host.chip.upper().startswith(("M", "APPLE"))
-    return host.memory_gb * (APPLE_WIRED_FRACTION if apple else OTHER_USABLE_FRACTION)
+    return host.memory_gb * (APPLE_WIRED_FRACTION if apple(host) else OTHER_USABLE_FRACTION)
 
 
 def _usable_note(host: Host) -> str:
     if host.wired_limit_gb is not None:
         return f"its wired_limit_gb {host.wired_limit_gb:.0f}"
-    if host.chip.upper().startswith(("M", "APPLE")):
+    if apple(host):
         return (
             f"75% of {host.memory_gb:.0f} GB, macOS's default GPU-wired limit; raise "
             "iogpu.wired_limit_mb and set wired_limit_gb to use more"
@@ -148,11 +156,15 @@ def _replica(
         headroom = max(1.0, 0.02 * h.memory_gb)
         need = weights + mtp + kv_min + headroom
         if need > usable:
+            note = _usable_note(h)
+            if need > OTHER_USABLE_FRACTION * h.memory_gb:  # no wired limit makes it fit
+                note = (f"{note.split(';')[0]}; more than the machine can give the model: add "
+                        "nodes, use fewer bits, or lower min_context_tokens")  # fmt: skip
             refusals.append(
                 f"replica {name} needs {need:.1f} GB on each of its {len(hosts)} nodes "
                 f"({weights:.1f} weights + {mtp:.1f} MTP + {kv_min:.1f} KV for "
                 f"{inv.min_context_tokens} tokens + {headroom:.1f} headroom at {bits}-bit), "
-                f"but {h.name} has {usable:.1f} GB usable ({_usable_note(h)})."
+                f"but {h.name} has {usable:.1f} GB usable ({note})."
             )
         kv_budget = max(0.0, usable - weights - mtp - headroom)
         memory.append(

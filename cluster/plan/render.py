@@ -71,6 +71,8 @@ def render_plan(plan: Plan) -> str:
         )
     if plan.refusals:
         lines += ["", "REFUSED:"] + [f"  {r}" for r in plan.refusals]
+    elif why := plan.unservable():  # it fits, but serve and deploy would refuse it
+        lines += ["", f"NOT SERVABLE: {why}"]
     else:
         lines += ["", "plan OK"]
     return "\n".join(lines)

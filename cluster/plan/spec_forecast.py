@@ -60,6 +60,10 @@ def expert_union(n: int, top_k: int, tokens: int) -> float:
     return n * (1 - (1 - top_k / n) ** tokens)
 
 
+MAX_K = 8
+"""The most drafts a step may take (--num-speculative-tokens' range): no k above is forecast."""
+
+
 def forecast(
     step: StepBytes,
     bandwidth: float,
@@ -89,7 +93,7 @@ def forecast(
         return 1 + (verify_cost - 1) * growth
 
     out = []
-    for k in range(1, len(acceptance) + 1):
+    for k in range(1, min(len(acceptance), MAX_K) + 1):
         cost_k = measured(k) if verify_cost else verify(k)
         tokens = 1 + sum(acceptance[:k])
         experts = expert_union(step.n_experts, step.top_k, k + 1)

@@ -73,4 +73,6 @@ class Plan:
         return None
 
     def to_json(self) -> dict:
-        return asdict(self) | {"ok": self.ok}
+        """ok: the plan fits; servable: serve can run it (a pipelined layout fits but cannot)."""
+        why = self.unservable()
+        return asdict(self) | {"ok": self.ok, "servable": why is None, "not_servable": why}

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from cluster.inventory import InventoryError, load_inventory
@@ -164,3 +166,37 @@ def test_serve_options_are_checked_before_anything_starts():
     ):
         with pytest.raises(ValueError, match=message):
             EngineConfig(**kwargs)
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"memory_gb": 549755813888}, "memory_gb 549755813888 is not a number of GB"),
+    ({"memory_gb": float("inf")}, "memory_gb must be a positive number"),
+    ({"memory_bandwidth_gbs": 0.819}, "is not a number of GB/s"),
+    ({"rdma_devices": "rdma_en0"}, None),  # one name: a list of one
+    ({"rdma_devices": [None]}, "rdma_devices must be a list of names"),
+    ({"interconnect": 12345}, "interconnect must be a list of names"),
+    ({"interconnect": [None]}, "interconnect must be a list of names"),
+    ({"chip": None}, "chip must name the chip"),
+])  # fmt: skip
+def test_host_facts_in_the_wrong_shape_or_unit_are_errors(change, message):
+    data = {"all": {"hosts": {"a": _host(**change)}}}
+    if message is None:
+        assert parse_inventory(data).hosts[0].rdma_devices == ("rdma_en0",)
+        return
+    with pytest.raises(InventoryError, match=re.escape(message)):
+        parse_inventory(data)
+
+
+@pytest.mark.parametrize("data,message", [
+    ({"all": {"hosts": {"a": "oops"}}}, "all.hosts.a must be a mapping"),
+    ({"all": {"hosts": ["a", "b"]}}, "all.hosts must be a mapping"),
+    ({"all": {"vars": ["x"], "hosts": {"a": {}}}}, "all.vars must be a mapping"),
+    ({"all": {"vars": {"allreduce_latency_us": "30us"}}}, "allreduce_latency_us must be a number"),
+    ({"all": {"vars": {"allreduce_latency_us": -5}}}, "allreduce_latency_us must be a number"),
+    ({"all": {"vars": {"speculation": "mpt"}}}, "vars.speculation 'mpt' is not one of none, mtp"),
+    ({"all": {"vars": {"mtp_weights": 5}}}, "vars.mtp_weights must be a path"),
+])  # fmt: skip
+def test_groups_and_vars_in_the_wrong_shape_are_errors_not_tracebacks(data, message):
+    data["all"].setdefault("hosts", {"a": _host()})
+    with pytest.raises(InventoryError, match=re.escape(message)):
+        parse_inventory(data)

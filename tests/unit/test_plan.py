@@ -311,3 +311,64 @@ def test_plan_reads_a_preset_named_by_the_inventory_and_says_where_a_node_path_i
     away = plan(ROOT / "inventory/mac-studio-2x.yaml")
     assert away.returncode == 1 and "is not on this machine" in away.stderr
     assert "--model" in away.stderr and "glm-5" in away.stderr
+
+
+def _plan_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cluster", "plan", *args], capture_output=True,
+                          text=True, cwd=ROOT, timeout=60)  # fmt: skip
+
+
+def test_a_layout_serve_cannot_run_is_not_plan_ok(tmp_path):
+    """Three nodes fit GLM-5 only pipelined, which serve and deploy refuse: `plan` said
+    "plan OK" and exited 0 (JSON "ok": true). Now it says why and exits 1; JSON adds
+    servable / not_servable."""
+    three = tmp_path / "three.yaml"
+    hosts = "".join(f"    s{i}: {{interconnect: [10.0.0.{i}], memory_gb: 256, chip: M3 Ultra, "
+                    "memory_bandwidth_gbs: 819}\n" for i in range(3))  # fmt: skip
+    three.write_text("all:\n  hosts:\n" + hosts)
+    out = _plan_cli("--model-config", "glm-5", "--inventory", str(three), "--bits", "4")
+    assert out.returncode == 1 and "NOT SERVABLE" in out.stdout and "plan OK" not in out.stdout
+    data = json.loads(
+        _plan_cli("--model", "glm-5", "--inventory", str(three), "--bits", "4", "--json").stdout
+    )
+    assert data["ok"] and not data["servable"] and "pipeline" in data["not_servable"]
+
+
+def test_plan_inputs_an_operator_gets_wrong_are_errors_or_notes(tmp_path):
+    inv = ["--inventory", str(ROOT / "inventory/mac-studio-2x.yaml"), "--model", "glm-5"]
+    for cost in ("0", "0.5", "-1", "nan", "inf"):  # a verify forward costs at least a step
+        out = _plan_cli(*inv, "--verify-cost", cost)
+        assert out.returncode == 2 and "at least 1" in out.stderr, (cost, out.stderr)
+    out = _plan_cli(*inv[:2], "--model", "GLM5")
+    assert out.returncode == 1 and "did you mean the preset glm-5" in out.stderr
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    quantized = GLM5 | {"quantization": {"bits": 8, "group_size": 64}}
+    (ckpt / "config.json").write_text(json.dumps(quantized))
+    out = _plan_cli(*inv[:2], "--model-config", str(ckpt / "config.json"), "--bits", "2")
+    assert "stores 8-bit weights" in out.stdout, out.stdout[-500:]
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps({k: v for k, v in GLM5.items() if k != "q_lora_rank"}))
+    out = _plan_cli(*inv[:2], "--model-config", str(broken))
+    assert out.returncode == 1 and "q_lora_rank" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_chip_named_another_way_is_still_a_mac():
+    """The 75% wired limit applies to every Apple-silicon spelling; a chip string that did
+    not start with M ("Mac Studio (M3 Ultra)") got 90% and a plan that would not fit."""
+    for chip in ("M3 Ultra", "Mac Studio (M3 Ultra)", "Apple M4 Max", "m2 ultra"):
+        plan = make_plan(GLM5, 8, studios(512, 512, chip=chip))
+        assert not plan.ok and "75% of 512 GB" in plan.refusals[0], chip
+    other = make_plan(GLM5, 8, studios(512, 512, chip="x86_64"))
+    assert other.ok and other.replicas[0].memory[0].usable_gb == 460.8  # 90%
+
+
+def test_a_node_too_small_for_any_wired_limit_is_told_so():
+    plan = make_plan(GLM5, 4, studios(128, 128))
+    assert "more than the machine can give the model" in plan.refusals[0]
+    assert "raise iogpu" not in plan.refusals[0]
+
+
+def test_the_forecast_stops_at_the_largest_k_serve_takes():
+    plan = make_plan(GLM5, 4, studios(512, 512), True, acceptance=tuple([0.99] * 10))
+    assert max(r["k"] for r in plan.replicas[0].mtp_forecast) == 8
