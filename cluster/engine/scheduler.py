@@ -207,6 +207,7 @@ class Scheduler:
         ks = sorted(seq.spec_ks) or [self.config.num_speculative_tokens]
         on = f"{method};k={ks[0]}" + (f"-{ks[-1]}" if len(ks) > 1 else "")
         if seq.spec_steps:
+            on += "" if seq.draft_tokens else ";no_drafts"  # a lookup that never matched
             return on if seq.spec_off is None else f"{on};partly_off={seq.spec_off}"
         return f"off;reason={seq.spec_off or 'prefill_only'}"
 

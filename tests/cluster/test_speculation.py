@@ -194,6 +194,11 @@ def test_ngram_speculation_serves_a_checkpoint_without_mtp_weights(no_mtp_dir, t
         assert spec["speculative_steps"] > 0
         assert spec["drafts"] + spec["empty_rows"] == spec["speculative_rows"]
         assert 0 < spec["speculative_steps"] <= spec["speculative_rows"]
+        # Nothing in the prompt or output to look up: the header says none was drafted.
+        free = body | {"prompt": list(range(3000, 3040)), "max_tokens": 2}
+        reply = httpx.post(f"{srv.url}/v1/completions", json=free, timeout=120)
+        assert reply.headers["x-speculation-accepted"] == "0/0"
+        assert reply.headers["x-speculation"] == "ngram;k=3;no_drafts", reply.headers
     finally:
         srv.stop()
 
