@@ -31,15 +31,21 @@ class _Items:
     """Turns the reply's pieces into output items in order (reasoning, message, function
     calls), with the events that open, fill and close each."""
 
-    def __init__(self):
+    def __init__(self, summary: bool = False):
+        """summary: the request asked for a reasoning summary (reasoning.summary): the
+        reasoning comes as it (this server does not summarize) rather than as content."""
         self.items: list[dict] = []
         self.open: dict | None = None
+        self.summary = summary
 
     def events(self, out: Output) -> list[dict]:
         ev: list[dict] = []
         if out.reasoning:
             ev += self._start("reasoning", {"summary": [], "content": []})
-            ev += self._text(out.reasoning, "reasoning_text", "response.reasoning_text.delta")
+            if self.summary:
+                ev += self._summary(out.reasoning)
+            else:
+                ev += self._text(out.reasoning, "reasoning_text", "response.reasoning_text.delta")
         if out.text:
             ev += self._start("message", {"role": "assistant", "status": "in_progress",
                                           "content": []})  # fmt: skip
@@ -64,6 +70,12 @@ class _Items:
         if item["type"] == "function_call":
             ev.append(self._event("response.function_call_arguments.done", item,
                                   arguments=item["arguments"], name=item["name"]))  # fmt: skip
+        elif item["type"] == "reasoning" and item["summary"]:
+            part = item["summary"][0]
+            ev.append(self._event("response.reasoning_summary_text.done", item, summary_index=0,
+                                  text=part["text"]))  # fmt: skip
+            ev.append(self._event("response.reasoning_summary_part.done", item, summary_index=0,
+                                  part=dict(part)))  # fmt: skip
         elif item["content"]:
             part = item["content"][0]
             kind = part["type"]
@@ -99,6 +111,17 @@ class _Items:
         self.open["content"][0]["text"] += text
         extra = {"logprobs": []} if kind == "output_text" else {}
         return ev + [self._event(delta_event, content_index=0, delta=text, **extra)]
+
+    def _summary(self, text: str) -> list[dict]:
+        ev = []
+        if not self.open["summary"]:
+            part = {"type": "summary_text", "text": ""}
+            self.open["summary"].append(part)
+            ev.append(self._event("response.reasoning_summary_part.added", summary_index=0,
+                                  part=dict(part)))  # fmt: skip
+        self.open["summary"][0]["text"] += text
+        return ev + [self._event("response.reasoning_summary_text.delta", summary_index=0,
+                                 delta=text)]  # fmt: skip
 
     def _event(self, kind: str, owner: dict | None = None, **fields) -> dict:
         """An event of `owner` (the open item by default)."""
@@ -193,11 +216,11 @@ def router(coordinator: Coordinator, defaults: ChatDefaults) -> APIRouter:
             "incomplete_details": None, "store": False,
         }  # fmt: skip
         if body.stream:
-            events = beating(_stream_events(stream, base))
+            events = beating(_stream_events(stream, base, body.summarized))
             return StreamingResponse(events, media_type="text/event-stream", headers=headers,
                                      background=BackgroundTask(stream.aclose))  # fmt: skip
         got = await collect_unless_disconnected(request, stream)
-        items = _Items()
+        items = _Items(body.summarized)
         for out in got.outputs:  # piece by piece, as a stream: items in generation order
             items.events(out)
         items.close(cut=_cut(got.last))
@@ -241,7 +264,7 @@ def _final(base: dict, items: _Items, last: Output | None) -> dict:
     }
 
 
-async def _stream_events(stream, base: dict):
+async def _stream_events(stream, base: dict, summary: bool = False):
     """The Responses API's event stream: response.created and .in_progress, each item's
     events, then response.completed (or .incomplete); a failure is an `error` event."""
     seq = 0
@@ -254,7 +277,7 @@ async def _stream_events(stream, base: dict):
     start = base | {"status": "in_progress", "output": [], "usage": None}
     yield sse({"type": "response.created", "response": start})
     yield sse({"type": "response.in_progress", "response": dict(start)})
-    items, last = _Items(), None
+    items, last = _Items(summary), None
     try:
         async for out in stream:
             last = out

@@ -51,7 +51,8 @@ class NamedFunction(BaseModel):
 class Reasoning(BaseModel):
     model_config = ConfigDict(extra="ignore")
     effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
-    summary: str | None = None
+    summary: Literal["auto", "concise", "detailed", "none"] | None = None
+    """Any but none: the reasoning comes as the summary (the whole of it: no summarizer)."""
 
 
 class ResponsesRequest(BaseModel):
@@ -200,6 +201,11 @@ class ResponsesRequest(BaseModel):
         return [{"type": "function", "function": {"name": t.name, "parameters": t.parameters or {},
                  **({"description": t.description} if t.description else {})}}
                 for t in self.tools or []]  # fmt: skip
+
+    @property
+    def summarized(self) -> bool:
+        """The request asks for a reasoning summary (Codex does by default)."""
+        return bool(self.reasoning and self.reasoning.summary not in (None, "none"))
 
     def template_args(self) -> dict:
         """reasoning.effort 'none' or 'minimal' turns thinking off; any other leaves the

@@ -893,6 +893,21 @@ def test_responses_api_text_reasoning_and_a_stream_that_matches(agent_server):
     text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
     assert text == on.output_text
     seen_content.extend([off.output_text, on.output_text, final.output_text])
+    # reasoning.summary (Codex asks for "auto" and shows the summary): the reasoning comes as
+    # the summary, whole and streamed, in the SDK's own event types (it came back empty).
+    thought = on.output[0].content[0].text
+    summed = client.responses.create(reasoning={"summary": "auto"}, **kw)
+    assert summed.output[0].summary[0].text == thought and not summed.output[0].content
+    events = list(client.responses.create(stream=True, reasoning={"summary": "auto"}, **kw))
+    kinds = [e.type for e in events]
+    assert "response.reasoning_text.delta" not in kinds
+    assert (
+        kinds.index("response.reasoning_summary_part.added")
+        < kinds.index("response.reasoning_summary_text.done")
+        < kinds.index("response.reasoning_summary_part.done")
+    )
+    deltas = "".join(e.delta for e in events if e.type == "response.reasoning_summary_text.delta")
+    assert deltas == thought == events[-1].response.output[0].summary[0].text
 
 
 def test_responses_history_of_a_message_and_its_calls_is_one_assistant_turn(agent_server):
