@@ -118,6 +118,20 @@ def routed_active(c: dict) -> int:
     return per_layer * sum(_is_moe(c, i) for i in range(c["num_hidden_layers"]))
 
 
-def bytes_per_param(bits: int, group_size: int = 64) -> float:
-    """MLX affine quantization adds an fp16 scale and bias per group."""
-    return bits / 8 + (4 / group_size if bits < 16 else 0)
+def bytes_per_param(bits: int, group_size: int = 64, mode: str = "affine") -> float:
+    """MLX's affine quantization adds an fp16 scale and bias per group; its microscaling
+    modes (mxfp4, mxfp8, nvfp4) one 8-bit scale per group."""
+    if bits >= 16:
+        return bits / 8
+    return bits / 8 + (4 if mode == "affine" else 1) / group_size
+
+
+def quant_layout(config: dict, bits: int) -> tuple[int, str]:
+    """(group size, mode) of a checkpoint's quantization when it stores `bits` bits (MLX's
+    defaults otherwise: a plan for other bits is for a copy quantized the usual way)."""
+    quant = config.get("quantization") or config.get("quantization_config") or {}
+    mode = str(quant.get("mode", "affine"))
+    if quant.get("bits") != bits:
+        return 64, "affine"
+    default = {"mxfp4": 32, "mxfp8": 32, "nvfp4": 16}.get(mode, 64)
+    return int(quant.get("group_size") or default), mode

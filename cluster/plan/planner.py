@@ -3,7 +3,14 @@
 import re
 
 from ..inventory import Host, Inventory
-from .model_size import ModelSize, UnknownModel, bytes_per_param, model_size, routed_active
+from .model_size import (
+    ModelSize,
+    UnknownModel,
+    bytes_per_param,
+    model_size,
+    quant_layout,
+    routed_active,
+)
 from .spec_forecast import GLM5_ACCEPTANCE, StepBytes, forecast
 from .types import NodeMemory, Plan, RankPlacement, ReplicaPlan
 
@@ -146,7 +153,7 @@ def _replica(
     rdma = split + (_rdma_refusals(name, hosts) if inv.mlx_backend == "jaccl" else [])
     if size is None:
         return ReplicaPlan(**base), rdma
-    bpp = bytes_per_param(bits)
+    bpp = bytes_per_param(bits, *quant_layout(config, bits))
     weights = (size.replicated + size.sharded / tp) / stages * bpp / GB
     mtp = size.mtp / tp * bpp / GB
     kv_min = size.kv_bytes_per_token * inv.min_context_tokens / stages / GB
@@ -252,7 +259,7 @@ def make_plan(
         "allreduce_latency_us": inventory.allreduce_latency_us
         or ALLREDUCE_LATENCY_US[inventory.mlx_backend],
         "efficiency": EFFICIENCY,
-        "bytes_per_param": bytes_per_param(bits),
+        "bytes_per_param": bytes_per_param(bits, *quant_layout(config, bits)),
         "memory_checked": size is not None,
         "checkpoint_split_tp": split_tp,
         "mtp_acceptance": list(acceptance),

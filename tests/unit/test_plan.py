@@ -372,3 +372,20 @@ def test_a_node_too_small_for_any_wired_limit_is_told_so():
 def test_the_forecast_stops_at_the_largest_k_serve_takes():
     plan = make_plan(GLM5, 4, studios(512, 512), True, acceptance=tuple([0.99] * 10))
     assert max(r["k"] for r in plan.replicas[0].mtp_forecast) == 8
+
+
+def test_the_checkpoints_group_size_and_mode_price_its_weights():
+    """4 bits in groups of 32 carry an fp16 scale and bias per 32 weights (0.625 bytes, not
+    the 0.5625 of groups of 64); MXFP4 one 8-bit scale per 32 (0.53125)."""
+
+    def bpp(quant: dict, bits: int = 4) -> float:
+        config = GLM5 | {"quantization": quant}
+        return make_plan(config, bits, studios(512, 512)).assumptions["bytes_per_param"]
+
+    assert bpp({"bits": 4, "group_size": 64}) == 0.5625
+    assert bpp({"bits": 4, "group_size": 32}) == 0.625
+    assert bpp({"bits": 4, "group_size": 32, "mode": "mxfp4"}) == 0.53125
+    assert bpp({"bits": 8, "group_size": 32}, bits=4) == 0.5625  # another bits: MLX's default
+    wide = make_plan(GLM5 | {"quantization": {"bits": 4, "group_size": 32}}, 4, studios(512, 512))
+    narrow = make_plan(GLM5 | {"quantization": {"bits": 4, "group_size": 64}}, 4, studios(512, 512))
+    assert wide.replicas[0].memory[0].weights_gb > narrow.replicas[0].memory[0].weights_gb + 20
