@@ -47,6 +47,10 @@ def render_plan(plan: Plan) -> str:
             mem_rows,
         )
     for r in plan.replicas:
+        budgets = sorted({m.kv_budget_gb for m in r.memory})
+        if len(budgets) > 1:  # the ranks of a replica hold the same rows: the tightest decides
+            lines.append(f"{r.name}: every rank keeps the KV of its tightest node, "
+                         f"{budgets[0]:g} GB (the larger nodes' rest stays unused)")  # fmt: skip
         if r.layer_ranges:
             ranges = ", ".join(
                 f"stage {i}: layers {a}-{b - 1}" for i, (a, b) in enumerate(r.layer_ranges)

@@ -68,6 +68,14 @@ def test_glm5_4bit_refuses_two_256gb_nodes_with_the_numbers():
     assert "wired" in message  # and says how to get more
 
 
+def test_mixed_memory_says_the_tightest_node_sets_every_ranks_kv():
+    from cluster.plan.render import render_plan
+
+    plan = make_plan(GLM5, 4, studios(512, 256, 512, 256))
+    assert "r0: every rank keeps the KV of its tightest node, " in render_plan(plan)
+    assert "tightest" not in render_plan(make_plan(GLM5, 4, studios(512, 512)))
+
+
 def test_uneven_memory_refuses_the_small_node_only():
     plan = make_plan(GLM5, 4, studios(512, 256))
     assert [r for r in plan.refusals if "s1 has" in r] and not [
