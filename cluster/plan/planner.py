@@ -49,6 +49,22 @@ def _usable_note(host: Host) -> str:
     return f"90% of {host.memory_gb:.0f} GB"
 
 
+CONTEXTS = (32_000, 128_000, 200_000)
+"""Context lengths the plan prices decoding at (agents' transcripts run to 100-200K)."""
+
+
+def context_bytes(config: dict, tokens: int) -> float:
+    """KV bytes one decode step reads on each rank at `tokens` of context (MLA's latent KV is
+    not split by TP): with DSA, the indexer's keys of every token and the latent KV of the
+    top `index_topk`; without, the latent KV of every token. bf16, as served."""
+    latent = 2 * (config.get("kv_lora_rank", 0) + config.get("qk_rope_head_dim", 0))
+    if topk := config.get("index_topk"):
+        per_layer = min(tokens, topk) * latent + tokens * 2 * (config["index_head_dim"] + 1)
+    else:
+        per_layer = tokens * latent
+    return config["num_hidden_layers"] * per_layer
+
+
 def indivisible(config: dict, tp: int) -> str | None:
     """Why the model cannot be split tp ways, or None."""
     dims = {
@@ -197,11 +213,15 @@ def _replica(
         )
         rows = forecast(step, bandwidth, latency, EFFICIENCY, acceptance, verify_cost)
         mtp_forecast = tuple(r.__dict__ for r in rows)
+    longest = config.get("max_position_embeddings") or max(CONTEXTS)
+    at_context = {str(n): round(EFFICIENCY / (seconds + context_bytes(config, n) / bandwidth), 2)
+                  for n in CONTEXTS if n <= longest}  # fmt: skip
     plan = ReplicaPlan(
         **base,
         memory=tuple(memory),
         decode_tok_s_roofline=round(1 / seconds, 2),
         decode_tok_s_expected=round(EFFICIENCY / seconds, 2),
+        decode_tok_s_at_context=at_context,
         mtp_forecast=mtp_forecast,
     )
     return plan, refusals

@@ -47,6 +47,11 @@ def render_plan(plan: Plan) -> str:
             mem_rows,
         )
     for r in plan.replicas:
+        if at := r.decode_tok_s_at_context:
+            lengths = " / ".join(f"{int(n) // 1000}K" for n in at)
+            speeds = " / ".join(f"{v:g}" for v in at.values())
+            lines.append(f"{r.name} decode at {lengths} tokens of context: {speeds} tok/s "
+                         "expected (each step also reads the context's KV)")  # fmt: skip
         budgets = sorted({m.kv_budget_gb for m in r.memory})
         if len(budgets) > 1:  # the ranks of a replica hold the same rows: the tightest decides
             lines.append(f"{r.name}: every rank keeps the KV of its tightest node, "

@@ -32,6 +32,8 @@ class ReplicaPlan:
     memory: tuple[NodeMemory, ...] = ()
     decode_tok_s_roofline: float = 0.0
     decode_tok_s_expected: float = 0.0
+    decode_tok_s_at_context: dict = field(default_factory=dict, compare=False)
+    """Expected decode tok/s with that many tokens of context (the KV a step reads added)."""
     speculation: dict = field(default_factory=dict, compare=False)
     """Per method ('mtp', 'draft'): 'supported' or the reason it is not."""
     mtp_forecast: tuple[dict, ...] = field(default=(), compare=False)

@@ -397,3 +397,20 @@ def test_the_checkpoints_group_size_and_mode_price_its_weights():
     wide = make_plan(GLM5 | {"quantization": {"bits": 4, "group_size": 32}}, 4, studios(512, 512))
     narrow = make_plan(GLM5 | {"quantization": {"bits": 4, "group_size": 64}}, 4, studios(512, 512))
     assert wide.replicas[0].memory[0].weights_gb > narrow.replicas[0].memory[0].weights_gb + 20
+
+
+def test_decode_is_priced_at_agents_context_lengths():
+    """Each decode step also reads the context's KV: with DSA the indexer's keys of every
+    token (about 20 KB a token on GLM-5) and the top-2048 tokens' latent KV, not split by
+    TP. The plan's one figure held at any context; measured TP decode falls with it."""
+    from cluster.plan.planner import context_bytes
+    from cluster.plan.render import render_plan
+
+    plan = make_plan(GLM5, 4, studios(512, 512))
+    (replica,) = plan.replicas
+    at = replica.decode_tok_s_at_context
+    assert list(at) == ["32000", "128000", "200000"]
+    assert replica.decode_tok_s_expected > at["32000"] > at["128000"] > at["200000"]
+    per_token = (context_bytes(GLM5, 200_000) - context_bytes(GLM5, 100_000)) / 100_000
+    assert per_token == 78 * 2 * (GLM5["index_head_dim"] + 1)  # the indexer's keys alone
+    assert "decode at 32K / 128K / 200K tokens of context" in render_plan(plan)
