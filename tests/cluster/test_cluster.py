@@ -166,10 +166,13 @@ def _new_sessions_sharing_a_tools_block_spread(srv: Server) -> None:
     )
     home = raw.headers["x-replica"]
     with httpx.stream("POST", f"{srv.url}/v1/chat/completions", timeout=60, json={
-            "model": srv.model, "max_tokens": 400, "ignore_eos": True, "stream": True,
+            "model": srv.model, "max_tokens": 2500, "ignore_eos": True, "stream": True,
+            "temperature": 0,
             "messages": [system, {"role": "user", "content": "Write a lot."}]}) as busy:  # fmt: skip
         assert busy.headers["x-replica"] == home
-        next(busy.iter_lines())  # decoding now
+        lines = busy.iter_lines()  # kept: a dropped iterator closes the stream (an abort)
+        next(lines)  # decoding now
+        assert _in_flight(srv) == {home: 1, ({"r0", "r1"} - {home}).pop(): 0}
         opened = [system, {"role": "user", "content": "B?"}]
         raw = client.chat.completions.with_raw_response.create(model=srv.model, max_tokens=4,
                                                                messages=opened)  # fmt: skip
@@ -208,6 +211,10 @@ def _a_growing_session_stays_on_its_replica(srv: Server) -> None:
         assert _wait(caught_up, 5), status(srv)["replicas"][homes[-1]]
         prompt += r.choices[0].text + f" Turn {turn}: more notes follow here. " * 4
     assert len(set(homes)) == 1, homes
+
+
+def _in_flight(srv: Server) -> dict[str, int]:
+    return {r["name"]: r["in_flight"] for r in status(srv)["replicas"]}
 
 
 def _stream(srv: Server, max_tokens: int = 3000):
