@@ -198,9 +198,17 @@ class ResponsesRequest(BaseModel):
     def openai_tools(self) -> list[dict]:
         """The tools in chat's shape, fields given only (the template writes what it gets:
         an empty description was tokens the chat route's prompt did not have)."""
-        return [{"type": "function", "function": {"name": t.name, "parameters": t.parameters or {},
-                 **({"description": t.description} if t.description else {})}}
-                for t in self.tools or []]  # fmt: skip
+        return [
+            {
+                "type": "function",
+                "function": {
+                    "name": t.name,
+                    **({"description": t.description} if t.description else {}),
+                    "parameters": t.parameters or {},
+                },
+            }
+            for t in self.tools or []
+        ]  # fmt: skip  (chat's key order: one tools prefix)
 
     @property
     def summarized(self) -> bool:
@@ -236,6 +244,9 @@ class ResponsesRequest(BaseModel):
             kind = item.get("type", "message")
             if kind == "message":
                 role = {"developer": "system"}.get(item["role"], item["role"])
+                if role != "assistant" and reasoning:  # a reply of reasoning alone: its turn
+                    out.append({"role": "assistant", "content": "", "reasoning_content": reasoning})
+                    reasoning = ""
                 entry = {"role": role, "content": _text(item.get("content"))}
                 if role == "assistant" and reasoning:
                     entry["reasoning_content"], reasoning = reasoning, ""

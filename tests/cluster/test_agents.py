@@ -942,6 +942,39 @@ def test_responses_history_of_a_message_and_its_calls_is_one_assistant_turn(agen
     assert responses.json()["usage"]["input_tokens"] == prompt
 
 
+def test_responses_history_renders_as_chat_does_so_the_cache_holds_across_routes(agent_server):
+    """The same conversation through chat, then Responses: the same prompt, so Responses reads
+    all of it from the cache. A reply of reasoning alone (thinking cut by the limit) followed
+    by a user message was dropped from the prompt, and its reasoning glued onto a later
+    reply; tools were written in another key order (no shared tools block across routes)."""
+    tool = {"type": "function", "function": {"name": "grep_logs", "description": "Search logs.",
+            "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}}  # fmt: skip
+    chat = httpx.post(f"{agent_server.url}/v1/chat/completions", json={
+        "model": agent_server.model, "max_tokens": 1, "tools": [tool], "messages": [
+            {"role": "user", "content": "find the error"},
+            {"role": "assistant", "content": "", "reasoning_content": "First I look at"},
+            {"role": "user", "content": "go on"},
+            {"role": "assistant", "content": "Done.", "reasoning_content": "It is fixed."},
+            {"role": "user", "content": "thanks"}]}, timeout=60).json()  # fmt: skip
+
+    def reasoning(text: str) -> dict:
+        return {"type": "reasoning", "summary": [],
+                "content": [{"type": "reasoning_text", "text": text}]}  # fmt: skip
+
+    responses = httpx.post(f"{agent_server.url}/v1/responses", json={
+        "model": agent_server.model, "max_output_tokens": 1,
+        "tools": [{"type": "function", **tool["function"]}],
+        "input": [
+            {"role": "user", "content": "find the error"}, reasoning("First I look at"),
+            {"role": "user", "content": "go on"}, reasoning("It is fixed."),
+            {"type": "message", "role": "assistant",
+             "content": [{"type": "output_text", "text": "Done."}]},
+            {"role": "user", "content": "thanks"}]}, timeout=60).json()  # fmt: skip
+    prompt = chat["usage"]["prompt_tokens"]
+    assert responses["usage"]["input_tokens"] == prompt, responses
+    assert responses["usage"]["input_tokens_details"]["cached_tokens"] >= prompt - 17, responses
+
+
 def test_responses_api_function_call_loop_streamed_alike(agent_server, held_out):
     client = agent_server.client()
     ex = held_out[0]
