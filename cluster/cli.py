@@ -303,9 +303,24 @@ def _with_serve_args(argv: list[str] | None, inventory: str | None) -> list[str]
     from .inventory import load_inventory
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    extra = load_inventory(inventory).serve_args
+    extra = list(load_inventory(inventory).serve_args)
+    if any(a.split("=")[0] == "--api-key" for a in argv):  # repeatable: given here, it replaces
+        extra = _without("--api-key", extra)
     at = argv.index("serve") + 1
     return [*argv[:at], *extra, *argv[at:]]
+
+
+def _without(flag: str, args: list[str]) -> list[str]:
+    """args without `flag VALUE` and `flag=VALUE`."""
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a == flag:
+            skip = True
+        elif not a.startswith(flag + "="):
+            out.append(a)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

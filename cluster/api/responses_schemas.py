@@ -8,6 +8,7 @@ from ..types import SamplingParams
 from . import unseen
 from .chat import tool_arguments
 from .errors import ParamError
+from .thinking import EFFORTS
 
 TEXT_PARTS = ("input_text", "output_text", "text", "summary_text", "reasoning_text")
 
@@ -50,7 +51,7 @@ class NamedFunction(BaseModel):
 
 class Reasoning(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
+    effort: EFFORTS | None = None
     summary: Literal["auto", "concise", "detailed", "none"] | None = None
     """Any but none: the reasoning comes as the summary (the whole of it: no summarizer)."""
 

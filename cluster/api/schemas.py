@@ -7,6 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from ..types import SamplingParams
 from . import unseen
 from .errors import ParamError
+from .thinking import EFFORTS, ReasoningSwitch, ThinkingSwitch
 
 MAX_STOPS = 16
 MAX_LOGPROBS = 20
@@ -104,38 +105,6 @@ class NamedFunction(BaseModel):
 class NamedToolChoice(BaseModel):
     type: Literal["function"] = "function"
     function: NamedFunction
-
-
-class ThinkingSwitch(BaseModel):
-    """Z.ai's `thinking` on chat completions ({"type": "disabled"}, clear_thinking), or
-    Anthropic's shape sent to this endpoint (budget_tokens)."""
-
-    model_config = ConfigDict(extra="forbid")
-    type: Literal["enabled", "disabled", "auto"] = "enabled"
-    clear_thinking: bool | None = None
-    budget_tokens: Annotated[int, Field(ge=0, lt=2**32)] | None = None
-
-
-EFFORTS = Literal["none", "minimal", "low", "medium", "high", "xhigh"]
-
-
-class ReasoningSwitch(BaseModel):
-    """OpenRouter's `reasoning`: enabled, effort, max_tokens (a thinking budget)."""
-
-    model_config = ConfigDict(extra="forbid")
-    enabled: bool | None = None
-    effort: EFFORTS | None = None
-    max_tokens: Annotated[int, Field(ge=0, lt=2**32)] | None = None
-    exclude: bool = False
-
-    @field_validator("exclude")
-    @classmethod
-    def _shown(cls, v):
-        if v:
-            raise ParamError("reasoning.exclude is not supported: the reasoning comes back in "
-                             "reasoning_content; leave it out client-side, or turn thinking off "
-                             "with reasoning.enabled: false", "reasoning")  # fmt: skip
-        return v
 
 
 class StreamOptions(BaseModel):
@@ -317,7 +286,7 @@ class ChatCompletionRequest(_Common):
         args = {}
         if self.reasoning_effort in ("none", "minimal"):
             args["enable_thinking"] = False
-        if (r := self.reasoning) and (r.enabled is not None or r.effort is not None):
+        if (r := self.reasoning) and {"enabled", "effort", "max_tokens"} & r.model_fields_set:
             args["enable_thinking"] = r.enabled is not False and r.effort not in ("none", "minimal")
         if t := self.thinking:
             if t.type != "auto":

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 SUFFIX = ".safetensors"
 PARTIAL = "partial"
 """Files being written; renamed into the tier once whole."""
+MIN_WRITING_BYTES = 512 << 20
+"""The least max_writing_bytes (a sixteenth of the KV budget when that is more)."""
 
 
 @dataclass(slots=True)
@@ -48,6 +50,10 @@ class DiskStats:
     loaded: int = 0
     evicted: int = 0
     unreadable: int = 0
+    too_large: int = 0
+    """Entries larger than the whole tier, not written."""
+    not_spilled: int = 0
+    """Evicted entries not written: those being written held max_writing_bytes."""
 
 
 def _encode(a: array) -> str:
@@ -94,6 +100,11 @@ class DiskTier:
         """Entries handed to the writer, not yet whole on disk: name -> (tokens, hashes, cache)."""
         self.pending_index: dict[BlockHash, str] = {}
         self.pending_fixed: dict[str, int] = {}
+        self.pending_nbytes: dict[str, int] = {}
+        """Bytes of the entries being written: held in memory until their files are whole."""
+        self.max_writing_bytes = 1 << 30
+        """Most bytes of evicted entries waiting for their files (the engine sets it from
+        the KV budget): beyond, an evicted entry is dropped, not spilled."""
         self._todo: queue.Queue = queue.Queue()
         self._done: queue.Queue = queue.Queue()
         (self.root / PARTIAL).mkdir(parents=True, exist_ok=True)
@@ -129,6 +140,8 @@ class DiskTier:
             self.index[h] = name
 
     def _drop(self, name: str) -> None:
+        """Remove a file; its blocks that another file holds (one sharing its first block:
+        another session with the same system prompt) point there now, the rest leave."""
         entry = self.files.pop(name)
         self.nbytes -= entry.nbytes
         same = self.first.get(entry.hashes[0], set())
@@ -138,7 +151,10 @@ class DiskTier:
         for h in entry.hashes:
             if self.index.get(h) == name:
                 del self.index[h]
-                self.evicted_blocks.append(h)
+        for other in same:
+            for h in self.files[other].hashes:
+                self.index.setdefault(h, other)
+        self.evicted_blocks += [h for h in entry.hashes if h not in self.index]
         (self.root / name).unlink(missing_ok=True)
 
     def _shrink(self) -> None:
@@ -166,26 +182,45 @@ class DiskTier:
             return self.pending_fixed[name]
         return self.files[name].fixed
 
-    def put(self, tokens: array, hashes: array, cache: list[Any], fixed: int) -> None:
+    def pending_bytes(self) -> int:
+        """Bytes of entries still being written."""
+        return sum(self.pending_nbytes.values())
+
+    def put(self, tokens: array, hashes: array, cache: list[Any], fixed: int,
+            evicted: bool = False) -> bool:  # fmt: skip
         """Spill an entry (its last block names the file); one already on disk is kept. The
-        file is written by the tier's thread: this returns at once."""
+        file is written by the tier's thread: this returns at once. False when the entry is
+        larger than the whole tier (written, it would empty the tier and then go itself), or
+        when it left memory (`evicted`: its arrays outlive the KV books until written) and
+        the entries being written already hold max_writing_bytes."""
         import mlx.core as mx
         from mlx.utils import tree_flatten
+
+        from .kv import cache_nbytes
 
         self.book()
         name = self._name(hashes)
         if name in self.files:
             self.files.move_to_end(name)
-            return
+            return True
         if name in self.pending:
-            return
+            return True
+        nbytes = cache_nbytes(cache)
+        if nbytes > self.capacity_bytes:
+            self.stats.too_large += 1
+            return False
+        if evicted and self.pending_bytes() + nbytes > self.max_writing_bytes:
+            self.stats.not_spilled += 1
+            return False
         # The writer thread only reads arrays: every one it will save is computed here.
         mx.eval([a for _, a in tree_flatten([c.state for c in cache]) if isinstance(a, mx.array)])
         self.pending[name] = (tokens, hashes, cache)
         self.pending_fixed[name] = fixed
+        self.pending_nbytes[name] = nbytes
         for h in hashes:
             self.pending_index[h] = name
         self._todo.put((name, tokens, hashes, cache, fixed))
+        return True
 
     def _write_loop(self) -> None:
         from mlx_lm.models.cache import save_prompt_cache
@@ -215,11 +250,14 @@ class DiskTier:
                 return
             tokens, hashes, _ = self.pending.pop(name)
             fixed = self.pending_fixed.pop(name)
+            del self.pending_nbytes[name]
             for h in hashes:
                 if self.pending_index.get(h) == name:
                     del self.pending_index[h]
             if isinstance(result, Exception):
                 log.warning("prefix cache disk tier: could not write %s (%s)", name, result)
+                held = self.index.keys() | self.pending_index.keys()
+                self.evicted_blocks += [h for h in hashes if h not in held]
                 continue
             older = self._superseded(hashes)
             self._add(name, DiskEntry(hashes, result, fixed))
@@ -313,6 +351,9 @@ class DiskTier:
             "spilled": s.spilled,
             "loaded": s.loaded,
             "evicted": s.evicted,
+            "too_large": s.too_large,
+            "not_spilled": s.not_spilled,
+            "writing_bytes": sum(list(self.pending_nbytes.values())),
             "unreadable": s.unreadable,
             "writing": len(self.pending),
         }

@@ -5,7 +5,7 @@ import time
 from ..config import EngineConfig
 from ..hashing import hash_seed
 from ..types import EngineRequest, RequestId, TokenEvent
-from .disk_cache import DiskTier
+from .disk_cache import MIN_WRITING_BYTES, DiskTier
 from .kv_budget import KVBudget
 from .prefix_cache import PrefixCache
 from .runner import ModelRunner
@@ -42,6 +42,8 @@ class Engine:
             disk,
         )  # fmt: skip
         self.disk_off = disk_off
+        if disk is not None:  # evicted entries wait in memory for their files: bounded
+            disk.max_writing_bytes = max(MIN_WRITING_BYTES, (config.kv_cache_bytes or 0) // 16)
         self.cache.lag = self.runner.hooks.lag
         self.scheduler = Scheduler(
             config, self.cache, eos_ids, self.max_model_len, lambda: self.spec.header(), self.kv
@@ -109,10 +111,12 @@ class Engine:
 
     def _remember(self, schedule, done: list[Sequence]) -> None:
         """Offer new prompt caches and finished sequences' caches to the prefix cache."""
+        released = self.runner.release(done)
+        self.scheduler.refresh_room()
         for seq, _ in schedule.prefill:
             if seq.is_prefilled and seq.cache is not None:
                 self._offer(seq, seq.cache)
-        for seq, cache in self.runner.release(done).items():
+        for seq, cache in released.items():
             self._offer(seq, cache)
 
     def _offer(self, seq: Sequence, cache) -> None:

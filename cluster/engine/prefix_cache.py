@@ -171,7 +171,7 @@ class PrefixCache:
         if not self.disk.agree(int(loaded is not None and loaded[0][:end] == query[:end])):
             return None
         tokens, stored, cache = loaded
-        fixed = min(self.disk.fixed(name), blocks)
+        fixed = self.disk.agree(min(self.disk.fixed(name), blocks))  # every rank's books alike
         if len(stored) > blocks:  # another rank holds less: every rank keeps the agreed part
             tokens, stored, cache = tokens[:end], stored[:blocks], snapshot(cache, end)
         entry_id = self._store(tokens, stored, cache, fixed, written=True)  # a file on each rank
@@ -187,7 +187,7 @@ class PrefixCache:
         """Store the cache of tokens' full blocks unless a stored entry already covers them;
         prompt: how many of the tokens were the request's prompt (default: all)."""
         n = len(tokens) // self.block_size * self.block_size
-        if n == 0 or self.capacity_bytes == 0:
+        if n == 0 or self.configured_bytes == 0:  # no room now: the disk tier may take it
             return
         tokens = array("I", tokens[:n])
         hashes = array("Q", self.hashes(tokens, known))
@@ -204,8 +204,12 @@ class PrefixCache:
         nbytes = cache_nbytes(stored) + book_bytes(tokens, hashes, len(stored))
         entry = Entry(tokens, hashes, stored, nbytes, fixed, written)
         if entry.nbytes > self.capacity_bytes:  # too big for memory: the disk tier may hold it
-            if self.disk is not None and not written:
-                self.disk.put(tokens, hashes, stored, fixed)
+            spilled = (
+                self.disk is not None
+                and not written
+                and self.disk.put(tokens, hashes, stored, fixed, evicted=True)
+            )  # it is in no books: bounded
+            if spilled:
                 for h in hashes:
                     if h not in self.index:
                         self.events.store(h)
@@ -245,7 +249,7 @@ class PrefixCache:
         entry = self.entries.pop(entry_id)
         self.nbytes -= entry.nbytes
         if spill and self.disk is not None and not entry.written:
-            self.disk.put(entry.tokens, entry.hashes, entry.cache, entry.fixed)
+            self.disk.put(entry.tokens, entry.hashes, entry.cache, entry.fixed, evicted=True)
         for h in entry.hashes:
             ids = self.index[h]
             ids.remove(entry_id)

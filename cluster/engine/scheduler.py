@@ -101,6 +101,14 @@ class Scheduler:
         self.cache.limit(self.kv.room(batch, prefilling))
         return schedule
 
+    def refresh_room(self) -> None:
+        """The prefix cache's room as the batch stands now: sequences that finished this step
+        no longer hold theirs (a finished transcript was judged by the step's older room)."""
+        admitted = [s for s in self.waiting if s.admitted]
+        batch = [len(s.tokens) + self.lookahead for s in self.running]
+        batch += [s.prefill_target + self.lookahead for s in admitted]
+        self.cache.limit(self.kv.room(batch, [s.prefill_target for s in admitted]))
+
     def _make_room(self) -> list[Sequence]:
         """Preempt, youngest first, until the admitted sequences' next step fits the budget;
         the oldest running sequence always keeps going (its length was checked to fit)."""

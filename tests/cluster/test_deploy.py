@@ -372,3 +372,5 @@ def test_serve_args_reach_the_coordinator_and_every_rank_service(tmp_path):
     argv = ["serve", "--inventory", str(path), "--launcher", "service", "--max-num-seqs", "2"]
     args = build_parser().parse_args(_with_serve_args(argv, str(path)))
     assert (args.max_num_seqs, args.api_key, args.no_tool_call_grammar) == (2, ["k"], True)
+    rotated = build_parser().parse_args(_with_serve_args([*argv, "--api-key", "new"], str(path)))
+    assert rotated.api_key == ["new"]  # a key given here replaces the inventory's

@@ -158,18 +158,20 @@ def test_under_tp_a_hit_is_what_every_rank_holds(model, tmp_path):
     cache.persist()
     disk.flush()
     disk.close()
-    other_rank = {"blocks": 3, "readable": 1}
+    other_rank = {"blocks": 3, "readable": 1, "fixed": 2}  # its file's prompt blocks too
 
     def agree(value):
         seen.append(value)
-        return min(value, other_rank["blocks"] if len(seen) % 2 else other_rank["readable"])
+        return min(value, other_rank[("blocks", "readable", "fixed")[(len(seen) - 1) % 3]])
 
     restarted = cache_for(model, DiskTier(tmp_path, 1 << 30, BLOCK, agree), 1 << 30)
     matched, got = restarted.lookup(a + (1,))
-    assert matched == 3 * BLOCK and seen == [len(a) // BLOCK, 1]
+    assert matched == 3 * BLOCK and seen == [len(a) // BLOCK, 1, 3]
     (entry,) = restarted.entries.values()
     assert len(entry.tokens) == 3 * BLOCK and len(entry.hashes) == 3
+    assert entry.fixed == 2  # every rank's books alike, or a later superseding would differ
     other_rank["readable"] = 0
+    seen.clear()
     fresh = cache_for(model, DiskTier(tmp_path, 1 << 30, BLOCK, agree), 1 << 30)
     assert fresh.lookup(a + (1,)) == (0, None) and not fresh.entries
 
@@ -252,3 +254,73 @@ def test_the_memory_bound_follows_the_kv_budget_unless_set():
         auto.limit(room)
         fixed.limit(room)
         assert (auto.capacity_bytes, fixed.capacity_bytes) == want, room
+
+
+def test_files_sharing_a_prefix_keep_it_reachable_when_one_goes(model, tmp_path):
+    """Two sessions' files share a system prompt (neither supersedes the other): when one is
+    dropped, the shared blocks point to the other (they pointed to one file and left with
+    it, so the survivor's chain could not be found: a lookup matched 0 of 320 tokens)."""
+    system = prompt(40, 256)
+    a, b = system + prompt(41, 64), system + prompt(42, 64)
+    disk = DiskTier(tmp_path, 1 << 30, BLOCK)
+    for tokens in (a, b):
+        entry = cache_for(model, None, 1 << 30)
+        entry.insert(tokens, prompt_cache(model, tokens))
+        (stored,) = entry.entries.values()
+        disk.put(stored.tokens, stored.hashes, stored.cache, stored.fixed)
+        disk.flush()
+    disk.files.move_to_end(next(n for n, f in disk.files.items() if f.hashes[-1] ==
+                                stored.hashes[-1]))  # b the newer: a goes first  # fmt: skip
+    disk._drop(next(iter(disk.files)))
+    disk.drain_evicted()
+    cache = cache_for(model, disk, 1 << 30)
+    matched, _ = cache.lookup(b + (1,))
+    assert matched == len(b)
+    assert len(disk.index) == len(b) // BLOCK
+
+
+def test_an_entry_larger_than_the_tier_is_not_written(model, tmp_path):
+    """Written, it emptied the whole tier (every older file evicted for it) and then went
+    itself."""
+    small, big = prompt(50, 32), prompt(51, 320)
+    probe = cache_for(model, None, 1 << 30)
+    probe.insert(small, prompt_cache(model, small))
+    disk = DiskTier(tmp_path, 4 * probe.nbytes, BLOCK)
+    cache = cache_for(model, disk, 1000)  # memory holds nothing: both go to disk
+    cache.insert(small, prompt_cache(model, small))
+    cache.insert(big, prompt_cache(model, big))
+    disk.flush()
+    assert len(disk.files) == 1 and disk.stats.too_large == 1
+    stored = set(cache.drain_events().stored)
+    assert stored == set(disk.index)  # the big one was never reported to the router
+
+
+def test_a_failed_write_reports_its_blocks_gone(model, tmp_path, monkeypatch):
+    import mlx_lm.models.cache as mlx_cache
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(mlx_cache, "save_prompt_cache", fail)
+    a = prompt(60, 160)
+    disk = DiskTier(tmp_path, 1 << 30, BLOCK)
+    cache = cache_for(model, disk, 1000)
+    cache.insert(a, prompt_cache(model, a))  # too big for memory: its file is being written
+    assert set(cache.drain_events().stored) == set(cache.hashes(a))  # the router is told
+    disk.flush()  # the write fails: the router must hear the blocks went
+    assert not disk.files and set(cache.drain_events().evicted) == set(cache.hashes(a))
+
+
+def test_evicted_entries_waiting_for_their_files_are_bounded(model, tmp_path):
+    """An evicted entry's arrays live until its file is written, outside the KV books: past
+    max_writing_bytes of them, an evicted entry is dropped rather than spilled."""
+    a, b = prompt(70, 160), prompt(71, 160)
+    disk = DiskTier(tmp_path, 1 << 30, BLOCK)
+    disk.max_writing_bytes = 1  # nothing may wait
+    cache = cache_for(model, disk, 1000)
+    cache.insert(a, prompt_cache(model, a))
+    assert disk.stats.not_spilled == 1 and not disk.pending
+    stored = cache_for(model, None, 1 << 30)
+    stored.insert(b, prompt_cache(model, b))
+    (entry,) = stored.entries.values()
+    assert disk.put(entry.tokens, entry.hashes, entry.cache, entry.fixed)  # idle persist: not

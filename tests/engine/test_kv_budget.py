@@ -62,3 +62,22 @@ def test_a_budget_holds_back_what_does_not_fit_and_the_prefix_cache_lives_inside
         engine.step()
         assert engine.cache.nbytes <= engine.cache.capacity_bytes
     assert engine.cache.entries  # finished sequences were kept, within what was left
+
+
+def test_a_finished_transcript_is_judged_by_the_room_its_release_leaves(prompts):
+    """A sequence's row is freed when it finishes; its transcript was offered to the prefix
+    cache under the room of the step before (its own row still counted), so a transcript
+    larger than that room was never kept though the budget held it once released. Two rows
+    of ~550 tokens book 2,048 positions of a 2,560 budget: 512 left, the first transcript
+    (~544) fits only once its row is gone."""
+    _, plain, _, _ = run(EngineConfig(), prompts[:1], 8)
+    budget = 2560 * plain.kv.per_token
+    engine, _ = build_engine(TRAINED, EngineConfig(kv_cache_bytes=budget), "m")
+    for i, n in enumerate((450, 470)):
+        params = SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True)
+        engine.add_request(EngineRequest(RequestId(str(i)), tuple(prompts[i]), params))
+    while engine.has_work():
+        engine.step()
+    lengths = sorted(len(e.tokens) for e in engine.cache.entries.values())
+    want = (len(prompts[0]) + 449) // 16 * 16
+    assert want in lengths, lengths

@@ -148,10 +148,14 @@ def test_new_sessions_sharing_a_tools_block_spread_and_their_transcripts_stay():
     policy.index.add(0, block_hashes(turn, 16, b"m"))
     replica, reason = policy.select(rs, info(turn + [7] * 20))
     assert (replica.name, reason) == ("r0", "affinity")
-    far = list(range(5000, 9000))  # a shared block longer than spread_tokens
+    far = list(range(5000, 9000))  # a shared block longer than spread_tokens (Claude Code's)
     policy.index.add(0, block_hashes(far, 16, b"m"))
+    rs[1].in_flight = 1  # both busy: the block's replica keeps the new session
     replica, reason = policy.select(rs, info(far + [5] * 40, opening=True))
     assert (replica.name, reason) == ("r0", "affinity")
+    rs[1].in_flight = 0  # an idle replica takes it, and prefills the block once
+    replica, reason = policy.select(rs, info(far + [8] * 40, opening=True))
+    assert (replica.name, reason) == ("r1", "spread")
 
 
 def test_equal_matches_and_loads_go_to_each_replica_in_turn():

@@ -3,7 +3,8 @@
 A replica may take the request unless its load (requests in flight) exceeds the lightest
 replica's by more than `abs_threshold` and by more than `rel_threshold` times. Among those, the
 longest cached prefix wins, but for a request that opens a conversation, which a lighter
-replica takes when it would prefill at most `spread_tokens` more than the best-matching one:
+replica takes when it would prefill at most `spread_tokens` more than the best-matching one,
+or when it is idle (the shared block is prefilled there once; then the two tie):
 agents share a large system prompt and tools block, and every new session followed that block
 to the replica that first held it while another sat idle (a session's later turns follow its
 own transcript, so where it opens is where it lives).
@@ -49,7 +50,8 @@ class PrefixAffinity:
                                                        self.rel_threshold)]  # fmt: skip
             top = max(tokens[r.name] for r in fit)
             spread = self.spread_tokens if info.opening else 0
-            near = [r for r in fit if top - tokens[r.name] <= spread]
+            near = [r for r in fit if top - tokens[r.name] <= spread
+                    or (info.opening and r.in_flight == 0)]  # fmt: skip
             choice = min(near, key=lambda r: (r.in_flight, -tokens[r.name]))
             reason = ("affinity" if tokens[choice.name] == most else
                       "spread" if top == most else "load_fallback")  # fmt: skip
