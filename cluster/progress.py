@@ -49,6 +49,17 @@ def last_loaded(text: str) -> tuple[int, int] | None:
     return (int(found[-1][0]), int(found[-1][1])) if found else None
 
 
+JOINING = "joining its group"
+JOINED = "joined its group"
+"""What a rank of a TP replica logs before and after MLX forms its group (a link down between
+the nodes leaves it between the two, silent, until the load timeout)."""
+
+
+def joining(text: str) -> bool:
+    """Whether a rank's log (this run's) says it waits to join its group."""
+    return JOINING in text and JOINED not in text
+
+
 START = "=== rank started"
 """The line a launcher writes into a rank's log at each start: a restart appends to the log
 (the last run's traceback stays), and what is read about this run is what follows it."""

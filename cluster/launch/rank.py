@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 
 from .. import aio
 from ..config import EngineConfig
+from ..progress import JOINED, JOINING
 
 log = logging.getLogger("cluster.rank")
 TOKEN_ENV = "CLUSTER_TOKEN"
@@ -68,6 +69,20 @@ def _jaccl_env(hostfile: str) -> None:
     os.environ["MLX_JACCL_COORDINATOR"] = spec["coordinator"]
 
 
+def _peers(opts: RankOptions) -> str:
+    """Where the group's ranks are, as its hostfile says (for the log)."""
+    text = opts.hostfile or ""
+    try:
+        if not text.lstrip().startswith(("[", "{")):
+            with open(text) as f:
+                text = f.read()
+        spec = json.loads(text)
+    except (OSError, ValueError):
+        return opts.backend
+    hosts = spec if isinstance(spec, list) else [spec.get("coordinator", "?")]
+    return f"{opts.backend}: " + ", ".join(str(h) for h in hosts)
+
+
 def init_group(opts: RankOptions):
     if opts.world_size == 1:
         return None
@@ -78,7 +93,10 @@ def init_group(opts: RankOptions):
     elif opts.hostfile:
         os.environ["MLX_HOSTFILE"] = _hostfile_path(opts.hostfile)
     os.environ["MLX_RANK"] = str(opts.rank)
+    log.info("replica %s rank %d/%d: %s (%s)", opts.replica, opts.rank, opts.world_size,
+             JOINING, _peers(opts))  # fmt: skip
     group = mx.distributed.init(backend=opts.backend, strict=True)
+    log.info("replica %s rank %d/%d: %s", opts.replica, opts.rank, opts.world_size, JOINED)
     if group.size() != opts.world_size or group.rank() != opts.rank:
         raise RuntimeError(
             f"MLX {opts.backend} formed rank {group.rank()} of {group.size()}, "
@@ -122,11 +140,14 @@ def run_rank(opts: RankOptions, engine: EngineConfig) -> int:
 
         where = cache_home() / "prefix-cache" / opts.replica / f"rank-{opts.rank}"
         engine = replace(engine, prefix_cache_disk_dir=str(where))
-    group = init_group(opts)
-    log.info("replica %s rank %d/%d starting", opts.replica, opts.rank, opts.world_size)
     from ..engine.runner import FAULT_ENV
 
     fault = os.environ.get(FAULT_ENV, "")
+    last = opts.world_size > 1 and opts.rank == opts.world_size - 1
+    if fault.startswith("join_delay=") and last:  # tests: a peer late to the group (a link down)
+        time.sleep(float(fault.removeprefix("join_delay=")))
+    group = init_group(opts)
+    log.info("replica %s rank %d/%d starting", opts.replica, opts.rank, opts.world_size)
     if fault.startswith("load_delay="):  # tests: a load that takes this long (GLM-5's minutes)
         time.sleep(float(fault.removeprefix("load_delay=")))
     if opts.rank != 0:

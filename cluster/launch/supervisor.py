@@ -6,7 +6,9 @@ import logging
 import time
 from pathlib import Path
 
-from ..progress import Progress, last_loaded, this_run
+import grpc
+
+from ..progress import Progress, joining, last_loaded, this_run
 from ..rpc.client import GrpcEngineClient
 from ..types import EngineRequest, ReplicaRegistry, RequestId, SamplingParams
 from .local import Launcher, RunningReplica, process_state
@@ -29,6 +31,18 @@ def _stopped(proc: RunningReplica) -> str:
     """Which ranks the OS shows stopped (the ones a hang points at), as a reason's suffix."""
     stopped = [i for i, p in enumerate(proc.procs) if process_state(p.pid) == "T"]
     return "".join(f"; rank {i} is stopped (SIGSTOP)" for i in stopped)
+
+
+STOP_S = 10.0
+"""Seconds a replica's ranks get to end on SIGTERM before SIGKILL."""
+HUNG = "hung:"
+"""The watchdog's reason for a step or exchange that never ended (`engine/watchdog.py`)."""
+HUNG_STOP_S = 2.0
+"""The same for ranks the watchdog found hung: a rank inside a collective cannot run its
+SIGTERM handler, and waiting the full STOP_S only delayed the restart (about 10 s)."""
+JOIN_WARN_S = 30.0
+"""Seconds a rank may wait for its group (MLX forms it in a second or two) before the log
+says which rank waits and where to look."""
 
 
 class ReplicaFailed(RuntimeError):
@@ -76,6 +90,8 @@ class Supervisor:
         self.probe_every, self.probe_timeout = probe_every, probe_timeout
         self._last_seen: dict[str, tuple[int, float]] = {}
         self._loaded: set[str] = set()
+        self._warned: set[tuple] = set()
+        """(replica, rank, start) of ranks whose long wait to join their group was logged."""
         """Replicas whose ranks have all reported their weights loaded (since they started)."""
         """Per replica: (requests served, when that count last changed or a probe passed)."""
 
@@ -162,10 +178,20 @@ class Supervisor:
         if proc.plan.name in self._loaded:
             return
         ranks, done = [], bool(proc.logs)
-        for path in proc.logs:
-            found = last_loaded(this_run(tail(path)))
-            ranks.append({"loaded_bytes": found[0], "weights_bytes": found[1]} if found else {})
+        for i, path in enumerate(proc.logs):
+            text = this_run(tail(path))
+            found = last_loaded(text)
+            rank = {"loaded_bytes": found[0], "weights_bytes": found[1]} if found else {}
+            rank["joining_group"] = joining(text)
+            ranks.append(rank)
             done = done and found is not None and found[0] == found[1]
+            waited = time.time() - proc.started
+            key = (proc.plan.name, i, proc.started)
+            if rank["joining_group"] and waited > JOIN_WARN_S and key not in self._warned:
+                self._warned.add(key)
+                log.warning("replica %s: rank %d has waited %.0fs to join its %s group: is the "
+                            "link between its nodes up? (%s)", proc.plan.name, i, waited,
+                            proc.plan.backend, path)  # fmt: skip
         self.registry.loading(proc.plan.name, ranks)
         if done:
             self._loaded.add(proc.plan.name)
@@ -229,7 +255,9 @@ class Supervisor:
         except Exception as e:
             # A rank that died while we asked explains the silence better than the silence.
             await asyncio.sleep(0.2)
-            return self._dead(proc) or f"leader not answering ({type(e).__name__})" + _stopped(proc)
+            why = e.code().name if isinstance(e, grpc.aio.AioRpcError) else type(e).__name__
+            return self._dead(proc) or (f"leader not answering: no Status reply within 2 s "
+                                        f"({why})" + _stopped(proc))  # fmt: skip
         ranks = []
         for p in proc.procs:
             seen = {"alive": p.poll() is None}
@@ -279,8 +307,8 @@ class Supervisor:
         self.registry.restarting(name)  # counted when decided: stopping the rest can take a while
         if (client := self.clients.pop(name, None)) is not None:  # a stopped leader keeps its
             await client.close()  # socket open: its calls end with an error now, not at a timeout
-        if proc is not None:
-            await asyncio.to_thread(proc.stop)
+        if proc is not None:  # ranks hung in a collective never handle SIGTERM: SIGKILL soon
+            await asyncio.to_thread(proc.stop, HUNG_STOP_S if HUNG in reason else STOP_S)
         await self._retry(name)
 
     async def _retry(self, name: str, wait_first: bool = False) -> None:

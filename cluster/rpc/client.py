@@ -69,7 +69,8 @@ class EventStream:
             if self._done or _cancelled_here():
                 raise  # our own reader was cancelled (the client left)
             self._done = True  # the channel was closed under the call: the replica went down
-            message = f"lost the replica's leader at {self._address}: its connection was closed"
+            message = (f"lost the replica's leader at {self._address}: its channel was closed "
+                       "(the leader stopped answering, or was restarted)")  # fmt: skip
             return TokenEvent(self._request_id, (), "error", error=message)
         except grpc.aio.AioRpcError as e:
             self._done = True

@@ -15,7 +15,7 @@ from .auth import TokenInterceptor
 from .gen import engine_pb2 as pb
 from .gen import engine_pb2_grpc as pb_grpc
 from .mailbox import Mailbox
-from .tls import ACCEPT_PINGS, MESSAGE_LIMITS, bind
+from .tls import LEADER, MESSAGE_LIMITS, bind
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Engine"].full_name
@@ -88,7 +88,7 @@ async def serve_grpc(
 ):
     """Start the server; returns it and the bound port."""
     interceptors = [TokenInterceptor(token)] if token else []
-    server = grpc.aio.server(interceptors=interceptors, options=MESSAGE_LIMITS + ACCEPT_PINGS)
+    server = grpc.aio.server(interceptors=interceptors, options=MESSAGE_LIMITS + LEADER)
     pb_grpc.add_EngineServicer_to_server(EngineServicer(service, describe), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -77,6 +77,16 @@ ACCEPT_PINGS = [("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.max_ping_strikes", 0)]  # fmt: skip
 """The leader's side: those pings are welcome (gRPC's defaults refuse pings more often than
 every 5 minutes without data and close the connection)."""
+LEADER = ACCEPT_PINGS + [
+    ("grpc.keepalive_time_ms", 15_000),
+    ("grpc.keepalive_timeout_ms", 15_000),
+    ("grpc.so_reuseport", 0),
+]
+"""The leader pings the coordinator too: cut off from it (a cable pulled, the coordinator's
+node asleep), its streams end within 30 s and their requests are aborted (it went on
+generating them to max_tokens). And its port is its own: with gRPC's default SO_REUSEPORT a
+second leader bound the port of one still running (a restarted coordinator that could not
+reach the leader it had attached to started another), and connections went to either."""
 
 MAX_MESSAGE_BYTES = 512 << 20
 """gRPC's default refuses messages over 4 MB; an echoed 200K-token prompt's logprobs with 20

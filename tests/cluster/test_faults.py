@@ -442,17 +442,20 @@ def _running(pid: int) -> bool:
     return state != "Z"
 
 
-def _serve_loading(model_dir, home: str, seconds: float):
+def _serve_loading(model_dir, home: str, seconds: float, fault: str = "load_delay",
+                   extra: tuple[str, ...] = ()):  # fmt: skip
     """`serve` of the fixture whose rank waits `seconds` before it loads (a test hook: GLM-5
-    loads for minutes), output piped."""
+    loads for minutes; `join_delay`: the last rank of a TP group joins it late), output
+    piped."""
     import subprocess
     import sys
 
     from cluster.engine.runner import FAULT_ENV
 
-    env = {**os.environ, "CLUSTER_HOME": home, FAULT_ENV: f"load_delay={seconds}"}
+    env = {**os.environ, "CLUSTER_HOME": home, FAULT_ENV: f"{fault}={seconds}"}
     return subprocess.Popen(
-        [sys.executable, "-m", "cluster", "serve", "--port", "0", "--model", str(model_dir)],
+        [sys.executable, "-m", "cluster", "serve", "--port", "0", "--model", str(model_dir),
+         *extra],  # fmt: skip
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env,
         start_new_session=True,
     )  # fmt: skip
@@ -486,6 +489,41 @@ def test_http_answers_while_the_replicas_load(model_dir, tmp_path):
                 break
         assert httpx.get(f"{url}/health", timeout=5).status_code == 200
         assert httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60).status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def test_a_rank_waiting_for_its_group_says_so(model_dir, tmp_path):
+    """A TP rank whose peer never answers (a link down between the nodes) waited in MLX's
+    group setup with nothing in its log or in status until the load timeout. Now its log
+    says it is joining (and where its peers are) and status shows `joining_group`; once the
+    late peer joins, the replica serves."""
+    import re
+
+    home = tmp_path / "home"
+    proc = _serve_loading(model_dir, str(home), seconds=8, fault="join_delay",
+                          extra=("--inventory", str(ROOT / "inventory/local-tp2.yaml")))  # fmt: skip
+    try:
+        port = None
+        for line in proc.stdout:
+            if m := re.search(r"HTTP open on \S+ port (\d+)", line):
+                port = int(m.group(1))
+                break
+        url = f"http://127.0.0.1:{port}"
+
+        def waiting():
+            ranks = httpx.get(f"{url}/v1/status", timeout=5).json()["replicas"][0]["ranks"]
+            return ranks[0].get("joining_group")
+
+        assert _wait(waiting, 8, 0.2), httpx.get(f"{url}/v1/status").json()["replicas"][0]
+        logs = "".join(p.read_text() for p in home.glob("run/*/r0/rank0.log"))
+        assert "joining its group (ring: " in logs, logs
+        for line in proc.stdout:
+            if "serving" in line:
+                break
+        ranks = httpx.get(f"{url}/v1/status", timeout=5).json()["replicas"][0]["ranks"]
+        assert [r["joining_group"] for r in ranks] == [False, False], ranks
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)

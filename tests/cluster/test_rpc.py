@@ -458,3 +458,39 @@ def test_keepalive_ends_calls_to_a_leader_that_stopped_and_spares_a_silent_one(m
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def test_a_second_leader_cannot_bind_a_running_leaders_port():
+    """gRPC sets SO_REUSEPORT by default: a restarted coordinator that could not reach the
+    leader it had attached to started another on the same fixed port, both bound it, and
+    connections went to either. A leader's port is its own now."""
+    import asyncio
+    import subprocess
+    import sys
+
+    import grpc
+
+    from cluster.rpc.tls import LEADER, MESSAGE_LIMITS
+
+    child = ("import asyncio, grpc, sys\n"
+             "from cluster.rpc.tls import LEADER, MESSAGE_LIMITS\n"
+             "async def main():\n"
+             "    s = grpc.aio.server(options=MESSAGE_LIMITS + LEADER)\n"
+             "    try:\n"
+             "        s.add_insecure_port('127.0.0.1:' + sys.argv[1]); print('bound')\n"
+             "    except RuntimeError:\n"
+             "        print('refused')\n"
+             "asyncio.run(main())\n")  # fmt: skip
+
+    async def run() -> str:
+        server = grpc.aio.server(options=MESSAGE_LIMITS + LEADER)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            out = await asyncio.to_thread(subprocess.run, [sys.executable, "-c", child, str(port)],
+                                          capture_output=True, text=True, timeout=60)  # fmt: skip
+            return out.stdout.strip()
+        finally:
+            await server.stop(0)
+
+    assert asyncio.run(run()) == "refused"
