@@ -362,12 +362,16 @@ class Coordinator:
             tracker.labels = self.metrics.labels(completion.replica.name)
 
     async def status(self) -> dict:
-        replicas = []
-        for r in self.replicas:
+        async def ask(r: Replica) -> dict:
             try:
-                engine = await r.client.status() if r.client else {"error": "not started yet"}
+                return await r.client.status() if r.client else {"error": "not started yet"}
             except Exception as e:  # a replica that cannot answer is shown as such
-                engine = {"error": str(e)}
+                return {"error": str(e)}
+
+        # Asked together: a leader cut off took its timeout once per replica, one after another.
+        engines = await asyncio.gather(*(ask(r) for r in self.replicas))
+        replicas = []
+        for r, engine in zip(self.replicas, engines, strict=True):
             replicas.append(
                 {
                     "name": r.name,
