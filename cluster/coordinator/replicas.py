@@ -105,6 +105,15 @@ class Replicas:
         for rank, seen in zip(self._by_name[name].ranks, ranks, strict=False):
             rank.update(seen)
 
+    def stalled(self, name: str, why: str) -> None:
+        """Its step has run long (the watchdog has not judged it yet): no new requests while
+        another replica is ready (alone, it keeps them: a long prefill is no fault)."""
+        replica = self._by_name[name]
+        others = any(r.state == "ready" for r in self._by_name.values() if r is not replica)
+        if replica.state == "ready" and others:
+            log.warning("replica %s: %s; no new requests until it ends", name, why)
+            replica.state, replica.reason = "suspect", why
+
     def healthy(self, name: str) -> None:
         """A health check passed: a suspect replica (a request failed there) is ready again."""
         replica = self._by_name[name]

@@ -138,6 +138,7 @@ class EngineService:
             "batch_kv_bytes": engine.runner.batch_kv_bytes() if engine else 0,
             "heap_trim": self.heap.to_json(),
             "steps": self.steps,
+            "step": self.watchdog.progress(),
             "step_ms_avg": round(1000 * self.step_seconds / steps, 3),
             "exchange_ms_avg": round(1000 * self.exchange_seconds / steps, 3),
             "alive": self._thread.is_alive(),

@@ -33,6 +33,14 @@ class StepWatchdog:
         self.recent.append(self.clock() - self.started)
         self.phase = None
 
+    def progress(self) -> dict | None:
+        """The phase in progress and how long it has run (read from another thread)."""
+        phase, started = self.phase, self.started
+        if phase is None:
+            return None
+        return {"phase": phase, "running_s": round(self.clock() - started, 2),
+                "bound_s": round(self.bound, 2)}  # fmt: skip
+
     def check(self) -> str | None:
         """The hang, if the phase in progress has run past the bound; fires on_hang once."""
         phase = self.phase

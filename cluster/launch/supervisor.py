@@ -33,6 +33,9 @@ def _stopped(proc: RunningReplica) -> str:
     return "".join(f"; rank {i} is stopped (SIGSTOP)" for i in stopped)
 
 
+STALL_S = 5.0
+"""A step running this long, and a quarter of the watchdog's bound, routes new requests to the
+other replicas until it ends (they waited the whole bound, 20 s, for a hung replica)."""
 STOP_S = 10.0
 """Seconds a replica's ranks get to end on SIGTERM before SIGKILL."""
 HUNG = "hung:"
@@ -91,6 +94,8 @@ class Supervisor:
         self._last_seen: dict[str, tuple[int, float]] = {}
         self._loaded: set[str] = set()
         self._warned: set[tuple] = set()
+        self._stall: dict[str, str | None] = {}
+        """Per replica: its leader's step in progress when it has run long, else None."""
         """(replica, rank, start) of ranks whose long wait to join their group was logged."""
         """Replicas whose ranks have all reported their weights loaded (since they started)."""
         """Per replica: (requests served, when that count last changed or a probe passed)."""
@@ -232,6 +237,8 @@ class Supervisor:
                     continue
                 if reason := await self._check(name, proc):
                     await self._restart(name, reason)
+                elif stall := self._stall.get(name):  # routed around until the step ends
+                    self.registry.stalled(name, stall)
                 else:  # a suspect replica (a request failed there) that answers well
                     self.registry.healthy(name)
             except asyncio.CancelledError:
@@ -265,6 +272,11 @@ class Supervisor:
                 seen["memory_bytes"] = rss
             ranks.append(seen)
         self.registry.observed(name, stats, ranks)
+        step = stats.get("step") or {}
+        self._stall[name] = None
+        if step and step["running_s"] > max(STALL_S, step["bound_s"] / 4):
+            self._stall[name] = (f"{step['phase']} running for {step['running_s']:.0f}s (the "
+                                 f"watchdog's bound: {step['bound_s']:.0f}s)")  # fmt: skip
         if broken := stats.get("broken"):
             return broken + _stopped(proc)
         if stats.get("alive") is False:  # its engine thread ended with nothing said

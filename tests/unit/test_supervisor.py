@@ -258,3 +258,38 @@ def test_an_idle_replica_that_answers_status_but_cannot_generate_leaves_ready():
         await sup.stop()
 
     asyncio.run(main())
+
+
+def test_a_replica_whose_step_runs_long_takes_no_new_requests_until_it_ends():
+    """A hung TP replica looked ready (and took requests that then waited) until the watchdog's
+    bound, 20 s; a step running 5 s and a quarter of the bound routes new requests elsewhere,
+    and the replica is ready again when the step ends."""
+
+    async def main():
+        launcher = FakeLauncher()
+        sup, plans = supervised(launcher, ["r0", "r1"])
+        await sup.start(plans)
+        step = {"phase": "engine step", "running_s": 6.0, "bound_s": 20.0}
+        slow = sup.running["r0"].address
+
+        async def status(self, timeout=2):
+            return {"step": step} if self.address == slow and step else {}
+
+        FakeClient.status, original = status, FakeClient.status
+        try:
+            sup.watch(interval=0.02)
+            await until(lambda: sup.registry["r0"].state == "suspect")
+            assert "engine step running for 6s" in sup.registry["r0"].reason
+            assert sup.registry["r1"].state == "ready"
+            step.clear()  # the step ended
+            await until(lambda: sup.registry["r0"].state == "ready")
+            assert sup.registry["r0"].restarts == 0
+            sup.registry.down("r1", "gone")  # alone, a long step keeps its requests
+            step.update(phase="engine step", running_s=6.0, bound_s=20.0)
+            await asyncio.sleep(0.2)
+            assert sup.registry["r0"].state == "ready"
+        finally:
+            FakeClient.status = original
+            await sup.stop()
+
+    asyncio.run(main())
