@@ -71,7 +71,8 @@ def tool_arguments(arguments, param: str) -> dict:
     try:
         value = json.loads(arguments or "{}")
     except ValueError as e:
-        raise BadRequest(f"'{param}' is not valid JSON: {e}", param=param) from None
+        raise BadRequest(f"'{param}' is not valid JSON: {e}", param=param,
+                         code="invalid_value") from None  # fmt: skip
     if not isinstance(value, dict):
         raise BadRequest(f"'{param}' must be a JSON object", param=param)
     return value

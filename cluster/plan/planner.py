@@ -174,6 +174,10 @@ def _replica(
     mtp = size.mtp / tp * bpp / GB
     kv_min = size.kv_bytes_per_token * inv.min_context_tokens / stages / GB
     refusals, memory = rdma, []
+    longest = config.get("max_position_embeddings")
+    if longest and inv.min_context_tokens > longest:  # room for what no request can use
+        refusals = refusals + [f"min_context_tokens {inv.min_context_tokens} is more than the "
+                               f"model's context length ({longest} tokens): lower it"]  # fmt: skip
     for h in hosts:
         usable = usable_gb(h)
         headroom = max(1.0, 0.02 * h.memory_gb)

@@ -414,3 +414,10 @@ def test_decode_is_priced_at_agents_context_lengths():
     per_token = (context_bytes(GLM5, 200_000) - context_bytes(GLM5, 100_000)) / 100_000
     assert per_token == 78 * 2 * (GLM5["index_head_dim"] + 1)  # the indexer's keys alone
     assert "decode at 32K / 128K / 200K tokens of context" in render_plan(plan)
+
+
+def test_min_context_beyond_the_models_context_is_refused():
+    from dataclasses import replace
+
+    plan = make_plan(GLM5, 4, replace(studios(512, 512), min_context_tokens=1_000_000))
+    assert any("more than the model's context length (202752" in r for r in plan.refusals)
