@@ -41,6 +41,7 @@ class Engine:
             config.block_size, config.prefix_cache_bytes, hash_seed(model_id), config.kv_bits,
             disk,
         )  # fmt: skip
+        self.cache.limit(self.kv.room([], []))  # the budget's bound from the start
         self.disk_off = disk_off
         if disk is not None:  # evicted entries wait in memory for their files: bounded
             disk.max_writing_bytes = max(MIN_WRITING_BYTES, (config.kv_cache_bytes or 0) // 16)
@@ -68,7 +69,9 @@ class Engine:
             return None
         # What it computed is kept: a client that gave up on a long prefill and retries (an
         # agent's timeout, a proxy's) resumes from there instead of from zero.
-        for cache in self.runner.release([seq]).values():
+        released = self.runner.release([seq])
+        self.scheduler.refresh_room()  # its own booking is gone: the room it leaves
+        for cache in released.values():
             self._offer(seq, cache)
         self.spec.settle(len(self.scheduler.running))
         return self.scheduler.event(seq)

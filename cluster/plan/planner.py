@@ -1,5 +1,6 @@
 """The planner: a pure function from (model config, quantization bits, inventory) to a plan."""
 
+import math
 import re
 
 from ..inventory import Host, Inventory
@@ -172,12 +173,10 @@ def _replica(
     bpp = bytes_per_param(bits, *quant_layout(config, bits))
     weights = (size.replicated + size.sharded / tp) / stages * bpp / GB
     mtp = size.mtp / tp * bpp / GB
-    kv_min = size.kv_bytes_per_token * inv.min_context_tokens / stages / GB
+    # No request holds more than the model's context: room beyond it would be kept for nothing.
+    context = min(inv.min_context_tokens, config.get("max_position_embeddings") or math.inf)
+    kv_min = size.kv_bytes_per_token * context / stages / GB
     refusals, memory = rdma, []
-    longest = config.get("max_position_embeddings")
-    if longest and inv.min_context_tokens > longest:  # room for what no request can use
-        refusals = refusals + [f"min_context_tokens {inv.min_context_tokens} is more than the "
-                               f"model's context length ({longest} tokens): lower it"]  # fmt: skip
     for h in hosts:
         usable = usable_gb(h)
         headroom = max(1.0, 0.02 * h.memory_gb)
@@ -190,7 +189,7 @@ def _replica(
             refusals.append(
                 f"replica {name} needs {need:.1f} GB on each of its {len(hosts)} nodes "
                 f"({weights:.1f} weights + {mtp:.1f} MTP + {kv_min:.1f} KV for "
-                f"{inv.min_context_tokens} tokens + {headroom:.1f} headroom at {bits}-bit), "
+                f"{context:.0f} tokens + {headroom:.1f} headroom at {bits}-bit), "
                 f"but {h.name} has {usable:.1f} GB usable ({note})."
             )
         kv_budget = max(0.0, usable - weights - mtp - headroom)

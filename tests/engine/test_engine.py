@@ -185,6 +185,23 @@ def test_an_aborted_prefill_keeps_what_it_computed(loaded, prompts):
     assert again == run(make_engine(loaded, prefix_cache_bytes=0), [long])
 
 
+def test_an_aborted_prefill_under_a_kv_budget_keeps_what_it_computed(loaded, prompts):
+    """Under a KV budget the abort judged the computed part by the room of the step before,
+    which still booked the aborted prompt's own cache: nothing was kept, and the retry
+    started from zero."""
+    long = prompts[4]
+    probe = make_engine(loaded)
+    kv = probe.kv
+    budget = kv.own_bytes(len(long)) + kv.batch_bytes([len(long) + 1]) + 64 * kv.per_token
+    engine = make_engine(loaded, block_size=16, prefill_step_size=64, kv_cache_bytes=budget)
+    assert engine.cache.capacity_bytes == budget  # the budget's bound from the start
+    engine.add_request(EngineRequest(RequestId("a"), tuple(long), greedy()))
+    engine.step()
+    engine.step()  # 128 tokens computed, the room left beside them about 64 tokens
+    engine.abort(RequestId("a"))
+    assert engine.cache.nbytes > 128 * kv.per_token  # kept: the room its release leaves
+
+
 def test_stop_conditions(loaded, prompts):
     engine = make_engine(loaded)
     (free,) = run(engine, [prompts[0]], greedy(12))
