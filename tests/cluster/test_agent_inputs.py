@@ -170,7 +170,7 @@ def test_what_cannot_be_honoured_is_refused_and_reasoning_effort_is(srv):
     assert reasoning({"thinking": {"type": "disabled"},
                       "chat_template_kwargs": {"enable_thinking": True}})  # fmt: skip
     assert reasoning({"reasoning": {"effort": "high", "summary": "auto"}})  # extra keys pass
-    off = {"chat_template_kwargs": {"enable_thinking": False}}
+    off = {"reasoning_effort": "none"}  # (chat_template_kwargs would rule over both)
     assert reasoning(off | {"reasoning": {"max_tokens": 8}})  # a budget asks for thinking
     budget = _post(srv, greedy | {"max_tokens": 24, "reasoning": {"max_tokens": 3}}).json()
     assert budget["usage"]["completion_tokens_details"]["reasoning_tokens"] <= 3, budget
