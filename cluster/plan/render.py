@@ -61,6 +61,7 @@ def render_plan(plan: Plan) -> str:
                 f"stage {i}: layers {a}-{b - 1}" for i, (a, b) in enumerate(r.layer_ranges)
             )
             lines.append(f"{r.name} pipelines: {ranges}")
+    lines += _shared_addresses(plan)
     a = plan.assumptions
     for r in plan.replicas:
         if r.mtp_forecast:
@@ -85,6 +86,19 @@ def render_plan(plan: Plan) -> str:
     else:
         lines += ["", "plan OK"]
     return "\n".join(lines)
+
+
+def _shared_addresses(plan: Plan) -> list[str]:
+    """Hosts listed with one address (not loopback): one machine listed twice has its memory
+    counted twice."""
+    hosts: dict[str, list[str]] = {}
+    for r in plan.replicas:
+        for p in r.ranks:
+            if not p.address.startswith("127.") and p.address != "localhost":
+                hosts.setdefault(p.address, []).append(p.host)
+    return [f"note: hosts {', '.join(names)} share the address {address}: if they are one "
+            "machine, the plan counts its memory once per host"
+            for address, names in hosts.items() if len(names) > 1]  # fmt: skip
 
 
 def _forecast_line(replica, acceptance: list[float], measured: float | None = None) -> str:

@@ -424,3 +424,15 @@ def test_min_context_beyond_the_models_context_keeps_only_the_models_context():
     at_max = make_plan(GLM5, 4, replace(studios(512, 512), min_context_tokens=202_752))
     beyond = make_plan(GLM5, 4, replace(studios(512, 512), min_context_tokens=1_000_000))
     assert beyond.ok and beyond.replicas == at_max.replicas
+
+
+def test_hosts_listed_with_one_address_are_pointed_out():
+    """Two hosts at one address are likely one machine listed twice: its memory counted twice."""
+    from dataclasses import replace
+
+    from cluster.plan.render import render_plan
+
+    inv = studios(512, 512)
+    twice = replace(inv, hosts=tuple(replace(h, interconnect=("10.0.0.9",)) for h in inv.hosts))
+    assert "note: hosts s0, s1 share the address 10.0.0.9" in render_plan(make_plan(GLM5, 4, twice))
+    assert "share the address" not in render_plan(make_plan(GLM5, 4, inv))
