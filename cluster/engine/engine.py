@@ -114,12 +114,12 @@ class Engine:
 
     def _remember(self, schedule, done: list[Sequence]) -> None:
         """Offer new prompt caches and finished sequences' caches to the prefix cache."""
-        released = self.runner.release(done)
-        self.scheduler.refresh_room()
-        for seq, _ in schedule.prefill:
-            if seq.is_prefilled and seq.cache is not None:
-                self._offer(seq, seq.cache)
-        for seq, cache in released.items():
+        offers = [(seq, seq.cache) for seq, _ in schedule.prefill
+                  if seq.is_prefilled and seq.cache is not None]  # fmt: skip
+        offers += self.runner.release(done).items()
+        if offers:  # judged by the room the finished ones leave (most steps offer nothing)
+            self.scheduler.refresh_room()
+        for seq, cache in offers:
             self._offer(seq, cache)
 
     def _offer(self, seq: Sequence, cache) -> None:

@@ -101,24 +101,26 @@ class Scheduler:
         self.cache.limit(self.kv.room(batch, prefilling))
         return schedule
 
-    def refresh_room(self) -> None:
-        """The prefix cache's room as the batch stands now: sequences that finished this step
-        no longer hold theirs (a finished transcript was judged by the step's older room)."""
+    def _booked(self) -> tuple[list[int], list[int]]:
+        """(batch rows, prompts' own caches) the running and admitted sequences book next step."""
         admitted = [s for s in self.waiting if s.admitted]
         batch = [len(s.tokens) + self.lookahead for s in self.running]
         batch += [s.prefill_target + self.lookahead for s in admitted]
-        self.cache.limit(self.kv.room(batch, [s.prefill_target for s in admitted]))
+        return batch, [s.prefill_target for s in admitted]
+
+    def refresh_room(self) -> None:
+        """The prefix cache's room as the batch stands now: sequences that finished this step
+        no longer hold theirs (a finished transcript was judged by the step's older room)."""
+        self.cache.limit(self.kv.room(*self._booked()))
 
     def _make_room(self) -> list[Sequence]:
         """Preempt, youngest first, until the admitted sequences' next step fits the budget;
         the oldest running sequence always keeps going (its length was checked to fit)."""
         preempted: list[Sequence] = []
         while True:
-            admitted = [s for s in self.waiting if s.admitted]
-            batch = [len(s.tokens) + self.lookahead for s in self.running]
-            batch += [s.prefill_target + self.lookahead for s in admitted]
-            if self.kv.fits(batch, [s.prefill_target for s in admitted]):
+            if self.kv.fits(*self._booked()):
                 return preempted
+            admitted = [s for s in self.waiting if s.admitted]
             if admitted:  # a prompt being prefilled starts over, keeping its place
                 seq = admitted[-1]
             elif len(self.running) > 1:  # a running one waits first in line
