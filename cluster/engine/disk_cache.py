@@ -42,6 +42,18 @@ class DiskEntry:
     """Its first blocks that were the request's prompt (`superseded_by`)."""
 
 
+@dataclass(slots=True)
+class Writing:
+    """An entry handed to the writer, not yet whole on disk (served from these meanwhile)."""
+
+    tokens: array
+    hashes: array
+    cache: list[Any]
+    fixed: int
+    nbytes: int
+    """Its arrays' bytes: held in memory until the file is whole."""
+
+
 @dataclass
 class DiskStats:
     hits: int = 0
@@ -96,12 +108,9 @@ class DiskTier:
         self.stats = DiskStats()
         self.evicted_blocks: list[BlockHash] = []
         """Blocks that left the disk tier since the prefix cache last looked."""
-        self.pending: dict[str, tuple[array, array, list[Any]]] = {}
-        """Entries handed to the writer, not yet whole on disk: name -> (tokens, hashes, cache)."""
+        self.pending: dict[str, Writing] = {}
+        """Entries handed to the writer, not yet whole on disk, by file name."""
         self.pending_index: dict[BlockHash, str] = {}
-        self.pending_fixed: dict[str, int] = {}
-        self.pending_nbytes: dict[str, int] = {}
-        """Bytes of the entries being written: held in memory until their files are whole."""
         self.max_writing_bytes = 1 << 30
         """Most bytes of evicted entries waiting for their files (the engine sets it from
         the KV budget): beyond, an evicted entry is dropped, not spilled."""
@@ -179,12 +188,12 @@ class DiskTier:
     def fixed(self, name: str) -> int:
         """A file's prompt blocks (written or still being written)."""
         if name in self.pending:
-            return self.pending_fixed[name]
+            return self.pending[name].fixed
         return self.files[name].fixed
 
     def pending_bytes(self) -> int:
-        """Bytes of entries still being written."""
-        return sum(self.pending_nbytes.values())
+        """Bytes of entries still being written (read from the gRPC thread too: a list first)."""
+        return sum(w.nbytes for w in list(self.pending.values()))
 
     def put(self, tokens: array, hashes: array, cache: list[Any], fixed: int,
             evicted: bool = False) -> bool:  # fmt: skip
@@ -214,24 +223,22 @@ class DiskTier:
             return False
         # The writer thread only reads arrays: every one it will save is computed here.
         mx.eval([a for _, a in tree_flatten([c.state for c in cache]) if isinstance(a, mx.array)])
-        self.pending[name] = (tokens, hashes, cache)
-        self.pending_fixed[name] = fixed
-        self.pending_nbytes[name] = nbytes
+        self.pending[name] = Writing(tokens, hashes, cache, fixed, nbytes)
         for h in hashes:
             self.pending_index[h] = name
-        self._todo.put((name, tokens, hashes, cache, fixed))
+        self._todo.put((name, self.pending[name]))
         return True
 
     def _write_loop(self) -> None:
         from mlx_lm.models.cache import save_prompt_cache
 
         while (job := self._todo.get()) is not None:
-            name, tokens, hashes, cache, fixed = job
+            name, w = job
             path, tmp = self.root / name, self.root / PARTIAL / name
-            meta = {"tokens": _encode(tokens), "hashes": _encode(hashes),
-                    "block_size": str(self.block_size), "fixed": str(fixed)}  # fmt: skip
+            meta = {"tokens": _encode(w.tokens), "hashes": _encode(w.hashes),
+                    "block_size": str(self.block_size), "fixed": str(w.fixed)}  # fmt: skip
             try:
-                save_prompt_cache(str(tmp), cache, meta)
+                save_prompt_cache(str(tmp), w.cache, meta)
                 os.replace(tmp, path)
                 self._done.put((name, path.stat().st_size))
             except Exception as e:  # a full disk or an unserializable cache: no spill, said
@@ -248,9 +255,8 @@ class DiskTier:
                 name, result = self._done.get_nowait()
             except queue.Empty:
                 return
-            tokens, hashes, _ = self.pending.pop(name)
-            fixed = self.pending_fixed.pop(name)
-            del self.pending_nbytes[name]
+            written = self.pending.pop(name)
+            hashes = written.hashes
             for h in hashes:
                 if self.pending_index.get(h) == name:
                     del self.pending_index[h]
@@ -260,7 +266,7 @@ class DiskTier:
                 self.evicted_blocks += [h for h in hashes if h not in held]
                 continue
             older = self._superseded(hashes)
-            self._add(name, DiskEntry(hashes, result, fixed))
+            self._add(name, DiskEntry(hashes, result, written.fixed))
             for old in older:
                 self._drop(old)  # its blocks now point to the new file: none leaves the tier
             self.stats.spilled += 1
@@ -312,7 +318,8 @@ class DiskTier:
 
         if name in self.pending:  # still being written: served from what it is written from
             self.stats.loaded += 1
-            return self.pending[name]
+            w = self.pending[name]
+            return w.tokens, w.hashes, w.cache
         path = self.root / name
         try:
             cache, meta = load_prompt_cache(str(path), return_metadata=True)
@@ -353,7 +360,7 @@ class DiskTier:
             "evicted": s.evicted,
             "too_large": s.too_large,
             "not_spilled": s.not_spilled,
-            "writing_bytes": sum(list(self.pending_nbytes.values())),
+            "writing_bytes": self.pending_bytes(),
             "unreadable": s.unreadable,
             "writing": len(self.pending),
         }
