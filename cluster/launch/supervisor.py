@@ -92,13 +92,13 @@ class Supervisor:
         """Replicas that failed to start while others serve: their attempts to start again."""
         self.probe_every, self.probe_timeout = probe_every, probe_timeout
         self._last_seen: dict[str, tuple[int, float]] = {}
+        """Per replica: (requests served, when that count last changed or a probe passed)."""
         self._loaded: set[str] = set()
+        """Replicas whose ranks have all reported their weights loaded (since they started)."""
         self._warned: set[tuple] = set()
+        """(replica, rank, start) of ranks whose long wait to join their group was logged."""
         self._stall: dict[str, str | None] = {}
         """Per replica: its leader's step in progress when it has run long, else None."""
-        """(replica, rank, start) of ranks whose long wait to join their group was logged."""
-        """Replicas whose ranks have all reported their weights loaded (since they started)."""
-        """Per replica: (requests served, when that count last changed or a probe passed)."""
 
     async def start(self, plans, timeout: float = 600) -> None:
         """Start (or re-attach to) every replica; each is reported up as soon as it serves."""

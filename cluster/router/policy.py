@@ -35,7 +35,13 @@ def least_loaded(replicas: list, start: int = 0):
     return min(rotated(replicas, start), key=lambda r: r.in_flight)
 
 
-def overloaded(load: int, floor: int, abs_threshold: int = 4, rel_threshold: float = 1.5) -> bool:
+ABS_THRESHOLD = 4
+REL_THRESHOLD = 1.5
+"""SGLang's imbalance test's defaults: more than 4 requests and 1.5x above the lightest."""
+
+
+def overloaded(load: int, floor: int, abs_threshold: int = ABS_THRESHOLD,
+               rel_threshold: float = REL_THRESHOLD) -> bool:  # fmt: skip
     """SGLang's imbalance test: a load too far above the lightest replica's `floor`, both
     absolutely and relatively."""
     return load - floor > abs_threshold and load > floor * rel_threshold

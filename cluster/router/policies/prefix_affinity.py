@@ -16,7 +16,14 @@ least loaded replica (0.3, SGLang's `cache_threshold`).
 import itertools
 
 from ..index import PrefixIndex
-from ..policy import SelectInfo, least_loaded, overloaded, rotated
+from ..policy import (
+    ABS_THRESHOLD,
+    REL_THRESHOLD,
+    SelectInfo,
+    least_loaded,
+    overloaded,
+    rotated,
+)
 
 
 class PrefixAffinity:
@@ -25,8 +32,8 @@ class PrefixAffinity:
     def __init__(
         self,
         index: PrefixIndex | None = None,
-        abs_threshold: int = 4,
-        rel_threshold: float = 1.5,
+        abs_threshold: int = ABS_THRESHOLD,
+        rel_threshold: float = REL_THRESHOLD,
         min_match: float = 0.3,
     ):
         self.index = index or PrefixIndex()
