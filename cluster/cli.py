@@ -80,6 +80,7 @@ def _plan(args) -> int:
     from .model_store import resolve_model
     from .models.tp_shards import split_tp
     from .plan.model_config import (
+        given_config,
         missing_files,
         mtp_file_problem,
         read_config,
@@ -93,10 +94,8 @@ def _plan(args) -> int:
     inventory = load_inventory(args.inventory)
     mtp = split = None  # not knowable without the checkpoint
     name = args.model or inventory.model
-    if args.model_config in PRESETS:  # as deploy --model-config takes it
-        config = PRESETS[args.model_config]
-    elif args.model_config:
-        config = read_config(config_file=args.model_config)
+    if args.model_config:  # a file, or a preset's name (as deploy takes it)
+        config = given_config(args.model_config)
     elif name in PRESETS:
         config = PRESETS[name]
     else:

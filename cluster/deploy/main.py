@@ -12,7 +12,7 @@ from .. import __version__
 from ..inventory import Inventory, load_inventory
 from ..model_store import DEFAULT_MODEL, cache_home, resolve_model
 from ..models.tp_shards import split_tp
-from ..plan.model_config import read_config, stored_bits
+from ..plan.model_config import given_config, read_config, stored_bits
 from ..plan.planner import make_plan
 from ..plan.presets import PRESETS
 from ..plan.render import render_plan
@@ -29,10 +29,8 @@ def model_config(inventory: Inventory, config_file: str | None) -> dict:
     """The model's config.json for planning (a file, or a preset's name: glm-5).
     Refused when neither it nor the model is on this machine: the plan gives each rank its
     KV budget, and without the config the services would run with none."""
-    if config_file in PRESETS:
-        return PRESETS[config_file]
     if config_file:
-        return read_config(config_file=config_file)
+        return given_config(config_file)
     local = inventory.model == DEFAULT_MODEL or (Path(inventory.model) / "config.json").exists()
     if local:
         return read_config(resolve_model(inventory.model)[0])

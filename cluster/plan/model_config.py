@@ -112,9 +112,21 @@ def load_timeout(model_dir: str | Path, ranks: int) -> float:
     return max(600.0, 120.0 + 2 * size / max(ranks, 1) / READ_BYTES_PER_SECOND)
 
 
+def given_config(given: str) -> dict:
+    """`--model-config`: a preset's name (glm-5) or a config.json file."""
+    from .presets import PRESETS
+
+    return PRESETS[given] if given in PRESETS else read_config(config_file=given)
+
+
+def quantization(config: dict) -> dict:
+    """The checkpoint's quantization settings (MLX's key, or Hugging Face's); {} if none."""
+    return config.get("quantization") or config.get("quantization_config") or {}
+
+
 def stored_bits(config: dict) -> int | None:
     """Bits per weight the checkpoint stores, when its config says."""
-    quant = config.get("quantization") or config.get("quantization_config") or {}
+    quant = quantization(config)
     if "bits" in quant:
         return int(quant["bits"])
     dtype = config.get("dtype") or config.get("torch_dtype")

@@ -7,6 +7,8 @@ low-rank input projections, the DSA indexer and the router are replicated on eve
 
 from dataclasses import dataclass
 
+from .model_config import quantization
+
 SUPPORTED = ("glm_moe_dsa", "deepseek_v32", "deepseek_v3")
 
 
@@ -129,7 +131,7 @@ def bytes_per_param(bits: int, group_size: int = 64, mode: str = "affine") -> fl
 def quant_layout(config: dict, bits: int) -> tuple[int, str]:
     """(group size, mode) of a checkpoint's quantization when it stores `bits` bits (MLX's
     defaults otherwise: a plan for other bits is for a copy quantized the usual way)."""
-    quant = config.get("quantization") or config.get("quantization_config") or {}
+    quant = quantization(config)
     mode = str(quant.get("mode", "affine"))
     if quant.get("bits") != bits:
         return 64, "affine"
