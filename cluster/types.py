@@ -116,7 +116,9 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0 or self.top_k == 1
+        """Only the likeliest token can come: temperature 0, top_k 1, or top_p 0 (OpenAI's and
+        Anthropic's ranges start there)."""
+        return self.temperature == 0.0 or self.top_k == 1 or self.top_p == 0.0
 
 
 @dataclass(frozen=True)

@@ -342,8 +342,8 @@ class MessagesRequest(_Prompted):
         return SamplingParams(
             max_tokens=max_tokens,
             temperature=self.temperature,
-            top_p=self.top_p or 1.0,
-            top_k=1 if self.top_p == 0 else self.top_k,
+            top_p=self.top_p,
+            top_k=self.top_k,
             **limits,
         )
 

@@ -226,8 +226,7 @@ class ResponsesRequest(BaseModel):
         return SamplingParams(
             max_tokens=max_tokens,
             temperature=self.temperature,
-            top_p=self.top_p or 1.0,
-            top_k=1 if self.top_p == 0 else 0,
+            top_p=self.top_p,
             **limits,
         )
 

@@ -199,8 +199,8 @@ class _Common(BaseModel):
         return SamplingParams(
             max_tokens=max_tokens,
             temperature=self.temperature,
-            top_p=self.top_p or 1.0,
-            top_k=1 if self.top_p == 0 else max(self.top_k, 0),
+            top_p=self.top_p,
+            top_k=max(self.top_k, 0),
             seed=self.seed,
             stop_token_ids=tuple(self.stop_token_ids or ()),
             ignore_eos=self.ignore_eos,

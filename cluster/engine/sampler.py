@@ -27,6 +27,7 @@ def processed_rows(logits: mx.array, params: list[SamplingParams]) -> mx.array:
         # Keep the smallest head of each distribution whose mass reaches its p.
         head = (mx.cumsum(probs, axis=-1) - probs) < mx.array([[p] for p in ps])
         head = head | mx.array([[p >= 1.0] for p in ps])
+        head[:, 0] = True  # the likeliest token always stays (top_p 0: only it)
         keep = mx.put_along_axis(mx.zeros(logits.shape, mx.bool_), order, head, axis=-1)
         logits = mx.where(keep, logits, -mx.inf)
     return logits

@@ -130,3 +130,17 @@ def test_prompt_logprobs_match_a_plain_forward_chunked_cached_and_batched(loaded
     assert all(
         math.isclose(lp.logprob, w, abs_tol=2e-4) for lp, w in zip(batched, want, strict=True)
     )
+
+
+def test_top_p_zero_keeps_only_the_likeliest_token_and_counts_as_greedy():
+    """OpenAI's and Anthropic's top_p ranges start at 0: the sampler keeps the likeliest token
+    (its nucleus test kept none), and such a request takes the greedy paths."""
+    import mlx.core as mx
+
+    from cluster.engine.sampler import processed_rows
+
+    logits = mx.array([[0.1, 2.0, 1.0, -1.0]] * 2)
+    rows = processed_rows(logits, [SamplingParams(top_p=0.0), SamplingParams(top_p=0.9)])
+    assert mx.isfinite(rows[0]).tolist() == [False, True, False, False]
+    assert mx.isfinite(rows[1]).tolist() == [True, True, True, False]
+    assert SamplingParams(temperature=1.0, top_p=0.0).greedy
