@@ -461,22 +461,29 @@ def _serve_loading(model_dir, home: str, seconds: float, fault: str = "load_dela
     )  # fmt: skip
 
 
+def _http_url(proc) -> str:
+    """The URL `serve` opened its HTTP port at, from its output (before the replicas load)."""
+    for line in proc.stdout:
+        if m := re.search(r"HTTP open on \S+ port (\d+)", line):
+            return f"http://127.0.0.1:{m.group(1)}"
+    raise AssertionError("no HTTP-open line")
+
+
+def _until_serving(proc) -> None:
+    """Read `serve`'s output until a replica serves."""
+    for line in proc.stdout:
+        if "serving" in line:
+            return
+
+
 def test_http_answers_while_the_replicas_load(model_dir, tmp_path):
     """GLM-5 loads for minutes: the HTTP port opens first, /health is 503 and /v1/status
     shows the replica starting, a request gets a 503 (Retry-After) that says the model is
     loading, not a refused connection; once the replica serves, so does the endpoint. The
     rank waits 8 s before it loads (a test hook) to keep the window open."""
-    import re
-
     proc = _serve_loading(model_dir, str(tmp_path / "home"), seconds=8)
     try:
-        port = None
-        for line in proc.stdout:
-            if m := re.search(r"HTTP open on \S+ port (\d+)", line):
-                port = int(m.group(1))
-                break
-        assert port, "no HTTP-open line"
-        url = f"http://127.0.0.1:{port}"
+        url = _http_url(proc)
         health = httpx.get(f"{url}/health", timeout=5)
         assert health.status_code == 503 and health.json()["ready"] == []
         assert httpx.get(f"{url}/v1/status", timeout=5).json()["replicas"][0]["state"] == "starting"
@@ -484,9 +491,7 @@ def test_http_answers_while_the_replicas_load(model_dir, tmp_path):
         r = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=5)
         assert r.status_code == 503 and r.headers["retry-after"], r.text
         assert "loading" in r.json()["error"]["message"]
-        for line in proc.stdout:
-            if "serving" in line:
-                break
+        _until_serving(proc)
         assert httpx.get(f"{url}/health", timeout=5).status_code == 200
         assert httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60).status_code == 200
     finally:
@@ -499,18 +504,11 @@ def test_a_rank_waiting_for_its_group_says_so(model_dir, tmp_path):
     group setup with nothing in its log or in status until the load timeout. Now its log
     says it is joining (and where its peers are) and status shows `joining_group`; once the
     late peer joins, the replica serves."""
-    import re
-
     home = tmp_path / "home"
     proc = _serve_loading(model_dir, str(home), seconds=8, fault="join_delay",
                           extra=("--inventory", str(ROOT / "inventory/local-tp2.yaml")))  # fmt: skip
     try:
-        port = None
-        for line in proc.stdout:
-            if m := re.search(r"HTTP open on \S+ port (\d+)", line):
-                port = int(m.group(1))
-                break
-        url = f"http://127.0.0.1:{port}"
+        url = _http_url(proc)
 
         def waiting():
             ranks = httpx.get(f"{url}/v1/status", timeout=5).json()["replicas"][0]["ranks"]
@@ -519,9 +517,7 @@ def test_a_rank_waiting_for_its_group_says_so(model_dir, tmp_path):
         assert _wait(waiting, 8, 0.2), httpx.get(f"{url}/v1/status").json()["replicas"][0]
         logs = "".join(p.read_text() for p in home.glob("run/*/r0/rank0.log"))
         assert "joining its group (ring: " in logs, logs
-        for line in proc.stdout:
-            if "serving" in line:
-                break
+        _until_serving(proc)
         ranks = httpx.get(f"{url}/v1/status", timeout=5).json()["replicas"][0]["ranks"]
         assert [r["joining_group"] for r in ranks] == [False, False], ranks
     finally:
