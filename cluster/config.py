@@ -40,7 +40,9 @@ class EngineConfig:
         "directory of the disk tier (default: CLUSTER_HOME/prefix-cache/REPLICA/rank-R)", None
     )
     kv_bits: int | None = _help("quantize stored prefix-cache KV to this many bits (4 or 8)", None)
-    max_model_len: int | None = _help("context length; default the model's, at most 32768", None)
+    max_model_len: int | None = _help(
+        "context length (default: the model's, or what the KV budget holds if less)", None
+    )
     max_queue: int = _help("requests waiting beyond max_num_seqs before 429", 64)
     seed: int = _help("seed for requests that bring none", 0)
     speculation: str = _help(

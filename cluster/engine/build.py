@@ -55,8 +55,8 @@ def materialize(model, every: float = 2.0) -> None:
 
 
 def context_length(config: dict, engine: EngineConfig) -> int:
-    native = int(config.get("max_position_embeddings", 4096))
-    return engine.max_model_len or min(native, 32768)
+    """--max-model-len, else the model's own (the engine then holds it to its KV budget)."""
+    return engine.max_model_len or int(config.get("max_position_embeddings", 4096))
 
 
 def served_forms(module, config: EngineConfig, model_config: dict, what: str) -> bool:

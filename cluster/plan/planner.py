@@ -217,6 +217,9 @@ def _replica(
         rows = forecast(step, bandwidth, latency, EFFICIENCY, acceptance, verify_cost)
         mtp_forecast = tuple(r.__dict__ for r in rows)
     longest = config.get("max_position_embeddings") or max(CONTEXTS)
+    # A node keeps 1/stages of a token's KV; a sequence joining the batch is held twice.
+    per_node = max(1, size.kv_bytes_per_token) / stages
+    held = min(m.kv_budget_gb for m in memory) * GB / (2 * per_node)
     at_context = {str(n): round(EFFICIENCY / (seconds + context_bytes(config, n) / bandwidth), 2)
                   for n in CONTEXTS if n <= longest}  # fmt: skip
     plan = ReplicaPlan(
@@ -225,6 +228,7 @@ def _replica(
         decode_tok_s_roofline=round(1 / seconds, 2),
         decode_tok_s_expected=round(EFFICIENCY / seconds, 2),
         decode_tok_s_at_context=at_context,
+        context_tokens=int(min(longest, held)),
         mtp_forecast=mtp_forecast,
     )
     return plan, refusals

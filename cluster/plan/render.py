@@ -47,6 +47,10 @@ def render_plan(plan: Plan) -> str:
             mem_rows,
         )
     for r in plan.replicas:
+        if r.context_tokens:
+            lines.append(f"{r.name} serves up to {r.context_tokens:,} tokens of context per "
+                         "request (the model's context or what the KV budget holds, the lower; "
+                         "--max-model-len sets it)")  # fmt: skip
         if at := r.decode_tok_s_at_context:
             lengths = " / ".join(f"{int(n) // 1000}K" for n in at)
             speeds = " / ".join(f"{v:g}" for v in at.values())

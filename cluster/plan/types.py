@@ -34,6 +34,9 @@ class ReplicaPlan:
     decode_tok_s_expected: float = 0.0
     decode_tok_s_at_context: dict = field(default_factory=dict, compare=False)
     """Expected decode tok/s with that many tokens of context (the KV a step reads added)."""
+    context_tokens: int = 0
+    """The longest sequence the replica serves: the model's context, or fewer tokens when its
+    tightest node's KV budget holds fewer (0: not known)."""
     speculation: dict = field(default_factory=dict, compare=False)
     """Per method ('mtp', 'draft'): 'supported' or the reason it is not."""
     mtp_forecast: tuple[dict, ...] = field(default=(), compare=False)

@@ -2,6 +2,7 @@
 a Hugging Face-layout file (bf16, or FP8 with block scales as GLM-5-FP8 ships it), at TP 1 and
 TP 2, through the official client."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+LONG = 202_752
 
 
 def cli(*args: str) -> None:
@@ -25,6 +27,9 @@ def shapes(tmp_path_factory) -> dict[str, Path]:
     cli("fixture-checkpoint", str(root / "q8g32"), "--bits", "8", "--group-size", "32")
     cli("fixture-checkpoint", str(root / "mtp.safetensors"), "--shape", "hf-mtp")
     cli("fixture-checkpoint", str(root / "mtp-fp8.safetensors"), "--shape", "hf-mtp", "--fp8")
+    config = root / "q4g64" / "config.json"  # GLM-5's own context length, as downloads have it
+    wider = json.loads(config.read_text()) | {"max_position_embeddings": LONG}
+    config.write_text(json.dumps(wider))
     return {n: root / n for n in ("q4g64", "q4g32", "q8g32")} | {
         "mtp": root / "mtp.safetensors",
         "mtp-fp8": root / "mtp-fp8.safetensors",
@@ -62,6 +67,9 @@ def test_a_downloaded_shape_serves_with_hugging_face_mtp(shapes, shape, tp, mtp,
         assert reply.usage.completion_tokens == 32 and reply.choices[0].text
         replica = httpx.get(f"{srv.url}/v1/status").json()["replicas"][0]
         assert len(replica["ranks"]) == tp
+        if shape == "q4g64":  # served at the model's context (the KV budget holds it all)
+            card = srv.client().models.list().data[0]
+            assert card.model_extra["max_model_len"] == LONG
         spec = replica["engine"]["speculation"]
         assert spec["active"] and spec["drafts"] > 0 and spec["accepted_tokens"] > 0, spec
     finally:

@@ -436,3 +436,25 @@ def test_hosts_listed_with_one_address_are_pointed_out():
     twice = replace(inv, hosts=tuple(replace(h, interconnect=("10.0.0.9",)) for h in inv.hosts))
     assert "note: hosts s0, s1 share the address 10.0.0.9" in render_plan(make_plan(GLM5, 4, twice))
     assert "share the address" not in render_plan(make_plan(GLM5, 4, inv))
+
+
+def test_the_served_context_is_the_models_unless_the_kv_budget_holds_less():
+    """Agents send 100K-token transcripts: GLM-5 is served at its own 202,752 tokens (it was
+    capped at 32,768 by default), and the plan says what a replica will take, or the fewer
+    tokens its KV budget holds."""
+    from dataclasses import replace
+
+    from cluster.config import EngineConfig
+    from cluster.engine.build import context_length
+    from cluster.plan.render import render_plan
+
+    assert context_length(GLM5, EngineConfig()) == 202_752
+    assert context_length(GLM5, EngineConfig(max_model_len=65_536)) == 65_536
+    roomy = make_plan(GLM5, 4, studios(512, 512))
+    assert roomy.replicas[0].context_tokens == 202_752
+    assert "r0 serves up to 202,752 tokens of context" in render_plan(roomy)
+    tight = make_plan(GLM5, 4, replace(studios(192, 192, 192, 192), min_context_tokens=1024))
+    (replica,) = tight.replicas
+    per_token = model_size(GLM5).kv_bytes_per_token
+    held = min(m.kv_budget_gb for m in replica.memory) * 1e9 / (2 * per_token)
+    assert tight.ok and replica.context_tokens == int(held) < 202_752
