@@ -37,7 +37,8 @@ class EngineConfig:
         0,
     )
     prefix_cache_disk_dir: str | None = _help(
-        "directory of the disk tier (default: CLUSTER_HOME/prefix-cache/REPLICA/rank-R)", None
+        "directory of the disk tier, REPLICA/rank-R under it (default: CLUSTER_HOME/prefix-cache)",
+        None,
     )
     kv_bits: int | None = _help("quantize stored prefix-cache KV to this many bits (4 or 8)", None)
     max_model_len: int | None = _help(

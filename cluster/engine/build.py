@@ -114,7 +114,10 @@ def build_engine(path, config: EngineConfig, model_id: str, group=None):
     max_len = context_length(model_config, config)
     eos = tuple(sorted(tokenizer.eos_token_ids))
     adapt = dsa_indexer.narrow_stored if keys_only else None
-    disk, disk_off = disk_tier(path, config, group, adapt)
+    caches = len(model.make_cache()) + (len(drafter.make_cache()) if drafter else 0)
+    extra = {"mtp": config.mtp_weights, "mtp+ngram": config.mtp_weights,
+             "draft": config.draft_model}.get(config.speculation) if drafter else None  # fmt: skip
+    disk, disk_off = disk_tier(path, config, group, adapt, caches, (extra,) if extra else ())
     engine = Engine(model, set(eos), config, max_len, model_id, drafter, state, disk, disk_off)
     info = ModelInfo(
         model_id, engine.max_model_len, eos, model_config.get("model_type", "?"),
@@ -123,9 +126,13 @@ def build_engine(path, config: EngineConfig, model_id: str, group=None):
     return engine, info
 
 
-def disk_tier(path, config: EngineConfig, group=None, adapt=None):
-    """(the prefix cache's disk tier, None) or (None, why it is off) when one was asked for."""
+def disk_tier(path, config: EngineConfig, group=None, adapt=None, caches: int | None = None,
+              drafter_weights: tuple = ()):  # fmt: skip
+    """(the prefix cache's disk tier, None) or (None, why it is off) when one was asked for.
+    caches: the cache objects of a sequence (model and drafter); drafter_weights: the MTP
+    layer's or draft model's weights, whose caches the files hold too."""
     from .disk_cache import DiskTier
+    from .disk_files import TierUnusable, claim, fingerprint
 
     if not config.prefix_cache_disk_bytes:
         return None, None
@@ -134,12 +141,28 @@ def disk_tier(path, config: EngineConfig, group=None, adapt=None):
         why = "off with --kv-bits: quantized snapshots are not written to disk"
     elif not config.prefix_cache_disk_dir:
         why = "off: no --prefix-cache-disk-dir"
+    tier = None
+    agree = group_min(group) if group is not None and group.size() > 1 else None
+    if not why:  # the same on every rank (one config): the ranks below call agree alike
+        parent = Path(config.prefix_cache_disk_dir)
+        layout = f"block_size={config.block_size};caches={caches}"
+        name = fingerprint(Path(path), layout, parent, tuple(map(Path, drafter_weights)))
+        try:
+            lock = claim(parent, name)
+            tier = DiskTier(parent / name, config.prefix_cache_disk_bytes, config.block_size,
+                            None, adapt, caches)  # fmt: skip
+            tier.lock = lock
+        except TierUnusable as e:
+            why = f"off: {e}"
+        if agree is not None and not agree(int(tier is not None)) and tier is not None:
+            why = "off: another rank of the replica could not open its own"
     if why:
+        if tier is not None:
+            tier.close()
         log.warning("prefix cache disk tier %s", why)
         return None, why
-    root = Path(config.prefix_cache_disk_dir) / model_fingerprint(path)
-    agree = group_min(group) if group is not None and group.size() > 1 else None
-    return DiskTier(root, config.prefix_cache_disk_bytes, config.block_size, agree, adapt), None
+    tier.agree = agree or tier.agree
+    return tier, None
 
 
 def group_min(group):
@@ -150,16 +173,3 @@ def group_min(group):
         return int(mx.distributed.all_min(mx.array(value, dtype=mx.int32), group=group).item())
 
     return agree
-
-
-def model_fingerprint(path) -> str:
-    """Names the checkpoint a disk tier's files belong to: its config and weight files' names
-    and sizes (another checkpoint under the same name gets a directory of its own)."""
-    import hashlib
-
-    path = Path(path)
-    h = hashlib.blake2b(digest_size=8)
-    h.update((path / "config.json").read_bytes())
-    for f in sorted(path.rglob("*.safetensors")):
-        h.update(f"{f.relative_to(path)}:{f.stat().st_size}".encode())
-    return h.hexdigest()

@@ -11,12 +11,10 @@ its entry is served from the objects it is written from. The books change on the
 thread only: the writer reports each finished file back through a queue.
 """
 
-import base64
-import json
+import contextlib
 import logging
 import os
 import queue
-import struct
 import threading
 from array import array
 from collections import OrderedDict
@@ -25,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from ..hashing import BlockHash, superseded_by
+from .disk_files import CRC_PENDING, TierUnusable, decode, encode, read_header, seal, sync_dir
+from .disk_files import verify as verify_file
 
 log = logging.getLogger(__name__)
 SUFFIX = ".safetensors"
@@ -66,34 +66,18 @@ class DiskStats:
     """Entries larger than the whole tier, not written."""
     not_spilled: int = 0
     """Evicted entries not written: those being written held max_writing_bytes."""
-
-
-def _encode(a: array) -> str:
-    return base64.b64encode(a.tobytes()).decode()
-
-
-def _decode(kind: str, text: str) -> array:
-    out = array(kind)
-    out.frombytes(base64.b64decode(text))
-    return out
-
-
-def read_metadata(path: Path) -> dict[str, str]:
-    """The metadata mlx-lm's prompt-cache format stores with a file (its keys `0.NAME`), from
-    the file's header alone."""
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        if n > 1 << 30:
-            raise ValueError("header length out of range")
-        meta = json.loads(f.read(n)).get("__metadata__", {})
-    return {k[2:]: v for k, v in meta.items() if k.startswith("0.")}
+    write_failed: int = 0
+    """Files that could not be written (a full or read-only disk: the log says why)."""
 
 
 class DiskTier:
     def __init__(self, root: str | Path, capacity_bytes: int, block_size: int, agree=None,
-                 adapt=None):  # fmt: skip
-        """adapt: applied to the cache objects of every file read (files of an older layout)."""
+                 adapt=None, caches: int | None = None):  # fmt: skip
+        """adapt: applied to the cache objects of every file read (files of an older layout);
+        caches: the cache objects a file must hold (the model's layers and the drafter's), so
+        a file of another layout is a miss. TierUnusable when root cannot be written."""
         self.root = Path(root)
+        self.caches = caches
         self.adapt = adapt or (lambda caches: caches)
         self.agree = agree or (lambda value: value)
         """Under TP, the smallest of a value over the ranks (a collective every rank calls at
@@ -116,7 +100,15 @@ class DiskTier:
         the KV budget): beyond, an evicted entry is dropped, not spilled."""
         self._todo: queue.Queue = queue.Queue()
         self._done: queue.Queue = queue.Queue()
-        (self.root / PARTIAL).mkdir(parents=True, exist_ok=True)
+        self.lock = None
+        """The directory's lock file, held open while this tier serves (`disk_files.claim`)."""
+        try:  # a read-only disk (ext4 remounts itself so after I/O errors) is found here
+            (self.root / PARTIAL).mkdir(parents=True, exist_ok=True)
+            probe = self.root / PARTIAL / ".probe"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise TierUnusable(f"cannot write {self.root} ({e.strerror or e})") from e
         self._scan()
         self._writer = threading.Thread(target=self._write_loop, name="disk-tier", daemon=True)
         self._writer.start()
@@ -125,17 +117,22 @@ class DiskTier:
         files = sorted(self.root.glob("*" + SUFFIX), key=lambda p: p.stat().st_mtime)
         for path in files:
             try:
-                meta = read_metadata(path)
-                hashes = _decode("Q", meta["hashes"])
+                meta, caches = read_header(path)
+                hashes = decode("Q", meta["hashes"])
                 if int(meta["block_size"]) != self.block_size or not hashes:
                     raise ValueError(f"block size {meta['block_size']}, not {self.block_size}")
+                if "crc32" not in meta:
+                    raise ValueError("no checksum (written by an older version)")
+                if self.caches is not None and caches != self.caches:
+                    raise ValueError(f"{caches} caches, not {self.caches}: another layout")
             except Exception as e:  # a partial or foreign file: skip it, keep the rest
                 self._unreadable(path, e)
                 continue
             fixed = int(meta.get("fixed", len(hashes)))  # files before it: all prompt
             self._add(path.name, DiskEntry(hashes, path.stat().st_size, fixed))
         for tmp in (self.root / PARTIAL).glob("*"):  # a write cut off by a crash
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
         self._shrink()
         if self.files:
             log.info("prefix cache disk tier: %d entries, %d blocks, %.1f MB in %s",
@@ -164,7 +161,8 @@ class DiskTier:
             for h in self.files[other].hashes:
                 self.index.setdefault(h, other)
         self.evicted_blocks += [h for h in entry.hashes if h not in self.index]
-        (self.root / name).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a read-only disk: the books forget it all the same
+            (self.root / name).unlink(missing_ok=True)
 
     def _shrink(self) -> None:
         while self.nbytes > self.capacity_bytes and self.files:
@@ -175,7 +173,8 @@ class DiskTier:
         self.stats.unreadable += 1
         log.warning("prefix cache disk tier: %s is unreadable (%s: %s); treated as a miss and "
                     "removed", path.name, type(error).__name__, error)  # fmt: skip
-        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
 
     def __contains__(self, h: BlockHash) -> bool:
         self.book()
@@ -235,16 +234,22 @@ class DiskTier:
         while (job := self._todo.get()) is not None:
             name, w = job
             path, tmp = self.root / name, self.root / PARTIAL / name
-            meta = {"tokens": _encode(w.tokens), "hashes": _encode(w.hashes),
-                    "block_size": str(self.block_size), "fixed": str(w.fixed)}  # fmt: skip
+            meta = {"tokens": encode(w.tokens), "hashes": encode(w.hashes),
+                    "block_size": str(self.block_size), "fixed": str(w.fixed),
+                    "crc32": CRC_PENDING.decode().strip('"')}  # fmt: skip
             try:
+                tmp.parent.mkdir(exist_ok=True)  # removed under a running server
                 save_prompt_cache(str(tmp), w.cache, meta)
+                seal(tmp)
                 os.replace(tmp, path)
+                sync_dir(self.root)
                 self._done.put((name, path.stat().st_size))
-            except Exception as e:  # a full disk or an unserializable cache: no spill, said
-                tmp.unlink(missing_ok=True)
+            except Exception as e:  # a full or read-only disk: no spill, said
+                with contextlib.suppress(OSError):
+                    tmp.unlink(missing_ok=True)
                 self._done.put((name, e))
-            self._todo.task_done()
+            finally:
+                self._todo.task_done()
         self._todo.task_done()
 
     def book(self) -> None:
@@ -261,6 +266,7 @@ class DiskTier:
                 if self.pending_index.get(h) == name:
                     del self.pending_index[h]
             if isinstance(result, Exception):
+                self.stats.write_failed += 1
                 log.warning("prefix cache disk tier: could not write %s (%s)", name, result)
                 held = self.index.keys() | self.pending_index.keys()
                 self.evicted_blocks += [h for h in hashes if h not in held]
@@ -295,6 +301,8 @@ class DiskTier:
         self.flush()
         self._todo.put(None)
         self._writer.join()
+        if self.lock is not None:
+            self.lock.close()
 
     def match(self, hashes: list[BlockHash]) -> tuple[int, str | None]:
         """(blocks matched, file) for the longest chain of `hashes` one file holds on every
@@ -322,10 +330,13 @@ class DiskTier:
             return w.tokens, w.hashes, w.cache
         path = self.root / name
         try:
+            verify_file(path, read_header(path)[0]["crc32"])
             cache, meta = load_prompt_cache(str(path), return_metadata=True)
-            tokens, hashes = _decode("I", meta["tokens"]), _decode("Q", meta["hashes"])
+            tokens, hashes = decode("I", meta["tokens"]), decode("Q", meta["hashes"])
             if len(tokens) != len(hashes) * self.block_size:
                 raise ValueError(f"{len(tokens)} tokens for {len(hashes)} blocks")
+            if self.caches is not None and len(cache) != self.caches:
+                raise ValueError(f"{len(cache)} caches, not {self.caches}: another layout")
         except Exception as e:
             self._unreadable(path, e)
             if name in self.files:
@@ -362,5 +373,6 @@ class DiskTier:
             "not_spilled": s.not_spilled,
             "writing_bytes": self.pending_bytes(),
             "unreadable": s.unreadable,
+            "write_failed": s.write_failed,
             "writing": len(self.pending),
         }

@@ -13,6 +13,7 @@ import signal
 import tempfile
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from .. import aio
 from ..config import EngineConfig
@@ -135,10 +136,11 @@ def run_rank(opts: RankOptions, engine: EngineConfig) -> int:
 
     install()
     exit_with_parent()
-    if engine.prefix_cache_disk_bytes and not engine.prefix_cache_disk_dir:
+    if engine.prefix_cache_disk_bytes:  # each rank of each replica a directory of its own
         from ..model_store import cache_home
 
-        where = cache_home() / "prefix-cache" / opts.replica / f"rank-{opts.rank}"
+        root = Path(engine.prefix_cache_disk_dir or cache_home() / "prefix-cache")
+        where = root / opts.replica / f"rank-{opts.rank}"
         engine = replace(engine, prefix_cache_disk_dir=str(where))
     from ..engine.runner import FAULT_ENV
 

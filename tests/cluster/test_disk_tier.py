@@ -83,3 +83,73 @@ def test_a_session_prefix_survives_a_replica_restart_on_disk(tmp_path, tp):
             assert status(srv)["replicas"][0]["state"] == "ready"
     finally:
         srv.stop()
+
+
+def test_other_weights_or_speculation_never_read_the_old_files(tmp_path):
+    """Weights changed under the same shapes and file sizes (a fine-tune, a re-download) read
+    the old weights' KV from disk: wrong output, no word. Speculation turned on over a plain
+    server's files failed every hit with a 500. Each now starts on a directory of its own."""
+    import json
+    import shutil
+
+    import mlx.core as mx
+
+    model = tmp_path / "glm"
+    shutil.copytree(ROOT / "cluster" / "fixture" / "trained", model)
+    weights = model / "model.safetensors"
+
+    def resave(scale: float) -> None:  # same names, shapes and bytes: only values differ
+        arrays = mx.load(str(weights))
+        name = next(k for k in sorted(arrays) if k.endswith("kv_a_proj_with_mqa.weight"))
+        arrays[name] = arrays[name] * scale
+        mx.save_safetensors(str(weights), arrays, {"format": "mlx"})
+
+    resave(1.0)
+    size = weights.stat().st_size
+    code = (ROOT / "cluster" / "coordinator" / "coordinator.py").read_text()[:5000]
+    prompt = "Read this file:\n" + code
+    env = {"CLUSTER_HOME": str(tmp_path / "home")}
+    args = ["--model", str(model), "--served-model-name", "glm",
+            "--prefix-cache-disk-bytes", str(256 << 20)]  # fmt: skip
+
+    def ask(srv):
+        return srv.client().completions.create(model="glm", prompt=prompt, max_tokens=8,
+                                               temperature=0)  # fmt: skip
+
+    def disk(srv) -> dict:
+        return status(srv)["replicas"][0]["engine"]["prefix_cache"]["disk"]
+
+    srv = Server(args, env=env)
+    try:
+        ask(srv)
+        deadline = time.time() + 30
+        while time.time() < deadline and not disk(srv)["entries"]:
+            time.sleep(0.2)
+        assert disk(srv)["entries"] == 1
+    finally:
+        srv.stop()
+
+    resave(0.8)
+    assert weights.stat().st_size == size
+    srv = Server(args, env=env)
+    try:
+        assert disk(srv)["entries"] == 0
+        first = ask(srv)
+        assert first.usage.prompt_tokens_details.cached_tokens == 0
+        assert ask(srv).choices[0].text == first.choices[0].text
+        deadline = time.time() + 30
+        while time.time() < deadline and not disk(srv)["entries"]:
+            time.sleep(0.2)
+    finally:
+        srv.stop()
+    log = "\n".join(p.read_text() for p in (tmp_path / "home").rglob("rank*.log"))
+    assert "other weights or settings" in log
+
+    srv = Server([*args, "--speculation", "mtp"], env=env)
+    try:
+        reply = ask(srv)
+        assert reply.usage.prompt_tokens_details.cached_tokens == 0
+        assert reply.choices[0].text == first.choices[0].text  # lossless, and no 500
+        assert json.dumps(disk(srv)).count("off") == 0
+    finally:
+        srv.stop()

@@ -324,3 +324,125 @@ def test_evicted_entries_waiting_for_their_files_are_bounded(model, tmp_path):
     stored.insert(b, prompt_cache(model, b))
     (entry,) = stored.entries.values()
     assert disk.put(entry.tokens, entry.hashes, entry.cache, entry.fixed)  # idle persist: not
+
+
+def written(model, root, seed=80, caches=None) -> tuple[tuple[int, ...], DiskTier]:
+    a = prompt(seed)
+    disk = DiskTier(root, 1 << 30, BLOCK, caches=caches)
+    cache = cache_for(model, disk, 1 << 30)
+    cache.insert(a, prompt_cache(model, a))
+    cache.persist()
+    disk.close()
+    return a, disk
+
+
+def test_data_changed_under_a_whole_header_is_a_miss(model, tmp_path, caplog):
+    """A file whose header reads whole but whose tensor data changed (a bad sector, a power
+    cut before the data reached the disk) was served as KV: each file carries a checksum of
+    its data, checked before it is read."""
+    a, _ = written(model, tmp_path)
+    (path,) = tmp_path.glob("*.safetensors")
+    data = bytearray(path.read_bytes())
+    middle = len(data) - 4096
+    data[middle : middle + 512] = bytes(512)
+    path.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING):
+        restarted = cache_for(model, DiskTier(tmp_path, 1 << 30, BLOCK), 1 << 30)
+        assert len(restarted.disk.files) == 1  # the header alone reads fine
+        assert restarted.lookup(a + (1,)) == (0, None)
+    assert restarted.disk.stats.unreadable == 1 and "checksum" in caplog.text
+
+
+def test_a_file_of_another_cache_layout_is_a_miss(model, tmp_path):
+    """Files written with another number of cache objects (a plain server's, read by one that
+    speculates with the MTP layer; a model with other layers) failed every hit with an
+    IndexError, or ran the model on fewer layers."""
+    layers = len(model.make_cache())
+    a, _ = written(model, tmp_path, caches=layers)
+    same = DiskTier(tmp_path, 1 << 30, BLOCK, caches=layers)
+    assert len(same.files) == 1
+    same.close()
+    other = DiskTier(tmp_path, 1 << 30, BLOCK, caches=layers + 1)
+    assert not other.files and other.stats.unreadable == 1
+
+
+def test_a_failed_write_leaves_the_writer_running_and_counted(model, tmp_path, monkeypatch):
+    """On a disk gone read-only the cleanup of a failed write failed too, which ended the
+    writer thread: entries stayed 'writing' for good and shutdown hung."""
+    import mlx_lm.models.cache as mlx_cache
+
+    real = mlx_cache.save_prompt_cache
+    failing = [True]
+
+    def save(path, *args, **kwargs):
+        if failing[0]:
+            raise OSError(30, "Read-only file system")
+        return real(path, *args, **kwargs)
+
+    def unlink(self, missing_ok=False):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(mlx_cache, "save_prompt_cache", save)
+    disk = DiskTier(tmp_path, 1 << 30, BLOCK)
+    cache = cache_for(model, disk, 1 << 30)
+    a, b = prompt(90), prompt(91)
+    cache.insert(a, prompt_cache(model, a))
+    with monkeypatch.context() as m:
+        m.setattr(type(tmp_path), "unlink", unlink)
+        cache.persist()
+        disk.flush()  # returns: the writer is alive
+    assert disk.stats.write_failed == 1 and not disk.pending
+    assert disk.to_json()["write_failed"] == 1
+    failing[0] = False
+    cache.insert(b, prompt_cache(model, b))
+    cache.persist()
+    disk.close()
+    assert len(disk.files) == 1 and disk.stats.spilled == 1
+
+
+def test_a_directory_that_cannot_be_written_is_refused_at_start(tmp_path):
+    from cluster.engine.disk_files import TierUnusable
+
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(TierUnusable, match="cannot write"):
+        DiskTier(tmp_path / "file" / "tier", 1 << 30, BLOCK)
+
+
+def test_one_server_per_directory_and_other_fingerprints_removed(tmp_path, caplog):
+    from cluster.engine.disk_files import TierUnusable, claim
+
+    old = tmp_path / "0123456789abcdef"
+    old.mkdir()
+    (old / "x.safetensors").write_bytes(b"1" * 1000)
+    (tmp_path / "notes").mkdir()  # not a fingerprint: left alone
+    with caplog.at_level(logging.INFO):
+        lock = claim(tmp_path, "fedcba9876543210")
+    assert not old.exists() and (tmp_path / "notes").exists()
+    assert "other weights or settings" in caplog.text
+    with pytest.raises(TierUnusable, match="in use by another server"):
+        claim(tmp_path, "fedcba9876543210")
+    lock.close()
+    claim(tmp_path, "fedcba9876543210").close()
+
+
+def test_the_fingerprint_sees_weights_change_under_the_same_shapes(tmp_path):
+    """A fine-tune or re-download with the same shapes and file sizes named the same directory
+    (only names and sizes counted), so its stale KV was served."""
+    from cluster.engine.disk_files import fingerprint
+
+    def checkpoint(where, scale):
+        where.mkdir()
+        (where / "config.json").write_text('{"model_type": "x"}')
+        weights = {"a": mx.arange(4096, dtype=mx.float32), "b": mx.ones((64, 64)) * scale}
+        mx.save_safetensors(str(where / "model.safetensors"), weights)
+        return where
+
+    one, two = checkpoint(tmp_path / "one", 1.0), checkpoint(tmp_path / "two", 0.8)
+    assert (one / "model.safetensors").stat().st_size == (two / "model.safetensors").stat().st_size
+    assert fingerprint(one, "l") != fingerprint(two, "l")
+    assert fingerprint(one, "l") != fingerprint(one, "other layout")
+    inside = one / "cache"  # a tier inside the checkpoint's directory: its files do not count
+    inside.mkdir()
+    before = fingerprint(one, "l", inside)
+    mx.save_safetensors(str(inside / "entry.safetensors"), {"k": mx.ones((4,))})
+    assert fingerprint(one, "l", inside) == before
