@@ -37,6 +37,12 @@ class Collected:
         self.last = out
 
 
+def finite(logprob: float) -> float:
+    """A log-probability JSON can carry: OpenAI's -9999.0 for an impossible token (-inf is
+    not JSON; it failed a whole reply with a 500)."""
+    return max(logprob, -9999.0)
+
+
 def usage(last: Output) -> dict:
     return {
         "prompt_tokens": last.prompt_tokens,
@@ -79,7 +85,8 @@ class Shape:
 
     def _token(self, token_id: int, logprob: float) -> dict:
         raw = self.token_bytes(token_id)
-        return {"token": raw.decode("utf-8", "replace"), "logprob": logprob, "bytes": list(raw)}
+        return {"token": raw.decode("utf-8", "replace"), "logprob": finite(logprob),
+                "bytes": list(raw)}  # fmt: skip
 
     def _name(self, token_id: int) -> str:
         return self.token_bytes(token_id).decode("utf-8", "replace")
@@ -107,9 +114,11 @@ class Shape:
             self.text_offset += len(token)
         return {
             "tokens": tokens,
-            "token_logprobs": [lp for _, lp, _ in entries],
+            "token_logprobs": [None if lp is None else finite(lp) for _, lp, _ in entries],
             "top_logprobs": [  # OpenAI's: the sampled token always among them (logprobs + 1)
-                None if top is None else {self._name(t): v for t, v in top} | {self._name(t): lp}
+                None
+                if top is None
+                else {self._name(t): finite(v) for t, v in top} | {self._name(t): finite(lp)}
                 for t, lp, top in entries
             ],  # fmt: skip
             "text_offset": offsets,

@@ -137,8 +137,9 @@ class ClusterCollector:
             ["replica", "tensor_parallel", "backend"],
         )
         restarts = gauge("replica_restarts", "Times the replica was restarted.", ["replica"])
-        running = gauge("num_requests_running", "Sequences decoding.", ["replica"])
-        waiting = gauge("num_requests_waiting", "Sequences waiting for a slot.", ["replica"])
+        running = gauge("num_requests_running", "Sequences decoding or prefilling.", ["replica"])
+        waiting = gauge("num_requests_waiting", "Sequences waiting for a slot or KV room.",
+                        ["replica"])  # fmt: skip
         in_flight = gauge(
             "num_requests_in_flight", "Requests routed and not finished.", ["replica"]
         )

@@ -112,6 +112,9 @@ def build_engine(path, config: EngineConfig, model_id: str, group=None):
         drafter = NgramDrafter(config.num_speculative_tokens, config.ngram_min, config.ngram_max)
     state.announce()
     max_len = context_length(model_config, config)
+    if max_len > (native := int(model_config.get("max_position_embeddings", max_len))):
+        log.warning("--max-model-len %d is past the %d positions the model was trained for: "
+                    "replies past them may degrade", max_len, native)  # fmt: skip
     eos = tuple(sorted(tokenizer.eos_token_ids))
     adapt = dsa_indexer.narrow_stored if keys_only else None
     caches = len(model.make_cache()) + (len(drafter.make_cache()) if drafter else 0)

@@ -43,6 +43,8 @@ class Engine:
         )  # fmt: skip
         self.cache.limit(self.kv.room([], []))  # the budget's bound from the start
         self.disk_off = disk_off
+        self.on_schedule = None
+        """Called with each step's schedule before it runs (the watchdog weighs its work)."""
         if disk is not None:  # evicted entries wait in memory for their files: bounded
             disk.max_writing_bytes = max(MIN_WRITING_BYTES, (config.kv_cache_bytes or 0) // 16)
         self.cache.lag = self.runner.hooks.lag
@@ -87,6 +89,8 @@ class Engine:
         group."""
         queue_at = self.want_queue_ahead() if queue_at is None else queue_at
         schedule = self.scheduler.schedule()
+        if self.on_schedule is not None:
+            self.on_schedule(schedule)
         if schedule.preempted:  # their KV is freed; they prefill again when there is room
             self.runner.release(schedule.preempted)
         speculate = self.want_speculation() if speculate is None else speculate
@@ -141,13 +145,19 @@ class Engine:
         the step may change, nothing changed."""
         s = self.cache.stats
         batch = self.runner.batch_kv_bytes()
-        caches = [seq.cache for seq in list(self.scheduler.waiting)]
+        waiting = list(self.scheduler.waiting)
+        caches = [seq.cache for seq in waiting]
+        prefilling = [q for q in waiting if q.admitted]
         own = sum(c.nbytes for cache in caches if cache for c in cache)
         return {
             "kv": self.kv.to_json() | {"used_bytes": batch + own + self.cache.nbytes},
             "max_num_seqs": self.config.max_num_seqs,
-            "num_running": len(self.scheduler.running),
-            "num_waiting": len(self.scheduler.waiting),
+            # vLLM's sense: a prompt being prefilled runs (it read as waiting, so a dashboard
+            # showed nothing running through a two-minute prefill).
+            "num_running": len(self.scheduler.running) + len(prefilling),
+            "num_waiting": len(self.scheduler.waiting) - len(prefilling),
+            "num_prefilling": len(prefilling),
+            "prefill_tokens_left": sum(q.prefill_target - q.num_computed for q in prefilling),
             "prefix_cache": {
                 "entries": len(self.cache.entries),
                 "blocks": self.cache.num_blocks,

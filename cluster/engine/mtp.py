@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import mlx.core as mx
 
 from .drafter import Drafter
-from .sampler import penalize, processed_logits
+from .sampler import gumbel_draw, penalize, position_key, processed_rows
 
 MAX_PENDING = 64  # a long-lived batch still catches its MTP layer up now and then
 
@@ -87,28 +87,23 @@ class SpecStats:
         } | ({"drafts_by_source": dict(self.by_source)} if self.by_source else {})
 
 
-def pick_draft(seq, logits: mx.array) -> tuple[mx.array, mx.array | None]:
-    """A draft token from draft logits [V], and the distribution it was drawn from (greedy:
-    the argmax, no distribution)."""
-    params = seq.request.sampling
-    if params.greedy:
-        return mx.argmax(logits), None
-    probs = mx.softmax(processed_logits(logits, params))
-    seq.rng_key, sub = mx.random.split(seq.rng_key)
-    return mx.random.categorical(mx.log(probs), key=sub), probs
-
-
 def pick_drafts(seqs, logits: mx.array, dists: list[list]) -> mx.array:
-    """One draft token per row from draft logits [B, V] (one argmax for an all-greedy batch);
-    each row's distribution (None: greedy) is appended to its list in `dists`."""
-    if all(s.request.sampling.greedy for s in seqs):
-        for row in dists:
-            row.append(None)
-        return mx.argmax(logits, axis=-1)
-    picked = [pick_draft(s, logits[r]) for r, s in enumerate(seqs)]
-    for row, (_, probs) in zip(dists, picked, strict=True):
-        row.append(probs)
-    return mx.stack([t for t, _ in picked])
+    """One draft token per row from draft logits [B, V]: the argmax for greedy rows, for the
+    others the draw with the key of the position it drafts (the key the target's draw there
+    will use, so a draft close to the target is kept as often as rejection sampling keeps
+    it). Each row's list in `dists` grows by one (its length: the draft's position)."""
+    tokens = mx.argmax(logits, axis=-1)
+    drawn = [r for r, s in enumerate(seqs) if not s.request.sampling.greedy]
+    if drawn:
+        rows = mx.array(drawn)
+        params = [seqs[r].request.sampling for r in drawn]
+        keys = [position_key(seqs[r].sample_base, seqs[r].num_output + len(dists[r]))
+                for r in drawn]  # fmt: skip
+        picked = gumbel_draw(processed_rows(logits[rows], params), keys)
+        tokens[rows] = picked.astype(tokens.dtype)
+    for row in dists:
+        row.append(None)
+    return tokens
 
 
 def greedy_accept(drafts: list[int], best: list[int]) -> tuple[int, int]:
@@ -120,7 +115,10 @@ def greedy_accept(drafts: list[int], best: list[int]) -> tuple[int, int]:
 
 
 def verify_drafts(seq, drafts: list[int], dists, target_logits: mx.array) -> tuple[int, int]:
-    """(accepted count, next token): exact match for greedy, rejection sampling otherwise.
+    """(accepted count, next token): the target's own token at each position, greedy or drawn
+    with that position's key as a plain step would draw it, and the drafts kept while they
+    equal it. Each token is the target's draw given the ones before (lossless), and the same
+    token a plain step draws (a seeded reply does not depend on speculation).
     target_logits come with the row's limits applied (banned tokens, grammar, budget)."""
     params = seq.request.sampling
     rows = [params] * target_logits.shape[0]
@@ -130,24 +128,8 @@ def verify_drafts(seq, drafts: list[int], dists, target_logits: mx.array) -> tup
         target_logits = penalize(target_logits, rows, history)
     if params.greedy:
         return greedy_accept(drafts, mx.argmax(target_logits, axis=-1).tolist())
-    probs = [mx.softmax(processed_logits(target_logits[i], params)) for i in range(len(drafts) + 1)]
-    seq.rng_key, sub = mx.random.split(seq.rng_key)
-    uniforms = mx.random.uniform(shape=(len(drafts) + 1,), key=sub).tolist()
-    for i, (token, q) in enumerate(zip(drafts, dists, strict=True)):
-        p = probs[i]  # q None: a deterministic draft (n-gram), all its mass on `token`
-        ratio = (p[token] / q[token]).item() if q is not None else p[token].item()
-        if uniforms[i] < min(1.0, ratio):
-            continue
-        if q is None:
-            residual = mx.where(mx.arange(p.shape[0]) == token, 0.0, p)
-        else:
-            residual = mx.maximum(p - q, 0)
-        residual = residual / residual.sum()
-        seq.rng_key, sub = mx.random.split(seq.rng_key)
-        return i, int(mx.random.categorical(mx.log(residual), key=sub).item())
-    seq.rng_key, sub = mx.random.split(seq.rng_key)
-    bonus = mx.random.categorical(mx.log(probs[-1]), key=sub)
-    return len(drafts), int(bonus.item())
+    keys = [position_key(seq.sample_base, seq.num_output + i) for i in range(len(rows))]
+    return greedy_accept(drafts, gumbel_draw(processed_rows(target_logits, rows), keys).tolist())
 
 
 class MTPDrafter(Drafter):

@@ -13,7 +13,7 @@ from .kv import _arrays, in_order
 from .kv_budget import STEP
 from .prefill_batch import batch_cache, batchable, prefill_groups
 from .queue_ahead import QueueAhead
-from .sampler import sample_lazy, token_logprobs
+from .sampler import position_key, sample_lazy, token_logprobs
 from .scheduler import Schedule
 from .sequence import Sequence
 from .spec_step import SpecAhead, SpeculativeSteps
@@ -35,8 +35,8 @@ class Ahead:
 
     tokens: mx.array
     """Its tokens, one per batch row, not read yet."""
-    undo: list[tuple[Any, Any]]
-    """Per row, (carry, rng key) from before it: what cancelling it restores."""
+    undo: list[Any]
+    """Per row, its carry from before it: what cancelling it restores."""
     limits: dict
     """Per sequence, the limit its token was drawn under (the one before it): the token holds
     only if its own limit turns out the same."""
@@ -159,8 +159,10 @@ class ModelRunner(SpeculativeSteps):
             inputs = (
                 mx.concatenate([current, mx.array([s.tokens[-1] for s in new])]) if new else current
             )
-        undo = [(s.carry, s.rng_key) for s in self.batch]
-        queued = self._sample_lazy(self.batch, self._decode(inputs[:, None]))
+        undo = [s.carry for s in self.batch]
+        # Old rows' current tokens are not in their output yet: theirs is one position on.
+        ahead = [1] * len(old) + [0] * (len(self.batch) - len(old))
+        queued = self._sample_lazy(self.batch, self._decode(inputs[:, None]), ahead=ahead)
         mx.async_eval(queued)
         self.ahead = Ahead(queued, undo, {s: s.limit() for s in self.batch})
         return {seq: [token] for seq, token in zip(old, current.tolist(), strict=True)}
@@ -171,17 +173,18 @@ class ModelRunner(SpeculativeSteps):
         for layer in self._main(self.batch_cache):
             layer.trim(1)
         self.hooks.cancel_last(self._own(self.batch_cache))
-        for seq, (carry, key) in zip(self.batch, ahead.undo, strict=True):
-            seq.carry, seq.rng_key = carry, key
+        for seq, carry in zip(self.batch, ahead.undo, strict=True):
+            seq.carry = carry
 
-    def _sample_lazy(self, seqs: list[Sequence], logits: mx.array, histories=None) -> mx.array:
-        """Each row's token, not read yet; each sequence's key moves on."""
+    def _sample_lazy(self, seqs: list[Sequence], logits: mx.array, histories=None,
+                     ahead: list[int] | None = None) -> mx.array:  # fmt: skip
+        """Each row's token, not read yet, drawn with the key of its output position (ahead:
+        per row, how many tokens it has drawn that its output does not hold yet)."""
         params = [s.request.sampling for s in seqs]
-        keys = [self._key(s) for s in seqs]
-        tokens, keys = sample_lazy(logits, params, keys, histories, [s.limit() for s in seqs])
-        for seq, key in zip(seqs, keys, strict=True):
-            seq.rng_key = key
-        return tokens
+        keys = [None if s.request.sampling.greedy
+                else position_key(self._base(s), s.num_output + (ahead[i] if ahead else 0))
+                for i, s in enumerate(seqs)]  # fmt: skip
+        return sample_lazy(logits, params, keys, histories, [s.limit() for s in seqs])
 
     def _prefill(self, seq: Sequence, n: int) -> mx.array | None:
         if seq.cache is None:
@@ -253,13 +256,14 @@ class ModelRunner(SpeculativeSteps):
                 seq.logprobs += token_logprobs(logits[i : i + 1], [tokens[i]], top)
         return dict(zip(seqs, tokens, strict=True))
 
-    def _key(self, seq: Sequence):
-        if seq.rng_key is None and not seq.request.sampling.greedy:
+    def _base(self, seq: Sequence) -> int:
+        """A sampled sequence's seed: the request's, else the next of the runner's own."""
+        if seq.sample_base is None:
             seed = seq.request.sampling.seed
             if seed is None:
                 seed, self._num_keys = self.seed * 1_000_003 + self._num_keys, self._num_keys + 1
-            seq.rng_key = mx.random.key(seed)
-        return seq.rng_key
+            seq.sample_base = seed
+        return seq.sample_base
 
     def _sync_batch(self, seqs: list[Sequence]) -> None:
         """Make the batched cache hold exactly these sequences (kept ones first)."""
@@ -317,7 +321,7 @@ class ModelRunner(SpeculativeSteps):
                 if self.ahead is not None:  # its queued step's entry is not part of its KV
                     for layer in caches[seq]:
                         layer.trim(1)
-                    seq.carry, seq.rng_key = self.ahead.undo[i]  # nor its sampled token
+                    seq.carry = self.ahead.undo[i]  # nor its carry
         for seq in seqs:
             if seq.cache is not None:
                 caches[seq], seq.cache = seq.cache, None

@@ -33,11 +33,6 @@ def processed_rows(logits: mx.array, params: list[SamplingParams]) -> mx.array:
     return logits
 
 
-def processed_logits(logits: mx.array, params: SamplingParams) -> mx.array:
-    """One row's logits after temperature, top-k and top-p (as processed_rows)."""
-    return processed_rows(logits[None], [params])[0]
-
-
 def constrain(logits: mx.array, limits: list[Limit] | None) -> mx.array:
     """Rows of logits [B, V] with the tokens each row's limit excludes at -inf (its banned
     tokens, its tool-call grammar, its thinking budget: engine/grammar.py)."""
@@ -109,27 +104,45 @@ def token_logprobs(logits: mx.array, tokens: list[int], top: int) -> list[TokenL
     return out
 
 
+def _mix(x: int) -> int:
+    """splitmix64's finalizer: nearby inputs give unrelated outputs."""
+    x = (x + 0x9E3779B97F4A7C15) & MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & MASK64
+    return x ^ (x >> 31)
+
+
+MASK64 = (1 << 64) - 1
+
+
+def position_key(base: int, position: int):
+    """The key of a row's draw at one output position. Keyed by position, a row's tokens do
+    not depend on how its steps are cut: batch, preemption, speculation and its governor."""
+    return mx.random.key(_mix(_mix(base) ^ position))
+
+
+def gumbel_draw(processed: mx.array, keys: list) -> mx.array:
+    """One token per row of processed logits [N, V], each with the Gumbel noise of its own
+    key (argmax of logits + noise is a categorical draw)."""
+    noise = mx.stack([mx.random.gumbel(shape=processed.shape[-1:], key=k) for k in keys])
+    return mx.argmax(processed + noise, axis=-1)
+
+
 def sample_lazy(
     logits: mx.array,
     params: list[SamplingParams],
     keys: list,
     histories: list | None = None,
     limits: list[Limit] | None = None,
-) -> tuple[mx.array, list]:
-    """One token per row of logits [B, V], not yet evaluated; and each row's next key.
-
-    Greedy rows take the argmax; the others are processed together and drawn with Gumbel
-    noise from their own keys (argmax of logits + noise is a categorical draw)."""
+) -> mx.array:
+    """One token per row of logits [B, V], not yet evaluated. Greedy rows take the argmax;
+    the others are processed together and drawn with their position's key (keys[i])."""
     logits = constrain(penalize(logits, params, histories or []), limits)
     tokens = mx.argmax(logits, axis=-1)
     drawn = [i for i, p in enumerate(params) if not p.greedy]
     if not drawn:
-        return tokens, keys
+        return tokens
     rows = mx.array(drawn)
     processed = processed_rows(logits[rows], [params[i] for i in drawn])
-    new_keys, noise = list(keys), []
-    for i in drawn:
-        new_keys[i], sub = mx.random.split(keys[i])
-        noise.append(mx.random.gumbel(shape=processed.shape[-1:], key=sub))
-    tokens[rows] = mx.argmax(processed + mx.stack(noise), axis=-1).astype(tokens.dtype)
-    return tokens, new_keys
+    tokens[rows] = gumbel_draw(processed, [keys[i] for i in drawn]).astype(tokens.dtype)
+    return tokens

@@ -82,7 +82,11 @@ class Scheduler:
         slots = self.config.max_num_seqs - len(self.running)
         batch = [len(s.tokens) + self.lookahead for s in self.running]
         prefilling: list[int] = []
-        for seq in list(self.waiting)[:slots]:
+        candidates = list(self.waiting)[:slots]
+        # With others waiting, a prompt takes half the budget at most, so a short one behind
+        # a long one gets its first token now, not after the long one's whole prefill.
+        cap = budget if len(candidates) < 2 else max(1, budget // 2)
+        for seq in candidates:
             if budget <= 0:
                 break
             # Admitted, it will hold its prompt while it prefills, then a batch row.
@@ -95,9 +99,13 @@ class Scheduler:
                 seq.admitted = True
                 seq.scheduled_at = seq.scheduled_at or time.monotonic()
                 self._reuse_prefix(seq)
-            n = min(seq.prefill_target - seq.num_computed, budget)
+            n = min(seq.prefill_target - seq.num_computed, budget, cap)
             schedule.prefill.append((seq, n))
             budget -= n
+        for i, (seq, n) in enumerate(schedule.prefill):  # what the others left, in order
+            more = min(seq.prefill_target - seq.num_computed - n, budget)
+            if more > 0:
+                schedule.prefill[i], budget = (seq, n + more), budget - more
         self.cache.limit(self.kv.room(batch, prefilling))
         return schedule
 
@@ -203,11 +211,12 @@ class Scheduler:
             logprobs=logprobs,
             prompt_logprobs=prompt_logprobs,
             speculation=self.speculation(),
+            # On every event: a stop string the coordinator finds may end the reply at any.
+            request_speculation=self.outcome(seq),
         )
         if seq.finish_reason is None:
             return event
-        return replace(event, request_speculation=self.outcome(seq),
-                       **timings(seq, time.monotonic()))  # fmt: skip
+        return replace(event, **timings(seq, time.monotonic()))
 
     def outcome(self, seq: Sequence) -> str:
         """What speculation this sequence got, in `x-speculation`'s form."""

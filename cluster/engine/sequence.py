@@ -31,7 +31,9 @@ class Sequence:
     """This sequence's own per-layer cache while it prefills; the runner batches it after."""
     status: Status = Status.WAITING
     finish_reason: FinishReason | None = None
-    rng_key: Any = None
+    sample_base: int | None = None
+    """Its draws' seed (the request's, else the runner's next): the draw at each output
+    position has a key of its own (`sampler.position_key`)."""
     carry: Any = None
     """Main-model hidden state at the last computed position, for the MTP layer."""
     draft_cache: Any = None

@@ -20,7 +20,7 @@ from .build import build_engine
 from .engine import Engine
 from .heap import HeapTrimmer
 from .lockstep import Channel, LeaderGone, StepMessage, tokens_digest
-from .watchdog import StepWatchdog
+from .watchdog import StepWatchdog, prompt_work
 
 log = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 5.0
@@ -159,6 +159,9 @@ class EngineService:
     def _run(self) -> None:
         if not self._load():
             return
+        self._engine.on_schedule = lambda schedule: setattr(
+            self.watchdog, "work", prompt_work(schedule.prefill)
+        )
         self.watchdog.start()
         channel = Channel(self.group) if self.distributed else None
         self._channel = channel

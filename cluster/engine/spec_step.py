@@ -51,7 +51,7 @@ class SpeculativeSteps:
     def _speculate(self, seqs: list[Sequence]) -> dict[Sequence, list[int]]:
         drafter, main, own = self.drafter, self._main(self.batch_cache), self._own(self.batch_cache)
         for seq in seqs:
-            self._key(seq)
+            self._base(seq)  # drafts and verification draw with its keys
         queued, self.spec_ahead = self.spec_ahead, None
         may_queue = self._may_queue(seqs)
         if queued is not None:  # built during the step before, which kept every draft
@@ -81,6 +81,7 @@ class SpeculativeSteps:
             logits = self.model.lm_head(hidden)
             built, drafted_in = time.perf_counter() - built, built - started
         drafter.stats.verify_steps += 1
+        raw = logits  # log-probabilities are the model's own, as a plain step reports them
         if proposals is None:  # drafted on the device, greedy rows without limits
             if may_queue:
                 mx.async_eval(best_lazy, drafted)
@@ -111,7 +112,7 @@ class SpeculativeSteps:
                 accepted, token = greedy_accept(drafts, best[i])
             if (top := seq.request.sampling.logprobs) is not None:
                 seq.logprobs += token_logprobs(
-                    logits[i, : accepted + 1], drafts[:accepted] + [token], top
+                    raw[i, : accepted + 1], drafts[:accepted] + [token], top
                 )
             drafter.stats.record(accepted, len(drafts))
             seq.draft_tokens += len(drafts)

@@ -17,6 +17,10 @@ class StepWatchdog:
         """floor: seconds any step may take (0: no watchdog); on_hang(reason) runs once."""
         self.floor, self.on_hang, self.clock, self.poll = floor, on_hang, clock, poll
         self.recent: deque[float] = deque(maxlen=RECENT)
+        self.rates: deque[float] = deque(maxlen=RECENT)
+        """Seconds per unit of prompt work of the recent steps that prefilled."""
+        self.work = 0.0
+        """The prompt work of the step in progress (`prompt_work`), once it is scheduled."""
         self.phase: str | None = None
         self.started = 0.0
         self.fired: str | None = None
@@ -24,14 +28,22 @@ class StepWatchdog:
 
     @property
     def bound(self) -> float:
-        return max(self.floor, FACTOR * max(self.recent, default=0.0))
+        """The floor, the slowest recent step, and for a step that prefills, its work at the
+        slowest rate recent prefills ran at (a chunk attends to all the context before it: a
+        session's next turn costs more per token than its last, and may come after more
+        than RECENT decode steps)."""
+        work = self.work * max(self.rates, default=0.0)
+        return max(self.floor, FACTOR * max(self.recent, default=0.0), FACTOR * work)
 
     def begin(self, phase: str) -> None:
-        self.started, self.phase = self.clock(), phase
+        self.started, self.phase, self.work = self.clock(), phase, 0.0
 
     def end(self) -> None:
-        self.recent.append(self.clock() - self.started)
-        self.phase = None
+        took = self.clock() - self.started
+        self.recent.append(took)
+        if self.work > 0:
+            self.rates.append(took / self.work)
+        self.phase, self.work = None, 0.0
 
     def progress(self) -> dict | None:
         """The phase in progress and how long it has run (read from another thread)."""
@@ -61,3 +73,9 @@ class StepWatchdog:
         while not self.fired:
             time.sleep(self.poll)
             self.check()
+
+
+def prompt_work(chunks) -> float:
+    """A step's prompt work: per chunk of n tokens after `start` computed ones, n x (start +
+    n), the keys its tokens attend to (DSA's indexer scores every one)."""
+    return float(sum(n * (seq.num_computed + n) for seq, n in chunks))

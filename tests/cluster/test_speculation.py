@@ -199,6 +199,20 @@ def test_ngram_speculation_serves_a_checkpoint_without_mtp_weights(no_mtp_dir, t
         reply = httpx.post(f"{srv.url}/v1/completions", json=free, timeout=120)
         assert reply.headers["x-speculation-accepted"] == "0/0"
         assert reply.headers["x-speculation"] == "ngram;k=3;no_drafts", reply.headers
+        # A reply a stop string ends (the coordinator finds it, on any event) still reports
+        # what speculation it got; log-probabilities of a limited row stay JSON numbers.
+        whole = httpx.post(f"{srv.url}/v1/completions", json=body, timeout=120).json()
+        text = whole["choices"][0]["text"]
+        stopped = body | {"stop": [text[len(text) // 2 :][:3]], "logprobs": 2}
+        reply = httpx.post(f"{srv.url}/v1/completions", json=stopped, timeout=120).json()
+        assert reply["choices"][0]["finish_reason"] == "stop"
+        assert reply["usage"]["speculation"].startswith("ngram;k=3"), reply["usage"]
+        tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+            "type": "object", "properties": {"city": {"type": "string"}}}}}]  # fmt: skip
+        chat = {"messages": [{"role": "user", "content": "Weather in Oslo?"}], "tools": tools,
+                "max_tokens": 16, "temperature": 0, "logprobs": True, "top_logprobs": 2}  # fmt: skip
+        reply = httpx.post(f"{srv.url}/v1/chat/completions", json=chat, timeout=120)
+        assert reply.status_code == 200, reply.text
     finally:
         srv.stop()
 

@@ -359,3 +359,18 @@ def test_a_prefix_hit_shares_the_stored_kv_until_written(loaded, prompts):
     mx.eval(model(mx.array([[5, 6, 7]]), cache=hits[0]), _arrays(hits[0]))
     for want, have in zip(stored, _arrays(entry.cache), strict=True):
         assert mx.array_equal(want, have).item()
+
+
+def test_a_prompt_being_prefilled_counts_as_running_with_its_tokens_left(loaded, prompts):
+    """A two-minute prefill read num_waiting 1, num_running 0: a dashboard showed nothing
+    running. It runs (vLLM's sense) and status says how much of its prompt is left."""
+    engine = make_engine(loaded, prefill_step_size=64)
+    long = prompts[4]  # "import os\\nimport sys\\n" x 30: past 64 tokens
+    engine.add_request(EngineRequest(RequestId("0"), tuple(long), greedy(4)))
+    engine.step()
+    stats = engine.stats()
+    assert stats["num_running"] == 1 and stats["num_waiting"] == 0
+    assert stats["num_prefilling"] == 1 and stats["prefill_tokens_left"] == len(long) - 64
+    while engine.has_work():
+        engine.step()
+    assert engine.stats()["num_prefilling"] == 0

@@ -604,3 +604,63 @@ def test_a_probe_that_ran_on_more_rows_is_not_faster_for_that():
     probe = spec.to_json()["last_probe"]["batch size 3-4"]
     assert (probe["spec_tok_s"], probe["plain_tok_s"]) == (3.0, 2.5)
     assert state.active and probe["slower_in_a_row"] == 0
+
+
+def test_a_seeded_reply_does_not_depend_on_speculation_or_its_batch(prompts):
+    """Each draw has the key of its output position, and a speculative step keeps a draft
+    only when it is the token the plain step would draw there: a seeded sampled reply is the
+    same with and without speculation (the governor's probes included) and alone or in a
+    batch. (The same request twice gave different text under MTP's default governor: its
+    probes changed how many draws a reply took.)"""
+    params = [SamplingParams(max_tokens=40, temperature=0.8, top_p=0.95, seed=s,
+                             ignore_eos=True) for s in (11, 12, 13)]  # fmt: skip
+
+    def replies(config, together=True):
+        engine, _ = build_engine(TRAINED, config, "m")
+        out = collections.defaultdict(list)
+        waves = [range(3)] if together else [[i] for i in range(3)]
+        for wave in waves:
+            for i in wave:
+                engine.add_request(EngineRequest(RequestId(str(i)), tuple(prompts[i]), params[i]))
+            while engine.has_work():
+                for event in engine.step():
+                    out[event.request_id].extend(event.token_ids)
+        return [out[str(i)] for i in range(3)], engine
+
+    plain, _ = replies(EngineConfig(), together=False)
+    assert replies(EngineConfig())[0] == plain
+    churn = {"speculation_probe_every": 3, "speculation_probe_steps": 1,
+             "speculation_adapt_k": True}  # fmt: skip
+    for method, k in (("mtp", 2), ("ngram", 3), ("mtp+ngram", 2)):
+        config = EngineConfig(speculation=method, num_speculative_tokens=k, **churn)
+        got, engine = replies(config)
+        assert got == plain, method
+        assert engine.runner.drafter.stats.drafts > 0, method
+
+
+def test_log_probabilities_under_speculation_are_the_models_own(prompts):
+    """A row with a limit (banned tokens here; the tool-call grammar alike) reported the
+    distribution after its mask under speculation (a banned token at -inf, which JSON cannot
+    carry: a 500) and the model's own in a plain step: both report the model's own now."""
+    ban = (5, 6, 7, 8)
+    params = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True, logprobs=3,
+                            banned_token_ids=ban)  # fmt: skip
+
+    def logprobs(config):
+        engine, _ = build_engine(TRAINED, config, "m")
+        engine.add_request(EngineRequest(RequestId("0"), tuple(prompts[0]), params))
+        out = []
+        while engine.has_work():
+            for event in engine.step():
+                out += event.logprobs
+        return out, engine
+
+    plain, _ = logprobs(EngineConfig())
+    spec, engine = logprobs(EngineConfig(speculation="mtp", num_speculative_tokens=2,
+                                         speculation_probe_every=10**9))  # fmt: skip
+    assert engine.runner.drafter.stats.accepted > 0
+    assert [t.token_id for t in spec] == [t.token_id for t in plain]
+    for a, b in zip(spec, plain, strict=True):
+        assert abs(a.logprob - b.logprob) < 1e-3
+        assert [t for t, _ in a.top] == [t for t, _ in b.top]
+        assert all(v > -1e9 for _, v in a.top)

@@ -13,7 +13,7 @@ from cluster.types import EngineRequest, RequestId, SamplingParams
 
 def scheduler(**config) -> Scheduler:
     cfg = EngineConfig(**config)
-    return Scheduler(cfg, PrefixCache(cfg.block_size, 0, 0), eos_ids={0}, max_model_len=64)
+    return Scheduler(cfg, PrefixCache(cfg.block_size, 0, b""), eos_ids={0}, max_model_len=64)
 
 
 def seq(name: str, prompt_len: int, max_tokens: int = 4) -> Sequence:
@@ -29,13 +29,34 @@ def test_prefill_chunks_fit_the_token_budget_and_the_slots():
     for x in (a, b, c):
         s.add(x)
     first = s.schedule()
-    assert [(x.request_id, n) for x, n in first.prefill] == [("a", 7), ("b", 3)]  # budget 10
+    assert [(x.request_id, n) for x, n in first.prefill] == [("a", 5), ("b", 5)]  # budget 10
     assert not first.decode
-    s.postprocess(first, {a: [5]})
+    s.postprocess(first, {})
     second = s.schedule()
-    # a runs now (decodes); b finishes its prompt; c waits: only one slot is left, b's.
-    assert [x.request_id for x in second.decode] == ["a"]
-    assert [(x.request_id, n) for x, n in second.prefill] == [("b", 4)]
+    assert [(x.request_id, n) for x, n in second.prefill] == [("a", 2), ("b", 2)]
+    s.postprocess(second, {a: [5], b: [6]})
+    third = s.schedule()
+    # a and b run now (decode); c waits: no slot is left.
+    assert [x.request_id for x in third.decode] == ["a", "b"] and not third.prefill
+
+
+def test_a_short_prompt_is_not_held_behind_a_long_ones_whole_prefill():
+    """Arrival order gave a long prompt the whole budget every step: a short request behind
+    it (another session's turn, an agent's title call) waited for all of it (74 s behind a
+    33K-token prompt). With others waiting a prompt takes half the budget; what they leave
+    goes back to it."""
+    s = scheduler(prefill_step_size=10, max_num_seqs=4)
+    s.max_model_len = 1000
+    long, short = seq("long", 100), seq("short", 3)
+    s.add(long)
+    first = s.schedule()
+    assert [(x.request_id, n) for x, n in first.prefill] == [("long", 10)]  # alone: all of it
+    s.postprocess(first, {})
+    s.add(short)
+    second = s.schedule()
+    assert [(x.request_id, n) for x, n in second.prefill] == [("long", 7), ("short", 3)]
+    s.postprocess(second, {short: [9]})
+    assert short in s.running and long.num_computed == 17
 
 
 def test_finish_by_eos_by_length_and_abort_free_the_slot():

@@ -243,6 +243,42 @@ def test_step_watchdog_bound_follows_recent_steps_with_a_floor():
     assert off.check() is None
 
 
+def test_a_long_prompt_chunk_is_weighed_by_its_work_not_the_recent_decode_steps():
+    """A session's next turn after 64 decode steps: its first chunk attends to the whole
+    earlier transcript and ran past a bound set by fast decode steps and the floor: the
+    replica was killed as hung and the session's cache lost."""
+    from types import SimpleNamespace
+
+    from cluster.engine.watchdog import StepWatchdog, prompt_work
+
+    now, fired = [0.0], []
+    dog = StepWatchdog(floor=20.0, on_hang=fired.append, clock=lambda: now[0])
+
+    def step(seconds: float, chunks=()) -> None:
+        dog.begin("engine step")
+        dog.work = prompt_work(chunks)
+        now[0] += seconds
+        dog.check()
+        dog.end()
+
+    turn = SimpleNamespace(num_computed=0)
+    for start in range(0, 8192, 2048):  # the first turn: 8K tokens, 2K a chunk, ~1 s each
+        turn.num_computed = start
+        step(1.0 + start / 8192, [(turn, 2048)])
+    for _ in range(100):  # its reply
+        step(0.05)
+    assert dog.bound == 20.0  # the decode steps alone
+    turn.num_computed = 40_000  # the next turn, after 40K tokens of transcript
+    work = prompt_work([(turn, 2048)])
+    assert work == 2048 * 42_048
+    dog.begin("engine step")
+    dog.work = work
+    assert dog.bound > 8 * 2 * 42_048 / 8192  # a step 2x the work per token at 5x context
+    now[0] += 25.0
+    assert dog.check() is None and not fired
+    dog.end()
+
+
 def test_an_idle_replica_that_answers_status_but_cannot_generate_leaves_ready():
     async def main():
         launcher = FakeLauncher()
