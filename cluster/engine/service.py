@@ -20,7 +20,7 @@ from .build import build_engine
 from .engine import Engine
 from .heap import HeapTrimmer
 from .lockstep import Channel, LeaderGone, StepMessage, tokens_digest
-from .watchdog import StepWatchdog, prompt_work
+from .watchdog import StepWatchdog, step_work
 
 log = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 5.0
@@ -159,9 +159,7 @@ class EngineService:
     def _run(self) -> None:
         if not self._load():
             return
-        self._engine.on_schedule = lambda schedule: setattr(
-            self.watchdog, "work", prompt_work(schedule.prefill)
-        )
+        self._engine.on_schedule = self._weigh
         self.watchdog.start()
         channel = Channel(self.group) if self.distributed else None
         self._channel = channel
@@ -223,6 +221,11 @@ class EngineService:
         message = self._take_commands(block)
         message.step, message.digest = self._engine.has_work(), digest
         return decide(self._engine, message) if message.step else message
+
+    def _weigh(self, schedule) -> None:
+        """Tell the watchdog what the step about to run computes."""
+        self.watchdog.work = step_work(schedule)
+        self.watchdog.prefills = bool(schedule.prefill)
 
     def _exchange(self, channel: Channel, message: StepMessage) -> None:
         started = time.perf_counter()

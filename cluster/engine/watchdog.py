@@ -18,9 +18,13 @@ class StepWatchdog:
         self.floor, self.on_hang, self.clock, self.poll = floor, on_hang, clock, poll
         self.recent: deque[float] = deque(maxlen=RECENT)
         self.rates: deque[float] = deque(maxlen=RECENT)
-        """Seconds per unit of prompt work of the recent steps that prefilled."""
+        """Seconds per unit of work of the recent steps that prefilled (or, before any did,
+        decoded: a first turn resumed from the disk tier after a restart has no other)."""
+        self.decode_rate = 0.0
         self.work = 0.0
-        """The prompt work of the step in progress (`prompt_work`), once it is scheduled."""
+        """The work of the step in progress (`step_work`), once it is scheduled."""
+        self.prefills = False
+        """Whether the step in progress prefills."""
         self.phase: str | None = None
         self.started = 0.0
         self.fired: str | None = None
@@ -28,22 +32,24 @@ class StepWatchdog:
 
     @property
     def bound(self) -> float:
-        """The floor, the slowest recent step, and for a step that prefills, its work at the
-        slowest rate recent prefills ran at (a chunk attends to all the context before it: a
-        session's next turn costs more per token than its last, and may come after more
-        than RECENT decode steps)."""
-        work = self.work * max(self.rates, default=0.0)
+        """The floor, the slowest recent step, and the step's work at the slowest rate recent
+        prefills ran at (a chunk attends to all the context before it: a session's next turn
+        costs more per token than its last, and may come after more than RECENT decode
+        steps)."""
+        work = self.work * max(self.rates, default=self.decode_rate)
         return max(self.floor, FACTOR * max(self.recent, default=0.0), FACTOR * work)
 
     def begin(self, phase: str) -> None:
-        self.started, self.phase, self.work = self.clock(), phase, 0.0
+        self.started, self.phase, self.work, self.prefills = self.clock(), phase, 0.0, False
 
     def end(self) -> None:
         took = self.clock() - self.started
         self.recent.append(took)
-        if self.work > 0:
+        if self.work > 0 and self.prefills:
             self.rates.append(took / self.work)
-        self.phase, self.work = None, 0.0
+        elif self.work > 0:
+            self.decode_rate = max(self.decode_rate, took / self.work)
+        self.phase, self.work, self.prefills = None, 0.0, False
 
     def progress(self) -> dict | None:
         """The phase in progress and how long it has run (read from another thread)."""
@@ -75,7 +81,9 @@ class StepWatchdog:
             self.check()
 
 
-def prompt_work(chunks) -> float:
-    """A step's prompt work: per chunk of n tokens after `start` computed ones, n x (start +
-    n), the keys its tokens attend to (DSA's indexer scores every one)."""
-    return float(sum(n * (seq.num_computed + n) for seq, n in chunks))
+def step_work(schedule) -> float:
+    """A step's work in token-keys: per prompt chunk of n tokens after `start` computed ones,
+    n x (start + n), the keys its tokens attend to (DSA's indexer scores every one); per
+    decoding row, its length."""
+    chunks = sum(n * (seq.num_computed + n) for seq, n in schedule.prefill)
+    return float(chunks + sum(len(seq.tokens) for seq in schedule.decode))

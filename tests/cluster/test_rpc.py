@@ -494,3 +494,22 @@ def test_a_second_leader_cannot_bind_a_running_leaders_port():
             await server.stop(0)
 
     assert asyncio.run(run()) == "refused"
+
+
+def test_the_leaders_watchdog_weighs_each_step_it_runs(service):
+    """The service tells its watchdog each step's work as the engine schedules it (a unit test
+    of the bound alone could not catch that wire missing)."""
+
+    async def scenario():
+        server, port, _ = await serve_grpc(service, "127.0.0.1", 0, {}, None)
+        client = GrpcEngineClient(f"127.0.0.1:{port}")
+        try:
+            sampling = SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True)
+            prompt = tuple(10 + i % 3000 for i in range(600))
+            _ = [e async for e in client.generate(EngineRequest(RequestId("w"), prompt, sampling))]
+        finally:
+            await client.close()
+            await server.stop(0)
+
+    asyncio.run(scenario())
+    assert service.watchdog.rates and service.watchdog.decode_rate > 0

@@ -249,19 +249,22 @@ def test_a_long_prompt_chunk_is_weighed_by_its_work_not_the_recent_decode_steps(
     replica was killed as hung and the session's cache lost."""
     from types import SimpleNamespace
 
-    from cluster.engine.watchdog import StepWatchdog, prompt_work
+    from cluster.engine.watchdog import StepWatchdog, step_work
 
     now, fired = [0.0], []
     dog = StepWatchdog(floor=20.0, on_hang=fired.append, clock=lambda: now[0])
 
+    def work(chunks=(), decode=()) -> float:
+        return step_work(SimpleNamespace(prefill=list(chunks), decode=list(decode)))
+
     def step(seconds: float, chunks=()) -> None:
         dog.begin("engine step")
-        dog.work = prompt_work(chunks)
+        dog.work, dog.prefills = work(chunks, [turn] if not chunks else []), bool(chunks)
         now[0] += seconds
         dog.check()
         dog.end()
 
-    turn = SimpleNamespace(num_computed=0)
+    turn = SimpleNamespace(num_computed=0, tokens=[1] * 8192)
     for start in range(0, 8192, 2048):  # the first turn: 8K tokens, 2K a chunk, ~1 s each
         turn.num_computed = start
         step(1.0 + start / 8192, [(turn, 2048)])
@@ -269,10 +272,9 @@ def test_a_long_prompt_chunk_is_weighed_by_its_work_not_the_recent_decode_steps(
         step(0.05)
     assert dog.bound == 20.0  # the decode steps alone
     turn.num_computed = 40_000  # the next turn, after 40K tokens of transcript
-    work = prompt_work([(turn, 2048)])
-    assert work == 2048 * 42_048
+    assert work([(turn, 2048)]) == 2048 * 42_048
     dog.begin("engine step")
-    dog.work = work
+    dog.work, dog.prefills = work([(turn, 2048)]), True
     assert dog.bound > 8 * 2 * 42_048 / 8192  # a step 2x the work per token at 5x context
     now[0] += 25.0
     assert dog.check() is None and not fired
