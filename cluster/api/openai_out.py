@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -40,7 +41,7 @@ class Collected:
 def finite(logprob: float) -> float:
     """A log-probability JSON can carry: OpenAI's -9999.0 for an impossible token (-inf is
     not JSON; it failed a whole reply with a 500)."""
-    return max(logprob, -9999.0)
+    return logprob if math.isfinite(logprob) else -9999.0
 
 
 def usage(last: Output) -> dict:

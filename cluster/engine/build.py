@@ -147,16 +147,18 @@ def disk_tier(path, config: EngineConfig, group=None, adapt=None, caches: int | 
     tier = None
     agree = group_min(group) if group is not None and group.size() > 1 else None
     if not why:  # the same on every rank (one config): the ranks below call agree alike
-        parent = Path(config.prefix_cache_disk_dir)
+        parent, lock = Path(config.prefix_cache_disk_dir), None
         layout = f"block_size={config.block_size};caches={caches}"
-        name = fingerprint(Path(path), layout, parent, tuple(map(Path, drafter_weights)))
         try:
-            lock = claim(parent, name)
-            tier = DiskTier(parent / name, config.prefix_cache_disk_bytes, config.block_size,
-                            None, adapt, caches)  # fmt: skip
+            name = fingerprint(Path(path), layout, parent, tuple(map(Path, drafter_weights)))
+            lock, others = claim(parent, name, config.prefix_cache_disk_bytes)
+            room = max(0, config.prefix_cache_disk_bytes - others)
+            tier = DiskTier(parent / name, room, config.block_size, None, adapt, caches)
             tier.lock = lock
-        except TierUnusable as e:
-            why = f"off: {e}"
+        except Exception as e:  # any rank's failure: every rank still agrees below
+            why = f"off: {e}" if isinstance(e, TierUnusable) else f"off: {type(e).__name__}: {e}"
+            if lock is not None:
+                lock.close()
         if agree is not None and not agree(int(tier is not None)) and tier is not None:
             why = "off: another rank of the replica could not open its own"
     if why:

@@ -241,13 +241,16 @@ class DiskTier:
                 tmp.parent.mkdir(exist_ok=True)  # removed under a running server
                 save_prompt_cache(str(tmp), w.cache, meta)
                 seal(tmp)
+                size = tmp.stat().st_size
                 os.replace(tmp, path)
-                sync_dir(self.root)
-                self._done.put((name, path.stat().st_size))
             except Exception as e:  # a full or read-only disk: no spill, said
                 with contextlib.suppress(OSError):
                     tmp.unlink(missing_ok=True)
                 self._done.put((name, e))
+            else:  # whole and in place (the directory's own flush is best effort)
+                with contextlib.suppress(OSError):
+                    sync_dir(self.root)
+                self._done.put((name, size))
             finally:
                 self._todo.task_done()
         self._todo.task_done()

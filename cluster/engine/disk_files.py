@@ -102,16 +102,27 @@ def weights_digest(h, path: Path, exclude: Path | None = None) -> None:
     path = Path(path)
     files = [path] if path.is_file() else sorted(path.rglob("*.safetensors"))
     for f in files:
-        if exclude is not None and f.resolve().is_relative_to(exclude.resolve()):
-            continue  # the tier's own files, when its directory is inside the checkpoint's
-        with open(f, "rb") as fh:
-            n, header = _header(fh)
-            h.update(f"{f.name}:{f.stat().st_size}:".encode() + json.dumps(header).encode())
-            for name in sorted(k for k in header if k != "__metadata__"):
-                start, end = header[name]["data_offsets"]
-                for at in {start, (start + end) // 2, max(start, end - SAMPLE)}:
-                    fh.seek(8 + n + at)
-                    h.update(fh.read(min(SAMPLE, end - at)))
+        if _in_a_tier(f, path, exclude):
+            continue  # a disk tier's files, when its directory is inside the checkpoint's
+        try:
+            with open(f, "rb") as fh:
+                n, header = _header(fh)
+                h.update(f"{f.name}:{f.stat().st_size}:".encode() + json.dumps(header).encode())
+                for name in sorted(k for k in header if k != "__metadata__"):
+                    start, end = header[name]["data_offsets"]
+                    for at in {start, (start + end) // 2, max(start, end - SAMPLE)}:
+                        fh.seek(8 + n + at)
+                        h.update(fh.read(min(SAMPLE, end - at)))
+        except (OSError, ValueError, KeyError, TypeError, struct.error) as e:
+            h.update(f"{f.name}:unreadable".encode())  # the model's load says what is wrong
+            log.debug("fingerprint: %s unreadable (%s)", f, e)
+
+
+def _in_a_tier(f: Path, model: Path, exclude: Path | None) -> bool:
+    """Whether f lies in a disk tier's directory (one holding a lock file) under model."""
+    if exclude is not None and f.resolve().is_relative_to(exclude.resolve()):
+        return True
+    return any((d / LOCK).exists() for d in f.parents if d.is_relative_to(model) and d != model)
 
 
 def fingerprint(model: Path, layout: str, exclude: Path | None = None,
@@ -128,10 +139,12 @@ def fingerprint(model: Path, layout: str, exclude: Path | None = None,
     return h.hexdigest()
 
 
-def claim(parent: Path, keep: str):
-    """Lock a rank's tier directory for this server (the open lock file, held while serving)
-    and remove the directories of other fingerprints in it (files no later start reads: other
-    weights or settings), logged. TierUnusable when it cannot be written or is in use."""
+def claim(parent: Path, keep: str, capacity: int):
+    """Lock a rank's tier directory for this server; returns (the open lock file, held while
+    serving; the bytes other fingerprints' directories keep). Those directories (other
+    weights, or settings that may come back: speculation on or off, a block size) stay while
+    they fit in half the capacity, the oldest removed first, logged; the tier itself gets the
+    rest. TierUnusable when the directory cannot be written or is in use."""
     try:
         parent.mkdir(parents=True, exist_ok=True)
         lock = open(parent / LOCK, "a+b")  # noqa: SIM115 (held open while serving)
@@ -142,10 +155,15 @@ def claim(parent: Path, keep: str):
     except OSError as e:
         lock.close()
         raise TierUnusable(f"{parent} is in use by another server") from e
-    for other in parent.iterdir():
-        if other.is_dir() and other.name != keep and FINGERPRINT.fullmatch(other.name):
-            size = sum(p.stat().st_size for p in other.rglob("*") if p.is_file())
-            shutil.rmtree(other, ignore_errors=True)
-            log.info("prefix cache disk tier: removed %s (%.1f MB of KV written for other "
-                     "weights or settings)", other.name, size / 1e6)  # fmt: skip
-    return lock
+    others = [d for d in parent.iterdir()
+              if d.is_dir() and d.name != keep and FINGERPRINT.fullmatch(d.name)]  # fmt: skip
+    sizes = {d: sum(p.stat().st_size for p in d.rglob("*") if p.is_file()) for d in others}
+    kept = sum(sizes.values())
+    for d in sorted(others, key=lambda d: d.stat().st_mtime):
+        if kept <= capacity // 2:
+            break
+        shutil.rmtree(d, ignore_errors=True)
+        kept -= sizes[d]
+        log.info("prefix cache disk tier: removed %s (%.1f MB of KV written for other weights "
+                 "or settings, the oldest past half the tier)", d.name, sizes[d] / 1e6)  # fmt: skip
+    return lock, kept

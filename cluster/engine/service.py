@@ -224,8 +224,7 @@ class EngineService:
 
     def _weigh(self, schedule) -> None:
         """Tell the watchdog what the step about to run computes."""
-        self.watchdog.work = step_work(schedule)
-        self.watchdog.prefills = bool(schedule.prefill)
+        self.watchdog.work, self.watchdog.tokens = step_work(schedule.prefill)
 
     def _exchange(self, channel: Channel, message: StepMessage) -> None:
         started = time.perf_counter()
@@ -394,7 +393,13 @@ def run_follower(model_path, config: EngineConfig, model_id: str, group) -> None
             engine.add_request(request_from_json(data))
         for request_id in message.aborts:
             engine.abort(RequestId(request_id))
-        if message.stop:
+        if message.stop:  # as the leader does: files being written get finished
+            try:
+                if (disk := engine.cache.disk) is not None:
+                    engine.cache.persist()
+                    disk.close()
+            except Exception:
+                log.exception("the disk tier could not be closed cleanly")
             return
         if message.step:
             digest = tokens_digest(follow_step(engine, message))

@@ -9,6 +9,11 @@ from collections.abc import Callable
 
 RECENT = 64  # steps remembered
 FACTOR = 8.0  # a step may take this many times the slowest recent one
+MIN_CHUNK = 256
+"""Prompt tokens a step must compute for its time to give a rate (a few tokens' step is its
+fixed cost: divided by their tiny work, it made the bound hours long)."""
+MAX_WORK_BOUND = 600.0
+"""The most seconds the work-weighed bound grants a step (a hang mid-prefill is still one)."""
 
 
 class StepWatchdog:
@@ -18,13 +23,11 @@ class StepWatchdog:
         self.floor, self.on_hang, self.clock, self.poll = floor, on_hang, clock, poll
         self.recent: deque[float] = deque(maxlen=RECENT)
         self.rates: deque[float] = deque(maxlen=RECENT)
-        """Seconds per unit of work of the recent steps that prefilled (or, before any did,
-        decoded: a first turn resumed from the disk tier after a restart has no other)."""
-        self.decode_rate = 0.0
+        """Seconds per unit of work of the recent steps that prefilled MIN_CHUNK tokens."""
         self.work = 0.0
-        """The work of the step in progress (`step_work`), once it is scheduled."""
-        self.prefills = False
-        """Whether the step in progress prefills."""
+        """The prompt work of the step in progress (`step_work`), once it is scheduled."""
+        self.tokens = 0
+        """The prompt tokens the step in progress computes."""
         self.phase: str | None = None
         self.started = 0.0
         self.fired: str | None = None
@@ -36,20 +39,18 @@ class StepWatchdog:
         prefills ran at (a chunk attends to all the context before it: a session's next turn
         costs more per token than its last, and may come after more than RECENT decode
         steps)."""
-        work = self.work * max(self.rates, default=self.decode_rate)
-        return max(self.floor, FACTOR * max(self.recent, default=0.0), FACTOR * work)
+        work = min(MAX_WORK_BOUND, FACTOR * self.work * max(self.rates, default=0.0))
+        return max(self.floor, FACTOR * max(self.recent, default=0.0), work)
 
     def begin(self, phase: str) -> None:
-        self.started, self.phase, self.work, self.prefills = self.clock(), phase, 0.0, False
+        self.started, self.phase, self.work, self.tokens = self.clock(), phase, 0.0, 0
 
     def end(self) -> None:
         took = self.clock() - self.started
         self.recent.append(took)
-        if self.work > 0 and self.prefills:
+        if self.tokens >= MIN_CHUNK:
             self.rates.append(took / self.work)
-        elif self.work > 0:
-            self.decode_rate = max(self.decode_rate, took / self.work)
-        self.phase, self.work, self.prefills = None, 0.0, False
+        self.phase, self.work, self.tokens = None, 0.0, 0
 
     def progress(self) -> dict | None:
         """The phase in progress and how long it has run (read from another thread)."""
@@ -81,9 +82,8 @@ class StepWatchdog:
             self.check()
 
 
-def step_work(schedule) -> float:
-    """A step's work in token-keys: per prompt chunk of n tokens after `start` computed ones,
-    n x (start + n), the keys its tokens attend to (DSA's indexer scores every one); per
-    decoding row, its length."""
-    chunks = sum(n * (seq.num_computed + n) for seq, n in schedule.prefill)
-    return float(chunks + sum(len(seq.tokens) for seq in schedule.decode))
+def step_work(chunks) -> tuple[float, int]:
+    """A step's prompt work and tokens: per chunk of n tokens after `start` computed ones,
+    n x (start + n), the keys its tokens attend to (DSA's indexer scores every one)."""
+    work = sum(n * (seq.num_computed + n) for seq, n in chunks)
+    return float(work), sum(n for _, n in chunks)

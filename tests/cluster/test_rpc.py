@@ -512,4 +512,4 @@ def test_the_leaders_watchdog_weighs_each_step_it_runs(service):
             await server.stop(0)
 
     asyncio.run(scenario())
-    assert service.watchdog.rates and service.watchdog.decode_rate > 0
+    assert service.watchdog.rates  # a 600-token prompt: its chunk's rate

@@ -3,6 +3,7 @@ lookup (equal to what was stored), survive a restart (a new cache on the same di
 are bounded by bytes, and a corrupt or truncated file is a miss with a log line."""
 
 import logging
+import os
 
 import mlx.core as mx
 import pytest
@@ -408,21 +409,31 @@ def test_a_directory_that_cannot_be_written_is_refused_at_start(tmp_path):
         DiskTier(tmp_path / "file" / "tier", 1 << 30, BLOCK)
 
 
-def test_one_server_per_directory_and_other_fingerprints_removed(tmp_path, caplog):
+def test_one_server_per_directory_and_other_fingerprints_kept_within_half(tmp_path, caplog):
+    """Other fingerprints' directories (settings toggled: speculation, block size) stay while
+    they fit in half the tier, oldest removed first; they were never bounded, and removing
+    them all wiped a tier at each toggle."""
     from cluster.engine.disk_files import TierUnusable, claim
 
-    old = tmp_path / "0123456789abcdef"
-    old.mkdir()
-    (old / "x.safetensors").write_bytes(b"1" * 1000)
+    def fingerprint_dir(name: str, size: int):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "x.safetensors").write_bytes(b"1" * size)
+        return d
+
+    old, new = fingerprint_dir("0123456789abcdef", 1000), fingerprint_dir("1111111111111111", 800)
+    os.utime(old, (1, 1))  # the older one
     (tmp_path / "notes").mkdir()  # not a fingerprint: left alone
-    with caplog.at_level(logging.INFO):
-        lock = claim(tmp_path, "fedcba9876543210")
-    assert not old.exists() and (tmp_path / "notes").exists()
-    assert "other weights or settings" in caplog.text
+    lock, kept = claim(tmp_path, "fedcba9876543210", 4000)  # both fit in half of it
+    assert old.exists() and new.exists() and kept == 1800
     with pytest.raises(TierUnusable, match="in use by another server"):
-        claim(tmp_path, "fedcba9876543210")
+        claim(tmp_path, "fedcba9876543210", 4000)
     lock.close()
-    claim(tmp_path, "fedcba9876543210").close()
+    with caplog.at_level(logging.INFO):
+        lock, kept = claim(tmp_path, "fedcba9876543210", 2000)  # half is 1,000: the oldest goes
+    assert not old.exists() and new.exists() and kept == 800
+    assert (tmp_path / "notes").exists() and "other weights or settings" in caplog.text
+    lock.close()
 
 
 def test_the_fingerprint_sees_weights_change_under_the_same_shapes(tmp_path):
@@ -445,4 +456,9 @@ def test_the_fingerprint_sees_weights_change_under_the_same_shapes(tmp_path):
     inside.mkdir()
     before = fingerprint(one, "l", inside)
     mx.save_safetensors(str(inside / "entry.safetensors"), {"k": mx.ones((4,))})
+    assert fingerprint(one, "l", inside) == before
+    sibling = one / "kv" / "r1" / "rank-0"  # another replica's tier there, mid-write
+    (sibling / "partial").mkdir(parents=True)
+    (sibling / ".lock").touch()
+    (sibling / "partial" / "half.safetensors").write_bytes(b"\x10\x00")
     assert fingerprint(one, "l", inside) == before

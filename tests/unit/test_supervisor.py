@@ -246,25 +246,27 @@ def test_step_watchdog_bound_follows_recent_steps_with_a_floor():
 def test_a_long_prompt_chunk_is_weighed_by_its_work_not_the_recent_decode_steps():
     """A session's next turn after 64 decode steps: its first chunk attends to the whole
     earlier transcript and ran past a bound set by fast decode steps and the floor: the
-    replica was killed as hung and the session's cache lost."""
+    replica was killed as hung and the session's cache lost. A few tokens' prefill gives no
+    rate (its fixed cost over its tiny work made the bound hours long), and the bound the
+    work grants is capped."""
     from types import SimpleNamespace
 
-    from cluster.engine.watchdog import StepWatchdog, step_work
+    from cluster.engine.watchdog import MAX_WORK_BOUND, StepWatchdog, step_work
 
     now, fired = [0.0], []
     dog = StepWatchdog(floor=20.0, on_hang=fired.append, clock=lambda: now[0])
-
-    def work(chunks=(), decode=()) -> float:
-        return step_work(SimpleNamespace(prefill=list(chunks), decode=list(decode)))
+    turn = SimpleNamespace(num_computed=0)
 
     def step(seconds: float, chunks=()) -> None:
         dog.begin("engine step")
-        dog.work, dog.prefills = work(chunks, [turn] if not chunks else []), bool(chunks)
+        dog.work, dog.tokens = step_work(chunks)
         now[0] += seconds
         dog.check()
         dog.end()
 
-    turn = SimpleNamespace(num_computed=0, tokens=[1] * 8192)
+    tiny = SimpleNamespace(num_computed=0)
+    step(0.5, [(tiny, 20)])  # a 20-token prompt: its step is its fixed cost
+    assert not dog.rates
     for start in range(0, 8192, 2048):  # the first turn: 8K tokens, 2K a chunk, ~1 s each
         turn.num_computed = start
         step(1.0 + start / 8192, [(turn, 2048)])
@@ -272,10 +274,10 @@ def test_a_long_prompt_chunk_is_weighed_by_its_work_not_the_recent_decode_steps(
         step(0.05)
     assert dog.bound == 20.0  # the decode steps alone
     turn.num_computed = 40_000  # the next turn, after 40K tokens of transcript
-    assert work([(turn, 2048)]) == 2048 * 42_048
+    assert step_work([(turn, 2048)]) == (2048 * 42_048, 2048)
     dog.begin("engine step")
-    dog.work, dog.prefills = work([(turn, 2048)]), True
-    assert dog.bound > 8 * 2 * 42_048 / 8192  # a step 2x the work per token at 5x context
+    dog.work, dog.tokens = step_work([(turn, 2048)])
+    assert 8 * 2 * 42_048 / 8192 < dog.bound <= MAX_WORK_BOUND
     now[0] += 25.0
     assert dog.check() is None and not fired
     dog.end()
