@@ -83,10 +83,7 @@ class Scheduler:
         batch = [len(s.tokens) + self.lookahead for s in self.running]
         prefilling: list[int] = []
         candidates = list(self.waiting)[:slots]
-        # With others waiting, a prompt takes half the budget at most, so a short one behind
-        # a long one gets its first token now, not after the long one's whole prefill.
-        cap = budget if len(candidates) < 2 else max(1, budget // 2)
-        for seq in candidates:
+        for i, seq in enumerate(candidates):
             if budget <= 0:
                 break
             # Admitted, it will hold its prompt while it prefills, then a batch row.
@@ -99,7 +96,10 @@ class Scheduler:
                 seq.admitted = True
                 seq.scheduled_at = seq.scheduled_at or time.monotonic()
                 self._reuse_prefix(seq)
-            n = min(seq.prefill_target - seq.num_computed, budget, cap)
+            # With others behind it a prompt takes half of what is left at most, so a short
+            # one behind long ones gets its first token now, not after their whole prefills.
+            cap = budget if i == len(candidates) - 1 else max(1, budget // 2)
+            n = min(seq.prefill_target - seq.num_computed, cap)
             schedule.prefill.append((seq, n))
             budget -= n
         for i, (seq, n) in enumerate(schedule.prefill):  # what the others left, in order

@@ -13,7 +13,11 @@ MIN_CHUNK = 256
 """Prompt tokens a step must compute for its time to give a rate (a few tokens' step is its
 fixed cost: divided by their tiny work, it made the bound hours long)."""
 MAX_WORK_BOUND = 600.0
-"""The most seconds the work-weighed bound grants a step (a hang mid-prefill is still one)."""
+"""The most seconds the work-weighed bound grants a step (a hang mid-prefill is still one),
+and what it grants a large prefill before any gave a rate (a restarted replica's first step
+may be a session's next turn over its transcript read back from the disk tier)."""
+PER_TOKEN_KEYS = 4096
+"""A prompt token's own cost (its MLP, projections) counted as this many keys attended."""
 
 
 class StepWatchdog:
@@ -39,7 +43,10 @@ class StepWatchdog:
         prefills ran at (a chunk attends to all the context before it: a session's next turn
         costs more per token than its last, and may come after more than RECENT decode
         steps)."""
-        work = min(MAX_WORK_BOUND, FACTOR * self.work * max(self.rates, default=0.0))
+        if self.rates:
+            work = min(MAX_WORK_BOUND, FACTOR * self.work * max(self.rates))
+        else:
+            work = MAX_WORK_BOUND if self.tokens >= MIN_CHUNK else 0.0
         return max(self.floor, FACTOR * max(self.recent, default=0.0), work)
 
     def begin(self, phase: str) -> None:
@@ -84,6 +91,7 @@ class StepWatchdog:
 
 def step_work(chunks) -> tuple[float, int]:
     """A step's prompt work and tokens: per chunk of n tokens after `start` computed ones,
-    n x (start + n), the keys its tokens attend to (DSA's indexer scores every one)."""
-    work = sum(n * (seq.num_computed + n) for seq, n in chunks)
+    n x (start + n + PER_TOKEN_KEYS), the keys its tokens attend to (DSA's indexer scores
+    every one) and their own cost."""
+    work = sum(n * (seq.num_computed + n + PER_TOKEN_KEYS) for seq, n in chunks)
     return float(work), sum(n for _, n in chunks)

@@ -57,6 +57,13 @@ def test_a_short_prompt_is_not_held_behind_a_long_ones_whole_prefill():
     assert [(x.request_id, n) for x, n in second.prefill] == [("long", 7), ("short", 3)]
     s.postprocess(second, {short: [9]})
     assert short in s.running and long.num_computed == 17
+    # Behind two long prompts (each took half the budget: the third got none, 40 s here).
+    other, late = seq("other", 100), seq("late", 2)
+    s.add(other)
+    s.add(late)
+    third = s.schedule()
+    assert [(x.request_id, n) for x, n in third.prefill] == [
+        ("long", 6), ("other", 2), ("late", 2)]  # fmt: skip
 
 
 def test_finish_by_eos_by_length_and_abort_free_the_slot():

@@ -255,7 +255,14 @@ def test_a_long_prompt_chunk_is_weighed_by_its_work_not_the_recent_decode_steps(
 
     now, fired = [0.0], []
     dog = StepWatchdog(floor=20.0, on_hang=fired.append, clock=lambda: now[0])
-    turn = SimpleNamespace(num_computed=0)
+    turn = SimpleNamespace(num_computed=20_000)
+    dog.begin("engine step")  # a restarted replica's first step: a turn read back from disk
+    dog.work, dog.tokens = step_work([(turn, 8192)])
+    assert dog.bound == MAX_WORK_BOUND
+    now[0] += 21.0
+    assert dog.check() is None
+    dog.end()
+    dog.rates.clear()
 
     def step(seconds: float, chunks=()) -> None:
         dog.begin("engine step")
@@ -274,10 +281,10 @@ def test_a_long_prompt_chunk_is_weighed_by_its_work_not_the_recent_decode_steps(
         step(0.05)
     assert dog.bound == 20.0  # the decode steps alone
     turn.num_computed = 40_000  # the next turn, after 40K tokens of transcript
-    assert step_work([(turn, 2048)]) == (2048 * 42_048, 2048)
+    assert step_work([(turn, 2048)]) == (2048 * (42_048 + 4096), 2048)
     dog.begin("engine step")
     dog.work, dog.tokens = step_work([(turn, 2048)])
-    assert 8 * 2 * 42_048 / 8192 < dog.bound <= MAX_WORK_BOUND
+    assert 50 < dog.bound < MAX_WORK_BOUND  # 8 x ~7.5 s: the first chunk at 7.5x its work
     now[0] += 25.0
     assert dog.check() is None and not fired
     dog.end()
