@@ -1,11 +1,10 @@
 """Runs an Engine in its own thread; other threads talk to it through a queue only.
 
 In a tensor-parallel replica the leader's loop also sends each step's work to the followers,
-which run `run_follower` and take exactly the same steps.
+which run `follower.run_follower` and take exactly the same steps.
 """
 
 import logging
-import os
 import queue
 import threading
 import time
@@ -15,11 +14,11 @@ from pathlib import Path
 
 from ..config import EngineConfig
 from ..types import EngineRequest, ModelInfo, RequestId, TokenEvent
-from ..wire import request_from_json, request_to_json
+from ..wire import request_to_json
 from .build import build_engine
 from .engine import Engine
 from .heap import HeapTrimmer
-from .lockstep import Channel, LeaderGone, StepMessage, tokens_digest
+from .lockstep import Channel, StepMessage, tokens_digest
 from .watchdog import StepWatchdog, step_work
 
 log = logging.getLogger(__name__)
@@ -340,12 +339,6 @@ class EngineService:
             sink(event)
 
 
-def _leader_lost(reason: str) -> None:
-    log.error("follower: the leader stopped sending (%s); exiting", reason)
-    logging.shutdown()
-    os._exit(3)
-
-
 def decide(engine: Engine, message: StepMessage) -> StepMessage:
     """The leader's decisions for a step, in its message: the draft length, when a step may be
     queued ahead, and the speculation state (followers take all three, `follow_step`)."""
@@ -353,53 +346,3 @@ def decide(engine: Engine, message: StepMessage) -> StepMessage:
     message.queue_at = engine.want_queue_ahead()
     message.speculation = engine.spec.state.shared()
     return message
-
-
-def follow_step(engine: Engine, message: StepMessage) -> list[TokenEvent]:
-    """A follower's step: the one its leader decided (`decide`), not its own measurements'."""
-    engine.spec.state.follow(message.speculation)
-    engine.spec.state.flush()
-    return engine.step(message.speculate, message.queue_at)
-
-
-def run_follower(model_path, config: EngineConfig, model_id: str, group) -> None:
-    """A follower rank: receive each step's work from the leader and take the same step."""
-    engine, _ = build_engine(model_path, config, model_id, group)
-    engine.spec.following = True
-    channel = Channel(group)
-    heap = HeapTrimmer(config.heap_trim_seconds)
-    # The leader sends at least a heartbeat every HEARTBEAT_SECONDS: a follower left waiting
-    # far longer has lost its leader (stopped, or its node gone) and exits, so nothing hangs.
-    floor = max(30.0, 2 * config.step_timeout) if config.step_timeout else 0.0
-    watchdog = StepWatchdog(floor, _leader_lost)
-    watchdog.start()
-    digest = ""
-    while True:
-        watchdog.begin("waiting for the leader's next step")
-        try:
-            message = channel.exchange(None)
-        except LeaderGone as e:
-            _leader_lost(str(e))
-        watchdog.end()
-        heap.maybe_trim(idle=not message.step)
-        if not message.step:  # idle, as the leader is: write what a restart would lose
-            engine.cache.persist()
-            engine.spec.state.flush(idle=True)
-        if message.digest != digest:
-            raise RuntimeError(
-                f"rank {group.rank()} diverged from the leader: sampled tokens differ"
-            )
-        for data in message.adds:
-            engine.add_request(request_from_json(data))
-        for request_id in message.aborts:
-            engine.abort(RequestId(request_id))
-        if message.stop:  # as the leader does: files being written get finished
-            try:
-                if (disk := engine.cache.disk) is not None:
-                    engine.cache.persist()
-                    disk.close()
-            except Exception:
-                log.exception("the disk tier could not be closed cleanly")
-            return
-        if message.step:
-            digest = tokens_digest(follow_step(engine, message))

@@ -153,7 +153,7 @@ def run_rank(opts: RankOptions, engine: EngineConfig) -> int:
     if fault.startswith("load_delay="):  # tests: a load that takes this long (GLM-5's minutes)
         time.sleep(float(fault.removeprefix("load_delay=")))
     if opts.rank != 0:
-        from ..engine.service import run_follower
+        from ..engine.follower import run_follower
 
         signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
         run_follower(opts.model, engine, opts.model_id, group)

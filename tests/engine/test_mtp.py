@@ -503,8 +503,9 @@ def test_a_follower_queues_ahead_when_the_leader_says_not_when_it_measures(promp
     does (the queued step's collectives must pair up), yet each rank times its own steps: the
     step message the leader fills (`decide`) rules the follower's step (`follow_step`), not
     the follower's own measurements or its own --queue-ahead."""
+    from cluster.engine.follower import follow_step
     from cluster.engine.lockstep import StepMessage
-    from cluster.engine.service import decide, follow_step
+    from cluster.engine.service import decide
 
     config = EngineConfig(speculation="mtp", num_speculative_tokens=2)
     leader, _ = build_engine(TRAINED, replace(config, queue_ahead="always"), "glm-5-fixture")
