@@ -61,6 +61,7 @@ OVERVIEW = [
         [
             (f"sum(cluster:num_requests_running{{{SEL}}})", "running"),
             (f"sum(cluster:num_requests_waiting{{{SEL}}})", "waiting"),
+            (f"sum(cluster:num_requests_prefilling{{{SEL}}})", "prefilling"),
             (f"sum(cluster:num_requests_in_flight{{{SEL}}})", "in flight"),
         ],
     ),

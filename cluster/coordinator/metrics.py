@@ -140,6 +140,9 @@ class ClusterCollector:
         running = gauge("num_requests_running", "Sequences decoding or prefilling.", ["replica"])
         waiting = gauge("num_requests_waiting", "Sequences waiting for a slot or KV room.",
                         ["replica"])  # fmt: skip
+        prefilling = gauge("num_requests_prefilling", "Of the running, prompts being prefilled.",
+                           ["replica"])  # fmt: skip
+        prefill_left = gauge("prefill_tokens_left", "Prompt tokens still to prefill.", ["replica"])
         in_flight = gauge(
             "num_requests_in_flight", "Requests routed and not finished.", ["replica"]
         )
@@ -233,6 +236,8 @@ class ClusterCollector:
             s = r.stats or {}
             running.add_metric([name, r.name], s.get("num_running", 0))
             waiting.add_metric([name, r.name], s.get("num_waiting", 0))
+            prefilling.add_metric([name, r.name], s.get("num_prefilling", 0))
+            prefill_left.add_metric([name, r.name], s.get("prefill_tokens_left", 0))
             cache = s.get("prefix_cache", {})
             budget = s.get("kv") or {}
             used = budget.get("used_bytes", cache.get("bytes", 0) + s.get("batch_kv_bytes", 0))
@@ -277,9 +282,9 @@ class ClusterCollector:
             if s.get("model_bytes") and r.ranks:
                 leader = r.ranks[0]
                 model_bytes.add_metric([name, r.name, leader["node"], "0"], s["model_bytes"])
-        yield from (up, info, restarts, running, waiting, in_flight, kv, kv_budget, preemptions,
-                    cache_perc, tier_hits, disk_bytes, step, exchange, sleeping,
-                    rank_up, rank_mem, model_bytes, trims, trim_seconds, spec_active,
+        yield from (up, info, restarts, running, waiting, prefilling, prefill_left, in_flight,
+                    kv, kv_budget, preemptions, cache_perc, tier_hits, disk_bytes, step, exchange,
+                    sleeping, rank_up, rank_mem, model_bytes, trims, trim_seconds, spec_active,
                     spec_k, spec_fallbacks, per_pos,
                     *spec_counters.values())  # fmt: skip
 
