@@ -123,14 +123,15 @@ class Scheduler:
 
     def _make_room(self) -> list[Sequence]:
         """Preempt, youngest first, until the admitted sequences' next step fits the budget;
-        the oldest running sequence always keeps going (its length was checked to fit)."""
+        the oldest running sequence, or a prompt alone, always keeps going (a lone prompt
+        past a tiny budget was preempted and admitted again at every step, forever)."""
         preempted: list[Sequence] = []
         while True:
             if self.kv.fits(*self._booked()):
                 return preempted
             admitted = [s for s in self.waiting if s.admitted]
-            if admitted:  # a prompt being prefilled starts over, keeping its place
-                seq = admitted[-1]
+            if admitted and (len(admitted) > 1 or self.running):  # one alone always runs
+                seq = admitted[-1]  # a prompt being prefilled starts over, keeping its place
             elif len(self.running) > 1:  # a running one waits first in line
                 seq = self.running.pop()
                 self.waiting.appendleft(seq)

@@ -81,3 +81,19 @@ def test_a_finished_transcript_is_judged_by_the_room_its_release_leaves(prompts)
     lengths = sorted(len(e.tokens) for e in engine.cache.entries.values())
     want = (len(prompts[0]) + 449) // 16 * 16
     assert want in lengths, lengths
+
+
+def test_a_prompt_alone_past_a_tiny_budget_runs_rather_than_preempting_itself():
+    """A lone prompt larger than the budget was preempted at every step and admitted again,
+    forever (the client timed out; 126 preemptions in 120 s): a sequence alone always runs."""
+    engine, _ = build_engine(TRAINED, EngineConfig(kv_cache_bytes=1_500_000), "m")
+    prompt = tuple(10 + i % 3000 for i in range(3000))
+    params = SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True)
+    engine.add_request(EngineRequest(RequestId("big"), prompt, params))
+    out = []
+    for _ in range(40):
+        if not engine.has_work():
+            break
+        for event in engine.step():
+            out += event.token_ids
+    assert len(out) == 4 and engine.kv.preemptions == 0
