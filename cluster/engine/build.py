@@ -153,7 +153,7 @@ def disk_tier(path, config: EngineConfig, group=None, adapt=None, caches: int | 
             name = fingerprint(Path(path), layout, parent, tuple(map(Path, drafter_weights)))
             lock, others = claim(parent, name, config.prefix_cache_disk_bytes)
             room = max(0, config.prefix_cache_disk_bytes - others)
-            tier = DiskTier(parent / name, room, config.block_size, None, adapt, caches)
+            tier = DiskTier(parent / name, room, config.block_size, agree, adapt, caches)
             tier.lock = lock
         except Exception as e:  # any rank's failure: every rank still agrees below
             why = f"off: {e}" if isinstance(e, TierUnusable) else f"off: {type(e).__name__}: {e}"
@@ -166,7 +166,6 @@ def disk_tier(path, config: EngineConfig, group=None, adapt=None, caches: int | 
             tier.close()
         log.warning("prefix cache disk tier %s", why)
         return None, why
-    tier.agree = agree or tier.agree
     return tier, None
 
 

@@ -236,7 +236,7 @@ class DiskTier:
             path, tmp = self.root / name, self.root / PARTIAL / name
             meta = {"tokens": encode(w.tokens), "hashes": encode(w.hashes),
                     "block_size": str(self.block_size), "fixed": str(w.fixed),
-                    "crc32": CRC_PENDING.decode().strip('"')}  # fmt: skip
+                    "crc32": CRC_PENDING}  # fmt: skip
             try:
                 tmp.parent.mkdir(exist_ok=True)  # removed under a running server
                 save_prompt_cache(str(tmp), w.cache, meta)
@@ -333,7 +333,7 @@ class DiskTier:
             return w.tokens, w.hashes, w.cache
         path = self.root / name
         try:
-            verify_file(path, read_header(path)[0]["crc32"])
+            verify_file(path)
             cache, meta = load_prompt_cache(str(path), return_metadata=True)
             tokens, hashes = decode("I", meta["tokens"]), decode("Q", meta["hashes"])
             if len(tokens) != len(hashes) * self.block_size:

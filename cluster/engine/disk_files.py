@@ -14,7 +14,7 @@ from array import array
 from pathlib import Path
 
 log = logging.getLogger(__name__)
-CRC_PENDING = b'"--------"'
+CRC_PENDING = "--------"
 """The checksum's place in a header, filled once the data is written (base64 has no '-')."""
 CHUNK = 16 << 20
 SAMPLE = 64
@@ -68,7 +68,7 @@ def seal(path: Path) -> None:
         n, _ = _header(f)
         f.seek(8)
         head = f.read(n)
-        at = head.find(CRC_PENDING)
+        at = head.find(f'"{CRC_PENDING}"'.encode())
         if at < 0:
             raise ValueError("no checksum placeholder in the header")
         crc = _crc(f, 8 + n)
@@ -78,10 +78,11 @@ def seal(path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def verify(path: Path, expected: str) -> None:
+def verify(path: Path) -> None:
     """Raise ValueError when a file's data does not match the checksum in its header."""
     with open(path, "rb") as f:
-        n, _ = _header(f)
+        n, header = _header(f)
+        expected = header.get("__metadata__", {}).get("0.crc32")
         crc = _crc(f, 8 + n)
     if f"{crc:08x}" != expected:
         raise ValueError(f"checksum {crc:08x}, the header says {expected}: the data changed")

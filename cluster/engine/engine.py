@@ -1,5 +1,6 @@
 """The engine: step() is schedule, run, postprocess."""
 
+import logging
 import time
 
 from ..config import EngineConfig
@@ -13,6 +14,8 @@ from .scheduler import Scheduler
 from .sequence import Sequence
 from .spec_control import Speculation
 from .speculation import SpeculationState
+
+log = logging.getLogger(__name__)
 
 
 class Engine:
@@ -125,6 +128,15 @@ class Engine:
             self.scheduler.refresh_room()
         for seq, cache in offers:
             self._offer(seq, cache)
+
+    def close_disk_tier(self) -> None:
+        """Write what a restart would lose and finish the files being written (at stop)."""
+        try:
+            if (disk := self.cache.disk) is not None:
+                self.cache.persist()
+                disk.close()
+        except Exception:
+            log.exception("the disk tier could not be closed cleanly")
 
     def _offer(self, seq: Sequence, cache) -> None:
         """The cache of what seq has computed, to the prefix cache."""

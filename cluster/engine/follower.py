@@ -60,12 +60,7 @@ def run_follower(model_path, config: EngineConfig, model_id: str, group) -> None
         for request_id in message.aborts:
             engine.abort(RequestId(request_id))
         if message.stop:  # as the leader does: files being written get finished
-            try:
-                if (disk := engine.cache.disk) is not None:
-                    engine.cache.persist()
-                    disk.close()
-            except Exception:
-                log.exception("the disk tier could not be closed cleanly")
+            engine.close_disk_tier()
             return
         if message.step:
             digest = tokens_digest(follow_step(engine, message))

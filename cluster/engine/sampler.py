@@ -104,15 +104,15 @@ def token_logprobs(logits: mx.array, tokens: list[int], top: int) -> list[TokenL
     return out
 
 
+MASK64 = (1 << 64) - 1
+
+
 def _mix(x: int) -> int:
     """splitmix64's finalizer: nearby inputs give unrelated outputs."""
     x = (x + 0x9E3779B97F4A7C15) & MASK64
     x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
     x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & MASK64
     return x ^ (x >> 31)
-
-
-MASK64 = (1 << 64) - 1
 
 
 def position_key(base: int, position: int):

@@ -184,12 +184,7 @@ class EngineService:
                 if self.distributed:
                     break
         self._dispatch_all(self._engine.fail_all(self.broken or "engine stopped"))
-        try:
-            if (disk := self._engine.cache.disk) is not None:  # files being written get finished
-                self._engine.cache.persist()
-                disk.close()
-        except Exception:
-            log.exception("the disk tier could not be closed cleanly")
+        self._engine.close_disk_tier()
         self._drain_after_stop()
 
     def _load(self) -> bool:
