@@ -35,6 +35,22 @@ def timings(seq: Sequence, now: float) -> dict[str, float]:
     }
 
 
+def split_budget(budget: int, wants: list[int]) -> list[int]:
+    """Prompt tokens per waiting prompt in one step, in arrival order. Prompts that finish
+    within half the budget go first, wherever they wait (a short request behind long prompts,
+    an agent's next turn on a cached prefix, gets its first token now); the rest goes in
+    arrival order, each taking all it can (two long prompts: the first is not slowed)."""
+    shares = [0] * len(wants)
+    quick = budget // 2 if len(wants) > 1 else 0
+    for i, want in enumerate(wants):
+        if 0 < want <= quick:
+            shares[i], quick, budget = want, quick - want, budget - want
+    for i, want in enumerate(wants):
+        take = min(want - shares[i], budget)
+        shares[i], budget = shares[i] + take, budget - take
+    return shares
+
+
 class Scheduler:
     def __init__(
         self,
@@ -74,19 +90,16 @@ class Scheduler:
 
     def schedule(self) -> Schedule:
         """KV room first (the youngest sequences wait again while the next step would not fit
-        the budget); prompt chunks within the token budget, free slots and KV room, in
-        arrival order; then one decode step of every running sequence."""
+        the budget); waiting prompts admitted in arrival order while slots and KV room last, their
+        chunks within the token budget (`split_budget`); one decode step of every running one."""
         preempted = self._make_room()
         schedule = Schedule(decode=list(self.running), preempted=preempted)
-        budget = self.config.prefill_step_size
         slots = self.config.max_num_seqs - len(self.running)
         batch = [len(s.tokens) + self.lookahead for s in self.running]
         prefilling: list[int] = []
-        candidates = list(self.waiting)[:slots]
-        for i, seq in enumerate(candidates):
-            if budget <= 0:
-                break
-            # Admitted, it will hold its prompt while it prefills, then a batch row.
+        admitted: list[Sequence] = []
+        for seq in list(self.waiting)[:slots]:
+            # Admitted, it holds its prompt while it prefills, then a batch row.
             batch.append(seq.prefill_target + self.lookahead)
             prefilling.append(seq.prefill_target)
             if not seq.admitted:
@@ -96,16 +109,11 @@ class Scheduler:
                 seq.admitted = True
                 seq.scheduled_at = seq.scheduled_at or time.monotonic()
                 self._reuse_prefix(seq)
-            # With others behind it a prompt takes half of what is left at most, so a short
-            # one behind long ones gets its first token now, not after their whole prefills.
-            cap = budget if i == len(candidates) - 1 else max(1, budget // 2)
-            n = min(seq.prefill_target - seq.num_computed, cap)
-            schedule.prefill.append((seq, n))
-            budget -= n
-        for i, (seq, n) in enumerate(schedule.prefill):  # what the others left, in order
-            more = min(seq.prefill_target - seq.num_computed - n, budget)
-            if more > 0:
-                schedule.prefill[i], budget = (seq, n + more), budget - more
+            admitted.append(seq)
+        wants = [s.prefill_target - s.num_computed for s in admitted]
+        shares = split_budget(self.config.prefill_step_size, wants)
+        schedule.prefill = [(s, n) for s, n, w in zip(admitted, shares, wants, strict=True)
+                            if n or not w]  # fmt: skip
         self.cache.limit(self.kv.room(batch, prefilling))
         return schedule
 

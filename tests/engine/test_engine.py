@@ -266,9 +266,9 @@ def test_pipelined_decode_changes_no_token(loaded, prompts, temperature):
 
 
 def test_fresh_prompts_prefill_together_and_decode_as_alone(loaded, prompts):
-    # Three new prompts share one step's budget in one left-padded forward (each but the last
-    # takes at most half of what is left: the later two their first chunks); they finish
-    # next step. Output equals each prompt served alone.
+    # Three new prompts share one step's budget in one left-padded forward (the first within
+    # half the budget, then in order: the last gets its first chunk); it finishes next step.
+    # Output equals each prompt served alone.
     batch = [prompts[4][7 * i : 7 * i + 40 - 3 * i] for i in range(3)]
     alone = [run(make_engine(loaded, prefill_step_size=100), [p])[0] for p in batch]
     engine = make_engine(loaded, prefill_step_size=100)
@@ -281,7 +281,7 @@ def test_fresh_prompts_prefill_together_and_decode_as_alone(loaded, prompts):
 
     engine.runner._prefill_batch = watched
     assert run(engine, batch) == alone
-    assert groups[0] == [("0", 40, 40), ("1", 30, 37), ("2", 30, 34)]
+    assert groups[0] == [("0", 40, 40), ("1", 37, 37), ("2", 23, 34)]
 
 
 def test_prefill_groups_bound_the_padding():

@@ -5,7 +5,7 @@ import asyncio
 
 from cluster.config import EngineConfig
 from cluster.engine.prefix_cache import PrefixCache
-from cluster.engine.scheduler import Scheduler
+from cluster.engine.scheduler import Scheduler, split_budget
 from cluster.engine.sequence import Sequence
 from cluster.rpc.mailbox import Mailbox
 from cluster.types import EngineRequest, RequestId, SamplingParams
@@ -29,12 +29,14 @@ def test_prefill_chunks_fit_the_token_budget_and_the_slots():
     for x in (a, b, c):
         s.add(x)
     first = s.schedule()
-    assert [(x.request_id, n) for x, n in first.prefill] == [("a", 5), ("b", 5)]  # budget 10
+    # Budget 10: a takes all it needs, b the rest.
+    assert [(x.request_id, n) for x, n in first.prefill] == [("a", 7), ("b", 3)]
     assert not first.decode
-    s.postprocess(first, {})
+    s.postprocess(first, {a: [5]})
     second = s.schedule()
-    assert [(x.request_id, n) for x, n in second.prefill] == [("a", 2), ("b", 2)]
-    s.postprocess(second, {a: [5], b: [6]})
+    assert [(x.request_id, n) for x, n in second.prefill] == [("b", 4)]
+    assert [x.request_id for x in second.decode] == ["a"]
+    s.postprocess(second, {a: [8], b: [6]})
     third = s.schedule()
     # a and b run now (decode); c waits: no slot is left.
     assert [x.request_id for x in third.decode] == ["a", "b"] and not third.prefill
@@ -43,8 +45,8 @@ def test_prefill_chunks_fit_the_token_budget_and_the_slots():
 def test_a_short_prompt_is_not_held_behind_a_long_ones_whole_prefill():
     """Arrival order gave a long prompt the whole budget every step: a short request behind
     it (another session's turn, an agent's title call) waited for all of it (74 s behind a
-    33K-token prompt). With others waiting a prompt takes half the budget; what they leave
-    goes back to it."""
+    33K-token prompt). Prompts that finish within half the budget go first; the rest goes in
+    arrival order."""
     s = scheduler(prefill_step_size=10, max_num_seqs=4)
     s.max_model_len = 1000
     long, short = seq("long", 100), seq("short", 3)
@@ -62,8 +64,34 @@ def test_a_short_prompt_is_not_held_behind_a_long_ones_whole_prefill():
     s.add(other)
     s.add(late)
     third = s.schedule()
-    assert [(x.request_id, n) for x, n in third.prefill] == [
-        ("long", 6), ("other", 2), ("late", 2)]  # fmt: skip
+    assert [(x.request_id, n) for x, n in third.prefill] == [("long", 8), ("late", 2)]
+
+
+def test_long_prompts_together_do_not_split_the_budget():
+    """Two long fresh prompts that split every step's budget both got their first token as
+    late as the second alone would (the first about twice as late as alone)."""
+    s = scheduler(prefill_step_size=10, max_num_seqs=4)
+    s.max_model_len = 1000
+    a, b = seq("a", 25), seq("b", 25)
+    s.add(a)
+    s.add(b)
+    steps = []
+    while not (a.is_prefilled and b.is_prefilled):
+        step = s.schedule()
+        steps.append([(x.request_id, n) for x, n in step.prefill])
+        s.postprocess(step, {x: [7] for x, n in step.prefill if x.num_computed + n >= 25})
+    assert steps == [[("a", 10)], [("a", 10)], [("a", 5), ("b", 5)], [("b", 10)], [("b", 10)]]
+
+
+def test_split_budget_edges():
+    assert split_budget(10, []) == []
+    assert split_budget(10, [0]) == [0]
+    assert split_budget(10, [30]) == [10]  # alone: all of it
+    assert split_budget(10, [3, 30]) == [3, 7]
+    assert split_budget(10, [30, 3, 30]) == [7, 3, 0]  # the short one first, wherever it is
+    assert split_budget(10, [30, 6, 2]) == [8, 0, 2]  # the quick lane is half the budget
+    assert split_budget(10, [4, 4, 4]) == [4, 4, 2]
+    assert split_budget(1, [5, 5]) == [1, 0]
 
 
 def test_finish_by_eos_by_length_and_abort_free_the_slot():
