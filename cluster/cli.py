@@ -18,6 +18,7 @@ def _serve(args) -> int:
     reexec_with_openblas()
     from .serve import ServeOptions, serve
 
+    env_key = os.environ.get("CLUSTER_API_KEY")  # set but empty is refused, not ignored
     options = ServeOptions(
         inventory=args.inventory,
         host=args.host,
@@ -25,7 +26,7 @@ def _serve(args) -> int:
         model=args.model,
         served_model_name=args.served_model_name[0] if args.served_model_name else None,
         model_aliases=tuple(args.served_model_name[1:]) if args.served_model_name else (),
-        api_keys=tuple(k for k in [*(args.api_key or []), os.environ.get("CLUSTER_API_KEY")] if k),
+        api_keys=(*(args.api_key or []), *([env_key] if env_key is not None else [])),
         routing=args.routing,
         launcher=args.launcher,
         chat_template_args=tuple(template_args(args.chat_template_args).items()),

@@ -149,6 +149,11 @@ def make_launcher(inventory, run_dir, model: str, name: str, engine: EngineConfi
 
 
 def serve(options: ServeOptions, engine: EngineConfig) -> None:
+    for key in options.api_keys:  # an unset $KEY in `--api-key "$KEY"` left the server open
+        if not key.strip() or key != key.strip():
+            raise PlanRefused(f"--api-key / CLUSTER_API_KEY {key!r}: an empty key would serve "
+                              "without one and a key with spaces around it cannot be sent: "
+                              "give a key, or neither")  # fmt: skip
     inventory = load_inventory(options.inventory)
     if options.launcher:
         inventory = replace(inventory, launcher=options.launcher)
@@ -175,6 +180,16 @@ def serve(options: ServeOptions, engine: EngineConfig) -> None:
             raise PlanRefused(f"{why} (no_mtp_weights); --speculation-required refuses to "
                               "serve without it")  # fmt: skip
         log.warning("%s: speculation will be off (no_mtp_weights)", why)
+    if engine.draft_model and engine.speculation != "draft":
+        log.warning("--draft-model %s is not used: --speculation is %s, not draft",
+                    engine.draft_model, engine.speculation)  # fmt: skip
+    elif engine.draft_model and local:  # found before the main model loads (minutes for GLM-5)
+        draft = Path(engine.draft_model).expanduser()
+        why = (f"{draft} does not exist" if not draft.exists()
+               else missing_files(draft) if (draft / "config.json").is_file()
+               else f"{draft} has no config.json")  # fmt: skip
+        if why:
+            raise PlanRefused(f"--draft-model: {why}")
     if engine.speculation == "draft" and not engine.draft_model:
         why = "--speculation draft needs --draft-model (a small model with the same vocabulary)"
         if engine.speculation_required:
@@ -196,6 +211,9 @@ def serve(options: ServeOptions, engine: EngineConfig) -> None:
     check_bind(host, port)
     run_dir = cache_home() / "run" / str(os.getpid())
     ports = inventory.fixed_grpc_ports([p.name for p in plans])
+    if clash := sorted(n for n, p in ports.items() if p == port):
+        raise PlanRefused(f"the coordinator's port {port} is also replica {clash[0]}'s gRPC port "
+                          "(grpc_base_port): give them different ports")  # fmt: skip
     token = cluster_token(bool(ports))
     launcher = make_launcher(inventory, run_dir, str(model_dir), name, engine, token)
     tls = TlsFiles.from_env()  # a partial TLS setup fails here, before any replica starts
@@ -243,7 +261,7 @@ def serve(options: ServeOptions, engine: EngineConfig) -> None:
     async def run():
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # HUP: its terminal closed
             loop.add_signal_handler(sig, stop.set)
         defaults = ChatDefaults(
             dict(options.chat_template_args), options.tool_call_grammar, options.thinking_budget

@@ -303,7 +303,10 @@ class Coordinator:
                     if self.stopping:  # its channel was closed by the shutdown, not a fault
                         raise Unavailable("the server is shutting down: the reply was cut; "
                                           "send the request again once it is back")  # fmt: skip
-                    raise EngineFailure(f"replica {completion.replica.name} failed: {event.error}")
+                    why = f"replica {completion.replica.name} failed: {event.error}"
+                    log.warning("request %s ended with an error after %d tokens: %s",
+                                request.request_id, out.num_tokens, why)  # fmt: skip
+                    raise EngineFailure(why)
                 if event.speculation:  # the state changes within steps, which make events
                     completion.replica.speculation = event.speculation
                 deltas = out.pieces(event.token_ids, event.finish_reason)
@@ -329,6 +332,10 @@ class Coordinator:
         finally:
             if unfinished:  # ended without a finish: the client left, or the replica failed
                 tracker.on_finish(unfinished, prompt_tokens, 0, None)
+                if unfinished == "abort" and not self.stopping:
+                    where = completion.replica.name  # (where it ran last, if it moved)
+                    log.info("request %s: the client left after %d tokens; aborted on %s",
+                             request.request_id, out.num_tokens, where)  # fmt: skip
 
     async def _events(self, completion: Completion, request: EngineRequest, session, tracker):
         """The request's engine events; a failure before its first token re-routes it (at most
@@ -370,25 +377,8 @@ class Coordinator:
 
         # Asked together: a leader cut off took its timeout once per replica, one after another.
         engines = await asyncio.gather(*(ask(r) for r in self.replicas))
-        replicas = []
-        for r, engine in zip(self.replicas, engines, strict=True):
-            replicas.append(
-                {
-                    "name": r.name,
-                    "state": r.state,
-                    "reason": r.reason,
-                    "plan": r.plan,
-                    "restarts": r.restarts,
-                    "attached": r.attached,
-                    "address": getattr(r.client, "address", None),
-                    "ranks": r.ranks,
-                    "in_flight": r.in_flight,
-                    "served": r.served,
-                    "max_num_seqs": r.max_num_seqs,
-                    "routing": {"indexed_blocks": self.index.counts.get(r.slot, 0)},
-                    "engine": engine,
-                }
-            )
+        replicas = [r.to_json(engine, self.index.counts.get(r.slot, 0))
+                    for r, engine in zip(self.replicas, engines, strict=True)]  # fmt: skip
         return {
             "model": self.model_name,
             "max_model_len": self.max_model_len,

@@ -44,6 +44,24 @@ class Replica:
         polled = (self.stats or {}).get("speculation") or {}
         return self.speculation or polled.get("summary", "unknown")
 
+    def to_json(self, engine: dict, indexed_blocks: int) -> dict:
+        """Its entry in `/v1/status`: engine is what its leader answered just now."""
+        return {
+            "name": self.name,
+            "state": self.state,
+            "reason": self.reason,
+            "plan": self.plan,
+            "restarts": self.restarts,
+            "attached": self.attached,
+            "address": getattr(self.client, "address", None),
+            "ranks": self.ranks,
+            "in_flight": self.in_flight,
+            "served": self.served,
+            "max_num_seqs": self.max_num_seqs,
+            "routing": {"indexed_blocks": indexed_blocks},
+            "engine": engine,
+        }
+
 
 class Replicas:
     """Every replica the coordinator routes to, by name, in the plan's order."""

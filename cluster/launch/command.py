@@ -62,7 +62,29 @@ def rank_command(
     if hostfile is not None:
         cmd += ["--hostfile", hostfile]
     cmd += ["--grpc-host", plan.leader.address, "--grpc-port", str(grpc_port)]
-    if engine.kv_cache_bytes is None and plan.memory:  # the plan's KV budget, its tightest node
+    return cmd + engine_flags(rank_engine(plan, engine))
+
+
+def rank_engine(plan: ReplicaPlan, engine: EngineConfig) -> EngineConfig:
+    """The engine settings a replica's ranks run with: the plan's KV budget (its tightest
+    node) unless one was given."""
+    if engine.kv_cache_bytes is None and plan.memory:
         budget = int(min(m.kv_budget_gb for m in plan.memory) * 1e9)
         engine = replace(engine, kv_cache_bytes=budget) if budget > 0 else engine
-    return cmd + engine_flags(engine)
+    return engine
+
+
+RANK_OWN = {"prefix_cache_disk_dir"}
+"""Settings a rank derives for itself (its own directory under the one given)."""
+
+
+def settings_differ(running: dict, wanted: EngineConfig) -> list[str]:
+    """`--flag theirs (asked: ours)` for each engine setting a running leader has otherwise."""
+    out = []
+    for f in fields(EngineConfig):
+        if f.name in RANK_OWN or f.name not in running:
+            continue
+        ours, theirs = getattr(wanted, f.name), running[f.name]
+        if theirs != ours:
+            out.append(f"--{f.name.replace('_', '-')} {theirs} (asked: {ours})")
+    return out

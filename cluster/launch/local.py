@@ -44,6 +44,8 @@ class RunningReplica:
     logs: list[Path]
     attached: bool = False
     """Found running (started by an earlier coordinator): watched over gRPC, left running."""
+    pid: int | None = None
+    """An attached leader's process id, as it reports it (named when it is left running)."""
     started: float = field(default_factory=time.time)
     cleanup: Callable[[], None] | None = None
     """Called after the ranks stopped (the ray launcher releases its actors and placement)."""

@@ -12,7 +12,7 @@ import os
 import signal
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from .. import aio
@@ -170,7 +170,9 @@ async def _lead(service, opts: RankOptions) -> int:
 
     from ..rpc.server import SERVICE_NAME, serve_grpc
 
-    describe = {"replica": opts.replica, "world_size": opts.world_size, "backend": opts.backend}
+    # What a later coordinator re-attaching checks against its own flags, and names to stop.
+    describe = {"replica": opts.replica, "world_size": opts.world_size, "backend": opts.backend,
+                "pid": os.getpid(), "engine": asdict(service.config)}  # fmt: skip
     token = shared_token()
     server, port, health = await serve_grpc(
         service, opts.grpc_host, opts.grpc_port, describe, token

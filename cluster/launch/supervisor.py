@@ -8,9 +8,12 @@ from pathlib import Path
 
 import grpc
 
+from ..model_store import cache_home
 from ..progress import Progress, joining, last_loaded, this_run
 from ..rpc.client import GrpcEngineClient
 from ..types import EngineRequest, ReplicaRegistry, RequestId, SamplingParams
+from .attach import PortLock, PortTaken, mismatch, port_in_use
+from .command import rank_engine
 from .local import Launcher, RunningReplica, process_state
 
 log = logging.getLogger(__name__)
@@ -77,6 +80,8 @@ class Supervisor:
         """Where what the supervisor sees is reported: the coordinator's replicas."""
         self.ports = ports or {}
         """Fixed leader gRPC ports by replica; replicas found running there are re-attached."""
+        self.locks = PortLock(cache_home() / "run")
+        """This coordinator's hold on those ports (one coordinator drives a leader)."""
         self.token = token
         self.max_num_seqs = max_num_seqs
         self.client_factory = client_factory
@@ -146,22 +151,47 @@ class Supervisor:
         except Exception:
             await client.close()
             return None
+        stats = await client.status()
+        what = f"replica {plan.name}: the leader at {address}"
         if info.model_id != self.launcher.model_id:
             await client.close()
-            raise ReplicaFailed(f"{address} serves {info.model_id}, not {self.launcher.model_id}")
-        log.info("replica %s: re-attached to its running leader at %s", plan.name, address)
-        return RunningReplica(plan, address, [], [], attached=True), client
+            pid = stats.get("pid", "?")
+            want = self.launcher.model_id
+            raise ReplicaFailed(f"{what} (pid {pid}) serves {info.model_id}, not {want}: "
+                                "stop it or serve that model")  # fmt: skip
+        if why := mismatch(stats, rank_engine(plan, self.launcher.engine), what):
+            if self.launcher.name != "service":  # it would run on, our flags ignored
+                await client.close()
+                raise ReplicaFailed(why)
+            log.warning("%s (its service's flags, not this coordinator's, apply)", why)
+        log.info("replica %s: re-attached to its running leader at %s (pid %s)", plan.name,
+                 address, stats.get("pid", "?"))  # fmt: skip
+        return RunningReplica(plan, address, [], [], attached=True, pid=stats.get("pid")), client
 
     async def _launch(self, plan, timeout: float) -> None:
         if self.stopping:
             raise ReplicaFailed(f"replica {plan.name}: not started, the cluster is stopping")
+        port = self.ports.get(plan.name)
+        if port is not None:
+            try:
+                self.locks.take(port, f"replica {plan.name}")
+            except PortTaken as e:
+                raise ReplicaFailed(str(e)) from None
         found = await self._attach(plan)
         if found:
             proc, client = found
             self.running[plan.name] = proc
             stats = await client.status()
         else:
-            port = self.ports.get(plan.name)
+            host = plan.leader.address
+            local = self.launcher.name == "local"
+            if port is not None and local and await asyncio.to_thread(port_in_use, host, port):
+                raise ReplicaFailed(
+                    f"replica {plan.name}: port {port} on {host} is in use, but not by a "
+                    "leader this cluster can use (another program, a leader of another "
+                    "CLUSTER_HOME with another cluster token, or one not answering): free it "
+                    "or change grpc_base_port"
+                )
             proc = await asyncio.to_thread(self.launcher.start, plan, port)
             self.running[plan.name] = proc
             try:
@@ -359,8 +389,10 @@ class Supervisor:
         await self.end_calls()
         for name, proc in self.running.items():
             if proc.attached:
-                log.info("replica %s was re-attached, not started here: left running", name)
+                log.info("replica %s was re-attached, not started here: left running (its "
+                         "leader's pid: %s)", name, proc.pid or "?")  # fmt: skip
         await asyncio.gather(*(asyncio.to_thread(p.stop) for p in self.running.values()))
+        self.locks.release()
 
 
 def tail(path, size: int = 1 << 16) -> str:

@@ -55,8 +55,32 @@ def missing_files(model_dir: str | Path) -> str | None:
     elif not any(model_dir.glob("*.safetensors")):
         return (f"{model_dir} holds no weights (*.safetensors): download the checkpoint's "
                 "weights, not only its config")  # fmt: skip
+    for path in sorted(model_dir.glob("*.safetensors")):
+        if why := _broken_safetensors(path):
+            return why
     if not any((model_dir / t).exists() for t in ("tokenizer.json", "tokenizer.model")):
         return f"{model_dir} has no tokenizer (tokenizer.json): download it with the weights"
+    return None
+
+
+def _broken_safetensors(path: Path) -> str | None:
+    """Why a safetensors file cannot be read (a download cut short), from its header alone."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if size < 8 or n > size - 8:
+                raise ValueError("its header runs past its end")
+            header = json.loads(f.read(n))
+        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"),
+                  default=0)  # fmt: skip
+    except PermissionError:
+        return f"{path} is not readable (permissions)"
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+        return f"{path} is not a readable safetensors file ({e}): download it again"
+    if 8 + n + end > size:
+        return (f"{path} is truncated ({size:,} of {8 + n + end:,} bytes): download it "
+                "again")  # fmt: skip
     return None
 
 

@@ -209,6 +209,39 @@ def test_a_restarted_coordinator_reattaches_to_running_replicas(model_dir, tmp_p
                 os.killpg(pid, signal.SIGKILL)
 
 
+def test_a_leader_left_running_is_not_taken_over_with_other_flags(model_dir, tmp_path):
+    """A coordinator killed hard, then `serve` again with other engine flags: it re-attached
+    and said nothing, while the leader ran on with the old ones (status showed the new). Now
+    it refuses and names the flags and the pid; a second `serve` on the same home while the
+    first runs is refused too (both drove one leader)."""
+    import subprocess
+    import sys
+
+    args, env = _pinned(model_dir, tmp_path)
+    first = Server(args, env=env)
+    pids = rank_pids(first)
+    try:
+        cmd = [sys.executable, "-m", "cluster", "serve", "--port", "0", *args]
+        both = subprocess.run(cmd, cwd=ROOT, env=first.env, capture_output=True, text=True,
+                              timeout=120)  # fmt: skip
+        assert both.returncode != 0, both.stderr[-2000:]
+        assert f"another coordinator (pid {first.proc.pid}) drives the leader" in both.stderr
+        os.kill(first.proc.pid, signal.SIGKILL)
+        first.proc.wait()
+        other = subprocess.run([*cmd, "--max-num-seqs", "4"], cwd=ROOT, env=first.env,
+                               capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert other.returncode != 0, other.stderr[-2000:]
+        leader = pids[("r0", 0)]
+        assert f"runs with other settings (pid {leader}" in other.stderr, other.stderr[-2000:]
+        assert "--max-num-seqs 16 (asked: 4)" in other.stderr and f"kill {leader}" in other.stderr
+        assert "Traceback" not in other.stderr
+        assert rank_pids(first) == pids  # left as it was
+    finally:
+        for pid in pids.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+
+
 def test_a_stopped_leader_the_cluster_did_not_start_ends_its_streams(model_dir, tmp_path):
     """A leader the coordinator re-attached to (or one a service manager runs) cannot be killed
     by it: stopped (SIGSTOP: a node asleep, a hung process), it keeps its socket open. Its

@@ -188,8 +188,8 @@ def test_a_template_that_refuses_the_conversation_is_the_callers_error():
 
 def test_a_checkpoint_missing_files_is_refused_before_any_rank_loads(tmp_path):
     """What users' downloads lack, said in one sentence naming the file before a load (a
-    rank found each after reading the rest, in a log tail): a shard the index names, any
-    weights, the tokenizer, a config that is not an object; and an --mtp-weights file that
+    rank found each after reading the rest, in a log tail): a shard the index names, a
+    truncated file, any weights, the tokenizer, a config that is not an object; and an --mtp-weights file that
     is missing, not safetensors, or holds no MTP layer."""
     import json
     import shutil
@@ -207,6 +207,13 @@ def test_a_checkpoint_missing_files_is_refused_before_any_rank_loads(tmp_path):
     (model / "model.safetensors.index.json").write_text(json.dumps(index))
     assert f"{gone}, named in model.safetensors.index.json, is missing" in missing_files(model)
     (model / "model.safetensors.index.json").unlink()
+    whole = weights[0].read_bytes()  # a download cut short: a traceback through a reader
+    weights[0].write_bytes(whole[: len(whole) // 2])
+    assert f"{weights[0]} is truncated ({len(whole) // 2:,} of {len(whole):,} bytes)" in (
+        missing_files(model))  # fmt: skip
+    weights[0].write_bytes(whole[:5])
+    assert "is not a readable safetensors file" in missing_files(model)
+    weights[0].write_bytes(whole)
     (model / "tokenizer.json").unlink()
     assert "has no tokenizer" in missing_files(model)
     for w in weights:
