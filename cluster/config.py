@@ -45,7 +45,11 @@ class EngineConfig:
         "context length (default: the model's, or what the KV budget holds if less)", None
     )
     max_queue: int = _help("requests waiting beyond max_num_seqs before 429", 64)
-    seed: int = _help("seed for requests that bring none", 0)
+    seed: int = _help(
+        "the engine's base seed: unseeded sampled requests draw keys from it in "
+        "arrival order (a request's own seed repeats its reply)",
+        0,
+    )
     speculation: str = _help(
         "speculative decoding: none, mtp (the model's MTP layer), draft (a draft model) or "
         "ngram (prompt lookup: no model, any checkpoint) or mtp+ngram (per row, the lookup's "

@@ -31,10 +31,8 @@ ERROR_TYPES = {
 
 
 def error_body(status: int, message: str) -> dict:
-    return {
-        "type": "error",
-        "error": {"type": ERROR_TYPES.get(status, "api_error"), "message": message},
-    }
+    kind = ERROR_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
+    return {"type": "error", "error": {"type": kind, "message": message}}
 
 
 def stop_reason(finish: str | None, stop_sequence: str | None) -> str:

@@ -72,7 +72,7 @@ def parse_block(raw, path: str) -> Block:
     if kind in ("image", "document"):
         return Block("text", _unseen(raw))
     if kind not in FIELDS:
-        supported = ", ".join(FIELDS)
+        supported = ", ".join([*FIELDS, "image", "document"])  # those two read as a note
         raise _bad(path, f"block type '{kind}' is not supported (supported: {supported})")
     for key, want in FIELDS[kind].items():
         _check_field(raw, path, key, want, required=True)

@@ -28,7 +28,7 @@ def envelope(message: str, type_: str, param=None, code=None) -> dict:
 def error_json(path: str, status: int, message: str, type_: str, param=None, code=None,
                headers=None) -> JSONResponse:  # fmt: skip
     """An error in the shape of the API the path belongs to: Anthropic's or OpenAI's."""
-    if path.startswith(ANTHROPIC_PATHS):
+    if path.startswith(ANTHROPIC_PATHS) or path.endswith(("/messages", "/messages/count_tokens")):
         from .anthropic import error_body
 
         body = error_body(status, message)
@@ -118,6 +118,9 @@ def install(app: FastAPI) -> None:
         message = str(e.detail)
         if e.status_code == 404 and e.detail == "Not Found":  # no such route
             message = f"{request.method} {path} is not served here; {ENDPOINTS}"
+            if path.startswith("/v1/v1/"):  # a base URL ending in /v1 where the SDK adds it
+                message += (" (/v1 is doubled: Anthropic's SDKs and Claude Code add /v1 "
+                            "themselves, so set their base URL to http://HOST:PORT)")  # fmt: skip
         elif e.status_code == 400 and "parsing the body" in message:
             message = "The request body is not JSON text in UTF-8; send a JSON object"
         return error_json(path, e.status_code, message, type_, headers=e.headers)

@@ -24,7 +24,12 @@ class TextPart(BaseModel):
 class FunctionCall(BaseModel):
     name: str
     arguments: str | dict = "{}"
-    """A JSON object, as a string (OpenAI's shape) or already parsed."""
+    """A JSON object, as a string (OpenAI's shape) or already parsed; null: none."""
+
+    @field_validator("arguments", mode="before")
+    @classmethod
+    def _null_is_none(cls, v):
+        return "{}" if v is None else v
 
 
 class ToolCallIn(BaseModel):

@@ -13,6 +13,7 @@ NAME = re.compile(r"[^\s<>]{1,128}")
 
 def check_tools(tools: list[dict]) -> None:
     """Raise BadRequest naming the first tool that GLM's call format cannot carry."""
+    seen: dict[str, int] = {}
     for i, tool in enumerate(tools):
         f = tool.get("function", tool)
         where = f"tools.{i}"
@@ -23,9 +24,19 @@ def check_tools(tools: list[dict]) -> None:
                 "whitespace, '<' or '>' (it is written between GLM's call tags)",
                 param=f"{where}.name",
             )
+        if name in seen:  # a call names its tool: which of the two would it be?
+            raise BadRequest(f"'{where}' name {name!r} is also tools.{seen[name]}'s: tool "
+                             "names must be unique", param=f"{where}.name")  # fmt: skip
+        seen[name] = i
+        field = "parameters" if "function" in tool or "parameters" in f else "input_schema"
         schema = f.get("parameters", f.get("input_schema"))
         if schema is not None:
-            _check_schema(schema, f"{where} ({name})")
+            prefix = f"{where}.function" if "function" in tool else where
+            try:
+                _check_schema(schema, f"{where} ({name})")
+            except BadRequest as e:
+                e.param, e.code = e.param or f"{prefix}.{field}", e.code or "invalid_value"
+                raise
 
 
 def _check_schema(schema, where: str) -> None:
@@ -52,6 +63,9 @@ def _check_schema(schema, where: str) -> None:
         if not isinstance(sub, dict | bool):
             raise BadRequest(f"Invalid schema for {where}: property {key!r} must be a schema "
                              f"object, not {type(sub).__name__}")  # fmt: skip
+        if isinstance(sub, dict) and sub.get("enum") == []:
+            raise BadRequest(f"Invalid schema for {where}: the enum of {key!r} lists no value "
+                             "(no call could be written)")  # fmt: skip
         for value in (sub.get("enum") or []) if isinstance(sub, dict) else []:
             if isinstance(value, str) and MARKUP.search(value):
                 raise BadRequest(f"Invalid schema for {where}: enum value {value!r} of "

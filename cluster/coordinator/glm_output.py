@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from .output import Delta, IncrementalDetokenizer, StopMatcher
-from .tool_schema import value_type
+from .tool_schema import as_item, item_type, value_type
 
 TAGS = (
     "<think>", "</think>", "<tool_call>", "</tool_call>",
@@ -66,16 +66,16 @@ class _State(Enum):
     VALUE = "value"
 
 
-def param_types(tools: list[dict] | None) -> dict[str, dict[str, object]]:
+def param_types(tools: list[dict] | None, of=value_type) -> dict[str, dict[str, object]]:
     """tool name -> parameter name -> its JSON-schema type (None when the schema says none;
-    `tool_schema.value_type`)."""
+    `tool_schema.value_type`), or what `of` says of its schema."""
     out: dict[str, dict[str, object]] = {}
     for tool in tools or []:
         f = tool.get("function", tool)
         schema = f.get("parameters") or f.get("input_schema") or {}
         props = schema.get("properties") if isinstance(schema, dict) else None
         props = props if isinstance(props, dict) else {}  # not a schema: values untyped
-        out[f.get("name", "")] = {k: value_type(v, schema) for k, v in props.items()}
+        out[f.get("name", "")] = {k: of(v, schema) for k, v in props.items()}
     return out
 
 
@@ -131,6 +131,7 @@ class GlmParser:
         self.decode = decode
         self.token_bytes = token_bytes
         self.types = param_types(tools)
+        self.items = param_types(tools, item_type)  # arrays of scalars: the items' type
         self.state = _State.REASONING if reasoning else _State.CONTENT
         self.calls: list[ToolCall] = []
         self._new_id = call_ids or (lambda i: f"call_{i}")
@@ -238,6 +239,8 @@ class GlmParser:
         call = self.calls[-1]
         # A string value is kept exactly, its edge newlines too (a file's last line break).
         value = typed_value(self._buf, self.types.get(call.name, {}).get(self._key))
+        if isinstance(value, list) and (kind := self.items.get(call.name, {}).get(self._key)):
+            value = [as_item(v, kind) for v in value]
         call.arguments[self._key] = value
         if self._streaming:
             self._streaming = False

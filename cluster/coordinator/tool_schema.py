@@ -2,6 +2,8 @@
 local `$ref` followed, and a nullable value ([T, "null"], or anyOf / oneOf with a null
 option: OpenAI's strict mode, pydantic's Optional and zod's nullable) read as T or null."""
 
+import json
+
 MAX_REFS = 8
 """Refs followed in a row before a schema counts as any value (a cycle)."""
 
@@ -45,6 +47,38 @@ def _pointer(root, ref: str):
             return None
         node = node[part]
     return node
+
+
+SCALARS = ("string", "integer", "number", "boolean")
+
+
+def item_type(schema, root):
+    """For an array of scalars, the items' type (as `value_type` gives it); else None."""
+    inner, _ = resolve(schema, root)
+    if not inner or inner.get("type") != "array":
+        return None
+    kind = value_type(inner.get("items"), root)
+    scalar = [k for k in (kind if isinstance(kind, list) else [kind]) if k != "null"]
+    return kind if len(scalar) == 1 and scalar[0] in SCALARS else None
+
+
+def as_item(value, kind):
+    """An array item as its scalar schema types it, where the model wrote another JSON type
+    (`[64]` for an array of strings is `["64"]`, `["3"]` for integers `[3]`); else as is."""
+    want = kind if isinstance(kind, str) else next(k for k in kind if k != "null")
+    if value is None and isinstance(kind, list):
+        return None
+    if want == "string" and not isinstance(value, str):
+        return value if isinstance(value, dict | list) else json.dumps(value)
+    if want in ("integer", "number", "boolean") and isinstance(value, str):
+        try:
+            parsed = json.loads(value.strip())
+        except ValueError:
+            return value
+        ok = {"integer": int, "number": int | float, "boolean": bool}[want]
+        if isinstance(parsed, ok) and (want == "boolean") == isinstance(parsed, bool):
+            return parsed
+    return value
 
 
 def value_type(schema, root):

@@ -519,3 +519,36 @@ def test_a_tool_with_a_malformed_schema_is_a_400_not_a_500(server):
             max_tokens=4, temperature=0.0,
         )  # fmt: skip
     assert "Invalid schema for tools.0 (odd): 'properties' must be an object" in str(e.value)
+    assert e.value.body["param"] == "tools.0.function.parameters"
+    # Two tools of one name (which would a call be?) and an enum no value satisfies.
+    one = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    empty = {"type": "function", "function": {"name": "g", "parameters": {
+        "type": "object", "properties": {"v": {"enum": []}}}}}  # fmt: skip
+    for tools, says in (([one, one], "'tools.1' name 'f' is also tools.0's"),
+                        ([empty], "the enum of 'v' lists no value")):  # fmt: skip
+        with pytest.raises(openai.BadRequestError) as e:
+            server.client().chat.completions.create(
+                model=server.model, messages=[{"role": "user", "content": "hi"}], tools=tools,
+                max_tokens=4,
+            )  # fmt: skip
+        assert says in str(e.value), str(e.value)
+    # A history's call with `arguments: null` is a call without arguments, not a 400.
+    history = [{"role": "user", "content": "hi"},
+               {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type":
+                "function", "function": {"name": "f", "arguments": None}}]},
+               {"role": "tool", "tool_call_id": "c1", "content": "ok"}]  # fmt: skip
+    r = httpx.post(f"{server.url}/v1/chat/completions", timeout=60, json={
+        "model": server.model, "messages": history, "tools": [one], "max_tokens": 2})  # fmt: skip
+    assert r.status_code == 200, r.text
+
+
+def test_an_anthropic_base_url_ending_in_v1_is_named(server):
+    """`ANTHROPIC_BASE_URL=http://host:port/v1` makes the SDK call /v1/v1/messages: the 404
+    came in OpenAI's shape with no hint."""
+    r = httpx.post(f"{server.url}/v1/v1/messages", json={})
+    body = r.json()
+    assert r.status_code == 404 and body["type"] == "error", body
+    assert body["error"]["type"] == "not_found_error" and "/v1 is doubled" in body["error"][
+        "message"]  # fmt: skip
+    r = httpx.get(f"{server.url}/v1/messages")  # a client's error, not the server's
+    assert r.status_code == 405 and r.json()["error"]["type"] == "invalid_request_error"

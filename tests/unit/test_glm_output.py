@@ -166,6 +166,27 @@ def test_a_lone_value_for_an_array_is_its_one_item():
     assert typed_value("ls", "object") == "ls"  # no key to put it under: left as written
 
 
+def test_array_items_are_typed_by_their_items_schema():
+    """A client that validates the schema (pydantic, Claude Code's tools) refused `[64]` for
+    an array of strings; items of another scalar type are cast where they can be."""
+    tools = [{"type": "function", "function": {"name": "tag", "parameters": {
+        "type": "object", "$defs": {"n": {"type": "integer"}}, "properties": {
+            "tags": {"type": "array", "items": {"type": "string"}},
+            "ids": {"type": "array", "items": {"$ref": "#/$defs/n"}},
+            "maybe": {"anyOf": [{"type": "array", "items": {"type": ["boolean", "null"]}},
+                                {"type": "null"}]},
+            "rows": {"type": "array", "items": {"type": "object"}},
+        }}}}]  # fmt: skip
+    text = ("<tool_call>tag<arg_key>tags</arg_key><arg_value>[64, true, \"a\", 1.5]</arg_value>"
+            "<arg_key>ids</arg_key><arg_value>[\"3\", 4, \"x\", \"2.5\"]</arg_value>"
+            "<arg_key>maybe</arg_key><arg_value>[\"true\", null, \"no\"]</arg_value>"
+            "<arg_key>rows</arg_key><arg_value>[\"r\", 1]</arg_value></tool_call>")  # fmt: skip
+    _, _, [call], _ = parse(text, tools=tools)
+    assert call.arguments == {"tags": ["64", "true", "a", "1.5"], "ids": [3, 4, "x", "2.5"],
+                              "maybe": [True, None, "no"], "rows": ["r", 1]}  # fmt: skip
+    assert json.loads(call.arguments_json) == call.arguments  # what the client reads
+
+
 def test_unknown_tool_values_try_json_then_python_then_raw():
     assert typed_value("7", None) == 7
     assert typed_value("True", None) is True

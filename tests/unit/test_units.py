@@ -189,8 +189,8 @@ def test_a_template_that_refuses_the_conversation_is_the_callers_error():
 def test_a_checkpoint_missing_files_is_refused_before_any_rank_loads(tmp_path):
     """What users' downloads lack, said in one sentence naming the file before a load (a
     rank found each after reading the rest, in a log tail): a shard the index names, a
-    truncated file, any weights, the tokenizer, a config that is not an object; and an --mtp-weights file that
-    is missing, not safetensors, or holds no MTP layer."""
+    truncated file, any weights, the tokenizer, a config that is not an object; and an
+    --mtp-weights file that is missing, not safetensors, or holds no MTP layer."""
     import json
     import shutil
 
