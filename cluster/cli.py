@@ -150,10 +150,20 @@ def _plan(args) -> int:
 def _status(args) -> int:
     from .status_view import fetch_status, render_status
 
+    url = args.url
+    if url is None:  # where the inventory's coordinator listens
+        from .inventory import load_inventory
+
+        inv = load_inventory(args.inventory)
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(inv.coordinator_host, inv.coordinator_host)
+        url = f"http://{host}:{inv.coordinator_port}"
+    key = args.api_key or os.environ.get("CLUSTER_API_KEY")
     try:
-        status = fetch_status(args.url)
+        status = fetch_status(url, api_key=key)
     except OSError as e:
-        print(f"error: cannot read {args.url}/v1/status: {e}", file=sys.stderr)
+        hint = ("; give --api-key (or CLUSTER_API_KEY)" if "401" in str(e) and not key
+                else "; is it serving there? (--url, or --inventory for its port)")  # fmt: skip
+        print(f"error: cannot read {url}/v1/status: {e}{hint}", file=sys.stderr)
         return 2
     print(json.dumps(status, indent=2) if args.json else render_status(status))
     return 0
@@ -222,7 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_plan)
 
     p = sub.add_parser("status", help="nodes, replicas, ranks and state of a running cluster")
-    p.add_argument("--url", default="http://127.0.0.1:8000", help="the coordinator's URL")
+    p.add_argument("--url", help="the coordinator's URL (default: the inventory's)")
+    p.add_argument("--inventory", help="inventory YAML whose coordinator to ask (default: the "
+                   "embedded local.yaml, http://127.0.0.1:8000)")  # fmt: skip
+    p.add_argument("--api-key", help="the cluster's key, if it has one (or CLUSTER_API_KEY)")
     p.add_argument("--json", action="store_true", help="print /v1/status as JSON")
     p.set_defaults(func=_status)
 

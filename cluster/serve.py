@@ -230,7 +230,12 @@ def serve(options: ServeOptions, engine: EngineConfig) -> None:
         "thinking_budget": options.thinking_budget,
     }
 
-    tokenizer = PromptTokenizer(model_dir)
+    try:
+        tokenizer = PromptTokenizer(model_dir)
+    except Exception as e:  # a tokenizer file cut short or of another format
+        raise PlanRefused(f"{model_dir}: its tokenizer cannot be read ({type(e).__name__}: "
+                          f"{e}): download tokenizer.json and tokenizer_config.json "
+                          "again") from None  # fmt: skip
     if clash := sorted(set(dict(options.chat_template_args)) & tokenizer.reserved_args):
         raise SystemExit(f"--chat-template-args: {', '.join(clash)} is set by the server from "
                          "each request, not a template variable")  # fmt: skip

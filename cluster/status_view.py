@@ -6,8 +6,10 @@ import urllib.request
 from .plan.render import table
 
 
-def fetch_status(url: str, timeout: float = 5) -> dict:
-    with urllib.request.urlopen(url.rstrip("/") + "/v1/status", timeout=timeout) as r:
+def fetch_status(url: str, timeout: float = 5, api_key: str | None = None) -> dict:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    request = urllib.request.Request(url.rstrip("/") + "/v1/status", headers=headers)
+    with urllib.request.urlopen(request, timeout=timeout) as r:
         return json.loads(r.read())
 
 

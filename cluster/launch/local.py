@@ -8,6 +8,7 @@ launchd or systemd run the ranks (see `cluster deploy`), and the coordinator onl
 import contextlib
 import logging
 import os
+import re
 import shlex
 import signal
 import socket
@@ -28,6 +29,10 @@ from .command import fixed_port, mlx_hostfile, rank_command
 from .rank import PARENT_ENV, TOKEN_ENV
 
 log = logging.getLogger(__name__)
+
+
+ERROR_LINE = re.compile(r"([A-Za-z_.]*(Error|Exception|Refused)|error|RuntimeError): \S")
+"""A log line that says why a rank stopped: an exception's last line, or `error: ...`."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -73,6 +78,13 @@ class RunningReplica:
                 p.wait()
         if self.cleanup:
             self.cleanup()
+
+    def cause(self) -> str:
+        """The last error its ranks' logs name (an exception's last line), or ''."""
+        for line in reversed(self.log_tail(60).splitlines()):
+            if ERROR_LINE.match(line.strip()):
+                return line.strip()
+        return ""
 
     def log_tail(self, lines: int = 20) -> str:
         out = []

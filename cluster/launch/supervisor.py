@@ -239,10 +239,9 @@ class Supervisor:
             if dead := proc.dead_ranks():
                 await client.close()
                 await asyncio.to_thread(proc.stop)  # the event loop serves HTTP meanwhile
-                raise ReplicaFailed(
-                    f"replica {proc.plan.name}: rank {dead[0]} exited while starting\n"
-                    + proc.log_tail()
-                )
+                why = f" ({cause})" if (cause := proc.cause()) else ""
+                raise ReplicaFailed(f"replica {proc.plan.name}: rank {dead[0]} exited while "
+                                    f"starting{why}\n{proc.log_tail()}")  # fmt: skip
             try:
                 await client.connect(timeout=1)
                 return client

@@ -2,6 +2,7 @@
 
 import concurrent.futures as cf
 import json
+import os
 import time
 from pathlib import Path
 
@@ -370,6 +371,17 @@ def test_api_keys_are_required_and_grpc_runs_mutual_tls_when_configured(model_di
         r = httpx.post(f"{srv.url}/v1/messages", json=hi, headers=neither)
         assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
         assert r.json()["type"] == "error"
+        # `cluster status` reads a keyed cluster with its key, and says what is missing without.
+        import subprocess
+        import sys
+
+        env = {k: v for k, v in os.environ.items() if k != "CLUSTER_API_KEY"}
+        cmd = [sys.executable, "-m", "cluster", "status", "--url", srv.url]
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
+        assert out.returncode == 2 and "give --api-key" in out.stderr, out.stderr
+        out = subprocess.run([*cmd, "--api-key", "k1"], capture_output=True, text=True,
+                             env=env, timeout=60)  # fmt: skip
+        assert out.returncode == 0 and "r0" in out.stdout, out.stderr
     finally:
         srv.stop()
 
