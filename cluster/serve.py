@@ -94,6 +94,14 @@ def _attr(flag: str) -> str:
     return flag.removeprefix("--").replace("-", "_")
 
 
+def physical_gb() -> float | None:
+    """This machine's memory in GB (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def check_bind(host: str, port: int) -> None:
     """Refuse a host or port the coordinator cannot bind, before any replica loads (a real
     GLM-5 takes minutes to load)."""
@@ -174,8 +182,9 @@ def serve(options: ServeOptions, engine: EngineConfig) -> None:
         raise PlanRefused(f"--mtp-weights: {why}")
     mtp = bool(engine.mtp_weights) or has_mtp_weights(model_dir, config)
     if engine.speculation in ("mtp", "mtp+ngram") and not mtp:
+        layer = config.get("num_hidden_layers")
         why = (f"--speculation {engine.speculation}: {model_dir} has no MTP layer "
-               "(model.layers.{L}.*) and no --mtp-weights")  # fmt: skip
+               f"(model.layers.{layer}.*) and no --mtp-weights")  # fmt: skip
         if engine.speculation_required:  # known now: no replica needs to load to say so
             raise PlanRefused(f"{why} (no_mtp_weights); --speculation-required refuses to "
                               "serve without it")  # fmt: skip
@@ -209,6 +218,15 @@ def serve(options: ServeOptions, engine: EngineConfig) -> None:
     host = options.host or inventory.coordinator_host
     port = options.port if options.port is not None else inventory.coordinator_port
     check_bind(host, port)
+    if host not in ("127.0.0.1", "localhost", "::1") and not options.api_keys:
+        log.warning("listening on %s with no --api-key: anyone who reaches port %d of this "
+                    "machine can use the cluster", host, port)  # fmt: skip
+    if local and (have := physical_gb()):  # every rank runs here: the plan's memory is ours
+        for h in inventory.hosts:
+            if h.memory_gb > 1.05 * have:
+                log.warning("host %s says memory_gb %g, but this machine has %.0f GB: the "
+                            "plan's KV budget counts memory that is not there (set memory_gb "
+                            "to what the host has)", h.name, h.memory_gb, have)  # fmt: skip
     run_dir = cache_home() / "run" / str(os.getpid())
     ports = inventory.fixed_grpc_ports([p.name for p in plans])
     if clash := sorted(n for n, p in ports.items() if p == port):
