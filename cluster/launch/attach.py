@@ -63,7 +63,7 @@ def port_in_use(host: str, port: int) -> bool:
 
 def mismatch(stats: dict, wanted: EngineConfig, what: str) -> str | None:
     """Why a running leader cannot be taken over as asked: its engine settings differ."""
-    running = stats.get("engine")
+    running = stats.get("settings")
     if not isinstance(running, dict):
         return None  # a leader from before it reported them: nothing to compare
     differ = settings_differ(running, wanted)

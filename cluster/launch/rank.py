@@ -172,7 +172,7 @@ async def _lead(service, opts: RankOptions) -> int:
 
     # What a later coordinator re-attaching checks against its own flags, and names to stop.
     describe = {"replica": opts.replica, "world_size": opts.world_size, "backend": opts.backend,
-                "pid": os.getpid(), "engine": asdict(service.config)}  # fmt: skip
+                "pid": os.getpid(), "settings": asdict(service.config)}  # fmt: skip
     token = shared_token()
     server, port, health = await serve_grpc(
         service, opts.grpc_host, opts.grpc_port, describe, token
