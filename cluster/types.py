@@ -22,6 +22,8 @@ class ToolParam:
     required: bool = False
     kind: str = ""
     """"integer" or "number": the value is written with number tokens only."""
+    json: str = ""
+    """An array's or object's schema as an llguidance grammar: the value is JSON it allows."""
 
 
 @dataclass(frozen=True)

@@ -18,13 +18,15 @@ def value_text(value) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def _rule(schema, root) -> tuple[list[str], str]:
+def _rule(schema, root) -> tuple[list[str], str, str]:
     """(the values a parameter may take when its schema closes the set, "integer" or
-    "number" when it asks for one): `null` besides either where the schema allows it; a
-    union of other types stays free text."""
+    "number" when it asks for one, the JSON grammar of an array or object): `null` besides
+    where the schema allows it; a union of other types stays free text."""
     inner, nullable = resolve(schema, root)
     if inner is None:  # not a schema, or a union: any value
-        return [], ""
+        return [], "", ""
+    if inner.get("type") in ("array", "object") and not inner.get("enum") and "const" not in inner:
+        return [], "", json_grammar(inner, root, nullable)
     choices: list[str] = []
     if isinstance(inner.get("enum"), list) and inner["enum"]:
         choices = [value_text(v) for v in inner["enum"]]
@@ -35,7 +37,41 @@ def _rule(schema, root) -> tuple[list[str], str]:
     kind = inner.get("type") if not choices and inner.get("type") in ("integer", "number") else ""
     if nullable and (choices or kind) and "null" not in choices:
         choices.append("null")
-    return choices, kind
+    return choices, kind, ""
+
+
+DEFS = ("$defs", "definitions")
+JSON_FORM = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+"""JSON as GLM's template writes it (json.dumps' separators): what the model learned."""
+"""Where a tool's schema keeps the shared schemas its `$ref`s name."""
+
+
+@functools.lru_cache(maxsize=512)
+def _compiled(schema_json: str) -> str:
+    """An llguidance grammar of a JSON schema ('' when llguidance cannot hold values to it:
+    the value is then free text, as before)."""
+    import llguidance
+
+    try:
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(
+            schema_json, defaults=JSON_FORM
+        )
+    except ValueError:
+        return ""
+    return "" if llguidance.LLMatcher.validate_grammar(grammar) else grammar
+
+
+def json_grammar(inner: dict, root, nullable: bool) -> str:
+    """The grammar an array or object value is held to: its schema, the root's shared schemas
+    beside it (for its `$ref`s), or null where the schema allows it."""
+    schema = {"anyOf": [inner, {"type": "null"}]} if nullable else dict(inner)
+    if isinstance(root, dict):
+        schema |= {k: root[k] for k in DEFS if isinstance(root.get(k), dict)}
+    try:
+        text = json.dumps(schema, sort_keys=True)
+    except (TypeError, ValueError):
+        return ""
+    return _compiled(text)
 
 
 def _tokens(tokenizer: PromptTokenizer, text: str) -> tuple[int, ...]:
@@ -74,8 +110,9 @@ def tool_grammar(
                 tuple(_tokens(tokenizer, c) for c in choices),
                 key in required,
                 kind,
+                grammar,
             )
-            for key, (choices, kind) in rules.items()
+            for key, (choices, kind, grammar) in rules.items()
         )
         open_keys = props is None or schema.get("additionalProperties") not in (None, False)
         specs.append(ToolSpec(_tokens(tokenizer, name), params, open_keys))

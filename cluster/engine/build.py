@@ -80,6 +80,7 @@ def served_forms(module, config: EngineConfig, model_config: dict, what: str) ->
 def build_engine(path, config: EngineConfig, model_id: str, group=None):
     from ..models import dsa_indexer
     from .engine import Engine
+    from .json_values import JsonValues
 
     model, tokenizer, model_config = load_model(path, group)
     keys_only = served_forms(model, config, model_config, "model")
@@ -122,6 +123,7 @@ def build_engine(path, config: EngineConfig, model_id: str, group=None):
              "draft": config.draft_model}.get(config.speculation) if drafter else None  # fmt: skip
     disk, disk_off = disk_tier(path, config, group, adapt, caches, (extra,) if extra else ())
     engine = Engine(model, set(eos), config, max_len, model_id, drafter, state, disk, disk_off)
+    engine.json_values = JsonValues.of_model(path)
     info = ModelInfo(
         model_id, engine.max_model_len, eos, model_config.get("model_type", "?"),
         engine.kv.capacity_tokens or 0,

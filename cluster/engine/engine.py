@@ -46,6 +46,9 @@ class Engine:
         )  # fmt: skip
         self.cache.limit(self.kv.room([], []))  # the budget's bound from the start
         self.disk_off = disk_off
+        self.json_values = None
+        """Holds tool calls' array and object values to their schemas (json_values.JsonValues,
+        set by build_engine from the model's tokenizer; None: free text)."""
         self.on_schedule = None
         """Called with each step's schedule before it runs (the watchdog weighs its work)."""
         if disk is not None:  # evicted entries wait in memory for their files: bounded
@@ -66,7 +69,7 @@ class Engine:
         """The one owner of speculation: status, metrics and headers read its state."""
 
     def add_request(self, request: EngineRequest) -> None:
-        self.scheduler.add(Sequence.from_request(request))
+        self.scheduler.add(Sequence.from_request(request, self.json_values))
 
     def abort(self, request_id: RequestId) -> TokenEvent | None:
         seq = self.scheduler.abort(request_id)

@@ -3,11 +3,12 @@
 Outside a call nothing is limited. From `<tool_call>` on, each token must continue an offered
 tool's name, then one of its keys not used yet (its required keys in the schema's order; any
 text without tags for a tool whose keys are open), then a value (one of its choices when the
-schema lists them, else any text without tags), then the next tag, one newline at most
+schema lists them, a number, JSON of its schema for an array or object (json_values.py), else
+any text without tags), then the next tag, one newline at most
 between two parts; `</tool_call>` only once the required keys are in. So every call the
 engine emits parses as a call of an offered tool. A thinking budget ends the reasoning with
-`</think>` once it has taken its tokens. Pure Python: the runner turns each row's `Limit`
-into a logits mask.
+`</think>` once it has taken its tokens. Pure Python but for the JSON values (llguidance): the
+runner turns each row's `Limit` into a logits mask.
 """
 
 import copy
@@ -77,8 +78,12 @@ class Numbers:
 class CallState:
     """One row's place in the grammar, moved on by each token it writes."""
 
-    def __init__(self, grammar: ToolGrammar):
+    def __init__(self, grammar: ToolGrammar, values=None):
+        """values: json_values.JsonValues, which holds array and object values to their
+        schemas (None: they are free text)."""
         self.g = grammar
+        self.values = values
+        self.json = None  # the JSON value being written (json_values.JsonValue)
         (self.open, self.close, self.key_open, self.key_close, self.value_open,
          self.value_close) = grammar.tags  # fmt: skip
         self.mode = _Mode.FREE
@@ -98,6 +103,7 @@ class CallState:
     def clone(self) -> "CallState":
         other = copy.copy(self)
         other.used = set(self.used)
+        other.json = self.json and self.json.clone()
         return other
 
     def _unused(self) -> list[ToolParam]:
@@ -146,6 +152,8 @@ class CallState:
             return Limit(frozenset(nxt | ({self.key_close} if whole else set())))
         if m is _Mode.AFTER_KEY:
             return Limit(frozenset({self.value_open, *self._spacers()}))
+        if self.json is not None:  # JSON its schema allows, then the end once it is whole
+            return self.json.limit(self.value_close)
         if not self.param.choices and self.param.kind not in _WHOLE:
             return Limit(ban=self.value_ban)
         # VALUE: one of a closed set, or a number (tokens that keep it one), or either (a
@@ -171,7 +179,7 @@ class CallState:
         allowed = self.limit()
         off = token in allowed.ban if allowed.allow is None else token not in allowed.allow
         if off:  # not written under this grammar (a draft run, a tag inside a value): let go
-            self.mode = _Mode.FREE
+            self.mode, self.json = _Mode.FREE, None
             return
         self.spaced = token in self.g.spacers and m is not _Mode.VALUE
         if m is _Mode.NAME:
@@ -195,10 +203,14 @@ class CallState:
         elif m is _Mode.AFTER_KEY:
             if token == self.value_open:
                 self.mode, self.prefix, self.text = _Mode.VALUE, (), ""
+                if self.param.json and self.values is not None:
+                    self.json = self.values.start(self.param.json)
         elif m is _Mode.VALUE:
             if token == self.value_close:
                 self.used.add(self.param.key)
-                self.mode = _Mode.BETWEEN
+                self.mode, self.json = _Mode.BETWEEN, None
+            elif self.json is not None:
+                self.json.consume(token)
             else:  # a path the token leaves is closed (None); free text needs none kept
                 if self.param.choices and self.prefix is not None:
                     on = token in _next(self.param.choices, self.prefix)[0]

@@ -69,13 +69,14 @@ class Sequence:
     """Why it must end with an error (its own limits failed), while its batch goes on."""
 
     @classmethod
-    def from_request(cls, request: EngineRequest) -> "Sequence":
+    def from_request(cls, request: EngineRequest, values=None) -> "Sequence":
+        """values: json_values.JsonValues, holding array and object values to their schemas."""
         prompt = list(request.prompt_token_ids)
         s = request.sampling
         budget = None
         if s.thinking_budget is not None and s.thinking_end_id is not None:
             budget = ThinkBudget(s.thinking_budget, s.thinking_end_id)
-        call = CallState(s.tool_grammar) if s.tool_grammar is not None else None
+        call = CallState(s.tool_grammar, values) if s.tool_grammar is not None else None
         banned = frozenset(s.banned_token_ids)
         limiter = Limiter(call, budget, banned) if call or budget or banned else None
         return cls(request=request, tokens=prompt, num_prompt=len(prompt),

@@ -235,6 +235,46 @@ def test_tool_choice_required_named_and_none(agent_server, held_out):
     assert getattr(e.value, "status_code", None) == 400 and "nope" in str(e.value)
 
 
+def test_array_and_object_arguments_pass_the_clients_own_validation(agent_server):
+    """The openai SDK's `parse` validates a call's arguments against the pydantic model its
+    tool came from; Claude Code's TodoWrite takes a list of objects. Both came back with a
+    string or a number where a list or object was asked (`["write"]`, `[64]`), and the
+    client refused the call; held to their schemas they pass, streamed or not."""
+    from typing import Annotated, Literal
+
+    from pydantic import BaseModel, Field
+
+    # Bounded lists and strings: the built-in model repeats its items and runs strings on.
+    class Todo(BaseModel):
+        content: str = Field(max_length=40)
+        status: Literal["pending", "in_progress", "completed"]
+
+    class TodoWrite(BaseModel):
+        todos: list[Todo] = Field(max_length=2)
+        tags: list[Annotated[str, Field(max_length=12)]] = Field(max_length=2)
+
+    client = agent_server.client()
+    tool = openai.pydantic_function_tool(TodoWrite)
+    kw = dict(model=agent_server.model, max_tokens=300, tools=[tool],
+              tool_choice={"type": "function", "function": {"name": "TodoWrite"}},
+              messages=[{"role": "user", "content": "Tag items where tags is 64 and write "
+                         "the todos: fix the parser, then test it."}], **GREEDY)  # fmt: skip
+    reply = client.chat.completions.parse(**kw).choices[0]  # raises if it is cut or invalid
+    assert isinstance(reply.message.tool_calls[0].function.parsed_arguments, TodoWrite)
+    with client.chat.completions.stream(**kw) as stream:  # the helper that parses as it reads
+        final = stream.get_final_completion().choices[0]
+    assert final.message.tool_calls[0].function.arguments == (
+        reply.message.tool_calls[0].function.arguments)  # fmt: skip
+    schema = tool["function"]["parameters"]
+    claude = _anthropic(agent_server).messages.create(
+        model=agent_server.model, max_tokens=300, messages=kw["messages"],
+        tools=[{"name": "TodoWrite", "input_schema": schema}],
+        tool_choice={"type": "tool", "name": "TodoWrite"}, extra_body=ZERO,
+    )  # fmt: skip
+    assert claude.stop_reason == "tool_use", claude
+    TodoWrite.model_validate(claude.content[-1].input)
+
+
 def test_thinking_token_budget_on_chat_completions(agent_server):
     """vLLM's `thinking_token_budget`: the reasoning is cut there and the answer follows."""
     client = agent_server.client()

@@ -131,6 +131,43 @@ def test_a_draft_run_that_opens_a_call_stops_at_its_tag(requests):
     assert engine.runner.drafter.stats.accepted > 0
 
 
+TODO = [{"type": "function", "function": {"name": "todo_write", "parameters": {
+    "type": "object", "required": ["todos"], "properties": {"todos": {
+        "type": "array", "minItems": 1, "maxItems": 2, "items": {
+            "type": "object", "additionalProperties": False, "required": ["content", "status"],
+            "properties": {"content": {"type": "string"},
+                           "status": {"enum": ["pending", "done"]}}}}}}}}]  # fmt: skip
+
+
+def test_an_array_of_objects_is_written_as_its_schema_in_every_mode():
+    """Claude Code's TodoWrite takes a list of objects; the built-in model wrote `["write"]`
+    there. Held to its schema (json_values.py) the value is a list of such objects, the same
+    in every mode, speculation included (each draft judged under its own limit)."""
+    import json
+
+    from cluster.engine.json_values import JsonValues
+
+    tok = PromptTokenizer(TRAINED)
+    messages = [{"role": "user", "content": "Write the todo list: fix the parser, then test."}]
+    opening = tok.encode("<tool_call>todo_write<arg_key>todos</arg_key><arg_value>")
+    prompt = tok.chat(messages, TODO, enable_thinking=False) + opening
+    grammar = tool_grammar(tok, TODO, opening, calls_only=True)
+    results = {name: run(config, [(prompt, greedy(grammar, 160))])[0]
+               for name, config in CONFIGS.items()}  # fmt: skip
+    out = results["plain"]
+    assert all(got == out for got in results.values()), results
+    values = JsonValues(TRAINED / "tokenizer.json")
+    state = Limiter(CallState(grammar, values), None)
+    for n, token in enumerate(out):
+        lim = state.follow(out[:n])
+        assert (lim.allow is None or token in lim.allow) and token not in lim.ban, n
+    close = tok.markers.id_of("</arg_value>")
+    assert close in out, tok.decode(out)  # the value was closed, so it is whole
+    todos = json.loads(tok.decode(out[: out.index(close)]))
+    assert todos and all(set(t) == {"content", "status"} and isinstance(t["content"], str)
+                         and t["status"] in ("pending", "done") for t in todos), todos  # fmt: skip
+
+
 def test_a_thinking_budget_ends_reasoning_where_it_is_spent_in_every_mode():
     tok = PromptTokenizer(TRAINED)
     end = tok.markers.id_of("</think>")

@@ -357,3 +357,63 @@ def test_a_named_tool_choice_keeps_every_call_to_that_tool(tokenizer):
         prompt = build_prompt(tokenizer, messages, TOOLS, choice, {})
         got = {tokenizer.decode(list(t.name)) for t in prompt.grammar.tools}
         assert got == offered, choice
+
+
+TODO = [{"type": "function", "function": {"name": "todo_write", "parameters": {
+    "type": "object", "$defs": {"Status": {"enum": ["pending", "done"]}},
+    "properties": {
+        "todos": {"type": "array", "items": {
+            "type": "object", "additionalProperties": False, "required": ["content", "status"],
+            "properties": {"content": {"type": "string"}, "status": {"$ref": "#/$defs/Status"}}}},
+        "meta": {"anyOf": [{"type": "object", "properties": {"n": {"type": "integer"}}},
+                           {"type": "null"}]},
+    },
+    "required": ["todos"]}}}]  # fmt: skip
+
+
+def ok(lim, token: int) -> bool:
+    """Whether a limit lets this token be written."""
+    return (lim.allow is None or token in lim.allow) and token not in lim.ban
+
+
+def test_array_and_object_values_are_held_to_their_schemas(tokenizer):
+    """Claude Code's TodoWrite takes a list of objects: a model that wrote a string there
+    (`["write"]`, `"high"`) sent a call the client's own validation refused. The value is
+    now JSON its schema allows, token by token, and ends only when whole."""
+    from cluster.engine.json_values import JsonValues
+
+    values = JsonValues(FIXTURE / "tokenizer.json")
+    g = tool_grammar(tokenizer, TODO, [])
+    assert all(p.json for p in g.tools[0].params)
+    enc = tokenizer.encode
+    args = {"todos": [{"content": "fix the \"parser\"\nthen test", "status": "done"}],
+            "meta": None}  # fmt: skip
+    call = {"function": {"name": "todo_write", "arguments": args}}
+    messages = [{"role": "user", "content": "x"},
+                {"role": "assistant", "content": "", "tool_calls": [call]}]  # fmt: skip
+    text = tokenizer.hf.apply_chat_template(messages, tools=TODO, tokenize=False)
+    start = text.rindex("<tool_call>")
+    rendered = text[start : text.index("</tool_call>", start) + len("</tool_call>")]
+    walk(Limiter(CallState(g, values), None), enc(rendered))  # GLM's own JSON is accepted
+    s = Limiter(CallState(g, values), None)
+    out = enc("<tool_call>todo_write<arg_key>todos</arg_key><arg_value>")
+    lim = s.follow(out)
+    close = enc("</arg_value>")[0]
+    words = [t for t in enc("write high") if tokenizer.decode([t]).strip()]
+    assert not ok(lim, close) and not any(ok(lim, t) for t in words), "a word is not a list"
+    out += enc('[{"content": "a')
+    lim = s.follow(out)
+    assert not ok(lim, enc("\n")[0]) and not ok(lim, close)  # no raw newline in a string
+    drafts = enc('", "status": "done"}]')
+    along = s.along(drafts)  # a draft run is judged on a copy: the row stays where it was
+    assert ok(along[-1], close) and not ok(along[0], close)
+    assert s.follow(out) == lim
+    out += drafts
+    lim = s.follow(out)
+    assert ok(lim, close) and not any(ok(lim, t) for t in values.tokenizer.eos_tokens)
+    out += [close] + enc("<arg_key>meta</arg_key><arg_value>")
+    assert ok(s.follow(out), enc("null")[0])  # nullable: null, or its object
+    # Without llguidance's matchers (an engine built without a tokenizer) the value is free.
+    free = Limiter(CallState(g, None), None)
+    assert ok(free.follow(enc("<tool_call>todo_write<arg_key>todos</arg_key><arg_value>x")),
+              close)  # fmt: skip
