@@ -53,9 +53,7 @@ def _compiled(schema_json: str) -> str:
     import llguidance
 
     try:
-        grammar = llguidance.LLMatcher.grammar_from_json_schema(
-            schema_json, defaults=JSON_FORM
-        )
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(schema_json, defaults=JSON_FORM)
     except ValueError:
         return ""
     return "" if llguidance.LLMatcher.validate_grammar(grammar) else grammar
