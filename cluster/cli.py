@@ -57,7 +57,14 @@ def _rank(args) -> int:
         grpc_port=args.grpc_port,
         replica=args.replica,
     )
-    return run_rank(options, engine_config(args))
+    code = run_rank(options, engine_config(args))
+    # Everything is stopped and written; leave without the interpreter's teardown, where
+    # MLX's stream threads, destroyed while joinable, aborted the process after long runs
+    # ("terminate called without an active exception" ending each rank's log).
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _verify_cost(text: str) -> float:
