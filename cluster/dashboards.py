@@ -117,6 +117,7 @@ REPLICAS = [
         "bytes",
         [
             (f"cluster:kv_cache_usage_bytes{{{SEL}}}", "{{replica}} used"),
+            (f"cluster:kv_cache_booked_bytes{{{SEL}}}", "{{replica}} booked by admission"),
             (f"cluster:kv_cache_budget_bytes{{{SEL}}} or on() vector(0)", "{{replica}} budget"),
         ],
     ),

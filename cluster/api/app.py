@@ -66,6 +66,30 @@ class ApiKeyMiddleware:
         return any(key in self.keys for key in sent_keys(dict(scope["headers"])))
 
 
+class RefusalCounter:
+    """Counts the client errors the API answers (`requests_rejected_total{status}`): a 400 for
+    a bad field, 401, 404, 413, ... (429 and 503 are counted where the coordinator refuses).
+    Plain ASGI, as above; the rest of a response passes straight through."""
+
+    COUNTED_ELSEWHERE = (429, 499)  # 499: the client left, its request aborted
+
+    def __init__(self, app, rejected, model_name: str):
+        self.app, self.rejected, self.model_name = app, rejected, model_name
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def counted(message):
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                if 400 <= status < 500 and status not in self.COUNTED_ELSEWHERE:
+                    self.rejected.labels(self.model_name, str(status)).inc()
+            await send(message)
+
+        await self.app(scope, receive, counted)
+
+
 def create_app(
     coordinator: Coordinator,
     api_keys: frozenset[str] = frozenset(),
@@ -80,6 +104,8 @@ def create_app(
 
     if api_keys:
         app.add_middleware(ApiKeyMiddleware, keys=api_keys)
+    metrics = coordinator.metrics  # outermost: a 401 from the key check is counted too
+    app.add_middleware(RefusalCounter, rejected=metrics.rejected, model_name=metrics.model_name)
 
     @app.get("/health")
     async def health():

@@ -295,9 +295,10 @@ class Coordinator:
     ) -> AsyncIterator[Output]:
         replica = completion.replica
         tracker = self.metrics.track(replica.name)
-        prompt_tokens, unfinished = len(request.prompt_token_ids), "abort"
+        prompt_tokens, unfinished, cached = len(request.prompt_token_ids), "abort", 0
         try:
             async for event in self._events(completion, request, session, tracker):
+                cached = event.cached_tokens or cached  # (a request cut short hit it too)
                 if event.error:
                     unfinished = "error"
                     if self.stopping:  # its channel was closed by the shutdown, not a fault
@@ -331,7 +332,7 @@ class Coordinator:
                         return
         finally:
             if unfinished:  # ended without a finish: the client left, or the replica failed
-                tracker.on_finish(unfinished, prompt_tokens, 0, None)
+                tracker.on_finish(unfinished, prompt_tokens, cached, None)
                 if unfinished == "abort" and not self.stopping:
                     where = completion.replica.name  # (where it ran last, if it moved)
                     log.info("request %s: the client left after %d tokens; aborted on %s",

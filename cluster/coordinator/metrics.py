@@ -53,7 +53,7 @@ class Metrics:
         self.cache_hits = counter("prefix_cache_hits", "Prompt tokens found in the prefix cache.")
         self.routing = counter("routing_decisions", "Requests routed, by reason.", ["reason"])
         self.rejected = Counter(
-            PREFIX + "requests_rejected", "Requests refused before routing.",
+            PREFIX + "requests_rejected", "Requests refused, by HTTP status (4xx and 503).",
             ("model_name", "status"), registry=r,
         )  # fmt: skip
 
@@ -154,6 +154,12 @@ class ClusterCollector:
         kv_budget = gauge(
             "kv_cache_budget_bytes", "The replica's KV budget per rank (absent: none).", ["replica"]
         )
+        kv_booked = gauge(
+            "kv_cache_booked_bytes",
+            "KV bytes the running and admitted sequences book (each batch row at the longest "
+            "row's length, whole prompts): a request waits when its own would pass the budget.",
+            ["replica"],
+        )
         preemptions = CounterMetricFamily(
             PREFIX + "kv_cache_preemptions",
             "Running sequences sent back to wait for KV room (recomputed later).",
@@ -244,6 +250,8 @@ class ClusterCollector:
             kv.add_metric([name, r.name], used)
             if budget.get("budget_bytes"):
                 kv_budget.add_metric([name, r.name], budget["budget_bytes"])
+            if "booked_bytes" in budget:
+                kv_booked.add_metric([name, r.name], budget["booked_bytes"])
             if budget:
                 preemptions.add_metric([name, r.name], budget.get("preemptions", 0))
             cap = cache.get("capacity_bytes") or 0
@@ -283,9 +291,9 @@ class ClusterCollector:
                 leader = r.ranks[0]
                 model_bytes.add_metric([name, r.name, leader["node"], "0"], s["model_bytes"])
         yield from (up, info, restarts, running, waiting, prefilling, prefill_left, in_flight,
-                    kv, kv_budget, preemptions, cache_perc, tier_hits, disk_bytes, step, exchange,
-                    sleeping, rank_up, rank_mem, model_bytes, trims, trim_seconds, spec_active,
-                    spec_k, spec_fallbacks, per_pos,
+                    kv, kv_budget, kv_booked, preemptions, cache_perc, tier_hits, disk_bytes,
+                    step, exchange, sleeping, rank_up, rank_mem, model_bytes, trims,
+                    trim_seconds, spec_active, spec_k, spec_fallbacks, per_pos,
                     *spec_counters.values())  # fmt: skip
 
     def describe(self):

@@ -65,13 +65,14 @@ def test_a_flood_of_long_prompts_waits_its_turn_within_memory(srv):
     one(99)  # warm: the allocator has seen one such sequence
     time.sleep(3)  # a status poll records the rank's resident memory
     base = max(r.get("memory_bytes", 0) for r in replica(srv)["ranks"])
-    peak = {"used": 0, "rss": 0}
+    peak = {"used": 0, "rss": 0, "booked": 0}
     done = threading.Event()
 
     def watch():
         while not done.is_set():
             r = replica(srv)
             peak["used"] = max(peak["used"], r["engine"]["kv"]["used_bytes"])
+            peak["booked"] = max(peak["booked"], r["engine"]["kv"]["booked_bytes"])
             peak["rss"] = max(peak["rss"], *(x.get("memory_bytes", 0) for x in r["ranks"]))
             time.sleep(0.1)
 
@@ -87,6 +88,9 @@ def test_a_flood_of_long_prompts_waits_its_turn_within_memory(srv):
           f"rank RSS {base} before, {peak['rss']} peak")  # fmt: skip
     assert finishes == ["length"] * 12  # every request completed
     assert 0 < peak["used"] <= BUDGET, peak
+    # What admission counts (rows at their full length): requests wait while it is near the
+    # budget, which the bytes in use (growing as prompts prefill) do not show.
+    assert 0 < peak["booked"] <= BUDGET, peak
     assert base and peak["rss"] <= base + BUDGET + 64_000_000, (base, peak)
     metrics = httpx.get(f"{srv.url}/metrics").text
     labels = f'{{model_name="{srv.model}",replica="r0"}}'
@@ -97,3 +101,4 @@ def test_a_flood_of_long_prompts_waits_its_turn_within_memory(srv):
     }
     assert values["cluster:kv_cache_budget_bytes"] == BUDGET
     assert "cluster:kv_cache_preemptions_total" in values
+    assert values["cluster:kv_cache_booked_bytes"] <= BUDGET

@@ -564,3 +564,8 @@ def test_an_anthropic_base_url_ending_in_v1_is_named(server):
         "message"]  # fmt: skip
     r = httpx.get(f"{server.url}/v1/messages")  # a client's error, not the server's
     assert r.status_code == 405 and r.json()["error"]["type"] == "invalid_request_error"
+    # Every client error is counted by status (only 429 and 503 were: the rest was nowhere).
+    counts = {line.split('status="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+              for line in httpx.get(f"{server.url}/metrics").text.splitlines()
+              if line.startswith("cluster:requests_rejected_total{")}  # fmt: skip
+    assert counts.get("404", 0) >= 1 and counts.get("405", 0) >= 1, counts
