@@ -94,6 +94,10 @@ def _attr(flag: str) -> str:
     return flag.removeprefix("--").replace("-", "_")
 
 
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+WILDCARD = {"0.0.0.0", "::"}
+
+
 def physical_gb() -> float | None:
     """This machine's memory in GB (None where the OS does not say)."""
     try:
@@ -218,7 +222,7 @@ def serve(options: ServeOptions, engine: EngineConfig) -> None:
     host = options.host or inventory.coordinator_host
     port = options.port if options.port is not None else inventory.coordinator_port
     check_bind(host, port)
-    if host not in ("127.0.0.1", "localhost", "::1") and not options.api_keys:
+    if host not in LOOPBACK and not options.api_keys:
         log.warning("listening on %s with no --api-key: anyone who reaches port %d of this "
                     "machine can use the cluster", host, port)  # fmt: skip
     if local and (have := physical_gb()):  # every rank runs here: the plan's memory is ours
@@ -229,7 +233,9 @@ def serve(options: ServeOptions, engine: EngineConfig) -> None:
                             "to what the host has)", h.name, h.memory_gb, have)  # fmt: skip
     run_dir = cache_home() / "run" / str(os.getpid())
     ports = inventory.fixed_grpc_ports([p.name for p in plans])
-    if clash := sorted(n for n, p in ports.items() if p == port):
+    here = {host, "127.0.0.1", "localhost", "::1"} if host in LOOPBACK | WILDCARD else {host}
+    if clash := sorted(p.name for p in plans if ports.get(p.name) == port
+                       and (p.leader.address in here or host in WILDCARD)):  # fmt: skip
         raise PlanRefused(f"the coordinator's port {port} is also replica {clash[0]}'s gRPC port "
                           "(grpc_base_port): give them different ports")  # fmt: skip
     token = cluster_token(bool(ports))

@@ -330,6 +330,9 @@ class Coordinator:
                     logprobs, prompt_logprobs = logprobs[n:], ()
                     if delta.finish_reason is not None:
                         return
+        except Exception:
+            unfinished = "error"  # (the failover found no replica; the output failed)
+            raise
         finally:
             if unfinished:  # ended without a finish: the client left, or the replica failed
                 tracker.on_finish(unfinished, prompt_tokens, cached, None)

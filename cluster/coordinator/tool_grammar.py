@@ -4,6 +4,8 @@ model writes to these names, keys and values (cluster/engine/grammar.py applies 
 import functools
 import json
 
+import llguidance
+
 from ..types import ToolGrammar, ToolParam, ToolSpec
 from .tokenizer import PromptTokenizer
 from .tool_schema import resolve
@@ -50,8 +52,6 @@ JSON_FORM = {"whitespace_flexible": False, "item_separator": ", ", "key_separato
 def _compiled(schema_json: str) -> str:
     """An llguidance grammar of a JSON schema ('' when llguidance cannot hold values to it:
     the value is then free text, as before)."""
-    import llguidance
-
     try:
         grammar = llguidance.LLMatcher.grammar_from_json_schema(schema_json, defaults=JSON_FORM)
     except ValueError:
@@ -65,11 +65,23 @@ def json_grammar(inner: dict, root, nullable: bool) -> str:
     schema = {"anyOf": [inner, {"type": "null"}]} if nullable else dict(inner)
     if isinstance(root, dict):
         schema |= {k: root[k] for k in DEFS if isinstance(root.get(k), dict)}
-    try:
-        text = json.dumps(schema, sort_keys=True)
+    try:  # (the schema's own key order: llguidance keeps properties in it)
+        text = json.dumps(schema)
     except (TypeError, ValueError):
         return ""
+    if any(not r.startswith(("#/$defs/", "#/definitions/")) for r in _refs(schema)):
+        return ""  # a ref into the tool's own schema: not this value's root, left free
     return _compiled(text)
+
+
+def _refs(schema) -> list[str]:
+    """Every `$ref` in a schema, at any depth."""
+    if isinstance(schema, dict):
+        own = [schema["$ref"]] if isinstance(schema.get("$ref"), str) else []
+        return own + [r for v in schema.values() for r in _refs(v)]
+    if isinstance(schema, list):
+        return [r for v in schema for r in _refs(v)]
+    return []
 
 
 def _tokens(tokenizer: PromptTokenizer, text: str) -> tuple[int, ...]:

@@ -19,12 +19,37 @@ from enum import Enum
 from ..types import ToolGrammar, ToolParam, ToolSpec
 
 
+class TokenMask:
+    """Tokens excluded, as a bool array over the vocabulary (a JSON value's limit: too many
+    tokens for a set on GLM-5's 150K vocabulary); ids past its end are excluded too. Equal
+    when their `key` is (the bit mask it was made from)."""
+
+    def __init__(self, excluded, key: bytes):
+        self.excluded, self.key = excluded, key
+
+    def excludes(self, token: int) -> bool:
+        return token >= len(self.excluded) or bool(self.excluded[token])
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, TokenMask) and self.key == other.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+
 @dataclass(frozen=True)
 class Limit:
-    """The tokens a row may take next: only `allow` when it is set, else any but `ban`."""
+    """The tokens a row may take next: only `allow` when it is set, else any but `ban`; and
+    none that `mask` excludes."""
 
     allow: frozenset[int] | None = None
     ban: frozenset[int] = frozenset()
+    mask: TokenMask | None = None
+
+    def permits(self, token: int) -> bool:
+        if self.mask is not None and self.mask.excludes(token):
+            return False
+        return (self.allow is None or token in self.allow) and token not in self.ban
 
 
 FREE = Limit()
@@ -153,7 +178,9 @@ class CallState:
         if m is _Mode.AFTER_KEY:
             return Limit(frozenset({self.value_open, *self._spacers()}))
         if self.json is not None:  # JSON its schema allows, then the end once it is whole
-            return self.json.limit(self.value_close)
+            if (lim := self.json.limit(self.value_close)) is not None:
+                return lim
+            self.json = None  # its matcher failed (logged): the value goes on as free text
         if not self.param.choices and self.param.kind not in _WHOLE:
             return Limit(ban=self.value_ban)
         # VALUE: one of a closed set, or a number (tokens that keep it one), or either (a
@@ -176,9 +203,8 @@ class CallState:
                 self.mode, self.prefix, self.used = _Mode.NAME, (), set()
             self.spaced = token in self.g.spacers
             return
-        allowed = self.limit()
-        off = token in allowed.ban if allowed.allow is None else token not in allowed.allow
-        if off:  # not written under this grammar (a draft run, a tag inside a value): let go
+        # Not written under this grammar (a draft run, a tag inside a value): let go.
+        if not self.limit().permits(token):
             self.mode, self.json = _Mode.FREE, None
             return
         self.spaced = token in self.g.spacers and m is not _Mode.VALUE
@@ -209,8 +235,8 @@ class CallState:
             if token == self.value_close:
                 self.used.add(self.param.key)
                 self.mode, self.json = _Mode.BETWEEN, None
-            elif self.json is not None:
-                self.json.consume(token)
+            elif self.json is not None and not self.json.consume(token):
+                self.json = None  # (not expected: limit() allowed it) free text from here
             else:  # a path the token leaves is closed (None); free text needs none kept
                 if self.param.choices and self.prefix is not None:
                     on = token in _next(self.param.choices, self.prefix)[0]
@@ -282,5 +308,5 @@ class Limiter:
         if not self.banned:
             return lim
         if lim.allow is not None:
-            return Limit(lim.allow - self.banned)
-        return Limit(ban=lim.ban | self.banned)
+            return Limit(lim.allow - self.banned, mask=lim.mask)
+        return Limit(ban=lim.ban | self.banned, mask=lim.mask)

@@ -6,9 +6,10 @@ list of objects is asked, or a raw newline inside a JSON string, is kept to vali
 import logging
 from pathlib import Path
 
+import llguidance  # a hard dependency: every rank of a group must hold values alike
 import numpy as np
 
-from .grammar import Limit
+from .grammar import Limit, TokenMask
 
 log = logging.getLogger(__name__)
 
@@ -17,15 +18,13 @@ class JsonValues:
     """Matchers over one model's tokens (its tokenizer.json), made per value written."""
 
     def __init__(self, tokenizer_json: str | Path):
-        import llguidance
-
-        self._llg = llguidance
         self.tokenizer = llguidance.LLTokenizer(str(tokenizer_json))
 
     @classmethod
     def of_model(cls, model_dir: str | Path) -> "JsonValues | None":
-        """For a model directory; None when it has no tokenizer.json to match tokens with
-        (its array and object values are then free text, as every value was)."""
+        """For a model directory; None when it has no tokenizer.json llguidance can read (the
+        same files on every rank: the same answer), its array and object values then free
+        text, as every value was."""
         path = Path(model_dir) / "tokenizer.json"
         if not path.is_file():
             log.warning("%s has no tokenizer.json: tool-call array and object values are not "
@@ -33,13 +32,13 @@ class JsonValues:
             return None
         try:
             return cls(path)
-        except Exception as e:  # a tokenizer llguidance cannot read: say so, serve on
+        except Exception as e:
             log.warning("tool-call array and object values are not held to their schemas: "
                         "llguidance cannot read %s (%s)", path, e)  # fmt: skip
             return None
 
     def start(self, grammar: str) -> "JsonValue | None":
-        matcher = self._llg.LLMatcher(self.tokenizer, grammar, log_level=0)
+        matcher = llguidance.LLMatcher(self.tokenizer, grammar, log_level=0)
         if matcher.is_error():  # the coordinator validated it: not expected
             log.warning("a tool-call value's grammar failed: %s", matcher.get_error())
             return None
@@ -57,22 +56,24 @@ class JsonValue:
         grammar's end): here the value ends with `</arg_value>`, never the reply."""
         self._limit: tuple[int, Limit] | None = None
 
-    def limit(self, close: int) -> Limit:
-        """The tokens that keep the value JSON of its schema; `close` (</arg_value>) once it
-        is whole."""
+    def limit(self, close: int) -> Limit | None:
+        """The tokens that keep the value JSON of its schema, `close` (</arg_value>) once it is
+        whole; None when the matcher has failed or allows nothing (free text from there)."""
         if self._limit is not None and self._limit[0] == close:
             return self._limit[1]
-        bits = np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8)
-        ok = np.unpackbits(bits, bitorder="little")[: self.vocab].astype(bool)
-        whole = self.matcher.is_accepting()
+        if self.matcher.is_error():
+            log.warning("a tool-call value's matcher failed: %s", self.matcher.get_error())
+            return None
+        raw = self.matcher.compute_bitmask()
+        ok = np.unpackbits(np.frombuffer(raw, dtype=np.uint8), bitorder="little")
+        ok = ok[: self.vocab].astype(bool)
         ok[self.ends] = False
+        whole = self.matcher.is_accepting()
         if close < self.vocab:
             ok[close] = whole
-        if ok.sum() <= self.vocab // 2:
-            ids = set(np.flatnonzero(ok).tolist())
-            lim = Limit(frozenset(ids | ({close} if whole else set())))
-        else:  # most tokens (inside a string): the few others banned
-            lim = Limit(ban=frozenset(np.flatnonzero(~ok).tolist()))
+        if not ok.any():
+            return None
+        lim = Limit(mask=TokenMask(~ok, raw + bytes([whole])))
         self._limit = (close, lim)
         return lim
 

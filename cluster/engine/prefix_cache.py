@@ -120,6 +120,19 @@ class PrefixCache:
         extend_hashes(known, tokens, self.block_size, self.seed)
         return known[: len(tokens) // self.block_size]
 
+    def peek(self, tokens: tuple[int, ...], known: list[BlockHash] | None = None) -> int:
+        """About how many tokens `lookup` would find, from memory's index alone: no stats, no
+        disk, nothing taken (the scheduler's estimate of what a waiting prompt will cost)."""
+        usable = (len(tokens) - 1) // self.block_size
+        # The routed hashes as they are (lookup checks and extends them: each block once).
+        hashes = known[:usable] if known else self.hashes(tokens[: usable * self.block_size])
+        matched = 0
+        for h in hashes:
+            if not self.index.get(h):
+                break
+            matched += self.block_size
+        return max(0, matched - self.lag)
+
     def lookup(
         self, tokens: tuple[int, ...], known: list[BlockHash] | None = None
     ) -> tuple[int, list[Any] | None]:

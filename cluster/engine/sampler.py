@@ -36,7 +36,8 @@ def processed_rows(logits: mx.array, params: list[SamplingParams]) -> mx.array:
 def constrain(logits: mx.array, limits: list[Limit] | None) -> mx.array:
     """Rows of logits [B, V] with the tokens each row's limit excludes at -inf (its banned
     tokens, its tool-call grammar, its thinking budget: engine/grammar.py)."""
-    if not limits or all(lim.allow is None and not lim.ban for lim in limits):
+    if not limits or all(lim.allow is None and not lim.ban and lim.mask is None
+                         for lim in limits):  # fmt: skip
         return logits
     vocab = logits.shape[-1]
     mask = np.zeros(logits.shape, dtype=bool)  # True: excluded
@@ -47,6 +48,10 @@ def constrain(logits: mx.array, limits: list[Limit] | None) -> mx.array:
             mask[i, allow] = False
         elif lim.ban:
             mask[i, [t for t in lim.ban if t < vocab]] = True
+        if lim.mask is not None:  # a JSON value's: ids past its vocabulary excluded too
+            n = min(vocab, len(lim.mask.excluded))
+            mask[i, :n] |= lim.mask.excluded[:n]
+            mask[i, n:] = True
     return mx.where(mx.array(mask), -mx.inf, logits)
 
 

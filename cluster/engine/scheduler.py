@@ -97,8 +97,12 @@ class Scheduler:
         slots = self.config.max_num_seqs - len(self.running)
         batch = [len(s.tokens) + self.lookahead for s in self.running]
         prefilling: list[int] = []
+        candidates = list(self.waiting)[:slots]
+        # What each would compute (a waiting prompt's cached prefix estimated once), so that
+        # only those the step's budget reaches are admitted and book their KV.
+        shares = split_budget(self.config.prefill_step_size, [self._left(s) for s in candidates])
         admitted: list[Sequence] = []
-        for seq in list(self.waiting)[:slots]:
+        for seq, share in zip(candidates, shares, strict=True):
             # Admitted, it holds its prompt while it prefills, then a batch row.
             batch.append(seq.prefill_target + self.lookahead)
             prefilling.append(seq.prefill_target)
@@ -106,11 +110,14 @@ class Scheduler:
                 alone = len(batch) == 1  # (what passed the length check fits alone)
                 if not alone and not self.kv.fits(batch, prefilling):
                     break  # it waits, and so does everyone behind it: no one starves
+                if not share and self._left(seq):  # no tokens this step: not booked yet
+                    batch.pop(), prefilling.pop()
+                    continue
                 seq.admitted = True
                 seq.scheduled_at = seq.scheduled_at or time.monotonic()
                 self._reuse_prefix(seq)
             admitted.append(seq)
-        wants = [s.prefill_target - s.num_computed for s in admitted]
+        wants = [s.prefill_target - s.num_computed for s in admitted]  # (what reuse found)
         shares = split_budget(self.config.prefill_step_size, wants)
         schedule.prefill = [(s, n) for s, n, w in zip(admitted, shares, wants, strict=True)
                             if n or not w]  # fmt: skip
@@ -146,8 +153,20 @@ class Scheduler:
             else:
                 return preempted
             seq.status, seq.admitted, seq.num_computed, seq.carry = Status.WAITING, False, 0, None
+            seq.expected_cached = None  # (weighed again: its tokens are more now)
             self.kv.preemptions += 1
             preempted.append(seq)
+
+    def _left(self, seq: Sequence) -> int:
+        """Prompt tokens it has still to compute; for one not admitted yet, less the cached
+        prefix memory held when it was first weighed (an estimate: admission looks it up)."""
+        if seq.admitted:
+            return seq.prefill_target - seq.num_computed
+        if seq.expected_cached is None:
+            tokens = tuple(seq.tokens[: seq.prefill_target + 1])
+            found = 0 if seq.wants_prompt_logprobs else self.cache.peek(tokens, seq.hashes)
+            seq.expected_cached = min(found, seq.prefill_target)
+        return seq.prefill_target - max(seq.num_computed, seq.expected_cached)
 
     def _reuse_prefix(self, seq: Sequence) -> None:
         if seq.wants_prompt_logprobs:  # a cached prefix has no logits: compute it

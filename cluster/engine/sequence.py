@@ -63,6 +63,8 @@ class Sequence:
     """kv.SlotOrder of its batch row's caches ("main", "drafter") once speculation moved some."""
     hashes: list[int] = field(default_factory=list)
     """Chained hashes of its tokens' first blocks, each computed once (routing's to start)."""
+    expected_cached: int | None = None
+    """Its prompt's cached prefix as the scheduler first estimated it (None: not yet)."""
     limiter: Limiter | None = None
     """Its banned tokens, tool-call grammar and thinking budget, when the request has any."""
     fault: str | None = None

@@ -64,8 +64,9 @@ def port_in_use(host: str, port: int) -> bool:
 def mismatch(stats: dict, wanted: EngineConfig, what: str) -> str | None:
     """Why a running leader cannot be taken over as asked: its engine settings differ."""
     running = stats.get("settings")
-    if not isinstance(running, dict):
-        return None  # a leader from before it reported them: nothing to compare
+    if not isinstance(running, dict):  # its requests' wire form may differ from ours too
+        return (f"{what} (pid {stats.get('pid', '?')}) runs an older version of cluster (it "
+                "reports no settings): stop it to start this version")  # fmt: skip
     differ = settings_differ(running, wanted)
     if not differ:
         return None

@@ -148,10 +148,10 @@ class Supervisor:
         client = self.client_factory(address, self.token)
         try:
             info = await client.connect(timeout=2)
+            stats = await client.status(timeout=5)
         except Exception:
             await client.close()
             return None
-        stats = await client.status()
         what = f"replica {plan.name}: the leader at {address}"
         if info.model_id != self.launcher.model_id:
             await client.close()

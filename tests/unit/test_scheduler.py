@@ -83,6 +83,20 @@ def test_long_prompts_together_do_not_split_the_budget():
     assert steps == [[("a", 10)], [("a", 10)], [("a", 5), ("b", 5)], [("b", 10)], [("b", 10)]]
 
 
+def test_only_prompts_the_budget_reaches_are_admitted():
+    """A prompt that gets no tokens this step is not admitted: it would book its KV (the
+    prefix cache's room shrinking for nothing), count as running and end its queue time."""
+    s = scheduler(prefill_step_size=10, max_num_seqs=8)
+    s.max_model_len = 1000
+    long, other, late = seq("long", 50), seq("other", 50), seq("late", 3)
+    for x in (long, other, late):
+        s.add(x)
+    step = s.schedule()
+    assert [(x.request_id, n) for x, n in step.prefill] == [("long", 7), ("late", 3)]
+    assert long.admitted and late.admitted and not other.admitted
+    assert other.scheduled_at is None
+
+
 def test_split_budget_edges():
     assert split_budget(10, []) == []
     assert split_budget(10, [0]) == [0]

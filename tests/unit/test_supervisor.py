@@ -340,3 +340,19 @@ def test_a_replica_whose_step_runs_long_takes_no_new_requests_until_it_ends():
             await sup.stop()
 
     asyncio.run(main())
+
+
+def test_a_leader_left_running_is_compared_with_the_settings_asked_for():
+    from dataclasses import asdict
+
+    from cluster.config import EngineConfig
+    from cluster.launch.attach import mismatch
+
+    wanted = EngineConfig(max_num_seqs=4)
+    running = asdict(EngineConfig()) | {"prefix_cache_disk_dir": "/somewhere/r0/rank-0"}
+    why = mismatch({"settings": running, "pid": 77}, wanted, "replica r0: the leader at a:1")
+    assert "--max-num-seqs 16 (asked: 4)" in why and "kill 77" in why
+    assert "prefix-cache-disk-dir" not in why  # a rank's own directory under the one given
+    assert mismatch({"settings": asdict(wanted), "pid": 77}, wanted, "x") is None
+    # A leader that reports no settings runs an older version: its wire form may differ.
+    assert "older version" in mismatch({"pid": 5}, wanted, "replica r0: the leader at a:1")
