@@ -356,3 +356,6 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C before serve's own handlers are in place
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -260,7 +260,7 @@ def make_plan(
     replicas: list[ReplicaPlan] = []
     if len(hosts) < n or len(hosts) % n:
         refusals.append(
-            f"{len(hosts)} hosts cannot form {n} replicas of equal size; "
+            f"{len(hosts)} host{'s' * (len(hosts) != 1)} cannot form {n} replicas of equal size; "
             f"list a multiple of {n} hosts or change vars.replicas."
         )
     else:
