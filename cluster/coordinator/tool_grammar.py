@@ -3,12 +3,15 @@ model writes to these names, keys and values (cluster/engine/grammar.py applies 
 
 import functools
 import json
+import logging
 
 import llguidance
 
 from ..types import ToolGrammar, ToolParam, ToolSpec
 from .tokenizer import PromptTokenizer
 from .tool_schema import resolve
+
+log = logging.getLogger(__name__)
 
 NUMBER_CHARS = "0123456789-+.eE"
 CALL_TAGS = ("<tool_call>", "</tool_call>", "<arg_key>", "</arg_key>", "<arg_value>",
@@ -43,8 +46,11 @@ def _rule(schema, root) -> tuple[list[str], str, str]:
 
 
 DEFS = ("$defs", "definitions")
-JSON_FORM = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
-"""JSON as GLM's template writes it (json.dumps' separators): what the model learned."""
+JSON_FORM = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": ",
+             "lenient": True, "coerce_one_of": True}  # fmt: skip
+"""JSON as GLM's template writes it (json.dumps' separators): what the model learned. Keywords
+llguidance does not implement (`uniqueItems`, `if` / `then`, ...) are left out rather than
+leaving the whole value free; `oneOf` is held as `anyOf`."""
 """Where a tool's schema keeps the shared schemas its `$ref`s name."""
 
 
@@ -54,34 +60,68 @@ def _compiled(schema_json: str) -> str:
     the value is then free text, as before)."""
     try:
         grammar = llguidance.LLMatcher.grammar_from_json_schema(schema_json, defaults=JSON_FORM)
-    except ValueError:
-        return ""
-    return "" if llguidance.LLMatcher.validate_grammar(grammar) else grammar
+    except ValueError as e:
+        why = str(e)
+    else:
+        if not (why := llguidance.LLMatcher.validate_grammar(grammar)):
+            return grammar
+    log.warning("a tool's array or object value is not held to its schema (llguidance: %s); "
+                "it is written as free text", why.splitlines()[0][:300])  # fmt: skip
+    return ""
 
 
 def json_grammar(inner: dict, root, nullable: bool) -> str:
-    """The grammar an array or object value is held to: its schema, the root's shared schemas
-    beside it (for its `$ref`s), or null where the schema allows it."""
-    schema = {"anyOf": [inner, {"type": "null"}]} if nullable else dict(inner)
-    if isinstance(root, dict):
-        schema |= {k: root[k] for k in DEFS if isinstance(root.get(k), dict)}
+    """The grammar an array or object value is held to: its schema, null besides where the
+    schema allows it, and what its `$ref`s name (the tool's schema is their root: each
+    referenced part goes into this value's `$defs`)."""
+    named: dict[str, str] = {}
+    defs: dict[str, object] = {}
+    schema = _rooted(inner, root if isinstance(root, dict) else {}, named, defs)
+    if nullable:
+        schema = {"anyOf": [schema, {"type": "null"}]}
+    if defs:
+        schema = {**schema, "$defs": defs}
     try:  # (the schema's own key order: llguidance keeps properties in it)
         text = json.dumps(schema)
     except (TypeError, ValueError):
         return ""
-    if any(not r.startswith(("#/$defs/", "#/definitions/")) for r in _refs(schema)):
-        return ""  # a ref into the tool's own schema: not this value's root, left free
     return _compiled(text)
 
 
-def _refs(schema) -> list[str]:
-    """Every `$ref` in a schema, at any depth."""
-    if isinstance(schema, dict):
-        own = [schema["$ref"]] if isinstance(schema.get("$ref"), str) else []
-        return own + [r for v in schema.values() for r in _refs(v)]
+def _rooted(schema, root: dict, named: dict[str, str], defs: dict):
+    """The schema with each `$ref` (a pointer into the tool's schema, zod's `#/properties/a`
+    and `#` too) pointing at a copy of its target under `#/$defs/`, each target once."""
     if isinstance(schema, list):
-        return [r for v in schema for r in _refs(v)]
-    return []
+        return [_rooted(v, root, named, defs) for v in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: _rooted(v, root, named, defs) for k, v in schema.items()
+           if k not in ("$ref", *DEFS)}  # fmt: skip
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#"):
+        if ref not in named:
+            named[ref] = name = f"r{len(named)}"
+            target = _pointer(root, ref)
+            defs[name] = {}  # (taken before its body: a recursive ref finds its name)
+            defs[name] = _rooted(target, root, named, defs) if target is not None else {}
+        out["$ref"] = f"#/$defs/{named[ref]}"
+    elif isinstance(ref, str):
+        out["$ref"] = ref
+    return out
+
+
+def _pointer(root: dict, ref: str):
+    """The part of `root` a local JSON pointer names (None if none)."""
+    node = root
+    for part in [p for p in ref[1:].split("/") if p]:
+        part = part.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return None
+    return node
 
 
 def _tokens(tokenizer: PromptTokenizer, text: str) -> tuple[int, ...]:

@@ -417,3 +417,33 @@ def test_array_and_object_values_are_held_to_their_schemas(tokenizer):
     free = Limiter(CallState(g, None), None)
     assert ok(free.follow(enc("<tool_call>todo_write<arg_key>todos</arg_key><arg_value>x")),
               close)  # fmt: skip
+
+
+def test_schemas_as_clients_write_them_are_held_not_left_free(tokenizer):
+    """pydantic's `set[...]` adds `uniqueItems`, zod points refs into the tool's own schema
+    (`#/properties/a`), a tree refers to itself (`#`): each left the whole value free text
+    (and its maxItems / maxLength with it)."""
+    from cluster.coordinator.tool_grammar import json_grammar
+
+    root = {"type": "object", "properties": {
+        "a": {"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"]},
+        "b": {"type": "array", "items": {"$ref": "#/properties/a"}, "maxItems": 2},
+        "tags": {"type": "array", "uniqueItems": True, "maxItems": 2,
+                 "items": {"type": "string", "maxLength": 6}},
+        "tree": {"type": "object", "properties": {"kids": {"type": "array",
+                 "items": {"$ref": "#/properties/tree"}}}},
+        "pick": {"oneOf": [{"type": "object", "properties": {"p": {"type": "integer"}}},
+                           {"type": "object", "properties": {"q": {"type": "string"}}}]},
+    }}  # fmt: skip
+    for key in ("b", "tags", "tree"):
+        assert json_grammar(root["properties"][key], root, False), key
+    assert json_grammar({"type": "object", "anyOf": root["properties"]["pick"]["oneOf"]},
+                        root, False)  # fmt: skip
+    from cluster.engine.json_values import JsonValues
+
+    values = JsonValues(FIXTURE / "tokenizer.json")
+    m = values.start(json_grammar(root["properties"]["b"], root, False))
+    for t in tokenizer.encode('[{"x": 1}, {"x": 2}]'):
+        assert m.limit(10**6).permits(t), t
+        assert m.consume(t)
+    assert m.matcher.is_accepting()
