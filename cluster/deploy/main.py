@@ -45,7 +45,15 @@ def deploy_plan(inventory: Inventory, config_file: str | None) -> Plan:
     config = model_config(inventory, config_file)
     bits = stored_bits(config) or inventory.quantization_bits
     split = split_tp(inventory.model) if inventory.model != DEFAULT_MODEL else None
-    return make_plan(config, bits, inventory, split_tp=split)
+    # What `plan` and `serve` say of MTP, when the weights are here to read (else: unknown,
+    # planned as needing them).
+    mtp = True if inventory.mtp_weights else None
+    here = inventory.model == DEFAULT_MODEL or (Path(inventory.model) / "config.json").exists()
+    if mtp is None and here:
+        from ..engine.speculation import has_mtp_weights
+
+        mtp = has_mtp_weights(resolve_model(inventory.model)[0], config)
+    return make_plan(config, bits, inventory, mtp, split_tp=split)
 
 
 def build_wheel(out_dir: Path) -> Path | None:
