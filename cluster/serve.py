@@ -233,7 +233,7 @@ def serve(options: ServeOptions, engine: EngineConfig) -> None:
                             "to what the host has)", h.name, h.memory_gb, have)  # fmt: skip
     run_dir = cache_home() / "run" / str(os.getpid())
     ports = inventory.fixed_grpc_ports([p.name for p in plans])
-    here = {host, "127.0.0.1", "localhost", "::1"} if host in LOOPBACK | WILDCARD else {host}
+    here = LOOPBACK | {host} if host in LOOPBACK | WILDCARD else {host}
     if clash := sorted(p.name for p in plans if ports.get(p.name) == port
                        and (p.leader.address in here or host in WILDCARD)):  # fmt: skip
         raise PlanRefused(f"the coordinator's port {port} is also replica {clash[0]}'s gRPC port "

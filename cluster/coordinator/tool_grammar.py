@@ -9,7 +9,7 @@ import llguidance
 
 from ..types import ToolGrammar, ToolParam, ToolSpec
 from .tokenizer import PromptTokenizer
-from .tool_schema import resolve
+from .tool_schema import pointer, resolve
 
 log = logging.getLogger(__name__)
 
@@ -101,27 +101,13 @@ def _rooted(schema, root: dict, named: dict[str, str], defs: dict):
     if isinstance(ref, str) and ref.startswith("#"):
         if ref not in named:
             named[ref] = name = f"r{len(named)}"
-            target = _pointer(root, ref)
+            target = pointer(root, ref)
             defs[name] = {}  # (taken before its body: a recursive ref finds its name)
             defs[name] = _rooted(target, root, named, defs) if target is not None else {}
         out["$ref"] = f"#/$defs/{named[ref]}"
     elif isinstance(ref, str):
         out["$ref"] = ref
     return out
-
-
-def _pointer(root: dict, ref: str):
-    """The part of `root` a local JSON pointer names (None if none)."""
-    node = root
-    for part in [p for p in ref[1:].split("/") if p]:
-        part = part.replace("~1", "/").replace("~0", "~")
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-        else:
-            return None
-    return node
 
 
 def _tokens(tokenizer: PromptTokenizer, text: str) -> tuple[int, ...]:

@@ -17,7 +17,7 @@ def resolve(schema, root) -> tuple[dict | None, bool]:
             return None, nullable
         ref = schema.get("$ref")
         if isinstance(ref, str):
-            schema = _pointer(root, ref)
+            schema = pointer(root, ref)
             continue
         kind = schema.get("type")
         if isinstance(kind, list) and "null" in kind:
@@ -36,16 +36,20 @@ def resolve(schema, root) -> tuple[dict | None, bool]:
     return None, nullable
 
 
-def _pointer(root, ref: str):
-    """The part of `root` a local ref (`#/$defs/Name`) names; None when it names none."""
+def pointer(root, ref: str):
+    """The part of `root` a local ref (`#/$defs/Name`, `#/anyOf/0`) names; None when it names
+    none."""
     if not ref.startswith("#"):
         return None
     node = root
     for part in filter(None, ref[1:].split("/")):
         part = part.replace("~1", "/").replace("~0", "~")
-        if not isinstance(node, dict) or part not in node:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
             return None
-        node = node[part]
     return node
 
 

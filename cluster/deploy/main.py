@@ -25,14 +25,18 @@ SOURCE_ROOT = Path(__file__).resolve().parents[2]
 REPRODUCIBLE_EPOCH = "315532800"  # 1980-01-01, the oldest time a zip entry can carry
 
 
+def _on_this_machine(inventory: Inventory) -> bool:
+    """Whether the inventory's model is here to read (the built-in one, or a directory)."""
+    return inventory.model == DEFAULT_MODEL or (Path(inventory.model) / "config.json").exists()
+
+
 def model_config(inventory: Inventory, config_file: str | None) -> dict:
     """The model's config.json for planning (a file, or a preset's name: glm-5).
     Refused when neither it nor the model is on this machine: the plan gives each rank its
     KV budget, and without the config the services would run with none."""
     if config_file:
         return given_config(config_file)
-    local = inventory.model == DEFAULT_MODEL or (Path(inventory.model) / "config.json").exists()
-    if local:
+    if _on_this_machine(inventory):
         return read_config(resolve_model(inventory.model)[0])
     raise ValueError(
         f"the inventory's model {inventory.model} is not on this machine, and the plan needs "
@@ -48,8 +52,7 @@ def deploy_plan(inventory: Inventory, config_file: str | None) -> Plan:
     # What `plan` and `serve` say of MTP, when the weights are here to read (else: unknown,
     # planned as needing them).
     mtp = True if inventory.mtp_weights else None
-    here = inventory.model == DEFAULT_MODEL or (Path(inventory.model) / "config.json").exists()
-    if mtp is None and here:
+    if mtp is None and _on_this_machine(inventory):
         from ..engine.speculation import has_mtp_weights
 
         mtp = has_mtp_weights(resolve_model(inventory.model)[0], config)

@@ -164,11 +164,7 @@ class Engine:
         caches = [seq.cache for seq in waiting]
         prefilling = [q for q in waiting if q.admitted]
         own = sum(c.nbytes for cache in caches if cache for c in cache)
-        ahead = self.scheduler.lookahead  # what admission counts: rows at their full length
-        rows = [len(q.tokens) + ahead for q in list(self.scheduler.running)]
-        rows += [q.prefill_target + ahead for q in prefilling]
-        booked = self.kv.batch_bytes(rows) + sum(self.kv.own_bytes(q.prefill_target)
-                                                 for q in prefilling)  # fmt: skip
+        booked = self.kv.booked_bytes(*self.scheduler.booked())  # what admission counts
         used = {"used_bytes": batch + own + self.cache.nbytes, "booked_bytes": booked}
         return {
             "kv": self.kv.to_json() | used,

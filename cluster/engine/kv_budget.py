@@ -40,12 +40,15 @@ class KVBudget:
         steps = self.budget_bytes // (2 * self.per_token) // STEP
         return max(0, (steps - 1) * STEP - 16)
 
+    def booked_bytes(self, batch: list[int], prefilling: list[int]) -> int:
+        """What this batch and these prompts' own caches book."""
+        return self.batch_bytes(batch) + sum(self.own_bytes(n) for n in prefilling)
+
     def _left(self, batch: list[int], prefilling: list[int]) -> int | None:
         """Budget bytes left beside this batch and these prompts' own caches (None: no bound)."""
         if self.budget_bytes is None:
             return None
-        own = sum(self.own_bytes(n) for n in prefilling)
-        return self.budget_bytes - self.batch_bytes(batch) - own
+        return self.budget_bytes - self.booked_bytes(batch, prefilling)
 
     def fits(self, batch: list[int], prefilling: list[int]) -> bool:
         left = self._left(batch, prefilling)

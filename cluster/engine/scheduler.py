@@ -124,17 +124,18 @@ class Scheduler:
         self.cache.limit(self.kv.room(batch, prefilling))
         return schedule
 
-    def _booked(self) -> tuple[list[int], list[int]]:
-        """(batch rows, prompts' own caches) the running and admitted sequences book next step."""
-        admitted = [s for s in self.waiting if s.admitted]
-        batch = [len(s.tokens) + self.lookahead for s in self.running]
+    def booked(self) -> tuple[list[int], list[int]]:
+        """(batch rows, prompts' own caches) the running and admitted sequences book next step
+        (from copies of the queues: status reads it from another thread)."""
+        admitted = [s for s in list(self.waiting) if s.admitted]
+        batch = [len(s.tokens) + self.lookahead for s in list(self.running)]
         batch += [s.prefill_target + self.lookahead for s in admitted]
         return batch, [s.prefill_target for s in admitted]
 
     def refresh_room(self) -> None:
         """The prefix cache's room as the batch stands now: sequences that finished this step
         no longer hold theirs (a finished transcript was judged by the step's older room)."""
-        self.cache.limit(self.kv.room(*self._booked()))
+        self.cache.limit(self.kv.room(*self.booked()))
 
     def _make_room(self) -> list[Sequence]:
         """Preempt, youngest first, until the admitted sequences' next step fits the budget;
@@ -142,7 +143,7 @@ class Scheduler:
         past a tiny budget was preempted and admitted again at every step, forever)."""
         preempted: list[Sequence] = []
         while True:
-            if self.kv.fits(*self._booked()):
+            if self.kv.fits(*self.booked()):
                 return preempted
             admitted = [s for s in self.waiting if s.admitted]
             if admitted and (len(admitted) > 1 or self.running):  # one alone always runs

@@ -31,7 +31,7 @@ from .rank import PARENT_ENV, TOKEN_ENV
 log = logging.getLogger(__name__)
 
 
-ERROR_LINE = re.compile(r"([A-Za-z_.]*(Error|Exception|Refused)|error|RuntimeError): \S")
+ERROR_LINE = re.compile(r"([A-Za-z_.]*(Error|Exception|Refused)|error): \S")
 """A log line that says why a rank stopped: an exception's last line, or `error: ...`."""
 
 

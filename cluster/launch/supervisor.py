@@ -139,8 +139,9 @@ class Supervisor:
                 self._retry(plan.name, wait_first=True), name=f"retry-{plan.name}"
             )
 
-    async def _attach(self, plan) -> tuple[RunningReplica, GrpcEngineClient] | None:
-        """A leader of this model already serving at the replica's fixed port, if any."""
+    async def _attach(self, plan) -> tuple[RunningReplica, GrpcEngineClient, dict] | None:
+        """A leader of this model already serving at the replica's fixed port, if any (with
+        the status it answered)."""
         port = self.ports.get(plan.name)
         if port is None:
             return None
@@ -166,7 +167,8 @@ class Supervisor:
             log.warning("%s (its service's flags, not this coordinator's, apply)", why)
         log.info("replica %s: re-attached to its running leader at %s (pid %s)", plan.name,
                  address, stats.get("pid", "?"))  # fmt: skip
-        return RunningReplica(plan, address, [], [], attached=True, pid=stats.get("pid")), client
+        proc = RunningReplica(plan, address, [], [], attached=True, pid=stats.get("pid"))
+        return proc, client, stats
 
     async def _launch(self, plan, timeout: float) -> None:
         if self.stopping:
@@ -179,9 +181,8 @@ class Supervisor:
                 raise ReplicaFailed(str(e)) from None
         found = await self._attach(plan)
         if found:
-            proc, client = found
+            proc, client, stats = found
             self.running[plan.name] = proc
-            stats = await client.status()
         else:
             host = plan.leader.address
             local = self.launcher.name == "local"
