@@ -71,7 +71,9 @@ class JsonValue:
         whole = self.matcher.is_accepting()
         if close < self.vocab:
             ok[close] = whole
-        if not ok.any():
+        if not ok.any():  # (llguidance allows only a special token here: a key spelled as a tag)
+            log.warning("a tool-call value's schema allows no token the value may take here; "
+                        "it goes on as free text")  # fmt: skip
             return None
         lim = Limit(mask=TokenMask(~ok, raw + bytes([whole])))
         self._limit = (close, lim)
