@@ -169,6 +169,8 @@ class Engine:
         return {
             "kv": self.kv.to_json() | used,
             "max_num_seqs": self.config.max_num_seqs,
+            # Whether tool calls' array and object values are held to their schemas.
+            "tool_json_values": self.json_values is not None,
             # vLLM's sense: a prompt being prefilled runs (it read as waiting, so a dashboard
             # showed nothing running through a two-minute prefill).
             "num_running": len(self.scheduler.running) + len(prefilling),

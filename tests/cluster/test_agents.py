@@ -273,6 +273,8 @@ def test_array_and_object_arguments_pass_the_clients_own_validation(agent_server
     )  # fmt: skip
     assert claude.stop_reason == "tool_use", claude
     TodoWrite.model_validate(claude.content[-1].input)
+    status = httpx.get(f"{agent_server.url}/v1/status", timeout=30).json()  # and it says so
+    assert status["replicas"][0]["engine"]["tool_json_values"] is True
 
 
 def test_thinking_token_budget_on_chat_completions(agent_server):
