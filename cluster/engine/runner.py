@@ -8,6 +8,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
+from ..models.eager import forward
 from .drafter import NO_DRAFTER, Drafter
 from .kv import _arrays, in_order
 from .kv_budget import STEP
@@ -191,7 +192,7 @@ class ModelRunner(SpeculativeSteps):
             seq.cache = self.make_cache()
         start = seq.num_computed
         tokens = mx.array(seq.tokens[start : start + n])[None]
-        hidden = self.model.model(tokens, cache=self._main(seq.cache))
+        hidden = forward(self.model.model, tokens, self._main(seq.cache))
         self.hooks.after_prefill(hidden, tokens, self._own(seq.cache), seq.carry)
         if seq.wants_prompt_logprobs:
             self._prompt_logprobs(seq, hidden[0], start)
@@ -222,7 +223,7 @@ class ModelRunner(SpeculativeSteps):
         pads = [longest - n for _, n in group]
         tokens = mx.array([[0] * p + s.tokens[:n] for (s, n), p in zip(group, pads, strict=True)])
         cache = batch_cache(self.model.make_cache(), pads)
-        hidden = self.model.model(tokens, cache=cache)
+        hidden = forward(self.model.model, tokens, cache)
         done, pending = [], []
         for i, ((seq, n), pad) in enumerate(zip(group, pads, strict=True)):
             seq.cache = [layer.extract(i) for layer in cache] + self.hooks.make_cache()
@@ -241,7 +242,7 @@ class ModelRunner(SpeculativeSteps):
         """Logits of one step of the batch; tokens [B, 1] default to each row's last token."""
         if tokens is None:
             tokens = mx.array([seq.tokens[-1] for seq in self.batch])[:, None]
-        hidden = self.model.model(tokens, cache=self._main(self.batch_cache))
+        hidden = forward(self.model.model, tokens, self._main(self.batch_cache))
         self.hooks.after_decode(self.batch, tokens, self._own(self.batch_cache))
         for i, seq in enumerate(self.batch):
             seq.carry = hidden[i : i + 1, -1, :]
