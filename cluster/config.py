@@ -113,6 +113,11 @@ class EngineConfig:
         "the device)",
         True,
     )
+    eager_layers: bool = _help(
+        "hand each decoder layer to the device as soon as it is built, so the device computes "
+        "one layer while the host builds the next (same results)",
+        True,
+    )
     fuse_cpu_ops: bool = _help(
         "MLX's CPU backend: norms compiled into fused kernels, RoPE from position tables, "
         "linear layers against a transposed view made once (same results, fewer ops per "

@@ -6,7 +6,9 @@
 The default model is the 24-layer benchmark copy of the built-in model (`fixture-model OUT
 --layers 24`: the same outputs and MTP acceptance, GLM-5's cost ratios). For each TP size a
 plain cluster and a speculating cluster run at once; for each batch size the rounds alternate
-between them, `batch` concurrent streaming requests each (greedy, no early stop). The
+between them, `batch` concurrent streaming requests at a time (greedy, no early stop) over the
+same first 4 prompts at least, so every batch size sees the same mix (at batch 1, 4 requests in
+turn). The
 speculating server keeps the draft length given (`--no-speculation-adapt-k`): each row measures
 that k (scripts/governor_lengths.py shows which length the governors settle on). Decode tok/s
 is per request, counted while all `batch` requests decode (from the last one's first token to
@@ -79,6 +81,10 @@ FREE = [
 ]
 
 
+SPAN = 4
+"""Prompts every batch size's round covers (the edit workload's distinct files)."""
+
+
 def edit_prompts() -> list[str]:
     """A file of the standard library, then the start of the same file with one name changed."""
     import inspect
@@ -94,6 +100,13 @@ def edit_prompts() -> list[str]:
         head = "\n".join(edited.splitlines()[:3])
         prompts.append(f"{text}\n# The same file, with {name} renamed:\n{head}\n")
     return prompts * 2
+
+
+def groups(prompts: list[str], batch: int) -> list[list[str]]:
+    """The batches a round sends one after another: at every batch size the same first
+    SPAN prompts at least (at batch 1 one file alone would be the whole workload)."""
+    span = prompts[: max(batch, SPAN)]
+    return [span[i : i + batch] for i in range(0, len(span), batch)]
 
 
 def tp_step_costs(model_dir: Path, batches: list[int], k: int, method: str, context: int,
@@ -209,9 +222,10 @@ def main() -> None:
                 before = spec_status(spec[1])
                 for _ in range(args.rounds):
                     for name, (_, url) in (("plain", plain), ("spec", spec)):
-                        rates, alone = asyncio.run(decode_rates(url, prompts, args.max_tokens, b))
-                        got[name] += rates
-                        own[name] += alone
+                        for group in groups(prompts, b):
+                            rates, alone = asyncio.run(decode_rates(url, group, args.max_tokens, b))
+                            got[name] += rates
+                            own[name] += alone
                 after = spec_status(spec[1])
                 drafts = after["drafts"] - before["drafts"]
                 accepted = after["accepted_tokens"] - before["accepted_tokens"]

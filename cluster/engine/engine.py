@@ -35,7 +35,9 @@ class Engine:
         watchdog change this very object, which status, metrics and headers read. disk: the
         prefix cache's disk tier; disk_off: why there is none although one was asked for."""
         self.config = config
-        self.runner = ModelRunner(model, config.seed, drafter, config.pipeline_decode)
+        self.runner = ModelRunner(
+            model, config.seed, drafter, config.pipeline_decode, config.eager_layers
+        )
         self.runner.queue.mode = config.queue_ahead
         self.kv = KVBudget(config.kv_cache_bytes, self.runner.kv_bytes_per_token())
         self.max_model_len = min(max_model_len, self.kv.capacity_tokens or max_model_len)

@@ -44,10 +44,13 @@ class Ahead:
 
 
 class ModelRunner(SpeculativeSteps):
-    def __init__(self, model: nn.Module, seed: int = 0, drafter=None, pipeline: bool = True):
+    def __init__(self, model: nn.Module, seed: int = 0, drafter=None, pipeline: bool = True,
+                 eager: bool = True):  # fmt: skip
         self.model = model
         self.pipeline = pipeline
         """Queue each plain decode step before reading the previous one's tokens."""
+        self.eager = eager
+        """Hand each decoder layer to the device as soon as it is built (`models/eager.py`)."""
         self.ahead: Ahead | None = None
         self.spec_ahead: SpecAhead | None = None
         """A speculative step queued on the guess that every draft is kept."""
@@ -192,7 +195,7 @@ class ModelRunner(SpeculativeSteps):
             seq.cache = self.make_cache()
         start = seq.num_computed
         tokens = mx.array(seq.tokens[start : start + n])[None]
-        hidden = forward(self.model.model, tokens, self._main(seq.cache))
+        hidden = self._forward(tokens, self._main(seq.cache))
         self.hooks.after_prefill(hidden, tokens, self._own(seq.cache), seq.carry)
         if seq.wants_prompt_logprobs:
             self._prompt_logprobs(seq, hidden[0], start)
@@ -223,7 +226,7 @@ class ModelRunner(SpeculativeSteps):
         pads = [longest - n for _, n in group]
         tokens = mx.array([[0] * p + s.tokens[:n] for (s, n), p in zip(group, pads, strict=True)])
         cache = batch_cache(self.model.make_cache(), pads)
-        hidden = forward(self.model.model, tokens, cache)
+        hidden = self._forward(tokens, cache)
         done, pending = [], []
         for i, ((seq, n), pad) in enumerate(zip(group, pads, strict=True)):
             seq.cache = [layer.extract(i) for layer in cache] + self.hooks.make_cache()
@@ -238,11 +241,17 @@ class ModelRunner(SpeculativeSteps):
             mx.eval(pending)
         return done
 
+    def _forward(self, tokens: mx.array, cache: list[Any]) -> mx.array:
+        """The main model's hidden states for `tokens` on `cache`, layer by layer if eager."""
+        if self.eager:
+            return forward(self.model.model, tokens, cache)
+        return self.model.model(tokens, cache=cache)
+
     def _decode(self, tokens: mx.array | None = None) -> mx.array:
         """Logits of one step of the batch; tokens [B, 1] default to each row's last token."""
         if tokens is None:
             tokens = mx.array([seq.tokens[-1] for seq in self.batch])[:, None]
-        hidden = forward(self.model.model, tokens, self._main(self.batch_cache))
+        hidden = self._forward(tokens, self._main(self.batch_cache))
         self.hooks.after_decode(self.batch, tokens, self._own(self.batch_cache))
         for i, seq in enumerate(self.batch):
             seq.carry = hidden[i : i + 1, -1, :]

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 
-from ..models.eager import forward
 from .drafter import step_inputs
 from .kv import SlotOrder, trim_rows
 from .mtp import greedy_accept, verify_drafts
@@ -78,7 +77,7 @@ class SpeculativeSteps:
             rows = [[seq.tokens[-1], *d, *[0] * (width - len(d))]
                     for seq, (d, _) in zip(seqs, proposals, strict=True)]  # fmt: skip
             built = time.perf_counter()
-            hidden = forward(self.model.model, mx.array(rows), main)
+            hidden = self._forward(mx.array(rows), main)
             logits = self.model.lm_head(hidden)
             built, drafted_in = time.perf_counter() - built, built - started
         drafter.stats.verify_steps += 1
@@ -139,7 +138,7 @@ class SpeculativeSteps:
 
     def _verify(self, last: mx.array, drafted: mx.array, main: list) -> tuple[mx.array, mx.array]:
         """The verify forward over each row's last token and drafts: hidden states, logits."""
-        hidden = forward(self.model.model, mx.concatenate([last, drafted], axis=1), main)
+        hidden = self._forward(mx.concatenate([last, drafted], axis=1), main)
         return hidden, self.model.lm_head(hidden)
 
     def _may_queue(self, seqs: list[Sequence]) -> bool:

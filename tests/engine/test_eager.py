@@ -40,11 +40,11 @@ def test_other_models_compute_as_they_do():
     assert eager.forward(Tiny(), mx.array([1, 2]), [0, 0, 0]).tolist() == [5, 7]
 
 
-def test_runner_steps_take_the_layered_forward(model_dir, monkeypatch):
-    """The engine's decode and verify steps go through it (a step read at once would otherwise
-    wait for its whole graph)."""
+def _ngram_run(model_dir, eager_layers: bool, monkeypatch) -> tuple[list[int], list]:
+    """An n-gram engine's greedy output on a repeating prompt, and the token shapes its steps
+    sent through the layered forward."""
     from cluster.config import EngineConfig
-    from cluster.engine import runner, spec_step
+    from cluster.engine import runner
     from cluster.engine.build import build_engine
     from cluster.types import EngineRequest, RequestId, SamplingParams
 
@@ -55,12 +55,22 @@ def test_runner_steps_take_the_layered_forward(model_dir, monkeypatch):
         return eager.forward(inner, tokens, cache)
 
     monkeypatch.setattr(runner, "forward", counting)
-    monkeypatch.setattr(spec_step, "forward", counting)
-    engine, _ = build_engine(model_dir, EngineConfig(speculation="ngram"), "fixture")
+    config = EngineConfig(speculation="ngram", eager_layers=eager_layers)
+    engine, _ = build_engine(model_dir, config, "fixture")
     params = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
     engine.add_request(EngineRequest(RequestId("a"), tuple([5, 6, 7, 8] * 12), params))
+    out = []
     while engine.has_work():
-        engine.step()
+        out += [t for e in engine.step() for t in e.token_ids]
+    return out, calls
+
+
+def test_runner_steps_take_the_layered_forward(model_dir, monkeypatch):
+    """The engine's prompt, decode and verify steps go through it unless --no-eager-layers,
+    and the tokens are the same either way."""
+    tokens, calls = _ngram_run(model_dir, True, monkeypatch)
     widths = {shape[1] for shape in calls}
     assert 48 in widths  # the prompt
-    assert any(w > 1 and w < 48 for w in widths)  # a verify of drafts
+    assert any(1 < w < 48 for w in widths)  # a verify of drafts
+    plain, none = _ngram_run(model_dir, False, monkeypatch)
+    assert none == [] and plain == tokens and len(tokens) == 12
