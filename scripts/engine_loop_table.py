@@ -3,7 +3,7 @@
     .venv/bin/python scripts/engine_loop_table.py [--model DIR] [--max-tokens 64] [--out bench-out/loop]
 
 Starts, on the random-weight fixture by default: our cluster at TP 1 (pipelined decode, the
-default), the same with `--no-pipeline-decode`, that first cluster's leader rank called
+default), the same with `--no-pipeline-decode`, with `--no-eager-layers`, that first cluster's leader rank called
 directly over gRPC, and `mlx_lm.server` (paused with SIGSTOP while the others run). One bench
 run takes the phase sequential:24 (concurrency 1) request by request across the targets, then
 concurrent (16) on every target in turn,
@@ -60,6 +60,8 @@ def rows(runs: dict) -> list[tuple[str, str, str, str]]:
     )
     ratio("output tok/s at concurrency 1, pipelined / not", tok(seq("ours")) / tok(seq("plain")))
     ratio("output tok/s at concurrency 16, pipelined / not", tok(c16("ours")) / tok(c16("plain")))
+    ratio("output tok/s at concurrency 1, eager layers / not", tok(seq("ours")) / tok(seq("lazy")))
+    ratio("output tok/s at concurrency 16, eager layers / not", tok(c16("ours")) / tok(c16("lazy")))
     added = ttft(seq("ours")) - ttft(seq("leader"))
     out.append((
         "TTFT added by coordinator + HTTP + gRPC over calling the leader directly, p50",
@@ -93,7 +95,7 @@ def main() -> None:
         model = str(write_fixture(Path(tempfile.mkdtemp()) / "fixture"))
     os.environ["CLUSTER_TOKEN"] = TOKEN  # the clusters and the direct gRPC target share it
     os.environ["CLUSTER_BENCH_TOKENIZER"] = model
-    clusters = {"ours": (), "plain": ("--no-pipeline-decode",)}
+    clusters = {"ours": (), "plain": ("--no-pipeline-decode",), "lazy": ("--no-eager-layers",)}
     procs: dict[str, subprocess.Popen] = {}
     urls: dict[str, str] = {}
     try:
@@ -103,7 +105,7 @@ def main() -> None:
         procs["mlx_lm"], urls["mlx_lm"] = start_mlx_lm(Path(model), 1)
         leader = httpx.get(f"{urls['ours']}/v1/status").json()["replicas"][0]["address"]
         urls["leader"] = f"grpc://{leader}"
-        order = ["ours", "leader", "plain", "mlx_lm"]
+        order = ["ours", "leader", "plain", "lazy", "mlx_lm"]
         out = Path(args.out)
 
         def only(name: str) -> None:
