@@ -6,9 +6,9 @@
 The default model is the 24-layer benchmark copy of the built-in model (`fixture-model OUT
 --layers 24`: the same outputs and MTP acceptance, GLM-5's cost ratios). For each TP size a
 plain cluster and a speculating cluster run at once; for each batch size the rounds alternate
-between them, `batch` concurrent streaming requests at a time (greedy, no early stop) over the
-same first 4 prompts at least, so every batch size sees the same mix (at batch 1, 4 requests in
-turn). The
+between them, `batch` concurrent streaming requests at a time (greedy, no early stop) over
+every distinct prompt of the workload, so every batch size sees the same mix (at batch 1, one
+request after another). The
 speculating server keeps the draft length given (`--no-speculation-adapt-k`): each row measures
 that k (scripts/governor_lengths.py shows which length the governors settle on). Decode tok/s
 is per request, counted while all `batch` requests decode (from the last one's first token to
@@ -81,10 +81,6 @@ FREE = [
 ]
 
 
-SPAN = 4
-"""Prompts every batch size's round covers (the edit workload's distinct files)."""
-
-
 def edit_prompts() -> list[str]:
     """A file of the standard library, then the start of the same file with one name changed."""
     import inspect
@@ -103,9 +99,9 @@ def edit_prompts() -> list[str]:
 
 
 def groups(prompts: list[str], batch: int) -> list[list[str]]:
-    """The batches a round sends one after another: at every batch size the same first
-    SPAN prompts at least (at batch 1 one file alone would be the whole workload)."""
-    span = prompts[: max(batch, SPAN)]
+    """The batches a round sends one after another: every distinct prompt at every batch size,
+    repeats only to fill a batch (at batch 1 the first prompt alone was the whole workload)."""
+    span = prompts[: max(batch, len(set(prompts)))]
     return [span[i : i + batch] for i in range(0, len(span), batch)]
 
 
