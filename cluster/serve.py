@@ -212,8 +212,9 @@ def serve(options: ServeOptions, engine: EngineConfig) -> None:
     bits = stored_bits(config) or inventory.quantization_bits
     plan = make_plan(config, bits, inventory, mtp, split_tp(model_dir),
                      draft_model=bool(engine.draft_model))  # fmt: skip
-    log.info("plan:\n%s", render_plan(plan))
-    if why := plan.unservable():
+    why = plan.unservable()
+    log.info("plan:\n%s", render_plan(plan, verdict=why is None))  # the error says why
+    if why:
         raise PlanRefused(why)
     plans = list(plan.replicas)
     names = ((options.served_model_name, *options.model_aliases) if options.served_model_name

@@ -19,7 +19,9 @@ def _count(n: int) -> str:
     return f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.2f}M"
 
 
-def render_plan(plan: Plan) -> str:
+def render_plan(plan: Plan, verdict: bool = True) -> str:
+    """The plan as `plan` prints it; without its verdict (REFUSED, NOT SERVABLE, plan OK) when
+    the caller says the verdict itself."""
     lines = [
         f"model {plan.model_type}: {_count(plan.params_total)} parameters, "
         f"{_count(plan.params_active)} active per token, {plan.quantization_bits}-bit",
@@ -83,6 +85,8 @@ def render_plan(plan: Plan) -> str:
             f"checkpoint split per rank for TP {a['checkpoint_split_tp']}: each node stores and "
             "reads only its own rank-N/ directory"
         )
+    if not verdict:
+        return "\n".join(lines)
     if plan.refusals:
         lines += ["", "REFUSED:"] + [f"  {r}" for r in plan.refusals]
     elif why := plan.unservable():  # it fits, but serve and deploy would refuse it

@@ -38,3 +38,17 @@ def test_serve_refuses_what_would_run_open_wrong_or_late(tmp_path):
         out = _serve(args, tmp_path / "home")
         assert out.returncode != 0 and says in out.stderr, (args, out.stderr[-2000:])
         assert "Traceback" not in out.stderr and time.time() - started < 30, args
+
+
+def test_a_refused_plan_is_said_once(tmp_path):
+    """serve logs the plan and exits with why it was refused: the reason once, not in the
+    plan's REFUSED block and again in the error line."""
+    inventory = yaml.safe_load((ROOT / "cluster/inventory/local.yaml").read_text())
+    inventory["all"]["vars"]["replicas"] = 3
+    path = tmp_path / "three.yaml"
+    path.write_text(yaml.safe_dump(inventory))
+    out = _serve(["--inventory", str(path)], tmp_path / "home")
+    says = "cannot form 3 replicas of equal size"
+    assert out.returncode != 0 and "replica  layout" in out.stderr + out.stdout, out.stderr[-2000:]
+    assert (out.stderr + out.stdout).count(says) == 1, out.stderr[-2000:]
+    assert f"error: 1 host {says}" in out.stderr and "REFUSED" not in out.stderr
