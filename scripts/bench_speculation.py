@@ -44,7 +44,6 @@ import argparse
 import asyncio
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -55,7 +54,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cluster.bench.cluster_process import run_on_ring, start_cluster, stop  # noqa: E402
+from cluster.bench.cluster_process import benchmark_model, run_on_ring, start_cluster, stop  # noqa: E402
 from cluster.bench.step_costs import step_costs  # noqa: E402
 from cluster.launch.blas import openblas_env  # noqa: E402
 
@@ -192,11 +191,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.costs_worker:
         return costs_worker(args)
-    model = args.model
-    if model is None:
-        model = str(Path(tempfile.mkdtemp()) / "bench24")
-        subprocess.run([sys.executable, "-m", "cluster", "fixture-model", model, "--layers", "24"],
-                       check=True, capture_output=True)  # fmt: skip
+    model = benchmark_model(args.model)
     prompts = {"code": CODE, "edit": edit_prompts(), "free": FREE}[args.workload]
     home = tempfile.mkdtemp(prefix="bench-spec-")
     context = mid_context(Path(model), prompts, args.max_tokens)

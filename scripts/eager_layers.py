@@ -13,9 +13,7 @@ decode step to the last. Prints the median of the rounds and the ratio.
 
 import argparse
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,6 +24,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from bench_speculation import edit_prompts, groups  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 
+from cluster.bench.cluster_process import benchmark_model  # noqa: E402
 from cluster.config import EngineConfig  # noqa: E402
 from cluster.engine.build import build_engine  # noqa: E402
 from cluster.types import EngineRequest, RequestId, SamplingParams  # noqa: E402
@@ -52,11 +51,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=96)
     args = parser.parse_args()
-    model = args.model
-    if model is None:
-        model = str(Path(tempfile.mkdtemp()) / "bench24")
-        subprocess.run([sys.executable, "-m", "cluster", "fixture-model", model, "--layers", "24"],
-                       check=True, capture_output=True)  # fmt: skip
+    model = benchmark_model(args.model)
     tok = Tokenizer.from_file(str(Path(model) / "tokenizer.json"))
     prompts = [tuple(tok.encode(p).ids) for p in edit_prompts()]
     print("| speculation | batch | tok/s per row, eager layers | not | eager / not |")

@@ -13,9 +13,7 @@ were queued ahead (and cancelled).
 """
 
 import argparse
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,6 +23,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from bench_speculation import CODE  # noqa: E402
 
+from cluster.bench.cluster_process import benchmark_model  # noqa: E402
 from cluster.config import EngineConfig  # noqa: E402
 from cluster.engine.build import build_engine  # noqa: E402
 from cluster.types import EngineRequest, RequestId, SamplingParams  # noqa: E402
@@ -65,11 +64,7 @@ def main() -> None:
         help="also an engine queueing every step it can (--queue-ahead always)",
     )
     args = parser.parse_args()
-    model = args.model
-    if model is None:
-        model = str(Path(tempfile.mkdtemp()) / "bench24")
-        subprocess.run([sys.executable, "-m", "cluster", "fixture-model", model, "--layers", "24"],
-                       check=True, capture_output=True)  # fmt: skip
+    model = benchmark_model(args.model)
     modes = {"queued ahead": "auto", "never queued": "never"}
     if args.always:
         modes["every step queued"] = "always"

@@ -16,6 +16,17 @@ from ..launch.blas import openblas_env
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def benchmark_model(given: str | None) -> str:
+    """`given`, or the 24-layer benchmark copy of the built-in model (`fixture-model OUT
+    --layers 24`: GLM-5's cost ratios) written to a new temporary directory."""
+    if given is not None:
+        return given
+    model = str(Path(tempfile.mkdtemp()) / "bench24")
+    subprocess.run([sys.executable, "-m", "cluster", "fixture-model", model, "--layers", "24"],
+                   check=True, capture_output=True)  # fmt: skip
+    return model
+
+
 def start_cluster(home: str, *args: str) -> tuple[subprocess.Popen, str]:
     """(process, base URL without /v1) of a coordinator on a free loopback port."""
     cmd = [sys.executable, "-m", "cluster", "serve", "--port", "0", *args]
