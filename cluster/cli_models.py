@@ -4,6 +4,8 @@ shapes as users download them, its evaluation, and the MTP layer out of a checkp
 import argparse
 import json
 
+MTP_DISTILL_STEPS = 300  # the recipe's MTP distillation phase (fixture/mtp_distill.py)
+
 
 def _fixture_model(args) -> int:
     if args.layers is not None:
@@ -12,6 +14,20 @@ def _fixture_model(args) -> int:
 
         out = deepen(TRAINED, args.out_dir, args.layers, seed=args.seed)
         print(f"wrote {out}: the trained built-in model with {args.layers} decoder layers")
+        return 0
+    if args.distill_mtp:
+        from .launch.blas import reexec_with_openblas
+
+        reexec_with_openblas()
+        import shutil
+
+        from .fixture.mtp_distill import distill_model_dir
+
+        shutil.copytree(args.distill_mtp, args.out_dir)
+        result = distill_model_dir(args.out_dir, seed=args.seed, steps=args.mtp_distill_steps)
+        print(f"wrote {args.out_dir}: {args.distill_mtp} with its MTP layer distilled; agreement "
+              f"with the main model (first, second draft) {result['mtp_agreement_before']} -> "
+              f"{result['mtp_agreement_after']}")  # fmt: skip
         return 0
     if args.train:
         from .launch.blas import reexec_with_openblas
@@ -23,7 +39,8 @@ def _fixture_model(args) -> int:
         out, metrics = train(args.out_dir, steps=args.steps, seed=args.seed,
                              induction=args.induction, call_warmup=args.call_warmup,
                              every_token=args.every_token, agent_share=args.agent_share,
-                             length=args.length, batch=args.batch)  # fmt: skip
+                             length=args.length, batch=args.batch,
+                             mtp_distill_steps=args.mtp_distill_steps)  # fmt: skip
         print(
             f"wrote {out}: held-out loss {metrics['main_loss']:.3f}, MTP {metrics['mtp_loss']:.3f}"
         )
@@ -147,6 +164,19 @@ def add_model_file_commands(sub) -> None:
         "--length", type=int, default=640, help="with --train: window length (default 640)"
     )
     p.add_argument("--batch", type=int, default=6, help="with --train: windows a step (default 6)")
+    p.add_argument(
+        "--mtp-distill-steps",
+        type=int,
+        default=MTP_DISTILL_STEPS,
+        help="with --train or --distill-mtp: steps of the last phase, the MTP layer learning "
+        f"the main model's own choices (default {MTP_DISTILL_STEPS}; 0: none)",
+    )
+    p.add_argument(
+        "--distill-mtp",
+        metavar="SRC",
+        help="copy the trained model SRC to OUT_DIR and run only the recipe's last phase on it "
+        "(the MTP layer learns the main model's choices; the main model is unchanged)",
+    )
     p.add_argument(
         "--layers",
         type=int,
