@@ -37,7 +37,7 @@ serve: venv
 test: venv
 	$(PY) -m ruff check cluster tests scripts
 	$(PY) -m ruff format --check cluster tests scripts
-	$(PRELOAD) $(PY) -m pytest -q
+	$(PRELOAD) $(PY) -m pytest -q --durations=15
 
 test-unit: venv
 	$(PY) -m pytest -q tests/unit
