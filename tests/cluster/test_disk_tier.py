@@ -28,7 +28,7 @@ def _restarted(srv, times: int) -> dict:
     return replica
 
 
-@pytest.mark.parametrize("tp", [1, 2])
+@pytest.mark.parametrize("tp", [1, pytest.param(2, marks=pytest.mark.slow)])
 def test_a_session_prefix_survives_a_replica_restart_on_disk(tmp_path, tp):
     code = (ROOT / "cluster" / "coordinator" / "coordinator.py").read_text()[:6000]
     inventory = ["--inventory", str(ROOT / "inventory" / "local-tp2.yaml")] if tp == 2 else []

@@ -27,6 +27,7 @@ def loopback_only_netns():
         subprocess.run(["ip", "netns", "delete", name], check=False)
 
 
+@pytest.mark.slow
 def test_ray_launcher_runs_tp2_with_one_actor_per_rank(loopback_only_netns, tmp_path):
     script = ROOT / "tests" / "cluster" / "ray_cluster.py"
     paths = [ROOT / "tests" / "cluster", ROOT / "tests", ROOT]
