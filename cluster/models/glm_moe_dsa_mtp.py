@@ -62,9 +62,13 @@ class MTPLayer(nn.Module):
         self.block = DeepseekV32DecoderLayer(args, args.num_hidden_layers)
         self.head_norm = nn.RMSNorm(h, eps=args.rms_norm_eps)
 
+    def block_input(self, hidden: mx.array, embeds: mx.array) -> mx.array:
+        """eh_proj([enorm(embeds), hnorm(hidden)]): what the decoder layer takes."""
+        return self.eh_proj(mx.concatenate([self.enorm(embeds), self.hnorm(hidden)], axis=-1))
+
     def __call__(self, hidden: mx.array, embeds: mx.array, cache=None) -> mx.array:
         """Hidden state that drafts the token after `embeds`' token; carried to the next draft."""
-        x = self.eh_proj(mx.concatenate([self.enorm(embeds), self.hnorm(hidden)], axis=-1))
+        x = self.block_input(hidden, embeds)
         mask = create_attention_mask(x, cache[0] if cache else None, return_array=True)
         return self.block(x, mask, cache)
 

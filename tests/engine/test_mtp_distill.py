@@ -11,16 +11,13 @@ from cluster.model_store import TRAINED
 
 @pytest.fixture(scope="module")
 def trained():
-    import mlx.core as mx
     import mlx_lm
 
-    from cluster.models.glm_moe_dsa_mtp import MTPLayer, mtp_weights_from_checkpoint
+    from cluster.models.glm_moe_dsa_mtp import load_mtp_layer
 
     model, tok = mlx_lm.load(str(TRAINED))
-    mtp = MTPLayer(model.args)
-    raw = mx.load(str(TRAINED / "model.safetensors"))
-    mtp.load_weights(list(mtp_weights_from_checkpoint(raw, model, 4).items()))
-    return model, mtp, tok
+    config = json.loads((TRAINED / "config.json").read_text())
+    return model, load_mtp_layer(model, TRAINED, config, bits=16), tok
 
 
 def test_the_chained_pass_is_the_layers_second_draft_as_served(trained):
@@ -35,7 +32,7 @@ def test_the_chained_pass_is_the_layers_second_draft_as_served(trained):
     text = "import os\nimport sys\n\ndef main(argv):\n    parser = argparse.ArgumentParser()\n"
     x = mx.array([tok.encode(text)[:40]])
     h, emb = model.model(x), model.model.embed_tokens
-    x1 = mtp.eh_proj(mx.concatenate([mtp.enorm(emb(x[:, 1:])), mtp.hnorm(h[:, :-1])], axis=-1))
+    x1 = mtp.block_input(h[:, :-1], emb(x[:, 1:]))
     hidden1, _ = mtp_forward(mtp, h[:, :-1], emb(x[:, 1:]))
     hidden2 = chained(mtp, x1, hidden1, emb(x[:, 2:]))
     for t in (0, 7, x.shape[1] - 3):
