@@ -163,12 +163,17 @@ class GlmParser:
 
     def finish(self) -> ParsedDelta:
         """Flush held-back text; a call cut off mid-way keeps the arguments it completed, and
-        one cut inside its name is left out unless the name is an offered tool's."""
+        one cut inside its name is left out unless the name is an offered tool's. A value cut
+        off that is not a string (those stream as written) ends the arguments as written so
+        far, unparsed: the client sees where the cut fell, as with a string."""
         out = ParsedDelta()
         self._text(self._detok.flush(), out)
         name = self._buf.strip()
         if self.state == _State.NAME and name and name in self.types:
             self._start_call(out)
+        elif self.state == _State.VALUE and not self._streaming and self._buf.strip():
+            call = self.calls[-1]
+            self._emit_args(call, self._key_piece(call) + self._buf.strip(), out)
         return out
 
     def _text(self, text: str, out: ParsedDelta) -> None:

@@ -207,7 +207,17 @@ def test_a_call_cut_off_keeps_what_completed_and_is_not_complete():
     content, _, [call], deltas = parse(text)
     assert content == "" and not call.complete
     assert call.arguments == {"city": "Paris"}
-    assert reassemble(deltas) == [("get_weather", '{"city": "Paris"')]
+    # The number cut off ends the arguments as written (it may have gone on: 3 or 30).
+    assert reassemble(deltas) == [("get_weather", '{"city": "Paris", "days": 3')]
+
+
+def test_a_call_cut_inside_its_first_value_shows_that_value_started():
+    """Cut inside a non-string first value, the arguments were "" (nothing completed): the
+    client saw a call with no trace of where it was cut."""
+    text = "<tool_call>get_weather<arg_key>days</arg_key><arg_value>1"
+    _, _, [call], deltas = parse(text)
+    assert call.arguments == {} and not call.complete
+    assert reassemble(deltas) == [("get_weather", '{"days": 1')]
 
 
 @pytest.mark.parametrize("chunk", [1, 4])
