@@ -1,7 +1,7 @@
 """Speculative decoding against none: two servers side by side, per-request decode tok/s.
 
     .venv/bin/python scripts/bench_speculation.py [--method mtp|ngram|mtp+ngram] [--model DIR] [--k 2]
-        [--batches 1 4 8] [--tp 1 2] [--workload code|edit|free] [--max-tokens 96] [--rounds 2]
+        [--batches 1 4 8] [--tp 1 2] [--workload code|edit|free] [--max-tokens 96] [--rounds 4]
 
 The default model is the 24-layer benchmark copy of the built-in model (`fixture-model OUT
 --layers 24`: the same outputs and MTP acceptance, GLM-5's cost ratios). For each TP size a
@@ -17,21 +17,26 @@ a row's rate does not include steps spent on other rows' prefills (the prefix ca
 the last column gives the speed-up from each request's own first token to its last instead.
 
 Each row's ideal speed-up comes from its measured acceptance and step costs:
-(V + E + A / b) x P / (V x (P + k x d + (v - p)) + E x P), with V the batched forwards that
-verified drafts, E the speculative steps where no row had a draft (n-gram without a match: a
-plain step), A the drafts accepted over all rows, b the batch size (a row without a draft
-still rides its batch's verify forward, for one token), P the plain server's measured step
-(one over its per-request tok/s), and d, v, p one draft (MTP layer and LM head; 0 for n-gram),
-one verify forward of k+1 tokens and one plain step, measured at that batch size and TP layout
+T x P x (V + E) / (V x (P + k x d + (v - p)) + E x P): T tokens per step, a step's mean ideal
+cost from V the batched forwards that verified drafts and E the speculative steps where no row
+had a draft (n-gram without a match: a plain step), P the plain server's measured step (one
+over its per-request tok/s), and d, v, p one draft (MTP layer and LM head; 0 for n-gram), one
+verify forward of k+1 tokens and one plain step, measured at that batch size and TP layout
 before the servers start (at TP 2 on two ranks over `ring`, so the all-reduces are in them), on
 the model in the forms the servers run (`served_forms`: the fused CPU ops, the keys-only DSA
 indexer) and on batch caches, as a decoding batch holds its rows, each row a context as long
 as the workload's median prompt plus half the output, every token distinct (the same token
 everywhere would route a verify's tokens to the same experts and price it low), the three
-timed in turn, medians of 30 rounds.
+timed in turn, medians of 30 rounds. T is counted over the tokens the rate counts: the median
+request's tokens per step inside the window (its tokens over its steps, from each chunk's
+usage: one token a step and the drafts it accepted). Counted over the whole run instead
+(1 + A / (b x (V + E)), A the drafts accepted over all rows), it credits a batch with the long
+runs of accepted drafts its rows reach late, after the fastest row has finished and the
+window closed (a batch's rows accept at different rates; on the edit workload the model falls
+into its copy loop after some tokens): that efficiency is in a column of its own.
 At batch 1 with a draft every step this is MAL x P / (P + k x d + (v - p)). Efficiency is the
 measured speed-up over that ideal. A second ideal prices every step from the in-process costs
-alone, P replaced by p: (V + E + A / b) x p / (V x (v + k x d) + E x p) (served steps run
+alone, P replaced by p: T x p x (V + E) / (V x (v + k x d) + E x p) (served steps run
 slower than in-process ones on a busy machine, and the first ideal adds the verify's extra cost
 unscaled to the slower P).
 
@@ -142,34 +147,47 @@ def mid_context(model_dir: Path, prompts: list[str], max_tokens: int) -> int:
 async def decode_rates(url: str, prompts: list[str], max_tokens: int, batch: int):
     """Decode tok/s of each of `batch` concurrent streaming requests, twice: while all of them
     decode (from the last request's first token to the first request's last: no row waits on
-    another row's prefill), and from each request's own first token to its last."""
+    another row's prefill), and from each request's own first token to its last; and each
+    request's tokens per step inside the first window (its tokens over its steps, a step
+    giving one token and the drafts it accepted)."""
     async with httpx.AsyncClient(timeout=600) as http:
 
         async def one(p):
             body = {"prompt": p, "max_tokens": max_tokens, "temperature": 0,
                     "ignore_eos": True, "stream": True,
                     "stream_options": {"include_usage": True, "continuous_usage_stats": True}}  # fmt: skip
-            marks = []  # (time, tokens so far) per chunk
+            marks = []  # (time, tokens so far, drafts accepted so far) per chunk
             async with http.stream("POST", f"{url}/v1/completions", json=body) as r:
                 async for line in r.aiter_lines():
                     if line.startswith("data: {"):
                         chunk = json.loads(line[6:])
                         if chunk["choices"] and chunk.get("usage"):
-                            marks.append((time.perf_counter(), chunk["usage"]["completion_tokens"]))
+                            use = chunk["usage"]
+                            took = use["completion_tokens_details"]["accepted_prediction_tokens"]
+                            marks.append((time.perf_counter(), use["completion_tokens"], took))
             return marks
 
         runs = await asyncio.gather(*(one(p) for p in prompts[:batch]))
     start, end = max(m[0][0] for m in runs), min(m[-1][0] for m in runs)
 
-    def rate(marks, lo, hi):
-        inside = [(t, n) for t, n in marks if lo <= t <= hi]
+    def span(marks, lo, hi):
+        inside = [m for m in marks if lo <= m[0] <= hi]
         if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
             return None
-        return (inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0])
+        return [b - a for a, b in zip(inside[0], inside[-1], strict=True)]  # time, tokens, accepted
+
+    def rate(marks, lo, hi):
+        d = span(marks, lo, hi)
+        return d[1] / d[0] if d else None
+
+    def per_step(marks):
+        d = span(marks, start, end) or span(marks, marks[0][0], marks[-1][0])
+        return d[1] / (d[1] - d[2]) if d and d[1] > d[2] else 1.0
 
     own = [rate(m, m[0][0], m[-1][0]) or 0.0 for m in runs]
     together = [rate(m, start, end) for m in runs]
-    return [t if t is not None else o for t, o in zip(together, own, strict=True)], own
+    rates = [t if t is not None else o for t, o in zip(together, own, strict=True)]
+    return rates, own, [per_step(m) for m in runs]
 
 
 def spec_status(url: str) -> dict:
@@ -185,7 +203,7 @@ def main() -> None:
     parser.add_argument("--tp", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--workload", choices=["code", "edit", "free"], default="code")
     parser.add_argument("--max-tokens", type=int, default=96)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--costs-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--context", type=int, default=128, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -210,13 +228,17 @@ def main() -> None:
                 asyncio.run(decode_rates(plain[1], prompts, 8, b))
                 got = {"plain": [], "spec": []}
                 own = {"plain": [], "spec": []}
+                window_mal = {"plain": [], "spec": []}
                 before = spec_status(spec[1])
                 for _ in range(args.rounds):
                     for name, (_, url) in (("plain", plain), ("spec", spec)):
                         for group in groups(prompts, b):
-                            rates, alone = asyncio.run(decode_rates(url, group, args.max_tokens, b))
+                            rates, alone, mals = asyncio.run(
+                                decode_rates(url, group, args.max_tokens, b)
+                            )
                             got[name] += rates
                             own[name] += alone
+                            window_mal[name] += mals
                 after = spec_status(spec[1])
                 drafts = after["drafts"] - before["drafts"]
                 accepted = after["accepted_tokens"] - before["accepted_tokens"]
@@ -231,18 +253,25 @@ def main() -> None:
                 big_p = 1 / p
                 # Steps with no proposal in any row (n-gram without a match) are plain steps.
                 spec_step = big_p + args.k * draft + (verify - plain_step)
-                tokens = verified + empty + accepted / b  # per row
+                # Tokens per row per step, counted over the tokens the rates count: inside the
+                # window the median row's, over the whole run the mean row's (whose late,
+                # longer runs of accepted drafts the window may not see).
+                mal_w = statistics.median(window_mal["spec"])
+                tokens = verified + empty + accepted / b
                 steps = verified * spec_step + empty * big_p
-                ideal = tokens * big_p / steps if steps else 1.0  # none: the governor kept it off
+                share = steps and (verified + empty) / steps  # steps per second of ideal step
+                ideal = mal_w * big_p * share if steps else 1.0  # none: the governor kept it off
+                ideal_run = tokens * big_p / steps if steps else 1.0
                 eff = (s / p) / ideal
                 local = verified * (verify + args.k * draft) + empty * plain_step
-                ideal_local = tokens * plain_step / local if local else 1.0
+                ideal_local = mal_w * plain_step * (verified + empty) / local if local else 1.0
                 state = after["summary"] if "summary" in after else after.get("reason")
                 queued = after.get("queued_steps", 0) - before.get("queued_steps", 0)
                 wasted = after.get("queued_wasted", 0) - before.get("queued_wasted", 0)
                 speed.append(f"| TP {tp} | {b} | {p:.1f} | {s:.1f} | **{s / p:.2f}x** | {mal:.2f} "
-                             f"| {ideal:.2f}x | {eff:.2f} | {ideal_local:.2f}x "
-                             f"| {(s / p) / ideal_local:.2f} | {own_ratio:.2f}x "
+                             f"| {mal_w:.2f} | {ideal:.2f}x | {eff:.2f} | {ideal_local:.2f}x "
+                             f"| {(s / p) / ideal_local:.2f} | {(s / p) / ideal_run:.2f} "
+                             f"| {own_ratio:.2f}x "
                              f"| {queued} ({wasted}) / {verified} | {state} |")  # fmt: skip
                 cells = " | ".join(f"{x / drafts:.1%}" if drafts else "-" for x in per_pos)
                 accept.append(f"| {args.workload}, TP {tp}, batch {b} | {cells} | {mal:.2f} |")
@@ -251,10 +280,11 @@ def main() -> None:
                 stop(proc)
     method = f"{args.method} k={args.k}"
     print(f"| layout | batch | decode tok/s, no speculation | {method} | speed-up | mean "
-          "acceptance length | ideal | efficiency | ideal, in-process costs | efficiency "
-          "against it | speed-up, first to last token | steps queued ahead (wasted) / verify steps "
+          "acceptance length | tokens per step, measured window | ideal | efficiency | ideal, "
+          "in-process costs | efficiency against it | efficiency, whole-run acceptance "
+          "| speed-up, first to last token | steps queued ahead (wasted) / verify steps "
           "| state |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(speed))
     print()
     print("| workload | " + " | ".join(f"Pos {i + 1}" for i in range(args.k)) + " | Avg Length |")
