@@ -5,6 +5,7 @@ import time
 
 from ..config import EngineConfig
 from ..hashing import hash_seed
+from ..models.eager import applies as eager_applies
 from ..types import EngineRequest, RequestId, TokenEvent
 from .disk_cache import MIN_WRITING_BYTES, DiskTier
 from .kv_budget import KVBudget
@@ -39,6 +40,9 @@ class Engine:
             model, config.seed, drafter, config.pipeline_decode, config.eager_layers
         )
         self.runner.queue.mode = config.queue_ahead
+        if config.eager_layers and not eager_applies(model.model):
+            log.info("--eager-layers has no effect on %s (only GLM-5's layers go one by one); "
+                     "steps build whole", type(model.model).__name__)  # fmt: skip
         self.kv = KVBudget(config.kv_cache_bytes, self.runner.kv_bytes_per_token())
         self.max_model_len = min(max_model_len, self.kv.capacity_tokens or max_model_len)
         """The context length, or less when the KV budget holds fewer tokens."""

@@ -10,10 +10,15 @@ from mlx_lm.models.base import create_attention_mask
 from mlx_lm.models.deepseek_v32 import DeepseekV32Model
 
 
+def applies(inner: Any) -> bool:
+    """Whether `forward` goes layer by layer: GLM-5's model on one pipeline stage."""
+    return type(inner) is DeepseekV32Model and inner.pipeline_size == 1
+
+
 def forward(inner: Any, tokens: mx.array, cache: list[Any]) -> mx.array:
     """`inner(tokens, cache=cache)` (the hidden states after the final norm), layer by layer
     for GLM-5's model on one pipeline stage; any other model as it computes itself."""
-    if type(inner) is not DeepseekV32Model or inner.pipeline_size > 1:
+    if not applies(inner):
         return inner(tokens, cache=cache)
     h = inner.embed_tokens(tokens)
     mask = create_attention_mask(h, cache[0][0] if cache[0] else None, return_array=True)

@@ -74,3 +74,26 @@ def test_runner_steps_take_the_layered_forward(model_dir, monkeypatch):
     assert any(1 < w < 48 for w in widths)  # a verify of drafts
     plain, none = _ngram_run(model_dir, False, monkeypatch)
     assert none == [] and plain == tokens and len(tokens) == 12
+
+
+def test_engine_says_when_eager_layers_do_nothing(model_dir, caplog):
+    """On a model the layered forward does not know (here a class of its own around GLM-5's
+    weights), --eager-layers changes nothing: the engine logs so at start, not on GLM-5."""
+    from mlx_lm.models.deepseek_v32 import DeepseekV32Model
+
+    from cluster.config import EngineConfig
+    from cluster.engine.engine import Engine
+
+    class OtherModel(DeepseekV32Model):
+        pass
+
+    model, _, _ = load_model(model_dir)
+    assert eager.applies(model.model)
+    with caplog.at_level("INFO", logger="cluster.engine.engine"):
+        Engine(model, set(), EngineConfig(), 256, "fixture")
+        assert "no effect" not in caplog.text
+        model.model.__class__ = OtherModel
+        assert not eager.applies(model.model)
+        Engine(model, set(), EngineConfig(), 256, "fixture")
+        Engine(model, set(), EngineConfig(eager_layers=False), 256, "fixture")
+    assert caplog.text.count("--eager-layers has no effect on OtherModel") == 1
