@@ -18,6 +18,13 @@ MIN_TIMED = 4
 STALE = 256
 """Speculative steps at a batch size without a queued one before what queued steps measured
 there is forgotten (and the graph building estimates S again): conditions change."""
+FLOOR = 0.5
+"""The least break-even `auto` uses: a wrong guess throws away a verify's whole compute, which
+costs at least the graph building a right guess hides (10-13 ms against 5.4 ms at batch 1 on
+the 24-layer copy here; on Metal the compute weighs more). A measured break-even below it is a
+measurement that cannot tell them apart: with eager layers the device computes while the graph
+builds, so the timed build holds most of the compute (80 against 15 ms at batch 8), and the
+estimate fell to 0: every step guessed, at batch 8 every guess wrong."""
 MODES = dict(zip(QUEUE_AHEAD, (None, 0.0, 2.0), strict=True))
 """--queue-ahead -> its fixed threshold (None: the measured break-even; 2.0: never reached)."""
 
@@ -85,7 +92,7 @@ class QueueAhead:
             loss = max(loss, t["after_cancel"] - t["plain"])
         if saving <= 0:
             return 1.0
-        return max(0.0, loss) / (max(0.0, loss) + saving)
+        return max(FLOOR, max(0.0, loss) / (max(0.0, loss) + saving))
 
     def thresholds(self, sizes) -> dict[str, float]:
         """Batch size -> the break-even now, for those of `sizes` measured ("*": every size,

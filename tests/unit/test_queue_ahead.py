@@ -2,7 +2,7 @@
 
 import pytest
 
-from cluster.engine.queue_ahead import MIN_TIMED, STALE, QueueAhead
+from cluster.engine.queue_ahead import FLOOR, MIN_TIMED, STALE, QueueAhead
 
 
 def _kept(q: QueueAhead, size: int, n: int = 60) -> None:
@@ -75,3 +75,18 @@ def test_guesses_that_did_not_hold_stop_queueing_until_steps_keep_their_drafts_a
     assert not q.worth(2)
     q.allowed = {"*": 0.0}
     assert q.worth(2) and q.worth(7)  # always: any size
+
+
+def test_a_build_that_holds_the_compute_does_not_make_every_guess_free():
+    """With eager layers the timed graph building holds most of a step's compute (the device
+    computes each layer as it is built): loss measured as compute less building came out
+    negative, the break-even 0, and a batch of 8 whose steps never kept every draft guessed
+    at every step, every guess wrong. The break-even never falls below FLOOR."""
+    q = QueueAhead()
+    for _ in range(60):
+        q.observe(8, False, guessed=False)  # no step of eight rows keeps every draft
+    for _ in range(MIN_TIMED):
+        q.time(8, plain=0.098, build=0.080, compute=0.015)  # measured so at batch 8
+    assert q.break_even(8) == FLOOR and not q.worth(8)
+    _kept(q, 8)
+    assert q.worth(8)  # steps that keep every draft still queue
