@@ -259,8 +259,8 @@ def main() -> None:
                 mal_w = statistics.median(window_mal["spec"])
                 tokens = verified + empty + accepted / b
                 steps = verified * spec_step + empty * big_p
-                share = steps and (verified + empty) / steps  # steps per second of ideal step
-                ideal = mal_w * big_p * share if steps else 1.0  # none: the governor kept it off
+                # none: the governor kept it off
+                ideal = mal_w * big_p * (verified + empty) / steps if steps else 1.0
                 ideal_run = tokens * big_p / steps if steps else 1.0
                 eff = (s / p) / ideal
                 local = verified * (verify + args.k * draft) + empty * plain_step

@@ -168,12 +168,12 @@ class GlmParser:
         far, unparsed: the client sees where the cut fell, as with a string."""
         out = ParsedDelta()
         self._text(self._detok.flush(), out)
-        name = self._buf.strip()
-        if self.state == _State.NAME and name and name in self.types:
+        written = self._buf.strip()  # the name or value cut off
+        if self.state == _State.NAME and written and written in self.types:
             self._start_call(out)
-        elif self.state == _State.VALUE and not self._streaming and self._buf.strip():
+        elif self.state == _State.VALUE and not self._streaming and written:
             call = self.calls[-1]
-            self._emit_args(call, self._key_piece(call) + self._buf.strip(), out)
+            self._emit_args(call, self._key_piece(call) + written, out)
         return out
 
     def _text(self, text: str, out: ParsedDelta) -> None:
