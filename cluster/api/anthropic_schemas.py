@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from ..coordinator.errors import BadRequest
 from ..types import SamplingParams
 from . import unseen
+from .billing_header import strip_billing_header
 from .errors import ParamError
 
 MAX_STOPS = 16
@@ -93,10 +94,26 @@ def _unseen(raw: dict) -> str:
 
 
 def _result_text(content, path: str) -> str:
-    """A tool_result's content: a string, or text blocks joined by newlines."""
+    """A tool_result's content: a string, or text blocks joined by newlines (a tool search's
+    `tool_reference` and a `search_result` read as text too: an agent resends its history, so
+    refusing one would end the session)."""
     if not isinstance(content, list):
         return content or ""
-    return "\n".join(_text_of(raw, f"{path}.{j}") for j, raw in enumerate(content))
+    return "\n".join(_result_part(raw, f"{path}.{j}") for j, raw in enumerate(content))
+
+
+def _result_part(raw, path: str) -> str:
+    kind = raw.get("type") if isinstance(raw, dict) else None
+    if kind == "tool_reference":  # Claude Code's tool search: every tool is offered here
+        _check_field(raw, path, "tool_name", str, required=True)
+        return f"[tool {raw['tool_name']} is available]"
+    if kind == "search_result":
+        for key in ("source", "title"):
+            _check_field(raw, path, key, str, required=True)
+        _check_field(raw, path, "content", list, required=True)
+        body = [_text_of(b, f"{path}.content.{k}") for k, b in enumerate(raw["content"])]
+        return "\n".join([f"{raw['title']} ({raw['source']})", *body])
+    return _text_of(raw, path)
 
 
 def _text_of(raw, path: str) -> str:
@@ -224,12 +241,15 @@ class _Prompted(BaseModel):
         return {"enable_thinking": self.thinking.type != "disabled"}
 
     def system_text(self) -> str:
-        """The system prompt: a string, or its text blocks joined by newlines."""
+        """The system prompt: a string, or its text blocks joined by newlines; without
+        Claude Code's billing line, whose nonce would defeat the prefix cache every turn."""
         if self.system is None or isinstance(self.system, str):
-            return self.system or ""
+            return strip_billing_header(self.system or "")
         if not isinstance(self.system, list):
             raise _bad("system", "must be a string or a list of text blocks")
-        return "\n".join(_text_of(raw, f"system.{k}") for k, raw in enumerate(self.system))
+        texts = (strip_billing_header(_text_of(raw, f"system.{k}"))
+                 for k, raw in enumerate(self.system))  # fmt: skip
+        return "\n".join(t for t in texts if t)
 
     def template_messages(self) -> tuple[list[dict], bool]:
         """Anthropic's turns as the chat template reads them, and whether the reply continues

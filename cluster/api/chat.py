@@ -14,6 +14,7 @@ from ..coordinator.output import OutputProcessor
 from ..coordinator.tokenizer import PromptTokenizer, TemplateArgsError
 from ..coordinator.tool_grammar import CALL_TAGS, tool_grammar
 from ..types import SamplingParams, ToolGrammar
+from .billing_header import strip_billing_header
 from .offload import LONG_TOKENS, off_loop
 from .tool_check import check_tools
 
@@ -84,7 +85,11 @@ def openai_messages(messages) -> list[dict]:
     out = []
     for i, m in enumerate(messages):
         role = "system" if m.role == "developer" else m.role
-        entry: dict = {"role": role, "content": m.text()}
+        text = m.text()
+        entry: dict = {
+            "role": role,
+            "content": strip_billing_header(text) if role == "system" else text,
+        }
         if m.role == "assistant":
             reasoning = m.reasoning_content or m.reasoning
             if reasoning:

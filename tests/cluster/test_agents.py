@@ -733,6 +733,49 @@ def test_anthropic_stream_usage_agrees_from_message_start(agent_server):
     assert start["cache_read_input_tokens"] > 0
 
 
+def test_claude_codes_billing_line_does_not_defeat_the_prefix_cache(agent_server):
+    """Claude Code opens its system prompt with a billing line whose `cch` nonce changes on
+    every request: a session's next turn still reuses the last one's prefix (the whole system
+    prompt and the turns before), on the Messages API and on a proxy's chat completions."""
+    client, chat = _anthropic(agent_server), agent_server.client()
+    rules = "You are a coding agent. " + " ".join(
+        f"Rule {i}: keep file {i} tidy." for i in range(40)
+    )
+    turns = [{"role": "user", "content": "List the rules."},
+             {"role": "assistant", "content": "There are forty rules."},
+             {"role": "user", "content": "Which rule is about file 7?"}]  # fmt: skip
+
+    def billing(nonce: str) -> str:
+        return (
+            f"x-anthropic-billing-header: cc_version=2.1.120.cf9; cc_entrypoint=cli; cch={nonce};"
+        )
+
+    for i, nonce in enumerate(("543cf", "0aaa9")):
+        system = [{"type": "text", "text": billing(nonce)}, {"type": "text", "text": rules}]
+        m = client.messages.create(model=agent_server.model, max_tokens=2, extra_body=ZERO,
+                                   system=system, messages=turns[: 1 + 2 * i])  # fmt: skip
+    prompt = m.usage.input_tokens + m.usage.cache_read_input_tokens
+    assert m.usage.cache_read_input_tokens > 0.6 * prompt, m.usage
+    for i, nonce in enumerate(("71fea", "eb6c6")):
+        system = {"role": "system", "content": billing(nonce) + "\n" + rules}
+        r = chat.chat.completions.create(model=agent_server.model, max_tokens=2, **GREEDY,
+                                         messages=[system, *turns[: 1 + 2 * i]])  # fmt: skip
+    cached = r.usage.prompt_tokens_details.cached_tokens
+    assert cached > 0.6 * r.usage.prompt_tokens, r.usage
+    # The line is gone from the prompt, not only from the cache's view of it.
+    counted = client.messages.count_tokens(
+        model=agent_server.model,
+        messages=turns[:1],
+        system=[{"type": "text", "text": billing("00000")}, {"type": "text", "text": rules}],
+    )
+    assert (
+        counted.input_tokens
+        == client.messages.count_tokens(
+            model=agent_server.model, messages=turns[:1], system=rules
+        ).input_tokens
+    )
+
+
 def test_a_call_cut_inside_its_name_is_left_out(agent_server, held_out):
     """max_tokens ends a forced call before its name is whole (every name here takes three or
     more tokens): no tool_use block or tool call names a tool nobody offered, streamed or not,
