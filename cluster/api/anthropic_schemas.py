@@ -187,7 +187,9 @@ class ToolChoice(BaseModel):
 
 class Thinking(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    type: Literal["enabled", "disabled", "adaptive"]
+    type: Literal["enabled", "disabled", "adaptive", "between_tools"]
+    """between_tools: thinking off (Anthropic then returns progress notes between calls as
+    thinking blocks; this model writes none with thinking off)."""
     budget_tokens: Annotated[int, Field(ge=0)] | None = None
 
 
@@ -238,7 +240,7 @@ class _Prompted(BaseModel):
         send none and want text); `enabled` or `adaptive` turns it on."""
         if self.thinking is None:
             return {"enable_thinking": False}
-        return {"enable_thinking": self.thinking.type != "disabled"}
+        return {"enable_thinking": self.thinking.type in ("enabled", "adaptive")}
 
     def system_text(self) -> str:
         """The system prompt: a string, or its text blocks joined by newlines; without

@@ -1,5 +1,6 @@
-"""Blocks Claude Code puts in a history that the model reads as text: a tool search's
-`tool_reference`, a `search_result`, and a system prompt without its billing line."""
+"""Blocks Claude Code puts in a history that the model reads as text (a tool search's
+`tool_reference`, a `search_result`), a system prompt without its billing line, and the
+`thinking` types."""
 
 import pytest
 
@@ -46,3 +47,17 @@ def test_the_billing_line_leaves_the_system_prompt():
     one = MessagesRequest(max_tokens=4, messages=[{"role": "user", "content": "hi"}],
                           system=line + "\nYou are an agent.")  # fmt: skip
     assert one.system_text() == "You are an agent."
+
+
+def test_thinking_types_map_to_enable_thinking():
+    def args(thinking):
+        return MessagesRequest(max_tokens=4, messages=[{"role": "user", "content": "hi"}],
+                               thinking=thinking).template_args()  # fmt: skip
+
+    assert args(None) == {"enable_thinking": False}
+    assert args({"type": "enabled", "budget_tokens": 2}) == {"enable_thinking": True}
+    assert args({"type": "adaptive"}) == {"enable_thinking": True}
+    for off in ("disabled", "between_tools"):
+        assert args({"type": off}) == {"enable_thinking": False}
+    with pytest.raises(ValueError):
+        args({"type": "sometimes"})
