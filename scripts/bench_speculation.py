@@ -2,13 +2,15 @@
 
     .venv/bin/python scripts/bench_speculation.py [--method mtp|ngram|mtp+ngram] [--model DIR] [--k 2]
         [--batches 1 4 8] [--tp 1 2] [--workload code|edit|free] [--max-tokens 96] [--rounds 4]
+        [--queue-ahead auto|always|never]
 
 The default model is the 24-layer benchmark copy of the built-in model (`fixture-model OUT
 --layers 24`: the same outputs and MTP acceptance, GLM-5's cost ratios). For each TP size a
-plain cluster and a speculating cluster run at once; for each batch size the rounds alternate
-between them, `batch` concurrent streaming requests at a time (greedy, no early stop) over
-every distinct prompt of the workload, so every batch size sees the same mix (at batch 1, one
-request after another). The
+plain cluster and a speculating cluster run at once; for each batch size each round goes over
+every distinct prompt of the workload in groups of `batch` concurrent streaming requests
+(greedy, no early stop), so every batch size sees the same mix (at batch 1, one request after
+another), and each group goes to both servers in turn, the first of the two alternating (this
+machine's speed drifts within seconds; a pair of turns sees the same drift). The
 speculating server keeps the draft length given (`--no-speculation-adapt-k`): each row measures
 that k (scripts/governor_lengths.py shows which length the governors settle on). Decode tok/s
 is per request, counted while all `batch` requests decode (from the last one's first token to
@@ -204,6 +206,8 @@ def main() -> None:
     parser.add_argument("--workload", choices=["code", "edit", "free"], default="code")
     parser.add_argument("--max-tokens", type=int, default=96)
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--queue-ahead", default="auto", choices=["auto", "always", "never"],
+                        help="the speculating server's --queue-ahead")  # fmt: skip
     parser.add_argument("--costs-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--context", type=int, default=128, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -221,7 +225,7 @@ def main() -> None:
         plain = start_cluster(home, *common)
         spec = start_cluster(home, *common, "--speculation", args.method,
                              "--num-speculative-tokens", str(args.k),
-                             "--no-speculation-adapt-k")  # fmt: skip
+                             "--no-speculation-adapt-k", "--queue-ahead", args.queue_ahead)  # fmt: skip
         try:
             for b in args.batches:
                 asyncio.run(decode_rates(spec[1], prompts, 8, b))  # warm both
@@ -230,9 +234,12 @@ def main() -> None:
                 own = {"plain": [], "spec": []}
                 window_mal = {"plain": [], "spec": []}
                 before = spec_status(spec[1])
-                for _ in range(args.rounds):
-                    for name, (_, url) in (("plain", plain), ("spec", spec)):
-                        for group in groups(prompts, b):
+                # Group by group, the two servers in turn (the first to go alternates): this
+                # machine's speed drifts within seconds, and both see the same drift.
+                turns = [(("plain", plain), ("spec", spec)), (("spec", spec), ("plain", plain))]
+                for r in range(args.rounds):
+                    for j, group in enumerate(groups(prompts, b)):
+                        for name, (_, url) in turns[(r + j) % 2]:
                             rates, alone, mals = asyncio.run(
                                 decode_rates(url, group, args.max_tokens, b)
                             )
