@@ -2,8 +2,10 @@
 the processor that parses the reply, and its start on a replica. Shared by OpenAI's, the
 Responses and Anthropic's routes."""
 
+import contextlib
 import dataclasses
 import json
+import logging
 import secrets
 from dataclasses import dataclass
 
@@ -17,6 +19,8 @@ from ..types import SamplingParams, ToolGrammar
 from .billing_header import strip_billing_header
 from .offload import LONG_TOKENS, off_loop
 from .tool_check import check_tools
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -63,20 +67,38 @@ class ChatPrompt:
         }
 
 
+CLOSINGS = ("", "}", '"}', "]}", '"]}', "}}", '"}}')
+"""What a call cut off by max_tokens may lack at its end (`{"path": "src/a`, `{"days": 3`)."""
+
+
 def tool_arguments(arguments, param: str) -> dict:
-    """A call's arguments as a mapping, from OpenAI's JSON string or a mapping."""
+    """A call's arguments as a mapping, from OpenAI's JSON string or a mapping. A string cut
+    off mid-value (a reply that ended at max_tokens, this server's own among them: an agent
+    resends it with its history) is read up to the cut, logged; refusing it would fail every
+    later turn of the session. JSON of another type than an object is a 400."""
     if isinstance(arguments, dict):
         return arguments
     if arguments is not None and not isinstance(arguments, str):
         raise BadRequest(f"'{param}' must be a JSON string of an object", param=param)
-    try:
-        value = json.loads(arguments or "{}")
-    except ValueError as e:
-        raise BadRequest(f"'{param}' is not valid JSON: {e}", param=param,
-                         code="invalid_value") from None  # fmt: skip
-    if not isinstance(value, dict):
-        raise BadRequest(f"'{param}' must be a JSON object", param=param)
-    return value
+    text = arguments or "{}"
+    trimmed = text.rstrip().rstrip(",")  # cut after a pair: `{"a": 1, `
+    for closing in CLOSINGS:
+        try:
+            value = json.loads((text if not closing else trimmed) + closing)
+        except ValueError:
+            continue
+        if isinstance(value, str) and not closing:  # encoded twice
+            with contextlib.suppress(ValueError):
+                value = json.loads(value)
+        if not isinstance(value, dict):
+            raise BadRequest(f"'{param}' must be a JSON object", param=param)
+        if closing:
+            log.warning("%s: a call's arguments cut off (%d chars) read up to the cut",
+                        param, len(text))  # fmt: skip
+        return value
+    log.warning("%s: a call's arguments are not JSON (%d chars: %r); templated without them",
+                param, len(text), text[:60])  # fmt: skip
+    return {}
 
 
 def openai_messages(messages) -> list[dict]:
@@ -91,7 +113,7 @@ def openai_messages(messages) -> list[dict]:
             "content": strip_billing_header(text) if role == "system" else text,
         }
         if m.role == "assistant":
-            reasoning = m.reasoning_content or m.reasoning
+            reasoning = m.reasoning_text()
             if reasoning:
                 entry["reasoning_content"] = reasoning
             calls = []
@@ -219,8 +241,8 @@ def opens_conversation(body) -> bool:
     )
 
 
-SESSION_HEADERS = ("x-session-id", "session_id", "conversation_id")
-"""Headers that name an agent's session: ours, then Codex CLI's."""
+SESSION_HEADERS = ("x-session-id", "x-session-affinity", "session_id", "conversation_id")
+"""Headers that name an agent's session: ours, opencode's, then Codex CLI's."""
 
 
 def session_key(request, body) -> str | None:

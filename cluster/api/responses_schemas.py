@@ -353,5 +353,5 @@ def _text(content) -> str:
     """A message's text: a string, or its text parts joined (checked by _check_items)."""
     if content is None or isinstance(content, str):
         return content or ""
-    return "".join(unseen.note(p) if unseen.is_unseen(p) else p.get("text") or p.get("refusal")
+    return "\n".join(unseen.note(p) if unseen.is_unseen(p) else p.get("text") or p.get("refusal")
                    or "" for p in content)  # fmt: skip

@@ -77,6 +77,9 @@ class Message(BaseModel):
     reasoning_content: str | None = None
     reasoning: str | None = None
     """mlx-lm's name for reasoning_content; accepted on input too."""
+    reasoning_details: list | None = None
+    """OpenRouter's: reasoning as a list of entries (Cline, Roo and Kilo resend it); the text
+    of its `reasoning.text` and `reasoning.summary` entries is the reasoning."""
     name: str | None = None
 
     @field_validator("content", mode="before")
@@ -87,8 +90,17 @@ class Message(BaseModel):
     def text(self) -> str:
         content = self.content
         if isinstance(content, list):
-            content = "".join(part.text for part in content)
+            content = "\n".join(part.text for part in content)
         return content or ""
+
+    def reasoning_text(self) -> str | None:
+        """The reasoning resent with a past reply, under any of the names clients use."""
+        if self.reasoning_content or self.reasoning:
+            return self.reasoning_content or self.reasoning
+        entries = [e for e in self.reasoning_details or [] if isinstance(e, dict)]
+        texts = [e.get("text") or e.get("summary") for e in entries
+                 if e.get("type") in ("reasoning.text", "reasoning.summary")]  # fmt: skip
+        return "\n".join(t for t in texts if isinstance(t, str) and t) or None
 
 
 class FunctionDef(BaseModel):
@@ -295,7 +307,7 @@ class ChatCompletionRequest(_Common):
             args["enable_thinking"] = r.enabled is not False and r.effort not in ("none", "minimal")
         if t := self.thinking:
             if t.type != "auto":
-                args["enable_thinking"] = t.type == "enabled"
+                args["enable_thinking"] = t.type in ("enabled", "adaptive")
             if t.clear_thinking is not None:
                 args["clear_thinking"] = t.clear_thinking
         if self.enable_thinking is not None:

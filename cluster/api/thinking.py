@@ -13,12 +13,13 @@ class ThinkingSwitch(BaseModel):
     Anthropic's shape sent to this endpoint (budget_tokens)."""
 
     model_config = ConfigDict(extra="ignore")
-    type: Literal["enabled", "disabled", "auto"] = "enabled"
+    type: Literal["enabled", "disabled", "auto", "adaptive", "between_tools"] = "enabled"
+    """adaptive: on (Anthropic's shape, from a proxy); between_tools: off."""
     clear_thinking: bool | None = None
     budget_tokens: Annotated[int, Field(ge=0, lt=2**32)] | None = None
 
 
-EFFORTS = Literal["none", "minimal", "low", "medium", "high", "xhigh"]
+EFFORTS = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]
 
 
 class ReasoningSwitch(BaseModel):

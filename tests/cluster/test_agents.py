@@ -355,8 +355,9 @@ def _first_cut_in_a_string(arguments_at) -> int:
 def test_a_string_argument_streams_before_its_value_ends(agent_server, held_out):
     """A string value is sent as the model writes it (a file being written shows as it comes):
     cut by max_tokens inside one, the OpenAI call's arguments, streamed and whole alike, end
-    with the value's start; Anthropic's streamed `partial_json` carries it too, and its
-    tool_use input, whole or from the SDK's stream, keeps the values completed before it."""
+    with the value's start, and the call resent in the history is served; Anthropic's
+    streamed `partial_json` carries it too, and its tool_use input, whole or from the SDK's
+    stream, keeps the values completed before it."""
     ex = next(e for e in held_out if any(
         p.get("type") == "string"
         for p in e.tools[0]["function"]["parameters"]["properties"].values()))  # fmt: skip
@@ -377,6 +378,14 @@ def test_a_string_argument_streams_before_its_value_ends(agent_server, held_out)
     streamed, finish, _, _ = _stream_calls(
         chat.chat.completions.create(stream=True, max_tokens=max_tokens, **kw))  # fmt: skip
     assert streamed == [(name, arguments)] and finish == "length"
+    # The agent resends the cut call with its history: the next turn is served (the call's
+    # arguments read up to the cut), not refused, which would fail every turn after it.
+    call = r.message.tool_calls[0]
+    history = [*user, r.message.model_dump(exclude_none=True),
+               {"role": "tool", "tool_call_id": call.id, "content": "cut off; say so"}]  # fmt: skip
+    again = chat.chat.completions.create(model=agent_server.model, messages=history,
+                                         tools=ex.tools, max_tokens=4, **GREEDY)  # fmt: skip
+    assert again.choices[0].finish_reason in ("length", "stop", "tool_calls")
 
     akw = dict(model=agent_server.model, extra_body=ZERO, messages=user,
                tools=_anthropic_tools(ex), tool_choice={"type": "tool", "name": name})  # fmt: skip

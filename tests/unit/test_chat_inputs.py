@@ -1,0 +1,46 @@
+"""What agents send on chat completions, read as they mean it: OpenRouter's
+`reasoning_details`, Anthropic-shaped thinking switches and the `max` effort from proxies,
+text parts on lines of their own, opencode's session header."""
+
+from types import SimpleNamespace
+
+from cluster.api.chat import openai_messages, session_key
+from cluster.api.schemas import ChatCompletionRequest
+
+USER = {"role": "user", "content": "hi"}
+
+
+def test_reasoning_details_reach_the_template_as_reasoning():
+    reply = {"role": "assistant", "content": "done", "reasoning_details": [
+        {"type": "reasoning.text", "text": "first"}, {"type": "reasoning.encrypted", "data": "x"},
+        {"type": "reasoning.summary", "summary": "second"}]}  # fmt: skip
+    req = ChatCompletionRequest(messages=[USER, reply, USER])
+    assert openai_messages(req.messages)[1]["reasoning_content"] == "first\nsecond"
+    named = {"role": "assistant", "content": "d", "reasoning_content": "own",
+             "reasoning_details": [{"type": "reasoning.text", "text": "other"}]}  # fmt: skip
+    req = ChatCompletionRequest(messages=[USER, named, USER])
+    assert openai_messages(req.messages)[1]["reasoning_content"] == "own"
+
+
+def test_thinking_switches_from_proxies():
+    def kwargs(**body):
+        return ChatCompletionRequest(messages=[USER], **body).template_kwargs()
+
+    assert kwargs(thinking={"type": "adaptive"}) == {"enable_thinking": True}
+    assert kwargs(thinking={"type": "between_tools"}) == {"enable_thinking": False}
+    assert kwargs(reasoning_effort="max") == {}  # thinking stays as the server has it
+    assert kwargs(reasoning={"effort": "max"}) == {"enable_thinking": True}
+
+
+def test_text_parts_are_lines_of_their_own():
+    parts = [{"type": "text", "text": "<task>fix it</task>"},
+             {"type": "text", "text": "<environment_details>x</environment_details>"}]  # fmt: skip
+    req = ChatCompletionRequest(messages=[{"role": "user", "content": parts}])
+    assert openai_messages(req.messages)[0]["content"] == (
+        "<task>fix it</task>\n<environment_details>x</environment_details>"
+    )
+
+
+def test_opencodes_session_header_names_the_session():
+    request = SimpleNamespace(headers={"x-session-affinity": "ses_1"})
+    assert session_key(request, ChatCompletionRequest(messages=[USER])) == "ses_1"

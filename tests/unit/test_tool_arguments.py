@@ -1,0 +1,38 @@
+"""A past call's arguments, as clients resend them: whole, encoded twice, or cut off by
+max_tokens (this server's own replies among them) read up to the cut; another JSON type is
+a 400 that names the field."""
+
+import logging
+
+import pytest
+
+from cluster.api.chat import tool_arguments
+from cluster.coordinator.errors import BadRequest
+
+P = "messages.1.tool_calls.0.function.arguments"
+
+
+def test_whole_and_twice_encoded_arguments():
+    assert tool_arguments('{"path": "a.py"}', P) == {"path": "a.py"}
+    assert tool_arguments({"path": "a.py"}, P) == {"path": "a.py"}
+    assert tool_arguments('"{\\"n\\": 2}"', P) == {"n": 2}
+    assert tool_arguments("", P) == tool_arguments(None, P) == {}
+
+
+def test_arguments_cut_off_are_read_up_to_the_cut(caplog):
+    with caplog.at_level(logging.WARNING):
+        assert tool_arguments('{"path": "src/a', P) == {"path": "src/a"}
+        assert tool_arguments('{"days": 3', P) == {"days": 3}
+        assert tool_arguments('{"a": 1, ', P) == {"a": 1}
+        assert tool_arguments('{"tags": ["x", "y', P) == {"tags": ["x", "y"]}
+        assert tool_arguments('{"pa', P) == {}  # cut inside the first key: nothing to keep
+    assert P in caplog.text and "cut off" in caplog.text and "not JSON" in caplog.text
+
+
+def test_json_of_another_type_is_refused_with_the_field():
+    for bad in ("[]", "3", '"text"'):
+        with pytest.raises(BadRequest) as e:
+            tool_arguments(bad, P)
+        assert e.value.param == P
+    with pytest.raises(BadRequest):
+        tool_arguments(["x"], P)
