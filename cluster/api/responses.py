@@ -197,6 +197,9 @@ def router(coordinator: Coordinator, defaults: ChatDefaults) -> APIRouter:
             coordinator, request, body, rid, prompt.tokens, sampling, processor
         )
         headers = unseen.with_header(headers, unseen.count(body.input), rid)
+        if omitted := body.omitted_tools():  # said, never silent
+            log.info("%s: hosted tools left out (none runs here): %s", rid, ", ".join(omitted))
+            headers = headers | {"x-omitted-tools": ",".join(omitted)}
         if dropped:  # truncation "auto": said, never silent
             log.info("%s: truncation auto dropped the %d oldest turns of input", rid, dropped)
             headers = headers | {"x-truncated-turns": str(dropped)}

@@ -11,6 +11,11 @@ from .errors import ParamError
 from .thinking import EFFORTS
 
 TEXT_PARTS = ("input_text", "output_text", "text", "summary_text", "reasoning_text")
+HOSTED = ("web_search", "web_search_preview", "file_search", "code_interpreter",
+          "image_generation", "computer_use_preview", "mcp")  # fmt: skip
+"""Tools OpenAI's servers run for the model (Codex offers `web_search` to any provider): none
+runs here, so they are left out of the prompt and named in `x-omitted-tools` and the log,
+rather than the whole request refused."""
 
 
 class FunctionTool(BaseModel):
@@ -32,12 +37,18 @@ class FunctionTool(BaseModel):
             )
         return data
 
+    @property
+    def hosted(self) -> bool:
+        return self.type.split("_20")[0] in HOSTED  # (dated versions: web_search_2025_08_26)
+
     @model_validator(mode="after")
     def _functions_only(self):
+        if self.hosted:
+            return self
         if self.type != "function":
             raise ValueError(
                 f"tools of type '{self.type}' are not supported: only 'function' tools run "
-                "here; describe the others as functions"
+                "here (hosted ones are left out); describe the others as functions"
             )
         if not self.name:
             raise ValueError("a function tool needs a 'name'")
@@ -182,7 +193,7 @@ class ResponsesRequest(BaseModel):
     @model_validator(mode="after")
     def _choice_in_tools(self):
         c = self.tool_choice
-        names = {t.name for t in self.tools or []}
+        names = {t.name for t in self.functions()}
         if c == "required" and not names:
             raise ParamError("tool_choice 'required' needs at least one tool in 'tools'",
                              "tool_choice")  # fmt: skip
@@ -196,6 +207,13 @@ class ResponsesRequest(BaseModel):
         c = self.tool_choice
         return c.name if isinstance(c, NamedFunction) else c
 
+    def functions(self) -> list[FunctionTool]:
+        return [t for t in self.tools or [] if not t.hosted]
+
+    def omitted_tools(self) -> list[str]:
+        """The hosted tools asked for, which the prompt leaves out."""
+        return [t.type for t in self.tools or [] if t.hosted]
+
     def openai_tools(self) -> list[dict]:
         """The tools in chat's shape, fields given only (the template writes what it gets:
         an empty description was tokens the chat route's prompt did not have)."""
@@ -208,7 +226,7 @@ class ResponsesRequest(BaseModel):
                     "parameters": t.parameters or {},
                 },
             }
-            for t in self.tools or []
+            for t in self.functions()
         ]  # fmt: skip  (chat's key order: one tools prefix)
 
     @property

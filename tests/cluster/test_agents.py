@@ -1097,7 +1097,7 @@ def test_responses_api_function_call_loop_streamed_alike(agent_server, held_out)
 
 def test_responses_api_refuses_what_it_cannot_do(agent_server):
     client = agent_server.client()
-    for extra in ({"previous_response_id": "resp_1"}, {"tools": [{"type": "web_search"}]},
+    for extra in ({"previous_response_id": "resp_1"}, {"tools": [{"type": "local_shell"}]},
                   {"text": {"format": {"type": "json_object"}}}):  # fmt: skip
         with pytest.raises(openai.BadRequestError) as e:
             client.responses.create(model=agent_server.model, input="hi", **extra)
@@ -1107,6 +1107,28 @@ def test_responses_api_refuses_what_it_cannot_do(agent_server):
                                   reasoning={"effort": "none"})  # fmt: skip
     assert cut.status == "incomplete" and cut.incomplete_details.reason == "max_output_tokens"
     assert [(o.type, o.status) for o in cut.output] == [("message", "incomplete")]
+
+
+def test_responses_api_leaves_hosted_tools_out_and_says_so(agent_server, held_out):
+    """Codex offers OpenAI's hosted `web_search` to every provider: it is left out of the
+    prompt (none runs here) and named in `x-omitted-tools`, the function tools beside it
+    served as without it, the same prompt token for token."""
+    ex = held_out[0]
+    client = agent_server.client()
+    kw = dict(model=agent_server.model, input=ex.messages[-2]["content"], max_output_tokens=8,
+              temperature=0.0, reasoning={"effort": "none"})  # fmt: skip
+    alone = client.responses.with_raw_response.create(tools=_flat_tools(ex), **kw)
+    hosted = [{"type": "web_search", "external_web_access": True},
+              {"type": "web_search_preview_2025_03_11"}]  # fmt: skip
+    both = client.responses.with_raw_response.create(tools=[*hosted, *_flat_tools(ex)], **kw)
+    assert both.headers["x-omitted-tools"] == "web_search,web_search_preview_2025_03_11"
+    assert "x-omitted-tools" not in alone.headers
+    a, b = alone.parse(), both.parse()
+    assert a.usage.input_tokens == b.usage.input_tokens
+    assert [o.model_dump(exclude={"id", "call_id"}) for o in a.output] == [
+        o.model_dump(exclude={"id", "call_id"}) for o in b.output
+    ]
+    assert [t.type for t in b.tools][:2] == ["web_search", "web_search_preview_2025_03_11"]
 
 
 def test_responses_api_malformed_items_get_400s_that_name_the_field(agent_server):
