@@ -129,6 +129,12 @@ class StreamOptions(BaseModel):
     continuous_usage_stats: bool = False
     """vLLM's option: with include_usage, every chunk also carries the usage so far."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls(cls, data):
+        """A null means the default here too (`{"include_usage": null}`)."""
+        return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
+
 
 UNSUPPORTED = {
     "logit_bias": "logit_bias is not supported; a stop list or tool_choice may do what you need",

@@ -1,6 +1,6 @@
 """What agents send on chat completions, read as they mean it: OpenRouter's
 `reasoning_details`, Anthropic-shaped thinking switches and the `max` effort from proxies,
-text parts on lines of their own, opencode's session header."""
+text parts on lines of their own, opencode's session header, nulls in `stream_options`."""
 
 from types import SimpleNamespace
 
@@ -44,3 +44,11 @@ def test_text_parts_are_lines_of_their_own():
 def test_opencodes_session_header_names_the_session():
     request = SimpleNamespace(headers={"x-session-affinity": "ses_1"})
     assert session_key(request, ChatCompletionRequest(messages=[USER])) == "ses_1"
+
+
+def test_nulls_in_stream_options_mean_the_defaults():
+    req = ChatCompletionRequest(messages=[USER], stream=True,
+                                stream_options={"include_usage": None,
+                                                "continuous_usage_stats": None})  # fmt: skip
+    opts = req.stream_options
+    assert (opts.include_usage, opts.continuous_usage_stats) == (False, False)
