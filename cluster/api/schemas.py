@@ -87,6 +87,16 @@ class Message(BaseModel):
     def _parts(cls, v):
         return _text_parts(v)
 
+    @model_validator(mode="after")
+    def _no_legacy_call(self):
+        """The legacy `function_call` of a past reply would be dropped unseen: refused, as
+        the request's own `functions` / `function_call` are."""
+        if (self.model_extra or {}).get("function_call") is not None:
+            raise ValueError("the legacy 'function_call' of an assistant message is not "
+                             "supported: send the call in 'tool_calls' and its result as a "
+                             "'tool' message")  # fmt: skip
+        return self
+
     def text(self) -> str:
         content = self.content
         if isinstance(content, list):

@@ -4,6 +4,8 @@ text parts on lines of their own, opencode's session header, nulls in `stream_op
 
 from types import SimpleNamespace
 
+import pytest
+
 from cluster.api.chat import openai_messages, session_key
 from cluster.api.schemas import ChatCompletionRequest
 
@@ -52,3 +54,10 @@ def test_nulls_in_stream_options_mean_the_defaults():
                                                 "continuous_usage_stats": None})  # fmt: skip
     opts = req.stream_options
     assert (opts.include_usage, opts.continuous_usage_stats) == (False, False)
+
+
+def test_a_past_replys_legacy_function_call_is_refused_not_dropped():
+    reply = {"role": "assistant", "content": None,
+             "function_call": {"name": "f", "arguments": "{}"}}  # fmt: skip
+    with pytest.raises(ValueError, match="tool_calls"):
+        ChatCompletionRequest(messages=[USER, reply, USER])
