@@ -109,6 +109,14 @@ class SamplingParams:
     prompt_logprobs: int | None = None
     """Report each prompt token's log-probability and this many top alternatives (None: off;
     the prompt is then computed whole, not taken from the prefix cache)."""
+    reply_grammar: str | None = None
+    """An llguidance grammar (a JSON schema's) the reply's text is held to: structured output
+    (None: free text)."""
+    reply_end_id: int | None = None
+    """The token that ends a structured reply once its JSON is whole (a stop token)."""
+    reply_after_id: int | None = None
+    """The structured reply starts after this token (`</think>` when it thinks first; None:
+    at its first token)."""
 
     @property
     def penalized(self) -> bool:

@@ -26,6 +26,7 @@ from .offload import LONG_CHARS, chars, off_loop
 from .openai_out import Shape, collect_unless_disconnected, sse
 from .responses import router as responses_router
 from .schemas import ChatCompletionRequest, CompletionRequest, NamedToolChoice
+from .structured import reply_limits, reply_schema
 from .unseen import with_header as omitted_header
 
 OPEN_PATHS = ("/health", "/metrics")
@@ -168,6 +169,8 @@ def create_app(
         max_calls = None if body.parallel_tool_calls else 1
         processor = chat_processor(tok, prompt, tools, body.stop, max_calls)
         limits = prompt.limits(chat_defaults.budget(body.thinking_budget))
+        if (schema := reply_schema(body.response_format, "response_format")) is not None:
+            limits |= reply_limits(schema, prompt, tok, "response_format")
         found: dict[str, int] = {}
         for m in body.messages:
             for part in m.content if isinstance(m.content, list) else ():

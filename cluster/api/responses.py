@@ -19,6 +19,7 @@ from .heartbeat import beating
 from .offload import LONG_CHARS, chars, off_loop
 from .openai_out import collect_unless_disconnected
 from .responses_schemas import ResponsesRequest
+from .structured import reply_limits, reply_schema
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +193,10 @@ def router(coordinator: Coordinator, defaults: ChatDefaults) -> APIRouter:
             len(prompt.tokens), body.max_output_tokens, "max_output_tokens", "input"
         )
         rid = coordinator.new_request_id("resp")
-        sampling = body.sampling(max_tokens, prompt.limits(defaults.thinking_budget))
+        limits = prompt.limits(defaults.thinking_budget)
+        if (schema := reply_schema(body.text_format, "text.format")) is not None:
+            limits |= reply_limits(schema, prompt, coordinator.tokenizer, "text.format")
+        sampling = body.sampling(max_tokens, limits)
         stream, headers = await start(
             coordinator, request, body, rid, prompt.tokens, sampling, processor
         )

@@ -181,14 +181,17 @@ class ResponsesRequest(BaseModel):
 
     @field_validator("text")
     @classmethod
-    def _plain_text(cls, v):
-        fmt = (v or {}).get("format") or {}
-        if fmt.get("type", "text") != "text":
-            raise ValueError(
-                f"text.format '{fmt.get('type')}' is not supported (replies are not decoded to "
-                "a JSON schema); offer a function with that schema and tool_choice naming it"
-            )
+    def _format_shape(cls, v):
+        if v is not None and not isinstance(v.get("format") or {}, dict):
+            raise ValueError("text.format must be an object: {'type': 'text' | 'json_object' | "
+                             "'json_schema', ...}")  # fmt: skip
         return v
+
+    @property
+    def text_format(self) -> dict | None:
+        """text.format: text, json_object or json_schema (api/structured.py holds the reply
+        to it)."""
+        return (self.text or {}).get("format") or None
 
     @model_validator(mode="after")
     def _choice_in_tools(self):

@@ -343,16 +343,7 @@ class ChatCompletionRequest(_Common):
 
     response_format: dict | None = None
 
-    @field_validator("response_format")
-    @classmethod
-    def _plain_text_only(cls, v):
-        if v and v.get("type", "text") != "text":
-            raise ValueError(
-                f"response_format '{v.get('type')}' is not supported (replies are not decoded "
-                "to a JSON schema); offer a tool with that schema and tool_choice naming it: "
-                "tool calls are kept to their schema's keys"
-            )
-        return v
+    """text, json_object or json_schema (api/structured.py holds the reply to it)."""
 
     @model_validator(mode="after")
     def _tool_choice(self):

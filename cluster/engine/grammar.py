@@ -267,14 +267,44 @@ class ThinkBudget:
         return copy.copy(self)
 
 
+class ReplyJson:
+    """A structured reply (response_format): from its first token, or from the token `after`
+    (`</think>`), its text stays JSON its grammar allows, and `end` comes once it is whole."""
+
+    def __init__(self, value, end: int, after: int | None):
+        """value: the reply's json_values.JsonValue."""
+        self.value, self.end, self.after = value, end, after
+        self.started = after is None
+
+    def advance(self, token: int) -> None:
+        if not self.started:
+            self.started = token == self.after
+        elif self.value is not None and token != self.end and not self.value.consume(token):
+            self.value = None  # (not expected: limit() allowed it) free text from here
+
+    def limit(self) -> Limit:
+        if not self.started or self.value is None:
+            return FREE
+        if (lim := self.value.limit(self.end)) is None:
+            self.value = None  # its matcher failed (logged): free text from here
+            return FREE
+        return lim
+
+    def clone(self) -> "ReplyJson":
+        other = copy.copy(self)
+        other.value = self.value and self.value.clone()
+        return other
+
+
 class Limiter:
-    """A row's limits: its thinking budget first, then its tool-call grammar, and tokens its
-    request bans (e.g. <tool_call> under tool_choice none) never."""
+    """A row's limits: its thinking budget first, then its tool-call grammar or its reply's
+    JSON grammar, and tokens its request bans (e.g. <tool_call> under tool_choice none) never."""
 
     def __init__(
-        self, call: CallState | None, budget: ThinkBudget | None, banned: frozenset = frozenset()
-    ):
-        self.call, self.budget, self.banned = call, budget, banned
+        self, call: CallState | None, budget: ThinkBudget | None, banned: frozenset = frozenset(),
+        reply: ReplyJson | None = None,
+    ):  # fmt: skip
+        self.call, self.budget, self.banned, self.reply = call, budget, banned, reply
         self.seen = 0
 
     def follow(self, output: list[int]) -> Limit:
@@ -288,7 +318,7 @@ class Limiter:
         """The limits at each position of a draft run after the output read so far: the
         next token's, then each one's if the drafts before it are kept."""
         other = Limiter(self.call and self.call.clone(), self.budget and self.budget.clone(),
-                        self.banned)  # fmt: skip
+                        self.banned, self.reply and self.reply.clone())  # fmt: skip
         limits = [other.limit()]
         for token in drafts:
             other._advance(token)
@@ -300,11 +330,15 @@ class Limiter:
             self.budget.advance(token)
         if self.call is not None:
             self.call.advance(token)
+        if self.reply is not None:
+            self.reply.advance(token)
 
     def limit(self) -> Limit:
         if self.budget is not None and (forced := self.budget.limit()) is not FREE:
             return forced
         lim = self.call.limit() if self.call is not None else FREE
+        if self.reply is not None and lim is FREE:
+            lim = self.reply.limit()
         if not self.banned:
             return lim
         if lim.allow is not None:

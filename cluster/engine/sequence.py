@@ -7,7 +7,7 @@ from enum import Enum
 from typing import Any
 
 from ..types import EngineRequest, FinishReason
-from .grammar import FREE, CallState, Limit, Limiter, ThinkBudget
+from .grammar import FREE, CallState, Limit, Limiter, ReplyJson, ThinkBudget
 
 log = logging.getLogger("cluster.engine")
 
@@ -80,9 +80,18 @@ class Sequence:
             budget = ThinkBudget(s.thinking_budget, s.thinking_end_id)
         call = CallState(s.tool_grammar, values) if s.tool_grammar is not None else None
         banned = frozenset(s.banned_token_ids)
-        limiter = Limiter(call, budget, banned) if call or budget or banned else None
+        reply, fault = None, None
+        if s.reply_grammar:
+            if values is None or (value := values.start(s.reply_grammar)) is None:
+                fault = ("this replica cannot hold a reply to a JSON schema (llguidance cannot "
+                         "read its tokenizer, or the grammar failed; see its log)")  # fmt: skip
+            else:
+                reply = ReplyJson(value, s.reply_end_id, s.reply_after_id)
+        limiter = (
+            Limiter(call, budget, banned, reply) if call or budget or banned or reply else None
+        )
         return cls(request=request, tokens=prompt, num_prompt=len(prompt),
-                   hashes=list(request.block_hashes), limiter=limiter)  # fmt: skip
+                   hashes=list(request.block_hashes), limiter=limiter, fault=fault)  # fmt: skip
 
     @property
     def request_id(self):

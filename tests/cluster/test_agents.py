@@ -1098,7 +1098,7 @@ def test_responses_api_function_call_loop_streamed_alike(agent_server, held_out)
 def test_responses_api_refuses_what_it_cannot_do(agent_server):
     client = agent_server.client()
     for extra in ({"previous_response_id": "resp_1"}, {"tools": [{"type": "local_shell"}]},
-                  {"text": {"format": {"type": "json_object"}}}):  # fmt: skip
+                  {"text": {"format": {"type": "xml"}}}):  # fmt: skip
         with pytest.raises(openai.BadRequestError) as e:
             client.responses.create(model=agent_server.model, input="hi", **extra)
         assert e.value.status_code == 400
@@ -1107,6 +1107,78 @@ def test_responses_api_refuses_what_it_cannot_do(agent_server):
                                   reasoning={"effort": "none"})  # fmt: skip
     assert cut.status == "incomplete" and cut.incomplete_details.reason == "max_output_tokens"
     assert [(o.type, o.status) for o in cut.output] == [("message", "incomplete")]
+
+
+VERDICT = {"type": "object", "additionalProperties": False, "required": ["answer", "ok", "tags"],
+           "properties": {"answer": {"enum": ["yes", "no"]}, "ok": {"type": "boolean"},
+                          "tags": {"type": "array", "items": {"enum": ["a", "b"]},
+                                   "maxItems": 2}}}  # fmt: skip
+
+
+def _verdict(text: str) -> dict:
+    got = json.loads(text)
+    assert set(got) == {"answer", "ok", "tags"} and got["answer"] in ("yes", "no")
+    assert isinstance(got["ok"], bool) and set(got["tags"]) <= {"a", "b"}, got
+    return got
+
+
+def test_structured_output_holds_the_reply_to_its_schema(agent_server):
+    """response_format json_schema (and json_object) on chat, streamed and not, thinking on
+    and off, and the Responses API's text.format: the reply's text is JSON of the schema (the
+    built-in model alone writes no such thing); with thinking on the reasoning comes first."""
+    chat, url = agent_server.client(), agent_server.url
+    fmt = {"type": "json_schema", "json_schema": {"name": "verdict", "schema": VERDICT}}
+    user = [{"role": "user", "content": "Is the build green? Answer as JSON."}]
+    for thinking in (False, True):
+        kw = dict(model=agent_server.model, messages=user, max_tokens=120, response_format=fmt,
+                  extra_body={"chat_template_kwargs": {"enable_thinking": thinking},
+                              "thinking_budget": 24}, **GREEDY)  # fmt: skip
+        r = chat.chat.completions.create(**kw).choices[0]
+        assert r.finish_reason == "stop", r
+        whole = _verdict(r.message.content)
+        assert bool(getattr(r.message, "reasoning_content", None)) == thinking
+        parts = [c.choices[0].delta.content or "" for c in
+                 chat.chat.completions.create(stream=True, **kw) if c.choices]  # fmt: skip
+        assert _verdict("".join(parts)) == whole
+    r = chat.chat.completions.create(
+        model=agent_server.model,
+        messages=user,
+        max_tokens=60,
+        response_format={"type": "json_object"},
+        **GREEDY,
+    )
+    # Any object: the small model's keys run on, so the reply is held to an object's start
+    # (and parses whenever it ends by itself).
+    r = r.choices[0]
+    assert r.message.content.startswith('{"')
+    assert r.finish_reason == "length" or isinstance(json.loads(r.message.content), dict)
+    out = agent_server.client().responses.create(
+        model=agent_server.model,
+        input="Is the build green?",
+        max_output_tokens=80,
+        temperature=0.0,
+        reasoning={"effort": "none"},
+        text={"format": {"type": "json_schema", "name": "verdict", "schema": VERDICT}},
+    )
+    _verdict(out.output_text)
+    # What cannot be held is a 400 that says so.
+    for bad, param in (({"type": "json_schema", "json_schema": {"name": "x"}},
+                        "response_format.json_schema.schema"),
+                       ({"type": "xml"}, "response_format.type")):  # fmt: skip
+        r = httpx.post(f"{url}/v1/chat/completions", json={
+            "model": agent_server.model, "messages": user, "response_format": bad})  # fmt: skip
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    r = httpx.post(
+        f"{url}/v1/chat/completions",
+        json={
+            "model": agent_server.model,
+            "messages": user,
+            "response_format": fmt,
+            "tools": tools,
+        },
+    )
+    assert r.status_code == 400 and "tool_choice none" in r.text
 
 
 def test_responses_api_leaves_hosted_tools_out_and_says_so(agent_server, held_out):

@@ -201,3 +201,38 @@ def test_masks_keep_only_the_allowed_ids_and_skip_ids_past_the_logits():
     runs = constrain_runs(mx.zeros((2, 3, 8)), [None, [Limit(frozenset({7}))]]).tolist()
     assert runs[0] == [[0.0] * 8] * 3 and runs[1][1:] == [[0.0] * 8] * 2
     assert [i for i, v in enumerate(runs[1][0]) if v == 0] == [7]
+
+
+def test_a_structured_reply_is_json_of_its_schema_with_and_without_speculation():
+    """response_format's grammar (ReplyJson): greedy and sampled rows decoding together, after
+    </think> for a thinking reply; MTP and n-gram speculation give plain decoding's tokens."""
+    import json
+
+    from cluster.coordinator.tool_grammar import json_grammar
+
+    tok = PromptTokenizer(TRAINED)
+    props = {"answer": {"enum": ["yes", "no"]}, "ok": {"type": "boolean"}}
+    schema = {"type": "object", "additionalProperties": False, "required": ["answer", "ok"],
+              "properties": props}  # fmt: skip
+    grammar, end = json_grammar(schema, schema, False), tok.special_id("<|user|>")
+    think_end = tok.special_id("</think>")
+    jobs = []
+    for thinking in (False, True):
+        prompt = tok.chat([{"role": "user", "content": "Green? JSON."}], None, False,
+                          enable_thinking=thinking)  # fmt: skip
+        after = think_end if thinking else None
+        for temperature in (0.0, 1.0):
+            params = SamplingParams(max_tokens=80, temperature=temperature, seed=7,
+                                    reply_grammar=grammar, reply_end_id=end,
+                                    reply_after_id=after, thinking_budget=12 if thinking else None,
+                                    thinking_end_id=think_end if thinking else None)  # fmt: skip
+            jobs.append((prompt, params))
+    plain = run(EngineConfig(), jobs)
+    for out, (_, params) in zip(plain, jobs, strict=True):
+        assert out[-1] == end  # whole, then the turn's end
+        start = out.index(think_end) + 1 if params.reply_after_id is not None else 0
+        text = tok.decode(out[start:-1])
+        got = json.loads(text)
+        assert got["answer"] in ("yes", "no") and isinstance(got["ok"], bool), text
+    for method in ("mtp", "ngram"):
+        assert run(EngineConfig(speculation=method), jobs) == plain, method
