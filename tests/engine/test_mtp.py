@@ -171,7 +171,7 @@ def test_steps_queued_on_the_guess_every_draft_is_kept_stay_identical(prompts, k
 
 
 def test_a_lone_row_that_keeps_its_drafts_gets_steps_queued_by_default(prompts):
-    from cluster.engine.queue_ahead import MIN_TIMED
+    from cluster.engine.queue_ahead import FLOOR, MIN_TIMED
 
     lone = prompts[1:2]  # the trained model loops on it: MTP's drafts hold
     (base,), _ = run(EngineConfig(), lone, greedy(160))
@@ -182,9 +182,11 @@ def test_a_lone_row_that_keeps_its_drafts_gets_steps_queued_by_default(prompts):
     # Queued by default once its steps were timed (more while the queued steps measure
     # faster than the others, which this shared machine decides), its guesses holding.
     assert shown["queued_steps"] >= MIN_TIMED and shown["queued_wasted"] <= 2, shown
-    # Status shows the chance above which queueing pays, from this replica's step times.
+    # Status shows the chance above which queueing pays, from this replica's step times: at
+    # least the floor, and 1.0 (it does not pay) when the queued steps last measured no
+    # faster, which this shared machine decides (it read 1.0 in one CI run of several).
     (shown_even,) = shown["queue_ahead"]["break_even"].values()
-    assert shown["queue_ahead"]["mode"] == "auto" and 0.0 < shown_even < 1.0, shown
+    assert shown["queue_ahead"]["mode"] == "auto" and FLOOR <= shown_even <= 1.0, shown
     assert shown_even == round(engine.runner.queue.break_even(1), 3)
 
 
