@@ -14,6 +14,7 @@ from ..types import SamplingParams
 from . import unseen
 from .billing_header import strip_billing_header
 from .errors import ParamError
+from .thinking import THINKING_ON
 
 MAX_STOPS = 16
 
@@ -240,7 +241,7 @@ class _Prompted(BaseModel):
         send none and want text); `enabled` or `adaptive` turns it on."""
         if self.thinking is None:
             return {"enable_thinking": False}
-        return {"enable_thinking": self.thinking.type in ("enabled", "adaptive")}
+        return {"enable_thinking": self.thinking.type in THINKING_ON}
 
     def system_text(self) -> str:
         """The system prompt: a string, or its text blocks joined by newlines; without

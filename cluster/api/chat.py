@@ -54,6 +54,9 @@ class ChatPrompt:
     """`</think>`'s id, when the tokenizer has GLM's tags."""
     continued: bool = False
     """The reply continues text of the final assistant message (a prefill)."""
+    may_call: bool = False
+    """The reply may write tool calls (tools offered, tool_choice not none), with or without
+    the grammar holding them."""
 
     def limits(self, thinking_budget: int | None = None) -> dict:
         """SamplingParams fields that limit the reply: banned tokens, the tool-call grammar,
@@ -201,7 +204,8 @@ def build_prompt(
     )
     end = markers.id_of("</think>") if markers else None
     continued = continue_final and bool(messages[-1].get("content"))
-    return ChatPrompt(prompt + forced, forced, reasoning, banned, rules, end, continued)
+    return ChatPrompt(prompt + forced, forced, reasoning, banned, rules, end, continued,
+                      not no_calls)  # fmt: skip
 
 
 def with_defaults(sampling: SamplingParams, body, defaults: dict) -> SamplingParams:

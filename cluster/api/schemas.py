@@ -7,7 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from ..types import SamplingParams
 from . import unseen
 from .errors import ParamError
-from .thinking import EFFORTS, ReasoningSwitch, ThinkingSwitch
+from .thinking import EFFORTS, THINKING_ON, ReasoningSwitch, ThinkingSwitch
 
 MAX_STOPS = 16
 MAX_LOGPROBS = 20
@@ -323,7 +323,7 @@ class ChatCompletionRequest(_Common):
             args["enable_thinking"] = r.enabled is not False and r.effort not in ("none", "minimal")
         if t := self.thinking:
             if t.type != "auto":
-                args["enable_thinking"] = t.type in ("enabled", "adaptive")
+                args["enable_thinking"] = t.type in THINKING_ON
             if t.clear_thinking is not None:
                 args["clear_thinking"] = t.clear_thinking
         if self.enable_thinking is not None:

@@ -34,7 +34,7 @@ def reply_schema(fmt: dict | None, param: str) -> dict | None:
 def reply_limits(schema: dict, prompt: ChatPrompt, tokenizer: PromptTokenizer,
                  param: str) -> dict:  # fmt: skip
     """SamplingParams fields that hold the reply to `schema`."""
-    if prompt.grammar is not None:
+    if prompt.may_call:  # (the tool-call grammar may be off: that decides nothing here)
         raise BadRequest(f"'{param}' with tools the reply may call is not supported: send "
                          "tool_choice none, or offer the schema as a tool",
                          param=param)  # fmt: skip

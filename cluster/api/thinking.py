@@ -19,6 +19,8 @@ class ThinkingSwitch(BaseModel):
     budget_tokens: Annotated[int, Field(ge=0, lt=2**32)] | None = None
 
 
+THINKING_ON = ("enabled", "adaptive")
+"""`thinking.type`s (Anthropic's and Z.ai's) that turn thinking on; the others turn it off."""
 EFFORTS = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]
 
 

@@ -40,7 +40,8 @@ class JsonValues:
     def start(self, grammar: str) -> "JsonValue | None":
         matcher = llguidance.LLMatcher(self.tokenizer, grammar, log_level=0)
         if matcher.is_error():  # the coordinator validated it: not expected
-            log.warning("a tool-call value's grammar failed: %s", matcher.get_error())
+            log.warning("a JSON value's grammar (a tool call's value or a structured reply) "
+                        "failed: %s", matcher.get_error())  # fmt: skip
             return None
         return JsonValue(matcher, self.tokenizer.vocab_size, self.tokenizer.eos_tokens)
 
@@ -62,7 +63,8 @@ class JsonValue:
         if self._limit is not None and self._limit[0] == close:
             return self._limit[1]
         if self.matcher.is_error():
-            log.warning("a tool-call value's matcher failed: %s", self.matcher.get_error())
+            log.warning("a JSON value's matcher (a tool call's value or a structured reply) "
+                        "failed: %s", self.matcher.get_error())  # fmt: skip
             return None
         raw = self.matcher.compute_bitmask()
         ok = np.unpackbits(np.frombuffer(raw, dtype=np.uint8), bitorder="little")

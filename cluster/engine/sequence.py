@@ -130,7 +130,8 @@ class Sequence:
         log.exception("request %s: its token limits failed; it ends with an error",
                       self.request_id)  # fmt: skip
         self.limiter = None
-        self.fault = f"the request's tool-call grammar or thinking budget failed: {e!r}"
+        self.fault = (f"the request's tool-call grammar, structured-output grammar or "
+                      f"thinking budget failed: {e!r}")  # fmt: skip
 
     @property
     def prefill_target(self) -> int:

@@ -61,3 +61,14 @@ def test_a_past_replys_legacy_function_call_is_refused_not_dropped():
              "function_call": {"name": "f", "arguments": "{}"}}  # fmt: skip
     with pytest.raises(ValueError, match="tool_calls"):
         ChatCompletionRequest(messages=[USER, reply, USER])
+
+
+def test_a_structured_reply_that_may_call_is_refused_with_the_grammar_off_too():
+    from cluster.api.chat import ChatPrompt
+    from cluster.api.structured import reply_limits
+    from cluster.coordinator.errors import BadRequest
+
+    # The server's tool-call grammar off (--no-tool-grammar): no grammar, calls still open.
+    prompt = ChatPrompt([1, 2], [], reasoning=False, grammar=None, may_call=True)
+    with pytest.raises(BadRequest, match="tool_choice none"):
+        reply_limits({"type": "object"}, prompt, None, "response_format")
