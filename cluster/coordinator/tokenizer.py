@@ -6,6 +6,7 @@ from functools import cached_property
 from pathlib import Path
 
 from .glm_output import Markers
+from .segments import SegmentTokens
 
 
 class TemplateArgsError(ValueError):
@@ -158,9 +159,13 @@ class PromptTokenizer:
         return Markers.from_vocab(self._backend.get_vocab())
 
     def encode(self, text: str) -> list[int]:
-        # encode_batch lets go of the GIL while it works (encode does not): a long transcript
-        # tokenized in a worker thread does not stop the event loop.
-        return self._backend.encode_batch([text], add_special_tokens=False)[0].ids
+        """Token ids of text, its added tokens as tokens (pieces seen lately not tokenized
+        again: `segments.py`)."""
+        return self.pieces.encode(text)
+
+    @cached_property
+    def pieces(self) -> SegmentTokens:
+        return SegmentTokens(self._backend)
 
     def decode(self, ids) -> str:
         return self._backend.decode(list(ids), skip_special_tokens=True)
