@@ -23,7 +23,8 @@ class ToolParam:
     kind: str = ""
     """"integer" or "number": the value is written with number tokens only."""
     json: str = ""
-    """An array's or object's schema as an llguidance grammar: the value is JSON it allows."""
+    """An llguidance grammar the value is held to: an array's or object's schema (the value is
+    JSON it allows), or a custom tool's own grammar (Lark or a regex) for its text."""
 
 
 @dataclass(frozen=True)

@@ -148,11 +148,13 @@ def build_prompt(
     template_args: dict,
     grammar: bool = True,
     continue_final: bool = False,
+    formats: dict[str, dict] | None = None,
 ) -> ChatPrompt:
     """tool_choice: None/'auto', 'none', 'required', or a tool's name. A forced call opens the
     reply with `<tool_call>` (and the name) and skips thinking for that turn. grammar: keep
     the reply's calls to the offered tools' names, keys and listed values. continue_final:
-    the reply continues the final (assistant) message, which stays open."""
+    the reply continues the final (assistant) message, which stays open. formats: custom
+    tools' formats by name (`tool_grammar`)."""
     markers = tokenizer.markers
     if not messages:
         raise BadRequest("the conversation is empty: send at least one message with content",
@@ -198,7 +200,7 @@ def build_prompt(
     callable_ = [t for t in tools or [] if t.get("function", t).get("name") == tool_choice]
     callable_ = callable_ if named else tools
     rules = (
-        tool_grammar(tokenizer, callable_, forced, bool(forced))
+        tool_grammar(tokenizer, callable_, forced, bool(forced), formats)
         if grammar and not no_calls
         else None
     )

@@ -1,6 +1,6 @@
 """OpenAI's Responses API (`POST /v1/responses`), stateless, on the same coordinator, router
-and engine as the chat route: reasoning, message and function_call output items, streamed as
-the Responses API's events."""
+and engine as the chat route: reasoning, message, function_call and custom_tool_call output
+items, streamed as the Responses API's events."""
 
 import json
 import logging
@@ -32,12 +32,15 @@ class _Items:
     """Turns the reply's pieces into output items in order (reasoning, message, function
     calls), with the events that open, fill and close each."""
 
-    def __init__(self, summary: bool = False):
+    def __init__(self, summary: bool = False, custom: frozenset[str] = frozenset()):
         """summary: the request asked for a reasoning summary (reasoning.summary): the
-        reasoning comes as it (this server does not summarize) rather than as content."""
+        reasoning comes as it (this server does not summarize) rather than as content.
+        custom: the custom tools' names (their calls are custom_tool_call items)."""
         self.items: list[dict] = []
         self.open: dict | None = None
         self.summary = summary
+        self.custom = custom
+        self._args = ""  # the open custom call's arguments as the parser streams them
 
     def events(self, out: Output) -> list[dict]:
         ev: list[dict] = []
@@ -52,15 +55,31 @@ class _Items:
                                           "content": []})  # fmt: skip
             ev += self._text(out.text, "output_text", "response.output_text.delta")
         for d in out.tool_calls:
-            if d.id is not None:
+            if d.id is not None and d.name in self.custom:
+                self._args = ""
+                ev += self._start("custom_tool_call", {"call_id": d.id, "name": d.name,
+                                                       "input": ""}, new=True)  # fmt: skip
+            elif d.id is not None:
                 ev += self._start("function_call", {"call_id": d.id, "name": d.name,
                                                     "arguments": "", "status": "in_progress"},
                                   new=True)  # fmt: skip
+            elif d.arguments and self.open is not None and self.open["type"] == "custom_tool_call":
+                self._args += d.arguments
+                ev += self._input(self.open, custom_input(self._args, done=False))
             elif d.arguments and self.open is not None:
                 self.open["arguments"] += d.arguments
                 ev.append(self._event("response.function_call_arguments.delta",
                                       delta=d.arguments))  # fmt: skip
         return ev
+
+    def _input(self, item: dict, text: str) -> list[dict]:
+        """A custom call's text so far: the part not yet sent, as a delta."""
+        sent = item["input"]
+        if len(text) <= len(sent) or not text.startswith(sent):
+            return []
+        item["input"] = text
+        return [self._event("response.custom_tool_call_input.delta", item,
+                            delta=text[len(sent) :])]  # fmt: skip
 
     def close(self, cut: bool = False) -> list[dict]:
         """Close the open item (`cut`: max_output_tokens ended it: incomplete)."""
@@ -71,6 +90,12 @@ class _Items:
         if item["type"] == "function_call":
             ev.append(self._event("response.function_call_arguments.done", item,
                                   arguments=item["arguments"], name=item["name"]))  # fmt: skip
+        elif item["type"] == "custom_tool_call":
+            whole = custom_input(self._args, done=True)
+            ev += self._input(item, whole)
+            item["input"] = whole  # (the arguments as written, when not the text's shape)
+            ev.append(self._event("response.custom_tool_call_input.done", item,
+                                  input=item["input"]))  # fmt: skip
         elif item["type"] == "reasoning" and item["summary"]:
             part = item["summary"][0]
             ev.append(self._event("response.reasoning_summary_text.done", item, summary_index=0,
@@ -95,7 +120,8 @@ class _Items:
         if self.open is not None and self.open["type"] == kind and not new:
             return []
         ev = self.close()
-        prefix = {"reasoning": "rs_", "message": "msg_", "function_call": "fc_"}[kind]
+        prefix = {"reasoning": "rs_", "message": "msg_", "function_call": "fc_",
+                  "custom_tool_call": "ctc_"}[kind]  # fmt: skip
         self.open = {"id": _id(prefix), "type": kind, **fields}
         self.items.append(self.open)
         return ev + [self._event("response.output_item.added", item=_copy(self.open))]
@@ -131,6 +157,29 @@ class _Items:
         return {"type": kind, "output_index": index, "item_id": owner["id"], **fields}
 
 
+_INPUT = '{"input": "'
+
+
+def custom_input(args: str, done: bool) -> str:
+    """A custom tool's text from its call's arguments as they stream (`{"input": "..."}`, the
+    function the model sees): the string so far; done: the whole of it, or the arguments as
+    written when the model wrote another shape (without the tool-call grammar)."""
+    if args.startswith(_INPUT):
+        for tail in ("", '"'):  # closed, or still open
+            try:
+                return json.decoder.scanstring(args + tail, len(_INPUT))[0]
+            except ValueError:
+                continue
+    if not done:
+        return ""
+    try:
+        value = json.loads(args)
+    except ValueError:
+        return args
+    text = value.get("input") if isinstance(value, dict) else None
+    return text if isinstance(text, str) else args
+
+
 def _copy(item: dict) -> dict:
     return json.loads(json.dumps(item))
 
@@ -164,7 +213,7 @@ def router(coordinator: Coordinator, defaults: ChatDefaults) -> APIRouter:
 
         def build(messages):
             return build_prompt(coordinator.tokenizer, messages, tools, body.choice(), args,
-                                defaults.tool_grammar)  # fmt: skip
+                                defaults.tool_grammar, formats=body.custom_formats())  # fmt: skip
 
         prompt, dropped = build(messages), 0
         room = coordinator.max_model_len - (body.max_output_tokens or 1)
@@ -223,11 +272,11 @@ def router(coordinator: Coordinator, defaults: ChatDefaults) -> APIRouter:
             "incomplete_details": None, "store": False,
         }  # fmt: skip
         if body.stream:
-            events = beating(_stream_events(stream, base, body.summarized))
+            events = beating(_stream_events(stream, base, body.summarized, body.custom_names()))
             return StreamingResponse(events, media_type="text/event-stream", headers=headers,
                                      background=BackgroundTask(stream.aclose))  # fmt: skip
         got = await collect_unless_disconnected(request, stream)
-        items = _Items(body.summarized)
+        items = _Items(body.summarized, body.custom_names())
         for out in got.outputs:  # piece by piece, as a stream: items in generation order
             items.events(out)
         items.close(cut=_cut(got.last))
@@ -271,7 +320,8 @@ def _final(base: dict, items: _Items, last: Output | None) -> dict:
     }
 
 
-async def _stream_events(stream, base: dict, summary: bool = False):
+async def _stream_events(stream, base: dict, summary: bool = False,
+                         custom: frozenset[str] = frozenset()):  # fmt: skip
     """The Responses API's event stream: response.created and .in_progress, each item's
     events, then response.completed (or .incomplete); a failure is an `error` event."""
     seq = 0
@@ -284,7 +334,7 @@ async def _stream_events(stream, base: dict, summary: bool = False):
     start = base | {"status": "in_progress", "output": [], "usage": None}
     yield sse({"type": "response.created", "response": start})
     yield sse({"type": "response.in_progress", "response": dict(start)})
-    items, last = _Items(summary), None
+    items, last = _Items(summary, custom), None
     try:
         async for out in stream:
             last = out

@@ -16,6 +16,10 @@ HOSTED = ("web_search", "web_search_preview", "file_search", "code_interpreter",
 """Tools OpenAI's servers run for the model (Codex offers `web_search` to any provider): none
 runs here, so they are left out of the prompt and named in `x-omitted-tools` and the log,
 rather than the whole request refused."""
+CUSTOM_PARAMETERS = {"type": "object", "properties": {"input": {"type": "string"}},
+                     "required": ["input"]}  # fmt: skip
+"""A custom (freeform) tool, Codex's apply_patch, as the model sees it: a function of one
+string, its text; the call goes back as a custom_tool_call item with that text as `input`."""
 
 
 class FunctionTool(BaseModel):
@@ -25,6 +29,8 @@ class FunctionTool(BaseModel):
     description: str | None = None
     parameters: dict | None = None
     strict: bool | None = None
+    format: dict | None = None
+    """A custom tool's: text, or a grammar (`lark` or `regex`) its input is held to."""
 
     @model_validator(mode="before")
     @classmethod
@@ -41,22 +47,43 @@ class FunctionTool(BaseModel):
     def hosted(self) -> bool:
         return self.type.split("_20")[0] in HOSTED  # (dated versions: web_search_2025_08_26)
 
+    @property
+    def custom(self) -> bool:
+        return self.type == "custom"
+
     @model_validator(mode="after")
     def _functions_only(self):
         if self.hosted:
             return self
-        if self.type != "function":
+        if self.type not in ("function", "custom"):
             raise ValueError(
-                f"tools of type '{self.type}' are not supported: only 'function' tools run "
-                "here (hosted ones are left out); describe the others as functions"
+                f"tools of type '{self.type}' are not supported: only 'function' and 'custom' "
+                "tools run here (hosted ones are left out); describe the others as functions"
             )
         if not self.name:
-            raise ValueError("a function tool needs a 'name'")
+            raise ValueError(f"a {self.type} tool needs a 'name'")
+        if self.custom and self.format is not None and self.format.get("type") not in (
+            "text", "grammar"):  # fmt: skip
+            raise ValueError("a custom tool's format is {'type': 'text'} or {'type': 'grammar', "
+                             "'syntax': 'lark' | 'regex', 'definition': ...}")  # fmt: skip
         return self
+
+    def chat_shape(self) -> dict:
+        """The tool as chat's function, fields given only (the template writes what it gets:
+        an empty description was tokens the chat route's prompt did not have)."""
+        params = CUSTOM_PARAMETERS if self.custom else self.parameters or {}
+        return {
+            "type": "function",
+            "function": {
+                "name": self.name,
+                **({"description": self.description} if self.description else {}),
+                "parameters": params,
+            },
+        }  # fmt: skip  (chat's key order: one tools prefix)
 
 
 class NamedFunction(BaseModel):
-    type: Literal["function"]
+    type: Literal["function", "custom"]
     name: str
 
 
@@ -141,12 +168,13 @@ class ResponsesRequest(BaseModel):
     def _choice_shape(cls, v):
         if v in ("auto", "none", "required"):
             return v
-        if isinstance(v, dict) and v.get("type") == "function" and isinstance(v.get("name"), str):
+        if (isinstance(v, dict) and v.get("type") in ("function", "custom")
+                and isinstance(v.get("name"), str)):  # fmt: skip
             return v
         raise ParamError(
-            "tool_choice must be 'auto', 'none', 'required' or "
-            '{"type": "function", "name": ...} (a Responses tool choice; allowed_tools and '
-            "hosted tools are not supported here)",
+            "tool_choice must be 'auto', 'none', 'required', "
+            '{"type": "function", "name": ...} or {"type": "custom", "name": ...} (a Responses '
+            "tool choice; allowed_tools and hosted tools are not supported here)",
             "tool_choice",
         )
 
@@ -218,19 +246,16 @@ class ResponsesRequest(BaseModel):
         return [t.type for t in self.tools or [] if t.hosted]
 
     def openai_tools(self) -> list[dict]:
-        """The tools in chat's shape, fields given only (the template writes what it gets:
-        an empty description was tokens the chat route's prompt did not have)."""
-        return [
-            {
-                "type": "function",
-                "function": {
-                    "name": t.name,
-                    **({"description": t.description} if t.description else {}),
-                    "parameters": t.parameters or {},
-                },
-            }
-            for t in self.functions()
-        ]  # fmt: skip  (chat's key order: one tools prefix)
+        """The tools in chat's shape (a custom tool a function of one string)."""
+        return [t.chat_shape() for t in self.functions()]
+
+    def custom_formats(self) -> dict[str, dict]:
+        """The custom tools' formats by name (a grammar holds the call's text to it)."""
+        return {t.name: t.format for t in self.functions() if t.custom and t.format}
+
+    def custom_names(self) -> frozenset[str]:
+        """The custom tools' names: their calls come back as custom_tool_call items."""
+        return frozenset(t.name for t in self.functions() if t.custom)
 
     @property
     def summarized(self) -> bool:
@@ -275,8 +300,11 @@ class ResponsesRequest(BaseModel):
             elif kind == "reasoning":
                 parts = (item.get("content") or []) + (item.get("summary") or [])
                 reasoning += _text(parts)
-            elif kind == "function_call":
-                args = tool_arguments(item.get("arguments"), f"input[{i}].arguments")
+            elif kind in ("function_call", "custom_tool_call"):
+                if kind == "custom_tool_call":  # its text, as the function the model sees
+                    args = {"input": item["input"]}
+                else:
+                    args = tool_arguments(item.get("arguments"), f"input[{i}].arguments")
                 call = {"id": item.get("call_id"), "type": "function",
                         "function": {"name": item.get("name"), "arguments": args}}  # fmt: skip
                 # One turn: the assistant's message, then its calls (as one response's items
@@ -289,14 +317,15 @@ class ResponsesRequest(BaseModel):
                         last["reasoning_content"], reasoning = reasoning, ""
                     out.append(last)
                 last.setdefault("tool_calls", []).append(call)
-            elif kind == "function_call_output":
+            elif kind in ("function_call_output", "custom_tool_call_output"):
                 text = _text(item.get("output"))
                 out.append({"role": "tool", "tool_call_id": item.get("call_id"), "content": text})
         return out
 
 
 ROLES = ("user", "assistant", "system", "developer")
-ITEMS = ("message", "function_call", "function_call_output", "reasoning")
+ITEMS = ("message", "function_call", "function_call_output", "reasoning", "custom_tool_call",
+         "custom_tool_call_output")  # fmt: skip
 
 
 def _check_parts(parts, where: str, what: str = "content") -> None:
@@ -336,8 +365,8 @@ def _check_items(items: list[dict]) -> None:
         kind = item.get("type", "message")
         if kind not in ITEMS:
             raise ParamError(
-                f"{at} is a '{kind}' item: only message, function_call, function_call_output "
-                "and reasoning items are read here",
+                f"{at} is a '{kind}' item: only message, function_call, function_call_output, "
+                "custom_tool_call, custom_tool_call_output and reasoning items are read here",
                 f"{at}.type",
             )
         if kind == "message":
@@ -353,12 +382,19 @@ def _check_items(items: list[dict]) -> None:
                 raise ParamError(f"{at}.arguments must be a JSON string of an object",
                                  f"{at}.arguments")  # fmt: skip
             calls.add(item["call_id"])
-        elif kind == "function_call_output":
+        elif kind == "custom_tool_call":
+            _need_str(item, "call_id", at)
+            _need_str(item, "name", at)
+            if not isinstance(item.get("input"), str):
+                raise ParamError(f"{at} needs 'input' as a string (the call's text)",
+                                 f"{at}.input")  # fmt: skip
+            calls.add(item["call_id"])
+        elif kind in ("function_call_output", "custom_tool_call_output"):
             _need_str(item, "call_id", at)
             if item["call_id"] not in calls:
                 raise ParamError(
-                    f"{at} answers call_id '{item['call_id']}', but no function_call item "
-                    "before it has that call_id",
+                    f"{at} answers call_id '{item['call_id']}', but no function_call or "
+                    "custom_tool_call item before it has that call_id",
                     f"{at}.call_id",
                 )
             _check_parts(item.get("output"), f"{at}.output", "tool output")

@@ -110,6 +110,33 @@ def _rooted(schema, root: dict, named: dict[str, str], defs: dict):
     return out
 
 
+def format_grammar(fmt: dict) -> str:
+    """A custom tool's format (`{"type": "grammar", "syntax": "lark" | "regex", "definition":
+    ...}`) as an llguidance grammar ('' for text, or one llguidance cannot take: logged, and
+    the text is then free)."""
+    if fmt.get("type") != "grammar":
+        return ""
+    return _compiled_format(str(fmt.get("syntax")), str(fmt.get("definition", "")))
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_format(syntax: str, definition: str) -> str:
+    compile_ = {"lark": llguidance.LLMatcher.grammar_from_lark,
+                "regex": llguidance.LLMatcher.grammar_from_regex}.get(syntax)  # fmt: skip
+    why = f"syntax '{syntax}' is not lark or regex"
+    if compile_ is not None:
+        try:
+            grammar = compile_(definition)
+        except ValueError as e:
+            why = str(e)
+        else:
+            if not (why := llguidance.LLMatcher.validate_grammar(grammar)):
+                return grammar
+    log.warning("a custom tool's input is not held to its grammar (llguidance: %s); it is "
+                "written as free text", why.splitlines()[0][:300])  # fmt: skip
+    return ""
+
+
 def _tokens(tokenizer: PromptTokenizer, text: str) -> tuple[int, ...]:
     return tuple(tokenizer.encode(text))
 
@@ -119,13 +146,19 @@ ENDS = ("<|observation|>", "<|user|>", "<|endoftext|>")
 
 
 def tool_grammar(
-    tokenizer: PromptTokenizer, tools: list[dict], opening: list[int], calls_only: bool = False
+    tokenizer: PromptTokenizer,
+    tools: list[dict],
+    opening: list[int],
+    calls_only: bool = False,
+    formats: dict[str, dict] | None = None,
 ) -> ToolGrammar | None:
     """The grammar of calls to `tools` (None: no tool). A tool without parameters takes none
     (OpenAI: an empty parameter list); one whose keys are open (a schema of an object without
     `properties`, or with `additionalProperties`) takes its listed keys and any other.
     calls_only: the reply is calls (tool_choice required or named): a call is followed by
-    another or the turn's end, not by text."""
+    another or the turn's end, not by text. formats: custom tools' formats by name (the
+    Responses API's freeform tools, a function of one string `input`): their grammar holds
+    that text."""
     markers = tokenizer.markers
     specs, names = [], set()
     for tool in tools:
@@ -140,6 +173,8 @@ def tool_grammar(
         props = schema.get("properties")
         required = set(schema.get("required") or ())
         rules = {key: _rule(p, schema) for key, p in (props or {}).items()}
+        if formats and name in formats and "input" in rules:
+            rules["input"] = ([], "", format_grammar(formats[name]))
         params = tuple(
             ToolParam(
                 _tokens(tokenizer, key),

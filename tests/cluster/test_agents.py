@@ -1095,6 +1095,79 @@ def test_responses_api_function_call_loop_streamed_alike(agent_server, held_out)
     seen_content.append(answer.output_text)
 
 
+APPLY_PATCH = {
+    "type": "custom", "name": "apply_patch",
+    "description": "Use the `apply_patch` tool to edit files. This is a FREEFORM tool, so do "
+                   "not wrap the patch in JSON.",
+    "format": {"type": "grammar", "syntax": "lark", "definition":
+               'start: begin_patch hunk+ end_patch\nbegin_patch: "*** Begin Patch" LF\n'
+               'end_patch: "*** End Patch" LF?\nhunk: add_hunk\n'
+               'add_hunk: "*** Add File: " filename LF add_line+\nfilename: /(.+)/\n'
+               'add_line: "+" /(.*)/ LF -> line\n%import common.LF'},
+}  # fmt: skip
+"""Codex's apply_patch as it offers it (a freeform tool; its grammar shortened)."""
+
+
+def test_responses_api_custom_tools_as_codex_offers_apply_patch(agent_server):
+    """Codex offers apply_patch as a custom (freeform) tool: the model sees a function of one
+    string, the call comes back as a custom_tool_call item whose input is that text (streamed
+    as custom_tool_call_input deltas that add up to it), and the call and its output go back
+    as input items, the same prompt as the function's."""
+    client = agent_server.client()
+    kw = dict(model=agent_server.model, input="Add hello.txt saying hello.", tools=[APPLY_PATCH],
+              tool_choice={"type": "custom", "name": "apply_patch"}, max_output_tokens=48,
+              temperature=0.0, reasoning={"effort": "none"})  # fmt: skip
+    r = client.responses.create(**kw)
+    [call] = [o for o in r.output if o.type == "custom_tool_call"]
+    assert call.name == "apply_patch" and call.call_id and isinstance(call.input, str), r
+    # Its grammar holds the text: a patch's opening, whatever the model would have written.
+    assert call.input.startswith("*** Begin Patch\n*** "), call.input
+    events = list(client.responses.create(stream=True, **kw))
+    deltas = "".join(e.delta for e in events if e.type == "response.custom_tool_call_input.delta")
+    [done] = [e for e in events if e.type == "response.custom_tool_call_input.done"]
+    [streamed] = [o for o in events[-1].response.output if o.type == "custom_tool_call"]
+    assert deltas == done.input == streamed.input == call.input
+    # What the model sees: the function of one string (the same prompt; free text without the
+    # custom tool's grammar).
+    fn = {"type": "function", "name": "apply_patch", "description": APPLY_PATCH["description"],
+          "parameters": {"type": "object", "properties": {"input": {"type": "string"}},
+                         "required": ["input"]}}  # fmt: skip
+    as_fn = client.responses.create(
+        **{**kw, "tools": [fn], "tool_choice": {"type": "function", "name": "apply_patch"}}
+    )
+    [fc] = [o for o in as_fn.output if o.type == "function_call"]
+    assert set(json.loads(fc.arguments)) == {"input"} and fc.arguments != call.input
+    assert as_fn.usage.input_tokens == r.usage.input_tokens
+    # The loop: the call and its output as custom items, rendered as the function's would be.
+    said = "Success. Updated the following files:\nA hello.txt"
+    items = [
+        {"role": "user", "content": kw["input"]},
+        {
+            "type": "custom_tool_call",
+            "call_id": call.call_id,
+            "name": "apply_patch",
+            "input": call.input,
+        },
+        {"type": "custom_tool_call_output", "call_id": call.call_id, "output": said},
+    ]
+    answer = client.responses.create(**{**kw, "input": items, "tool_choice": "auto"})
+    as_functions = [
+        items[0],
+        {
+            "type": "function_call",
+            "call_id": call.call_id,
+            "name": "apply_patch",
+            "arguments": json.dumps({"input": call.input}),
+        },
+        {"type": "function_call_output", "call_id": call.call_id, "output": said},
+    ]
+    same = client.responses.create(**{**kw, "input": as_functions, "tools": [fn],
+                                      "tool_choice": "auto"})  # fmt: skip
+    assert answer.usage.input_tokens == same.usage.input_tokens > r.usage.input_tokens
+    assert [o.type for o in answer.output] == [o.type.replace("function_call", "custom_tool_call")
+                                               for o in same.output]  # fmt: skip
+
+
 def test_responses_api_refuses_what_it_cannot_do(agent_server):
     client = agent_server.client()
     for extra in ({"previous_response_id": "resp_1"}, {"tools": [{"type": "local_shell"}]},
@@ -1220,6 +1293,9 @@ def test_responses_api_malformed_items_get_400s_that_name_the_field(agent_server
         ([{"type": "function_call_output", "output": "x"}], "input[0].call_id"),
         ([{"type": "function_call_output", "call_id": "zz", "output": "x"}], "input[0].call_id"),
         ([{**call, "name": ""}], "input[0].name"),
+        ([{"type": "custom_tool_call", "call_id": "c1", "name": "f"}], "input[0].input"),
+        ([{"type": "custom_tool_call_output", "call_id": "zz", "output": "x"}],
+         "input[0].call_id"),
         ([{"role": "critic", "content": "hi"}], "input[0].role"),
         ([5], "input[0]"),
         ([], "input"),
@@ -1236,6 +1312,8 @@ def test_responses_api_malformed_items_get_400s_that_name_the_field(agent_server
         ({"tools": [tool], "tool_choice": {"type": "function", "name": "g"}}, "tool_choice"),
         ({"tool_choice": "required"}, "tool_choice"),
         ({"tool_choice": {"type": "allowed_tools", "tools": []}}, "tool_choice"),
+        ({"tools": [{"type": "custom", "description": "no name"}]}, "name"),
+        ({"tools": [{"type": "custom", "name": "f", "format": {"type": "xml"}}]}, "format"),
         ({"reasoning": {"effort": "ultra"}}, "reasoning"),
         ({"prompt": {"id": "pmpt_1"}}, "prompt"),
         ({"include": ["message.output_text.logprobs"]}, "include"),

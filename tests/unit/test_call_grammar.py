@@ -447,3 +447,57 @@ def test_schemas_as_clients_write_them_are_held_not_left_free(tokenizer):
         assert m.limit(10**6).permits(t), t
         assert m.consume(t)
     assert m.matcher.is_accepting()
+
+
+APPLY_PATCH_LARK = r"""start: begin_patch hunk+ end_patch
+begin_patch: "*** Begin Patch" LF
+end_patch: "*** End Patch" LF?
+
+hunk: add_hunk | delete_hunk | update_hunk
+add_hunk: "*** Add File: " filename LF add_line+
+delete_hunk: "*** Delete File: " filename LF
+update_hunk: "*** Update File: " filename LF change_move? change?
+
+filename: /(.+)/
+add_line: "+" /(.*)/ LF -> line
+
+change_move: "*** Move to: " filename LF
+change: (change_context | change_line)+ eof_line?
+change_context: ("@@" | "@@ " /(.+)/) LF
+change_line: ("+" | "-" | " ") /(.*)/ LF
+eof_line: "*** End of File" LF
+
+%import common.LF
+"""
+"""Codex's apply_patch grammar (its custom tool's `format.definition`)."""
+
+
+def test_a_custom_tools_grammar_holds_its_input(caplog):
+    """A Responses custom tool (a function of one string `input` to the model) keeps that text
+    to its Lark or regex grammar; a format of text, or one llguidance cannot take (logged),
+    leaves it free."""
+    from cluster.coordinator.tool_grammar import format_grammar
+
+    tok = PromptTokenizer(Path(__file__).parents[2] / "cluster" / "fixture" / "trained")
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "apply_patch",
+            "parameters": {
+                "type": "object",
+                "properties": {"input": {"type": "string"}},
+                "required": ["input"],
+            },
+        },
+    }
+    lark = {"type": "grammar", "syntax": "lark", "definition": APPLY_PATCH_LARK}
+    g = tool_grammar(tok, [tool], [], formats={"apply_patch": lark})
+    [param] = g.tools[0].params
+    assert param.json and param.json == format_grammar(lark)
+    assert format_grammar({"type": "grammar", "syntax": "regex", "definition": "[a-z]+"})
+    assert format_grammar({"type": "text"}) == ""
+    assert tool_grammar(tok, [tool], []).tools[0].params[0].json == ""  # no format: free
+    with caplog.at_level("WARNING"):
+        assert format_grammar({"type": "grammar", "syntax": "lark", "definition": "start: ("}) == ""
+        assert format_grammar({"type": "grammar", "syntax": "ebnf", "definition": "x"}) == ""
+    assert caplog.text.count("not held to its grammar") == 2
