@@ -17,6 +17,7 @@ from .chat import ChatDefaults, ChatPrompt, build_prompt, chat_processor, outcom
 from .heartbeat import beating
 from .offload import LONG_CHARS, chars, off_loop
 from .openai_out import collect_unless_disconnected
+from .structured import reply_limits, reply_schema
 
 PREFIX = "/v1/messages"
 ERROR_TYPES = {
@@ -175,7 +176,11 @@ def router(coordinator: Coordinator, defaults: ChatDefaults) -> APIRouter:
         rid = coordinator.new_request_id("msg")
         mid = "msg_" + secrets.token_hex(12)
         budget = defaults.budget(body.thinking_budget())
-        sampling = body.sampling(max_tokens, prompt.limits(budget))
+        limits = prompt.limits(budget)
+        fmt, param = body.output_schema()
+        if (schema := reply_schema(fmt, param)) is not None:
+            limits |= reply_limits(schema, prompt, coordinator.tokenizer, param)
+        sampling = body.sampling(max_tokens, limits)
         stream, headers = await start(
             coordinator, request, body, rid, prompt.tokens, sampling, processor
         )

@@ -334,17 +334,26 @@ class MessagesRequest(_Prompted):
     stream: bool = False
     metadata: dict | None = None
     output_format: dict | None = None
+    """Anthropic's structured outputs (the beta's field): `{"type": "json_schema", "schema":
+    ...}` holds the reply's text to the schema (api/structured.py)."""
     output_config: dict | None = None
-    """Anthropic's structured outputs (`format`) are refused; `effort` passes."""
+    """`format` as output_format (the field structured outputs moved to); `effort` passes."""
+
+    def output_schema(self) -> tuple[dict | None, str]:
+        """(the format the reply's text is held to, or None; the field it came in)."""
+        if self.output_format:
+            return self.output_format, "output_format"
+        fmt = (self.output_config or {}).get("format")
+        if fmt is not None and not isinstance(fmt, dict):
+            raise ParamError('output_config.format must be an object: {"type": '
+                             '"json_schema", "schema": ...}', "output_config.format")  # fmt: skip
+        return fmt, "output_config.format"
 
     @model_validator(mode="after")
     def _budget_below_max_tokens(self):
-        if self.output_format or (self.output_config or {}).get("format"):
-            param = "output_format" if self.output_format else "output_config.format"
-            raise ParamError(f"{param}: structured outputs are not supported (replies are not "
-                             "decoded to a JSON schema); offer a tool with that schema and "
-                             "tool_choice {\"type\": \"tool\", \"name\": ...}: tool calls "
-                             "are kept to their schema's keys", param)  # fmt: skip
+        fmt, param = self.output_schema()
+        if fmt is not None and fmt.get("type") != "json_schema":
+            raise ParamError(f"{param}.type must be 'json_schema'", f"{param}.type")
         budget = self.thinking_budget()
         if budget is not None and budget >= self.max_tokens:
             raise ValueError(

@@ -549,8 +549,9 @@ def test_anthropic_what_claude_code_sends_that_a_text_model_cannot_read(agent_se
 
 def test_anthropic_documents_of_text_blocks_system_images_and_structured_outputs(agent_server):
     """A document whose source is content blocks of text is read as that text (as a plain-text
-    one is); an image in `system` is a note counted in x-omitted-content; structured outputs,
-    which replies are not decoded to, are a 400 naming the field."""
+    one is); an image in `system` is a note counted in x-omitted-content; structured outputs
+    (`output_format`, `output_config.format`) hold the reply's text to the schema, streamed
+    and not, and a format that is not a JSON schema is a 400 naming the field."""
     url = f"{agent_server.url}/v1/messages"
 
     def doc(source: dict) -> dict:
@@ -569,12 +570,23 @@ def test_anthropic_documents_of_text_blocks_system_images_and_structured_outputs
     r = httpx.post(url, json=text | {"system": [{"type": "text", "text": "Hi."}, image]},
                    timeout=60)  # fmt: skip
     assert r.status_code == 200 and r.headers["x-omitted-content"] == "image=1", r.text
-    schema = {"type": "json_schema", "schema": {"type": "object"}}
+    schema = {"type": "json_schema", "schema": VERDICT}
+    ask = {"model": agent_server.model, "max_tokens": 100, "messages": [
+        {"role": "user", "content": "Is the build green? Answer as JSON."}]}  # fmt: skip
+    client = _anthropic(agent_server)
     for field in ({"output_format": schema}, {"output_config": {"format": schema}}):
-        r = httpx.post(url, json=text | field, timeout=60)
+        for thinking in ({"type": "disabled"}, {"type": "enabled", "budget_tokens": 24}):
+            r = client.messages.create(**ask, thinking=thinking, extra_body=ZERO | field)
+            assert r.stop_reason == "end_turn", r
+            [block] = [b for b in r.content if b.type == "text"]
+            whole = _verdict(block.text)
+            with client.messages.stream(**ask, thinking=thinking, extra_body=ZERO | field) as s:
+                assert _verdict(s.get_final_text()) == whole
+        bad = {"output_format": {"type": "json"}} if "output_format" in field else {
+            "output_config": {"format": {"type": "json_schema"}}}  # fmt: skip
+        r = httpx.post(url, json=text | bad, timeout=60)
         error = r.json()["error"]
         assert r.status_code == 400 and error["type"] == "invalid_request_error", r.text
-        assert "structured outputs are not supported" in error["message"], r.text
     assert httpx.post(url, json=text | {"output_config": {"effort": "low"}},
                       timeout=60).status_code == 200  # fmt: skip
 
