@@ -72,6 +72,18 @@ class ChatPrompt:
 
 CLOSINGS = ("", "}", '"}', "]}", '"]}', "}}", '"}}')
 """What a call cut off by max_tokens may lack at its end (`{"path": "src/a`, `{"days": 3`)."""
+_warned: dict[int, None] = {}  # calls already logged (an agent resends each every turn)
+
+
+def _warn_once(text: str, message: str, *args) -> None:
+    """Log a resent call's problem the first time it is seen (the last 1,024 remembered)."""
+    key = hash(text)
+    if key in _warned:
+        return
+    _warned[key] = None
+    if len(_warned) > 1024:
+        del _warned[next(iter(_warned))]
+    log.warning(message, *args)
 
 
 def tool_arguments(arguments, param: str) -> dict:
@@ -96,11 +108,11 @@ def tool_arguments(arguments, param: str) -> dict:
         if not isinstance(value, dict):
             raise BadRequest(f"'{param}' must be a JSON object", param=param)
         if closing:
-            log.warning("%s: a call's arguments cut off (%d chars) read up to the cut",
-                        param, len(text))  # fmt: skip
+            _warn_once(text, "%s: a call's arguments cut off (%d chars) read up to the cut",
+                       param, len(text))  # fmt: skip
         return value
-    log.warning("%s: a call's arguments are not JSON (%d chars: %r); templated without them",
-                param, len(text), text[:60])  # fmt: skip
+    _warn_once(text, "%s: a call's arguments are not JSON (%d chars: %r); templated without "
+               "them", param, len(text), text[:60])  # fmt: skip
     return {}
 
 

@@ -36,3 +36,13 @@ def test_json_of_another_type_is_refused_with_the_field():
         assert e.value.param == P
     with pytest.raises(BadRequest):
         tool_arguments(["x"], P)
+
+
+def test_a_resent_cut_call_is_logged_once(caplog):
+    """An agent resends its history every turn: the same cut call is said once, a new one
+    again."""
+    with caplog.at_level(logging.WARNING):
+        for _ in range(5):
+            assert tool_arguments('{"path": "once/b', P) == {"path": "once/b"}
+        tool_arguments('{"path": "once/c', P)
+    assert caplog.text.count("cut off") == 2
