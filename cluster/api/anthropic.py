@@ -186,7 +186,7 @@ def router(coordinator: Coordinator, defaults: ChatDefaults) -> APIRouter:
         )
         found = unseen.count([body.system, [m.content for m in body.messages]])
         headers = unseen.with_header(headers, found, rid)
-        model = coordinator.model_name
+        model = coordinator.reply_name(body.model)
         if body.stream:
             events = _stream_events(stream, processor, mid, model, len(prompt.tokens))
             return StreamingResponse(

@@ -207,7 +207,8 @@ def create_app(
         sampling = body.sampling(max_tokens, limits or {})
         stream, headers = await start(coordinator, request, body, rid, prompt, sampling, processor)
         headers = omitted_header(headers, unseen or {}, rid)
-        shape = Shape(rid, coordinator.model_name, chat, coordinator.tokenizer.token_bytes, echo)
+        name = coordinator.reply_name(body.model)
+        shape = Shape(rid, name, chat, coordinator.tokenizer.token_bytes, echo)
         if body.stream:
             return StreamingResponse(
                 beating(sse(stream, shape, body.include_usage, body.continuous_usage)),

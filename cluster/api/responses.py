@@ -258,7 +258,7 @@ def router(coordinator: Coordinator, defaults: ChatDefaults) -> APIRouter:
             headers = headers | {"x-truncated-turns": str(dropped)}
         base = {
             "id": _id("resp_"), "object": "response", "created_at": int(time.time()),
-            "model": coordinator.model_name, "instructions": body.instructions,
+            "model": coordinator.reply_name(body.model), "instructions": body.instructions,
             "tools": [t.model_dump(exclude_none=True) for t in body.tools or []],
             "tool_choice": body.tool_choice if isinstance(body.tool_choice, str)
             else body.tool_choice.model_dump(),

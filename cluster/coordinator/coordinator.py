@@ -147,6 +147,11 @@ class Coordinator:
             return
         raise ModelNotFound(model, self.model_name, self.aliases)
 
+    def reply_name(self, model: str | None) -> str:
+        """The name a reply carries: the one its request asked for (the served name or an
+        alias, as vLLM answers), else the served name."""
+        return model or self.model_name
+
     @property
     def kv_capacity_tokens(self) -> int:
         """The longest sequence every replica's KV budget holds (0: none is bounded)."""

@@ -630,12 +630,20 @@ def test_model_aliases_answer_the_names_agents_ask_for(agent_server):
         model=ALIASES[1], max_tokens=4, messages=user, extra_body=ZERO
     )
     assert r.stop_reason == "max_tokens" and r.usage.output_tokens == 4
+    assert r.model == ALIASES[1]  # the name asked for, as vLLM answers
     chat = agent_server.client().chat.completions.create(
         model=ALIASES[0], messages=user, max_tokens=4, temperature=0
     )
-    assert chat.usage.completion_tokens == 4
+    assert chat.usage.completion_tokens == 4 and chat.model == ALIASES[0]
     dated = {"model": "claude-sonnet-4-5-20250929", "max_tokens": 2, "messages": user}
-    assert httpx.post(f"{agent_server.url}/v1/messages", json=dated).status_code == 200
+    r = httpx.post(f"{agent_server.url}/v1/messages", json=dated)
+    assert r.status_code == 200 and r.json()["model"] == dated["model"]
+    streamed = _anthropic(agent_server).messages.create(model=dated["model"], max_tokens=2,
+                                                        messages=user, stream=True)  # fmt: skip
+    assert next(iter(streamed)).message.model == dated["model"]
+    resp = agent_server.client().responses.create(model=ALIASES[0], input="hi",
+                                                  max_output_tokens=2)  # fmt: skip
+    assert resp.model == ALIASES[0]
     card = httpx.get(f"{agent_server.url}/v1/models/claude-haiku-4-5-20251001").json()
     assert card["id"] == "claude-haiku-4-5-20251001" and card["type"] == "model"
     listed = _anthropic(agent_server).models.list()
