@@ -118,6 +118,9 @@ class SamplingParams:
     reply_after_id: int | None = None
     """The structured reply starts after this token (`</think>` when it thinks first; None:
     at its first token)."""
+    reply_call_id: int | None = None
+    """A structured reply may open with this token (`<tool_call>`) instead: a reply of calls
+    (the tool-call grammar holds them), the schema left for a later reply of text."""
 
     @property
     def penalized(self) -> bool:

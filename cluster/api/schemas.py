@@ -308,6 +308,8 @@ class ChatCompletionRequest(_Common):
     """Z.ai's: type disabled turns thinking off, clear_thinking false keeps past reasoning."""
     enable_thinking: bool | None = None
     """The template switch as a top-level field (Qwen's and DashScope's clients send it)."""
+    think: bool | Literal["low", "medium", "high"] | None = None
+    """Ollama's switch (Hermes sends `think: false` to turn thinking off); a level is on."""
 
     @property
     def num_logprobs(self) -> int | None:
@@ -326,6 +328,8 @@ class ChatCompletionRequest(_Common):
                 args["enable_thinking"] = t.type in THINKING_ON
             if t.clear_thinking is not None:
                 args["clear_thinking"] = t.clear_thinking
+        if self.think is not None:
+            args["enable_thinking"] = self.think is not False
         if self.enable_thinking is not None:
             args["enable_thinking"] = self.enable_thinking
         return args | (self.chat_template_kwargs or {})

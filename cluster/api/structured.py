@@ -33,11 +33,12 @@ def reply_schema(fmt: dict | None, param: str) -> dict | None:
 
 def reply_limits(schema: dict, prompt: ChatPrompt, tokenizer: PromptTokenizer,
                  param: str) -> dict:  # fmt: skip
-    """SamplingParams fields that hold the reply to `schema`."""
-    if prompt.may_call:  # (the tool-call grammar may be off: that decides nothing here)
-        raise BadRequest(f"'{param}' with tools the reply may call is not supported: send "
-                         "tool_choice none, or offer the schema as a tool",
-                         param=param)  # fmt: skip
+    """SamplingParams fields that hold the reply to `schema`. A reply that may call tools
+    (Codex's `--output-schema` offers its tools beside the schema) is calls or JSON: its
+    first token may open a call instead; a reply forced to call is calls only, the schema
+    left to a later reply."""
+    if prompt.forced:
+        return {}
     grammar = json_grammar(schema, schema, False)
     if not grammar:
         raise BadRequest(f"'{param}': the schema cannot be held (llguidance refused it; the "
@@ -47,4 +48,6 @@ def reply_limits(schema: dict, prompt: ChatPrompt, tokenizer: PromptTokenizer,
         raise BadRequest(f"'{param}' needs a model whose tokenizer has an end-of-turn token",
                          param=param)  # fmt: skip
     after = prompt.think_end if prompt.reasoning else None
-    return {"reply_grammar": grammar, "reply_end_id": end, "reply_after_id": after}
+    call = tokenizer.special_id("<tool_call>") if prompt.may_call else None
+    return {"reply_grammar": grammar, "reply_end_id": end, "reply_after_id": after,
+            "reply_call_id": call}  # fmt: skip

@@ -183,10 +183,12 @@ class Coordinator:
         if max_tokens is None:
             return room
         if max_tokens > room:
+            # The figures in the words agents parse to retry with a smaller cap (Hermes reads
+            # `available_tokens N`; "requested ... output tokens" says the cap is the problem).
             raise BadRequest(
-                f"{what}; you requested "
-                f"{prompt_len + max_tokens} ({prompt_len} in the prompt, {max_tokens} to "
-                f"generate). Lower {param} to at most {room} or shorten the prompt.",
+                f"{what}; you requested {prompt_len + max_tokens} tokens ({prompt_len} in the "
+                f"prompt, {max_tokens} output tokens): {param} {max_tokens} > available_tokens "
+                f"{room}. Lower {param} to at most {room} or shorten the prompt.",
                 param=param,
                 code="context_length_exceeded",
             )

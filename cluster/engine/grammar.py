@@ -269,16 +269,23 @@ class ThinkBudget:
 
 class ReplyJson:
     """A structured reply (response_format): from its first token, or from the token `after`
-    (`</think>`), its text stays JSON its grammar allows, and `end` comes once it is whole."""
+    (`</think>`), its text stays JSON its grammar allows, and `end` comes once it is whole.
+    With `call` (`<tool_call>`), its first token may be that instead: a reply of calls, which
+    the tool-call grammar holds (OpenAI's structured output beside tools)."""
 
-    def __init__(self, value, end: int, after: int | None):
+    def __init__(self, value, end: int, after: int | None, call: int | None = None):
         """value: the reply's json_values.JsonValue."""
-        self.value, self.end, self.after = value, end, after
+        self.value, self.end, self.after, self.call = value, end, after, call
         self.started = after is None
+        self.begun = False  # a token of the reply read (JSON's, or the call's)
 
     def advance(self, token: int) -> None:
         if not self.started:
             self.started = token == self.after
+            return
+        first, self.begun = not self.begun, True
+        if first and token == self.call and self.call is not None:
+            self.value = None  # a reply of calls
         elif self.value is not None and token != self.end and not self.value.consume(token):
             self.value = None  # (not expected: limit() allowed it) free text from here
 
@@ -288,7 +295,11 @@ class ReplyJson:
         if (lim := self.value.limit(self.end)) is None:
             self.value = None  # its matcher failed (logged): free text from here
             return FREE
-        return lim
+        if self.call is None or self.begun or self.call >= len(lim.mask.excluded):
+            return lim
+        excluded = lim.mask.excluded.copy()  # the call's opening besides the JSON's
+        excluded[self.call] = False
+        return Limit(mask=TokenMask(excluded, lim.mask.key + b"|call"))
 
     def clone(self) -> "ReplyJson":
         other = copy.copy(self)

@@ -86,7 +86,7 @@ class Sequence:
                 fault = ("this replica cannot hold a reply to a JSON schema (llguidance cannot "
                          "read its tokenizer, or the grammar failed; see its log)")  # fmt: skip
             else:
-                reply = ReplyJson(value, s.reply_end_id, s.reply_after_id)
+                reply = ReplyJson(value, s.reply_end_id, s.reply_after_id, s.reply_call_id)
         limiter = (
             Limiter(call, budget, banned, reply) if call or budget or banned or reply else None
         )

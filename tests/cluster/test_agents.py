@@ -1261,17 +1261,34 @@ def test_structured_output_holds_the_reply_to_its_schema(agent_server):
         r = httpx.post(f"{url}/v1/chat/completions", json={
             "model": agent_server.model, "messages": user, "response_format": bad})  # fmt: skip
         assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
-    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
-    r = httpx.post(
-        f"{url}/v1/chat/completions",
-        json={
-            "model": agent_server.model,
-            "messages": user,
-            "response_format": fmt,
-            "tools": tools,
-        },
-    )
-    assert r.status_code == 400 and "tool_choice none" in r.text
+
+
+def test_structured_output_beside_tools_is_a_call_or_json(agent_server, held_out):
+    """Codex's `exec --output-schema` sends the schema with its tools and tool_choice auto (a
+    400 before): the reply opens with a call or is JSON of the schema. A held-out tool request
+    comes back as its call on the Responses API and on chat; a request answered in text is
+    JSON; a forced call is calls only (the schema is for a later reply)."""
+    ex = held_out[0]
+    client = agent_server.client()
+    text_format = {"format": {"type": "json_schema", "name": "codex_output_schema",
+                              "strict": True, "schema": VERDICT}}  # fmt: skip
+    kw = dict(model=agent_server.model, tools=_flat_tools(ex), tool_choice="auto",
+              max_output_tokens=96, temperature=0.0, reasoning={"effort": "none"},
+              text=text_format)  # fmt: skip
+    r = client.responses.create(input=ex.messages[-2]["content"], **kw)
+    assert [o.type for o in r.output] == ["function_call"], r.output
+    answered = client.responses.create(input="Is the build green? Answer as JSON.", **kw)
+    for item in answered.output:
+        assert item.type == "function_call" or _verdict(answered.output_text), answered.output
+    forced = client.responses.create(input=ex.messages[-2]["content"], **{
+        **kw, "tool_choice": {"type": "function", "name": ex.expected[0][0]}})  # fmt: skip
+    assert forced.output[0].type == "function_call"
+    fmt = {"type": "json_schema", "json_schema": {"name": "verdict", "schema": VERDICT}}
+    chat = client.chat.completions.create(
+        model=agent_server.model, messages=ex.messages[:-1], tools=ex.tools, max_tokens=96,
+        response_format=fmt, extra_body={"chat_template_kwargs": {"enable_thinking": False}},
+        **GREEDY)  # fmt: skip
+    assert chat.choices[0].finish_reason == "tool_calls", chat
 
 
 def test_responses_api_leaves_hosted_tools_out_and_says_so(agent_server, held_out):

@@ -3,6 +3,7 @@
 import concurrent.futures as cf
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -206,6 +207,14 @@ def test_prompt_longer_than_the_context(server):
     exact = [20 + i % 3000 for i in range(limit)]  # no room for one token: say the bound
     err = _error(lambda: server.client().completions.create(model=server.model, prompt=exact))
     assert f"Shorten the prompt to at most {limit - 1} tokens" in err.body["message"]
+    # A cap past the room left: the room in the words agents parse to retry (Hermes's
+    # `available_tokens N`), not only "context length" (which makes them compress history).
+    short = [20 + i % 3000 for i in range(100)]
+    err = _error(lambda: server.client().completions.create(model=server.model, prompt=short,
+                                                            max_tokens=limit))  # fmt: skip
+    said = err.body["message"]
+    assert err.body["param"] == "max_tokens" and "output tokens" in said
+    assert re.search(r"available_tokens[:\s]+(\d+)", said).group(1) == str(limit - 100), said
 
 
 def test_unknown_model_is_404(server):

@@ -236,3 +236,40 @@ def test_a_structured_reply_is_json_of_its_schema_with_and_without_speculation()
         assert got["answer"] in ("yes", "no") and isinstance(got["ok"], bool), text
     for method in ("mtp", "ngram"):
         assert run(EngineConfig(speculation=method), jobs) == plain, method
+
+
+def test_a_structured_reply_beside_tools_is_calls_or_json():
+    """Structured output beside tools the reply may call (Codex's --output-schema): the reply
+    opens with a call (held by the tool-call grammar) or is JSON of the schema. A held-out
+    tool request comes back as its call, which the schema alone would have barred; a request
+    the model answers in text is JSON; speculation gives plain decoding's tokens."""
+    import json
+
+    from cluster.coordinator.tool_grammar import json_grammar
+
+    tok = PromptTokenizer(TRAINED)
+    schema = {"type": "object", "additionalProperties": False, "required": ["answer"],
+              "properties": {"answer": {"enum": ["yes", "no"]}}}  # fmt: skip
+    grammar, end = json_grammar(schema, schema, False), tok.special_id("<|user|>")
+    call_open = tok.special_id("<tool_call>")
+    ex = AgentData(seed=0).conversation(held_out=True, rng=random.Random(7))
+    rules = tool_grammar(tok, ex.tools, [])
+    jobs = []
+    for messages in (ex.messages[:-1], [{"role": "user", "content": "Green? JSON."}]):
+        prompt = tok.chat(messages, ex.tools, enable_thinking=False)
+        for call in (call_open, None):  # None: the schema alone (no call may open the reply)
+            params = SamplingParams(max_tokens=64, temperature=0.0, tool_grammar=rules,
+                                    reply_grammar=grammar, reply_end_id=end,
+                                    reply_call_id=call)  # fmt: skip
+            jobs.append((prompt, params))
+    plain = run(EngineConfig(), jobs)
+    asked, barred, text, json_only = plain
+    assert asked[0] == call_open and legal(rules, asked), tok.decode(asked)
+    assert barred[0] != call_open and json.loads(tok.decode(barred[:-1]))["answer"]
+    for out in (text, json_only):  # a call (held by its grammar), or JSON of the schema
+        if out[0] == call_open:
+            assert legal(rules, out)
+        else:
+            assert out[-1] == end and json.loads(tok.decode(out[:-1]))["answer"] in ("yes", "no")
+    for method in ("mtp", "ngram"):
+        assert run(EngineConfig(speculation=method), jobs) == plain, method

@@ -32,6 +32,10 @@ def test_thinking_switches_from_proxies():
     assert kwargs(thinking={"type": "between_tools"}) == {"enable_thinking": False}
     assert kwargs(reasoning_effort="max") == {}  # thinking stays as the server has it
     assert kwargs(reasoning={"effort": "max"}) == {"enable_thinking": True}
+    # Ollama's switch, which Hermes sends to turn thinking off (it was ignored: 300 of 300
+    # tokens went to reasoning); a level is on.
+    assert kwargs(think=False) == {"enable_thinking": False}
+    assert kwargs(think="high") == kwargs(think=True) == {"enable_thinking": True}
 
 
 def test_text_parts_are_lines_of_their_own():
@@ -63,12 +67,21 @@ def test_a_past_replys_legacy_function_call_is_refused_not_dropped():
         ChatCompletionRequest(messages=[USER, reply, USER])
 
 
-def test_a_structured_reply_that_may_call_is_refused_with_the_grammar_off_too():
+def test_a_structured_reply_that_may_call_may_open_with_a_call_grammar_on_or_off():
+    """Beside tools it may call, a structured reply may open with `<tool_call>` (whether or not
+    the server's tool-call grammar is on); a reply forced to call is calls only."""
     from cluster.api.chat import ChatPrompt
     from cluster.api.structured import reply_limits
-    from cluster.coordinator.errors import BadRequest
+    from cluster.coordinator.tokenizer import PromptTokenizer
+    from cluster.model_store import TRAINED
 
-    # The server's tool-call grammar off (--no-tool-grammar): no grammar, calls still open.
-    prompt = ChatPrompt([1, 2], [], reasoning=False, grammar=None, may_call=True)
-    with pytest.raises(BadRequest, match="tool_choice none"):
-        reply_limits({"type": "object"}, prompt, None, "response_format")
+    tok = PromptTokenizer(TRAINED)
+    call = tok.special_id("<tool_call>")
+    for grammar in (None, "a tool-call grammar"):
+        prompt = ChatPrompt([1, 2], [], reasoning=False, grammar=grammar, may_call=True)
+        got = reply_limits({"type": "object"}, prompt, tok, "response_format")
+        assert got["reply_call_id"] == call and got["reply_grammar"]
+    alone = ChatPrompt([1, 2], [], reasoning=False, grammar=None, may_call=False)
+    assert reply_limits({"type": "object"}, alone, tok, "response_format")["reply_call_id"] is None
+    forced = ChatPrompt([1, 2, call], [call], reasoning=False, grammar=None, may_call=True)
+    assert reply_limits({"type": "object"}, forced, tok, "response_format") == {}

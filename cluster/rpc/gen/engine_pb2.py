@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0c\x65ngine.proto\x12\x11\x63luster.engine.v1\"\xcd\x04\n\x0eSamplingParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\r\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\r\n\x05top_k\x18\x04 \x01(\r\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x00\x88\x01\x01\x12\x16\n\x0estop_token_ids\x18\x06 \x03(\r\x12\x12\n\nignore_eos\x18\x07 \x01(\x08\x12\x18\n\x10\x62\x61nned_token_ids\x18\x08 \x03(\r\x12\x18\n\x10presence_penalty\x18\t \x01(\x02\x12\x19\n\x11\x66requency_penalty\x18\n \x01(\x02\x12\x1a\n\x12repetition_penalty\x18\x0b \x01(\x02\x12\x15\n\x08logprobs\x18\x0c \x01(\rH\x01\x88\x01\x01\x12\x14\n\x0ctool_grammar\x18\r \x01(\t\x12\x1c\n\x0fthinking_budget\x18\x0e \x01(\rH\x02\x88\x01\x01\x12\x1c\n\x0fthinking_end_id\x18\x0f \x01(\rH\x03\x88\x01\x01\x12\x1c\n\x0fprompt_logprobs\x18\x10 \x01(\rH\x04\x88\x01\x01\x12\x15\n\rreply_grammar\x18\x11 \x01(\t\x12\x19\n\x0creply_end_id\x18\x12 \x01(\rH\x05\x88\x01\x01\x12\x1b\n\x0ereply_after_id\x18\x13 \x01(\rH\x06\x88\x01\x01\x42\x07\n\x05_seedB\x0b\n\t_logprobsB\x12\n\x10_thinking_budgetB\x12\n\x10_thinking_end_idB\x12\n\x10_prompt_logprobsB\x0f\n\r_reply_end_idB\x11\n\x0f_reply_after_id\"X\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\x0f\n\x07top_ids\x18\x03 \x03(\r\x12\x14\n\x0ctop_logprobs\x18\x04 \x03(\x02\"\x8a\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12\x33\n\x08sampling\x18\x03 \x01(\x0b\x32!.cluster.engine.v1.SamplingParams\x12\x14\n\x0c\x62lock_hashes\x18\x04 \x03(\x06\"\xb7\x03\n\rGenerateChunk\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12\x15\n\rprompt_tokens\x18\x04 \x01(\r\x12\x15\n\rcached_tokens\x18\x05 \x01(\r\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x15\n\rqueue_seconds\x18\x07 \x01(\x01\x12\x17\n\x0fprefill_seconds\x18\x08 \x01(\x01\x12\x16\n\x0e\x64\x65\x63ode_seconds\x18\t \x01(\x01\x12\x14\n\x0c\x64raft_tokens\x18\n \x01(\r\x12\x17\n\x0f\x61\x63\x63\x65pted_tokens\x18\x0b \x01(\r\x12\x31\n\x08logprobs\x18\x0c \x03(\x0b\x32\x1f.cluster.engine.v1.TokenLogprob\x12\x13\n\x0bspeculation\x18\r \x01(\t\x12\x1b\n\x13request_speculation\x18\x0e \x01(\t\x12\x38\n\x0fprompt_logprobs\x18\x0f \x03(\x0b\x32\x1f.cluster.engine.v1.TokenLogprob\x12\x15\n\rrequest_fault\x18\x10 \x01(\x08\"\"\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x0c\n\nAbortReply\"\x0f\n\rStatusRequest\"\x91\x01\n\x0bStatusReply\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x15\n\rmax_model_len\x18\x02 \x01(\r\x12\x15\n\reos_token_ids\x18\x03 \x03(\r\x12\x12\n\nmodel_type\x18\x04 \x01(\t\x12\x12\n\nstats_json\x18\x05 \x01(\t\x12\x1a\n\x12kv_capacity_tokens\x18\x06 \x01(\r\"&\n\x12\x43\x61\x63heEventsRequest\x12\x10\n\x08snapshot\x18\x01 \x01(\x08\"D\n\nCacheEvent\x12\x0e\n\x06stored\x18\x01 \x03(\x06\x12\x0f\n\x07\x65victed\x18\x02 \x03(\x06\x12\x15\n\rsnapshot_done\x18\x03 \x01(\x08\x32\xc8\x02\n\x06\x45ngine\x12R\n\x08Generate\x12\".cluster.engine.v1.GenerateRequest\x1a .cluster.engine.v1.GenerateChunk0\x01\x12G\n\x05\x41\x62ort\x12\x1f.cluster.engine.v1.AbortRequest\x1a\x1d.cluster.engine.v1.AbortReply\x12J\n\x06Status\x12 .cluster.engine.v1.StatusRequest\x1a\x1e.cluster.engine.v1.StatusReply\x12U\n\x0b\x43\x61\x63heEvents\x12%.cluster.engine.v1.CacheEventsRequest\x1a\x1d.cluster.engine.v1.CacheEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0c\x65ngine.proto\x12\x11\x63luster.engine.v1\"\xfb\x04\n\x0eSamplingParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\r\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\r\n\x05top_k\x18\x04 \x01(\r\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x00\x88\x01\x01\x12\x16\n\x0estop_token_ids\x18\x06 \x03(\r\x12\x12\n\nignore_eos\x18\x07 \x01(\x08\x12\x18\n\x10\x62\x61nned_token_ids\x18\x08 \x03(\r\x12\x18\n\x10presence_penalty\x18\t \x01(\x02\x12\x19\n\x11\x66requency_penalty\x18\n \x01(\x02\x12\x1a\n\x12repetition_penalty\x18\x0b \x01(\x02\x12\x15\n\x08logprobs\x18\x0c \x01(\rH\x01\x88\x01\x01\x12\x14\n\x0ctool_grammar\x18\r \x01(\t\x12\x1c\n\x0fthinking_budget\x18\x0e \x01(\rH\x02\x88\x01\x01\x12\x1c\n\x0fthinking_end_id\x18\x0f \x01(\rH\x03\x88\x01\x01\x12\x1c\n\x0fprompt_logprobs\x18\x10 \x01(\rH\x04\x88\x01\x01\x12\x15\n\rreply_grammar\x18\x11 \x01(\t\x12\x19\n\x0creply_end_id\x18\x12 \x01(\rH\x05\x88\x01\x01\x12\x1b\n\x0ereply_after_id\x18\x13 \x01(\rH\x06\x88\x01\x01\x12\x1a\n\rreply_call_id\x18\x14 \x01(\rH\x07\x88\x01\x01\x42\x07\n\x05_seedB\x0b\n\t_logprobsB\x12\n\x10_thinking_budgetB\x12\n\x10_thinking_end_idB\x12\n\x10_prompt_logprobsB\x0f\n\r_reply_end_idB\x11\n\x0f_reply_after_idB\x10\n\x0e_reply_call_id\"X\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\x0f\n\x07top_ids\x18\x03 \x03(\r\x12\x14\n\x0ctop_logprobs\x18\x04 \x03(\x02\"\x8a\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12\x33\n\x08sampling\x18\x03 \x01(\x0b\x32!.cluster.engine.v1.SamplingParams\x12\x14\n\x0c\x62lock_hashes\x18\x04 \x03(\x06\"\xb7\x03\n\rGenerateChunk\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12\x15\n\rprompt_tokens\x18\x04 \x01(\r\x12\x15\n\rcached_tokens\x18\x05 \x01(\r\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x15\n\rqueue_seconds\x18\x07 \x01(\x01\x12\x17\n\x0fprefill_seconds\x18\x08 \x01(\x01\x12\x16\n\x0e\x64\x65\x63ode_seconds\x18\t \x01(\x01\x12\x14\n\x0c\x64raft_tokens\x18\n \x01(\r\x12\x17\n\x0f\x61\x63\x63\x65pted_tokens\x18\x0b \x01(\r\x12\x31\n\x08logprobs\x18\x0c \x03(\x0b\x32\x1f.cluster.engine.v1.TokenLogprob\x12\x13\n\x0bspeculation\x18\r \x01(\t\x12\x1b\n\x13request_speculation\x18\x0e \x01(\t\x12\x38\n\x0fprompt_logprobs\x18\x0f \x03(\x0b\x32\x1f.cluster.engine.v1.TokenLogprob\x12\x15\n\rrequest_fault\x18\x10 \x01(\x08\"\"\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x0c\n\nAbortReply\"\x0f\n\rStatusRequest\"\x91\x01\n\x0bStatusReply\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x15\n\rmax_model_len\x18\x02 \x01(\r\x12\x15\n\reos_token_ids\x18\x03 \x03(\r\x12\x12\n\nmodel_type\x18\x04 \x01(\t\x12\x12\n\nstats_json\x18\x05 \x01(\t\x12\x1a\n\x12kv_capacity_tokens\x18\x06 \x01(\r\"&\n\x12\x43\x61\x63heEventsRequest\x12\x10\n\x08snapshot\x18\x01 \x01(\x08\"D\n\nCacheEvent\x12\x0e\n\x06stored\x18\x01 \x03(\x06\x12\x0f\n\x07\x65victed\x18\x02 \x03(\x06\x12\x15\n\rsnapshot_done\x18\x03 \x01(\x08\x32\xc8\x02\n\x06\x45ngine\x12R\n\x08Generate\x12\".cluster.engine.v1.GenerateRequest\x1a .cluster.engine.v1.GenerateChunk0\x01\x12G\n\x05\x41\x62ort\x12\x1f.cluster.engine.v1.AbortRequest\x1a\x1d.cluster.engine.v1.AbortReply\x12J\n\x06Status\x12 .cluster.engine.v1.StatusRequest\x1a\x1e.cluster.engine.v1.StatusReply\x12U\n\x0b\x43\x61\x63heEvents\x12%.cluster.engine.v1.CacheEventsRequest\x1a\x1d.cluster.engine.v1.CacheEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,25 +32,25 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'engine_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SAMPLINGPARAMS']._serialized_start=36
-  _globals['_SAMPLINGPARAMS']._serialized_end=625
-  _globals['_TOKENLOGPROB']._serialized_start=627
-  _globals['_TOKENLOGPROB']._serialized_end=715
-  _globals['_GENERATEREQUEST']._serialized_start=718
-  _globals['_GENERATEREQUEST']._serialized_end=856
-  _globals['_GENERATECHUNK']._serialized_start=859
-  _globals['_GENERATECHUNK']._serialized_end=1298
-  _globals['_ABORTREQUEST']._serialized_start=1300
-  _globals['_ABORTREQUEST']._serialized_end=1334
-  _globals['_ABORTREPLY']._serialized_start=1336
-  _globals['_ABORTREPLY']._serialized_end=1348
-  _globals['_STATUSREQUEST']._serialized_start=1350
-  _globals['_STATUSREQUEST']._serialized_end=1365
-  _globals['_STATUSREPLY']._serialized_start=1368
-  _globals['_STATUSREPLY']._serialized_end=1513
-  _globals['_CACHEEVENTSREQUEST']._serialized_start=1515
-  _globals['_CACHEEVENTSREQUEST']._serialized_end=1553
-  _globals['_CACHEEVENT']._serialized_start=1555
-  _globals['_CACHEEVENT']._serialized_end=1623
-  _globals['_ENGINE']._serialized_start=1626
-  _globals['_ENGINE']._serialized_end=1954
+  _globals['_SAMPLINGPARAMS']._serialized_end=671
+  _globals['_TOKENLOGPROB']._serialized_start=673
+  _globals['_TOKENLOGPROB']._serialized_end=761
+  _globals['_GENERATEREQUEST']._serialized_start=764
+  _globals['_GENERATEREQUEST']._serialized_end=902
+  _globals['_GENERATECHUNK']._serialized_start=905
+  _globals['_GENERATECHUNK']._serialized_end=1344
+  _globals['_ABORTREQUEST']._serialized_start=1346
+  _globals['_ABORTREQUEST']._serialized_end=1380
+  _globals['_ABORTREPLY']._serialized_start=1382
+  _globals['_ABORTREPLY']._serialized_end=1394
+  _globals['_STATUSREQUEST']._serialized_start=1396
+  _globals['_STATUSREQUEST']._serialized_end=1411
+  _globals['_STATUSREPLY']._serialized_start=1414
+  _globals['_STATUSREPLY']._serialized_end=1559
+  _globals['_CACHEEVENTSREQUEST']._serialized_start=1561
+  _globals['_CACHEEVENTSREQUEST']._serialized_end=1599
+  _globals['_CACHEEVENT']._serialized_start=1601
+  _globals['_CACHEEVENT']._serialized_end=1669
+  _globals['_ENGINE']._serialized_start=1672
+  _globals['_ENGINE']._serialized_end=2000
 # @@protoc_insertion_point(module_scope)
