@@ -18,7 +18,7 @@ from .chat import ChatDefaults, build_prompt, chat_processor, outcome_headers, s
 from .heartbeat import beating
 from .offload import LONG_CHARS, chars, off_loop
 from .openai_out import collect_unless_disconnected
-from .responses_schemas import ResponsesRequest
+from .responses_schemas import ResponsesRequest, not_read
 from .structured import reply_limits, reply_schema
 
 log = logging.getLogger(__name__)
@@ -32,14 +32,17 @@ class _Items:
     """Turns the reply's pieces into output items in order (reasoning, message, function
     calls), with the events that open, fill and close each."""
 
-    def __init__(self, summary: bool = False, custom: frozenset[str] = frozenset()):
+    def __init__(self, summary: bool = False, custom: frozenset[str] = frozenset(),
+                 namespaced: dict[str, tuple[str, str]] | None = None):  # fmt: skip
         """summary: the request asked for a reasoning summary (reasoning.summary): the
         reasoning comes as it (this server does not summarize) rather than as content.
-        custom: the custom tools' names (their calls are custom_tool_call items)."""
+        custom: the custom tools' names (their calls are custom_tool_call items).
+        namespaced: a namespace's tools by qualified name (their calls name both)."""
         self.items: list[dict] = []
         self.open: dict | None = None
         self.summary = summary
         self.custom = custom
+        self.namespaced = namespaced or {}
         self._args = ""  # the open custom call's arguments as the parser streams them
 
     def events(self, out: Output) -> list[dict]:
@@ -55,14 +58,17 @@ class _Items:
                                           "content": []})  # fmt: skip
             ev += self._text(out.text, "output_text", "response.output_text.delta")
         for d in out.tool_calls:
+            if d.id is not None:
+                name = {"call_id": d.id, "name": d.name}
+                if d.name in self.namespaced:
+                    namespace, inner = self.namespaced[d.name]
+                    name = {"call_id": d.id, "namespace": namespace, "name": inner}
             if d.id is not None and d.name in self.custom:
                 self._args = ""
-                ev += self._start("custom_tool_call", {"call_id": d.id, "name": d.name,
-                                                       "input": ""}, new=True)  # fmt: skip
+                ev += self._start("custom_tool_call", {**name, "input": ""}, new=True)
             elif d.id is not None:
-                ev += self._start("function_call", {"call_id": d.id, "name": d.name,
-                                                    "arguments": "", "status": "in_progress"},
-                                  new=True)  # fmt: skip
+                ev += self._start("function_call", {**name, "arguments": "",
+                                                    "status": "in_progress"}, new=True)  # fmt: skip
             elif d.arguments and self.open is not None and self.open["type"] == "custom_tool_call":
                 self._args += d.arguments
                 ev += self._input(self.open, custom_input(self._args, done=False))
@@ -238,9 +244,18 @@ def router(coordinator: Coordinator, defaults: ChatDefaults) -> APIRouter:
         prompt, tools, dropped = await off_loop(long, prompt_of, body)
         max_calls = 1 if not body.parallel_tool_calls else body.max_tool_calls
         processor = chat_processor(coordinator.tokenizer, prompt, tools, [], max_calls)
-        max_tokens = coordinator.check_length(
-            len(prompt.tokens), body.max_output_tokens, "max_output_tokens", "input"
-        )
+        try:
+            max_tokens = coordinator.check_length(
+                len(prompt.tokens), body.max_output_tokens, "max_output_tokens", "input"
+            )
+        except BadRequest as e:
+            if not body.stream or e.code != "context_length_exceeded":
+                raise
+            # Streamed, as OpenAI sends it: a response.failed event that Codex reads to drop
+            # its oldest turns and retry (an HTTP 400 ends its turn).
+            log.info("responses: %s (sent as response.failed)", e.message)
+            return StreamingResponse(_failed_stream(body, coordinator, e),
+                                     media_type="text/event-stream")  # fmt: skip
         rid = coordinator.new_request_id("resp")
         limits = prompt.limits(defaults.thinking_budget)
         if (schema := reply_schema(body.text_format, "text.format")) is not None:
@@ -250,6 +265,10 @@ def router(coordinator: Coordinator, defaults: ChatDefaults) -> APIRouter:
             coordinator, request, body, rid, prompt.tokens, sampling, processor
         )
         headers = unseen.with_header(headers, unseen.count(body.input), rid)
+        if isinstance(body.input, list) and (left := not_read(body.input)[1]):  # said
+            said = ",".join(f"{k}={n}" for k, n in sorted(left.items()))
+            log.info("%s: history items left out of the prompt (not read here): %s", rid, said)
+            headers = headers | {"x-omitted-items": said}
         if omitted := body.omitted_tools():  # said, never silent
             log.info("%s: hosted tools left out (none runs here): %s", rid, ", ".join(omitted))
             headers = headers | {"x-omitted-tools": ",".join(omitted)}
@@ -272,11 +291,12 @@ def router(coordinator: Coordinator, defaults: ChatDefaults) -> APIRouter:
             "incomplete_details": None, "store": False,
         }  # fmt: skip
         if body.stream:
-            events = beating(_stream_events(stream, base, body.summarized, body.custom_names()))
+            events = beating(_stream_events(stream, base, body.summarized, body.custom_names(),
+                                            body.namespaced()))  # fmt: skip
             return StreamingResponse(events, media_type="text/event-stream", headers=headers,
                                      background=BackgroundTask(stream.aclose))  # fmt: skip
         got = await collect_unless_disconnected(request, stream)
-        items = _Items(body.summarized, body.custom_names())
+        items = _Items(body.summarized, body.custom_names(), body.namespaced())
         for out in got.outputs:  # piece by piece, as a stream: items in generation order
             items.events(out)
         items.close(cut=_cut(got.last))
@@ -321,7 +341,8 @@ def _final(base: dict, items: _Items, last: Output | None) -> dict:
 
 
 async def _stream_events(stream, base: dict, summary: bool = False,
-                         custom: frozenset[str] = frozenset()):  # fmt: skip
+                         custom: frozenset[str] = frozenset(),
+                         namespaced: dict[str, tuple[str, str]] | None = None):  # fmt: skip
     """The Responses API's event stream: response.created and .in_progress, each item's
     events, then response.completed (or .incomplete); a failure is an `error` event."""
     seq = 0
@@ -334,7 +355,7 @@ async def _stream_events(stream, base: dict, summary: bool = False,
     start = base | {"status": "in_progress", "output": [], "usage": None}
     yield sse({"type": "response.created", "response": start})
     yield sse({"type": "response.in_progress", "response": dict(start)})
-    items, last = _Items(summary, custom), None
+    items, last = _Items(summary, custom, namespaced), None
     try:
         async for out in stream:
             last = out
@@ -349,5 +370,27 @@ async def _stream_events(stream, base: dict, summary: bool = False,
         status = e.status if isinstance(e, APIError) else 500
         message = e.message if isinstance(e, APIError) else f"internal error: {type(e).__name__}"
         yield sse({"type": "error", "code": str(status), "message": message, "param": None})
+        code = getattr(e, "code", None) or ("server_error" if status >= 500 else "invalid_request")
+        failed = _final(base, items, last) | {
+            "status": "failed",
+            "error": {"code": code, "message": message},
+        }
+        yield sse({"type": "response.failed", "response": failed})  # (what Codex reads)
     finally:
         await stream.aclose()
+
+
+async def _failed_stream(body: ResponsesRequest, coordinator: Coordinator, e: APIError):
+    """A streamed request refused before it began: response.created, then response.failed
+    with the error's code (context_length_exceeded)."""
+    base = {"id": _id("resp_"), "object": "response", "created_at": int(time.time()),
+            "model": coordinator.reply_name(body.model), "output": [], "usage": None,
+            "incomplete_details": None}  # fmt: skip
+    error = {"code": e.code, "message": e.message}
+    events = [
+        {"type": "response.created", "response": base | {"status": "in_progress", "error": None}},
+        {"type": "response.failed", "response": base | {"status": "failed", "error": error}},
+    ]
+    for n, event in enumerate(events):
+        event["sequence_number"] = n
+        yield f"event: {event['type']}\ndata: {json.dumps(event, ensure_ascii=False)}\n\n"

@@ -12,10 +12,21 @@ from .thinking import EFFORTS
 
 TEXT_PARTS = ("input_text", "output_text", "text", "summary_text", "reasoning_text")
 HOSTED = ("web_search", "web_search_preview", "file_search", "code_interpreter",
-          "image_generation", "computer_use_preview", "mcp")  # fmt: skip
+          "image_generation", "computer_use_preview", "mcp", "tool_search")  # fmt: skip
 """Tools OpenAI's servers run for the model (Codex offers `web_search` to any provider): none
 runs here, so they are left out of the prompt and named in `x-omitted-tools` and the log,
-rather than the whole request refused."""
+rather than the whole request refused. (`tool_search` finds deferred tools: here every tool
+offered is in the prompt, deferred or not.)"""
+
+
+def qualified(namespace: str | None, name: str) -> str:
+    """A namespaced tool's name as the model sees it (Codex's MCP namespace `mcp__srv__` and
+    its tool `read`: `mcp__srv__read`)."""
+    if not namespace:
+        return name
+    return namespace + name if namespace[-1] in "_.-/:" else f"{namespace}.{name}"
+
+
 CUSTOM_PARAMETERS = {"type": "object", "properties": {"input": {"type": "string"}},
                      "required": ["input"]}  # fmt: skip
 """A custom (freeform) tool, Codex's apply_patch, as the model sees it: a function of one
@@ -31,6 +42,9 @@ class FunctionTool(BaseModel):
     strict: bool | None = None
     format: dict | None = None
     """A custom tool's: text, or a grammar (`lark` or `regex`) its input is held to."""
+    tools: list[dict] | None = None
+    """A namespace's tools (Codex sends each MCP server's so): functions or custom tools,
+    offered by their qualified names."""
 
     @model_validator(mode="before")
     @classmethod
@@ -55,13 +69,22 @@ class FunctionTool(BaseModel):
     def _functions_only(self):
         if self.hosted:
             return self
-        if self.type not in ("function", "custom"):
+        if self.type not in ("function", "custom", "namespace"):
             raise ValueError(
-                f"tools of type '{self.type}' are not supported: only 'function' and 'custom' "
-                "tools run here (hosted ones are left out); describe the others as functions"
+                f"tools of type '{self.type}' are not supported: only 'function', 'custom' and "
+                "'namespace' tools run here (hosted ones are left out); describe the others as "
+                "functions"
             )
         if not self.name:
             raise ValueError(f"a {self.type} tool needs a 'name'")
+        if self.type == "namespace":
+            inner = self.tools if isinstance(self.tools, list) else []
+            if not inner or any(not isinstance(t, dict) or t.get("type") not in (
+                    "function", "custom") or not t.get("name") for t in inner):  # fmt: skip
+                raise ValueError("a namespace tool needs 'tools': a list of function or custom "
+                                 "tools, each with a 'name'")  # fmt: skip
+            for t in inner:
+                FunctionTool(**t)  # (their own checks)
         if self.custom and self.format is not None and self.format.get("type") not in (
             "text", "grammar"):  # fmt: skip
             raise ValueError("a custom tool's format is {'type': 'text'} or {'type': 'grammar', "
@@ -239,7 +262,22 @@ class ResponsesRequest(BaseModel):
         return c.name if isinstance(c, NamedFunction) else c
 
     def functions(self) -> list[FunctionTool]:
-        return [t for t in self.tools or [] if not t.hosted]
+        """The tools the model sees: functions and custom tools, a namespace's by their
+        qualified names."""
+        out = []
+        for t in self.tools or []:
+            if t.type == "namespace":
+                out += [FunctionTool(**{**inner, "name": qualified(t.name, inner["name"])})
+                        for inner in t.tools]  # fmt: skip
+            elif not t.hosted:
+                out.append(t)
+        return out
+
+    def namespaced(self) -> dict[str, tuple[str, str]]:
+        """A namespace's tools by qualified name: (namespace, name), for the calls' items."""
+        return {qualified(t.name, inner["name"]): (t.name, inner["name"])
+                for t in self.tools or [] if t.type == "namespace"
+                for inner in t.tools}  # fmt: skip
 
     def omitted_tools(self) -> list[str]:
         """The hosted tools asked for, which the prompt leaves out."""
@@ -286,8 +324,11 @@ class ResponsesRequest(BaseModel):
         if isinstance(self.input, str):
             return out + [{"role": "user", "content": self.input}]
         reasoning = ""
+        skipped = set(not_read(self.input)[0])
         for i, item in enumerate(self.input):
             kind = item.get("type", "message")
+            if i in skipped:
+                continue
             if kind == "message":
                 role = {"developer": "system"}.get(item["role"], item["role"])
                 if role != "assistant" and reasoning:  # a reply of reasoning alone: its turn
@@ -305,8 +346,9 @@ class ResponsesRequest(BaseModel):
                     args = {"input": item["input"]}
                 else:
                     args = tool_arguments(item.get("arguments"), f"input[{i}].arguments")
+                name = qualified(item.get("namespace"), item["name"])
                 call = {"id": item.get("call_id"), "type": "function",
-                        "function": {"name": item.get("name"), "arguments": args}}  # fmt: skip
+                        "function": {"name": name, "arguments": args}}  # fmt: skip
                 # One turn: the assistant's message, then its calls (as one response's items
                 # come, and as the chat route templates them); a reasoning item between them
                 # starts another turn.
@@ -324,6 +366,34 @@ class ResponsesRequest(BaseModel):
 
 
 ROLES = ("user", "assistant", "system", "developer")
+NOT_READ = (
+    "web_search_call", "file_search_call", "code_interpreter_call", "image_generation_call",
+    "computer_call", "computer_call_output", "local_shell_call", "mcp_call", "mcp_list_tools",
+    "mcp_approval_request", "mcp_approval_response", "tool_search_call", "tool_search_output",
+    "compaction", "compaction_summary",
+)  # fmt: skip
+"""History items of OpenAI's own tools and remote compaction (a session begun against OpenAI,
+or one that used its web search): left out of the prompt, with a function_call_output that
+answers one of them, and counted in `x-omitted-items` and the log; refusing them would end the
+session."""
+
+
+def not_read(items: list[dict]) -> tuple[list[int], dict[str, int]]:
+    """The indices of the items left out of the prompt, and their count by type."""
+    skipped: list[int] = []
+    ids: set[str] = set()
+    counts: dict[str, int] = {}
+    for i, item in enumerate(items):
+        kind = item.get("type", "message")
+        answers = kind == "function_call_output" and item.get("call_id") in ids
+        if kind in NOT_READ or answers:
+            skipped.append(i)
+            counts[kind] = counts.get(kind, 0) + 1
+            if isinstance(item.get("call_id"), str):
+                ids.add(item["call_id"])
+    return skipped, counts
+
+
 ITEMS = ("message", "function_call", "function_call_output", "reasoning", "custom_tool_call",
          "custom_tool_call_output")  # fmt: skip
 
@@ -360,13 +430,17 @@ def _need_str(item: dict, key: str, where: str) -> None:
 def _check_items(items: list[dict]) -> None:
     """Each input item's fields, as OpenAI checks them: 400s that name the field."""
     calls: set[str] = set()
+    skipped = set(not_read(items)[0])
     for i, item in enumerate(items):
         at = f"input[{i}]"
         kind = item.get("type", "message")
+        if i in skipped:
+            continue
         if kind not in ITEMS:
             raise ParamError(
                 f"{at} is a '{kind}' item: only message, function_call, function_call_output, "
-                "custom_tool_call, custom_tool_call_output and reasoning items are read here",
+                "custom_tool_call, custom_tool_call_output and reasoning items are read here "
+                f"(and {', '.join(NOT_READ)} left out)",
                 f"{at}.type",
             )
         if kind == "message":

@@ -1188,6 +1188,90 @@ def test_responses_api_custom_tools_as_codex_offers_apply_patch(agent_server):
                                                for o in same.output]  # fmt: skip
 
 
+def test_responses_api_namespaced_tools_as_codex_sends_mcp_servers(agent_server, held_out):
+    """Codex sends each MCP server's tools as a `namespace` tool (a 400 before, so every turn
+    of a session with an MCP server failed): the model sees them by qualified name, the call
+    comes back naming its namespace and tool, and a resent call with its namespace renders as
+    the qualified function would. `tool_search` (deferred tools) is left out and said."""
+    ex = held_out[0]
+    client = agent_server.client()
+    ns = {"type": "namespace", "name": "mcp__files__", "description": "An MCP server.",
+          "tools": _flat_tools(ex)}  # fmt: skip
+    flat = [{**t, "name": "mcp__files__" + t["name"]} for t in _flat_tools(ex)]
+    kw = dict(model=agent_server.model, input=ex.messages[-2]["content"], max_output_tokens=64,
+              temperature=0.0, reasoning={"effort": "none"})  # fmt: skip
+    raw = client.responses.with_raw_response.create(
+        tools=[ns, {"type": "tool_search", "execution": "server"}], **kw)  # fmt: skip
+    assert raw.headers["x-omitted-tools"] == "tool_search"
+    r = raw.parse()
+    as_flat = client.responses.create(tools=flat, **kw)
+    assert r.usage.input_tokens == as_flat.usage.input_tokens
+    [call] = [o for o in r.output if o.type == "function_call"]
+    [flat_call] = [o for o in as_flat.output if o.type == "function_call"]
+    # (The small model may pick another offered tool under the prefixed names: the same one
+    # either way, the same prompt.)
+    assert call.namespace == "mcp__files__" and call.name in {t["name"] for t in ns["tools"]}
+    assert "mcp__files__" + call.name == flat_call.name
+    assert call.arguments == flat_call.arguments
+    items = [
+        {"role": "user", "content": kw["input"]},
+        {
+            "type": "function_call",
+            "call_id": call.call_id,
+            "namespace": "mcp__files__",
+            "name": call.name,
+            "arguments": call.arguments,
+        },
+        {"type": "function_call_output", "call_id": call.call_id, "output": "done"},
+    ]
+    flat_items = [items[0], {**items[1], "name": flat_call.name}, items[2]]
+    del flat_items[1]["namespace"]
+    again = client.responses.create(**{**kw, "input": items, "tools": [ns]})
+    flat_again = client.responses.create(**{**kw, "input": flat_items, "tools": flat})
+    assert again.usage.input_tokens == flat_again.usage.input_tokens > r.usage.input_tokens
+
+
+def test_responses_api_history_of_openais_own_tools_is_left_out_and_said(agent_server):
+    """A session begun against OpenAI (or one that used its web search or remote compaction)
+    resends items of OpenAI's own tools: left out of the prompt with the output that answers
+    them, and counted in x-omitted-items (a 400 before, ending the session)."""
+    url = f"{agent_server.url}/v1/responses"
+    user = {"role": "user", "content": "list the files"}
+    theirs = [
+        {"type": "web_search_call", "id": "ws_1", "status": "completed",
+         "action": {"type": "search", "query": "x"}},
+        {"type": "local_shell_call", "call_id": "ls_1", "status": "completed",
+         "action": {"type": "exec", "command": ["ls"], "env": {}}},
+        {"type": "function_call_output", "call_id": "ls_1", "output": "a.py"},
+        {"type": "compaction", "encrypted_content": "gAAAA"},
+    ]  # fmt: skip
+    body = {"model": agent_server.model, "max_output_tokens": 4, "temperature": 0}
+    with_them = httpx.post(url, json=body | {"input": [user, *theirs, user]}, timeout=60)
+    without = httpx.post(url, json=body | {"input": [user, user]}, timeout=60)
+    assert with_them.status_code == 200, with_them.text
+    assert with_them.headers["x-omitted-items"] == (
+        "compaction=1,function_call_output=1,local_shell_call=1,web_search_call=1"
+    )
+    assert "x-omitted-items" not in without.headers
+    assert with_them.json()["usage"]["input_tokens"] == without.json()["usage"]["input_tokens"]
+
+
+def test_responses_api_streamed_context_overflow_is_response_failed(agent_server):
+    """Codex streams every request and reads a context overflow only from a response.failed
+    event (an HTTP 400 ended its turn instead of dropping its oldest turns): a streamed
+    request too long for the context gets response.created, then response.failed with
+    code context_length_exceeded; not streamed, it stays a 400."""
+    url = f"{agent_server.url}/v1/responses"
+    limit = httpx.get(f"{agent_server.url}/v1/status").json()["max_model_len"]
+    body = {"model": agent_server.model, "input": "word " * limit}
+    plain = httpx.post(url, json=body, timeout=60)
+    assert plain.status_code == 400 and plain.json()["error"]["code"] == "context_length_exceeded"
+    events = [e for e in agent_server.client().responses.create(**body, stream=True)]
+    assert [e.type for e in events] == ["response.created", "response.failed"]
+    assert events[1].response.error.code == "context_length_exceeded"
+    assert f"maximum context length is {limit} tokens" in events[1].response.error.message
+
+
 def test_responses_api_refuses_what_it_cannot_do(agent_server):
     client = agent_server.client()
     for extra in ({"previous_response_id": "resp_1"}, {"tools": [{"type": "local_shell"}]},

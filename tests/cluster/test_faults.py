@@ -274,6 +274,21 @@ def test_a_stopped_leader_the_cluster_did_not_start_ends_its_streams(model_dir, 
                 os.killpg(pid, signal.SIGKILL)
 
 
+def _responses_stream(url: str, model: str, i: int) -> list[dict]:
+    """One streamed Responses request (as Codex sends it: no output cap); its events."""
+    # Any JSON object: the built-in model runs on inside its strings, so the reply is long.
+    body = {"model": model, "input": f"Request {i}: keep writing.", "stream": True,
+            "reasoning": {"effort": "none"}, "text": {"format": {"type": "json_object"}}}  # fmt: skip
+    events = []
+    with httpx.stream("POST", f"{url}/v1/responses", json=body, timeout=60) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                events.append(json.loads(line[6:]))
+                if events[-1]["type"] == "response.output_text.delta":
+                    streaming.add(i)
+    return events
+
+
 def test_shutdown_ends_open_streams_with_an_error_and_exits(model_dir, tmp_path):
     """SIGTERM (systemd's stop, launchd's unload) while streams are open: each ends with an
     error event and [DONE] at once, and the server exits; before, it waited for every stream
@@ -281,12 +296,14 @@ def test_shutdown_ends_open_streams_with_an_error_and_exits(model_dir, tmp_path)
     srv = Server(["--model", str(model_dir)], env={"CLUSTER_HOME": str(tmp_path / "home")})
     streaming.clear()
     try:
-        with cf.ThreadPoolExecutor(2) as pool:
+        with cf.ThreadPoolExecutor(3) as pool:
             futures = [pool.submit(_stream, srv.url, srv.model, i) for i in range(2)]
-            assert _wait(lambda: len(streaming) == 2, 30)
+            responses = pool.submit(_responses_stream, srv.url, srv.model, 2)
+            assert _wait(lambda: len(streaming) == 3, 30)
             srv.proc.send_signal(signal.SIGTERM)
             stopped = time.time()
             results = [f.result(timeout=60) for f in futures]
+            events = responses.result(timeout=60)
         srv.proc.wait(timeout=30)
         exited = time.time() - stopped
     finally:
@@ -295,6 +312,12 @@ def test_shutdown_ends_open_streams_with_an_error_and_exits(model_dir, tmp_path)
         assert r["error"] and r["done"] and r["ended"] - stopped < 5, r
         assert r["finish"] is None and r["tokens"] < 400  # cut, and said so
         assert "shutting down" in r["error"] and "replica" not in r["error"], r  # not a fault
+    # The Responses API's stream ends with an error event and response.failed (what Codex
+    # reads; it retried a stream that ended without response.completed).
+    assert [e["type"] for e in events[-2:]] == ["error", "response.failed"], events[-3:]
+    failed = events[-1]["response"]
+    assert failed["status"] == "failed" and "shutting down" in failed["error"]["message"]
+    assert failed["error"]["code"] and failed["output"][0]["type"] == "message", failed
     assert exited < 15, exited
 
 
