@@ -302,7 +302,7 @@ def test_a_step_that_ends_a_call_and_goes_on_with_text_is_two_deltas_in_order():
     the Responses items are built in); a step of several tokens that closes a call and writes
     text after it is two deltas, and the whole reply's blocks come out in generation order."""
     from cluster.api.anthropic import _Blocks
-    from cluster.api.responses import _Items
+    from cluster.api.responses_out import OutputItems as _Items
     from cluster.coordinator.coordinator import Output
 
     text = ("Checking.<tool_call>get_weather<arg_key>city</arg_key><arg_value>Oslo</arg_value>"
