@@ -90,7 +90,8 @@ def tool_arguments(arguments, param: str) -> dict:
     """A call's arguments as a mapping, from OpenAI's JSON string or a mapping. A string cut
     off mid-value (a reply that ended at max_tokens, this server's own among them: an agent
     resends it with its history) is read up to the cut, logged; refusing it would fail every
-    later turn of the session. JSON of another type than an object is a 400."""
+    later turn of the session. JSON of another type than an object (`null`, a list) is read
+    as no arguments, logged, for the same reason; a value that is not a string is a 400."""
     if isinstance(arguments, dict):
         return arguments
     if arguments is not None and not isinstance(arguments, str):
@@ -106,7 +107,10 @@ def tool_arguments(arguments, param: str) -> dict:
             with contextlib.suppress(ValueError):
                 value = json.loads(value)
         if not isinstance(value, dict):
-            raise BadRequest(f"'{param}' must be a JSON object", param=param)
+            if value is not None:
+                _warn_once(text, "%s: a call's arguments are JSON but not an object (%r); "
+                           "templated without them", param, text[:60])  # fmt: skip
+            return {}
         if closing:
             _warn_once(text, "%s: a call's arguments cut off (%d chars) read up to the cut",
                        param, len(text))  # fmt: skip
