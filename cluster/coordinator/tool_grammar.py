@@ -23,10 +23,16 @@ def value_text(value) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
+NUMBER_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
+STRING_BOUNDS = ("minLength", "maxLength", "pattern")
+LONGEST_BOUND = 4096  # characters a string's length bound may count to and still be held
+
+
 def _rule(schema, root) -> tuple[list[str], str, str]:
     """(the values a parameter may take when its schema closes the set, "integer" or
-    "number" when it asks for one, the JSON grammar of an array or object): `null` besides
-    where the schema allows it; a union of other types stays free text."""
+    "number" when it asks for one, the grammar of an array or object, or of a number or
+    string the schema bounds): `null` besides where the schema allows it; a union of other
+    types stays free text."""
     inner, nullable = resolve(schema, root)
     if inner is None:  # not a schema, or a union: any value
         return [], "", ""
@@ -40,6 +46,10 @@ def _rule(schema, root) -> tuple[list[str], str, str]:
     elif inner.get("type") == "boolean":
         choices = ["true", "false"]
     kind = inner.get("type") if not choices and inner.get("type") in ("integer", "number") else ""
+    if kind and any(k in inner for k in NUMBER_BOUNDS):  # JSON of the schema: its range
+        return [], "", json_grammar(inner, root, nullable)
+    if not choices and inner.get("type") == "string" and any(k in inner for k in STRING_BOUNDS):
+        return [], "", string_grammar(inner, nullable)
     if nullable and (choices or kind) and "null" not in choices:
         choices.append("null")
     return choices, kind, ""
@@ -86,6 +96,42 @@ def json_grammar(inner: dict, root, nullable: bool) -> str:
     except (TypeError, ValueError):
         return ""
     return _compiled(text)
+
+
+def string_grammar(inner: dict, nullable: bool) -> str:
+    """The grammar a bounded string value is held to, as GLM writes it (raw text): its
+    `pattern` (JSON Schema's: found anywhere in the value unless anchored), else its
+    `minLength` / `maxLength`; `null` besides when nullable."""
+    pattern = inner.get("pattern")
+    if isinstance(pattern, str) and pattern:
+        anchored = pattern.startswith("^") and pattern.endswith("$") and not pattern.endswith(
+            "\\$")  # fmt: skip
+        rx = f"(?:{pattern[1:-1]})" if anchored else f"(?s:.*)(?:{pattern})(?s:.*)"
+    else:
+        low = inner.get("minLength", 0)
+        high = inner.get("maxLength")
+        if not isinstance(low, int) or not (high is None or isinstance(high, int)):
+            return ""
+        if max(low, high or 0) > LONGEST_BOUND:  # (a bound that long rarely binds; free text)
+            return ""
+        rx = f"(?s:.{{{low},{'' if high is None else high}}})"
+    if nullable:
+        rx = f"null|{rx}"
+    return _compiled_regex(rx)
+
+
+@functools.lru_cache(maxsize=512)
+def _compiled_regex(rx: str) -> str:
+    try:
+        grammar = llguidance.LLMatcher.grammar_from_regex(rx)
+    except ValueError as e:
+        why = str(e)
+    else:
+        if not (why := llguidance.LLMatcher.validate_grammar(grammar)):
+            return grammar
+    log.warning("a tool's bounded string value is not held to its bounds (llguidance: %s); it "
+                "is written as free text", why.splitlines()[0][:300])  # fmt: skip
+    return ""
 
 
 def _rooted(schema, root: dict, named: dict[str, str], defs: dict):

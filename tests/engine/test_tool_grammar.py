@@ -3,6 +3,7 @@ row is one its grammar allowed; the same output pipelined or not, with MTP or n-
 speculation or without; the other rows of the batch decode as they would alone. The thinking
 budget: `</think>` where the budget ends, in every mode."""
 
+import json
 import random
 
 import pytest
@@ -139,8 +140,6 @@ def test_an_array_of_objects_is_written_as_its_schema_in_every_mode():
     """Claude Code's TodoWrite takes a list of objects; the built-in model wrote `["write"]`
     there. Held to its schema (json_values.py) the value is a list of such objects, the same
     in every mode, speculation included (each draft judged under its own limit)."""
-    import json
-
     from cluster.engine.json_values import JsonValues
 
     tok = PromptTokenizer(TRAINED)
@@ -206,8 +205,6 @@ def test_masks_keep_only_the_allowed_ids_and_skip_ids_past_the_logits():
 def test_a_structured_reply_is_json_of_its_schema_with_and_without_speculation():
     """response_format's grammar (ReplyJson): greedy and sampled rows decoding together, after
     </think> for a thinking reply; MTP and n-gram speculation give plain decoding's tokens."""
-    import json
-
     from cluster.coordinator.tool_grammar import json_grammar
 
     tok = PromptTokenizer(TRAINED)
@@ -243,8 +240,6 @@ def test_a_structured_reply_beside_tools_is_calls_or_json():
     opens with a call (held by the tool-call grammar) or is JSON of the schema. A held-out
     tool request comes back as its call, which the schema alone would have barred; a request
     the model answers in text is JSON; speculation gives plain decoding's tokens."""
-    import json
-
     from cluster.coordinator.tool_grammar import json_grammar
 
     tok = PromptTokenizer(TRAINED)
@@ -273,3 +268,46 @@ def test_a_structured_reply_beside_tools_is_calls_or_json():
             assert out[-1] == end and json.loads(tok.decode(out[:-1]))["answer"] in ("yes", "no")
     for method in ("mtp", "ngram"):
         assert run(EngineConfig(speculation=method), jobs) == plain, method
+
+
+def test_bounded_strings_and_numbers_keep_to_their_bounds():
+    """A schema's `maxLength` / `pattern` on a string and `minimum` / `maximum` on a number
+    hold the value as GLM writes it (clients that validate calls, OpenHands' pydantic models,
+    rejected values written past them); without the bounds the same requests write longer
+    strings."""
+    import re
+
+    tok = PromptTokenizer(TRAINED)
+    data, rng = AgentData(seed=0), random.Random(5)
+    exs = [data.conversation(held_out=True, rng=rng) for _ in range(6)]
+
+    def bounded(tools):
+        out = json.loads(json.dumps(tools))
+        for t in out:
+            for p in t["function"]["parameters"]["properties"].values():
+                if p.get("type") == "string" and "enum" not in p:
+                    p["maxLength"] = 3
+                elif p.get("type") == "integer":
+                    p.update(minimum=3, maximum=7)
+        return out
+
+    jobs = []
+    for ex in exs:
+        prompt = tok.chat(ex.messages[:-1], ex.tools, enable_thinking=False)
+        jobs += [(prompt, greedy(tool_grammar(tok, ex.tools, []))),
+                 (prompt, greedy(tool_grammar(tok, bounded(ex.tools), [])))]  # fmt: skip
+    outs = run(CONFIGS["pipelined"], jobs)
+    pair = re.compile(r"<arg_key>(.*?)</arg_key>\s*<arg_value>(.*?)</arg_value>", re.S)
+    longest = {False: 0, True: 0}
+    for i, out in enumerate(outs):
+        held = i % 2 == 1
+        types = {n: p for t in bounded(exs[i // 2].tools) for n, p in
+                 t["function"]["parameters"]["properties"].items()}  # fmt: skip
+        text = tok._backend.decode(out, skip_special_tokens=False)
+        for key, value in pair.findall(text):
+            kind = types.get(key, {})
+            if kind.get("maxLength"):
+                longest[held] = max(longest[held], len(value))
+            if held and kind.get("type") == "integer":
+                assert 3 <= int(value) <= 7, (key, value)
+    assert longest[True] <= 3 < longest[False], longest

@@ -501,3 +501,21 @@ def test_a_custom_tools_grammar_holds_its_input(caplog):
         assert format_grammar({"type": "grammar", "syntax": "lark", "definition": "start: ("}) == ""
         assert format_grammar({"type": "grammar", "syntax": "ebnf", "definition": "x"}) == ""
     assert caplog.text.count("not held to its grammar") == 2
+
+
+def test_bounded_values_get_their_grammars(caplog):
+    """A number with a range and a string with a length or pattern get a grammar (the engine
+    holds the value as GLM writes it: raw text for strings); a bound llguidance cannot read
+    is logged and leaves the value free, as a huge length does."""
+    from cluster.coordinator.tool_grammar import _rule, string_grammar
+
+    assert _rule({"type": "integer", "minimum": 3, "maximum": 7}, {})[2]
+    assert _rule({"type": "integer"}, {})[1:] == ("integer", "")  # unbounded: number tokens
+    assert _rule({"type": "string", "maxLength": 3}, {})[2]
+    assert _rule({"type": "string"}, {}) == ([], "", "")
+    assert string_grammar({"pattern": "^[a-z]+$"}, False)
+    assert string_grammar({"pattern": "[0-9]{3}"}, True)
+    assert string_grammar({"maxLength": 100_000}, False) == ""
+    with caplog.at_level("WARNING"):
+        assert string_grammar({"pattern": "(?=a)b"}, False) == ""
+    assert "not held to its bounds" in caplog.text
