@@ -99,7 +99,7 @@ def router(coordinator: Coordinator, defaults: ChatDefaults) -> APIRouter:
             "model": coordinator.reply_name(body.model), "instructions": body.instructions,
             "tools": [t.model_dump(exclude_none=True) for t in body.tools or []],
             "tool_choice": body.tool_choice if isinstance(body.tool_choice, str)
-            else body.tool_choice.model_dump(),
+            else body.tool_choice.model_dump(exclude_none=True),
             "parallel_tool_calls": body.parallel_tool_calls, "temperature": body.temperature,
             "top_p": body.top_p, "max_output_tokens": body.max_output_tokens,
             "max_tool_calls": body.max_tool_calls, "truncation": body.truncation,

@@ -98,6 +98,12 @@ class FunctionTool(BaseModel):
 class NamedFunction(BaseModel):
     type: Literal["function", "custom"]
     name: str
+    namespace: str | None = None
+
+    @property
+    def qualified(self) -> str:
+        """The name the model sees (a namespace's tool by its qualified name)."""
+        return qualified(self.namespace, self.name)
 
 
 class Reasoning(BaseModel):
@@ -241,15 +247,15 @@ class ResponsesRequest(BaseModel):
         if c == "required" and not names:
             raise ParamError("tool_choice 'required' needs at least one tool in 'tools'",
                              "tool_choice")  # fmt: skip
-        if isinstance(c, NamedFunction) and c.name not in names:
-            raise ParamError(f"tool_choice names '{c.name}', which is not in 'tools' "
+        if isinstance(c, NamedFunction) and c.qualified not in names:
+            raise ParamError(f"tool_choice names '{c.qualified}', which is not in 'tools' "
                              f"({', '.join(sorted(names)) or 'none given'})",
                              "tool_choice")  # fmt: skip
         return self
 
     def choice(self) -> str | None:
         c = self.tool_choice
-        return c.name if isinstance(c, NamedFunction) else c
+        return c.qualified if isinstance(c, NamedFunction) else c
 
     def functions(self) -> list[FunctionTool]:
         """The tools the model sees: functions and custom tools, a namespace's by their

@@ -1212,6 +1212,9 @@ def test_responses_api_namespaced_tools_as_codex_sends_mcp_servers(agent_server,
     # either way, the same prompt.)
     assert call.namespace == "mcp__files__" and call.name in {t["name"] for t in ns["tools"]}
     assert "mcp__files__" + call.name == flat_call.name
+    named = {"type": "function", "namespace": "mcp__files__", "name": call.name}
+    forced = client.responses.create(tools=[ns], tool_choice=named, **kw)
+    assert (forced.output[0].namespace, forced.output[0].name) == ("mcp__files__", call.name)
     assert call.arguments == flat_call.arguments
     items = [
         {"role": "user", "content": kw["input"]},
