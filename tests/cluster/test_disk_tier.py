@@ -85,6 +85,7 @@ def test_a_session_prefix_survives_a_replica_restart_on_disk(tmp_path, tp):
         srv.stop()
 
 
+@pytest.mark.slow  # (about 20-70 s: `make test-slow`)
 def test_other_weights_or_speculation_never_read_the_old_files(tmp_path):
     """Weights changed under the same shapes and file sizes (a fine-tune, a re-download) read
     the old weights' KV from disk: wrong output, no word. Speculation turned on over a plain

@@ -3,6 +3,7 @@
 import hashlib
 import json
 
+import pytest
 from safetensors import safe_open
 
 from cluster.fixture.model import write_fixture
@@ -39,6 +40,7 @@ def test_checkpoint_carries_the_mtp_layer_in_hf_names(model_dir):
     assert "model.layers.0.mlp.gate_proj.weight" in keys  # a dense first layer
 
 
+@pytest.mark.slow  # (about 20-70 s: `make test-slow`)
 def test_same_seed_same_bytes(tmp_path):
     def digest(d):
         return hashlib.sha256((d / "model.safetensors").read_bytes()).hexdigest()

@@ -48,6 +48,7 @@ def test_the_chained_pass_is_the_layers_second_draft_as_served(trained):
     assert mx.abs(wrong[0, 7] - hidden2[0, 7]).max().item() > 1e-2
 
 
+@pytest.mark.slow  # (about 20-70 s: `make test-slow`)
 def test_distilling_moves_the_mtp_layer_and_nothing_else(tmp_path):
     import mlx.core as mx
 

@@ -11,6 +11,8 @@ from cluster.config import EngineConfig
 from cluster.engine.build import build_engine
 from cluster.types import EngineRequest, RequestId, SamplingParams
 
+pytestmark = pytest.mark.slow  # the recipe run small: about 2 minutes (`make test-slow`)
+
 
 @pytest.fixture(scope="module")
 def trained_small(tmp_path_factory):
