@@ -34,6 +34,7 @@ def _serve(args) -> int:
         load_timeout=args.load_timeout,
         tool_call_grammar=not args.no_tool_call_grammar,
         thinking_budget=args.thinking_budget,
+        default_max_tokens=args.default_max_tokens,
     )
     serve(options, engine_config(args))
     return 0

@@ -70,6 +70,9 @@ class ServeOptions:
     """Keep the model's tool calls to the offered tools' names, keys and listed values."""
     thinking_budget: int | None = None
     """Thinking tokens a reply may take when its request sets no budget (None: no limit)."""
+    default_max_tokens: int | None = None
+    """Tokens a reply may take when its request sets no cap (None: the context's room; Codex
+    sends none, so a reply that loops runs to the context's end)."""
 
     def __post_init__(self):
         checks = {
@@ -84,6 +87,8 @@ class ServeOptions:
                                "seconds > 0"),
             "--thinking-budget": (self.thinking_budget is None or self.thinking_budget >= 0,
                                   "tokens >= 0"),
+            "--default-max-tokens": (self.default_max_tokens is None
+                                     or self.default_max_tokens >= 1, "tokens >= 1"),
         }  # fmt: skip
         for flag, (ok, wanted) in checks.items():
             if not ok:
@@ -253,6 +258,7 @@ def serve(options: ServeOptions, engine: EngineConfig) -> None:
         "chat_template_args": dict(options.chat_template_args),
         "tool_call_grammar": options.tool_call_grammar,
         "thinking_budget": options.thinking_budget,
+        "default_max_tokens": options.default_max_tokens,
     }
 
     try:
@@ -275,6 +281,7 @@ def serve(options: ServeOptions, engine: EngineConfig) -> None:
         policy=options.routing,
         block_size=engine.block_size,
         aliases=aliases,
+        default_max_tokens=options.default_max_tokens,
     )
     supervisor = Supervisor(
         launcher,

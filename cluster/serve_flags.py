@@ -86,6 +86,13 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         "that set no budget of their own (default: no limit)",
     )
     p.add_argument(
+        "--default-max-tokens",
+        type=int,
+        default=None,
+        help="tokens a reply may take when its request sets no max_tokens (default: the room "
+        "the context leaves; Codex sends none, so a reply that loops would run that far)",
+    )
+    p.add_argument(
         "--no-tool-call-grammar",
         action="store_true",
         help="let the model write tool calls freely (default: each call is kept to an offered "

@@ -113,12 +113,15 @@ class Coordinator:
         policy: str = "prefix_affinity",
         block_size: int = 16,
         aliases: tuple[str, ...] = (),
+        default_max_tokens: int | None = None,
     ):
         self.model_name = model_name
         self.aliases = tuple(a for a in aliases if a != model_name)
         """Other names requests may use for the served model (`--served-model-name A B ...`)."""
         self.tokenizer = tokenizer
         self.max_queue = max_queue
+        self.default_max_tokens = default_max_tokens
+        """A reply's cap when its request sets none (`--default-max-tokens`; None: the room)."""
         self.settings = settings or {}
         self.metrics = metrics or Metrics(model_name)
         self.replicas = Replicas(on_new=self.metrics.start_replica)
@@ -181,7 +184,7 @@ class Coordinator:
             )
         room = limit - prompt_len
         if max_tokens is None:
-            return room
+            return min(room, self.default_max_tokens or room)
         if max_tokens > room:
             # The figures in the words agents parse to retry with a smaller cap (Hermes reads
             # `available_tokens N`; "requested ... output tokens" says the cap is the problem).

@@ -124,7 +124,7 @@ def _serve_options() -> frozenset[str]:
     from ..config import EngineConfig
 
     coordinator = {"api_key", "chat_template_args", "load_timeout", "probe_seconds", "routing",
-                   "thinking_budget", "tool_call_grammar"}  # fmt: skip
+                   "thinking_budget", "tool_call_grammar", "default_max_tokens"}  # fmt: skip
     return frozenset({f.name for f in fields(EngineConfig)} | coordinator) - set(KNOWN_KEYS)
 
 

@@ -579,3 +579,28 @@ def test_an_anthropic_base_url_ending_in_v1_is_named(server):
               for line in httpx.get(f"{server.url}/metrics").text.splitlines()
               if line.startswith("cluster:requests_rejected_total{")}  # fmt: skip
     assert counts.get("404", 0) >= 1 and counts.get("405", 0) >= 1, counts
+
+
+def test_a_default_cap_holds_replies_whose_requests_set_none(model_dir, tmp_path):
+    """--default-max-tokens caps a reply whose request sets no max_tokens (Codex's never do:
+    a looping reply ran to the context's end); a request's own cap still wins; /v1/status
+    shows the setting."""
+    from conftest import Server
+
+    srv = Server(["--model", str(model_dir), "--default-max-tokens", "5"],
+                 env={"CLUSTER_HOME": str(tmp_path)})  # fmt: skip
+    try:
+        client = srv.client()
+        user = [{"role": "user", "content": "Write a long story."}]
+        capped = client.chat.completions.create(model=srv.model, messages=user, **GREEDY,
+                                                extra_body={"ignore_eos": True})  # fmt: skip
+        assert capped.usage.completion_tokens == 5 and capped.choices[0].finish_reason == "length"
+        own = client.chat.completions.create(model=srv.model, messages=user, max_tokens=9,
+                                             extra_body={"ignore_eos": True}, **GREEDY)  # fmt: skip
+        assert own.usage.completion_tokens == 9
+        r = client.responses.create(model=srv.model, input="Write a long story.", **GREEDY)
+        assert r.usage.output_tokens <= 5
+        status = httpx.get(f"{srv.url}/v1/status").json()
+        assert status["settings"]["default_max_tokens"] == 5
+    finally:
+        srv.stop()
