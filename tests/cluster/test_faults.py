@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from conftest import ROOT, Server
 from test_cluster import _wait, rank_pids, status
 
@@ -361,6 +362,7 @@ def test_a_stopped_follower_ends_its_stream_and_the_replica_comes_back(model_dir
     assert "hung" in got["error"] and "rank 1 is stopped" in got["reason"]
 
 
+@pytest.mark.slow  # (the follower's twin stays in `make test`; about 20 s)
 def test_a_stopped_leader_ends_its_stream_and_the_replica_comes_back(model_dir, tmp_path):
     got = _hang_test(model_dir, tmp_path, rank=0)
     assert got["ended"] < 30 and got["ready"] < 60

@@ -117,6 +117,7 @@ def test_a_batch_drafts_every_row_in_one_forward_per_position(prompts, weak_draf
     assert (2, 1) in shapes
 
 
+@pytest.mark.slow  # (about 20 s each: `make test-slow`)
 @pytest.mark.parametrize("which", ["weak", "target"])
 def test_sampling_with_a_draft_keeps_the_distribution(prompts, weak_draft, which):
     """Rejection sampling is lossless whether the draft is always wrong (weak: every draft
