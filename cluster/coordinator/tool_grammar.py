@@ -64,20 +64,29 @@ leaving the whole value free; `oneOf` is held as `anyOf`."""
 """Where a tool's schema keeps the shared schemas its `$ref`s name."""
 
 
-@functools.lru_cache(maxsize=512)
-def _compiled(schema_json: str) -> str:
-    """An llguidance grammar of a JSON schema ('' when llguidance cannot hold values to it:
-    the value is then free text, as before)."""
+def _checked(compile_, source: str, what: str) -> str:
+    """compile_(source) as an llguidance grammar it validates; '' when it cannot (logged as
+    `what` not held, the value then free text)."""
     try:
-        grammar = llguidance.LLMatcher.grammar_from_json_schema(schema_json, defaults=JSON_FORM)
+        grammar = compile_(source)
     except ValueError as e:
         why = str(e)
     else:
         if not (why := llguidance.LLMatcher.validate_grammar(grammar)):
             return grammar
-    log.warning("a tool's array or object value is not held to its schema (llguidance: %s); "
-                "it is written as free text", why.splitlines()[0][:300])  # fmt: skip
+    log.warning("%s (llguidance: %s); it is written as free text", what,
+                why.splitlines()[0][:300])  # fmt: skip
     return ""
+
+
+@functools.lru_cache(maxsize=512)
+def _compiled(schema_json: str) -> str:
+    """An llguidance grammar of a JSON schema ('' when llguidance cannot hold values to it:
+    the value is then free text, as before)."""
+    return _checked(
+        lambda text: llguidance.LLMatcher.grammar_from_json_schema(text, defaults=JSON_FORM),
+        schema_json, "a tool's array or object value is not held to its schema",
+    )  # fmt: skip
 
 
 def json_grammar(inner: dict, root, nullable: bool) -> str:
@@ -122,16 +131,8 @@ def string_grammar(inner: dict, nullable: bool) -> str:
 
 @functools.lru_cache(maxsize=512)
 def _compiled_regex(rx: str) -> str:
-    try:
-        grammar = llguidance.LLMatcher.grammar_from_regex(rx)
-    except ValueError as e:
-        why = str(e)
-    else:
-        if not (why := llguidance.LLMatcher.validate_grammar(grammar)):
-            return grammar
-    log.warning("a tool's bounded string value is not held to its bounds (llguidance: %s); it "
-                "is written as free text", why.splitlines()[0][:300])  # fmt: skip
-    return ""
+    return _checked(llguidance.LLMatcher.grammar_from_regex, rx,
+                    "a tool's bounded string value is not held to its bounds")  # fmt: skip
 
 
 def _rooted(schema, root: dict, named: dict[str, str], defs: dict):
@@ -167,20 +168,12 @@ def format_grammar(fmt: dict) -> str:
 
 @functools.lru_cache(maxsize=64)
 def _compiled_format(syntax: str, definition: str) -> str:
+    def unknown(_):
+        raise ValueError(f"syntax '{syntax}' is not lark or regex")
+
     compile_ = {"lark": llguidance.LLMatcher.grammar_from_lark,
-                "regex": llguidance.LLMatcher.grammar_from_regex}.get(syntax)  # fmt: skip
-    why = f"syntax '{syntax}' is not lark or regex"
-    if compile_ is not None:
-        try:
-            grammar = compile_(definition)
-        except ValueError as e:
-            why = str(e)
-        else:
-            if not (why := llguidance.LLMatcher.validate_grammar(grammar)):
-                return grammar
-    log.warning("a custom tool's input is not held to its grammar (llguidance: %s); it is "
-                "written as free text", why.splitlines()[0][:300])  # fmt: skip
-    return ""
+                "regex": llguidance.LLMatcher.grammar_from_regex}.get(syntax, unknown)  # fmt: skip
+    return _checked(compile_, definition, "a custom tool's input is not held to its grammar")
 
 
 def _tokens(tokenizer: PromptTokenizer, text: str) -> tuple[int, ...]:
