@@ -83,6 +83,40 @@ def test_with_spaces_isolated_a_word_is_the_same_tokens_wherever_it_stands():
         assert spaced[-len(alone) :] == alone and tagged[1 : 1 + len(alone)] == alone
 
 
+@pytest.mark.parametrize("sparse", [False, True])
+def test_training_attention_is_the_served_attention(loaded, sparse):
+    """Training scores causal attention in blocks of queries (each against the keys up to its
+    last query); its output must be mlx-lm's, dense and with the indexer's sparse selection,
+    and its indexer target each strided query's distribution over the keys it may see."""
+    import mlx.core as mx
+    import numpy as np
+    from mlx_lm.models.base import create_attention_mask
+
+    from cluster.fixture import indexer_loss
+
+    model, _, _ = loaded
+    attn = model.model.layers[1].self_attn
+    n = 2 * indexer_loss.BLOCK + 45  # not a whole number of blocks
+    topk = attn.indexer.index_topk
+    try:
+        if not sparse:
+            attn.indexer.index_topk = n
+        x = mx.random.normal((2, n, model.args.hidden_size), key=mx.random.key(3))
+        mask = create_attention_mask(x, None, return_array=True)
+        out, target = indexer_loss.attention(attn, x, mask)
+        served = attn(x, mask=mask)
+    finally:
+        attn.indexer.index_topk = topk
+    assert np.allclose(np.array(out), np.array(served), atol=1e-5)
+    queries = np.arange(0, n, indexer_loss.QUERY_STRIDE)
+    t = np.array(target)
+    assert t.shape == (2, len(queries), n)
+    assert np.allclose(t.sum(-1), 1.0, atol=1e-5)
+    assert not (t * (np.arange(n)[None, None] > queries[None, :, None])).any()  # causal
+    seen = (t > 0).sum(-1)
+    assert (seen <= topk).all() if sparse else (seen == queries + 1).all()
+
+
 def _copy_accuracy(model, tokenizer_json, seed: int = 5) -> float:
     """Teacher-forced accuracy on the second copy of spans of random words."""
     import mlx.core as mx
