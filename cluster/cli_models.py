@@ -39,7 +39,7 @@ def _fixture_model(args) -> int:
         out, metrics = train(args.out_dir, steps=args.steps, seed=args.seed,
                              induction=args.induction, call_warmup=args.call_warmup,
                              every_token=args.every_token, agent_share=args.agent_share,
-                             length=args.length, batch=args.batch,
+                             length=args.length, batch=args.batch, streams=args.streams,
                              mtp_distill_steps=args.mtp_distill_steps)  # fmt: skip
         print(
             f"wrote {out}: held-out loss {metrics['main_loss']:.3f}, MTP {metrics['mtp_loss']:.3f}"
@@ -164,6 +164,13 @@ def add_model_file_commands(sub) -> None:
         "--length", type=int, default=640, help="with --train: window length (default 640)"
     )
     p.add_argument("--batch", type=int, default=6, help="with --train: windows a step (default 6)")
+    p.add_argument(
+        "--streams",
+        type=int,
+        default=2,
+        help="with --train: each step's windows split over this many CPU streams, a thread each "
+        "(default 2: a 2-core machine's both cores)",
+    )
     p.add_argument(
         "--mtp-distill-steps",
         type=int,

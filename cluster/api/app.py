@@ -166,7 +166,9 @@ def create_app(
         grammar = chat_defaults.tool_grammar
         prompt = await off_loop(long, build_prompt, tok, messages, tools, choice, args, grammar,
                                 body.continue_final_message)  # fmt: skip
-        max_calls = None if body.parallel_tool_calls else 1
+        # OpenAI: a named function is exactly one call; parallel_tool_calls false at most one
+        one = isinstance(body.tool_choice, NamedToolChoice) or not body.parallel_tool_calls
+        max_calls = 1 if one else None
         processor = chat_processor(tok, prompt, tools, body.stop, max_calls)
         limits = prompt.limits(chat_defaults.budget(body.thinking_budget))
         if (schema := reply_schema(body.response_format, "response_format")) is not None:

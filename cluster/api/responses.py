@@ -61,7 +61,9 @@ def router(coordinator: Coordinator, defaults: ChatDefaults) -> APIRouter:
         coordinator.check_model(body.model)
         long = chars(body.input, body.instructions, body.tools) > LONG_CHARS
         prompt, tools, dropped = await off_loop(long, prompt_of, body)
-        max_calls = 1 if not body.parallel_tool_calls else body.max_tool_calls
+        # a named function (or custom tool) is exactly one call, as in OpenAI's API
+        one = not isinstance(body.tool_choice, str) or not body.parallel_tool_calls
+        max_calls = 1 if one else body.max_tool_calls
         processor = chat_processor(coordinator.tokenizer, prompt, tools, [], max_calls)
         try:
             max_tokens = coordinator.check_length(

@@ -224,7 +224,8 @@ def test_tool_choice_required_named_and_none(agent_server, held_out):
     named = client.chat.completions.create(
         tool_choice={"type": "function", "function": {"name": other}}, **kw
     ).choices[0]
-    assert {c.function.name for c in named.message.tool_calls} == {other}
+    # a named function is exactly one call (OpenAI's "forced function")
+    assert [c.function.name for c in named.message.tool_calls] == [other]
     none = client.chat.completions.create(tool_choice="none", **kw).choices[0]
     assert not none.message.tool_calls and none.finish_reason in ("stop", "length")
     seen_content.extend(c.message.content or "" for c in (required, named, none))
