@@ -134,7 +134,7 @@ def add_model_file_commands(sub) -> None:
         action="store_true",
         help="train it on the standard library and agent conversations",
     )
-    p.add_argument("--steps", type=int, default=800, help="training steps (default 800)")
+    p.add_argument("--steps", type=int, default=1100, help="training steps (default 1100)")
     p.add_argument(
         "--induction",
         action=argparse.BooleanOptionalAction,
