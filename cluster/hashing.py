@@ -1,7 +1,8 @@
 """Chained block hashes of token prefixes: one definition for engines and the coordinator."""
 
+import array
 import hashlib
-import struct
+import sys
 from collections.abc import Sequence
 
 BlockHash = int
@@ -21,14 +22,42 @@ def extend_hashes(
     hashes: list[BlockHash], tokens: Sequence[int], block_size: int, seed: bytes = b""
 ) -> list[BlockHash]:
     """Append to `hashes` (those of tokens' first blocks) the hashes of tokens' further full
-    blocks, chained on; returns the same list. A sequence hashes each block once."""
+    blocks, chained on; returns the same list. A sequence hashes each block once.
+
+    A block's hash: blake2b (8 bytes, keyed by seed) of the previous block's hash (8 bytes,
+    little-endian; 0 before the first) then the block's ids (4 bytes each, little-endian)."""
+    start = len(hashes) * block_size
+    end = len(tokens) // block_size * block_size
+    if end <= start:
+        return hashes
+    data = _u32_bytes(tokens[start:end])
+    keyed = hashlib.blake2b(digest_size=8, key=seed)  # the key's setup once, copied per block
     prev = hashes[-1] if hashes else 0
-    for start in range(len(hashes) * block_size, len(tokens) - block_size + 1, block_size):
-        block = tokens[start : start + block_size]
-        data = struct.pack(f"<Q{block_size}I", prev, *block)
-        prev = int.from_bytes(hashlib.blake2b(data, digest_size=8, key=seed).digest(), "little")
+    step = 4 * block_size
+    for off in range(0, len(data), step):
+        prev = _chain(keyed, prev, data[off : off + step])
         hashes.append(prev)
     return hashes
+
+
+def _chain(keyed, prev: BlockHash, block: bytes) -> BlockHash:
+    h = keyed.copy()
+    h.update(prev.to_bytes(8, "little"))
+    h.update(block)
+    return int.from_bytes(h.digest(), "little")
+
+
+def _u32_bytes(tokens: Sequence[int]) -> bytes:
+    """Token ids as little-endian uint32s (from a list: array's C loop, ~3x numpy's here)."""
+    if hasattr(tokens, "astype"):  # a numpy array
+        return tokens.astype("<u4").tobytes()
+    packed = array.array("I", tokens)
+    if sys.byteorder != "little":
+        packed.byteswap()
+    return packed.tobytes()
+
+
+assert array.array("I").itemsize == 4, "token ids are packed as 4-byte integers"
 
 
 PROMPT_SEAM = 2

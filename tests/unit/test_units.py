@@ -20,6 +20,35 @@ def test_block_hashes_are_chained_and_seeded():
     )
 
 
+def test_block_hashes_keep_their_definition():
+    """The bytes hashed are the documented ones (engines and coordinators of one cluster must
+    agree), from a list, a tuple or a numpy array, at once or extended."""
+    import hashlib
+    import struct
+
+    import numpy as np
+
+    from cluster.hashing import extend_hashes
+
+    def reference(tokens, size, seed):
+        out, prev = [], 0
+        for s in range(0, len(tokens) - size + 1, size):
+            data = struct.pack(f"<Q{size}I", prev, *tokens[s : s + size])
+            prev = int.from_bytes(hashlib.blake2b(data, digest_size=8, key=seed).digest(), "little")
+            out.append(prev)
+        return out
+
+    tokens = [int(t) for t in np.random.default_rng(0).integers(0, 2**32, 1000, dtype=np.uint64)]
+    want = reference(tokens, 16, b"seed")
+    assert len(want) == 62 and want[-1] != want[-2]
+    assert block_hashes(tokens, 16, b"seed") == want
+    assert block_hashes(tuple(tokens), 16, b"seed") == want
+    assert block_hashes(np.array(tokens, np.int64), 16, b"seed") == want
+    assert extend_hashes(block_hashes(tokens[:100], 16, b"seed"), tokens, 16, b"seed") == want
+    assert block_hashes(tokens[:15], 16, b"seed") == []
+    assert block_hashes(tokens, 16) == reference(tokens, 16, b"")
+
+
 def test_stop_matcher_holds_back_partial_stop():
     m = StopMatcher(["STOP"])
     assert m.feed("abc ST") == ("abc ", False)
