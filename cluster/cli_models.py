@@ -33,14 +33,25 @@ def _fixture_model(args) -> int:
         from .launch.blas import reexec_with_openblas
 
         reexec_with_openblas()
+        import logging
+        import os
+
         from .fixture.agent_eval import write_eval
+        from .fixture.data_parallel import RANK_ENV, joined, launch, relaunch_argv
         from .fixture.train import train
 
+        if args.ranks > 1 and RANK_ENV not in os.environ:  # this command again, as the ranks
+            return launch(args.ranks, relaunch_argv())
+        ranks = joined()
+        if not ranks.lead:  # rank 0 logs and writes
+            logging.getLogger().setLevel(logging.WARNING)
         out, metrics = train(args.out_dir, steps=args.steps, seed=args.seed,
                              induction=args.induction, call_warmup=args.call_warmup,
                              every_token=args.every_token, agent_share=args.agent_share,
-                             length=args.length, batch=args.batch, streams=args.streams,
+                             length=args.length, batch=args.batch, ranks=ranks,
                              mtp_distill_steps=args.mtp_distill_steps)  # fmt: skip
+        if not ranks.lead:
+            return 0
         print(
             f"wrote {out}: held-out loss {metrics['main_loss']:.3f}, MTP {metrics['mtp_loss']:.3f}"
         )
@@ -165,11 +176,11 @@ def add_model_file_commands(sub) -> None:
     )
     p.add_argument("--batch", type=int, default=6, help="with --train: windows a step (default 6)")
     p.add_argument(
-        "--streams",
+        "--ranks",
         type=int,
         default=2,
-        help="with --train: each step's windows split over this many CPU streams, a thread each "
-        "(default 2: a 2-core machine's both cores)",
+        help="with --train: each step's windows split over this many processes on this machine, "
+        "a core each, their gradients averaged over MLX's ring (default 2; 1: one process)",
     )
     p.add_argument(
         "--mtp-distill-steps",

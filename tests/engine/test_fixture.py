@@ -146,31 +146,3 @@ def test_the_planted_induction_circuit_copies_before_any_training(tmp_path):
     assert _copy_accuracy(model, out / "tokenizer.json") < 0.05  # random weights do not copy
     plant(model)
     assert _copy_accuracy(model, out / "tokenizer.json") > 0.95
-
-
-def test_a_step_split_over_streams_has_the_whole_batchs_gradient():
-    """Training splits each step's rows over CPU streams and averages the slices' gradients:
-    for a loss that is a mean over equal slices that is the whole batch's gradient."""
-    import mlx.core as mx
-    import mlx.nn as nn
-    import numpy as np
-    from mlx.utils import tree_flatten
-
-    from cluster.fixture.streams import split_value_and_grad
-
-    mx.random.seed(1)
-    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
-    x, y = mx.random.normal((8, 16)), mx.random.randint(0, 4, (8,))
-
-    def loss_fn(m, x, y):
-        loss = nn.losses.cross_entropy(m(x), y).mean()
-        return loss, (loss * 2,)
-
-    step_fn = nn.value_and_grad(model, loss_fn)
-    (whole, _), g1 = step_fn(model, x, y)
-    lanes = [mx.new_stream(mx.cpu), mx.new_stream(mx.cpu)]
-    (split, (twice,)), g2 = split_value_and_grad(step_fn, model, (x, y), lanes)
-    assert np.isclose(whole.item(), split.item(), atol=1e-6)
-    assert np.isclose(twice.item(), 2 * split.item(), atol=1e-6)
-    for (k, a), (_, b) in zip(tree_flatten(g1), tree_flatten(g2), strict=True):
-        assert np.allclose(np.array(a), np.array(b), atol=1e-6), k

@@ -19,11 +19,36 @@ def trained_small(tmp_path_factory):
     from cluster.fixture.train import train
 
     out = tmp_path_factory.mktemp("recipe") / "model"
-    # Every phase: the planted circuit, the bare warm-up, full windows (longer than
-    # index_topk, the last quarter sparse), the MTP phase, the held-out evaluation.
-    return train(out, steps=4, batch=2, length=160, conversations=120, probe_every=2,
-                 call_warmup=1, mtp_distill_steps=2, corpus_bytes=400_000, distill_rows=68,
-                 eval_batches=1)  # fmt: skip
+    return train(out, **SMALL)
+
+
+SMALL = dict(steps=4, batch=2, length=160, conversations=120, probe_every=2, call_warmup=1,
+             mtp_distill_steps=2, corpus_bytes=400_000, distill_rows=68,
+             eval_batches=1)  # fmt: skip
+"""Every phase: the planted circuit, the bare warm-up, full windows (longer than index_topk,
+the last quarter sparse), the MTP phase, the held-out evaluation."""
+
+
+def test_two_ranks_run_the_recipe_as_one_process_does(trained_small, tmp_path):
+    """The recipe's default: each step's windows split over two processes (`--ranks 2`),
+    launched as the command launches them; rank 0 writes, the ranks' weights agree (the
+    recipe checks), and it learns as one process does (a step's loss is each rank's mean, so
+    not bit for bit)."""
+    import sys
+
+    from cluster.fixture.data_parallel import launch
+
+    out = tmp_path / "model"
+    code = (
+        "from cluster.fixture.data_parallel import joined\n"
+        "from cluster.fixture.train import train\n"
+        f"train({str(out)!r}, **{SMALL!r}, ranks=joined())\n"
+    )
+    assert launch(2, [sys.executable, "-c", code]) == 0
+    metrics = json.loads((out / "training.json").read_text())
+    assert metrics["ranks"] == 2 and trained_small[1]["ranks"] == 1
+    assert abs(metrics["main_loss"] - trained_small[1]["main_loss"]) < 0.05 * metrics["main_loss"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # each rank's start removed
 
 
 def test_every_phase_runs_and_writes_what_it_measured(trained_small):
