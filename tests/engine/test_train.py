@@ -47,6 +47,8 @@ def test_two_ranks_run_the_recipe_as_one_process_does(trained_small, tmp_path):
     assert launch(2, [sys.executable, "-c", code]) == 0
     metrics = json.loads((out / "training.json").read_text())
     assert metrics["ranks"] == 2 and trained_small[1]["ranks"] == 1
+    probe = metrics["held_out_calls_teacher_forced"]  # scored a half a rank, counts summed
+    assert set(probe) == set(trained_small[1]["held_out_calls_teacher_forced"])
     assert abs(metrics["main_loss"] - trained_small[1]["main_loss"]) < 0.05 * metrics["main_loss"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # each rank's start removed
 
