@@ -94,6 +94,7 @@ def test_leader_kill_under_16_streams(model_dir, tmp_path):
         srv.stop()
 
 
+@pytest.mark.slow  # 37 s; moved when `make test` read 19.6 minutes
 def test_requests_waiting_for_their_first_token_move_to_the_other_replica(model_dir, tmp_path):
     """kill -9 of one replica's leader while 16 requests wait for their first token (long
     prompts still prefilling): every one that had no token yet completes, on the other

@@ -71,6 +71,7 @@ def test_a_longest_prompt_delays_decoding_streams_by_one_chunk(tmp_path):
     assert gaps and max(gaps) < 2.5 * per_chunk, (max(gaps), per_chunk)
 
 
+@pytest.mark.slow  # 27 s; moved when `make test` read 19.6 minutes
 def test_a_silent_prefill_streams_heartbeats_the_sdks_ignore(tmp_path):
     """While a long prompt prefills nothing else is sent, and proxies and clients cut streams
     that stay silent (then retry from zero): SSE comments (OpenAI's routes) and `ping` events
