@@ -72,7 +72,9 @@ def measure(ranks: int, block: int, steps: int) -> float:
 
     argv = [sys.executable, __file__, "--worker", str(block), "--steps", str(steps)]
     if ranks > 1:  # as `fixture-model --train --ranks N` runs them
-        env = openblas_env() | {"OPENBLAS_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+        from cluster.fixture.data_parallel import RANK_EXTRA_ENV
+
+        env = openblas_env() | RANK_EXTRA_ENV
         return run_on_ring(ranks, argv, "STEP", timeout=900, env=env)
     out = subprocess.run(argv, env=openblas_env(), capture_output=True, text=True, check=True)
     return json.loads(out.stdout.split("STEP ")[-1])

@@ -99,6 +99,21 @@ def ring_ranks(ranks: int, argv: list[str], workdir: str | Path,
     return procs
 
 
+def wait_ranks(procs: list[subprocess.Popen], timeout: float | None = None) -> None:
+    """Wait until `ring_ranks`' processes end, one fails or the timeout passes; then stop
+    those left (a rank that fails leaves the others waiting on the ring forever)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        while any(p.poll() is None for p in procs):
+            if any(p.poll() not in (None, 0) for p in procs):
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            time.sleep(0.2)
+    finally:
+        stop(procs[0])
+
+
 def run_on_ring(ranks: int, argv: list[str], tag: str, timeout: float,
                 env: dict[str, str] | None = None):  # fmt: skip
     """Run argv on `ranks` ring processes to the end; the JSON one rank printed after `tag`."""
@@ -108,14 +123,7 @@ def run_on_ring(ranks: int, argv: list[str], tag: str, timeout: float,
         tempfile.TemporaryDirectory(prefix="ring-") as workdir,
     ):
         procs = ring_ranks(ranks, argv, workdir, env, stdout=out, stderr=err, text=True)
-        deadline = time.monotonic() + timeout
-        try:  # a rank that fails leaves the others waiting on the ring: stop them all then
-            while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
-                if any(p.poll() not in (None, 0) for p in procs):
-                    break
-                time.sleep(0.2)
-        finally:
-            stop(procs[0])
+        wait_ranks(procs, timeout)
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read(), err.read()
