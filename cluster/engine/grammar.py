@@ -1,8 +1,11 @@
 """Limits on what a row may write next: a tool call's grammar, and a thinking budget.
 
-Outside a call nothing is limited. From `<tool_call>` on, each token must continue an offered
-tool's name, then one of its keys not used yet (its required keys in the schema's order; any
-text without tags for a tool whose keys are open), then a value (one of its choices when the
+Outside a call only a call's inner tags are kept out (`</tool_call>`, `<arg_key>`, `</arg_key>`,
+`<arg_value>`, `</arg_value>`: nothing reads them there, and a small model that writes one in
+its reasoning goes on with a call's tail instead of closing `</think>`). From `<tool_call>` on,
+each token must continue an offered tool's name, then one of its keys not used yet (its
+required keys in the schema's order; any text without tags for a tool whose keys are open),
+then a value (one of its choices when the
 schema lists them, a number, JSON of its schema for an array or object (json_values.py), else
 any text without tags), then the next tag, one newline at most
 between two parts; `</tool_call>` only once the required keys are in. So every call the
@@ -112,6 +115,7 @@ class CallState:
         (self.open, self.close, self.key_open, self.key_close, self.value_open,
          self.value_close) = grammar.tags  # fmt: skip
         self.mode = _Mode.FREE
+        self.stray = Limit(ban=frozenset(grammar.tags[1:]))  # outside a call: all but the open
         self.prefix: tuple[int, ...] | None = ()  # None: a value left its closed set
         self.tool: ToolSpec | None = None
         self.param: ToolParam | None = None
@@ -159,7 +163,7 @@ class CallState:
         if m is _Mode.FREE:
             if self.calls and self.g.after_calls:  # a reply of calls: another, or the end
                 return Limit(frozenset({self.open, *self.g.after_calls, *self._spacers()}))
-            return FREE
+            return self.stray
         if m is _Mode.NAME:
             nxt, whole = _next([t.name for t in self.g.tools], self.prefix)
             if whole:
@@ -348,8 +352,8 @@ class Limiter:
         if self.budget is not None and (forced := self.budget.limit()) is not FREE:
             return forced
         lim = self.call.limit() if self.call is not None else FREE
-        if self.reply is not None and lim is FREE:
-            lim = self.reply.limit()
+        if self.reply is not None and (lim is FREE or lim is self.call.stray):
+            lim = reply if (reply := self.reply.limit()) is not FREE else lim
         if not self.banned:
             return lim
         if lim.allow is not None:

@@ -40,6 +40,12 @@ def constrain(logits: mx.array, limits: list[Limit] | None) -> mx.array:
                          for lim in limits):  # fmt: skip
         return logits
     vocab = logits.shape[-1]
+    if all(lim.allow is None and lim.mask is None for lim in limits):  # bans only: a scatter
+        pairs = [(i, t) for i, lim in enumerate(limits) for t in lim.ban if t < vocab]
+        if not pairs:
+            return logits
+        rows, cols = zip(*pairs, strict=True)
+        return logits.at[mx.array(rows), mx.array(cols)].minimum(-mx.inf)
     mask = np.zeros(logits.shape, dtype=bool)  # True: excluded
     for i, lim in enumerate(limits):
         # Ids past the model's logits (a tokenizer larger than the model) cannot be drawn.

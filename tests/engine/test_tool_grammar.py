@@ -200,6 +200,10 @@ def test_masks_keep_only_the_allowed_ids_and_skip_ids_past_the_logits():
     runs = constrain_runs(mx.zeros((2, 3, 8)), [None, [Limit(frozenset({7}))]]).tolist()
     assert runs[0] == [[0.0] * 8] * 3 and runs[1][1:] == [[0.0] * 8] * 2
     assert [i for i, v in enumerate(runs[1][0]) if v == 0] == [7]
+    bans = [Limit(ban=frozenset({0, 6})), Limit(), Limit(ban=frozenset({3, 99}))]  # a scatter
+    out = constrain(mx.ones((3, 8)), bans).tolist()
+    assert [[i for i, v in enumerate(row) if v != 1] for row in out] == [[0, 6], [], [3]]
+    assert constrain(mx.ones((1, 8)), [Limit(ban=frozenset({99}))]).tolist() == [[1.0] * 8]
 
 
 def test_a_structured_reply_is_json_of_its_schema_with_and_without_speculation():

@@ -34,10 +34,19 @@ def walk(state: CallState, tokens: list[int]) -> list:
     return limits
 
 
-def test_outside_a_call_nothing_is_limited_and_the_open_tag_starts_the_name():
+STRAY = {CLOSE, KO, KC, VO, VC}  # a call's inner tags
+
+
+def test_outside_a_call_only_its_inner_tags_are_kept_out_and_the_open_tag_starts_the_name():
     s = Limiter(CallState(GRAMMAR), None)
-    assert s.follow([40, 41]) is FREE
+    lim = s.follow([40, 41])
+    assert lim.allow is None and lim.ban == STRAY and lim.mask is None
+    assert lim.permits(OPEN) and lim.permits(EOS) and not lim.permits(VC)
     assert s.follow([40, 41, OPEN]).allow == {10}
+    out = [40, OPEN, 10, 11, CLOSE, 42]  # after a call, the same again
+    assert Limiter(CallState(GRAMMAR), None).follow(out).ban == STRAY
+    banned = Limiter(CallState(GRAMMAR), None, frozenset({OPEN}))  # tool_choice none's ban too
+    assert banned.follow([40]).ban == STRAY | {OPEN}
 
 
 def test_a_name_that_is_a_prefix_of_another_may_end_or_go_on():
@@ -107,7 +116,7 @@ def test_free_values_take_any_text_but_tags_and_end_tokens():
     assert lim.allow is None and lim.ban == {OPEN, CLOSE, KO, KC, VO, EOS}
     assert VC not in lim.ban
     out += [99, 98, VC, CLOSE]
-    assert s.follow(out) is FREE
+    assert s.follow(out).ban == STRAY
     assert s.follow([*out, 40, OPEN]).allow == {10}  # a second call
 
 
@@ -125,7 +134,7 @@ def test_a_forced_opening_is_read_before_the_first_token():
 
 def test_a_token_off_the_grammar_lets_the_call_go():
     s = Limiter(CallState(GRAMMAR), None)
-    assert s.follow([OPEN, 99]) is FREE  # never produced under the mask (a draft run)
+    assert s.follow([OPEN, 99]).ban == STRAY  # never produced under the mask (a draft run)
 
 
 FIXTURE = Path(__file__).resolve().parents[2] / "cluster" / "fixture" / "trained"
@@ -247,10 +256,10 @@ def test_limits_along_a_draft_run_leave_the_row_where_it_was():
     row = Limiter(CallState(GRAMMAR), ThinkBudget(7, EOS))
     row.follow([40, 41])
     run = row.along([OPEN, 10, 11, 12, KO])
-    assert run[0] is FREE and run[1].allow == {10} and run[2].allow == {11}
+    assert run[0].ban == STRAY and run[1].allow == {10} and run[2].allow == {11}
     assert run[4].allow == {KO, NL} and run[5].allow == {EOS}  # the budget: 7 written
-    assert row.follow([40, 41]) is FREE  # the row itself did not move
-    assert row.along([EOS, 7, 7, 7, 7])[-1] is FREE  # thinking ended by the model: no budget
+    assert row.follow([40, 41]).ban == STRAY  # the row itself did not move
+    assert row.along([EOS, 7, 7, 7, 7])[-1].ban == STRAY  # ended by the model: no budget
 
 
 def test_schemas_that_are_not_object_schemas_leave_calls_free_not_failing(tokenizer):
