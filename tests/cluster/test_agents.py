@@ -916,7 +916,7 @@ def test_anthropic_prefill_is_continued(agent_server, thinking):
     """A final assistant message is a prefill: the prompt ends with its text (after the closed
     reasoning, as GLM renders a past turn) with no new turn, and the reply is its greedy
     continuation, as /v1/completions gives for that prompt text."""
-    prefill = "The answer is"
+    prefill = "Sure, the function"
     ask = [{"role": "user", "content": "def add(a, b):"}]
     messages = [*ask, {"role": "assistant", "content": [{"type": "text", "text": prefill}]}]
     switch = {"type": "enabled", "budget_tokens": 8} if thinking else {"type": "disabled"}

@@ -515,8 +515,8 @@ def test_a_follower_queues_ahead_when_the_leader_says_not_when_it_measures(promp
     follower, _ = build_engine(TRAINED, replace(config, queue_ahead="never"), "glm-5-fixture")
     follower.spec.following = True
     out = {leader: [], follower: []}
-    for engine in out:
-        engine.add_request(EngineRequest(RequestId("0"), tuple(prompts[0]), greedy(60)))
+    for engine in out:  # a prompt whose drafts are not all kept: some queued steps are wasted
+        engine.add_request(EngineRequest(RequestId("0"), tuple(prompts[2]), greedy(60)))
     while leader.has_work():
         message = decide(leader, StepMessage(step=True))
         out[leader] += [t for e in leader.step(message.speculate, message.queue_at)
