@@ -5,13 +5,12 @@ Outside a call only a call's inner tags are kept out (`</tool_call>`, `<arg_key>
 its reasoning goes on with a call's tail instead of closing `</think>`). From `<tool_call>` on,
 each token must continue an offered tool's name, then one of its keys not used yet (its
 required keys in the schema's order; any text without tags for a tool whose keys are open),
-then a value (one of its choices when the
-schema lists them, a number, JSON of its schema for an array or object (json_values.py), else
-any text without tags), then the next tag, one newline at most
-between two parts; `</tool_call>` only once the required keys are in. So every call the
-engine emits parses as a call of an offered tool. A thinking budget ends the reasoning with
-`</think>` once it has taken its tokens. Pure Python but for the JSON values (llguidance): the
-runner turns each row's `Limit` into a logits mask.
+then a value (one of its choices when the schema lists them, a number, JSON of its schema for
+an array or object (json_values.py), else any text without tags), then the next tag, one
+newline at most between two parts; `</tool_call>` only once the required keys are in. So
+every call the engine emits parses as a call of an offered tool. A thinking budget ends the
+reasoning with `</think>` once it has taken its tokens. Pure Python but for the JSON values
+(llguidance): the runner turns each row's `Limit` into a logits mask.
 """
 
 import copy
