@@ -216,7 +216,8 @@ def serve(options: ServeOptions, engine: EngineConfig) -> None:
         log.warning("%s: speculation will be off (no_draft_model)", why)
     bits = stored_bits(config) or inventory.quantization_bits
     plan = make_plan(config, bits, inventory, mtp, split_tp(model_dir),
-                     draft_model=bool(engine.draft_model))  # fmt: skip
+                     draft_model=bool(engine.draft_model),
+                     max_model_len=engine.max_model_len)  # fmt: skip
     why = plan.unservable()
     log.info("plan:\n%s", render_plan(plan, verdict=why is None))  # the error says why
     if why:

@@ -144,6 +144,7 @@ def _replica(
     acceptance: tuple[float, ...] = GLM5_ACCEPTANCE,
     verify_cost: float | None = None,
     draft_model: bool | None = None,
+    max_model_len: int | None = None,
 ) -> tuple[ReplicaPlan, list[str]]:
     name = f"r{index}"
     tp, stages = _tp_and_stages(config, len(hosts))
@@ -216,7 +217,7 @@ def _replica(
         )
         rows = forecast(step, bandwidth, latency, EFFICIENCY, acceptance, verify_cost)
         mtp_forecast = tuple(r.__dict__ for r in rows)
-    longest = config.get("max_position_embeddings") or max(CONTEXTS)
+    longest = max_model_len or config.get("max_position_embeddings") or max(CONTEXTS)
     # A node keeps 1/stages of a token's KV; a sequence joining the batch is held twice.
     per_node = max(1, size.kv_bytes_per_token) / stages
     held = min(m.kv_budget_gb for m in memory) * GB / (2 * per_node)
@@ -229,6 +230,7 @@ def _replica(
         decode_tok_s_expected=round(EFFICIENCY / seconds, 2),
         decode_tok_s_at_context=at_context,
         context_tokens=int(min(longest, held)),
+        trained_context=int(config.get("max_position_embeddings") or 0),
         mtp_forecast=mtp_forecast,
     )
     return plan, refusals
@@ -243,6 +245,7 @@ def make_plan(
     acceptance: tuple[float, ...] = GLM5_ACCEPTANCE,
     verify_cost: float | None = None,
     draft_model: bool | None = None,
+    max_model_len: int | None = None,
 ) -> Plan:
     """mtp_weights: whether the MTP layer's weights exist (checkpoint or --mtp-weights); None
     when the checkpoint is not here to look at. split_tp: the TP degree a checkpoint split per
@@ -250,7 +253,8 @@ def make_plan(
     acceptance: the MTP layer's chance that the first 1, 2, ... drafts are accepted, for the
     speed-up forecast (default: GLM-5's published figures); verify_cost: a measured 2-token
     verify forward in plain steps, instead of the forecast's byte count; draft_model: whether
-    a draft model is given (None: not known)."""
+    a draft model is given (None: not known); max_model_len: the context `--max-model-len` asks
+    for (None: the model's own)."""
     try:
         size = model_size(config)
     except UnknownModel:
@@ -279,6 +283,7 @@ def make_plan(
                 acceptance,
                 verify_cost,
                 draft_model,
+                max_model_len,
             )
             replicas.append(plan)
             refusals += why

@@ -51,8 +51,12 @@ def render_plan(plan: Plan, verdict: bool = True) -> str:
     for r in plan.replicas:
         if r.context_tokens:
             lines.append(f"{r.name} serves up to {r.context_tokens:,} tokens of context per "
-                         "request (the model's context or what the KV budget holds, the lower; "
-                         "--max-model-len sets it)")  # fmt: skip
+                         "request (--max-model-len or the model's context, or what the KV budget "
+                         "holds if less)")  # fmt: skip
+        if r.trained_context and r.context_tokens > r.trained_context:
+            lines.append(f"{r.name}: that is past the model's own context "
+                         f"({r.trained_context:,} tokens, max_position_embeddings): it never "
+                         "trained on the positions beyond; replies there may degrade")  # fmt: skip
         if at := r.decode_tok_s_at_context:
             lengths = " / ".join(f"{int(n) // 1000}K" for n in at)
             speeds = " / ".join(f"{v:g}" for v in at.values())

@@ -37,6 +37,9 @@ class ReplicaPlan:
     context_tokens: int = 0
     """The longest sequence the replica serves: the model's context, or fewer tokens when its
     tightest node's KV budget holds fewer (0: not known)."""
+    trained_context: int = 0
+    """The model's own context (`max_position_embeddings`; 0: not given): `--max-model-len`
+    may ask for more, positions the model never trained on."""
     speculation: dict = field(default_factory=dict, compare=False)
     """Per method ('mtp', 'draft'): 'supported' or the reason it is not."""
     mtp_forecast: tuple[dict, ...] = field(default=(), compare=False)

@@ -458,3 +458,18 @@ def test_the_served_context_is_the_models_unless_the_kv_budget_holds_less():
     per_token = model_size(GLM5).kv_bytes_per_token
     held = min(m.kv_budget_gb for m in replica.memory) * 1e9 / (2 * per_token)
     assert tight.ok and replica.context_tokens == int(held) < 202_752
+
+
+def test_max_model_len_is_the_context_the_plan_states_and_past_the_models_own_it_warns():
+    """`serve --max-model-len N` serves N tokens: the plan said the model's own context all the
+    same (8,192 where 65,536 were served); past the model's own it says so."""
+    from cluster.plan.render import render_plan
+
+    shorter = make_plan(GLM5, 4, studios(512, 512), max_model_len=65_536)
+    assert shorter.replicas[0].context_tokens == 65_536
+    text = render_plan(shorter)
+    assert "r0 serves up to 65,536 tokens of context" in text and "past the model" not in text
+    longer = make_plan(GLM5, 4, studios(512, 512), max_model_len=300_000)
+    assert longer.replicas[0].context_tokens == 300_000
+    assert "past the model's own context (202,752 tokens" in render_plan(longer)
+    assert "past the model" not in render_plan(make_plan(GLM5, 4, studios(512, 512)))
