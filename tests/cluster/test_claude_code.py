@@ -10,12 +10,15 @@ there is no npm or the registry cannot be reached.
 import json
 import os
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 from conftest import Server
+from test_cluster import rank_pids
 
 from cluster.model_store import TRAINED
 
@@ -44,22 +47,24 @@ def _claude() -> str:
     return str(binary)
 
 
-@pytest.fixture(scope="module")
-def claude_server(tmp_path_factory):
-    home = tmp_path_factory.mktemp("claude-code-home")
+def _server(home: Path) -> Server:
     # Claude Code's own system prompt and tools come to about 23K of the built-in model's
     # tokens: past its 8,192, served at 65,536 here (the plan says so).
-    srv = Server(["--model", str(TRAINED), "--served-model-name", "glm-5", "claude-*",
-                  "--max-model-len", "65536"], env={"CLUSTER_HOME": str(home)})  # fmt: skip
+    return Server(["--model", str(TRAINED), "--served-model-name", "glm-5", "claude-*",
+                   "--max-model-len", "65536"], env={"CLUSTER_HOME": str(home)})  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def claude_server(tmp_path_factory):
+    srv = _server(tmp_path_factory.mktemp("claude-code-home"))
     yield srv
     srv.stop()
 
 
-def _session(claude: str, server: Server, project: Path, home: Path, prompt: str,
-             bare: bool = True, max_tokens: int = 512) -> list[dict]:  # fmt: skip
-    """One headless Claude Code session (`-p`): its stream-json events. bare: its tools cut to
-    Read and a one-line system prompt (what the built-in model trained on); else Claude Code's
-    own prompt and tools, whole."""
+def _command(claude: str, server: Server, prompt: str, bare: bool, max_tokens: int, home: Path):
+    """Claude Code headless (`-p`), streaming its events as JSON lines, and its environment.
+    bare: its tools cut to Read and a one-line system prompt (what the built-in model trained
+    on); else Claude Code's own prompt and tools, whole."""
     env = {
         "PATH": os.environ["PATH"],
         "HOME": str(home),
@@ -75,13 +80,20 @@ def _session(claude: str, server: Server, project: Path, home: Path, prompt: str
            "--verbose", "--no-session-persistence"]  # fmt: skip
     if bare:
         cmd += ["--bare", "--tools", "Read", "--system-prompt", "You are a helpful assistant."]
+    return cmd, env
+
+
+def _events(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+
+
+def _session(claude: str, server: Server, project: Path, home: Path, prompt: str,
+             bare: bool = True, max_tokens: int = 512) -> list[dict]:  # fmt: skip
+    """One headless Claude Code session to its end: its stream-json events."""
+    cmd, env = _command(claude, server, prompt, bare, max_tokens, home)
     done = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=300)
-    events = []
-    for line in done.stdout.splitlines():
-        if line.startswith("{"):
-            events.append(json.loads(line))
     assert done.returncode == 0 or not bare, done.stdout[-2000:] + done.stderr[-2000:]
-    return events
+    return _events(done.stdout)
 
 
 def _blocks(events: list[dict], role: str) -> list[dict]:
@@ -156,3 +168,46 @@ def test_claude_codes_whole_prompt_and_tools_are_served(claude_server, tmp_path)
     assert requests and set(served) <= {"stop", "length", "tool_calls"}, served
     assert prompts / requests > 8192  # the whole of Claude Code's prompt, every time
     assert result["usage"]["cache_read_input_tokens"] > 0, result["usage"]
+
+
+def _metric(server: Server, name: str, label: str) -> float:
+    for line in httpx.get(f"{server.url}/metrics").text.splitlines():
+        if line.startswith(f"cluster:{name}{{") and label in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_a_rank_that_hangs_under_claude_codes_request_costs_it_nothing(tmp_path):
+    """The fault agents meet: the replica's rank stops answering (SIGSTOP: a hung process, a
+    node asleep) while Claude Code's first request prefills. The supervisor finds it silent,
+    restarts it, and the coordinator moves the request, which had no token yet, to the
+    restarted replica: Claude Code sees no error and its session goes on."""
+    claude = _claude()
+    project, home = tmp_path / "project", tmp_path / "home"
+    project.mkdir()
+    home.mkdir()
+    srv = _server(tmp_path / "cluster-home")
+    session = None
+    try:
+        cmd, env = _command(claude, srv, "hi", bare=False, max_tokens=64, home=home)
+        session = subprocess.Popen(cmd, cwd=project, env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)  # fmt: skip
+        deadline = time.time() + 120
+        while _metric(srv, "num_requests_running", 'replica="r0"') < 1:  # prefilling ~23K
+            assert time.time() < deadline and session.poll() is None, "no request came"
+            time.sleep(0.05)
+        os.kill(rank_pids(srv)[("r0", 0)], signal.SIGSTOP)
+        out, err = session.communicate(timeout=300)
+        result = _events(out)[-1]
+        assert result["type"] == "result" and result["api_error_status"] is None, result
+        texts = [b.get("text", "") for b in _blocks(_events(out), "assistant")]
+        # Claude Code's own cap on output (64 tokens here) is the only error it reports.
+        assert all("output token maximum" in t for t in texts if "API Error" in t), texts
+        assert _metric(srv, "routing_decisions_total", 'reason="failover"') == 1
+        assert _metric(srv, "request_success_total", 'finished_reason="error"') == 0
+    finally:
+        if session is not None and session.poll() is None:
+            session.kill()
+        srv.stop()
+    rest = srv.proc.stdout.read()
+    assert "rank 0 is stopped (SIGSTOP); restarting it" in rest, rest[-3000:]
