@@ -211,3 +211,22 @@ def test_a_rank_that_hangs_under_claude_codes_request_costs_it_nothing(tmp_path)
         srv.stop()
     rest = srv.proc.stdout.read()
     assert "rank 0 is stopped (SIGSTOP); restarting it" in rest, rest[-3000:]
+
+
+def test_claude_code_reads_the_context_limit_from_our_400(tmp_path):
+    """At the built-in model's own 8,192 tokens Claude Code's default prompt does not fit: the
+    400 (Anthropic's `prompt is too long: N tokens > 8192 maximum`) is what Claude Code parses
+    to tell its user the limit and why (it compacts a longer conversation on the same error)."""
+    claude = _claude()
+    project, home = tmp_path / "project", tmp_path / "home"
+    project.mkdir()
+    home.mkdir()
+    srv = Server(["--model", str(TRAINED), "--served-model-name", "glm-5", "claude-*"],
+                 env={"CLUSTER_HOME": str(tmp_path / "cluster-home")})  # fmt: skip
+    try:
+        result = _session(claude, srv, project, home, "hi", bare=False, max_tokens=64)[-1]
+    finally:
+        srv.stop()
+    assert result["api_error_status"] == 400, result
+    assert result["terminal_reason"] == "prompt_too_long", result
+    assert "limit 8192" in result["result"], result["result"]
