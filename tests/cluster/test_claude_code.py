@@ -1,6 +1,8 @@
-"""Claude Code itself, the released binary from npm, runs a tool loop against a real server on
-the trained built-in model over `/v1/messages`: it reads the reply's `thinking` and `tool_use`
-blocks, runs the tool, sends its `tool_result` back and takes the answer that ends the turn.
+"""Claude Code itself, the released binary from npm, against a real server on the trained
+built-in model over `/v1/messages`: a tool loop (it reads the reply's `thinking` and `tool_use`
+blocks, runs the tool, sends its `tool_result` back and takes the answer that ends the turn);
+its whole default prompt and tools served; a rank stopped under its request costing it
+nothing; the context limit it reads from our 400.
 
 Slow (`make test-slow`): it installs `@anthropic-ai/claude-code` with npm (about 430 MB, once
 per machine, into ~/.cache) unless `CLAUDE_CODE_BIN` names a `claude` to use; skipped when
