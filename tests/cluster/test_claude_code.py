@@ -2,7 +2,7 @@
 built-in model over `/v1/messages`: a tool loop (it reads the reply's `thinking` and `tool_use`
 blocks, runs the tool, sends its `tool_result` back and takes the answer that ends the turn);
 its whole default prompt and tools served; a rank stopped under its request costing it
-nothing; the context limit it reads from our 400.
+nothing; the context limit it reads from our 400; its Ctrl-C stopping the reply on the replica.
 
 Slow (`make test-slow`): it installs `@anthropic-ai/claude-code` with npm (about 430 MB, once
 per machine, into ~/.cache) unless `CLAUDE_CODE_BIN` names a `claude` to use; skipped when
@@ -232,3 +232,34 @@ def test_claude_code_reads_the_context_limit_from_our_400(tmp_path):
     assert result["api_error_status"] == 400, result
     assert result["terminal_reason"] == "prompt_too_long", result
     assert "limit 8192" in result["result"], result["result"]
+
+
+def test_claude_code_interrupted_mid_reply_frees_the_replica(claude_server, tmp_path):
+    """A user interrupts Claude Code (Ctrl-C) while a long reply is being written: its
+    connection closes, and the replica stops the request at once (counted as an abort) instead
+    of writing the rest of its 4,096 tokens for no one."""
+    claude = _claude()
+    project, home = tmp_path / "project", tmp_path / "home"
+    project.mkdir()
+    home.mkdir()
+    aborted = _metric(claude_server, "request_success_total", 'finished_reason="abort"')
+    cmd, env = _command(claude, claude_server, "hi", bare=False, max_tokens=4096, home=home)
+    session = subprocess.Popen(cmd, cwd=project, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.time() + 120
+        while _metric(claude_server, "num_requests_running", 'replica="r0"') < 1:
+            assert time.time() < deadline and session.poll() is None, "no request came"
+            time.sleep(0.05)
+        time.sleep(3)  # past the prompt (cached from the test before, or prefilled) into the reply
+        session.send_signal(signal.SIGINT)
+        session.wait(timeout=30)
+    finally:
+        if session.poll() is None:
+            session.kill()
+    deadline = time.time() + 10
+    while _metric(claude_server, "num_requests_running", 'replica="r0"') > 0:
+        assert time.time() < deadline, "the replica kept generating for a client that left"
+        time.sleep(0.1)
+    after = _metric(claude_server, "request_success_total", 'finished_reason="abort"')
+    assert after == aborted + 1
