@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import Server
+from prometheus_client.parser import text_string_to_metric_families
 from test_cluster import rank_pids
 
 from cluster.model_store import TRAINED
@@ -49,11 +50,20 @@ def _claude() -> str:
     return str(binary)
 
 
-def _server(home: Path) -> Server:
-    # Claude Code's own system prompt and tools come to about 23K of the built-in model's
-    # tokens: past its 8,192, served at 65,536 here (the plan says so).
-    return Server(["--model", str(TRAINED), "--served-model-name", "glm-5", "claude-*",
-                   "--max-model-len", "65536"], env={"CLUSTER_HOME": str(home)})  # fmt: skip
+def _server(home: Path, context: str | None = "65536") -> Server:
+    """Claude Code's own system prompt and tools come to about 23K of the built-in model's
+    tokens: past its 8,192, served at 65,536 (the plan says so); None: the model's own."""
+    extra = ["--max-model-len", context] if context else []
+    return Server(["--model", str(TRAINED), "--served-model-name", "glm-5", "claude-*", *extra],
+                  env={"CLUSTER_HOME": str(home)})  # fmt: skip
+
+
+def _dirs(tmp_path: Path) -> tuple[Path, Path]:
+    """An empty project for Claude Code to work in, and its own HOME."""
+    project, home = tmp_path / "project", tmp_path / "home"
+    project.mkdir()
+    home.mkdir()
+    return project, home
 
 
 @pytest.fixture(scope="module")
@@ -103,24 +113,33 @@ def _blocks(events: list[dict], role: str) -> list[dict]:
             if isinstance(b, dict)]  # fmt: skip
 
 
+def _samples(server: Server):
+    """The samples of the server's /metrics, read with prometheus_client's parser."""
+    text = httpx.get(f"{server.url}/metrics").text
+    return [s for family in text_string_to_metric_families(text) for s in family.samples]
+
+
+def _metric(server: Server, name: str, **labels: str) -> float:
+    """The value of `cluster:NAME` with those labels (the first such sample), else 0."""
+    return next((s.value for s in _samples(server) if s.name == f"cluster:{name}"
+                 and labels.items() <= s.labels.items()), 0.0)  # fmt: skip
+
+
 def _served(server: Server) -> dict[str, float]:
     """Requests the server finished, by finish reason, and `prompt_tokens`, from /metrics."""
     out = {}
-    for line in httpx.get(f"{server.url}/metrics").text.splitlines():
-        if line.startswith("cluster:request_success_total{"):
-            reason = line.split('finished_reason="', 1)[1].split('"', 1)[0]
-            out[reason] = float(line.rsplit(" ", 1)[1])
-        elif line.startswith("cluster:prompt_tokens_total{"):
-            out["prompt_tokens"] = float(line.rsplit(" ", 1)[1])
+    for s in _samples(server):
+        if s.name == "cluster:request_success_total":
+            out[s.labels["finished_reason"]] = s.value
+        elif s.name == "cluster:prompt_tokens_total":
+            out["prompt_tokens"] = s.value
     return out
 
 
 def test_claude_code_runs_a_tool_loop_against_the_cluster(claude_server, tmp_path):
     claude = _claude()
     before = _served(claude_server)
-    project, home = tmp_path / "project", tmp_path / "home"
-    project.mkdir()
-    home.mkdir()
+    project, home = _dirs(tmp_path)
     (project / "hello.py").write_text('print("hello")\n')
     events = _session(claude, claude_server, project, home,
                       "Please read the file with file_path hello.py.")  # fmt: skip
@@ -156,9 +175,7 @@ def test_claude_codes_whole_prompt_and_tools_are_served(claude_server, tmp_path)
     served: no HTTP error reaches Claude Code, and each turn reads the one before it from the
     prefix cache."""
     claude = _claude()
-    project, home = tmp_path / "project", tmp_path / "home"
-    project.mkdir()
-    home.mkdir()
+    project, home = _dirs(tmp_path)
     before = _served(claude_server)
     events = _session(claude, claude_server, project, home, "hi", bare=False, max_tokens=64)
     result = events[-1]
@@ -172,22 +189,13 @@ def test_claude_codes_whole_prompt_and_tools_are_served(claude_server, tmp_path)
     assert result["usage"]["cache_read_input_tokens"] > 0, result["usage"]
 
 
-def _metric(server: Server, name: str, label: str) -> float:
-    for line in httpx.get(f"{server.url}/metrics").text.splitlines():
-        if line.startswith(f"cluster:{name}{{") and label in line:
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
-
-
 def test_a_rank_that_hangs_under_claude_codes_request_costs_it_nothing(tmp_path):
     """The fault agents meet: the replica's rank stops answering (SIGSTOP: a hung process, a
     node asleep) while Claude Code's first request prefills. The supervisor finds it silent,
     restarts it, and the coordinator moves the request, which had no token yet, to the
     restarted replica: Claude Code sees no error and its session goes on."""
     claude = _claude()
-    project, home = tmp_path / "project", tmp_path / "home"
-    project.mkdir()
-    home.mkdir()
+    project, home = _dirs(tmp_path)
     srv = _server(tmp_path / "cluster-home")
     session = None
     try:
@@ -195,7 +203,7 @@ def test_a_rank_that_hangs_under_claude_codes_request_costs_it_nothing(tmp_path)
         session = subprocess.Popen(cmd, cwd=project, env=env, stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, text=True)  # fmt: skip
         deadline = time.time() + 120
-        while _metric(srv, "num_requests_running", 'replica="r0"') < 1:  # prefilling ~23K
+        while _metric(srv, "num_requests_running", replica="r0") < 1:  # prefilling ~23K
             assert time.time() < deadline and session.poll() is None, "no request came"
             time.sleep(0.05)
         os.kill(rank_pids(srv)[("r0", 0)], signal.SIGSTOP)
@@ -205,8 +213,8 @@ def test_a_rank_that_hangs_under_claude_codes_request_costs_it_nothing(tmp_path)
         texts = [b.get("text", "") for b in _blocks(_events(out), "assistant")]
         # Claude Code's own cap on output (64 tokens here) is the only error it reports.
         assert all("output token maximum" in t for t in texts if "API Error" in t), texts
-        assert _metric(srv, "routing_decisions_total", 'reason="failover"') == 1
-        assert _metric(srv, "request_success_total", 'finished_reason="error"') == 0
+        assert _metric(srv, "routing_decisions_total", reason="failover") == 1
+        assert _metric(srv, "request_success_total", finished_reason="error") == 0
     finally:
         if session is not None and session.poll() is None:
             session.kill()
@@ -220,11 +228,8 @@ def test_claude_code_reads_the_context_limit_from_our_400(tmp_path):
     400 (Anthropic's `prompt is too long: N tokens > 8192 maximum`) is what Claude Code parses
     to tell its user the limit and why (it compacts a longer conversation on the same error)."""
     claude = _claude()
-    project, home = tmp_path / "project", tmp_path / "home"
-    project.mkdir()
-    home.mkdir()
-    srv = Server(["--model", str(TRAINED), "--served-model-name", "glm-5", "claude-*"],
-                 env={"CLUSTER_HOME": str(tmp_path / "cluster-home")})  # fmt: skip
+    project, home = _dirs(tmp_path)
+    srv = _server(tmp_path / "cluster-home", context=None)
     try:
         result = _session(claude, srv, project, home, "hi", bare=False, max_tokens=64)[-1]
     finally:
@@ -239,16 +244,14 @@ def test_claude_code_interrupted_mid_reply_frees_the_replica(claude_server, tmp_
     connection closes, and the replica stops the request at once (counted as an abort) instead
     of writing the rest of its 4,096 tokens for no one."""
     claude = _claude()
-    project, home = tmp_path / "project", tmp_path / "home"
-    project.mkdir()
-    home.mkdir()
-    aborted = _metric(claude_server, "request_success_total", 'finished_reason="abort"')
+    project, home = _dirs(tmp_path)
+    aborted = _metric(claude_server, "request_success_total", finished_reason="abort")
     cmd, env = _command(claude, claude_server, "hi", bare=False, max_tokens=4096, home=home)
     session = subprocess.Popen(cmd, cwd=project, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         deadline = time.time() + 120
-        while _metric(claude_server, "num_requests_running", 'replica="r0"') < 1:
+        while _metric(claude_server, "num_requests_running", replica="r0") < 1:
             assert time.time() < deadline and session.poll() is None, "no request came"
             time.sleep(0.05)
         time.sleep(3)  # past the prompt (cached from the test before, or prefilled) into the reply
@@ -258,8 +261,8 @@ def test_claude_code_interrupted_mid_reply_frees_the_replica(claude_server, tmp_
         if session.poll() is None:
             session.kill()
     deadline = time.time() + 10
-    while _metric(claude_server, "num_requests_running", 'replica="r0"') > 0:
+    while _metric(claude_server, "num_requests_running", replica="r0") > 0:
         assert time.time() < deadline, "the replica kept generating for a client that left"
         time.sleep(0.1)
-    after = _metric(claude_server, "request_success_total", 'finished_reason="abort"')
+    after = _metric(claude_server, "request_success_total", finished_reason="abort")
     assert after == aborted + 1
